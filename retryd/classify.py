@@ -1,0 +1,143 @@
+"""Every AWS failure, in one place, sorted into transient (retry later) or permanent (park now).
+
+Transient failures leave the message in its DLQ to reappear after its lease, so
+an unknown error code is treated as transient: the worst case is a message that
+waits, never one that is parked or lost on a guess.
+"""
+
+from __future__ import annotations
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    HTTPClientError,
+    ParamValidationError,
+)
+
+from retryd.models import ErrorClass, SendError
+
+# The target itself says no, and will say no again: missing, forbidden, or a payload
+# it cannot take. Codes from the Lambda, SQS, SNS, Step Functions and EventBridge
+# API references.
+PERMANENT_CODES = frozenset(
+    {
+        # any service
+        "AccessDenied",
+        "AccessDeniedException",
+        "AuthorizationError",
+        "UnrecognizedClientException",
+        "ValidationException",
+        "ValidationError",
+        "InvalidParameter",
+        "InvalidParameterException",
+        "InvalidParameterValue",
+        "InvalidParameterValueException",
+        "NotFound",
+        "NotFoundException",
+        "ResourceNotFoundException",
+        # Lambda
+        "InvalidRequestContentException",
+        "RequestTooLargeException",
+        "UnsupportedMediaTypeException",
+        "InvalidRuntimeException",
+        # SQS
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+        "InvalidMessageContents",
+        "InvalidAttributeName",
+        "InvalidAttributeValue",
+        "MissingParameter",
+        "UnsupportedOperation",
+        "AWS.SimpleQueueService.UnsupportedOperation",
+        "BatchRequestTooLong",
+        # SNS
+        "NotFoundException",
+        "InvalidSecurity",
+        "EndpointDisabled",
+        "PlatformApplicationDisabled",
+        "KMSDisabled",
+        "KMSNotFound",
+        "KMSInvalidState",
+        # Step Functions
+        "StateMachineDoesNotExist",
+        "StateMachineDeleting",
+        "InvalidArn",
+        "InvalidExecutionInput",
+        "InvalidName",
+        "ExecutionAlreadyExists",
+        "StateMachineTypeNotSupported",
+        # retryd's own pre-flight check (payload over the target's size limit)
+        "retryd.PayloadTooLarge",
+        "retryd.InvalidPayload",
+    }
+)
+
+# Worth naming even though unknown codes are transient anyway: they are what the
+# breaker and the error-class metric are about.
+TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "AWS.SimpleQueueService.Throttled",
+        "KMSThrottling",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "ServiceException",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalException",
+        "EC2ThrottledException",
+        "ResourceConflictException",
+        "ResourceNotReadyException",
+        "ExecutionLimitExceeded",
+        "KMSOptInRequired",
+    }
+)
+
+_SERVER_ERROR = 500
+
+
+def classify_code(code: str, http_status: int | None = None) -> ErrorClass:
+    """Permanent only when AWS said so by code; a 5xx is always transient."""
+    if http_status is not None and http_status >= _SERVER_ERROR:
+        return ErrorClass.TRANSIENT
+    if code in PERMANENT_CODES:
+        return ErrorClass.PERMANENT
+    return ErrorClass.TRANSIENT
+
+
+def from_client_error(exc: ClientError) -> SendError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code") or "Unknown")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return SendError(classify_code(code, status), code, str(error.get("Message") or ""))
+
+
+def from_exception(exc: BaseException) -> SendError:
+    """Any exception from an AWS call, as a SendError; network trouble is transient."""
+    if isinstance(exc, ClientError):
+        return from_client_error(exc)
+    if isinstance(exc, ParamValidationError):
+        # botocore refused to send it: the request itself is malformed.
+        return SendError(ErrorClass.PERMANENT, "ParamValidationError", str(exc))
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
+        return SendError(ErrorClass.TRANSIENT, type(exc).__name__, str(exc))
+    if isinstance(exc, BotoCoreError | OSError | TimeoutError):
+        return SendError(ErrorClass.TRANSIENT, type(exc).__name__, str(exc))
+    return SendError(ErrorClass.TRANSIENT, type(exc).__name__, str(exc))
+
+
+def from_batch_failure(entry: dict[str, object]) -> SendError:
+    """A failed entry of SendMessageBatch / PublishBatch / PutEvents / DeleteMessageBatch."""
+    code = str(entry.get("Code") or entry.get("ErrorCode") or "Unknown")
+    message = str(entry.get("Message") or entry.get("ErrorMessage") or "")
+    # SQS and SNS mark entries the caller got wrong; those are never worth retrying.
+    if entry.get("SenderFault") is True:
+        return SendError(ErrorClass.PERMANENT, code, message)
+    return SendError(classify_code(code), code, message)

@@ -1,0 +1,282 @@
+"""Typed values that flow through one cycle: queues, dead letters, targets, jobs, outcomes.
+
+Everything here is frozen: a message's journey is a series of decisions, each a
+new value, so nothing downstream can quietly change what an earlier step saw.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class TargetType(StrEnum):
+    """The five kinds of resource retryd can resubmit to (the envelope's `target.type`)."""
+
+    LAMBDA = "lambda"
+    STEPFUNCTIONS = "stepfunctions"
+    SQS = "sqs"
+    SNS = "sns"
+    EVENTBRIDGE = "eventbridge"
+
+
+# ARN service field -> target type. EventBridge buses live under "events".
+_SERVICE_TO_TYPE = {
+    "lambda": TargetType.LAMBDA,
+    "states": TargetType.STEPFUNCTIONS,
+    "sqs": TargetType.SQS,
+    "sns": TargetType.SNS,
+    "events": TargetType.EVENTBRIDGE,
+}
+
+_ARN_FIELDS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Arn:
+    """The six colon-separated fields of an ARN; `resource` keeps any further colons."""
+
+    partition: str
+    service: str
+    region: str
+    account: str
+    resource: str
+
+    @classmethod
+    def parse(cls, text: str) -> Arn:
+        """Split an ARN, raising ValueError when it is not one."""
+        parts = text.split(":", _ARN_FIELDS - 1)
+        if len(parts) != _ARN_FIELDS or parts[0] != "arn" or not parts[2] or not parts[5]:
+            raise ValueError(f"not an ARN: {text!r}")
+        return cls(parts[1], parts[2], parts[3], parts[4], parts[5])
+
+    def __str__(self) -> str:
+        return f"arn:{self.partition}:{self.service}:{self.region}:{self.account}:{self.resource}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A resource retryd may send a message back to."""
+
+    type: TargetType
+    arn: str
+
+    @classmethod
+    def from_arn(cls, arn: str) -> Target:
+        """Infer the target type from the ARN's service; ValueError if retryd cannot send there."""
+        parsed = Arn.parse(arn)
+        target_type = _SERVICE_TO_TYPE.get(parsed.service)
+        if target_type is None:
+            raise ValueError(f"unsupported target service {parsed.service!r} in {arn!r}")
+        if target_type is TargetType.LAMBDA and not parsed.resource.startswith("function:"):
+            raise ValueError(f"Lambda target must be a function ARN: {arn!r}")
+        if target_type is TargetType.STEPFUNCTIONS and not parsed.resource.startswith(
+            "stateMachine:"
+        ):
+            raise ValueError(f"Step Functions target must be a state machine ARN: {arn!r}")
+        if target_type is TargetType.EVENTBRIDGE and not parsed.resource.startswith("event-bus/"):
+            raise ValueError(f"EventBridge target must be an event bus ARN: {arn!r}")
+        return cls(target_type, arn)
+
+    @property
+    def parsed(self) -> Arn:
+        return Arn.parse(self.arn)
+
+    @property
+    def name(self) -> str:
+        """The resource's short name (function, state machine, queue, topic or bus)."""
+        resource = self.parsed.resource
+        if self.type is TargetType.LAMBDA:
+            return resource.split(":")[1]
+        if self.type is TargetType.STEPFUNCTIONS:
+            return resource.split(":")[1]
+        if self.type is TargetType.EVENTBRIDGE:
+            return resource.removeprefix("event-bus/")
+        return resource
+
+    @property
+    def is_fifo(self) -> bool:
+        return self.type in (TargetType.SQS, TargetType.SNS) and self.name.endswith(".fifo")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRef:
+    """One SQS queue as discovery found it."""
+
+    name: str
+    url: str
+    arn: str
+
+    @property
+    def is_fifo(self) -> bool:
+        return self.name.endswith(".fifo")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAttribute:
+    """One SQS/SNS message attribute, in the shape both services share."""
+
+    data_type: str
+    string_value: str | None = None
+    binary_value: bytes | None = None
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> MessageAttribute:
+        binary = raw.get("BinaryValue")
+        return cls(
+            data_type=str(raw["DataType"]),
+            string_value=raw.get("StringValue"),
+            binary_value=bytes(binary) if binary is not None else None,
+        )
+
+    @classmethod
+    def string(cls, value: str) -> MessageAttribute:
+        return cls("String", string_value=value)
+
+    @classmethod
+    def number(cls, value: int) -> MessageAttribute:
+        return cls("Number", string_value=str(value))
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"DataType": self.data_type}
+        if self.string_value is not None:
+            wire["StringValue"] = self.string_value
+        if self.binary_value is not None:
+            wire["BinaryValue"] = self.binary_value
+        return wire
+
+    def to_json(self) -> dict[str, str]:
+        """A JSON-safe form, for packing attributes that do not fit into one."""
+        out = {"DataType": self.data_type}
+        if self.string_value is not None:
+            out["StringValue"] = self.string_value
+        if self.binary_value is not None:
+            out["BinaryValue"] = base64.b64encode(self.binary_value).decode("ascii")
+        return out
+
+    @property
+    def wire_size(self) -> int:
+        """Bytes SQS counts against the message size: name is added by the caller."""
+        value = self.binary_value or (self.string_value or "").encode()
+        return len(self.data_type.encode()) + len(value)
+
+
+Attributes = Mapping[str, MessageAttribute]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One message received from a DLQ, with everything SQS told us about it."""
+
+    queue: QueueRef
+    message_id: str
+    receipt_handle: str
+    body: str
+    system_attributes: Mapping[str, str] = field(default_factory=dict)
+    message_attributes: Attributes = field(default_factory=dict)
+
+    @property
+    def receive_count(self) -> int:
+        return int(self.system_attributes.get("ApproximateReceiveCount", "1"))
+
+    @property
+    def sent_at(self) -> datetime | None:
+        raw = self.system_attributes.get("SentTimestamp")
+        if raw is None or not raw.isdigit():
+            return None
+        return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
+
+    @property
+    def group_id(self) -> str | None:
+        return self.system_attributes.get("MessageGroupId")
+
+    def attribute_string(self, name: str) -> str | None:
+        attribute = self.message_attributes.get(name)
+        return attribute.string_value if attribute is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A resolved dead letter: what to send, where, and under which identity.
+
+    `body` is the exact text to deliver: the Lambda payload, the Step Functions
+    input, the SQS/SNS message body, or (EventBridge) a PutEvents entry as JSON.
+    """
+
+    letter: DeadLetter
+    target: Target
+    body: str
+    key: str
+    attempt: int = 0
+    max_attempts: int | None = None
+    resolver: str = ""
+    first_failed_at: datetime | None = None
+    forward_attributes: Attributes = field(default_factory=dict)
+
+    @property
+    def next_attempt(self) -> int:
+        return self.attempt + 1
+
+
+class ParkReason(StrEnum):
+    """Why a message was moved to the parking queue; a bounded set, used as a metric label."""
+
+    UNRESOLVABLE = "unresolvable"
+    INVALID_ENVELOPE = "invalid-envelope"
+    TARGET_NOT_ALLOWED = "target-not-allowed"
+    ATTEMPTS_EXHAUSTED = "attempts-exhausted"
+    TARGET_REJECTED = "target-rejected"
+    PAYLOAD_TOO_LARGE = "payload-too-large"
+
+
+@dataclass(frozen=True, slots=True)
+class Unresolvable:
+    """A dead letter no resolver could turn into a Job, and why."""
+
+    letter: DeadLetter
+    reason: ParkReason
+    detail: str
+
+
+class Outcome(StrEnum):
+    """What happened to one message in one cycle."""
+
+    RESUBMITTED = "resubmitted"
+    PARKED = "parked"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+
+
+class ErrorClass(StrEnum):
+    """How a failed AWS call is treated: retried later, or parked now."""
+
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class SendError:
+    """A target or parking call that did not take a message."""
+
+    error_class: ErrorClass
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" if self.message else self.code
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The settled fate of one message: exported as a metric and one log line."""
+
+    letter: DeadLetter
+    outcome: Outcome
+    target: Target | None = None
+    reason: str = ""
+    detail: str = ""
+    attempt: int = 0

@@ -1,0 +1,244 @@
+"""One validated, frozen Settings object: a TOML file overlaid by RETRYD_* environment variables.
+
+AWS endpoint, region and credentials are deliberately absent: they come from the
+standard AWS chain (AWS_ENDPOINT_URL, AWS_REGION, profiles, the ECS task role),
+so retryd behaves like every other AWS tool on the same host.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from retryd.errors import ConfigError
+from retryd.models import Target
+
+ENV_PREFIX = "RETRYD_"
+CONFIG_ENV = "RETRYD_CONFIG"
+# SQS caps a message's invisibility at 12 hours.
+MAX_VISIBILITY_TIMEOUT_S = 43_200
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class AwsSettings(_Group):
+    """How retryd's own AWS API calls behave (not where they go: that is the AWS chain's job)."""
+
+    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
+    # botocore's total attempts per API call, first try included.
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    connect_timeout_s: PositiveSeconds = 5
+    read_timeout_s: PositiveSeconds = 30
+    max_pool_connections: Annotated[int, Field(ge=1, le=1000)] = 50
+
+
+class DiscoverySettings(_Group):
+    """Which queues are DLQs retryd is responsible for."""
+
+    queue_prefixes: list[str] = []
+    queue_tags: dict[str, str] = {}
+    queues: list[str] = []
+
+    @model_validator(mode="after")
+    def _something_to_find(self) -> DiscoverySettings:
+        if not self.queue_prefixes and not self.queues:
+            raise ValueError("set queue_prefixes or queues: otherwise no DLQ is ever found")
+        return self
+
+    @field_validator("queue_prefixes")
+    @classmethod
+    def _no_empty_prefix(cls, prefixes: list[str]) -> list[str]:
+        if any(not prefix for prefix in prefixes):
+            raise ValueError("an empty prefix would match every queue in the account")
+        return prefixes
+
+
+class ScheduleSettings(_Group):
+    """When cycles run."""
+
+    interval_s: PositiveSeconds = 60
+
+
+class DrainSettings(_Group):
+    """How each DLQ is read within one cycle."""
+
+    queue_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    workers_per_queue: Annotated[int, Field(ge=1, le=32)] = 2
+    visibility_timeout_s: Annotated[int, Field(ge=5, le=MAX_VISIBILITY_TIMEOUT_S)] = 120
+    receive_wait_s: Annotated[int, Field(ge=0, le=20)] = 1
+    max_messages_per_queue: Annotated[int, Field(ge=1)] = 10_000
+    cycle_budget_s: PositiveSeconds = 300
+    # Calls in flight to targets that have no batch API (Lambda, Step Functions).
+    target_concurrency: Annotated[int, Field(ge=1, le=512)] = 16
+
+
+class GuardSettings(_Group):
+    """What may be resubmitted, where to, and how often."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+    allow_targets: list[str] = []
+    allow_any_target: bool = False
+
+    @model_validator(mode="after")
+    def _allowlist_is_explicit(self) -> GuardSettings:
+        if not self.allow_targets and not self.allow_any_target:
+            raise ValueError(
+                "allow_targets is empty: list the target ARN globs retryd may call, or set "
+                "allow_any_target = true to accept that anyone who can write to a DLQ can "
+                "make retryd invoke any resource"
+            )
+        return self
+
+    @field_validator("allow_targets")
+    @classmethod
+    def _globs_look_like_arns(cls, globs: list[str]) -> list[str]:
+        for glob in globs:
+            if not glob.startswith("arn:") or glob.count(":") < 5:  # noqa: PLR2004 - six ARN fields
+                raise ValueError(f"{glob!r} is not an ARN glob (arn:partition:service:region:...)")
+        return globs
+
+
+class ParkingSettings(_Group):
+    """Where messages go that must not be retried, with the reason."""
+
+    queue: Annotated[str, Field(min_length=1)] = "retryd-parking"
+    # The longest `retryd.detail` kept on a parked message.
+    detail_max_bytes: Annotated[int, Field(ge=64, le=4096)] = 1024
+
+
+class Route(_Group):
+    """A static route: DLQ name (or glob) -> the target its messages go back to."""
+
+    queue: Annotated[str, Field(min_length=1)]
+    target: str
+
+    @field_validator("target")
+    @classmethod
+    def _target_is_supported(cls, arn: str) -> str:
+        Target.from_arn(arn)
+        return arn
+
+
+class HttpSettings(_Group):
+    """The /metrics, /healthz and /readyz listener."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a container's metrics port must be reachable by Prometheus
+    port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    enabled: bool = True
+
+
+class ShutdownSettings(_Group):
+    """How SIGTERM is honoured: stop receiving, let in-flight work settle, then cancel."""
+
+    # Well under ECS's default 30 s stopTimeout, so settling ends before SIGKILL.
+    drain_timeout_s: PositiveSeconds = 20
+
+
+class LogSettings(_Group):
+    """Structured logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    # Payloads can hold personal data; they are logged only when asked for.
+    include_payloads: bool = False
+
+
+class Settings(BaseSettings):
+    """Everything retryd is told, validated once at start-up and passed in."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    aws: AwsSettings = AwsSettings()
+    discovery: DiscoverySettings
+    schedule: ScheduleSettings = ScheduleSettings()
+    drain: DrainSettings = DrainSettings()
+    guards: GuardSettings
+    parking: ParkingSettings = ParkingSettings()
+    routes: list[Route] = []
+    http: HttpSettings = HttpSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first so that RETRYD_GROUP__FIELD overrides the file (passed as init).
+        return (env_settings, init_settings)
+
+
+_GROUPS = frozenset(name.upper() for name in Settings.model_fields)
+
+
+def _check_env_names(environ: Mapping[str, str]) -> list[str]:
+    """pydantic-settings ignores RETRYD_* names that match no group; a typo there must not."""
+    problems = []
+    for name in environ:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        group = name.removeprefix(ENV_PREFIX).split("__", 1)[0]
+        if group.upper() not in _GROUPS:
+            problems.append(f"{name}: no settings group {group.lower()!r}")
+    return problems
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem, each naming the field as a dotted path."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        elif error["type"] == "missing":
+            message = "required setting is missing"
+        lines.append(f"{where}: {message}")
+    return lines
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Load and validate settings; ConfigError (exit 2) lists every problem at once."""
+    env = os.environ
+    if path is None and env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    data = _read_toml(path) if path is not None else {}
+    problems = _check_env_names(env)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        problems.extend(format_validation_error(exc))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings

@@ -1,0 +1,77 @@
+"""Shared fixtures: one moto server per test session on a free port, reset for every test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from retryd.emulator import MotoServer
+from retryd.settings import Settings
+from tests.faults import FaultInjector
+from tests.world import ACCOUNT, REGION, World
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture(scope="session")
+def fault_injector() -> FaultInjector:
+    return FaultInjector()
+
+
+@pytest.fixture(scope="session")
+def moto_server(fault_injector: FaultInjector) -> Iterator[MotoServer]:
+    with MotoServer(middleware=fault_injector.middleware) as server:
+        yield server
+
+
+@pytest.fixture
+def world(
+    moto_server: MotoServer, fault_injector: FaultInjector, monkeypatch: pytest.MonkeyPatch
+) -> World:
+    """An empty AWS world; the standard AWS env vars point retryd's clients at it."""
+    moto_server.reset()
+    fault_injector.clear()
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name in list(__import__("os").environ):
+        if name.startswith("RETRYD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    # Keep the developer's own ~/.aws out of the run.
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/retryd-test-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/retryd-test-credentials")
+    return World(moto_server, fault_injector)
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+def make_settings() -> SettingsFactory:
+    """Settings for tests: no SDK retries (faults stay visible), no long polls, no HTTP port."""
+
+    def build(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "aws": {"max_attempts": 1, "connect_timeout_s": 5, "read_timeout_s": 15},
+            "discovery": {"queue_prefixes": ["retry-"]},
+            "drain": {"receive_wait_s": 0, "visibility_timeout_s": 30},
+            "guards": {"allow_targets": [f"arn:aws:*:{REGION}:{ACCOUNT}:*"]},
+            "parking": {"queue": "retryd-parking"},
+            "http": {"enabled": False},
+        }
+        return Settings(**_merge(base, overrides))
+
+    return build

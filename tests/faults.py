@@ -1,0 +1,129 @@
+"""Fault injection for the moto server: a WSGI middleware that answers chosen AWS calls with errors.
+
+A fault matches on the signing service (from the SigV4 credential scope), the
+operation (X-Amz-Target for JSON protocols, the Action form field for query
+protocols, the path for Lambda's REST API) and, optionally, a substring of the
+path or body (a function name, a queue URL). It answers in the wire format of
+that protocol, so botocore parses it exactly as it would a real AWS error.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from retryd.emulator import WsgiApp
+
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+
+
+@dataclass
+class Fault:
+    """Answer matching calls with `code`/`status`; `times` None means until removed."""
+
+    service: str
+    operation: str
+    code: str = "ThrottlingException"
+    status: int = 400
+    contains: str | None = None
+    times: int | None = None
+    message: str = "injected fault"
+    hits: int = 0
+
+
+@dataclass
+class _Request:
+    service: str
+    operation: str
+    protocol: str
+    text: str
+
+
+def _describe(environ: dict[str, Any], body: bytes) -> _Request:
+    scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    service = scope.group(1) if scope else ""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    path = environ.get("PATH_INFO", "")
+    text = path + "\n" + body.decode("utf-8", "replace")
+    if target:
+        return _Request(service, target.rsplit(".", 1)[-1], "json", text)
+    if service == "lambda":
+        operation = "Invoke" if path.endswith("/invocations") else environ["REQUEST_METHOD"]
+        return _Request(service, operation, "rest-json", text)
+    form = parse_qs(body.decode("utf-8", "replace"))
+    return _Request(service, form.get("Action", [""])[0], "query", text)
+
+
+def _error_response(request: _Request, fault: Fault) -> tuple[str, list[tuple[str, str]], bytes]:
+    status = f"{fault.status} Injected"
+    if request.protocol == "json":
+        body = json.dumps({"__type": fault.code, "message": fault.message}).encode()
+        headers = [
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("x-amzn-query-error", f"{fault.code};Sender"),
+        ]
+    elif request.protocol == "rest-json":
+        body = json.dumps({"Type": "User", "message": fault.message}).encode()
+        headers = [("Content-Type", "application/json"), ("x-amzn-ErrorType", fault.code)]
+    else:
+        body = (
+            "<ErrorResponse><Error><Type>Sender</Type>"
+            f"<Code>{fault.code}</Code><Message>{fault.message}</Message>"
+            "</Error><RequestId>injected</RequestId></ErrorResponse>"
+        ).encode()
+        headers = [("Content-Type", "text/xml")]
+    headers.append(("Content-Length", str(len(body))))
+    return status, headers, body
+
+
+@dataclass
+class FaultInjector:
+    """Holds the active faults; wrap moto's app with `middleware`."""
+
+    faults: list[Fault] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, fault: Fault) -> Fault:
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self.faults.clear()
+
+    def _match(self, request: _Request) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.service != request.service or fault.operation != request.operation:
+                    continue
+                if fault.contains is not None and fault.contains not in request.text:
+                    continue
+                if fault.times is not None and fault.hits >= fault.times:
+                    continue
+                fault.hits += 1
+                return fault
+        return None
+
+    def middleware(self, app: WsgiApp) -> WsgiApp:
+        def wrapped(
+            environ: dict[str, Any], start_response: Callable[..., Any]
+        ) -> Iterable[bytes]:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(body)
+            request = _describe(environ, body)
+            fault = self._match(request)
+            if fault is None:
+                return app(environ, start_response)
+            status, headers, payload = _error_response(request, fault)
+            start_response(status, headers)
+            return [payload]
+
+        return wrapped
