@@ -10,9 +10,11 @@ from __future__ import annotations
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     HTTPClientError,
     ParamValidationError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from retryd.models import ErrorClass, SendError
@@ -52,13 +54,16 @@ PERMANENT_CODES = frozenset(
         "AWS.SimpleQueueService.UnsupportedOperation",
         "BatchRequestTooLong",
         # SNS
-        "NotFoundException",
         "InvalidSecurity",
         "EndpointDisabled",
         "PlatformApplicationDisabled",
         "KMSDisabled",
         "KMSNotFound",
         "KMSInvalidState",
+        # EventBridge PutEvents per-entry codes
+        "InvalidArgument",
+        "MalformedDetail",
+        "NotAuthorizedForSourceException",
         # Step Functions
         "StateMachineDoesNotExist",
         "StateMachineDeleting",

@@ -1,0 +1,89 @@
+"""The parking queue: where a dead letter goes, with the reason, when it must not go back.
+
+A parked copy is what allows a message to be deleted from its DLQ, so a result
+of None from `park` is a promise: the original body and every original
+attribute are in the parking queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from botocore.exceptions import ClientError
+
+from retryd.aws import Client
+from retryd.errors import ParkingQueueMissingError
+from retryd.models import DeadLetter, SendError
+from retryd.stamps import stamp_for_parking
+from retryd.targets.sqs_queue import OutgoingMessage, send_message_batches
+
+_MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+
+
+@dataclass(frozen=True, slots=True)
+class ParkRequest:
+    """One dead letter to park, and the verdict to stamp on its copy."""
+
+    letter: DeadLetter
+    reason: str
+    detail: str
+    attempt: int
+
+
+class Parking:
+    """Writes parked copies to one SQS queue (standard or FIFO)."""
+
+    def __init__(self, client: Client, queue_url: str, detail_max_bytes: int) -> None:
+        self._client = client
+        self.queue_url = queue_url
+        self._detail_max_bytes = detail_max_bytes
+
+    @property
+    def is_fifo(self) -> bool:
+        return self.queue_url.rstrip("/").endswith(".fifo")
+
+    @classmethod
+    async def locate(cls, client: Client, queue: str, detail_max_bytes: int) -> Parking:
+        """Find the parking queue by name or URL; ParkingQueueMissingError if it does not exist.
+
+        Other AWS errors (no permission, throttling) propagate: start-up cannot tell
+        whether the queue is there, and must not go on as if it were.
+        """
+        try:
+            if queue.startswith(("https://", "http://")):
+                # A URL names the queue already; asking for an attribute proves it exists.
+                await client.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
+                url = queue
+            else:
+                url = str((await client.get_queue_url(QueueName=queue))["QueueUrl"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING_QUEUE_CODES:
+                raise ParkingQueueMissingError(queue) from exc
+            raise
+        return cls(client, url, detail_max_bytes)
+
+    async def park(self, items: Sequence[ParkRequest]) -> list[SendError | None]:
+        """Copy each letter to the parking queue; one result per item, None when it is safe there.
+
+        Never raises for an AWS or network error: a failed copy is a SendError, and
+        the letter stays in its DLQ.
+        """
+        messages = [self._message(item) for item in items]
+        return await send_message_batches(self._client, self.queue_url, messages)
+
+    def _message(self, item: ParkRequest) -> OutgoingMessage:
+        attributes = stamp_for_parking(
+            item.letter, item.reason, item.detail, item.attempt, self._detail_max_bytes
+        )
+        if not self.is_fifo:
+            return OutgoingMessage(item.letter.body, attributes)
+        # Per source queue, parked copies keep their order; the same letter parked twice
+        # (a copy made, its DLQ delete lost) lands once within SQS's dedup window.
+        return OutgoingMessage(
+            item.letter.body,
+            attributes,
+            group_id=item.letter.queue.name,
+            deduplication_id=hashlib.sha256(item.letter.message_id.encode()).hexdigest(),
+        )

@@ -1,0 +1,212 @@
+"""Resubmits to an EventBridge event bus with PutEvents, in as few calls as its limits allow.
+
+A job's body is either a PutEvents entry (`Source`, `DetailType`, `Detail`, ...) or
+an event as EventBridge delivers it to targets (`source`, `detail-type`, `detail`,
+...); both become the same entry. The bus is always the resolved target: it
+passed the allowlist, whatever bus the body names did not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from retryd.aws import Client
+from retryd.classify import from_batch_failure, from_exception
+from retryd.models import ErrorClass, Job, SendError, Target
+from retryd.targets.base import INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, Delivery
+
+# EventBridge API reference, PutEvents: at most 10 entries per request.
+PUT_EVENTS_MAX_ENTRIES = 10
+# EventBridge user guide, "Calculating PutEvents event entry size": the total entry size
+# of one request must be less than 256 KB.
+PUT_EVENTS_MAX_BYTES = 256 * 1024
+# Same page: a `Time` counts as 14 bytes whatever its value.
+_TIME_BYTES = 14
+
+# Delivered-event field -> PutEvents entry field. The rest (id, account, region,
+# version) EventBridge assigns itself on the way back in.
+_EVENT_TO_ENTRY = {
+    "source": "Source",
+    "detail-type": "DetailType",
+    "detail": "Detail",
+    "resources": "Resources",
+    "time": "Time",
+}
+
+
+class InvalidEntryError(ValueError):
+    """A job body that cannot become a PutEvents entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    index: int
+    entry: dict[str, Any]
+    size_bytes: int
+
+
+def _required_text(document: Mapping[str, Any], field: str) -> str:
+    value = document.get(field)
+    if not isinstance(value, str) or not value:
+        raise InvalidEntryError(f"{field} must be a non-empty string")
+    return value
+
+
+def _detail(value: Any) -> str:
+    """Detail as JSON text of an object, which is all EventBridge matches rules against."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise InvalidEntryError(f"Detail is not JSON: {exc}") from exc
+        if not isinstance(parsed, dict):
+            raise InvalidEntryError("Detail must be a JSON object")
+        return value
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    raise InvalidEntryError("Detail must be a JSON object or its text")
+
+
+def _time(value: Any) -> datetime:
+    """An ISO-8601 string (as delivered events carry) or epoch seconds, as an aware datetime."""
+    if isinstance(value, bool):
+        raise InvalidEntryError("Time must be ISO-8601 text or epoch seconds")
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, tz=UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise InvalidEntryError(f"Time is not ISO-8601: {value!r}") from exc
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    raise InvalidEntryError("Time must be ISO-8601 text or epoch seconds")
+
+
+def to_entry(body: str, bus: str) -> dict[str, Any]:
+    """The PutEvents entry for a job body, addressed to `bus`; InvalidEntryError if none fits."""
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise InvalidEntryError(f"body is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidEntryError("body must be a JSON object")
+    if not any(field in document for field in ("Source", "DetailType", "Detail")):
+        document = {
+            entry_field: document[event_field]
+            for event_field, entry_field in _EVENT_TO_ENTRY.items()
+            if event_field in document
+        }
+    entry: dict[str, Any] = {
+        "Source": _required_text(document, "Source"),
+        "DetailType": _required_text(document, "DetailType"),
+        "Detail": _detail(document.get("Detail")),
+        "EventBusName": bus,
+    }
+    resources = document.get("Resources")
+    if resources is not None:
+        if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
+            raise InvalidEntryError("Resources must be a list of strings")
+        if resources:
+            entry["Resources"] = resources
+    if document.get("Time") is not None:
+        entry["Time"] = _time(document["Time"])
+    trace_header = document.get("TraceHeader")
+    if trace_header is not None:
+        if not isinstance(trace_header, str):
+            raise InvalidEntryError("TraceHeader must be a string")
+        entry["TraceHeader"] = trace_header
+    return entry
+
+
+def entry_size_bytes(entry: Mapping[str, Any]) -> int:
+    """An entry's size as EventBridge counts it against the per-request limit."""
+    size = _TIME_BYTES if "Time" in entry else 0
+    size += sum(len(str(entry[field]).encode()) for field in ("Source", "DetailType", "Detail"))
+    size += sum(len(resource.encode()) for resource in entry.get("Resources", ()))
+    return size
+
+
+def plan_batches(sizes_bytes: Sequence[int]) -> list[list[int]]:
+    """Indices of `sizes_bytes` grouped in order into calls within both PutEvents limits.
+
+    Every size must itself be under PUT_EVENTS_MAX_BYTES (oversized entries are
+    refused before planning).
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for index, size in enumerate(sizes_bytes):
+        full = len(current) == PUT_EVENTS_MAX_ENTRIES
+        if current and (full or current_bytes + size >= PUT_EVENTS_MAX_BYTES):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(index)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+class EventBusTarget:
+    """Puts each job's event on the target bus, up to 10 per PutEvents call."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
+        deliveries: list[Delivery | None] = [None] * len(jobs)
+        prepared: list[_Prepared] = []
+        for index, job in enumerate(jobs):
+            try:
+                entry = to_entry(job.body, target.arn)
+            except InvalidEntryError as exc:
+                refused = SendError(ErrorClass.PERMANENT, INVALID_PAYLOAD, str(exc))
+                deliveries[index] = Delivery(job, refused)
+                continue
+            size_bytes = entry_size_bytes(entry)
+            if size_bytes >= PUT_EVENTS_MAX_BYTES:
+                too_large = SendError(
+                    ErrorClass.PERMANENT,
+                    PAYLOAD_TOO_LARGE,
+                    f"entry is {size_bytes} bytes; PutEvents takes less than "
+                    f"{PUT_EVENTS_MAX_BYTES}",
+                )
+                deliveries[index] = Delivery(job, too_large)
+                continue
+            prepared.append(_Prepared(index, entry, size_bytes))
+
+        for batch in plan_batches([item.size_bytes for item in prepared]):
+            members = [prepared[position] for position in batch]
+            errors = await self._put([member.entry for member in members])
+            for member, error in zip(members, errors, strict=True):
+                deliveries[member.index] = Delivery(jobs[member.index], error)
+        return [delivery for delivery in deliveries if delivery is not None]
+
+    async def _put(self, entries: list[dict[str, Any]]) -> list[SendError | None]:
+        """One PutEvents call; the error (or None) for each entry, in request order."""
+        try:
+            response = await self._client.put_events(Entries=entries)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
+            # Cancellation is a BaseException and still propagates; AWS failures become values.
+            return [from_exception(exc)] * len(entries)
+        results: list[dict[str, Any]] = list(response.get("Entries", []))
+        errors: list[SendError | None] = []
+        for position in range(len(entries)):
+            if position >= len(results):
+                # EventBridge answers every entry in order; a short answer proves nothing.
+                errors.append(
+                    SendError(
+                        ErrorClass.TRANSIENT,
+                        "retryd.MissingResult",
+                        "PutEvents returned no result for this entry",
+                    )
+                )
+            elif results[position].get("ErrorCode"):
+                errors.append(from_batch_failure(results[position]))
+            else:
+                errors.append(None)
+        return errors

@@ -1,0 +1,122 @@
+"""Resubmits to a Lambda function: one asynchronous Invoke per job, bounded by a limiter.
+
+Lambda has no batch invoke, so jobs run side by side in a task group; the limiter
+is passed in so that every caller sending to Lambda shares one bound on calls in flight.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+
+import anyio
+import structlog
+
+from retryd.aws import Client
+from retryd.classify import from_exception
+from retryd.models import ErrorClass, Job, SendError, Target
+from retryd.targets.base import INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, Delivery
+
+log = structlog.get_logger(__name__)
+
+# Lambda API reference, Invoke: "For asynchronous invocations, the maximum payload size
+# is 1 MB" (raised from 256 KB in 2025). Lambda's MB are binary, as in its 6 MB sync limit.
+ASYNC_PAYLOAD_MAX_BYTES = 1024 * 1024
+# Lambda API reference, Invoke: ClientContext carries "up to 3,583 bytes of base64-encoded data".
+CLIENT_CONTEXT_MAX_BYTES = 3583
+# An Event invocation that Lambda queued answers 202; anything else was not queued.
+_ACCEPTED_STATUS = 202
+
+
+def client_context(job: Job) -> tuple[str | None, int]:
+    """The base64 ClientContext carrying retryd's stamps, and how many stamps did not fit.
+
+    Stamps are dropped from the least useful end (source queue, then attempt, then
+    key) rather than refusing the job: the payload matters, the stamps only help.
+    Values are strings because some runtimes (Java, .NET) read `custom` as a string map.
+    """
+    stamps = [
+        ("retryd.key", job.key),
+        ("retryd.attempt", str(job.next_attempt)),
+        ("retryd.source-queue", job.letter.queue.name),
+    ]
+    for kept in range(len(stamps), 0, -1):
+        document = {"custom": dict(stamps[:kept])}
+        encoded = base64.b64encode(json.dumps(document, separators=(",", ":")).encode())
+        if len(encoded) <= CLIENT_CONTEXT_MAX_BYTES:
+            return encoded.decode("ascii"), len(stamps) - kept
+    return None, len(stamps)
+
+
+def preflight(job: Job) -> SendError | None:
+    """Refuse, without calling AWS, a body Lambda would refuse anyway."""
+    payload_bytes = len(job.body.encode())
+    if payload_bytes > ASYNC_PAYLOAD_MAX_BYTES:
+        return SendError(
+            ErrorClass.PERMANENT,
+            PAYLOAD_TOO_LARGE,
+            f"payload is {payload_bytes} bytes; asynchronous Invoke takes at most "
+            f"{ASYNC_PAYLOAD_MAX_BYTES}",
+        )
+    try:
+        json.loads(job.body)
+    except ValueError as exc:
+        return SendError(ErrorClass.PERMANENT, INVALID_PAYLOAD, f"Lambda needs JSON: {exc}")
+    return None
+
+
+class LambdaFunctionTarget:
+    """Invokes the target ARN (qualifier included) asynchronously: InvocationType=Event."""
+
+    def __init__(self, client: Client, limiter: anyio.CapacityLimiter) -> None:
+        self._client = client
+        self._limiter = limiter
+
+    async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
+        deliveries: list[Delivery | None] = [None] * len(jobs)
+
+        async def deliver(index: int, job: Job) -> None:
+            deliveries[index] = await self._invoke(target, job)
+
+        async with anyio.create_task_group() as tasks:
+            for index, job in enumerate(jobs):
+                tasks.start_soon(deliver, index, job)
+        return [delivery for delivery in deliveries if delivery is not None]
+
+    async def _invoke(self, target: Target, job: Job) -> Delivery:
+        refused = preflight(job)
+        if refused is not None:
+            return Delivery(job, refused)
+        context, stamps_dropped = client_context(job)
+        request = {
+            "FunctionName": target.arn,
+            "InvocationType": "Event",
+            "Payload": job.body.encode(),
+        }
+        if context is not None:
+            request["ClientContext"] = context
+        if stamps_dropped:
+            log.info(
+                "lambda_client_context_trimmed",
+                target=target.arn,
+                message_id=job.letter.message_id,
+                stamps_dropped=stamps_dropped,
+            )
+        try:
+            async with self._limiter:
+                response = await self._client.invoke(**request)
+                # Reading the (empty) body hands the connection back to the pool.
+                await response["Payload"].read()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
+            # Cancellation is a BaseException and still propagates; AWS failures become values.
+            return Delivery(job, from_exception(exc), stamps_dropped=stamps_dropped)
+        status = response.get("StatusCode")
+        if status != _ACCEPTED_STATUS:
+            unexpected = SendError(
+                ErrorClass.TRANSIENT,
+                "retryd.UnexpectedStatus",
+                f"asynchronous Invoke answered {status}, not {_ACCEPTED_STATUS}",
+            )
+            return Delivery(job, unexpected, stamps_dropped=stamps_dropped)
+        return Delivery(job, stamps_dropped=stamps_dropped)

@@ -1,0 +1,86 @@
+"""Resubmit to an SNS topic with PublishBatch, stamping retryd's attributes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from retryd import classify
+from retryd.aws import Client
+from retryd.models import Attributes, Job, MessageAttribute, SendError, Target
+from retryd.stamps import message_size_bytes, stamp_for_resubmit
+from retryd.targets.base import Delivery
+from retryd.targets.sqs_queue import (
+    MAX_PAYLOAD_BYTES,
+    dedup_id,
+    group_id,
+    map_batch_response,
+    pack_batches,
+    too_large,
+)
+
+# "The total aggregate size of all messages that you send in a single PublishBatch API
+# request can't exceed 262,144 bytes (256 KiB)" - Amazon SNS Developer Guide, "Amazon SNS
+# message batching". The same number as SQS's, so the SQS constant is reused.
+MAX_BATCH_BYTES = MAX_PAYLOAD_BYTES
+
+
+def _has_value(attribute: MessageAttribute) -> bool:
+    return bool(attribute.string_value) or bool(attribute.binary_value)
+
+
+class SnsTopicTarget:
+    """Publishes jobs to an SNS topic named by its ARN."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
+        if not jobs:
+            return []
+        deliveries: list[Delivery | None] = [None] * len(jobs)
+        to_send: list[tuple[int, dict[str, Any], int, int]] = []
+        for index, job in enumerate(jobs):
+            # SNS refuses the whole Publish for an attribute with an empty value; leaving
+            # such attributes off also frees their slots for retryd's stamps.
+            kept = {
+                name: value for name, value in job.forward_attributes.items() if _has_value(value)
+            }
+            attributes, dropped = stamp_for_resubmit(
+                dataclasses.replace(job, forward_attributes=kept)
+            )
+            size_bytes = message_size_bytes(job.body, attributes)
+            if size_bytes > MAX_BATCH_BYTES:
+                deliveries[index] = Delivery(job, too_large(size_bytes, MAX_BATCH_BYTES), dropped)
+                continue
+            entry = _entry(str(index), job, attributes, fifo=target.is_fifo)
+            to_send.append((index, entry, size_bytes, dropped))
+        for batch in pack_batches(to_send, lambda item: item[2], MAX_BATCH_BYTES):
+            results = await self._publish(target.arn, [item[1] for item in batch])
+            for index, _, _, dropped in batch:
+                deliveries[index] = Delivery(jobs[index], results[index], dropped)
+        return [delivery for delivery in deliveries if delivery is not None]
+
+    async def _publish(
+        self, topic_arn: str, entries: list[dict[str, Any]]
+    ) -> dict[int, SendError | None]:
+        try:
+            response = await self._client.publish_batch(
+                TopicArn=topic_arn, PublishBatchRequestEntries=entries
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
+            # Whatever broke the call, no entry of it is known to have been published.
+            error = classify.from_exception(exc)
+            return {int(entry["Id"]): error for entry in entries}
+        return map_batch_response(response, [int(entry["Id"]) for entry in entries])
+
+
+def _entry(entry_id: str, job: Job, attributes: Attributes, *, fifo: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"Id": entry_id, "Message": job.body}
+    if attributes:
+        entry["MessageAttributes"] = {name: value.to_wire() for name, value in attributes.items()}
+    if fifo:
+        entry["MessageGroupId"] = group_id(job)
+        entry["MessageDeduplicationId"] = dedup_id(job.key, job.next_attempt)
+    return entry

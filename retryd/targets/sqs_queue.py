@@ -1,0 +1,193 @@
+"""Resubmit to an SQS queue with SendMessageBatch, and the size-aware batching parking shares."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from retryd import classify
+from retryd.aws import Client
+from retryd.models import Arn, Attributes, ErrorClass, Job, SendError, Target
+from retryd.stamps import message_size_bytes, stamp_for_resubmit
+from retryd.targets.base import PAYLOAD_TOO_LARGE, Delivery
+
+# "Delivers up to ten messages" per SendMessageBatch / PublishBatch call.
+MAX_BATCH_ENTRIES = 10
+# SendMessageBatch: "The maximum allowed individual message size and the maximum total
+# payload size (the sum of the individual lengths of all of the batched messages) are
+# both 256 KiB (262,144 bytes)" (SQS API reference). Queues created since SQS raised
+# its limit to 1 MiB may take more, and moto 5.2 accepts 1 MiB, but 256 KiB is what
+# every queue and every emulator takes, so it is the limit retryd sends within.
+MAX_PAYLOAD_BYTES = 262_144
+
+# MessageGroupId: up to 128 characters, alphanumerics and ASCII punctuation (SQS API reference).
+_GROUP_ID = re.compile(r"[!-~]{1,128}")
+
+T = TypeVar("T")
+
+
+def pack_batches(
+    items: Sequence[T], size_bytes: Callable[[T], int], max_bytes: int = MAX_PAYLOAD_BYTES
+) -> list[list[T]]:
+    """Split items, in order, into batches of at most 10 entries and max_bytes in total.
+
+    An item bigger than max_bytes on its own gets a batch to itself: the caller
+    decides whether to refuse it or let the service judge it.
+    """
+    batches: list[list[T]] = []
+    current: list[T] = []
+    current_bytes = 0
+    for item in items:
+        item_bytes = size_bytes(item)
+        if current and (
+            len(current) >= MAX_BATCH_ENTRIES or current_bytes + item_bytes > max_bytes
+        ):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(item)
+        current_bytes += item_bytes
+    if current:
+        batches.append(current)
+    return batches
+
+
+def dedup_id(key: str, attempt: int) -> str:
+    """A FIFO deduplication id (at most 128 characters) that is the same for a repeated attempt."""
+    return hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()
+
+
+def group_id(job: Job) -> str:
+    """The dead letter's own FIFO group, else the job key (hashed if SQS would refuse it)."""
+    group = job.letter.group_id or job.key
+    if _GROUP_ID.fullmatch(group):
+        return group
+    return hashlib.sha256(group.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One SendMessageBatch entry before it is given a batch-local Id."""
+
+    body: str
+    attributes: Attributes = field(default_factory=dict)
+    group_id: str | None = None
+    deduplication_id: str | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return message_size_bytes(self.body, self.attributes)
+
+    def to_entry(self, entry_id: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"Id": entry_id, "MessageBody": self.body}
+        if self.attributes:
+            entry["MessageAttributes"] = {
+                name: value.to_wire() for name, value in self.attributes.items()
+            }
+        if self.group_id is not None:
+            entry["MessageGroupId"] = self.group_id
+        if self.deduplication_id is not None:
+            entry["MessageDeduplicationId"] = self.deduplication_id
+        return entry
+
+
+async def send_message_batches(
+    client: Client, queue_url: str, messages: Sequence[OutgoingMessage]
+) -> list[SendError | None]:
+    """Send every message with as few SendMessageBatch calls as the limits allow.
+
+    One result per message, in order: None means SQS accepted it. Batches go out
+    one after another so that a FIFO queue sees the messages in the order given.
+    Never raises for an AWS or network error.
+    """
+    results: list[SendError | None] = [None] * len(messages)
+    indexed = list(enumerate(messages))
+    for batch in pack_batches(indexed, lambda pair: pair[1].size_bytes):
+        entries = [message.to_entry(str(index)) for index, message in batch]
+        for index, error in (await _send_one_batch(client, queue_url, entries)).items():
+            results[index] = error
+    return results
+
+
+async def _send_one_batch(
+    client: Client, queue_url: str, entries: list[dict[str, Any]]
+) -> dict[int, SendError | None]:
+    try:
+        response = await client.send_message_batch(QueueUrl=queue_url, Entries=entries)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
+        # Whatever broke the call, no entry of it is known to have arrived.
+        error = classify.from_exception(exc)
+        return {int(entry["Id"]): error for entry in entries}
+    return map_batch_response(response, [int(entry["Id"]) for entry in entries])
+
+
+def map_batch_response(
+    response: dict[str, Any], indexes: Sequence[int]
+) -> dict[int, SendError | None]:
+    """A batch response's Successful/Failed entries, by the integer Id each entry was sent with."""
+    # An entry the service reported neither way was not confirmed: it stays in its DLQ.
+    unreported = SendError(ErrorClass.TRANSIENT, "retryd.Unreported", "entry missing from response")
+    outcome: dict[int, SendError | None] = dict.fromkeys(indexes, unreported)
+    for entry in response.get("Successful", []):
+        outcome[int(entry["Id"])] = None
+    for entry in response.get("Failed", []):
+        outcome[int(entry["Id"])] = classify.from_batch_failure(entry)
+    return outcome
+
+
+class SqsQueueTarget:
+    """Resubmits jobs to an SQS queue named by its ARN, stamping retryd's attributes."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        # Queue URLs never change for a queue's life; one GetQueueUrl per ARN is enough.
+        self._urls: dict[str, str] = {}
+
+    async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
+        if not jobs:
+            return []
+        url = await self._queue_url(target)
+        if isinstance(url, SendError):
+            return [Delivery(job, url) for job in jobs]
+        deliveries: list[Delivery | None] = [None] * len(jobs)
+        to_send: list[tuple[int, OutgoingMessage, int]] = []
+        for index, job in enumerate(jobs):
+            attributes, dropped = stamp_for_resubmit(job)
+            message = OutgoingMessage(job.body, attributes)
+            if target.is_fifo:
+                message = OutgoingMessage(
+                    job.body, attributes, group_id(job), dedup_id(job.key, job.next_attempt)
+                )
+            if message.size_bytes > MAX_PAYLOAD_BYTES:
+                deliveries[index] = Delivery(job, too_large(message.size_bytes), dropped)
+            else:
+                to_send.append((index, message, dropped))
+        errors = await send_message_batches(self._client, url, [item[1] for item in to_send])
+        for (index, _, dropped), error in zip(to_send, errors, strict=True):
+            deliveries[index] = Delivery(jobs[index], error, dropped)
+        return [delivery for delivery in deliveries if delivery is not None]
+
+    async def _queue_url(self, target: Target) -> str | SendError:
+        cached = self._urls.get(target.arn)
+        if cached is not None:
+            return cached
+        arn = Arn.parse(target.arn)
+        try:
+            response = await self._client.get_queue_url(
+                QueueName=arn.resource, QueueOwnerAWSAccountId=arn.account
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
+            return classify.from_exception(exc)
+        url = str(response["QueueUrl"])
+        self._urls[target.arn] = url
+        return url
+
+
+def too_large(size_bytes: int, limit_bytes: int = MAX_PAYLOAD_BYTES) -> SendError:
+    return SendError(
+        ErrorClass.PERMANENT,
+        PAYLOAD_TOO_LARGE,
+        f"message with attributes is {size_bytes} bytes; the limit is {limit_bytes}",
+    )

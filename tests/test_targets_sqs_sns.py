@@ -1,0 +1,373 @@
+"""Resubmitting to SQS queues and SNS topics, against the moto server."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from retryd import stamps
+from retryd.aws import open_clients
+from retryd.models import (
+    DeadLetter,
+    ErrorClass,
+    Job,
+    MessageAttribute,
+    QueueRef,
+    SendError,
+    Target,
+)
+from retryd.settings import Settings
+from retryd.targets.base import PAYLOAD_TOO_LARGE, Delivery
+from retryd.targets.sns_topic import SnsTopicTarget
+from retryd.targets.sqs_queue import (
+    MAX_BATCH_ENTRIES,
+    MAX_PAYLOAD_BYTES,
+    SqsQueueTarget,
+    map_batch_response,
+    pack_batches,
+)
+from tests.faults import Fault
+from tests.world import ACCOUNT, REGION, World
+
+SettingsFactory = Callable[..., Settings]
+FIRST_FAILED = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
+
+
+def make_job(
+    target_arn: str,
+    *,
+    body: str = '{"orderId": "42"}',
+    key: str = "order-42",
+    attempt: int = 0,
+    attributes: dict[str, MessageAttribute] | None = None,
+    group_id: str | None = None,
+    message_id: str = "m-1",
+) -> Job:
+    """A resolved job whose dead letter came from DLQ `retry-orders`."""
+    system = {"MessageGroupId": group_id} if group_id is not None else {}
+    letter = DeadLetter(
+        queue=QueueRef(
+            "retry-orders",
+            f"http://localhost/{ACCOUNT}/retry-orders",
+            f"arn:aws:sqs:{REGION}:{ACCOUNT}:retry-orders",
+        ),
+        message_id=message_id,
+        receipt_handle=f"receipt-{message_id}",
+        body=body,
+        system_attributes=system,
+        message_attributes=attributes or {},
+    )
+    return Job(
+        letter=letter,
+        target=Target.from_arn(target_arn),
+        body=body,
+        key=key,
+        attempt=attempt,
+        first_failed_at=FIRST_FAILED,
+        forward_attributes=attributes or {},
+    )
+
+
+def submit_sqs(settings: Settings, target: Target, *batches: Sequence[Job]) -> list[list[Delivery]]:
+    """Run SqsQueueTarget.submit once per batch, on one target instance (one URL cache)."""
+
+    async def main() -> list[list[Delivery]]:
+        async with open_clients(settings.aws) as clients:
+            resubmitter = SqsQueueTarget(clients.sqs)
+            return [await resubmitter.submit(target, jobs) for jobs in batches]
+
+    return anyio.run(main)
+
+
+def submit_sns(settings: Settings, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
+    async def main() -> list[Delivery]:
+        async with open_clients(settings.aws) as clients:
+            return await SnsTopicTarget(clients.sns).submit(target, jobs)
+
+    return anyio.run(main)
+
+
+def calls(world: World, operation: str) -> int:
+    """How many requests for `operation` moto recorded since world.record()."""
+    count = 0
+    for entry in world.server.recording():
+        body = entry.get("body") or ""
+        if entry.get("body_encoded"):
+            body = base64.b64decode(body).decode("utf-8", "replace")
+        json_target = entry.get("headers", {}).get("X-Amz-Target", "")
+        if json_target.endswith(f".{operation}") or f"Action={operation}&" in body:
+            count += 1
+    return count
+
+
+def strings(message: dict[str, Any]) -> dict[str, str]:
+    """A received message's attributes as name -> string value."""
+    return {
+        name: value.get("StringValue", "")
+        for name, value in message.get("MessageAttributes", {}).items()
+    }
+
+
+# -- batching (pure) ---------------------------------------------------------------------
+
+
+@given(st.lists(st.integers(0, 150_000), max_size=40))
+def test_pack_batches_respects_both_limits_and_order(sizes: list[int]) -> None:
+    """Batches keep the order, hold at most 10, and stay within the bytes unless alone."""
+    batches = pack_batches(sizes, lambda size: size)
+    assert [size for batch in batches for size in batch] == sizes
+    for batch in batches:
+        assert 1 <= len(batch) <= MAX_BATCH_ENTRIES
+        assert sum(batch) <= MAX_PAYLOAD_BYTES or len(batch) == 1
+
+
+def test_map_batch_response_sorts_success_failure_and_silence() -> None:
+    """Failed entries map back by Id; sender faults are permanent; unreported ones transient."""
+    response = {
+        "Successful": [{"Id": "0", "MessageId": "a"}],
+        "Failed": [
+            {"Id": "1", "Code": "InvalidParameterValue", "SenderFault": True, "Message": "bad"},
+            {"Id": "2", "Code": "InternalError", "SenderFault": False},
+        ],
+    }
+    outcome = map_batch_response(response, [0, 1, 2, 3])
+    assert outcome[0] is None
+    assert outcome[1] == SendError(ErrorClass.PERMANENT, "InvalidParameterValue", "bad")
+    assert outcome[2] is not None
+    assert outcome[2].error_class is ErrorClass.TRANSIENT
+    assert outcome[3] is not None
+    assert outcome[3].error_class is ErrorClass.TRANSIENT
+
+
+# -- SQS ---------------------------------------------------------------------------------
+
+
+def test_sqs_delivers_to_standard_queue_with_stamps(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """The body arrives unchanged, the user's attribute is kept and retryd's stamps are added."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    the_job = make_job(
+        target.arn, attempt=1, attributes={"tenant": MessageAttribute.string("acme")}
+    )
+    [deliveries] = submit_sqs(make_settings(), target, [the_job])
+    assert [delivery.error for delivery in deliveries] == [None]
+    assert deliveries[0].stamps_dropped == 0
+    [message] = world.drain("orders")
+    assert message["Body"] == '{"orderId": "42"}'
+    assert strings(message) == {
+        "tenant": "acme",
+        stamps.ATTEMPT: "2",
+        stamps.KEY: "order-42",
+        stamps.FIRST_FAILED_AT: "2024-05-01T12:30:00+00:00",
+        stamps.SOURCE_QUEUE: "retry-orders",
+    }
+    assert message["MessageAttributes"][stamps.ATTEMPT]["DataType"] == "Number"
+
+
+def test_sqs_fifo_keeps_group_and_deduplicates_a_repeat(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A FIFO copy keeps the DLQ message's group; the same job sent twice lands once."""
+    world.create_queue("orders.fifo")
+    target = Target.from_arn(world.queue_arn("orders.fifo"))
+    the_job = make_job(target.arn, group_id="customer-7")
+    first, second = submit_sqs(make_settings(), target, [the_job], [the_job])
+    assert first[0].accepted
+    assert second[0].accepted
+    messages = world.drain("orders.fifo")
+    assert len(messages) == 1
+    system = messages[0]["Attributes"]
+    assert system["MessageGroupId"] == "customer-7"
+    assert system["MessageDeduplicationId"] == hashlib.sha256(b"order-42:1").hexdigest()
+
+
+def test_sqs_fifo_without_group_uses_the_job_key(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A dead letter from a standard DLQ has no group: the job key becomes the group."""
+    world.create_queue("orders.fifo")
+    target = Target.from_arn(world.queue_arn("orders.fifo"))
+    [deliveries] = submit_sqs(make_settings(), target, [make_job(target.arn, key="k-9")])
+    assert deliveries[0].accepted
+    [message] = world.drain("orders.fifo")
+    assert message["Attributes"]["MessageGroupId"] == "k-9"
+
+
+def test_sqs_ten_user_attributes_arrive_and_stamps_are_dropped(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A message already carrying 10 attributes arrives with all 10 and no retryd stamp."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    user = {f"user-{index}": MessageAttribute.string(f"v{index}") for index in range(10)}
+    [deliveries] = submit_sqs(make_settings(), target, [make_job(target.arn, attributes=user)])
+    assert deliveries[0].accepted
+    assert deliveries[0].stamps_dropped == 4
+    [message] = world.drain("orders")
+    assert strings(message) == {name: value.string_value for name, value in user.items()}
+
+
+def test_sqs_twenty_five_jobs_take_three_batch_calls(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """25 small jobs go out in 3 SendMessageBatch calls, each delivery matched to its job."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    jobs = [make_job(target.arn, body=f"body-{index}", key=f"k-{index}") for index in range(25)]
+    world.record()
+    [deliveries] = submit_sqs(make_settings(), target, jobs)
+    assert calls(world, "SendMessageBatch") == 3
+    assert [delivery.job for delivery in deliveries] == jobs
+    assert all(delivery.accepted for delivery in deliveries)
+    assert sorted(message["Body"] for message in world.drain("orders")) == sorted(
+        job.body for job in jobs
+    )
+
+
+def test_sqs_batches_by_bytes_and_refuses_an_oversized_message(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """100 KB bodies go two to a call; a body over 256 KiB is refused before sending."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    big = [make_job(target.arn, body="x" * 100_000, key=f"k-{index}") for index in range(4)]
+    huge = make_job(target.arn, body="y" * MAX_PAYLOAD_BYTES, key="huge")
+    world.record()
+    [deliveries] = submit_sqs(make_settings(), target, [*big[:2], huge, *big[2:]])
+    assert calls(world, "SendMessageBatch") == 2
+    refused = deliveries[2].error
+    assert refused is not None
+    assert refused.error_class is ErrorClass.PERMANENT
+    assert refused.code == PAYLOAD_TOO_LARGE
+    assert [delivery.accepted for delivery in deliveries] == [True, True, False, True, True]
+    assert world.depth("orders") == 4
+
+
+def test_sqs_missing_queue_fails_every_job_permanently(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A target queue that does not exist is a permanent error for each job."""
+    target = Target.from_arn(world.queue_arn("gone"))
+    jobs = [make_job(target.arn, key="a"), make_job(target.arn, key="b")]
+    [deliveries] = submit_sqs(make_settings(), target, jobs)
+    assert len(deliveries) == 2
+    for delivery in deliveries:
+        assert delivery.error is not None
+        assert delivery.error.error_class is ErrorClass.PERMANENT
+
+
+def test_sqs_throttled_batch_is_transient(world: World, make_settings: SettingsFactory) -> None:
+    """A throttled SendMessageBatch fails each of its jobs as transient, and raises nothing."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    world.faults.add(Fault("sqs", "SendMessageBatch", code="AWS.SimpleQueueService.Throttled"))
+    jobs = [make_job(target.arn, key=f"k-{index}") for index in range(3)]
+    [deliveries] = submit_sqs(make_settings(), target, jobs)
+    for delivery in deliveries:
+        assert delivery.error is not None
+        assert delivery.error.error_class is ErrorClass.TRANSIENT
+        assert delivery.error.code == "AWS.SimpleQueueService.Throttled"
+    assert world.depth("orders") == 0
+
+
+def test_sqs_queue_url_is_looked_up_once_per_arn(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Two submits to the same queue cost one GetQueueUrl."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    world.record()
+    submit_sqs(make_settings(), target, [make_job(target.arn)], [make_job(target.arn, key="b")])
+    assert calls(world, "GetQueueUrl") == 1
+    assert world.depth("orders") == 2
+
+
+# -- SNS ---------------------------------------------------------------------------------
+
+
+def test_sns_publishes_body_and_attributes(world: World, make_settings: SettingsFactory) -> None:
+    """The spy queue receives the body with the user's attribute and retryd's stamps."""
+    topic_arn, spy = world.create_topic_with_spy("orders")
+    target = Target.from_arn(topic_arn)
+    user = {
+        "tenant": MessageAttribute.string("acme"),
+        "empty": MessageAttribute.string(""),
+    }
+    deliveries = submit_sns(make_settings(), target, [make_job(topic_arn, attributes=user)])
+    assert [delivery.error for delivery in deliveries] == [None]
+    [message] = world.drain(spy)
+    assert message["Body"] == '{"orderId": "42"}'
+    received = strings(message)
+    assert received["tenant"] == "acme"
+    assert "empty" not in received
+    assert received[stamps.ATTEMPT] == "1"
+    assert received[stamps.KEY] == "order-42"
+    assert received[stamps.SOURCE_QUEUE] == "retry-orders"
+
+
+def test_sns_twelve_jobs_take_two_publish_batch_calls(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """12 jobs go out in 2 PublishBatch calls and all reach the subscriber."""
+    topic_arn, spy = world.create_topic_with_spy("orders")
+    target = Target.from_arn(topic_arn)
+    jobs = [make_job(topic_arn, body=f"b-{index}", key=f"k-{index}") for index in range(12)]
+    world.record()
+    deliveries = submit_sns(make_settings(), target, jobs)
+    assert calls(world, "PublishBatch") == 2
+    assert all(delivery.accepted for delivery in deliveries)
+    assert len(world.drain(spy)) == 12
+
+
+def test_sns_fifo_topic_gets_group_and_dedup_id(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A FIFO topic is published with the letter's group and a dedup id from the key."""
+    sns = world.client("sns")
+    topic_arn = sns.create_topic(
+        Name="orders.fifo", Attributes={"FifoTopic": "true", "ContentBasedDeduplication": "false"}
+    )["TopicArn"]
+    world.create_queue("spy.fifo")
+    sns.subscribe(
+        TopicArn=topic_arn,
+        Protocol="sqs",
+        Endpoint=world.queue_arn("spy.fifo"),
+        Attributes={"RawMessageDelivery": "true"},
+    )
+    the_job = make_job(topic_arn, group_id="customer-7")
+    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), [the_job])
+    assert deliveries[0].accepted
+    [message] = world.drain("spy.fifo")
+    assert message["Attributes"]["MessageGroupId"] == "customer-7"
+    assert (
+        message["Attributes"]["MessageDeduplicationId"] == hashlib.sha256(b"order-42:1").hexdigest()
+    )
+
+
+def test_sns_missing_topic_is_permanent(world: World, make_settings: SettingsFactory) -> None:
+    """Publishing to a topic that does not exist fails each job permanently."""
+    topic_arn = f"arn:aws:sns:{REGION}:{ACCOUNT}:gone"
+    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), [make_job(topic_arn)])
+    error = deliveries[0].error
+    assert error is not None
+    assert error.error_class is ErrorClass.PERMANENT
+
+
+def test_sns_throttled_publish_is_transient(world: World, make_settings: SettingsFactory) -> None:
+    """A throttled PublishBatch fails its jobs as transient and nothing reaches the topic."""
+    topic_arn, spy = world.create_topic_with_spy("orders")
+    world.faults.add(Fault("sns", "PublishBatch", code="Throttling"))
+    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), [make_job(topic_arn)])
+    error = deliveries[0].error
+    assert error is not None
+    assert error.error_class is ErrorClass.TRANSIENT
+    assert world.drain(spy) == []
