@@ -1,0 +1,243 @@
+"""Which DLQs retryd is responsible for: queues matched by name prefix (and tags), or listed.
+
+Discovery runs at the start of every cycle, so it has to stay cheap on accounts
+with thousands of queues: ListQueues is paged 1,000 at a time, tag look-ups are
+made only for queues whose name already matched, and every ARN is derived from
+the queue URL instead of one GetQueueAttributes call per queue.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import structlog
+from botocore.exceptions import ClientError
+
+from retryd.models import QueueRef
+from retryd.settings import DiscoverySettings
+
+log = structlog.get_logger("retryd.discovery")
+
+# ListQueues returns at most 1,000 URLs per call, and only pages (NextToken) when
+# MaxResults is sent: without it AWS silently stops at the first 1,000.
+LIST_PAGE_SIZE = 1000
+# ListQueueTags is one call per queue; this keeps a large account from opening
+# hundreds of connections at once while still overlapping the round trips.
+TAG_LOOKUP_CONCURRENCY = 16
+
+_MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+
+# Hosts of AWS's own SQS endpoints (commercial, China, dual-stack, ISO regions):
+# only these carry the region in the host name; any other endpoint (moto,
+# LocalStack behind a proxy, ElasticMQ) is read with the client's region.
+_AWS_HOST_SUFFIXES = (
+    ".amazonaws.com",
+    ".amazonaws.com.cn",
+    ".api.aws",
+    ".c2s.ic.gov",
+    ".sc2s.sgov.gov",
+)
+_REGION_LABEL = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
+# The legacy global endpoint, which always meant us-east-1.
+_LEGACY_US_EAST_1_HOST = "queue.amazonaws.com"
+_ACCOUNT_ID = re.compile(r"\d{12}")
+
+# Region prefix -> partition; the first match wins, "aws" otherwise.
+_PARTITIONS = (
+    ("cn-", "aws-cn"),
+    ("us-gov-", "aws-us-gov"),
+    ("us-iso-", "aws-iso"),
+    ("us-isob-", "aws-iso-b"),
+    ("eu-isoe-", "aws-iso-e"),
+    ("us-isof-", "aws-iso-f"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLocation:
+    """What a queue URL says about its queue; `region` is None when the host does not name one."""
+
+    account: str
+    name: str
+    region: str | None
+
+
+def is_queue_url(text: str) -> bool:
+    return text.startswith(("https://", "http://"))
+
+
+def partition_for_region(region: str) -> str:
+    """The ARN partition a region belongs to."""
+    for prefix, partition in _PARTITIONS:
+        if region.startswith(prefix):
+            return partition
+    return "aws"
+
+
+def _region_from_host(host: str) -> str | None:
+    if host == _LEGACY_US_EAST_1_HOST:
+        return "us-east-1"
+    if not host.endswith(_AWS_HOST_SUFFIXES):
+        return None
+    for label in host.split("."):
+        if _REGION_LABEL.fullmatch(label):
+            return label
+    return None
+
+
+def parse_queue_url(url: str) -> QueueLocation:
+    """Split a queue URL (`<scheme>://<host>/<account>/<name>`); ValueError if it is not one."""
+    parts = urlsplit(url)
+    segments = [segment for segment in parts.path.split("/") if segment]
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(segments) < 2:  # noqa: PLR2004 - account and name
+        raise ValueError(f"not an SQS queue URL: {url!r}")
+    return QueueLocation(
+        account=segments[-2], name=segments[-1], region=_region_from_host(parts.hostname)
+    )
+
+
+def queue_name(name_or_url: str) -> str:
+    """A queue's name, whether given as a name or as a URL."""
+    return parse_queue_url(name_or_url).name if is_queue_url(name_or_url) else name_or_url
+
+
+def queue_ref_from_url(url: str, default_region: str | None) -> QueueRef:
+    """A QueueRef with the ARN derived from the URL; `default_region` covers non-AWS hosts."""
+    location = parse_queue_url(url)
+    region = location.region or default_region
+    if not region:
+        raise ValueError(f"no region in {url!r} and none configured for the client")
+    arn = f"arn:{partition_for_region(region)}:sqs:{region}:{location.account}:{location.name}"
+    return QueueRef(name=location.name, url=url, arn=arn)
+
+
+def _is_missing_queue(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in _MISSING_QUEUE_CODES
+
+
+async def _list_by_prefix(sqs: Any, prefix: str) -> list[str]:
+    urls: list[str] = []
+    request: dict[str, Any] = {"QueueNamePrefix": prefix, "MaxResults": LIST_PAGE_SIZE}
+    while True:
+        page = await sqs.list_queues(**request)
+        urls.extend(page.get("QueueUrls", []))
+        token = page.get("NextToken")
+        if not token:
+            return urls
+        request["NextToken"] = token
+
+
+async def _resolve_explicit(sqs: Any, entry: str) -> str | None:
+    """The queue's URL, or None (logged) when it does not exist."""
+    request: dict[str, Any] = {"QueueName": queue_name(entry)}
+    if is_queue_url(entry):
+        # Asking by name plus owner both proves the queue exists and returns the URL
+        # for the endpoint this client talks to.
+        account = parse_queue_url(entry).account
+        if _ACCOUNT_ID.fullmatch(account):
+            request["QueueOwnerAWSAccountId"] = account
+    try:
+        response = await sqs.get_queue_url(**request)
+    except ClientError as exc:
+        if not _is_missing_queue(exc):
+            raise
+        log.warning("explicit-queue-missing", queue=entry)
+        return None
+    url: str = response["QueueUrl"]
+    return url
+
+
+def _tags_match(tags: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    return all(tags.get(key) == value for key, value in wanted.items())
+
+
+async def _filter_by_tags(sqs: Any, urls: Sequence[str], wanted: Mapping[str, str]) -> list[str]:
+    """The URLs whose queues carry every wanted tag; the first failed look-up is raised as is."""
+    limiter = anyio.CapacityLimiter(TAG_LOOKUP_CONCURRENCY)
+    kept: set[str] = set()
+    # Kept out of the task group's ExceptionGroup so callers see the AWS error itself.
+    errors: list[Exception] = []
+
+    async def check(url: str, scope: anyio.CancelScope) -> None:
+        async with limiter:
+            try:
+                tags = (await sqs.list_queue_tags(QueueUrl=url)).get("Tags", {})
+            except Exception as exc:  # noqa: BLE001 - kept and re-raised after the group
+                if isinstance(exc, ClientError) and _is_missing_queue(exc):
+                    # Deleted since ListQueues: nothing left to drain.
+                    log.debug("queue-vanished", url=url)
+                    return
+                errors.append(exc)
+                scope.cancel()
+                return
+        if _tags_match(tags, wanted):
+            kept.add(url)
+
+    async with anyio.create_task_group() as group:
+        for url in urls:
+            group.start_soon(check, url, group.cancel_scope)
+    if errors:
+        raise errors[0]
+    return [url for url in urls if url in kept]
+
+
+async def discover_queues(
+    sqs: Any, settings: DiscoverySettings, parking_queue: str
+) -> list[QueueRef]:
+    """Every DLQ retryd should drain this cycle, sorted by name.
+
+    A queue is found by one of `settings.queue_prefixes` (case-sensitive, as
+    ListQueues is) and then kept only if it carries every `settings.queue_tags`
+    pair; or it is named in `settings.queues` (a name or a URL). Explicitly
+    listed queues are the operator's explicit word and are NOT tag-filtered; one
+    that does not exist is logged and skipped. The parking queue (`parking_queue`,
+    a name or URL, compared by name) is never returned, and no queue is returned
+    twice. Explicit entries are resolved with GetQueueUrl through this client, so
+    a URL must name a queue in the client's region. AWS errors other than a
+    missing queue propagate: the caller decides that the cycle failed.
+    """
+    parking_name = queue_name(parking_queue)
+    default_region: str | None = sqs.meta.region_name
+
+    by_prefix: dict[str, str] = {}
+    for prefix in settings.queue_prefixes:
+        for url in await _list_by_prefix(sqs, prefix):
+            name = parse_queue_url(url).name
+            if name != parking_name:
+                by_prefix.setdefault(url, name)
+    matched = list(by_prefix)
+    if settings.queue_tags:
+        matched = await _filter_by_tags(sqs, matched, settings.queue_tags)
+
+    explicit: list[str] = []
+    for entry in settings.queues:
+        if queue_name(entry) == parking_name:
+            log.warning("parking-queue-listed", queue=entry)
+            continue
+        resolved = await _resolve_explicit(sqs, entry)
+        if resolved is not None:
+            explicit.append(resolved)
+
+    # Keyed by ARN: the same queue reached by two prefixes, or by a prefix and the
+    # explicit list, may come back with differently spelled URLs.
+    found: dict[str, QueueRef] = {}
+    for url in [*matched, *explicit]:
+        ref = queue_ref_from_url(url, default_region)
+        found.setdefault(ref.arn, ref)
+    queues = sorted(found.values(), key=lambda ref: (ref.name, ref.arn))
+
+    for ref in queues:
+        log.debug("queue-discovered", queue=ref.name, arn=ref.arn)
+    log.info(
+        "queues-discovered",
+        matched_by_prefix=len(by_prefix),
+        removed_by_tags=len(by_prefix) - len(matched),
+        explicit=len(explicit),
+        total=len(queues),
+    )
+    return queues
