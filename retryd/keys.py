@@ -1,0 +1,56 @@
+"""Idempotency keys: the identity under which the ledger counts a message's attempts.
+
+A key must survive round trips that drop retryd's attribute stamps (a Lambda DLQ
+keeps only the event), so when nobody declared one it is derived from what is
+sent and where: the same payload to the same target is the same piece of work,
+however its JSON happens to be spelled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+HASH_PREFIX = "sha256:"
+# Keys retryd writes are at most this long (a hash key is 71 characters), which
+# also keeps them well inside a DynamoDB partition key's 2048-byte limit.
+MAX_KEY_CHARS = 512
+
+
+def compact_json(value: Any, *, sort_keys: bool = False) -> str:
+    """JSON with no insignificant whitespace, non-ASCII kept as itself where it can be.
+
+    A JSON `\\ud800` escape decodes to a lone surrogate, which cannot be encoded as
+    UTF-8 for the wire; such values keep their escapes instead.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=True, sort_keys=sort_keys)
+    return text
+
+
+def canonical_payload(body: str) -> str:
+    """The body as sorted, compact JSON when it is JSON; otherwise the body itself."""
+    try:
+        return compact_json(json.loads(body), sort_keys=True)
+    except (ValueError, RecursionError):
+        # Not JSON (or nested too deep to re-serialise): its exact text is its identity.
+        return body
+
+
+def hashed_key(target_arn: str, body: str) -> str:
+    """The key derived from (target, canonical payload) when none was declared."""
+    material = f"{target_arn}\n{canonical_payload(body)}"
+    # surrogatepass: a body with a lone surrogate must still hash, not raise.
+    digest = hashlib.sha256(material.encode("utf-8", errors="surrogatepass")).hexdigest()
+    return HASH_PREFIX + digest
+
+
+def idempotency_key(target_arn: str, body: str, declared: str | None) -> str:
+    """The declared key when there is one (an empty string counts as none), else the hash."""
+    if declared:
+        return declared
+    return hashed_key(target_arn, body)

@@ -1,0 +1,52 @@
+"""Static routes: the operator's explicit word on where a DLQ's messages go back to.
+
+Used for DLQs whose messages name no target (SNS subscription DLQs above all).
+The body is resent exactly as it arrived: a route says where, never what.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+from retryd.keys import idempotency_key
+from retryd.models import DeadLetter, Job, Target
+from retryd.resolve.base import (
+    forward_attributes,
+    stamped_attempt,
+    stamped_first_failed_at,
+    stamped_key,
+)
+from retryd.settings import Route
+
+
+class StaticRouteResolver:
+    """Routes a message by its DLQ's name; the first matching route in config order wins."""
+
+    name = "static-route"
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        # Route's validator already proved every target ARN parses; build them once.
+        self._routes = tuple((route.queue, Target.from_arn(route.target)) for route in routes)
+
+    def target_for(self, queue_name: str) -> Target | None:
+        """The target of the first route whose queue name or glob matches, if any."""
+        for pattern, target in self._routes:
+            if pattern == queue_name or fnmatch.fnmatchcase(queue_name, pattern):
+                return target
+        return None
+
+    def resolve(self, letter: DeadLetter) -> Job | None:
+        target = self.target_for(letter.queue.name)
+        if target is None:
+            return None
+        return Job(
+            letter=letter,
+            target=target,
+            body=letter.body,
+            key=idempotency_key(target.arn, letter.body, stamped_key(letter)),
+            attempt=stamped_attempt(letter) or 0,
+            resolver=self.name,
+            first_failed_at=stamped_first_failed_at(letter) or letter.sent_at,
+            forward_attributes=forward_attributes(letter),
+        )
