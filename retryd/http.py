@@ -1,0 +1,135 @@
+"""The /metrics, /healthz and /readyz listener.
+
+/healthz answers "is the scheduler loop still turning?" (an orchestrator
+restarts the process when it is not); /readyz answers "has retryd loaded its
+settings and found its queues at least once?". Both are cheap: they read two
+timestamps and a flag, and never call AWS, so a slow AWS cannot make a probe
+time out and get a healthy process killed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import anyio
+import anyio.abc
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from retryd.settings import HttpSettings
+
+# Probes and scrapes finish in milliseconds; a stop must not wait long for a slow client.
+_SHUTDOWN_TIMEOUT_S = 2.0
+
+
+@dataclass
+class Health:
+    """What the probes report: scheduler ticks (liveness) and a readiness flag.
+
+    `alive` allows one missed tick: the scheduler is stalled only when no tick
+    came for 2 x `interval_s` (plus `cycle_budget_s`, when the scheduler ticks
+    once per cycle and a cycle may run that long). The same window is granted
+    from construction, so a slow start is not mistaken for a hang.
+    """
+
+    interval_s: float
+    clock: Callable[[], float] = time.monotonic
+    cycle_budget_s: float = 0.0
+    _started_at: float = field(init=False)
+    _last_tick_at: float | None = field(init=False, default=None)
+    _ready: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self._started_at = self.clock()
+
+    @property
+    def stall_after_s(self) -> float:
+        """How long without a tick before the process counts as stalled."""
+        return 2 * self.interval_s + self.cycle_budget_s
+
+    @property
+    def since_tick_s(self) -> float:
+        """Seconds since the last tick, or since construction before the first one."""
+        last = self._started_at if self._last_tick_at is None else self._last_tick_at
+        return self.clock() - last
+
+    def tick(self) -> None:
+        """The scheduler loop has come round again."""
+        self._last_tick_at = self.clock()
+
+    def mark_ready(self) -> None:
+        """Settings are loaded and the first discovery succeeded."""
+        self._ready = True
+
+    @property
+    def alive(self) -> bool:
+        return self.since_tick_s <= self.stall_after_s
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+
+def build_app(registry: CollectorRegistry, health: Health) -> web.Application:
+    """The aiohttp application behind the listener, without binding any socket."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        # Prometheus asks for OpenMetrics in its Accept header; curl gets the plain text format.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(registry), headers={"Content-Type": content_type})
+
+    async def healthz(_request: web.Request) -> web.Response:
+        if health.alive:
+            return web.Response(text="ok\n")
+        reason = (
+            f"stalled: no scheduler tick for {health.since_tick_s:.0f} s "
+            f"(limit {health.stall_after_s:.0f} s)\n"
+        )
+        return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, text=reason)
+
+    async def readyz(_request: web.Request) -> web.Response:
+        if health.ready:
+            return web.Response(text="ok\n")
+        reason = "not ready: waiting for the first successful discovery\n"
+        return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, text=reason)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def serve_http(
+    settings: HttpSettings,
+    registry: CollectorRegistry,
+    health: Health,
+    *,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; reports the bound port through `task_status` (port 0 picks one).
+
+    A port already in use raises OSError from `task_group.start()`, before the
+    caller goes on as if the listener were up.
+    """
+    # Scrapes every few seconds would drown the decision logs, so no access log.
+    runner = web.AppRunner(
+        build_app(registry, health), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        # With port 0 only the socket knows which port the kernel gave it.
+        bound_port: int = runner.addresses[0][1]
+        task_status.started(bound_port)
+        await anyio.sleep_forever()
+    finally:
+        # Cancellation brought us here; without the shield the cleanup would be cancelled too
+        # and leave the socket bound.
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()

@@ -1,0 +1,130 @@
+"""Every metric retryd exports, registered on a registry that is passed in.
+
+Label values are bounded sets (queue names, target types, outcomes, park
+reasons, error classes); nothing per message, such as an id or an AWS error
+code, ever becomes a label, because each new value is a new time series.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Prometheus cannot tell "no reason" from a missing label, so empty strings get a name.
+NO_LABEL = "none"
+
+# From a quiet account (well under a second) up to past the default cycle budget
+# of 300 s, so an overrun shows up in its own bucket rather than only in +Inf.
+CYCLE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+def _label(value: str) -> str:
+    return value or NO_LABEL
+
+
+def _package_version() -> str:
+    try:
+        return version("retryd")
+    except PackageNotFoundError:
+        # Running from a source tree that was never installed.
+        return "unknown"
+
+
+class Metrics:
+    """retryd's metrics; the pipeline and scheduler report through these methods only."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._messages = Counter(
+            "retryd_messages_total",
+            "Messages handled, by what was done with them and why.",
+            ["queue", "outcome", "reason", "target_type"],
+            registry=registry,
+        )
+        self._resubmit_errors = Counter(
+            "retryd_resubmit_errors_total",
+            "Resubmissions a target refused or that failed on the way, by error class.",
+            ["target_type", "error_class"],
+            registry=registry,
+        )
+        self._stamps_dropped = Counter(
+            "retryd_stamps_dropped_total",
+            "retryd attributes left off a resubmitted message because it had no room for them.",
+            ["queue"],
+            registry=registry,
+        )
+        self._delete_failures = Counter(
+            "retryd_delete_failures_total",
+            "Messages copied safely whose delete from the DLQ failed; they will be seen again.",
+            ["queue"],
+            registry=registry,
+        )
+        self._cycle_duration = Histogram(
+            "retryd_cycle_duration_seconds",
+            "Wall-clock time of one discovery-and-drain cycle.",
+            buckets=CYCLE_BUCKETS_S,
+            registry=registry,
+        )
+        self._cycles = Counter(
+            "retryd_cycles_total",
+            "Cycles finished, by whether they completed without an error.",
+            ["result"],
+            registry=registry,
+        )
+        self._last_success = Gauge(
+            "retryd_last_successful_cycle_timestamp_seconds",
+            "Unix time at which the last successful cycle finished.",
+            registry=registry,
+        )
+        self._queues_discovered = Gauge(
+            "retryd_queues_discovered",
+            "DLQs found by the last discovery.",
+            registry=registry,
+        )
+        build_info = Gauge(
+            "retryd_build_info",
+            "Always 1; the label carries the running retryd version.",
+            ["version"],
+            registry=registry,
+        )
+        build_info.labels(version=_package_version()).set(1)
+        # Both series exist from the start so that rate() and absent-alerts see a
+        # zero rather than nothing before the first error.
+        for result in ("ok", "error"):
+            self._cycles.labels(result=result)
+
+    def record_decision(self, queue: str, outcome: str, reason: str, target_type: str) -> None:
+        """Count one message's outcome in this cycle."""
+        self._messages.labels(
+            queue=queue,
+            outcome=outcome,
+            reason=_label(reason),
+            target_type=_label(target_type),
+        ).inc()
+
+    def record_resubmit_error(self, target_type: str, error_class: str, code: str) -> None:
+        """Count a failed resubmission; `code` goes to the logs, never to a label."""
+        # AWS error codes are an open set: a label per code would be unbounded.
+        self._resubmit_errors.labels(
+            target_type=_label(target_type), error_class=_label(error_class)
+        ).inc()
+
+    def record_stamps_dropped(self, queue: str, count: int) -> None:
+        """Count retryd attributes that did not fit on messages resubmitted from `queue`."""
+        self._stamps_dropped.labels(queue=queue).inc(count)
+
+    def record_delete_failure(self, queue: str) -> None:
+        """Count a message that is safe elsewhere but still in its DLQ."""
+        self._delete_failures.labels(queue=queue).inc()
+
+    def observe_cycle(self, duration_s: float, ok: bool, finished_at_unix_s: float) -> None:
+        """Record one finished cycle; only a successful one moves the last-success time."""
+        self._cycle_duration.observe(duration_s)
+        self._cycles.labels(result="ok" if ok else "error").inc()
+        if ok:
+            self._last_success.set(finished_at_unix_s)
+
+    def set_queues_discovered(self, count: int) -> None:
+        """Record how many DLQs the last discovery found."""
+        self._queues_discovered.set(count)

@@ -1,0 +1,329 @@
+"""Metrics on a passed-in registry, and the /metrics, /healthz, /readyz listener over real HTTP."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Protocol
+
+import anyio
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from retryd.http import Health, serve_http
+from retryd.metrics import Metrics
+from retryd.settings import HttpSettings
+
+
+@dataclass
+class FakeClock:
+    now_s: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    content_type: str
+    body: str
+
+
+def _get(url: str, accept: str | None = None) -> Reply:
+    request = urllib.request.Request(url)  # noqa: S310 - always http://127.0.0.1 here
+    if accept is not None:
+        request.add_header("Accept", accept)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - as above
+            return Reply(
+                response.status, response.headers["Content-Type"], response.read().decode()
+            )
+    except urllib.error.HTTPError as error:
+        with error:
+            return Reply(error.code, error.headers["Content-Type"], error.read().decode())
+
+
+class Fetch(Protocol):
+    async def __call__(self, path: str, accept: str | None = None) -> Reply: ...
+
+
+def _serve(
+    registry: CollectorRegistry, health: Health, check: Callable[[Fetch], Awaitable[None]]
+) -> None:
+    """Start the listener on a free port, run `check` against it, then stop it."""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            settings = HttpSettings(host="127.0.0.1", port=0)
+            port = await group.start(serve_http, settings, registry, health)
+
+            async def fetch(path: str, accept: str | None = None) -> Reply:
+                url = f"http://127.0.0.1:{port}{path}"
+                return await anyio.to_thread.run_sync(_get, url, accept)
+
+            await check(fetch)
+            group.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def _samples(exposition: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
+def _exposition(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()
+
+
+def _value(exposition: str, name: str, **labels: str) -> float:
+    return _samples(exposition)[(name, frozenset(labels.items()))]
+
+
+def test_metrics_are_registered_on_the_given_registry_only() -> None:
+    """Two Metrics on two registries coexist, and nothing lands in the global registry."""
+    first, second = CollectorRegistry(), CollectorRegistry()
+    Metrics(first).set_queues_discovered(3)
+    Metrics(second).set_queues_discovered(5)
+    assert first.get_sample_value("retryd_queues_discovered") == 3
+    assert second.get_sample_value("retryd_queues_discovered") == 5
+    assert REGISTRY.get_sample_value("retryd_queues_discovered") is None
+    assert REGISTRY.get_sample_value("retryd_build_info", {"version": version("retryd")}) is None
+
+
+def test_decisions_use_none_for_empty_labels() -> None:
+    """An empty reason or target type is exported as "none", never as an empty label."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.record_decision("retry-orders", "resubmitted", "", "lambda")
+    metrics.record_decision("retry-orders", "parked", "unresolvable", "")
+    metrics.record_decision("retry-orders", "parked", "unresolvable", "")
+    labels = {"queue": "retry-orders"}
+    assert (
+        registry.get_sample_value(
+            "retryd_messages_total",
+            {**labels, "outcome": "resubmitted", "reason": "none", "target_type": "lambda"},
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "retryd_messages_total",
+            {**labels, "outcome": "parked", "reason": "unresolvable", "target_type": "none"},
+        )
+        == 2
+    )
+
+
+def test_resubmit_errors_leave_the_aws_code_out_of_the_labels() -> None:
+    """Different AWS codes of one class share one series: codes are an unbounded set."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.record_resubmit_error("lambda", "transient", "TooManyRequestsException")
+    metrics.record_resubmit_error("lambda", "transient", "ServiceException")
+    metrics.record_resubmit_error("sqs", "permanent", "AccessDenied")
+    samples = _samples(_exposition(registry))
+    errors = {
+        key: value for key, value in samples.items() if key[0] == "retryd_resubmit_errors_total"
+    }
+    assert errors == {
+        (
+            "retryd_resubmit_errors_total",
+            frozenset({("target_type", "lambda"), ("error_class", "transient")}),
+        ): 2,
+        (
+            "retryd_resubmit_errors_total",
+            frozenset({("target_type", "sqs"), ("error_class", "permanent")}),
+        ): 1,
+    }
+
+
+def test_cycle_failure_keeps_the_last_success_timestamp() -> None:
+    """A failed cycle counts as an error and does not move the last-success time."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    assert registry.get_sample_value("retryd_cycles_total", {"result": "error"}) == 0
+    metrics.observe_cycle(1.5, ok=True, finished_at_unix_s=1_700_000_000.0)
+    metrics.observe_cycle(400.0, ok=False, finished_at_unix_s=1_700_000_500.0)
+    assert registry.get_sample_value("retryd_cycles_total", {"result": "ok"}) == 1
+    assert registry.get_sample_value("retryd_cycles_total", {"result": "error"}) == 1
+    assert (
+        registry.get_sample_value("retryd_last_successful_cycle_timestamp_seconds")
+        == 1_700_000_000.0
+    )
+    assert registry.get_sample_value("retryd_cycle_duration_seconds_count") == 2
+    assert registry.get_sample_value("retryd_cycle_duration_seconds_sum") == 401.5
+    # The 400 s cycle overran the default 300 s budget and must be visible as such.
+    assert registry.get_sample_value("retryd_cycle_duration_seconds_bucket", {"le": "300.0"}) == 1
+
+
+def test_build_info_carries_the_installed_version() -> None:
+    """retryd_build_info is 1 with the package version as its label."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    assert registry.get_sample_value("retryd_build_info", {"version": version("retryd")}) == 1
+
+
+def test_metrics_endpoint_serves_what_was_recorded() -> None:
+    """/metrics exposes the registry in Prometheus text format with recorded values."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    health = Health(interval_s=60)
+    metrics.record_decision("retry-a", "parked", "target-not-allowed", "sns")
+    metrics.record_stamps_dropped("retry-a", 4)
+    metrics.record_delete_failure("retry-a")
+    metrics.set_queues_discovered(7)
+    metrics.observe_cycle(2.0, ok=True, finished_at_unix_s=1_700_000_000.0)
+
+    async def check(fetch: Fetch) -> None:
+        reply = await fetch("/metrics")
+        assert reply.status == 200
+        assert reply.content_type.startswith("text/plain")
+        body = reply.body
+        assert (
+            _value(
+                body,
+                "retryd_messages_total",
+                queue="retry-a",
+                outcome="parked",
+                reason="target-not-allowed",
+                target_type="sns",
+            )
+            == 1
+        )
+        assert _value(body, "retryd_stamps_dropped_total", queue="retry-a") == 4
+        assert _value(body, "retryd_delete_failures_total", queue="retry-a") == 1
+        assert _value(body, "retryd_queues_discovered") == 7
+        assert _value(body, "retryd_cycles_total", result="ok") == 1
+        assert _value(body, "retryd_last_successful_cycle_timestamp_seconds") == 1_700_000_000.0
+
+    _serve(registry, health, check)
+
+
+def test_metrics_endpoint_speaks_openmetrics_when_asked() -> None:
+    """A scraper that asks for OpenMetrics gets it, terminated by # EOF."""
+    registry = CollectorRegistry()
+    Metrics(registry).set_queues_discovered(2)
+
+    async def check(fetch: Fetch) -> None:
+        reply = await fetch("/metrics", "application/openmetrics-text; version=1.0.0")
+        assert reply.status == 200
+        assert reply.content_type.startswith("application/openmetrics-text")
+        assert reply.body.rstrip().endswith("# EOF")
+        assert "retryd_queues_discovered 2.0" in reply.body
+
+    _serve(registry, Health(interval_s=60), check)
+
+
+def test_healthz_turns_503_when_the_scheduler_stops_ticking() -> None:
+    """/healthz is ok within two intervals of the last tick and 503 with a reason after."""
+    clock = FakeClock()
+    health = Health(interval_s=10, clock=clock)
+
+    async def check(fetch: Fetch) -> None:
+        # Before the first tick the start-up grace applies.
+        assert (await fetch("/healthz")).status == 200
+        clock.now_s += 15
+        health.tick()
+        clock.now_s += 20
+        assert (await fetch("/healthz")) == Reply(200, "text/plain; charset=utf-8", "ok\n")
+        clock.now_s += 0.5
+        stalled = await fetch("/healthz")
+        assert stalled.status == 503
+        assert "no scheduler tick for 20 s" in stalled.body
+        health.tick()
+        assert (await fetch("/healthz")).status == 200
+
+    _serve(CollectorRegistry(), health, check)
+
+
+def test_healthz_fails_when_the_first_tick_never_comes() -> None:
+    """A scheduler that never starts is reported stalled once the start-up grace runs out."""
+    clock = FakeClock()
+    health = Health(interval_s=10, clock=clock)
+
+    async def check(fetch: Fetch) -> None:
+        clock.now_s += 21
+        assert (await fetch("/healthz")).status == 503
+
+    _serve(CollectorRegistry(), health, check)
+
+
+def test_readyz_is_503_until_marked_ready() -> None:
+    """/readyz answers 503 with a reason until the first discovery, then 200."""
+    health = Health(interval_s=60)
+
+    async def check(fetch: Fetch) -> None:
+        waiting = await fetch("/readyz")
+        assert waiting.status == 503
+        assert "not ready" in waiting.body
+        health.mark_ready()
+        assert (await fetch("/readyz")) == Reply(200, "text/plain; charset=utf-8", "ok\n")
+
+    _serve(CollectorRegistry(), health, check)
+
+
+@pytest.mark.parametrize(
+    ("ticked_ago_s", "alive"),
+    [(0.0, True), (119.9, True), (120.0, True), (120.1, False), (419.9, False)],
+)
+def test_liveness_window_is_two_intervals(ticked_ago_s: float, alive: bool) -> None:
+    """With a 60 s interval a tick keeps the process alive for exactly 120 s."""
+    clock = FakeClock()
+    health = Health(interval_s=60, clock=clock)
+    health.tick()
+    clock.now_s += ticked_ago_s
+    assert health.alive is alive
+
+
+def test_cycle_budget_widens_the_liveness_window() -> None:
+    """A scheduler that ticks once per cycle is not stalled while a long cycle runs."""
+    clock = FakeClock()
+    health = Health(interval_s=60, clock=clock, cycle_budget_s=300)
+    health.tick()
+    clock.now_s += 419
+    assert health.alive
+    clock.now_s += 2
+    assert not health.alive
+
+
+def test_listener_is_gone_after_cancellation() -> None:
+    """Cancelling the task group closes the socket: a new connection is refused."""
+    ports: list[int] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            settings = HttpSettings(host="127.0.0.1", port=0)
+            ports.append(await group.start(serve_http, settings, CollectorRegistry(), Health(60)))
+            group.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert ports[0] > 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", ports[0]), timeout=5).close()
+
+
+def test_a_port_in_use_fails_the_start() -> None:
+    """A second listener on a taken port raises from task_group.start(), not later."""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            settings = HttpSettings(host="127.0.0.1", port=0)
+            port = await group.start(serve_http, settings, CollectorRegistry(), Health(60))
+            taken = HttpSettings(host="127.0.0.1", port=port)
+            with pytest.raises(OSError) as caught:  # noqa: PT011 - errno is checked below
+                await group.start(serve_http, taken, CollectorRegistry(), Health(60))
+            assert caught.value.errno == errno.EADDRINUSE
+            group.cancel_scope.cancel()
+
+    anyio.run(main)
