@@ -7,6 +7,8 @@ that production images, which leave it out, never pay for it.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -25,6 +27,12 @@ INSTALL_HINT = "pip install 'retryd[sandbox]'"
 
 
 def _moto_app() -> tuple[WsgiApp, type[Any]]:
+    # moto's recorder writes to ./moto_recording by default, littering the caller's
+    # working directory; it reads this once, when moto is first imported.
+    os.environ.setdefault(
+        "MOTO_RECORDER_FILEPATH",
+        os.path.join(tempfile.gettempdir(), f"retryd-moto-recording-{os.getpid()}"),
+    )
     try:
         from moto.moto_server.werkzeug_app import (  # noqa: PLC0415 - optional extra
             DomainDispatcherApplication,

@@ -112,9 +112,7 @@ class FaultInjector:
         return None
 
     def middleware(self, app: WsgiApp) -> WsgiApp:
-        def wrapped(
-            environ: dict[str, Any], start_response: Callable[..., Any]
-        ) -> Iterable[bytes]:
+        def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(body)

@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import boto3
 from botocore.config import Config
@@ -58,7 +59,9 @@ class World:
 
     # -- SQS ---------------------------------------------------------------------------
 
-    def create_queue(self, name: str, tags: Mapping[str, str] | None = None, **attributes: str) -> str:
+    def create_queue(
+        self, name: str, tags: Mapping[str, str] | None = None, **attributes: str
+    ) -> str:
         if name.endswith(".fifo"):
             attributes.setdefault("FifoQueue", "true")
         kwargs: dict[str, Any] = {"QueueName": name, "Attributes": attributes}
@@ -137,7 +140,8 @@ class World:
             arn: str = iam.get_role(RoleName="retryd-test")["Role"]["Arn"]
         except iam.exceptions.NoSuchEntityException:
             arn = iam.create_role(
-                RoleName="retryd-test", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"})
+                RoleName="retryd-test",
+                AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}),
             )["Role"]["Arn"]
         return arn
 
@@ -148,7 +152,11 @@ class World:
             url = entry.get("url", "")
             if "/invocations" not in url:
                 continue
-            if function is not None and f"/functions/{function}/" not in url:
+            # retryd addresses functions by ARN, which arrives percent-encoded in the path.
+            path = unquote(url)
+            if function is not None and not (
+                f"/functions/{function}/" in path or f"function:{function}/" in path
+            ):
                 continue
             body = entry.get("body") or ""
             if entry.get("body_encoded"):
@@ -206,9 +214,7 @@ class World:
         return bus_arn, spy
 
 
-def envelope(
-    target_type: str, arn: str, payload: Any, **fields: Any
-) -> dict[str, Any]:
+def envelope(target_type: str, arn: str, payload: Any, **fields: Any) -> dict[str, Any]:
     """A retryd/v1 envelope as a producer would write it."""
     return {
         "envelope": "retryd/v1",

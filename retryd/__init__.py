@@ -1,0 +1,1 @@
+"""retryd: a retry daemon for AWS dead-letter queues."""

@@ -1,0 +1,132 @@
+"""The `retryd` command line: run, once, sandbox, config check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from retryd.errors import RetrydError
+from retryd.logs import configure_logging
+from retryd.settings import CONFIG_ENV, Settings, load_settings
+
+DESCRIPTION = """\
+retryd redrives AWS dead-letter queues. Each cycle it finds the DLQs it is
+responsible for, works out where every message must go back to (Lambda, Step
+Functions, SQS, SNS or EventBridge), checks the target against the allowlist and
+the attempt limit, resubmits it or parks it in the parking queue with a reason,
+and deletes it from the DLQ only once its copy is safe.
+
+AWS endpoint, region and credentials come from the standard AWS chain
+(AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE, the ECS task role, ...).
+"""
+
+EPILOG = f"""\
+configuration: a TOML file (--config PATH or ${CONFIG_ENV}); any field can be
+overridden with RETRYD_<GROUP>__<FIELD>, e.g. RETRYD_SCHEDULE__INTERVAL_S=30.
+exit codes: 0 ok, 1 a cycle failed, 2 invalid configuration, 3 sandbox extra
+missing, 4 parking queue missing.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=f"TOML settings file (default: ${CONFIG_ENV}, else environment only)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="retryd",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "run",
+        parents=[common],
+        help="run as a daemon: a cycle every schedule.interval_s until SIGTERM/SIGINT",
+        description="Run cycles every schedule.interval_s, serve /metrics, /healthz and "
+        "/readyz on http.port, and stop cleanly on SIGTERM/SIGINT: stop receiving, let "
+        "in-flight messages settle for shutdown.drain_timeout_s, exit 0. A second signal "
+        "exits at once.",
+    )
+    commands.add_parser(
+        "once",
+        parents=[common],
+        help="run one cycle, print a one-line summary, exit (0 ok, 1 the cycle hit errors)",
+        description="Run exactly one cycle and print a summary line: queues, received, "
+        "and how many messages were resubmitted, parked, deferred or failed, by reason.",
+    )
+    commands.add_parser(
+        "sandbox",
+        help="try retryd with no AWS account: an embedded emulator, a demo world, one cycle",
+        description="Start an in-process AWS emulator (moto), create demo DLQs and "
+        "targets of every type, run one cycle, and print what happened to every message. "
+        "Needs the sandbox extra: pip install 'retryd[sandbox]'.",
+    )
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_commands.add_parser(
+        "check",
+        parents=[common],
+        help="validate the configuration and print the effective settings (exit 0 or 2)",
+    )
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    configure_logging(settings.log.level, settings.log.format)
+    return settings
+
+
+def _once(args: argparse.Namespace) -> int:
+    from retryd.service import run_once  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = _load(args)
+    report = anyio.run(run_once, settings)
+    print(report.summary())
+    for error in report.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from retryd.service import run_daemon  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = _load(args)
+    anyio.run(run_daemon, settings)
+    return 0
+
+
+def _sandbox(_: argparse.Namespace) -> int:
+    from retryd.sandbox import run_sandbox  # noqa: PLC0415 - moto is an optional extra
+
+    # The sandbox prints its own report of every decision; log lines would repeat it.
+    configure_logging("error", "auto")
+    return run_sandbox()
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": _run, "once": _once, "sandbox": _sandbox, "config": _config_check}
+    try:
+        return handlers[args.command](args)
+    except RetrydError as exc:
+        print(f"retryd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,222 @@
+"""One cycle: discover the DLQs, then drain each (bounded concurrency) within a budget."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+
+from retryd import classify
+from retryd.aws import AwsClients
+from retryd.discovery import discover_queues
+from retryd.guards import Guards
+from retryd.metrics import Metrics
+from retryd.models import DeadLetter, Decision, MessageAttribute, Outcome, QueueRef
+from retryd.parking import Parking
+from retryd.pipeline import Pipeline
+from retryd.resolve import build_chain
+from retryd.settings import Settings
+from retryd.targets import TargetRouter
+
+log = structlog.get_logger("retryd.cycle")
+
+# SQS ReceiveMessage returns at most 10 messages per call.
+RECEIVE_BATCH_MAX = 10
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did, counted; `decisions` is kept only when asked for."""
+
+    queues: int = 0
+    received: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+    decisions: list[Decision] | None = None
+    errors: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def add(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            self.outcomes[decision.outcome.value] += 1
+            if decision.reason:
+                self.reasons[(decision.outcome.value, decision.reason)] += 1
+        if self.decisions is not None:
+            self.decisions.extend(decisions)
+
+    def summary(self) -> str:
+        """The one-line summary `retryd once` prints."""
+        counts = " ".join(
+            f"{outcome.value}={self.outcomes.get(outcome.value, 0)}" for outcome in Outcome
+        )
+        line = f"queues={self.queues} received={self.received} {counts}"
+        if self.reasons:
+            detail = " ".join(
+                f"{outcome}:{reason}={count}"
+                for (outcome, reason), count in sorted(self.reasons.items())
+            )
+            line += f" | {detail}"
+        line += f" | {self.duration_s:.2f}s"
+        if self.errors:
+            line += f" | errors={len(self.errors)}"
+        return line
+
+
+def to_dead_letter(queue: QueueRef, raw: Mapping[str, Any]) -> DeadLetter:
+    """An SQS ReceiveMessage entry as a DeadLetter."""
+    return DeadLetter(
+        queue=queue,
+        message_id=str(raw["MessageId"]),
+        receipt_handle=str(raw["ReceiptHandle"]),
+        body=str(raw.get("Body", "")),
+        system_attributes=dict(raw.get("Attributes", {})),
+        message_attributes={
+            name: MessageAttribute.from_wire(value)
+            for name, value in raw.get("MessageAttributes", {}).items()
+        },
+    )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every worker of one cycle shares."""
+
+    pipeline: Pipeline
+    deadline: float
+    stopping: anyio.Event
+    report: CycleReport
+
+    @property
+    def go_on(self) -> bool:
+        return not self.stopping.is_set() and anyio.current_time() < self.deadline
+
+
+@dataclass
+class _QueueDrain:
+    """Shared state of the workers draining one queue in one cycle."""
+
+    queue: QueueRef
+    remaining: int
+    seen: set[str] = field(default_factory=set)
+    done: bool = False
+
+
+class Cycle:
+    """Everything one cycle needs, built once per run and reused by every cycle."""
+
+    def __init__(self, settings: Settings, clients: AwsClients, metrics: Metrics) -> None:
+        self._settings = settings
+        self._clients = clients
+        self._metrics = metrics
+        self._chain = build_chain(settings)
+        self._guards = Guards(settings.guards)
+        self._targets = TargetRouter(clients, settings.drain.target_concurrency)
+        self._pipeline: Pipeline | None = None
+
+    async def _ready_pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            # Located every cycle until found, so a missing parking queue stops
+            # draining (nothing could be parked) without stopping the daemon.
+            parking = await Parking.locate(
+                self._clients.sqs,
+                self._settings.parking.queue,
+                self._settings.parking.detail_max_bytes,
+            )
+            self._pipeline = Pipeline(
+                sqs=self._clients.sqs,
+                chain=self._chain,
+                guards=self._guards,
+                targets=self._targets,
+                parking=parking,
+                metrics=self._metrics,
+            )
+        return self._pipeline
+
+    async def run(self, stopping: anyio.Event, *, collect: bool = False) -> CycleReport:
+        """Discover and drain; never raises for AWS trouble, which is reported instead."""
+        report = CycleReport(decisions=[] if collect else None)
+        started = anyio.current_time()
+        try:
+            pipeline = await self._ready_pipeline()
+            queues = await discover_queues(
+                self._clients.sqs, self._settings.discovery, self._settings.parking.queue
+            )
+            report.queues = len(queues)
+            self._metrics.set_queues_discovered(len(queues))
+            run = _Run(pipeline, started + self._settings.drain.cycle_budget_s, stopping, report)
+            limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
+            async with anyio.create_task_group() as group:
+                for queue in queues:
+                    group.start_soon(self._drain, run, queue, limiter)
+        except Exception as exc:  # noqa: BLE001 - a failed cycle is reported, the daemon goes on
+            error = classify.from_exception(exc)
+            report.errors.append(f"cycle: {error}")
+            # The classified error says what happened; a traceback of an AWS outage does not help.
+            log.error("cycle-failed", error=str(error), error_class=error.error_class.value)  # noqa: TRY400
+        report.duration_s = anyio.current_time() - started
+        self._metrics.observe_cycle(report.duration_s, report.ok, time.time())
+        return report
+
+    async def _drain(self, run: _Run, queue: QueueRef, limiter: anyio.CapacityLimiter) -> None:
+        async with limiter:
+            if not run.go_on:
+                return
+            state = _QueueDrain(queue, self._settings.drain.max_messages_per_queue)
+            async with anyio.create_task_group() as group:
+                for _ in range(self._settings.drain.workers_per_queue):
+                    group.start_soon(self._worker, run, state)
+
+    async def _worker(self, run: _Run, state: _QueueDrain) -> None:
+        report = run.report
+        while not state.done and run.go_on:
+            want = min(RECEIVE_BATCH_MAX, state.remaining)
+            if want <= 0:
+                state.done = True
+                return
+            state.remaining -= want
+            letters = await self._receive(state, want, report)
+            if letters is None:
+                state.done = True
+                return
+            fresh = [letter for letter in letters if letter.message_id not in state.seen]
+            state.remaining += want - len(fresh)
+            if not fresh:
+                # Everything visible was already handled this cycle (transient failures
+                # whose lease ran out): the queue has wrapped round, so stop here.
+                state.done = True
+                return
+            state.seen.update(letter.message_id for letter in fresh)
+            report.received += len(fresh)
+            report.add(await run.pipeline.handle(state.queue, fresh))
+
+    async def _receive(
+        self, state: _QueueDrain, want: int, report: CycleReport
+    ) -> list[DeadLetter] | None:
+        """The next batch, or None when the queue is empty or cannot be read."""
+        try:
+            response = await self._clients.sqs.receive_message(
+                QueueUrl=state.queue.url,
+                MaxNumberOfMessages=want,
+                WaitTimeSeconds=self._settings.drain.receive_wait_s,
+                VisibilityTimeout=self._settings.drain.visibility_timeout_s,
+                MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=["All"],
+            )
+        except Exception as exc:  # noqa: BLE001 - this queue is skipped, the others go on
+            error = classify.from_exception(exc)
+            report.errors.append(f"{state.queue.name}: {error}")
+            log.warning("receive-failed", queue=state.queue.name, error=str(error))
+            return None
+        messages = response.get("Messages", [])
+        if not messages:
+            return None
+        return [to_dead_letter(state.queue, raw) for raw in messages]

@@ -1,0 +1,42 @@
+"""structlog set-up: JSON lines for machines, a readable console on an interactive terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+import structlog
+
+LogFormat = Literal["auto", "json", "console"]
+
+
+def _interactive() -> bool:
+    # Logs go to stderr so stdout stays free for command output (summaries, JSON);
+    # the console renderer is used only when a person is watching both.
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
+    """Configure structlog once per process; safe to call again (tests, sandbox)."""
+    use_console = fmt == "console" or (fmt == "auto" and _interactive())
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer(colors=True)
+        if use_console
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,27 @@
+"""Ticks: one cycle, then a wait of `interval_s` (or less, if told to stop)."""
+
+from __future__ import annotations
+
+import anyio
+import structlog
+
+from retryd.cycle import Cycle
+from retryd.http import Health
+
+log = structlog.get_logger("retryd.scheduler")
+
+
+async def run_schedule(
+    cycle: Cycle, interval_s: float, stopping: anyio.Event, health: Health
+) -> None:
+    """Run cycles until `stopping` is set; a cycle in progress is let finish its batch."""
+    while not stopping.is_set():
+        health.tick()
+        report = await cycle.run(stopping)
+        if report.ok:
+            health.mark_ready()
+        log.info("cycle", summary=report.summary(), ok=report.ok)
+        # Waiting on the event rather than sleeping lets SIGTERM end the idle wait at once.
+        with anyio.move_on_after(interval_s):
+            await stopping.wait()
+    log.info("scheduler-stopped")

@@ -1,0 +1,74 @@
+"""Lifecycle: clients, the HTTP listener, signals, and a two-phase stop.
+
+On the first SIGTERM/SIGINT retryd stops receiving and lets in-flight batches
+settle for up to `shutdown.drain_timeout_s`; what is still running then is
+cancelled (a cancelled message is left in its DLQ to reappear after its lease).
+A second signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import anyio
+import structlog
+from prometheus_client import CollectorRegistry
+
+from retryd.aws import open_clients
+from retryd.cycle import Cycle, CycleReport
+from retryd.http import Health, serve_http
+from retryd.metrics import Metrics
+from retryd.scheduler import run_schedule
+from retryd.settings import Settings
+
+log = structlog.get_logger("retryd.service")
+
+
+async def run_once(
+    settings: Settings, *, collect: bool = False, registry: CollectorRegistry | None = None
+) -> CycleReport:
+    """One deterministic cycle, then return: the `once` command and the tests' entry point."""
+    metrics = Metrics(registry or CollectorRegistry())
+    async with open_clients(settings.aws) as clients:
+        return await Cycle(settings, clients, metrics).run(anyio.Event(), collect=collect)
+
+
+async def _watch_signals(
+    stopping: anyio.Event, work: anyio.CancelScope, drain_timeout_s: float
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not stopping.is_set():
+                # Only flags and a deadline here: the work itself notices and winds down.
+                stopping.set()
+                work.deadline = anyio.current_time() + drain_timeout_s
+                log.info("stopping", signal=name, drain_timeout_s=drain_timeout_s)
+            else:
+                log.warning("stopping-now", signal=name)
+                work.cancel()
+
+
+async def run_daemon(settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    """Cycle every `schedule.interval_s` until a signal; returns normally after a clean stop."""
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry)
+    health = Health(
+        interval_s=settings.schedule.interval_s, cycle_budget_s=settings.drain.cycle_budget_s
+    )
+    stopping = anyio.Event()
+    work = anyio.CancelScope()
+    async with anyio.create_task_group() as group:
+        group.start_soon(_watch_signals, stopping, work, settings.shutdown.drain_timeout_s)
+        if settings.http.enabled:
+            port = await group.start(serve_http, settings.http, registry, health)
+            log.info("http-listening", host=settings.http.host, port=port)
+        async with open_clients(settings.aws) as clients:
+            cycle = Cycle(settings, clients, metrics)
+            log.info("started", interval_s=settings.schedule.interval_s)
+            with work:
+                await run_schedule(cycle, settings.schedule.interval_s, stopping, health)
+        if work.cancelled_caught:
+            log.warning("drain-timeout", why="in-flight work was cancelled; it stays in its DLQ")
+        group.cancel_scope.cancel()
+    log.info("stopped")

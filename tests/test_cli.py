@@ -1,0 +1,172 @@
+"""The command line as a user meets it: help, config errors, once, run + SIGTERM, sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from retryd.cli import main
+from tests.world import ACCOUNT, REGION, World, envelope
+
+CONFIG = f"""
+[aws]
+max_attempts = 1
+
+[discovery]
+queue_prefixes = ["retry-"]
+
+[drain]
+receive_wait_s = 0
+
+[schedule]
+interval_s = 1
+
+[guards]
+allow_targets = ["arn:aws:*:{REGION}:{ACCOUNT}:*"]
+
+[http]
+enabled = false
+"""
+
+
+def retryd(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "retryd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def write_config(tmp_path: Path, text: str = CONFIG) -> Path:
+    path = tmp_path / "retryd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_help_explains_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`retryd --help` names run, once, sandbox and config."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("run", "once", "sandbox", "config"):
+        assert f"\n    {command}" in out
+
+
+def test_unknown_key_stops_start_up_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in the file exits 2 with the dotted field name."""
+    path = write_config(tmp_path, CONFIG.replace("interval_s = 1", "interval_sec = 1"))
+    assert main(["config", "check", "--config", str(path)]) == 2
+    assert "schedule.interval_sec: unknown setting" in capsys.readouterr().err
+
+
+def test_bad_value_and_bad_env_override_are_both_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong type in the file and an env var for no group are listed together, exit 2."""
+    path = write_config(tmp_path, CONFIG.replace("interval_s = 1", 'interval_s = "soon"'))
+    monkeypatch.setenv("RETRYD_SCHEDUEL__INTERVAL_S", "5")
+    assert main(["once", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "schedule.interval_s: Input should be a valid number" in err
+    assert "RETRYD_SCHEDUEL__INTERVAL_S: no settings group 'scheduel'" in err
+
+
+def test_empty_allowlist_refuses_to_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No allow_targets and no explicit allow_any_target: exit 2, naming the field."""
+    text = CONFIG.replace(f'allow_targets = ["arn:aws:*:{REGION}:{ACCOUNT}:*"]', "")
+    assert main(["config", "check", "--config", str(write_config(tmp_path, text))]) == 2
+    assert "guards: allow_targets is empty" in capsys.readouterr().err
+
+
+def test_env_overrides_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RETRYD_GROUP__FIELD wins over the TOML file; RETRYD_CONFIG names the file."""
+    monkeypatch.setenv("RETRYD_CONFIG", str(write_config(tmp_path)))
+    monkeypatch.setenv("RETRYD_SCHEDULE__INTERVAL_S", "7.5")
+    assert main(["config", "check"]) == 0
+    effective = json.loads(capsys.readouterr().out)
+    assert effective["schedule"]["interval_s"] == 7.5
+    assert effective["discovery"]["queue_prefixes"] == ["retry-"]
+
+
+def test_once_prints_a_summary_line(world: World, tmp_path: Path) -> None:
+    """`retryd once` as a real process drains the DLQ and prints counts per outcome."""
+    world.create_queue("retryd-parking")
+    world.create_queue("retry-a")
+    world.create_queue("dest")
+    world.send("retry-a", envelope("sqs", world.queue_arn("dest"), "hello"))
+    world.send("retry-a", "poison")
+
+    done = retryd("once", "--config", str(write_config(tmp_path)))
+
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert "received=2 resubmitted=1 parked=1 deferred=0 failed=0" in summary
+    assert "parked:unresolvable=1" in summary
+    decisions = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    settled = [d for d in decisions if d.get("outcome")]
+    assert {d["outcome"] for d in settled} == {"resubmitted", "parked"}
+    assert all("poison" not in json.dumps(d) for d in settled), "payloads are never logged"
+    assert [m["Body"] for m in world.drain("dest")] == ["hello"]
+
+
+def test_run_stops_cleanly_on_sigterm(world: World, tmp_path: Path) -> None:
+    """`retryd run` cycles until SIGTERM, then exits 0 with its work settled."""
+    world.create_queue("retryd-parking")
+    world.create_queue("retry-a")
+    world.create_queue("dest")
+    world.send("retry-a", envelope("sqs", world.queue_arn("dest"), "one"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "retryd", "run", "--config", str(write_config(tmp_path))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while world.depth("dest") == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert world.depth("dest") == 1
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert '"stopping"' in stderr
+    assert '"stopped"' in stderr
+    assert world.depth("retry-a") == 0
+
+
+def test_sandbox_runs_with_no_aws_account() -> None:
+    """The README's first command: a demo world where every message ends up somewhere sane."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RETRYD_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "retryd", "sandbox"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert out.count("resubmitted") >= 6
+    for reason in ("attempts-exhausted", "target-not-allowed", "invalid-envelope", "unresolvable"):
+        assert reason in out
+    assert "0 message(s) left" in out

@@ -1,0 +1,223 @@
+"""One full cycle against the moto server: every target type, every park reason, nothing lost."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+
+from retryd.cycle import CycleReport
+from retryd.models import Outcome
+from retryd.service import run_once
+from retryd.settings import Settings
+from tests.conftest import SettingsFactory
+from tests.faults import Fault
+from tests.world import ACCOUNT, REGION, World, envelope
+
+PARKING = "retryd-parking"
+
+
+def cycle(settings: Settings) -> CycleReport:
+    report: CycleReport = anyio.run(lambda: run_once(settings, collect=True))
+    return report
+
+
+def parked(world: World) -> dict[str, dict[str, Any]]:
+    """Parked copies by their retryd.reason."""
+    out = {}
+    for message in world.drain(PARKING):
+        attributes = message["MessageAttributes"]
+        out[attributes["retryd.reason"]["StringValue"]] = message
+    return out
+
+
+def test_each_target_type_receives_its_message_and_the_dlq_empties(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Envelopes for all five target types are resubmitted exactly once and deleted."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-work")
+    function_arn = world.create_function("charge")
+    machine_arn = world.create_state_machine("fulfil")
+    world.create_queue("invoices")
+    topic_arn, topic_spy = world.create_topic_with_spy("notify")
+    bus_arn, bus_spy = world.create_bus_with_spy("billing", source="shop")
+    world.send("retry-work", envelope("lambda", function_arn, {"order": 1}, idempotencyKey="k-1"))
+    world.send("retry-work", envelope("stepfunctions", machine_arn, {"order": 2}))
+    world.send("retry-work", envelope("sqs", world.queue_arn("invoices"), {"order": 3}))
+    world.send("retry-work", envelope("sns", topic_arn, "order 4 shipped"))
+    world.send(
+        "retry-work",
+        envelope(
+            "eventbridge", bus_arn, {"Source": "shop", "DetailType": "Due", "Detail": {"o": 5}}
+        ),
+    )
+    world.record()
+
+    report = cycle(make_settings())
+
+    assert report.outcomes == {"resubmitted": 5}
+    invocations = world.invocations("charge")
+    assert [json.loads(call["payload"]) for call in invocations] == [{"order": 1}]
+    executions = world.executions(machine_arn)
+    assert [json.loads(e["input"]) for e in executions] == [{"order": 2}]
+    invoices = world.drain("invoices")
+    assert [json.loads(m["Body"]) for m in invoices] == [{"order": 3}]
+    assert invoices[0]["MessageAttributes"]["retryd.attempt"]["StringValue"] == "1"
+    assert invoices[0]["MessageAttributes"]["retryd.source-queue"]["StringValue"] == "retry-work"
+    assert [m["Body"] for m in world.drain(topic_spy)] == ["order 4 shipped"]
+    events = [json.loads(m["Body"]) for m in world.drain(bus_spy)]
+    assert [(e["detail-type"], e["detail"]) for e in events] == [("Due", {"o": 5})]
+    assert world.depth("retry-work") == 0
+    assert world.depth(PARKING) == 0
+
+
+def test_static_route_sends_the_raw_body_with_its_attributes(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A queue routed in the config sends its messages, unchanged, to the route's target."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-orders")
+    world.create_queue("orders")
+    world.send(
+        "retry-orders",
+        "plain text order 9",
+        attributes={"tenant": {"DataType": "String", "StringValue": "acme"}},
+    )
+    settings = make_settings(routes=[{"queue": "retry-ord*", "target": world.queue_arn("orders")}])
+
+    report = cycle(settings)
+
+    assert report.outcomes == {"resubmitted": 1}
+    [message] = world.drain("orders")
+    assert message["Body"] == "plain text order 9"
+    assert message["MessageAttributes"]["tenant"]["StringValue"] == "acme"
+    assert world.depth("retry-orders") == 0
+
+
+def test_every_park_reason_leaves_a_copy_with_its_reason_and_empties_the_dlq(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Unresolvable, invalid envelope, forbidden target, exhausted attempts, rejected by target."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-mixed")
+    function_arn = world.create_function("charge")
+    missing = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:gone"
+    foreign = f"arn:aws:lambda:{REGION}:999999999999:function:charge"
+    world.send("retry-mixed", "not json, no route")
+    world.send("retry-mixed", {"envelope": "retryd/v1", "target": {"type": "lambda"}, "payload": 1})
+    world.send("retry-mixed", envelope("lambda", foreign, {"steal": True}))
+    world.send("retry-mixed", envelope("lambda", function_arn, {"n": 1}, attempt=5))
+    world.send("retry-mixed", envelope("lambda", missing, {"n": 2}))
+    # moto's Docker-less Lambda accepts an async invoke of any name; AWS answers 404.
+    world.faults.add(
+        Fault("lambda", "Invoke", code="ResourceNotFoundException", status=404, contains="gone")
+    )
+    world.record()
+
+    report = cycle(make_settings())
+
+    assert report.outcomes == {"parked": 5}
+    copies = parked(world)
+    assert set(copies) == {
+        "unresolvable",
+        "invalid-envelope",
+        "target-not-allowed",
+        "attempts-exhausted",
+        "target-rejected",
+    }
+    assert copies["unresolvable"]["Body"] == "not json, no route"
+    assert (
+        "target.arn"
+        in copies["invalid-envelope"]["MessageAttributes"]["retryd.detail"]["StringValue"]
+    )
+    rejected = copies["target-rejected"]["MessageAttributes"]
+    assert "ResourceNotFoundException" in rejected["retryd.detail"]["StringValue"]
+    assert all(
+        c["MessageAttributes"]["retryd.source-queue"]["StringValue"] == "retry-mixed"
+        for c in copies.values()
+    )
+    # Only the missing function was tried: the forged and exhausted ones were never called.
+    assert all("gone" in call["url"] for call in world.invocations())
+    assert world.depth("retry-mixed") == 0
+
+
+def test_transient_target_failure_leaves_the_message_in_the_dlq(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A throttled target: nothing parked, nothing deleted, the message reappears later."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-hot")
+    function_arn = world.create_function("charge")
+    world.send("retry-hot", envelope("lambda", function_arn, {"n": 1}))
+    world.faults.add(Fault("lambda", "Invoke", code="TooManyRequestsException", status=429))
+
+    report = cycle(make_settings())
+
+    assert report.outcomes == {"failed": 1}
+    assert report.reasons == {("failed", "transient-error"): 1}
+    assert world.depth("retry-hot") == 1
+    assert world.depth(PARKING) == 0
+
+
+def test_parking_outage_deletes_nothing(world: World, make_settings: SettingsFactory) -> None:
+    """When the parking queue refuses the copy, the poison message stays in its DLQ."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-poison")
+    world.send("retry-poison", "unrecognisable")
+    world.faults.add(Fault("sqs", "SendMessageBatch", code="ServiceUnavailable", status=503))
+
+    report = cycle(make_settings())
+
+    assert report.outcomes == {"failed": 1}
+    assert world.depth("retry-poison") == 1
+
+
+def test_receive_outage_fails_the_cycle_and_keeps_every_message(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """An SQS outage on ReceiveMessage is reported as an error; the DLQ is untouched."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-a")
+    world.send("retry-a", "x")
+    world.faults.add(Fault("sqs", "ReceiveMessage", code="InternalError", status=500))
+
+    report = cycle(make_settings())
+
+    assert not report.ok
+    assert report.received == 0
+    world.faults.clear()
+    assert world.depth("retry-a") == 1
+
+
+def test_missing_parking_queue_stops_the_cycle_before_any_receive(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Without a parking queue nothing could be parked, so nothing is drained."""
+    world.create_queue("retry-a")
+    world.send("retry-a", "x")
+
+    report = cycle(make_settings())
+
+    assert not report.ok
+    assert "retryd-parking" in report.errors[0]
+    assert world.depth("retry-a") == 1
+
+
+def test_cycle_budget_caps_messages_per_queue(world: World, make_settings: SettingsFactory) -> None:
+    """max_messages_per_queue bounds one cycle; the rest wait for the next one."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-deep")
+    world.create_queue("dest")
+    for n in range(25):
+        world.send("retry-deep", envelope("sqs", world.queue_arn("dest"), {"n": n}))
+    settings = make_settings(drain={"max_messages_per_queue": 10, "workers_per_queue": 1})
+
+    first = cycle(settings)
+    assert first.outcomes == {"resubmitted": 10}
+    assert world.depth("retry-deep") == 15
+
+    second = cycle(make_settings())
+    assert second.outcomes == {Outcome.RESUBMITTED.value: 15}
+    assert sorted(json.loads(m["Body"])["n"] for m in world.drain("dest")) == list(range(25))
