@@ -64,12 +64,20 @@ def _parser() -> argparse.ArgumentParser:
         description="Run exactly one cycle and print a summary line: queues, received, "
         "and how many messages were resubmitted, parked, deferred or failed, by reason.",
     )
-    commands.add_parser(
+    sandbox = commands.add_parser(
         "sandbox",
         help="try retryd with no AWS account: an embedded emulator, a demo world, one cycle",
         description="Start an in-process AWS emulator (moto), create demo DLQs and "
         "targets of every type, run one cycle, and print what happened to every message. "
         "Needs the sandbox extra: pip install 'retryd[sandbox]'.",
+    )
+    sandbox.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        choices=range(1, 101),
+        metavar="N",
+        help="send every demo message N times (1-100), to watch a bigger cycle",
     )
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -106,12 +114,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sandbox(_: argparse.Namespace) -> int:
+def _sandbox(args: argparse.Namespace) -> int:
     from retryd.sandbox import run_sandbox  # noqa: PLC0415 - moto is an optional extra
 
     # The sandbox prints its own report of every decision; log lines would repeat it.
     configure_logging("error", "auto")
-    return run_sandbox()
+    return run_sandbox(args.scale)
 
 
 def _config_check(args: argparse.Namespace) -> int:

@@ -127,8 +127,13 @@ async def _create_targets(clients: AwsClients, world: DemoWorld) -> None:
     )
 
 
-def _demo_messages() -> dict[str, list[tuple[str, str]]]:
-    """DLQ name -> [(label, body)]: one per target type, one static route, and the poison."""
+def _demo_messages(copy: int = 0) -> dict[str, list[tuple[str, str]]]:
+    """DLQ name -> [(label, body)]: one per target type, one static route, and the poison.
+
+    `copy` numbers the order ids, so scaled-up copies are distinct pieces of work
+    (identical payloads would share an idempotency key, and Step Functions would
+    rightly start them once).
+    """
     return {
         "retry-payments": [
             (
@@ -136,9 +141,9 @@ def _demo_messages() -> dict[str, list[tuple[str, str]]]:
                 _envelope(
                     "lambda",
                     _arn("lambda", "function:charge"),
-                    {"orderId": "42"},
+                    {"orderId": f"42-{copy}"},
                     attempt=1,
-                    idempotencyKey="order-42-charge",
+                    idempotencyKey=f"order-42-{copy}-charge",
                     error={"code": "Timeout", "message": "upstream timed out"},
                 ),
             ),
@@ -147,7 +152,7 @@ def _demo_messages() -> dict[str, list[tuple[str, str]]]:
                 _envelope(
                     "stepfunctions",
                     _arn("states", "stateMachine:fulfil"),
-                    {"orderId": "43"},
+                    {"orderId": f"43-{copy}"},
                 ),
             ),
             (
@@ -183,7 +188,7 @@ def _demo_messages() -> dict[str, list[tuple[str, str]]]:
                 _envelope(
                     "lambda",
                     _arn("lambda", "function:charge"),
-                    {"orderId": "45"},
+                    {"orderId": f"45-{copy}"},
                     attempt=5,
                 ),
             ),
@@ -201,7 +206,10 @@ def _demo_messages() -> dict[str, list[tuple[str, str]]]:
             ),
         ],
         "retry-orders": [
-            ("static route -> SQS orders", json.dumps({"orderId": "46", "note": "plain message"})),
+            (
+                "static route -> SQS orders",
+                json.dumps({"orderId": f"46-{copy}", "note": "plain message"}),
+            ),
         ],
         "retry-legacy": [
             ("poison: no envelope and no route", "legacy batch job 17 failed"),
@@ -209,16 +217,25 @@ def _demo_messages() -> dict[str, list[tuple[str, str]]]:
     }
 
 
-async def _build_world(clients: AwsClients) -> DemoWorld:
+async def _build_world(clients: AwsClients, scale: int) -> DemoWorld:
     world = DemoWorld()
     await _create_targets(clients, world)
-    for dlq, messages in _demo_messages().items():
+    copies_by_dlq: dict[str, list[tuple[str, str]]] = {}
+    for copy in range(scale):
+        for dlq, messages in _demo_messages(copy).items():
+            copies_by_dlq.setdefault(dlq, []).extend(messages)
+    for dlq, copies in copies_by_dlq.items():
         url = (await clients.sqs.create_queue(QueueName=dlq))["QueueUrl"]
         world.queue_urls[dlq] = url
         world.dlqs.append(dlq)
-        for label, body in messages:
-            sent = await clients.sqs.send_message(QueueUrl=url, MessageBody=body)
-            world.labels[sent["MessageId"]] = label
+        for start in range(0, len(copies), 10):
+            chunk = copies[start : start + 10]
+            sent = await clients.sqs.send_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(chunk)],
+            )
+            for entry in sent.get("Successful", []):
+                world.labels[entry["MessageId"]] = chunk[int(entry["Id"])][0]
     return world
 
 
@@ -235,14 +252,21 @@ async def _count(clients: AwsClients, url: str) -> int:
 
 
 async def _parked_reasons(clients: AwsClients, url: str) -> Counter[str]:
+    """retryd.reason of every parked copy, read back from the parking queue itself."""
     reasons: Counter[str] = Counter()
-    response = await clients.sqs.receive_message(
-        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=0
-    )
-    for message in response.get("Messages", []):
-        reason = message.get("MessageAttributes", {}).get("retryd.reason", {})
-        reasons[reason.get("StringValue", "?")] += 1
-    return reasons
+    while True:
+        response = await clients.sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            MessageAttributeNames=["All"],
+            VisibilityTimeout=60,
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            return reasons
+        for message in messages:
+            reason = message.get("MessageAttributes", {}).get("retryd.reason", {})
+            reasons[reason.get("StringValue", "?")] += 1
 
 
 def _describe(decision: Decision) -> str:
@@ -272,7 +296,11 @@ async def _where_now(clients: AwsClients, world: DemoWorld, invocations: int) ->
             "EventBridge billing",
             f"{await _count(clients, world.queue_urls['sandbox-billing-spy'])} event(s)",
         ),
-        (f"parking {PARKING}", ", ".join(f"{r}={n}" for r, n in sorted(parked.items())) or "empty"),
+        (
+            f"parking {PARKING}",
+            f"{await _count(clients, world.queue_urls[PARKING])} message(s): "
+            + ", ".join(f"{r}={n}" for r, n in sorted(parked.items())),
+        ),
         ("DLQs (retry-*)", f"{left} message(s) left"),
     ]
     return [f"  {name:<24} {value}" for name, value in rows]
@@ -283,23 +311,26 @@ def _print_report(
 ) -> None:
     print(f"retryd sandbox: AWS emulator at {server.url}, account {ACCOUNT}, {REGION}")
     print(f"demo DLQs: {', '.join(world.dlqs)} ({len(world.labels)} messages)\n")
-    print(f"{'DLQ':<16} {'MESSAGE':<42} {'OUTCOME':<12} TARGET / REASON")
-    decisions = sorted(
-        report.decisions or [], key=lambda d: (d.letter.queue.name, d.letter.message_id)
-    )
-    for decision in decisions:
+    # Identical demo messages (with --scale) are shown once, with how many there were.
+    rows: Counter[tuple[str, str, str, str]] = Counter()
+    for decision in report.decisions or []:
         label = world.labels.get(decision.letter.message_id, decision.letter.message_id)
-        queue, outcome = decision.letter.queue.name, decision.outcome.value
-        print(f"{queue:<16} {label:<42} {outcome:<12} {_describe(decision)}")
+        rows[(decision.letter.queue.name, label, decision.outcome.value, _describe(decision))] += 1
+    print(f"{'DLQ':<16} {'MESSAGE':<42} {'COUNT':>5}  {'OUTCOME':<12} TARGET / REASON")
+    for (queue, label, outcome, description), count in sorted(rows.items()):
+        print(f"{queue:<16} {label:<42} {count:>5}  {outcome:<12} {description}")
     print(f"\nsummary: {report.summary()}")
+    handled = sum(report.outcomes.values())
+    rate = handled / report.duration_s if report.duration_s > 0 else 0.0
+    print(f"throughput: {handled} messages settled in {report.duration_s:.2f}s ({rate:.0f} msg/s)")
     print("where every copy is now:")
     print("\n".join(where))
 
 
-async def _main(server: MotoServer) -> int:
+async def _main(server: MotoServer, scale: int) -> int:
     settings = sandbox_settings()
     async with open_clients(settings.aws) as clients:
-        world = await _build_world(clients)
+        world = await _build_world(clients, scale)
         server.start_recording()
         report = await run_once(settings, collect=True)
         # retryd invokes by ARN, which arrives percent-encoded in the request path.
@@ -314,8 +345,11 @@ async def _main(server: MotoServer) -> int:
     return 0 if report.ok and unaccounted == 0 else 1
 
 
-def run_sandbox() -> int:
-    """Start the emulator, point this process's AWS environment at it, run the demo."""
+def run_sandbox(scale: int = 1) -> int:
+    """Start the emulator, point this process's AWS environment at it, run the demo.
+
+    `scale` sends every demo message that many times, to watch a bigger cycle.
+    """
     with MotoServer() as server:
         os.environ.update(
             AWS_ENDPOINT_URL=server.url,
@@ -326,4 +360,4 @@ def run_sandbox() -> int:
         )
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
             os.environ.pop(name, None)
-        return anyio.run(_main, server)
+        return anyio.run(_main, server, scale)
