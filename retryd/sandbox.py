@@ -274,7 +274,7 @@ def _describe(decision: Decision) -> str:
         assert decision.target is not None
         return f"{decision.target.type.value} {decision.target.name} (attempt {decision.attempt})"
     detail = decision.detail.splitlines()[0] if decision.detail else ""
-    return f"{decision.reason}: {detail}"[:110]
+    return f"{decision.reason}: {detail}"[:160]
 
 
 async def _where_now(clients: AwsClients, world: DemoWorld, invocations: int) -> list[str]:

@@ -13,6 +13,7 @@ import io
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,15 +26,20 @@ _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 
 @dataclass
 class Fault:
-    """Answer matching calls with `code`/`status`; `times` None means until removed."""
+    """Answer matching calls with `code`/`status`; `times` None means until removed.
+
+    With `delay_s`, the call waits that long first; with `code=None` as well it is
+    then passed on to moto unchanged (a slow but working AWS).
+    """
 
     service: str
     operation: str
-    code: str = "ThrottlingException"
+    code: str | None = "ThrottlingException"
     status: int = 400
     contains: str | None = None
     times: int | None = None
     message: str = "injected fault"
+    delay_s: float = 0.0
     hits: int = 0
 
 
@@ -61,6 +67,7 @@ def _describe(environ: dict[str, Any], body: bytes) -> _Request:
 
 
 def _error_response(request: _Request, fault: Fault) -> tuple[str, list[tuple[str, str]], bytes]:
+    assert fault.code is not None
     status = f"{fault.status} Injected"
     if request.protocol == "json":
         body = json.dumps({"__type": fault.code, "message": fault.message}).encode()
@@ -118,7 +125,9 @@ class FaultInjector:
             environ["wsgi.input"] = io.BytesIO(body)
             request = _describe(environ, body)
             fault = self._match(request)
-            if fault is None:
+            if fault is not None and fault.delay_s:
+                time.sleep(fault.delay_s)
+            if fault is None or fault.code is None:
                 return app(environ, start_response)
             status, headers, payload = _error_response(request, fault)
             start_response(status, headers)
