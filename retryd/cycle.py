@@ -13,7 +13,7 @@ import structlog
 
 from retryd import classify
 from retryd.aws import AwsClients
-from retryd.discovery import discover_queues
+from retryd.discovery import discover_queues, queue_ref_from_url
 from retryd.guards import Guards
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Decision, MessageAttribute, Outcome, QueueRef
@@ -34,6 +34,7 @@ class CycleReport:
     """What one cycle did, counted; `decisions` is kept only when asked for."""
 
     queues: int = 0
+    discovered: bool = False
     received: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -69,6 +70,22 @@ class CycleReport:
         if self.errors:
             line += f" | errors={len(self.errors)}"
         return line
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The real errors inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+# Time kept back from each lease for the delete that settles the batch.
+LEASE_MARGIN_S = 5.0
+
+# Batches in a row made only of messages already handled this cycle before the
+# queue counts as wrapped round (each such receive hides them again, so a few
+# tries reach the rest of the queue without spinning).
+MAX_STALE_BATCHES = 3
 
 
 def to_dead_letter(queue: QueueRef, raw: Mapping[str, Any]) -> DeadLetter:
@@ -107,6 +124,7 @@ class _QueueDrain:
     queue: QueueRef
     remaining: int
     seen: set[str] = field(default_factory=set)
+    stale_batches: int = 0
     done: bool = False
 
 
@@ -121,6 +139,7 @@ class Cycle:
         self._guards = Guards(settings.guards)
         self._targets = TargetRouter(clients, settings.drain.target_concurrency)
         self._pipeline: Pipeline | None = None
+        self._parking_arn = ""
 
     async def _ready_pipeline(self) -> Pipeline:
         if self._pipeline is None:
@@ -131,6 +150,9 @@ class Cycle:
                 self._settings.parking.queue,
                 self._settings.parking.detail_max_bytes,
             )
+            self._parking_arn = queue_ref_from_url(
+                parking.queue_url, self._clients.sqs.meta.region_name
+            ).arn
             self._pipeline = Pipeline(
                 sqs=self._clients.sqs,
                 chain=self._chain,
@@ -138,6 +160,7 @@ class Cycle:
                 targets=self._targets,
                 parking=parking,
                 metrics=self._metrics,
+                log_payloads=self._settings.log.include_payloads,
             )
         return self._pipeline
 
@@ -151,17 +174,20 @@ class Cycle:
                 self._clients.sqs, self._settings.discovery, self._settings.parking.queue
             )
             report.queues = len(queues)
+            report.discovered = True
             self._metrics.set_queues_discovered(len(queues))
+            self._guards.protect_queues([q.arn for q in queues] + [self._parking_arn])
             run = _Run(pipeline, started + self._settings.drain.cycle_budget_s, stopping, report)
             limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
             async with anyio.create_task_group() as group:
                 for queue in queues:
                     group.start_soon(self._drain, run, queue, limiter)
         except Exception as exc:  # noqa: BLE001 - a failed cycle is reported, the daemon goes on
-            error = classify.from_exception(exc)
-            report.errors.append(f"cycle: {error}")
-            # The classified error says what happened; a traceback of an AWS outage does not help.
-            log.error("cycle-failed", error=str(error), error_class=error.error_class.value)  # noqa: TRY400
+            for leaf in _leaves(exc):
+                error = classify.from_exception(leaf)
+                report.errors.append(f"cycle: {error}")
+                # The classified error says what happened; an AWS outage's traceback does not.
+                log.error("cycle-failed", error=str(error), error_class=error.error_class.value)  # noqa: TRY400
         report.duration_s = anyio.current_time() - started
         self._metrics.observe_cycle(report.duration_s, report.ok, time.time())
         return report
@@ -183,6 +209,9 @@ class Cycle:
                 state.done = True
                 return
             state.remaining -= want
+            # The lease starts when SQS hands the messages out: take the time before asking.
+            lease_s = self._settings.drain.visibility_timeout_s
+            act_by = anyio.current_time() + lease_s - min(LEASE_MARGIN_S, lease_s * 0.2)
             letters = await self._receive(state, want, report)
             if letters is None:
                 state.done = True
@@ -190,13 +219,15 @@ class Cycle:
             fresh = [letter for letter in letters if letter.message_id not in state.seen]
             state.remaining += want - len(fresh)
             if not fresh:
-                # Everything visible was already handled this cycle (transient failures
-                # whose lease ran out): the queue has wrapped round, so stop here.
-                state.done = True
-                return
+                # Only messages already handled this cycle (transient failures whose
+                # lease ran out); this receive hid them again, so look a little further.
+                state.stale_batches += 1
+                state.done = state.stale_batches >= MAX_STALE_BATCHES
+                continue
+            state.stale_batches = 0
             state.seen.update(letter.message_id for letter in fresh)
             report.received += len(fresh)
-            report.add(await run.pipeline.handle(state.queue, fresh))
+            report.add(await run.pipeline.handle(state.queue, fresh, act_by))
 
     async def _receive(
         self, state: _QueueDrain, want: int, report: CycleReport

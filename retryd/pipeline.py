@@ -3,12 +3,18 @@
 The rule this module exists to keep: a message is deleted from its DLQ only after
 its copy is safe (accepted by the target, or written to the parking queue).
 Every other path leaves it where it is, to reappear after its lease.
+
+A batch has to be settled while its lease (the visibility timeout) still holds:
+once the lease runs out another worker may receive the same message under a new
+receipt handle, and SQS then treats a delete with the old handle as a no-op. So
+acting on a batch is bounded by the lease, and only the final delete is shielded
+from cancellation (briefly, so that a second SIGTERM still means "now").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -25,6 +31,7 @@ from retryd.models import (
     Outcome,
     ParkReason,
     QueueRef,
+    SendError,
     Unresolvable,
 )
 from retryd.parking import Parking, ParkRequest
@@ -36,8 +43,15 @@ log = structlog.get_logger("retryd.pipeline")
 
 # SQS DeleteMessageBatch takes at most 10 entries.
 DELETE_BATCH_MAX = 10
+# Reasons of the FAILED outcome (the message stays in its DLQ); a bounded set.
 PARKING_FAILED = "parking-failed"
 TRANSIENT_ERROR = "transient-error"
+LEASE_EXPIRED = "lease-expired"
+INTERNAL_ERROR = "internal-error"
+# How long a started delete may hold off cancellation (a stop, a second signal).
+DELETE_SHIELD_S = 10.0
+# Longest detail written to a log line (parked copies have their own limit).
+LOG_DETAIL_MAX_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +61,31 @@ class _Park:
     detail: str
     attempt: int
     job: Job | None = None
+
+    def decision(self, outcome: Outcome, reason: str, detail: str) -> Decision:
+        target = self.job.target if self.job else None
+        return Decision(self.letter, outcome, target, reason, detail, self.attempt)
+
+
+@dataclass
+class _Batch:
+    """Decisions so far, so that whatever goes wrong, no letter is left without one."""
+
+    letters: Sequence[DeadLetter]
+    decided: dict[str, Decision] = field(default_factory=dict)
+    deletable: list[DeadLetter] = field(default_factory=list)
+
+    def decide(self, decision: Decision, *, delete: bool = False) -> None:
+        self.decided[decision.letter.message_id] = decision
+        if delete:
+            self.deletable.append(decision.letter)
+
+    def undecided(self) -> list[DeadLetter]:
+        return [letter for letter in self.letters if letter.message_id not in self.decided]
+
+    def fail_rest(self, reason: str, detail: str) -> None:
+        for letter in self.undecided():
+            self.decide(Decision(letter, Outcome.FAILED, None, reason, detail))
 
 
 class Pipeline:
@@ -61,6 +100,7 @@ class Pipeline:
         targets: TargetRouter,
         parking: Parking,
         metrics: Metrics,
+        log_payloads: bool = False,
     ) -> None:
         self._sqs = sqs
         self._chain = chain
@@ -68,58 +108,87 @@ class Pipeline:
         self._targets = targets
         self._parking = parking
         self._metrics = metrics
+        self._log_payloads = log_payloads
 
-    async def handle(self, queue: QueueRef, letters: Sequence[DeadLetter]) -> list[Decision]:
-        """Settle one batch; returns one Decision per letter."""
-        jobs, parks = self._triage(letters)
-        decisions: list[Decision] = []
-        deletable: list[DeadLetter] = []
+    async def handle(
+        self, queue: QueueRef, letters: Sequence[DeadLetter], act_by: float
+    ) -> list[Decision]:
+        """Settle one batch; targets and parking must have answered by `act_by` (anyio clock).
 
-        for delivery in await self._targets.submit(jobs) if jobs else []:
-            decision, park = self._after_delivery(delivery)
+        `act_by` is the lease's end less a margin for the delete. One Decision per letter.
+        """
+        batch = _Batch(letters)
+        try:
+            await self._act(batch, act_by)
+        except Exception as exc:  # one batch's bug must not stop the queue
+            # Nothing undecided has been deleted: it stays in the DLQ.
+            log.exception("batch-failed", queue=queue.name, messages=len(letters))
+            batch.fail_rest(INTERNAL_ERROR, f"{type(exc).__name__} while settling the batch")
+        finally:
+            # A letter whose copy is safe is deleted even when a later step broke or
+            # the batch is being cancelled: otherwise it would be sent twice.
+            with anyio.move_on_after(DELETE_SHIELD_S, shield=True):
+                await self._delete(queue, batch.deletable)
+            for decision in batch.decided.values():
+                self._report(decision)
+            if len(batch.decided) < len(letters):
+                log.warning(
+                    "batch-cancelled",
+                    queue=queue.name,
+                    left_in_dlq=len(letters) - len(batch.decided),
+                )
+        return [batch.decided[letter.message_id] for letter in letters]
+
+    async def _act(self, batch: _Batch, act_by: float) -> None:
+        jobs, parks = self._triage(batch.letters)
+        deliveries: list[Delivery] = []
+        refused: list[SendError | None] = []
+
+        async def submit() -> None:
+            deliveries.extend(await self._targets.submit(jobs))
+
+        async def park_refused() -> None:
+            refused.extend(await self._park(parks))
+
+        with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
+            # The two do not depend on each other: run them side by side.
+            async with anyio.create_task_group() as group:
+                if jobs:
+                    group.start_soon(submit)
+                if parks:
+                    group.start_soon(park_refused)
+        if lease.cancelled_caught:
+            batch.fail_rest(LEASE_EXPIRED, "the batch was not settled before its lease ran out")
+            return
+        self._settle_parks(batch, parks, refused)
+
+        rejected: list[_Park] = []
+        for delivery in deliveries:
+            park = self._after_delivery(batch, delivery)
             if park is not None:
-                parks.append(park)
-                continue
-            assert decision is not None
-            decisions.append(decision)
-            if decision.outcome is Outcome.RESUBMITTED:
-                deletable.append(delivery.job.letter)
+                rejected.append(park)
+        if rejected:
+            with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
+                results = await self._park(rejected)
+            if lease.cancelled_caught:
+                batch.fail_rest(LEASE_EXPIRED, "the copy was not parked before its lease ran out")
+                return
+            self._settle_parks(batch, rejected, results)
 
-        park_results = (
-            await self._parking.park(
-                [ParkRequest(p.letter, p.reason, p.detail, p.attempt) for p in parks]
-            )
-            if parks
-            else []
+    async def _park(self, parks: Sequence[_Park]) -> list[SendError | None]:
+        return await self._parking.park(
+            [ParkRequest(p.letter, p.reason, p.detail, p.attempt) for p in parks]
         )
-        for park, error in zip(parks, park_results, strict=True):
-            target = park.job.target if park.job else None
-            if error is None:
-                decisions.append(
-                    Decision(
-                        park.letter, Outcome.PARKED, target, park.reason, park.detail, park.attempt
-                    )
-                )
-                deletable.append(park.letter)
-            else:
-                decisions.append(
-                    Decision(
-                        park.letter,
-                        Outcome.FAILED,
-                        target,
-                        PARKING_FAILED,
-                        f"could not park ({park.reason}): {error}",
-                        park.attempt,
-                    )
-                )
 
-        # A cancel arriving now would leave copies made but originals in place:
-        # duplicates on the next cycle. Finishing the delete is cheaper than that.
-        with anyio.CancelScope(shield=True):
-            await self._delete(queue, deletable)
-        for decision in decisions:
-            self._report(decision)
-        return decisions
+    def _settle_parks(
+        self, batch: _Batch, parks: Sequence[_Park], results: Sequence[SendError | None]
+    ) -> None:
+        for park, error in zip(parks, results, strict=True):
+            if error is None:
+                batch.decide(park.decision(Outcome.PARKED, park.reason, park.detail), delete=True)
+            else:
+                detail = f"could not park ({park.reason}: {park.detail}): {error}"
+                batch.decide(park.decision(Outcome.FAILED, PARKING_FAILED, detail))
 
     def _triage(self, letters: Sequence[DeadLetter]) -> tuple[list[Job], list[_Park]]:
         jobs: list[Job] = []
@@ -138,7 +207,8 @@ class Pipeline:
             jobs.append(resolved)
         return jobs, parks
 
-    def _after_delivery(self, delivery: Delivery) -> tuple[Decision | None, _Park | None]:
+    def _after_delivery(self, batch: _Batch, delivery: Delivery) -> _Park | None:
+        """Record an accepted or transient delivery; a permanent refusal is returned to park."""
         job = delivery.job
         if delivery.stamps_dropped:
             self._metrics.record_stamps_dropped(job.letter.queue.name, delivery.stamps_dropped)
@@ -147,13 +217,15 @@ class Pipeline:
                 queue=job.letter.queue.name,
                 message_id=job.letter.message_id,
                 dropped=delivery.stamps_dropped,
-                why="the original message already uses all 10 SQS message attributes",
+                why="the original message leaves no room for retryd's attributes",
             )
-        if delivery.error is None:
-            return Decision(
-                job.letter, Outcome.RESUBMITTED, job.target, "", "", job.next_attempt
-            ), None
         error = delivery.error
+        if error is None:
+            batch.decide(
+                Decision(job.letter, Outcome.RESUBMITTED, job.target, "", "", job.next_attempt),
+                delete=True,
+            )
+            return None
         self._metrics.record_resubmit_error(job.target.type, error.error_class, error.code)
         if error.error_class is ErrorClass.PERMANENT:
             reason = (
@@ -161,15 +233,15 @@ class Pipeline:
                 if error.code == PAYLOAD_TOO_LARGE
                 else ParkReason.TARGET_REJECTED
             )
-            return None, _Park(job.letter, reason, str(error), job.attempt, job)
+            return _Park(job.letter, reason, str(error), job.attempt, job)
         # Left in the DLQ: it reappears after its lease. The code goes in the detail,
         # not the reason, so the reason stays a bounded metric label.
-        return (
+        batch.decide(
             Decision(
                 job.letter, Outcome.FAILED, job.target, TRANSIENT_ERROR, str(error), job.attempt
-            ),
-            None,
+            )
         )
+        return None
 
     async def _delete(self, queue: QueueRef, letters: Sequence[DeadLetter]) -> None:
         for start in range(0, len(letters), DELETE_BATCH_MAX):
@@ -200,14 +272,18 @@ class Pipeline:
         self._metrics.record_decision(
             decision.letter.queue.name, decision.outcome.value, decision.reason, target_type
         )
-        emit = log.info if decision.outcome is Outcome.RESUBMITTED else log.warning
-        emit(
-            decision.outcome.value,
-            queue=decision.letter.queue.name,
-            message_id=decision.letter.message_id,
-            target=decision.target.arn if decision.target else None,
-            outcome=decision.outcome.value,
-            reason=decision.reason or None,
-            detail=decision.detail or None,
-            attempt=decision.attempt,
-        )
+        fields: dict[str, Any] = {
+            "queue": decision.letter.queue.name,
+            "message_id": decision.letter.message_id,
+            "target": decision.target.arn if decision.target else None,
+            "outcome": decision.outcome.value,
+            "reason": decision.reason or None,
+            "detail": decision.detail[:LOG_DETAIL_MAX_CHARS] or None,
+            "attempt": decision.attempt,
+        }
+        if self._log_payloads:
+            fields["body"] = decision.letter.body
+        if decision.outcome is Outcome.RESUBMITTED:
+            log.info(decision.outcome.value, **fields)
+        else:
+            log.warning(decision.outcome.value, **fields)

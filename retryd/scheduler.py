@@ -18,7 +18,9 @@ async def run_schedule(
     while not stopping.is_set():
         health.tick()
         report = await cycle.run(stopping)
-        if report.ok:
+        # Ready once discovery works: one unreadable DLQ (say, a KMS key retryd may not
+        # use) is an alert on that queue, not a reason to take the whole service out.
+        if report.discovered:
             health.mark_ready()
         log.info("cycle", summary=report.summary(), ok=report.ok)
         # Waiting on the event rather than sleeping lets SIGTERM end the idle wait at once.

@@ -147,6 +147,7 @@ def test_run_stops_cleanly_on_sigterm(world: World, tmp_path: Path) -> None:
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
+        process.wait()
     assert process.returncode == 0, stderr
     assert '"stopping"' in stderr
     assert '"stopped"' in stderr

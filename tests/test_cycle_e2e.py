@@ -6,8 +6,11 @@ import json
 from typing import Any
 
 import anyio
+import pytest
+import structlog
 
 from retryd.cycle import CycleReport
+from retryd.logs import configure_logging
 from retryd.models import Outcome
 from retryd.service import run_once
 from retryd.settings import Settings
@@ -221,3 +224,60 @@ def test_cycle_budget_caps_messages_per_queue(world: World, make_settings: Setti
     second = cycle(make_settings())
     assert second.outcomes == {Outcome.RESUBMITTED.value: 15}
     assert sorted(json.loads(m["Body"])["n"] for m in world.drain("dest")) == list(range(25))
+
+
+def test_a_target_that_is_a_drained_queue_or_the_parking_queue_is_refused(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Resubmitting into a DLQ retryd drains (or into parking) would loop: parked, never sent."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-a")
+    world.create_queue("retry-b")
+    world.send("retry-a", envelope("sqs", world.queue_arn("retry-b"), {"n": 1}))
+    world.send("retry-a", envelope("sqs", world.queue_arn(PARKING), {"n": 2}))
+
+    report = cycle(make_settings())
+
+    assert report.reasons == {("parked", "target-not-allowed"): 2}
+    details = [m["MessageAttributes"]["retryd.detail"]["StringValue"] for m in world.drain(PARKING)]
+    assert len(details) == 2
+    assert all("would loop" in detail for detail in details)
+    assert world.depth("retry-b") == 0
+
+
+def test_a_batch_not_settled_within_its_lease_is_left_in_the_dlq(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A target slower than the lease: the batch is abandoned, nothing deleted or parked."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-slow")
+    world.create_queue("dest")
+    world.send("retry-slow", envelope("sqs", world.queue_arn("dest"), {"n": 1}))
+    world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=6, times=1))
+    settings = make_settings(drain={"visibility_timeout_s": 5}, aws={"read_timeout_s": 30})
+
+    report = cycle(settings)
+
+    assert report.reasons == {("failed", "lease-expired"): 1}
+    assert world.depth("retry-slow") == 1
+    assert world.depth(PARKING) == 0
+
+
+def test_payloads_are_logged_only_when_asked(
+    world: World, make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """log.include_payloads adds the body to each decision line; off by default."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-a")
+    world.send("retry-a", "secret-body-1")
+    configure_logging("info", "json")
+    try:
+        cycle(make_settings())
+        assert "secret-body-1" not in capsys.readouterr().err
+
+        world.send("retry-a", "secret-body-2")
+        cycle(make_settings(log={"include_payloads": True}))
+        assert '"body": "secret-body-2"' in capsys.readouterr().err
+    finally:
+        # The logger was bound to capsys's stream, which closes with this test.
+        structlog.reset_defaults()

@@ -1,4 +1,4 @@
-"""SIGTERM while messages are in flight: a real `retryd run` process, a real signal, a slow target."""
+"""SIGTERM while messages are in flight: a real `retryd run`, a real signal, a slow target."""
 
 from __future__ import annotations
 
@@ -88,6 +88,7 @@ def test_sigterm_lets_in_flight_batches_settle_and_loses_nothing(
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
+        process.wait()
 
     assert process.returncode == 0, stderr
     assert "drain-timeout" not in stderr
@@ -116,6 +117,7 @@ def test_drain_timeout_cancels_in_flight_work_without_losing_it(
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
+        process.wait()
 
     assert process.returncode == 0, stderr
     assert "drain-timeout" in stderr
@@ -144,6 +146,7 @@ def test_second_signal_exits_at_once(world: World, tmp_path: Path) -> None:
         waited_s = time.monotonic() - started
     finally:
         process.kill()
+        process.wait()
 
     assert process.returncode == 0, stderr
     assert "stopping-now" in stderr

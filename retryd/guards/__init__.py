@@ -7,6 +7,8 @@ modules in this package.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from retryd.guards.allowlist import Allowlist
 from retryd.guards.attempts import attempts_exhausted
 from retryd.models import Job, ParkReason, Unresolvable
@@ -21,9 +23,25 @@ class Guards:
     def __init__(self, settings: GuardSettings) -> None:
         self._allowlist = Allowlist(settings.allow_targets, settings.allow_any_target)
         self._max_attempts = settings.max_attempts
+        self._protected: frozenset[str] = frozenset()
+
+    def protect_queues(self, arns: Iterable[str]) -> None:
+        """Queues retryd drains or parks into: never a target, whatever the allowlist says.
+
+        Resubmitting into a DLQ retryd drains would bring the message straight back
+        every cycle, and into the parking queue would hide it from people.
+        """
+        self._protected = frozenset(arns)
 
     def check(self, job: Job) -> Unresolvable | None:
         """An Unresolvable (park it, and why) when a guard refuses the job; None to go on."""
+        if job.target.arn in self._protected:
+            return Unresolvable(
+                job.letter,
+                ParkReason.TARGET_NOT_ALLOWED,
+                f"target {job.target.arn} is a queue retryd drains or parks into; "
+                "resubmitting there would loop",
+            )
         if not self._allowlist.allows(job.target.arn):
             return Unresolvable(
                 job.letter,
