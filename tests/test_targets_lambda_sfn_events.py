@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 import anyio
 import pytest
+from botocore.exceptions import ClientError
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -46,7 +47,13 @@ BUS_SOURCE = "retryd.test"
 
 
 def make_job(
-    target: Target, body: str, key: str = "order-42", attempt: int = 0, queue: str = "retry-orders"
+    target: Target,
+    body: str,
+    key: str = "order-42",
+    attempt: int = 0,
+    queue: str = "retry-orders",
+    *,
+    message_id: str | None = None,
 ) -> Job:
     """A resolved dead letter as the pipeline would hand it to a resubmitter."""
     ref = QueueRef(
@@ -54,8 +61,15 @@ def make_job(
         url=f"http://localhost/{ACCOUNT}/{queue}",
         arn=f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue}",
     )
-    letter = DeadLetter(queue=ref, message_id=f"m-{key}-{attempt}", receipt_handle="rh", body=body)
+    letter = DeadLetter(
+        queue=ref, message_id=message_id or f"m-{key}", receipt_handle="rh", body=body
+    )
     return Job(letter=letter, target=target, body=body, key=key, attempt=attempt)
+
+
+def name_of(job: Job) -> str:
+    """The execution name retryd gives a job."""
+    return execution_name(job.key, job.letter.message_id, job.next_attempt)
 
 
 def submit(
@@ -108,6 +122,21 @@ def recorded_calls(world: World, operation: str, contains: str) -> list[str]:
 
 def codes(deliveries: Sequence[Delivery]) -> list[str | None]:
     return [delivery.error.code if delivery.error else None for delivery in deliveries]
+
+
+def permanent(delivery: Delivery) -> SendError:
+    """The delivery's error, which must be permanent."""
+    assert delivery.error is not None
+    assert delivery.error.error_class is ErrorClass.PERMANENT
+    return delivery.error
+
+
+# Bodies no target can prepare: JSON nested past Python's recursion limit.
+DEEP_JSON = "[" * 100_000
+# A valid PutEvents entry whose Time has no UTC form (it would be before year 1).
+YEAR_ONE_EVENT = json.dumps(
+    {"Source": BUS_SOURCE, "DetailType": "T", "Detail": {}, "Time": "0001-01-01T00:00:00+01:00"}
+)
 
 
 # -- Lambda ------------------------------------------------------------------------------
@@ -215,6 +244,31 @@ def test_lambda_refuses_bad_payloads_without_calling_aws(
     assert [call["payload"] for call in lambda_calls(world, "charge")] == ['{"ok": true}']
 
 
+def test_lambda_unpreparable_payload_fails_that_job_alone(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Deeply nested JSON is a permanent invalid payload naming the exception; others still go."""
+    target = Target.from_arn(world.create_function("charge"))
+    world.record()
+    jobs = [
+        make_job(target, DEEP_JSON, key="deep"),
+        make_job(target, YEAR_ONE_EVENT, key="year-one"),
+        make_job(target, '{"ok": true}', key="ok"),
+    ]
+
+    deliveries = submit(make_settings, lambda_target, target, jobs)
+
+    error = permanent(deliveries[0])
+    assert error.code == INVALID_PAYLOAD
+    assert "RecursionError" in error.message
+    assert "[[" not in error.message
+    # Time means nothing to Lambda: that body is a valid payload like any other.
+    assert [d.accepted for d in deliveries[1:]] == [True, True]
+    assert sorted(call["payload"] for call in lambda_calls(world, "charge")) == sorted(
+        [YEAR_ONE_EVENT, '{"ok": true}']
+    )
+
+
 def test_client_context_drops_stamps_rather_than_exceed_the_limit() -> None:
     """A key too long for ClientContext drops the stamps, never the job."""
     target = Target.from_arn(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:f")
@@ -251,7 +305,7 @@ def test_client_context_always_fits(key: str, queue: str, attempt: int) -> None:
 def test_state_machine_starts_named_execution_with_the_body_as_input(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """Each job starts one execution whose input is the body and whose name encodes key+attempt."""
+    """Each job starts one execution whose input is the body and whose name is its dead letter's."""
     target = Target.from_arn(world.create_state_machine("orders"))
     jobs = [make_job(target, json.dumps({"n": n}), key=f"order-{n}", attempt=1) for n in range(2)]
 
@@ -259,13 +313,14 @@ def test_state_machine_starts_named_execution_with_the_body_as_input(
 
     assert all(d.accepted for d in deliveries)
     started = {execution["name"]: execution["input"] for execution in world.executions(target.arn)}
-    assert started == {execution_name(f"order-{n}", 2): json.dumps({"n": n}) for n in range(2)}
+    assert started == {name_of(job): job.body for job in jobs}
+    assert all(name.endswith("-a2") for name in started)
 
 
-def test_state_machine_same_attempt_twice_starts_one_execution(
+def test_state_machine_same_job_twice_starts_one_execution(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """A repeat of one key and attempt is accepted and starts nothing; the next attempt starts."""
+    """A repeat of one dead letter's attempt is accepted and starts nothing; the next one starts."""
     target = Target.from_arn(world.create_state_machine("orders"))
     job = make_job(target, '{"n": 1}', key="order-1", attempt=0)
 
@@ -275,32 +330,169 @@ def test_state_machine_same_attempt_twice_starts_one_execution(
     assert again[0].accepted
     assert len(world.executions(target.arn)) == 1
 
-    submit(
-        make_settings, sfn_target, target, [make_job(target, '{"n": 1}', key="order-1", attempt=1)]
-    )
+    next_attempt = make_job(target, '{"n": 1}', key="order-1", attempt=1)
+    assert submit(make_settings, sfn_target, target, [next_attempt])[0].accepted
     names = sorted(execution["name"] for execution in world.executions(target.arn))
-    assert names == sorted([execution_name("order-1", 1), execution_name("order-1", 2)])
+    assert names == sorted([name_of(job), name_of(next_attempt)])
 
 
-def test_state_machine_already_exists_is_a_suppressed_duplicate(
+def test_state_machine_new_dead_letter_with_the_same_key_runs_again(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """ExecutionAlreadyExists for retryd's own name counts as accepted and is logged at info."""
+    """Same key and attempt but a new DLQ message id (it failed again): a second execution."""
+    target = Target.from_arn(world.create_state_machine("orders"))
+    first = make_job(target, '{"n": 1}', key="sha256:abc", message_id="dlq-message-1")
+    second = make_job(target, '{"n": 1}', key="sha256:abc", message_id="dlq-message-2")
+
+    deliveries = submit(make_settings, sfn_target, target, [first]) + submit(
+        make_settings, sfn_target, target, [second]
+    )
+
+    assert all(d.accepted for d in deliveries)
+    names = sorted(execution["name"] for execution in world.executions(target.arn))
+    assert names == sorted([name_of(first), name_of(second)])
+
+
+def test_state_machine_closed_execution_of_the_same_dead_letter_is_permanent(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """If this dead letter's execution already ended unsuccessfully, it is not called delivered."""
+    target = Target.from_arn(world.create_state_machine("orders"))
+    job = make_job(target, '{"n": 1}', key="order-1")
+    assert submit(make_settings, sfn_target, target, [job])[0].accepted
+    [execution] = world.executions(target.arn)
+    world.client("stepfunctions").stop_execution(executionArn=execution["executionArn"])
+
+    [delivery] = submit(make_settings, sfn_target, target, [job])
+
+    error = permanent(delivery)
+    assert error.code == "ExecutionAlreadyExists"
+    assert name_of(job) in error.message
+    assert "ABORTED" in error.message
+    assert len(world.executions(target.arn)) == 1
+
+
+def test_state_machine_same_name_with_a_different_input_is_permanent(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """An execution under our name with another input is a permanent ExecutionAlreadyExists."""
     target = Target.from_arn(world.create_state_machine("orders"))
     submit(make_settings, sfn_target, target, [make_job(target, '{"v": 1}', key="order-7")])
-    # A different input under the same name is what AWS answers ExecutionAlreadyExists to.
+
+    [delivery] = submit(
+        make_settings, sfn_target, target, [make_job(target, '{"v": 2}', key="order-7")]
+    )
+
+    error = permanent(delivery)
+    assert error.code == "ExecutionAlreadyExists"
+    assert "different input" in error.message
+    [execution] = world.executions(target.arn)
+    assert execution["input"] == '{"v": 1}'
+
+
+def test_state_machine_already_exists_for_a_running_execution_is_a_suppressed_duplicate(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """ExecutionAlreadyExists whose execution runs with our input is accepted, logged at info."""
+    target = Target.from_arn(world.create_state_machine("orders"))
+    job = make_job(target, '{"v": 1}', key="order-7")
+    submit(make_settings, sfn_target, target, [job])
+    # moto answers a running repeat with success; AWS may answer ExecutionAlreadyExists once
+    # the execution has moved on, so that answer is injected to reach the DescribeExecution path.
+    world.faults.add(Fault("states", "StartExecution", code="ExecutionAlreadyExists", times=1))
     with capture_logs() as logs:
+        # Whitespace differs: the comparison is of the JSON, not of its spelling.
         [delivery] = submit(
-            make_settings, sfn_target, target, [make_job(target, '{"v": 2}', key="order-7")]
+            make_settings, sfn_target, target, [make_job(target, '{ "v" : 1 }', key="order-7")]
         )
 
     assert delivery.accepted
-    [execution] = world.executions(target.arn)
-    assert execution["input"] == '{"v": 1}'
-    suppressed = [line for line in logs if line["event"] == "stepfunctions_duplicate_suppressed"]
+    assert len(world.executions(target.arn)) == 1
+    suppressed = [line for line in logs if line["event"] == "stepfunctions-duplicate-suppressed"]
     assert len(suppressed) == 1
     assert suppressed[0]["log_level"] == "info"
-    assert suppressed[0]["execution_name"] == execution_name("order-7", 1)
+    assert suppressed[0]["execution_name"] == name_of(job)
+    assert suppressed[0]["status"] == "RUNNING"
+
+
+def test_state_machine_describe_failure_after_already_exists_is_classified(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A throttled DescribeExecution leaves the job transient rather than guessing either way."""
+    target = Target.from_arn(world.create_state_machine("orders"))
+    world.faults.add(Fault("states", "StartExecution", code="ExecutionAlreadyExists"))
+    world.faults.add(Fault("states", "DescribeExecution", code="ThrottlingException"))
+
+    [delivery] = submit(make_settings, sfn_target, target, [make_job(target, "{}")])
+
+    assert delivery.error == SendError(
+        ErrorClass.TRANSIENT, "ThrottlingException", "injected fault"
+    )
+
+
+class _ExistingExecution:
+    """A stepfunctions client whose every name is taken by an execution in `status`."""
+
+    def __init__(self, status: str, execution_input: str) -> None:
+        self.status = status
+        self.execution_input = execution_input
+        self.described: list[str] = []
+
+    async def start_execution(self, **_: Any) -> dict[str, Any]:
+        error = {"Error": {"Code": "ExecutionAlreadyExists", "Message": "exists"}}
+        raise ClientError(error, "StartExecution")
+
+    async def describe_execution(self, executionArn: str) -> dict[str, Any]:  # noqa: N803 - botocore's keyword
+        self.described.append(executionArn)
+        return {"status": self.status, "input": self.execution_input}
+
+
+@pytest.mark.parametrize(
+    ("status", "accepted"),
+    [
+        ("RUNNING", True),
+        ("SUCCEEDED", True),
+        ("PENDING_REDRIVE", True),
+        ("FAILED", False),
+        ("TIMED_OUT", False),
+        ("ABORTED", False),
+    ],
+)
+def test_state_machine_existing_execution_status_decides(status: str, accepted: bool) -> None:
+    """Running or succeeded counts as delivered; failed, timed out or aborted is permanent."""
+    target = Target.from_arn(f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:orders:live")
+    job = make_job(target, '{"v": 1}')
+    client = _ExistingExecution(status, '{"v":1}')
+
+    [delivery] = anyio.run(
+        StateMachineTarget(client, anyio.CapacityLimiter(1)).submit, target, [job]
+    )
+
+    # The alias is not part of an execution's ARN: executions belong to the machine.
+    assert client.described == [
+        f"arn:aws:states:{REGION}:{ACCOUNT}:execution:orders:{name_of(job)}"
+    ]
+    if accepted:
+        assert delivery.accepted
+    else:
+        error = permanent(delivery)
+        assert error.code == "ExecutionAlreadyExists"
+        assert f"ended {status}" in error.message
+
+
+def test_state_machine_unknown_execution_status_is_transient() -> None:
+    """A status this code does not know leaves the job waiting, neither delivered nor parked."""
+    target = Target.from_arn(f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:orders")
+    client = _ExistingExecution("PAUSED", "{}")
+
+    [delivery] = anyio.run(
+        StateMachineTarget(client, anyio.CapacityLimiter(1)).submit,
+        target,
+        [make_job(target, "{}")],
+    )
+
+    assert delivery.error is not None
+    assert delivery.error.error_class is ErrorClass.TRANSIENT
 
 
 def test_state_machine_throttling_is_transient(
@@ -347,14 +539,45 @@ def test_state_machine_refuses_bad_input_without_calling_aws(
     assert world.executions(target.arn) == []
 
 
-@given(key=st.text(max_size=500), attempt=st.integers(0, 10**12))
-def test_execution_name_is_always_legal_and_attempt_specific(key: str, attempt: int) -> None:
-    """Names fit Step Functions' rules for any key, and differ between attempts."""
-    name = execution_name(key, attempt)
+def test_state_machine_unpreparable_input_fails_that_job_alone(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Deeply nested JSON is a permanent invalid input naming the exception; others still start."""
+    target = Target.from_arn(world.create_state_machine("orders"))
+    jobs = [
+        make_job(target, DEEP_JSON, key="deep"),
+        make_job(target, YEAR_ONE_EVENT, key="year-one"),
+        make_job(target, '{"ok": true}', key="ok"),
+    ]
+
+    deliveries = submit(make_settings, sfn_target, target, jobs)
+
+    error = permanent(deliveries[0])
+    assert error.code == INVALID_PAYLOAD
+    assert "RecursionError" in error.message
+    assert "[[" not in error.message
+    # Time means nothing to Step Functions: that body is a valid input like any other.
+    assert [d.accepted for d in deliveries[1:]] == [True, True]
+    assert sorted(e["input"] for e in world.executions(target.arn)) == sorted(
+        [YEAR_ONE_EVENT, '{"ok": true}']
+    )
+
+
+@given(
+    key=st.text(max_size=500),
+    message_id=st.text(max_size=100),
+    attempt=st.integers(0, 10**12),
+)
+def test_execution_name_is_always_legal_and_specific(
+    key: str, message_id: str, attempt: int
+) -> None:
+    """Names fit Step Functions' rules for any key, and differ between attempts and dead letters."""
+    name = execution_name(key, message_id, attempt)
     assert len(name) <= EXECUTION_NAME_MAX_CHARS
     assert all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
-    assert name == execution_name(key, attempt)
-    assert name != execution_name(key, attempt + 1)
+    assert name == execution_name(key, message_id, attempt)
+    assert name != execution_name(key, message_id, attempt + 1)
+    assert name != execution_name(key, message_id + "x", attempt)
 
 
 # -- EventBridge -------------------------------------------------------------------------
@@ -431,7 +654,7 @@ def test_event_bus_throttling_fails_every_job_of_the_call(
     """A whole-call ThrottlingException is the same transient error for each job in it."""
     bus_arn, _ = world.create_bus_with_spy("orders-bus", source=BUS_SOURCE)
     target = Target.from_arn(bus_arn)
-    world.faults.add(Fault("events", "PutEvents", code="ThrottlingException"))
+    fault = world.faults.add(Fault("events", "PutEvents", code="ThrottlingException"))
     body = json.dumps({"Source": BUS_SOURCE, "DetailType": "T", "Detail": "{}"})
 
     deliveries = submit(
@@ -441,6 +664,35 @@ def test_event_bus_throttling_fails_every_job_of_the_call(
     assert [d.error for d in deliveries] == [
         SendError(ErrorClass.TRANSIENT, "ThrottlingException", "injected fault")
     ] * 3
+    # Throttling is about the bus, not an entry: no entry is tried again on its own.
+    assert fault.hits == 1
+
+
+def test_event_bus_permanent_whole_call_failure_is_narrowed_to_its_entry(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A call refused as a whole is resent entry by entry: only the poisoned entry fails."""
+    bus_arn, spy = world.create_bus_with_spy("orders-bus", source=BUS_SOURCE)
+    target = Target.from_arn(bus_arn)
+    fault = world.faults.add(
+        Fault("events", "PutEvents", code="ValidationException", contains="poison-marker", times=2)
+    )
+    details = [{"n": 0}, {"n": 1, "p": "poison-marker"}, {"n": 2}]
+    jobs = [
+        make_job(
+            target,
+            json.dumps({"Source": BUS_SOURCE, "DetailType": "T", "Detail": detail}),
+            key=f"k{n}",
+        )
+        for n, detail in enumerate(details)
+    ]
+
+    deliveries = submit(make_settings, bus_target, target, jobs)
+
+    assert codes(deliveries) == [None, "ValidationException", None]
+    assert permanent(deliveries[1])
+    assert fault.hits == 2
+    assert sorted(event["detail"]["n"] for event in spy_events(world, spy)) == [0, 2]
 
 
 def test_event_bus_refuses_bad_bodies_without_calling_aws(
@@ -465,6 +717,64 @@ def test_event_bus_refuses_bad_bodies_without_calling_aws(
 
     assert codes(deliveries) == [INVALID_PAYLOAD] * 4 + [PAYLOAD_TOO_LARGE]
     assert recorded_calls(world, "PutEvents", bus_arn) == []
+
+
+def test_event_bus_unpreparable_bodies_fail_those_jobs_alone(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Deep JSON and a Time with no UTC form are permanent invalid payloads; the rest are put."""
+    bus_arn, spy = world.create_bus_with_spy("orders-bus", source=BUS_SOURCE)
+    target = Target.from_arn(bus_arn)
+    good = [
+        json.dumps({"Source": BUS_SOURCE, "DetailType": "T", "Detail": {"n": n}}) for n in range(3)
+    ]
+    bodies = [good[0], DEEP_JSON, good[1], YEAR_ONE_EVENT, good[2]]
+
+    deliveries = submit(
+        make_settings,
+        bus_target,
+        target,
+        [make_job(target, b, key=f"k{n}") for n, b in enumerate(bodies)],
+    )
+
+    assert codes(deliveries) == [None, INVALID_PAYLOAD, None, INVALID_PAYLOAD, None]
+    assert "RecursionError" in permanent(deliveries[1]).message
+    assert "OverflowError" in permanent(deliveries[3]).message
+    assert "0001" not in permanent(deliveries[3]).message
+    assert sorted(event["detail"]["n"] for event in spy_events(world, spy)) == [0, 1, 2]
+
+
+class _BrokenOnMarkerEvents:
+    """An events client whose PutEvents breaks with a non-AWS error on a marked entry."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    async def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803 - botocore's keyword
+        self.calls.append(len(Entries))
+        if any("poison-marker" in entry["Detail"] for entry in Entries):
+            raise ValueError("cannot serialize")
+        return {"FailedEntryCount": 0, "Entries": [{"EventId": "e"} for _ in Entries]}
+
+
+def test_event_bus_non_aws_whole_call_failure_is_narrowed_to_its_entry() -> None:
+    """A call broken by a non-AWS exception is resent entry by entry, so good entries still go."""
+    target = Target.from_arn(f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/b")
+    details = [{"n": 0}, {"p": "poison-marker"}, {"n": 2}]
+    jobs = [
+        make_job(
+            target,
+            json.dumps({"Source": "s", "DetailType": "T", "Detail": detail}),
+            key=f"k{n}",
+        )
+        for n, detail in enumerate(details)
+    ]
+    client = _BrokenOnMarkerEvents()
+
+    deliveries = anyio.run(EventBusTarget(client).submit, target, jobs)
+
+    assert codes(deliveries) == [None, "ValueError", None]
+    assert client.calls == [3, 1, 1, 1]
 
 
 class _PartialFailureEvents:

@@ -24,12 +24,13 @@ from retryd.models import (
     Target,
 )
 from retryd.settings import Settings
-from retryd.targets.base import PAYLOAD_TOO_LARGE, Delivery
+from retryd.targets.base import INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, Delivery
 from retryd.targets.sns_topic import SnsTopicTarget
 from retryd.targets.sqs_queue import (
     MAX_BATCH_ENTRIES,
     MAX_PAYLOAD_BYTES,
     SqsQueueTarget,
+    dedup_id,
     map_batch_response,
     pack_batches,
 )
@@ -105,6 +106,34 @@ def calls(world: World, operation: str) -> int:
         if json_target.endswith(f".{operation}") or f"Action={operation}&" in body:
             count += 1
     return count
+
+
+def expected_dedup_id(key: str, message_id: str, attempt: int) -> str:
+    """The deduplication id retryd must send, written out independently of the code."""
+    return hashlib.sha256(f"{key}\n{message_id}\n{attempt}".encode()).hexdigest()
+
+
+def create_fifo_topic_with_spy(world: World, name: str) -> tuple[str, str]:
+    """A FIFO topic with a raw-delivery FIFO spy queue; returns (topic ARN, spy queue name)."""
+    sns = world.client("sns")
+    topic_arn: str = sns.create_topic(
+        Name=f"{name}.fifo", Attributes={"FifoTopic": "true", "ContentBasedDeduplication": "false"}
+    )["TopicArn"]
+    spy = f"spy-{name}.fifo"
+    world.create_queue(spy)
+    sns.subscribe(
+        TopicArn=topic_arn,
+        Protocol="sqs",
+        Endpoint=world.queue_arn(spy),
+        Attributes={"RawMessageDelivery": "true"},
+    )
+    return topic_arn, spy
+
+
+# A derived key: a hash of the payload, the same for every dead letter with that body.
+DERIVED_KEY = "sha256:" + hashlib.sha256(b'{"cmd": "increment"}').hexdigest()
+# SQS and SNS refuse it, and Python cannot even encode it as UTF-8.
+LONE_SURROGATE = "\ud800"
 
 
 def strings(message: dict[str, Any]) -> dict[str, str]:
@@ -187,7 +216,57 @@ def test_sqs_fifo_keeps_group_and_deduplicates_a_repeat(
     assert len(messages) == 1
     system = messages[0]["Attributes"]
     assert system["MessageGroupId"] == "customer-7"
-    assert system["MessageDeduplicationId"] == hashlib.sha256(b"order-42:1").hexdigest()
+    assert system["MessageDeduplicationId"] == expected_dedup_id("order-42", "m-1", 1)
+
+
+def test_sqs_fifo_equal_bodies_of_distinct_dead_letters_both_arrive(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Two dead letters with one body (so one derived key) are two messages, not a duplicate."""
+    world.create_queue("orders.fifo")
+    target = Target.from_arn(world.queue_arn("orders.fifo"))
+    jobs = [
+        make_job(
+            target.arn,
+            body='{"cmd": "increment"}',
+            key=DERIVED_KEY,
+            group_id="g",
+            message_id=message_id,
+        )
+        for message_id in ("dlq-message-1", "dlq-message-2")
+    ]
+    [deliveries] = submit_sqs(make_settings(), target, jobs)
+    assert all(delivery.accepted for delivery in deliveries)
+    messages = world.drain("orders.fifo")
+    assert [message["Body"] for message in messages] == ['{"cmd": "increment"}'] * 2
+    assert {message["Attributes"]["MessageDeduplicationId"] for message in messages} == {
+        expected_dedup_id(DERIVED_KEY, "dlq-message-1", 1),
+        expected_dedup_id(DERIVED_KEY, "dlq-message-2", 1),
+    }
+
+
+@given(
+    key=st.text(),
+    message_ids=st.lists(
+        st.text(alphabet="0123456789abcdef-", max_size=36), min_size=2, max_size=2, unique=True
+    ),
+    attempt=st.integers(0, 10**6),
+)
+def test_dedup_id_is_stable_per_dead_letter_and_distinct_between_them(
+    key: str, message_ids: list[str], attempt: int
+) -> None:
+    """The id repeats for one dead letter's attempt and differs across letters and attempts."""
+    target_arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:orders.fifo"
+    first, second = (
+        make_job(target_arn, key=key, attempt=attempt, message_id=message_id)
+        for message_id in message_ids
+    )
+    assert dedup_id(first) == dedup_id(first)
+    assert len(dedup_id(first)) <= 128
+    assert dedup_id(first) != dedup_id(second)
+    assert dedup_id(first) != dedup_id(
+        make_job(target_arn, key=key, attempt=attempt + 1, message_id=message_ids[0])
+    )
 
 
 def test_sqs_fifo_without_group_uses_the_job_key(
@@ -269,7 +348,9 @@ def test_sqs_throttled_batch_is_transient(world: World, make_settings: SettingsF
     """A throttled SendMessageBatch fails each of its jobs as transient, and raises nothing."""
     world.create_queue("orders")
     target = Target.from_arn(world.queue_arn("orders"))
-    world.faults.add(Fault("sqs", "SendMessageBatch", code="AWS.SimpleQueueService.Throttled"))
+    fault = world.faults.add(
+        Fault("sqs", "SendMessageBatch", code="AWS.SimpleQueueService.Throttled")
+    )
     jobs = [make_job(target.arn, key=f"k-{index}") for index in range(3)]
     [deliveries] = submit_sqs(make_settings(), target, jobs)
     for delivery in deliveries:
@@ -277,6 +358,50 @@ def test_sqs_throttled_batch_is_transient(world: World, make_settings: SettingsF
         assert delivery.error.error_class is ErrorClass.TRANSIENT
         assert delivery.error.code == "AWS.SimpleQueueService.Throttled"
     assert world.depth("orders") == 0
+    # Throttling is about the queue, not an entry: no entry is tried again on its own.
+    assert fault.hits == 1
+
+
+def test_sqs_permanent_whole_batch_failure_is_narrowed_to_its_entry(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A batch refused as a whole is resent entry by entry: only the poisoned entry fails."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    fault = world.faults.add(
+        Fault(
+            "sqs",
+            "SendMessageBatch",
+            code="InvalidMessageContents",
+            contains="poison-marker",
+            times=2,
+        )
+    )
+    bodies = ["body-0", "body-1 poison-marker", "body-2"]
+    jobs = [make_job(target.arn, body=body, key=f"k-{n}") for n, body in enumerate(bodies)]
+    [deliveries] = submit_sqs(make_settings(), target, jobs)
+    assert [delivery.accepted for delivery in deliveries] == [True, False, True]
+    error = deliveries[1].error
+    assert error is not None
+    assert error.error_class is ErrorClass.PERMANENT
+    assert error.code == "InvalidMessageContents"
+    assert fault.hits == 2
+    assert sorted(message["Body"] for message in world.drain("orders")) == ["body-0", "body-2"]
+
+
+def test_sqs_unpreparable_job_fails_alone(world: World, make_settings: SettingsFactory) -> None:
+    """A key no message can carry is a permanent invalid payload naming the error; others go."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    jobs = [make_job(target.arn, key=LONE_SURROGATE), make_job(target.arn, key="k-ok")]
+    [deliveries] = submit_sqs(make_settings(), target, jobs)
+    error = deliveries[0].error
+    assert error is not None
+    assert error.error_class is ErrorClass.PERMANENT
+    assert error.code == INVALID_PAYLOAD
+    assert "UnicodeEncodeError" in error.message
+    assert deliveries[1].accepted
+    assert world.depth("orders") == 1
 
 
 def test_sqs_queue_url_is_looked_up_once_per_arn(
@@ -331,26 +456,38 @@ def test_sns_twelve_jobs_take_two_publish_batch_calls(
 def test_sns_fifo_topic_gets_group_and_dedup_id(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """A FIFO topic is published with the letter's group and a dedup id from the key."""
-    sns = world.client("sns")
-    topic_arn = sns.create_topic(
-        Name="orders.fifo", Attributes={"FifoTopic": "true", "ContentBasedDeduplication": "false"}
-    )["TopicArn"]
-    world.create_queue("spy.fifo")
-    sns.subscribe(
-        TopicArn=topic_arn,
-        Protocol="sqs",
-        Endpoint=world.queue_arn("spy.fifo"),
-        Attributes={"RawMessageDelivery": "true"},
-    )
+    """A FIFO topic is published with the letter's group and a dedup id of its dead letter."""
+    topic_arn, spy = create_fifo_topic_with_spy(world, "orders")
     the_job = make_job(topic_arn, group_id="customer-7")
     deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), [the_job])
     assert deliveries[0].accepted
-    [message] = world.drain("spy.fifo")
+    [message] = world.drain(spy)
     assert message["Attributes"]["MessageGroupId"] == "customer-7"
-    assert (
-        message["Attributes"]["MessageDeduplicationId"] == hashlib.sha256(b"order-42:1").hexdigest()
+    assert message["Attributes"]["MessageDeduplicationId"] == expected_dedup_id(
+        "order-42", "m-1", 1
     )
+
+
+def test_sns_fifo_equal_bodies_of_distinct_dead_letters_both_arrive(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Two dead letters with one body (one derived key) are both published; a repeat is not."""
+    topic_arn, spy = create_fifo_topic_with_spy(world, "orders")
+    jobs = [
+        make_job(
+            topic_arn,
+            body='{"cmd": "increment"}',
+            key=DERIVED_KEY,
+            group_id="g",
+            message_id=message_id,
+        )
+        for message_id in ("dlq-message-1", "dlq-message-2")
+    ]
+    target = Target.from_arn(topic_arn)
+    deliveries = submit_sns(make_settings(), target, jobs)
+    assert all(delivery.accepted for delivery in deliveries)
+    assert submit_sns(make_settings(), target, jobs[:1])[0].accepted
+    assert [message["Body"] for message in world.drain(spy)] == ['{"cmd": "increment"}'] * 2
 
 
 def test_sns_missing_topic_is_permanent(world: World, make_settings: SettingsFactory) -> None:
@@ -365,9 +502,46 @@ def test_sns_missing_topic_is_permanent(world: World, make_settings: SettingsFac
 def test_sns_throttled_publish_is_transient(world: World, make_settings: SettingsFactory) -> None:
     """A throttled PublishBatch fails its jobs as transient and nothing reaches the topic."""
     topic_arn, spy = world.create_topic_with_spy("orders")
-    world.faults.add(Fault("sns", "PublishBatch", code="Throttling"))
-    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), [make_job(topic_arn)])
+    fault = world.faults.add(Fault("sns", "PublishBatch", code="Throttling"))
+    jobs = [make_job(topic_arn, key=f"k-{n}") for n in range(2)]
+    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), jobs)
+    for delivery in deliveries:
+        assert delivery.error is not None
+        assert delivery.error.error_class is ErrorClass.TRANSIENT
+    assert world.drain(spy) == []
+    # Throttling is about the topic, not an entry: no entry is tried again on its own.
+    assert fault.hits == 1
+
+
+def test_sns_permanent_whole_batch_failure_is_narrowed_to_its_entry(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A PublishBatch refused as a whole is resent entry by entry: only the poisoned one fails."""
+    topic_arn, spy = world.create_topic_with_spy("orders")
+    fault = world.faults.add(
+        Fault("sns", "PublishBatch", code="InvalidParameter", contains="poison-marker", times=2)
+    )
+    bodies = ["body-0", "body-1 poison-marker", "body-2"]
+    jobs = [make_job(topic_arn, body=body, key=f"k-{n}") for n, body in enumerate(bodies)]
+    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), jobs)
+    assert [delivery.accepted for delivery in deliveries] == [True, False, True]
+    error = deliveries[1].error
+    assert error is not None
+    assert error.error_class is ErrorClass.PERMANENT
+    assert error.code == "InvalidParameter"
+    assert fault.hits == 2
+    assert sorted(message["Body"] for message in world.drain(spy)) == ["body-0", "body-2"]
+
+
+def test_sns_unpreparable_job_fails_alone(world: World, make_settings: SettingsFactory) -> None:
+    """A key no message can carry is a permanent invalid payload naming the error; others go."""
+    topic_arn, spy = world.create_topic_with_spy("orders")
+    jobs = [make_job(topic_arn, key=LONE_SURROGATE), make_job(topic_arn, key="k-ok")]
+    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), jobs)
     error = deliveries[0].error
     assert error is not None
-    assert error.error_class is ErrorClass.TRANSIENT
-    assert world.drain(spy) == []
+    assert error.error_class is ErrorClass.PERMANENT
+    assert error.code == INVALID_PAYLOAD
+    assert "UnicodeEncodeError" in error.message
+    assert deliveries[1].accepted
+    assert len(world.drain(spy)) == 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from retryd.models import Job, SendError, Target
+import anyio
+from botocore.exceptions import BotoCoreError, ClientError
+
+from retryd.models import ErrorClass, Job, SendError, Target
 
 # Set on a Delivery when retryd refuses to send a payload over the target's limit.
 PAYLOAD_TOO_LARGE = "retryd.PayloadTooLarge"
@@ -37,3 +40,50 @@ class Resubmitter(Protocol):
     """
 
     async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]: ...
+
+
+def unpreparable(exc: Exception, what: str = "message") -> SendError:
+    """A job whose request could not even be built: permanent, and for that job alone.
+
+    Only the exception's type is kept: its text could quote the payload into logs.
+    """
+    return SendError(
+        ErrorClass.PERMANENT,
+        INVALID_PAYLOAD,
+        f"the {what} could not be prepared ({type(exc).__name__})",
+    )
+
+
+def resend_singly(exc: Exception, error: SendError) -> bool:
+    """Whether a failed multi-entry batch call should be tried again one entry per call.
+
+    A call refused as a whole for a permanent reason, or broken by something that
+    is not AWS or the network, may be the fault of a single entry: sent alone,
+    that entry gets its own verdict and the others still go. Throttling, 5xx and
+    network trouble are about the service, not an entry, and more calls would
+    only add load, so those stay one verdict for every entry.
+    """
+    from_aws_or_network = isinstance(exc, ClientError | BotoCoreError | OSError | TimeoutError)
+    return error.error_class is ErrorClass.PERMANENT or not from_aws_or_network
+
+
+async def deliver_each(
+    jobs: Sequence[Job], deliver: Callable[[Job], Awaitable[Delivery]]
+) -> list[Delivery]:
+    """Run `deliver` for every job at once (for targets with no batch API), results in order.
+
+    The caller's `deliver` bounds itself (a shared CapacityLimiter) and never raises
+    for AWS trouble, so every slot is filled when the task group exits.
+    """
+    deliveries: list[Delivery | None] = [None] * len(jobs)
+
+    async def run(index: int, job: Job) -> None:
+        deliveries[index] = await deliver(job)
+
+    async with anyio.create_task_group() as group:
+        for index, job in enumerate(jobs):
+            group.start_soon(run, index, job)
+    done = [delivery for delivery in deliveries if delivery is not None]
+    if len(done) != len(jobs):
+        raise RuntimeError("a delivery task ended without a result")
+    return done

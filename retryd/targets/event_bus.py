@@ -17,7 +17,13 @@ from typing import Any
 from retryd.aws import Client
 from retryd.classify import from_batch_failure, from_exception
 from retryd.models import ErrorClass, Job, SendError, Target
-from retryd.targets.base import INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, Delivery
+from retryd.targets.base import (
+    INVALID_PAYLOAD,
+    PAYLOAD_TOO_LARGE,
+    Delivery,
+    resend_singly,
+    unpreparable,
+)
 
 # EventBridge API reference, PutEvents: at most 10 entries per request.
 PUT_EVENTS_MAX_ENTRIES = 10
@@ -81,8 +87,12 @@ def _time(value: Any) -> datetime:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise InvalidEntryError(f"Time is not ISO-8601: {value!r}") from exc
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+            raise InvalidEntryError("Time is not ISO-8601 text") from exc
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        # Converted here, not by botocore mid-call: a time that has no UTC form
+        # (0001-01-01T00:00+01:00) then fails this job alone, not its whole batch.
+        return parsed.astimezone(UTC)
     raise InvalidEntryError("Time must be ISO-8601 text or epoch seconds")
 
 
@@ -163,11 +173,17 @@ class EventBusTarget:
         for index, job in enumerate(jobs):
             try:
                 entry = to_entry(job.body, target.arn)
+                size_bytes = entry_size_bytes(entry)
             except InvalidEntryError as exc:
                 refused = SendError(ErrorClass.PERMANENT, INVALID_PAYLOAD, str(exc))
                 deliveries[index] = Delivery(job, refused)
                 continue
-            size_bytes = entry_size_bytes(entry)
+            except Exception as exc:  # noqa: BLE001 - one unreadable job must not fail the others
+                # RecursionError from deeply nested JSON, OverflowError from a Time, ...;
+                # only the type is named, as the text could quote the payload.
+                refused = unpreparable(exc, "event")
+                deliveries[index] = Delivery(job, refused)
+                continue
             if size_bytes >= PUT_EVENTS_MAX_BYTES:
                 too_large = SendError(
                     ErrorClass.PERMANENT,
@@ -192,7 +208,10 @@ class EventBusTarget:
             response = await self._client.put_events(Entries=entries)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
             # Cancellation is a BaseException and still propagates; AWS failures become values.
-            return [from_exception(exc)] * len(entries)
+            error = from_exception(exc)
+            if len(entries) > 1 and resend_singly(exc, error):
+                return [(await self._put([entry]))[0] for entry in entries]
+            return [error] * len(entries)
         results: list[dict[str, Any]] = list(response.get("Entries", []))
         errors: list[SendError | None] = []
         for position in range(len(entries)):

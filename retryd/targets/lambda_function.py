@@ -2,6 +2,12 @@
 
 Lambda has no batch invoke, so jobs run side by side in a task group; the limiter
 is passed in so that every caller sending to Lambda shares one bound on calls in flight.
+
+retryd's stamps (key, attempt, source queue) go in the ClientContext, but the
+Invoke API reference says Lambda passes ClientContext to the function for
+synchronous invocations only. retryd invokes with InvocationType=Event, so a
+handler cannot count on seeing them: they are best-effort metadata, and the
+attempt ledger, not the function, is what deduplicates a resubmission.
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ import structlog
 from retryd.aws import Client
 from retryd.classify import from_exception
 from retryd.models import ErrorClass, Job, SendError, Target
-from retryd.targets.base import INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, Delivery
+from retryd.targets.base import (
+    INVALID_PAYLOAD,
+    PAYLOAD_TOO_LARGE,
+    Delivery,
+    deliver_each,
+    unpreparable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +44,8 @@ _ACCEPTED_STATUS = 202
 def client_context(job: Job) -> tuple[str | None, int]:
     """The base64 ClientContext carrying retryd's stamps, and how many stamps did not fit.
 
+    Best effort only: Lambda passes ClientContext to the function for synchronous
+    invocations only, and retryd's are asynchronous (see the module docstring).
     Stamps are dropped from the least useful end (source queue, then attempt, then
     key) rather than refusing the job: the payload matters, the stamps only help.
     Values are strings because some runtimes (Java, .NET) read `custom` as a string map.
@@ -74,31 +88,27 @@ class LambdaFunctionTarget:
         self._limiter = limiter
 
     async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
-        deliveries: list[Delivery | None] = [None] * len(jobs)
-
-        async def deliver(index: int, job: Job) -> None:
-            deliveries[index] = await self._invoke(target, job)
-
-        async with anyio.create_task_group() as tasks:
-            for index, job in enumerate(jobs):
-                tasks.start_soon(deliver, index, job)
-        return [delivery for delivery in deliveries if delivery is not None]
+        return await deliver_each(jobs, lambda job: self._invoke(target, job))
 
     async def _invoke(self, target: Target, job: Job) -> Delivery:
-        refused = preflight(job)
-        if refused is not None:
-            return Delivery(job, refused)
-        context, stamps_dropped = client_context(job)
-        request = {
-            "FunctionName": target.arn,
-            "InvocationType": "Event",
-            "Payload": job.body.encode(),
-        }
-        if context is not None:
-            request["ClientContext"] = context
+        try:
+            refused = preflight(job)
+            if refused is not None:
+                return Delivery(job, refused)
+            context, stamps_dropped = client_context(job)
+            request = {
+                "FunctionName": target.arn,
+                "InvocationType": "Event",
+                "Payload": job.body.encode(),
+            }
+            if context is not None:
+                request["ClientContext"] = context
+        except Exception as exc:  # noqa: BLE001 - one unreadable job must not fail the others
+            # RecursionError from deeply nested JSON, UnicodeEncodeError, ...: the job's fault.
+            return Delivery(job, unpreparable(exc, "Lambda payload"))
         if stamps_dropped:
             log.info(
-                "lambda_client_context_trimmed",
+                "lambda-client-context-trimmed",
                 target=target.arn,
                 message_id=job.letter.message_id,
                 stamps_dropped=stamps_dropped,

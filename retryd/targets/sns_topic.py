@@ -10,7 +10,7 @@ from retryd import classify
 from retryd.aws import Client
 from retryd.models import Attributes, Job, MessageAttribute, SendError, Target
 from retryd.stamps import message_size_bytes, stamp_for_resubmit
-from retryd.targets.base import Delivery
+from retryd.targets.base import Delivery, resend_singly, unpreparable
 from retryd.targets.sqs_queue import (
     MAX_PAYLOAD_BYTES,
     dedup_id,
@@ -42,19 +42,26 @@ class SnsTopicTarget:
         deliveries: list[Delivery | None] = [None] * len(jobs)
         to_send: list[tuple[int, dict[str, Any], int, int]] = []
         for index, job in enumerate(jobs):
-            # SNS refuses the whole Publish for an attribute with an empty value; leaving
-            # such attributes off also frees their slots for retryd's stamps.
-            kept = {
-                name: value for name, value in job.forward_attributes.items() if _has_value(value)
-            }
-            attributes, dropped = stamp_for_resubmit(
-                dataclasses.replace(job, forward_attributes=kept)
-            )
-            size_bytes = message_size_bytes(job.body, attributes)
+            try:
+                # SNS refuses the whole Publish for an attribute with an empty value; leaving
+                # such attributes off also frees their slots for retryd's stamps.
+                kept = {
+                    name: value
+                    for name, value in job.forward_attributes.items()
+                    if _has_value(value)
+                }
+                attributes, dropped = stamp_for_resubmit(
+                    dataclasses.replace(job, forward_attributes=kept)
+                )
+                size_bytes = message_size_bytes(job.body, attributes)
+                entry = _entry(str(index), job, attributes, fifo=target.is_fifo)
+            except Exception as exc:  # noqa: BLE001 - one unreadable job must not fail the others
+                # e.g. UnicodeEncodeError from a lone surrogate in a key or attribute.
+                deliveries[index] = Delivery(job, unpreparable(exc))
+                continue
             if size_bytes > MAX_BATCH_BYTES:
                 deliveries[index] = Delivery(job, too_large(size_bytes, MAX_BATCH_BYTES), dropped)
                 continue
-            entry = _entry(str(index), job, attributes, fifo=target.is_fifo)
             to_send.append((index, entry, size_bytes, dropped))
         for batch in pack_batches(to_send, lambda item: item[2], MAX_BATCH_BYTES):
             results = await self._publish(target.arn, [item[1] for item in batch])
@@ -72,6 +79,12 @@ class SnsTopicTarget:
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
             # Whatever broke the call, no entry of it is known to have been published.
             error = classify.from_exception(exc)
+            if len(entries) > 1 and resend_singly(exc, error):
+                # One after another, so a FIFO topic still sees them in order.
+                outcome: dict[int, SendError | None] = {}
+                for entry in entries:
+                    outcome.update(await self._publish(topic_arn, [entry]))
+                return outcome
             return {int(entry["Id"]): error for entry in entries}
         return map_batch_response(response, [int(entry["Id"]) for entry in entries])
 
@@ -82,5 +95,5 @@ def _entry(entry_id: str, job: Job, attributes: Attributes, *, fifo: bool) -> di
         entry["MessageAttributes"] = {name: value.to_wire() for name, value in attributes.items()}
     if fifo:
         entry["MessageGroupId"] = group_id(job)
-        entry["MessageDeduplicationId"] = dedup_id(job.key, job.next_attempt)
+        entry["MessageDeduplicationId"] = dedup_id(job)
     return entry

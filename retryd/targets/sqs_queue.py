@@ -12,7 +12,12 @@ from retryd import classify
 from retryd.aws import Client
 from retryd.models import Arn, Attributes, ErrorClass, Job, SendError, Target
 from retryd.stamps import message_size_bytes, stamp_for_resubmit
-from retryd.targets.base import PAYLOAD_TOO_LARGE, Delivery
+from retryd.targets.base import (
+    PAYLOAD_TOO_LARGE,
+    Delivery,
+    resend_singly,
+    unpreparable,
+)
 
 # "Delivers up to ten messages" per SendMessageBatch / PublishBatch call.
 MAX_BATCH_ENTRIES = 10
@@ -54,9 +59,17 @@ def pack_batches(
     return batches
 
 
-def dedup_id(key: str, attempt: int) -> str:
-    """A FIFO deduplication id (at most 128 characters) that is the same for a repeated attempt."""
-    return hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()
+def dedup_id(job: Job) -> str:
+    """A FIFO deduplication id (64 hex characters) for this dead letter's attempt.
+
+    The DLQ message id is in it because keys can collide on purpose: a derived key
+    hashes the payload, so two distinct dead letters with one body share a key and
+    would otherwise share an id, and the FIFO queue would drop the second while
+    retryd deletes it from the DLQ. SQS gives the same id when it hands the same
+    dead letter out again, so a resend after a crash is still deduplicated.
+    """
+    identity = f"{job.key}\n{job.letter.message_id}\n{job.next_attempt}"
+    return hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def group_id(job: Job) -> str:
@@ -119,6 +132,12 @@ async def _send_one_batch(
     except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
         # Whatever broke the call, no entry of it is known to have arrived.
         error = classify.from_exception(exc)
+        if len(entries) > 1 and resend_singly(exc, error):
+            # One after another, so a FIFO queue still sees them in order.
+            outcome: dict[int, SendError | None] = {}
+            for entry in entries:
+                outcome.update(await _send_one_batch(client, queue_url, [entry]))
+            return outcome
         return {int(entry["Id"]): error for entry in entries}
     return map_batch_response(response, [int(entry["Id"]) for entry in entries])
 
@@ -154,14 +173,18 @@ class SqsQueueTarget:
         deliveries: list[Delivery | None] = [None] * len(jobs)
         to_send: list[tuple[int, OutgoingMessage, int]] = []
         for index, job in enumerate(jobs):
-            attributes, dropped = stamp_for_resubmit(job)
-            message = OutgoingMessage(job.body, attributes)
-            if target.is_fifo:
-                message = OutgoingMessage(
-                    job.body, attributes, group_id(job), dedup_id(job.key, job.next_attempt)
-                )
-            if message.size_bytes > MAX_PAYLOAD_BYTES:
-                deliveries[index] = Delivery(job, too_large(message.size_bytes), dropped)
+            try:
+                attributes, dropped = stamp_for_resubmit(job)
+                message = OutgoingMessage(job.body, attributes)
+                if target.is_fifo:
+                    message = OutgoingMessage(job.body, attributes, group_id(job), dedup_id(job))
+                size_bytes = message.size_bytes
+            except Exception as exc:  # noqa: BLE001 - one unreadable job must not fail the others
+                # e.g. UnicodeEncodeError from a lone surrogate in a key or attribute.
+                deliveries[index] = Delivery(job, unpreparable(exc))
+                continue
+            if size_bytes > MAX_PAYLOAD_BYTES:
+                deliveries[index] = Delivery(job, too_large(size_bytes), dropped)
             else:
                 to_send.append((index, message, dropped))
         errors = await send_message_batches(self._client, url, [item[1] for item in to_send])
@@ -173,8 +196,8 @@ class SqsQueueTarget:
         cached = self._urls.get(target.arn)
         if cached is not None:
             return cached
-        arn = Arn.parse(target.arn)
         try:
+            arn = Arn.parse(target.arn)
             response = await self._client.get_queue_url(
                 QueueName=arn.resource, QueueOwnerAWSAccountId=arn.account
             )
