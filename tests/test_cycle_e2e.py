@@ -22,7 +22,11 @@ PARKING = "retryd-parking"
 
 
 def cycle(settings: Settings) -> CycleReport:
+    """One cycle; every message received must have exactly one decision."""
     report: CycleReport = anyio.run(lambda: run_once(settings, collect=True))
+    assert report.decisions is not None
+    assert sum(report.outcomes.values()) == report.received == len(report.decisions)
+    assert len({d.letter.message_id for d in report.decisions}) == len(report.decisions)
     return report
 
 
@@ -281,3 +285,44 @@ def test_payloads_are_logged_only_when_asked(
     finally:
         # The logger was bound to capsys's stream, which closes with this test.
         structlog.reset_defaults()
+
+
+def test_payload_over_the_target_limit_is_parked_not_retried_forever(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """An envelope whose payload SQS would refuse (over 256 KiB) is parked payload-too-large."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-big")
+    world.create_queue("dest")
+    world.send("retry-big", envelope("sqs", world.queue_arn("dest"), "x" * 300_000))
+
+    report = cycle(make_settings())
+
+    assert report.reasons == {("parked", "payload-too-large"): 1}
+    [copy] = world.drain(PARKING)
+    assert json.loads(copy["Body"])["payload"] == "x" * 300_000
+    assert world.depth("dest") == 0
+    assert world.depth("retry-big") == 0
+
+
+def test_fifo_dlq_to_fifo_target_keeps_the_group(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A FIFO dead letter goes back to a FIFO queue in its own message group, in order."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-orders.fifo", ContentBasedDeduplication="true")
+    world.create_queue("orders.fifo")
+    for n in range(3):
+        world.send(
+            "retry-orders.fifo",
+            envelope("sqs", world.queue_arn("orders.fifo"), {"n": n}),
+            MessageGroupId="customer-7",
+        )
+
+    report = cycle(make_settings(drain={"workers_per_queue": 1}))
+
+    assert report.outcomes == {"resubmitted": 3}
+    delivered = world.drain("orders.fifo")
+    assert [json.loads(m["Body"])["n"] for m in delivered] == [0, 1, 2]
+    assert {m["Attributes"]["MessageGroupId"] for m in delivered} == {"customer-7"}
+    assert world.depth("retry-orders.fifo") == 0
