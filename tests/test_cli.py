@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,55 @@ def test_sandbox_runs_with_no_aws_account() -> None:
     for reason in ("attempts-exhausted", "target-not-allowed", "invalid-envelope", "unresolvable"):
         assert reason in out
     assert "0 message(s) left" in out
+
+
+def test_run_serves_metrics_and_probes_while_it_works(world: World, tmp_path: Path) -> None:
+    """A live `retryd run` answers /healthz, /readyz and /metrics with its counters moving."""
+    world.create_queue("retryd-parking")
+    world.create_queue("retry-a")
+    world.create_queue("dest")
+    world.send("retry-a", envelope("sqs", world.queue_arn("dest"), "one"))
+    text = CONFIG.replace("enabled = false", 'enabled = true\nhost = "127.0.0.1"\nport = 0')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "retryd", "run", "--config", str(write_config(tmp_path, text))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        port = None
+        for line in process.stderr:
+            if '"http-listening"' in line:
+                port = json.loads(line)["port"]
+                break
+        assert port is not None, "retryd never said where it listens"
+        base = f"http://127.0.0.1:{port}"
+        resubmitted = (
+            'retryd_messages_total{outcome="resubmitted",queue="retry-a",'
+            'reason="none",target_type="sqs"} 1.0'
+        )
+        cycles_ok = re.compile(r'retryd_cycles_total\{result="ok"\} [1-9]')
+        deadline = time.monotonic() + 30
+        metrics = fetch(f"{base}/metrics")
+        while not (resubmitted in metrics and cycles_ok.search(metrics)):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.2)
+            metrics = fetch(f"{base}/metrics")
+        assert world.depth("dest") == 1
+        assert fetch(f"{base}/healthz").strip() == "ok"
+        assert fetch(f"{base}/readyz").strip() == "ok"
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+    assert process.returncode == 0
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
+        body: bytes = response.read()
+    return body.decode()
