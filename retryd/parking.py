@@ -17,6 +17,7 @@ from retryd.aws import Client
 from retryd.errors import ParkingQueueMissingError
 from retryd.models import DeadLetter, SendError
 from retryd.stamps import stamp_for_parking
+from retryd.targets.base import unpreparable
 from retryd.targets.sqs_queue import OutgoingMessage, send_message_batches
 
 _MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
@@ -70,8 +71,20 @@ class Parking:
         Never raises for an AWS or network error: a failed copy is a SendError, and
         the letter stays in its DLQ.
         """
-        messages = [self._message(item) for item in items]
-        return await send_message_batches(self._client, self.queue_url, messages)
+        results: list[SendError | None] = [None] * len(items)
+        ready: list[int] = []
+        messages: list[OutgoingMessage] = []
+        for index, item in enumerate(items):
+            try:
+                messages.append(self._message(item))
+            except Exception as exc:  # noqa: BLE001 - one odd letter must not block the others
+                results[index] = unpreparable(exc, "parked copy")
+                continue
+            ready.append(index)
+        sent = await send_message_batches(self._client, self.queue_url, messages)
+        for index, result in zip(ready, sent, strict=True):
+            results[index] = result
+        return results
 
     def _message(self, item: ParkRequest) -> OutgoingMessage:
         attributes = stamp_for_parking(
