@@ -225,3 +225,28 @@ def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
         body: bytes = response.read()
     return body.decode()
+
+
+def test_console_script_and_module_are_the_same_command() -> None:
+    """The installed `retryd` script and `python -m retryd` both answer --help."""
+    script = Path(sys.executable).parent / "retryd"
+    via_script = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    via_module = retryd("--help")
+    assert via_script.returncode == via_module.returncode == 0
+    assert via_script.stdout == via_module.stdout
+    assert "redrives AWS dead-letter queues" in via_script.stdout
+
+
+def test_sandbox_without_the_extra_says_how_to_install_it() -> None:
+    """With moto not importable, `retryd sandbox` exits 3 and names the extra."""
+    code = (
+        "import sys; sys.modules['moto'] = None; "
+        "from retryd.cli import main; raise SystemExit(main(['sandbox']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 3
+    assert "pip install 'retryd[sandbox]'" in done.stderr
