@@ -29,7 +29,7 @@ def moto_server(fault_injector: FaultInjector) -> Iterator[MotoServer]:
 @pytest.fixture
 def world(
     moto_server: MotoServer, fault_injector: FaultInjector, monkeypatch: pytest.MonkeyPatch
-) -> World:
+) -> Iterator[World]:
     """An empty AWS world; the standard AWS env vars point retryd's clients at it."""
     moto_server.reset()
     fault_injector.clear()
@@ -46,7 +46,9 @@ def world(
     # Keep the developer's own ~/.aws out of the run.
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/retryd-test-config")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/retryd-test-credentials")
-    return World(moto_server, fault_injector)
+    yield World(moto_server, fault_injector)
+    # Abandon any call still held back by a delay fault before the next test resets moto.
+    fault_injector.clear()
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import io
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +94,9 @@ class FaultInjector:
 
     faults: list[Fault] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set by clear(): wakes delayed calls, which then fail instead of reaching moto,
+    # so a slow call from one test can never write into the next test's world.
+    _cleared: threading.Event = field(default_factory=threading.Event)
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:
@@ -104,6 +106,8 @@ class FaultInjector:
     def clear(self) -> None:
         with self._lock:
             self.faults.clear()
+            self._cleared.set()
+            self._cleared = threading.Event()
 
     def _match(self, request: _Request) -> Fault | None:
         with self._lock:
@@ -126,7 +130,15 @@ class FaultInjector:
             request = _describe(environ, body)
             fault = self._match(request)
             if fault is not None and fault.delay_s:
-                time.sleep(fault.delay_s)
+                cleared = self._cleared
+                if cleared.wait(fault.delay_s):
+                    fault = Fault(
+                        fault.service,
+                        fault.operation,
+                        "ServiceUnavailable",
+                        503,
+                        message="delayed call abandoned: its test ended",
+                    )
             if fault is None or fault.code is None:
                 return app(environ, start_response)
             status, headers, payload = _error_response(request, fault)

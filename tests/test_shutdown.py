@@ -69,6 +69,15 @@ def wait_for_first_delivery(world: World, process: subprocess.Popen[str]) -> Non
         time.sleep(0.1)
 
 
+def wait_for_held_call(fault: Fault, process: subprocess.Popen[str]) -> None:
+    """Until a call is being held back by `fault`: a batch is then surely in flight."""
+    deadline = time.monotonic() + 30
+    while fault.hits == 0:
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "retryd never reached the slow call"
+        time.sleep(0.05)
+
+
 def numbers(messages: list[dict[str, object]]) -> list[int]:
     """The `n` of each message, whether delivered (the payload) or still an envelope."""
     bodies = [json.loads(str(m["Body"])) for m in messages]
@@ -109,10 +118,11 @@ def test_drain_timeout_cancels_in_flight_work_without_losing_it(
     fill(world)
     # The first batch goes through; the next ones take longer than the drain timeout.
     world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=0.01, times=1))
-    world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=4))
+    slow = world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=4))
     process = start(tmp_path, drain_timeout_s=0.5)
     try:
         wait_for_first_delivery(world, process)
+        wait_for_held_call(slow, process)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     finally:
@@ -121,8 +131,8 @@ def test_drain_timeout_cancels_in_flight_work_without_losing_it(
 
     assert process.returncode == 0, stderr
     assert "drain-timeout" in stderr
-    world.faults.clear()
-    time.sleep(5)  # the slow call lands in moto's thread; leases run out
+    world.faults.clear()  # the slow call is abandoned rather than landing late
+    time.sleep(5)  # leases run out
     delivered = numbers(world.drain("dest"))
     left = numbers(world.drain("retry-work"))
     # Cancelled after the target took it but before the delete: it may be in both
@@ -134,10 +144,11 @@ def test_second_signal_exits_at_once(world: World, tmp_path: Path) -> None:
     """A second SIGTERM does not wait for the drain timeout."""
     fill(world)
     world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=0.01, times=1))
-    world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=8))
+    slow = world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=8))
     process = start(tmp_path, drain_timeout_s=60)
     try:
         wait_for_first_delivery(world, process)
+        wait_for_held_call(slow, process)
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         started = time.monotonic()
