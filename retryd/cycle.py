@@ -79,6 +79,13 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+# GetQueueAttributes names, in the order set_dlq_depth takes them.
+_DEPTH_ATTRIBUTES = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+
 # Time kept back from each lease for the delete that settles the batch.
 LEASE_MARGIN_S = 5.0
 
@@ -196,6 +203,11 @@ class Cycle:
         async with limiter:
             if not run.go_on:
                 return
+            if await self._visible(queue) == 0:
+                # Most DLQs are empty most of the time: one cheap call instead of a
+                # long poll per empty queue. SQS's count is approximate, so a message
+                # that arrived just now waits for the next cycle.
+                return
             state = _QueueDrain(queue, self._settings.drain.max_messages_per_queue)
             async with anyio.create_task_group() as group:
                 for _ in range(self._settings.drain.workers_per_queue):
@@ -228,6 +240,22 @@ class Cycle:
             state.seen.update(letter.message_id for letter in fresh)
             report.received += len(fresh)
             report.add(await run.pipeline.handle(state.queue, fresh, act_by))
+
+    async def _visible(self, queue: QueueRef) -> int | None:
+        """Visible messages in `queue` (and its depth exported), or None if SQS did not say."""
+        try:
+            response = await self._clients.sqs.get_queue_attributes(
+                QueueUrl=queue.url, AttributeNames=list(_DEPTH_ATTRIBUTES)
+            )
+            counts = {
+                name: int(response.get("Attributes", {}).get(name, 0)) for name in _DEPTH_ATTRIBUTES
+            }
+        except Exception as exc:  # noqa: BLE001 - no depth is no reason not to drain
+            log.warning("depth-unknown", queue=queue.name, error=str(classify.from_exception(exc)))
+            return None
+        visible, in_flight, delayed = (counts[name] for name in _DEPTH_ATTRIBUTES)
+        self._metrics.set_dlq_depth(queue.name, visible, in_flight, delayed)
+        return visible
 
     async def _receive(
         self, state: _QueueDrain, want: int, report: CycleReport

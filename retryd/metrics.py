@@ -82,6 +82,12 @@ class Metrics:
             "DLQs found by the last discovery.",
             registry=registry,
         )
+        self._dlq_messages = Gauge(
+            "retryd_dlq_messages",
+            "Messages in each DLQ at the start of its drain, as SQS approximates them.",
+            ["queue", "state"],
+            registry=registry,
+        )
         build_info = Gauge(
             "retryd_build_info",
             "Always 1; the label carries the running retryd version.",
@@ -128,3 +134,8 @@ class Metrics:
     def set_queues_discovered(self, count: int) -> None:
         """Record how many DLQs the last discovery found."""
         self._queues_discovered.set(count)
+
+    def set_dlq_depth(self, queue: str, visible: int, in_flight: int, delayed: int) -> None:
+        """Record a DLQ's depth: visible (waiting), in flight (leased), delayed."""
+        for state, count in (("visible", visible), ("in_flight", in_flight), ("delayed", delayed)):
+            self._dlq_messages.labels(queue=queue, state=state).set(count)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import anyio
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry
 
 from retryd.cycle import CycleReport
 from retryd.logs import configure_logging
@@ -326,3 +328,40 @@ def test_fifo_dlq_to_fifo_target_keeps_the_group(
     assert [json.loads(m["Body"])["n"] for m in delivered] == [0, 1, 2]
     assert {m["Attributes"]["MessageGroupId"] for m in delivered} == {"customer-7"}
     assert world.depth("retry-orders.fifo") == 0
+
+
+def test_depth_is_exported_and_empty_dlqs_are_not_polled(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Each DLQ's depth becomes a gauge; an empty DLQ costs no ReceiveMessage call."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-empty")
+    world.create_queue("retry-full")
+    world.create_queue("dest")
+    for n in range(3):
+        world.send("retry-full", envelope("sqs", world.queue_arn("dest"), {"n": n}))
+    registry = CollectorRegistry()
+    world.record()
+
+    anyio.run(lambda: run_once(make_settings(), registry=registry))
+
+    def depth(queue: str) -> float | None:
+        return registry.get_sample_value(
+            "retryd_dlq_messages", {"queue": queue, "state": "visible"}
+        )
+
+    assert depth("retry-full") == 3
+    assert depth("retry-empty") == 0
+    receives = [
+        recorded_body(entry)
+        for entry in world.server.recording()
+        if entry.get("headers", {}).get("X-Amz-Target") == "AmazonSQS.ReceiveMessage"
+    ]
+    assert any("retry-full" in body for body in receives)
+    assert all("retry-empty" not in body for body in receives)
+    assert world.depth("retry-full") == 0
+
+
+def recorded_body(entry: dict[str, Any]) -> str:
+    body = str(entry.get("body") or "")
+    return base64.b64decode(body).decode() if entry.get("body_encoded") else body
