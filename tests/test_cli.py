@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from retryd.cli import main
+from tests.processes import retryd_run
 from tests.world import ACCOUNT, REGION, World, envelope
 
 CONFIG = f"""
@@ -133,23 +134,13 @@ def test_run_stops_cleanly_on_sigterm(world: World, tmp_path: Path) -> None:
     world.create_queue("retry-a")
     world.create_queue("dest")
     world.send("retry-a", envelope("sqs", world.queue_arn("dest"), "one"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "retryd", "run", "--config", str(write_config(tmp_path))],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-    )
-    try:
+    with retryd_run(write_config(tmp_path)) as process:
         deadline = time.monotonic() + 30
         while world.depth("dest") == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert world.depth("dest") == 1
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
-        process.wait()
     assert process.returncode == 0, stderr
     assert '"stopping"' in stderr
     assert '"stopped"' in stderr
@@ -182,13 +173,7 @@ def test_run_serves_metrics_and_probes_while_it_works(world: World, tmp_path: Pa
     world.create_queue("dest")
     world.send("retry-a", envelope("sqs", world.queue_arn("dest"), "one"))
     text = CONFIG.replace("enabled = false", 'enabled = true\nhost = "127.0.0.1"\nport = 0')
-    process = subprocess.Popen(
-        [sys.executable, "-m", "retryd", "run", "--config", str(write_config(tmp_path, text))],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with retryd_run(write_config(tmp_path, text)) as process:
         assert process.stderr is not None
         port = None
         for line in process.stderr:
@@ -213,11 +198,6 @@ def test_run_serves_metrics_and_probes_while_it_works(world: World, tmp_path: Pa
         assert fetch(f"{base}/readyz").strip() == "ok"
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
-    finally:
-        process.kill()
-        process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
     assert process.returncode == 0
 
 

@@ -11,23 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.keys import canonical_payload, compact_json, hashed_key, idempotency_key
+from tests import strategies
 
 LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:charge"
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
+json_values = strategies.json_values(max_leaves=20, max_size=4)
 arns = st.builds(
     "arn:aws:{}:us-east-1:{}:{}".format,
     st.sampled_from(["lambda", "sqs", "sns", "states", "events"]),

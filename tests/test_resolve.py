@@ -34,6 +34,7 @@ from retryd.resolve.base import (
 from retryd.resolve.envelope import EnvelopeResolver
 from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Route
+from tests import strategies
 from tests.conftest import SettingsFactory
 
 FIXTURES = Path(__file__).parent / "fixtures" / "messages"
@@ -499,20 +500,7 @@ def test_resolver_bug_parks_the_message_and_logs_no_payload() -> None:
 
 # -- properties ------------------------------------------------------------------------
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=10,
-)
+json_values = strategies.json_values(max_leaves=10, max_size=3)
 arns = st.sampled_from(
     [
         LAMBDA_ARN,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tests.faults import Fault
+from tests.processes import retryd_run
 from tests.world import ACCOUNT, REGION, World, envelope
 
 MESSAGES = 60
@@ -41,16 +40,10 @@ drain_timeout_s = {drain_timeout_s}
 """
 
 
-def start(tmp_path: Path, drain_timeout_s: float) -> subprocess.Popen[str]:
+def write_config(tmp_path: Path, drain_timeout_s: float) -> Path:
     path = tmp_path / "retryd.toml"
     path.write_text(config(drain_timeout_s))
-    return subprocess.Popen(
-        [sys.executable, "-m", "retryd", "run", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-    )
+    return path
 
 
 def fill(world: World) -> None:
@@ -90,14 +83,10 @@ def test_sigterm_lets_in_flight_batches_settle_and_loses_nothing(
     """With time to drain, the batch in flight finishes and is deleted; the rest stay queued."""
     fill(world)
     world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=0.5))
-    process = start(tmp_path, drain_timeout_s=20)
-    try:
+    with retryd_run(write_config(tmp_path, 20)) as process:
         wait_for_first_delivery(world, process)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
-        process.wait()
 
     assert process.returncode == 0, stderr
     assert "drain-timeout" not in stderr
@@ -119,15 +108,11 @@ def test_drain_timeout_cancels_in_flight_work_without_losing_it(
     # The first batch goes through; the next ones take longer than the drain timeout.
     world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=0.01, times=1))
     slow = world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=4))
-    process = start(tmp_path, drain_timeout_s=0.5)
-    try:
+    with retryd_run(write_config(tmp_path, 0.5)) as process:
         wait_for_first_delivery(world, process)
         wait_for_held_call(slow, process)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
-        process.wait()
 
     assert process.returncode == 0, stderr
     assert "drain-timeout" in stderr
@@ -145,8 +130,7 @@ def test_second_signal_exits_at_once(world: World, tmp_path: Path) -> None:
     fill(world)
     world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=0.01, times=1))
     slow = world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=8))
-    process = start(tmp_path, drain_timeout_s=60)
-    try:
+    with retryd_run(write_config(tmp_path, 60)) as process:
         wait_for_first_delivery(world, process)
         wait_for_held_call(slow, process)
         process.send_signal(signal.SIGTERM)
@@ -155,9 +139,6 @@ def test_second_signal_exits_at_once(world: World, tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
         waited_s = time.monotonic() - started
-    finally:
-        process.kill()
-        process.wait()
 
     assert process.returncode == 0, stderr
     assert "stopping-now" in stderr
