@@ -24,15 +24,19 @@ from retryd.models import (
     Target,
 )
 from retryd.settings import Settings
-from retryd.targets.base import INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, Delivery
+from retryd.targets.base import (
+    INVALID_PAYLOAD,
+    MAX_BATCH_ENTRIES,
+    PAYLOAD_TOO_LARGE,
+    Delivery,
+    pack_batches,
+)
 from retryd.targets.sns_topic import SnsTopicTarget
 from retryd.targets.sqs_queue import (
-    MAX_BATCH_ENTRIES,
     MAX_PAYLOAD_BYTES,
     SqsQueueTarget,
     dedup_id,
     map_batch_response,
-    pack_batches,
 )
 from tests.faults import Fault
 from tests.world import ACCOUNT, REGION, World
@@ -150,7 +154,7 @@ def strings(message: dict[str, Any]) -> dict[str, str]:
 @given(st.lists(st.integers(0, 150_000), max_size=40))
 def test_pack_batches_respects_both_limits_and_order(sizes: list[int]) -> None:
     """Batches keep the order, hold at most 10, and stay within the bytes unless alone."""
-    batches = pack_batches(sizes, lambda size: size)
+    batches = pack_batches(sizes, lambda size: size, MAX_PAYLOAD_BYTES)
     assert [size for batch in batches for size in batch] == sizes
     for batch in batches:
         assert 1 <= len(batch) <= MAX_BATCH_ENTRIES

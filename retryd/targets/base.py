@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd.models import ErrorClass, Job, SendError, Target
+
+# SendMessageBatch, PublishBatch and PutEvents each take up to ten entries per call.
+MAX_BATCH_ENTRIES = 10
+
+T = TypeVar("T")
 
 # Set on a Delivery when retryd refuses to send a payload over the target's limit.
 PAYLOAD_TOO_LARGE = "retryd.PayloadTooLarge"
@@ -87,3 +92,28 @@ async def deliver_each(
     if len(done) != len(jobs):
         raise RuntimeError("a delivery task ended without a result")
     return done
+
+
+def pack_batches(
+    items: Sequence[T], size_bytes: Callable[[T], int], max_bytes: int
+) -> list[list[T]]:
+    """Split items, in order, into batches of at most 10 entries and max_bytes in total.
+
+    An item bigger than max_bytes on its own gets a batch to itself: the caller
+    decides whether to refuse it or let the service judge it.
+    """
+    batches: list[list[T]] = []
+    current: list[T] = []
+    current_bytes = 0
+    for item in items:
+        item_bytes = size_bytes(item)
+        if current and (
+            len(current) >= MAX_BATCH_ENTRIES or current_bytes + item_bytes > max_bytes
+        ):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(item)
+        current_bytes += item_bytes
+    if current:
+        batches.append(current)
+    return batches

@@ -19,14 +19,16 @@ from retryd.classify import from_batch_failure, from_exception
 from retryd.models import ErrorClass, Job, SendError, Target
 from retryd.targets.base import (
     INVALID_PAYLOAD,
+    MAX_BATCH_ENTRIES,
     PAYLOAD_TOO_LARGE,
     Delivery,
+    pack_batches,
     resend_singly,
     unpreparable,
 )
 
 # EventBridge API reference, PutEvents: at most 10 entries per request.
-PUT_EVENTS_MAX_ENTRIES = 10
+PUT_EVENTS_MAX_ENTRIES = MAX_BATCH_ENTRIES
 # EventBridge user guide, "Calculating PutEvents event entry size": the total entry size
 # of one request must be less than 256 KB.
 PUT_EVENTS_MAX_BYTES = 256 * 1024
@@ -146,19 +148,9 @@ def plan_batches(sizes_bytes: Sequence[int]) -> list[list[int]]:
     Every size must itself be under PUT_EVENTS_MAX_BYTES (oversized entries are
     refused before planning).
     """
-    batches: list[list[int]] = []
-    current: list[int] = []
-    current_bytes = 0
-    for index, size in enumerate(sizes_bytes):
-        full = len(current) == PUT_EVENTS_MAX_ENTRIES
-        if current and (full or current_bytes + size >= PUT_EVENTS_MAX_BYTES):
-            batches.append(current)
-            current, current_bytes = [], 0
-        current.append(index)
-        current_bytes += size
-    if current:
-        batches.append(current)
-    return batches
+    # PutEvents wants the total strictly under the limit, the packer allows equality.
+    indexes = range(len(sizes_bytes))
+    return pack_batches(indexes, lambda index: sizes_bytes[index], PUT_EVENTS_MAX_BYTES - 1)
 
 
 class EventBusTarget:

@@ -10,13 +10,12 @@ from retryd import classify
 from retryd.aws import Client
 from retryd.models import Attributes, Job, MessageAttribute, SendError, Target
 from retryd.stamps import message_size_bytes, stamp_for_resubmit
-from retryd.targets.base import Delivery, resend_singly, unpreparable
+from retryd.targets.base import Delivery, pack_batches, resend_singly, unpreparable
 from retryd.targets.sqs_queue import (
     MAX_PAYLOAD_BYTES,
     dedup_id,
     group_id,
     map_batch_response,
-    pack_batches,
     too_large,
 )
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from retryd import classify
 from retryd.aws import Client
@@ -15,12 +15,11 @@ from retryd.stamps import message_size_bytes, stamp_for_resubmit
 from retryd.targets.base import (
     PAYLOAD_TOO_LARGE,
     Delivery,
+    pack_batches,
     resend_singly,
     unpreparable,
 )
 
-# "Delivers up to ten messages" per SendMessageBatch / PublishBatch call.
-MAX_BATCH_ENTRIES = 10
 # SendMessageBatch: "The maximum allowed individual message size and the maximum total
 # payload size (the sum of the individual lengths of all of the batched messages) are
 # both 256 KiB (262,144 bytes)" (SQS API reference). Queues created since SQS raised
@@ -30,33 +29,6 @@ MAX_PAYLOAD_BYTES = 262_144
 
 # MessageGroupId: up to 128 characters, alphanumerics and ASCII punctuation (SQS API reference).
 _GROUP_ID = re.compile(r"[!-~]{1,128}")
-
-T = TypeVar("T")
-
-
-def pack_batches(
-    items: Sequence[T], size_bytes: Callable[[T], int], max_bytes: int = MAX_PAYLOAD_BYTES
-) -> list[list[T]]:
-    """Split items, in order, into batches of at most 10 entries and max_bytes in total.
-
-    An item bigger than max_bytes on its own gets a batch to itself: the caller
-    decides whether to refuse it or let the service judge it.
-    """
-    batches: list[list[T]] = []
-    current: list[T] = []
-    current_bytes = 0
-    for item in items:
-        item_bytes = size_bytes(item)
-        if current and (
-            len(current) >= MAX_BATCH_ENTRIES or current_bytes + item_bytes > max_bytes
-        ):
-            batches.append(current)
-            current, current_bytes = [], 0
-        current.append(item)
-        current_bytes += item_bytes
-    if current:
-        batches.append(current)
-    return batches
 
 
 def dedup_id(job: Job) -> str:
@@ -117,7 +89,7 @@ async def send_message_batches(
     """
     results: list[SendError | None] = [None] * len(messages)
     indexed = list(enumerate(messages))
-    for batch in pack_batches(indexed, lambda pair: pair[1].size_bytes):
+    for batch in pack_batches(indexed, lambda pair: pair[1].size_bytes, MAX_PAYLOAD_BYTES):
         entries = [message.to_entry(str(index)) for index, message in batch]
         for index, error in (await _send_one_batch(client, queue_url, entries)).items():
             results[index] = error
