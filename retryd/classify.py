@@ -107,6 +107,14 @@ TRANSIENT_CODES = frozenset(
 
 _SERVER_ERROR = 500
 
+# What SQS answers (JSON protocol, then query-compatible) for a queue that is not there.
+MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+
+
+def is_missing_queue(exc: ClientError) -> bool:
+    """Whether SQS said the queue does not exist (as opposed to any other refusal)."""
+    return exc.response.get("Error", {}).get("Code") in MISSING_QUEUE_CODES
+
 
 def classify_code(code: str, http_status: int | None = None) -> ErrorClass:
     """Permanent only when AWS said so by code; a 5xx is always transient."""

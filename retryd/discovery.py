@@ -18,6 +18,7 @@ import anyio
 import structlog
 from botocore.exceptions import ClientError
 
+from retryd.classify import is_missing_queue
 from retryd.models import QueueRef
 from retryd.settings import DiscoverySettings
 
@@ -29,8 +30,6 @@ LIST_PAGE_SIZE = 1000
 # ListQueueTags is one call per queue; this keeps a large account from opening
 # hundreds of connections at once while still overlapping the round trips.
 TAG_LOOKUP_CONCURRENCY = 16
-
-_MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 
 # Hosts of AWS's own SQS endpoints (commercial, China, dual-stack, ISO regions):
 # only these carry the region in the host name; any other endpoint (moto,
@@ -116,10 +115,6 @@ def queue_ref_from_url(url: str, default_region: str | None) -> QueueRef:
     return QueueRef(name=location.name, url=url, arn=arn)
 
 
-def _is_missing_queue(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") in _MISSING_QUEUE_CODES
-
-
 async def _list_by_prefix(sqs: Any, prefix: str) -> list[str]:
     urls: list[str] = []
     request: dict[str, Any] = {"QueueNamePrefix": prefix, "MaxResults": LIST_PAGE_SIZE}
@@ -144,7 +139,7 @@ async def _resolve_explicit(sqs: Any, entry: str) -> str | None:
     try:
         response = await sqs.get_queue_url(**request)
     except ClientError as exc:
-        if not _is_missing_queue(exc):
+        if not is_missing_queue(exc):
             raise
         log.warning("explicit-queue-missing", queue=entry)
         return None
@@ -168,7 +163,7 @@ async def _filter_by_tags(sqs: Any, urls: Sequence[str], wanted: Mapping[str, st
             try:
                 tags = (await sqs.list_queue_tags(QueueUrl=url)).get("Tags", {})
             except Exception as exc:  # noqa: BLE001 - kept and re-raised after the group
-                if isinstance(exc, ClientError) and _is_missing_queue(exc):
+                if isinstance(exc, ClientError) and is_missing_queue(exc):
                     # Deleted since ListQueues: nothing left to drain.
                     log.debug("queue-vanished", url=url)
                     return

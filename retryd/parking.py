@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from retryd.aws import Client
+from retryd.classify import is_missing_queue
 from retryd.errors import ParkingQueueMissingError
 from retryd.models import DeadLetter, SendError
 from retryd.stamps import stamp_for_parking
 from retryd.targets.base import unpreparable
 from retryd.targets.sqs_queue import OutgoingMessage, send_message_batches
-
-_MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +59,7 @@ class Parking:
             else:
                 url = str((await client.get_queue_url(QueueName=queue))["QueueUrl"])
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _MISSING_QUEUE_CODES:
+            if is_missing_queue(exc):
                 raise ParkingQueueMissingError(queue) from exc
             raise
         return cls(client, url, detail_max_bytes)

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import aioboto3
 import anyio
 
+from retryd import stamps
 from retryd.aws import AwsClients, open_clients
 from retryd.cycle import CycleReport
 from retryd.emulator import MotoServer
@@ -265,7 +266,7 @@ async def _parked_reasons(clients: AwsClients, url: str) -> Counter[str]:
         if not messages:
             return reasons
         for message in messages:
-            reason = message.get("MessageAttributes", {}).get("retryd.reason", {})
+            reason = message.get("MessageAttributes", {}).get(stamps.REASON, {})
             reasons[reason.get("StringValue", "?")] += 1
 
 

@@ -15,11 +15,10 @@ from typing import Protocol
 
 from retryd.keys import MAX_KEY_CHARS
 from retryd.models import Attributes, DeadLetter, Job, MessageAttribute, Unresolvable
-
-STAMP_PREFIX = "retryd."
-ATTEMPT_ATTRIBUTE = "retryd.attempt"
-KEY_ATTRIBUTE = "retryd.key"
-FIRST_FAILED_AT_ATTRIBUTE = "retryd.first-failed-at"
+from retryd.stamps import ATTEMPT as ATTEMPT_ATTRIBUTE
+from retryd.stamps import FIRST_FAILED_AT as FIRST_FAILED_AT_ATTRIBUTE
+from retryd.stamps import KEY as KEY_ATTRIBUTE
+from retryd.stamps import PREFIX as STAMP_PREFIX
 
 # Plain non-negative integers only: SQS Numbers may be written as 1e100 or 3.5,
 # and neither is an attempt count (nor should a stamp cost a bignum to read).

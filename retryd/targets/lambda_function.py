@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import anyio
 import structlog
 
+from retryd import stamps
 from retryd.aws import Client
 from retryd.classify import from_exception
 from retryd.models import ErrorClass, Job, SendError, Target
@@ -50,17 +51,17 @@ def client_context(job: Job) -> tuple[str | None, int]:
     key) rather than refusing the job: the payload matters, the stamps only help.
     Values are strings because some runtimes (Java, .NET) read `custom` as a string map.
     """
-    stamps = [
-        ("retryd.key", job.key),
-        ("retryd.attempt", str(job.next_attempt)),
-        ("retryd.source-queue", job.letter.queue.name),
+    fields = [
+        (stamps.KEY, job.key),
+        (stamps.ATTEMPT, str(job.next_attempt)),
+        (stamps.SOURCE_QUEUE, job.letter.queue.name),
     ]
-    for kept in range(len(stamps), 0, -1):
-        document = {"custom": dict(stamps[:kept])}
+    for kept in range(len(fields), 0, -1):
+        document = {"custom": dict(fields[:kept])}
         encoded = base64.b64encode(json.dumps(document, separators=(",", ":")).encode())
         if len(encoded) <= CLIENT_CONTEXT_MAX_BYTES:
-            return encoded.decode("ascii"), len(stamps) - kept
-    return None, len(stamps)
+            return encoded.decode("ascii"), len(fields) - kept
+    return None, len(fields)
 
 
 def preflight(job: Job) -> SendError | None:
