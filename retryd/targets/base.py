@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
+from retryd.classify import from_exception
 from retryd.models import ErrorClass, Job, SendError, Target
 
 # SendMessageBatch, PublishBatch and PutEvents each take up to ten entries per call.
@@ -70,6 +71,27 @@ def resend_singly(exc: Exception, error: SendError) -> bool:
     """
     from_aws_or_network = isinstance(exc, ClientError | BotoCoreError | OSError | TimeoutError)
     return error.error_class is ErrorClass.PERMANENT or not from_aws_or_network
+
+
+BatchCall = Callable[[list[dict[str, Any]]], Awaitable[list[SendError | None]]]
+
+
+async def call_batch(call: BatchCall, entries: list[dict[str, Any]]) -> list[SendError | None]:
+    """One batch API call: per-entry results in request order, never an exception.
+
+    `call` sends the entries and reads the per-entry answers; when it raises, no
+    entry is known to have arrived. A failure that may be one entry's fault (see
+    `resend_singly`) is narrowed by sending each entry on its own, one after
+    another so a FIFO queue or topic still sees them in order; any other failure
+    is every entry's verdict.
+    """
+    try:
+        return await call(entries)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a classified result
+        error = from_exception(exc)
+        if len(entries) > 1 and resend_singly(exc, error):
+            return [(await call_batch(call, [entry]))[0] for entry in entries]
+        return [error] * len(entries)
 
 
 async def deliver_each(

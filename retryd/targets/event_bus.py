@@ -15,15 +15,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retryd.aws import Client
-from retryd.classify import from_batch_failure, from_exception
+from retryd.classify import from_batch_failure
 from retryd.models import ErrorClass, Job, SendError, Target
 from retryd.targets.base import (
     INVALID_PAYLOAD,
     MAX_BATCH_ENTRIES,
     PAYLOAD_TOO_LARGE,
     Delivery,
+    call_batch,
     pack_batches,
-    resend_singly,
     unpreparable,
 )
 
@@ -189,21 +189,14 @@ class EventBusTarget:
 
         for batch in plan_batches([item.size_bytes for item in prepared]):
             members = [prepared[position] for position in batch]
-            errors = await self._put([member.entry for member in members])
+            errors = await call_batch(self._put, [member.entry for member in members])
             for member, error in zip(members, errors, strict=True):
                 deliveries[member.index] = Delivery(jobs[member.index], error)
         return [delivery for delivery in deliveries if delivery is not None]
 
     async def _put(self, entries: list[dict[str, Any]]) -> list[SendError | None]:
         """One PutEvents call; the error (or None) for each entry, in request order."""
-        try:
-            response = await self._client.put_events(Entries=entries)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
-            # Cancellation is a BaseException and still propagates; AWS failures become values.
-            error = from_exception(exc)
-            if len(entries) > 1 and resend_singly(exc, error):
-                return [(await self._put([entry]))[0] for entry in entries]
-            return [error] * len(entries)
+        response = await self._client.put_events(Entries=entries)
         results: list[dict[str, Any]] = list(response.get("Entries", []))
         errors: list[SendError | None] = []
         for position in range(len(entries)):

@@ -6,16 +6,15 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from retryd import classify
 from retryd.aws import Client
 from retryd.models import Attributes, Job, MessageAttribute, SendError, Target
 from retryd.stamps import message_size_bytes, stamp_for_resubmit
-from retryd.targets.base import Delivery, pack_batches, resend_singly, unpreparable
+from retryd.targets.base import Delivery, call_batch, pack_batches, unpreparable
 from retryd.targets.sqs_queue import (
     MAX_PAYLOAD_BYTES,
     dedup_id,
     group_id,
-    map_batch_response,
+    in_request_order,
     too_large,
 )
 
@@ -63,29 +62,20 @@ class SnsTopicTarget:
                 continue
             to_send.append((index, entry, size_bytes, dropped))
         for batch in pack_batches(to_send, lambda item: item[2], MAX_BATCH_BYTES):
-            results = await self._publish(target.arn, [item[1] for item in batch])
-            for index, _, _, dropped in batch:
-                deliveries[index] = Delivery(jobs[index], results[index], dropped)
+            results = await call_batch(
+                lambda entries: self._publish(target.arn, entries), [item[1] for item in batch]
+            )
+            for (index, _, _, dropped), error in zip(batch, results, strict=True):
+                deliveries[index] = Delivery(jobs[index], error, dropped)
         return [delivery for delivery in deliveries if delivery is not None]
 
     async def _publish(
         self, topic_arn: str, entries: list[dict[str, Any]]
-    ) -> dict[int, SendError | None]:
-        try:
-            response = await self._client.publish_batch(
-                TopicArn=topic_arn, PublishBatchRequestEntries=entries
-            )
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
-            # Whatever broke the call, no entry of it is known to have been published.
-            error = classify.from_exception(exc)
-            if len(entries) > 1 and resend_singly(exc, error):
-                # One after another, so a FIFO topic still sees them in order.
-                outcome: dict[int, SendError | None] = {}
-                for entry in entries:
-                    outcome.update(await self._publish(topic_arn, [entry]))
-                return outcome
-            return {int(entry["Id"]): error for entry in entries}
-        return map_batch_response(response, [int(entry["Id"]) for entry in entries])
+    ) -> list[SendError | None]:
+        response = await self._client.publish_batch(
+            TopicArn=topic_arn, PublishBatchRequestEntries=entries
+        )
+        return in_request_order(response, entries)
 
 
 def _entry(entry_id: str, job: Job, attributes: Attributes, *, fifo: bool) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from retryd.stamps import message_size_bytes, stamp_for_resubmit
 from retryd.targets.base import (
     PAYLOAD_TOO_LARGE,
     Delivery,
+    call_batch,
     pack_batches,
-    resend_singly,
     unpreparable,
 )
 
@@ -87,31 +87,26 @@ async def send_message_batches(
     one after another so that a FIFO queue sees the messages in the order given.
     Never raises for an AWS or network error.
     """
+
+    async def call(entries: list[dict[str, Any]]) -> list[SendError | None]:
+        response = await client.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        return in_request_order(response, entries)
+
     results: list[SendError | None] = [None] * len(messages)
     indexed = list(enumerate(messages))
     for batch in pack_batches(indexed, lambda pair: pair[1].size_bytes, MAX_PAYLOAD_BYTES):
         entries = [message.to_entry(str(index)) for index, message in batch]
-        for index, error in (await _send_one_batch(client, queue_url, entries)).items():
+        for (index, _), error in zip(batch, await call_batch(call, entries), strict=True):
             results[index] = error
     return results
 
 
-async def _send_one_batch(
-    client: Client, queue_url: str, entries: list[dict[str, Any]]
-) -> dict[int, SendError | None]:
-    try:
-        response = await client.send_message_batch(QueueUrl=queue_url, Entries=entries)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
-        # Whatever broke the call, no entry of it is known to have arrived.
-        error = classify.from_exception(exc)
-        if len(entries) > 1 and resend_singly(exc, error):
-            # One after another, so a FIFO queue still sees them in order.
-            outcome: dict[int, SendError | None] = {}
-            for entry in entries:
-                outcome.update(await _send_one_batch(client, queue_url, [entry]))
-            return outcome
-        return {int(entry["Id"]): error for entry in entries}
-    return map_batch_response(response, [int(entry["Id"]) for entry in entries])
+def in_request_order(
+    response: dict[str, Any], entries: Sequence[dict[str, Any]]
+) -> list[SendError | None]:
+    """An SQS/SNS batch response as one result per entry sent, in the order sent."""
+    outcome = map_batch_response(response, [int(entry["Id"]) for entry in entries])
+    return [outcome[int(entry["Id"])] for entry in entries]
 
 
 def map_batch_response(
