@@ -117,23 +117,6 @@ def expected_dedup_id(key: str, message_id: str, attempt: int) -> str:
     return hashlib.sha256(f"{key}\n{message_id}\n{attempt}".encode()).hexdigest()
 
 
-def create_fifo_topic_with_spy(world: World, name: str) -> tuple[str, str]:
-    """A FIFO topic with a raw-delivery FIFO spy queue; returns (topic ARN, spy queue name)."""
-    sns = world.client("sns")
-    topic_arn: str = sns.create_topic(
-        Name=f"{name}.fifo", Attributes={"FifoTopic": "true", "ContentBasedDeduplication": "false"}
-    )["TopicArn"]
-    spy = f"spy-{name}.fifo"
-    world.create_queue(spy)
-    sns.subscribe(
-        TopicArn=topic_arn,
-        Protocol="sqs",
-        Endpoint=world.queue_arn(spy),
-        Attributes={"RawMessageDelivery": "true"},
-    )
-    return topic_arn, spy
-
-
 # A derived key: a hash of the payload, the same for every dead letter with that body.
 DERIVED_KEY = "sha256:" + hashlib.sha256(b'{"cmd": "increment"}').hexdigest()
 # SQS and SNS refuse it, and Python cannot even encode it as UTF-8.
@@ -461,7 +444,7 @@ def test_sns_fifo_topic_gets_group_and_dedup_id(
     world: World, make_settings: SettingsFactory
 ) -> None:
     """A FIFO topic is published with the letter's group and a dedup id of its dead letter."""
-    topic_arn, spy = create_fifo_topic_with_spy(world, "orders")
+    topic_arn, spy = world.create_topic_with_spy("orders", fifo=True)
     the_job = make_job(topic_arn, group_id="customer-7")
     deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), [the_job])
     assert deliveries[0].accepted
@@ -476,7 +459,7 @@ def test_sns_fifo_equal_bodies_of_distinct_dead_letters_both_arrive(
     world: World, make_settings: SettingsFactory
 ) -> None:
     """Two dead letters with one body (one derived key) are both published; a repeat is not."""
-    topic_arn, spy = create_fifo_topic_with_spy(world, "orders")
+    topic_arn, spy = world.create_topic_with_spy("orders", fifo=True)
     jobs = [
         make_job(
             topic_arn,

@@ -183,11 +183,17 @@ class World:
 
     # -- SNS / EventBridge: observed through an SQS queue subscribed to them ----------------
 
-    def create_topic_with_spy(self, name: str) -> tuple[str, str]:
-        """A topic plus a raw-delivery SQS subscription; returns (topic ARN, spy queue name)."""
+    def create_topic_with_spy(self, name: str, *, fifo: bool = False) -> tuple[str, str]:
+        """A topic plus a raw-delivery SQS subscription; returns (topic ARN, spy queue name).
+
+        With `fifo`, both are FIFO (names ending .fifo) and the topic deduplicates by
+        the ids publishers give, not by content.
+        """
         sns = self.client("sns")
-        topic_arn: str = sns.create_topic(Name=name)["TopicArn"]
-        spy = f"spy-{name}"
+        suffix = ".fifo" if fifo else ""
+        attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "false"} if fifo else {}
+        topic_arn: str = sns.create_topic(Name=f"{name}{suffix}", Attributes=attributes)["TopicArn"]
+        spy = f"spy-{name}{suffix}"
         self.create_queue(spy)
         sns.subscribe(
             TopicArn=topic_arn,
