@@ -1,4 +1,4 @@
-"""The `retryd` command line: run, once, sandbox, config check."""
+"""The `retryd` command line: run, once, plan, inspect, iam-policy, ledger, sandbox, config."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -79,6 +80,59 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="send every demo message N times (1-100), to watch a bigger cycle",
     )
+    plan = commands.add_parser(
+        "plan",
+        parents=[common],
+        help="dry run: say what `once` would do with every message, change nothing",
+        description="Receive each DLQ's messages with a short lease, resolve and guard "
+        "every one, print what would happen and why, then release every lease "
+        "(ChangeMessageVisibility 0). Nothing is resubmitted, parked, deleted or written "
+        "to the ledger.",
+    )
+    plan.add_argument("--output", choices=("text", "json"), default="text")
+    plan.add_argument(
+        "--max-messages",
+        type=int,
+        default=100,
+        metavar="N",
+        help="messages looked at per DLQ (default: 100)",
+    )
+    inspect = commands.add_parser(
+        "inspect",
+        parents=[common],
+        help="per DLQ: depth, what feeds it, and its messages grouped by failure",
+        description="For each DLQ (all discovered ones, or those named): its depth, the "
+        "resources discovery found feeding it, and its messages grouped by target and "
+        "error signature, with counts and the oldest and newest of each group. Leases "
+        "taken to read messages are released at once.",
+    )
+    inspect.add_argument("queues", nargs="*", metavar="QUEUE", help="DLQ names or URLs")
+    inspect.add_argument("--output", choices=("text", "json"), default="text")
+    inspect.add_argument(
+        "--max-messages",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="messages sampled per DLQ for the failure groups (default: 1000)",
+    )
+    iam = commands.add_parser(
+        "iam-policy",
+        parents=[common],
+        help="print the least-privilege IAM policy for this configuration",
+        description="Print the IAM policy document retryd needs for this configuration: "
+        "SQS read/delete only on the DLQs it discovers, send only to the parking queue, "
+        "invoke/start/send/publish/put only on allow_targets, and the ledger table.",
+    )
+    iam.add_argument("--account", metavar="ID", help="AWS account id (default: any, '*')")
+    iam.add_argument("--region", metavar="REGION", help="AWS region (default: any, '*')")
+    iam.add_argument("--partition", default="aws", help="ARN partition (default: aws)")
+    ledger = commands.add_parser("ledger", help="attempt-ledger tools")
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    ledger_commands.add_parser(
+        "create-table",
+        parents=[common],
+        help="create the DynamoDB ledger table (ledger.table) with TTL enabled",
+    )
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_commands.add_parser(
@@ -122,6 +176,47 @@ def _sandbox(args: argparse.Namespace) -> int:
     return run_sandbox(args.scale)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from retryd.plan import run_plan  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = _load(args)
+    return anyio.run(
+        partial(run_plan, settings, output=args.output, max_messages=args.max_messages)
+    )
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from retryd.inspection import run_inspect  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = _load(args)
+    return anyio.run(
+        partial(
+            run_inspect,
+            settings,
+            queues=args.queues,
+            output=args.output,
+            max_messages=args.max_messages,
+        )
+    )
+
+
+def _iam_policy(args: argparse.Namespace) -> int:
+    from retryd.iam import run_iam_policy  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = load_settings(args.config)
+    return run_iam_policy(
+        settings, account=args.account, region=args.region, partition=args.partition
+    )
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from retryd.ledger import create_table  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = _load(args)
+    print(anyio.run(create_table, settings))
+    return 0
+
+
 def _config_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     print(json.dumps(settings.model_dump(mode="json"), indent=2))
@@ -130,7 +225,16 @@ def _config_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "once": _once, "sandbox": _sandbox, "config": _config_check}
+    handlers = {
+        "run": _run,
+        "once": _once,
+        "plan": _plan,
+        "inspect": _inspect,
+        "iam-policy": _iam_policy,
+        "ledger": _ledger,
+        "sandbox": _sandbox,
+        "config": _config_check,
+    }
     try:
         return handlers[args.command](args)
     except RetrydError as exc:

@@ -19,6 +19,15 @@ NO_LABEL = "none"
 CYCLE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
+# A `target` label is only ever a target that passed the allowlist, and at most
+# this many distinct ones: past the cap, further targets share OTHER_TARGET.
+MAX_TARGET_LABELS = 200
+OTHER_TARGET = "other"
+
+# Circuit-breaker states, exported as a state set (1 for the current state).
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
 def _label(value: str) -> str:
     return value or NO_LABEL
 
@@ -88,6 +97,37 @@ class Metrics:
             ["queue", "state"],
             registry=registry,
         )
+        self._dlq_oldest_age = Gauge(
+            "retryd_dlq_oldest_message_age_seconds",
+            "Age of the oldest message retryd received from each DLQ in the last cycle.",
+            ["queue"],
+            registry=registry,
+        )
+        self._breaker_state = Gauge(
+            "retryd_breaker_state",
+            "Circuit-breaker state per target: 1 for the state it is in, 0 for the others.",
+            ["target", "target_type", "state"],
+            registry=registry,
+        )
+        self._breaker_transitions = Counter(
+            "retryd_breaker_transitions_total",
+            "Circuit-breaker state changes per target, by the state entered.",
+            ["target", "target_type", "to_state"],
+            registry=registry,
+        )
+        self._ledger_operations = Counter(
+            "retryd_ledger_operations_total",
+            "Ledger operations by backend, operation and result.",
+            ["backend", "operation", "result"],
+            registry=registry,
+        )
+        self._ledger_errors = Counter(
+            "retryd_ledger_errors_total",
+            "Ledger operations that failed (the messages involved stay in their DLQs).",
+            ["backend", "operation"],
+            registry=registry,
+        )
+        self._targets_labelled: set[str] = set()
         build_info = Gauge(
             "retryd_build_info",
             "Always 1; the label carries the running retryd version.",
@@ -139,3 +179,40 @@ class Metrics:
         """Record a DLQ's depth: visible (waiting), in flight (leased), delayed."""
         for state, count in (("visible", visible), ("in_flight", in_flight), ("delayed", delayed)):
             self._dlq_messages.labels(queue=queue, state=state).set(count)
+
+    def target_label(self, target_arn: str) -> str:
+        """The `target` label for an allowlisted target: itself, or OTHER_TARGET past the cap."""
+        if target_arn in self._targets_labelled:
+            return target_arn
+        if len(self._targets_labelled) >= MAX_TARGET_LABELS:
+            return OTHER_TARGET
+        self._targets_labelled.add(target_arn)
+        return target_arn
+
+    def set_breaker_state(self, target_arn: str, target_type: str, state: str) -> None:
+        """Export the breaker state of one target (one of BREAKER_STATES)."""
+        target = self.target_label(target_arn)
+        for name in BREAKER_STATES:
+            self._breaker_state.labels(
+                target=target, target_type=_label(target_type), state=name
+            ).set(1 if name == state else 0)
+
+    def record_breaker_transition(self, target_arn: str, target_type: str, to_state: str) -> None:
+        """Count a breaker entering `to_state`, and export the new state."""
+        target = self.target_label(target_arn)
+        self._breaker_transitions.labels(
+            target=target, target_type=_label(target_type), to_state=to_state
+        ).inc()
+        self.set_breaker_state(target_arn, target_type, to_state)
+
+    def record_ledger_op(self, backend: str, operation: str, result: str) -> None:
+        """Count one ledger operation (begin, commit, release, read) and its result."""
+        self._ledger_operations.labels(backend=backend, operation=operation, result=result).inc()
+
+    def record_ledger_error(self, backend: str, operation: str) -> None:
+        """Count a ledger operation that failed."""
+        self._ledger_errors.labels(backend=backend, operation=operation).inc()
+
+    def set_oldest_message_age(self, queue: str, age_s: float) -> None:
+        """Export the age of the oldest message seen in `queue` this cycle."""
+        self._dlq_oldest_age.labels(queue=queue).set(age_s)

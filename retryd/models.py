@@ -231,6 +231,19 @@ class ParkReason(StrEnum):
     ATTEMPTS_EXHAUSTED = "attempts-exhausted"
     TARGET_REJECTED = "target-rejected"
     PAYLOAD_TOO_LARGE = "payload-too-large"
+    # The source recorded only a pointer (a Kinesis/DynamoDB stream batch), not the event.
+    NOT_REPLAYABLE = "not-replayable"
+    # EventBridge Scheduler cut the payload short: resubmitting it would send half an event.
+    PAYLOAD_TRUNCATED = "payload-truncated"
+    # The message names a target retryd cannot call (Scheduler universal targets).
+    UNSUPPORTED_TARGET = "unsupported-target"
+    # More than one resource feeds this DLQ and nothing says which one this message is from.
+    AMBIGUOUS_TARGET = "ambiguous-target"
+    # The AWS service that dead-lettered the message said retrying cannot help.
+    SOURCE_ERROR_PERMANENT = "source-error-permanent"
+    TOO_OLD = "too-old"
+    # SQS would delete it (retention) before retryd could try again.
+    RETENTION_EXPIRING = "retention-expiring"
 
 
 @dataclass(frozen=True, slots=True)

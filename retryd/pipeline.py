@@ -21,18 +21,16 @@ import anyio
 import structlog
 
 from retryd import classify
-from retryd.guards import Guards
+from retryd.guards import Go, Guards, Park
 from retryd.metrics import Metrics
 from retryd.models import (
     DeadLetter,
     Decision,
     ErrorClass,
-    Job,
     Outcome,
     ParkReason,
     QueueRef,
     SendError,
-    Unresolvable,
 )
 from retryd.parking import Parking, ParkRequest
 from retryd.resolve import ResolverChain
@@ -54,17 +52,9 @@ DELETE_SHIELD_S = 10.0
 LOG_DETAIL_MAX_CHARS = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class _Park:
-    letter: DeadLetter
-    reason: str
-    detail: str
-    attempt: int
-    job: Job | None = None
-
-    def decision(self, outcome: Outcome, reason: str, detail: str) -> Decision:
-        target = self.job.target if self.job else None
-        return Decision(self.letter, outcome, target, reason, detail, self.attempt)
+def _park_decision(park: Park, outcome: Outcome, reason: str, detail: str) -> Decision:
+    target = park.job.target if park.job else None
+    return Decision(park.letter, outcome, target, reason, detail, park.attempt)
 
 
 @dataclass
@@ -140,7 +130,9 @@ class Pipeline:
         return [batch.decided[letter.message_id] for letter in letters]
 
     async def _act(self, batch: _Batch, act_by: float) -> None:
-        jobs, parks = self._triage(batch.letters)
+        verdicts = await self._guards.assess([self._chain.resolve(x) for x in batch.letters])
+        jobs = [verdict.job for verdict in verdicts if isinstance(verdict, Go)]
+        parks = [verdict for verdict in verdicts if isinstance(verdict, Park)]
         deliveries: list[Delivery] = []
         refused: list[SendError | None] = []
 
@@ -162,7 +154,7 @@ class Pipeline:
             return
         self._settle_parks(batch, parks, refused)
 
-        rejected: list[_Park] = []
+        rejected: list[Park] = []
         for delivery in deliveries:
             park = self._after_delivery(batch, delivery)
             if park is not None:
@@ -175,39 +167,24 @@ class Pipeline:
                 return
             self._settle_parks(batch, rejected, results)
 
-    async def _park(self, parks: Sequence[_Park]) -> list[SendError | None]:
+    async def _park(self, parks: Sequence[Park]) -> list[SendError | None]:
         return await self._parking.park(
             [ParkRequest(p.letter, p.reason, p.detail, p.attempt) for p in parks]
         )
 
     def _settle_parks(
-        self, batch: _Batch, parks: Sequence[_Park], results: Sequence[SendError | None]
+        self, batch: _Batch, parks: Sequence[Park], results: Sequence[SendError | None]
     ) -> None:
         for park, error in zip(parks, results, strict=True):
             if error is None:
-                batch.decide(park.decision(Outcome.PARKED, park.reason, park.detail), delete=True)
+                batch.decide(
+                    _park_decision(park, Outcome.PARKED, park.reason, park.detail), delete=True
+                )
             else:
                 detail = f"could not park ({park.reason}: {park.detail}): {error}"
-                batch.decide(park.decision(Outcome.FAILED, PARKING_FAILED, detail))
+                batch.decide(_park_decision(park, Outcome.FAILED, PARKING_FAILED, detail))
 
-    def _triage(self, letters: Sequence[DeadLetter]) -> tuple[list[Job], list[_Park]]:
-        jobs: list[Job] = []
-        parks: list[_Park] = []
-        for letter in letters:
-            resolved = self._chain.resolve(letter)
-            if isinstance(resolved, Unresolvable):
-                parks.append(_Park(letter, resolved.reason, resolved.detail, 0))
-                continue
-            refused = self._guards.check(resolved)
-            if refused is not None:
-                parks.append(
-                    _Park(letter, refused.reason, refused.detail, resolved.attempt, resolved)
-                )
-                continue
-            jobs.append(resolved)
-        return jobs, parks
-
-    def _after_delivery(self, batch: _Batch, delivery: Delivery) -> _Park | None:
+    def _after_delivery(self, batch: _Batch, delivery: Delivery) -> Park | None:
         """Record an accepted or transient delivery; a permanent refusal is returned to park."""
         job = delivery.job
         if delivery.stamps_dropped:
@@ -233,7 +210,7 @@ class Pipeline:
                 if error.code == PAYLOAD_TOO_LARGE
                 else ParkReason.TARGET_REJECTED
             )
-            return _Park(job.letter, reason, str(error), job.attempt, job)
+            return Park(job.letter, reason, str(error), job.attempt, job)
         # Left in the DLQ: it reappears after its lease. The code goes in the detail,
         # not the reason, so the reason stays a bounded metric label.
         batch.decide(

@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from retryd.errors import ConfigError
@@ -49,6 +57,9 @@ class DiscoverySettings(_Group):
     queue_prefixes: list[str] = []
     queue_tags: dict[str, str] = {}
     queues: list[str] = []
+    # Cycles between rebuilds of the "what feeds this DLQ" map (Lambda functions
+    # and SQS redrive sources): it costs paginated list calls, not per-message ones.
+    feeds_refresh_cycles: Annotated[int, Field(ge=1, le=10_000)] = 10
 
     @model_validator(mode="after")
     def _something_to_find(self) -> DiscoverySettings:
@@ -83,11 +94,23 @@ class DrainSettings(_Group):
     target_concurrency: Annotated[int, Field(ge=1, le=512)] = 16
 
 
+def _check_arn_glob(glob: str) -> str:
+    if not glob.startswith("arn:") or glob.count(":") < 5:  # noqa: PLR2004 - six ARN fields
+        raise ValueError(f"{glob!r} is not an ARN glob (arn:partition:service:region:...)")
+    return glob
+
+
+ArnGlob = Annotated[str, AfterValidator(_check_arn_glob)]
+
+
 class GuardSettings(_Group):
     """What may be resubmitted, where to, and how often."""
 
     max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
-    allow_targets: list[str] = []
+    # A message whose first failure is older than this is parked `too-old`.
+    # Default: 14 days, SQS's longest retention.
+    max_age_s: PositiveSeconds = 1_209_600
+    allow_targets: list[ArnGlob] = []
     allow_any_target: bool = False
 
     @model_validator(mode="after")
@@ -100,13 +123,75 @@ class GuardSettings(_Group):
             )
         return self
 
-    @field_validator("allow_targets")
-    @classmethod
-    def _globs_look_like_arns(cls, globs: list[str]) -> list[str]:
-        for glob in globs:
-            if not glob.startswith("arn:") or glob.count(":") < 5:  # noqa: PLR2004 - six ARN fields
-                raise ValueError(f"{glob!r} is not an ARN glob (arn:partition:service:region:...)")
-        return globs
+
+class BackoffRule(_Group):
+    """Backoff for targets matching one ARN glob (first matching rule wins)."""
+
+    pattern: ArnGlob
+    base_s: PositiveSeconds
+    max_s: Annotated[float, Field(gt=0, le=MAX_VISIBILITY_TIMEOUT_S)]
+
+
+class BackoffSettings(_Group):
+    """How long a message waits before its next attempt: exponential with full jitter."""
+
+    base_s: PositiveSeconds = 30
+    # SQS hides a message for at most 12 h, so a longer wait could not be honoured in one step.
+    max_s: Annotated[float, Field(gt=0, le=MAX_VISIBILITY_TIMEOUT_S)] = 3_600
+    targets: list[BackoffRule] = []
+
+
+class BreakerSettings(_Group):
+    """The circuit breaker kept per target: transient failures open it, canaries close it."""
+
+    # Count-based sliding window of the last calls to one target.
+    window_calls: Annotated[int, Field(ge=1, le=10_000)] = 20
+    # No verdict on a target before this many calls are in the window.
+    min_calls: Annotated[int, Field(ge=1, le=10_000)] = 5
+    # Share of failed calls in the window that opens the breaker.
+    failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    cooldown_s: PositiveSeconds = 60
+    # Canary messages let through while half-open; all must succeed to close.
+    half_open_calls: Annotated[int, Field(ge=1, le=1000)] = 3
+
+    @model_validator(mode="after")
+    def _window_holds_min_calls(self) -> BreakerSettings:
+        if self.min_calls > self.window_calls:
+            raise ValueError("min_calls cannot exceed window_calls")
+        return self
+
+
+class RateRule(_Group):
+    """Rate limit for targets matching one ARN glob (first matching rule wins)."""
+
+    pattern: ArnGlob
+    per_s: PositiveSeconds
+    burst: Annotated[int, Field(ge=1, le=100_000)]
+
+
+class RateLimitSettings(_Group):
+    """Token bucket per target, so a recovered target is not flooded."""
+
+    # A Lambda with a reserved concurrency of 10 and one-second invocations
+    # keeps up with 10/s; half of that leaves room for its live traffic.
+    per_s: PositiveSeconds = 5
+    burst: Annotated[int, Field(ge=1, le=100_000)] = 10
+    targets: list[RateRule] = []
+
+
+class LedgerSettings(_Group):
+    """Where attempts and in-flight resubmissions are recorded, per idempotency key."""
+
+    backend: Literal["memory", "sqlite", "dynamodb"] = "sqlite"
+    # SQLite file (one replica). Relative paths are taken from the working directory.
+    path: Annotated[str, Field(min_length=1)] = "retryd.sqlite3"
+    # DynamoDB table (several replicas).
+    table: Annotated[str, Field(min_length=3, max_length=255)] = "retryd-ledger"
+    # Records unused for this long expire (DynamoDB TTL; SQLite prunes them).
+    # Default: 30 days, past SQS's longest retention of 14.
+    ttl_s: Annotated[int, Field(ge=3_600)] = 2_592_000
+    # How long a begun, uncommitted resubmission holds its key against other replicas.
+    claim_s: PositiveSeconds = 300
 
 
 class ParkingSettings(_Group):
@@ -169,6 +254,10 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = ScheduleSettings()
     drain: DrainSettings = DrainSettings()
     guards: GuardSettings
+    backoff: BackoffSettings = BackoffSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    ledger: LedgerSettings = LedgerSettings()
     parking: ParkingSettings = ParkingSettings()
     routes: list[Route] = []
     http: HttpSettings = HttpSettings()

@@ -109,7 +109,8 @@ def test_every_settings_group_and_field_is_in_the_example() -> None:
         f"{table}.{name}"
         for table, group in groups.items()
         for name in group.model_fields
-        if name not in sections.get(table, Section()).docs
+        # A nested group is a table of its own ([[backoff.targets]]), checked as one.
+        if name not in sections.get(table, Section()).docs and f"{table}.{name}" not in groups
     ]
     assert missing == [], f"not documented in {EXAMPLE.name}: {missing}"
     top_level = [name for name in Settings.model_fields if name not in groups]
