@@ -32,6 +32,8 @@ class AwsClients:
     stepfunctions: Client
     sns: Client
     events: Client
+    # The attempt ledger's table, when ledger.backend is "dynamodb".
+    dynamodb: Client
 
 
 def client_config(settings: AwsSettings) -> AioConfig:
@@ -59,4 +61,5 @@ async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
             stepfunctions=await make("stepfunctions"),
             sns=await make("sns"),
             events=await make("events"),
+            dynamodb=await make("dynamodb"),
         )

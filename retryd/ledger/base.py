@@ -1,0 +1,293 @@
+"""The attempt ledger's contract: value types, the protocol, and the decisions every backend shares.
+
+The ledger answers two questions per idempotency key: how many resubmissions
+were committed (and when the key first failed, and when it was last tried), and
+whether this process may resubmit a given DLQ message now. The second is a
+claim: `begin` takes it before the resubmission, `commit` records it after, and
+`release` hands it back when nothing was sent. A claim carries an expiry, so a
+replica that crashed between `begin` and `commit` holds its key only until then.
+
+Backends differ only in how they read and write a record atomically; what to
+write is decided here by pure functions (`decide_begin`, `decide_commit`,
+`decide_release`), so all three backends behave identically.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Protocol, TypeVar
+
+from retryd.errors import RetrydError
+from retryd.models import ErrorClass, SendError
+
+R = TypeVar("R")
+
+
+class ClaimState(StrEnum):
+    """Where a claim on a key stands."""
+
+    BEGUN = "begun"
+    COMMITTED = "committed"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What the ledger knows about one idempotency key."""
+
+    key: str
+    # Resubmissions committed for this key (the highest attempt number committed).
+    attempts: int
+    # Unix seconds: the earliest first failure ever reported for the key.
+    first_failed_at_s: float | None
+    # Unix seconds of the last committed resubmission; backoff counts from it.
+    last_attempt_at_s: float | None
+    # The latest claim: which DLQ message, as which attempt, in what state, held by whom.
+    claim_message_id: str | None
+    claim_attempt: int
+    claim_state: ClaimState | None
+    claim_owner: str | None
+    # Unix seconds after which a BEGUN claim is abandoned (its owner crashed or stalled).
+    claim_expires_at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A wish to resubmit one DLQ message under its idempotency key."""
+
+    key: str
+    # The DLQ message id being resubmitted.
+    message_id: str
+    # The attempt number this resubmission will be (1 is the first).
+    attempt: int
+    first_failed_at_s: float | None
+
+
+class BeginStatus(StrEnum):
+    """What `begin` allows for one claim."""
+
+    # The claim is ours: resubmit.
+    STARTED = "started"
+    # This message was begun before and never committed (a crash, a lost lease):
+    # resubmit again with the same key and the attempt returned.
+    RESUMED = "resumed"
+    # This message's resubmission was committed: do not resubmit, only delete it.
+    DONE = "done"
+    # Another owner holds a live claim on the key: leave the message alone.
+    BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """The answer to one claim: what to do, and as which attempt."""
+
+    status: BeginStatus
+    # RESUMED, DONE, BUSY: the attempt recorded with the stored claim; STARTED: the claim's.
+    attempt: int
+
+
+class LedgerError(RetrydError):
+    """The ledger could not be read or written: the messages involved stay in their DLQs."""
+
+    def __init__(self, backend: str, operation: str, error: SendError) -> None:
+        self.backend = backend
+        self.operation = operation
+        self.error = error
+        super().__init__(f"{backend} ledger {operation} failed ({error.error_class}): {error}")
+
+
+def contention_error(backend: str, operation: str, key: str, tries: int) -> LedgerError:
+    """A key that kept changing under every conditional write we tried."""
+    return LedgerError(
+        backend,
+        operation,
+        SendError(
+            ErrorClass.TRANSIENT,
+            "retryd.LedgerContention",
+            f"key {key!r} changed under each of {tries} conditional writes",
+        ),
+    )
+
+
+class Ledger(Protocol):
+    """Attempts and in-flight resubmissions per idempotency key."""
+
+    # Metric label: "memory", "sqlite" or "dynamodb".
+    backend: str
+    # This process's owner id, stored with the claims it holds.
+    owner: str
+
+    async def read(self, keys: Sequence[str]) -> dict[str, Record]:
+        """The records of `keys` in one batched read; keys with no record are absent."""
+        ...
+
+    async def begin(self, claims: Sequence[Claim]) -> list[Begun]:
+        """Try to take each claim; one answer per claim, in order."""
+        ...
+
+    async def commit(self, claims: Sequence[Claim], at_s: float) -> list[bool]:
+        """Record each resubmission as made at `at_s`; False where the claim was taken over."""
+        ...
+
+    async def release(self, claims: Sequence[Claim]) -> None:
+        """Hand back claims of ours that were never sent: no attempt is consumed."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the backend's resources; safe to call twice."""
+        ...
+
+
+def default_owner() -> str:
+    """Host, process and a random suffix: unique even when a pid is reused after a restart."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _earliest(stored: float | None, reported: float | None) -> float | None:
+    if stored is None:
+        return reported
+    if reported is None:
+        return stored
+    return min(stored, reported)
+
+
+def _new_claim(record: Record | None, claim: Claim, owner: str, expires_at_s: float) -> Record:
+    return Record(
+        key=claim.key,
+        attempts=record.attempts if record else 0,
+        first_failed_at_s=_earliest(
+            record.first_failed_at_s if record else None, claim.first_failed_at_s
+        ),
+        last_attempt_at_s=record.last_attempt_at_s if record else None,
+        claim_message_id=claim.message_id,
+        claim_attempt=claim.attempt,
+        claim_state=ClaimState.BEGUN,
+        claim_owner=owner,
+        claim_expires_at_s=expires_at_s,
+    )
+
+
+def decide_begin(
+    record: Record | None, claim: Claim, *, owner: str, now_s: float, claim_s: float
+) -> tuple[Begun, Record | None]:
+    """The answer to `claim` given the stored `record`, and the record to write (None: no write)."""
+    if record is None:
+        return Begun(BeginStatus.STARTED, claim.attempt), _new_claim(
+            None, claim, owner, now_s + claim_s
+        )
+    held = record.claim_state is ClaimState.BEGUN
+    ours = record.claim_owner == owner
+    live = record.claim_expires_at_s > now_s
+    if record.claim_message_id == claim.message_id:
+        if record.claim_state is ClaimState.COMMITTED:
+            return Begun(BeginStatus.DONE, record.claim_attempt), None
+        if held and not ours and live:
+            return Begun(BeginStatus.BUSY, record.claim_attempt), None
+        if held:
+            # Ours from before a crash, or abandoned by its owner: send it again as the
+            # same attempt, so a target that deduplicates on the key sees one resubmission.
+            resumed = replace(
+                record,
+                claim_owner=owner,
+                claim_expires_at_s=now_s + claim_s,
+                first_failed_at_s=_earliest(record.first_failed_at_s, claim.first_failed_at_s),
+            )
+            return Begun(BeginStatus.RESUMED, record.claim_attempt), resumed
+    elif held and not ours and live:
+        return Begun(BeginStatus.BUSY, record.claim_attempt), None
+    return Begun(BeginStatus.STARTED, claim.attempt), _new_claim(
+        record, claim, owner, now_s + claim_s
+    )
+
+
+def holds(record: Record | None, claim: Claim, owner: str) -> bool:
+    """Whether `owner` still holds `claim` (begun or already committed by it)."""
+    return (
+        record is not None
+        and record.claim_message_id == claim.message_id
+        and record.claim_owner == owner
+        and record.claim_state is not None
+    )
+
+
+def decide_commit(
+    record: Record | None, claim: Claim, *, owner: str, at_s: float
+) -> tuple[bool, Record | None]:
+    """Record a resubmission made at `at_s`; False when `owner` no longer holds the claim.
+
+    The attempt is counted either way: the resubmission did happen, and counting
+    is a max, so a late commit can never lower or double the count.
+    """
+    counted_attempts = max(record.attempts if record else 0, claim.attempt)
+    first_failed = _earliest(record.first_failed_at_s if record else None, claim.first_failed_at_s)
+    if record is None:
+        counted = Record(
+            key=claim.key,
+            attempts=counted_attempts,
+            first_failed_at_s=first_failed,
+            last_attempt_at_s=at_s,
+            claim_message_id=None,
+            claim_attempt=0,
+            claim_state=None,
+            claim_owner=None,
+            claim_expires_at_s=0.0,
+        )
+        return False, counted
+    last_attempt = at_s if record.last_attempt_at_s is None else max(record.last_attempt_at_s, at_s)
+    counted = replace(
+        record,
+        attempts=counted_attempts,
+        first_failed_at_s=first_failed,
+        last_attempt_at_s=last_attempt,
+    )
+    ours = holds(record, claim, owner)
+    if ours:
+        counted = replace(counted, claim_state=ClaimState.COMMITTED)
+    return ours, (counted if counted != record else None)
+
+
+def decide_release(
+    record: Record | None, claim: Claim, *, owner: str
+) -> tuple[None, Record | None]:
+    """Drop `owner`'s BEGUN claim for this message; anything else is left as it is."""
+    if (
+        record is None
+        or not holds(record, claim, owner)
+        or record.claim_state is not ClaimState.BEGUN
+    ):
+        return None, None
+    released = replace(
+        record,
+        claim_message_id=None,
+        claim_attempt=0,
+        claim_state=None,
+        claim_owner=None,
+        claim_expires_at_s=0.0,
+    )
+    return None, released
+
+
+Decide = Callable[[Record | None, Claim], tuple[R, Record | None]]
+
+
+def settle(
+    records: Mapping[str, Record], claims: Sequence[Claim], decide: Decide[R]
+) -> tuple[list[R], dict[str, Record]]:
+    """Apply `decide` to each claim in order over `records`; returns answers and changed records.
+
+    Claims on the same key see each other's writes, as they would one by one.
+    """
+    working = dict(records)
+    changed: dict[str, Record] = {}
+    answers = []
+    for claim in claims:
+        answer, written = decide(working.get(claim.key), claim)
+        if written is not None:
+            working[claim.key] = written
+            changed[claim.key] = written
+        answers.append(answer)
+    return answers, changed

@@ -1,0 +1,290 @@
+"""The SQLite ledger: the embedded default for a single replica; it survives restarts.
+
+Each ledger call is one transaction, run whole in a worker thread through
+`anyio.to_thread.run_sync` on one connection. `BEGIN IMMEDIATE` takes the
+database's write lock before reading, so two processes pointed at one file
+(a rolling restart, a stray `retryd once`) still read-decide-write one at a
+time; WAL mode keeps readers from blocking that writer.
+
+Why not aiosqlite: it is built on asyncio futures, while retryd runs on anyio;
+and it hops between the event loop and its thread once per statement, where a
+whole read-decide-write transaction here is a single hop. The stdlib module in
+a worker thread does the same job with no extra dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from retryd.classify import from_exception
+from retryd.ledger.base import (
+    Begun,
+    Claim,
+    ClaimState,
+    Decide,
+    LedgerError,
+    R,
+    Record,
+    decide_begin,
+    decide_commit,
+    decide_release,
+    default_owner,
+    settle,
+)
+from retryd.models import ErrorClass, SendError
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+# How long a transaction waits for another process's write lock before failing.
+BUSY_TIMEOUT_MS = 10_000
+# Expired rows are deleted on open and then at most this often, inside a write.
+PRUNE_INTERVAL_S = 3_600.0
+
+# What a ledger call can fail with; a key that is not valid Unicode (a lone
+# surrogate from a JSON escape) cannot be bound, which is a UnicodeError.
+_FAILURES = (sqlite3.Error, OSError, UnicodeError)
+
+_COLUMNS = (
+    "key",
+    "attempts",
+    "first_failed_at_s",
+    "last_attempt_at_s",
+    "claim_message_id",
+    "claim_attempt",
+    "claim_state",
+    "claim_owner",
+    "claim_expires_at_s",
+)
+# One statement however many keys: they travel as one JSON array parameter,
+# so there is no bound-variable limit to chunk around.
+_SELECT_LIVE = (
+    f"SELECT {', '.join(_COLUMNS)} FROM ledger "  # noqa: S608 - fixed column names
+    "WHERE key IN (SELECT value FROM json_each(?)) AND expires_at > ?"
+)
+_UPSERT = (
+    f"INSERT OR REPLACE INTO ledger ({', '.join(_COLUMNS)}, expires_at) "  # noqa: S608 - fixed columns
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)}, ?)"
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    key TEXT PRIMARY KEY NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_failed_at_s REAL,
+    last_attempt_at_s REAL,
+    claim_message_id TEXT,
+    claim_attempt INTEGER NOT NULL,
+    claim_state TEXT,
+    claim_owner TEXT,
+    claim_expires_at_s REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ledger_expires_at ON ledger (expires_at);
+"""
+
+Row = tuple[str, int, float | None, float | None, str | None, int, str | None, str | None, float]
+
+
+def _record(row: Row) -> Record:
+    state = row[6]
+    return Record(
+        key=row[0],
+        attempts=row[1],
+        first_failed_at_s=row[2],
+        last_attempt_at_s=row[3],
+        claim_message_id=row[4],
+        claim_attempt=row[5],
+        claim_state=ClaimState(state) if state is not None else None,
+        claim_owner=row[7],
+        claim_expires_at_s=row[8],
+    )
+
+
+def _row(record: Record, expires_at: float) -> tuple[object, ...]:
+    return (
+        record.key,
+        record.attempts,
+        record.first_failed_at_s,
+        record.last_attempt_at_s,
+        record.claim_message_id,
+        record.claim_attempt,
+        record.claim_state.value if record.claim_state is not None else None,
+        record.claim_owner,
+        record.claim_expires_at_s,
+        expires_at,
+    )
+
+
+def _select_live(conn: sqlite3.Connection, keys: Sequence[str], now_s: float) -> dict[str, Record]:
+    rows = conn.execute(_SELECT_LIVE, (json.dumps(list(dict.fromkeys(keys))), now_s)).fetchall()
+    return {row[0]: _record(row) for row in rows}
+
+
+def _connect(path: Path, now_s: float) -> sqlite3.Connection:
+    # isolation_level=None: transactions are begun explicitly, as BEGIN IMMEDIATE.
+    # check_same_thread=False: anyio's worker threads take turns, under the ledger's lock.
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        _create_schema(conn, path)
+        conn.execute("DELETE FROM ledger WHERE expires_at <= ?", (now_s,))
+        conn.execute("COMMIT")
+    except BaseException:
+        # Closing rolls back whatever the failed step left open.
+        conn.close()
+        raise
+    return conn
+
+
+def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"{path} has ledger schema {version}, written by a newer retryd "
+            f"(this one knows {SCHEMA_VERSION})"
+        )
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+class SqliteLedger:
+    """A Ledger in one SQLite file, one connection, one transaction per call."""
+
+    backend: str = "sqlite"
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        path: Path,
+        claim_s: float,
+        ttl_s: float,
+        owner: str,
+        clock: Callable[[], float],
+        pruned_at_s: float,
+    ) -> None:
+        self.owner = owner
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._claim_s = claim_s
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._pruned_at_s = pruned_at_s
+        # One connection is not safe for two threads at once.
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        claim_s: float,
+        ttl_s: float,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> SqliteLedger:
+        """Open (creating if needed) the ledger file, its schema, and prune expired rows."""
+        now_s = clock()
+        try:
+            conn = await anyio.to_thread.run_sync(_connect, path, now_s)
+        except _FAILURES as exc:
+            raise cls._error("open", exc, path) from exc
+        return cls(
+            conn,
+            path=path,
+            claim_s=claim_s,
+            ttl_s=ttl_s,
+            owner=owner or default_owner(),
+            clock=clock,
+            pruned_at_s=now_s,
+        )
+
+    @staticmethod
+    def _error(operation: str, exc: BaseException, path: Path) -> LedgerError:
+        error = from_exception(exc)
+        return LedgerError(
+            "sqlite",
+            operation,
+            SendError(error.error_class, error.code, f"{path}: {error.message}"),
+        )
+
+    async def _run(self, operation: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise LedgerError(
+                    self.backend,
+                    operation,
+                    SendError(ErrorClass.TRANSIENT, "retryd.LedgerClosed", "the ledger is closed"),
+                )
+            try:
+                # Not abandoned on cancellation: the transaction finishes or rolls back whole.
+                return await anyio.to_thread.run_sync(work, conn)
+            except _FAILURES as exc:
+                raise self._error(operation, exc, self.path) from exc
+
+    def _transaction(
+        self, claims: Sequence[Claim], now_s: float, decide: Decide[R], conn: sqlite3.Connection
+    ) -> list[R]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if now_s - self._pruned_at_s >= PRUNE_INTERVAL_S:
+                conn.execute("DELETE FROM ledger WHERE expires_at <= ?", (now_s,))
+                self._pruned_at_s = now_s
+            current = _select_live(conn, [claim.key for claim in claims], now_s)
+            answers, changed = settle(current, claims, decide)
+            expires_at = now_s + self._ttl_s
+            conn.executemany(_UPSERT, [_row(record, expires_at) for record in changed.values()])
+            conn.execute("COMMIT")
+        except BaseException:
+            # Left open, the transaction would make every later BEGIN fail.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return answers
+
+    async def _apply(
+        self, operation: str, claims: Sequence[Claim], now_s: float, decide: Decide[R]
+    ) -> list[R]:
+        if not claims:
+            return []
+        return await self._run(operation, partial(self._transaction, claims, now_s, decide))
+
+    async def read(self, keys: Sequence[str]) -> dict[str, Record]:
+        if not keys:
+            return {}
+        now_s = self._clock()
+        return await self._run("read", lambda conn: _select_live(conn, keys, now_s))
+
+    async def begin(self, claims: Sequence[Claim]) -> list[Begun]:
+        now_s = self._clock()
+        decide = partial(decide_begin, owner=self.owner, now_s=now_s, claim_s=self._claim_s)
+        return await self._apply("begin", claims, now_s, decide)
+
+    async def commit(self, claims: Sequence[Claim], at_s: float) -> list[bool]:
+        decide = partial(decide_commit, owner=self.owner, at_s=at_s)
+        return await self._apply("commit", claims, self._clock(), decide)
+
+    async def release(self, claims: Sequence[Claim]) -> None:
+        decide = partial(decide_release, owner=self.owner)
+        await self._apply("release", claims, self._clock(), decide)
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await anyio.to_thread.run_sync(conn.close)
