@@ -1,0 +1,217 @@
+"""Token bucket per target: never more than burst + rate * elapsed, refill, and honest waits."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from retryd.guards.ratelimit import RateLimits, TokenBucket
+from retryd.settings import RateLimitSettings, RateRule
+from tests.clock_helpers import FakeClock
+
+ACCOUNT = "123456789012"
+FN = f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:charge"
+OTHER_FN = f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:ship"
+QUEUE = f"arn:aws:sqs:eu-west-1:{ACCOUNT}:orders"
+
+
+def test_starts_full_and_grants_at_most_burst() -> None:
+    """A new bucket holds `burst` tokens: a big batch gets that many, the next gets none."""
+    bucket = TokenBucket(per_s=5, burst=10, clock=FakeClock())
+    assert bucket.peek(25) == 10
+    assert bucket.take(25) == 10
+    assert bucket.take(1) == 0
+
+
+def test_refills_at_the_rate_up_to_burst() -> None:
+    """Tokens come back at per_s a second and stop at burst."""
+    clock = FakeClock()
+    bucket = TokenBucket(per_s=2, burst=4, clock=clock)
+    bucket.take(4)
+    clock.advance(1.0)
+    assert bucket.take(10) == 2
+    clock.advance(100.0)
+    assert bucket.take(10) == 4
+
+
+def test_only_whole_tokens_are_granted() -> None:
+    """Half a token is not a message: take grants none until a whole one has built up."""
+    clock = FakeClock()
+    bucket = TokenBucket(per_s=1, burst=1, clock=clock)
+    bucket.take(1)
+    clock.advance(0.5)
+    assert bucket.take(1) == 0
+    clock.advance(0.5)
+    assert bucket.take(1) == 1
+
+
+def test_tenths_add_up_to_a_whole_token() -> None:
+    """Ten refills of 0.1 tokens make one token exactly (float sums would fall just short)."""
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(per_s=0.1, burst=1, clock=clock)
+    bucket.take(1)
+    for _ in range(9):
+        clock.advance(1.0)
+        assert bucket.peek(1) == 0
+    clock.advance(1.0)
+    assert bucket.wait_s(1) == 0
+    assert bucket.take(1) == 1
+
+
+def test_peek_takes_nothing() -> None:
+    """A dry run reports what take would grant and leaves the tokens in place."""
+    bucket = TokenBucket(per_s=1, burst=3, clock=FakeClock())
+    assert bucket.peek(2) == 2
+    assert bucket.peek(5) == 3
+    assert bucket.take(5) == 3
+
+
+def test_wait_s_says_when_tokens_arrive() -> None:
+    """wait_s is 0 when tokens are there, else the time for the missing ones (and no less)."""
+    clock = FakeClock()
+    bucket = TokenBucket(per_s=4, burst=8, clock=clock)
+    assert bucket.wait_s(8) == 0
+    bucket.take(8)
+    assert bucket.wait_s(2) == pytest.approx(0.5, abs=1e-5)
+    clock.advance(0.49)
+    assert bucket.take(2) == 1
+    # 0.96 of a token is left: 0.04 more at 4 a second.
+    assert bucket.wait_s(1) == pytest.approx(0.01, abs=1e-5)
+    assert bucket.wait_s(1) > 0.01
+
+
+def test_wait_s_caps_the_request_at_burst() -> None:
+    """Asking for more than burst waits for a full bucket, not forever."""
+    clock = FakeClock()
+    bucket = TokenBucket(per_s=2, burst=4, clock=clock)
+    bucket.take(4)
+    assert bucket.wait_s(1_000) == pytest.approx(2.0, abs=1e-5)
+
+
+@given(
+    per_s=st.floats(min_value=0.01, max_value=1_000),
+    burst=st.integers(1, 1_000),
+    spent=st.integers(0, 1_000),
+    wanted=st.integers(1, 2_000),
+    drift_s=st.floats(min_value=0, max_value=100),
+)
+def test_after_waiting_wait_s_the_tokens_are_there(
+    per_s: float, burst: int, spent: int, wanted: int, drift_s: float
+) -> None:
+    """Sleeping wait_s(n) then taking grants min(n, burst): a caller never spins on a promise."""
+    clock = FakeClock(drift_s)
+    bucket = TokenBucket(per_s=per_s, burst=burst, clock=clock)
+    bucket.take(spent)
+    clock.advance(bucket.wait_s(wanted))
+    assert bucket.take(wanted) == min(wanted, burst)
+
+
+@given(
+    per_s=st.floats(min_value=0.01, max_value=100),
+    burst=st.integers(1, 50),
+    steps=st.lists(st.tuples(st.floats(min_value=0, max_value=5), st.integers(0, 60)), max_size=60),
+)
+def test_never_grants_more_than_burst_plus_rate_times_elapsed(
+    per_s: float, burst: int, steps: list[tuple[float, int]]
+) -> None:
+    """Over any run of waits and takes, and any stretch of it, the tokens granted are at most
+    burst + per_s * elapsed, counted exactly."""
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(per_s=per_s, burst=burst, clock=clock)
+    history: list[tuple[float, int]] = []  # (time, granted)
+    for wait, wanted in steps:
+        clock.advance(wait)
+        granted = bucket.take(wanted)
+        assert 0 <= granted <= min(wanted, burst)
+        history.append((clock(), granted))
+    for start in range(len(history)):
+        total = 0
+        for end in range(start, len(history)):
+            total += history[end][1]
+            elapsed = Fraction(history[end][0]) - Fraction(history[start][0])
+            assert total <= burst + Fraction(per_s) * elapsed
+
+
+@given(per_s=st.floats(min_value=0.5, max_value=50), burst=st.integers(60, 100))
+def test_a_steady_caller_gets_the_rate(per_s: float, burst: int) -> None:
+    """Taking every second for a minute yields burst + per_s * 60 tokens, give or take one
+    (the bucket holds more than a second and a token, so nothing overflows between takes)."""
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(per_s=per_s, burst=burst, clock=clock)
+    total = bucket.take(1_000)
+    for _ in range(60):
+        clock.advance(1.0)
+        total += bucket.take(1_000)
+    assert burst + math.floor(per_s * 60) - 1 <= total <= burst + per_s * 60
+
+
+def test_a_clock_stepping_back_adds_no_tokens() -> None:
+    """A clock that goes backwards (it should not) cannot mint tokens."""
+    clock = FakeClock(100.0)
+    bucket = TokenBucket(per_s=1, burst=2, clock=clock)
+    bucket.take(2)
+    clock.now_s = 50.0
+    assert bucket.take(1) == 0
+    clock.now_s = 100.5
+    assert bucket.take(1) == 0
+
+
+@pytest.mark.parametrize(
+    ("per_s", "burst", "field"),
+    [(0.0, 1, "per_s"), (-1.0, 1, "per_s"), (math.inf, 1, "per_s"), (1.0, 0, "burst")],
+)
+def test_bad_sizes_are_errors(per_s: float, burst: int, field: str) -> None:
+    """A bucket that could never or always grant is refused, naming the bad value."""
+    with pytest.raises(ValueError, match=field):
+        TokenBucket(per_s=per_s, burst=burst, clock=FakeClock())
+
+
+def test_negative_wanted_is_an_error() -> None:
+    """Asking for a negative number of tokens is a caller's bug."""
+    bucket = TokenBucket(per_s=1, burst=1, clock=FakeClock())
+    for method in (bucket.take, bucket.peek, bucket.wait_s):
+        with pytest.raises(ValueError, match="wanted"):
+            method(-1)
+
+
+# -- per target --------------------------------------------------------------------------
+
+
+def test_one_bucket_per_target_sized_by_the_first_matching_rule() -> None:
+    """Each target has its own bucket; the first matching rule sizes it, else the defaults."""
+    settings = RateLimitSettings(
+        per_s=5,
+        burst=10,
+        targets=[
+            RateRule(pattern=f"arn:aws:lambda:*:{ACCOUNT}:function:charge", per_s=1, burst=2),
+            RateRule(pattern=f"arn:aws:lambda:*:{ACCOUNT}:function:*", per_s=50, burst=100),
+        ],
+    )
+    limits = RateLimits(settings, FakeClock())
+    charge = limits.for_target(FN)
+    assert limits.for_target(FN) is charge
+    assert (charge.per_s, charge.burst) == (1, 2)
+    ship = limits.for_target(OTHER_FN)
+    assert (ship.per_s, ship.burst) == (50, 100)
+    queue = limits.for_target(QUEUE)
+    assert (queue.per_s, queue.burst) == (5, 10)
+
+
+def test_targets_do_not_share_tokens() -> None:
+    """Draining one target's bucket leaves another target's untouched."""
+    limits = RateLimits(RateLimitSettings(per_s=1, burst=3), FakeClock())
+    assert limits.for_target(FN).take(10) == 3
+    assert limits.for_target(OTHER_FN).take(10) == 3
+
+
+def test_default_is_safe_for_a_modest_lambda() -> None:
+    """Out of the box a target gets at most 10 at once and 5 a second after that."""
+    clock = FakeClock()
+    bucket = RateLimits(RateLimitSettings(), clock).for_target(FN)
+    assert bucket.take(1_000) == 10
+    clock.advance(1.0)
+    assert bucket.take(1_000) == 5
