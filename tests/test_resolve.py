@@ -460,7 +460,12 @@ def test_route_patterns(pattern: str, name: str, matches: bool) -> None:
 
 def test_chain_order_is_envelope_then_routes(make_settings: SettingsFactory) -> None:
     """build_chain follows DESIGN.md: what a message says about itself before static routes."""
-    assert build_chain(make_settings()).names == ("envelope", "static-route")
+    assert build_chain(make_settings()).names == (
+        "envelope",
+        "lambda-destination",
+        "eventbridge-dlq",
+        "static-route",
+    )
 
 
 def test_envelope_wins_over_a_route_for_its_queue(make_settings: SettingsFactory) -> None:

@@ -1,9 +1,9 @@
 """Resolution: which resolver recognises a dead letter, and what it turns it into.
 
 The chain follows DESIGN.md's order: what a message says about itself (the
-envelope, then Lambda destination records and EventBridge DLQ attributes, as
-they are added) wins over the operator's static routes, which win over what is
-inferred about the queue (Lambda async DLQs, SQS redrive sources).
+envelope, then Lambda destination records and EventBridge DLQ attributes) wins
+over the operator's static routes, which win over what is inferred about the
+queue (Lambda async DLQs, SQS redrive sources).
 """
 
 from __future__ import annotations
@@ -13,9 +13,14 @@ from collections.abc import Sequence
 
 import structlog
 
+from retryd.feeds import FeedSource
 from retryd.models import DeadLetter, Job, ParkReason, Unresolvable
 from retryd.resolve.base import Resolver
 from retryd.resolve.envelope import EnvelopeResolver
+from retryd.resolve.eventbridge_dlq import EventBridgeDlqResolver
+from retryd.resolve.lambda_async import LambdaAsyncResolver
+from retryd.resolve.lambda_destination import LambdaDestinationResolver
+from retryd.resolve.sqs_redrive import SqsRedriveResolver
 from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Settings
 
@@ -69,11 +74,22 @@ def _log_failure(resolver: str, letter: DeadLetter, exc: Exception) -> None:
     )
 
 
-def build_chain(settings: Settings) -> ResolverChain:
+def build_chain(settings: Settings, feeds: FeedSource | None = None) -> ResolverChain:
     """The chain for these settings, in DESIGN.md's order.
 
-    Resolvers for the Lambda destination record and EventBridge DLQ shapes go
-    between the two below; those for Lambda async DLQs and SQS redrive sources
-    (built from what discovery learned) go after the static routes.
+    What a message says about itself first (the envelope, a Lambda destination
+    record, EventBridge's DLQ attributes), then the operator's static routes,
+    then what the feed map infers about the queue (Lambda async DLQs, SQS
+    redrive sources). `feeds` is read at each message (a FeedCache is refreshed
+    between cycles); without it the inferred resolvers are left out.
     """
-    return ResolverChain([EnvelopeResolver(), StaticRouteResolver(settings.routes)])
+    routes = StaticRouteResolver(settings.routes)
+    resolvers: list[Resolver] = [
+        EnvelopeResolver(),
+        LambdaDestinationResolver(),
+        EventBridgeDlqResolver(routes),
+        routes,
+    ]
+    if feeds is not None:
+        resolvers += [LambdaAsyncResolver(feeds), SqsRedriveResolver(feeds)]
+    return ResolverChain(resolvers)

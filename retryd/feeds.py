@@ -1,0 +1,311 @@
+"""What feeds each DLQ: the Lambda functions and SQS queues whose failures land in it.
+
+Lambda async DLQ messages and SQS redrive messages do not say where they came
+from (a redriven message does, but only on real AWS), so the resolvers for those
+shapes look the answer up here. The map is built from a few paginated list
+calls every `discovery.feeds_refresh_cycles` cycles and cached in between: no
+message ever costs a look-up of its own.
+
+AWS calls used (the IAM actions retryd needs for this map):
+- lambda:ListFunctions - `DeadLetterConfig.TargetArn` of each function
+  (API reference, FunctionConfiguration).
+- lambda:ListFunctionEventInvokeConfigs - `DestinationConfig.OnFailure.Destination`
+  of each function, version and alias (API reference, FunctionEventInvokeConfig).
+- sqs:ListDeadLetterSourceQueues - the queues whose redrive policy names a DLQ.
+
+A failed call never fails the map: it is recorded in `FeedMap.errors` and the
+map holds what the other calls learned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import anyio
+import structlog
+from botocore.exceptions import ClientError
+
+from retryd.aws import AwsClients, Client
+from retryd.classify import from_exception, is_missing_queue
+from retryd.discovery import queue_ref_from_url
+from retryd.models import QueueRef
+
+log = structlog.get_logger("retryd.feeds")
+
+# ListFunctions and ListFunctionEventInvokeConfigs return at most 50 items a page
+# (Lambda API reference, MaxItems).
+LAMBDA_PAGE_SIZE = 50
+# ListDeadLetterSourceQueues takes MaxResults 1-1,000 and only pages when it is sent.
+SQS_PAGE_SIZE = 1000
+# One ListFunctionEventInvokeConfigs per function and one ListDeadLetterSourceQueues
+# per DLQ: overlapped for speed, bounded so a large account does not become a burst.
+LOOKUP_CONCURRENCY = 8
+# How many function names an error line quotes before it just counts them.
+_NAMED_IN_ERROR = 3
+
+
+class FeedKind(StrEnum):
+    """How a resource sends its failures to a DLQ."""
+
+    # A function's DeadLetterConfig: Lambda sends the event as it was, with RequestID,
+    # ErrorCode and ErrorMessage attributes.
+    LAMBDA_DLQ = "lambda-dlq"
+    # A function's (or version's, or alias's) asynchronous on-failure destination.
+    LAMBDA_ON_FAILURE = "lambda-on-failure"
+    # A queue whose redrive policy moves messages here after maxReceiveCount receives.
+    SQS_REDRIVE = "sqs-redrive"
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """One resource feeding a DLQ: a function ARN (qualified when the config is) or a queue ARN."""
+
+    kind: FeedKind
+    source_arn: str
+
+
+def _frozen_feeds() -> Mapping[str, tuple[Feed, ...]]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class FeedMap:
+    """DLQ queue ARN -> what feeds it, as learned at `built_at_s` (unix seconds)."""
+
+    feeds: Mapping[str, tuple[Feed, ...]] = field(default_factory=_frozen_feeds)
+    built_at_s: float = 0.0
+    # What could not be learned (e.g. AccessDenied on ListFunctions): a missing feed
+    # may be missing because of one of these.
+    errors: tuple[str, ...] = ()
+
+    def feeding(self, queue_arn: str) -> tuple[Feed, ...]:
+        """Everything known to feed this DLQ, in a stable order; () when nothing is."""
+        return self.feeds.get(queue_arn, ())
+
+    def of_kind(self, queue_arn: str, *kinds: FeedKind) -> tuple[Feed, ...]:
+        """The feeds of this DLQ whose kind is one of `kinds`."""
+        return tuple(feed for feed in self.feeding(queue_arn) if feed.kind in kinds)
+
+
+class FeedSource(Protocol):
+    """Where resolvers read the feed map: a FeedCache in the daemon, a fixed map in tests."""
+
+    @property
+    def current(self) -> FeedMap: ...
+
+
+@dataclass
+class _Collected:
+    """What the look-ups of one build found, filled in by concurrent tasks."""
+
+    wanted: frozenset[str]
+    feeds: dict[str, set[Feed]] = field(default_factory=lambda: defaultdict(set))
+    # (operation, error code) -> names of the resources the call failed for.
+    failures: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
+    messages: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def add(self, queue_arn: str, feed: Feed) -> None:
+        if queue_arn in self.wanted:
+            self.feeds[queue_arn].add(feed)
+
+    def fail(self, operation: str, resource: str, exc: Exception) -> None:
+        error = from_exception(exc)
+        self.failures[(operation, error.code)].append(resource)
+        self.messages.setdefault((operation, error.code), error.message)
+
+    def errors(self) -> tuple[str, ...]:
+        lines = []
+        for (operation, code), resources in sorted(self.failures.items()):
+            named = ", ".join(sorted(resources)[:_NAMED_IN_ERROR])
+            more = len(resources) - _NAMED_IN_ERROR
+            where = f"{named} and {more} more" if more > 0 else named
+            message = self.messages.get((operation, code)) or ""
+            line = f"{operation}: {code}" + (f" ({message})" if message else "")
+            lines.append(f"{line} for {where}" if where else line)
+        return tuple(lines)
+
+    def to_map(self) -> FeedMap:
+        ordered = {
+            queue: tuple(sorted(feeds, key=lambda feed: (feed.kind.value, feed.source_arn)))
+            for queue, feeds in sorted(self.feeds.items())
+        }
+        return FeedMap(MappingProxyType(ordered), time.time(), self.errors())
+
+
+async def map_feeds(clients: AwsClients, queues: Sequence[QueueRef]) -> FeedMap:
+    """Which functions and queues feed each of `queues`; never raises for an AWS error."""
+    collected = _Collected(frozenset(queue.arn for queue in queues))
+    limiter = anyio.CapacityLimiter(LOOKUP_CONCURRENCY)
+    async with anyio.create_task_group() as group:
+        group.start_soon(_map_lambda_feeds, clients.lambda_, collected, limiter)
+        for queue in queues:
+            group.start_soon(_map_redrive_sources, clients.sqs, queue, collected, limiter)
+    return collected.to_map()
+
+
+async def _map_lambda_feeds(
+    client: Client, collected: _Collected, limiter: anyio.CapacityLimiter
+) -> None:
+    try:
+        functions = await _list_functions(client)
+    except Exception as exc:  # noqa: BLE001 - recorded in the map's errors, the map goes on
+        collected.fail("ListFunctions", "", exc)
+        return
+    async with anyio.create_task_group() as group:
+        for function in functions:
+            arn = function.get("FunctionArn")
+            if not isinstance(arn, str):
+                continue
+            target = (function.get("DeadLetterConfig") or {}).get("TargetArn")
+            if isinstance(target, str):
+                collected.add(target, Feed(FeedKind.LAMBDA_DLQ, arn))
+            group.start_soon(_map_on_failure, client, arn, collected, limiter)
+
+
+async def _list_functions(client: Client) -> list[dict[str, Any]]:
+    functions: list[dict[str, Any]] = []
+    request: dict[str, Any] = {"MaxItems": LAMBDA_PAGE_SIZE}
+    while True:
+        page = await client.list_functions(**request)
+        functions.extend(page.get("Functions", []))
+        marker = page.get("NextMarker")
+        if not marker:
+            return functions
+        request["Marker"] = marker
+
+
+async def _map_on_failure(
+    client: Client, function_arn: str, collected: _Collected, limiter: anyio.CapacityLimiter
+) -> None:
+    request: dict[str, Any] = {"FunctionName": function_arn, "MaxItems": LAMBDA_PAGE_SIZE}
+    async with limiter:
+        try:
+            while True:
+                page = await client.list_function_event_invoke_configs(**request)
+                for config in page.get("FunctionEventInvokeConfigs", []):
+                    _add_on_failure(config, function_arn, collected)
+                marker = page.get("NextMarker")
+                if not marker:
+                    return
+                request["Marker"] = marker
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                # Deleted since ListFunctions: it feeds nothing any more.
+                return
+            collected.fail("ListFunctionEventInvokeConfigs", function_arn, exc)
+        except Exception as exc:  # noqa: BLE001 - recorded in the map's errors, the map goes on
+            collected.fail("ListFunctionEventInvokeConfigs", function_arn, exc)
+
+
+def _add_on_failure(config: Mapping[str, Any], function_arn: str, collected: _Collected) -> None:
+    on_failure = (config.get("DestinationConfig") or {}).get("OnFailure") or {}
+    destination = on_failure.get("Destination")
+    if not isinstance(destination, str):
+        return
+    # The config's own ARN carries the version or alias it belongs to: resubmitting
+    # to that qualifier runs the code (and config) that failed.
+    source = config.get("FunctionArn")
+    collected.add(
+        destination,
+        Feed(FeedKind.LAMBDA_ON_FAILURE, source if isinstance(source, str) else function_arn),
+    )
+
+
+async def _map_redrive_sources(
+    client: Client, queue: QueueRef, collected: _Collected, limiter: anyio.CapacityLimiter
+) -> None:
+    region: str | None = client.meta.region_name
+    request: dict[str, Any] = {"QueueUrl": queue.url, "MaxResults": SQS_PAGE_SIZE}
+    async with limiter:
+        try:
+            while True:
+                page = await client.list_dead_letter_source_queues(**request)
+                for url in page.get("queueUrls", []):
+                    source = queue_ref_from_url(url, region)
+                    collected.add(queue.arn, Feed(FeedKind.SQS_REDRIVE, source.arn))
+                token = page.get("NextToken")
+                if not token:
+                    return
+                request["NextToken"] = token
+        except ClientError as exc:
+            if is_missing_queue(exc):
+                # Deleted since discovery: there is nothing left to drain from it.
+                return
+            collected.fail("ListDeadLetterSourceQueues", queue.name, exc)
+        except Exception as exc:  # noqa: BLE001 - recorded in the map's errors, the map goes on
+            collected.fail("ListDeadLetterSourceQueues", queue.name, exc)
+
+
+class FeedCache:
+    """The feed map, rebuilt every `refresh_cycles` cycles or when a new DLQ appears."""
+
+    def __init__(self, refresh_cycles: int) -> None:
+        if refresh_cycles < 1:
+            raise ValueError("refresh_cycles must be at least 1")
+        self._refresh_cycles = refresh_cycles
+        self._current = FeedMap()
+        self._calls = 0
+        self._seen: frozenset[str] = frozenset()
+        self._built = False
+
+    @property
+    def current(self) -> FeedMap:
+        """The latest map; empty before the first refresh."""
+        return self._current
+
+    async def refresh_if_due(self, clients: AwsClients, queues: Sequence[QueueRef]) -> FeedMap:
+        """The map for this cycle, rebuilt first when it is due.
+
+        Due on the first call, every `refresh_cycles` calls after the last build,
+        and whenever a queue appears that the map has not seen. A rebuild that hit
+        AWS errors does not replace a good map: the previous feeds are kept (plus the new
+        feeds of queues the previous map knew none for), with the new errors,
+        until a rebuild succeeds.
+        """
+        self._calls += 1
+        arns = frozenset(queue.arn for queue in queues)
+        if self._built and self._calls < self._refresh_cycles and arns <= self._seen:
+            return self._current
+        try:
+            built = await map_feeds(clients, queues)
+        except Exception as exc:  # noqa: BLE001 - a stale map beats no map
+            # map_feeds records AWS errors itself; this is a bug, and must not stop draining.
+            log.warning("feed-map-refresh-failed", error=str(from_exception(exc)))
+            return self._current
+        self._calls = 0
+        self._seen = arns
+        if built.errors and self._built:
+            for error in built.errors:
+                log.warning("feed-map-incomplete-kept-previous", error=error)
+            built = _keep_previous(self._current, built)
+        else:
+            for error in built.errors:
+                log.warning("feed-map-incomplete", error=error)
+        self._current = built
+        self._built = True
+        log.debug(
+            "feed-map-built",
+            queues=len(arns),
+            feeds={
+                queue: [f"{feed.kind.value}:{feed.source_arn}" for feed in feeds]
+                for queue, feeds in built.feeds.items()
+            },
+            errors=list(built.errors),
+        )
+        return built
+
+
+def _keep_previous(previous: FeedMap, partial: FeedMap) -> FeedMap:
+    """The previous feeds, plus the partial map's feeds of queues the previous map knew none for."""
+    merged = dict(previous.feeds)
+    for queue, feeds in partial.feeds.items():
+        merged.setdefault(queue, feeds)
+    return FeedMap(
+        MappingProxyType(dict(sorted(merged.items()))), previous.built_at_s, partial.errors
+    )
