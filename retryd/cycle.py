@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -14,12 +14,16 @@ import structlog
 from retryd import classify
 from retryd.aws import AwsClients
 from retryd.discovery import discover_queues, queue_ref_from_url
-from retryd.guards import Guards
+from retryd.feeds import FeedCache
+from retryd.guards import build_guards
+from retryd.guards.ratelimit import RateLimits
+from retryd.ledger import Ledger
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Decision, MessageAttribute, Outcome, QueueRef
 from retryd.parking import Parking
 from retryd.pipeline import Pipeline
 from retryd.resolve import build_chain
+from retryd.sending import Sender
 from retryd.settings import Settings
 from retryd.targets import TargetRouter
 
@@ -86,6 +90,8 @@ _DEPTH_ATTRIBUTES = (
     "ApproximateNumberOfMessagesDelayed",
 )
 
+_RETENTION_ATTRIBUTE = "MessageRetentionPeriod"
+
 # Time kept back from each lease for the delete that settles the batch.
 LEASE_MARGIN_S = 5.0
 
@@ -133,20 +139,49 @@ class _QueueDrain:
     seen: set[str] = field(default_factory=set)
     stale_batches: int = 0
     done: bool = False
+    oldest_sent_s: float | None = None
+
+    def saw(self, letters: list[DeadLetter]) -> None:
+        self.seen.update(letter.message_id for letter in letters)
+        for letter in letters:
+            sent = letter.sent_at
+            if sent is not None and (
+                self.oldest_sent_s is None or sent.timestamp() < self.oldest_sent_s
+            ):
+                self.oldest_sent_s = sent.timestamp()
 
 
 class Cycle:
     """Everything one cycle needs, built once per run and reused by every cycle."""
 
-    def __init__(self, settings: Settings, clients: AwsClients, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clients: AwsClients,
+        metrics: Metrics,
+        *,
+        ledger: Ledger | None = None,
+    ) -> None:
         self._settings = settings
         self._clients = clients
         self._metrics = metrics
-        self._chain = build_chain(settings)
-        self._guards = Guards(settings.guards)
-        self._targets = TargetRouter(clients, settings.drain.target_concurrency)
+        # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few cycles.
+        self._feeds = FeedCache(settings.discovery.feeds_refresh_cycles)
+        self._chain = build_chain(settings, self._feeds)
+        self._guards = build_guards(settings, ledger=ledger, metrics=metrics)
+        self._sender = Sender(
+            targets=TargetRouter(clients, settings.drain.target_concurrency),
+            guards=self._guards,
+            rates=RateLimits(settings.rate_limit, anyio.current_time),
+            ledger=ledger,
+        )
         self._pipeline: Pipeline | None = None
         self._parking_arn = ""
+
+    @property
+    def feeds(self) -> FeedCache:
+        """What feeds each DLQ, as last learned (read-only; `retryd inspect` shows it)."""
+        return self._feeds
 
     async def _ready_pipeline(self) -> Pipeline:
         if self._pipeline is None:
@@ -164,7 +199,7 @@ class Cycle:
                 sqs=self._clients.sqs,
                 chain=self._chain,
                 guards=self._guards,
-                targets=self._targets,
+                sender=self._sender,
                 parking=parking,
                 metrics=self._metrics,
                 log_payloads=self._settings.log.include_payloads,
@@ -180,6 +215,7 @@ class Cycle:
             queues = await discover_queues(
                 self._clients.sqs, self._settings.discovery, self._settings.parking.queue
             )
+            await self._feeds.refresh_if_due(self._clients, queues)
             report.queues = len(queues)
             report.discovered = True
             self._metrics.set_queues_discovered(len(queues))
@@ -203,15 +239,22 @@ class Cycle:
         async with limiter:
             if not run.go_on:
                 return
-            if await self._visible(queue) == 0:
+            visible, retention_s = await self._visible(queue)
+            if visible == 0:
                 # Most DLQs are empty most of the time: one cheap call instead of a
                 # long poll per empty queue. SQS's count is approximate, so a message
                 # that arrived just now waits for the next cycle.
                 return
+            # Carried on every letter, so the guards can rescue messages SQS is about to drop.
+            queue = replace(queue, retention_s=retention_s)
             state = _QueueDrain(queue, self._settings.drain.max_messages_per_queue)
             async with anyio.create_task_group() as group:
                 for _ in range(self._settings.drain.workers_per_queue):
                     group.start_soon(self._worker, run, state)
+            if state.oldest_sent_s is not None:
+                self._metrics.set_oldest_message_age(
+                    queue.name, max(0.0, time.time() - state.oldest_sent_s)
+                )
 
     async def _worker(self, run: _Run, state: _QueueDrain) -> None:
         report = run.report
@@ -237,25 +280,28 @@ class Cycle:
                 state.done = state.stale_batches >= MAX_STALE_BATCHES
                 continue
             state.stale_batches = 0
-            state.seen.update(letter.message_id for letter in fresh)
+            state.saw(fresh)
             report.received += len(fresh)
             report.add(await run.pipeline.handle(state.queue, fresh, act_by))
 
-    async def _visible(self, queue: QueueRef) -> int | None:
-        """Visible messages in `queue` (and its depth exported), or None if SQS did not say."""
+    async def _visible(self, queue: QueueRef) -> tuple[int | None, int | None]:
+        """Visible messages in `queue` (its depth exported) and its retention in seconds.
+
+        Either is None when SQS did not say.
+        """
         try:
             response = await self._clients.sqs.get_queue_attributes(
-                QueueUrl=queue.url, AttributeNames=list(_DEPTH_ATTRIBUTES)
+                QueueUrl=queue.url, AttributeNames=[*_DEPTH_ATTRIBUTES, _RETENTION_ATTRIBUTE]
             )
-            counts = {
-                name: int(response.get("Attributes", {}).get(name, 0)) for name in _DEPTH_ATTRIBUTES
-            }
         except Exception as exc:  # noqa: BLE001 - no depth is no reason not to drain
             log.warning("depth-unknown", queue=queue.name, error=str(classify.from_exception(exc)))
-            return None
+            return None, None
+        attributes = response.get("Attributes", {})
+        counts = {name: int(attributes.get(name, 0)) for name in _DEPTH_ATTRIBUTES}
         visible, in_flight, delayed = (counts[name] for name in _DEPTH_ATTRIBUTES)
         self._metrics.set_dlq_depth(queue.name, visible, in_flight, delayed)
-        return visible
+        retention = str(attributes.get(_RETENTION_ATTRIBUTE, ""))
+        return visible, int(retention) if retention.isdigit() else None
 
     async def _receive(
         self, state: _QueueDrain, want: int, report: CycleReport

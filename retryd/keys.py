@@ -50,7 +50,20 @@ def hashed_key(target_arn: str, body: str) -> str:
 
 
 def idempotency_key(target_arn: str, body: str, declared: str | None) -> str:
-    """The declared key when there is one (an empty string counts as none), else the hash."""
-    if declared:
+    """The declared key when there is a usable one, else the hash.
+
+    An empty key counts as none, and so does one that is not valid Unicode (a JSON
+    `\\ud800` escape decodes to a lone surrogate): no ledger can store it, and a key
+    that fails every ledger write would hold its message back forever.
+    """
+    if declared and _encodable(declared):
         return declared
     return hashed_key(target_arn, body)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

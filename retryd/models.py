@@ -110,6 +110,8 @@ class QueueRef:
     name: str
     url: str
     arn: str
+    # MessageRetentionPeriod, once a cycle has read it: when SQS will delete a message.
+    retention_s: int | None = None
 
     @property
     def is_fifo(self) -> bool:

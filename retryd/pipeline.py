@@ -13,6 +13,7 @@ from cancellation (briefly, so that a second SIGTERM still means "now").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ import anyio
 import structlog
 
 from retryd import classify
-from retryd.guards import Go, Guards, Park
+from retryd.guards import Defer, Go, Guards, Hold, Park
 from retryd.metrics import Metrics
 from retryd.models import (
     DeadLetter,
@@ -34,13 +35,18 @@ from retryd.models import (
 )
 from retryd.parking import Parking, ParkRequest
 from retryd.resolve import ResolverChain
-from retryd.targets import Delivery, TargetRouter
+from retryd.sending import ALREADY_RESUBMITTED, Sender, Sent
+from retryd.targets import Delivery
 from retryd.targets.base import PAYLOAD_TOO_LARGE
 
 log = structlog.get_logger("retryd.pipeline")
 
-# SQS DeleteMessageBatch takes at most 10 entries.
+# SQS DeleteMessageBatch and ChangeMessageVisibilityBatch take at most 10 entries.
 DELETE_BATCH_MAX = 10
+VISIBILITY_BATCH_MAX = 10
+# SQS hides a message for at most 12 hours from when it was received; a minute is
+# kept back for the time since this batch was received.
+MAX_HIDE_S = 43_200 - 60
 # Reasons of the FAILED outcome (the message stays in its DLQ); a bounded set.
 PARKING_FAILED = "parking-failed"
 TRANSIENT_ERROR = "transient-error"
@@ -87,7 +93,7 @@ class Pipeline:
         sqs: Any,
         chain: ResolverChain,
         guards: Guards,
-        targets: TargetRouter,
+        sender: Sender,
         parking: Parking,
         metrics: Metrics,
         log_payloads: bool = False,
@@ -95,7 +101,7 @@ class Pipeline:
         self._sqs = sqs
         self._chain = chain
         self._guards = guards
-        self._targets = targets
+        self._sender = sender
         self._parking = parking
         self._metrics = metrics
         self._log_payloads = log_payloads
@@ -131,34 +137,59 @@ class Pipeline:
 
     async def _act(self, batch: _Batch, act_by: float) -> None:
         verdicts = await self._guards.assess([self._chain.resolve(x) for x in batch.letters])
-        jobs = [verdict.job for verdict in verdicts if isinstance(verdict, Go)]
+        gos = [verdict for verdict in verdicts if isinstance(verdict, Go)]
         parks = [verdict for verdict in verdicts if isinstance(verdict, Park)]
-        deliveries: list[Delivery] = []
+        defers = [verdict for verdict in verdicts if isinstance(verdict, Defer)]
+        for hold in (verdict for verdict in verdicts if isinstance(verdict, Hold)):
+            self._hold(batch, hold)
+        sent = Sent()
         refused: list[SendError | None] = []
 
         async def submit() -> None:
-            deliveries.extend(await self._targets.submit(jobs))
+            sent.extend(await self._sender.send(gos, act_by))
 
         async def park_refused() -> None:
             refused.extend(await self._park(parks))
 
         with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
-            # The two do not depend on each other: run them side by side.
+            # None of these depends on another: run them side by side.
             async with anyio.create_task_group() as group:
-                if jobs:
+                if gos:
                     group.start_soon(submit)
                 if parks:
                     group.start_soon(park_refused)
+                if defers:
+                    group.start_soon(self._defer, batch, defers)
         if lease.cancelled_caught:
             batch.fail_rest(LEASE_EXPIRED, "the batch was not settled before its lease ran out")
             return
         self._settle_parks(batch, parks, refused)
+        await self._settle_sent(batch, sent, act_by)
 
-        rejected: list[Park] = []
-        for delivery in deliveries:
-            park = self._after_delivery(batch, delivery)
-            if park is not None:
-                rejected.append(park)
+    async def _settle_sent(self, batch: _Batch, sent: Sent, act_by: float) -> None:
+        for hold in sent.held:
+            self._hold(batch, hold)
+        for job in sent.already_done:
+            detail = "the ledger shows this message was resubmitted already; only deleted now"
+            batch.decide(
+                Decision(
+                    job.letter,
+                    Outcome.RESUBMITTED,
+                    job.target,
+                    ALREADY_RESUBMITTED,
+                    detail,
+                    job.next_attempt,
+                ),
+                delete=True,
+            )
+        if sent.deferred:
+            with anyio.move_on_after(max(0.0, act_by - anyio.current_time())):
+                await self._defer(batch, sent.deferred)
+        rejected = [
+            park
+            for park in (self._after_delivery(batch, d) for d in sent.deliveries)
+            if park is not None
+        ]
         if rejected:
             with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
                 results = await self._park(rejected)
@@ -166,6 +197,52 @@ class Pipeline:
                 batch.fail_rest(LEASE_EXPIRED, "the copy was not parked before its lease ran out")
                 return
             self._settle_parks(batch, rejected, results)
+
+    @staticmethod
+    def _hold(batch: _Batch, hold: Hold) -> None:
+        job = hold.job
+        batch.decide(
+            Decision(job.letter, Outcome.FAILED, job.target, hold.reason, hold.detail, job.attempt)
+        )
+
+    async def _defer(self, batch: _Batch, defers: Sequence[Defer]) -> None:
+        """Hide deferred messages until they are due; they stay in their DLQ either way."""
+        hidden = [defer for defer in defers if defer.delay_s > 0]
+        for defer in defers:
+            # Decided first: if hiding fails the message is still deferred, only sooner back.
+            job = defer.job
+            batch.decide(
+                Decision(
+                    job.letter,
+                    Outcome.DEFERRED,
+                    job.target,
+                    defer.reason.value,
+                    defer.detail,
+                    defer.attempt,
+                )
+            )
+        for start in range(0, len(hidden), VISIBILITY_BATCH_MAX):
+            await self._hide(hidden[start : start + VISIBILITY_BATCH_MAX])
+
+    async def _hide(self, defers: Sequence[Defer]) -> None:
+        queue = defers[0].job.letter.queue
+        entries = [
+            {
+                "Id": str(i),
+                "ReceiptHandle": defer.job.letter.receipt_handle,
+                "VisibilityTimeout": min(math.ceil(defer.delay_s), MAX_HIDE_S),
+            }
+            for i, defer in enumerate(defers)
+        ]
+        try:
+            response = await self._sqs.change_message_visibility_batch(
+                QueueUrl=queue.url, Entries=entries
+            )
+            failures = [str(classify.from_batch_failure(f)) for f in response.get("Failed", [])]
+        except Exception as exc:  # noqa: BLE001 - a message not hidden is only seen sooner
+            failures = [str(classify.from_exception(exc))]
+        if failures:
+            log.warning("defer-hide-failed", queue=queue.name, errors=failures[:3])
 
     async def _park(self, parks: Sequence[Park]) -> list[SendError | None]:
         return await self._parking.park(

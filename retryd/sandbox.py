@@ -45,6 +45,11 @@ def sandbox_settings() -> Settings:
         routes=[{"queue": "retry-orders", "target": _arn("sqs", "orders")}],
         http={"enabled": False},
         aws={"max_attempts": 2},
+        # The demo shows one cycle of fresh failures: no waiting for backoff or tokens,
+        # and nothing written to disk.
+        ledger={"backend": "memory"},
+        backoff={"base_s": 0.001, "max_s": 0.001},
+        rate_limit={"per_s": 10_000, "burst": 10_000},
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 import structlog
 
@@ -12,11 +14,20 @@ log = structlog.get_logger("retryd.scheduler")
 
 
 async def run_schedule(
-    cycle: Cycle, interval_s: float, stopping: anyio.Event, health: Health
+    cycle: Cycle,
+    interval_s: float,
+    stopping: anyio.Event,
+    health: Health,
+    on_tick: Callable[[], None] | None = None,
 ) -> None:
-    """Run cycles until `stopping` is set; a cycle in progress is let finish its batch."""
+    """Run cycles until `stopping` is set; a cycle in progress is let finish its batch.
+
+    `on_tick` is called each time round (the systemd watchdog ping), like `health.tick`.
+    """
     while not stopping.is_set():
         health.tick()
+        if on_tick is not None:
+            on_tick()
         report = await cycle.run(stopping)
         # Ready once discovery works: one unreadable DLQ (say, a KMS key retryd may not
         # use) is an alert on that queue, not a reason to take the whole service out.

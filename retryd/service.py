@@ -17,9 +17,11 @@ from prometheus_client import CollectorRegistry
 from retryd.aws import open_clients
 from retryd.cycle import Cycle, CycleReport
 from retryd.http import Health, serve_http
+from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
 from retryd.scheduler import run_schedule
 from retryd.settings import Settings
+from retryd.systemd import SystemdNotifier
 
 log = structlog.get_logger("retryd.service")
 
@@ -29,12 +31,19 @@ async def run_once(
 ) -> CycleReport:
     """One deterministic cycle, then return: the `once` command and the tests' entry point."""
     metrics = Metrics(registry or CollectorRegistry())
-    async with open_clients(settings.aws) as clients:
-        return await Cycle(settings, clients, metrics).run(anyio.Event(), collect=collect)
+    async with (
+        open_clients(settings.aws) as clients,
+        open_ledger(settings.ledger, clients, metrics) as ledger,
+    ):
+        cycle = Cycle(settings, clients, metrics, ledger=ledger)
+        return await cycle.run(anyio.Event(), collect=collect)
 
 
 async def _watch_signals(
-    stopping: anyio.Event, work: anyio.CancelScope, drain_timeout_s: float
+    stopping: anyio.Event,
+    work: anyio.CancelScope,
+    drain_timeout_s: float,
+    notifier: SystemdNotifier,
 ) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
@@ -43,6 +52,7 @@ async def _watch_signals(
                 # Only flags and a deadline here: the work itself notices and winds down.
                 stopping.set()
                 work.deadline = anyio.current_time() + drain_timeout_s
+                notifier.stopping()
                 log.info("stopping", signal=name, drain_timeout_s=drain_timeout_s)
             else:
                 log.warning("stopping-now", signal=name)
@@ -53,21 +63,30 @@ async def run_daemon(settings: Settings, registry: CollectorRegistry | None = No
     """Cycle every `schedule.interval_s` until a signal; returns normally after a clean stop."""
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
-    health = Health(
-        interval_s=settings.schedule.interval_s, cycle_budget_s=settings.drain.cycle_budget_s
-    )
+    health = Health.for_settings(settings)
     stopping = anyio.Event()
     work = anyio.CancelScope()
+    # Under systemd (Type=notify): READY once serving, WATCHDOG per tick, STOPPING on a signal.
+    notifier = SystemdNotifier.from_environ()
     async with anyio.create_task_group() as group:
-        group.start_soon(_watch_signals, stopping, work, settings.shutdown.drain_timeout_s)
+        group.start_soon(
+            _watch_signals, stopping, work, settings.shutdown.drain_timeout_s, notifier
+        )
         if settings.http.enabled:
             port = await group.start(serve_http, settings.http, registry, health)
             log.info("http-listening", host=settings.http.host, port=port)
-        async with open_clients(settings.aws) as clients:
-            cycle = Cycle(settings, clients, metrics)
+        async with (
+            open_clients(settings.aws) as clients,
+            # Opened once per run: the memory backend's counts then last the whole run.
+            open_ledger(settings.ledger, clients, metrics) as ledger,
+        ):
+            cycle = Cycle(settings, clients, metrics, ledger=ledger)
             log.info("started", interval_s=settings.schedule.interval_s)
+            notifier.ready()
             with work:
-                await run_schedule(cycle, settings.schedule.interval_s, stopping, health)
+                await run_schedule(
+                    cycle, settings.schedule.interval_s, stopping, health, notifier.watchdog
+                )
         if work.cancelled_caught:
             log.warning("drain-timeout", why="in-flight work was cancelled; it stays in its DLQ")
         group.cancel_scope.cancel()

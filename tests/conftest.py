@@ -73,6 +73,11 @@ def make_settings() -> SettingsFactory:
             "guards": {"allow_targets": [f"arn:aws:*:{REGION}:{ACCOUNT}:*"]},
             "parking": {"queue": "retryd-parking"},
             "http": {"enabled": False},
+            # Tests must not leave a retryd.sqlite3 in the working directory.
+            "ledger": {"backend": "memory"},
+            # No waiting between attempts and no rate limit, unless a test is about them.
+            "backoff": {"base_s": 0.001, "max_s": 0.001},
+            "rate_limit": {"per_s": 10_000, "burst": 10_000},
         }
         return Settings(**_merge(base, overrides))
 

@@ -16,9 +16,10 @@ import pytest
 
 from retryd.cli import main
 from tests.processes import retryd_run
-from tests.world import ACCOUNT, REGION, World, envelope
+from tests.world import ACCOUNT, QUIET_GUARDS_TOML, REGION, World, envelope
 
-CONFIG = f"""
+CONFIG = (
+    f"""
 [aws]
 max_attempts = 1
 
@@ -37,6 +38,8 @@ allow_targets = ["arn:aws:*:{REGION}:{ACCOUNT}:*"]
 [http]
 enabled = false
 """
+    + QUIET_GUARDS_TOML
+)
 
 
 def retryd(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:

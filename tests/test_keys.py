@@ -107,3 +107,9 @@ def test_key_differs_for_different_payloads(first: Any, second: Any) -> None:
     same_payload = canonical_payload(first_body) == canonical_payload(second_body)
     same_key = hashed_key(LAMBDA_ARN, first_body) == hashed_key(LAMBDA_ARN, second_body)
     assert same_key == same_payload
+
+
+def test_a_declared_key_that_is_not_valid_unicode_is_replaced_by_the_hash() -> None:
+    """A lone surrogate cannot be stored by any ledger: the derived key is used instead."""
+    key = idempotency_key("arn:aws:sqs:us-east-1:123456789012:q", '{"a": 1}', "bad\ud800key")
+    assert key == hashed_key("arn:aws:sqs:us-east-1:123456789012:q", '{"a": 1}')

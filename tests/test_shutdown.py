@@ -10,13 +10,14 @@ from pathlib import Path
 
 from tests.faults import Fault
 from tests.processes import retryd_run
-from tests.world import ACCOUNT, REGION, World, envelope
+from tests.world import ACCOUNT, QUIET_GUARDS_TOML, REGION, World, envelope
 
 MESSAGES = 60
 
 
 def config(drain_timeout_s: float) -> str:
-    return f"""
+    return (
+        f"""
 [aws]
 max_attempts = 1
 read_timeout_s = 30
@@ -38,6 +39,8 @@ enabled = false
 [shutdown]
 drain_timeout_s = {drain_timeout_s}
 """
+        + QUIET_GUARDS_TOML
+    )
 
 
 def write_config(tmp_path: Path, drain_timeout_s: float) -> Path:

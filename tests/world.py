@@ -25,6 +25,21 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 _NO_RETRIES = Config(retries={"total_max_attempts": 1})
 
+# For config files of tests that run retryd as a process: no ledger file left
+# behind, no waiting between attempts, no rate limit, unless a test is about them.
+QUIET_GUARDS_TOML = """
+[ledger]
+backend = "memory"
+
+[backoff]
+base_s = 0.001
+max_s = 0.001
+
+[rate_limit]
+per_s = 10000
+burst = 10000
+"""
+
 
 def _handler_zip() -> bytes:
     buffer = io.BytesIO()

@@ -1,20 +1,31 @@
 """Guards: whether a resolved job may be sent now, in DESIGN.md's order.
 
-`Guards.assess` turns each resolved (or unresolvable) dead letter into a
-Verdict: go now, park (and why), or defer (hide it for a while, and why). The
-pipeline acts on verdicts; `retryd plan` only prints them.
+`Guards.assess` turns each resolved (or unresolvable) dead letter of a batch into
+a Verdict: go now, park (and why), defer (hide it for a while, and why), or hold
+(leave it untouched because retryd cannot tell yet). The pipeline acts on the
+verdicts; `retryd plan` only prints them. The rate limit is not a verdict here:
+the pipeline waits for tokens within the batch's lease (see pipeline.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
+import anyio
+
+from retryd.guards.age import retention_expiring, too_old
 from retryd.guards.allowlist import Allowlist
 from retryd.guards.attempts import attempts_exhausted
-from retryd.models import DeadLetter, Job, ParkReason, Unresolvable
-from retryd.settings import GuardSettings
+from retryd.guards.backoff import Backoff
+from retryd.guards.breaker import Breakers, BreakerState
+from retryd.ledger.base import Ledger, LedgerError, Record
+from retryd.metrics import Metrics
+from retryd.models import DeadLetter, Job, ParkReason, Target, Unresolvable
+from retryd.settings import GuardSettings, Settings
 
 __all__ = [
     "Allowlist",
@@ -22,9 +33,11 @@ __all__ = [
     "DeferReason",
     "Go",
     "Guards",
+    "Hold",
     "Park",
     "Verdict",
     "attempts_exhausted",
+    "build_guards",
 ]
 
 
@@ -36,6 +49,10 @@ class DeferReason(StrEnum):
     RATE_LIMITED = "rate-limited"
     # Another replica has begun resubmitting the same key and has not finished.
     CLAIMED_ELSEWHERE = "claimed-elsewhere"
+
+
+# Reason of a Hold: the message is left exactly as it is (outcome `failed`).
+LEDGER_UNAVAILABLE = "ledger-unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +85,62 @@ class Defer:
     attempt: int
 
 
-Verdict = Go | Park | Defer
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Leave it in its DLQ untouched: it reappears when its lease ends."""
+
+    job: Job
+    reason: str
+    detail: str
+
+
+Verdict = Go | Park | Defer | Hold
+
+
+def _unix_s(job: Job) -> float | None:
+    return job.first_failed_at.timestamp() if job.first_failed_at is not None else None
+
+
+def _sent_at_s(letter: DeadLetter) -> float | None:
+    sent = letter.sent_at
+    return sent.timestamp() if sent is not None else None
 
 
 class Guards:
-    """Applies the guards in order; the first that refuses decides the reason."""
+    """Applies the guards in order; the first that refuses decides.
 
-    def __init__(self, settings: GuardSettings) -> None:
+    Each stateful guard is optional (None switches it off), so unit tests can
+    exercise one at a time; the cycle builds them all.
+    """
+
+    def __init__(
+        self,
+        settings: GuardSettings,
+        *,
+        backoff: Backoff | None = None,
+        breakers: Breakers | None = None,
+        ledger: Ledger | None = None,
+        retention_horizon_s: float = 0.0,
+        clock_s: Callable[[], float] = time.time,
+    ) -> None:
         self._allowlist = Allowlist(settings.allow_targets, settings.allow_any_target)
         self._max_attempts = settings.max_attempts
+        self._max_age_s = settings.max_age_s
+        self._backoff = backoff
+        self._breakers = breakers
+        self._ledger = ledger
+        # A message SQS would delete before the next cycle looks again is parked now.
+        self._retention_horizon_s = retention_horizon_s
+        self._clock_s = clock_s
         self._protected: frozenset[str] = frozenset()
+
+    @property
+    def breakers(self) -> Breakers | None:
+        return self._breakers
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return self._ledger
 
     def protect_queues(self, arns: Iterable[str]) -> None:
         """Queues retryd drains or parks into: never a target, whatever the allowlist says.
@@ -116,20 +179,148 @@ class Guards:
     ) -> list[Verdict]:
         """One Verdict per resolved letter, in order.
 
-        With `dry_run` nothing is changed anywhere (no tokens taken, no breaker
-        canary slot used, no ledger write): `retryd plan` uses it.
+        With `dry_run` nothing changes anywhere (no breaker canary slot is taken;
+        the ledger is only read): `retryd plan` uses it. Otherwise every Go holds
+        one breaker permit, which the caller returns with `release_permits` if the
+        job is not sent after all.
         """
-        del dry_run  # the stateful guards (ledger, backoff, breaker, rate) read it
-        verdicts: list[Verdict] = []
-        for item in resolved:
+        now_s = self._clock_s()
+        verdicts: list[Verdict | None] = [None] * len(resolved)
+        pending: list[tuple[int, Job]] = []
+        for index, item in enumerate(resolved):
             if isinstance(item, Unresolvable):
-                verdicts.append(Park(item.letter, item.reason, item.detail, 0))
+                verdicts[index] = Park(item.letter, item.reason, item.detail, 0)
                 continue
             refused = self.check(item)
             if refused is not None:
-                verdicts.append(
-                    Park(item.letter, refused.reason, refused.detail, item.attempt, item)
+                verdicts[index] = Park(
+                    item.letter, refused.reason, refused.detail, item.attempt, item
                 )
                 continue
-            verdicts.append(Go(item, item.next_attempt))
-        return verdicts
+            pending.append((index, item))
+        records = await self._records([job for _, job in pending], verdicts, pending)
+        ready: list[tuple[int, Job]] = []
+        for index, job in pending:
+            if verdicts[index] is not None:
+                continue
+            verdict = self._over_time(job, records.get(job.key), now_s)
+            if verdict is None:
+                ready.append((index, self._merged(job, records.get(job.key))))
+            else:
+                verdicts[index] = verdict
+        for index, verdict in self._through_breakers(ready, dry_run=dry_run):
+            verdicts[index] = verdict
+        return [verdict for verdict in verdicts if verdict is not None]
+
+    async def _records(
+        self,
+        jobs: Sequence[Job],
+        verdicts: list[Verdict | None],
+        pending: Sequence[tuple[int, Job]],
+    ) -> dict[str, Record]:
+        if self._ledger is None or not jobs:
+            return {}
+        try:
+            return await self._ledger.read(sorted({job.key for job in jobs}))
+        except LedgerError as exc:
+            # Without the count, retryd cannot tell whether a retry is allowed: wait.
+            for index, job in pending:
+                verdicts[index] = Hold(job, LEDGER_UNAVAILABLE, str(exc))
+            return {}
+
+    @staticmethod
+    def _merged(job: Job, record: Record | None) -> Job:
+        """The job with the ledger's count: the larger of what the message and the ledger say."""
+        if record is None or record.attempts <= job.attempt:
+            return job
+        return replace(job, attempt=record.attempts)
+
+    def _over_time(self, job: Job, record: Record | None, now_s: float) -> Verdict | None:
+        """Attempts, age, backoff and retention: a verdict when the job may not go now."""
+        merged = self._merged(job, record)
+        exhausted = attempts_exhausted(merged, self._max_attempts)
+        if exhausted is not None:
+            if merged.attempt > job.attempt:
+                exhausted += f" (counted in the ledger; the message says {job.attempt})"
+            return Park(job.letter, ParkReason.ATTEMPTS_EXHAUSTED, exhausted, merged.attempt, job)
+        first_failed = [
+            moment
+            for moment in (_unix_s(job), record.first_failed_at_s if record else None)
+            if moment is not None
+        ]
+        old = too_old(min(first_failed) if first_failed else None, now_s, self._max_age_s)
+        if old is not None:
+            return Park(job.letter, ParkReason.TOO_OLD, old, merged.attempt, job)
+        delay_s = self._backoff_delay_s(merged, record, now_s)
+        expiring = retention_expiring(
+            _sent_at_s(job.letter),
+            job.letter.queue.retention_s,
+            now_s,
+            self._retention_horizon_s + delay_s,
+        )
+        if expiring is not None:
+            return Park(job.letter, ParkReason.RETENTION_EXPIRING, expiring, merged.attempt, job)
+        if delay_s > 0:
+            detail = f"attempt {merged.next_attempt} is due in {delay_s:.0f}s"
+            return Defer(merged, DeferReason.BACKOFF, delay_s, detail, merged.attempt)
+        return None
+
+    def _backoff_delay_s(self, job: Job, record: Record | None, now_s: float) -> float:
+        if self._backoff is None:
+            return 0.0
+        # Counted from retryd's own last attempt when it made one; otherwise from
+        # when the message reached its DLQ (SQS's SentTimestamp).
+        last_s = record.last_attempt_at_s if record is not None else None
+        if last_s is None:
+            last_s = _sent_at_s(job.letter) or now_s
+        due_s = self._backoff.due_at_s(job.target.arn, job.key, job.attempt, last_s)
+        return max(0.0, due_s - now_s)
+
+    def _through_breakers(
+        self, ready: Sequence[tuple[int, Job]], *, dry_run: bool
+    ) -> list[tuple[int, Verdict]]:
+        if self._breakers is None:
+            return [(index, Go(job, job.next_attempt)) for index, job in ready]
+        by_target: dict[Target, list[tuple[int, Job]]] = defaultdict(list)
+        for index, job in ready:
+            by_target[job.target].append((index, job))
+        out: list[tuple[int, Verdict]] = []
+        for target, group in by_target.items():
+            breaker = self._breakers.for_target(target)
+            allowed = breaker.peek(len(group)) if dry_run else breaker.permits(len(group))
+            state = breaker.observed_state if dry_run else breaker.state
+            for position, (index, job) in enumerate(group):
+                if position < allowed:
+                    out.append((index, Go(job, job.next_attempt)))
+                    continue
+                wait_s = breaker.retry_in_s() if state is BreakerState.OPEN else 0.0
+                detail = (
+                    f"the circuit breaker of {target.arn} is {state.value}; "
+                    f"it is tried again in {wait_s:.0f}s"
+                    if state is BreakerState.OPEN
+                    else f"the circuit breaker of {target.arn} is {state.value}: "
+                    "only canary messages go until they succeed"
+                )
+                out.append(
+                    (index, Defer(job, DeferReason.BREAKER_OPEN, wait_s, detail, job.attempt))
+                )
+        return out
+
+    def release_permits(self, target: Target, unused: int) -> None:
+        """Breaker permits taken by `assess` for jobs that were not sent after all."""
+        if self._breakers is not None and unused > 0:
+            self._breakers.for_target(target).release(unused)
+
+
+def build_guards(settings: Settings, *, ledger: Ledger | None, metrics: Metrics | None) -> Guards:
+    """Every guard as the settings configure it: what `once`, `run` and `plan` all use."""
+    return Guards(
+        settings.guards,
+        backoff=Backoff(settings.backoff),
+        # Breakers count in the event loop's monotonic time: a wall-clock jump must
+        # not open or close one.
+        breakers=Breakers(settings.breaker, anyio.current_time, metrics),
+        ledger=ledger,
+        # A message SQS deletes before the next cycle has finished looking is parked now.
+        retention_horizon_s=settings.schedule.interval_s + settings.drain.cycle_budget_s,
+    )

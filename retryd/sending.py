@@ -1,0 +1,223 @@
+"""Sending the jobs the guards let through: tokens, ledger claim, resubmit, then account for it.
+
+Per target, in this order:
+1. the rate limit: wait for tokens, but only for part of the lease; jobs that get
+   none in time are deferred (nothing is consumed);
+2. the ledger: `begin` claims each job's key under this DLQ message, so that a
+   crash, a lost lease or a second replica can never resubmit it twice unseen;
+3. the resubmitter, which passes the key on where the target can deduplicate;
+4. the circuit breaker hears of every success and transient failure, and the
+   ledger of every success (`commit`) and failure (`release`).
+
+The delete comes later, in the pipeline, and only for what is safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import anyio
+import structlog
+
+from retryd.guards import Defer, DeferReason, Go, Guards, Hold
+from retryd.guards.ratelimit import RateLimits
+from retryd.ledger.base import BeginStatus, Begun, Claim, Ledger, LedgerError
+from retryd.models import ErrorClass, Job, Target
+from retryd.targets import Delivery, TargetRouter
+
+log = structlog.get_logger("retryd.sending")
+
+# Reason of the RESUBMITTED outcome for a message whose resubmission the ledger
+# had already committed (its delete was lost): it is only deleted now.
+ALREADY_RESUBMITTED = "already-resubmitted"
+# Share of the time left on a lease that may be spent waiting for rate-limit
+# tokens; the rest is for the target's answer and the delete.
+TOKEN_WAIT_SHARE = 0.5
+
+
+@dataclass
+class Sent:
+    """What happened to a group of Go verdicts."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    already_done: list[Job] = field(default_factory=list)
+    deferred: list[Defer] = field(default_factory=list)
+    held: list[Hold] = field(default_factory=list)
+
+    def extend(self, other: Sent) -> None:
+        self.deliveries.extend(other.deliveries)
+        self.already_done.extend(other.already_done)
+        self.deferred.extend(other.deferred)
+        self.held.extend(other.held)
+
+
+def _first_failed_s(job: Job) -> float | None:
+    if job.first_failed_at is not None:
+        return job.first_failed_at.timestamp()
+    sent = job.letter.sent_at
+    return sent.timestamp() if sent is not None else None
+
+
+def _claim(go: Go) -> Claim:
+    return Claim(go.job.key, go.job.letter.message_id, go.attempt, _first_failed_s(go.job))
+
+
+class Sender:
+    """Sends Go verdicts, target by target, within a deadline."""
+
+    def __init__(
+        self,
+        *,
+        targets: TargetRouter,
+        guards: Guards,
+        rates: RateLimits | None,
+        ledger: Ledger | None,
+        clock_s: Callable[[], float] = time.time,
+    ) -> None:
+        self._targets = targets
+        self._guards = guards
+        self._rates = rates
+        self._ledger = ledger
+        self._clock_s = clock_s
+
+    async def send(self, gos: Sequence[Go], act_by: float) -> Sent:
+        """Every Go ends up in exactly one of the result's lists."""
+        groups: dict[Target, list[Go]] = defaultdict(list)
+        for go in gos:
+            groups[go.job.target].append(go)
+        sent = Sent()
+        tokens_by = (
+            anyio.current_time() + max(0.0, act_by - anyio.current_time()) * TOKEN_WAIT_SHARE
+        )
+
+        async def one(target: Target, group: list[Go]) -> None:
+            sent.extend(await self._send_group(target, group, tokens_by))
+
+        async with anyio.create_task_group() as tasks:
+            for target, group in groups.items():
+                tasks.start_soon(one, target, group)
+        return sent
+
+    async def _send_group(self, target: Target, group: list[Go], tokens_by: float) -> Sent:
+        result = Sent()
+        # Breaker permits taken by `assess` that no call used go back, whatever happens
+        # here (a cancelled group included): a leaked half-open permit would wedge it.
+        unused_permits = len(group)
+        try:
+            granted = await self._tokens(target, len(group), tokens_by)
+            for go in group[granted:]:
+                result.deferred.append(
+                    Defer(
+                        go.job,
+                        DeferReason.RATE_LIMITED,
+                        0.0,
+                        f"rate limit of {target.arn} reached; it waits for the next cycle",
+                        go.job.attempt,
+                    )
+                )
+            to_send = await self._begin(group[:granted], result)
+            deliveries = await self._targets.submit(to_send) if to_send else []
+            unused_permits -= len(deliveries)
+            await self._account(target, to_send, deliveries)
+            result.deliveries.extend(deliveries)
+        finally:
+            self._guards.release_permits(target, unused_permits)
+        return result
+
+    async def _tokens(self, target: Target, wanted: int, until: float) -> int:
+        """Tokens for `wanted` messages, waiting for them until `until` (anyio clock)."""
+        if self._rates is None:
+            return wanted
+        bucket = self._rates.for_target(target.arn)
+        granted = bucket.take(wanted)
+        while granted < wanted:
+            wait_s = bucket.wait_s(1)
+            if anyio.current_time() + wait_s > until:
+                break
+            await anyio.sleep(wait_s)
+            granted += bucket.take(wanted - granted)
+        return granted
+
+    async def _begin(self, gos: Sequence[Go], result: Sent) -> list[Job]:
+        """Claim each job in the ledger; the jobs that may be sent, with their attempt set."""
+        if self._ledger is None:
+            return [go.job for go in gos]
+        claims = [_claim(go) for go in gos]
+        try:
+            begun = await self._ledger.begin(claims) if claims else []
+        except LedgerError as exc:
+            result.held.extend(Hold(go.job, "ledger-unavailable", str(exc)) for go in gos)
+            return []
+        jobs: list[Job] = []
+        for go, answer in zip(gos, begun, strict=True):
+            job = self._after_begin(go, answer, result)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def _after_begin(self, go: Go, begun: Begun, result: Sent) -> Job | None:
+        if begun.status is BeginStatus.DONE:
+            result.already_done.append(replace(go.job, attempt=begun.attempt - 1))
+            return None
+        if begun.status is BeginStatus.BUSY:
+            result.deferred.append(
+                Defer(
+                    go.job,
+                    DeferReason.CLAIMED_ELSEWHERE,
+                    0.0,
+                    "another replica is resubmitting this key; it is looked at again later",
+                    go.job.attempt,
+                )
+            )
+            return None
+        # STARTED, or RESUMED: a resubmission begun earlier and never committed goes
+        # again under the same key and attempt, so the target can tell it is a repeat.
+        return replace(go.job, attempt=begun.attempt - 1)
+
+    async def _account(
+        self, target: Target, jobs: Sequence[Job], deliveries: Sequence[Delivery]
+    ) -> None:
+        """Tell the breaker and the ledger how each call went."""
+        self._tell_breaker(target, deliveries)
+        if self._ledger is None:
+            return
+        done: list[Claim] = []
+        undone: list[Claim] = []
+        for job, delivery in zip(jobs, deliveries, strict=True):
+            claim = Claim(job.key, job.letter.message_id, job.next_attempt, _first_failed_s(job))
+            (done if delivery.error is None else undone).append(claim)
+        try:
+            if done:
+                kept = await self._ledger.commit(done, self._clock_s())
+                for claim in (claim for claim, ok in zip(done, kept, strict=True) if not ok):
+                    log.warning(
+                        "ledger-claim-lost",
+                        key=claim.key,
+                        message_id=claim.message_id,
+                        why="another replica took the claim over; the target has the copy",
+                    )
+            if undone:
+                await self._ledger.release(undone)
+        except LedgerError as exc:
+            # The targets already have their copies: deleting is still right. The
+            # count is short by these attempts, and a begun claim expires by itself.
+            log.warning("ledger-settle-failed", target=target.arn, error=str(exc))
+
+    def _tell_breaker(self, target: Target, deliveries: Sequence[Delivery]) -> None:
+        breakers = self._guards.breakers
+        if breakers is None:
+            return
+        breaker = breakers.for_target(target)
+        for delivery in deliveries:
+            error = delivery.error
+            if error is None:
+                breaker.record(success=True)
+            elif error.error_class is ErrorClass.TRANSIENT:
+                breaker.record(success=False)
+            else:
+                # A permanent error is about this message (it is parked), not the
+                # target's health: its permit goes back unjudged.
+                breaker.release(1)
