@@ -125,7 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     iam.add_argument("--account", metavar="ID", help="AWS account id (default: any, '*')")
     iam.add_argument("--region", metavar="REGION", help="AWS region (default: any, '*')")
-    iam.add_argument("--partition", default="aws", help="ARN partition (default: aws)")
+    iam.add_argument(
+        "--partition",
+        help="ARN partition (default: the region's, e.g. aws-cn for cn-north-1; else aws)",
+    )
     ledger = commands.add_parser("ledger", help="attempt-ledger tools")
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     ledger_commands.add_parser(
@@ -201,12 +204,12 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _iam_policy(args: argparse.Namespace) -> int:
+    from retryd.discovery import partition_for_region  # noqa: PLC0415 - keeps `--help` fast
     from retryd.iam import run_iam_policy  # noqa: PLC0415 - keeps `--help` fast
 
     settings = load_settings(args.config)
-    return run_iam_policy(
-        settings, account=args.account, region=args.region, partition=args.partition
-    )
+    partition = args.partition or (partition_for_region(args.region) if args.region else "aws")
+    return run_iam_policy(settings, account=args.account, region=args.region, partition=partition)
 
 
 def _ledger(args: argparse.Namespace) -> int:
