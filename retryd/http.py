@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from retryd.settings import HttpSettings
+from retryd.settings import HttpSettings, Settings
 
 # Probes and scrapes finish in milliseconds; a stop must not wait long for a slow client.
 _SHUTDOWN_TIMEOUT_S = 2.0
@@ -31,9 +31,10 @@ class Health:
     """What the probes report: scheduler ticks (liveness) and a readiness flag.
 
     `alive` allows one missed tick: the scheduler is stalled only when no tick
-    came for 2 x `interval_s` (plus `cycle_budget_s`, when the scheduler ticks
-    once per cycle and a cycle may run that long). The same window is granted
-    from construction, so a slow start is not mistaken for a hang.
+    came for 2 x `interval_s` plus `cycle_budget_s`, the longest one cycle may
+    run (the scheduler ticks once per cycle, so a tick can be that late). The
+    same window is granted from construction, so a slow start is not mistaken
+    for a hang. `for_settings` sizes both from the configuration.
     """
 
     interval_s: float
@@ -45,6 +46,23 @@ class Health:
 
     def __post_init__(self) -> None:
         self._started_at = self.clock()
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, clock: Callable[[], float] = time.monotonic
+    ) -> Health:
+        """Probes sized for `settings`: the longest a cycle can run is its budget plus one lease.
+
+        The budget only stops new receives; a batch received just before it ends
+        may still be settling until its lease (`drain.visibility_timeout_s`) runs
+        out, and a cycle that long must not read as a hang.
+        """
+        drain = settings.drain
+        return cls(
+            interval_s=settings.schedule.interval_s,
+            clock=clock,
+            cycle_budget_s=drain.cycle_budget_s + drain.visibility_timeout_s,
+        )
 
     @property
     def stall_after_s(self) -> float:

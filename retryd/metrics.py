@@ -3,13 +3,30 @@
 Label values are bounded sets (queue names, target types, outcomes, park
 reasons, error classes); nothing per message, such as an id or an AWS error
 code, ever becomes a label, because each new value is a new time series.
+
+Names follow Prometheus's "Metric and label naming" practice
+(https://prometheus.io/docs/practices/naming/): one `retryd_` prefix, base
+units named as a plural suffix (`_seconds`), `_total` on counters, `_info` on
+the build pseudo-metric, and a sum over any label still meaning something.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+
+# prometheus_client adds a `<name>_created` gauge beside every counter and histogram
+# series in the text format, doubling the series Prometheus stores for a start time
+# nobody queries here. The switch is process-wide; retryd is the whole process.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 # Prometheus cannot tell "no reason" from a missing label, so empty strings get a name.
 NO_LABEL = "none"
@@ -26,6 +43,13 @@ OTHER_TARGET = "other"
 
 # Circuit-breaker states, exported as a state set (1 for the current state).
 BREAKER_STATES = ("closed", "open", "half_open")
+
+
+def _check_breaker_state(state: str) -> str:
+    # An unknown state would export 0 for every state: a breaker that looks like no breaker.
+    if state not in BREAKER_STATES:
+        raise ValueError(f"unknown breaker state {state!r}; expected one of {BREAKER_STATES}")
+    return state
 
 
 def _label(value: str) -> str:
@@ -72,6 +96,7 @@ class Metrics:
         self._cycle_duration = Histogram(
             "retryd_cycle_duration_seconds",
             "Wall-clock time of one discovery-and-drain cycle.",
+            unit="seconds",
             buckets=CYCLE_BUCKETS_S,
             registry=registry,
         )
@@ -84,6 +109,7 @@ class Metrics:
         self._last_success = Gauge(
             "retryd_last_successful_cycle_timestamp_seconds",
             "Unix time at which the last successful cycle finished.",
+            unit="seconds",
             registry=registry,
         )
         self._queues_discovered = Gauge(
@@ -101,6 +127,7 @@ class Metrics:
             "retryd_dlq_oldest_message_age_seconds",
             "Age of the oldest message retryd received from each DLQ in the last cycle.",
             ["queue"],
+            unit="seconds",
             registry=registry,
         )
         self._breaker_state = Gauge(
@@ -128,13 +155,12 @@ class Metrics:
             registry=registry,
         )
         self._targets_labelled: set[str] = set()
-        build_info = Gauge(
-            "retryd_build_info",
-            "Always 1; the label carries the running retryd version.",
-            ["version"],
+        # Exposed as `retryd_build_info{version="..."} 1` (an OpenMetrics info metric).
+        Info(
+            "retryd_build",
+            "The running retryd's version, as the label of a constant 1.",
             registry=registry,
-        )
-        build_info.labels(version=_package_version()).set(1)
+        ).info({"version": _package_version()})
         # Both series exist from the start so that rate() and absent-alerts see a
         # zero rather than nothing before the first error.
         for result in ("ok", "error"):
@@ -190,7 +216,8 @@ class Metrics:
         return target_arn
 
     def set_breaker_state(self, target_arn: str, target_type: str, state: str) -> None:
-        """Export the breaker state of one target (one of BREAKER_STATES)."""
+        """Export the breaker state of one target (one of BREAKER_STATES, else ValueError)."""
+        _check_breaker_state(state)
         target = self.target_label(target_arn)
         for name in BREAKER_STATES:
             self._breaker_state.labels(
@@ -199,6 +226,7 @@ class Metrics:
 
     def record_breaker_transition(self, target_arn: str, target_type: str, to_state: str) -> None:
         """Count a breaker entering `to_state`, and export the new state."""
+        _check_breaker_state(to_state)
         target = self.target_label(target_arn)
         self._breaker_transitions.labels(
             target=target, target_type=_label(target_type), to_state=to_state

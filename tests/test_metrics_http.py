@@ -13,12 +13,15 @@ from typing import Protocol
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from retryd.http import Health, serve_http
-from retryd.metrics import Metrics
+from retryd.metrics import BREAKER_STATES, MAX_TARGET_LABELS, OTHER_TARGET, Metrics
 from retryd.settings import HttpSettings
+from tests.conftest import SettingsFactory
 
 
 @dataclass
@@ -327,3 +330,108 @@ def test_a_port_in_use_fails_the_start() -> None:
             group.cancel_scope.cancel()
 
     anyio.run(main)
+
+
+def test_liveness_window_from_settings_covers_a_cycle_of_budget_plus_one_lease(
+    make_settings: SettingsFactory,
+) -> None:
+    """for_settings: a tick keeps the process alive for 2 intervals + budget + one lease."""
+    settings = make_settings(
+        schedule={"interval_s": 60}, drain={"cycle_budget_s": 300, "visibility_timeout_s": 120}
+    )
+    clock = FakeClock()
+    health = Health.for_settings(settings, clock=clock)
+    assert health.stall_after_s == 2 * 60 + 300 + 120
+    health.tick()
+    clock.now_s += 540
+    assert health.alive
+    clock.now_s += 0.1
+    assert not health.alive
+
+
+def test_breaker_state_is_exported_as_a_state_set() -> None:
+    """Exactly one of closed/open/half_open is 1 per target, and transitions are counted."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    target = "arn:aws:lambda:us-east-1:123456789012:function:orders"
+    metrics.set_breaker_state(target, "lambda", "closed")
+    metrics.record_breaker_transition(target, "lambda", "open")
+    metrics.record_breaker_transition(target, "lambda", "half_open")
+    metrics.record_breaker_transition(target, "lambda", "open")
+    labels = {"target": target, "target_type": "lambda"}
+    states = {
+        state: registry.get_sample_value("retryd_breaker_state", {**labels, "state": state})
+        for state in BREAKER_STATES
+    }
+    assert states == {"closed": 0, "open": 1, "half_open": 0}
+    transitions = "retryd_breaker_transitions_total"
+    assert registry.get_sample_value(transitions, {**labels, "to_state": "open"}) == 2
+    assert registry.get_sample_value(transitions, {**labels, "to_state": "half_open"}) == 1
+
+
+@pytest.mark.parametrize("state", ["half-open", "OPEN", ""])
+def test_an_unknown_breaker_state_is_refused(state: str) -> None:
+    """A state outside BREAKER_STATES raises instead of exporting 0 for every state."""
+    metrics = Metrics(CollectorRegistry())
+    with pytest.raises(ValueError, match="unknown breaker state"):
+        metrics.set_breaker_state("arn:aws:sqs:us-east-1:123456789012:q", "sqs", state)
+    with pytest.raises(ValueError, match="unknown breaker state"):
+        metrics.record_breaker_transition("arn:aws:sqs:us-east-1:123456789012:q", "sqs", state)
+
+
+def test_target_labels_are_capped() -> None:
+    """Past MAX_TARGET_LABELS targets, new ones share OTHER_TARGET; known ones keep theirs."""
+    metrics = Metrics(CollectorRegistry())
+    arns = [f"arn:aws:sqs:us-east-1:123456789012:q{n}" for n in range(MAX_TARGET_LABELS)]
+    assert [metrics.target_label(arn) for arn in arns] == arns
+    assert metrics.target_label("arn:aws:sqs:us-east-1:123456789012:one-too-many") == OTHER_TARGET
+    assert metrics.target_label(arns[0]) == arns[0]
+
+
+def test_dlq_depth_age_and_ledger_series() -> None:
+    """Depth by state, oldest age, and ledger operations and errors land under their labels."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.set_dlq_depth("retry-a", visible=7, in_flight=3, delayed=1)
+    metrics.set_dlq_depth("retry-a", visible=4, in_flight=0, delayed=0)
+    metrics.set_oldest_message_age("retry-a", 86_400.0)
+    metrics.record_ledger_op("dynamodb", "begin", "claimed")
+    metrics.record_ledger_op("dynamodb", "begin", "claimed")
+    metrics.record_ledger_error("dynamodb", "commit")
+    depth = {
+        state: registry.get_sample_value(
+            "retryd_dlq_messages", {"queue": "retry-a", "state": state}
+        )
+        for state in ("visible", "in_flight", "delayed")
+    }
+    assert depth == {"visible": 4, "in_flight": 0, "delayed": 0}
+    age = registry.get_sample_value("retryd_dlq_oldest_message_age_seconds", {"queue": "retry-a"})
+    assert age == 86_400.0
+    ops = {"backend": "dynamodb", "operation": "begin", "result": "claimed"}
+    assert registry.get_sample_value("retryd_ledger_operations_total", ops) == 2
+    errors = {"backend": "dynamodb", "operation": "commit"}
+    assert registry.get_sample_value("retryd_ledger_errors_total", errors) == 1
+
+
+def test_no_created_series_are_exported() -> None:
+    """Counters and histograms export no `_created` companions (they would double the series)."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.record_decision("retry-a", "resubmitted", "", "sqs")
+    metrics.observe_cycle(1.0, ok=True, finished_at_unix_s=1_700_000_000.0)
+    assert "_created" not in _exposition(registry)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=400), max_size=600))
+def test_target_labels_stay_bounded_and_stable(picks: list[int]) -> None:
+    """For any order of targets: at most MAX_TARGET_LABELS + 1 label values, and a target
+    keeps the label it was first given."""
+    metrics = Metrics(CollectorRegistry())
+    first_label: dict[str, str] = {}
+    for pick in picks:
+        arn = f"arn:aws:sqs:us-east-1:123456789012:q{pick}"
+        label = metrics.target_label(arn)
+        assert label in (arn, OTHER_TARGET)
+        assert first_label.setdefault(arn, label) == label
+    assert len(set(first_label.values())) <= MAX_TARGET_LABELS + 1
