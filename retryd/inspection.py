@@ -1,0 +1,416 @@
+"""`retryd inspect`: per DLQ, how deep it is, what feeds it, and its messages grouped by failure.
+
+Messages are grouped the way ServicePulse groups failed messages: by where they
+go back to and by an error signature, the error each shape records with its
+numbers, UUIDs and hex ids replaced by placeholders, so that a thousand
+timeouts of a thousand orders are one group and not a thousand. Messages are
+read under a short lease that is handed back at once (`plan.peek`): nothing
+is resubmitted, parked or deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import anyio
+from botocore.exceptions import BotoCoreError, ClientError
+
+from retryd import classify, progress
+from retryd.aws import AwsClients, open_clients
+from retryd.discovery import (
+    discover_queues,
+    is_queue_url,
+    parse_queue_url,
+    queue_name,
+    queue_ref_from_url,
+)
+from retryd.models import DeadLetter, Job, QueueRef
+from retryd.plan import Depth, open_chain, peek, read_depth
+from retryd.resolve import ResolverChain
+from retryd.resolve.static_route import StaticRouteResolver
+from retryd.settings import Settings
+
+NO_ERROR = "(no error recorded)"
+# Longest signature kept: enough to tell errors apart, short enough for a table.
+SIGNATURE_MAX_CHARS = 200
+JSON_FORMAT_VERSION = 1
+_ACCOUNT_ID = re.compile(r"\d{12}")
+
+# Order matters: the longer shapes go first, so a UUID is not read as five numbers.
+_PLACEHOLDERS = (
+    (re.compile(r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"), "<uuid>"),
+    (
+        re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"),
+        "<time>",
+    ),
+    (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
+    # Request ids, hashes, X-Ray trace parts: 8+ hex characters mixing digits and letters
+    # (a run of letters alone may be a word: "deadbeef", "facade").
+    (re.compile(r"\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}\b"), "<hex>"),
+    (re.compile(r"\d+(?:\.\d+)?"), "<n>"),
+)
+
+
+def normalise(message: str) -> str:
+    """An error message with its variable parts (numbers, UUIDs, hex ids, times) as placeholders."""
+    for pattern, placeholder in _PLACEHOLDERS:
+        message = pattern.sub(placeholder, message)
+    flat = " ".join(message.split())
+    if len(flat) > SIGNATURE_MAX_CHARS:
+        flat = flat[: SIGNATURE_MAX_CHARS - 3] + "..."
+    return flat
+
+
+def _signature(code: object, message: object) -> str | None:
+    """`code: message` with the message normalised; None when neither is recorded.
+
+    The code is kept as it is: it is already a category (`Timeout`, `NO_PERMISSIONS`, 500).
+    """
+    code_text = str(code).strip() if isinstance(code, str | int) else ""
+    message_text = normalise(message) if isinstance(message, str) else ""
+    if not code_text and not message_text:
+        return None
+    if code_text and message_text:
+        return f"{code_text}: {message_text}"
+    return code_text or message_text
+
+
+def _from_body(body: Mapping[str, Any]) -> str | None:
+    """The error a JSON body records: a retryd envelope's, or a Lambda destination record's."""
+    envelope = body.get("envelope")
+    if isinstance(envelope, str) and envelope.startswith("retryd/"):
+        error = body.get("error")
+        if isinstance(error, Mapping):
+            return _signature(error.get("code"), error.get("message"))
+        return None
+    context = body.get("requestContext")
+    if not isinstance(context, Mapping):
+        return None
+    response = body.get("responsePayload")
+    if isinstance(response, Mapping):
+        found = _signature(response.get("errorType"), response.get("errorMessage"))
+        if found:
+            return found
+    condition = context.get("condition")
+    return condition if isinstance(condition, str) and condition else None
+
+
+def error_signature(letter: DeadLetter) -> str:
+    """What went wrong with this message, as its shape recorded it, normalised for grouping.
+
+    Shapes, first match wins: a retryd envelope's `error.code`/`error.message`; a
+    Lambda destination record's `responsePayload.errorType`/`errorMessage`, else its
+    `requestContext.condition`; EventBridge's `ERROR_CODE`/`ERROR_MESSAGE`
+    attributes; a Lambda async DLQ's `ErrorCode`/`ErrorMessage` attributes.
+    """
+    try:
+        body = json.loads(letter.body)
+    except ValueError:
+        body = None
+    if isinstance(body, Mapping):
+        found = _from_body(body)
+        if found:
+            return found
+    for code, message in (("ERROR_CODE", "ERROR_MESSAGE"), ("ErrorCode", "ErrorMessage")):
+        found = _signature(letter.attribute_string(code), letter.attribute_string(message))
+        if found:
+            return found
+    return NO_ERROR
+
+
+@dataclass
+class FailureGroup:
+    """Messages of one DLQ that go back to the same place and failed the same way."""
+
+    target: str
+    signature: str
+    count: int
+    oldest: datetime | None
+    newest: datetime | None
+    example_message_id: str
+
+    def add(self, letter: DeadLetter) -> None:
+        self.count += 1
+        sent = letter.sent_at
+        if sent is not None:
+            self.oldest = sent if self.oldest is None else min(self.oldest, sent)
+            self.newest = sent if self.newest is None else max(self.newest, sent)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "signature": self.signature,
+            "count": self.count,
+            "oldest": self.oldest.isoformat() if self.oldest else None,
+            "newest": self.newest.isoformat() if self.newest else None,
+            "example_message_id": self.example_message_id,
+        }
+
+
+def group_failures(chain: ResolverChain, letters: Sequence[DeadLetter]) -> list[FailureGroup]:
+    """Letters grouped by (target ARN or `unresolved: reason`, error signature), largest first."""
+    groups: dict[tuple[str, str], FailureGroup] = {}
+    for letter in letters:
+        resolved = chain.resolve(letter)
+        target = (
+            resolved.target.arn
+            if isinstance(resolved, Job)
+            else f"unresolved: {resolved.reason.value}"
+        )
+        key = (target, error_signature(letter))
+        if key not in groups:
+            groups[key] = FailureGroup(*key, 0, None, None, letter.message_id)
+        groups[key].add(letter)
+    return sorted(groups.values(), key=lambda g: (-g.count, g.target, g.signature))
+
+
+@dataclass
+class QueueInspection:
+    """Everything `inspect` says about one DLQ."""
+
+    queue: QueueRef
+    depth: Depth | None = None
+    feeds: list[dict[str, str]] = field(default_factory=list)
+    route: str | None = None
+    sampled: int = 0
+    truncated: bool = False
+    groups: list[FailureGroup] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.queue.name,
+            "url": self.queue.url,
+            "arn": self.queue.arn,
+            "depth": self.depth.to_json() if self.depth else None,
+            "retention_s": self.depth.retention_s if self.depth else None,
+            "feeds": self.feeds,
+            "route": self.route,
+            "sampled": self.sampled,
+            "truncated": self.truncated,
+            "groups": [group.to_json() for group in self.groups],
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class InspectReport:
+    """Every inspected DLQ, plus what could not be found or learned."""
+
+    queues: list[QueueInspection]
+    max_messages: int
+    missing: list[str] = field(default_factory=list)
+    feed_errors: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.missing) or any(inspection.errors for inspection in self.queues)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": JSON_FORMAT_VERSION,
+            "max_messages": self.max_messages,
+            "queues": [inspection.to_json() for inspection in self.queues],
+            "missing": self.missing,
+            "feed_errors": self.feed_errors,
+        }
+
+
+async def _named_queue(sqs: Any, entry: str) -> QueueRef | None:
+    """The queue a name or URL names, or None when it does not exist (or is no queue URL)."""
+    try:
+        request: dict[str, Any] = {"QueueName": queue_name(entry)}
+        if is_queue_url(entry) and _ACCOUNT_ID.fullmatch(parse_queue_url(entry).account):
+            request["QueueOwnerAWSAccountId"] = parse_queue_url(entry).account
+    except ValueError:
+        return None
+    try:
+        response = await sqs.get_queue_url(**request)
+    except ClientError as exc:
+        if classify.is_missing_queue(exc):
+            return None
+        raise
+    return queue_ref_from_url(str(response["QueueUrl"]), sqs.meta.region_name)
+
+
+async def select_queues(
+    clients: AwsClients, settings: Settings, names: Sequence[str]
+) -> tuple[list[QueueRef], list[str]]:
+    """The named queues (those found, then the names not found), or every discovered DLQ."""
+    if not names:
+        found = await discover_queues(clients.sqs, settings.discovery, settings.parking.queue)
+        return found, []
+    queues: dict[str, QueueRef] = {}
+    missing: list[str] = []
+    for entry in names:
+        ref = await _named_queue(clients.sqs, entry)
+        if ref is None:
+            missing.append(entry)
+        else:
+            queues.setdefault(ref.arn, ref)
+    return list(queues.values()), missing
+
+
+async def _inspect_queue(
+    clients: AwsClients,
+    settings: Settings,
+    inspection: QueueInspection,
+    chain: ResolverChain,
+    *,
+    max_messages: int,
+    bars: progress.QueueProgress,
+) -> None:
+    queue = inspection.queue
+    try:
+        inspection.depth = await read_depth(clients.sqs, queue)
+    except Exception as exc:  # noqa: BLE001 - the sample may still be readable
+        inspection.warnings.append(f"depth unknown: {classify.from_exception(exc)}")
+    else:
+        if inspection.depth.visible == 0:
+            return
+        queue = replace(queue, retention_s=inspection.depth.retention_s)
+    visible = inspection.depth.visible if inspection.depth else None
+    bar = bars.add(queue.name, min(max_messages, visible) if visible is not None else None)
+    async with peek(
+        clients.sqs,
+        queue,
+        max_messages=max_messages,
+        wait_s=settings.drain.receive_wait_s,
+        on_batch=lambda count: bars.advance(bar, count),
+    ) as seen:
+        # Grouped while the leases are held; they are handed back on leaving.
+        inspection.groups = group_failures(chain, seen.letters)
+    bars.finish(bar)
+    inspection.sampled = len(seen.letters)
+    inspection.truncated = seen.truncated
+    inspection.errors.extend(seen.errors)
+
+
+async def inspect_queues(
+    settings: Settings,
+    clients: AwsClients,
+    names: Sequence[str],
+    *,
+    max_messages: int,
+    bars: progress.QueueProgress,
+) -> InspectReport:
+    """Depth, feeds and failure groups of each selected DLQ; AWS errors listing queues propagate."""
+    queues, missing = await select_queues(clients, settings, names)
+    chain, feeds = await open_chain(settings, clients, queues)
+    routes = StaticRouteResolver(settings.routes)
+    inspections = [QueueInspection(queue) for queue in queues]
+    for inspection in inspections:
+        inspection.feeds = [
+            {"kind": feed.kind.value, "source_arn": feed.source_arn}
+            for feed in feeds.feeding(inspection.queue.arn)
+        ]
+        route = routes.target_for(inspection.queue.name)
+        inspection.route = route.arn if route else None
+    limiter = anyio.CapacityLimiter(settings.drain.queue_concurrency)
+
+    async def one(inspection: QueueInspection) -> None:
+        async with limiter:
+            await _inspect_queue(
+                clients, settings, inspection, chain, max_messages=max_messages, bars=bars
+            )
+
+    async with anyio.create_task_group() as group:
+        for inspection in inspections:
+            group.start_soon(one, inspection)
+    return InspectReport(inspections, max_messages, missing, list(feeds.errors))
+
+
+# -- Output ----------------------------------------------------------------------------
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str) -> list[str]:
+    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]) - 1)]
+    return [
+        (
+            indent + "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]])
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _render_queue(inspection: QueueInspection) -> list[str]:
+    lines = [f"{inspection.queue.name}  {inspection.queue.arn}"]
+    depth = inspection.depth.describe() if inspection.depth else "unknown"
+    lines.append(f"  depth:   {depth}")
+    fed_by = [f"{feed['kind']} {feed['source_arn']}" for feed in inspection.feeds]
+    if inspection.route:
+        fed_by.append(f"static route -> {inspection.route}")
+    lines.append(f"  fed by:  {fed_by[0] if fed_by else 'nothing found'}")
+    lines.extend(f"           {line}" for line in fed_by[1:])
+    note = " (--max-messages reached)" if inspection.truncated else ""
+    lines.append(f"  sampled: {inspection.sampled} message(s){note}")
+    if inspection.groups:
+        rows = [["COUNT", "TARGET", "OLDEST", "NEWEST", "EXAMPLE", "ERROR"]]
+        rows.extend(
+            [
+                str(group.count),
+                group.target,
+                _when(group.oldest),
+                _when(group.newest),
+                group.example_message_id,
+                group.signature,
+            ]
+            for group in inspection.groups
+        )
+        lines.extend(_table(rows, indent="  "))
+    lines.extend(f"  warning: {warning}" for warning in inspection.warnings)
+    lines.extend(f"  error: {error}" for error in inspection.errors)
+    return lines
+
+
+def render_text(report: InspectReport) -> str:
+    """A block per DLQ: depth, feeds, and a table of failure groups."""
+    blocks = ["\n".join(_render_queue(inspection)) for inspection in report.queues]
+    if not blocks:
+        blocks.append("no DLQs to inspect")
+    return "\n\n".join(blocks)
+
+
+async def run_inspect(
+    settings: Settings, *, queues: Sequence[str], output: str, max_messages: int
+) -> int:
+    """The `inspect` command: 0, or 1 when a queue is missing or could not be read."""
+    if max_messages < 1:
+        print("retryd inspect: --max-messages must be at least 1", file=sys.stderr)
+        return 2
+    async with open_clients(settings.aws) as clients:
+        try:
+            with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
+                report = await inspect_queues(
+                    settings, clients, queues, max_messages=max_messages, bars=bars
+                )
+        except (ClientError, BotoCoreError) as exc:
+            print(
+                f"retryd inspect: cannot find the DLQs: {classify.from_exception(exc)}",
+                file=sys.stderr,
+            )
+            return 1
+    if output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(render_text(report))
+    for name in report.missing:
+        print(f"retryd inspect: no such queue: {name}", file=sys.stderr)
+    for error in report.feed_errors:
+        print(f"retryd inspect: feeds incomplete: {error}", file=sys.stderr)
+    for inspection in report.queues:
+        for error in inspection.errors:
+            print(f"retryd inspect: {inspection.queue.name}: {error}", file=sys.stderr)
+    return 1 if report.failed else 0

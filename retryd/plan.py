@@ -1,0 +1,555 @@
+"""`retryd plan`: what `retryd once` would do with every message, with nothing changed.
+
+Each DLQ is read the way a cycle reads it, but under a short lease; every
+message is resolved by the same chain and judged by the same guards (in dry-run
+mode: no tokens taken, no canary slot used, no ledger write), and then every
+lease is handed back (visibility 0) so the messages are where they were,
+visible at once. Nothing is resubmitted, parked or deleted.
+
+`peek` (the leased read) is shared with `retryd inspect`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+import anyio
+from botocore.exceptions import BotoCoreError, ClientError
+
+from retryd import classify, progress
+from retryd.aws import AwsClients, open_clients
+from retryd.cycle import RECEIVE_BATCH_MAX, to_dead_letter
+from retryd.discovery import discover_queues, queue_ref_from_url
+from retryd.feeds import FeedCache, FeedMap
+from retryd.guards import Defer, Go, Guards, Park, Verdict, build_guards
+from retryd.ledger import open_ledger
+from retryd.models import DeadLetter, QueueRef, Target
+from retryd.parking import Parking
+from retryd.resolve import ResolverChain, build_chain
+from retryd.settings import Settings
+
+# Long enough to read a few hundred messages before the first lease runs out,
+# short enough that a plan killed before it could hand its leases back hides
+# nothing for long.
+PEEK_LEASE_S = 30
+# SQS ChangeMessageVisibilityBatch takes at most 10 entries.
+RELEASE_BATCH_MAX = 10
+# How long handing the leases back may hold off a cancellation (Ctrl-C, a deadline).
+RELEASE_SHIELD_S = 10.0
+# GetQueueAttributes names for a DLQ's depth.
+DEPTH_ATTRIBUTES = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+RETENTION_ATTRIBUTE = "MessageRetentionPeriod"
+# Longest detail shown on one text line (the JSON output keeps all of it).
+TEXT_DETAIL_MAX_CHARS = 160
+JSON_FORMAT_VERSION = 1
+
+
+# -- Reading a DLQ without taking anything from it ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Depth:
+    """SQS's approximate message counts for one queue, and how long it keeps a message."""
+
+    visible: int
+    in_flight: int
+    delayed: int
+    # MessageRetentionPeriod; None when SQS did not say.
+    retention_s: int | None = None
+
+    def to_json(self) -> dict[str, int]:
+        return {"visible": self.visible, "in_flight": self.in_flight, "delayed": self.delayed}
+
+    def describe(self) -> str:
+        return f"{self.visible} visible, {self.in_flight} in flight, {self.delayed} delayed"
+
+
+async def read_depth(sqs: Any, queue: QueueRef) -> Depth:
+    """The queue's depth and retention; AWS errors propagate."""
+    response = await sqs.get_queue_attributes(
+        QueueUrl=queue.url, AttributeNames=[*DEPTH_ATTRIBUTES, RETENTION_ATTRIBUTE]
+    )
+    attributes = response.get("Attributes", {})
+    visible, in_flight, delayed = (int(attributes.get(name, 0)) for name in DEPTH_ATTRIBUTES)
+    retention = str(attributes.get(RETENTION_ATTRIBUTE, ""))
+    return Depth(visible, in_flight, delayed, int(retention) if retention.isdigit() else None)
+
+
+@dataclass
+class Peek:
+    """The messages read from one DLQ under a lease, and what went wrong reading them."""
+
+    queue: QueueRef
+    letters: list[DeadLetter] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    # Message id -> the newest receipt handle: after a repeat, SQS honours only that one.
+    handles: dict[str, str] = field(default_factory=dict)
+    # The read stopped at `max_messages` rather than at the end of the queue.
+    truncated: bool = False
+
+
+async def _receive_all(
+    sqs: Any,
+    found: Peek,
+    *,
+    max_messages: int,
+    wait_s: int,
+    lease_s: int,
+    on_batch: Callable[[int], None],
+) -> None:
+    while len(found.letters) < max_messages:
+        want = min(RECEIVE_BATCH_MAX, max_messages - len(found.letters))
+        try:
+            response = await sqs.receive_message(
+                QueueUrl=found.queue.url,
+                MaxNumberOfMessages=want,
+                WaitTimeSeconds=wait_s,
+                VisibilityTimeout=lease_s,
+                MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=["All"],
+            )
+        except Exception as exc:  # noqa: BLE001 - reported per queue; the other queues go on
+            found.errors.append(f"receive failed: {classify.from_exception(exc)}")
+            return
+        messages = response.get("Messages", [])
+        if not messages:
+            return
+        repeated = False
+        fresh = 0
+        for raw in messages:
+            letter = to_dead_letter(found.queue, raw)
+            repeated = repeated or letter.message_id in found.handles
+            if letter.message_id not in found.handles:
+                found.letters.append(letter)
+                fresh += 1
+            found.handles[letter.message_id] = letter.receipt_handle
+        on_batch(fresh)
+        if repeated:
+            # The first leases have run out and the queue has come round again:
+            # everything there was to see has been seen.
+            return
+    found.truncated = True
+
+
+async def release(
+    sqs: Any, queue: QueueRef, handles: Mapping[str, str], lease_s: int = PEEK_LEASE_S
+) -> list[str]:
+    """Make every leased message visible again at once; the problems, if any, as text.
+
+    `lease_s` is only for the text: how long a message not released stays hidden.
+    """
+    problems: list[str] = []
+    items = list(handles.items())
+    for start in range(0, len(items), RELEASE_BATCH_MAX):
+        chunk = items[start : start + RELEASE_BATCH_MAX]
+        entries = [
+            {"Id": str(index), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+            for index, (_, handle) in enumerate(chunk)
+        ]
+        try:
+            response = await sqs.change_message_visibility_batch(
+                QueueUrl=queue.url, Entries=entries
+            )
+        except Exception as exc:  # noqa: BLE001 - the rest are still released; this is reported
+            problems.append(f"{len(chunk)} message(s) not released: {classify.from_exception(exc)}")
+            continue
+        for failed in response.get("Failed", []):
+            message_id = chunk[int(failed["Id"])][0]
+            problems.append(
+                f"message {message_id} not released: {classify.from_batch_failure(failed)}"
+            )
+    return [f"{problem} (it reappears by itself within {lease_s}s)" for problem in problems]
+
+
+@asynccontextmanager
+async def peek(
+    sqs: Any,
+    queue: QueueRef,
+    *,
+    max_messages: int,
+    wait_s: int,
+    on_batch: Callable[[int], None] = lambda _: None,
+    lease_s: int = PEEK_LEASE_S,
+) -> AsyncIterator[Peek]:
+    """Receive up to `max_messages` under a `lease_s` lease; on leaving, release every lease.
+
+    The leases are held while the caller works so that later receives reach the
+    rest of the queue instead of the same messages again. They are handed back
+    whatever happens (an error, a cancellation), shielded for a few seconds.
+    A receive that fails ends the read and is recorded in `Peek.errors`.
+    """
+    result = Peek(queue)
+    try:
+        await _receive_all(
+            sqs,
+            result,
+            max_messages=max_messages,
+            wait_s=wait_s,
+            lease_s=lease_s,
+            on_batch=on_batch,
+        )
+        yield result
+    finally:
+        with anyio.move_on_after(RELEASE_SHIELD_S, shield=True):
+            result.errors.extend(await release(sqs, queue, result.handles, lease_s))
+
+
+# -- What `once` would decide ------------------------------------------------------------
+
+
+@asynccontextmanager
+async def open_guards(
+    settings: Settings, clients: AwsClients, protected: Iterable[str]
+) -> AsyncIterator[Guards]:
+    """The guards a cycle applies, built as a cycle builds them, for dry-run assessment.
+
+    `protected` are the queues a cycle never resubmits into (its DLQs and the
+    parking queue). The one place `plan` builds guards.
+    """
+    # The ledger is only read (dry-run assessment): counts and backoff come from it.
+    async with open_ledger(settings.ledger, clients) as ledger:
+        guards = build_guards(settings, ledger=ledger, metrics=None)
+        guards.protect_queues(protected)
+        yield guards
+
+
+async def open_chain(
+    settings: Settings, clients: AwsClients, queues: Sequence[QueueRef]
+) -> tuple[ResolverChain, FeedMap]:
+    """The resolver chain a cycle uses for these DLQs, and the feed map it is built on."""
+    feeds = FeedCache(settings.discovery.feeds_refresh_cycles)
+    await feeds.refresh_if_due(clients, queues)
+    return build_chain(settings, feeds), feeds.current
+
+
+class Action(StrEnum):
+    """What `once` would do with a message."""
+
+    RESUBMIT = "resubmit"
+    PARK = "park"
+    DEFER = "defer"
+    # Left untouched to reappear after its lease (retryd cannot tell yet, e.g. no ledger).
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedMessage:
+    """One message and its verdict, in the terms the output uses."""
+
+    message_id: str
+    action: Action
+    attempt: int
+    resolver: str | None = None
+    target: Target | None = None
+    reason: str | None = None
+    delay_s: float | None = None
+    detail: str = ""
+
+    @classmethod
+    def from_verdict(cls, verdict: Verdict) -> PlannedMessage:
+        if isinstance(verdict, Park):
+            parked = verdict.job
+            return cls(
+                verdict.letter.message_id,
+                Action.PARK,
+                verdict.attempt,
+                (parked.resolver or None) if parked else None,
+                parked.target if parked else None,
+                verdict.reason.value,
+                detail=verdict.detail,
+            )
+        job = verdict.job
+        go = cls(
+            job.letter.message_id,
+            Action.RESUBMIT,
+            job.next_attempt,
+            job.resolver or None,
+            job.target,
+        )
+        if isinstance(verdict, Go):
+            return replace(go, attempt=verdict.attempt)
+        if isinstance(verdict, Defer):
+            return replace(
+                go,
+                action=Action.DEFER,
+                attempt=verdict.attempt,
+                reason=verdict.reason.value,
+                delay_s=verdict.delay_s,
+                detail=verdict.detail,
+            )
+        return replace(
+            go,
+            action=Action.HOLD,
+            attempt=job.attempt,
+            reason=verdict.reason,
+            detail=verdict.detail,
+        )
+
+    def decision(self) -> str:
+        """The verdict in a few words: `resubmit as attempt 2`, `park too-old`, ..."""
+        if self.action is Action.RESUBMIT:
+            return f"resubmit as attempt {self.attempt}"
+        if self.action is Action.PARK:
+            return f"park {self.reason}"
+        if self.action is Action.HOLD:
+            return f"hold {self.reason}"
+        return f"defer {self.reason} for {self.delay_s or 0:.0f}s"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "action": self.action.value,
+            "reason": self.reason,
+            "attempt": self.attempt,
+            "delay_s": self.delay_s,
+            "resolver": self.resolver,
+            "target": (
+                {"type": self.target.type.value, "arn": self.target.arn} if self.target else None
+            ),
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class QueuePlan:
+    """The plan for one DLQ."""
+
+    queue: QueueRef
+    depth: Depth | None = None
+    messages: list[PlannedMessage] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    # Trouble that did not stop the queue being read (its depth unknown).
+    warnings: list[str] = field(default_factory=list)
+    truncated: bool = False
+
+    def counts(self) -> Counter[tuple[str, str]]:
+        """Messages by (action, reason); reason is "" for a resubmission."""
+        return Counter((m.action.value, m.reason or "") for m in self.messages)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.queue.name,
+            "url": self.queue.url,
+            "arn": self.queue.arn,
+            "depth": self.depth.to_json() if self.depth else None,
+            "examined": len(self.messages),
+            "truncated": self.truncated,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "messages": [message.to_json() for message in self.messages],
+        }
+
+
+@dataclass
+class PlanReport:
+    """Every DLQ's plan, in discovery order."""
+
+    queues: list[QueuePlan]
+    max_messages: int
+
+    @property
+    def failed(self) -> list[QueuePlan]:
+        return [plan for plan in self.queues if plan.errors]
+
+    def summary(self) -> dict[str, Any]:
+        actions: Counter[str] = Counter()
+        groups = []
+        for plan in self.queues:
+            for (action, reason), count in sorted(plan.counts().items()):
+                actions[action] += count
+                groups.append(
+                    {
+                        "queue": plan.queue.name,
+                        "action": action,
+                        "reason": reason or None,
+                        "count": count,
+                    }
+                )
+        return {
+            "queues": len(self.queues),
+            "messages": sum(len(plan.messages) for plan in self.queues),
+            "actions": {action.value: actions.get(action.value, 0) for action in Action},
+            "groups": groups,
+            "failed_queues": [plan.queue.name for plan in self.failed],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": JSON_FORMAT_VERSION,
+            "max_messages": self.max_messages,
+            "queues": [plan.to_json() for plan in self.queues],
+            "summary": self.summary(),
+        }
+
+
+async def _plan_queue(
+    clients: AwsClients,
+    settings: Settings,
+    queue: QueueRef,
+    decide: Callable[[Sequence[DeadLetter]], Any],
+    *,
+    max_messages: int,
+    bars: progress.QueueProgress,
+) -> QueuePlan:
+    plan = QueuePlan(queue)
+    try:
+        plan.depth = await read_depth(clients.sqs, queue)
+    except Exception as exc:  # noqa: BLE001 - a cycle drains without a depth; so does plan
+        plan.warnings.append(f"depth unknown: {classify.from_exception(exc)}")
+    else:
+        if plan.depth.visible == 0:
+            # A cycle skips a DLQ SQS reports empty; the plan says the same by showing none.
+            return plan
+        # A cycle carries the retention on every letter, for the guards' retention check.
+        queue = replace(queue, retention_s=plan.depth.retention_s)
+    bar = bars.add(queue.name, min(max_messages, plan.depth.visible) if plan.depth else None)
+    async with peek(
+        clients.sqs,
+        queue,
+        max_messages=max_messages,
+        wait_s=settings.drain.receive_wait_s,
+        on_batch=lambda count: bars.advance(bar, count),
+    ) as seen:
+        verdicts: list[Verdict] = await decide(seen.letters) if seen.letters else []
+    bars.finish(bar)
+    plan.messages = [PlannedMessage.from_verdict(verdict) for verdict in verdicts]
+    plan.errors.extend(seen.errors)
+    plan.truncated = seen.truncated
+    return plan
+
+
+async def make_plan(
+    settings: Settings,
+    clients: AwsClients,
+    *,
+    max_messages: int,
+    bars: progress.QueueProgress,
+) -> PlanReport:
+    """Read, resolve and assess every DLQ's messages; nothing changes but brief leases.
+
+    Discovery errors and a missing parking queue propagate, as they stop a cycle.
+    """
+    parking = await Parking.locate(
+        clients.sqs, settings.parking.queue, settings.parking.detail_max_bytes
+    )
+    parking_arn = queue_ref_from_url(parking.queue_url, clients.sqs.meta.region_name).arn
+    queues = await discover_queues(clients.sqs, settings.discovery, settings.parking.queue)
+    chain, _ = await open_chain(settings, clients, queues)
+    plans: list[QueuePlan] = [QueuePlan(queue) for queue in queues]
+    async with open_guards(settings, clients, [q.arn for q in queues] + [parking_arn]) as guards:
+
+        async def decide(letters: Sequence[DeadLetter]) -> list[Verdict]:
+            return await guards.assess([chain.resolve(x) for x in letters], dry_run=True)
+
+        limiter = anyio.CapacityLimiter(settings.drain.queue_concurrency)
+
+        async def one(index: int) -> None:
+            async with limiter:
+                plans[index] = await _plan_queue(
+                    clients,
+                    settings,
+                    queues[index],
+                    decide,
+                    max_messages=max_messages,
+                    bars=bars,
+                )
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(queues)):
+                group.start_soon(one, index)
+    return PlanReport(plans, max_messages)
+
+
+# -- Output ----------------------------------------------------------------------------
+
+
+def _clip(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    """Left-aligned columns; the last column is not padded."""
+    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append((indent + "  ".join([*cells, row[-1]])).rstrip())
+    return lines
+
+
+def render_text(report: PlanReport) -> str:
+    """Per message one line, then the counts by queue and decision."""
+    lines: list[str] = []
+    rows: list[list[str]] = [["QUEUE", "MESSAGE ID", "RESOLVER", "TARGET", "DECISION", "DETAIL"]]
+    for plan in report.queues:
+        for message in plan.messages:
+            rows.append(
+                [
+                    plan.queue.name,
+                    message.message_id,
+                    message.resolver or "-",
+                    message.target.arn if message.target else "-",
+                    message.decision(),
+                    _clip(message.detail, TEXT_DETAIL_MAX_CHARS),
+                ]
+            )
+    if len(rows) > 1:
+        lines.extend(_table(rows))
+        lines.append("")
+    summary = report.summary()
+    lines.append(
+        f"{summary['queues']} queue(s), {summary['messages']} message(s) examined: "
+        + ", ".join(f"{count} {action}" for action, count in summary["actions"].items())
+    )
+    for plan in report.queues:
+        depth = plan.depth.describe() if plan.depth else "depth unknown"
+        note = " (--max-messages reached)" if plan.truncated else ""
+        lines.append(f"  {plan.queue.name}: {len(plan.messages)} examined{note}; {depth}")
+        counted = sorted(plan.counts().items())
+        if counted:
+            lines.extend(
+                _table(
+                    [[action, reason or "", str(count)] for (action, reason), count in counted],
+                    indent="    ",
+                )
+            )
+        lines.extend(f"    warning: {warning}" for warning in plan.warnings)
+        lines.extend(f"    error: {error}" for error in plan.errors)
+    return "\n".join(lines)
+
+
+async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int:
+    """The `plan` command: 0, or 1 when some queue could not be read (named on stderr)."""
+    if max_messages < 1:
+        print("retryd plan: --max-messages must be at least 1", file=sys.stderr)
+        return 2
+    async with open_clients(settings.aws) as clients:
+        try:
+            with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
+                report = await make_plan(settings, clients, max_messages=max_messages, bars=bars)
+        except (ClientError, BotoCoreError) as exc:
+            print(
+                f"retryd plan: cannot list the DLQs: {classify.from_exception(exc)}",
+                file=sys.stderr,
+            )
+            return 1
+    if output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(render_text(report))
+    for plan in report.failed:
+        for error in plan.errors:
+            print(f"retryd plan: {plan.queue.name}: {error}", file=sys.stderr)
+    return 1 if report.failed else 0
