@@ -80,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="send every demo message N times (1-100), to watch a bigger cycle",
     )
+    sandbox.add_argument(
+        "--serve",
+        action="store_true",
+        help="build the demo world and keep the emulator up (until Ctrl-C) instead of running "
+        "a cycle, so that plan, inspect, once and run can be tried against it",
+    )
+    sandbox.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="with --serve: the emulator's port (default: a free one)",
+    )
     plan = commands.add_parser(
         "plan",
         parents=[common],
@@ -172,10 +185,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from retryd.sandbox import run_sandbox  # noqa: PLC0415 - moto is an optional extra
+    from retryd.sandbox import run_sandbox, serve_sandbox  # noqa: PLC0415 - moto is an optional extra
 
     # The sandbox prints its own report of every decision; log lines would repeat it.
     configure_logging("error", "auto")
+    if args.serve:
+        return serve_sandbox(args.scale, args.port)
     return run_sandbox(args.scale)
 
 

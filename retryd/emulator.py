@@ -49,9 +49,12 @@ def _moto_app() -> tuple[WsgiApp, type[Any]]:
 class MotoServer:
     """moto's WSGI app served by werkzeug in a daemon thread; `middleware` may wrap it."""
 
-    def __init__(self, middleware: Middleware | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, middleware: Middleware | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self._middleware = middleware
         self._host = host
+        self._port = port
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -74,8 +77,10 @@ class MotoServer:
         handler = _QuietHandler
         if self._middleware is not None:
             app = self._middleware(app)
-        # Port 0: the kernel picks a free port, so parallel runs never collide.
-        self._server = make_server(self._host, 0, app, threaded=True, request_handler=handler)
+        # Port 0 (the default): the kernel picks a free port, so parallel runs never collide.
+        self._server = make_server(
+            self._host, self._port, app, threaded=True, request_handler=handler
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="moto-server", daemon=True
         )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -163,9 +164,18 @@ def test_sandbox_runs_with_no_aws_account() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert out.count("resubmitted") >= 6
-    for reason in ("attempts-exhausted", "target-not-allowed", "invalid-envelope", "unresolvable"):
+    assert out.count("resubmitted") >= 9
+    for reason in (
+        "attempts-exhausted",
+        "target-not-allowed",
+        "invalid-envelope",
+        "unresolvable",
+        "source-error-permanent",
+    ):
         assert reason in out
+    # AWS's own shapes found their targets with no route: SQS moved one, Lambda wrote one.
+    assert re.search(r"SQS intake +1 message", out)
+    assert re.search(r"Lambda charge +3 async invocation", out)
     assert "0 message(s) left" in out
 
 
@@ -233,3 +243,62 @@ def test_sandbox_without_the_extra_says_how_to_install_it() -> None:
     )
     assert done.returncode == 3
     assert "pip install 'retryd[sandbox]'" in done.stderr
+
+
+def test_sandbox_serve_lets_plan_predict_exactly_what_once_does() -> None:
+    """`sandbox --serve` keeps the demo world up; `plan` there foretells `once`'s every count."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RETRYD_"))}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "retryd", "sandbox", "--serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert server.stdout is not None
+        printed = []
+        for line in server.stdout:
+            printed.append(line)
+            if line.startswith("Serving until"):
+                break
+        exports = next(line for line in printed if line.strip().startswith("export "))
+        aws = dict(pair.split("=", 1) for pair in exports.split()[1:])
+        config = next(line for line in printed if line.startswith("settings: ")).split()[1]
+        client_env = {**env, **aws}
+
+        def command(*args: str) -> str:
+            done = subprocess.run(
+                [sys.executable, "-m", "retryd", *args, "--config", config],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=client_env,
+                check=False,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        plan = json.loads(command("plan", "--output", "json"))
+        summary = command("once").strip().splitlines()[-1]
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=30)
+    assert server.returncode == 0
+
+    predicted: Counter[str] = Counter()
+    for group in plan["summary"]["groups"]:
+        verb = {"resubmit": "resubmitted", "park": "parked", "defer": "deferred"}[group["action"]]
+        predicted[verb] += group["count"]
+        if group["reason"]:
+            predicted[f"{verb}:{group['reason']}"] += group["count"]
+    done = Counter(
+        {
+            name: int(count)
+            for name, count in re.findall(r"([a-z:-]+)=(\d+)", summary)
+            if name not in ("queues", "received", "failed")
+        }
+    )
+    assert +done == +predicted
+    assert predicted["resubmitted"] == 9
+    assert predicted["parked"] == 5
