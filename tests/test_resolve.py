@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Route
 from tests import strategies
 from tests.conftest import SettingsFactory
+from tests.native_helpers import letter_from_wire
 
 FIXTURES = Path(__file__).parent / "fixtures" / "messages"
 ACCOUNT = "123456789012"
@@ -55,24 +55,6 @@ def queue(name: str) -> QueueRef:
         name=name,
         url=f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{name}",
         arn=f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}",
-    )
-
-
-def letter_from_wire(item: Mapping[str, Any], on: QueueRef = ORDERS_QUEUE) -> DeadLetter:
-    """A DeadLetter from one ReceiveMessage `Messages[]` item as JSON (binary values base64)."""
-    attributes = {}
-    for name, raw in item.get("MessageAttributes", {}).items():
-        wire = dict(raw)
-        if isinstance(wire.get("BinaryValue"), str):
-            wire["BinaryValue"] = base64.b64decode(wire["BinaryValue"])
-        attributes[name] = MessageAttribute.from_wire(wire)
-    return DeadLetter(
-        queue=on,
-        message_id=item["MessageId"],
-        receipt_handle=item["ReceiptHandle"],
-        body=item["Body"],
-        system_attributes=dict(item.get("Attributes", {})),
-        message_attributes=attributes,
     )
 
 

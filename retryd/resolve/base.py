@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Protocol
 
-from retryd.keys import MAX_KEY_CHARS
-from retryd.models import Attributes, DeadLetter, Job, MessageAttribute, Unresolvable
+from retryd.keys import MAX_KEY_CHARS, idempotency_key
+from retryd.models import Attributes, DeadLetter, Job, MessageAttribute, Target, Unresolvable
 from retryd.stamps import ATTEMPT as ATTEMPT_ATTRIBUTE
 from retryd.stamps import FIRST_FAILED_AT as FIRST_FAILED_AT_ATTRIBUTE
 from retryd.stamps import KEY as KEY_ATTRIBUTE
@@ -87,3 +87,22 @@ def forward_attributes(letter: DeadLetter) -> Attributes:
 def _is_number(attribute: MessageAttribute) -> bool:
     # SQS custom types extend the base type after a dot: "Number.int".
     return attribute.data_type == "Number" or attribute.data_type.startswith("Number.")
+
+
+def body_as_is(letter: DeadLetter, target: Target, resolver: str) -> Job:
+    """A Job that sends the message's own body and attributes to `target`.
+
+    For shapes whose body is the original work (static routes, Lambda async DLQs,
+    SQS redrive DLQs): identity, attempt and first failure come from retryd's
+    stamps where the message carries them.
+    """
+    return Job(
+        letter=letter,
+        target=target,
+        body=letter.body,
+        key=idempotency_key(target.arn, letter.body, stamped_key(letter)),
+        attempt=stamped_attempt(letter) or 0,
+        resolver=resolver,
+        first_failed_at=stamped_first_failed_at(letter) or letter.sent_at,
+        forward_attributes=forward_attributes(letter),
+    )

@@ -11,14 +11,8 @@ its DeadLetterConfig, or an on-failure destination that is the queue.
 from __future__ import annotations
 
 from retryd.feeds import FeedKind, FeedMap, FeedSource
-from retryd.keys import idempotency_key
 from retryd.models import DeadLetter, Job, ParkReason, Target, TargetType, Unresolvable
-from retryd.resolve.base import (
-    forward_attributes,
-    stamped_attempt,
-    stamped_first_failed_at,
-    stamped_key,
-)
+from retryd.resolve.base import body_as_is
 
 REQUEST_ID = "RequestID"
 ERROR_CODE = "ErrorCode"
@@ -47,16 +41,7 @@ class LambdaAsyncResolver:
             return Unresolvable(
                 letter, ParkReason.UNRESOLVABLE, f"{function} is not a Lambda function ARN"
             )
-        return Job(
-            letter=letter,
-            target=target,
-            body=letter.body,
-            key=idempotency_key(target.arn, letter.body, stamped_key(letter)),
-            attempt=stamped_attempt(letter) or 0,
-            resolver=self.name,
-            first_failed_at=stamped_first_failed_at(letter) or letter.sent_at,
-            forward_attributes=forward_attributes(letter),
-        )
+        return body_as_is(letter, target, self.name)
 
 
 def _feeding_function(letter: DeadLetter, feed_map: FeedMap) -> str | Unresolvable | None:

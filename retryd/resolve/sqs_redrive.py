@@ -11,14 +11,8 @@ ListDeadLetterSourceQueues answer is used when it names exactly one source.
 from __future__ import annotations
 
 from retryd.feeds import FeedKind, FeedSource
-from retryd.keys import idempotency_key
 from retryd.models import DeadLetter, Job, ParkReason, Target, TargetType, Unresolvable
-from retryd.resolve.base import (
-    forward_attributes,
-    stamped_attempt,
-    stamped_first_failed_at,
-    stamped_key,
-)
+from retryd.resolve.base import body_as_is
 
 REDRIVE_SOURCE = "DeadLetterQueueSourceArn"
 
@@ -68,16 +62,7 @@ class SqsRedriveResolver:
     def _job(self, letter: DeadLetter, target: Target) -> Job:
         # The attempt comes from the retryd.attempt stamp this message carried back
         # through the redrive policy (SQS keeps message attributes when it moves one).
-        return Job(
-            letter=letter,
-            target=target,
-            body=letter.body,
-            key=idempotency_key(target.arn, letter.body, stamped_key(letter)),
-            attempt=stamped_attempt(letter) or 0,
-            resolver=self.name,
-            first_failed_at=stamped_first_failed_at(letter) or letter.sent_at,
-            forward_attributes=forward_attributes(letter),
-        )
+        return body_as_is(letter, target, self.name)
 
 
 def _queue_target(arn: str) -> Target | None:

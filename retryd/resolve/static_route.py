@@ -9,14 +9,8 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
-from retryd.keys import idempotency_key
 from retryd.models import DeadLetter, Job, Target
-from retryd.resolve.base import (
-    forward_attributes,
-    stamped_attempt,
-    stamped_first_failed_at,
-    stamped_key,
-)
+from retryd.resolve.base import body_as_is
 from retryd.settings import Route
 
 
@@ -40,13 +34,4 @@ class StaticRouteResolver:
         target = self.target_for(letter.queue.name)
         if target is None:
             return None
-        return Job(
-            letter=letter,
-            target=target,
-            body=letter.body,
-            key=idempotency_key(target.arn, letter.body, stamped_key(letter)),
-            attempt=stamped_attempt(letter) or 0,
-            resolver=self.name,
-            first_failed_at=stamped_first_failed_at(letter) or letter.sent_at,
-            forward_attributes=forward_attributes(letter),
-        )
+        return body_as_is(letter, target, self.name)
