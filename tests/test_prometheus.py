@@ -4,9 +4,7 @@ dashboard, the README's metrics table, and a real Prometheus server scraping `re
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -24,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from retryd.metrics import Metrics
 from tests.processes import retryd_run
+from tests.tools import require_tool
 from tests.world import ACCOUNT, REGION, World, envelope
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,14 +44,8 @@ T = TypeVar("T")
 
 
 def _tool(name: str) -> str:
-    """The path of a Prometheus binary; skipped when missing, except on CI (which installs it)."""
-    path = shutil.which(name)
-    if path is not None:
-        return path
-    reason = f"{name} is not installed (Debian: apt-get install prometheus)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI must have it: .ci/run installs it when missing")
-    pytest.skip(reason)
+    """The path of a Prometheus binary (Debian's prometheus package has both)."""
+    return require_tool(name, "prometheus")
 
 
 def _populated_registry() -> CollectorRegistry:

@@ -19,15 +19,12 @@ import pytest
 from retryd.settings import DrainSettings, ScheduleSettings, ShutdownSettings
 from retryd.systemd import SystemdNotifier, socket_address, watchdog_interval_s
 from tests.processes import retryd_run
+from tests.tools import require_tool
 from tests.world import ACCOUNT, REGION, World
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "systemd" / "retryd.service"
 VENV_RETRYD = ROOT / ".venv" / "bin" / "retryd"
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-needs_systemd_analyze = pytest.mark.skipif(
-    SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (.ci/run installs systemd)"
-)
 # Best first; systemd-analyze security's levels at or better than "OK".
 GOOD_LEVELS = ("PERFECT", "SAFE", "OK")
 
@@ -205,12 +202,11 @@ def unit_with_real_exec(tmp_path: Path) -> Path:
     return path
 
 
-@needs_systemd_analyze
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     """`systemd-analyze verify` accepts the unit: no warnings, exit 0."""
-    assert SYSTEMD_ANALYZE is not None
+    systemd_analyze = require_tool("systemd-analyze", "systemd")
     result = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(unit_with_real_exec(tmp_path))],
+        [systemd_analyze, "verify", str(unit_with_real_exec(tmp_path))],
         capture_output=True,
         text=True,
         timeout=60,
@@ -220,12 +216,11 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "retryd.service" not in result.stderr, result.stderr
 
 
-@needs_systemd_analyze
 def test_unit_security_exposure_is_ok_or_better(tmp_path: Path) -> None:
     """`systemd-analyze security --offline=yes` rates the unit "OK" or better."""
-    assert SYSTEMD_ANALYZE is not None
+    systemd_analyze = require_tool("systemd-analyze", "systemd")
     result = subprocess.run(
-        [SYSTEMD_ANALYZE, "security", "--offline=yes", str(unit_with_real_exec(tmp_path))],
+        [systemd_analyze, "security", "--offline=yes", str(unit_with_real_exec(tmp_path))],
         capture_output=True,
         text=True,
         timeout=60,
