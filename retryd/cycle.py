@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import anyio
 import structlog
@@ -19,8 +17,9 @@ from retryd.guards import build_guards
 from retryd.guards.ratelimit import RateLimits
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, Decision, MessageAttribute, Outcome, QueueRef
+from retryd.models import DeadLetter, Decision, Outcome, QueueRef
 from retryd.parking import Parking
+from retryd.peek import RECEIVE_BATCH_MAX, read_depth
 from retryd.pipeline import Pipeline
 from retryd.resolve import build_chain
 from retryd.sending import Sender
@@ -28,9 +27,6 @@ from retryd.settings import Settings
 from retryd.targets import TargetRouter
 
 log = structlog.get_logger("retryd.cycle")
-
-# SQS ReceiveMessage returns at most 10 messages per call.
-RECEIVE_BATCH_MAX = 10
 
 
 @dataclass
@@ -83,15 +79,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-# GetQueueAttributes names, in the order set_dlq_depth takes them.
-_DEPTH_ATTRIBUTES = (
-    "ApproximateNumberOfMessages",
-    "ApproximateNumberOfMessagesNotVisible",
-    "ApproximateNumberOfMessagesDelayed",
-)
-
-_RETENTION_ATTRIBUTE = "MessageRetentionPeriod"
-
 # Time kept back from each lease for the delete that settles the batch.
 LEASE_MARGIN_S = 5.0
 
@@ -99,21 +86,6 @@ LEASE_MARGIN_S = 5.0
 # queue counts as wrapped round (each such receive hides them again, so a few
 # tries reach the rest of the queue without spinning).
 MAX_STALE_BATCHES = 3
-
-
-def to_dead_letter(queue: QueueRef, raw: Mapping[str, Any]) -> DeadLetter:
-    """An SQS ReceiveMessage entry as a DeadLetter."""
-    return DeadLetter(
-        queue=queue,
-        message_id=str(raw["MessageId"]),
-        receipt_handle=str(raw["ReceiptHandle"]),
-        body=str(raw.get("Body", "")),
-        system_attributes=dict(raw.get("Attributes", {})),
-        message_attributes={
-            name: MessageAttribute.from_wire(value)
-            for name, value in raw.get("MessageAttributes", {}).items()
-        },
-    )
 
 
 @dataclass(frozen=True)
@@ -290,18 +262,12 @@ class Cycle:
         Either is None when SQS did not say.
         """
         try:
-            response = await self._clients.sqs.get_queue_attributes(
-                QueueUrl=queue.url, AttributeNames=[*_DEPTH_ATTRIBUTES, _RETENTION_ATTRIBUTE]
-            )
+            depth = await read_depth(self._clients.sqs, queue)
         except Exception as exc:  # noqa: BLE001 - no depth is no reason not to drain
             log.warning("depth-unknown", queue=queue.name, error=str(classify.from_exception(exc)))
             return None, None
-        attributes = response.get("Attributes", {})
-        counts = {name: int(attributes.get(name, 0)) for name in _DEPTH_ATTRIBUTES}
-        visible, in_flight, delayed = (counts[name] for name in _DEPTH_ATTRIBUTES)
-        self._metrics.set_dlq_depth(queue.name, visible, in_flight, delayed)
-        retention = str(attributes.get(_RETENTION_ATTRIBUTE, ""))
-        return visible, int(retention) if retention.isdigit() else None
+        self._metrics.set_dlq_depth(queue.name, depth.visible, depth.in_flight, depth.delayed)
+        return depth.visible, depth.retention_s
 
     async def _receive(
         self, state: _QueueDrain, want: int, report: CycleReport
@@ -324,4 +290,4 @@ class Cycle:
         messages = response.get("Messages", [])
         if not messages:
             return None
-        return [to_dead_letter(state.queue, raw) for raw in messages]
+        return [DeadLetter.from_wire(state.queue, raw) for raw in messages]

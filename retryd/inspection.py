@@ -4,7 +4,7 @@ Messages are grouped the way ServicePulse groups failed messages: by where they
 go back to and by an error signature, the error each shape records with its
 numbers, UUIDs and hex ids replaced by placeholders, so that a thousand
 timeouts of a thousand orders are one group and not a thousand. Messages are
-read under a short lease that is handed back at once (`plan.peek`): nothing
+read under a short lease that is handed back at once (`peek.peek`): nothing
 is resubmitted, parked or deleted.
 """
 
@@ -31,7 +31,8 @@ from retryd.discovery import (
     queue_ref_from_url,
 )
 from retryd.models import DeadLetter, Job, QueueRef
-from retryd.plan import Depth, open_chain, peek, read_depth
+from retryd.peek import Depth, peek, read_depth
+from retryd.plan import open_chain
 from retryd.resolve import ResolverChain
 from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Settings

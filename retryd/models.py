@@ -181,6 +181,21 @@ class DeadLetter:
     system_attributes: Mapping[str, str] = field(default_factory=dict)
     message_attributes: Attributes = field(default_factory=dict)
 
+    @classmethod
+    def from_wire(cls, queue: QueueRef, raw: Mapping[str, Any]) -> DeadLetter:
+        """One entry of an SQS ReceiveMessage response."""
+        return cls(
+            queue=queue,
+            message_id=str(raw["MessageId"]),
+            receipt_handle=str(raw["ReceiptHandle"]),
+            body=str(raw.get("Body", "")),
+            system_attributes=dict(raw.get("Attributes", {})),
+            message_attributes={
+                name: MessageAttribute.from_wire(value)
+                for name, value in raw.get("MessageAttributes", {}).items()
+            },
+        )
+
     @property
     def receive_count(self) -> int:
         return int(self.system_attributes.get("ApproximateReceiveCount", "1"))

@@ -17,7 +17,8 @@ from retryd.cli import main
 from retryd.discovery import queue_ref_from_url
 from retryd.guards import Defer, DeferReason, Go, Park
 from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Target
-from retryd.plan import Action, Peek, PlannedMessage, peek
+from retryd.peek import Peek, peek
+from retryd.plan import Action, PlannedMessage
 from retryd.service import run_once
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
