@@ -194,9 +194,10 @@ async def _create_targets(clients: AwsClients, world: DemoWorld) -> None:
 def _demo_messages(copy: int = 0) -> dict[str, list[DemoMessage]]:
     """DLQ name -> messages: one per target type, a static route, AWS shapes, and the poison.
 
-    `copy` numbers the order ids, so scaled-up copies are distinct pieces of work
-    (identical payloads would share an idempotency key, and Step Functions would
-    rightly start them once).
+    `copy` numbers every payload, so scaled-up copies are distinct pieces of work:
+    identical payloads to one target share an idempotency key, so the ledger would
+    count them as attempts of one piece of work (and Step Functions would rightly
+    start it once).
     """
     return {
         "retry-payments": [
@@ -224,7 +225,7 @@ def _demo_messages(copy: int = 0) -> dict[str, list[DemoMessage]]:
                 _envelope(
                     "sqs",
                     _arn("sqs", "invoices"),
-                    {"invoice": "INV-7"},
+                    {"invoice": f"INV-7-{copy}"},
                 ),
             ),
             DemoMessage(
@@ -232,7 +233,7 @@ def _demo_messages(copy: int = 0) -> dict[str, list[DemoMessage]]:
                 _envelope(
                     "sns",
                     _arn("sns", "notify"),
-                    "order 44 shipped",
+                    f"order 44-{copy} shipped",
                 ),
             ),
             DemoMessage(
@@ -243,7 +244,7 @@ def _demo_messages(copy: int = 0) -> dict[str, list[DemoMessage]]:
                     {
                         "Source": "shop.billing",
                         "DetailType": "InvoiceDue",
-                        "Detail": {"invoice": "INV-8"},
+                        "Detail": {"invoice": f"INV-8-{copy}"},
                     },
                 ),
             ),
