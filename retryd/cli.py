@@ -173,6 +173,8 @@ def _once(args: argparse.Namespace) -> int:
     print(report.summary())
     for error in report.errors:
         print(f"error: {error}", file=sys.stderr)
+    if report.fatal is not None:
+        return report.fatal.exit_code
     return 0 if report.ok else 1
 
 

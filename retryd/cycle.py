@@ -12,6 +12,7 @@ import structlog
 from retryd import classify
 from retryd.aws import AwsClients
 from retryd.discovery import discover_queues, queue_ref_from_url
+from retryd.errors import ParkingQueueMissingError, RetrydError
 from retryd.feeds import FeedCache
 from retryd.guards import build_guards
 from retryd.guards.ratelimit import RateLimits
@@ -41,6 +42,8 @@ class CycleReport:
     decisions: list[Decision] | None = None
     errors: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    # An error that needs a person rather than another cycle (exit code and all).
+    fatal: RetrydError | None = None
 
     @property
     def ok(self) -> bool:
@@ -197,6 +200,12 @@ class Cycle:
             async with anyio.create_task_group() as group:
                 for queue in queues:
                     group.start_soon(self._drain, run, queue, limiter)
+        except ParkingQueueMissingError as exc:
+            # Not an AWS hiccup: someone has to create the queue. The daemon keeps
+            # looking every cycle; `once` exits with this error's own code.
+            report.errors.append(f"cycle: {exc}")
+            report.fatal = exc
+            log.error("parking-queue-missing", queue=exc.queue, error=str(exc))  # noqa: TRY400 - the message says it all
         except Exception as exc:  # noqa: BLE001 - a failed cycle is reported, the daemon goes on
             for leaf in _leaves(exc):
                 error = classify.from_exception(leaf)

@@ -111,6 +111,22 @@ def test_env_overrides_the_file(
     assert effective["discovery"]["queue_prefixes"] == ["retry-"]
 
 
+def test_once_without_a_parking_queue_exits_4_and_touches_nothing(
+    world: World, tmp_path: Path
+) -> None:
+    """No parking queue: `once` exits 4 naming it, and every message stays in its DLQ."""
+    world.create_queue("retry-a")
+    world.create_queue("dest")
+    world.send("retry-a", envelope("sqs", world.queue_arn("dest"), "hello"))
+
+    done = retryd("once", "--config", str(write_config(tmp_path)))
+
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "parking queue 'retryd-parking' not found" in done.stderr
+    assert world.depth("retry-a") == 1
+    assert world.depth("dest") == 0
+
+
 def test_once_prints_a_summary_line(world: World, tmp_path: Path) -> None:
     """`retryd once` as a real process drains the DLQ and prints counts per outcome."""
     world.create_queue("retryd-parking")
