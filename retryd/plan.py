@@ -15,7 +15,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -28,7 +28,7 @@ from retryd.aws import AwsClients, open_clients
 from retryd.discovery import discover_queues, queue_ref_from_url
 from retryd.feeds import FeedCache, FeedMap
 from retryd.guards import Defer, Go, Guards, Park, Verdict, build_guards
-from retryd.ledger import open_ledger
+from retryd.ledger import Ledger, open_ledger
 from retryd.models import DeadLetter, QueueRef, Target
 from retryd.parking import Parking
 from retryd.peek import Depth, peek, read_depth
@@ -52,8 +52,14 @@ async def open_guards(
     `protected` are the queues a cycle never resubmits into (its DLQs and the
     parking queue). The one place `plan` builds guards.
     """
-    # The ledger is only read (dry-run assessment): counts and backoff come from it.
-    async with open_ledger(settings.ledger, clients) as ledger:
+    # Only read: counts and backoff come from the ledger. A SQLite file that does not
+    # exist yet has counted nothing, and opening it would create it: a plan writes
+    # nothing, so it judges with no ledger instead.
+    exists = settings.ledger.backend != "sqlite" or await anyio.Path(settings.ledger.path).exists()
+    ledger_scope: AbstractAsyncContextManager[Ledger | None] = (
+        open_ledger(settings.ledger, clients) if exists else nullcontext(None)
+    )
+    async with ledger_scope as ledger:
         guards = build_guards(settings, ledger=ledger, metrics=None)
         guards.protect_queues(protected)
         yield guards

@@ -23,6 +23,7 @@ from retryd.service import run_once
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
 from tests.operator_helpers import (
+    CONFIG,
     PARKING,
     config_file,
     depth,
@@ -362,3 +363,30 @@ def test_a_queue_that_comes_round_again_ends_the_read_without_duplicates(
     assert len(set(ids)) == len(ids)
     assert seen.truncated is False
     assert seen.handles.keys() == set(ids)
+
+
+def test_plan_reads_the_sqlite_ledger_but_never_creates_it(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No ledger file yet: plan judges with an empty ledger and does not create the file.
+    Once `once` has counted an attempt there, plan reads the count."""
+    ids = mixed_dlq(world)
+    ledger_path = tmp_path / "ledger.sqlite3"
+    config = tmp_path / "sqlite.toml"
+    config.write_text(
+        CONFIG.replace('backend = "memory"', f'backend = "sqlite"\npath = "{ledger_path}"')
+    )
+
+    code, document = plan_json(capsys, "--config", str(config))
+    assert code == 0
+    assert by_id(document)[ids["good"]]["attempt"] == 2
+    assert not ledger_path.exists()
+
+    assert main(["once", "--config", str(config)]) == 0
+    capsys.readouterr()
+    function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:charge"
+    # The same work failed again, and its message says nothing of the retry just made.
+    again = world.send("retry-mixed", envelope("lambda", function_arn, {"n": 1}, attempt=1))
+    code, document = plan_json(capsys, "--config", str(config))
+    assert code == 0
+    assert by_id(document)[again]["attempt"] == 3
