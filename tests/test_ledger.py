@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -27,8 +29,9 @@ from retryd.ledger import (
     decide_release,
     open_ledger,
 )
-from retryd.ledger.base import settle
+from retryd.ledger.base import COMMITTED_MEMORY, settle
 from retryd.ledger.dynamodb import CONFLICT_TRIES
+from retryd.ledger.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from retryd.metrics import Metrics
 from retryd.models import ErrorClass
 from retryd.settings import Settings
@@ -189,25 +192,110 @@ def test_a_live_claim_of_another_owner_on_another_message_is_busy(
     run(body)
 
 
-@pytest.mark.parametrize("situation", ["committed", "expired", "ours"])
+@pytest.mark.parametrize("situation", ["committed", "expired", "ours-committed", "ours-expired"])
 def test_another_message_starts_a_new_claim_unless_blocked(
     backend: Backend, clock: FakeClock, situation: str
 ) -> None:
-    """Different message, and the stored claim is committed, expired or ours: STARTED anew."""
+    """Different message, and the stored claim (ours or not) is committed or expired: STARTED."""
 
     async def body() -> None:
         async with backend.open("a", clock) as a, backend.open("b", clock) as b:
             await a.begin([claim("k", "m1", attempt=1)])
-            if situation == "committed":
+            if situation.endswith("committed"):
                 await a.commit([claim("k", "m1", attempt=1)], at_s=clock())
-            elif situation == "expired":
+            else:
                 clock.advance(CLAIM_S)
-            second = a if situation == "ours" else b
+            second = a if situation.startswith("ours") else b
             [begun] = await second.begin([claim("k", "m2", attempt=2)])
             assert (begun.status, begun.attempt) == (STARTED, 2)
             record = (await a.read(["k"]))["k"]
         assert (record.claim_message_id, record.claim_owner) == ("m2", second.owner)
-        assert record.attempts == (1 if situation == "committed" else 0)
+        assert record.attempts == (1 if situation.endswith("committed") else 0)
+
+    run(body)
+
+
+def test_our_own_live_claim_on_another_message_is_busy(backend: Backend, clock: FakeClock) -> None:
+    """Different message, same key, our own live claim: BUSY, and the first claim stays stored."""
+
+    async def body() -> None:
+        async with backend.open("a", clock) as ledger:
+            answers = await ledger.begin([claim("k", "m1", attempt=1), claim("k", "m2", attempt=1)])
+            assert [(x.status, x.attempt) for x in answers] == [(STARTED, 1), (BUSY, 1)]
+            clock.advance(CLAIM_S - 1)
+            [begun] = await ledger.begin([claim("k", "m2", attempt=1)])
+            assert begun.status is BUSY
+            record = (await ledger.read(["k"]))["k"]
+        assert (record.claim_message_id, record.claim_state) == ("m1", ClaimState.BEGUN)
+
+    run(body)
+
+
+def test_a_committed_message_stays_done_after_another_message_takes_the_key(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """m1 committed, then m2 on its key begun and committed: m1 back again is DONE as attempt 1."""
+
+    async def body() -> None:
+        async with backend.open("a", clock) as a, backend.open("b", clock) as b:
+            await a.begin([claim("k", "m1", attempt=1)])
+            assert await a.commit([claim("k", "m1", attempt=1)], at_s=clock()) == [True]
+            [begun] = await b.begin([claim("k", "m2", attempt=2)])
+            assert begun.status is STARTED
+            # m1 again while m2's claim is live, and once m2 is committed: DONE both times.
+            for ledger in (a, b):
+                [again] = await ledger.begin([claim("k", "m1", attempt=2)])
+                assert (again.status, again.attempt) == (DONE, 1)
+            assert await b.commit([claim("k", "m2", attempt=2)], at_s=clock()) == [True]
+            for ledger in (a, b):
+                answers = await ledger.begin([claim("k", "m1", attempt=3), claim("k", "m2")])
+                assert [(x.status, x.attempt) for x in answers] == [(DONE, 1), (DONE, 2)]
+            record = (await a.read(["k"]))["k"]
+        assert record.committed == (("m1", 1), ("m2", 2))
+        assert (record.claim_message_id, record.attempts) == ("m2", 2)
+
+    run(body)
+
+
+def test_a_lost_commit_still_makes_its_message_done(backend: Backend, clock: FakeClock) -> None:
+    """A commit whose claim was taken over is remembered too: that message is DONE from then."""
+
+    async def body() -> None:
+        async with backend.open("a", clock) as a, backend.open("b", clock) as b:
+            await a.begin([claim("k", "m1", attempt=1)])
+            clock.advance(CLAIM_S + 1)
+            await b.begin([claim("k", "m2", attempt=2)])
+            # a's copy of m1 did reach the target before its claim ran out.
+            assert await a.commit([claim("k", "m1", attempt=1)], at_s=clock()) == [False]
+            [begun] = await b.begin([claim("k", "m1", attempt=3)])
+            assert (begun.status, begun.attempt) == (DONE, 1)
+            record = (await b.read(["k"]))["k"]
+        assert (record.claim_message_id, record.claim_owner) == ("m2", "b")
+        assert record.committed == (("m1", 1),)
+
+    run(body)
+
+
+def test_a_key_remembers_only_its_latest_committed_messages(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """After COMMITTED_MEMORY + 1 commits on a key the oldest message is forgotten: STARTED."""
+    messages = [f"m{n}" for n in range(COMMITTED_MEMORY + 1)]
+
+    async def body() -> None:
+        async with backend.open("a", clock) as ledger:
+            for attempt, message in enumerate(messages, start=1):
+                await ledger.begin([claim("k", message, attempt=attempt)])
+                assert await ledger.commit([claim("k", message, attempt=attempt)], at_s=clock())
+            record = (await ledger.read(["k"]))["k"]
+            assert (
+                record.committed
+                == tuple((message, attempt) for attempt, message in enumerate(messages, start=1))[
+                    1:
+                ]
+            )
+            answers = await ledger.begin([claim("k", messages[1]), claim("k", messages[0])])
+        assert [(x.status, x.attempt) for x in answers] == [(DONE, 2), (STARTED, 1)]
 
     run(body)
 
@@ -445,6 +533,93 @@ def test_sqlite_ledger_prunes_expired_rows_when_opened(tmp_path: Path, clock: Fa
         assert conn.execute("SELECT count(*) FROM ledger").fetchone() == (0,)
 
 
+# The schema retryd wrote as SQLite ledger version 1, kept here verbatim to test the upgrade.
+SCHEMA_V1 = """
+CREATE TABLE ledger (
+    key TEXT PRIMARY KEY NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_failed_at_s REAL,
+    last_attempt_at_s REAL,
+    claim_message_id TEXT,
+    claim_attempt INTEGER NOT NULL,
+    claim_state TEXT,
+    claim_owner TEXT,
+    claim_expires_at_s REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX ledger_expires_at ON ledger (expires_at);
+INSERT INTO ledger VALUES ('k', 2, 5.0, 9.0, 'm1', 2, 'committed', 'old', 0.0, 1e12);
+PRAGMA user_version = 1;
+"""
+
+
+def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock: FakeClock) -> None:
+    """A file from schema 1 gains the committed column on open; its rows read and work as before."""
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_V1)
+    conn.close()
+
+    async def body() -> None:
+        ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
+        try:
+            record = (await ledger.read(["k"]))["k"]
+            assert (record.attempts, record.claim_message_id, record.committed) == (2, "m1", ())
+            # The old row's committed claim still answers DONE; a new message starts, commits.
+            answers = await ledger.begin([claim("k", "m1", attempt=3), claim("k", "m2", attempt=3)])
+            assert [(x.status, x.attempt) for x in answers] == [(DONE, 2), (STARTED, 3)]
+            assert await ledger.commit([claim("k", "m2", attempt=3)], at_s=clock()) == [True]
+        finally:
+            await ledger.aclose()
+        # Reopening a file already at version 2 changes nothing.
+        again = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
+        try:
+            assert (await again.read(["k"]))["k"].committed == (("m2", 3),)
+        finally:
+            await again.aclose()
+
+    run(body)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION,)
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(ledger)")]
+    conn.close()
+    assert SQLITE_SCHEMA_VERSION == 2
+    assert columns[-1] == "committed"
+
+
+def test_sqlite_ledger_refuses_a_file_from_a_newer_retryd(tmp_path: Path) -> None:
+    """A file whose schema version is above ours is a LedgerError, and is left untouched."""
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SQLITE_SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(LedgerError, match="newer retryd"):
+        run(lambda: SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION + 1,)
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
+    conn.close()
+
+
+def test_a_damaged_committed_column_fails_the_read(tmp_path: Path, clock: FakeClock) -> None:
+    """A committed column that is not a list of pairs is a LedgerError naming the key."""
+    path = tmp_path / "ledger.sqlite3"
+
+    async def body() -> None:
+        ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
+        try:
+            await ledger.begin([claim("k", "m1")])
+            with sqlite3.connect(path) as conn:
+                conn.execute("""UPDATE ledger SET committed = '[["m1", "one"]]'""")
+            conn.close()
+            with pytest.raises(LedgerError, match="'k' has a committed column"):
+                await ledger.read(["k"])
+        finally:
+            await ledger.aclose()
+
+    run(body)
+
+
 def test_sqlite_ledger_in_a_missing_directory_fails_naming_the_path(tmp_path: Path) -> None:
     """An unopenable file is a LedgerError that says which file."""
     path = tmp_path / "no-such-dir" / "ledger.sqlite3"
@@ -517,6 +692,35 @@ def test_a_lost_conditional_write_is_decided_again_on_fresh_state(
             assert f"{CONFLICT_TRIES} conditional writes" in str(raised.value)
 
     run(body)
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_dynamodb_stores_committed_messages_as_a_list_of_maps(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """The item's `committed` is [{m: S, a: N}, ...], newest last; absent before any commit."""
+    assert backend.world is not None
+    dynamodb = backend.world.client("dynamodb")
+
+    def item() -> dict[str, Any]:
+        found: dict[str, Any] = dynamodb.get_item(TableName=TABLE, Key={"key": {"S": "k"}})["Item"]
+        return found
+
+    async def body() -> None:
+        async with backend.open("a", clock) as ledger:
+            await ledger.begin([claim("k", "m1", attempt=1)])
+            assert "committed" not in item()
+            await ledger.commit([claim("k", "m1", attempt=1)], at_s=clock())
+            await ledger.begin([claim("k", "m2", attempt=2)])
+            await ledger.commit([claim("k", "m2", attempt=2)], at_s=clock())
+
+    run(body)
+    assert item()["committed"] == {
+        "L": [
+            {"M": {"m": {"S": "m1"}, "a": {"N": "1"}}},
+            {"M": {"m": {"S": "m2"}, "a": {"N": "2"}}},
+        ]
+    }
 
 
 def test_a_missing_table_says_how_to_create_it(
@@ -697,6 +901,7 @@ class Model:
         self.now_s = START_S
         # (owner, key, message) -> (granted at, attempt) for claims begun and not yet settled.
         self.grants: dict[tuple[str, str, str], tuple[float, int]] = {}
+        # (key, message) -> attempt of every commit made, held or lost: the first one counts.
         self.committed: dict[tuple[str, str], int] = {}
         self.max_attempt: dict[str, int] = {}
         self.first_failed: dict[str, float] = {}
@@ -712,6 +917,9 @@ class Model:
 
         [begun], changed = settle(self.records, [one], decide)
         self.records.update(changed)
+        # Two messages and a memory of COMMITTED_MEMORY: every commit is remembered here.
+        if (one.key, one.message_id) in self.committed:
+            assert begun.status is DONE, f"{one.message_id} was committed, yet {begun.status}"
         if begun.status is DONE:
             assert self.committed.get((one.key, one.message_id)) == begun.attempt
         if begun.status is RESUMED:
@@ -722,10 +930,13 @@ class Model:
             }
             assert begun.attempt in earlier
         if begun.status in (STARTED, RESUMED):
+            # Only our own claim on this very message may be live: it is being resumed.
             rivals = [
-                who
-                for (who, key, _), (at_s, _) in self.grants.items()
-                if key == one.key and who != owner and at_s + CLAIM_S > self.now_s
+                (who, message)
+                for (who, key, message), (at_s, _) in self.grants.items()
+                if key == one.key
+                and (who, message) != (owner, one.message_id)
+                and at_s + CLAIM_S > self.now_s
             ]
             assert not rivals, f"{owner} got {begun.status} while {rivals} hold a live claim"
             self._note_first_failed(one)
@@ -742,10 +953,13 @@ class Model:
         self.records.update(changed)
         grant = self.grants.pop((owner, one.key, one.message_id), None)
         if held and grant is not None:
-            self.committed[(one.key, one.message_id)] = grant[1]
+            self.committed.setdefault((one.key, one.message_id), grant[1])
         elif held:
             # A repeated commit of a claim already committed by the same owner.
             assert (one.key, one.message_id) in self.committed
+        else:
+            # The claim was lost, but the resubmission happened: its message is done.
+            self.committed.setdefault((one.key, one.message_id), one.attempt)
         self.max_attempt[one.key] = max(self.max_attempt.get(one.key, 0), one.attempt)
         self._note_first_failed(one)
 
@@ -774,20 +988,26 @@ class Model:
         for key, record in self.records.items():
             assert record.attempts == self.max_attempt.get(key, 0)
             assert record.first_failed_at_s == self.first_failed.get(key)
+            assert dict(record.committed) == {
+                message: attempt
+                for (committed_key, message), attempt in self.committed.items()
+                if committed_key == key
+            }
             if record.claim_state is None:
                 assert (record.claim_message_id, record.claim_owner) == (None, None)
 
 
 @settings(max_examples=300, deadline=None)
 @given(steps_st)
-def test_decisions_never_let_two_owners_hold_a_key(
+def test_decisions_never_let_two_claims_hold_a_key(
     steps: list[tuple[str, str, Claim, float]],
 ) -> None:
     """Any sequence of begins, commits, releases and waits keeps the ledger's promises.
 
-    Never two owners with a live claim on one key; RESUMED only for a message begun
-    before, with its attempt; DONE only for a message whose own commit held, with
-    its attempt; attempts is the highest committed; first failure the earliest.
+    Never two live claims on one key (not even two of one owner's, for two messages);
+    RESUMED only for a message begun before, with its attempt; DONE exactly for the
+    messages committed before (held or lost), with the first committed attempt;
+    attempts is the highest committed; first failure the earliest.
     """
     model = Model()
     for action, owner, one, wait_s in steps:
@@ -798,3 +1018,62 @@ def test_decisions_never_let_two_owners_hold_a_key(
         else:
             getattr(model, action)(owner, one)
         model.check()
+
+
+commits_st = st.lists(
+    st.tuples(st.sampled_from([f"m{n}" for n in range(COMMITTED_MEMORY * 2)]), st.booleans()),
+    max_size=80,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(commits_st)
+# A held commit pushed out of memory by later lost ones: still DONE, as the key's claim.
+@example([("m0", True), *((f"m{n}", False) for n in range(1, COMMITTED_MEMORY + 1)), ("m0", True)])
+def test_a_key_remembers_its_latest_committed_messages_in_order(
+    commits: list[tuple[str, bool]],
+) -> None:
+    """Commits on one key, held or lost: the newest COMMITTED_MEMORY messages, each once
+    under its first attempt, are remembered and answered DONE (as is the key's committed
+    claim); older ones are not."""
+    records: dict[str, Record] = {}
+    expected: list[tuple[str, int]] = []
+    # The key's claim: the last held commit, a message DONE even once out of memory.
+    claimed: dict[str, int] = {}
+
+    def begin(owner: str, one: Claim, *, write: bool = True) -> Begun:
+        [begun], changed = settle(
+            records, [one], partial(decide_begin, owner=owner, now_s=START_S, claim_s=CLAIM_S)
+        )
+        if write:
+            records.update(changed)
+        return begun
+
+    for attempt, (message, held) in enumerate(commits, start=1):
+        one = Claim("k", message, attempt, None)
+        known = claimed | dict(expected)
+        if held:
+            begun = begin("a", one)
+            if message in known:
+                assert (begun.status, begun.attempt) == (DONE, known[message])
+                continue
+            assert begun.status is STARTED
+        # "b" never begins: its commits are always of a claim it does not hold.
+        committer = "a" if held else "b"
+        [ok], changed = settle(
+            records, [one], partial(decide_commit, owner=committer, at_s=START_S)
+        )
+        records.update(changed)
+        assert ok is held
+        if message not in dict(expected):
+            expected = [*expected, (message, attempt)][-COMMITTED_MEMORY:]
+        if held:
+            claimed = {message: attempt}
+        assert records["k"].committed == tuple(expected)
+    known = claimed | dict(expected)
+    for message in {message for message, _ in commits}:
+        begun = begin("c", Claim("k", message, 99, None), write=False)
+        if message in known:
+            assert (begun.status, begun.attempt) == (DONE, known[message])
+        else:
+            assert begun.status is STARTED

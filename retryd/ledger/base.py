@@ -7,6 +7,12 @@ claim: `begin` takes it before the resubmission, `commit` records it after, and
 `release` hands it back when nothing was sent. A claim carries an expiry, so a
 replica that crashed between `begin` and `commit` holds its key only until then.
 
+A key holds one claim at a time, yet several DLQ messages can share a key (a
+producer that failed twice with one idempotency key). So a record also keeps
+the DLQ messages whose resubmission it committed lately: one that comes back
+(its delete was lost, or its lease ran out after the commit) is only deleted,
+even after another message has claimed the key since.
+
 Backends differ only in how they read and write a record atomically; what to
 write is decided here by pure functions (`decide_begin`, `decide_commit`,
 `decide_release`), so all three backends behave identically.
@@ -26,6 +32,12 @@ from retryd.errors import RetrydError
 from retryd.models import ErrorClass, SendError
 
 R = TypeVar("R")
+
+# How many committed (message id, attempt) pairs a record remembers. Enough for the
+# duplicates of one piece of work that sit in a DLQ at the same time; a message
+# committed 16 resubmissions ago has been past its lease, and so deleted or back
+# and answered DONE, long before.
+COMMITTED_MEMORY = 16
 
 
 class ClaimState(StrEnum):
@@ -53,6 +65,9 @@ class Record:
     claim_owner: str | None
     # Unix seconds after which a BEGUN claim is abandoned (its owner crashed or stalled).
     claim_expires_at_s: float
+    # (DLQ message id, attempt) of the last COMMITTED_MEMORY committed resubmissions,
+    # newest last, one pair per message: a message found here is DONE.
+    committed: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +92,8 @@ class BeginStatus(StrEnum):
     RESUMED = "resumed"
     # This message's resubmission was committed: do not resubmit, only delete it.
     DONE = "done"
-    # Another owner holds a live claim on the key: leave the message alone.
+    # A live claim on the key is held for another message (by anyone, this process
+    # included), or for this message by another owner: leave the message alone.
     BUSY = "busy"
 
 
@@ -155,6 +171,28 @@ def _earliest(stored: float | None, reported: float | None) -> float | None:
     return min(stored, reported)
 
 
+def committed_attempt(record: Record | None, message_id: str) -> int | None:
+    """The attempt under which `message_id`'s resubmission was committed; None if not known."""
+    if record is None:
+        return None
+    for committed_id, attempt in record.committed:
+        if committed_id == message_id:
+            return attempt
+    # A claim committed so long ago that COMMITTED_MEMORY later commits pushed it out.
+    if record.claim_state is ClaimState.COMMITTED and record.claim_message_id == message_id:
+        return record.claim_attempt
+    return None
+
+
+def _remember(
+    committed: tuple[tuple[str, int], ...], message_id: str, attempt: int
+) -> tuple[tuple[str, int], ...]:
+    """`committed` with this message's commit added (its first commit is kept), bounded."""
+    if any(known == message_id for known, _ in committed):
+        return committed
+    return (*committed, (message_id, attempt))[-COMMITTED_MEMORY:]
+
+
 def _new_claim(record: Record | None, claim: Claim, owner: str, expires_at_s: float) -> Record:
     return Record(
         key=claim.key,
@@ -168,6 +206,7 @@ def _new_claim(record: Record | None, claim: Claim, owner: str, expires_at_s: fl
         claim_state=ClaimState.BEGUN,
         claim_owner=owner,
         claim_expires_at_s=expires_at_s,
+        committed=record.committed if record else (),
     )
 
 
@@ -179,12 +218,14 @@ def decide_begin(
         return Begun(BeginStatus.STARTED, claim.attempt), _new_claim(
             None, claim, owner, now_s + claim_s
         )
+    done_attempt = committed_attempt(record, claim.message_id)
+    if done_attempt is not None:
+        # Whoever holds the key now: this very message already reached the target.
+        return Begun(BeginStatus.DONE, done_attempt), None
     held = record.claim_state is ClaimState.BEGUN
     ours = record.claim_owner == owner
     live = record.claim_expires_at_s > now_s
     if record.claim_message_id == claim.message_id:
-        if record.claim_state is ClaimState.COMMITTED:
-            return Begun(BeginStatus.DONE, record.claim_attempt), None
         if held and not ours and live:
             return Begun(BeginStatus.BUSY, record.claim_attempt), None
         if held:
@@ -197,7 +238,9 @@ def decide_begin(
                 first_failed_at_s=_earliest(record.first_failed_at_s, claim.first_failed_at_s),
             )
             return Begun(BeginStatus.RESUMED, record.claim_attempt), resumed
-    elif held and not ours and live:
+    elif held and live:
+        # Ours too: taking the key over would forget that the first message's
+        # resubmission may be on its way, and a lost delete would then resend it.
         return Begun(BeginStatus.BUSY, record.claim_attempt), None
     return Begun(BeginStatus.STARTED, claim.attempt), _new_claim(
         record, claim, owner, now_s + claim_s
@@ -220,7 +263,9 @@ def decide_commit(
     """Record a resubmission made at `at_s`; False when `owner` no longer holds the claim.
 
     The attempt is counted either way: the resubmission did happen, and counting
-    is a max, so a late commit can never lower or double the count.
+    is a max, so a late commit can never lower or double the count. For the same
+    reason the message joins `committed` either way, under the attempt the held
+    claim was begun as (the claim's own attempt when the claim was lost).
     """
     counted_attempts = max(record.attempts if record else 0, claim.attempt)
     first_failed = _earliest(record.first_failed_at_s if record else None, claim.first_failed_at_s)
@@ -235,16 +280,20 @@ def decide_commit(
             claim_state=None,
             claim_owner=None,
             claim_expires_at_s=0.0,
+            committed=((claim.message_id, claim.attempt),),
         )
         return False, counted
     last_attempt = at_s if record.last_attempt_at_s is None else max(record.last_attempt_at_s, at_s)
+    ours = holds(record, claim, owner)
     counted = replace(
         record,
         attempts=counted_attempts,
         first_failed_at_s=first_failed,
         last_attempt_at_s=last_attempt,
+        committed=_remember(
+            record.committed, claim.message_id, record.claim_attempt if ours else claim.attempt
+        ),
     )
-    ours = holds(record, claim, owner)
     if ours:
         counted = replace(counted, claim_state=ClaimState.COMMITTED)
     return ours, (counted if counted != record else None)

@@ -5,13 +5,18 @@ item not existing yet), made after a strongly consistent read: of two replicas
 that read the same version, only one write lands; the other re-reads, decides
 again on what is now stored, and so sees the winner's claim. Items carry an
 `expires_at` attribute (unix seconds) for DynamoDB's TTL, so the table does not
-grow forever; an item past it but not yet swept is treated as absent.
+grow forever; an item past it but not yet swept is treated as absent. A record's
+recently committed messages are the list attribute `committed` of maps
+{"m": message id (S), "a": attempt (N)}, newest last; an item without it (none
+committed yet) reads as an empty list.
 
 References: conditional writes,
 https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html;
 BatchGetItem's 100-key limit and UnprocessedKeys,
 https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchGetItem.html;
-TTL, https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/TTL.html
+TTL, https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/TTL.html;
+list (L) and map (M) attribute values,
+https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_AttributeValue.html
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from retryd.models import ErrorClass, SendError
 
 KEY_ATTRIBUTE = "key"
 TTL_ATTRIBUTE = "expires_at"
+COMMITTED_ATTRIBUTE = "committed"
 # BatchGetItem takes at most 100 keys per call.
 BATCH_GET_MAX_KEYS = 100
 # Rounds of BatchGetItem for keys DynamoDB returned unprocessed (it throttled them).
@@ -59,7 +65,8 @@ WRITE_CONCURRENCY = 16
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _TABLE_MISSING = "ResourceNotFoundException"
 
-Item = dict[str, dict[str, str]]
+# An item in DynamoDB's typed JSON: {"S": ...}, {"N": ...}, and the committed {"L": [...]}.
+Item = dict[str, dict[str, Any]]
 # What an AWS call can fail with; a key that is not valid Unicode (a lone
 # surrogate from a JSON escape) cannot be serialised, which is a UnicodeError.
 _FAILURES = (BotoCoreError, ClientError, UnicodeError)
@@ -99,7 +106,23 @@ def to_item(record: Record, *, expires_at: int, version: int) -> Item:
     ):
         if text is not None:
             item[name] = {"S": text}
+    if record.committed:
+        item[COMMITTED_ATTRIBUTE] = {
+            "L": [
+                {"M": {"m": {"S": message_id}, "a": _number(attempt)}}
+                for message_id, attempt in record.committed
+            ]
+        }
     return item
+
+
+def _committed(item: Item) -> tuple[tuple[str, int], ...]:
+    if COMMITTED_ATTRIBUTE not in item:
+        return ()
+    return tuple(
+        (entry["M"]["m"]["S"], int(entry["M"]["a"]["N"]))
+        for entry in item[COMMITTED_ATTRIBUTE]["L"]
+    )
 
 
 def _optional_float(item: Item, name: str) -> float | None:
@@ -126,6 +149,7 @@ def from_item(item: Item, now_s: float) -> _Stored:
         claim_state=ClaimState(state) if state is not None else None,
         claim_owner=_optional_text(item, "claim_owner"),
         claim_expires_at_s=float(item["claim_expires_at_s"]["N"]),
+        committed=_committed(item),
     )
     return _Stored(record, version)
 

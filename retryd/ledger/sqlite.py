@@ -10,6 +10,10 @@ Why not aiosqlite: it is built on asyncio futures, while retryd runs on anyio;
 and it hops between the event loop and its thread once per statement, where a
 whole read-decide-write transaction here is a single hop. The stdlib module in
 a worker thread does the same job with no extra dependency.
+
+The file's schema version is SQLite's `user_version`. Opening a file written by
+an older retryd upgrades it, step by step, inside the same transaction that
+opens it, so a failed upgrade leaves the file as it was.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from retryd.models import ErrorClass, SendError
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# 1: the first schema. 2: the `committed` column (JSON) of recently committed messages.
+SCHEMA_VERSION = 2
 # How long a transaction waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 10_000
 # Expired rows are deleted on open and then at most this often, inside a write.
@@ -64,6 +69,7 @@ _COLUMNS = (
     "claim_state",
     "claim_owner",
     "claim_expires_at_s",
+    "committed",
 )
 # One statement however many keys: they travel as one JSON array parameter,
 # so there is no bound-variable limit to chunk around.
@@ -86,12 +92,42 @@ CREATE TABLE IF NOT EXISTS ledger (
     claim_state TEXT,
     claim_owner TEXT,
     claim_expires_at_s REAL NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    committed TEXT NOT NULL DEFAULT '[]'
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_expires_at ON ledger (expires_at);
 """
+# The statement that takes a file from version N to N + 1. Rows written before a
+# column existed get its default: no record had committed messages to remember.
+_UPGRADES = {
+    1: "ALTER TABLE ledger ADD COLUMN committed TEXT NOT NULL DEFAULT '[]'",
+}
 
-Row = tuple[str, int, float | None, float | None, str | None, int, str | None, str | None, float]
+Row = tuple[
+    str, int, float | None, float | None, str | None, int, str | None, str | None, float, str
+]
+
+
+def _committed(text: str, key: str) -> tuple[tuple[str, int], ...]:
+    """The `committed` column: a JSON array of [message id, attempt] pairs."""
+    try:
+        pairs = json.loads(text)
+    except ValueError:
+        pairs = None
+    if isinstance(pairs, list) and all(_is_pair(pair) for pair in pairs):
+        return tuple((pair[0], pair[1]) for pair in pairs)
+    # A hand-edited or damaged row: fail the call, never read it as "nothing committed".
+    raise sqlite3.DataError(
+        f"key {key!r} has a committed column that is not a JSON list of "
+        f"[message id, attempt] pairs: {text[:200]!r}"
+    )
+
+
+def _is_pair(pair: object) -> bool:
+    match pair:
+        case [str(), int() as attempt] if not isinstance(attempt, bool):
+            return True
+    return False
 
 
 def _record(row: Row) -> Record:
@@ -106,6 +142,7 @@ def _record(row: Row) -> Record:
         claim_state=ClaimState(state) if state is not None else None,
         claim_owner=row[7],
         claim_expires_at_s=row[8],
+        committed=_committed(row[9], row[0]),
     )
 
 
@@ -120,6 +157,7 @@ def _row(record: Record, expires_at: float) -> tuple[object, ...]:
         record.claim_state.value if record.claim_state is not None else None,
         record.claim_owner,
         record.claim_expires_at_s,
+        json.dumps([list(pair) for pair in record.committed]),
         expires_at,
     )
 
@@ -155,9 +193,14 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
             f"{path} has ledger schema {version}, written by a newer retryd "
             f"(this one knows {SCHEMA_VERSION})"
         )
-    for statement in _SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    if version == 0:
+        # A new file (or one that never got as far as a schema): today's schema, whole.
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    else:
+        for from_version in range(version, SCHEMA_VERSION):
+            conn.execute(_UPGRADES[from_version])
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
