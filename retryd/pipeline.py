@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
 import structlog
 
 from retryd import classify
-from retryd.guards import Defer, Go, Guards, Hold, Park
+from retryd.guards import Defer, Done, Go, Guards, Hold, Park, Verdict
 from retryd.metrics import Metrics
 from retryd.models import (
     DeadLetter,
     Decision,
     ErrorClass,
+    Job,
     Outcome,
     ParkReason,
     QueueRef,
@@ -137,19 +138,53 @@ class Pipeline:
 
     async def _act(self, batch: _Batch, act_by: float) -> None:
         verdicts = await self._guards.assess([self._chain.resolve(x) for x in batch.letters])
+        for verdict in verdicts:
+            if isinstance(verdict, Hold):
+                self._hold(batch, verdict)
+            elif isinstance(verdict, Done):
+                self._already_done(batch, replace(verdict.job, attempt=verdict.attempt - 1))
+        after = await self._first_pass(batch, verdicts, act_by)
+        if after is None:
+            batch.fail_rest(LEASE_EXPIRED, "the batch was not settled before its lease ran out")
+            return
+        rejected, deferred = after
+        with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
+            await self._hide(deferred)
+            if rejected:
+                self._settle_parks(batch, rejected, await self._park(rejected))
+        if lease.cancelled_caught:
+            batch.fail_rest(LEASE_EXPIRED, "the copy was not parked before its lease ran out")
+
+    async def _first_pass(
+        self, batch: _Batch, verdicts: Sequence[Verdict], act_by: float
+    ) -> tuple[list[Park], list[Defer]] | None:
+        """Send, park and defer side by side within the lease; None when the lease ran out.
+
+        What is left for afterwards: copies a target refused for good (to park) and
+        messages the sender deferred (to hide).
+        """
         gos = [verdict for verdict in verdicts if isinstance(verdict, Go)]
         parks = [verdict for verdict in verdicts if isinstance(verdict, Park)]
         defers = [verdict for verdict in verdicts if isinstance(verdict, Defer)]
-        for hold in (verdict for verdict in verdicts if isinstance(verdict, Hold)):
-            self._hold(batch, hold)
-        sent = Sent()
-        refused: list[SendError | None] = []
+        rejected: list[Park] = []
+        deferred: list[Defer] = []
+
+        def on_group(sent: Sent) -> None:
+            # Decided the moment a target's answers are in: whatever cancels the rest
+            # of the batch later (its lease, a stop), what a target took is deleted.
+            rejected.extend(self._decide_sent(batch, sent))
+            deferred.extend(sent.deferred)
 
         async def submit() -> None:
-            sent.extend(await self._sender.send(gos, act_by))
+            await self._sender.send(gos, act_by, on_group)
 
         async def park_refused() -> None:
-            refused.extend(await self._park(parks))
+            # Settled as soon as written, for the same reason.
+            self._settle_parks(batch, parks, await self._park(parks))
+
+        async def defer() -> None:
+            self._decide_deferred(batch, defers)
+            await self._hide(defers)
 
         with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
             # None of these depends on another: run them side by side.
@@ -159,44 +194,36 @@ class Pipeline:
                 if parks:
                     group.start_soon(park_refused)
                 if defers:
-                    group.start_soon(self._defer, batch, defers)
-        if lease.cancelled_caught:
-            batch.fail_rest(LEASE_EXPIRED, "the batch was not settled before its lease ran out")
-            return
-        self._settle_parks(batch, parks, refused)
-        await self._settle_sent(batch, sent, act_by)
+                    group.start_soon(defer)
+        return None if lease.cancelled_caught else (rejected, deferred)
 
-    async def _settle_sent(self, batch: _Batch, sent: Sent, act_by: float) -> None:
+    def _decide_sent(self, batch: _Batch, sent: Sent) -> list[Park]:
+        """Decide one target group's results; the permanent refusals come back to be parked."""
         for hold in sent.held:
             self._hold(batch, hold)
         for job in sent.already_done:
-            detail = "the ledger shows this message was resubmitted already; only deleted now"
-            batch.decide(
-                Decision(
-                    job.letter,
-                    Outcome.RESUBMITTED,
-                    job.target,
-                    ALREADY_RESUBMITTED,
-                    detail,
-                    job.next_attempt,
-                ),
-                delete=True,
-            )
-        if sent.deferred:
-            with anyio.move_on_after(max(0.0, act_by - anyio.current_time())):
-                await self._defer(batch, sent.deferred)
-        rejected = [
+            self._already_done(batch, job)
+        self._decide_deferred(batch, sent.deferred)
+        return [
             park
             for park in (self._after_delivery(batch, d) for d in sent.deliveries)
             if park is not None
         ]
-        if rejected:
-            with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
-                results = await self._park(rejected)
-            if lease.cancelled_caught:
-                batch.fail_rest(LEASE_EXPIRED, "the copy was not parked before its lease ran out")
-                return
-            self._settle_parks(batch, rejected, results)
+
+    @staticmethod
+    def _already_done(batch: _Batch, job: Job) -> None:
+        detail = "the ledger shows this message was resubmitted already; only deleted now"
+        batch.decide(
+            Decision(
+                job.letter,
+                Outcome.RESUBMITTED,
+                job.target,
+                ALREADY_RESUBMITTED,
+                detail,
+                job.next_attempt,
+            ),
+            delete=True,
+        )
 
     @staticmethod
     def _hold(batch: _Batch, hold: Hold) -> None:
@@ -205,11 +232,10 @@ class Pipeline:
             Decision(job.letter, Outcome.FAILED, job.target, hold.reason, hold.detail, job.attempt)
         )
 
-    async def _defer(self, batch: _Batch, defers: Sequence[Defer]) -> None:
-        """Hide deferred messages until they are due; they stay in their DLQ either way."""
-        hidden = [defer for defer in defers if defer.delay_s > 0]
+    @staticmethod
+    def _decide_deferred(batch: _Batch, defers: Sequence[Defer]) -> None:
+        # Decided before hiding: if hiding fails the message is still deferred, only back sooner.
         for defer in defers:
-            # Decided first: if hiding fails the message is still deferred, only sooner back.
             job = defer.job
             batch.decide(
                 Decision(
@@ -221,10 +247,14 @@ class Pipeline:
                     defer.attempt,
                 )
             )
-        for start in range(0, len(hidden), VISIBILITY_BATCH_MAX):
-            await self._hide(hidden[start : start + VISIBILITY_BATCH_MAX])
 
     async def _hide(self, defers: Sequence[Defer]) -> None:
+        """Hide deferred messages until they are due; they stay in their DLQ either way."""
+        hidden = [defer for defer in defers if defer.delay_s > 0]
+        for start in range(0, len(hidden), VISIBILITY_BATCH_MAX):
+            await self._hide_batch(hidden[start : start + VISIBILITY_BATCH_MAX])
+
+    async def _hide_batch(self, defers: Sequence[Defer]) -> None:
         queue = defers[0].job.letter.queue
         entries = [
             {

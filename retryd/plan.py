@@ -27,12 +27,13 @@ from retryd import classify, progress
 from retryd.aws import AwsClients, open_clients
 from retryd.discovery import discover_queues, queue_ref_from_url
 from retryd.feeds import FeedCache, FeedMap
-from retryd.guards import Defer, Go, Guards, Park, Verdict, build_guards
+from retryd.guards import Defer, Done, Go, Guards, Park, Verdict, build_guards
 from retryd.ledger import Ledger, open_ledger
 from retryd.models import DeadLetter, QueueRef, Target
 from retryd.parking import Parking
 from retryd.peek import Depth, peek, read_depth
 from retryd.resolve import ResolverChain, build_chain
+from retryd.sending import ALREADY_RESUBMITTED
 from retryd.settings import Settings
 
 # Longest detail shown on one text line (the JSON output keeps all of it).
@@ -120,6 +121,13 @@ class PlannedMessage:
         )
         if isinstance(verdict, Go):
             return replace(go, attempt=verdict.attempt)
+        if isinstance(verdict, Done):
+            return replace(
+                go,
+                attempt=verdict.attempt,
+                reason=ALREADY_RESUBMITTED,
+                detail="resubmitted already (the ledger committed it); only deleted",
+            )
         if isinstance(verdict, Defer):
             return replace(
                 go,
@@ -139,6 +147,8 @@ class PlannedMessage:
 
     def decision(self) -> str:
         """The verdict in a few words: `resubmit as attempt 2`, `park too-old`, ..."""
+        if self.action is Action.RESUBMIT and self.reason == ALREADY_RESUBMITTED:
+            return f"delete (attempt {self.attempt} already resubmitted)"
         if self.action is Action.RESUBMIT:
             return f"resubmit as attempt {self.attempt}"
         if self.action is Action.PARK:

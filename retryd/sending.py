@@ -33,6 +33,8 @@ log = structlog.get_logger("retryd.sending")
 # Reason of the RESUBMITTED outcome for a message whose resubmission the ledger
 # had already committed (its delete was lost): it is only deleted now.
 ALREADY_RESUBMITTED = "already-resubmitted"
+# How long the ledger commit after a send may hold off a cancellation.
+ACCOUNT_SHIELD_S = 10.0
 # Share of the time left on a lease that may be spent waiting for rate-limit
 # tokens; the rest is for the target's answer and the delete.
 TOKEN_WAIT_SHARE = 0.5
@@ -83,8 +85,16 @@ class Sender:
         self._ledger = ledger
         self._clock_s = clock_s
 
-    async def send(self, gos: Sequence[Go], act_by: float) -> Sent:
-        """Every Go ends up in exactly one of the result's lists."""
+    async def send(
+        self, gos: Sequence[Go], act_by: float, on_group: Callable[[Sent], None] | None = None
+    ) -> Sent:
+        """Every Go ends up in exactly one of the result's lists.
+
+        `on_group` hears each target's result the moment its calls have returned,
+        before the ledger is told: a caller that decides there keeps what a target
+        accepted even if the rest of the batch is then cancelled (a lease running
+        out, a stop).
+        """
         groups: dict[Target, list[Go]] = defaultdict(list)
         for go in gos:
             groups[go.job.target].append(go)
@@ -93,19 +103,25 @@ class Sender:
             anyio.current_time() + max(0.0, act_by - anyio.current_time()) * TOKEN_WAIT_SHARE
         )
 
-        async def one(target: Target, group: list[Go]) -> None:
-            sent.extend(await self._send_group(target, group, tokens_by))
+        def heard(result: Sent) -> None:
+            sent.extend(result)
+            if on_group is not None:
+                on_group(result)
 
         async with anyio.create_task_group() as tasks:
             for target, group in groups.items():
-                tasks.start_soon(one, target, group)
+                tasks.start_soon(self._send_group, target, group, tokens_by, heard)
         return sent
 
-    async def _send_group(self, target: Target, group: list[Go], tokens_by: float) -> Sent:
+    async def _send_group(
+        self, target: Target, group: list[Go], tokens_by: float, heard: Callable[[Sent], None]
+    ) -> None:
         result = Sent()
         # Breaker permits taken by `assess` that no call used go back, whatever happens
         # here (a cancelled group included): a leaked half-open permit would wedge it.
         unused_permits = len(group)
+        # One assess call gave every Go of a target its permit in the same episode.
+        episode = group[0].breaker_episode if group else None
         try:
             granted = await self._tokens(target, len(group), tokens_by)
             for go in group[granted:]:
@@ -121,11 +137,14 @@ class Sender:
             to_send = await self._begin(group[:granted], result)
             deliveries = await self._targets.submit(to_send) if to_send else []
             unused_permits -= len(deliveries)
-            await self._account(target, to_send, deliveries)
             result.deliveries.extend(deliveries)
+            heard(result)
+            # The copies are out: telling the breaker and the ledger must not be cut
+            # short, or a committed resubmission would look begun and be sent again.
+            with anyio.move_on_after(ACCOUNT_SHIELD_S, shield=True):
+                await self._account(target, to_send, deliveries, episode)
         finally:
-            self._guards.release_permits(target, unused_permits)
-        return result
+            self._guards.release_permits(target, unused_permits, episode)
 
     async def _tokens(self, target: Target, wanted: int, until: float) -> int:
         """Tokens for `wanted` messages, waiting for them until `until` (anyio clock)."""
@@ -168,7 +187,8 @@ class Sender:
                     go.job,
                     DeferReason.CLAIMED_ELSEWHERE,
                     0.0,
-                    "another replica is resubmitting this key; it is looked at again later",
+                    "another message with this key is being resubmitted (here or by another "
+                    "replica); it is looked at again later",
                     go.job.attempt,
                 )
             )
@@ -178,10 +198,14 @@ class Sender:
         return replace(go.job, attempt=begun.attempt - 1)
 
     async def _account(
-        self, target: Target, jobs: Sequence[Job], deliveries: Sequence[Delivery]
+        self,
+        target: Target,
+        jobs: Sequence[Job],
+        deliveries: Sequence[Delivery],
+        episode: int | None,
     ) -> None:
         """Tell the breaker and the ledger how each call went."""
-        self._tell_breaker(target, deliveries)
+        self._tell_breaker(target, deliveries, episode)
         if self._ledger is None:
             return
         done: list[Claim] = []
@@ -189,24 +213,35 @@ class Sender:
         for job, delivery in zip(jobs, deliveries, strict=True):
             claim = Claim(job.key, job.letter.message_id, job.next_attempt, _first_failed_s(job))
             (done if delivery.error is None else undone).append(claim)
-        try:
-            if done:
-                kept = await self._ledger.commit(done, self._clock_s())
-                for claim in (claim for claim, ok in zip(done, kept, strict=True) if not ok):
-                    log.warning(
-                        "ledger-claim-lost",
-                        key=claim.key,
-                        message_id=claim.message_id,
-                        why="another replica took the claim over; the target has the copy",
-                    )
-            if undone:
+        if done:
+            await self._commit(self._ledger, target, done)
+        if undone:
+            # Apart from the commit: a commit that fails must not leave these claims
+            # holding their keys against every replica for claim_s.
+            try:
                 await self._ledger.release(undone)
+            except LedgerError as exc:
+                log.warning("ledger-settle-failed", target=target.arn, error=str(exc))
+
+    async def _commit(self, ledger: Ledger, target: Target, done: Sequence[Claim]) -> None:
+        try:
+            kept = await ledger.commit(done, self._clock_s())
         except LedgerError as exc:
             # The targets already have their copies: deleting is still right. The
             # count is short by these attempts, and a begun claim expires by itself.
             log.warning("ledger-settle-failed", target=target.arn, error=str(exc))
+            return
+        for claim in (claim for claim, ok in zip(done, kept, strict=True) if not ok):
+            log.warning(
+                "ledger-claim-lost",
+                key=claim.key,
+                message_id=claim.message_id,
+                why="another replica took the claim over; the target has the copy",
+            )
 
-    def _tell_breaker(self, target: Target, deliveries: Sequence[Delivery]) -> None:
+    def _tell_breaker(
+        self, target: Target, deliveries: Sequence[Delivery], episode: int | None
+    ) -> None:
         breakers = self._guards.breakers
         if breakers is None:
             return
@@ -214,10 +249,10 @@ class Sender:
         for delivery in deliveries:
             error = delivery.error
             if error is None:
-                breaker.record(success=True)
+                breaker.record(success=True, episode=episode)
             elif error.error_class is ErrorClass.TRANSIENT:
-                breaker.record(success=False)
+                breaker.record(success=False, episode=episode)
             else:
                 # A permanent error is about this message (it is parked), not the
                 # target's health: its permit goes back unjudged.
-                breaker.release(1)
+                breaker.release(1, episode)

@@ -22,7 +22,7 @@ from retryd.guards.allowlist import Allowlist
 from retryd.guards.attempts import attempts_exhausted
 from retryd.guards.backoff import Backoff
 from retryd.guards.breaker import Breakers, BreakerState
-from retryd.ledger.base import Ledger, LedgerError, Record
+from retryd.ledger.base import Ledger, LedgerError, Record, committed_attempt
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Job, ParkReason, Target, Unresolvable
 from retryd.settings import GuardSettings, Settings
@@ -31,6 +31,7 @@ __all__ = [
     "Allowlist",
     "Defer",
     "DeferReason",
+    "Done",
     "Go",
     "Guards",
     "Hold",
@@ -57,10 +58,14 @@ LEDGER_UNAVAILABLE = "ledger-unavailable"
 
 @dataclass(frozen=True, slots=True)
 class Go:
-    """Resubmit now, as attempt number `attempt` (1 is the first resubmission)."""
+    """Resubmit now, as attempt number `attempt` (1 is the first resubmission).
+
+    It holds one permit of its target's breaker, taken in `breaker_episode`.
+    """
 
     job: Job
     attempt: int
+    breaker_episode: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,18 @@ class Defer:
 
 
 @dataclass(frozen=True, slots=True)
+class Done:
+    """Resubmitted already (the ledger committed it) but not deleted: only delete it now.
+
+    Judging it again would be wrong twice over: its last allowed attempt would park a
+    copy the target already has, and a backoff or an open breaker would hide it.
+    """
+
+    job: Job
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class Hold:
     """Leave it in its DLQ untouched: it reappears when its lease ends."""
 
@@ -94,7 +111,7 @@ class Hold:
     detail: str
 
 
-Verdict = Go | Park | Defer | Hold
+Verdict = Go | Park | Defer | Done | Hold
 
 
 def _unix_s(job: Job) -> float | None:
@@ -203,12 +220,17 @@ class Guards:
         for index, job in pending:
             if verdicts[index] is not None:
                 continue
-            verdict = self._over_time(job, records.get(job.key), now_s)
+            record = records.get(job.key)
+            done_as = committed_attempt(record, job.letter.message_id)
+            if done_as is not None:
+                verdicts[index] = Done(job, done_as)
+                continue
+            verdict = self._over_time(job, record, now_s)
             if verdict is None:
                 ready.append((index, self._merged(job, records.get(job.key))))
             else:
                 verdicts[index] = verdict
-        for index, verdict in self._through_breakers(ready, dry_run=dry_run):
+        for index, verdict in self._through_breakers(ready, now_s, dry_run=dry_run):
             verdicts[index] = verdict
         return [verdict for verdict in verdicts if verdict is not None]
 
@@ -276,8 +298,16 @@ class Guards:
         due_s = self._backoff.due_at_s(job.target.arn, job.key, job.attempt, last_s)
         return max(0.0, due_s - now_s)
 
+    def _rescuable_for_s(self, job: Job, now_s: float) -> float:
+        """How long the message may stay hidden and still be seen before SQS deletes it."""
+        sent_s = _sent_at_s(job.letter)
+        retention_s = job.letter.queue.retention_s
+        if sent_s is None or retention_s is None:
+            return float("inf")
+        return max(0.0, sent_s + retention_s - now_s - self._retention_horizon_s)
+
     def _through_breakers(
-        self, ready: Sequence[tuple[int, Job]], *, dry_run: bool
+        self, ready: Sequence[tuple[int, Job]], now_s: float, *, dry_run: bool
     ) -> list[tuple[int, Verdict]]:
         if self._breakers is None:
             return [(index, Go(job, job.next_attempt)) for index, job in ready]
@@ -291,9 +321,12 @@ class Guards:
             state = breaker.observed_state if dry_run else breaker.state
             for position, (index, job) in enumerate(group):
                 if position < allowed:
-                    out.append((index, Go(job, job.next_attempt)))
+                    out.append((index, Go(job, job.next_attempt, breaker.episode)))
                     continue
                 wait_s = breaker.retry_in_s() if state is BreakerState.OPEN else 0.0
+                # Hidden no longer than the message can still be rescued: a cool-down
+                # must not outlast the DLQ's retention.
+                wait_s = min(wait_s, self._rescuable_for_s(job, now_s))
                 detail = (
                     f"the circuit breaker of {target.arn} is {state.value}; "
                     f"it is tried again in {wait_s:.0f}s"
@@ -306,10 +339,10 @@ class Guards:
                 )
         return out
 
-    def release_permits(self, target: Target, unused: int) -> None:
-        """Breaker permits taken by `assess` for jobs that were not sent after all."""
+    def release_permits(self, target: Target, unused: int, episode: int | None = None) -> None:
+        """Breaker permits taken by `assess` (in `episode`) for jobs not sent after all."""
         if self._breakers is not None and unused > 0:
-            self._breakers.for_target(target).release(unused)
+            self._breakers.for_target(target).release(unused, episode)
 
 
 def build_guards(settings: Settings, *, ledger: Ledger | None, metrics: Metrics | None) -> Guards:
@@ -321,6 +354,11 @@ def build_guards(settings: Settings, *, ledger: Ledger | None, metrics: Metrics 
         # not open or close one.
         breakers=Breakers(settings.breaker, anyio.current_time, metrics),
         ledger=ledger,
-        # A message SQS deletes before the next cycle has finished looking is parked now.
-        retention_horizon_s=settings.schedule.interval_s + settings.drain.cycle_budget_s,
+        # A message SQS deletes before the next cycle has finished looking is parked now;
+        # one left in its DLQ may first stay hidden for a whole lease.
+        retention_horizon_s=(
+            settings.schedule.interval_s
+            + settings.drain.cycle_budget_s
+            + settings.drain.visibility_timeout_s
+        ),
     )

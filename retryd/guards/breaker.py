@@ -80,6 +80,15 @@ class CircuitBreaker:
         # Half-open accounting: canary slots handed out, and canaries that succeeded.
         self._canaries_reserved = 0
         self._canaries_succeeded = 0
+        # Bumped on every transition. Permits carry the episode they were taken in,
+        # so an answer that comes back after the breaker has moved on (a permanent
+        # error, a late success) cannot spend or free a later half-open's canaries.
+        self._episode = 0
+
+    @property
+    def episode(self) -> int:
+        """Which stretch between two transitions this is; permits are valid within one."""
+        return self._episode
 
     # -- reading ------------------------------------------------------------------------
 
@@ -142,18 +151,36 @@ class CircuitBreaker:
             self._canaries_reserved += granted
         return granted
 
-    def release(self, unused: int) -> None:
-        """Permits that were reserved but not used go back (only half-open ones are counted)."""
+    def _stale(self, episode: int | None) -> bool:
+        return (
+            episode is not None
+            and episode != self._episode
+            and self._state is BreakerState.HALF_OPEN
+        )
+
+    def release(self, unused: int, episode: int | None = None) -> None:
+        """Permits that were reserved but not used go back (only half-open ones are counted).
+
+        Permits from an `episode` before the current half-open one are ignored.
+        """
         _check_count("unused", unused)
+        if self._stale(episode):
+            return
         if self._state is BreakerState.HALF_OPEN:
             # Slots whose canaries already succeeded are spent and stay so.
             self._canaries_reserved = max(
                 self._canaries_succeeded, self._canaries_reserved - unused
             )
 
-    def record(self, success: bool) -> None:
-        """One finished call: a success, or a transient failure."""
+    def record(self, success: bool, episode: int | None = None) -> None:
+        """One finished call: a success, or a transient failure.
+
+        A call permitted in an `episode` before the current half-open one is not a
+        canary of it, and is ignored.
+        """
         state = self.state
+        if self._stale(episode):
+            return
         if state is BreakerState.OPEN:
             # A call let through before the breaker opened, finishing late: the
             # verdict is already in, and the cool-down is not restarted by it.
@@ -196,6 +223,7 @@ class CircuitBreaker:
     def _move(self, new: BreakerState) -> None:
         old = self._state
         self._state = new
+        self._episode += 1
         if new is BreakerState.HALF_OPEN:
             self._canaries_reserved = 0
             self._canaries_succeeded = 0
