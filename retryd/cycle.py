@@ -16,6 +16,7 @@ from retryd.errors import ParkingQueueMissingError, RetrydError
 from retryd.feeds import FeedCache
 from retryd.guards import build_guards
 from retryd.guards.ratelimit import RateLimits
+from retryd.iam import lambda_may_be_target
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Decision, Outcome, QueueRef
@@ -141,7 +142,10 @@ class Cycle:
         self._clients = clients
         self._metrics = metrics
         # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few cycles.
-        self._feeds = FeedCache(settings.discovery.feeds_refresh_cycles)
+        self._feeds = FeedCache(
+            settings.discovery.feeds_refresh_cycles,
+            lambda_feeds=lambda_may_be_target(settings.guards),
+        )
         self._chain = build_chain(settings, self._feeds)
         self._guards = build_guards(settings, ledger=ledger, metrics=metrics)
         self._sender = Sender(

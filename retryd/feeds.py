@@ -138,12 +138,20 @@ class _Collected:
         return FeedMap(MappingProxyType(ordered), time.time(), self.errors())
 
 
-async def map_feeds(clients: AwsClients, queues: Sequence[QueueRef]) -> FeedMap:
-    """Which functions and queues feed each of `queues`; never raises for an AWS error."""
+async def map_feeds(
+    clients: AwsClients, queues: Sequence[QueueRef], *, lambda_feeds: bool = True
+) -> FeedMap:
+    """Which functions and queues feed each of `queues`; never raises for an AWS error.
+
+    Lambda's list calls are made only with `lambda_feeds`: when no Lambda can be a
+    target, a Lambda's failures can only be parked, and the IAM policy
+    (retryd.iam) grants no Lambda reads.
+    """
     collected = _Collected(frozenset(queue.arn for queue in queues))
     limiter = anyio.CapacityLimiter(LOOKUP_CONCURRENCY)
     async with anyio.create_task_group() as group:
-        group.start_soon(_map_lambda_feeds, clients.lambda_, collected, limiter)
+        if lambda_feeds:
+            group.start_soon(_map_lambda_feeds, clients.lambda_, collected, limiter)
         for queue in queues:
             group.start_soon(_map_redrive_sources, clients.sqs, queue, collected, limiter)
     return collected.to_map()
@@ -245,10 +253,11 @@ async def _map_redrive_sources(
 class FeedCache:
     """The feed map, rebuilt every `refresh_cycles` cycles or when a new DLQ appears."""
 
-    def __init__(self, refresh_cycles: int) -> None:
+    def __init__(self, refresh_cycles: int, *, lambda_feeds: bool = True) -> None:
         if refresh_cycles < 1:
             raise ValueError("refresh_cycles must be at least 1")
         self._refresh_cycles = refresh_cycles
+        self._lambda_feeds = lambda_feeds
         self._current = FeedMap()
         self._calls = 0
         self._seen: frozenset[str] = frozenset()
@@ -273,7 +282,7 @@ class FeedCache:
         if self._built and self._calls < self._refresh_cycles and arns <= self._seen:
             return self._current
         try:
-            built = await map_feeds(clients, queues)
+            built = await map_feeds(clients, queues, lambda_feeds=self._lambda_feeds)
         except Exception as exc:  # noqa: BLE001 - a stale map beats no map
             # map_feeds records AWS errors itself; this is a bug, and must not stop draining.
             log.warning("feed-map-refresh-failed", error=str(from_exception(exc)))

@@ -39,7 +39,7 @@ from typing import Any
 from retryd.discovery import is_queue_url, parse_queue_url, partition_for_region
 from retryd.errors import ConfigError
 from retryd.guards.allowlist import parse_glob
-from retryd.settings import Settings
+from retryd.settings import GuardSettings, Settings
 
 POLICY_VERSION = "2012-10-17"
 
@@ -159,6 +159,23 @@ def _target_arns(allow_targets: Iterable[str]) -> dict[str, list[str]]:
                 f"arn:{partition}:{spec.service}:{region}:{account}:{narrowed}"
             )
     return {service: _unique(arns) for service, arns in by_service.items()}
+
+
+def lambda_may_be_target(guards: GuardSettings) -> bool:
+    """Whether the allowlist can let a Lambda function through as a target.
+
+    Only then does retryd read Lambda's feeds (retryd.feeds), and only then does the
+    policy grant those reads: the two agree by using this one test.
+    """
+    if guards.allow_any_target:
+        return True
+    for glob in guards.allow_targets:
+        _, service_glob, _, _, resource = parse_glob(glob)
+        if fnmatch.fnmatchcase(_LAMBDA.service, service_glob) and _could_match_prefix(
+            resource, _LAMBDA.prefix
+        ):
+            return True
+    return False
 
 
 def lambda_resources(function_globs: list[str]) -> list[str]:

@@ -1,0 +1,316 @@
+"""Record the AWS calls retryd makes, name the IAM permission each needs, and judge a policy.
+
+Recording is an observer on retryd's own clients: a `before-parameter-build`
+handler sees (operation, parameters) of every API call, once per call however
+often botocore retries it, and changes nothing. Each call is then mapped to the
+IAM action it needs and the resource ARN that action is checked on, following
+the Service Authorization Reference (per service:
+https://docs.aws.amazon.com/service-authorization/latest/reference/reference_policies_actions-resources-contextkeys.html).
+
+The policy judge reads wildcards the way IAM documents them
+(https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_resource.html):
+`*` is any run of characters and `?` one character; a `*` that ends a
+colon-separated part of the ARN may run past the colon. A `*` inside a part, or
+a `?`, is not taken to cross a colon: when in doubt the judge allows less than
+IAM might, so a call it passes is one IAM allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from retryd.aws import AwsClients, open_clients
+from retryd.settings import AwsSettings
+
+# Calls that AWS cannot scope to a resource: IAM checks them on "*".
+UNSCOPED = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCall:
+    """One API call as the SDK was asked to make it."""
+
+    phase: str
+    service: str
+    operation: str
+    region: str
+    params: Mapping[str, Any]
+
+
+@dataclass
+class CallLog:
+    """Every call observed, tagged with the phase (`once`, `plan`, ...) running at the time."""
+
+    phase: str = ""
+    calls: list[ApiCall] = field(default_factory=list)
+
+    def observer(self, service: str, region: str) -> Any:
+        def observe(params: Mapping[str, Any], model: Any, **_: Any) -> None:
+            # A shallow copy: the SDK may fill in defaults after this event.
+            self.calls.append(ApiCall(self.phase, service, model.name, region, dict(params)))
+
+        return observe
+
+
+@asynccontextmanager
+async def recording_clients(settings: AwsSettings, log: CallLog) -> AsyncIterator[AwsClients]:
+    """retryd's own clients (`retryd.aws.open_clients`), each with `log` observing its calls."""
+    async with open_clients(settings) as clients:
+        for spec in dataclasses.fields(clients):
+            client = getattr(clients, spec.name)
+            client.meta.events.register(
+                "before-parameter-build",
+                log.observer(client.meta.service_model.service_name, client.meta.region_name),
+            )
+        yield clients
+
+
+# -- Which permission a call needs ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class IamRequest:
+    """An IAM action on one resource ARN (or on UNSCOPED)."""
+
+    action: str
+    resource: str
+
+
+class UnmappedCallError(LookupError):
+    """A call this module does not know the permission of: the mapping must be taught it."""
+
+
+def partition_for(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def _arn(service: str, region: str, account: str, resource: str) -> str:
+    return f"arn:{partition_for(region)}:{service}:{region}:{account}:{resource}"
+
+
+def queue_arn_from_url(url: str, default_region: str) -> str:
+    """`https://sqs.R.amazonaws.com/ACCOUNT/NAME` (or any host, with the client's region)."""
+    parts = urlsplit(url)
+    account, name = parts.path.strip("/").split("/")
+    host = parts.hostname or ""
+    region = default_region
+    for pattern in (r"sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?", r"([a-z0-9-]+)\.queue\."):
+        match = re.match(pattern, host)
+        if match:
+            region = match.group(1)
+            break
+    return _arn("sqs", region, account, name)
+
+
+# SQS operations checked on the queue of their QueueUrl; a batch call needs the
+# permission of its single form
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-api-permissions-reference.html).
+_SQS_ON_QUEUE = {
+    "ChangeMessageVisibility": "ChangeMessageVisibility",
+    "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
+    "DeleteMessage": "DeleteMessage",
+    "DeleteMessageBatch": "DeleteMessage",
+    "GetQueueAttributes": "GetQueueAttributes",
+    "ListDeadLetterSourceQueues": "ListDeadLetterSourceQueues",
+    "ListQueueTags": "ListQueueTags",
+    "ReceiveMessage": "ReceiveMessage",
+    "SendMessage": "SendMessage",
+    "SendMessageBatch": "SendMessage",
+}
+
+
+def _sqs(call: ApiCall, account: str) -> list[IamRequest]:
+    params = call.params
+    if call.operation == "ListQueues":
+        return [IamRequest("sqs:ListQueues", UNSCOPED)]
+    if call.operation == "GetQueueUrl":
+        owner = str(params.get("QueueOwnerAWSAccountId") or account)
+        return [
+            IamRequest("sqs:GetQueueUrl", _arn("sqs", call.region, owner, str(params["QueueName"])))
+        ]
+    action = _SQS_ON_QUEUE.get(call.operation)
+    if action is None:
+        raise UnmappedCallError(f"sqs {call.operation}")
+    return [IamRequest(f"sqs:{action}", queue_arn_from_url(str(params["QueueUrl"]), call.region))]
+
+
+def lambda_function_arn(
+    function_name: str, qualifier: str | None, region: str, account: str
+) -> str:
+    """The ARN IAM checks for a FunctionName in any of its spellings, plus a Qualifier."""
+    if function_name.startswith("arn:"):
+        arn = function_name
+    elif ":function:" in function_name:
+        # ACCOUNT:function:NAME[:QUALIFIER]
+        owner, _, rest = function_name.partition(":function:")
+        arn = _arn("lambda", region, owner, f"function:{rest}")
+    else:
+        # NAME[:QUALIFIER]
+        arn = _arn("lambda", region, account, f"function:{function_name}")
+    return f"{arn}:{qualifier}" if qualifier else arn
+
+
+def _lambda(call: ApiCall, account: str) -> list[IamRequest]:
+    params = call.params
+    if call.operation == "ListFunctions":
+        return [IamRequest("lambda:ListFunctions", UNSCOPED)]
+    # Invoke is authorised by lambda:InvokeFunction
+    # (https://docs.aws.amazon.com/lambda/latest/dg/lambda-api-permissions-ref.html).
+    action = {"Invoke": "InvokeFunction"}.get(call.operation, call.operation)
+    if call.operation not in ("Invoke", "ListFunctionEventInvokeConfigs"):
+        raise UnmappedCallError(f"lambda {call.operation}")
+    function = lambda_function_arn(
+        str(params["FunctionName"]), params.get("Qualifier"), call.region, account
+    )
+    return [IamRequest(f"lambda:{action}", function)]
+
+
+def _states(call: ApiCall) -> list[IamRequest]:
+    if call.operation == "StartExecution":
+        return [IamRequest("states:StartExecution", str(call.params["stateMachineArn"]))]
+    if call.operation == "DescribeExecution":
+        return [IamRequest("states:DescribeExecution", str(call.params["executionArn"]))]
+    raise UnmappedCallError(f"stepfunctions {call.operation}")
+
+
+def _sns(call: ApiCall) -> list[IamRequest]:
+    # PublishBatch needs sns:Publish (https://docs.aws.amazon.com/sns/latest/api/API_PublishBatch.html).
+    if call.operation in ("Publish", "PublishBatch"):
+        topic = call.params.get("TopicArn") or call.params.get("TargetArn")
+        return [IamRequest("sns:Publish", str(topic))]
+    raise UnmappedCallError(f"sns {call.operation}")
+
+
+def _events(call: ApiCall, account: str) -> list[IamRequest]:
+    if call.operation != "PutEvents":
+        raise UnmappedCallError(f"events {call.operation}")
+    requests = []
+    for entry in call.params["Entries"]:
+        # An entry without EventBusName goes to the account's default bus.
+        bus = str(entry.get("EventBusName") or "default")
+        arn = (
+            bus
+            if bus.startswith("arn:")
+            else _arn("events", call.region, account, f"event-bus/{bus}")
+        )
+        requests.append(IamRequest("events:PutEvents", arn))
+    return requests
+
+
+def _table_arn(table: str, region: str, account: str) -> str:
+    return (
+        table if table.startswith("arn:") else _arn("dynamodb", region, account, f"table/{table}")
+    )
+
+
+def _dynamodb(call: ApiCall, account: str) -> list[IamRequest]:
+    params = call.params
+    if call.operation in ("BatchGetItem", "BatchWriteItem"):
+        return [
+            IamRequest(f"dynamodb:{call.operation}", _table_arn(table, call.region, account))
+            for table in params["RequestItems"]
+        ]
+    if call.operation in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query"):
+        table = _table_arn(str(params["TableName"]), call.region, account)
+        return [IamRequest(f"dynamodb:{call.operation}", table)]
+    raise UnmappedCallError(f"dynamodb {call.operation}")
+
+
+def iam_requests(call: ApiCall, account: str) -> list[IamRequest]:
+    """What IAM checks for `call` made by a principal of `account`; UnmappedCallError if unknown."""
+    if call.service == "sqs":
+        return _sqs(call, account)
+    if call.service == "lambda":
+        return _lambda(call, account)
+    if call.service == "stepfunctions":
+        return _states(call)
+    if call.service == "sns":
+        return _sns(call)
+    if call.service == "events":
+        return _events(call, account)
+    if call.service == "dynamodb":
+        return _dynamodb(call, account)
+    raise UnmappedCallError(f"{call.service} {call.operation}")
+
+
+# -- Judging a policy document ----------------------------------------------------------
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def action_matches(pattern: str, action: str) -> bool:
+    """IAM action names: case-insensitive, `*` any run, `?` one character."""
+    regex = "".join(
+        ".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern
+    )
+    return re.fullmatch(regex, action, re.IGNORECASE) is not None
+
+
+def _resource_regex(pattern: str) -> str:
+    pieces = []
+    for index, char in enumerate(pattern):
+        if char == "*":
+            ends_part = index + 1 == len(pattern) or pattern[index + 1] == ":"
+            pieces.append(".*" if ends_part else "[^:]*")
+        elif char == "?":
+            pieces.append("[^:]")
+        else:
+            pieces.append(re.escape(char))
+    return "".join(pieces)
+
+
+def resource_matches(pattern: str, resource: str) -> bool:
+    """Whether a Resource pattern covers an ARN (case-sensitive), read as the module doc says."""
+    if pattern == "*":
+        return True
+    if resource == UNSCOPED:
+        # Only "*" itself grants an action that has no resource type.
+        return False
+    return re.fullmatch(_resource_regex(pattern), resource) is not None
+
+
+def statements(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The document's statements; NotAction/NotResource are refused (retryd never writes them)."""
+    found = []
+    for statement in document["Statement"]:
+        unsupported = {"NotAction", "NotResource", "Condition"} & set(statement)
+        if unsupported:
+            raise ValueError(f"statement {statement.get('Sid')} uses {sorted(unsupported)}")
+        found.append(statement)
+    return found
+
+
+def allowing(document: Mapping[str, Any], request: IamRequest) -> list[str]:
+    """The Sids of the Allow statements that grant `request`; empty if none (or a Deny matches)."""
+    allowed = []
+    for statement in statements(document):
+        if not any(action_matches(p, request.action) for p in _as_list(statement["Action"])):
+            continue
+        if not any(resource_matches(p, request.resource) for p in _as_list(statement["Resource"])):
+            continue
+        if statement["Effect"] == "Deny":
+            return []
+        allowed.append(str(statement["Sid"]))
+    return allowed
+
+
+def granted_pairs(document: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """Every (Sid, action) the document grants."""
+    return {
+        (str(statement["Sid"]), action)
+        for statement in statements(document)
+        if statement["Effect"] == "Allow"
+        for action in _as_list(statement["Action"])
+    }
