@@ -112,7 +112,8 @@ def error_signature(letter: DeadLetter) -> str:
     """
     try:
         body = json.loads(letter.body)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # Not JSON, or nested deeper than the parser follows: no error recorded in it.
         body = None
     if isinstance(body, Mapping):
         found = _from_body(body)

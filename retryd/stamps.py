@@ -134,6 +134,11 @@ def _attribute_from_json(raw: object) -> MessageAttribute:
     raise ValueError(f"not a packed message attribute: {raw!r}")
 
 
+def has_forbidden_chars(text: str) -> bool:
+    """Whether SQS/SNS would refuse `text` as a body or String value (see _NOT_XML_CHAR)."""
+    return _NOT_XML_CHAR.search(text) is not None
+
+
 def clean_text(text: str, max_bytes: int) -> str:
     """Free text made safe for an SQS attribute and cut to max_bytes of UTF-8, whole characters."""
     cleaned = _NOT_XML_CHAR.sub("\ufffd", text)

@@ -2,9 +2,9 @@
 
 Each test states one property of the promise in DESIGN.md (a message leaves its
 DLQ only once its copy is safe; one decision per message per cycle; begin ->
-resubmit -> commit -> delete is crash-safe). Tests marked `xfail(strict=True)`
-fail today because of the bug named in their reason; they flip when it is fixed.
-The others pin down properties that had no test yet.
+resubmit -> commit -> delete is crash-safe). Seven of them showed real bugs (each
+was an `xfail(strict=True)` until its fix landed); the others pin down properties
+that had no test yet.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from retryd.guards.backoff import Backoff
 from retryd.guards.breaker import Breakers, BreakerState
 from retryd.ledger.base import Ledger, LedgerError, Record, committed_attempt
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, Job, ParkReason, Target, Unresolvable
+from retryd.models import Arn, DeadLetter, Job, ParkReason, Target, Unresolvable
 from retryd.settings import GuardSettings, Settings
 
 __all__ = [
@@ -114,6 +114,15 @@ class Hold:
 Verdict = Go | Park | Defer | Done | Hold
 
 
+def _queue_identity(arn: str) -> tuple[str, str] | None:
+    """(account, queue name) of an SQS queue ARN; None for anything else."""
+    try:
+        parsed = Arn.parse(arn)
+    except ValueError:
+        return None
+    return (parsed.account, parsed.resource) if parsed.service == "sqs" else None
+
+
 def _unix_s(job: Job) -> float | None:
     return job.first_failed_at.timestamp() if job.first_failed_at is not None else None
 
@@ -150,6 +159,7 @@ class Guards:
         self._retention_horizon_s = retention_horizon_s
         self._clock_s = clock_s
         self._protected: frozenset[str] = frozenset()
+        self._protected_queues: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def breakers(self) -> Breakers | None:
@@ -165,7 +175,13 @@ class Guards:
         Resubmitting into a DLQ retryd drains would bring the message straight back
         every cycle, and into the parking queue would hide it from people.
         """
+        arns = list(arns)
         self._protected = frozenset(arns)
+        # SQS finds a queue by account and name in the caller's region, whatever region or
+        # partition an ARN spells: compare what SQS compares, or another spelling slips by.
+        self._protected_queues = frozenset(
+            identity for arn in arns if (identity := _queue_identity(arn)) is not None
+        )
 
     def allows(self, arn: str) -> bool:
         """Whether the allowlist lets retryd call `arn` (protected queues aside)."""
@@ -173,7 +189,10 @@ class Guards:
 
     def check(self, job: Job) -> Unresolvable | None:
         """The stateless guards: an Unresolvable (park it, and why), or None to go on."""
-        if job.target.arn in self._protected:
+        identity = _queue_identity(job.target.arn)
+        if job.target.arn in self._protected or (
+            identity is not None and identity in self._protected_queues
+        ):
             return Unresolvable(
                 job.letter,
                 ParkReason.TARGET_NOT_ALLOWED,

@@ -8,7 +8,7 @@ from typing import Any
 
 from retryd.aws import Client
 from retryd.models import Attributes, Job, MessageAttribute, SendError, Target
-from retryd.stamps import message_size_bytes, stamp_for_resubmit
+from retryd.stamps import has_forbidden_chars, message_size_bytes, stamp_for_resubmit
 from retryd.targets.base import Delivery, call_batch, pack_batches, unpreparable
 from retryd.targets.sqs_queue import (
     MAX_PAYLOAD_BYTES,
@@ -16,6 +16,7 @@ from retryd.targets.sqs_queue import (
     group_id,
     in_request_order,
     too_large,
+    unsendable_body,
 )
 
 # "The total aggregate size of all messages that you send in a single PublishBatch API
@@ -40,6 +41,9 @@ class SnsTopicTarget:
         deliveries: list[Delivery | None] = [None] * len(jobs)
         to_send: list[tuple[int, dict[str, Any], int, int]] = []
         for index, job in enumerate(jobs):
+            if has_forbidden_chars(job.body):
+                deliveries[index] = Delivery(job, unsendable_body())
+                continue
             try:
                 # SNS refuses the whole Publish for an attribute with an empty value; leaving
                 # such attributes off also frees their slots for retryd's stamps.

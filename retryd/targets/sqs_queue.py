@@ -11,8 +11,9 @@ from typing import Any
 from retryd import classify
 from retryd.aws import Client
 from retryd.models import Arn, Attributes, ErrorClass, Job, SendError, Target
-from retryd.stamps import message_size_bytes, stamp_for_resubmit
+from retryd.stamps import has_forbidden_chars, message_size_bytes, stamp_for_resubmit
 from retryd.targets.base import (
+    INVALID_PAYLOAD,
     PAYLOAD_TOO_LARGE,
     Delivery,
     call_batch,
@@ -26,6 +27,9 @@ from retryd.targets.base import (
 # its limit to 1 MiB may take more, and moto 5.2 accepts 1 MiB, but 256 KiB is what
 # every queue and every emulator takes, so it is the limit retryd sends within.
 MAX_PAYLOAD_BYTES = 262_144
+
+# Set when a queue ARN names a region other than the one retryd's client sends to.
+WRONG_REGION = "retryd.WrongRegion"
 
 # MessageGroupId: up to 128 characters, alphanumerics and ASCII punctuation (SQS API reference).
 _GROUP_ID = re.compile(r"[!-~]{1,128}")
@@ -140,6 +144,9 @@ class SqsQueueTarget:
         deliveries: list[Delivery | None] = [None] * len(jobs)
         to_send: list[tuple[int, OutgoingMessage, int]] = []
         for index, job in enumerate(jobs):
+            if has_forbidden_chars(job.body):
+                deliveries[index] = Delivery(job, unsendable_body())
+                continue
             try:
                 attributes, dropped = stamp_for_resubmit(job)
                 message = OutgoingMessage(job.body, attributes)
@@ -165,6 +172,15 @@ class SqsQueueTarget:
             return cached
         try:
             arn = Arn.parse(target.arn)
+            region = str(self._client.meta.region_name)
+            if arn.region != region:
+                # GetQueueUrl looks a name up in the client's region only: another
+                # region's ARN would reach a different queue that shares the name.
+                return SendError(
+                    ErrorClass.PERMANENT,
+                    WRONG_REGION,
+                    f"queue {target.arn} is not in {region}, the region retryd sends to",
+                )
             response = await self._client.get_queue_url(
                 QueueName=arn.resource, QueueOwnerAWSAccountId=arn.account
             )
@@ -173,6 +189,16 @@ class SqsQueueTarget:
         url = str(response["QueueUrl"])
         self._urls[target.arn] = url
         return url
+
+
+def unsendable_body() -> SendError:
+    """A body SQS and SNS refuse (or would silently alter): not a character of XML 1.0."""
+    return SendError(
+        ErrorClass.PERMANENT,
+        INVALID_PAYLOAD,
+        "the body holds characters SQS and SNS do not carry (an unpaired surrogate or a "
+        "control character)",
+    )
 
 
 def too_large(size_bytes: int, limit_bytes: int = MAX_PAYLOAD_BYTES) -> SendError:
