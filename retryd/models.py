@@ -34,6 +34,7 @@ _SERVICE_TO_TYPE = {
 }
 
 _ARN_FIELDS = 6
+LATEST_QUALIFIER = ":$LATEST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,10 @@ class Target:
             raise ValueError(f"unsupported target service {parsed.service!r} in {arn!r}")
         if target_type is TargetType.LAMBDA and not parsed.resource.startswith("function:"):
             raise ValueError(f"Lambda target must be a function ARN: {arn!r}")
+        if target_type is TargetType.LAMBDA:
+            # `$LATEST` names the same code as the unqualified ARN: one spelling keeps
+            # allowlist matches, idempotency keys and breakers the same for every shape.
+            arn = arn.removesuffix(LATEST_QUALIFIER)
         if target_type is TargetType.STEPFUNCTIONS and not parsed.resource.startswith(
             "stateMachine:"
         ):

@@ -17,7 +17,7 @@ from retryd.cli import main
 from retryd.cycle import CycleReport
 from retryd.guards import Guards
 from retryd.inspection import NO_ERROR, error_signature
-from retryd.models import DeadLetter, Job, Outcome, ParkReason, Unresolvable
+from retryd.models import DeadLetter, Job, Outcome, ParkReason, Target, Unresolvable
 from retryd.resolve import build_chain
 from retryd.service import run_once
 from retryd.settings import Settings
@@ -341,3 +341,11 @@ def test_a_redrive_loop_whose_stamps_do_not_fit_is_still_parked_by_the_ledger(
         ("resubmitted", None, 2),
         ("parked", "attempts-exhausted", 2),
     ]
+
+
+def test_latest_is_one_spelling_of_the_unqualified_function_for_every_shape() -> None:
+    """`function:f:$LATEST` and `function:f` are one target (allowlist, key, breaker), however
+    the message spells it; a real qualifier (alias, version) is kept."""
+    plain = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:charge"
+    assert Target.from_arn(plain + ":$LATEST") == Target.from_arn(plain)
+    assert Target.from_arn(plain + ":live").arn == plain + ":live"

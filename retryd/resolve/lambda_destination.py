@@ -28,9 +28,6 @@ from retryd.resolve.base import (
     stamped_key,
 )
 
-# `$LATEST` names the same code as the unqualified ARN; dropping it keeps allowlist
-# patterns and derived keys the same as for the function's other DLQ shapes.
-LATEST_QUALIFIER = ":$LATEST"
 # A record written for a successful invocation: nothing failed, nothing to retry.
 SUCCESS_CONDITION = "Success"
 # Stream pointers end in this (KinesisBatchInfo, DDBStreamBatchInfo, ...).
@@ -114,11 +111,11 @@ def _json_object(body: str) -> dict[str, Any] | None:
 
 
 def _function_target(function_arn: object) -> Target | None:
-    """The function to invoke, qualifier kept (but `$LATEST` dropped); None if not a function."""
+    """The function to invoke, qualifier kept (Target drops `$LATEST`); None if not a function."""
     if not isinstance(function_arn, str):
         return None
     try:
-        target = Target.from_arn(function_arn.removesuffix(LATEST_QUALIFIER))
+        target = Target.from_arn(function_arn)
     except ValueError:
         return None
     return target if target.type is TargetType.LAMBDA else None
