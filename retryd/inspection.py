@@ -73,7 +73,9 @@ def _signature(code: object, message: object) -> str | None:
 
     The code is kept as it is: it is already a category (`Timeout`, `NO_PERMISSIONS`, 500).
     """
-    code_text = str(code).strip() if isinstance(code, str | int) else ""
+    # bool is an int to Python, but `True` is no error code.
+    is_code = isinstance(code, str | int) and not isinstance(code, bool)
+    code_text = str(code).strip() if is_code else ""
     message_text = normalise(message) if isinstance(message, str) else ""
     if not code_text and not message_text:
         return None

@@ -221,6 +221,12 @@ def letter(body: str, **attributes: MessageAttribute) -> DeadLetter:
     return DeadLetter(queue, "m-1", "r-1", body, message_attributes=attributes)
 
 
+def test_a_boolean_is_not_taken_for_an_error_code() -> None:
+    """An envelope whose error code is `true` groups by its message, not by `True`."""
+    body = envelope("lambda", CHARGE, 1, error={"code": True, "message": "order 12 failed"})
+    assert error_signature(letter(json.dumps(body))) == normalise("order 12 failed")
+
+
 def test_each_shape_yields_its_recorded_error() -> None:
     """Envelope, destination record (error or condition), EventBridge and Lambda DLQ attributes."""
     assert (
