@@ -16,7 +16,6 @@ from retryd.errors import ParkingQueueMissingError, RetrydError
 from retryd.feeds import FeedCache
 from retryd.guards import build_guards
 from retryd.guards.ratelimit import RateLimits
-from retryd.iam import lambda_may_be_target
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Decision, Outcome, QueueRef
@@ -120,11 +119,9 @@ class _QueueDrain:
     def saw(self, letters: list[DeadLetter]) -> None:
         self.seen.update(letter.message_id for letter in letters)
         for letter in letters:
-            sent = letter.sent_at
-            if sent is not None and (
-                self.oldest_sent_s is None or sent.timestamp() < self.oldest_sent_s
-            ):
-                self.oldest_sent_s = sent.timestamp()
+            sent_s = letter.sent_at_s
+            if sent_s is not None and (self.oldest_sent_s is None or sent_s < self.oldest_sent_s):
+                self.oldest_sent_s = sent_s
 
 
 class Cycle:
@@ -142,10 +139,7 @@ class Cycle:
         self._clients = clients
         self._metrics = metrics
         # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few cycles.
-        self._feeds = FeedCache(
-            settings.discovery.feeds_refresh_cycles,
-            lambda_feeds=lambda_may_be_target(settings.guards),
-        )
+        self._feeds = FeedCache.for_settings(settings)
         self._chain = build_chain(settings, self._feeds)
         self._guards = build_guards(settings, ledger=ledger, metrics=metrics)
         self._sender = Sender(

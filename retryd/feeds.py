@@ -34,7 +34,9 @@ from botocore.exceptions import ClientError
 from retryd.aws import AwsClients, Client
 from retryd.classify import from_exception, is_missing_queue
 from retryd.discovery import queue_ref_from_url
+from retryd.iam import lambda_may_be_target
 from retryd.models import QueueRef
+from retryd.settings import Settings
 
 log = structlog.get_logger("retryd.feeds")
 
@@ -262,6 +264,15 @@ class FeedCache:
         self._calls = 0
         self._seen: frozenset[str] = frozenset()
         self._built = False
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> FeedCache:
+        """The cache a cycle (and `plan`) uses: Lambda is read only when it may be a target,
+        which is also when `retryd iam-policy` grants those reads."""
+        return cls(
+            settings.discovery.feeds_refresh_cycles,
+            lambda_feeds=lambda_may_be_target(settings.guards),
+        )
 
     @property
     def current(self) -> FeedMap:

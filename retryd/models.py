@@ -206,11 +206,17 @@ class DeadLetter:
         return int(self.system_attributes.get("ApproximateReceiveCount", "1"))
 
     @property
-    def sent_at(self) -> datetime | None:
+    def sent_at_s(self) -> float | None:
+        """SQS's SentTimestamp in unix seconds; None when absent or not a number."""
         raw = self.system_attributes.get("SentTimestamp")
         if raw is None or not raw.isdigit():
             return None
-        return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
+        return int(raw) / 1000
+
+    @property
+    def sent_at(self) -> datetime | None:
+        sent_s = self.sent_at_s
+        return None if sent_s is None else datetime.fromtimestamp(sent_s, tz=UTC)
 
     @property
     def group_id(self) -> str | None:
@@ -238,6 +244,10 @@ class Job:
     resolver: str = ""
     first_failed_at: datetime | None = None
     forward_attributes: Attributes = field(default_factory=dict)
+
+    @property
+    def first_failed_at_s(self) -> float | None:
+        return self.first_failed_at.timestamp() if self.first_failed_at is not None else None
 
     @property
     def next_attempt(self) -> int:

@@ -28,7 +28,6 @@ from retryd.aws import AwsClients, open_clients
 from retryd.discovery import discover_queues, queue_ref_from_url
 from retryd.feeds import FeedCache, FeedMap
 from retryd.guards import Defer, Done, Go, Guards, Park, Verdict, build_guards
-from retryd.iam import lambda_may_be_target
 from retryd.ledger import Ledger, open_ledger
 from retryd.models import DeadLetter, QueueRef, Target
 from retryd.parking import Parking
@@ -71,10 +70,7 @@ async def open_chain(
     settings: Settings, clients: AwsClients, queues: Sequence[QueueRef]
 ) -> tuple[ResolverChain, FeedMap]:
     """The resolver chain a cycle uses for these DLQs, and the feed map it is built on."""
-    feeds = FeedCache(
-        settings.discovery.feeds_refresh_cycles,
-        lambda_feeds=lambda_may_be_target(settings.guards),
-    )
+    feeds = FeedCache.for_settings(settings)
     await feeds.refresh_if_due(clients, queues)
     return build_chain(settings, feeds), feeds.current
 

@@ -57,10 +57,8 @@ class Sent:
 
 
 def _first_failed_s(job: Job) -> float | None:
-    if job.first_failed_at is not None:
-        return job.first_failed_at.timestamp()
-    sent = job.letter.sent_at
-    return sent.timestamp() if sent is not None else None
+    first_s = job.first_failed_at_s
+    return first_s if first_s is not None else job.letter.sent_at_s
 
 
 def _claim(go: Go) -> Claim:

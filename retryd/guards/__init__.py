@@ -123,15 +123,6 @@ def _queue_identity(arn: str) -> tuple[str, str] | None:
     return (parsed.account, parsed.resource) if parsed.service == "sqs" else None
 
 
-def _unix_s(job: Job) -> float | None:
-    return job.first_failed_at.timestamp() if job.first_failed_at is not None else None
-
-
-def _sent_at_s(letter: DeadLetter) -> float | None:
-    sent = letter.sent_at
-    return sent.timestamp() if sent is not None else None
-
-
 class Guards:
     """Applies the guards in order; the first that refuses decides.
 
@@ -286,7 +277,7 @@ class Guards:
             return Park(job.letter, ParkReason.ATTEMPTS_EXHAUSTED, exhausted, merged.attempt, job)
         first_failed = [
             moment
-            for moment in (_unix_s(job), record.first_failed_at_s if record else None)
+            for moment in (job.first_failed_at_s, record.first_failed_at_s if record else None)
             if moment is not None
         ]
         old = too_old(min(first_failed) if first_failed else None, now_s, self._max_age_s)
@@ -294,7 +285,7 @@ class Guards:
             return Park(job.letter, ParkReason.TOO_OLD, old, merged.attempt, job)
         delay_s = self._backoff_delay_s(merged, record, now_s)
         expiring = retention_expiring(
-            _sent_at_s(job.letter),
+            job.letter.sent_at_s,
             job.letter.queue.retention_s,
             now_s,
             self._retention_horizon_s + delay_s,
@@ -313,13 +304,13 @@ class Guards:
         # when the message reached its DLQ (SQS's SentTimestamp).
         last_s = record.last_attempt_at_s if record is not None else None
         if last_s is None:
-            last_s = _sent_at_s(job.letter) or now_s
+            last_s = job.letter.sent_at_s or now_s
         due_s = self._backoff.due_at_s(job.target.arn, job.key, job.attempt, last_s)
         return max(0.0, due_s - now_s)
 
     def _rescuable_for_s(self, job: Job, now_s: float) -> float:
         """How long the message may stay hidden and still be seen before SQS deletes it."""
-        sent_s = _sent_at_s(job.letter)
+        sent_s = job.letter.sent_at_s
         retention_s = job.letter.queue.retention_s
         if sent_s is None or retention_s is None:
             return float("inf")

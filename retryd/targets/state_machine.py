@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 import structlog
@@ -25,6 +24,7 @@ from botocore.exceptions import ClientError
 
 from retryd.aws import Client
 from retryd.classify import from_exception
+from retryd.keys import canonical_payload
 from retryd.models import Arn, ErrorClass, Job, SendError, Target
 from retryd.targets.base import (
     INVALID_PAYLOAD,
@@ -92,16 +92,6 @@ def preflight(job: Job) -> SendError | None:
     return None
 
 
-def _canonical(text: Any) -> str | None:
-    """JSON text in one spelling, so inputs that differ only in layout compare equal."""
-    if not isinstance(text, str):
-        return None
-    try:
-        return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
-    except Exception:  # noqa: BLE001 - an input we cannot read is an input that differs
-        return None
-
-
 class StateMachineTarget:
     """Starts one execution of the target state machine per job, named by its dead letter."""
 
@@ -145,7 +135,11 @@ class StateMachineTarget:
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
             return from_exception(exc)
         status = str(described.get("status", ""))
-        if _canonical(described.get("input")) != _canonical(job.body):
+        described_input = described.get("input")
+        # One spelling for both, so inputs that differ only in layout compare equal.
+        if not isinstance(described_input, str) or canonical_payload(
+            described_input
+        ) != canonical_payload(job.body):
             return SendError(
                 ErrorClass.PERMANENT,
                 _ALREADY_EXISTS,
