@@ -61,7 +61,7 @@ STOPSIGNAL SIGTERM
 # Slim images have no curl: the probe ships in the package. It follows
 # RETRYD_HTTP__PORT and exits 1 on anything but a 200 from /healthz.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-m", "retryd.healthcheck"]
+  CMD ["python", "-m", "retryd.service.healthcheck"]
 
 # Exec form: retryd is PID 1 and receives SIGTERM itself (it reaps no children,
 # as it starts none).

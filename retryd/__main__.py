@@ -1,5 +1,5 @@
 """`python -m retryd`: the same as the `retryd` console script."""
 
-from retryd.cli import main
+from retryd.commands.cli import main
 
 raise SystemExit(main())

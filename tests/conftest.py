@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from retryd.emulator import MotoServer
+from retryd.sandbox.emulator import MotoServer
 from retryd.settings import Settings
 from tests.faults import FaultInjector
 from tests.world import ACCOUNT, REGION, World

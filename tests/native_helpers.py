@@ -10,7 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from retryd.feeds import Feed, FeedKind, FeedMap
+from retryd.discovery.feeds import Feed, FeedKind, FeedMap
 from retryd.models import DeadLetter, MessageAttribute, QueueRef
 
 FIXTURES = Path(__file__).parent / "fixtures" / "messages"

@@ -14,8 +14,8 @@ import anyio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retryd.cycle import CycleReport
-from retryd.service import run_once
+from retryd.drain.cycle import CycleReport
+from retryd.service.lifecycle import run_once
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
 from tests.world import ACCOUNT, REGION, World, envelope

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.guards.age import retention_expiring, too_old
+from retryd.admission.age import retention_expiring, too_old
 
 NOW_S = 1_700_000_000.0
 DAY_S = 86_400

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.guards.backoff import Backoff, ceiling_s, jitter_fraction
-from retryd.guards.matching import first_matching, glob_matches
+from retryd.admission.backoff import Backoff, ceiling_s, jitter_fraction
+from retryd.admission.matching import first_matching, glob_matches
 from retryd.settings import MAX_VISIBILITY_TIMEOUT_S, BackoffRule, BackoffSettings
 
 ACCOUNT = "123456789012"

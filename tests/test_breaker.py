@@ -9,7 +9,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from retryd.guards.breaker import Breakers, BreakerState, CircuitBreaker
+from retryd.admission.breaker import Breakers, BreakerState, CircuitBreaker
 from retryd.metrics import Metrics
 from retryd.models import Target
 from retryd.settings import BreakerSettings

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from retryd.cli import main
+from retryd.commands.cli import main
 from tests.processes import retryd_run
 from tests.world import ACCOUNT, QUIET_GUARDS_TOML, REGION, World, envelope
 
@@ -252,7 +252,7 @@ def test_sandbox_without_the_extra_says_how_to_install_it() -> None:
     """With moto not importable, `retryd sandbox` exits 3 and names the extra."""
     code = (
         "import sys; sys.modules['moto'] = None; "
-        "from retryd.cli import main; raise SystemExit(main(['sandbox']))"
+        "from retryd.commands.cli import main; raise SystemExit(main(['sandbox']))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False

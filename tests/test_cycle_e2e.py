@@ -11,10 +11,10 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from retryd.cycle import CycleReport
+from retryd.drain.cycle import CycleReport
 from retryd.logs import configure_logging
 from retryd.models import Outcome
-from retryd.service import run_once
+from retryd.service.lifecycle import run_once
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.faults import Fault

@@ -23,7 +23,7 @@ from botocore.validate import validate_parameters
 from cfnlint.decode import decode_str  # type: ignore[import-untyped]  # cfn-lint ships no types
 from packaging.requirements import Requirement
 
-from retryd.iam import policy_document
+from retryd.commands.iam_policy import policy_document
 from retryd.settings import HttpSettings, ShutdownSettings, load_settings
 from tests.processes import retryd_run
 from tests.world import ACCOUNT, REGION, World
@@ -33,7 +33,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 TASK_DEFINITION = ROOT / "deploy" / "ecs" / "task-definition.json"
 TEMPLATE = ROOT / "deploy" / "cloudformation" / "retryd.yaml"
 VENV_BIN = ROOT / ".venv" / "bin"
-HEALTHCHECK_COMMAND = ["CMD", "python", "-m", "retryd.healthcheck"]
+HEALTHCHECK_COMMAND = ["CMD", "python", "-m", "retryd.service.healthcheck"]
 
 
 def tool(name: str) -> str:
@@ -73,18 +73,25 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_wheel_declares_the_retryd_console_script(wheel: Path) -> None:
-    """The image's ENTRYPOINT `retryd` exists: the wheel maps it to retryd.cli:main."""
+    """The image's ENTRYPOINT `retryd` exists: the wheel maps it to retryd.commands.cli:main."""
     with zipfile.ZipFile(wheel) as archive:
         (entry_points,) = [n for n in archive.namelist() if n.endswith("entry_points.txt")]
         text = archive.read(entry_points).decode()
-    assert re.search(r"^\[console_scripts\]\nretryd = retryd\.cli:main$", text, re.MULTILINE)
+    script = r"^\[console_scripts\]\nretryd = retryd\.commands\.cli:main$"
+    assert re.search(script, text, re.MULTILINE)
 
 
 def test_wheel_ships_the_healthcheck_and_deploy_modules(wheel: Path) -> None:
-    """HEALTHCHECK's `python -m retryd.healthcheck` and the systemd notifier are in the wheel."""
+    """HEALTHCHECK's `python -m retryd.service.healthcheck` and the notifier are in the wheel."""
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    for module in ("healthcheck", "systemd", "iam", "cli", "__main__"):
+    for module in (
+        "service/healthcheck",
+        "service/systemd",
+        "commands/iam_policy",
+        "commands/cli",
+        "__main__",
+    ):
         assert f"retryd/{module}.py" in names
     assert "retryd/py.typed" in names
     assert not any("tests/" in name or "__pycache__" in name for name in names)
@@ -210,7 +217,7 @@ def test_dockerignore_admits_exactly_what_the_build_copies() -> None:
 
 def healthcheck(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "retryd.healthcheck", *args],
+        [sys.executable, "-m", "retryd.service.healthcheck", *args],
         capture_output=True,
         text=True,
         timeout=30,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from retryd.aws import open_clients
-from retryd.discovery import (
+from retryd.discovery.queues import (
     LIST_PAGE_SIZE,
     discover_queues,
     parse_queue_url,

@@ -12,8 +12,8 @@ from botocore.exceptions import ClientError
 from structlog.testing import capture_logs
 
 from retryd.aws import AwsClients, open_clients
-from retryd.discovery import queue_ref_from_url
-from retryd.feeds import Feed, FeedCache, FeedKind, FeedMap, map_feeds
+from retryd.discovery.feeds import Feed, FeedCache, FeedKind, FeedMap, map_feeds
+from retryd.discovery.queues import queue_ref_from_url
 from retryd.models import QueueRef
 from tests.conftest import SettingsFactory
 from tests.faults import Fault

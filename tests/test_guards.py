@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.guards import Guards
-from retryd.guards.allowlist import Allowlist
-from retryd.guards.attempts import attempts_exhausted, effective_limit
-from retryd.keys import hashed_key
+from retryd.admission import Guards
+from retryd.admission.allowlist import Allowlist
+from retryd.admission.attempts import attempts_exhausted, effective_limit
 from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Target
+from retryd.resolve.keys import hashed_key
 from retryd.settings import GuardSettings
 
 ACCOUNT = "123456789012"

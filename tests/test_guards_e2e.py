@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from retryd.aws import open_clients
-from retryd.cycle import Cycle, CycleReport
+from retryd.drain.cycle import Cycle, CycleReport
 from retryd.ledger import create_table, open_ledger
 from retryd.ledger.base import Claim, Ledger
 from retryd.metrics import Metrics

@@ -10,9 +10,9 @@ from typing import Any
 import botocore.session
 import pytest
 
-from retryd.cli import main
+from retryd.commands.cli import main
+from retryd.commands.iam_policy import policy_document
 from retryd.errors import ConfigError
-from retryd.iam import policy_document
 from retryd.settings import Settings, load_settings
 from tests.conftest import SettingsFactory
 

@@ -21,18 +21,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import retryd.inspection
-import retryd.plan
-import retryd.service
+import retryd.commands.inspect
+import retryd.commands.plan
+import retryd.service.lifecycle
 from retryd.aws import AwsClients, open_clients
-from retryd.cycle import CycleReport
-from retryd.demo import ACCOUNT, REGION, DemoWorld, build_world, sandbox_settings
-from retryd.iam import policy_document
-from retryd.inspection import run_inspect
+from retryd.commands.iam_policy import policy_document
+from retryd.commands.inspect import run_inspect
+from retryd.commands.plan import run_plan
+from retryd.drain.cycle import CycleReport
 from retryd.ledger import create_table
 from retryd.models import Outcome, TargetType
-from retryd.plan import run_plan
-from retryd.service import run_once
+from retryd.sandbox.world import ACCOUNT, REGION, DemoWorld, build_world, sandbox_settings
+from retryd.service.lifecycle import run_once
 from retryd.settings import (
     AwsSettings,
     DiscoverySettings,
@@ -137,7 +137,7 @@ async def _run_phases(
 
     # The entry points open their clients through these names: the same clients,
     # with an observer registered on each.
-    for module in (retryd.inspection, retryd.plan, retryd.service):
+    for module in (retryd.commands.inspect, retryd.commands.plan, retryd.service.lifecycle):
         monkeypatch.setattr(module, "open_clients", observed)
     # Read-only commands first, so they see every message before the cycle takes them.
     log.phase = "inspect"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.cli import main
-from retryd.inspection import NO_ERROR, error_signature, normalise
+from retryd.commands.cli import main
+from retryd.commands.inspect import NO_ERROR, error_signature, normalise
 from retryd.models import DeadLetter, MessageAttribute, QueueRef
 from tests.faults import Fault
 from tests.operator_helpers import (

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.keys import canonical_payload, compact_json, hashed_key, idempotency_key
+from retryd.resolve.keys import canonical_payload, compact_json, hashed_key, idempotency_key
 from tests import strategies
 
 LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:charge"

@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from retryd.cli import main
+from retryd.commands.cli import main
 from retryd.ledger import (
     BeginStatus,
     Begun,

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from retryd.http import Health, serve_http
 from retryd.metrics import BREAKER_STATES, MAX_TARGET_LABELS, OTHER_TARGET, Metrics
+from retryd.service.http import Health, serve_http
 from retryd.settings import HttpSettings
 from tests.conftest import SettingsFactory
 

@@ -9,9 +9,9 @@ from urllib.parse import unquote
 
 import anyio
 
-from retryd.cycle import CycleReport
+from retryd.drain.cycle import CycleReport
 from retryd.models import Job, Outcome
-from retryd.service import run_once
+from retryd.service.lifecycle import run_once
 from retryd.settings import Settings
 from retryd.targets.sqs_queue import dedup_id
 from tests.conftest import SettingsFactory

@@ -13,8 +13,8 @@ from retryd import stamps
 from retryd.aws import open_clients
 from retryd.errors import ParkingQueueMissingError
 from retryd.models import DeadLetter, ErrorClass, MessageAttribute, QueueRef, SendError
-from retryd.parking import Parking, ParkRequest
 from retryd.settings import Settings
+from retryd.settle.parking import Parking, ParkRequest
 from tests.faults import Fault
 from tests.world import ACCOUNT, REGION, World
 

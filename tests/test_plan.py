@@ -11,15 +11,15 @@ import anyio
 import pytest
 from rich.console import Console
 
-from retryd import progress
+from retryd.admission import Defer, DeferReason, Go, Park
 from retryd.aws import open_clients
-from retryd.cli import main
-from retryd.discovery import queue_ref_from_url
-from retryd.guards import Defer, DeferReason, Go, Park
+from retryd.commands import progress
+from retryd.commands.cli import main
+from retryd.commands.plan import Action, PlannedMessage
+from retryd.discovery.queues import queue_ref_from_url
+from retryd.discovery.survey import Peek, peek
 from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Target
-from retryd.peek import Peek, peek
-from retryd.plan import Action, PlannedMessage
-from retryd.service import run_once
+from retryd.service.lifecycle import run_once
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
 from tests.operator_helpers import (

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.guards.ratelimit import RateLimits, TokenBucket
+from retryd.admission.ratelimit import RateLimits, TokenBucket
 from retryd.settings import RateLimitSettings, RateRule
 from tests.clock_helpers import FakeClock
 

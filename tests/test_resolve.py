@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from retryd.keys import hashed_key
 from retryd.models import (
     DeadLetter,
     Job,
@@ -31,6 +30,7 @@ from retryd.resolve.base import (
     stamped_key,
 )
 from retryd.resolve.envelope import EnvelopeResolver
+from retryd.resolve.keys import hashed_key
 from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Route
 from tests import strategies

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retryd.feeds import FeedKind
-from retryd.keys import hashed_key
+from retryd.discovery.feeds import FeedKind
 from retryd.models import (
     DeadLetter,
     Job,
@@ -22,6 +21,7 @@ from retryd.models import (
 )
 from retryd.resolve import build_chain
 from retryd.resolve.eventbridge_dlq import PERMANENT_ERROR_CODES, EventBridgeDlqResolver
+from retryd.resolve.keys import hashed_key
 from retryd.resolve.lambda_async import LambdaAsyncResolver
 from retryd.resolve.lambda_destination import LambdaDestinationResolver
 from retryd.resolve.sqs_redrive import SqsRedriveResolver

@@ -21,12 +21,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from retryd.admission import Defer, DeferReason, Go, Guards, Hold, Park
+from retryd.admission.backoff import Backoff, jitter_fraction
+from retryd.admission.breaker import Breakers, BreakerState, CircuitBreaker
+from retryd.admission.ratelimit import RateLimits
 from retryd.aws import open_clients
-from retryd.cycle import Cycle, CycleReport
-from retryd.guards import Defer, DeferReason, Go, Guards, Hold, Park
-from retryd.guards.backoff import Backoff, jitter_fraction
-from retryd.guards.breaker import Breakers, BreakerState, CircuitBreaker
-from retryd.guards.ratelimit import RateLimits
+from retryd.drain.cycle import Cycle, CycleReport
 from retryd.ledger import MemoryLedger, create_table, open_ledger
 from retryd.ledger.base import BeginStatus, Claim, LedgerError, Record
 from retryd.metrics import Metrics
@@ -41,8 +41,7 @@ from retryd.models import (
     SendError,
     Target,
 )
-from retryd.sending import Sender, Sent
-from retryd.service import run_once
+from retryd.service.lifecycle import run_once
 from retryd.settings import (
     BackoffSettings,
     BreakerSettings,
@@ -51,6 +50,7 @@ from retryd.settings import (
     Settings,
 )
 from retryd.targets import Delivery, TargetRouter
+from retryd.targets.sender import Sender, Sent
 from tests.clock_helpers import FakeClock
 from tests.conftest import SettingsFactory
 from tests.faults import Fault

@@ -13,13 +13,13 @@ from typing import Any
 import anyio
 import pytest
 
-from retryd.cli import main
-from retryd.cycle import CycleReport
-from retryd.guards import Guards
-from retryd.inspection import NO_ERROR, error_signature
+from retryd.admission import Guards
+from retryd.commands.cli import main
+from retryd.commands.inspect import NO_ERROR, error_signature
+from retryd.drain.cycle import CycleReport
 from retryd.models import DeadLetter, Job, Outcome, ParkReason, Target, Unresolvable
 from retryd.resolve import build_chain
-from retryd.service import run_once
+from retryd.service.lifecycle import run_once
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.faults import Fault

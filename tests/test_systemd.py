@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from retryd.service.systemd import SystemdNotifier, socket_address, watchdog_interval_s
 from retryd.settings import DrainSettings, ScheduleSettings, ShutdownSettings
-from retryd.systemd import SystemdNotifier, socket_address, watchdog_interval_s
 from tests.processes import retryd_run
 from tests.tools import require_tool
 from tests.world import ACCOUNT, REGION, World

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 import boto3
 from botocore.config import Config
 
-from retryd.emulator import MotoServer
+from retryd.sandbox.emulator import MotoServer
 from tests.faults import FaultInjector
 
 REGION = "us-east-1"

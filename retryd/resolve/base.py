@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Protocol
 
-from retryd.keys import MAX_KEY_CHARS, idempotency_key
 from retryd.models import Attributes, DeadLetter, Job, MessageAttribute, Target, Unresolvable
+from retryd.resolve.keys import MAX_KEY_CHARS, idempotency_key
 from retryd.stamps import ATTEMPT as ATTEMPT_ATTRIBUTE
 from retryd.stamps import FIRST_FAILED_AT as FIRST_FAILED_AT_ATTRIBUTE
 from retryd.stamps import KEY as KEY_ATTRIBUTE

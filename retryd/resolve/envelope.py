@@ -25,7 +25,6 @@ from pydantic import (
     model_validator,
 )
 
-from retryd.keys import MAX_KEY_CHARS, compact_json, idempotency_key
 from retryd.models import DeadLetter, Job, ParkReason, Target, TargetType, Unresolvable
 from retryd.resolve.base import (
     forward_attributes,
@@ -33,6 +32,7 @@ from retryd.resolve.base import (
     stamped_first_failed_at,
     stamped_key,
 )
+from retryd.resolve.keys import MAX_KEY_CHARS, compact_json, idempotency_key
 
 ENVELOPE_V1 = "retryd/v1"
 # Any value in this family claims to be a retryd envelope (retryd/v2 included, so a

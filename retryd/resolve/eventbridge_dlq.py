@@ -21,7 +21,6 @@ from types import MappingProxyType
 from typing import Any
 
 from retryd.classify import PERMANENT_CODES, TRANSIENT_CODES
-from retryd.keys import compact_json, idempotency_key
 from retryd.models import (
     Arn,
     DeadLetter,
@@ -39,6 +38,7 @@ from retryd.resolve.base import (
     stamped_first_failed_at,
     stamped_key,
 )
+from retryd.resolve.keys import compact_json, idempotency_key
 from retryd.resolve.static_route import StaticRouteResolver
 
 RULE_ARN = "RULE_ARN"

@@ -10,7 +10,7 @@ its DeadLetterConfig, or an on-failure destination that is the queue.
 
 from __future__ import annotations
 
-from retryd.feeds import FeedKind, FeedMap, FeedSource
+from retryd.discovery.feeds import FeedKind, FeedMap, FeedSource
 from retryd.models import DeadLetter, Job, ParkReason, Target, TargetType, Unresolvable
 from retryd.resolve.base import body_as_is
 

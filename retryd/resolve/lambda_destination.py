@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from retryd.keys import compact_json, idempotency_key
 from retryd.models import DeadLetter, Job, ParkReason, Target, TargetType, Unresolvable
 from retryd.resolve.base import (
     forward_attributes,
@@ -27,6 +26,7 @@ from retryd.resolve.base import (
     stamped_first_failed_at,
     stamped_key,
 )
+from retryd.resolve.keys import compact_json, idempotency_key
 
 # A record written for a successful invocation: nothing failed, nothing to retry.
 SUCCESS_CONDITION = "Success"

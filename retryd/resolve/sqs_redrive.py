@@ -10,7 +10,7 @@ ListDeadLetterSourceQueues answer is used when it names exactly one source.
 
 from __future__ import annotations
 
-from retryd.feeds import FeedKind, FeedSource
+from retryd.discovery.feeds import FeedKind, FeedSource
 from retryd.models import DeadLetter, Job, ParkReason, Target, TargetType, Unresolvable
 from retryd.resolve.base import body_as_is
 

@@ -24,8 +24,8 @@ from botocore.exceptions import ClientError
 
 from retryd.aws import Client
 from retryd.classify import from_exception
-from retryd.keys import canonical_payload
 from retryd.models import Arn, ErrorClass, Job, SendError, Target
+from retryd.resolve.keys import canonical_payload
 from retryd.targets.base import (
     INVALID_PAYLOAD,
     PAYLOAD_TOO_LARGE,

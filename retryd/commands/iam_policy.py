@@ -36,9 +36,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from retryd.discovery import is_queue_url, parse_queue_url, partition_for_region
+from retryd.admission.allowlist import parse_glob
+from retryd.discovery.queues import is_queue_url, parse_queue_url, partition_for_region
 from retryd.errors import ConfigError
-from retryd.guards.allowlist import parse_glob
 from retryd.settings import GuardSettings, Settings
 
 POLICY_VERSION = "2012-10-17"
@@ -164,7 +164,7 @@ def _target_arns(allow_targets: Iterable[str]) -> dict[str, list[str]]:
 def lambda_may_be_target(guards: GuardSettings) -> bool:
     """Whether the allowlist can let a Lambda function through as a target.
 
-    Only then does retryd read Lambda's feeds (retryd.feeds), and only then does the
+    Only then does retryd read Lambda's feeds (retryd.discovery.feeds), and only then does the
     policy grant those reads: the two agree by using this one test.
     """
     if guards.allow_any_target:
@@ -205,7 +205,7 @@ def _target_statements(targets: dict[str, list[str]], scope: _Scope) -> list[dic
         functions = lambda_resources(targets["lambda"])
         statements.append(_statement("ResubmitToLambda", ["lambda:InvokeFunction"], functions))
         # Mapping a Lambda's DLQ or on-failure destination back to its function
-        # (retryd.feeds) is only worth it when a Lambda may be a target. ListFunctions
+        # (retryd.discovery.feeds) is only worth it when a Lambda may be a target. ListFunctions
         # has no resource type; it also returns each DeadLetterConfig, so the
         # environment-revealing GetFunctionConfiguration is not needed. The async
         # invoke configs hold only destinations and retry limits, and are read for

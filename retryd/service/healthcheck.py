@@ -1,4 +1,4 @@
-"""`python -m retryd.healthcheck`: exit 0 when the local retryd answers /healthz with 200, else 1.
+"""`python -m retryd.service.healthcheck`: exit 0 when the local /healthz answers 200, else 1.
 
 For container health checks (Docker HEALTHCHECK, ECS healthCheck), where slim
 images have no curl. It reads only the environment, not the TOML file, so it
@@ -48,7 +48,7 @@ def check(url: str, timeout_s: float) -> tuple[bool, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m retryd.healthcheck",
+        prog="python -m retryd.service.healthcheck",
         description="Probe the local retryd's /healthz: exit 0 if healthy, 1 if not.",
     )
     parser.add_argument("--port", type=int, help="default: $RETRYD_HTTP__PORT, else 9464")

@@ -166,7 +166,7 @@ def _load(args: argparse.Namespace) -> Settings:
 
 
 def _once(args: argparse.Namespace) -> int:
-    from retryd.service import run_once  # noqa: PLC0415 - keeps `--help` fast
+    from retryd.service.lifecycle import run_once  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _load(args)
     report = anyio.run(run_once, settings)
@@ -179,7 +179,7 @@ def _once(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from retryd.service import run_daemon  # noqa: PLC0415 - keeps `--help` fast
+    from retryd.service.lifecycle import run_daemon  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _load(args)
     anyio.run(run_daemon, settings)
@@ -187,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from retryd.sandbox import run_sandbox, serve_sandbox  # noqa: PLC0415 - moto is an optional extra
+    from retryd.sandbox.command import run_sandbox, serve_sandbox  # noqa: PLC0415 - moto is an optional extra
 
     # The sandbox prints its own report of every decision; log lines would repeat it.
     configure_logging("error", "auto")
@@ -197,7 +197,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from retryd.plan import run_plan  # noqa: PLC0415 - keeps `--help` fast
+    from retryd.commands.plan import run_plan  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _load(args)
     return anyio.run(
@@ -206,7 +206,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from retryd.inspection import run_inspect  # noqa: PLC0415 - keeps `--help` fast
+    from retryd.commands.inspect import run_inspect  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _load(args)
     return anyio.run(
@@ -221,8 +221,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _iam_policy(args: argparse.Namespace) -> int:
-    from retryd.discovery import partition_for_region  # noqa: PLC0415 - keeps `--help` fast
-    from retryd.iam import run_iam_policy  # noqa: PLC0415 - keeps `--help` fast
+    from retryd.commands.iam_policy import run_iam_policy  # noqa: PLC0415 - keeps `--help` fast
+    from retryd.discovery.queues import partition_for_region  # noqa: PLC0415 - keeps `--help` fast
 
     settings = load_settings(args.config)
     partition = args.partition or (partition_for_region(args.region) if args.region else "aws")

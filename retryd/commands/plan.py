@@ -23,18 +23,19 @@ from typing import Any
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd import classify, progress
+from retryd import classify
+from retryd.admission import Defer, Done, Go, Guards, Park, Verdict, build_guards
 from retryd.aws import AwsClients, open_clients
-from retryd.discovery import discover_queues, queue_ref_from_url
-from retryd.feeds import FeedCache, FeedMap
-from retryd.guards import Defer, Done, Go, Guards, Park, Verdict, build_guards
+from retryd.commands import progress
+from retryd.discovery.feeds import FeedCache, FeedMap
+from retryd.discovery.queues import discover_queues, queue_ref_from_url
+from retryd.discovery.survey import Depth, peek, read_depth
 from retryd.ledger import Ledger, open_ledger
 from retryd.models import DeadLetter, QueueRef, Target
-from retryd.parking import Parking
-from retryd.peek import Depth, peek, read_depth
 from retryd.resolve import ResolverChain, build_chain
-from retryd.sending import ALREADY_RESUBMITTED
 from retryd.settings import Settings
+from retryd.settle.parking import Parking
+from retryd.targets.sender import ALREADY_RESUBMITTED
 
 # Longest detail shown on one text line (the JSON output keeps all of it).
 TEXT_DETAIL_MAX_CHARS = 160

@@ -22,7 +22,7 @@ import anyio
 import structlog
 
 from retryd import classify
-from retryd.guards import Defer, Done, Go, Guards, Hold, Park, Verdict
+from retryd.admission import Defer, Done, Go, Guards, Hold, Park, Verdict
 from retryd.metrics import Metrics
 from retryd.models import (
     DeadLetter,
@@ -34,11 +34,11 @@ from retryd.models import (
     QueueRef,
     SendError,
 )
-from retryd.parking import Parking, ParkRequest
 from retryd.resolve import ResolverChain
-from retryd.sending import ALREADY_RESUBMITTED, Sender, Sent
+from retryd.settle.parking import Parking, ParkRequest
 from retryd.targets import Delivery
 from retryd.targets.base import PAYLOAD_TOO_LARGE
+from retryd.targets.sender import ALREADY_RESUBMITTED, Sender, Sent
 
 log = structlog.get_logger("retryd.pipeline")
 

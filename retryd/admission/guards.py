@@ -12,106 +12,29 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 
 import anyio
 
-from retryd.guards.age import retention_expiring, too_old
-from retryd.guards.allowlist import Allowlist
-from retryd.guards.attempts import attempts_exhausted
-from retryd.guards.backoff import Backoff
-from retryd.guards.breaker import Breakers, BreakerState
+from retryd.admission.age import retention_expiring, too_old
+from retryd.admission.allowlist import Allowlist
+from retryd.admission.attempts import attempts_exhausted
+from retryd.admission.backoff import Backoff
+from retryd.admission.breaker import Breakers, BreakerState
+from retryd.admission.verdicts import (
+    LEDGER_UNAVAILABLE,
+    Defer,
+    DeferReason,
+    Done,
+    Go,
+    Hold,
+    Park,
+    Verdict,
+)
 from retryd.ledger.base import Ledger, LedgerError, Record, committed_attempt
 from retryd.metrics import Metrics
-from retryd.models import Arn, DeadLetter, Job, ParkReason, Target, Unresolvable
+from retryd.models import Arn, Job, ParkReason, Target, Unresolvable
 from retryd.settings import GuardSettings, Settings
-
-__all__ = [
-    "Allowlist",
-    "Defer",
-    "DeferReason",
-    "Done",
-    "Go",
-    "Guards",
-    "Hold",
-    "Park",
-    "Verdict",
-    "attempts_exhausted",
-    "build_guards",
-]
-
-
-class DeferReason(StrEnum):
-    """Why a message is left in its DLQ for now; a bounded set, used as a metric label."""
-
-    BACKOFF = "backoff"
-    BREAKER_OPEN = "breaker-open"
-    RATE_LIMITED = "rate-limited"
-    # Another replica has begun resubmitting the same key and has not finished.
-    CLAIMED_ELSEWHERE = "claimed-elsewhere"
-
-
-# Reason of a Hold: the message is left exactly as it is (outcome `failed`).
-LEDGER_UNAVAILABLE = "ledger-unavailable"
-
-
-@dataclass(frozen=True, slots=True)
-class Go:
-    """Resubmit now, as attempt number `attempt` (1 is the first resubmission).
-
-    It holds one permit of its target's breaker, taken in `breaker_episode`.
-    """
-
-    job: Job
-    attempt: int
-    breaker_episode: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Park:
-    """Copy to the parking queue with a reason, then delete."""
-
-    letter: DeadLetter
-    reason: ParkReason
-    detail: str
-    attempt: int
-    job: Job | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Defer:
-    """Leave it in its DLQ, hidden for `delay_s`; no attempt is consumed."""
-
-    job: Job
-    reason: DeferReason
-    delay_s: float
-    detail: str
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """Resubmitted already (the ledger committed it) but not deleted: only delete it now.
-
-    Judging it again would be wrong twice over: its last allowed attempt would park a
-    copy the target already has, and a backoff or an open breaker would hide it.
-    """
-
-    job: Job
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """Leave it in its DLQ untouched: it reappears when its lease ends."""
-
-    job: Job
-    reason: str
-    detail: str
-
-
-Verdict = Go | Park | Defer | Done | Hold
 
 
 def _queue_identity(arn: str) -> tuple[str, str] | None:

@@ -1,6 +1,6 @@
 """The target allowlist: anyone who can write to a DLQ must not be able to aim retryd anywhere.
 
-Patterns are ARN globs matched field by field (see `retryd.guards.matching`), so a
+Patterns are ARN globs matched field by field (see `retryd.admission.matching`), so a
 `*` stays inside its field: `arn:aws:lambda:*:123456789012:function:*` allows any
 region of that account, never another account whose ID a whole-string glob would
 let `*` swallow.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from retryd.guards.matching import arn_fields, fields_match, parse_glob
+from retryd.admission.matching import arn_fields, fields_match, parse_glob
 from retryd.models import Arn
 
 __all__ = ["Allowlist", "parse_glob"]

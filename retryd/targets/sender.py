@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 import anyio
 import structlog
 
-from retryd.guards import Defer, DeferReason, Go, Guards, Hold
-from retryd.guards.ratelimit import RateLimits
+from retryd.admission import Defer, DeferReason, Go, Guards, Hold
+from retryd.admission.ratelimit import RateLimits
 from retryd.ledger.base import BeginStatus, Begun, Claim, Ledger, LedgerError
 from retryd.models import ErrorClass, Job, Target
 from retryd.targets import Delivery, TargetRouter

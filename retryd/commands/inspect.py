@@ -21,18 +21,19 @@ from typing import Any
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd import classify, progress
+from retryd import classify
 from retryd.aws import AwsClients, open_clients
-from retryd.discovery import (
+from retryd.commands import progress
+from retryd.commands.plan import open_chain
+from retryd.discovery.queues import (
     discover_queues,
     is_queue_url,
     parse_queue_url,
     queue_name,
     queue_ref_from_url,
 )
+from retryd.discovery.survey import Depth, peek, read_depth
 from retryd.models import DeadLetter, Job, QueueRef
-from retryd.peek import Depth, peek, read_depth
-from retryd.plan import open_chain
 from retryd.resolve import ResolverChain
 from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Settings

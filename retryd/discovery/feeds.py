@@ -33,8 +33,8 @@ from botocore.exceptions import ClientError
 
 from retryd.aws import AwsClients, Client
 from retryd.classify import from_exception, is_missing_queue
-from retryd.discovery import queue_ref_from_url
-from retryd.iam import lambda_may_be_target
+from retryd.commands.iam_policy import lambda_may_be_target
+from retryd.discovery.queues import queue_ref_from_url
 from retryd.models import QueueRef
 from retryd.settings import Settings
 
@@ -147,7 +147,7 @@ async def map_feeds(
 
     Lambda's list calls are made only with `lambda_feeds`: when no Lambda can be a
     target, a Lambda's failures can only be parked, and the IAM policy
-    (retryd.iam) grants no Lambda reads.
+    (retryd.commands.iam_policy) grants no Lambda reads.
     """
     collected = _Collected(frozenset(queue.arn for queue in queues))
     limiter = anyio.CapacityLimiter(LOOKUP_CONCURRENCY)

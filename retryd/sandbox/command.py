@@ -19,8 +19,10 @@ from urllib.parse import unquote
 import anyio
 
 from retryd.aws import AwsClients, open_clients
-from retryd.cycle import CycleReport
-from retryd.demo import (
+from retryd.drain.cycle import CycleReport
+from retryd.models import Decision
+from retryd.sandbox.emulator import MotoServer
+from retryd.sandbox.world import (
     ACCOUNT,
     INTAKE,
     PARKING,
@@ -32,9 +34,7 @@ from retryd.demo import (
     parked_reasons,
     sandbox_settings,
 )
-from retryd.emulator import MotoServer
-from retryd.models import Decision
-from retryd.service import run_once
+from retryd.service.lifecycle import run_once
 
 # The emulator accepts any credentials; these only keep botocore from looking for real ones.
 SANDBOX_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox"}

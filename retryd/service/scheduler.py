@@ -7,8 +7,8 @@ from collections.abc import Callable
 import anyio
 import structlog
 
-from retryd.cycle import Cycle
-from retryd.http import Health
+from retryd.drain.cycle import Cycle
+from retryd.service.http import Health
 
 log = structlog.get_logger("retryd.scheduler")
 

@@ -15,13 +15,13 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from retryd.aws import open_clients
-from retryd.cycle import Cycle, CycleReport
-from retryd.http import Health, serve_http
+from retryd.drain.cycle import Cycle, CycleReport
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
-from retryd.scheduler import run_schedule
+from retryd.service.http import Health, serve_http
+from retryd.service.scheduler import run_schedule
+from retryd.service.systemd import SystemdNotifier
 from retryd.settings import Settings
-from retryd.systemd import SystemdNotifier
 
 log = structlog.get_logger("retryd.service")
 

@@ -10,22 +10,22 @@ import anyio
 import structlog
 
 from retryd import classify
+from retryd.admission import build_guards
+from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
-from retryd.discovery import discover_queues, queue_ref_from_url
+from retryd.discovery.feeds import FeedCache
+from retryd.discovery.queues import discover_queues, queue_ref_from_url
+from retryd.discovery.survey import RECEIVE_BATCH_MAX, read_depth
+from retryd.drain.batch import Pipeline
 from retryd.errors import ParkingQueueMissingError, RetrydError
-from retryd.feeds import FeedCache
-from retryd.guards import build_guards
-from retryd.guards.ratelimit import RateLimits
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Decision, Outcome, QueueRef
-from retryd.parking import Parking
-from retryd.peek import RECEIVE_BATCH_MAX, read_depth
-from retryd.pipeline import Pipeline
 from retryd.resolve import build_chain
-from retryd.sending import Sender
 from retryd.settings import Settings
+from retryd.settle.parking import Parking
 from retryd.targets import TargetRouter
+from retryd.targets.sender import Sender
 
 log = structlog.get_logger("retryd.cycle")
 

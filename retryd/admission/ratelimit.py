@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from fractions import Fraction
 
-from retryd.guards.matching import first_matching
+from retryd.admission.matching import first_matching
 from retryd.settings import RateLimitSettings, RateRule
 
 # Added to every wait so that a clock read after sleeping `wait_s` is past the

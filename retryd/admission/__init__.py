@@ -1,0 +1,31 @@
+"""Admission: whether a resolved job may be sent now (allowlist, attempts, age, backoff,
+breaker, rate limit), in the order `guards.py` applies them."""
+
+from retryd.admission.allowlist import Allowlist
+from retryd.admission.attempts import attempts_exhausted
+from retryd.admission.guards import Guards, build_guards
+from retryd.admission.verdicts import (
+    LEDGER_UNAVAILABLE,
+    Defer,
+    DeferReason,
+    Done,
+    Go,
+    Hold,
+    Park,
+    Verdict,
+)
+
+__all__ = [
+    "LEDGER_UNAVAILABLE",
+    "Allowlist",
+    "Defer",
+    "DeferReason",
+    "Done",
+    "Go",
+    "Guards",
+    "Hold",
+    "Park",
+    "Verdict",
+    "attempts_exhausted",
+    "build_guards",
+]

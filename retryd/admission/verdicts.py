@@ -1,0 +1,80 @@
+"""What admission answers for each resolved message: go, park, defer, done or hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from retryd.models import DeadLetter, Job, ParkReason
+
+
+class DeferReason(StrEnum):
+    """Why a message is left in its DLQ for now; a bounded set, used as a metric label."""
+
+    BACKOFF = "backoff"
+    BREAKER_OPEN = "breaker-open"
+    RATE_LIMITED = "rate-limited"
+    # Another replica has begun resubmitting the same key and has not finished.
+    CLAIMED_ELSEWHERE = "claimed-elsewhere"
+
+
+# Reason of a Hold: the message is left exactly as it is (outcome `failed`).
+LEDGER_UNAVAILABLE = "ledger-unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Go:
+    """Resubmit now, as attempt number `attempt` (1 is the first resubmission).
+
+    It holds one permit of its target's breaker, taken in `breaker_episode`.
+    """
+
+    job: Job
+    attempt: int
+    breaker_episode: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Copy to the parking queue with a reason, then delete."""
+
+    letter: DeadLetter
+    reason: ParkReason
+    detail: str
+    attempt: int
+    job: Job | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """Leave it in its DLQ, hidden for `delay_s`; no attempt is consumed."""
+
+    job: Job
+    reason: DeferReason
+    delay_s: float
+    detail: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Resubmitted already (the ledger committed it) but not deleted: only delete it now.
+
+    Judging it again would be wrong twice over: its last allowed attempt would park a
+    copy the target already has, and a backoff or an open breaker would hide it.
+    """
+
+    job: Job
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Leave it in its DLQ untouched: it reappears when its lease ends."""
+
+    job: Job
+    reason: str
+    detail: str
+
+
+Verdict = Go | Park | Defer | Done | Hold

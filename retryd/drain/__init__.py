@@ -1,0 +1,1 @@
+"""One cycle over every DLQ, and one received batch from receive to delete."""

@@ -1,0 +1,146 @@
+"""The attempt ledger: attempts and in-flight resubmissions per idempotency key.
+
+`open_ledger` picks the backend named by `ledger.backend` (memory, sqlite,
+dynamodb) and, given Metrics, counts every operation and failure.
+`create_table` makes the DynamoDB table for `retryd ledger create-table`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import anyio
+from botocore.exceptions import BotoCoreError, ClientError
+
+from retryd.aws import AwsClients, open_clients
+from retryd.classify import from_exception
+from retryd.ledger.base import (
+    Begun,
+    Claim,
+    Ledger,
+    LedgerError,
+    Record,
+    default_owner,
+)
+from retryd.ledger.dynamodb import DynamoDbLedger, ensure_table
+from retryd.ledger.memory import MemoryLedger
+from retryd.ledger.sqlite import SqliteLedger
+from retryd.metrics import Metrics
+from retryd.settings import LedgerSettings, Settings
+
+# The `result` label of a commit whose claim another owner had taken over.
+COMMIT_LOST = "lost"
+
+
+class InstrumentedLedger:
+    """A Ledger that counts each operation's results and failures on Metrics.
+
+    `read` counts once per call; `begin` once per claim with its BeginStatus;
+    `commit` once per claim, "ok" or "lost"; `release` once per claim.
+    """
+
+    def __init__(self, inner: Ledger, metrics: Metrics) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+        self.owner = inner.owner
+        self._metrics = metrics
+
+    @contextmanager
+    def _failures_counted(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception:
+            self._metrics.record_ledger_error(self.backend, operation)
+            raise
+
+    def _count(self, operation: str, result: str, times: int = 1) -> None:
+        for _ in range(times):
+            self._metrics.record_ledger_op(self.backend, operation, result)
+
+    async def read(self, keys: Sequence[str]) -> dict[str, Record]:
+        with self._failures_counted("read"):
+            records = await self.inner.read(keys)
+        self._count("read", "ok")
+        return records
+
+    async def begin(self, claims: Sequence[Claim]) -> list[Begun]:
+        with self._failures_counted("begin"):
+            answers = await self.inner.begin(claims)
+        for answer in answers:
+            self._count("begin", answer.status.value)
+        return answers
+
+    async def commit(self, claims: Sequence[Claim], at_s: float) -> list[bool]:
+        with self._failures_counted("commit"):
+            held = await self.inner.commit(claims, at_s)
+        for ok in held:
+            self._count("commit", "ok" if ok else COMMIT_LOST)
+        return held
+
+    async def release(self, claims: Sequence[Claim]) -> None:
+        with self._failures_counted("release"):
+            await self.inner.release(claims)
+        self._count("release", "ok", len(claims))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def _open_backend(
+    settings: LedgerSettings,
+    clients: AwsClients | None,
+    clock: Callable[[], float],
+    owner: str,
+) -> Ledger:
+    if settings.backend == "memory":
+        return MemoryLedger(
+            claim_s=settings.claim_s, ttl_s=settings.ttl_s, owner=owner, clock=clock
+        )
+    if settings.backend == "sqlite":
+        return await SqliteLedger.open(
+            Path(settings.path),
+            claim_s=settings.claim_s,
+            ttl_s=settings.ttl_s,
+            owner=owner,
+            clock=clock,
+        )
+    if clients is None:
+        raise ValueError("the dynamodb ledger needs AwsClients; none were given")
+    return DynamoDbLedger(
+        clients.dynamodb,
+        settings.table,
+        claim_s=settings.claim_s,
+        ttl_s=settings.ttl_s,
+        owner=owner,
+        clock=clock,
+    )
+
+
+@asynccontextmanager
+async def open_ledger(
+    settings: LedgerSettings,
+    clients: AwsClients | None,
+    metrics: Metrics | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    owner: str | None = None,
+) -> AsyncIterator[Ledger]:
+    """The configured ledger for the length of a run; closed (even when cancelled) at its end."""
+    ledger = await _open_backend(settings, clients, clock, owner or default_owner())
+    try:
+        yield InstrumentedLedger(ledger, metrics) if metrics is not None else ledger
+    finally:
+        with anyio.CancelScope(shield=True):
+            await ledger.aclose()
+
+
+async def create_table(settings: Settings) -> str:
+    """Create `ledger.table` with TTL on, or check an existing one; a line saying which."""
+    async with open_clients(settings.aws) as clients:
+        try:
+            return await ensure_table(clients.dynamodb, settings.ledger.table)
+        except (BotoCoreError, ClientError) as exc:
+            raise LedgerError("dynamodb", "create-table", from_exception(exc)) from exc

@@ -1,0 +1,93 @@
+"""Resolution: which resolver recognises a dead letter, and what it turns it into.
+
+The chain follows DESIGN.md's order: what a message says about itself (the
+envelope, then Lambda destination records and EventBridge DLQ attributes) wins
+over the operator's static routes, which win over what is inferred about the
+queue (Lambda async DLQs, SQS redrive sources).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+
+import structlog
+
+from retryd.discovery.feeds import FeedSource
+from retryd.models import DeadLetter, Job, ParkReason, Unresolvable
+from retryd.resolve.base import Resolver
+from retryd.resolve.envelope import EnvelopeResolver
+from retryd.resolve.eventbridge_dlq import EventBridgeDlqResolver
+from retryd.resolve.lambda_async import LambdaAsyncResolver
+from retryd.resolve.lambda_destination import LambdaDestinationResolver
+from retryd.resolve.sqs_redrive import SqsRedriveResolver
+from retryd.resolve.static_route import StaticRouteResolver
+from retryd.settings import Settings
+
+_log = structlog.get_logger(__name__)
+
+
+class ResolverChain:
+    """Asks each resolver in turn; the first that recognises the message decides."""
+
+    def __init__(self, resolvers: Sequence[Resolver]) -> None:
+        self._resolvers = tuple(resolvers)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(resolver.name for resolver in self._resolvers)
+
+    def resolve(self, letter: DeadLetter) -> Job | Unresolvable:
+        """A Job or an Unresolvable for every message; never raises for a message's content."""
+        for resolver in self._resolvers:
+            try:
+                answer = resolver.resolve(letter)
+            except Exception as exc:  # noqa: BLE001 - a resolver bug must not stop the batch
+                # A resolver that raises is a bug; one bad message must not stop its batch.
+                _log_failure(resolver.name, letter, exc)
+                return Unresolvable(
+                    letter,
+                    ParkReason.UNRESOLVABLE,
+                    f"resolver {resolver.name} failed: {type(exc).__name__}",
+                )
+            if answer is not None:
+                return answer
+        return Unresolvable(
+            letter,
+            ParkReason.UNRESOLVABLE,
+            f"no resolver recognised the message and no route matches queue {letter.queue.name}",
+        )
+
+
+def _log_failure(resolver: str, letter: DeadLetter, exc: Exception) -> None:
+    # Only the exception type and the frames: an exception's message, or the locals
+    # a rich traceback renders, can quote the payload, which is never logged.
+    _log.error(
+        "resolver_failed",
+        resolver=resolver,
+        queue=letter.queue.name,
+        message_id=letter.message_id,
+        error_type=type(exc).__name__,
+        frames="".join(traceback.format_tb(exc.__traceback__)),
+    )
+
+
+def build_chain(settings: Settings, feeds: FeedSource | None = None) -> ResolverChain:
+    """The chain for these settings, in DESIGN.md's order.
+
+    What a message says about itself first (the envelope, a Lambda destination
+    record, EventBridge's DLQ attributes), then the operator's static routes,
+    then what the feed map infers about the queue (Lambda async DLQs, SQS
+    redrive sources). `feeds` is read at each message (a FeedCache is refreshed
+    between cycles); without it the inferred resolvers are left out.
+    """
+    routes = StaticRouteResolver(settings.routes)
+    resolvers: list[Resolver] = [
+        EnvelopeResolver(),
+        LambdaDestinationResolver(),
+        EventBridgeDlqResolver(routes),
+        routes,
+    ]
+    if feeds is not None:
+        resolvers += [LambdaAsyncResolver(feeds), SqsRedriveResolver(feeds)]
+    return ResolverChain(resolvers)

@@ -1,0 +1,1 @@
+"""Running as a service: lifecycle and drain, schedule, HTTP endpoints, systemd, health check."""
