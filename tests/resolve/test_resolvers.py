@@ -37,7 +37,7 @@ from tests import strategies
 from tests.conftest import SettingsFactory
 from tests.native_helpers import letter_from_wire
 
-FIXTURES = Path(__file__).parent / "fixtures" / "messages"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "messages"
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 ORDERS_QUEUE = QueueRef(

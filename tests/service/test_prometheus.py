@@ -25,7 +25,7 @@ from tests.processes import retryd_run
 from tests.tools import require_tool
 from tests.world import ACCOUNT, REGION, World, envelope
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 ALERTS_TEST = REPO / "deploy" / "prometheus" / "alerts_test.yml"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"

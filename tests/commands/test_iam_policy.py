@@ -16,7 +16,7 @@ from retryd.errors import ConfigError
 from retryd.settings import Settings, load_settings
 from tests.conftest import SettingsFactory
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config" / "retryd.example.toml"
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"

@@ -22,7 +22,7 @@ from tests.processes import retryd_run
 from tests.tools import require_tool
 from tests.world import ACCOUNT, REGION, World
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "systemd" / "retryd.service"
 VENV_RETRYD = ROOT / ".venv" / "bin" / "retryd"
 # Best first; systemd-analyze security's levels at or better than "OK".

@@ -28,7 +28,7 @@ from retryd.settings import HttpSettings, ShutdownSettings, load_settings
 from tests.processes import retryd_run
 from tests.world import ACCOUNT, REGION, World
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 TASK_DEFINITION = ROOT / "deploy" / "ecs" / "task-definition.json"
 TEMPLATE = ROOT / "deploy" / "cloudformation" / "retryd.yaml"
