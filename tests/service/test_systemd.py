@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from retryd.service.systemd import SystemdNotifier, socket_address, watchdog_interval_s
 from retryd.settings import DrainSettings, ScheduleSettings, ShutdownSettings
@@ -113,7 +114,12 @@ def test_notifier_without_watchdog_sends_no_pings(
 def test_notifier_survives_a_missing_socket(tmp_path: Path) -> None:
     """A socket that went away costs a log line, not the daemon."""
     notifier = SystemdNotifier.from_environ({"NOTIFY_SOCKET": str(tmp_path / "gone")})
-    notifier.ready()
+    with capture_logs() as logs:
+        notifier.ready()
+    (line,) = [entry for entry in logs if entry["event"] == "systemd-notify-failed"]
+    assert line["log_level"] == "warning"
+    assert line["message"] == "READY=1"
+    assert line["error"]
 
 
 def run_config(tmp_path: Path) -> Path:
