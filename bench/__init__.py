@@ -1,0 +1,1 @@
+"""Benchmarks: retryd against the fastest possible client loop (see bench/README.md)."""

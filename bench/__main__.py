@@ -1,0 +1,399 @@
+"""`python -m bench`: retryd against the fastest possible client loop, on the same data.
+
+Each contender runs as its own process; its CPU (user + sys) and peak RSS come
+from the kernel's accounting of that process (wait4), its speed from the wall
+clock around it. Every run is verified: lost or duplicated messages fail it.
+Prints one JSON document, then one summary line per world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import worlds
+from bench.emulators import Emulator, Fauxqs, Moto, free_port, wait_until_listening
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": worlds.REGION,
+    "AWS_REGION": worlds.REGION,
+}
+
+
+class Proxy:
+    """bench.proxy in its own process: counts calls, adds `delay_ms` to each."""
+
+    def __init__(self, upstream: str, delay_ms: float) -> None:
+        self.port = free_port()
+        self._argv = [
+            sys.executable,
+            "-m",
+            "bench.proxy",
+            "--upstream",
+            upstream,
+            "--port",
+            str(self.port),
+            "--delay-ms",
+            str(delay_ms),
+        ]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Proxy:
+        self._process = subprocess.Popen(self._argv, stdout=subprocess.DEVNULL)  # noqa: S603
+        wait_until_listening(f"{self.url}/__bench/stats")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._process is not None
+        self._process.terminate()
+        self._process.wait(timeout=10)
+
+    def reset(self) -> None:
+        request = urllib.request.Request(f"{self.url}/__bench/reset", method="POST")  # noqa: S310
+        urllib.request.urlopen(request, timeout=10).close()  # noqa: S310
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/__bench/stats", timeout=10) as answer:  # noqa: S310
+            stats: dict[str, Any] = json.load(answer)
+            return stats
+
+
+def measure(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run one contender to completion; wall time, CPU and peak RSS of its process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(  # noqa: S603 - argv built by this module
+        argv,
+        env={**os.environ, **AWS_ENV, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall_s = time.perf_counter() - started
+    return {
+        "exit_code": process.returncode,
+        "wall_s": wall_s,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        # Linux reports ru_maxrss in KiB.
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def retryd_argv(config: str) -> list[str]:
+    return [sys.executable, "-m", "retryd", "once", "--config", config]
+
+
+Contender = Callable[[str, Path], tuple[list[str], dict[str, str]]]
+
+
+def sqs_contenders(world: worlds.SqsWorld, scratch: Path) -> dict[str, Contender]:
+    def floor(endpoint: str, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        path = run_dir / "world.json"
+        path.write_text(json.dumps({**world.as_json(), "endpoint": endpoint}))
+        return [sys.executable, "-m", "bench.floor", str(path)], {}
+
+    def naive(endpoint: str, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        path = run_dir / "world.json"
+        path.write_text(json.dumps({**world.as_json(), "endpoint": endpoint}))
+        return [sys.executable, "-m", "bench.naive_batch", str(path)], {}
+
+    def retryd(backend: str) -> Contender:
+        def run(endpoint: str, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+            config = run_dir / "retryd.toml"
+            config.write_text(world.retryd_config(run_dir / "ledger.sqlite3", backend=backend))
+            return retryd_argv(str(config)), {"AWS_ENDPOINT_URL": endpoint}
+
+        return run
+
+    return {
+        "floor": floor,
+        "naive-batch": naive,
+        "retryd": retryd("sqlite"),
+        "retryd-memory-ledger": retryd("memory"),
+    }
+
+
+def _summarise(samples: list[dict[str, Any]], messages: int) -> dict[str, Any]:
+    def median(key: str) -> float:
+        return float(statistics.median(float(sample[key]) for sample in samples))
+
+    out: dict[str, Any] = {
+        "runs": len(samples),
+        "msg_per_s": round(messages / median("wall_s"), 1),
+        "cpu_ms_per_msg": round(1000 * median("cpu_s") / messages, 3),
+        "peak_rss_mb": round(max(sample["peak_rss_mb"] for sample in samples), 1),
+        "verified": all(
+            s["check"]["lost"] == 0 and s["check"]["duplicated"] == 0 and s["exit_code"] == 0
+            for s in samples
+        ),
+        "checks": [s["check"] for s in samples],
+    }
+    calls = [s["calls"] for s in samples if "calls" in s]
+    if calls:
+        out["calls_per_msg"] = round(statistics.median(calls) / messages, 3)
+    return out
+
+
+def sqs_emulator(args: argparse.Namespace) -> Emulator:
+    """fauxqs for figures; moto for the test suite's tiny worlds (no npm needed)."""
+    return Moto() if args.emulator == "moto" else Fauxqs()
+
+
+def run_sqs_world(args: argparse.Namespace) -> dict[str, Any]:
+    """(a) SQS → SQS redrive at loopback and behind a latency proxy, interleaved runs."""
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    with sqs_emulator(args) as emulator, tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        world = worlds.build_sqs_world(emulator.url, args.dlqs, 0)
+        contenders = sqs_contenders(world, scratch)
+        chosen = [c for c in args.contenders.split(",") if c] or list(contenders)
+        with Proxy(emulator.url, args.latency_ms) as proxy:
+            modes = {"loopback": emulator.url, f"+{args.latency_ms:g}ms": proxy.url}
+            for run in range(args.runs):
+                for mode, endpoint in modes.items():
+                    for name in chosen:
+                        run_dir = scratch / f"{name}-{mode}-{run}"
+                        run_dir.mkdir()
+                        worlds.fill(world, args.messages)
+                        proxy.reset()
+                        argv, env = contenders[name](endpoint, run_dir)
+                        sample = measure(argv, env)
+                        if endpoint == proxy.url:
+                            sample["calls"] = sum(proxy.stats()["calls"].values())
+                        sample["check"] = worlds.verify_and_reset(world)
+                        results.setdefault(mode, {}).setdefault(name, []).append(sample)
+                        print(
+                            f"  {mode} {name} run {run + 1}: {sample['wall_s']:.1f}s",
+                            file=sys.stderr,
+                        )
+    figures = {
+        mode: {name: _summarise(samples, args.messages) for name, samples in by_name.items()}
+        for mode, by_name in results.items()
+    }
+    for by_name in figures.values():
+        if "retryd" in by_name and "floor" in by_name:
+            by_name["ratios"] = {
+                "retryd/floor msg_per_s": round(
+                    by_name["retryd"]["msg_per_s"] / by_name["floor"]["msg_per_s"], 2
+                ),
+                "retryd/floor cpu_per_msg": round(
+                    by_name["retryd"]["cpu_ms_per_msg"] / by_name["floor"]["cpu_ms_per_msg"], 2
+                ),
+            }
+            if "naive-batch" in by_name:
+                by_name["ratios"]["retryd/naive-batch msg_per_s"] = round(
+                    by_name["retryd"]["msg_per_s"] / by_name["naive-batch"]["msg_per_s"], 2
+                )
+    return {
+        "world": "sqs",
+        "emulator": args.emulator,
+        "messages": args.messages,
+        "dlqs": args.dlqs,
+        "figures": figures,
+    }
+
+
+def run_compute_world(args: argparse.Namespace) -> dict[str, Any]:
+    """(b) Lambda and Step Functions targets on moto: CPU per message, shallow queues."""
+    messages = args.compute_messages
+    samples = []
+    with Moto() as emulator, tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        world = worlds.build_compute_world(emulator.url, args.compute_dlqs, 0)
+        for run in range(args.runs):
+            worlds.fill_compute(world, messages)
+            config = scratch / f"retryd-{run}.toml"
+            config.write_text(world.retryd_config(scratch / f"ledger-{run}.sqlite3"))
+            sample = measure(retryd_argv(str(config)), {"AWS_ENDPOINT_URL": emulator.url})
+            left = worlds.compute_left(world)
+            sample["check"] = {"lost": 0, "duplicated": 0, "left_in_dlq": left}
+            if left:
+                sample["exit_code"] = sample["exit_code"] or 99
+            samples.append(sample)
+            print(f"  compute run {run + 1}: {sample['wall_s']:.1f}s", file=sys.stderr)
+    return {
+        "world": "lambda+stepfunctions (moto)",
+        "messages": messages,
+        "figures": {"retryd": _summarise(samples, messages)},
+    }
+
+
+def run_discovery_world(args: argparse.Namespace) -> dict[str, Any]:
+    """(c) 1,000 DLQs, 990 empty: wall time and AWS calls per empty DLQ in one cycle."""
+    busy = min(10, args.discovery_dlqs)
+    with sqs_emulator(args) as emulator, tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        world = worlds.build_discovery_world(emulator.url, args.discovery_dlqs, busy, 5)
+        with Proxy(emulator.url, 0) as proxy:
+            config = scratch / "retryd.toml"
+            config.write_text(world.retryd_config(scratch / "ledger.sqlite3"))
+            proxy.reset()
+            sample = measure(retryd_argv(str(config)), {"AWS_ENDPOINT_URL": proxy.url})
+            stats = proxy.stats()
+    empty = args.discovery_dlqs - busy
+    if empty == 0:
+        raise ValueError("the discovery world needs more than 10 DLQs")
+    per_empty = [count for queue, count in stats["per_queue"].items() if "-empty-" in queue]
+    global_calls = sum(stats["calls"].values()) - sum(stats["per_queue"].values())
+    return {
+        "world": "discovery",
+        "dlqs": args.discovery_dlqs,
+        "empty": empty,
+        "emulator": args.emulator,
+        "figures": {
+            "wall_s": round(sample["wall_s"], 2),
+            "exit_code": sample["exit_code"],
+            "calls_per_empty_dlq": round(sum(per_empty) / empty, 3),
+            "calls_not_tied_to_a_queue": global_calls,
+            "calls_by_operation": stats["calls"],
+        },
+    }
+
+
+def run_drain_world(args: argparse.Namespace) -> dict[str, Any]:
+    """(d) a large backlog in one `retryd once`: peak RSS must not grow with the backlog."""
+    out: dict[str, Any] = {"world": "drain", "figures": {}}
+    with sqs_emulator(args) as emulator, tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        world = worlds.build_sqs_world(emulator.url, args.dlqs, 0)
+        for backlog in (args.drain_messages // 5, args.drain_messages):
+            worlds.fill(world, backlog)
+            config = scratch / f"retryd-{backlog}.toml"
+            config.write_text(world.retryd_config(scratch / f"ledger-{backlog}.sqlite3"))
+            sample = measure(retryd_argv(str(config)), {"AWS_ENDPOINT_URL": emulator.url})
+            check = worlds.verify_and_reset(world)
+            out["figures"][str(backlog)] = {
+                "msg_per_s": round(backlog / sample["wall_s"], 1),
+                "peak_rss_mb": round(sample["peak_rss_mb"], 1),
+                "cpu_ms_per_msg": round(1000 * sample["cpu_s"] / backlog, 3),
+                "exit_code": sample["exit_code"],
+                "check": check,
+            }
+            print(f"  drain {backlog}: {sample['wall_s']:.1f}s", file=sys.stderr)
+    return out
+
+
+def _failures(node: Any, path: str = "") -> list[str]:
+    """Every run that lost or duplicated a message or exited non-zero, by where it is."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        check = node.get("check")
+        if isinstance(check, dict) and (check.get("lost") or check.get("duplicated")):
+            found.append(f"{path}: {check}")
+        if node.get("exit_code") not in (None, 0):
+            found.append(f"{path}: exit code {node['exit_code']}")
+        for key, value in node.items():
+            if key != "check":
+                found.extend(_failures(value, f"{path}/{key}"))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found.extend(_failures(value, f"{path}[{index}]"))
+    return found
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    figures = result["figures"]
+    if result["world"] == "sqs":
+        parts = []
+        for mode, by_name in figures.items():
+            named = ", ".join(
+                f"{name} {f['msg_per_s']:.0f} msg/s {f['cpu_ms_per_msg']:.2f} ms/msg"
+                + (f" {f['calls_per_msg']:.2f} calls/msg" if "calls_per_msg" in f else "")
+                + ("" if f["verified"] else " UNVERIFIED")
+                for name, f in by_name.items()
+                if name != "ratios"
+            )
+            ratios = ", ".join(f"{k} {v}" for k, v in by_name.get("ratios", {}).items())
+            parts.append(f"[{mode}] {named}; {ratios}")
+        return f"sqs ({result['messages']} msgs, {result['dlqs']} DLQs): " + " | ".join(parts)
+    if result["world"] == "discovery":
+        return (
+            f"discovery ({result['dlqs']} DLQs, {result['empty']} empty): "
+            f"{figures['wall_s']}s, {figures['calls_per_empty_dlq']} calls per empty DLQ"
+        )
+    if result["world"] == "drain":
+        return "drain: " + ", ".join(
+            f"{backlog} msgs → {f['msg_per_s']:.0f} msg/s, peak RSS {f['peak_rss_mb']} MB"
+            + ("" if f["check"]["lost"] == 0 and f["check"]["duplicated"] == 0 else " UNVERIFIED")
+            for backlog, f in figures.items()
+        )
+    retryd = figures["retryd"]
+    return (
+        f"{result['world']} ({result['messages']} msgs): {retryd['msg_per_s']:.0f} msg/s, "
+        f"{retryd['cpu_ms_per_msg']:.2f} CPU ms/msg, peak RSS {retryd['peak_rss_mb']} MB"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--world",
+        default="sqs",
+        choices=["sqs", "compute", "discovery", "drain", "all"],
+        help="which world to run (default: sqs)",
+    )
+    parser.add_argument("--messages", type=int, default=20_000, help="sqs world: messages")
+    parser.add_argument("--dlqs", type=int, default=20, help="sqs and drain worlds: DLQs")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs; medians reported")
+    parser.add_argument("--latency-ms", type=float, default=15.0, help="added per AWS call")
+    parser.add_argument(
+        "--contenders", default="", help="comma-separated subset of the sqs world's contenders"
+    )
+    parser.add_argument("--compute-messages", type=int, default=2_000)
+    parser.add_argument("--compute-dlqs", type=int, default=20)
+    parser.add_argument("--discovery-dlqs", type=int, default=1_000)
+    parser.add_argument("--drain-messages", type=int, default=100_000)
+    parser.add_argument(
+        "--emulator",
+        default="fauxqs",
+        choices=["fauxqs", "moto"],
+        help="SQS emulator for the sqs, discovery and drain worlds (moto slows with depth)",
+    )
+    parser.add_argument("--out", type=Path, help="also write the JSON document here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # The harness's own clients (building and checking worlds) talk to the emulator too.
+    for key, value in AWS_ENV.items():
+        os.environ.setdefault(key, value)
+    runners = {
+        "sqs": run_sqs_world,
+        "compute": run_compute_world,
+        "discovery": run_discovery_world,
+        "drain": run_drain_world,
+    }
+    chosen = list(runners) if args.world == "all" else [args.world]
+    results = [runners[name](args) for name in chosen]
+    document = {"machine": {"cpus": os.cpu_count()}, "results": results}
+    text = json.dumps(document, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    for result in results:
+        print(summary_line(result))
+    failed = list(_failures(results))
+    for failure in failed:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""The benchmark harness runs end to end on tiny worlds; speed is never asserted here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.__main__ import main
+
+
+@pytest.mark.slow
+def test_the_sqs_world_verifies_every_contender_and_prints_the_ratios(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every contender moves every message once, and the summary names the ratios."""
+    world = ["--world", "sqs", "--emulator", "moto", "--messages", "40", "--dlqs", "2"]
+    runs = ["--runs", "1", "--latency-ms", "1", "--contenders", "floor,naive-batch,retryd"]
+    code = main([*world, *runs])
+    out = capsys.readouterr().out
+    assert code == 0
+    document = json.loads(out[: out.rindex("}") + 1])
+    (result,) = document["results"]
+    for mode in ("loopback", "+1ms"):
+        figures = result["figures"][mode]
+        for name in ("floor", "naive-batch", "retryd"):
+            assert figures[name]["verified"], (mode, name, figures[name]["checks"])
+            assert figures[name]["checks"][0]["delivered"] == 40
+            assert figures[name]["cpu_ms_per_msg"] > 0
+        assert set(figures["ratios"]) >= {"retryd/floor msg_per_s", "retryd/floor cpu_per_msg"}
+    assert result["figures"]["+1ms"]["retryd"]["calls_per_msg"] > 0
+    assert "retryd/floor msg_per_s" in out.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_the_discovery_world_counts_calls_per_empty_dlq(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Calls to empty DLQs are counted per queue, and the busy ones are drained."""
+    code = main(["--world", "discovery", "--emulator", "moto", "--discovery-dlqs", "14"])
+    out = capsys.readouterr().out
+    assert code == 0
+    (result,) = json.loads(out[: out.rindex("}") + 1])["results"]
+    assert result["empty"] == 4
+    assert result["figures"]["calls_per_empty_dlq"] >= 1
+    assert result["figures"]["calls_by_operation"]["ListQueues"] >= 1
