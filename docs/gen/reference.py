@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
+import textwrap
 import types
 import typing
 from collections.abc import Iterator
@@ -54,7 +55,7 @@ def _comments_above_fields(model: type[BaseModel]) -> dict[str, str]:
     """
     found: dict[str, str] = {}
     pending: list[str] = []
-    for line in inspect.getsource(model).splitlines()[1:]:
+    for line in textwrap.dedent(inspect.getsource(model)).splitlines()[1:]:
         stripped = line.strip()
         if stripped.startswith("#"):
             pending.append(stripped.lstrip("#").strip())
