@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import re
 import textwrap
 import types
 import typing
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +166,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _rule_tables(model: type[BaseModel]) -> list[str]:
+def _rule_tables(group: str, model: type[BaseModel]) -> list[str]:
     """Tables for the per-item fields of list settings nested in a group (`backoff.targets`)."""
     lines = []
     for name, field in model.model_fields.items():
@@ -174,7 +176,9 @@ def _rule_tables(model: type[BaseModel]) -> list[str]:
         comments = _comments_above_fields(item)
         lines += [
             "",
-            f"Each item of `{name}` ({_cell(inspect.getdoc(item) or '')}):",
+            f"### `[[{group}.{name}]]`",
+            "",
+            f"{_cell(inspect.getdoc(item) or '')} Write one `[[{group}.{name}]]` table per rule.",
             "",
             "| field | type | default | bounds | description |",
             "|---|---|---|---|---|",
@@ -220,7 +224,7 @@ def settings_page() -> str:
                 f"| `{doc.field}` | `{_cell(doc.type)}` | {doc.default} | "
                 f"{_cell(doc.constraints)} | {_cell(doc.description)} | `{doc.env}` |"
             )
-        lines += _rule_tables(model)
+        lines += _rule_tables(group, model)
     return "\n".join(lines) + "\n"
 
 
@@ -281,9 +285,27 @@ def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
     return rows
 
 
+@contextmanager
+def _help_width(columns: int = 90) -> Iterator[None]:
+    """argparse wraps help to the terminal's width; the page must not depend on who builds it."""
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(columns)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
+
+
 def cli_page() -> str:
     """The command-line reference: every command, its usage and every option."""
-    parser = cli._parser()
+    with _help_width():
+        return _cli_page(cli._parser())
+
+
+def _cli_page(parser: argparse.ArgumentParser) -> str:
     lines = [
         "# Command-line reference",
         "",
