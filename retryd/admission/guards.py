@@ -1,4 +1,4 @@
-"""Guards: whether a resolved job may be sent now, in DESIGN.md's order.
+"""Guards: whether a resolved job may be sent now, in docs/design.md's order.
 
 `Guards.assess` turns each resolved (or unresolvable) dead letter of a batch into
 a Verdict: go now, park (and why), defer (hide it for a while, and why), or hold

@@ -1,6 +1,6 @@
 """Resolution: which resolver recognises a dead letter, and what it turns it into.
 
-The chain follows DESIGN.md's order: what a message says about itself (the
+The chain follows docs/design.md's order: what a message says about itself (the
 envelope, then Lambda destination records and EventBridge DLQ attributes) wins
 over the operator's static routes, which win over what is inferred about the
 queue (Lambda async DLQs, SQS redrive sources).
@@ -73,7 +73,7 @@ def _log_failure(resolver: str, letter: DeadLetter, exc: Exception) -> None:
 
 
 def build_chain(settings: Settings, feeds: FeedSource | None = None) -> ResolverChain:
-    """The chain for these settings, in DESIGN.md's order.
+    """The chain for these settings, in docs/design.md's order.
 
     What a message says about itself first (the envelope, a Lambda destination
     record, EventBridge's DLQ attributes), then the operator's static routes,

@@ -168,7 +168,7 @@ def test_run_stops_cleanly_on_sigterm(world: World, tmp_path: Path) -> None:
 
 
 def test_sandbox_runs_with_no_aws_account() -> None:
-    """The README's first command: a demo world where every message ends up somewhere sane."""
+    """The quick start's first command: a demo world where every message ends up somewhere sane."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RETRYD_"))}
     done = subprocess.run(
         [sys.executable, "-m", "retryd", "sandbox"],

@@ -1,4 +1,4 @@
-"""`retryd iam-policy`: the least-privilege policy for a config, and the README's copy of it."""
+"""`retryd iam-policy`: the least-privilege policy for a config, and the docs' copy of it."""
 
 from __future__ import annotations
 
@@ -353,21 +353,25 @@ def test_cli_refuses_allow_any_target(
     assert "least-privilege policy cannot be derived" in err
 
 
-def readme_iam_json() -> dict[str, Any]:
-    """The JSON block of the README's IAM section."""
-    text = (ROOT / "README.md").read_text()
-    assert "\n### IAM\n" in text, "the README has no IAM section"
-    section = re.split(r"\n##+ ", text.split("\n### IAM\n", 1)[1], maxsplit=1)[0]
+IAM_PAGE = ROOT / "docs" / "operations" / "iam-policy.md"
+IAM_SECTION = "\n## The policy for the example configuration\n"
+
+
+def docs_iam_json() -> dict[str, Any]:
+    """The JSON block of the IAM page's section on the example configuration."""
+    text = IAM_PAGE.read_text()
+    assert IAM_SECTION in text, "the IAM page has no section on the example configuration"
+    section = re.split(r"\n##+ ", text.split(IAM_SECTION, 1)[1], maxsplit=1)[0]
     match = re.search(r"```json\n(.*?)```", section, re.DOTALL)
-    assert match, "the README's IAM section has no ```json block"
+    assert match, "the IAM page's example section has no ```json block"
     loaded: dict[str, Any] = json.loads(match.group(1))
     return loaded
 
 
-def test_readme_iam_section_is_the_generated_policy(
+def test_docs_iam_section_is_the_generated_policy(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The README's policy is exactly `retryd iam-policy` for the example config."""
+    """The IAM page's policy is exactly `retryd iam-policy` for the example config."""
     _, out, _ = iam_policy_cli(
         capsys,
         monkeypatch,
@@ -378,4 +382,4 @@ def test_readme_iam_section_is_the_generated_policy(
         "--region",
         REGION,
     )
-    assert readme_iam_json() == json.loads(out)
+    assert docs_iam_json() == json.loads(out)

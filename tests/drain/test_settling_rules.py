@@ -1,6 +1,6 @@
 """Adversarial review of the critical path: loss, double sends, miscounts, leaked permits, cancels.
 
-Each test states one property of the promise in DESIGN.md (a message leaves its
+Each test states one property of the promise in docs/design.md (a message leaves its
 DLQ only once its copy is safe; one decision per message per cycle; begin ->
 resubmit -> commit -> delete is crash-safe). Seven of them showed real bugs (each
 was an `xfail(strict=True)` until its fix landed); the others pin down properties

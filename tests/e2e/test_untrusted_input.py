@@ -49,7 +49,7 @@ def string(value: str) -> dict[str, str]:
 
 
 def region_wildcard_settings(make_settings: SettingsFactory) -> Settings:
-    """An allowlist in the README's own style: any region of the operator's account."""
+    """An allowlist in the docs' own style: any region of the operator's account."""
     return make_settings(guards={"allow_targets": [f"arn:aws:*:*:{ACCOUNT}:*"]})
 
 

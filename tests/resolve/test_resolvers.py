@@ -441,7 +441,7 @@ def test_route_patterns(pattern: str, name: str, matches: bool) -> None:
 
 
 def test_chain_order_is_envelope_then_routes(make_settings: SettingsFactory) -> None:
-    """build_chain follows DESIGN.md: what a message says about itself before static routes."""
+    """build_chain follows docs/design.md: what a message says about itself before static routes."""
     assert build_chain(make_settings()).names == (
         "envelope",
         "lambda-destination",

@@ -1,5 +1,6 @@
 """retryd's metrics as Prometheus sees them: promtool's checks, the shipped alert rules and
-dashboard, the README's metrics table, and a real Prometheus server scraping `retryd run`."""
+dashboard, the docs' generated metrics reference, and a real Prometheus server scraping
+`retryd run`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
+from docs.gen.reference import metrics_page
 from retryd.metrics import Metrics
 from tests.processes import retryd_run
 from tests.tools import require_tool
@@ -30,7 +32,6 @@ ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 ALERTS_TEST = REPO / "deploy" / "prometheus" / "alerts_test.yml"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "retryd.json"
-README = REPO / "README.md"
 
 # Metric names an expression may use besides retryd's own: Prometheus's scrape health.
 PROMETHEUS_OWN = {"up"}
@@ -76,7 +77,7 @@ def _exposition(registry: CollectorRegistry) -> str:
 
 
 def _family_names(exposition: str) -> set[str]:
-    """Metric names as the text format's TYPE lines (and so the README) spell them."""
+    """Metric names as the text format's TYPE lines (and so the metrics reference) spell them."""
     return {line.split()[2] for line in exposition.splitlines() if line.startswith("# TYPE ")}
 
 
@@ -230,19 +231,11 @@ def test_dashboard_is_a_grafana_model_over_exported_metrics() -> None:
     } <= used
 
 
-def _readme_metrics_table(readme: str) -> list[str]:
-    """The backticked first cells of the table headed `| metric |` in the section whose
-    heading mentions Metrics (other tables there, such as the probes', are left alone)."""
-    lines = readme.splitlines()
-    start = next(
-        (i for i, line in enumerate(lines) if line.startswith("#") and "Metrics" in line), None
-    )
-    assert start is not None, "README.md has no heading containing 'Metrics'"
+def _metrics_table(page: str) -> list[str]:
+    """The backticked first cells of the one table headed `| metric |` on a docs page."""
     tables: list[list[str]] = []
     previous_was_row = False
-    for line in lines[start + 1 :]:
-        if line.startswith("#"):
-            break
+    for line in page.splitlines():
         is_row = line.startswith("|")
         if is_row and not previous_was_row:
             tables.append([])
@@ -250,7 +243,7 @@ def _readme_metrics_table(readme: str) -> list[str]:
             tables[-1].append(line)
         previous_was_row = is_row
     metric_tables = [t for t in tables if t[0].strip("| ").split("|")[0].strip() == "metric"]
-    assert len(metric_tables) == 1, "expected one table headed '| metric |' under Metrics"
+    assert len(metric_tables) == 1, "expected one table headed '| metric |'"
     names = []
     for row in metric_tables[0][2:]:
         match = re.match(r"\|\s*`([^`]+)`\s*\|", row)
@@ -259,13 +252,13 @@ def _readme_metrics_table(readme: str) -> list[str]:
     return names
 
 
-def test_readme_metrics_table_lists_exactly_the_exported_metrics() -> None:
-    """README.md's metrics table names every metric retryd exports, once, and nothing else."""
-    names = _readme_metrics_table(README.read_text())
+def test_metrics_reference_lists_exactly_the_exported_metrics() -> None:
+    """The generated metrics reference names every metric retryd exports, once, and no other."""
+    names = _metrics_table(metrics_page())
     exported = _family_names(_exposition(_populated_registry()))
     assert len(names) == len(set(names)), "a metric is listed twice"
     assert set(names) == exported, (
-        f"missing from README: {sorted(exported - set(names))}; "
+        f"missing from the metrics reference: {sorted(exported - set(names))}; "
         f"not exported: {sorted(set(names) - exported)}"
     )
 

@@ -1,0 +1,186 @@
+"""The docs site and the README: generated reference pages that cover the code, a README that
+stays short, examples that are valid, and a site that builds with warnings as errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+from docs.gen import reference
+from retryd import errors
+from retryd.commands import cli
+from retryd.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# "A README that fits on a few screens" (issue 10): about 8 KB.
+README_MAX_BYTES = 8 * 1024
+
+
+def _models_in(annotation: object) -> Iterator[type[BaseModel]]:
+    """Settings classes held by a field, directly or as list items."""
+    candidates = [annotation, *typing.get_args(annotation)]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            yield candidate
+
+
+def _setting_paths() -> set[tuple[str, str]]:
+    """(table, field) of every leaf setting, nested rule tables included."""
+    paths = set()
+    pending: list[tuple[str, type[BaseModel]]] = []
+    for group, field in Settings.model_fields.items():
+        pending += [(group, model) for model in _models_in(field.annotation)]
+    while pending:
+        table, model = pending.pop()
+        for name, field in model.model_fields.items():
+            nested = list(_models_in(field.annotation))
+            pending += [(f"{table}.{name}", sub) for sub in nested]
+            paths.add((table, name))
+    return paths
+
+
+def test_settings_page_names_every_setting() -> None:
+    """Every field of every settings group (and of each rule table) has a row on the page."""
+    page = reference.settings_page()
+    sections = re.split(r"^## ", page, flags=re.MULTILINE)
+    missing = []
+    for table, name in sorted(_setting_paths()):
+        group = table.split(".")[0]
+        section = next((s for s in sections if re.match(rf"`\[\[?{group}\]\]?`", s)), "")
+        if f"| `{name}` |" not in section:
+            missing.append(f"{table}.{name}")
+    assert not missing, f"settings missing from the reference: {missing}"
+
+
+def test_settings_page_gives_each_field_its_environment_variable() -> None:
+    """A scalar field's row names RETRYD_<GROUP>__<FIELD>, the variable that overrides it."""
+    page = reference.settings_page()
+    assert "`RETRYD_SCHEDULE__INTERVAL_S`" in page
+    assert "`RETRYD_GUARDS__ALLOW_TARGETS`" in page
+    assert "`RETRYD_ROUTES (JSON)`" in page
+
+
+def test_a_field_with_no_description_says_so() -> None:
+    """The page takes a field's description, else the comment above it, else says there is none."""
+
+    class Sample(BaseModel):
+        described: int = Field(default=1, description="from the field")
+        # from the comment
+        commented: int = 2
+        bare: int = 3
+
+    comments = reference._comments_above_fields(Sample)
+    fields = Sample.model_fields
+    assert reference._describe(fields["described"], "described", comments) == "from the field"
+    assert reference._describe(fields["commented"], "commented", comments) == "from the comment"
+    assert reference._describe(fields["bare"], "bare", comments) == reference.NO_DESCRIPTION
+
+
+def _leaf_commands(
+    parser: argparse.ArgumentParser, prefix: str = "retryd"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                children = list(_leaf_commands(sub, f"{prefix} {name}"))
+                yield from children or [(f"{prefix} {name}", sub)]
+
+
+def test_cli_page_names_every_command_and_option() -> None:
+    """Each command of the parser has its own section, listing each of its options."""
+    page = reference.cli_page()
+    found = list(_leaf_commands(cli._parser()))
+    assert len(found) >= 8, "the parser walk found too few commands"
+    for name, parser in found:
+        assert f"\n## `{name}`" in page, f"{name} has no section"
+        section = page.split(f"\n## `{name}`", 1)[1].split("\n## ", 1)[0]
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert f"`{option}" in section, f"{name}: {option} is not documented"
+
+
+def test_exit_code_page_covers_every_error_class() -> None:
+    """Every exit code an error class can end a command with is on the exit-code page."""
+    documented = {code for code, _ in reference.exit_codes()}
+    assert 0 in documented
+    pending: list[type[errors.RetrydError]] = [errors.RetrydError]
+    while pending:
+        error = pending.pop()
+        assert int(error.exit_code) in documented, f"{error.__name__}: {error.exit_code}"
+        pending += error.__subclasses__()
+    page = reference.exit_codes_page()
+    for code, _ in reference.exit_codes():
+        assert f"\n| {code} |" in page
+
+
+def _toml_blocks(text: str) -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
+
+
+def test_minimal_config_is_valid_and_the_same_in_readme_and_getting_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The minimal configuration shown first passes validation, and has a route, in both places."""
+    for name in list(os.environ):
+        if name.startswith("RETRYD_"):
+            monkeypatch.delenv(name)
+    readme = _toml_blocks(README.read_text())[0]
+    getting_started = _toml_blocks((DOCS / "getting-started.md").read_text())[0]
+    assert readme == getting_started
+    config = tmp_path / "retryd.toml"
+    config.write_text(readme)
+    settings = load_settings(config)
+    assert settings.routes, "the minimal configuration should show a [[routes]] entry"
+
+
+def test_readme_is_short_and_keeps_the_ci_test_command() -> None:
+    """The README fits on a few screens and holds the exact test command `.ci/run` runs."""
+    text = README.read_text()
+    assert len(text.encode()) <= README_MAX_BYTES, f"README.md is {len(text.encode())} bytes"
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = next(line for line in ci.splitlines() if line.startswith("python3 -m venv .venv"))
+    assert f"\n{command}\n" in text
+
+
+def test_readme_links_point_at_files_that_exist() -> None:
+    """Every relative link in the README names a file of the repository."""
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README.read_text())
+    relative = [link for link in links if "://" not in link]
+    assert relative, "the README links to no docs page"
+    missing = [link for link in relative if not (ROOT / link).exists()]
+    assert not missing, f"README links to missing files: {missing}"
+
+
+def test_site_builds_strictly(tmp_path: Path) -> None:
+    """`mkdocs build --strict` passes: no broken link or anchor, no warning of any kind."""
+    # The venv's own mkdocs first: the one that has this project's plugins installed.
+    mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
+    if mkdocs is None:
+        pytest.skip("mkdocs is not installed (it is in the dev extra, so CI has it)")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
+    done = subprocess.run(
+        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "WARNING" not in done.stderr, done.stderr
+    for page in ("reference/settings", "reference/cli", "reference/metrics", "changelog"):
+        assert (tmp_path / "site" / page / "index.html").exists(), f"{page} was not generated"
