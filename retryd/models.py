@@ -233,6 +233,12 @@ class Job:
 
     `body` is the exact text to deliver: the Lambda payload, the Step Functions
     input, the SQS/SNS message body, or (EventBridge) a PutEvents entry as JSON.
+
+    `attempt` counts retryd's own resubmissions only: it is what `guards.max_attempts`
+    limits. `source_attempts` is what the AWS service that dead-lettered the message
+    says it already tried (EventBridge's RETRY_ATTEMPTS, a Lambda destination
+    record's approximateInvokeCount), as it says it: shown, never counted against
+    retryd's limit (EventBridge's default policy alone makes 185).
     """
 
     letter: DeadLetter
@@ -242,6 +248,7 @@ class Job:
     attempt: int = 0
     max_attempts: int | None = None
     resolver: str = ""
+    source_attempts: int = 0
     first_failed_at: datetime | None = None
     forward_attributes: Attributes = field(default_factory=dict)
 
@@ -325,3 +332,5 @@ class Decision:
     reason: str = ""
     detail: str = ""
     attempt: int = 0
+    # What the source service tried before the DLQ (see Job.source_attempts); 0 if unknown.
+    source_attempts: int = 0

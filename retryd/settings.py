@@ -106,7 +106,19 @@ ArnGlob = Annotated[str, AfterValidator(_check_arn_glob)]
 class GuardSettings(_Group):
     """What may be resubmitted, where to, and how often."""
 
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+    max_attempts: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1000,
+            description=(
+                "How many times retryd itself resubmits one message before parking it "
+                "`attempts-exhausted`. What the source tried before the message reached its "
+                "DLQ (EventBridge's RETRY_ATTEMPTS, 185 under its default policy; a Lambda "
+                "destination record's approximateInvokeCount) is shown but never counted."
+            ),
+        ),
+    ] = 5
     # A message whose first failure is older than this is parked `too-old`.
     # Default: 14 days, SQS's longest retention.
     max_age_s: PositiveSeconds = 1_209_600
