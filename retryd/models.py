@@ -248,9 +248,9 @@ class Job:
     attempt: int = 0
     max_attempts: int | None = None
     resolver: str = ""
-    source_attempts: int = 0
     first_failed_at: datetime | None = None
     forward_attributes: Attributes = field(default_factory=dict)
+    source_attempts: int = 0
 
     @property
     def first_failed_at_s(self) -> float | None:
