@@ -233,6 +233,12 @@ class Job:
 
     `body` is the exact text to deliver: the Lambda payload, the Step Functions
     input, the SQS/SNS message body, or (EventBridge) a PutEvents entry as JSON.
+
+    `attempt` counts retryd's own resubmissions only: it is what `guards.max_attempts`
+    limits. `source_attempts` is what the AWS service that dead-lettered the message
+    says it already tried (EventBridge's RETRY_ATTEMPTS, a Lambda destination
+    record's approximateInvokeCount), as it says it: shown, never counted against
+    retryd's limit (EventBridge's default policy alone makes 185).
     """
 
     letter: DeadLetter
@@ -244,6 +250,7 @@ class Job:
     resolver: str = ""
     first_failed_at: datetime | None = None
     forward_attributes: Attributes = field(default_factory=dict)
+    source_attempts: int = 0
 
     @property
     def first_failed_at_s(self) -> float | None:
@@ -325,3 +332,5 @@ class Decision:
     reason: str = ""
     detail: str = ""
     attempt: int = 0
+    # What the source service tried before the DLQ (see Job.source_attempts); 0 if unknown.
+    source_attempts: int = 0

@@ -106,7 +106,19 @@ ArnGlob = Annotated[str, AfterValidator(_check_arn_glob)]
 class GuardSettings(_Group):
     """What may be resubmitted, where to, and how often."""
 
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+    max_attempts: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1000,
+            description=(
+                "How many times retryd itself resubmits one message before parking it "
+                "`attempts-exhausted`. What the source tried before the message reached its "
+                "DLQ (EventBridge's RETRY_ATTEMPTS, 185 under its default policy; a Lambda "
+                "destination record's approximateInvokeCount) is shown but never counted."
+            ),
+        ),
+    ] = 5
     # A message whose first failure is older than this is parked `too-old`.
     # Default: 14 days, SQS's longest retention.
     max_age_s: PositiveSeconds = 1_209_600
@@ -170,12 +182,37 @@ class RateRule(_Group):
 
 
 class RateLimitSettings(_Group):
-    """Token bucket per target, so a recovered target is not flooded."""
+    """Token bucket per target, so a recovered target is not flooded.
 
-    # A Lambda with a reserved concurrency of 10 and one-second invocations
-    # keeps up with 10/s; half of that leaves room for its live traffic.
-    per_s: PositiveSeconds = 5
-    burst: Annotated[int, Field(ge=1, le=100_000)] = 10
+    Each target type has a default of its own (admission/ratelimit.py,
+    TYPE_DEFAULTS: slow for Lambda and Step Functions, at the API's scale for SQS,
+    SNS and EventBridge); `per_s` or `burst` set here replaces them with one rate
+    for every type, as before; a `targets` rule beats both for the targets it matches.
+    """
+
+    per_s: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description=(
+                "Messages per second per target, for every target type. Unset: each type "
+                "has its own default (`retryd config check` shows them). Set with no `burst`, "
+                "burst is 10."
+            ),
+        ),
+    ] = None
+    burst: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=100_000,
+            description=(
+                "Messages sent at once to a target after a quiet spell, for every target "
+                "type. Unset: each type has its own default. Set with no `per_s`, the rate "
+                "is 5 per second."
+            ),
+        ),
+    ] = None
     targets: list[RateRule] = []
 
 

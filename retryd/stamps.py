@@ -70,8 +70,34 @@ def _resubmit_stamps(job: Job) -> dict[str, MessageAttribute]:
     return {name: value for name, value in stamps.items() if value.string_value}
 
 
+def source_attempts_note(source_attempts: int) -> str:
+    """How a parked copy's detail names the source's own tries; "" when there were none."""
+    if source_attempts <= 0:
+        return ""
+    return f"(the source tried {source_attempts} time(s) before its DLQ; not counted by retryd)"
+
+
+def parking_detail(detail: str, source_attempts: int, max_bytes: int) -> str:
+    """The detail, cleaned and cut to max_bytes, ending with the source's tries when known.
+
+    The note is kept whole when the detail has to be cut: it is what tells a reader
+    that the source's tries, however many, did not spend retryd's attempts.
+    """
+    note = source_attempts_note(source_attempts)
+    if not note or len(note) + 1 > max_bytes // 2:
+        return clean_text(detail, max_bytes)
+    head = clean_text(detail, max_bytes - len(note) - 1)
+    return f"{head} {note}" if head else note
+
+
 def stamp_for_parking(
-    letter: DeadLetter, reason: str, detail: str, attempt: int, detail_max_bytes: int
+    letter: DeadLetter,
+    reason: str,
+    detail: str,
+    attempt: int,
+    detail_max_bytes: int,
+    *,
+    source_attempts: int = 0,
 ) -> dict[str, MessageAttribute]:
     """The original attributes plus why the message was parked, never more than 10 in all.
 
@@ -82,7 +108,7 @@ def stamp_for_parking(
     """
     stamps = {
         REASON: MessageAttribute.string(reason),
-        DETAIL: MessageAttribute.string(clean_text(detail, detail_max_bytes)),
+        DETAIL: MessageAttribute.string(parking_detail(detail, source_attempts, detail_max_bytes)),
         SOURCE_QUEUE: MessageAttribute.string(letter.queue.name),
         ATTEMPT: MessageAttribute.number(attempt),
     }

@@ -17,6 +17,8 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "retryd.example.to
 
 _HEADER = re.compile(r"^\[\[?\s*([A-Za-z0-9_.]+)\s*\]\]?")
 _KEY = re.compile(r"^([A-Za-z0-9_]+)\s*=")
+# TOML has no null: a field that is unset by default is shown commented out.
+_UNSET_KEY = re.compile(r"^#\s*([A-Za-z0-9_]+)\s*=.*default: unset")
 
 
 @dataclass
@@ -34,6 +36,9 @@ def _sections(text: str) -> dict[str, Section]:
     for line in text.splitlines():
         if header := _HEADER.match(line):
             current = sections.setdefault(header.group(1), Section())
+            pending = []
+        elif unset := _UNSET_KEY.match(line):
+            current.docs[unset.group(1)] = "\n".join([*pending, line])
             pending = []
         elif line.startswith("#"):
             pending.append(line)

@@ -265,3 +265,38 @@ def test_message_size_counts_body_and_attribute_names_types_values() -> None:
     attributes = {"ab": MessageAttribute.string("\u00e9"), "c": MessageAttribute.number(10)}
     # body 4 bytes; "ab"+"String"+2 bytes = 10; "c"+"Number"+"10" = 9
     assert stamps.message_size_bytes("h\u00e9y", attributes) == 4 + 10 + 9
+
+
+def test_a_parked_copy_names_the_sources_tries_after_its_detail() -> None:
+    """source_attempts 185: the detail ends by saying the source's tries were not retryd's."""
+    attributes = stamps.stamp_for_parking(
+        letter(), "attempts-exhausted", "attempt 5 of at most 5", 5, 1024, source_attempts=185
+    )
+    assert attributes[stamps.DETAIL].string_value == (
+        "attempt 5 of at most 5 "
+        "(the source tried 185 time(s) before its DLQ; not counted by retryd)"
+    )
+
+
+def test_no_source_count_leaves_the_detail_as_it_was() -> None:
+    """source_attempts 0 (the source said nothing) adds no note."""
+    attributes = stamps.stamp_for_parking(letter(), "too-old", "old", 1, 1024, source_attempts=0)
+    assert attributes[stamps.DETAIL].string_value == "old"
+
+
+@given(
+    detail=st.text(max_size=3000),
+    source_attempts=st.integers(min_value=0, max_value=2**63 - 1),
+    max_bytes=st.integers(min_value=64, max_value=4096),
+)
+def test_the_source_note_survives_any_cut_and_the_limit_holds(
+    detail: str, source_attempts: int, max_bytes: int
+) -> None:
+    """Within max_bytes always; the note is kept whole whenever it takes at most half of them."""
+    shown = stamps.parking_detail(detail, source_attempts, max_bytes)
+    assert len(shown.encode("utf-8")) <= max_bytes
+    note = stamps.source_attempts_note(source_attempts)
+    if note and len(note) + 1 <= max_bytes // 2:
+        assert shown.endswith(note)
+    if not note:
+        assert shown == stamps.clean_text(detail, max_bytes)

@@ -1,4 +1,10 @@
-"""The attempts guard: a message that has had its tries is parked, not retried forever."""
+"""The attempts guard: a message that has had its tries is parked, not retried forever.
+
+Only retryd's own resubmissions count (`Job.attempt`, the larger of its stamp and
+its ledger record). What the source tried before the DLQ (`Job.source_attempts`)
+never does: EventBridge's default policy alone makes 185 tries, and counting them
+would park every such message on first sight.
+"""
 
 from __future__ import annotations
 

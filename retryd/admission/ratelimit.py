@@ -10,15 +10,114 @@ a caller waiting on `wait_s` could spin.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from fractions import Fraction
+from types import MappingProxyType
+from typing import Any
 
 from retryd.admission.matching import first_matching
+from retryd.models import Target, TargetType
 from retryd.settings import RateLimitSettings, RateRule
 
 # Added to every wait so that a clock read after sleeping `wait_s` is past the
 # instant the token arrives, even after float rounding of `now + wait_s`.
 _WAIT_MARGIN_S = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A token bucket's size: `per_s` tokens a second, at most `burst` saved up."""
+
+    per_s: float
+    burst: int
+
+
+# One rate for every type when rate_limit.per_s or burst is set (the defaults of
+# retryd before per-type defaults, kept for a config that sets only one of the two).
+SHARED_DEFAULT = Rate(per_s=5.0, burst=10)
+
+# Per target type when rate_limit sets neither per_s nor burst. Each AWS quota
+# below is per account and Region and shared with the live traffic retryd's
+# resubmissions join, so retryd takes a small share of the smallest Region's.
+TYPE_DEFAULTS: Mapping[TargetType, Rate] = MappingProxyType(
+    {
+        # Kept slow: every async invoke takes an execution environment, from the account's
+        # concurrency (1,000 by default, less for new accounts) or the function's reserved
+        # concurrency; a function reserved 10 that runs for a second keeps up with 10/s, and
+        # half of that leaves room for its live traffic. Lambda quotas:
+        # https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html
+        TargetType.LAMBDA: Rate(per_s=5.0, burst=10),
+        # Kept slow: StartExecution is a token bucket of 800 refilled at 150/s in most Regions
+        # (1,300 and 300/s in us-east-1, us-west-2 and eu-west-1), shared by every caller in
+        # the account, and each execution starts work of its own:
+        # https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html
+        TargetType.STEPFUNCTIONS: Rate(per_s=5.0, burst=10),
+        # Standard queues take "a nearly unlimited number of API calls per second, per API
+        # action"; a FIFO queue without high throughput takes 300 transactions a second per
+        # action (3,000 messages batched), so 300 messages/s fits either, even unbatched:
+        # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/standard-queues.html
+        # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/troubleshooting-fifo-throttling-issues.html
+        TargetType.SQS: Rate(per_s=300.0, burst=300),
+        # Publish and PublishBatch share a per-Region account quota counted in messages:
+        # 30,000/s in us-east-1, 9,000/s in us-west-2 and eu-west-1, 1,500/s in eight more,
+        # 300/s in the rest; a third of the smallest:
+        # https://docs.aws.amazon.com/general/latest/gr/sns.html
+        TargetType.SNS: Rate(per_s=100.0, burst=100),
+        # PutEvents: 10,000 requests/s in us-east-1, us-west-2 and eu-west-1, down to 400/s
+        # in the smallest Regions; a quarter of that, even if every request carried one event:
+        # https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-quota.html
+        TargetType.EVENTBRIDGE: Rate(per_s=100.0, burst=100),
+    }
+)
+
+
+def _shared_rate(settings: RateLimitSettings) -> Rate | None:
+    """The one rate for every type, when rate_limit.per_s or burst is set; else None."""
+    if settings.per_s is None and settings.burst is None:
+        return None
+    return Rate(
+        settings.per_s if settings.per_s is not None else SHARED_DEFAULT.per_s,
+        settings.burst if settings.burst is not None else SHARED_DEFAULT.burst,
+    )
+
+
+def type_rate(settings: RateLimitSettings, target_type: TargetType) -> Rate:
+    """The rate of a target of this type that no rate_limit.targets rule matches."""
+    shared = _shared_rate(settings)
+    return shared if shared is not None else TYPE_DEFAULTS[target_type]
+
+
+def effective_rates(settings: RateLimitSettings) -> dict[str, Any]:
+    """Per target type, the rate a target gets when no rule matches it, and why.
+
+    What `retryd config check` shows; rules (`rate_limit.targets`) are listed as
+    they are, since they beat these for every target they match.
+    """
+    source = (
+        "rate_limit.per_s/burst (one rate for every type)"
+        if _shared_rate(settings) is not None
+        else "default for the target type"
+    )
+    return {
+        "by_target_type": {
+            target_type.value: {
+                "per_s": rate.per_s,
+                "burst": rate.burst,
+                "from": source,
+            }
+            for target_type in TargetType
+            for rate in [type_rate(settings, target_type)]
+        },
+        "rules_first": [rule.model_dump(mode="json") for rule in settings.targets],
+    }
+
+
+def _type_of(target_arn: str) -> TargetType | None:
+    try:
+        return Target.from_arn(target_arn).type
+    except ValueError:
+        return None
 
 
 def _pattern(rule: RateRule) -> str:
@@ -80,7 +179,7 @@ class TokenBucket:
 
 
 class RateLimits:
-    """One bucket per target ARN, sized by the first matching rule, else the defaults."""
+    """One bucket per target ARN: the first matching rule's size, else its type's (type_rate)."""
 
     def __init__(self, settings: RateLimitSettings, clock: Callable[[], float]) -> None:
         self._settings = settings
@@ -92,11 +191,14 @@ class RateLimits:
         bucket = self._buckets.get(target_arn)
         if bucket is None:
             rule = first_matching(target_arn, self._settings.targets, _pattern)
-            per_s, burst = (
-                (rule.per_s, rule.burst)
-                if rule is not None
-                else (self._settings.per_s, self._settings.burst)
-            )
-            bucket = TokenBucket(per_s, burst, self._clock)
+            target_type = _type_of(target_arn)
+            if rule is not None:
+                rate = Rate(rule.per_s, rule.burst)
+            elif target_type is not None:
+                rate = type_rate(self._settings, target_type)
+            else:
+                # Not an ARN retryd can send to (it would not get this far): the slowest rate.
+                rate = _shared_rate(self._settings) or SHARED_DEFAULT
+            bucket = TokenBucket(rate.per_s, rate.burst, self._clock)
             self._buckets[target_arn] = bucket
         return bucket

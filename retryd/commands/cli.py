@@ -238,8 +238,11 @@ def _ledger(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    from retryd.admission.ratelimit import effective_rates  # noqa: PLC0415 - keeps `--help` fast
+
     settings = load_settings(args.config)
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    rates = {"effective_rate_limits": effective_rates(settings.rate_limit)}
+    print(json.dumps(settings.model_dump(mode="json") | rates, indent=2))
     return 0
 
 

@@ -139,9 +139,13 @@ class FailureGroup:
     oldest: datetime | None
     newest: datetime | None
     example_message_id: str
+    # The most tries a source reported before the DLQ (Job.source_attempts); None if none did.
+    source_attempts_max: int | None = None
 
-    def add(self, letter: DeadLetter) -> None:
+    def add(self, letter: DeadLetter, source_attempts: int = 0) -> None:
         self.count += 1
+        if source_attempts:
+            self.source_attempts_max = max(self.source_attempts_max or 0, source_attempts)
         sent = letter.sent_at
         if sent is not None:
             self.oldest = sent if self.oldest is None else min(self.oldest, sent)
@@ -155,6 +159,7 @@ class FailureGroup:
             "oldest": self.oldest.isoformat() if self.oldest else None,
             "newest": self.newest.isoformat() if self.newest else None,
             "example_message_id": self.example_message_id,
+            "source_attempts_max": self.source_attempts_max,
         }
 
 
@@ -171,7 +176,7 @@ def group_failures(chain: ResolverChain, letters: Sequence[DeadLetter]) -> list[
         key = (target, error_signature(letter))
         if key not in groups:
             groups[key] = FailureGroup(*key, 0, None, None, letter.message_id)
-        groups[key].add(letter)
+        groups[key].add(letter, resolved.source_attempts if isinstance(resolved, Job) else 0)
     return sorted(groups.values(), key=lambda g: (-g.count, g.target, g.signature))
 
 
@@ -362,13 +367,15 @@ def _render_queue(inspection: QueueInspection) -> list[str]:
     note = " (--max-messages reached)" if inspection.truncated else ""
     lines.append(f"  sampled: {inspection.sampled} message(s){note}")
     if inspection.groups:
-        rows = [["COUNT", "TARGET", "OLDEST", "NEWEST", "EXAMPLE", "ERROR"]]
+        rows = [["COUNT", "TARGET", "OLDEST", "NEWEST", "SOURCE TRIES", "EXAMPLE", "ERROR"]]
         rows.extend(
             [
                 str(group.count),
                 group.target,
                 _when(group.oldest),
                 _when(group.newest),
+                # "up to": the largest a message of the group reported; retryd counts none.
+                f"up to {group.source_attempts_max}" if group.source_attempts_max else "-",
                 group.example_message_id,
                 group.signature,
             ]

@@ -98,6 +98,8 @@ class PlannedMessage:
     reason: str | None = None
     delay_s: float | None = None
     detail: str = ""
+    # What the source tried before the DLQ (Job.source_attempts): shown, never counted.
+    source_attempts: int = 0
 
     @classmethod
     def from_verdict(cls, verdict: Verdict) -> PlannedMessage:
@@ -111,6 +113,7 @@ class PlannedMessage:
                 parked.target if parked else None,
                 verdict.reason.value,
                 detail=verdict.detail,
+                source_attempts=parked.source_attempts if parked else 0,
             )
         job = verdict.job
         go = cls(
@@ -119,6 +122,7 @@ class PlannedMessage:
             job.next_attempt,
             job.resolver or None,
             job.target,
+            source_attempts=job.source_attempts,
         )
         if isinstance(verdict, Go):
             return replace(go, attempt=verdict.attempt)
@@ -147,7 +151,12 @@ class PlannedMessage:
         )
 
     def decision(self) -> str:
-        """The verdict in a few words: `resubmit as attempt 2`, `park too-old`, ..."""
+        """The verdict in a few words, and the source's own tries when it reported any."""
+        words = self._verdict_words()
+        return f"{words} (source tried {self.source_attempts})" if self.source_attempts else words
+
+    def _verdict_words(self) -> str:
+        """The verdict alone: `resubmit as attempt 2`, `park too-old`, ..."""
         if self.action is Action.RESUBMIT and self.reason == ALREADY_RESUBMITTED:
             return f"delete (attempt {self.attempt} already resubmitted)"
         if self.action is Action.RESUBMIT:
@@ -164,6 +173,7 @@ class PlannedMessage:
             "action": self.action.value,
             "reason": self.reason,
             "attempt": self.attempt,
+            "source_attempts": self.source_attempts,
             "delay_s": self.delay_s,
             "resolver": self.resolver,
             "target": (

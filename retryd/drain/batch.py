@@ -71,8 +71,13 @@ class _Batch:
     letters: Sequence[DeadLetter]
     decided: dict[str, Decision] = field(default_factory=dict)
     deletable: list[DeadLetter] = field(default_factory=list)
+    # Message id -> what its source tried before the DLQ: shown on whatever is decided.
+    source_attempts: dict[str, int] = field(default_factory=dict)
 
     def decide(self, decision: Decision, *, delete: bool = False) -> None:
+        source = self.source_attempts.get(decision.letter.message_id, 0)
+        if source and not decision.source_attempts:
+            decision = replace(decision, source_attempts=source)
         self.decided[decision.letter.message_id] = decision
         if delete:
             self.deletable.append(decision.letter)
@@ -137,7 +142,13 @@ class Pipeline:
         return [batch.decided[letter.message_id] for letter in letters]
 
     async def _act(self, batch: _Batch, act_by: float) -> None:
-        verdicts = await self._guards.assess([self._chain.resolve(x) for x in batch.letters])
+        resolved = [self._chain.resolve(x) for x in batch.letters]
+        batch.source_attempts = {
+            job.letter.message_id: job.source_attempts
+            for job in resolved
+            if isinstance(job, Job) and job.source_attempts
+        }
+        verdicts = await self._guards.assess(resolved)
         for verdict in verdicts:
             if isinstance(verdict, Hold):
                 self._hold(batch, verdict)
@@ -276,7 +287,12 @@ class Pipeline:
 
     async def _park(self, parks: Sequence[Park]) -> list[SendError | None]:
         return await self._parking.park(
-            [ParkRequest(p.letter, p.reason, p.detail, p.attempt) for p in parks]
+            [
+                ParkRequest(
+                    p.letter, p.reason, p.detail, p.attempt, p.job.source_attempts if p.job else 0
+                )
+                for p in parks
+            ]
         )
 
     def _settle_parks(
@@ -364,6 +380,8 @@ class Pipeline:
             "reason": decision.reason or None,
             "detail": decision.detail[:LOG_DETAIL_MAX_CHARS] or None,
             "attempt": decision.attempt,
+            # Tries the source made before the DLQ: not counted against guards.max_attempts.
+            "source_attempts": decision.source_attempts or None,
         }
         if self._log_payloads:
             fields["body"] = decision.letter.body

@@ -156,7 +156,10 @@ class EventBridgeDlqResolver:
             target=target,
             body=body,
             key=idempotency_key(target.arn, body, stamped_key(letter)),
-            attempt=max(stamped_attempt(letter) or 0, _retry_attempts(letter)),
+            # EventBridge's retries are its own (185 under the default policy): kept
+            # apart, so that they never spend retryd's guards.max_attempts.
+            attempt=stamped_attempt(letter) or 0,
+            source_attempts=_retry_attempts(letter),
             resolver=self.name,
             first_failed_at=_first_failed_at(letter),
             forward_attributes=_event_attributes(letter),
@@ -283,7 +286,7 @@ def _put_events_entry(body: str) -> str | None:
 
 
 def _retry_attempts(letter: DeadLetter) -> int:
-    """RETRY_ATTEMPTS: the retries EventBridge already made, each a try of the event."""
+    """RETRY_ATTEMPTS: the retries EventBridge made before giving up; 0 when absent or odd."""
     text = (letter.attribute_string(RETRY_ATTEMPTS) or "").strip()
     # Bounded like retryd's own stamps: a count, not an arbitrarily long number.
     if not text.isascii() or not text.isdigit() or len(text) > 18:  # noqa: PLR2004 - int64 digits

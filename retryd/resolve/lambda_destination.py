@@ -69,7 +69,9 @@ class LambdaDestinationResolver:
             target=target,
             body=body,
             key=idempotency_key(target.arn, body, stamped_key(letter)),
-            attempt=max(stamped_attempt(letter) or 0, _tries_made(context)),
+            # Lambda's own invocations are not retryd's resubmissions: shown, not counted.
+            attempt=stamped_attempt(letter) or 0,
+            source_attempts=_invoke_count(context),
             resolver=self.name,
             first_failed_at=_first_failed_at(letter, record),
             forward_attributes=forward_attributes(letter),
@@ -121,12 +123,12 @@ def _function_target(function_arn: object) -> Target | None:
     return target if target.type is TargetType.LAMBDA else None
 
 
-def _tries_made(context: Mapping[str, Any]) -> int:
-    """Invocations Lambda made beyond the first: each was already a retry of the event."""
+def _invoke_count(context: Mapping[str, Any]) -> int:
+    """approximateInvokeCount: Lambda's invocations of the event, first included; 0 if unusable."""
     count = context.get("approximateInvokeCount")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         return 0
-    return count - 1
+    return count
 
 
 def _first_failed_at(letter: DeadLetter, record: Mapping[str, Any]) -> datetime | None:

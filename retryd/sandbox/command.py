@@ -43,7 +43,11 @@ SANDBOX_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": 
 def _describe(decision: Decision) -> str:
     if decision.outcome.value == "resubmitted":
         assert decision.target is not None
-        return f"{decision.target.type.value} {decision.target.name} (attempt {decision.attempt})"
+        where = f"{decision.target.type.value} {decision.target.name} (attempt {decision.attempt}"
+        if decision.source_attempts:
+            # The source's own tries, shown so the demo says they did not count.
+            where += f"; the source tried {decision.source_attempts} before"
+        return where + ")"
     detail = decision.detail.splitlines()[0] if decision.detail else ""
     return f"{decision.reason}: {detail}"[:160]
 

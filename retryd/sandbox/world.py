@@ -284,7 +284,9 @@ def _demo_messages(copy: int = 0) -> dict[str, list[DemoMessage]]:
         ],
         "retry-events": [
             DemoMessage(
-                "EventBridge rule DLQ -> charge",
+                # EventBridge's default retry policy: 185 tries over 24 h before the DLQ.
+                # They are EventBridge's, not retryd's: the event still goes back.
+                "EventBridge RETRY_ATTEMPTS=185 -> charge",
                 json.dumps(
                     {
                         "version": "0",
@@ -342,7 +344,7 @@ def _rule_dlq_attributes(code: str, message: str) -> dict[str, dict[str, str]]:
         "TARGET_ARN": _arn("lambda", "function:charge"),
         "ERROR_CODE": code,
         "ERROR_MESSAGE": message,
-        "RETRY_ATTEMPTS": "2",
+        "RETRY_ATTEMPTS": "185",
     }
     return {name: {"DataType": "String", "StringValue": value} for name, value in values.items()}
 

@@ -30,6 +30,8 @@ class ParkRequest:
     reason: str
     detail: str
     attempt: int
+    # What the source tried before the DLQ (Job.source_attempts): named in the detail.
+    source_attempts: int = 0
 
 
 class Parking:
@@ -87,7 +89,12 @@ class Parking:
 
     def _message(self, item: ParkRequest) -> OutgoingMessage:
         attributes = stamp_for_parking(
-            item.letter, item.reason, item.detail, item.attempt, self._detail_max_bytes
+            item.letter,
+            item.reason,
+            item.detail,
+            item.attempt,
+            self._detail_max_bytes,
+            source_attempts=item.source_attempts,
         )
         if not self.is_fifo:
             return OutgoingMessage(item.letter.body, attributes)

@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.admission.ratelimit import RateLimits, TokenBucket
+from retryd.admission.ratelimit import (
+    SHARED_DEFAULT,
+    TYPE_DEFAULTS,
+    Rate,
+    RateLimits,
+    TokenBucket,
+    effective_rates,
+    type_rate,
+)
+from retryd.models import Target, TargetType
 from retryd.settings import RateLimitSettings, RateRule
 from tests.clock_helpers import FakeClock
 
@@ -17,6 +26,14 @@ ACCOUNT = "123456789012"
 FN = f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:charge"
 OTHER_FN = f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:ship"
 QUEUE = f"arn:aws:sqs:eu-west-1:{ACCOUNT}:orders"
+# One target of each type.
+TARGETS = {
+    TargetType.LAMBDA: FN,
+    TargetType.STEPFUNCTIONS: f"arn:aws:states:eu-west-1:{ACCOUNT}:stateMachine:fulfil",
+    TargetType.SQS: QUEUE,
+    TargetType.SNS: f"arn:aws:sns:eu-west-1:{ACCOUNT}:notify",
+    TargetType.EVENTBRIDGE: f"arn:aws:events:eu-west-1:{ACCOUNT}:event-bus/billing",
+}
 
 
 def test_starts_full_and_grants_at_most_burst() -> None:
@@ -209,9 +226,121 @@ def test_targets_do_not_share_tokens() -> None:
 
 
 def test_default_is_safe_for_a_modest_lambda() -> None:
-    """Out of the box a target gets at most 10 at once and 5 a second after that."""
+    """Out of the box a Lambda target gets at most 10 at once and 5 a second after that."""
     clock = FakeClock()
     bucket = RateLimits(RateLimitSettings(), clock).for_target(FN)
     assert bucket.take(1_000) == 10
     clock.advance(1.0)
     assert bucket.take(1_000) == 5
+
+
+def test_out_of_the_box_each_target_type_gets_its_own_rate() -> None:
+    """No per_s/burst set: Lambda, Step Functions 5/s (10); SQS 300/s; SNS, EventBridge 100/s."""
+    limits = RateLimits(RateLimitSettings(), FakeClock())
+    sizes = {kind: limits.for_target(arn) for kind, arn in TARGETS.items()}
+    assert {kind: (b.per_s, b.burst) for kind, b in sizes.items()} == {
+        TargetType.LAMBDA: (5, 10),
+        TargetType.STEPFUNCTIONS: (5, 10),
+        TargetType.SQS: (300, 300),
+        TargetType.SNS: (100, 100),
+        TargetType.EVENTBRIDGE: (100, 100),
+    }
+
+
+def test_a_10000_message_dlq_goes_back_to_a_queue_in_under_a_minute() -> None:
+    """The issue's case: 10,000 messages to one SQS queue at the default rate take < 60 s."""
+    clock = FakeClock()
+    started_s = clock()
+    bucket = RateLimits(RateLimitSettings(), clock).for_target(QUEUE)
+    sent = bucket.take(10_000)
+    while sent < 10_000:
+        clock.advance(bucket.wait_s(10_000 - sent))
+        sent += bucket.take(10_000 - sent)
+    assert clock() - started_s < 60
+
+
+@pytest.mark.parametrize(
+    ("per_s", "burst", "expected"),
+    [(20.0, None, (20.0, 10)), (None, 40, (5.0, 40)), (20.0, 40, (20.0, 40))],
+)
+def test_per_s_or_burst_set_is_one_rate_for_every_type(
+    per_s: float | None, burst: int | None, expected: tuple[float, int]
+) -> None:
+    """Either set: every type gets it, the unset one at the old shared default (5/s, 10)."""
+    limits = RateLimits(RateLimitSettings(per_s=per_s, burst=burst), FakeClock())
+    for arn in TARGETS.values():
+        bucket = limits.for_target(arn)
+        assert (bucket.per_s, bucket.burst) == expected
+
+
+def test_a_rule_beats_the_type_default() -> None:
+    """A rate_limit.targets pattern sizes the targets it matches, whatever their type's default."""
+    rule = RateRule(pattern=f"arn:aws:sqs:*:{ACCOUNT}:orders", per_s=2, burst=3)
+    limits = RateLimits(RateLimitSettings(targets=[rule]), FakeClock())
+    orders = limits.for_target(QUEUE)
+    other = limits.for_target(f"arn:aws:sqs:eu-west-1:{ACCOUNT}:invoices")
+    assert ((orders.per_s, orders.burst), (other.per_s, other.burst)) == ((2, 3), (300, 300))
+
+
+rates = st.none() | st.floats(min_value=0.01, max_value=10_000)
+bursts = st.none() | st.integers(min_value=1, max_value=100_000)
+
+
+@given(
+    kind=st.sampled_from(list(TargetType)),
+    per_s=rates,
+    burst=bursts,
+    rule=st.none() | st.tuples(st.floats(0.01, 10_000), st.integers(1, 100_000), st.booleans()),
+)
+def test_a_bucket_is_sized_by_rule_then_shared_rate_then_type(
+    kind: TargetType,
+    per_s: float | None,
+    burst: int | None,
+    rule: tuple[float, int, bool] | None,
+) -> None:
+    """The order is fixed: a matching rule, else per_s/burst when either is set, else the type's."""
+    arn = TARGETS[kind]
+    rules = []
+    if rule is not None:
+        rule_per_s, rule_burst, matches = rule
+        pattern = arn if matches else "arn:aws:sqs:*:*:nothing-matches"
+        rules.append(RateRule(pattern=pattern, per_s=rule_per_s, burst=rule_burst))
+    settings = RateLimitSettings(per_s=per_s, burst=burst, targets=rules)
+    bucket = RateLimits(settings, FakeClock()).for_target(arn)
+    if rule is not None and rule[2]:
+        expected = Rate(rule[0], rule[1])
+    elif per_s is not None or burst is not None:
+        expected = Rate(
+            per_s if per_s is not None else SHARED_DEFAULT.per_s,
+            burst if burst is not None else SHARED_DEFAULT.burst,
+        )
+    else:
+        expected = TYPE_DEFAULTS[kind]
+    assert Rate(bucket.per_s, bucket.burst) == expected
+    assert type_rate(settings, Target.from_arn(arn).type) == (
+        expected if rule is None or not rule[2] else type_rate(settings, kind)
+    )
+
+
+def test_lambda_and_step_functions_keep_the_slowest_defaults() -> None:
+    """No API-scale default is below the conservative ones, and those stay at 5/s and 10."""
+    slow = {TYPE_DEFAULTS[TargetType.LAMBDA], TYPE_DEFAULTS[TargetType.STEPFUNCTIONS]}
+    assert slow == {Rate(5.0, 10)}
+    assert all(rate.per_s >= 5 and rate.burst >= 10 for rate in TYPE_DEFAULTS.values())
+    assert set(TYPE_DEFAULTS) == set(TargetType)
+
+
+def test_effective_rates_name_each_type_its_rate_and_where_it_came_from() -> None:
+    """What `config check` shows: per type per_s, burst and source; the rules listed as they are."""
+    rule = RateRule(pattern=f"arn:aws:sqs:*:{ACCOUNT}:orders", per_s=2, burst=3)
+    table = effective_rates(RateLimitSettings(targets=[rule]))
+    assert table["by_target_type"]["sqs"] == {
+        "per_s": 300.0,
+        "burst": 300,
+        "from": "default for the target type",
+    }
+    assert table["by_target_type"]["lambda"]["per_s"] == 5.0
+    assert table["rules_first"] == [{"pattern": rule.pattern, "per_s": 2.0, "burst": 3}]
+    shared = effective_rates(RateLimitSettings(per_s=7))["by_target_type"]
+    assert {entry["per_s"] for entry in shared.values()} == {7.0}
+    assert all("every type" in entry["from"] for entry in shared.values())

@@ -111,6 +111,33 @@ def test_env_overrides_the_file(
     assert effective["discovery"]["queue_prefixes"] == ["retry-"]
 
 
+def test_config_check_shows_the_rate_limit_in_effect_per_target_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No per_s/burst: each type's own default is printed, with the rules that come first."""
+    for name in list(os.environ):
+        if name.startswith("RETRYD_"):
+            monkeypatch.delenv(name)
+    rule = f'pattern = "arn:aws:sqs:*:{ACCOUNT}:orders"\nper_s = 2\nburst = 3\n'
+    text = (
+        '[discovery]\nqueue_prefixes = ["retry-"]\n'
+        f'[guards]\nallow_targets = ["arn:aws:*:{REGION}:{ACCOUNT}:*"]\n'
+        f"[[rate_limit.targets]]\n{rule}"
+    )
+    assert main(["config", "check", "--config", str(write_config(tmp_path, text))]) == 0
+    effective = json.loads(capsys.readouterr().out)["effective_rate_limits"]
+    assert {
+        kind: (rate["per_s"], rate["burst"]) for kind, rate in effective["by_target_type"].items()
+    } == {
+        "lambda": (5.0, 10),
+        "stepfunctions": (5.0, 10),
+        "sqs": (300.0, 300),
+        "sns": (100.0, 100),
+        "eventbridge": (100.0, 100),
+    }
+    assert effective["rules_first"][0]["pattern"] == f"arn:aws:sqs:*:{ACCOUNT}:orders"
+
+
 def test_once_without_a_parking_queue_exits_4_and_touches_nothing(
     world: World, tmp_path: Path
 ) -> None:

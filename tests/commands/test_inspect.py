@@ -107,6 +107,9 @@ def test_failure_groups_count_similar_failures_together_and_release_every_lease(
     assert groups[(CHARGE, "Timeout: timed out after <n> ms (<uuid>)")]["count"] == 3
     assert groups[(CHARGE, "Throttled: slow down")]["count"] == 1
     assert groups[(CHARGE, "ValueError: bad order <n>")]["count"] == 2
+    # What the source tried before the DLQ: Lambda's approximateInvokeCount, else nothing.
+    assert groups[(CHARGE, "ValueError: bad order <n>")]["source_attempts_max"] == 3
+    assert groups[(CHARGE, "Throttled: slow down")]["source_attempts_max"] is None
     signatures = {g["signature"]: g["count"] for g in queue["groups"]}
     assert signatures["SDK_CLIENT_ERROR: Unable to invoke Lambda, request <hex>"] == 2
     # The plain message has no error of its own; it goes back to the queue feeding the DLQ.
@@ -194,9 +197,21 @@ def test_text_output_is_a_table_per_queue(
     assert f"  fed by:  sqs-redrive {world.queue_arn('orders')}" in out
     assert "  sampled: 9 message(s)" in out
     header = next(line for line in out.splitlines() if "COUNT" in line)
-    assert header.split() == ["COUNT", "TARGET", "OLDEST", "NEWEST", "EXAMPLE", "ERROR"]
+    assert header.split() == [
+        "COUNT",
+        "TARGET",
+        "OLDEST",
+        "NEWEST",
+        "SOURCE",
+        "TRIES",
+        "EXAMPLE",
+        "ERROR",
+    ]
     row = next(line for line in out.splitlines() if "Timeout: timed out" in line)
     assert row.split()[:2] == ["3", CHARGE]
+    # Lambda's approximateInvokeCount 3 is shown for the destination records' group.
+    destinations = next(line for line in out.splitlines() if "ValueError: bad order" in line)
+    assert " up to 3 " in destinations
 
 
 def test_an_unreadable_queue_is_named_and_exits_1(

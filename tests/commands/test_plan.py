@@ -123,6 +123,7 @@ def test_plan_json_is_one_document_with_every_field(
         "action": "resubmit",
         "reason": None,
         "attempt": 2,
+        "source_attempts": 0,
         "delay_s": None,
         "resolver": "envelope",
         "target": {"type": "lambda", "arn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:charge"},
@@ -322,6 +323,52 @@ def test_every_verdict_kind_reads_as_a_decision() -> None:
         target,
     )
     assert defer.to_json()["delay_s"] == 42.4
+
+
+def test_the_sources_own_tries_are_shown_beside_retryds_attempt() -> None:
+    """A job whose source tried 185 times reads `resubmit as attempt 1 (source tried 185)`."""
+    letter = _letter()
+    target = Target.from_arn(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:f")
+    job = Job(letter, target, "{}", "k", source_attempts=185)
+    go = PlannedMessage.from_verdict(Go(job, 1))
+    park = PlannedMessage.from_verdict(Park(letter, ParkReason.TOO_OLD, "old", 0, job))
+    assert go.decision() == "resubmit as attempt 1 (source tried 185)"
+    assert park.decision() == "park too-old (source tried 185)"
+    assert (go.to_json()["attempt"], go.to_json()["source_attempts"]) == (1, 185)
+
+
+def test_plan_resubmits_an_eventbridge_message_its_default_policy_retried_185_times(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RETRY_ATTEMPTS=185, max_attempts 5: the plan says resubmit as attempt 1, source tried 185."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-events")
+    function_arn = world.create_function("charge")
+    failure = {
+        "RULE_ARN": f"arn:aws:events:{REGION}:{ACCOUNT}:rule/orders",
+        "TARGET_ARN": function_arn,
+        "ERROR_CODE": "SDK_CLIENT_ERROR",
+        "ERROR_MESSAGE": "Unable to invoke Lambda",
+        "RETRY_ATTEMPTS": "185",
+    }
+    message_id = world.send(
+        "retry-events",
+        {"source": "shop", "detail-type": "OrderPlaced", "detail": {"n": 1}},
+        attributes={k: {"DataType": "String", "StringValue": v} for k, v in failure.items()},
+    )
+
+    code, document = plan_json(capsys, "--config", config_file(tmp_path))
+    assert main(["plan", "--config", config_file(tmp_path)]) == 0
+
+    assert code == 0
+    planned = by_id(document)[message_id]
+    assert (planned["action"], planned["attempt"], planned["source_attempts"]) == (
+        "resubmit",
+        1,
+        185,
+    )
+    line = next(line for line in capsys.readouterr().out.splitlines() if message_id in line)
+    assert "resubmit as attempt 1 (source tried 185)" in line
 
 
 def test_progress_is_drawn_only_when_wanted(capsys: pytest.CaptureFixture[str]) -> None:

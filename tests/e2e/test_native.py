@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import anyio
+from structlog.testing import capture_logs
 
 from retryd.drain.cycle import CycleReport
 from retryd.models import Job, Outcome
@@ -201,13 +202,77 @@ def test_an_eventbridge_dlq_message_is_resubmitted_to_target_arn(
 
     assert report.outcomes == {"resubmitted": 1, "parked": 1}
     assert report.decisions is not None
-    # RETRY_ATTEMPTS 2 were EventBridge's tries: retryd's resubmission is attempt 3.
-    resubmitted = [d.attempt for d in report.decisions if d.outcome is Outcome.RESUBMITTED]
-    assert resubmitted == [3]
+    # RETRY_ATTEMPTS 2 were EventBridge's tries, not retryd's: its resubmission is attempt 1.
+    resubmitted = [
+        (d.attempt, d.source_attempts) for d in report.decisions if d.outcome is Outcome.RESUBMITTED
+    ]
+    assert resubmitted == [(1, 2)]
     assert invocation_payloads(world, "notify") == [json.loads(event)]
     (permanent,) = parked(world)["source-error-permanent"]
     assert detail_of(permanent) == "NO_PERMISSIONS: denied"
     assert world.depth("retry-events") == 0
+
+
+def rule_dlq_attributes(retry_attempts: int, **stamps: dict[str, str]) -> dict[str, Any]:
+    """The published rule-DLQ fixture's attributes, saying RETRY_ATTEMPTS=`retry_attempts`."""
+    published = fixture("eventbridge_rule_dlq")["MessageAttributes"]
+    attributes = {
+        name: {"DataType": value["DataType"], "StringValue": value["StringValue"]}
+        for name, value in published.items()
+    }
+    return {**attributes, "RETRY_ATTEMPTS": string(str(retry_attempts)), **stamps}
+
+
+def test_eventbridge_default_retry_policy_still_leaves_retryd_all_its_attempts(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """RETRY_ATTEMPTS=185 with max_attempts 5 is resubmitted as retryd's attempt 1, not parked.
+
+    185 is what EventBridge's default retry policy makes over 24 hours; they are its
+    tries, and guards.max_attempts counts retryd's resubmissions only.
+    """
+    world.create_queue(PARKING)
+    world.create_queue("retry-events")
+    world.create_function("on-ec2-state")
+    body = fixture("eventbridge_rule_dlq")["Body"]
+    world.send("retry-events", body, attributes=rule_dlq_attributes(185))
+    world.record()
+
+    with capture_logs() as logs:
+        report = cycle(make_settings(guards={"max_attempts": 5}))
+
+    assert report.outcomes == {"resubmitted": 1}
+    assert report.decisions is not None
+    (decision,) = report.decisions
+    assert (decision.attempt, decision.source_attempts) == (1, 185)
+    assert invocation_payloads(world, "on-ec2-state") == [json.loads(body)]
+    (line,) = [entry for entry in logs if entry["event"] == "resubmitted"]
+    assert (line["attempt"], line["source_attempts"]) == (1, 185)
+
+
+def test_a_parked_eventbridge_message_names_the_source_tries_beside_retryds(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """retryd's own 5 attempts park it; the parked detail also says EventBridge tried 185 times."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-events")
+    world.create_function("on-ec2-state")
+    body = fixture("eventbridge_rule_dlq")["Body"]
+    world.send(
+        "retry-events",
+        body,
+        attributes=rule_dlq_attributes(185, **{"retryd.attempt": number(5)}),
+    )
+
+    report = cycle(make_settings(guards={"max_attempts": 5}))
+
+    assert report.outcomes == {"parked": 1}
+    (message,) = parked(world)["attempts-exhausted"]
+    detail = detail_of(message)
+    assert detail.startswith("attempt 5 of at most 5 already made")
+    assert "the source tried 185 time(s) before its DLQ; not counted by retryd" in detail
+    # The original attributes, RETRY_ATTEMPTS among them, are kept on the parked copy.
+    assert message["MessageAttributes"]["RETRY_ATTEMPTS"]["StringValue"] == "185"
 
 
 def test_a_cross_bus_target_gets_the_event_put_on_that_bus(
@@ -297,8 +362,8 @@ def test_a_destination_record_is_invoked_on_the_qualified_function(
     assert invocation_payloads(world, "charge:live") == [{"orderId": "42"}]
     assert report.decisions is not None
     resubmitted = [d for d in report.decisions if d.outcome is Outcome.RESUBMITTED]
-    # approximateInvokeCount 3: Lambda's two retries count, so retryd's is attempt 3.
-    assert resubmitted[0].attempt == 3
+    # approximateInvokeCount 3 is Lambda's count: retryd's own resubmission is attempt 1.
+    assert (resubmitted[0].attempt, resubmitted[0].source_attempts) == (1, 3)
     (pointer,) = parked(world)["not-replayable"]
     assert "shardId-000000000001" in detail_of(pointer)
     assert "arn:aws:kinesis:us-east-2:123456789012:stream/mystream" in detail_of(pointer)

@@ -97,9 +97,10 @@ def test_destination_record_resubmits_the_request_payload_to_its_function() -> N
     assert job.resolver == "lambda-destination"
 
 
-def test_invocations_lambda_already_made_count_as_attempts() -> None:
-    """approximateInvokeCount 3 means two retries were made: attempt 2."""
-    assert as_job(destination(load_letter("lambda_destination_record"))).attempt == 2
+def test_lambdas_invocations_are_kept_apart_from_retryds_attempts() -> None:
+    """approximateInvokeCount 3 is Lambda's: retryd has made none, so it resubmits as attempt 1."""
+    job = as_job(destination(load_letter("lambda_destination_record")))
+    assert (job.attempt, job.next_attempt, job.source_attempts) == (0, 1, 3)
 
 
 @pytest.mark.parametrize("qualifier", ["live", "7"])
@@ -111,20 +112,21 @@ def test_destination_record_keeps_the_alias_or_version(qualifier: str) -> None:
     assert job.target.name == "charge"
 
 
-def test_a_larger_stamped_attempt_and_a_stamped_key_win() -> None:
-    """retryd's own stamps, when present, outrank what Lambda counted."""
+def test_the_stamped_attempt_and_key_are_retryds_count_whatever_lambda_counted() -> None:
+    """retryd's own stamps give its attempt and key; Lambda's count stays beside them."""
     stamped = letter(
-        record_with(approximateInvokeCount=1),
+        record_with(approximateInvokeCount=7),
         {"retryd.attempt": MessageAttribute.number(4), "retryd.key": "order-9"},
     )
     job = as_job(destination(stamped))
-    assert (job.attempt, job.key) == (4, "order-9")
+    assert (job.attempt, job.key, job.source_attempts) == (4, "order-9", 7)
 
 
 @pytest.mark.parametrize("count", [0, -3, True, "3", 1.5, None])
-def test_an_unusable_invoke_count_counts_no_attempts(count: object) -> None:
-    """Only a positive integer approximateInvokeCount adds attempts."""
-    assert as_job(destination(letter(record_with(approximateInvokeCount=count)))).attempt == 0
+def test_an_unusable_invoke_count_is_no_source_count(count: object) -> None:
+    """Only a positive integer approximateInvokeCount is read; nothing is ever an attempt."""
+    job = as_job(destination(letter(record_with(approximateInvokeCount=count))))
+    assert (job.attempt, job.source_attempts) == (0, 0)
 
 
 def test_a_null_request_payload_is_still_an_event() -> None:
@@ -225,13 +227,13 @@ RULE_LETTER = load_letter("eventbridge_rule_dlq")
 
 
 def test_rule_dlq_event_goes_straight_to_target_arn() -> None:
-    """The event, unchanged, is sent to TARGET_ARN; RETRY_ATTEMPTS is the attempt count."""
+    """The event, unchanged, goes to TARGET_ARN; RETRY_ATTEMPTS is EventBridge's, not retryd's."""
     job = as_job(eventbridge(RULE_LETTER))
     assert job.target == Target(
         TargetType.LAMBDA, "arn:aws:lambda:us-east-1:123456789012:function:on-ec2-state"
     )
     assert job.body == RULE_LETTER.body
-    assert job.attempt == 3
+    assert (job.attempt, job.source_attempts) == (0, 3)
     assert job.key == hashed_key(job.target.arn, job.body)
     assert job.resolver == "eventbridge-dlq"
 
@@ -423,15 +425,28 @@ def test_a_bus_target_needs_an_event_body() -> None:
 def test_retry_attempts_must_be_a_plain_count(text: str) -> None:
     """RETRY_ATTEMPTS is read only as a plain non-negative integer (spaces trimmed)."""
     expected = 2 if text == " 2 " else 0
-    assert (
-        as_job(eventbridge(with_attributes(RULE_LETTER, RETRY_ATTEMPTS=text))).attempt == expected
+    job = as_job(eventbridge(with_attributes(RULE_LETTER, RETRY_ATTEMPTS=text)))
+    assert (job.attempt, job.source_attempts) == (0, expected)
+
+
+@pytest.mark.parametrize(("stamp", "retries"), [(1, 185), (9, 3)])
+def test_only_retryds_stamp_is_the_attempt_whatever_retry_attempts_says(
+    stamp: int, retries: int
+) -> None:
+    """retryd's stamp is its attempt; RETRY_ATTEMPTS is kept beside it, never merged in."""
+    stamped = with_attributes(
+        RULE_LETTER,
+        RETRY_ATTEMPTS=str(retries),
+        **{"retryd.attempt": MessageAttribute.number(stamp)},
     )
+    job = as_job(eventbridge(stamped))
+    assert (job.attempt, job.source_attempts) == (stamp, retries)
 
 
-def test_a_stamped_attempt_above_retry_attempts_wins() -> None:
-    """The larger of retryd's stamp and RETRY_ATTEMPTS counts."""
-    stamped = with_attributes(RULE_LETTER, **{"retryd.attempt": MessageAttribute.number(9)})
-    assert as_job(eventbridge(stamped)).attempt == 9
+def test_eventbridge_default_policy_leaves_retryd_its_first_attempt() -> None:
+    """RETRY_ATTEMPTS=185 (EventBridge's default policy): retryd's next attempt is still 1."""
+    job = as_job(eventbridge(with_attributes(RULE_LETTER, RETRY_ATTEMPTS="185")))
+    assert (job.next_attempt, job.source_attempts) == (1, 185)
 
 
 @pytest.mark.parametrize("missing", ["TARGET_ARN", "RULE_ARN"])
