@@ -40,12 +40,11 @@ from retryd.admission.allowlist import LAMBDA_RESOURCE_PREFIX, LAMBDA_SERVICE
 from retryd.admission.matching import could_match_prefix, parse_glob
 from retryd.discovery.queues import is_queue_url, parse_queue_url, partition_for_region
 from retryd.errors import ConfigError
+from retryd.models import is_account_id, is_region_name
 from retryd.settings import Settings
 
 POLICY_VERSION = "2012-10-17"
 
-_ACCOUNT_ID = re.compile(r"\d{12}")
-_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
 
 DLQ_ACTIONS = (
     "sqs:ChangeMessageVisibility",
@@ -97,9 +96,9 @@ class _Scope:
 
     def __init__(self, account: str | None, region: str | None, partition: str) -> None:
         problems = []
-        if account is not None and not _ACCOUNT_ID.fullmatch(account):
+        if account is not None and not is_account_id(account):
             problems.append(f"--account: {account!r} is not a 12-digit AWS account id")
-        if region is not None and not _REGION.fullmatch(region):
+        if region is not None and not is_region_name(region):
             problems.append(f"--region: {region!r} is not an AWS region name")
         if not re.fullmatch(r"aws(?:-[a-z]+)*", partition):
             problems.append(f"--partition: {partition!r} is not an ARN partition")
