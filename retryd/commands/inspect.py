@@ -290,7 +290,7 @@ async def run_inspect(
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
-        print(render.to_plain(render.inspect_document(report)))
+        render.show(render.inspect_document(report))
     for name in report.missing:
         print(f"retryd inspect: no such queue: {name}", file=sys.stderr)
     for error in report.feed_errors:

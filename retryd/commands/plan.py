@@ -302,7 +302,7 @@ async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
-        print(render.to_plain(render.plan_document(report)))
+        render.show(render.plan_document(report))
     for plan in report.failed:
         for error in plan.errors:
             print(f"retryd plan: {plan.queue.name}: {error}", file=sys.stderr)
