@@ -7,6 +7,7 @@ new value, so nothing downstream can quietly change what an earlier step saw.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,18 @@ _SERVICE_TO_TYPE = {
 
 _ARN_FIELDS = 6
 LATEST_QUALIFIER = ":$LATEST"
+_ACCOUNT_ID = re.compile(r"\d{12}")
+_REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
+
+
+def is_account_id(text: str) -> bool:
+    """Whether `text` has an AWS account id's shape: twelve digits."""
+    return _ACCOUNT_ID.fullmatch(text) is not None
+
+
+def is_region_name(text: str) -> bool:
+    """Whether `text` has an AWS region name's shape (`eu-west-1`, `us-gov-east-1`)."""
+    return _REGION_NAME.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)

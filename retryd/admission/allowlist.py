@@ -8,12 +8,24 @@ let `*` swallow.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 
-from retryd.admission.matching import arn_fields, fields_match, parse_glob
+from retryd.admission.matching import arn_fields, could_match_prefix, fields_match, parse_glob
 from retryd.models import Arn
+from retryd.settings import GuardSettings
 
-__all__ = ["Allowlist", "parse_glob"]
+__all__ = [
+    "LAMBDA_RESOURCE_PREFIX",
+    "LAMBDA_SERVICE",
+    "Allowlist",
+    "lambda_may_be_target",
+    "parse_glob",
+]
+
+# How a Lambda function's ARN looks: `arn:<partition>:lambda:<region>:<account>:function:<name>`.
+LAMBDA_SERVICE = "lambda"
+LAMBDA_RESOURCE_PREFIX = "function:"
 
 
 class Allowlist:
@@ -33,3 +45,20 @@ class Allowlist:
         if self._allow_any:
             return True
         return any(fields_match(fields, pattern) for pattern in self._patterns)
+
+
+def lambda_may_be_target(guards: GuardSettings) -> bool:
+    """Whether the allowlist can let a Lambda function through as a target.
+
+    Only then does retryd read Lambda's feeds (retryd.discovery.feeds), and only then does
+    `retryd iam-policy` grant those reads: the two agree by using this one test.
+    """
+    if guards.allow_any_target:
+        return True
+    for glob in guards.allow_targets:
+        _, service_glob, _, _, resource = parse_glob(glob)
+        if fnmatch.fnmatchcase(LAMBDA_SERVICE, service_glob) and could_match_prefix(
+            resource, LAMBDA_RESOURCE_PREFIX
+        ):
+            return True
+    return False

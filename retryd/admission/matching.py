@@ -16,6 +16,7 @@ from typing import TypeVar
 from retryd.models import Arn
 
 _ARN_FIELDS = 6
+_WILDCARDS = frozenset("*?")
 
 ArnFields = tuple[str, str, str, str, str]
 
@@ -33,6 +34,22 @@ def parse_glob(glob: str) -> ArnFields:
     if len(parts) != _ARN_FIELDS or parts[0] != "arn":
         raise ValueError(f"{glob!r} is not an ARN glob (arn:partition:service:region:...)")
     return (parts[1], parts[2], parts[3], parts[4], parts[5])
+
+
+def literal_head(glob: str) -> str:
+    """The part of a glob before its first wildcard."""
+    for index, char in enumerate(glob):
+        if char in _WILDCARDS:
+            return glob[:index]
+    return glob
+
+
+def could_match_prefix(resource_glob: str, prefix: str) -> bool:
+    """Whether some resource starting with `prefix` can match the glob (a cheap, safe test)."""
+    head = literal_head(resource_glob)
+    if head == resource_glob:
+        return resource_glob.startswith(prefix)
+    return prefix.startswith(head) or head.startswith(prefix)
 
 
 def fields_match(fields: ArnFields, pattern: ArnFields) -> bool:

@@ -36,16 +36,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from retryd.admission.allowlist import parse_glob
+from retryd.admission.allowlist import LAMBDA_RESOURCE_PREFIX, LAMBDA_SERVICE
+from retryd.admission.matching import could_match_prefix, parse_glob
 from retryd.discovery.queues import is_queue_url, parse_queue_url, partition_for_region
 from retryd.errors import ConfigError
-from retryd.settings import GuardSettings, Settings
+from retryd.models import is_account_id, is_region_name
+from retryd.settings import Settings
 
 POLICY_VERSION = "2012-10-17"
 
-_ACCOUNT_ID = re.compile(r"\d{12}")
-_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
-_WILDCARDS = frozenset("*?")
 
 DLQ_ACTIONS = (
     "sqs:ChangeMessageVisibility",
@@ -75,7 +74,7 @@ class _TargetService:
 
 
 # The services retryd resubmits to (models.Target), in the order statements are written.
-_LAMBDA = _TargetService("lambda", "function:")
+_LAMBDA = _TargetService(LAMBDA_SERVICE, LAMBDA_RESOURCE_PREFIX)
 _STATES = _TargetService("states", "stateMachine:")
 _SQS = _TargetService("sqs", "")
 _SNS = _TargetService("sns", "")
@@ -92,30 +91,14 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _literal_head(glob: str) -> str:
-    """The part of a glob before its first wildcard."""
-    for index, char in enumerate(glob):
-        if char in _WILDCARDS:
-            return glob[:index]
-    return glob
-
-
-def _could_match_prefix(resource_glob: str, prefix: str) -> bool:
-    """Whether some resource starting with `prefix` can match the glob (a cheap, safe test)."""
-    head = _literal_head(resource_glob)
-    if head == resource_glob:
-        return resource_glob.startswith(prefix)
-    return prefix.startswith(head) or head.startswith(prefix)
-
-
 class _Scope:
     """Partition, region and account for ARNs the configuration names only by queue name."""
 
     def __init__(self, account: str | None, region: str | None, partition: str) -> None:
         problems = []
-        if account is not None and not _ACCOUNT_ID.fullmatch(account):
+        if account is not None and not is_account_id(account):
             problems.append(f"--account: {account!r} is not a 12-digit AWS account id")
-        if region is not None and not _REGION.fullmatch(region):
+        if region is not None and not is_region_name(region):
             problems.append(f"--region: {region!r} is not an AWS region name")
         if not re.fullmatch(r"aws(?:-[a-z]+)*", partition):
             problems.append(f"--partition: {partition!r} is not an ARN partition")
@@ -150,7 +133,7 @@ def _target_arns(allow_targets: Iterable[str]) -> dict[str, list[str]]:
         for spec in TARGET_SERVICES:
             if not fnmatch.fnmatchcase(spec.service, service_glob):
                 continue
-            if not _could_match_prefix(resource, spec.prefix):
+            if not could_match_prefix(resource, spec.prefix):
                 continue
             # "*" alone would also cover layers, aliases' policies and so on: narrow it to the
             # one resource type the target can be.
@@ -159,23 +142,6 @@ def _target_arns(allow_targets: Iterable[str]) -> dict[str, list[str]]:
                 f"arn:{partition}:{spec.service}:{region}:{account}:{narrowed}"
             )
     return {service: _unique(arns) for service, arns in by_service.items()}
-
-
-def lambda_may_be_target(guards: GuardSettings) -> bool:
-    """Whether the allowlist can let a Lambda function through as a target.
-
-    Only then does retryd read Lambda's feeds (retryd.discovery.feeds), and only then does the
-    policy grant those reads: the two agree by using this one test.
-    """
-    if guards.allow_any_target:
-        return True
-    for glob in guards.allow_targets:
-        _, service_glob, _, _, resource = parse_glob(glob)
-        if fnmatch.fnmatchcase(_LAMBDA.service, service_glob) and _could_match_prefix(
-            resource, _LAMBDA.prefix
-        ):
-            return True
-    return False
 
 
 def lambda_resources(function_globs: list[str]) -> list[str]:

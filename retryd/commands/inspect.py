@@ -4,8 +4,9 @@ Messages are grouped the way ServicePulse groups failed messages: by where they
 go back to and by an error signature, the error each shape records with its
 numbers, UUIDs and hex ids replaced by placeholders, so that a thousand
 timeouts of a thousand orders are one group and not a thousand. Messages are
-read under a short lease that is handed back at once (`peek.peek`): nothing
-is resubmitted, parked or deleted.
+read under a short lease that is handed back at once (retryd.discovery.survey,
+the survey a cycle uses): nothing is resubmitted, parked or deleted. The text is
+laid out by retryd.commands.render.
 """
 
 from __future__ import annotations
@@ -14,27 +15,18 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
 from retryd.aws import AwsClients, open_clients
-from retryd.commands import progress
-from retryd.commands.plan import open_chain
-from retryd.discovery.queues import (
-    discover_queues,
-    is_queue_url,
-    parse_queue_url,
-    queue_name,
-    queue_ref_from_url,
-)
-from retryd.discovery.survey import Depth, peek, read_depth
+from retryd.commands import progress, render
+from retryd.discovery.survey import Depth, ReadProgress, look_at_each, select_queues
 from retryd.models import DeadLetter, Job, QueueRef
-from retryd.resolve import ResolverChain
+from retryd.resolve import ResolverChain, open_chain
 from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Settings
 
@@ -42,7 +34,6 @@ NO_ERROR = "(no error recorded)"
 # Longest signature kept: enough to tell errors apart, short enough for a table.
 SIGNATURE_MAX_CHARS = 200
 JSON_FORMAT_VERSION = 1
-_ACCOUNT_ID = re.compile(r"\d{12}")
 
 # Order matters: the longer shapes go first, so a UUID is not read as five numbers.
 _PLACEHOLDERS = (
@@ -234,165 +225,52 @@ class InspectReport:
         }
 
 
-async def _named_queue(sqs: Any, entry: str) -> QueueRef | None:
-    """The queue a name or URL names, or None when it does not exist (or is no queue URL)."""
-    try:
-        request: dict[str, Any] = {"QueueName": queue_name(entry)}
-        if is_queue_url(entry) and _ACCOUNT_ID.fullmatch(parse_queue_url(entry).account):
-            request["QueueOwnerAWSAccountId"] = parse_queue_url(entry).account
-    except ValueError:
-        return None
-    try:
-        response = await sqs.get_queue_url(**request)
-    except ClientError as exc:
-        if classify.is_missing_queue(exc):
-            return None
-        raise
-    return queue_ref_from_url(str(response["QueueUrl"]), sqs.meta.region_name)
-
-
-async def select_queues(
-    clients: AwsClients, settings: Settings, names: Sequence[str]
-) -> tuple[list[QueueRef], list[str]]:
-    """The named queues (those found, then the names not found), or every discovered DLQ."""
-    if not names:
-        found = await discover_queues(clients.sqs, settings.discovery, settings.parking.queue)
-        return found, []
-    queues: dict[str, QueueRef] = {}
-    missing: list[str] = []
-    for entry in names:
-        ref = await _named_queue(clients.sqs, entry)
-        if ref is None:
-            missing.append(entry)
-        else:
-            queues.setdefault(ref.arn, ref)
-    return list(queues.values()), missing
-
-
-async def _inspect_queue(
-    clients: AwsClients,
-    settings: Settings,
-    inspection: QueueInspection,
-    chain: ResolverChain,
-    *,
-    max_messages: int,
-    bars: progress.QueueProgress,
-) -> None:
-    queue = inspection.queue
-    try:
-        inspection.depth = await read_depth(clients.sqs, queue)
-    except Exception as exc:  # noqa: BLE001 - the sample may still be readable
-        inspection.warnings.append(f"depth unknown: {classify.from_exception(exc)}")
-    else:
-        if inspection.depth.visible == 0:
-            return
-        queue = replace(queue, retention_s=inspection.depth.retention_s)
-    visible = inspection.depth.visible if inspection.depth else None
-    bar = bars.add(queue.name, min(max_messages, visible) if visible is not None else None)
-    async with peek(
-        clients.sqs,
-        queue,
-        max_messages=max_messages,
-        wait_s=settings.drain.receive_wait_s,
-        on_batch=lambda count: bars.advance(bar, count),
-    ) as seen:
-        # Grouped while the leases are held; they are handed back on leaving.
-        inspection.groups = group_failures(chain, seen.letters)
-    bars.finish(bar)
-    inspection.sampled = len(seen.letters)
-    inspection.truncated = seen.truncated
-    inspection.errors.extend(seen.errors)
-
-
 async def inspect_queues(
     settings: Settings,
     clients: AwsClients,
     names: Sequence[str],
     *,
     max_messages: int,
-    bars: progress.QueueProgress,
+    bars: ReadProgress,
 ) -> InspectReport:
     """Depth, feeds and failure groups of each selected DLQ; AWS errors listing queues propagate."""
-    queues, missing = await select_queues(clients, settings, names)
+    queues, missing = await select_queues(clients.sqs, settings, names)
     chain, feeds = await open_chain(settings, clients, queues)
     routes = StaticRouteResolver(settings.routes)
-    inspections = [QueueInspection(queue) for queue in queues]
-    for inspection in inspections:
-        inspection.feeds = [
-            {"kind": feed.kind.value, "source_arn": feed.source_arn}
-            for feed in feeds.feeding(inspection.queue.arn)
-        ]
-        route = routes.target_for(inspection.queue.name)
-        inspection.route = route.arn if route else None
-    limiter = anyio.CapacityLimiter(settings.drain.queue_concurrency)
 
-    async def one(inspection: QueueInspection) -> None:
-        async with limiter:
-            await _inspect_queue(
-                clients, settings, inspection, chain, max_messages=max_messages, bars=bars
+    async def group(letters: list[DeadLetter]) -> list[FailureGroup]:
+        # Grouped while the leases are held; they are handed back after.
+        return group_failures(chain, letters)
+
+    looks = await look_at_each(
+        clients.sqs,
+        queues,
+        group,
+        max_messages=max_messages,
+        wait_s=settings.drain.receive_wait_s,
+        concurrency=settings.drain.queue_concurrency,
+        progress=bars,
+    )
+    inspections = []
+    for look in looks:
+        route = routes.target_for(look.queue.name)
+        inspections.append(
+            QueueInspection(
+                look.queue,
+                depth=look.depth,
+                feeds=[
+                    {"kind": feed.kind.value, "source_arn": feed.source_arn}
+                    for feed in feeds.feeding(look.queue.arn)
+                ],
+                route=route.arn if route else None,
+                sampled=look.sampled,
+                truncated=look.truncated,
+                groups=look.finding or [],
+                errors=look.errors,
+                warnings=look.warnings,
             )
-
-    async with anyio.create_task_group() as group:
-        for inspection in inspections:
-            group.start_soon(one, inspection)
-    return InspectReport(inspections, max_messages, missing, list(feeds.errors))
-
-
-# -- Output ----------------------------------------------------------------------------
-
-
-def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
-
-
-def _table(rows: Sequence[Sequence[str]], indent: str) -> list[str]:
-    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]) - 1)]
-    return [
-        (
-            indent + "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]])
-        ).rstrip()
-        for row in rows
-    ]
-
-
-def _render_queue(inspection: QueueInspection) -> list[str]:
-    lines = [f"{inspection.queue.name}  {inspection.queue.arn}"]
-    depth = inspection.depth.describe() if inspection.depth else "unknown"
-    lines.append(f"  depth:   {depth}")
-    fed_by = [f"{feed['kind']} {feed['source_arn']}" for feed in inspection.feeds]
-    if inspection.route:
-        fed_by.append(f"static route -> {inspection.route}")
-    lines.append(f"  fed by:  {fed_by[0] if fed_by else 'nothing found'}")
-    lines.extend(f"           {line}" for line in fed_by[1:])
-    note = " (--max-messages reached)" if inspection.truncated else ""
-    lines.append(f"  sampled: {inspection.sampled} message(s){note}")
-    if inspection.groups:
-        rows = [["COUNT", "TARGET", "OLDEST", "NEWEST", "SOURCE TRIES", "EXAMPLE", "ERROR"]]
-        rows.extend(
-            [
-                str(group.count),
-                group.target,
-                _when(group.oldest),
-                _when(group.newest),
-                # "up to": the largest a message of the group reported; retryd counts none.
-                f"up to {group.source_attempts_max}" if group.source_attempts_max else "-",
-                group.example_message_id,
-                group.signature,
-            ]
-            for group in inspection.groups
         )
-        lines.extend(_table(rows, indent="  "))
-    lines.extend(f"  warning: {warning}" for warning in inspection.warnings)
-    lines.extend(f"  error: {error}" for error in inspection.errors)
-    return lines
-
-
-def render_text(report: InspectReport) -> str:
-    """A block per DLQ: depth, feeds, and a table of failure groups."""
-    blocks = ["\n".join(_render_queue(inspection)) for inspection in report.queues]
-    if not blocks:
-        blocks.append("no DLQs to inspect")
-    return "\n\n".join(blocks)
+    return InspectReport(inspections, max_messages, missing, list(feeds.errors))
 
 
 async def run_inspect(
@@ -417,7 +295,7 @@ async def run_inspect(
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
-        print(render_text(report))
+        render.show(render.inspect_document(report))
     for name in report.missing:
         print(f"retryd inspect: no such queue: {name}", file=sys.stderr)
     for error in report.feed_errors:

@@ -6,7 +6,8 @@ mode: no tokens taken, no canary slot used, no ledger write), and then every
 lease is handed back (visibility 0) so the messages are where they were,
 visible at once. Nothing is resubmitted, parked or deleted.
 
-The leased read is retryd/peek.py's, shared with `retryd inspect`.
+The queues are found and read by the survey a cycle uses (retryd.discovery.survey),
+shared with `retryd inspect`; the text is laid out by retryd.commands.render.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -26,19 +27,21 @@ from botocore.exceptions import BotoCoreError, ClientError
 from retryd import classify
 from retryd.admission import Defer, Done, Go, Guards, Park, Verdict, build_guards
 from retryd.aws import AwsClients, open_clients
-from retryd.commands import progress
-from retryd.discovery.feeds import FeedCache, FeedMap
-from retryd.discovery.queues import discover_queues, queue_ref_from_url
-from retryd.discovery.survey import Depth, peek, read_depth
+from retryd.commands import progress, render
+from retryd.discovery.survey import (
+    Depth,
+    Look,
+    ReadProgress,
+    locate_parking,
+    look_at_each,
+    survey_queues,
+)
 from retryd.ledger import Ledger, open_ledger
 from retryd.models import DeadLetter, QueueRef, Target
-from retryd.resolve import ResolverChain, build_chain
+from retryd.resolve import open_chain
 from retryd.settings import Settings
-from retryd.settle.parking import Parking
 from retryd.targets.sender import ALREADY_RESUBMITTED
 
-# Longest detail shown on one text line (the JSON output keeps all of it).
-TEXT_DETAIL_MAX_CHARS = 160
 JSON_FORMAT_VERSION = 1
 
 
@@ -65,15 +68,6 @@ async def open_guards(
         guards = build_guards(settings, ledger=ledger, metrics=None)
         guards.protect_queues(protected)
         yield guards
-
-
-async def open_chain(
-    settings: Settings, clients: AwsClients, queues: Sequence[QueueRef]
-) -> tuple[ResolverChain, FeedMap]:
-    """The resolver chain a cycle uses for these DLQs, and the feed map it is built on."""
-    feeds = FeedCache.for_settings(settings)
-    await feeds.refresh_if_due(clients, queues)
-    return build_chain(settings, feeds), feeds.current
 
 
 class Action(StrEnum):
@@ -195,6 +189,17 @@ class QueuePlan:
     warnings: list[str] = field(default_factory=list)
     truncated: bool = False
 
+    @classmethod
+    def from_look(cls, look: Look[list[PlannedMessage]]) -> QueuePlan:
+        return cls(
+            look.queue,
+            depth=look.depth,
+            messages=look.finding or [],
+            errors=look.errors,
+            warnings=look.warnings,
+            truncated=look.truncated,
+        )
+
     def counts(self) -> Counter[tuple[str, str]]:
         """Messages by (action, reason); reason is "" for a resubmission."""
         return Counter((m.action.value, m.reason or "") for m in self.messages)
@@ -255,141 +260,38 @@ class PlanReport:
         }
 
 
-async def _plan_queue(
-    clients: AwsClients,
-    settings: Settings,
-    queue: QueueRef,
-    decide: Callable[[Sequence[DeadLetter]], Any],
-    *,
-    max_messages: int,
-    bars: progress.QueueProgress,
-) -> QueuePlan:
-    plan = QueuePlan(queue)
-    try:
-        plan.depth = await read_depth(clients.sqs, queue)
-    except Exception as exc:  # noqa: BLE001 - a cycle drains without a depth; so does plan
-        plan.warnings.append(f"depth unknown: {classify.from_exception(exc)}")
-    else:
-        if plan.depth.visible == 0:
-            # A cycle skips a DLQ SQS reports empty; the plan says the same by showing none.
-            return plan
-        # A cycle carries the retention on every letter, for the guards' retention check.
-        queue = replace(queue, retention_s=plan.depth.retention_s)
-    bar = bars.add(queue.name, min(max_messages, plan.depth.visible) if plan.depth else None)
-    async with peek(
-        clients.sqs,
-        queue,
-        max_messages=max_messages,
-        wait_s=settings.drain.receive_wait_s,
-        on_batch=lambda count: bars.advance(bar, count),
-    ) as seen:
-        verdicts: list[Verdict] = await decide(seen.letters) if seen.letters else []
-    bars.finish(bar)
-    plan.messages = [PlannedMessage.from_verdict(verdict) for verdict in verdicts]
-    plan.errors.extend(seen.errors)
-    plan.truncated = seen.truncated
-    return plan
-
-
 async def make_plan(
     settings: Settings,
     clients: AwsClients,
     *,
     max_messages: int,
-    bars: progress.QueueProgress,
+    bars: ReadProgress,
 ) -> PlanReport:
     """Read, resolve and assess every DLQ's messages; nothing changes but brief leases.
 
     Discovery errors and a missing parking queue propagate, as they stop a cycle.
     """
-    parking = await Parking.locate(
-        clients.sqs, settings.parking.queue, settings.parking.detail_max_bytes
-    )
-    parking_arn = queue_ref_from_url(parking.queue_url, clients.sqs.meta.region_name).arn
-    queues = await discover_queues(clients.sqs, settings.discovery, settings.parking.queue)
-    chain, _ = await open_chain(settings, clients, queues)
-    plans: list[QueuePlan] = [QueuePlan(queue) for queue in queues]
-    async with open_guards(settings, clients, [q.arn for q in queues] + [parking_arn]) as guards:
+    parking = await locate_parking(clients.sqs, settings)
+    survey = await survey_queues(clients.sqs, settings, parking)
+    chain, _ = await open_chain(settings, clients, survey.dlqs)
+    async with open_guards(settings, clients, survey.protected) as guards:
 
-        async def decide(letters: Sequence[DeadLetter]) -> list[Verdict]:
-            return await guards.assess([chain.resolve(x) for x in letters], dry_run=True)
+        async def decide(letters: list[DeadLetter]) -> list[PlannedMessage]:
+            if not letters:
+                return []
+            verdicts = await guards.assess([chain.resolve(x) for x in letters], dry_run=True)
+            return [PlannedMessage.from_verdict(verdict) for verdict in verdicts]
 
-        limiter = anyio.CapacityLimiter(settings.drain.queue_concurrency)
-
-        async def one(index: int) -> None:
-            async with limiter:
-                plans[index] = await _plan_queue(
-                    clients,
-                    settings,
-                    queues[index],
-                    decide,
-                    max_messages=max_messages,
-                    bars=bars,
-                )
-
-        async with anyio.create_task_group() as group:
-            for index in range(len(queues)):
-                group.start_soon(one, index)
-    return PlanReport(plans, max_messages)
-
-
-# -- Output ----------------------------------------------------------------------------
-
-
-def _clip(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _table(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
-    """Left-aligned columns; the last column is not padded."""
-    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]) - 1)]
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        lines.append((indent + "  ".join([*cells, row[-1]])).rstrip())
-    return lines
-
-
-def render_text(report: PlanReport) -> str:
-    """Per message one line, then the counts by queue and decision."""
-    lines: list[str] = []
-    rows: list[list[str]] = [["QUEUE", "MESSAGE ID", "RESOLVER", "TARGET", "DECISION", "DETAIL"]]
-    for plan in report.queues:
-        for message in plan.messages:
-            rows.append(
-                [
-                    plan.queue.name,
-                    message.message_id,
-                    message.resolver or "-",
-                    message.target.arn if message.target else "-",
-                    message.decision(),
-                    _clip(message.detail, TEXT_DETAIL_MAX_CHARS),
-                ]
-            )
-    if len(rows) > 1:
-        lines.extend(_table(rows))
-        lines.append("")
-    summary = report.summary()
-    lines.append(
-        f"{summary['queues']} queue(s), {summary['messages']} message(s) examined: "
-        + ", ".join(f"{count} {action}" for action, count in summary["actions"].items())
-    )
-    for plan in report.queues:
-        depth = plan.depth.describe() if plan.depth else "depth unknown"
-        note = " (--max-messages reached)" if plan.truncated else ""
-        lines.append(f"  {plan.queue.name}: {len(plan.messages)} examined{note}; {depth}")
-        counted = sorted(plan.counts().items())
-        if counted:
-            lines.extend(
-                _table(
-                    [[action, reason or "", str(count)] for (action, reason), count in counted],
-                    indent="    ",
-                )
-            )
-        lines.extend(f"    warning: {warning}" for warning in plan.warnings)
-        lines.extend(f"    error: {error}" for error in plan.errors)
-    return "\n".join(lines)
+        looks = await look_at_each(
+            clients.sqs,
+            survey.dlqs,
+            decide,
+            max_messages=max_messages,
+            wait_s=settings.drain.receive_wait_s,
+            concurrency=settings.drain.queue_concurrency,
+            progress=bars,
+        )
+    return PlanReport([QueuePlan.from_look(look) for look in looks], max_messages)
 
 
 async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int:
@@ -410,7 +312,7 @@ async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
-        print(render_text(report))
+        render.show(render.plan_document(report))
     for plan in report.failed:
         for error in plan.errors:
             print(f"retryd plan: {plan.queue.name}: {error}", file=sys.stderr)

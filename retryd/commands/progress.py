@@ -8,6 +8,8 @@ method is a no-op when progress is off, so callers never branch on it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 from rich.console import Console
@@ -57,6 +59,13 @@ class QueueProgress:
     ) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+    @contextmanager
+    def reading(self, queue: str, expected: int | None) -> Iterator[Callable[[int], None]]:
+        """A bar for reading `queue`, advanced by each batch's count, completed on leaving."""
+        task = self.add(queue, expected)
+        yield lambda messages: self.advance(task, messages)
+        self.finish(task)
 
     def add(self, queue: str, total: int | None) -> TaskID | None:
         """A bar for `queue`; `total` is how many messages are expected (None: unknown)."""

@@ -31,9 +31,9 @@ import anyio
 import structlog
 from botocore.exceptions import ClientError
 
+from retryd.admission.allowlist import lambda_may_be_target
 from retryd.aws import AwsClients, Client
 from retryd.classify import from_exception, is_missing_queue
-from retryd.commands.iam_policy import lambda_may_be_target
 from retryd.discovery.queues import queue_ref_from_url
 from retryd.models import QueueRef
 from retryd.settings import Settings

@@ -8,7 +8,6 @@ the queue URL instead of one GetQueueAttributes call per queue.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import structlog
 from botocore.exceptions import ClientError
 
 from retryd.classify import is_missing_queue
-from retryd.models import QueueRef
+from retryd.models import QueueRef, is_account_id, is_region_name
 from retryd.settings import DiscoverySettings
 
 log = structlog.get_logger("retryd.discovery")
@@ -41,10 +40,8 @@ _AWS_HOST_SUFFIXES = (
     ".c2s.ic.gov",
     ".sc2s.sgov.gov",
 )
-_REGION_LABEL = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
 # The legacy global endpoint, which always meant us-east-1.
 _LEGACY_US_EAST_1_HOST = "queue.amazonaws.com"
-_ACCOUNT_ID = re.compile(r"\d{12}")
 
 # Region prefix -> partition; the first match wins, "aws" otherwise.
 _PARTITIONS = (
@@ -84,7 +81,7 @@ def _region_from_host(host: str) -> str | None:
     if not host.endswith(_AWS_HOST_SUFFIXES):
         return None
     for label in host.split("."):
-        if _REGION_LABEL.fullmatch(label):
+        if is_region_name(label):
             return label
     return None
 
@@ -127,23 +124,39 @@ async def _list_by_prefix(sqs: Any, prefix: str) -> list[str]:
         request["NextToken"] = token
 
 
-async def _resolve_explicit(sqs: Any, entry: str) -> str | None:
-    """The queue's URL, or None (logged) when it does not exist."""
+async def find_queue_url(sqs: Any, entry: str) -> str | None:
+    """The URL of the queue a name or URL names, through this client; None when it does not exist.
+
+    ValueError when `entry` looks like a URL but is no queue URL; AWS errors other
+    than a missing queue propagate.
+    """
     request: dict[str, Any] = {"QueueName": queue_name(entry)}
     if is_queue_url(entry):
         # Asking by name plus owner both proves the queue exists and returns the URL
         # for the endpoint this client talks to.
         account = parse_queue_url(entry).account
-        if _ACCOUNT_ID.fullmatch(account):
+        if is_account_id(account):
             request["QueueOwnerAWSAccountId"] = account
     try:
         response = await sqs.get_queue_url(**request)
     except ClientError as exc:
         if not is_missing_queue(exc):
             raise
-        log.warning("explicit-queue-missing", queue=entry)
         return None
-    url: str = response["QueueUrl"]
+    return str(response["QueueUrl"])
+
+
+async def find_queue(sqs: Any, entry: str) -> QueueRef | None:
+    """The queue a name or URL names (see `find_queue_url`), or None when it does not exist."""
+    url = await find_queue_url(sqs, entry)
+    return None if url is None else queue_ref_from_url(url, sqs.meta.region_name)
+
+
+async def _resolve_explicit(sqs: Any, entry: str) -> str | None:
+    """The queue's URL, or None (logged) when it does not exist."""
+    url = await find_queue_url(sqs, entry)
+    if url is None:
+        log.warning("explicit-queue-missing", queue=entry)
     return url
 
 

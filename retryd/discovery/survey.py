@@ -1,20 +1,28 @@
-"""Looking at a DLQ without taking from it: its depth, and its messages under a lease given back.
+"""The one survey of the DLQs that the cycle, `retryd plan` and `retryd inspect` share.
 
-`retryd plan` and `retryd inspect` read messages this way; the cycle reads depth
-and retention with `read_depth`.
+Which DLQs there are and which queues must never be resubmitted into
+(`survey_queues`), how deep each DLQ is and how long it keeps a message
+(`size_up`), one receive (`receive`), and a look at the messages under a lease
+handed straight back (`peek`, and `look_at_each` over many DLQs). The commands
+see the queues the way a cycle sees them because they read them with the same code.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
 from retryd import classify
+from retryd.discovery.queues import discover_queues, find_queue, queue_ref_from_url
 from retryd.models import DeadLetter, QueueRef
+from retryd.settings import Settings
+from retryd.settle.parking import Parking
+
+T = TypeVar("T")
 
 # SQS ReceiveMessage returns at most 10 messages per call.
 RECEIVE_BATCH_MAX = 10
@@ -63,6 +71,102 @@ async def read_depth(sqs: Any, queue: QueueRef) -> Depth:
     return Depth(visible, in_flight, delayed, int(retention) if retention.isdigit() else None)
 
 
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """One DLQ as a cycle is about to read it: its depth, and its retention carried on the queue."""
+
+    # With `retention_s` set when SQS said, so every letter carries it to the guards'
+    # retention check (which rescues messages SQS is about to drop).
+    queue: QueueRef
+    depth: Depth | None
+    # Why the depth is unknown (the classified AWS error); None when it is known.
+    problem: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        """SQS reports no visible message: a cycle skips the DLQ rather than long-poll it.
+
+        SQS's count is approximate, so a message that arrived just now waits for the next look.
+        """
+        return self.depth is not None and self.depth.visible == 0
+
+
+async def size_up(sqs: Any, queue: QueueRef) -> Sizing:
+    """The queue's depth and retention; an AWS error is kept as the `problem`, never raised.
+
+    No depth is no reason not to read the queue: the caller reads it regardless.
+    """
+    try:
+        depth = await read_depth(sqs, queue)
+    except Exception as exc:  # noqa: BLE001 - a cycle drains without a depth; so do the commands
+        return Sizing(queue, None, str(classify.from_exception(exc)))
+    return Sizing(replace(queue, retention_s=depth.retention_s), depth)
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """The DLQs to read, and the parking queue beside them."""
+
+    dlqs: list[QueueRef]
+    parking_arn: str
+
+    @property
+    def protected(self) -> list[str]:
+        """ARNs no message may be resubmitted into: every DLQ, and the parking queue."""
+        return [queue.arn for queue in self.dlqs] + [self.parking_arn]
+
+
+async def locate_parking(sqs: Any, settings: Settings) -> Parking:
+    """The parking queue; ParkingQueueMissingError when it does not exist (it stops a cycle)."""
+    return await Parking.locate(sqs, settings.parking.queue, settings.parking.detail_max_bytes)
+
+
+async def survey_queues(sqs: Any, settings: Settings, parking: Parking) -> Survey:
+    """Every DLQ this cycle drains, beside `parking`; discovery's AWS errors propagate."""
+    dlqs = await discover_queues(sqs, settings.discovery, settings.parking.queue)
+    return Survey(dlqs, queue_ref_from_url(parking.queue_url, sqs.meta.region_name).arn)
+
+
+async def select_queues(
+    sqs: Any, settings: Settings, names: Sequence[str]
+) -> tuple[list[QueueRef], list[str]]:
+    """The named queues (those found, then the names not found), or every discovered DLQ.
+
+    A name is resolved as an explicit `discovery.queues` entry is; an entry that is
+    no queue URL is not found.
+    """
+    if not names:
+        return await discover_queues(sqs, settings.discovery, settings.parking.queue), []
+    queues: dict[str, QueueRef] = {}
+    missing: list[str] = []
+    for entry in names:
+        try:
+            ref = await find_queue(sqs, entry)
+        except ValueError:
+            ref = None
+        if ref is None:
+            missing.append(entry)
+        else:
+            queues.setdefault(ref.arn, ref)
+    return list(queues.values()), missing
+
+
+async def receive(
+    sqs: Any, queue: QueueRef, *, max_messages: int, wait_s: int, lease_s: int
+) -> list[DeadLetter]:
+    """One ReceiveMessage: up to `max_messages` (at most 10) with every attribute, leased for
+    `lease_s`; none when the queue is empty. AWS errors propagate."""
+    response = await sqs.receive_message(
+        QueueUrl=queue.url,
+        MaxNumberOfMessages=max_messages,
+        WaitTimeSeconds=wait_s,
+        VisibilityTimeout=lease_s,
+        MessageAttributeNames=["All"],
+        MessageSystemAttributeNames=["All"],
+    )
+    return [DeadLetter.from_wire(queue, raw) for raw in response.get("Messages", [])]
+
+
 @dataclass
 class Peek:
     """The messages read from one DLQ under a lease, and what went wrong reading them."""
@@ -88,24 +192,17 @@ async def _receive_all(
     while len(found.letters) < max_messages:
         want = min(RECEIVE_BATCH_MAX, max_messages - len(found.letters))
         try:
-            response = await sqs.receive_message(
-                QueueUrl=found.queue.url,
-                MaxNumberOfMessages=want,
-                WaitTimeSeconds=wait_s,
-                VisibilityTimeout=lease_s,
-                MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=["All"],
+            letters = await receive(
+                sqs, found.queue, max_messages=want, wait_s=wait_s, lease_s=lease_s
             )
         except Exception as exc:  # noqa: BLE001 - reported per queue; the other queues go on
             found.errors.append(f"receive failed: {classify.from_exception(exc)}")
             return
-        messages = response.get("Messages", [])
-        if not messages:
+        if not letters:
             return
         repeated = False
         fresh = 0
-        for raw in messages:
-            letter = DeadLetter.from_wire(found.queue, raw)
+        for letter in letters:
             repeated = repeated or letter.message_id in found.handles
             if letter.message_id not in found.handles:
                 found.letters.append(letter)
@@ -180,3 +277,88 @@ async def peek(
     finally:
         with anyio.move_on_after(RELEASE_SHIELD_S, shield=True):
             result.errors.extend(await release(sqs, queue, result.handles, lease_s))
+
+
+class ReadProgress(Protocol):
+    """Where `look_at_each` reports how far it has read (commands.progress draws it)."""
+
+    def reading(
+        self, queue: str, expected: int | None
+    ) -> AbstractContextManager[Callable[[int], None]]:
+        """The context of reading `queue` (about `expected` messages); given each batch's size."""
+        ...
+
+
+@dataclass
+class Look(Generic[T]):
+    """One DLQ read under leases handed back: its depth, and what `examine` made of its messages."""
+
+    queue: QueueRef
+    depth: Depth | None = None
+    # None when the queue was not read (SQS reported it empty).
+    finding: T | None = None
+    sampled: int = 0
+    # The read stopped at `max_messages` rather than at the end of the queue.
+    truncated: bool = False
+    errors: list[str] = field(default_factory=list)
+    # Trouble that did not stop the queue being read (its depth unknown).
+    warnings: list[str] = field(default_factory=list)
+
+
+async def look_at(
+    sqs: Any,
+    queue: QueueRef,
+    examine: Callable[[list[DeadLetter]], Awaitable[T]],
+    *,
+    max_messages: int,
+    wait_s: int,
+    progress: ReadProgress,
+) -> Look[T]:
+    """Size the queue up, skip it when empty, else peek and `examine` while the leases are held."""
+    sizing = await size_up(sqs, queue)
+    look: Look[T] = Look(queue, sizing.depth)
+    if sizing.problem is not None:
+        look.warnings.append(f"depth unknown: {sizing.problem}")
+    if sizing.empty:
+        return look
+    expected = min(max_messages, sizing.depth.visible) if sizing.depth else None
+    with progress.reading(queue.name, expected) as advance:
+        async with peek(
+            sqs, sizing.queue, max_messages=max_messages, wait_s=wait_s, on_batch=advance
+        ) as seen:
+            look.finding = await examine(seen.letters)
+    look.sampled = len(seen.letters)
+    look.truncated = seen.truncated
+    look.errors.extend(seen.errors)
+    return look
+
+
+async def look_at_each(
+    sqs: Any,
+    queues: Sequence[QueueRef],
+    examine: Callable[[list[DeadLetter]], Awaitable[T]],
+    *,
+    max_messages: int,
+    wait_s: int,
+    concurrency: int,
+    progress: ReadProgress,
+) -> list[Look[T]]:
+    """`look_at` every queue, `concurrency` at a time; the looks in the order of `queues`."""
+    looks: list[Look[T]] = [Look(queue) for queue in queues]
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one(index: int) -> None:
+        async with limiter:
+            looks[index] = await look_at(
+                sqs,
+                queues[index],
+                examine,
+                max_messages=max_messages,
+                wait_s=wait_s,
+                progress=progress,
+            )
+
+    async with anyio.create_task_group() as group:
+        for index in range(len(queues)):
+            group.start_soon(one, index)
+    return looks

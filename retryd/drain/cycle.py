@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import anyio
 import structlog
@@ -14,8 +14,14 @@ from retryd.admission import build_guards
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
 from retryd.discovery.feeds import FeedCache
-from retryd.discovery.queues import discover_queues, queue_ref_from_url
-from retryd.discovery.survey import RECEIVE_BATCH_MAX, read_depth
+from retryd.discovery.survey import (
+    RECEIVE_BATCH_MAX,
+    Sizing,
+    locate_parking,
+    receive,
+    size_up,
+    survey_queues,
+)
 from retryd.drain.batch import Pipeline
 from retryd.errors import ParkingQueueMissingError, RetrydError
 from retryd.ledger import Ledger
@@ -149,25 +155,19 @@ class Cycle:
             ledger=ledger,
         )
         self._pipeline: Pipeline | None = None
-        self._parking_arn = ""
+        self._parking: Parking | None = None
 
     @property
     def feeds(self) -> FeedCache:
         """What feeds each DLQ, as last learned (read-only; `retryd inspect` shows it)."""
         return self._feeds
 
-    async def _ready_pipeline(self) -> Pipeline:
-        if self._pipeline is None:
+    async def _ready_pipeline(self) -> tuple[Pipeline, Parking]:
+        if self._pipeline is None or self._parking is None:
             # Located every cycle until found, so a missing parking queue stops
             # draining (nothing could be parked) without stopping the daemon.
-            parking = await Parking.locate(
-                self._clients.sqs,
-                self._settings.parking.queue,
-                self._settings.parking.detail_max_bytes,
-            )
-            self._parking_arn = queue_ref_from_url(
-                parking.queue_url, self._clients.sqs.meta.region_name
-            ).arn
+            parking = await locate_parking(self._clients.sqs, self._settings)
+            self._parking = parking
             self._pipeline = Pipeline(
                 sqs=self._clients.sqs,
                 chain=self._chain,
@@ -177,22 +177,21 @@ class Cycle:
                 metrics=self._metrics,
                 log_payloads=self._settings.log.include_payloads,
             )
-        return self._pipeline
+        return self._pipeline, self._parking
 
     async def run(self, stopping: anyio.Event, *, collect: bool = False) -> CycleReport:
         """Discover and drain; never raises for AWS trouble, which is reported instead."""
         report = CycleReport(decisions=[] if collect else None)
         started = anyio.current_time()
         try:
-            pipeline = await self._ready_pipeline()
-            queues = await discover_queues(
-                self._clients.sqs, self._settings.discovery, self._settings.parking.queue
-            )
+            pipeline, parking = await self._ready_pipeline()
+            survey = await survey_queues(self._clients.sqs, self._settings, parking)
+            queues = survey.dlqs
             await self._feeds.refresh_if_due(self._clients, queues)
             report.queues = len(queues)
             report.discovered = True
             self._metrics.set_queues_discovered(len(queues))
-            self._guards.protect_queues([q.arn for q in queues] + [self._parking_arn])
+            self._guards.protect_queues(survey.protected)
             run = _Run(pipeline, started + self._settings.drain.cycle_budget_s, stopping, report)
             limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
             async with anyio.create_task_group() as group:
@@ -218,14 +217,13 @@ class Cycle:
         async with limiter:
             if not run.go_on:
                 return
-            visible, retention_s = await self._visible(queue)
-            if visible == 0:
+            sizing = await self._size_up(queue)
+            if sizing.empty:
                 # Most DLQs are empty most of the time: one cheap call instead of a
-                # long poll per empty queue. SQS's count is approximate, so a message
-                # that arrived just now waits for the next cycle.
+                # long poll per empty queue.
                 return
-            # Carried on every letter, so the guards can rescue messages SQS is about to drop.
-            queue = replace(queue, retention_s=retention_s)
+            # Its retention rides on every letter, for the guards' retention check.
+            queue = sizing.queue
             state = _QueueDrain(queue, self._settings.drain.max_messages_per_queue)
             async with anyio.create_task_group() as group:
                 for _ in range(self._settings.drain.workers_per_queue):
@@ -263,38 +261,31 @@ class Cycle:
             report.received += len(fresh)
             report.add(await run.pipeline.handle(state.queue, fresh, act_by))
 
-    async def _visible(self, queue: QueueRef) -> tuple[int | None, int | None]:
-        """Visible messages in `queue` (its depth exported) and its retention in seconds.
-
-        Either is None when SQS did not say.
-        """
-        try:
-            depth = await read_depth(self._clients.sqs, queue)
-        except Exception as exc:  # noqa: BLE001 - no depth is no reason not to drain
-            log.warning("depth-unknown", queue=queue.name, error=str(classify.from_exception(exc)))
-            return None, None
-        self._metrics.set_dlq_depth(queue.name, depth.visible, depth.in_flight, depth.delayed)
-        return depth.visible, depth.retention_s
+    async def _size_up(self, queue: QueueRef) -> Sizing:
+        """The queue's depth (exported) and retention; an unknown depth is logged, not fatal."""
+        sizing = await size_up(self._clients.sqs, queue)
+        if sizing.depth is None:
+            log.warning("depth-unknown", queue=queue.name, error=sizing.problem)
+        else:
+            depth = sizing.depth
+            self._metrics.set_dlq_depth(queue.name, depth.visible, depth.in_flight, depth.delayed)
+        return sizing
 
     async def _receive(
         self, state: _QueueDrain, want: int, report: CycleReport
     ) -> list[DeadLetter] | None:
         """The next batch, or None when the queue is empty or cannot be read."""
         try:
-            response = await self._clients.sqs.receive_message(
-                QueueUrl=state.queue.url,
-                MaxNumberOfMessages=want,
-                WaitTimeSeconds=self._settings.drain.receive_wait_s,
-                VisibilityTimeout=self._settings.drain.visibility_timeout_s,
-                MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=["All"],
+            letters = await receive(
+                self._clients.sqs,
+                state.queue,
+                max_messages=want,
+                wait_s=self._settings.drain.receive_wait_s,
+                lease_s=self._settings.drain.visibility_timeout_s,
             )
         except Exception as exc:  # noqa: BLE001 - this queue is skipped, the others go on
             error = classify.from_exception(exc)
             report.errors.append(f"{state.queue.name}: {error}")
             log.warning("receive-failed", queue=state.queue.name, error=str(error))
             return None
-        messages = response.get("Messages", [])
-        if not messages:
-            return None
-        return [DeadLetter.from_wire(state.queue, raw) for raw in messages]
+        return letters or None

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 import anyio
 
 from retryd.aws import AwsClients, open_clients
+from retryd.commands.render import Column, Document, Line, Table, show
 from retryd.drain.cycle import CycleReport
 from retryd.models import Decision
 from retryd.sandbox.emulator import MotoServer
@@ -39,6 +40,15 @@ from retryd.service.lifecycle import run_once
 # The emulator accepts any credentials; these only keep botocore from looking for real ones.
 SANDBOX_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox"}
 
+DECISION_COLUMNS = (
+    Column("DLQ", min_width=8),
+    Column("MESSAGE", min_width=12),
+    Column("COUNT", justify="right"),
+    Column("OUTCOME", min_width=8),
+    Column("TARGET / REASON", min_width=16),
+)
+WHERE_COLUMNS = (Column("WHERE", min_width=12), Column("WHAT", min_width=16))
+
 
 def _describe(decision: Decision) -> str:
     if decision.outcome.value == "resubmitted":
@@ -52,13 +62,15 @@ def _describe(decision: Decision) -> str:
     return f"{decision.reason}: {detail}"[:160]
 
 
-async def _where_now(clients: AwsClients, world: DemoWorld, invocations: int) -> list[str]:
+async def _where_now(
+    clients: AwsClients, world: DemoWorld, invocations: int
+) -> list[tuple[str, str]]:
     executions = (
         await clients.stepfunctions.list_executions(stateMachineArn=world.state_machine_arn)
     )["executions"]
     parked = await parked_reasons(clients, world.queue_urls[PARKING])
     left = sum([await count(clients, world.queue_urls[dlq]) for dlq in world.dlqs])
-    rows = [
+    return [
         ("Lambda charge", f"{invocations} async invocation(s)"),
         ("Step Functions fulfil", f"{len(executions)} execution(s)"),
         ("SQS invoices", f"{await count(clients, world.queue_urls['invoices'])} message(s)"),
@@ -79,29 +91,44 @@ async def _where_now(clients: AwsClients, world: DemoWorld, invocations: int) ->
         ),
         ("DLQs (retry-*)", f"{left} message(s) left"),
     ]
-    return [f"  {name:<24} {value}" for name, value in rows]
 
 
 def _print_report(
-    server: MotoServer, world: DemoWorld, report: CycleReport, where: list[str]
+    server: MotoServer, world: DemoWorld, report: CycleReport, where: list[tuple[str, str]]
 ) -> None:
-    print(f"retryd sandbox: AWS emulator at {server.url}, account {ACCOUNT}, {REGION}")
-    print(f"demo DLQs: {', '.join(world.dlqs)} ({world.message_count} messages)\n")
     # Identical demo messages (with --scale) are shown once, with how many there were.
     rows: Counter[tuple[str, str, str, str]] = Counter()
     for decision in report.decisions or []:
         label = world.labels.get(decision.letter.message_id, decision.letter.message_id)
         rows[(decision.letter.queue.name, label, decision.outcome.value, _describe(decision))] += 1
-    width = max([len("DLQ"), *(len(queue) for queue, *_ in rows)])
-    print(f"{'DLQ':<{width}} {'MESSAGE':<42} {'COUNT':>5}  {'OUTCOME':<12} TARGET / REASON")
-    for (queue, label, outcome, description), copies in sorted(rows.items()):
-        print(f"{queue:<{width}} {label:<42} {copies:>5}  {outcome:<12} {description}")
-    print(f"\nsummary: {report.summary()}")
     handled = sum(report.outcomes.values())
     rate = handled / report.duration_s if report.duration_s > 0 else 0.0
-    print(f"throughput: {handled} messages settled in {report.duration_s:.2f}s ({rate:.0f} msg/s)")
-    print("where every copy is now:")
-    print("\n".join(where))
+    decisions = [
+        [queue, label, str(copies), outcome, description]
+        for (queue, label, outcome, description), copies in sorted(rows.items())
+    ]
+    show(
+        Document(
+            [
+                [
+                    Line(
+                        f"retryd sandbox: AWS emulator at {server.url}, account {ACCOUNT}, {REGION}"
+                    ),
+                    Line(f"demo DLQs: {', '.join(world.dlqs)} ({world.message_count} messages)"),
+                ],
+                [Table(DECISION_COLUMNS, decisions)],
+                [
+                    Line(f"summary: {report.summary()}"),
+                    Line(
+                        f"throughput: {handled} messages settled in {report.duration_s:.2f}s"
+                        f" ({rate:.0f} msg/s)"
+                    ),
+                    Line("where every copy is now:"),
+                    Table(WHERE_COLUMNS, [list(row) for row in where], indent=2, show_header=False),
+                ],
+            ]
+        )
+    )
 
 
 async def _main(server: MotoServer, scale: int) -> int:

@@ -7,6 +7,8 @@ bug (each was an `xfail(strict=True)` until its fix landed).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +351,30 @@ def test_latest_is_one_spelling_of_the_unqualified_function_for_every_shape() ->
     plain = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:charge"
     assert Target.from_arn(plain + ":$LATEST") == Target.from_arn(plain)
     assert Target.from_arn(plain + ":live").arn == plain + ":live"
+
+
+@pytest.mark.usefixtures("keep_logging_config")
+def test_inspect_prints_a_messages_escape_sequences_spelled_out_and_survives_a_lone_surrogate(
+    world: World, tmp_path: Path
+) -> None:
+    """An error recorded with terminal escapes and a lone surrogate: shown escaped, exit 0."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-hostile")
+    function_arn = world.create_function("charge")
+    error = {"code": "Boom", "message": "\x1b]0;owned\x07\x1b[2J cleared \ud800"}
+    world.send("retry-hostile", envelope("lambda", function_arn, {}, error=error))
+
+    # A real process writing to a pipe: capsys would accept what stdout cannot encode.
+    done = subprocess.run(
+        [sys.executable, "-m", "retryd", "inspect", "--config", config_file(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout
+    assert "\x07" not in done.stdout
+    assert "Boom: \\x1b]<n>;owned\\x07\\x1b[<n>J cleared \\ud800" in done.stdout
+    assert depth(world, "retry-hostile") == (1, 0)
