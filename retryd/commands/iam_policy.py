@@ -38,7 +38,7 @@ from typing import Any
 
 from retryd.admission.allowlist import parse_glob
 from retryd.discovery.queues import is_queue_url, parse_queue_url, partition_for_region
-from retryd.errors import ConfigError
+from retryd.errors import ConfigError, ExitCode
 from retryd.settings import GuardSettings, Settings
 
 POLICY_VERSION = "2012-10-17"
@@ -290,4 +290,4 @@ def run_iam_policy(
 ) -> int:
     """Print the policy document as JSON; exit status 0 (errors raise ConfigError: exit 2)."""
     print(render(policy_document(settings, account=account, region=region, partition=partition)))
-    return 0
+    return ExitCode.OK

@@ -33,6 +33,7 @@ from retryd.discovery.queues import (
     queue_ref_from_url,
 )
 from retryd.discovery.survey import Depth, peek, read_depth
+from retryd.errors import ExitCode
 from retryd.models import DeadLetter, Job, QueueRef
 from retryd.resolve import ResolverChain
 from retryd.resolve.static_route import StaticRouteResolver
@@ -394,7 +395,7 @@ async def run_inspect(
     """The `inspect` command: 0, or 1 when a queue is missing or could not be read."""
     if max_messages < 1:
         print("retryd inspect: --max-messages must be at least 1", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     async with open_clients(settings.aws) as clients:
         try:
             with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
@@ -406,7 +407,7 @@ async def run_inspect(
                 f"retryd inspect: cannot find the DLQs: {classify.from_exception(exc)}",
                 file=sys.stderr,
             )
-            return 1
+            return ExitCode.AWS
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -418,4 +419,4 @@ async def run_inspect(
     for inspection in report.queues:
         for error in inspection.errors:
             print(f"retryd inspect: {inspection.queue.name}: {error}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return ExitCode.CYCLE_FAILED if report.failed else ExitCode.OK

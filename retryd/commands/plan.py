@@ -30,6 +30,7 @@ from retryd.commands import progress
 from retryd.discovery.feeds import FeedCache, FeedMap
 from retryd.discovery.queues import discover_queues, queue_ref_from_url
 from retryd.discovery.survey import Depth, peek, read_depth
+from retryd.errors import ExitCode
 from retryd.ledger import Ledger, open_ledger
 from retryd.models import DeadLetter, QueueRef, Target
 from retryd.resolve import ResolverChain, build_chain
@@ -386,7 +387,7 @@ async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int
     """The `plan` command: 0, or 1 when some queue could not be read (named on stderr)."""
     if max_messages < 1:
         print("retryd plan: --max-messages must be at least 1", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     async with open_clients(settings.aws) as clients:
         try:
             with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
@@ -396,7 +397,7 @@ async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int
                 f"retryd plan: cannot list the DLQs: {classify.from_exception(exc)}",
                 file=sys.stderr,
             )
-            return 1
+            return ExitCode.AWS
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -404,4 +405,4 @@ async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int
     for plan in report.failed:
         for error in plan.errors:
             print(f"retryd plan: {plan.queue.name}: {error}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return ExitCode.CYCLE_FAILED if report.failed else ExitCode.OK

@@ -23,6 +23,7 @@ import anyio
 from retryd.aws import AwsClients, open_clients
 from retryd.commands.progress import QueueProgress
 from retryd.drain.cycle import CycleReport
+from retryd.errors import ExitCode
 from retryd.models import Decision
 from retryd.sandbox.emulator import MotoServer
 from retryd.sandbox.world import (
@@ -133,7 +134,7 @@ async def _main(server: MotoServer, scale: int) -> int:
         where = await _where_now(clients, world, invocations)
     _print_report(server, world, report, where)
     unaccounted = world.message_count - sum(report.outcomes.values())
-    return 0 if report.ok and unaccounted == 0 else 1
+    return ExitCode.OK if report.ok and unaccounted == 0 else ExitCode.CYCLE_FAILED
 
 
 def _aws_environment(server: MotoServer) -> dict[str, str]:
@@ -193,7 +194,7 @@ async def _serve(server: MotoServer, scale: int, config: Path, http_port: int) -
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             break
-    return 0
+    return ExitCode.OK
 
 
 def serve_sandbox(scale: int = 1, port: int = 0) -> int:
