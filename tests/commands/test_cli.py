@@ -193,8 +193,13 @@ def test_sandbox_runs_with_no_aws_account() -> None:
     assert re.search(r"SQS intake +1 message", out)
     assert re.search(r"Lambda charge +3 async invocation", out)
     assert "0 message(s) left" in out
-    # Not a TTY here, so the build's progress is one plain line rather than a bar.
-    assert re.search(r"building the demo world \(\d+ messages\)", done.stderr)
+    # Not a TTY here, so the build's progress is one plain line rather than a bar, and it
+    # counts to exactly the messages the world then holds.
+    planned = re.search(r"building the demo world \((\d+) messages\)", done.stderr)
+    built = re.search(r"demo DLQs: .* \((\d+) messages\)", out)
+    assert planned is not None
+    assert built is not None
+    assert planned.group(1) == built.group(1)
 
 
 def test_run_serves_metrics_and_probes_while_it_works(world: World, tmp_path: Path) -> None:
@@ -265,7 +270,7 @@ def test_sandbox_without_the_extra_says_how_to_install_it() -> None:
 
 
 def test_sandbox_serve_lets_plan_predict_exactly_what_once_does() -> None:
-    """`sandbox --serve` keeps the demo world up; `plan` there foretells `once`'s every count."""
+    """`sandbox --serve`: `plan` there foretells `once`'s every count; its `run` line serves."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RETRYD_"))}
     server = subprocess.Popen(
         [sys.executable, "-m", "retryd", "sandbox", "--serve"],
