@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
-import shtab
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd import classify
 from retryd.errors import (
     ExitCode,
     RetrydError,
@@ -78,14 +76,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, on_command: bool) ->
     """
     default = argparse.SUPPRESS if on_command else None
     group = parser.add_argument_group("global options (before or after the command)")
-    config = group.add_argument(
+    group.add_argument(
         "--config",
         type=Path,
         metavar="PATH",
         default=default,
         help=f"TOML settings file (default: ${CONFIG_ENV}, else environment only)",
     )
-    config.complete = shtab.FILE  # type: ignore[attr-defined]  # shtab reads this attribute
     group.add_argument(
         "--region",
         metavar="REGION",
@@ -475,8 +472,27 @@ def _config_check(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and every command parser under it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found.extend(_parsers(child))
+    return found
+
+
 def _completion(args: argparse.Namespace) -> int:
-    print(shtab.complete(build_parser(), shell=args.shell))
+    # shtab generates the script from the parser itself, so completion cannot drift from
+    # the options; imported here so that every other command starts without it.
+    import shtab  # noqa: PLC0415
+
+    parser = build_parser()
+    for each in _parsers(parser):
+        for action in each._actions:
+            if "--config" in action.option_strings:
+                action.complete = shtab.FILE  # type: ignore[attr-defined]  # read by shtab
+    print(shtab.complete(parser, shell=args.shell))
     return ExitCode.OK
 
 
@@ -521,6 +537,8 @@ def _explain(exc: BaseException) -> ExitCode | None:
         print(f"retryd: {exc}", file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, BotoCoreError | ClientError):
+        from retryd import classify  # noqa: PLC0415 - keeps `--help` fast
+
         print(f"retryd: AWS: {classify.from_exception(exc)}", file=sys.stderr)
         return ExitCode.AWS
     return None
