@@ -27,7 +27,7 @@ COPY retryd ./retryd
 # `pip check` proves the pins satisfy the wheel's own requirements; pip and
 # setuptools then leave the venv, which the final image copies as it is.
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && /opt/retryd/bin/pip install --no-cache-dir --no-deps /wheels/retryd-*.whl \
+ && /opt/retryd/bin/pip install --no-cache-dir --no-deps /wheels/retryd_aws-*.whl \
  && /opt/retryd/bin/pip check \
  && /opt/retryd/bin/pip uninstall --yes pip setuptools
 

@@ -1,21 +1,27 @@
 """AWS clients for one run, built from the standard AWS chain plus retryd's call tuning.
 
 Endpoint, region and credentials are left to botocore's own resolution
-(AWS_ENDPOINT_URL, AWS_REGION, profiles, the ECS task role); retryd only says how
-patient each call is. Throttling of retryd's own API calls is botocore's job
-(its standard/adaptive retry modes), kept apart from retryd's message attempts.
+(AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, profiles, the ECS task role), with one
+addition: AWS_REGION, which the AWS SDKs for other languages and the Lambda and
+ECS runtimes set, is honoured when AWS_DEFAULT_REGION is not (botocore reads only
+the latter). retryd only says how patient each call is. Throttling of retryd's
+own API calls is botocore's job (its standard/adaptive retry modes), kept apart
+from retryd's message attempts.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
+from botocore.exceptions import ProfileNotFound
 
+from retryd.errors import AwsSetupError
 from retryd.settings import AwsSettings
 
 # aiobotocore builds clients from service models at run time: there is no static
@@ -45,10 +51,41 @@ def client_config(settings: AwsSettings) -> AioConfig:
     )
 
 
+NO_REGION = (
+    "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, a region in the AWS profile, "
+    "or --region)"
+)
+
+
+def region_from_environ(environ: Mapping[str, str]) -> str | None:
+    """The region the environment names: AWS_DEFAULT_REGION first (botocore's), then AWS_REGION."""
+    return environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or None
+
+
+def open_session(environ: Mapping[str, str] | None = None) -> aioboto3.Session:
+    """A session whose profile exists and which knows its region, or AwsSetupError saying why not.
+
+    Checked here, once, rather than left to the first client: botocore's own
+    errors (NoRegionError, ProfileNotFound) would surface as a traceback from
+    wherever that happens to be.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        # An explicit region would override the profile's own, so it is passed only
+        # when the environment names one; otherwise the profile (or IMDS) decides.
+        session = aioboto3.Session(region_name=region_from_environ(environ))
+        region = session.region_name
+    except ProfileNotFound as exc:
+        raise AwsSetupError(f"{exc}: fix AWS_PROFILE (or --profile)") from None
+    if not region:
+        raise AwsSetupError(NO_REGION)
+    return session
+
+
 @asynccontextmanager
 async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
     """Open every client once; they are closed together when the run ends."""
-    session = aioboto3.Session()
+    session = open_session()
     config = client_config(settings)
     async with AsyncExitStack() as stack:
 

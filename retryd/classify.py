@@ -1,8 +1,10 @@
-"""Every AWS failure, in one place, sorted into transient (retry later) or permanent (park now).
+"""Every AWS failure, in one place: transient (retry later), permanent (park now), or config.
 
 Transient failures leave the message in its DLQ to reappear after its lease, so
 an unknown error code is treated as transient: the worst case is a message that
-waits, never one that is parked or lost on a guess.
+waits, never one that is parked or lost on a guess. Configuration failures
+(retryd's own credentials or set-up) also leave the message where it is, but
+are named as such: waiting will not fix them, a person has to.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     HTTPClientError,
+    NoCredentialsError,
     ParamValidationError,
+    PartialCredentialsError,
+    ProfileNotFound,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
@@ -136,6 +141,8 @@ def from_exception(exc: BaseException) -> SendError:
     """Any exception from an AWS call, as a SendError; network trouble is transient."""
     if isinstance(exc, ClientError):
         return from_client_error(exc)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
+        return SendError(ErrorClass.CONFIG, type(exc).__name__, str(exc))
     if isinstance(exc, ParamValidationError):
         # botocore refused to send it: the request itself is malformed.
         return SendError(ErrorClass.PERMANENT, "ParamValidationError", str(exc))

@@ -12,8 +12,6 @@ the build pseudo-metric, and a sum over any label still meaning something.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -22,6 +20,8 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
+
+from retryd.version import package_version
 
 # prometheus_client adds a `<name>_created` gauge beside every counter and histogram
 # series in the text format, doubling the series Prometheus stores for a start time
@@ -54,14 +54,6 @@ def _check_breaker_state(state: str) -> str:
 
 def _label(value: str) -> str:
     return value or NO_LABEL
-
-
-def _package_version() -> str:
-    try:
-        return version("retryd")
-    except PackageNotFoundError:
-        # Running from a source tree that was never installed.
-        return "unknown"
 
 
 class Metrics:
@@ -160,7 +152,7 @@ class Metrics:
             "retryd_build",
             "The running retryd's version, as the label of a constant 1.",
             registry=registry,
-        ).info({"version": _package_version()})
+        ).info({"version": package_version()})
         # Both series exist from the start so that rate() and absent-alerts see a
         # zero rather than nothing before the first error.
         for result in ("ok", "error"):

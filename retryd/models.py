@@ -317,10 +317,16 @@ class Outcome(StrEnum):
 
 
 class ErrorClass(StrEnum):
-    """How a failed AWS call is treated: retried later, or parked now."""
+    """How a failed AWS call is treated: retried later, parked now, or left for a person.
+
+    CONFIG is retryd's own set-up, not the message's or the target's fault (no
+    credentials, a missing ledger table): the message stays in its DLQ, like a
+    transient failure, but another cycle will not fix it and it is said so.
+    """
 
     TRANSIENT = "transient"
     PERMANENT = "permanent"
+    CONFIG = "config"
 
 
 @dataclass(frozen=True, slots=True)

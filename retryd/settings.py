@@ -7,8 +7,10 @@ so retryd behaves like every other AWS tool on the same host.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,7 +24,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from retryd.errors import ConfigError
 from retryd.models import Target
@@ -329,12 +336,62 @@ def _check_env_names(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
+def _is_structured(annotation: Any) -> bool:
+    """Whether pydantic-settings reads this field's env value as JSON (lists, dicts, groups)."""
+    origin = typing.get_origin(annotation) or annotation
+    if origin is Annotated:
+        return _is_structured(typing.get_args(annotation)[0])
+    return origin in (list, dict, set, tuple) or (
+        isinstance(origin, type) and issubclass(origin, BaseModel)
+    )
+
+
+def _env_field(name: str) -> Any:
+    """The annotation RETRYD_<GROUP>[__<FIELD>] sets, or None when it names no field."""
+    parts = name.removeprefix(ENV_PREFIX).lower().split("__")
+    fields: Mapping[str, Any] = Settings.model_fields
+    annotation: Any = None
+    for part in parts:
+        field = fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        is_group = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        fields = annotation.model_fields if is_group else {}
+    return annotation
+
+
+def _unparsable_env(environ: Mapping[str, str]) -> list[str]:
+    """RETRYD_* values that must be JSON (lists, tables) and are not, each named."""
+    problems = []
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        annotation = _env_field(name)
+        if annotation is None or not _is_structured(annotation):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            problems.append(
+                f"{name}: not valid JSON (lists and tables are given as JSON, "
+                """e.g. '["arn:aws:lambda:*"]')"""
+            )
+    return problems
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a TOML file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
 
@@ -364,6 +421,10 @@ def load_settings(path: Path | None = None) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         problems.extend(format_validation_error(exc))
+        raise ConfigError(problems) from None
+    except SettingsError as exc:
+        # pydantic-settings names the group, not the variable, and only the first one.
+        problems.extend(_unparsable_env(env) or [str(exc)])
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)

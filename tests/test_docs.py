@@ -101,7 +101,7 @@ def _leaf_commands(
 def test_cli_page_names_every_command_and_option() -> None:
     """Each command of the parser has its own section, listing each of its options."""
     page = reference.cli_page()
-    found = list(_leaf_commands(cli._parser()))
+    found = list(_leaf_commands(cli.build_parser()))
     assert len(found) >= 8, "the parser walk found too few commands"
     for name, parser in found:
         assert f"\n## `{name}`" in page, f"{name} has no section"

@@ -246,7 +246,7 @@ def commands(
     parser: argparse.ArgumentParser | None = None, prefix: str = "retryd"
 ) -> Iterator[tuple[str, str, argparse.ArgumentParser]]:
     """Every command that does something (leaves of the subcommand tree), depth first."""
-    parser = parser or cli._parser()
+    parser = parser or cli.build_parser()
     for name, help_text, sub in _subcommands(parser):
         full = f"{prefix} {name}"
         children = list(_subcommands(sub))
@@ -262,7 +262,7 @@ def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
         if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
             continue
         if action.option_strings:
-            name = ", ".join(action.option_strings)
+            name = "`, `".join(action.option_strings)
             if action.nargs != 0:
                 shown = action.metavar
                 if shown is None and action.choices is not None:
@@ -302,7 +302,7 @@ def _help_width(columns: int = 90) -> Iterator[None]:
 def cli_page() -> str:
     """The command-line reference: every command, its usage and every option."""
     with _help_width():
-        return _cli_page(cli._parser())
+        return _cli_page(cli.build_parser())
 
 
 def _cli_page(parser: argparse.ArgumentParser) -> str:
@@ -402,21 +402,8 @@ def metrics_page() -> str:
 
 
 def exit_codes() -> list[tuple[int, str]]:
-    """(code, meaning) for every exit status retryd documents, from the code.
-
-    Today the meanings live in the CLI's epilog ("exit codes: 0 ok, 1 ..."); once
-    `retryd.errors` has an `ExitCode` enum this becomes
-    `[(int(code), code.meaning) for code in ExitCode]`.
-    """
-    text = " ".join(cli.EPILOG.split())
-    match = re.search(r"exit codes:\s*(.*?)\.(?:\s|$)", text)
-    if match is None:
-        raise ValueError("the CLI epilog no longer lists its exit codes")
-    codes = []
-    for item in match.group(1).split(","):
-        code, _, meaning = item.strip().partition(" ")
-        codes.append((int(code), meaning))
-    return codes
+    """(code, meaning) for every exit status retryd documents, from `retryd.errors.ExitCode`."""
+    return [(int(code), code.meaning) for code in errors.ExitCode]
 
 
 def _errors_by_code() -> dict[int, list[type[errors.RetrydError]]]:

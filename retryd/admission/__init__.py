@@ -5,6 +5,8 @@ from retryd.admission.allowlist import Allowlist
 from retryd.admission.attempts import attempts_exhausted
 from retryd.admission.guards import Guards, build_guards
 from retryd.admission.verdicts import (
+    CONFIG_REASONS,
+    LEDGER_MISCONFIGURED,
     LEDGER_UNAVAILABLE,
     Defer,
     DeferReason,
@@ -13,9 +15,12 @@ from retryd.admission.verdicts import (
     Hold,
     Park,
     Verdict,
+    ledger_hold_reason,
 )
 
 __all__ = [
+    "CONFIG_REASONS",
+    "LEDGER_MISCONFIGURED",
     "LEDGER_UNAVAILABLE",
     "Allowlist",
     "Defer",
@@ -28,4 +33,5 @@ __all__ = [
     "Verdict",
     "attempts_exhausted",
     "build_guards",
+    "ledger_hold_reason",
 ]

@@ -22,7 +22,6 @@ from retryd.admission.attempts import attempts_exhausted
 from retryd.admission.backoff import Backoff
 from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.verdicts import (
-    LEDGER_UNAVAILABLE,
     Defer,
     DeferReason,
     Done,
@@ -30,6 +29,7 @@ from retryd.admission.verdicts import (
     Hold,
     Park,
     Verdict,
+    ledger_hold_reason,
 )
 from retryd.ledger.base import Ledger, LedgerError, Record, committed_attempt
 from retryd.metrics import Metrics
@@ -180,7 +180,7 @@ class Guards:
         except LedgerError as exc:
             # Without the count, retryd cannot tell whether a retry is allowed: wait.
             for index, job in pending:
-                verdicts[index] = Hold(job, LEDGER_UNAVAILABLE, str(exc))
+                verdicts[index] = Hold(job, ledger_hold_reason(exc.error.error_class), str(exc))
             return {}
 
     @staticmethod

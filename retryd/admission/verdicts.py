@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from retryd.models import DeadLetter, Job, ParkReason
+from retryd.models import DeadLetter, ErrorClass, Job, ParkReason
 
 
 class DeferReason(StrEnum):
@@ -18,8 +18,17 @@ class DeferReason(StrEnum):
     CLAIMED_ELSEWHERE = "claimed-elsewhere"
 
 
-# Reason of a Hold: the message is left exactly as it is (outcome `failed`).
+# Reasons of a Hold: the message is left exactly as it is (outcome `failed`).
 LEDGER_UNAVAILABLE = "ledger-unavailable"
+# The ledger cannot work as configured (its table is missing, no credentials):
+# the message waits too, but for a person rather than another cycle.
+LEDGER_MISCONFIGURED = "ledger-misconfigured"
+CONFIG_REASONS = frozenset({LEDGER_MISCONFIGURED})
+
+
+def ledger_hold_reason(error_class: ErrorClass) -> str:
+    """Why a message is held when the ledger failed with an error of `error_class`."""
+    return LEDGER_MISCONFIGURED if error_class is ErrorClass.CONFIG else LEDGER_UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)

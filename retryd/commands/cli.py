@@ -1,19 +1,38 @@
-"""The `retryd` command line: run, once, plan, inspect, iam-policy, ledger, sandbox, config."""
+"""The `retryd` command line: run, once, plan, inspect, iam-policy, ledger, sandbox, config.
+
+Every failure a user can cause ends here as one line on stderr and an `ExitCode`,
+never a traceback: the handlers raise `RetrydError`s, and `main` turns them (and
+botocore's set-up errors, Ctrl-C and a closed pipe) into that line and code.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
+from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd.errors import RetrydError
+from retryd.errors import (
+    ExitCode,
+    RetrydError,
+    SandboxUnavailableError,
+    UsageError,
+    exit_code_lines,
+)
 from retryd.logs import configure_logging
 from retryd.settings import CONFIG_ENV, Settings, load_settings
+from retryd.version import DISTRIBUTION, SANDBOX_INSTALL_HINT, package_version
+
+if TYPE_CHECKING:
+    from retryd.drain.cycle import CycleReport
 
 DESCRIPTION = """\
 retryd redrives AWS dead-letter queues. Each cycle it finds the DLQs it is
@@ -23,54 +42,124 @@ the attempt limit, resubmits it or parks it in the parking queue with a reason,
 and deletes it from the DLQ only once its copy is safe.
 
 AWS endpoint, region and credentials come from the standard AWS chain
-(AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE, the ECS task role, ...).
+(AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE, the ECS task role, ...), or from the
+global options --endpoint-url, --region and --profile.
 """
 
-EPILOG = f"""\
-configuration: a TOML file (--config PATH or ${CONFIG_ENV}); any field can be
-overridden with RETRYD_<GROUP>__<FIELD>, e.g. RETRYD_SCHEDULE__INTERVAL_S=30.
-exit codes: 0 ok, 1 a cycle failed, 2 invalid configuration, 3 sandbox extra
-missing, 4 parking queue missing.
-"""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Global options that set the AWS chain's environment variables, and which ones.
+AWS_ENVIRONMENT = {
+    "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "profile": ("AWS_PROFILE",),
+    "endpoint_url": ("AWS_ENDPOINT_URL",),
+}
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def epilog() -> str:
+    """The text after `--help`: configuration sources and every exit code."""
+    codes = "\n".join(
+        textwrap.fill(line, width=79, initial_indent="  ", subsequent_indent=" " * 7)
+        for line in exit_code_lines()
+    )
+    return (
+        f"configuration: a TOML file (--config PATH or ${CONFIG_ENV}); any field can be\n"
+        "overridden with RETRYD_<GROUP>__<FIELD>, e.g. RETRYD_SCHEDULE__INTERVAL_S=30.\n\n"
+        f"exit codes:\n{codes}\n"
+    )
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, on_command: bool) -> None:
+    """The options accepted both before and after the command.
+
+    On a command's own parser they default to SUPPRESS, so that leaving them out
+    there keeps what was given before the command instead of resetting it.
+    """
+    default = argparse.SUPPRESS if on_command else None
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument(
         "--config",
         type=Path,
         metavar="PATH",
+        default=default,
         help=f"TOML settings file (default: ${CONFIG_ENV}, else environment only)",
     )
-    parser = argparse.ArgumentParser(
-        prog="retryd",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    group.add_argument(
+        "--region",
+        metavar="REGION",
+        default=default,
+        help="AWS region for every call (sets AWS_REGION and AWS_DEFAULT_REGION)",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
-        "run",
-        parents=[common],
-        help="run as a daemon: a cycle every schedule.interval_s until SIGTERM/SIGINT",
-        description="Run cycles every schedule.interval_s, serve /metrics, /healthz and "
-        "/readyz on http.port, and stop cleanly on SIGTERM/SIGINT: stop receiving, let "
-        "in-flight messages settle for shutdown.drain_timeout_s, exit 0. A second signal "
-        "exits at once.",
+    group.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=default,
+        help="AWS profile from ~/.aws/config (sets AWS_PROFILE)",
     )
-    commands.add_parser(
-        "once",
-        parents=[common],
-        help="run one cycle, print a one-line summary, exit (0 ok, 1 the cycle hit errors)",
-        description="Run exactly one cycle and print a summary line: queues, received, "
-        "and how many messages were resubmitted, parked, deferred or failed, by reason.",
+    group.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        default=default,
+        help="AWS endpoint for every service, e.g. an emulator (sets AWS_ENDPOINT_URL)",
     )
-    sandbox = commands.add_parser(
+    group.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=default,
+        help="log level, overriding log.level",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="log_level",
+        action="store_const",
+        const="debug",
+        default=default,
+        help="same as --log-level debug",
+    )
+
+
+def _output_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help=f"text for people (default), or json: {what}",
+    )
+
+
+def _queues_option(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument(
+        "queues",
+        nargs="*",
+        metavar="QUEUE",
+        help=f"DLQ names or URLs to {verb} (default: every DLQ discovery finds)",
+    )
+
+
+class _Commands:
+    """Adds commands that all take the global options, with one formatter."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        self._subparsers = subparsers
+
+    def add(self, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        parser = self._subparsers.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_global_options(parser, on_command=True)
+        return parser
+
+
+def _sandbox_parser(commands: _Commands) -> None:
+    sandbox = commands.add(
         "sandbox",
-        help="try retryd with no AWS account: an embedded emulator, a demo world, one cycle",
-        description="Start an in-process AWS emulator (moto), create demo DLQs and "
-        "targets of every type, run one cycle, and print what happened to every message. "
-        "Needs the sandbox extra: pip install 'retryd[sandbox]'.",
+        "try retryd with no AWS account: an embedded emulator, a demo world, one cycle",
+        "Start an in-process AWS emulator (moto), create demo DLQs and targets of every\n"
+        "type, run one cycle, and print what happened to every message. Needs the\n"
+        f"sandbox extra: {SANDBOX_INSTALL_HINT}",
     )
     sandbox.add_argument(
         "--scale",
@@ -89,20 +178,38 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--port",
         type=int,
-        default=0,
+        default=None,
         metavar="PORT",
         help="with --serve: the emulator's port (default: a free one)",
     )
-    plan = commands.add_parser(
+
+
+def _drain_parsers(commands: _Commands) -> None:
+    commands.add(
+        "run",
+        "run as a daemon: a cycle every schedule.interval_s until SIGTERM/SIGINT",
+        "Run cycles every schedule.interval_s, serve /metrics, /healthz and /readyz on\n"
+        "http.port, and stop cleanly on SIGTERM/SIGINT: stop receiving, let in-flight\n"
+        "messages settle for shutdown.drain_timeout_s, exit 0. A second signal exits at once.",
+    )
+    once = commands.add(
+        "once",
+        "run one cycle, print a summary, exit (see exit codes)",
+        "Run exactly one cycle and print a summary: queues, received, and how many\n"
+        "messages were resubmitted, parked, deferred or failed, by reason.",
+    )
+    _queues_option(once, "drain")
+    _output_option(once, "the cycle's counts as one JSON object")
+    plan = commands.add(
         "plan",
-        parents=[common],
-        help="dry run: say what `once` would do with every message, change nothing",
-        description="Receive each DLQ's messages with a short lease, resolve and guard "
-        "every one, print what would happen and why, then release every lease "
-        "(ChangeMessageVisibility 0). Nothing is resubmitted, parked, deleted or written "
+        "dry run: say what `once` would do with every message, change nothing",
+        "Receive each DLQ's messages with a short lease, resolve and guard every one,\n"
+        "print what would happen and why, then release every lease\n"
+        "(ChangeMessageVisibility 0). Nothing is resubmitted, parked, deleted or written\n"
         "to the ledger.",
     )
-    plan.add_argument("--output", choices=("text", "json"), default="text")
+    _queues_option(plan, "look at")
+    _output_option(plan, "every decision and the summary")
     plan.add_argument(
         "--max-messages",
         type=int,
@@ -110,17 +217,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="messages looked at per DLQ (default: 100)",
     )
-    inspect = commands.add_parser(
+    inspect = commands.add(
         "inspect",
-        parents=[common],
-        help="per DLQ: depth, what feeds it, and its messages grouped by failure",
-        description="For each DLQ (all discovered ones, or those named): its depth, the "
-        "resources discovery found feeding it, and its messages grouped by target and "
-        "error signature, with counts and the oldest and newest of each group. Leases "
-        "taken to read messages are released at once.",
+        "per DLQ: depth, what feeds it, and its messages grouped by failure",
+        "For each DLQ (all discovered ones, or those named): its depth, the resources\n"
+        "discovery found feeding it, and its messages grouped by target and error\n"
+        "signature, with counts and the oldest and newest of each group. Leases taken\n"
+        "to read messages are released at once.",
     )
-    inspect.add_argument("queues", nargs="*", metavar="QUEUE", help="DLQ names or URLs")
-    inspect.add_argument("--output", choices=("text", "json"), default="text")
+    _queues_option(inspect, "inspect")
+    _output_option(inspect, "every queue's depth, feeds and failure groups")
     inspect.add_argument(
         "--max-messages",
         type=int,
@@ -128,78 +234,193 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="messages sampled per DLQ for the failure groups (default: 1000)",
     )
-    iam = commands.add_parser(
+
+
+def _tool_parsers(
+    commands: _Commands,
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    iam = commands.add(
         "iam-policy",
-        parents=[common],
-        help="print the least-privilege IAM policy for this configuration",
-        description="Print the IAM policy document retryd needs for this configuration: "
-        "SQS read/delete only on the DLQs it discovers, send only to the parking queue, "
-        "invoke/start/send/publish/put only on allow_targets, and the ledger table.",
+        "print the least-privilege IAM policy for this configuration",
+        "Print the IAM policy document retryd needs for this configuration: SQS\n"
+        "read/delete only on the DLQs it discovers, send only to the parking queue,\n"
+        "invoke/start/send/publish/put only on allow_targets, and the ledger table.\n"
+        "The ARNs name the region given with --region, else any ('*').",
     )
     iam.add_argument("--account", metavar="ID", help="AWS account id (default: any, '*')")
-    iam.add_argument("--region", metavar="REGION", help="AWS region (default: any, '*')")
     iam.add_argument(
         "--partition",
         help="ARN partition (default: the region's, e.g. aws-cn for cn-north-1; else aws)",
     )
-    ledger = commands.add_parser("ledger", help="attempt-ledger tools")
-    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
-    ledger_commands.add_parser(
+    ledger = subparsers.add_parser("ledger", help="attempt-ledger tools: create-table")
+    ledger_commands = _Commands(
+        ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    )
+    ledger_commands.add(
         "create-table",
-        parents=[common],
-        help="create the DynamoDB ledger table (ledger.table) with TTL enabled",
+        "create the DynamoDB ledger table (ledger.table) with TTL enabled",
+        "Create the DynamoDB table named by ledger.table, with TTL on its expiry\n"
+        "attribute, or check that an existing one is usable. Only the dynamodb ledger\n"
+        "backend uses it.",
     )
-    config = commands.add_parser("config", help="configuration tools")
-    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    config_commands.add_parser(
+    config = subparsers.add_parser("config", help="configuration tools: check")
+    config_commands = _Commands(
+        config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    )
+    config_commands.add(
         "check",
-        parents=[common],
-        help="validate the configuration and print the effective settings (exit 0 or 2)",
+        "validate the configuration and print the effective settings as JSON",
+        "Load the TOML file and RETRYD_* overrides, validate them, and print the\n"
+        "effective settings as JSON (exit 0), or every problem, each naming its field\n"
+        "(exit 2). Calls no AWS API.",
     )
+    completion = commands.add(
+        "completion",
+        "print a shell completion script (bash, zsh, tcsh, fish)",
+        "Print a completion script for the shell, generated from this command line.\n"
+        'bash: eval "$(retryd completion bash)"; zsh: retryd completion zsh > \n'
+        '"${fpath[1]}/_retryd"',
+    )
+    completion.add_argument(
+        "shell", choices=("bash", "zsh", "tcsh", "fish"), help="the shell to complete in"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; `retryd completion` generates its scripts from it."""
+    parser = argparse.ArgumentParser(
+        prog="retryd",
+        description=DESCRIPTION,
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {package_version()} ({DISTRIBUTION})",
+        help="print the installed version and exit",
+    )
+    _add_global_options(parser, on_command=False)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = _Commands(subparsers)
+    _drain_parsers(commands)
+    _sandbox_parser(commands)
+    _tool_parsers(commands, subparsers)
     return parser
+
+
+def _apply_aws_options(args: argparse.Namespace) -> None:
+    """--region, --profile and --endpoint-url set the AWS chain's own variables.
+
+    Through the environment rather than arguments to each client, so that they
+    mean exactly what the variables mean to every other AWS tool.
+    """
+    for option, variables in AWS_ENVIRONMENT.items():
+        value = getattr(args, option, None)
+        if value:
+            for variable in variables:
+                os.environ[variable] = value
 
 
 def _load(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(args.log_level or settings.log.level, settings.log.format)
     return settings
+
+
+def _check_aws() -> None:
+    """Fail with one line now, rather than from deep inside a run, if AWS cannot be used."""
+    from retryd.aws import open_session  # noqa: PLC0415 - keeps `--help` fast
+
+    open_session()
+
+
+def _only_queues(settings: Settings, names: Sequence[str]) -> Settings:
+    """The settings with discovery narrowed to the DLQs named on the command line."""
+    if not names:
+        return settings
+    discovery = settings.discovery.model_copy(
+        update={"queues": list(names), "queue_prefixes": [], "queue_tags": {}}
+    )
+    return settings.model_copy(update={"discovery": discovery})
+
+
+def _once_exit(report: CycleReport) -> ExitCode:
+    if report.fatal is not None:
+        return report.fatal.exit_code
+    if report.config_failures:
+        print(
+            f"retryd: {report.config_failures} message(s) failed for a configuration reason; "
+            "see the errors logged with them",
+            file=sys.stderr,
+        )
+        return ExitCode.CONFIG
+    if not report.discovered and report.errors:
+        # Not even the DLQs could be listed: AWS is unreachable or refuses retryd.
+        return ExitCode.AWS
+    return ExitCode.OK if report.ok else ExitCode.CYCLE_FAILED
 
 
 def _once(args: argparse.Namespace) -> int:
     from retryd.service.lifecycle import run_once  # noqa: PLC0415 - keeps `--help` fast
 
-    settings = _load(args)
+    settings = _only_queues(_load(args), args.queues)
+    _check_aws()
     report = anyio.run(run_once, settings)
-    print(report.summary())
+    if args.output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.summary())
     for error in report.errors:
         print(f"error: {error}", file=sys.stderr)
-    if report.fatal is not None:
-        return report.fatal.exit_code
-    return 0 if report.ok else 1
+    return _once_exit(report)
 
 
 def _run(args: argparse.Namespace) -> int:
     from retryd.service.lifecycle import run_daemon  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _load(args)
+    _check_aws()
     anyio.run(run_daemon, settings)
-    return 0
+    return ExitCode.OK
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from retryd.sandbox.command import run_sandbox, serve_sandbox  # noqa: PLC0415 - moto is an optional extra
+    if args.port is not None and not args.serve:
+        raise UsageError("sandbox: --port only applies with --serve")
+    given = [
+        "--" + option.replace("_", "-")
+        for option in ("config", *AWS_ENVIRONMENT)
+        if getattr(args, option, None)
+    ]
+    if given:
+        raise UsageError(
+            f"sandbox: {', '.join(given)} do not apply: the sandbox brings its own "
+            "AWS emulator and settings"
+        )
+    try:
+        from retryd.sandbox.command import (  # noqa: PLC0415 - moto is an optional extra
+            run_sandbox,
+            serve_sandbox,
+        )
+    except ImportError as exc:
+        raise SandboxUnavailableError(
+            f"the sandbox needs the sandbox extra ({exc.name} is not installed): "
+            f"{SANDBOX_INSTALL_HINT}"
+        ) from None
 
     # The sandbox prints its own report of every decision; log lines would repeat it.
-    configure_logging("error", "auto")
+    configure_logging(args.log_level or "error", "auto")
     if args.serve:
-        return serve_sandbox(args.scale, args.port)
+        return serve_sandbox(args.scale, args.port or 0)
     return run_sandbox(args.scale)
 
 
 def _plan(args: argparse.Namespace) -> int:
     from retryd.commands.plan import run_plan  # noqa: PLC0415 - keeps `--help` fast
 
-    settings = _load(args)
+    settings = _only_queues(_load(args), args.queues)
     return anyio.run(
         partial(run_plan, settings, output=args.output, max_messages=args.max_messages)
     )
@@ -233,8 +454,16 @@ def _ledger(args: argparse.Namespace) -> int:
     from retryd.ledger import create_table  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _load(args)
+    _check_aws()
+    if settings.ledger.backend != "dynamodb":
+        print(
+            f"retryd: warning: ledger.backend is {settings.ledger.backend!r}, so this "
+            f"configuration will not use the table {settings.ledger.table!r}; set "
+            'ledger.backend = "dynamodb" to use it',
+            file=sys.stderr,
+        )
     print(anyio.run(create_table, settings))
-    return 0
+    return ExitCode.OK
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -243,25 +472,95 @@ def _config_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     rates = {"effective_rate_limits": effective_rates(settings.rate_limit)}
     print(json.dumps(settings.model_dump(mode="json") | rates, indent=2))
-    return 0
+    return ExitCode.OK
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and every command parser under it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found.extend(_parsers(child))
+    return found
+
+
+def _completion(args: argparse.Namespace) -> int:
+    # shtab generates the script from the parser itself, so completion cannot drift from
+    # the options; imported here so that every other command starts without it.
+    import shtab  # noqa: PLC0415
+
+    parser = build_parser()
+    for each in _parsers(parser):
+        for action in each._actions:
+            if "--config" in action.option_strings:
+                action.complete = shtab.FILE  # type: ignore[attr-defined]  # read by shtab
+    print(shtab.complete(parser, shell=args.shell))
+    return ExitCode.OK
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "once": _once,
+    "plan": _plan,
+    "inspect": _inspect,
+    "iam-policy": _iam_policy,
+    "ledger": _ledger,
+    "sandbox": _sandbox,
+    "config": _config_check,
+    "completion": _completion,
+}
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The real errors inside (possibly nested) exception groups, e.g. from a task group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _reader_gone() -> ExitCode:
+    """stdout's reader closed the pipe (`| head`): stop quietly, as Unix tools do.
+
+    Python's recipe (docs.python.org/3/library/signal.html#note-on-sigpipe): point
+    stdout at /dev/null so that the flush at exit does not raise a second time.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return ExitCode.OK
+
+
+def _explain(exc: BaseException) -> ExitCode | None:
+    """The one line and exit code for an error a user can cause; None for a bug."""
+    if isinstance(exc, BrokenPipeError):
+        return _reader_gone()
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, RetrydError):
+        print(f"retryd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, BotoCoreError | ClientError):
+        from retryd import classify  # noqa: PLC0415 - keeps `--help` fast
+
+        print(f"retryd: AWS: {classify.from_exception(exc)}", file=sys.stderr)
+        return ExitCode.AWS
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    handlers = {
-        "run": _run,
-        "once": _once,
-        "plan": _plan,
-        "inspect": _inspect,
-        "iam-policy": _iam_policy,
-        "ledger": _ledger,
-        "sandbox": _sandbox,
-        "config": _config_check,
-    }
+    args = build_parser().parse_args(argv)
     try:
-        return handlers[args.command](args)
-    except RetrydError as exc:
-        print(f"retryd: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+        _apply_aws_options(args)
+        code = _HANDLERS[args.command](args)
+        # Inside the try: a reader that went away shows up here, not at exit.
+        sys.stdout.flush()
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        # A task group wraps what its tasks raised; the first explainable error speaks.
+        for leaf in _leaves(exc):
+            explained = _explain(leaf)
+            if explained is not None:
+                return explained
+        raise
+    return code

@@ -39,7 +39,7 @@ from typing import Any
 from retryd.admission.allowlist import LAMBDA_RESOURCE_PREFIX, LAMBDA_SERVICE
 from retryd.admission.matching import could_match_prefix, parse_glob
 from retryd.discovery.queues import is_queue_url, parse_queue_url, partition_for_region
-from retryd.errors import ConfigError
+from retryd.errors import ConfigError, ExitCode
 from retryd.models import is_account_id, is_region_name
 from retryd.settings import Settings
 
@@ -256,4 +256,4 @@ def run_iam_policy(
 ) -> int:
     """Print the policy document as JSON; exit status 0 (errors raise ConfigError: exit 2)."""
     print(render(policy_document(settings, account=account, region=region, partition=partition)))
-    return 0
+    return ExitCode.OK

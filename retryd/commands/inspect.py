@@ -25,6 +25,7 @@ from retryd import classify
 from retryd.aws import AwsClients, open_clients
 from retryd.commands import progress, render
 from retryd.discovery.survey import Depth, ReadProgress, look_at_each, select_queues
+from retryd.errors import ExitCode
 from retryd.models import DeadLetter, Job, QueueRef
 from retryd.resolve import ResolverChain, open_chain
 from retryd.resolve.static_route import StaticRouteResolver
@@ -279,7 +280,7 @@ async def run_inspect(
     """The `inspect` command: 0, or 1 when a queue is missing or could not be read."""
     if max_messages < 1:
         print("retryd inspect: --max-messages must be at least 1", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     async with open_clients(settings.aws) as clients:
         try:
             with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
@@ -291,7 +292,7 @@ async def run_inspect(
                 f"retryd inspect: cannot find the DLQs: {classify.from_exception(exc)}",
                 file=sys.stderr,
             )
-            return 1
+            return ExitCode.AWS
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -303,4 +304,4 @@ async def run_inspect(
     for inspection in report.queues:
         for error in inspection.errors:
             print(f"retryd inspect: {inspection.queue.name}: {error}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return ExitCode.CYCLE_FAILED if report.failed else ExitCode.OK

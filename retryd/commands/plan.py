@@ -36,6 +36,7 @@ from retryd.discovery.survey import (
     look_at_each,
     survey_queues,
 )
+from retryd.errors import ExitCode
 from retryd.ledger import Ledger, open_ledger
 from retryd.models import DeadLetter, QueueRef, Target
 from retryd.resolve import open_chain
@@ -298,7 +299,7 @@ async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int
     """The `plan` command: 0, or 1 when some queue could not be read (named on stderr)."""
     if max_messages < 1:
         print("retryd plan: --max-messages must be at least 1", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     async with open_clients(settings.aws) as clients:
         try:
             with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
@@ -308,7 +309,7 @@ async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int
                 f"retryd plan: cannot list the DLQs: {classify.from_exception(exc)}",
                 file=sys.stderr,
             )
-            return 1
+            return ExitCode.AWS
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -316,4 +317,4 @@ async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int
     for plan in report.failed:
         for error in plan.errors:
             print(f"retryd plan: {plan.queue.name}: {error}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return ExitCode.CYCLE_FAILED if report.failed else ExitCode.OK

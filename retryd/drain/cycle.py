@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import structlog
 
 from retryd import classify
-from retryd.admission import build_guards
+from retryd.admission import CONFIG_REASONS, build_guards
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
 from retryd.discovery.feeds import FeedCache
@@ -54,6 +56,30 @@ class CycleReport:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    @property
+    def config_failures(self) -> int:
+        """Messages left in their DLQs for a configuration reason: no later cycle fixes those."""
+        return sum(
+            count
+            for (outcome, reason), count in self.reasons.items()
+            if outcome == Outcome.FAILED.value and reason in CONFIG_REASONS
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as one JSON object (`retryd once --output json`)."""
+        return {
+            "queues": self.queues,
+            "received": self.received,
+            "outcomes": {o.value: self.outcomes.get(o.value, 0) for o in Outcome},
+            "reasons": [
+                {"outcome": outcome, "reason": reason, "count": count}
+                for (outcome, reason), count in sorted(self.reasons.items())
+            ],
+            "errors": list(self.errors),
+            "duration_s": round(self.duration_s, 3),
+            "ok": self.ok,
+        }
 
     def add(self, decisions: list[Decision]) -> None:
         for decision in decisions:
@@ -179,8 +205,18 @@ class Cycle:
             )
         return self._pipeline, self._parking
 
-    async def run(self, stopping: anyio.Event, *, collect: bool = False) -> CycleReport:
-        """Discover and drain; never raises for AWS trouble, which is reported instead."""
+    async def run(
+        self,
+        stopping: anyio.Event,
+        *,
+        collect: bool = False,
+        on_discovered: Callable[[], None] | None = None,
+    ) -> CycleReport:
+        """Discover and drain; never raises for AWS trouble, which is reported instead.
+
+        `on_discovered` is called as soon as discovery has succeeded, before any
+        DLQ is drained (readiness must not wait for a long first cycle).
+        """
         report = CycleReport(decisions=[] if collect else None)
         started = anyio.current_time()
         try:
@@ -190,6 +226,15 @@ class Cycle:
             await self._feeds.refresh_if_due(self._clients, queues)
             report.queues = len(queues)
             report.discovered = True
+            if on_discovered is not None:
+                on_discovered()
+            if not queues:
+                log.warning(
+                    "no-queues-found",
+                    queue_prefixes=self._settings.discovery.queue_prefixes,
+                    queues=self._settings.discovery.queues,
+                    why="no DLQ matched discovery; check the prefixes, tags, names and region",
+                )
             self._metrics.set_queues_discovered(len(queues))
             self._guards.protect_queues(survey.protected)
             run = _Run(pipeline, started + self._settings.drain.cycle_budget_s, stopping, report)

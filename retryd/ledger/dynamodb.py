@@ -185,8 +185,9 @@ class DynamoDbLedger:
     def _error(self, operation: str, exc: BaseException) -> LedgerError:
         error = from_exception(exc)
         if error.code == _TABLE_MISSING:
+            # Not the message's fault and not a passing outage: someone must create it.
             error = SendError(
-                ErrorClass.TRANSIENT,
+                ErrorClass.CONFIG,
                 error.code,
                 f"table {self.table!r} not found; create it with `retryd ledger create-table` "
                 "(or fix ledger.table)",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -19,8 +21,10 @@ from urllib.parse import unquote
 import anyio
 
 from retryd.aws import AwsClients, open_clients
+from retryd.commands.progress import QueueProgress
 from retryd.commands.render import Column, Document, Line, Table, show
 from retryd.drain.cycle import CycleReport
+from retryd.errors import ExitCode
 from retryd.models import Decision
 from retryd.sandbox.emulator import MotoServer
 from retryd.sandbox.world import (
@@ -33,6 +37,7 @@ from retryd.sandbox.world import (
     build_world,
     count,
     parked_reasons,
+    planned_messages,
     sandbox_settings,
 )
 from retryd.service.lifecycle import run_once
@@ -131,10 +136,24 @@ def _print_report(
     )
 
 
+async def _build(clients: AwsClients, scale: int) -> DemoWorld:
+    """The demo world, with a progress bar on a terminal and a plain line otherwise.
+
+    At --scale 50 building takes a while; a silent wait looks like a hang.
+    """
+    total = planned_messages(scale)
+    interactive = sys.stderr.isatty()
+    if not interactive:
+        print(f"retryd sandbox: building the demo world ({total} messages)", file=sys.stderr)
+    with QueueProgress(enabled=interactive) as bars:
+        bar = bars.add("building the demo world", total)
+        return await build_world(clients, scale, on_sent=lambda sent: bars.advance(bar, sent))
+
+
 async def _main(server: MotoServer, scale: int) -> int:
     settings = sandbox_settings()
     async with open_clients(settings.aws) as clients:
-        world = await build_world(clients, scale)
+        world = await _build(clients, scale)
         server.start_recording()
         report = await run_once(settings, collect=True)
         # retryd invokes by ARN, which arrives percent-encoded in the request path.
@@ -146,7 +165,7 @@ async def _main(server: MotoServer, scale: int) -> int:
         where = await _where_now(clients, world, invocations)
     _print_report(server, world, report, where)
     unaccounted = world.message_count - sum(report.outcomes.values())
-    return 0 if report.ok and unaccounted == 0 else 1
+    return ExitCode.OK if report.ok and unaccounted == 0 else ExitCode.CYCLE_FAILED
 
 
 def _aws_environment(server: MotoServer) -> dict[str, str]:
@@ -174,33 +193,52 @@ def run_sandbox(scale: int = 1) -> int:
         return anyio.run(_main, server, scale)
 
 
-async def _serve(server: MotoServer, scale: int, config: Path) -> int:
+def _free_port() -> int:
+    """A loopback port nothing listens on now, for `retryd run`'s metrics in --serve mode."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def serve_config_toml(http_port: int) -> str:
+    """The sandbox settings with the HTTP listener on, so `retryd run` serves its metrics."""
+    disabled = "[http]\nenabled = false\n"
+    enabled = f'[http]\nenabled = true\nhost = "127.0.0.1"\nport = {http_port}\n'
+    return SANDBOX_CONFIG_TOML.replace(disabled, enabled)
+
+
+async def _serve(server: MotoServer, scale: int, config: Path, http_port: int) -> int:
     async with open_clients(sandbox_settings().aws) as clients:
-        world = await build_world(clients, scale)
+        world = await _build(clients, scale)
     exports = " ".join(f"{name}={value}" for name, value in _aws_environment(server).items())
     print(f"retryd sandbox: AWS emulator at {server.url}, account {ACCOUNT}, {REGION}")
     print(f"demo DLQs: {', '.join(world.dlqs)} ({world.message_count} messages)")
     print(f"settings: {config}")
     print("\nIn another shell, try:")
     print(f"  export {exports}")
-    for command in ("plan", "inspect", "once"):
+    for command in ("plan", "inspect", "once", "run"):
         print(f"  retryd {command} --config {config}")
+    base = f"http://127.0.0.1:{http_port}"
+    print(f"  (while `run` runs: {base}/metrics, {base}/healthz, {base}/readyz)")
     print("\nServing until Ctrl-C.", flush=True)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             break
-    return 0
+    return ExitCode.OK
 
 
 def serve_sandbox(scale: int = 1, port: int = 0) -> int:
     """Build the demo world and keep the emulator up until SIGINT/SIGTERM.
 
-    The settings file it writes is the one the one-shot sandbox uses, so `retryd
-    plan` followed by `retryd once` against it show the same decisions.
+    The settings file it writes is the one the one-shot sandbox uses (with the
+    HTTP listener on, for `retryd run`), so `retryd plan` followed by `retryd
+    once` against it show the same decisions.
     """
     with tempfile.TemporaryDirectory(prefix="retryd-sandbox-") as directory:
         config = Path(directory) / "retryd.toml"
-        config.write_text(SANDBOX_CONFIG_TOML)
         with MotoServer(port=port) as server:
+            http_port = _free_port()
+            config.write_text(serve_config_toml(http_port))
             _point_aws_at(server)
-            return anyio.run(_serve, server, scale, config)
+            return anyio.run(_serve, server, scale, config, http_port)

@@ -1,6 +1,6 @@
 """An in-process moto server on a free loopback port, for the sandbox, tests and benchmarks.
 
-moto is an optional extra (`retryd[sandbox]`): this module imports it lazily so
+moto is an optional extra (`retryd-aws[sandbox]`): this module imports it lazily so
 that production images, which leave it out, never pay for it.
 """
 
@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from retryd.errors import SandboxUnavailableError
+from retryd.version import SANDBOX_INSTALL_HINT
 
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Middleware = Callable[[WsgiApp], WsgiApp]
 
-INSTALL_HINT = "pip install 'retryd[sandbox]'"
+INSTALL_HINT = SANDBOX_INSTALL_HINT
 
 
 def _moto_app() -> tuple[WsgiApp, type[Any]]:
@@ -65,9 +66,14 @@ class MotoServer:
         return f"http://{self._host}:{self._server.server_port}"
 
     def start(self) -> MotoServer:
-        from werkzeug.serving import make_server  # noqa: PLC0415 - only with the extra
-
         app, moto_handler = _moto_app()
+        try:
+            from werkzeug.serving import make_server  # noqa: PLC0415 - only with the extra
+        except ImportError as exc:
+            # moto[server] brings werkzeug; a moto installed without the extra does not.
+            raise SandboxUnavailableError(
+                f"the embedded AWS emulator needs werkzeug, which is not installed: {INSTALL_HINT}"
+            ) from exc
 
         class _QuietHandler(moto_handler):  # type: ignore[misc, valid-type]
             # One access-log line per AWS call would drown the sandbox's own output.

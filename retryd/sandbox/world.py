@@ -14,6 +14,7 @@ import json
 import tomllib
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -349,8 +350,20 @@ def _rule_dlq_attributes(code: str, message: str) -> dict[str, dict[str, str]]:
     return {name: {"DataType": "String", "StringValue": value} for name, value in values.items()}
 
 
-async def build_world(clients: AwsClients, scale: int) -> DemoWorld:
-    """Create the targets and fill every demo DLQ, each message `scale` times."""
+def planned_messages(scale: int) -> int:
+    """How many messages `build_world(clients, scale)` sends (what its progress counts to)."""
+    per_copy = sum(len(messages) for messages in _demo_messages().values())
+    # One redrive-DLQ message per copy besides (see _fail_into_redrive_dlq).
+    return (per_copy + 1) * scale
+
+
+async def build_world(
+    clients: AwsClients, scale: int, on_sent: Callable[[int], None] | None = None
+) -> DemoWorld:
+    """Create the targets and fill every demo DLQ, each message `scale` times.
+
+    `on_sent` is told how many messages each send added, for a progress display.
+    """
     world = DemoWorld()
     await _create_targets(clients, world)
     copies_by_dlq: dict[str, list[DemoMessage]] = {}
@@ -361,13 +374,17 @@ async def build_world(clients: AwsClients, scale: int) -> DemoWorld:
         url = (await clients.sqs.create_queue(QueueName=dlq))["QueueUrl"]
         world.queue_urls[dlq] = url
         world.dlqs.append(dlq)
-        await _send_all(clients, world, url, copies)
-    await _fail_into_redrive_dlq(clients, world, scale)
+        await _send_all(clients, world, url, copies, on_sent)
+    await _fail_into_redrive_dlq(clients, world, scale, on_sent)
     return world
 
 
 async def _send_all(
-    clients: AwsClients, world: DemoWorld, url: str, messages: list[DemoMessage]
+    clients: AwsClients,
+    world: DemoWorld,
+    url: str,
+    messages: list[DemoMessage],
+    on_sent: Callable[[int], None] | None = None,
 ) -> None:
     for start in range(0, len(messages), 10):
         chunk = messages[start : start + 10]
@@ -380,9 +397,16 @@ async def _send_all(
         sent = await clients.sqs.send_message_batch(QueueUrl=url, Entries=entries)
         for entry in sent.get("Successful", []):
             world.labels[entry["MessageId"]] = chunk[int(entry["Id"])].label
+        if on_sent is not None:
+            on_sent(len(chunk))
 
 
-async def _fail_into_redrive_dlq(clients: AwsClients, world: DemoWorld, scale: int) -> None:
+async def _fail_into_redrive_dlq(
+    clients: AwsClients,
+    world: DemoWorld,
+    scale: int,
+    on_sent: Callable[[int], None] | None = None,
+) -> None:
     """Messages a consumer of `intake` could not process: SQS moves them to retry-intake."""
     url = world.queue_urls[INTAKE]
     label = "SQS redrive DLQ -> intake"
@@ -391,6 +415,7 @@ async def _fail_into_redrive_dlq(clients: AwsClients, world: DemoWorld, scale: i
         world,
         url,
         [DemoMessage(label, json.dumps({"orderId": f"50-{copy}"})) for copy in range(scale)],
+        on_sent,
     )
     # A consumer that fails: each receive without a delete counts against maxReceiveCount;
     # the next receive finds them over the limit and SQS moves them to the DLQ.

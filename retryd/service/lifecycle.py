@@ -8,6 +8,7 @@ A second signal cancels at once.
 
 from __future__ import annotations
 
+import os
 import signal
 
 import anyio
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from retryd.aws import open_clients
 from retryd.drain.cycle import Cycle, CycleReport
+from retryd.errors import ConfigError
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
 from retryd.service.http import Health, serve_http
@@ -73,7 +75,14 @@ async def run_daemon(settings: Settings, registry: CollectorRegistry | None = No
             _watch_signals, stopping, work, settings.shutdown.drain_timeout_s, notifier
         )
         if settings.http.enabled:
-            port = await group.start(serve_http, settings.http, registry, health)
+            try:
+                port = await group.start(serve_http, settings.http, registry, health)
+            except OSError as exc:
+                # Said once, naming the setting, instead of a traceback per task.
+                address = f"{settings.http.host}:{settings.http.port}"
+                # aiohttp rewords the OS's message around the address; the errno says it plainly.
+                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise ConfigError([f"http.port: cannot listen on {address}: {why}"]) from None
             log.info("http-listening", host=settings.http.host, port=port)
         async with (
             open_clients(settings.aws) as clients,

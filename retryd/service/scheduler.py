@@ -28,11 +28,11 @@ async def run_schedule(
         health.tick()
         if on_tick is not None:
             on_tick()
-        report = await cycle.run(stopping)
-        # Ready once discovery works: one unreadable DLQ (say, a KMS key retryd may not
-        # use) is an alert on that queue, not a reason to take the whole service out.
-        if report.discovered:
-            health.mark_ready()
+        # Ready once discovery works, not once the cycle ends (a first cycle on a
+        # backlog can take its whole budget): one unreadable DLQ (say, a KMS key
+        # retryd may not use) is an alert on that queue, not a reason to take the
+        # whole service out.
+        report = await cycle.run(stopping, on_discovered=health.mark_ready)
         log.info("cycle", summary=report.summary(), ok=report.ok)
         # Waiting on the event rather than sleeping lets SIGTERM end the idle wait at once.
         with anyio.move_on_after(interval_s):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import anyio
 import structlog
 
-from retryd.admission import Defer, DeferReason, Go, Guards, Hold
+from retryd.admission import Defer, DeferReason, Go, Guards, Hold, ledger_hold_reason
 from retryd.admission.ratelimit import RateLimits
 from retryd.ledger.base import BeginStatus, Begun, Claim, Ledger, LedgerError
 from retryd.models import ErrorClass, Job, Target
@@ -166,7 +166,8 @@ class Sender:
         try:
             begun = await self._ledger.begin(claims) if claims else []
         except LedgerError as exc:
-            result.held.extend(Hold(go.job, "ledger-unavailable", str(exc)) for go in gos)
+            reason = ledger_hold_reason(exc.error.error_class)
+            result.held.extend(Hold(go.job, reason, str(exc)) for go in gos)
             return []
         jobs: list[Job] = []
         for go, answer in zip(gos, begun, strict=True):

@@ -220,6 +220,13 @@ def test_sandbox_runs_with_no_aws_account() -> None:
     assert re.search(r"SQS intake +1 message", out)
     assert re.search(r"Lambda charge +3 async invocation", out)
     assert "0 message(s) left" in out
+    # Not a TTY here, so the build's progress is one plain line rather than a bar, and it
+    # counts to exactly the messages the world then holds.
+    planned = re.search(r"building the demo world \((\d+) messages\)", done.stderr)
+    built = re.search(r"demo DLQs: .* \((\d+) messages\)", out)
+    assert planned is not None
+    assert built is not None
+    assert planned.group(1) == built.group(1)
 
 
 def test_run_serves_metrics_and_probes_while_it_works(world: World, tmp_path: Path) -> None:
@@ -285,11 +292,12 @@ def test_sandbox_without_the_extra_says_how_to_install_it() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 3
-    assert "pip install 'retryd[sandbox]'" in done.stderr
+    # The distribution's own name: `retryd` on PyPI is an unrelated project.
+    assert "pip install 'retryd-aws[sandbox]'" in done.stderr
 
 
 def test_sandbox_serve_lets_plan_predict_exactly_what_once_does() -> None:
-    """`sandbox --serve` keeps the demo world up; `plan` there foretells `once`'s every count."""
+    """`sandbox --serve`: `plan` there foretells `once`'s every count; its `run` line serves."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RETRYD_"))}
     server = subprocess.Popen(
         [sys.executable, "-m", "retryd", "sandbox", "--serve"],
@@ -324,6 +332,10 @@ def test_sandbox_serve_lets_plan_predict_exactly_what_once_does() -> None:
 
         plan = json.loads(command("plan", "--output", "json"))
         summary = command("once").strip().splitlines()[-1]
+        run_line = next(line for line in printed if line.strip().startswith("retryd run "))
+        metrics_url = re.search(r"(http://127\.0\.0\.1:\d+)/metrics", "".join(printed))
+        assert metrics_url is not None, printed
+        served = serve_run(run_line.split()[1:], client_env, metrics_url.group(1))
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)
@@ -345,3 +357,29 @@ def test_sandbox_serve_lets_plan_predict_exactly_what_once_does() -> None:
     assert +done == +predicted
     assert predicted["resubmitted"] == 9
     assert predicted["parked"] == 5
+    assert "retryd_build_info" in served
+
+
+def serve_run(args: list[str], env: dict[str, str], base: str) -> str:
+    """Start the `retryd run ...` line the sandbox printed; its /metrics once /readyz says ok."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "retryd", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.communicate()
+            try:
+                if fetch(f"{base}/readyz").strip() == "ok":
+                    return fetch(f"{base}/metrics")
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "retryd run never became ready"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)

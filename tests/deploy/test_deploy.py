@@ -68,7 +68,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         timeout=120,
     )
-    (built,) = (work / "out").glob("retryd-*.whl")
+    # The distribution is retryd-aws (`retryd` on PyPI is someone else's); wheels spell it
+    # retryd_aws.
+    (built,) = (work / "out").glob("retryd_aws-*.whl")
     return built
 
 

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from retryd.metrics import BREAKER_STATES, MAX_TARGET_LABELS, OTHER_TARGET, Metrics
 from retryd.service.http import Health, serve_http
 from retryd.settings import HttpSettings
+from retryd.version import DISTRIBUTION
 from tests.conftest import SettingsFactory
 
 
@@ -101,7 +102,8 @@ def test_metrics_are_registered_on_the_given_registry_only() -> None:
     assert first.get_sample_value("retryd_queues_discovered") == 3
     assert second.get_sample_value("retryd_queues_discovered") == 5
     assert REGISTRY.get_sample_value("retryd_queues_discovered") is None
-    assert REGISTRY.get_sample_value("retryd_build_info", {"version": version("retryd")}) is None
+    build = {"version": version(DISTRIBUTION)}
+    assert REGISTRY.get_sample_value("retryd_build_info", build) is None
 
 
 def test_decisions_use_none_for_empty_labels() -> None:
@@ -174,7 +176,7 @@ def test_build_info_carries_the_installed_version() -> None:
     """retryd_build_info is 1 with the package version as its label."""
     registry = CollectorRegistry()
     Metrics(registry)
-    assert registry.get_sample_value("retryd_build_info", {"version": version("retryd")}) == 1
+    assert registry.get_sample_value("retryd_build_info", {"version": version(DISTRIBUTION)}) == 1
 
 
 def test_metrics_endpoint_serves_what_was_recorded() -> None:
