@@ -6,8 +6,10 @@ Per target, in this order:
 2. the ledger: `begin` claims each job's key under this DLQ message, so that a
    crash, a lost lease or a second replica can never resubmit it twice unseen;
 3. the resubmitter, which passes the key on where the target can deduplicate;
-4. the circuit breaker hears of every success and transient failure, and the
-   ledger of every success (`commit`) and failure (`release`).
+4. each answer, the moment it is in (one job's, or one batch call's), is handed to
+   the caller to decide, and then the circuit breaker hears of every success and
+   transient failure, and the ledger of every success (`commit`) and failure
+   (`release`). A slow call holds back its own job only.
 
 The delete comes later, in the pipeline, and only for what is safe.
 """
@@ -88,10 +90,10 @@ class Sender:
     ) -> Sent:
         """Every Go ends up in exactly one of the result's lists.
 
-        `on_group` hears each target's result the moment its calls have returned,
-        before the ledger is told: a caller that decides there keeps what a target
-        accepted even if the rest of the batch is then cancelled (a lease running
-        out, a stop).
+        `on_group` hears each part of the result the moment it is known (the jobs
+        deferred or held before sending, then each target answer), before the ledger
+        is told: a caller that decides there keeps what a target accepted even if the
+        rest of the batch is then cancelled (a lease running out, a stop).
         """
         groups: dict[Target, list[Go]] = defaultdict(list)
         for go in gos:
@@ -114,16 +116,33 @@ class Sender:
     async def _send_group(
         self, target: Target, group: list[Go], tokens_by: float, heard: Callable[[Sent], None]
     ) -> None:
-        result = Sent()
         # Breaker permits taken by `assess` that no call used go back, whatever happens
         # here (a cancelled group included): a leaked half-open permit would wedge it.
         unused_permits = len(group)
         # One assess call gave every Go of a target its permit in the same episode.
         episode = group[0].breaker_episode if group else None
+        # Begun in the ledger and not answered yet, by DLQ message id.
+        unanswered: dict[str, Job] = {}
+
+        async def on_answer(deliveries: Sequence[Delivery]) -> None:
+            nonlocal unused_permits
+            answered = [d for d in deliveries if unanswered.pop(d.job.letter.message_id, None)]
+            if not answered:
+                return
+            unused_permits -= len(answered)
+            # Decided first, so that nothing after this (a lease running out, a stop)
+            # can undo what the target took.
+            heard(Sent(deliveries=answered))
+            # The copies are out: telling the breaker and the ledger must not be cut
+            # short, or a committed resubmission would look begun and be sent again.
+            with anyio.move_on_after(ACCOUNT_SHIELD_S, shield=True):
+                await self._account(target, [d.job for d in answered], answered, episode)
+
         try:
+            before = Sent()
             granted = await self._tokens(target, len(group), tokens_by)
             for go in group[granted:]:
-                result.deferred.append(
+                before.deferred.append(
                     Defer(
                         go.job,
                         DeferReason.RATE_LIMITED,
@@ -132,15 +151,13 @@ class Sender:
                         go.job.attempt,
                     )
                 )
-            to_send = await self._begin(group[:granted], result)
-            deliveries = await self._targets.submit(to_send) if to_send else []
-            unused_permits -= len(deliveries)
-            result.deliveries.extend(deliveries)
-            heard(result)
-            # The copies are out: telling the breaker and the ledger must not be cut
-            # short, or a committed resubmission would look begun and be sent again.
-            with anyio.move_on_after(ACCOUNT_SHIELD_S, shield=True):
-                await self._account(target, to_send, deliveries, episode)
+            to_send = await self._begin(group[:granted], before)
+            heard(before)
+            if to_send:
+                unanswered.update((job.letter.message_id, job) for job in to_send)
+                deliveries = await self._targets.submit(to_send, on_answer)
+                # A router that answers only at the end is heard here.
+                await on_answer(deliveries)
         finally:
             self._guards.release_permits(target, unused_permits, episode)
 
@@ -204,7 +221,7 @@ class Sender:
     ) -> None:
         """Tell the breaker and the ledger how each call went."""
         self._tell_breaker(target, deliveries, episode)
-        if self._ledger is None:
+        if self._ledger is None or not deliveries:
             return
         done: list[Claim] = []
         undone: list[Claim] = []

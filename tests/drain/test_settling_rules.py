@@ -50,6 +50,7 @@ from retryd.settings import (
     Settings,
 )
 from retryd.targets import Delivery, TargetRouter
+from retryd.targets.router import OnAnswer
 from retryd.targets.sender import Sender, Sent
 from tests.clock_helpers import FakeClock
 from tests.conftest import SettingsFactory
@@ -144,7 +145,9 @@ class ScriptedRouter(TargetRouter):
         self._gated = gated
         self.calls: list[str] = []
 
-    async def submit(self, jobs: Sequence[Job]) -> list[Delivery]:
+    async def submit(
+        self, jobs: Sequence[Job], on_answer: OnAnswer | None = None
+    ) -> list[Delivery]:
         self.calls.extend(job.key for job in jobs)
         if self._gate is not None and any(job.key in self._gated for job in jobs):
             await self._gate.wait()
