@@ -5,7 +5,6 @@ from retryd.admission.allowlist import Allowlist
 from retryd.admission.attempts import attempts_exhausted
 from retryd.admission.guards import Guards, build_guards
 from retryd.admission.verdicts import (
-    LEDGER_UNAVAILABLE,
     Defer,
     DeferReason,
     Done,
@@ -16,7 +15,6 @@ from retryd.admission.verdicts import (
 )
 
 __all__ = [
-    "LEDGER_UNAVAILABLE",
     "Allowlist",
     "Defer",
     "DeferReason",

@@ -22,7 +22,6 @@ from retryd.admission.attempts import attempts_exhausted
 from retryd.admission.backoff import Backoff
 from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.verdicts import (
-    LEDGER_UNAVAILABLE,
     Defer,
     DeferReason,
     Done,
@@ -33,7 +32,7 @@ from retryd.admission.verdicts import (
 )
 from retryd.ledger.base import Ledger, LedgerError, Record, committed_attempt
 from retryd.metrics import Metrics
-from retryd.models import Arn, Job, ParkReason, Target, Unresolvable
+from retryd.models import Arn, FailReason, Job, ParkReason, Target, Unresolvable
 from retryd.settings import GuardSettings, Settings
 
 
@@ -180,7 +179,7 @@ class Guards:
         except LedgerError as exc:
             # Without the count, retryd cannot tell whether a retry is allowed: wait.
             for index, job in pending:
-                verdicts[index] = Hold(job, LEDGER_UNAVAILABLE, str(exc))
+                verdicts[index] = Hold(job, FailReason.LEDGER_UNAVAILABLE, str(exc))
             return {}
 
     @staticmethod

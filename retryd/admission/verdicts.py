@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from retryd.models import DeadLetter, Job, ParkReason
+from retryd.models import DeadLetter, FailReason, Job, ParkReason
 
 
 class DeferReason(StrEnum):
@@ -16,10 +16,6 @@ class DeferReason(StrEnum):
     RATE_LIMITED = "rate-limited"
     # Another replica has begun resubmitting the same key and has not finished.
     CLAIMED_ELSEWHERE = "claimed-elsewhere"
-
-
-# Reason of a Hold: the message is left exactly as it is (outcome `failed`).
-LEDGER_UNAVAILABLE = "ledger-unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +66,10 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """Leave it in its DLQ untouched: it reappears when its lease ends."""
+    """Leave it in its DLQ untouched (outcome `failed`): it reappears when its lease ends."""
 
     job: Job
-    reason: str
+    reason: FailReason
     detail: str
 
 

@@ -28,6 +28,7 @@ from retryd.models import (
     DeadLetter,
     Decision,
     ErrorClass,
+    FailReason,
     Job,
     Outcome,
     ParkReason,
@@ -48,11 +49,6 @@ VISIBILITY_BATCH_MAX = 10
 # SQS hides a message for at most 12 hours from when it was received; a minute is
 # kept back for the time since this batch was received.
 MAX_HIDE_S = 43_200 - 60
-# Reasons of the FAILED outcome (the message stays in its DLQ); a bounded set.
-PARKING_FAILED = "parking-failed"
-TRANSIENT_ERROR = "transient-error"
-LEASE_EXPIRED = "lease-expired"
-INTERNAL_ERROR = "internal-error"
 # How long a started delete may hold off cancellation (a stop, a second signal).
 DELETE_SHIELD_S = 10.0
 # Longest detail written to a log line (parked copies have their own limit).
@@ -120,7 +116,9 @@ class Pipeline:
         except Exception as exc:  # one batch's bug must not stop the queue
             # Nothing undecided has been deleted: it stays in the DLQ.
             log.exception("batch-failed", queue=queue.name, messages=len(letters))
-            batch.fail_rest(INTERNAL_ERROR, f"{type(exc).__name__} while settling the batch")
+            batch.fail_rest(
+                FailReason.INTERNAL_ERROR, f"{type(exc).__name__} while settling the batch"
+            )
         finally:
             # A letter whose copy is safe is deleted even when a later step broke or
             # the batch is being cancelled: otherwise it would be sent twice.
@@ -145,7 +143,9 @@ class Pipeline:
                 self._already_done(batch, replace(verdict.job, attempt=verdict.attempt - 1))
         after = await self._first_pass(batch, verdicts, act_by)
         if after is None:
-            batch.fail_rest(LEASE_EXPIRED, "the batch was not settled before its lease ran out")
+            batch.fail_rest(
+                FailReason.LEASE_EXPIRED, "the batch was not settled before its lease ran out"
+            )
             return
         rejected, deferred = after
         with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
@@ -153,7 +153,9 @@ class Pipeline:
             if rejected:
                 self._settle_parks(batch, rejected, await self._park(rejected))
         if lease.cancelled_caught:
-            batch.fail_rest(LEASE_EXPIRED, "the copy was not parked before its lease ran out")
+            batch.fail_rest(
+                FailReason.LEASE_EXPIRED, "the copy was not parked before its lease ran out"
+            )
 
     async def _first_pass(
         self, batch: _Batch, verdicts: Sequence[Verdict], act_by: float
@@ -289,7 +291,9 @@ class Pipeline:
                 )
             else:
                 detail = f"could not park ({park.reason}: {park.detail}): {error}"
-                batch.decide(_park_decision(park, Outcome.FAILED, PARKING_FAILED, detail))
+                batch.decide(
+                    _park_decision(park, Outcome.FAILED, FailReason.PARKING_FAILED, detail)
+                )
 
     def _after_delivery(self, batch: _Batch, delivery: Delivery) -> Park | None:
         """Record an accepted or transient delivery; a permanent refusal is returned to park."""
@@ -322,7 +326,12 @@ class Pipeline:
         # not the reason, so the reason stays a bounded metric label.
         batch.decide(
             Decision(
-                job.letter, Outcome.FAILED, job.target, TRANSIENT_ERROR, str(error), job.attempt
+                job.letter,
+                Outcome.FAILED,
+                job.target,
+                FailReason.TRANSIENT_ERROR,
+                str(error),
+                job.attempt,
             )
         )
         return None

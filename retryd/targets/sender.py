@@ -27,7 +27,7 @@ import structlog
 from retryd.admission import Defer, DeferReason, Go, Guards, Hold
 from retryd.admission.ratelimit import RateLimits
 from retryd.ledger.base import BeginStatus, Begun, Claim, Ledger, LedgerError
-from retryd.models import ErrorClass, Job, Target
+from retryd.models import ErrorClass, FailReason, Job, Target
 from retryd.targets import Delivery, TargetRouter
 
 log = structlog.get_logger("retryd.sending")
@@ -65,6 +65,11 @@ def _first_failed_s(job: Job) -> float | None:
 
 def _claim(go: Go) -> Claim:
     return Claim(go.job.key, go.job.letter.message_id, go.attempt, _first_failed_s(go.job))
+
+
+def _sent_claim(job: Job) -> Claim:
+    """The claim `job` was sent under (its attempt as the ledger began it)."""
+    return Claim(job.key, job.letter.message_id, job.next_attempt, _first_failed_s(job))
 
 
 class Sender:
@@ -158,7 +163,21 @@ class Sender:
                 deliveries = await self._targets.submit(to_send, on_answer)
                 # A router that answers only at the end is heard here.
                 await on_answer(deliveries)
+        except Exception:
+            # A resubmitter turns whatever the wire returns into a Delivery, so this is
+            # a bug in retryd. It stays with this target: its unanswered jobs fail and
+            # hand their claims back (or every replica would defer them for claim_s),
+            # and the batch's other targets go on.
+            log.exception("target-group-failed", target=target.arn, unanswered=len(unanswered))
+            failed = list(unanswered.values())
+            unanswered.clear()
+            detail = "retryd failed while sending to this target (a bug; see the traceback)"
+            heard(Sent(held=[Hold(job, FailReason.INTERNAL_ERROR, detail) for job in failed]))
+            with anyio.move_on_after(ACCOUNT_SHIELD_S, shield=True):
+                await self._release(target, failed)
         finally:
+            # Cancelled (the lease ran out, a stop) with calls in flight: their claims
+            # stay begun, so that this message is resumed as the same attempt.
             self._guards.release_permits(target, unused_permits, episode)
 
     async def _tokens(self, target: Target, wanted: int, until: float) -> int:
@@ -183,7 +202,7 @@ class Sender:
         try:
             begun = await self._ledger.begin(claims) if claims else []
         except LedgerError as exc:
-            result.held.extend(Hold(go.job, "ledger-unavailable", str(exc)) for go in gos)
+            result.held.extend(Hold(go.job, FailReason.LEDGER_UNAVAILABLE, str(exc)) for go in gos)
             return []
         jobs: list[Job] = []
         for go, answer in zip(gos, begun, strict=True):
@@ -224,19 +243,27 @@ class Sender:
         if self._ledger is None or not deliveries:
             return
         done: list[Claim] = []
-        undone: list[Claim] = []
+        undone: list[Job] = []
         for job, delivery in zip(jobs, deliveries, strict=True):
-            claim = Claim(job.key, job.letter.message_id, job.next_attempt, _first_failed_s(job))
-            (done if delivery.error is None else undone).append(claim)
+            if delivery.error is None:
+                done.append(_sent_claim(job))
+            else:
+                undone.append(job)
         if done:
             await self._commit(self._ledger, target, done)
         if undone:
             # Apart from the commit: a commit that fails must not leave these claims
             # holding their keys against every replica for claim_s.
-            try:
-                await self._ledger.release(undone)
-            except LedgerError as exc:
-                log.warning("ledger-settle-failed", target=target.arn, error=str(exc))
+            await self._release(target, undone)
+
+    async def _release(self, target: Target, jobs: Sequence[Job]) -> None:
+        """Hand back the claims of jobs whose resubmission did not happen (or is unknown)."""
+        if self._ledger is None or not jobs:
+            return
+        try:
+            await self._ledger.release([_sent_claim(job) for job in jobs])
+        except LedgerError as exc:
+            log.warning("ledger-settle-failed", target=target.arn, error=str(exc))
 
     async def _commit(self, ledger: Ledger, target: Target, done: Sequence[Claim]) -> None:
         try:
