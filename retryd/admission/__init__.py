@@ -3,7 +3,9 @@ breaker, rate limit), in the order `guards.py` applies them."""
 
 from retryd.admission.allowlist import Allowlist
 from retryd.admission.attempts import attempts_exhausted
+from retryd.admission.claims import Admitted
 from retryd.admission.guards import Guards, build_guards
+from retryd.admission.permit import Fate, Permit
 from retryd.admission.verdicts import (
     Defer,
     DeferReason,
@@ -15,14 +17,17 @@ from retryd.admission.verdicts import (
 )
 
 __all__ = [
+    "Admitted",
     "Allowlist",
     "Defer",
     "DeferReason",
     "Done",
+    "Fate",
     "Go",
     "Guards",
     "Hold",
     "Park",
+    "Permit",
     "Verdict",
     "attempts_exhausted",
     "build_guards",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
+from retryd.admission.permit import Permit
 from retryd.models import DeadLetter, FailReason, Job, ParkReason
 
 
@@ -13,6 +14,7 @@ class DeferReason(StrEnum):
 
     BACKOFF = "backoff"
     BREAKER_OPEN = "breaker-open"
+    # Its target's rate limit gave no token within the time the lease allows for waiting.
     RATE_LIMITED = "rate-limited"
     # Another replica has begun resubmitting the same key and has not finished.
     CLAIMED_ELSEWHERE = "claimed-elsewhere"
@@ -22,12 +24,13 @@ class DeferReason(StrEnum):
 class Go:
     """Resubmit now, as attempt number `attempt` (1 is the first resubmission).
 
-    It holds one permit of its target's breaker, taken in `breaker_episode`.
+    Its `permit` holds one permit of its target's breaker; whoever sends the job
+    settles it (succeeded, failed or released), and nothing else touches the breaker.
     """
 
     job: Job
     attempt: int
-    breaker_episode: int | None = None
+    permit: Permit = field(default_factory=Permit, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ import structlog
 
 from retryd import classify
 from retryd.admission import build_guards
-from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
 from retryd.discovery.feeds import FeedCache
 from retryd.discovery.queues import discover_queues, queue_ref_from_url
@@ -145,8 +144,6 @@ class Cycle:
         self._sender = Sender(
             targets=TargetRouter(clients, settings.drain.target_concurrency),
             guards=self._guards,
-            rates=RateLimits(settings.rate_limit, anyio.current_time),
-            ledger=ledger,
         )
         self._pipeline: Pipeline | None = None
         self._parking_arn = ""

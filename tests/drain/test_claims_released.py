@@ -100,7 +100,7 @@ def test_a_raising_resubmitter_releases_its_claims_and_permits() -> None:
         breakers, _, breaker = half_open_breakers(canaries=1)
         ledger = memory_ledger()
         guards = unit_guards(breakers, ledger)
-        sender = Sender(targets=BrokenRouter(CHARGE), guards=guards, rates=None, ledger=ledger)
+        sender = Sender(targets=BrokenRouter(CHARGE), guards=guards)
         refund = Job(unit_job("r").letter, REFUND, "{}", "key-r")
         gos = await gos_for(guards, [unit_job("a"), refund])
         sent = await sender.send(gos, anyio.current_time() + 60)
