@@ -66,11 +66,14 @@ def test_a_malformed_answer_fails_its_target_alone_and_leaves_no_live_claim(
     make_visible(world, "retry-mixed", first)
     second = anyio.run(lambda: run_once(settings, collect=True))
 
-    assert by_payload(decisions(first)) == {
-        "broken": (Outcome.FAILED, "internal-error"),
-        "ok": (Outcome.RESUBMITTED, ""),
-        "slow": (Outcome.RESUBMITTED, ""),
+    outcomes = by_payload(decisions(first))
+    # internal-error while the SQS target raises for it; transient-error once it reads the
+    # malformed answer as a failed call (the other half of defect 2, in the target itself).
+    assert outcomes.pop("broken") in {
+        (Outcome.FAILED, "internal-error"),
+        (Outcome.FAILED, "transient-error"),
     }
+    assert outcomes == {"ok": (Outcome.RESUBMITTED, ""), "slow": (Outcome.RESUBMITTED, "")}
     assert by_payload(decisions(second)) == {"broken": (Outcome.RESUBMITTED, "")}
     assert [json.loads(m["Body"])["n"] for m in world.drain("dest-broken")] == ["broken"]
     assert world.depth("retry-mixed") == 0
