@@ -298,6 +298,38 @@ class ParkReason(StrEnum):
     RETENTION_EXPIRING = "retention-expiring"
 
 
+class FailReason(StrEnum):
+    """Why a message was left in its DLQ (outcome `failed`); a bounded set, used as a metric label.
+
+    A failed message reappears when its lease ends and is looked at again.
+    """
+
+    # The target could not take it for now (throttled, unavailable, timed out).
+    TRANSIENT_ERROR = "transient-error"
+    # It had to be parked, but the parking queue did not take the copy.
+    PARKING_FAILED = "parking-failed"
+    # The batch's lease ran out before its copy was known to be safe.
+    LEASE_EXPIRED = "lease-expired"
+    # A bug in retryd while handling it (logged with a traceback).
+    INTERNAL_ERROR = "internal-error"
+    # The attempt ledger could not be read or written, so retryd cannot tell whether to send.
+    LEDGER_UNAVAILABLE = "ledger-unavailable"
+    # The ledger cannot work as configured (its table is missing, no credentials): the
+    # message waits too, but for a person rather than another cycle.
+    LEDGER_MISCONFIGURED = "ledger-misconfigured"
+
+
+# Failed reasons that another cycle will not cure: `retryd once` exits as for a bad config.
+CONFIG_FAIL_REASONS = frozenset({FailReason.LEDGER_MISCONFIGURED})
+
+
+def ledger_hold_reason(error_class: ErrorClass) -> FailReason:
+    """Why a message is held when the ledger failed with an error of `error_class`."""
+    if error_class is ErrorClass.CONFIG:
+        return FailReason.LEDGER_MISCONFIGURED
+    return FailReason.LEDGER_UNAVAILABLE
+
+
 @dataclass(frozen=True, slots=True)
 class Unresolvable:
     """A dead letter no resolver could turn into a Job, and why."""

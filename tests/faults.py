@@ -20,6 +20,11 @@ from urllib.parse import parse_qs
 
 from retryd.sandbox.emulator import WsgiApp
 
+_CONTENT_TYPES = {
+    "json": "application/x-amz-json-1.0",
+    "rest-json": "application/json",
+    "query": "text/xml",
+}
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 
 
@@ -28,7 +33,8 @@ class Fault:
     """Answer matching calls with `code`/`status`; `times` None means until removed.
 
     With `delay_s`, the call waits that long first; with `code=None` as well it is
-    then passed on to moto unchanged (a slow but working AWS).
+    then passed on to moto unchanged (a slow but working AWS). With `answer`, the
+    call is answered 200 with that body instead (a truncated answer, a proxy's page).
     """
 
     service: str
@@ -39,6 +45,7 @@ class Fault:
     times: int | None = None
     message: str = "injected fault"
     delay_s: float = 0.0
+    answer: str | None = None
     hits: int = 0
 
 
@@ -139,6 +146,16 @@ class FaultInjector:
                         503,
                         message="delayed call abandoned: its test ended",
                     )
+            if fault is not None and fault.answer is not None:
+                payload = fault.answer.encode()
+                start_response(
+                    "200 OK",
+                    [
+                        ("Content-Type", _CONTENT_TYPES[request.protocol]),
+                        ("Content-Length", str(len(payload))),
+                    ],
+                )
+                return [payload]
             if fault is None or fault.code is None:
                 return app(environ, start_response)
             status, headers, payload = _error_response(request, fault)

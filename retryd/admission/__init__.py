@@ -3,11 +3,10 @@ breaker, rate limit), in the order `guards.py` applies them."""
 
 from retryd.admission.allowlist import Allowlist
 from retryd.admission.attempts import attempts_exhausted
+from retryd.admission.claims import Admitted
 from retryd.admission.guards import Guards, build_guards
+from retryd.admission.permit import Fate, Permit
 from retryd.admission.verdicts import (
-    CONFIG_REASONS,
-    LEDGER_MISCONFIGURED,
-    LEDGER_UNAVAILABLE,
     Defer,
     DeferReason,
     Done,
@@ -15,23 +14,21 @@ from retryd.admission.verdicts import (
     Hold,
     Park,
     Verdict,
-    ledger_hold_reason,
 )
 
 __all__ = [
-    "CONFIG_REASONS",
-    "LEDGER_MISCONFIGURED",
-    "LEDGER_UNAVAILABLE",
+    "Admitted",
     "Allowlist",
     "Defer",
     "DeferReason",
     "Done",
+    "Fate",
     "Go",
     "Guards",
     "Hold",
     "Park",
+    "Permit",
     "Verdict",
     "attempts_exhausted",
     "build_guards",
-    "ledger_hold_reason",
 ]

@@ -1,10 +1,16 @@
-"""Guards: whether a resolved job may be sent now, in docs/design.md's order.
+"""Guards: whether a resolved job may be sent now, in docs/design.md's order. Admission's one owner.
 
 `Guards.assess` turns each resolved (or unresolvable) dead letter of a batch into
 a Verdict: go now, park (and why), defer (hide it for a while, and why), or hold
 (leave it untouched because retryd cannot tell yet). The pipeline acts on the
-verdicts; `retryd plan` only prints them. The rate limit is not a verdict here:
-the pipeline waits for tokens within the batch's lease (see pipeline.py).
+verdicts; `retryd plan` only prints them. Each Go carries a breaker `Permit`.
+
+Right before one target's Go verdicts are sent, `Guards.admit` takes the last two
+steps, which only make sense at that moment: the target's rate limit (waiting
+for tokens for part of the lease; jobs that get none in time are deferred) and
+the ledger claim on each key (see claims.py). After the answers, the sender
+settles each permit and hands them to `Guards.settle`, which writes the ledger.
+The sender never touches a breaker, a token bucket or the ledger itself.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from retryd.admission.allowlist import Allowlist
 from retryd.admission.attempts import attempts_exhausted
 from retryd.admission.backoff import Backoff
 from retryd.admission.breaker import Breakers, BreakerState
+from retryd.admission.claims import Admitted, Claims
+from retryd.admission.permit import Permit
+from retryd.admission.ratelimit import RateLimits
 from retryd.admission.verdicts import (
     Defer,
     DeferReason,
@@ -29,12 +38,15 @@ from retryd.admission.verdicts import (
     Hold,
     Park,
     Verdict,
-    ledger_hold_reason,
 )
 from retryd.ledger.base import Ledger, LedgerError, Record, committed_attempt
 from retryd.metrics import Metrics
-from retryd.models import Arn, Job, ParkReason, Target, Unresolvable
+from retryd.models import Arn, Job, ParkReason, Target, Unresolvable, ledger_hold_reason
 from retryd.settings import GuardSettings, Settings
+
+# Share of the time left on a lease that may be spent waiting for rate-limit
+# tokens; the rest is for the target's answer and the delete.
+TOKEN_WAIT_SHARE = 0.5
 
 
 def _queue_identity(arn: str) -> tuple[str, str] | None:
@@ -60,6 +72,7 @@ class Guards:
         backoff: Backoff | None = None,
         breakers: Breakers | None = None,
         ledger: Ledger | None = None,
+        rates: RateLimits | None = None,
         retention_horizon_s: float = 0.0,
         clock_s: Callable[[], float] = time.time,
     ) -> None:
@@ -69,19 +82,13 @@ class Guards:
         self._backoff = backoff
         self._breakers = breakers
         self._ledger = ledger
+        self._claims = Claims(ledger, clock_s)
+        self._rates = rates
         # A message SQS would delete before the next cycle looks again is parked now.
         self._retention_horizon_s = retention_horizon_s
         self._clock_s = clock_s
         self._protected: frozenset[str] = frozenset()
         self._protected_queues: frozenset[tuple[str, str]] = frozenset()
-
-    @property
-    def breakers(self) -> Breakers | None:
-        return self._breakers
-
-    @property
-    def ledger(self) -> Ledger | None:
-        return self._ledger
 
     def protect_queues(self, arns: Iterable[str]) -> None:
         """Queues retryd drains or parks into: never a target, whatever the allowlist says.
@@ -131,8 +138,8 @@ class Guards:
 
         With `dry_run` nothing changes anywhere (no breaker canary slot is taken;
         the ledger is only read): `retryd plan` uses it. Otherwise every Go holds
-        one breaker permit, which the caller returns with `release_permits` if the
-        job is not sent after all.
+        one breaker permit, which the caller settles: `released()` if the job is
+        not sent after all.
         """
         now_s = self._clock_s()
         verdicts: list[Verdict | None] = [None] * len(resolved)
@@ -254,7 +261,8 @@ class Guards:
             state = breaker.observed_state if dry_run else breaker.state
             for position, (index, job) in enumerate(group):
                 if position < allowed:
-                    out.append((index, Go(job, job.next_attempt, breaker.episode)))
+                    permit = Permit(None if dry_run else breaker, breaker.episode)
+                    out.append((index, Go(job, job.next_attempt, permit)))
                     continue
                 wait_s = breaker.retry_in_s() if state is BreakerState.OPEN else 0.0
                 # Hidden no longer than the message can still be rescued: a cool-down
@@ -272,10 +280,44 @@ class Guards:
                 )
         return out
 
-    def release_permits(self, target: Target, unused: int, episode: int | None = None) -> None:
-        """Breaker permits taken by `assess` (in `episode`) for jobs not sent after all."""
-        if self._breakers is not None and unused > 0:
-            self._breakers.for_target(target).release(unused, episode)
+    async def admit(self, target: Target, gos: Sequence[Go], act_by: float) -> Admitted:
+        """The last steps before `target`'s Go verdicts are sent: its rate limit, the ledger claims.
+
+        Tokens are waited for until TOKEN_WAIT_SHARE of the time left before `act_by`
+        (anyio clock); jobs that get none are deferred, nothing consumed. The permits
+        of jobs turned away here are released.
+        """
+        admitted = Admitted()
+        until = anyio.current_time() + max(0.0, act_by - anyio.current_time()) * TOKEN_WAIT_SHARE
+        granted = (
+            len(gos)
+            if self._rates is None
+            else await self._rates.take_by(target.arn, len(gos), until)
+        )
+        for go in gos[granted:]:
+            admitted.deferred.append(
+                Defer(
+                    go.job,
+                    DeferReason.RATE_LIMITED,
+                    0.0,
+                    f"rate limit of {target.arn} reached; it waits for the next cycle",
+                    go.job.attempt,
+                )
+            )
+        await self._claims.begin(gos[:granted], admitted)
+        for turned_away in (admitted.deferred, admitted.held, admitted.done):
+            for verdict in turned_away:
+                _permit_of(gos, verdict.job).released()
+        return admitted
+
+    async def settle(self, target: Target, permits: Sequence[Permit]) -> None:
+        """Write the ledger for permits settled since: commit successes, release the rest."""
+        await self._claims.settle(target.arn, permits)
+
+
+def _permit_of(gos: Sequence[Go], job: Job) -> Permit:
+    message_id = job.letter.message_id
+    return next(go.permit for go in gos if go.job.letter.message_id == message_id)
 
 
 def build_guards(settings: Settings, *, ledger: Ledger | None, metrics: Metrics | None) -> Guards:
@@ -287,6 +329,8 @@ def build_guards(settings: Settings, *, ledger: Ledger | None, metrics: Metrics 
         # not open or close one.
         breakers=Breakers(settings.breaker, anyio.current_time, metrics),
         ledger=ledger,
+        # Buckets fill in the event loop's monotonic time too.
+        rates=RateLimits(settings.rate_limit, anyio.current_time),
         # A message SQS deletes before the next cycle has finished looking is parked now;
         # one left in its DLQ may first stay hidden for a whole lease.
         retention_horizon_s=(

@@ -16,6 +16,8 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
 
+import anyio
+
 from retryd.admission.matching import first_matching
 from retryd.models import Target, TargetType
 from retryd.settings import RateLimitSettings, RateRule
@@ -202,3 +204,18 @@ class RateLimits:
             bucket = TokenBucket(rate.per_s, rate.burst, self._clock)
             self._buckets[target_arn] = bucket
         return bucket
+
+    async def take_by(self, target_arn: str, wanted: int, until: float) -> int:
+        """Up to `wanted` tokens of the target's bucket, waiting for them until `until`.
+
+        `until` is on the anyio clock, which the buckets of a running retryd share.
+        """
+        bucket = self.for_target(target_arn)
+        granted = bucket.take(wanted)
+        while granted < wanted:
+            wait_s = bucket.wait_s(1)
+            if anyio.current_time() + wait_s > until:
+                break
+            await anyio.sleep(wait_s)
+            granted += bucket.take(wanted - granted)
+        return granted

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-from retryd.models import DeadLetter, ErrorClass, Job, ParkReason
+from retryd.admission.permit import Permit
+from retryd.models import DeadLetter, FailReason, Job, ParkReason
 
 
 class DeferReason(StrEnum):
@@ -13,34 +14,23 @@ class DeferReason(StrEnum):
 
     BACKOFF = "backoff"
     BREAKER_OPEN = "breaker-open"
+    # Its target's rate limit gave no token within the time the lease allows for waiting.
     RATE_LIMITED = "rate-limited"
     # Another replica has begun resubmitting the same key and has not finished.
     CLAIMED_ELSEWHERE = "claimed-elsewhere"
-
-
-# Reasons of a Hold: the message is left exactly as it is (outcome `failed`).
-LEDGER_UNAVAILABLE = "ledger-unavailable"
-# The ledger cannot work as configured (its table is missing, no credentials):
-# the message waits too, but for a person rather than another cycle.
-LEDGER_MISCONFIGURED = "ledger-misconfigured"
-CONFIG_REASONS = frozenset({LEDGER_MISCONFIGURED})
-
-
-def ledger_hold_reason(error_class: ErrorClass) -> str:
-    """Why a message is held when the ledger failed with an error of `error_class`."""
-    return LEDGER_MISCONFIGURED if error_class is ErrorClass.CONFIG else LEDGER_UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
 class Go:
     """Resubmit now, as attempt number `attempt` (1 is the first resubmission).
 
-    It holds one permit of its target's breaker, taken in `breaker_episode`.
+    Its `permit` holds one permit of its target's breaker; whoever sends the job
+    settles it (succeeded, failed or released), and nothing else touches the breaker.
     """
 
     job: Job
     attempt: int
-    breaker_episode: int | None = None
+    permit: Permit = field(default_factory=Permit, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +69,10 @@ class Done:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """Leave it in its DLQ untouched: it reappears when its lease ends."""
+    """Leave it in its DLQ untouched (outcome `failed`): it reappears when its lease ends."""
 
     job: Job
-    reason: str
+    reason: FailReason
     detail: str
 
 

@@ -1,4 +1,7 @@
-"""One received batch from one DLQ: resolve -> guard -> act -> settle.
+"""One received batch from one DLQ: resolve -> admit -> act -> settle. It only orchestrates.
+
+Resolution is resolve/'s, admission admission/'s, sending targets/'s, and the
+settling itself settle/'s (the parking queue, and the DLQ's delete and hide).
 
 The rule this module exists to keep: a message is deleted from its DLQ only after
 its copy is safe (accepted by the target, or written to the parking queue).
@@ -13,7 +16,6 @@ from cancellation (briefly, so that a second SIGTERM still means "now").
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,13 +23,14 @@ from typing import Any
 import anyio
 import structlog
 
-from retryd import classify
 from retryd.admission import Defer, Done, Go, Guards, Hold, Park, Verdict
+from retryd.aws import Client
 from retryd.metrics import Metrics
 from retryd.models import (
     DeadLetter,
     Decision,
     ErrorClass,
+    FailReason,
     Job,
     Outcome,
     ParkReason,
@@ -35,6 +38,7 @@ from retryd.models import (
     SendError,
 )
 from retryd.resolve import ResolverChain
+from retryd.settle.dlq import DeadLetterQueues
 from retryd.settle.parking import Parking, ParkRequest
 from retryd.targets import Delivery
 from retryd.targets.base import PAYLOAD_TOO_LARGE
@@ -42,17 +46,6 @@ from retryd.targets.sender import ALREADY_RESUBMITTED, Sender, Sent
 
 log = structlog.get_logger("retryd.pipeline")
 
-# SQS DeleteMessageBatch and ChangeMessageVisibilityBatch take at most 10 entries.
-DELETE_BATCH_MAX = 10
-VISIBILITY_BATCH_MAX = 10
-# SQS hides a message for at most 12 hours from when it was received; a minute is
-# kept back for the time since this batch was received.
-MAX_HIDE_S = 43_200 - 60
-# Reasons of the FAILED outcome (the message stays in its DLQ); a bounded set.
-PARKING_FAILED = "parking-failed"
-TRANSIENT_ERROR = "transient-error"
-LEASE_EXPIRED = "lease-expired"
-INTERNAL_ERROR = "internal-error"
 # How long a started delete may hold off cancellation (a stop, a second signal).
 DELETE_SHIELD_S = 10.0
 # Longest detail written to a log line (parked copies have their own limit).
@@ -96,7 +89,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        sqs: Any,
+        sqs: Client,
         chain: ResolverChain,
         guards: Guards,
         sender: Sender,
@@ -104,7 +97,7 @@ class Pipeline:
         metrics: Metrics,
         log_payloads: bool = False,
     ) -> None:
-        self._sqs = sqs
+        self._dlqs = DeadLetterQueues(sqs, metrics)
         self._chain = chain
         self._guards = guards
         self._sender = sender
@@ -125,12 +118,14 @@ class Pipeline:
         except Exception as exc:  # one batch's bug must not stop the queue
             # Nothing undecided has been deleted: it stays in the DLQ.
             log.exception("batch-failed", queue=queue.name, messages=len(letters))
-            batch.fail_rest(INTERNAL_ERROR, f"{type(exc).__name__} while settling the batch")
+            batch.fail_rest(
+                FailReason.INTERNAL_ERROR, f"{type(exc).__name__} while settling the batch"
+            )
         finally:
             # A letter whose copy is safe is deleted even when a later step broke or
             # the batch is being cancelled: otherwise it would be sent twice.
             with anyio.move_on_after(DELETE_SHIELD_S, shield=True):
-                await self._delete(queue, batch.deletable)
+                await self._dlqs.delete(queue, batch.deletable)
             for decision in batch.decided.values():
                 self._report(decision)
             if len(batch.decided) < len(letters):
@@ -156,15 +151,19 @@ class Pipeline:
                 self._already_done(batch, replace(verdict.job, attempt=verdict.attempt - 1))
         after = await self._first_pass(batch, verdicts, act_by)
         if after is None:
-            batch.fail_rest(LEASE_EXPIRED, "the batch was not settled before its lease ran out")
+            batch.fail_rest(
+                FailReason.LEASE_EXPIRED, "the batch was not settled before its lease ran out"
+            )
             return
         rejected, deferred = after
         with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
-            await self._hide(deferred)
+            await self._dlqs.hide(deferred)
             if rejected:
                 self._settle_parks(batch, rejected, await self._park(rejected))
         if lease.cancelled_caught:
-            batch.fail_rest(LEASE_EXPIRED, "the copy was not parked before its lease ran out")
+            batch.fail_rest(
+                FailReason.LEASE_EXPIRED, "the copy was not parked before its lease ran out"
+            )
 
     async def _first_pass(
         self, batch: _Batch, verdicts: Sequence[Verdict], act_by: float
@@ -195,7 +194,7 @@ class Pipeline:
 
         async def defer() -> None:
             self._decide_deferred(batch, defers)
-            await self._hide(defers)
+            await self._dlqs.hide(defers)
 
         with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
             # None of these depends on another: run them side by side.
@@ -259,32 +258,6 @@ class Pipeline:
                 )
             )
 
-    async def _hide(self, defers: Sequence[Defer]) -> None:
-        """Hide deferred messages until they are due; they stay in their DLQ either way."""
-        hidden = [defer for defer in defers if defer.delay_s > 0]
-        for start in range(0, len(hidden), VISIBILITY_BATCH_MAX):
-            await self._hide_batch(hidden[start : start + VISIBILITY_BATCH_MAX])
-
-    async def _hide_batch(self, defers: Sequence[Defer]) -> None:
-        queue = defers[0].job.letter.queue
-        entries = [
-            {
-                "Id": str(i),
-                "ReceiptHandle": defer.job.letter.receipt_handle,
-                "VisibilityTimeout": min(math.ceil(defer.delay_s), MAX_HIDE_S),
-            }
-            for i, defer in enumerate(defers)
-        ]
-        try:
-            response = await self._sqs.change_message_visibility_batch(
-                QueueUrl=queue.url, Entries=entries
-            )
-            failures = [str(classify.from_batch_failure(f)) for f in response.get("Failed", [])]
-        except Exception as exc:  # noqa: BLE001 - a message not hidden is only seen sooner
-            failures = [str(classify.from_exception(exc))]
-        if failures:
-            log.warning("defer-hide-failed", queue=queue.name, errors=failures[:3])
-
     async def _park(self, parks: Sequence[Park]) -> list[SendError | None]:
         return await self._parking.park(
             [
@@ -305,7 +278,9 @@ class Pipeline:
                 )
             else:
                 detail = f"could not park ({park.reason}: {park.detail}): {error}"
-                batch.decide(_park_decision(park, Outcome.FAILED, PARKING_FAILED, detail))
+                batch.decide(
+                    _park_decision(park, Outcome.FAILED, FailReason.PARKING_FAILED, detail)
+                )
 
     def _after_delivery(self, batch: _Batch, delivery: Delivery) -> Park | None:
         """Record an accepted or transient delivery; a permanent refusal is returned to park."""
@@ -338,34 +313,15 @@ class Pipeline:
         # not the reason, so the reason stays a bounded metric label.
         batch.decide(
             Decision(
-                job.letter, Outcome.FAILED, job.target, TRANSIENT_ERROR, str(error), job.attempt
+                job.letter,
+                Outcome.FAILED,
+                job.target,
+                FailReason.TRANSIENT_ERROR,
+                str(error),
+                job.attempt,
             )
         )
         return None
-
-    async def _delete(self, queue: QueueRef, letters: Sequence[DeadLetter]) -> None:
-        for start in range(0, len(letters), DELETE_BATCH_MAX):
-            chunk = letters[start : start + DELETE_BATCH_MAX]
-            entries = [
-                {"Id": str(i), "ReceiptHandle": letter.receipt_handle}
-                for i, letter in enumerate(chunk)
-            ]
-            try:
-                response = await self._sqs.delete_message_batch(QueueUrl=queue.url, Entries=entries)
-            except Exception as exc:  # noqa: BLE001 - any failure means the original will reappear
-                error = classify.from_exception(exc)
-                for letter in chunk:
-                    self._delete_failed(queue, letter, str(error))
-                continue
-            for failed in response.get("Failed", []):
-                letter = chunk[int(failed["Id"])]
-                self._delete_failed(queue, letter, str(classify.from_batch_failure(failed)))
-
-    def _delete_failed(self, queue: QueueRef, letter: DeadLetter, error: str) -> None:
-        # The copy is safe; the original will reappear after its lease and be
-        # handled again. Worth a metric: it is where duplicates come from.
-        self._metrics.record_delete_failure(queue.name)
-        log.warning("delete-failed", queue=queue.name, message_id=letter.message_id, error=error)
 
     def _report(self, decision: Decision) -> None:
         target_type = decision.target.type.value if decision.target else ""

@@ -12,8 +12,7 @@ import anyio
 import structlog
 
 from retryd import classify
-from retryd.admission import CONFIG_REASONS, build_guards
-from retryd.admission.ratelimit import RateLimits
+from retryd.admission import build_guards
 from retryd.aws import AwsClients
 from retryd.discovery.feeds import FeedCache
 from retryd.discovery.survey import (
@@ -28,7 +27,7 @@ from retryd.drain.batch import Pipeline
 from retryd.errors import ParkingQueueMissingError, RetrydError
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, Decision, Outcome, QueueRef
+from retryd.models import CONFIG_FAIL_REASONS, DeadLetter, Decision, Outcome, QueueRef
 from retryd.resolve import build_chain
 from retryd.settings import Settings
 from retryd.settle.parking import Parking
@@ -63,7 +62,7 @@ class CycleReport:
         return sum(
             count
             for (outcome, reason), count in self.reasons.items()
-            if outcome == Outcome.FAILED.value and reason in CONFIG_REASONS
+            if outcome == Outcome.FAILED.value and reason in CONFIG_FAIL_REASONS
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -177,8 +176,6 @@ class Cycle:
         self._sender = Sender(
             targets=TargetRouter(clients, settings.drain.target_concurrency),
             guards=self._guards,
-            rates=RateLimits(settings.rate_limit, anyio.current_time),
-            ledger=ledger,
         )
         self._pipeline: Pipeline | None = None
         self._parking: Parking | None = None

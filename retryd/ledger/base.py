@@ -11,7 +11,12 @@ A key holds one claim at a time, yet several DLQ messages can share a key (a
 producer that failed twice with one idempotency key). So a record also keeps
 the DLQ messages whose resubmission it committed lately: one that comes back
 (its delete was lost, or its lease ran out after the commit) is only deleted,
-even after another message has claimed the key since.
+even after another message has claimed the key since. And it keeps the ones
+whose begun claim was abandoned (its lease ran out mid-call, its process died)
+and then taken over by another message: one that comes back is resumed under
+the attempt it was begun as, so a target that deduplicates on (key, message,
+attempt), like Step Functions execution names, sees the same resubmission again
+rather than a new one.
 
 Backends differ only in how they read and write a record atomically; what to
 write is decided here by pure functions (`decide_begin`, `decide_commit`,
@@ -68,6 +73,9 @@ class Record:
     # (DLQ message id, attempt) of the last COMMITTED_MEMORY committed resubmissions,
     # newest last, one pair per message: a message found here is DONE.
     committed: tuple[tuple[str, int], ...] = ()
+    # (DLQ message id, attempt) of begun claims abandoned and then taken over by another
+    # message, never committed; newest last, at most COMMITTED_MEMORY: RESUMED as that attempt.
+    abandoned: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +95,9 @@ class BeginStatus(StrEnum):
 
     # The claim is ours: resubmit.
     STARTED = "started"
-    # This message was begun before and never committed (a crash, a lost lease):
-    # resubmit again with the same key and the attempt returned.
+    # This message was begun before and never committed (a crash, a lost lease),
+    # whether or not another message has held the key since: resubmit again with
+    # the same key and the attempt returned.
     RESUMED = "resumed"
     # This message's resubmission was committed: do not resubmit, only delete it.
     DONE = "done"
@@ -185,15 +194,35 @@ def committed_attempt(record: Record | None, message_id: str) -> int | None:
 
 
 def _remember(
-    committed: tuple[tuple[str, int], ...], message_id: str, attempt: int
+    pairs: tuple[tuple[str, int], ...], message_id: str, attempt: int
 ) -> tuple[tuple[str, int], ...]:
-    """`committed` with this message's commit added (its first commit is kept), bounded."""
-    if any(known == message_id for known, _ in committed):
-        return committed
-    return (*committed, (message_id, attempt))[-COMMITTED_MEMORY:]
+    """`pairs` with (message, attempt) added (a message's first pair is kept), bounded."""
+    if any(known == message_id for known, _ in pairs):
+        return pairs
+    return (*pairs, (message_id, attempt))[-COMMITTED_MEMORY:]
 
 
-def _new_claim(record: Record | None, claim: Claim, owner: str, expires_at_s: float) -> Record:
+def _forget(pairs: tuple[tuple[str, int], ...], message_id: str) -> tuple[tuple[str, int], ...]:
+    return tuple(pair for pair in pairs if pair[0] != message_id)
+
+
+def _pair_attempt(pairs: tuple[tuple[str, int], ...], message_id: str) -> int | None:
+    return next((attempt for known, attempt in pairs if known == message_id), None)
+
+
+def _new_claim(
+    record: Record | None, claim: Claim, owner: str, expires_at_s: float, attempt: int
+) -> Record:
+    """`claim` begun as `attempt`; a begun claim it takes the key from is remembered abandoned."""
+    abandoned = record.abandoned if record else ()
+    if (
+        record is not None
+        and record.claim_state is ClaimState.BEGUN
+        and record.claim_message_id is not None
+        and record.claim_message_id != claim.message_id
+        and committed_attempt(record, record.claim_message_id) is None
+    ):
+        abandoned = _remember(abandoned, record.claim_message_id, record.claim_attempt)
     return Record(
         key=claim.key,
         attempts=record.attempts if record else 0,
@@ -202,11 +231,12 @@ def _new_claim(record: Record | None, claim: Claim, owner: str, expires_at_s: fl
         ),
         last_attempt_at_s=record.last_attempt_at_s if record else None,
         claim_message_id=claim.message_id,
-        claim_attempt=claim.attempt,
+        claim_attempt=attempt,
         claim_state=ClaimState.BEGUN,
         claim_owner=owner,
         claim_expires_at_s=expires_at_s,
         committed=record.committed if record else (),
+        abandoned=_forget(abandoned, claim.message_id),
     )
 
 
@@ -216,7 +246,7 @@ def decide_begin(
     """The answer to `claim` given the stored `record`, and the record to write (None: no write)."""
     if record is None:
         return Begun(BeginStatus.STARTED, claim.attempt), _new_claim(
-            None, claim, owner, now_s + claim_s
+            None, claim, owner, now_s + claim_s, claim.attempt
         )
     done_attempt = committed_attempt(record, claim.message_id)
     if done_attempt is not None:
@@ -242,9 +272,15 @@ def decide_begin(
         # Ours too: taking the key over would forget that the first message's
         # resubmission may be on its way, and a lost delete would then resend it.
         return Begun(BeginStatus.BUSY, record.claim_attempt), None
-    return Begun(BeginStatus.STARTED, claim.attempt), _new_claim(
-        record, claim, owner, now_s + claim_s
+    # Begun once, abandoned, and another message has held the key since: it may have
+    # reached the target under that attempt, so it goes again as that one.
+    abandoned_attempt = _pair_attempt(record.abandoned, claim.message_id)
+    status, attempt = (
+        (BeginStatus.STARTED, claim.attempt)
+        if abandoned_attempt is None
+        else (BeginStatus.RESUMED, abandoned_attempt)
     )
+    return Begun(status, attempt), _new_claim(record, claim, owner, now_s + claim_s, attempt)
 
 
 def holds(record: Record | None, claim: Claim, owner: str) -> bool:
@@ -293,6 +329,8 @@ def decide_commit(
         committed=_remember(
             record.committed, claim.message_id, record.claim_attempt if ours else claim.attempt
         ),
+        # Done now: DONE is answered before anything else is looked at.
+        abandoned=_forget(record.abandoned, claim.message_id),
     )
     if ours:
         counted = replace(counted, claim_state=ClaimState.COMMITTED)

@@ -8,7 +8,8 @@ again on what is now stored, and so sees the winner's claim. Items carry an
 grow forever; an item past it but not yet swept is treated as absent. A record's
 recently committed messages are the list attribute `committed` of maps
 {"m": message id (S), "a": attempt (N)}, newest last; an item without it (none
-committed yet) reads as an empty list.
+committed yet) reads as an empty list. Begun claims abandoned and taken over are
+the list attribute `abandoned`, in the same shape.
 
 References: conditional writes,
 https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html;
@@ -51,6 +52,7 @@ from retryd.models import ErrorClass, SendError
 KEY_ATTRIBUTE = "key"
 TTL_ATTRIBUTE = "expires_at"
 COMMITTED_ATTRIBUTE = "committed"
+ABANDONED_ATTRIBUTE = "abandoned"
 # BatchGetItem takes at most 100 keys per call.
 BATCH_GET_MAX_KEYS = 100
 # Rounds of BatchGetItem for keys DynamoDB returned unprocessed (it throttled them).
@@ -106,23 +108,24 @@ def to_item(record: Record, *, expires_at: int, version: int) -> Item:
     ):
         if text is not None:
             item[name] = {"S": text}
-    if record.committed:
-        item[COMMITTED_ATTRIBUTE] = {
-            "L": [
-                {"M": {"m": {"S": message_id}, "a": _number(attempt)}}
-                for message_id, attempt in record.committed
-            ]
-        }
+    for name, pairs in (
+        (COMMITTED_ATTRIBUTE, record.committed),
+        (ABANDONED_ATTRIBUTE, record.abandoned),
+    ):
+        if pairs:
+            item[name] = {
+                "L": [
+                    {"M": {"m": {"S": message_id}, "a": _number(attempt)}}
+                    for message_id, attempt in pairs
+                ]
+            }
     return item
 
 
-def _committed(item: Item) -> tuple[tuple[str, int], ...]:
-    if COMMITTED_ATTRIBUTE not in item:
+def _pairs(item: Item, name: str) -> tuple[tuple[str, int], ...]:
+    if name not in item:
         return ()
-    return tuple(
-        (entry["M"]["m"]["S"], int(entry["M"]["a"]["N"]))
-        for entry in item[COMMITTED_ATTRIBUTE]["L"]
-    )
+    return tuple((entry["M"]["m"]["S"], int(entry["M"]["a"]["N"])) for entry in item[name]["L"])
 
 
 def _optional_float(item: Item, name: str) -> float | None:
@@ -149,7 +152,8 @@ def from_item(item: Item, now_s: float) -> _Stored:
         claim_state=ClaimState(state) if state is not None else None,
         claim_owner=_optional_text(item, "claim_owner"),
         claim_expires_at_s=float(item["claim_expires_at_s"]["N"]),
-        committed=_committed(item),
+        committed=_pairs(item, COMMITTED_ATTRIBUTE),
+        abandoned=_pairs(item, ABANDONED_ATTRIBUTE),
     )
     return _Stored(record, version)
 

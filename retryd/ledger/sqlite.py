@@ -49,7 +49,8 @@ from retryd.models import ErrorClass, SendError
 T = TypeVar("T")
 
 # 1: the first schema. 2: the `committed` column (JSON) of recently committed messages.
-SCHEMA_VERSION = 2
+# 3: the `abandoned` column (JSON) of begun claims abandoned and taken over.
+SCHEMA_VERSION = 3
 # How long a transaction waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 10_000
 # Expired rows are deleted on open and then at most this often, inside a write.
@@ -70,6 +71,7 @@ _COLUMNS = (
     "claim_owner",
     "claim_expires_at_s",
     "committed",
+    "abandoned",
 )
 # One statement however many keys: they travel as one JSON array parameter,
 # so there is no bound-variable limit to chunk around.
@@ -93,32 +95,34 @@ CREATE TABLE IF NOT EXISTS ledger (
     claim_owner TEXT,
     claim_expires_at_s REAL NOT NULL,
     expires_at REAL NOT NULL,
-    committed TEXT NOT NULL DEFAULT '[]'
+    committed TEXT NOT NULL DEFAULT '[]',
+    abandoned TEXT NOT NULL DEFAULT '[]'
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_expires_at ON ledger (expires_at);
 """
 # The statement that takes a file from version N to N + 1. Rows written before a
-# column existed get its default: no record had committed messages to remember.
+# column existed get its default: no record had messages to remember there.
 _UPGRADES = {
     1: "ALTER TABLE ledger ADD COLUMN committed TEXT NOT NULL DEFAULT '[]'",
+    2: "ALTER TABLE ledger ADD COLUMN abandoned TEXT NOT NULL DEFAULT '[]'",
 }
 
 Row = tuple[
-    str, int, float | None, float | None, str | None, int, str | None, str | None, float, str
+    str, int, float | None, float | None, str | None, int, str | None, str | None, float, str, str
 ]
 
 
-def _committed(text: str, key: str) -> tuple[tuple[str, int], ...]:
-    """The `committed` column: a JSON array of [message id, attempt] pairs."""
+def _pairs(text: str, key: str, column: str) -> tuple[tuple[str, int], ...]:
+    """The `committed` or `abandoned` column: a JSON array of [message id, attempt] pairs."""
     try:
         pairs = json.loads(text)
     except ValueError:
         pairs = None
     if isinstance(pairs, list) and all(_is_pair(pair) for pair in pairs):
         return tuple((pair[0], pair[1]) for pair in pairs)
-    # A hand-edited or damaged row: fail the call, never read it as "nothing committed".
+    # A hand-edited or damaged row: fail the call, never read it as "nothing there".
     raise sqlite3.DataError(
-        f"key {key!r} has a committed column that is not a JSON list of "
+        f"key {key!r} has a {column} column that is not a JSON list of "
         f"[message id, attempt] pairs: {text[:200]!r}"
     )
 
@@ -142,7 +146,8 @@ def _record(row: Row) -> Record:
         claim_state=ClaimState(state) if state is not None else None,
         claim_owner=row[7],
         claim_expires_at_s=row[8],
-        committed=_committed(row[9], row[0]),
+        committed=_pairs(row[9], row[0], "committed"),
+        abandoned=_pairs(row[10], row[0], "abandoned"),
     )
 
 
@@ -158,6 +163,7 @@ def _row(record: Record, expires_at: float) -> tuple[object, ...]:
         record.claim_owner,
         record.claim_expires_at_s,
         json.dumps([list(pair) for pair in record.committed]),
+        json.dumps([list(pair) for pair in record.abandoned]),
         expires_at,
     )
 

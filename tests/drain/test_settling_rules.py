@@ -50,6 +50,7 @@ from retryd.settings import (
     Settings,
 )
 from retryd.targets import Delivery, TargetRouter
+from retryd.targets.router import OnAnswer
 from retryd.targets.sender import Sender, Sent
 from tests.clock_helpers import FakeClock
 from tests.conftest import SettingsFactory
@@ -144,7 +145,9 @@ class ScriptedRouter(TargetRouter):
         self._gated = gated
         self.calls: list[str] = []
 
-    async def submit(self, jobs: Sequence[Job]) -> list[Delivery]:
+    async def submit(
+        self, jobs: Sequence[Job], on_answer: OnAnswer | None = None
+    ) -> list[Delivery]:
         self.calls.extend(job.key for job in jobs)
         if self._gate is not None and any(job.key in self._gated for job in jobs):
             await self._gate.wait()
@@ -413,7 +416,7 @@ def test_a_late_permanent_error_does_not_free_a_canary_slot_of_a_later_episode()
         router = ScriptedRouter(
             {"key-fail": TRANSIENT, "key-late": PERMANENT}, gate, frozenset({"key-late"})
         )
-        sender = Sender(targets=router, guards=guards, rates=None, ledger=ledger)
+        sender = Sender(targets=router, guards=guards)
         act_by = anyio.current_time() + 60
         late = await gos_for(guards, [unit_job("late")])
         fail = await gos_for(guards, [unit_job("fail")])
@@ -442,9 +445,7 @@ def test_a_permanent_error_on_a_half_open_canary_frees_its_slot_and_its_claim() 
         breakers, _, breaker = half_open_breakers(canaries=1)
         ledger = memory_ledger()
         guards = unit_guards(breakers, ledger)
-        sender = Sender(
-            targets=ScriptedRouter({"key-a": PERMANENT}), guards=guards, rates=None, ledger=ledger
-        )
+        sender = Sender(targets=ScriptedRouter({"key-a": PERMANENT}), guards=guards)
         gos = await gos_for(guards, [unit_job("a")])
         assert breaker.peek(1) == 0
         sent = await sender.send(gos, anyio.current_time() + 60)
@@ -466,7 +467,7 @@ def test_cancelled_mid_send_returns_every_permit_and_leaves_a_resumable_claim() 
         ledger = memory_ledger()
         guards = unit_guards(breakers, ledger)
         router = ScriptedRouter({}, anyio.Event(), frozenset({"key-a", "key-b"}))
-        sender = Sender(targets=router, guards=guards, rates=None, ledger=ledger)
+        sender = Sender(targets=router, guards=guards)
         gos = await gos_for(guards, [unit_job("a"), unit_job("b")])
         with anyio.move_on_after(0.2) as scope:
             await sender.send(gos, anyio.current_time() + 60)
@@ -516,7 +517,7 @@ def test_a_ledger_outage_holds_the_message_sends_nothing_and_keeps_no_canary_slo
         ledger = BrokenLedger(failing)
         guards = unit_guards(breakers, ledger)
         router = ScriptedRouter({})
-        sender = Sender(targets=router, guards=guards, rates=None, ledger=ledger)
+        sender = Sender(targets=router, guards=guards)
         verdicts = await guards.assess([unit_job("a")])
         gos = [v for v in verdicts if isinstance(v, Go)]
         sent = await sender.send(gos, anyio.current_time() + 60) if gos else None
@@ -610,7 +611,7 @@ def test_a_claim_left_by_a_crashed_owner_on_this_message_defers_until_it_expires
         breakers, _, breaker = half_open_breakers(canaries=1)
         guards = unit_guards(breakers, mine)
         router = ScriptedRouter({})
-        sender = Sender(targets=router, guards=guards, rates=None, ledger=mine)
+        sender = Sender(targets=router, guards=guards)
         busy = await sender.send(await gos_for(guards, [job]), anyio.current_time() + 60)
         free = breaker.peek(1)
         clock_s[0] += 301
@@ -630,9 +631,7 @@ def test_the_record_of_a_released_claim_keeps_no_attempt() -> None:
     async def main() -> Record:
         ledger = memory_ledger()
         guards = unit_guards(None, ledger)
-        sender = Sender(
-            targets=ScriptedRouter({"key-a": TRANSIENT}), guards=guards, rates=None, ledger=ledger
-        )
+        sender = Sender(targets=ScriptedRouter({"key-a": TRANSIENT}), guards=guards)
         await sender.send(await gos_for(guards, [unit_job("a")]), anyio.current_time() + 60)
         return (await ledger.read(["key-a"]))["key-a"]
 
@@ -647,10 +646,10 @@ def test_rate_limited_jobs_are_deferred_unsent_and_return_their_canary_slots() -
     async def main() -> tuple[Sent, list[str], int, dict[str, Record]]:
         breakers, _, breaker = half_open_breakers(canaries=3)
         ledger = memory_ledger()
-        guards = unit_guards(breakers, ledger)
         rates = RateLimits(RateLimitSettings(per_s=0.001, burst=1), anyio.current_time)
+        guards = unit_guards(breakers, ledger, rates=rates)
         router = ScriptedRouter({})
-        sender = Sender(targets=router, guards=guards, rates=rates, ledger=ledger)
+        sender = Sender(targets=router, guards=guards)
         jobs = [unit_job("a"), unit_job("b"), unit_job("c")]
         sent = await sender.send(await gos_for(guards, jobs), anyio.current_time() + 30)
         records = await ledger.read([job.key for job in jobs])

@@ -178,6 +178,32 @@ def test_an_abandoned_claim_on_the_same_message_is_taken_over(
     run(body)
 
 
+def test_an_abandoned_message_is_resumed_as_its_own_attempt_after_a_sibling_committed(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """m1 begun as 1 and abandoned; m2 (same key) takes the expired claim and commits 1; m1
+    back is RESUMED as attempt 1, not started as 2, and the count stays 1 once it commits."""
+
+    async def body() -> None:
+        async with backend.open("a", clock) as a, backend.open("b", clock) as b:
+            await a.begin([claim("k", "m1", attempt=1)])
+            clock.advance(CLAIM_S + 1)
+            assert [x.status for x in await b.begin([claim("k", "m2", attempt=1)])] == [STARTED]
+            assert await b.commit([claim("k", "m2", attempt=1)], at_s=clock()) == [True]
+            assert (await b.read(["k"]))["k"].abandoned == (("m1", 1),)
+            [begun] = await b.begin([claim("k", "m1", attempt=2)])
+            assert (begun.status, begun.attempt) == (RESUMED, 1)
+            assert await b.commit([claim("k", "m1", attempt=1)], at_s=clock()) == [True]
+            record = (await b.read(["k"]))["k"]
+        assert (record.attempts, record.committed, record.abandoned) == (
+            1,
+            (("m2", 1), ("m1", 1)),
+            (),
+        )
+
+    run(body)
+
+
 def test_a_live_claim_of_another_owner_on_another_message_is_busy(
     backend: Backend, clock: FakeClock
 ) -> None:
@@ -554,7 +580,8 @@ PRAGMA user_version = 1;
 
 
 def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock: FakeClock) -> None:
-    """A file from schema 1 gains the committed column on open; its rows read and work as before."""
+    """A file from schema 1 gains the committed and abandoned columns on open; its rows read and
+    work as before."""
     path = tmp_path / "ledger.sqlite3"
     with sqlite3.connect(path) as conn:
         conn.executescript(SCHEMA_V1)
@@ -571,7 +598,7 @@ def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock:
             assert await ledger.commit([claim("k", "m2", attempt=3)], at_s=clock()) == [True]
         finally:
             await ledger.aclose()
-        # Reopening a file already at version 2 changes nothing.
+        # Reopening a file already at the current version changes nothing.
         again = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
         try:
             assert (await again.read(["k"]))["k"].committed == (("m2", 3),)
@@ -583,8 +610,8 @@ def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock:
         assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION,)
         columns = [row[1] for row in conn.execute("PRAGMA table_info(ledger)")]
     conn.close()
-    assert SQLITE_SCHEMA_VERSION == 2
-    assert columns[-1] == "committed"
+    assert SQLITE_SCHEMA_VERSION == 3
+    assert columns[-2:] == ["committed", "abandoned"]
 
 
 def test_sqlite_ledger_refuses_a_file_from_a_newer_retryd(tmp_path: Path) -> None:
@@ -903,6 +930,9 @@ class Model:
         self.grants: dict[tuple[str, str, str], tuple[float, int]] = {}
         # (key, message) -> attempt of every commit made, held or lost: the first one counts.
         self.committed: dict[tuple[str, str], int] = {}
+        # (key, message) -> attempt of claims begun, never settled, and taken over by another
+        # message: resumed under that attempt (issue 12, defect 3).
+        self.abandoned: dict[tuple[str, str], int] = {}
         self.max_attempt: dict[str, int] = {}
         self.first_failed: dict[str, float] = {}
 
@@ -928,7 +958,16 @@ class Model:
                 for (_, key, message), (_, attempt) in self.grants.items()
                 if (key, message) == (one.key, one.message_id)
             }
+            earlier.update(
+                attempt
+                for (key, message), attempt in self.abandoned.items()
+                if (key, message) == (one.key, one.message_id)
+            )
             assert begun.attempt in earlier
+        abandoned = self.abandoned.get((one.key, one.message_id))
+        if abandoned is not None and begun.status in (STARTED, RESUMED):
+            # An abandoned resubmission comes back as itself, never as a new attempt.
+            assert (begun.status, begun.attempt) == (RESUMED, abandoned)
         if begun.status in (STARTED, RESUMED):
             # Only our own claim on this very message may be live: it is being resumed.
             rivals = [
@@ -940,9 +979,13 @@ class Model:
             ]
             assert not rivals, f"{owner} got {begun.status} while {rivals} hold a live claim"
             self._note_first_failed(one)
-            # The key now protects this claim only: earlier ones on it are superseded.
+            # The key now protects this claim only: earlier ones on it are superseded, and
+            # those of other messages are abandoned.
             for grant in [grant for grant in self.grants if grant[1] == one.key]:
-                del self.grants[grant]
+                _, attempt = self.grants.pop(grant)
+                if grant[2] != one.message_id and (one.key, grant[2]) not in self.committed:
+                    self.abandoned.setdefault((one.key, grant[2]), attempt)
+            self.abandoned.pop((one.key, one.message_id), None)
             self.grants[(owner, one.key, one.message_id)] = (self.now_s, begun.attempt)
 
     def commit(self, owner: str, one: Claim) -> None:
@@ -960,6 +1003,7 @@ class Model:
         else:
             # The claim was lost, but the resubmission happened: its message is done.
             self.committed.setdefault((one.key, one.message_id), one.attempt)
+        self.abandoned.pop((one.key, one.message_id), None)
         self.max_attempt[one.key] = max(self.max_attempt.get(one.key, 0), one.attempt)
         self._note_first_failed(one)
 
@@ -993,19 +1037,35 @@ class Model:
                 for (committed_key, message), attempt in self.committed.items()
                 if committed_key == key
             }
+            assert dict(record.abandoned) == {
+                message: attempt
+                for (abandoned_key, message), attempt in self.abandoned.items()
+                if abandoned_key == key
+            }
             if record.claim_state is None:
                 assert (record.claim_message_id, record.claim_owner) == (None, None)
 
 
 @settings(max_examples=300, deadline=None)
 @given(steps_st)
+# Issue 12, defect 3: m1 begun and abandoned, m2 takes the key and commits, m1 comes back.
+@example(
+    [
+        ("begin", "a", Claim("k1", "m1", 1, None), 0.0),
+        ("wait", "a", Claim("k1", "m1", 1, None), CLAIM_S * 1.5),
+        ("begin", "b", Claim("k1", "m2", 1, None), 0.0),
+        ("settle", "b", Claim("k1", "m2", 1, None), 0.0),
+        ("begin", "a", Claim("k1", "m1", 2, None), 0.0),
+    ]
+)
 def test_decisions_never_let_two_claims_hold_a_key(
     steps: list[tuple[str, str, Claim, float]],
 ) -> None:
     """Any sequence of begins, commits, releases and waits keeps the ledger's promises.
 
     Never two live claims on one key (not even two of one owner's, for two messages);
-    RESUMED only for a message begun before, with its attempt; DONE exactly for the
+    RESUMED only for a message begun before, with its attempt, and always for one whose
+    begun claim was abandoned and taken over by another message; DONE exactly for the
     messages committed before (held or lost), with the first committed attempt;
     attempts is the highest committed; first failure the earliest.
     """
