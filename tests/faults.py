@@ -28,7 +28,9 @@ class Fault:
     """Answer matching calls with `code`/`status`; `times` None means until removed.
 
     With `delay_s`, the call waits that long first; with `code=None` as well it is
-    then passed on to moto unchanged (a slow but working AWS).
+    then passed on to moto unchanged (a slow but working AWS). With `reply`, the call
+    is answered with `status` and exactly those bytes (a truncated body, a proxy's
+    page) in the protocol's content type, and never reaches moto.
     """
 
     service: str
@@ -39,6 +41,7 @@ class Fault:
     times: int | None = None
     message: str = "injected fault"
     delay_s: float = 0.0
+    reply: bytes | None = None
     hits: int = 0
 
 
@@ -63,6 +66,22 @@ def _describe(environ: dict[str, Any], body: bytes) -> _Request:
         return _Request(service, operation, "rest-json", text)
     form = parse_qs(body.decode("utf-8", "replace"))
     return _Request(service, form.get("Action", [""])[0], "query", text)
+
+
+_CONTENT_TYPES = {
+    "json": "application/x-amz-json-1.0",
+    "rest-json": "application/json",
+    "query": "text/xml",
+}
+
+
+def _reply_response(request: _Request, fault: Fault) -> tuple[str, list[tuple[str, str]], bytes]:
+    assert fault.reply is not None
+    headers = [
+        ("Content-Type", _CONTENT_TYPES[request.protocol]),
+        ("Content-Length", str(len(fault.reply))),
+    ]
+    return f"{fault.status} Injected", headers, fault.reply
 
 
 def _error_response(request: _Request, fault: Fault) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -139,6 +158,10 @@ class FaultInjector:
                         503,
                         message="delayed call abandoned: its test ended",
                     )
+            if fault is not None and fault.reply is not None:
+                status, headers, payload = _reply_response(request, fault)
+                start_response(status, headers)
+                return [payload]
             if fault is None or fault.code is None:
                 return app(environ, start_response)
             status, headers, payload = _error_response(request, fault)

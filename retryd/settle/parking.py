@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from retryd.aws import Client
-from retryd.classify import is_missing_queue
+from retryd.classify import is_missing_queue, required
 from retryd.errors import ParkingQueueMissingError
 from retryd.models import DeadLetter, SendError
 from retryd.stamps import stamp_for_parking
@@ -57,7 +57,8 @@ class Parking:
                 await client.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
                 url = queue
             else:
-                url = str((await client.get_queue_url(QueueName=queue))["QueueUrl"])
+                answer = await client.get_queue_url(QueueName=queue)
+                url = required(answer, "QueueUrl", "GetQueueUrl")
         except ClientError as exc:
             if is_missing_queue(exc):
                 raise ParkingQueueMissingError(queue) from exc

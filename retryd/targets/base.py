@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd.classify import from_exception
+from retryd.classify import from_exception, is_malformed_response
 from retryd.models import ErrorClass, Job, SendError, Target
 
 # SendMessageBatch, PublishBatch and PutEvents each take up to ten entries per call.
@@ -67,8 +67,12 @@ def resend_singly(exc: Exception, error: SendError) -> bool:
     is not AWS or the network, may be the fault of a single entry: sent alone,
     that entry gets its own verdict and the others still go. Throttling, 5xx and
     network trouble are about the service, not an entry, and more calls would
-    only add load, so those stay one verdict for every entry.
+    only add load, so those stay one verdict for every entry. So does an answer
+    that could not be read: the call was made and may have delivered every entry,
+    and sending them again one by one would only add copies.
     """
+    if is_malformed_response(exc):
+        return False
     from_aws_or_network = isinstance(exc, ClientError | BotoCoreError | OSError | TimeoutError)
     return error.error_class is ErrorClass.PERMANENT or not from_aws_or_network
 

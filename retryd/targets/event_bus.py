@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retryd.aws import Client
-from retryd.classify import from_batch_failure
+from retryd.classify import MalformedResponseError, from_batch_failure
 from retryd.models import ErrorClass, Job, SendError, Target
 from retryd.targets.base import (
     INVALID_PAYLOAD,
@@ -197,7 +197,9 @@ class EventBusTarget:
     async def _put(self, entries: list[dict[str, Any]]) -> list[SendError | None]:
         """One PutEvents call; the error (or None) for each entry, in request order."""
         response = await self._client.put_events(Entries=entries)
-        results: list[dict[str, Any]] = list(response.get("Entries", []))
+        results = response.get("Entries", [])
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+            raise MalformedResponseError("PutEvents", "Entries is not a list of results")
         errors: list[SendError | None] = []
         for position in range(len(entries)):
             if position >= len(results):

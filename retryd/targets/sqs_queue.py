@@ -116,14 +116,26 @@ def in_request_order(
 def map_batch_response(
     response: dict[str, Any], indexes: Sequence[int]
 ) -> dict[int, SendError | None]:
-    """A batch response's Successful/Failed entries, by the integer Id each entry was sent with."""
+    """A batch response's Successful/Failed entries, by the integer Id each entry was sent with.
+
+    MalformedResponseError when the answer names an entry that was not sent, or
+    an entry without an Id: such an answer proves nothing about any entry.
+    """
     # An entry the service reported neither way was not confirmed: it stays in its DLQ.
     unreported = SendError(ErrorClass.TRANSIENT, "retryd.Unreported", "entry missing from response")
     outcome: dict[int, SendError | None] = dict.fromkeys(indexes, unreported)
-    for entry in response.get("Successful", []):
-        outcome[int(entry["Id"])] = None
-    for entry in response.get("Failed", []):
-        outcome[int(entry["Id"])] = classify.from_batch_failure(entry)
+    sent = {str(index): index for index in indexes}
+    for name in ("Successful", "Failed"):
+        reported = response.get(name, [])
+        if not isinstance(reported, list):
+            raise classify.MalformedResponseError("batch call", f"{name} is not a list")
+        for entry in reported:
+            index = sent.get(str(entry.get("Id"))) if isinstance(entry, dict) else None
+            if index is None:
+                raise classify.MalformedResponseError(
+                    "batch call", f"a {name} entry names no entry that was sent"
+                )
+            outcome[index] = None if name == "Successful" else classify.from_batch_failure(entry)
     return outcome
 
 
@@ -184,9 +196,9 @@ class SqsQueueTarget:
             response = await self._client.get_queue_url(
                 QueueName=arn.resource, QueueOwnerAWSAccountId=arn.account
             )
+            url = classify.required(response, "QueueUrl", "GetQueueUrl")
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
             return classify.from_exception(exc)
-        url = str(response["QueueUrl"])
         self._urls[target.arn] = url
         return url
 

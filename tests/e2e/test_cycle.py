@@ -365,3 +365,34 @@ def test_depth_is_exported_and_empty_dlqs_are_not_polled(
 def recorded_body(entry: dict[str, Any]) -> str:
     body = str(entry.get("body") or "")
     return base64.b64decode(body).decode() if entry.get("body_encoded") else body
+
+
+def test_a_malformed_answer_fails_its_own_jobs_as_transient_and_no_others(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A GetQueueUrl 200 without QueueUrl leaves the SQS job in its DLQ; the SNS job goes."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-mixed")
+    world.create_queue("dest")
+    topic_arn, spy = world.create_topic_with_spy("notify")
+    world.send("retry-mixed", envelope("sqs", world.queue_arn("dest"), {"order": 1}))
+    world.send("retry-mixed", envelope("sns", topic_arn, "order 2 shipped"))
+    world.faults.add(
+        Fault(
+            "sqs",
+            "GetQueueUrl",
+            code=None,
+            status=200,
+            reply=b"<html>502</html>",
+            contains='"dest"',
+            times=1,
+        )
+    )
+
+    report = cycle(make_settings())
+
+    assert report.outcomes == {"resubmitted": 1, "failed": 1}
+    assert report.reasons == {("failed", "transient-error"): 1}
+    assert [m["Body"] for m in world.drain(spy)] == ["order 2 shipped"]
+    assert world.depth("dest") == 0
+    assert world.depth("retry-mixed") == 1

@@ -9,8 +9,9 @@ from typing import Any
 import anyio
 import pytest
 
-from retryd import stamps
+from retryd import classify, stamps
 from retryd.aws import open_clients
+from retryd.classify import MalformedResponseError
 from retryd.errors import ParkingQueueMissingError
 from retryd.models import DeadLetter, ErrorClass, MessageAttribute, QueueRef, SendError
 from retryd.settings import Settings
@@ -187,3 +188,17 @@ def test_park_into_a_queue_deleted_after_locate_is_permanent(
     [result] = anyio.run(main)
     assert result is not None
     assert result.error_class is ErrorClass.PERMANENT
+
+
+def test_locate_with_a_malformed_answer_raises_a_classified_error(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A GetQueueUrl 200 without a QueueUrl is a MalformedResponseError, classified transient."""
+    world.create_queue("retryd-parking")
+    world.faults.add(Fault("sqs", "GetQueueUrl", code=None, status=200, reply=b"{}", times=1))
+    with pytest.raises(MalformedResponseError) as raised:
+        locate(make_settings(), "retryd-parking")
+    error = classify.from_exception(raised.value)
+    assert error.error_class is ErrorClass.TRANSIENT
+    assert error.code == classify.MALFORMED_RESPONSE
+    assert "QueueUrl" in error.message

@@ -909,3 +909,28 @@ def test_cancellation_propagates_instead_of_becoming_an_error(
 
     assert anyio.run(main)
     assert returned is None
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b'{"Entries": "ok"}', b'{"Entries": [null, null]}', b"<html>502 Bad Gateway</html>"],
+    ids=["entries-not-a-list", "null-results", "html-page"],
+)
+def test_event_bus_malformed_answer_is_one_transient_verdict(
+    world: World, make_settings: SettingsFactory, reply: bytes
+) -> None:
+    """A PutEvents 200 without readable results is transient for each job, with no resends."""
+    bus_arn, _ = world.create_bus_with_spy("orders-bus", source=BUS_SOURCE)
+    target = Target.from_arn(bus_arn)
+    fault = world.faults.add(Fault("events", "PutEvents", code=None, status=200, reply=reply))
+    body = json.dumps({"Source": BUS_SOURCE, "DetailType": "T", "Detail": "{}"})
+
+    deliveries = submit(
+        make_settings, bus_target, target, [make_job(target, body, key=f"k{n}") for n in range(2)]
+    )
+
+    for delivery in deliveries:
+        assert delivery.error is not None
+        assert delivery.error.error_class is ErrorClass.TRANSIENT
+    # The events may have been put: sending them again one by one would only add copies.
+    assert fault.hits == 1

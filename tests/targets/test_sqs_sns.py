@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd import stamps
 from retryd.aws import open_clients
+from retryd.classify import MALFORMED_RESPONSE
 from retryd.models import (
     DeadLetter,
     ErrorClass,
@@ -532,3 +534,70 @@ def test_sns_unpreparable_job_fails_alone(world: World, make_settings: SettingsF
     assert "UnicodeEncodeError" in error.message
     assert deliveries[1].accepted
     assert len(world.drain(spy)) == 1
+
+
+# -- malformed answers: a 200 that is not what the API promises ---------------------------
+
+# What a proxy, a cut connection or a broken emulator can put in a 200 answer.
+MALFORMED_REPLIES = {
+    "empty-object": b"{}",
+    "truncated": b'{"QueueUrl": "http://localh',
+    "html-page": b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+}
+
+
+@pytest.mark.parametrize("reply", MALFORMED_REPLIES.values(), ids=MALFORMED_REPLIES.keys())
+def test_sqs_malformed_queue_url_answer_is_transient_for_every_job(
+    world: World, make_settings: SettingsFactory, reply: bytes
+) -> None:
+    """A GetQueueUrl 200 without a QueueUrl fails each job as transient; submit never raises."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    world.faults.add(Fault("sqs", "GetQueueUrl", code=None, status=200, reply=reply, times=1))
+    jobs = [make_job(target.arn, key="a"), make_job(target.arn, key="b")]
+    first, second = submit_sqs(make_settings(), target, jobs, jobs)
+    for delivery in first:
+        assert delivery.error is not None
+        assert delivery.error.error_class is ErrorClass.TRANSIENT
+        assert delivery.error.code == MALFORMED_RESPONSE
+    # Nothing wrong was cached: the next submit looks the URL up again and delivers.
+    assert [delivery.accepted for delivery in second] == [True, True]
+    assert world.depth("orders") == 2
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b'{"Successful": [{"MessageId": "no-id"}]}', b'{"Successful": [{"Id": "7"}]}', b"[1, 2"],
+    ids=["entry-without-id", "id-never-sent", "truncated"],
+)
+def test_sqs_malformed_batch_answer_is_one_transient_verdict(
+    world: World, make_settings: SettingsFactory, reply: bytes
+) -> None:
+    """A SendMessageBatch 200 that names no sent entry is transient for all, with no resends."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    fault = world.faults.add(Fault("sqs", "SendMessageBatch", code=None, status=200, reply=reply))
+    jobs = [make_job(target.arn, key=f"k-{index}") for index in range(3)]
+    [deliveries] = submit_sqs(make_settings(), target, jobs)
+    for delivery in deliveries:
+        assert delivery.error is not None
+        assert delivery.error.error_class is ErrorClass.TRANSIENT
+    # The entries may have arrived: resending them one by one would only add copies.
+    assert fault.hits == 1
+
+
+def test_sns_malformed_publish_answer_is_one_transient_verdict(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A PublishBatch 200 whose body is a proxy's page is transient for all, with no resends."""
+    topic_arn, spy = world.create_topic_with_spy("orders")
+    fault = world.faults.add(
+        Fault("sns", "PublishBatch", code=None, status=200, reply=MALFORMED_REPLIES["html-page"])
+    )
+    jobs = [make_job(topic_arn, key=f"k-{n}") for n in range(2)]
+    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), jobs)
+    for delivery in deliveries:
+        assert delivery.error is not None
+        assert delivery.error.error_class is ErrorClass.TRANSIENT
+    assert fault.hits == 1
+    assert world.drain(spy) == []
