@@ -21,7 +21,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from retryd.models import ErrorClass, SendError
+from retryd.models import ErrorClass, Refusal, SendError
 
 # The target itself says no, and will say no again: missing, forbidden, or a payload
 # it cannot take. Codes from the Lambda, SQS, SNS, Step Functions and EventBridge
@@ -76,9 +76,8 @@ PERMANENT_CODES = frozenset(
         "InvalidName",
         "ExecutionAlreadyExists",
         "StateMachineTypeNotSupported",
-        # retryd's own pre-flight check (payload over the target's size limit)
-        "retryd.PayloadTooLarge",
-        "retryd.InvalidPayload",
+        # retryd's own refusals, made before any call
+        *(refusal.value for refusal in Refusal),
     }
 )
 

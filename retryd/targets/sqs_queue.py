@@ -1,4 +1,4 @@
-"""Resubmit to an SQS queue with SendMessageBatch, and the size-aware batching parking shares."""
+"""Resubmit to an SQS queue with SendMessageBatch, and the batched sending parking shares."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from typing import Any
 
 from retryd import classify
 from retryd.aws import Client
-from retryd.models import Arn, Attributes, ErrorClass, Job, SendError, Target
+from retryd.models import Arn, Attributes, ErrorClass, Job, Refusal, SendError, Target
 from retryd.stamps import has_forbidden_chars, message_size_bytes, stamp_for_resubmit
 from retryd.targets.base import (
-    INVALID_PAYLOAD,
-    PAYLOAD_TOO_LARGE,
-    Delivery,
-    call_batch,
-    pack_batches,
-    unpreparable,
+    BatchResubmitter,
+    Destination,
+    Entry,
+    Prepared,
+    RefusedError,
+    send_packed,
 )
 
 # SendMessageBatch: "The maximum allowed individual message size and the maximum total
@@ -69,8 +69,9 @@ class OutgoingMessage:
     def size_bytes(self) -> int:
         return message_size_bytes(self.body, self.attributes)
 
-    def to_entry(self, entry_id: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {"Id": entry_id, "MessageBody": self.body}
+    def prepared(self, stamps_dropped: int = 0) -> Prepared:
+        """This message as a SendMessageBatch entry (without its batch-local Id)."""
+        entry: Entry = {"MessageBody": self.body}
         if self.attributes:
             entry["MessageAttributes"] = {
                 name: value.to_wire() for name, value in self.attributes.items()
@@ -79,7 +80,7 @@ class OutgoingMessage:
             entry["MessageGroupId"] = self.group_id
         if self.deduplication_id is not None:
             entry["MessageDeduplicationId"] = self.deduplication_id
-        return entry
+        return Prepared(entry, self.size_bytes, stamps_dropped)
 
 
 async def send_message_batches(
@@ -87,30 +88,34 @@ async def send_message_batches(
 ) -> list[SendError | None]:
     """Send every message with as few SendMessageBatch calls as the limits allow.
 
-    One result per message, in order: None means SQS accepted it. Batches go out
-    one after another so that a FIFO queue sees the messages in the order given.
-    Never raises for an AWS or network error.
+    One result per message, in order: None means SQS accepted it. A message over
+    the limit on its own is sent alone, for SQS to judge. Never raises for an
+    AWS or network error.
     """
 
-    async def call(entries: list[dict[str, Any]]) -> list[SendError | None]:
-        response = await client.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        return in_request_order(response, entries)
+    async def call(entries: list[Entry]) -> list[SendError | None]:
+        return await send_message_batch(client, queue_url, entries)
 
-    results: list[SendError | None] = [None] * len(messages)
-    indexed = list(enumerate(messages))
-    for batch in pack_batches(indexed, lambda pair: pair[1].size_bytes, MAX_PAYLOAD_BYTES):
-        entries = [message.to_entry(str(index)) for index, message in batch]
-        for (index, _), error in zip(batch, await call_batch(call, entries), strict=True):
-            results[index] = error
-    return results
+    return await send_packed([message.prepared() for message in messages], MAX_PAYLOAD_BYTES, call)
 
 
-def in_request_order(
-    response: dict[str, Any], entries: Sequence[dict[str, Any]]
+async def send_message_batch(
+    client: Client, queue_url: str, entries: Sequence[Entry]
 ) -> list[SendError | None]:
-    """An SQS/SNS batch response as one result per entry sent, in the order sent."""
-    outcome = map_batch_response(response, [int(entry["Id"]) for entry in entries])
-    return [outcome[int(entry["Id"])] for entry in entries]
+    """One SendMessageBatch call: each entry's result, in order."""
+    response = await client.send_message_batch(QueueUrl=queue_url, Entries=numbered(entries))
+    return in_request_order(response, len(entries))
+
+
+def numbered(entries: Sequence[Entry]) -> list[Entry]:
+    """SQS/SNS batch entries with the batch-local Ids 0, 1, ... that their answers refer to."""
+    return [{"Id": str(number), **entry} for number, entry in enumerate(entries)]
+
+
+def in_request_order(response: dict[str, Any], count: int) -> list[SendError | None]:
+    """An SQS/SNS batch response to `count` entries numbered 0.., one result each, in order."""
+    outcome = map_batch_response(response, range(count))
+    return [outcome[number] for number in range(count)]
 
 
 def map_batch_response(
@@ -139,7 +144,7 @@ def map_batch_response(
     return outcome
 
 
-class SqsQueueTarget:
+class SqsQueueTarget(BatchResubmitter):
     """Resubmits jobs to an SQS queue named by its ARN, stamping retryd's attributes."""
 
     def __init__(self, client: Client) -> None:
@@ -147,36 +152,23 @@ class SqsQueueTarget:
         # Queue URLs never change for a queue's life; one GetQueueUrl per ARN is enough.
         self._urls: dict[str, str] = {}
 
-    async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
-        if not jobs:
-            return []
+    async def open(self, target: Target) -> Destination | SendError:
         url = await self._queue_url(target)
         if isinstance(url, SendError):
-            return [Delivery(job, url) for job in jobs]
-        deliveries: list[Delivery | None] = [None] * len(jobs)
-        to_send: list[tuple[int, OutgoingMessage, int]] = []
-        for index, job in enumerate(jobs):
-            if has_forbidden_chars(job.body):
-                deliveries[index] = Delivery(job, unsendable_body())
-                continue
-            try:
-                attributes, dropped = stamp_for_resubmit(job)
-                message = OutgoingMessage(job.body, attributes)
-                if target.is_fifo:
-                    message = OutgoingMessage(job.body, attributes, group_id(job), dedup_id(job))
-                size_bytes = message.size_bytes
-            except Exception as exc:  # noqa: BLE001 - one unreadable job must not fail the others
-                # e.g. UnicodeEncodeError from a lone surrogate in a key or attribute.
-                deliveries[index] = Delivery(job, unpreparable(exc))
-                continue
-            if size_bytes > MAX_PAYLOAD_BYTES:
-                deliveries[index] = Delivery(job, too_large(size_bytes), dropped)
-            else:
-                to_send.append((index, message, dropped))
-        errors = await send_message_batches(self._client, url, [item[1] for item in to_send])
-        for (index, _, dropped), error in zip(to_send, errors, strict=True):
-            deliveries[index] = Delivery(jobs[index], error, dropped)
-        return [delivery for delivery in deliveries if delivery is not None]
+            return url
+        return Destination(url, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES)
+
+    def prepare(self, target: Target, job: Job) -> Prepared:
+        if has_forbidden_chars(job.body):
+            raise RefusedError(unsendable_body())
+        attributes, dropped = stamp_for_resubmit(job)
+        message = OutgoingMessage(job.body, attributes)
+        if target.is_fifo:
+            message = OutgoingMessage(job.body, attributes, group_id(job), dedup_id(job))
+        return message.prepared(dropped)
+
+    async def send(self, destination: Destination, entries: list[Entry]) -> list[SendError | None]:
+        return await send_message_batch(self._client, destination.address, entries)
 
     async def _queue_url(self, target: Target) -> str | SendError:
         cached = self._urls.get(target.arn)
@@ -205,17 +197,8 @@ class SqsQueueTarget:
 
 def unsendable_body() -> SendError:
     """A body SQS and SNS refuse (or would silently alter): not a character of XML 1.0."""
-    return SendError(
-        ErrorClass.PERMANENT,
-        INVALID_PAYLOAD,
+    return SendError.refused(
+        Refusal.INVALID_PAYLOAD,
         "the body holds characters SQS and SNS do not carry (an unpaired surrogate or a "
         "control character)",
-    )
-
-
-def too_large(size_bytes: int, limit_bytes: int = MAX_PAYLOAD_BYTES) -> SendError:
-    return SendError(
-        ErrorClass.PERMANENT,
-        PAYLOAD_TOO_LARGE,
-        f"message with attributes is {size_bytes} bytes; the limit is {limit_bytes}",
     )

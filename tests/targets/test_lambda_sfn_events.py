@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from retryd.aws import AwsClients, open_clients
-from retryd.models import DeadLetter, ErrorClass, Job, QueueRef, SendError, Target
-from retryd.targets.base import INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, Delivery, Resubmitter
+from retryd.models import DeadLetter, ErrorClass, Job, QueueRef, Refusal, SendError, Target
+from retryd.targets.base import Delivery, Resubmitter, pack_batches
 from retryd.targets.event_bus import (
+    PUT_EVENTS_LIMIT_BYTES,
     PUT_EVENTS_MAX_BYTES,
     PUT_EVENTS_MAX_ENTRIES,
     EventBusTarget,
     entry_size_bytes,
-    plan_batches,
     to_entry,
 )
 from retryd.targets.lambda_function import (
@@ -239,7 +239,7 @@ def test_lambda_refuses_bad_payloads_without_calling_aws(
 
     deliveries = submit(make_settings, lambda_target, target, jobs)
 
-    assert codes(deliveries) == [INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, None]
+    assert codes(deliveries) == [Refusal.INVALID_PAYLOAD, Refusal.PAYLOAD_TOO_LARGE, None]
     assert all(d.error.error_class is ErrorClass.PERMANENT for d in deliveries[:2] if d.error)
     assert [call["payload"] for call in lambda_calls(world, "charge")] == ['{"ok": true}']
 
@@ -259,7 +259,7 @@ def test_lambda_unpreparable_payload_fails_that_job_alone(
     deliveries = submit(make_settings, lambda_target, target, jobs)
 
     error = permanent(deliveries[0])
-    assert error.code == INVALID_PAYLOAD
+    assert error.code == Refusal.INVALID_PAYLOAD
     assert "RecursionError" in error.message
     assert "[[" not in error.message
     # Time means nothing to Lambda: that body is a valid payload like any other.
@@ -534,7 +534,7 @@ def test_state_machine_refuses_bad_input_without_calling_aws(
 
     deliveries = submit(make_settings, sfn_target, target, jobs)
 
-    assert codes(deliveries) == [INVALID_PAYLOAD, PAYLOAD_TOO_LARGE]
+    assert codes(deliveries) == [Refusal.INVALID_PAYLOAD, Refusal.PAYLOAD_TOO_LARGE]
     assert recorded_calls(world, "StartExecution", target.arn) == []
     assert world.executions(target.arn) == []
 
@@ -553,7 +553,7 @@ def test_state_machine_unpreparable_input_fails_that_job_alone(
     deliveries = submit(make_settings, sfn_target, target, jobs)
 
     error = permanent(deliveries[0])
-    assert error.code == INVALID_PAYLOAD
+    assert error.code == Refusal.INVALID_PAYLOAD
     assert "RecursionError" in error.message
     assert "[[" not in error.message
     # Time means nothing to Step Functions: that body is a valid input like any other.
@@ -715,7 +715,7 @@ def test_event_bus_refuses_bad_bodies_without_calling_aws(
         make_settings, bus_target, target, [make_job(target, b, key=b[:9]) for b in bodies]
     )
 
-    assert codes(deliveries) == [INVALID_PAYLOAD] * 4 + [PAYLOAD_TOO_LARGE]
+    assert codes(deliveries) == [Refusal.INVALID_PAYLOAD] * 4 + [Refusal.PAYLOAD_TOO_LARGE]
     assert recorded_calls(world, "PutEvents", bus_arn) == []
 
 
@@ -737,7 +737,7 @@ def test_event_bus_unpreparable_bodies_fail_those_jobs_alone(
         [make_job(target, b, key=f"k{n}") for n, b in enumerate(bodies)],
     )
 
-    assert codes(deliveries) == [None, INVALID_PAYLOAD, None, INVALID_PAYLOAD, None]
+    assert codes(deliveries) == [None, Refusal.INVALID_PAYLOAD, None, Refusal.INVALID_PAYLOAD, None]
     assert "RecursionError" in permanent(deliveries[1]).message
     assert "OverflowError" in permanent(deliveries[3]).message
     assert "0001" not in permanent(deliveries[3]).message
@@ -816,7 +816,7 @@ def test_event_bus_maps_failed_entries_back_to_their_jobs() -> None:
     assert [d.job for d in deliveries] == jobs
     assert [len(call) for call in client.calls] == [10, 4]
     by_key = {d.job.key: d.error for d in deliveries}
-    assert codes([d for d in deliveries if d.job.key == "bad"]) == [INVALID_PAYLOAD]
+    assert codes([d for d in deliveries if d.job.key == "bad"]) == [Refusal.INVALID_PAYLOAD]
     for n in range(14):
         error = by_key[f"k{n}"]
         if n in failing:
@@ -852,7 +852,7 @@ def test_to_entry_converts_a_delivered_event() -> None:
 @given(sizes=st.lists(st.integers(1, PUT_EVENTS_MAX_BYTES - 1), max_size=60))
 def test_plan_batches_respects_both_limits_in_order(sizes: list[int]) -> None:
     """Batches keep order, cover every entry once, and stay within 10 entries and 256 KiB."""
-    batches = plan_batches(sizes)
+    batches = pack_batches(range(len(sizes)), sizes.__getitem__, PUT_EVENTS_LIMIT_BYTES)
     assert [index for batch in batches for index in batch] == list(range(len(sizes)))
     for batch in batches:
         assert 1 <= len(batch) <= PUT_EVENTS_MAX_ENTRIES

@@ -22,17 +22,12 @@ from retryd.models import (
     Job,
     MessageAttribute,
     QueueRef,
+    Refusal,
     SendError,
     Target,
 )
 from retryd.settings import Settings
-from retryd.targets.base import (
-    INVALID_PAYLOAD,
-    MAX_BATCH_ENTRIES,
-    PAYLOAD_TOO_LARGE,
-    Delivery,
-    pack_batches,
-)
+from retryd.targets.base import MAX_BATCH_ENTRIES, Delivery, pack_batches
 from retryd.targets.sns_topic import SnsTopicTarget
 from retryd.targets.sqs_queue import (
     MAX_PAYLOAD_BYTES,
@@ -315,7 +310,8 @@ def test_sqs_batches_by_bytes_and_refuses_an_oversized_message(
     refused = deliveries[2].error
     assert refused is not None
     assert refused.error_class is ErrorClass.PERMANENT
-    assert refused.code == PAYLOAD_TOO_LARGE
+    assert refused.code == Refusal.PAYLOAD_TOO_LARGE
+    assert refused.refusal is Refusal.PAYLOAD_TOO_LARGE
     assert [delivery.accepted for delivery in deliveries] == [True, True, False, True, True]
     assert world.depth("orders") == 4
 
@@ -387,7 +383,7 @@ def test_sqs_unpreparable_job_fails_alone(world: World, make_settings: SettingsF
     error = deliveries[0].error
     assert error is not None
     assert error.error_class is ErrorClass.PERMANENT
-    assert error.code == INVALID_PAYLOAD
+    assert error.code == Refusal.INVALID_PAYLOAD
     assert "UnicodeEncodeError" in error.message
     assert deliveries[1].accepted
     assert world.depth("orders") == 1
@@ -530,7 +526,7 @@ def test_sns_unpreparable_job_fails_alone(world: World, make_settings: SettingsF
     error = deliveries[0].error
     assert error is not None
     assert error.error_class is ErrorClass.PERMANENT
-    assert error.code == INVALID_PAYLOAD
+    assert error.code == Refusal.INVALID_PAYLOAD
     assert "UnicodeEncodeError" in error.message
     assert deliveries[1].accepted
     assert len(world.drain(spy)) == 1
