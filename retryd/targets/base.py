@@ -80,6 +80,8 @@ class Destination:
     address: str
     max_entry_bytes: int
     max_call_bytes: int
+    # Why the limits are an assumption rather than the target's own (it could not be read).
+    limit_error: SendError | None = None
 
 
 def unpreparable(exc: Exception, what: str = "message") -> SendError:
@@ -96,7 +98,7 @@ def too_large(size_bytes: int, limit_bytes: int, what: str = "message") -> SendE
     """A job over the target's limit: refused before any call, and parked payload-too-large."""
     return SendError.refused(
         Refusal.PAYLOAD_TOO_LARGE,
-        f"the {what} is {size_bytes} bytes; the target takes at most {limit_bytes}",
+        f"the {what} is {size_bytes} bytes; the limit is {limit_bytes}",
     )
 
 
@@ -185,6 +187,24 @@ def pack_batches(
     return batches
 
 
+def over_limit(size_bytes: int, destination: Destination, what: str) -> SendError:
+    """The verdict on an entry over the destination's limit.
+
+    Over the target's own limit, it is refused for good. Over a limit assumed
+    because the real one could not be read, it is refused for good only when that
+    read failed for good (no permission, say); after a transient failure it waits,
+    as a guess must never park a message the target might take.
+    """
+    refused = too_large(size_bytes, destination.max_entry_bytes, what)
+    unread = destination.limit_error
+    if unread is None:
+        return refused
+    because = f"{refused.message} (assumed: the target's own limit could not be read: {unread})"
+    if unread.error_class is ErrorClass.TRANSIENT:
+        return SendError(ErrorClass.TRANSIENT, unread.code, because)
+    return SendError.refused(Refusal.PAYLOAD_TOO_LARGE, because)
+
+
 async def send_packed(
     prepared: Sequence[Prepared], max_call_bytes: int, call: BatchCall
 ) -> list[SendError | None]:
@@ -235,7 +255,7 @@ class BatchResubmitter(ABC):
                 deliveries[index] = Delivery(job, unpreparable(exc, self.entry_name))
                 continue
             if item.size_bytes > destination.max_entry_bytes:
-                oversized = too_large(item.size_bytes, destination.max_entry_bytes, self.entry_name)
+                oversized = over_limit(item.size_bytes, destination, self.entry_name)
                 deliveries[index] = Delivery(job, oversized, item.stamps_dropped)
                 continue
             ready.append(index)
@@ -264,5 +284,6 @@ class BatchResubmitter(ABC):
     async def send(self, destination: Destination, entries: list[Entry]) -> list[SendError | None]:
         """One batch call: the error (or None) of each entry, in order.
 
-        Raising means no entry is known to have arrived (see `call_batch`).
+        Raising means no entry is known to have arrived, unless what was raised says
+        the answer was unreadable (see `call_batch` and classify.MalformedResponseError).
         """

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import structlog
 
 from retryd import classify
 from retryd.aws import Client
@@ -19,20 +22,32 @@ from retryd.targets.base import (
     Prepared,
     RefusedError,
     send_packed,
+    too_large,
 )
 
-# SendMessageBatch: "The maximum allowed individual message size and the maximum total
-# payload size (the sum of the individual lengths of all of the batched messages) are
-# both 256 KiB (262,144 bytes)" (SQS API reference). Queues created since SQS raised
-# its limit to 1 MiB may take more, and moto 5.2 accepts 1 MiB, but 256 KiB is what
-# every queue and every emulator takes, so it is the limit retryd sends within.
+# Each queue has its own limit, its MaximumMessageSize attribute: 1,024 bytes to 1 MiB
+# (SetQueueAttributes API reference). SendMessageBatch takes up to 1 MiB in all
+# ("The maximum allowed individual message size and the maximum total payload size
+# ... are both 1 MiB", https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html);
+# retryd keeps every call within the queue's own limit too, which older queues and
+# emulators that still count 256 KiB per call also accept.
+# What retryd assumes when a queue's own limit cannot be read: the long-standing
+# default, which every queue takes.
 MAX_PAYLOAD_BYTES = 262_144
+# How long a queue's MaximumMessageSize is trusted before it is read again: the feed
+# map's default refresh (discovery.feeds_refresh_cycles 10 x schedule.interval_s 60).
+LIMIT_TTL_S = 600.0
+# After a failed read, how soon it is tried again: a throttled read is not held for
+# the full TTL.
+LIMIT_RETRY_S = 60.0
 
 # Set when a queue ARN names a region other than the one retryd's client sends to.
 WRONG_REGION = "retryd.WrongRegion"
 
 # MessageGroupId: up to 128 characters, alphanumerics and ASCII punctuation (SQS API reference).
 _GROUP_ID = re.compile(r"[!-~]{1,128}")
+
+log = structlog.get_logger(__name__)
 
 
 def dedup_id(job: Job) -> str:
@@ -84,19 +99,47 @@ class OutgoingMessage:
 
 
 async def send_message_batches(
-    client: Client, queue_url: str, messages: Sequence[OutgoingMessage]
+    client: Client,
+    queue_url: str,
+    messages: Sequence[OutgoingMessage],
+    max_message_bytes: int = MAX_PAYLOAD_BYTES,
+    what: str = "message",
 ) -> list[SendError | None]:
     """Send every message with as few SendMessageBatch calls as the limits allow.
 
     One result per message, in order: None means SQS accepted it. A message over
-    the limit on its own is sent alone, for SQS to judge. Never raises for an
-    AWS or network error.
+    `max_message_bytes` (the queue's MaximumMessageSize) is refused without a
+    call. Never raises for an AWS or network error.
     """
+    results: list[SendError | None] = [None] * len(messages)
+    fits: list[int] = []
+    for index, message in enumerate(messages):
+        if message.size_bytes > max_message_bytes:
+            results[index] = too_large(message.size_bytes, max_message_bytes, what)
+        else:
+            fits.append(index)
 
     async def call(entries: list[Entry]) -> list[SendError | None]:
         return await send_message_batch(client, queue_url, entries)
 
-    return await send_packed([message.prepared() for message in messages], MAX_PAYLOAD_BYTES, call)
+    sent = await send_packed([messages[i].prepared() for i in fits], max_message_bytes, call)
+    for index, error in zip(fits, sent, strict=True):
+        results[index] = error
+    return results
+
+
+async def read_max_message_bytes(client: Client, queue_url: str) -> int:
+    """The queue's MaximumMessageSize; raises when it cannot be read (see classify.py)."""
+    response = await client.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["MaximumMessageSize"]
+    )
+    attributes = response.get("Attributes") if isinstance(response, dict) else None
+    value = attributes.get("MaximumMessageSize") if isinstance(attributes, dict) else None
+    if not isinstance(value, str) or not value.isdigit():
+        raise classify.MalformedResponseError(
+            "GetQueueAttributes", "the answer has no MaximumMessageSize"
+        )
+    return int(value)
 
 
 async def send_message_batch(
@@ -144,19 +187,63 @@ def map_batch_response(
     return outcome
 
 
-class SqsQueueTarget(BatchResubmitter):
-    """Resubmits jobs to an SQS queue named by its ARN, stamping retryd's attributes."""
+@dataclass(frozen=True, slots=True)
+class _Limit:
+    """A queue's MaximumMessageSize as last read, or why it could not be."""
 
-    def __init__(self, client: Client) -> None:
+    max_bytes: int
+    read_at_s: float
+    error: SendError | None = None
+
+
+class SqsQueueTarget(BatchResubmitter):
+    """Resubmits jobs to an SQS queue named by its ARN, stamping retryd's attributes.
+
+    Each queue's own MaximumMessageSize is the limit, read once and cached for
+    `limit_ttl_s`, never per message; when it cannot be read, 256 KiB is assumed.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        limit_ttl_s: float = LIMIT_TTL_S,
+        clock_s: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         # Queue URLs never change for a queue's life; one GetQueueUrl per ARN is enough.
         self._urls: dict[str, str] = {}
+        self._limits: dict[str, _Limit] = {}
+        self._limit_ttl_s = limit_ttl_s
+        self._clock_s = clock_s
 
     async def open(self, target: Target) -> Destination | SendError:
         url = await self._queue_url(target)
         if isinstance(url, SendError):
             return url
-        return Destination(url, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES)
+        limit = await self._limit(target, url)
+        return Destination(url, limit.max_bytes, limit.max_bytes, limit.error)
+
+    async def _limit(self, target: Target, url: str) -> _Limit:
+        now_s = self._clock_s()
+        cached = self._limits.get(target.arn)
+        if cached is not None:
+            ttl_s = self._limit_ttl_s if cached.error is None else LIMIT_RETRY_S
+            if now_s - cached.read_at_s < min(ttl_s, self._limit_ttl_s):
+                return cached
+        try:
+            limit = _Limit(await read_max_message_bytes(self._client, url), now_s)
+        except Exception as exc:  # noqa: BLE001 - an unread limit falls back, it fails nothing
+            error = classify.from_exception(exc)
+            log.warning(
+                "target-limit-unread",
+                target=target.arn,
+                error=str(error),
+                assumed_bytes=MAX_PAYLOAD_BYTES,
+            )
+            limit = _Limit(MAX_PAYLOAD_BYTES, now_s, error)
+        self._limits[target.arn] = limit
+        return limit
 
     def prepare(self, target: Target, job: Job) -> Prepared:
         if has_forbidden_chars(job.body):

@@ -300,7 +300,7 @@ def test_sqs_batches_by_bytes_and_refuses_an_oversized_message(
     world: World, make_settings: SettingsFactory
 ) -> None:
     """100 KB bodies go two to a call; a body over 256 KiB is refused before sending."""
-    world.create_queue("orders")
+    world.create_queue("orders", MaximumMessageSize=str(MAX_PAYLOAD_BYTES))
     target = Target.from_arn(world.queue_arn("orders"))
     big = [make_job(target.arn, body="x" * 100_000, key=f"k-{index}") for index in range(4)]
     huge = make_job(target.arn, body="y" * MAX_PAYLOAD_BYTES, key="huge")
@@ -597,3 +597,123 @@ def test_sns_malformed_publish_answer_is_one_transient_verdict(
         assert delivery.error.error_class is ErrorClass.TRANSIENT
     assert fault.hits == 1
     assert world.drain(spy) == []
+
+
+# -- payload limits: each queue's own MaximumMessageSize -------------------------------
+
+KIB = 1024
+# Over the long-standing 256 KiB, well within the 1 MiB a queue may take.
+BODY_300_KIB = "z" * (300 * KIB)
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_sqs_300_kib_goes_to_a_1_mib_queue_and_is_refused_by_a_256_kib_one(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """The limit is each queue's own MaximumMessageSize, not a constant."""
+    world.create_queue("big", MaximumMessageSize=str(1024 * KIB))
+    world.create_queue("small", MaximumMessageSize=str(256 * KIB))
+    big, small = (Target.from_arn(world.queue_arn(name)) for name in ("big", "small"))
+    world.record()
+
+    [to_big] = submit_sqs(make_settings(), big, [make_job(big.arn, body=BODY_300_KIB)])
+    [to_small] = submit_sqs(make_settings(), small, [make_job(small.arn, body=BODY_300_KIB)])
+
+    assert to_big[0].accepted
+    [message] = world.drain("big")
+    assert message["Body"] == BODY_300_KIB
+    refused = to_small[0].error
+    assert refused is not None
+    assert refused.error_class is ErrorClass.PERMANENT
+    assert refused.refusal is Refusal.PAYLOAD_TOO_LARGE
+    assert str(256 * KIB) in refused.message
+    # Refused before sending: only the message for the big queue made a call.
+    assert calls(world, "SendMessageBatch") == 1
+    assert world.depth("small") == 0
+
+
+def test_sqs_limit_is_read_once_and_again_after_its_ttl(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """One GetQueueAttributes serves every submit until the TTL ends; then a change is seen."""
+    url = world.create_queue("orders", MaximumMessageSize=str(256 * KIB))
+    target = Target.from_arn(world.queue_arn("orders"))
+    clock = FakeClock()
+    world.record()
+
+    async def main() -> list[bool]:
+        async with open_clients(make_settings().aws) as clients:
+            sqs_target = SqsQueueTarget(clients.sqs, limit_ttl_s=600, clock_s=clock)
+            accepted = []
+            for step in range(3):
+                if step == 1:
+                    world.client("sqs").set_queue_attributes(
+                        QueueUrl=url, Attributes={"MaximumMessageSize": str(1024 * KIB)}
+                    )
+                    clock.now_s += 599
+                if step == 2:
+                    clock.now_s += 2
+                job = make_job(target.arn, body=BODY_300_KIB, key=f"k-{step}")
+                [delivery] = await sqs_target.submit(target, [job])
+                accepted.append(delivery.accepted)
+            return accepted
+
+    # Raised to 1 MiB after the first read: seen only once the TTL has run out.
+    assert anyio.run(main) == [False, False, True]
+    assert calls(world, "GetQueueAttributes") == 2
+    assert calls(world, "SendMessageBatch") == 1
+
+
+def test_sqs_unreadable_limit_keeps_big_messages_waiting_not_parked(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A throttled limit read assumes 256 KiB: small jobs go, a big one waits, is not refused."""
+    world.create_queue("orders", MaximumMessageSize=str(1024 * KIB))
+    target = Target.from_arn(world.queue_arn("orders"))
+    world.faults.add(Fault("sqs", "GetQueueAttributes", code="Throttling", times=1))
+    clock = FakeClock()
+    jobs = [make_job(target.arn, key="small"), make_job(target.arn, body=BODY_300_KIB, key="big")]
+
+    async def main() -> tuple[list[Delivery], list[Delivery]]:
+        async with open_clients(make_settings().aws) as clients:
+            sqs_target = SqsQueueTarget(clients.sqs, clock_s=clock)
+            first = await sqs_target.submit(target, jobs)
+            # The failed read is retried after a minute, not held for the whole TTL.
+            clock.now_s += 61
+            return first, await sqs_target.submit(target, jobs[1:])
+
+    first, second = anyio.run(main)
+    assert first[0].accepted
+    error = first[1].error
+    assert error is not None
+    assert error.error_class is ErrorClass.TRANSIENT
+    assert error.refusal is None
+    assert "could not be read" in error.message
+    assert second[0].accepted
+    assert sorted(len(m["Body"]) for m in world.drain("orders")) == [len(jobs[0].body), 300 * KIB]
+
+
+def test_sqs_forbidden_limit_read_assumes_256_kib_and_says_so(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Without permission to read the limit, over 256 KiB is payload-too-large, naming why."""
+    world.create_queue("orders", MaximumMessageSize=str(1024 * KIB))
+    target = Target.from_arn(world.queue_arn("orders"))
+    world.faults.add(Fault("sqs", "GetQueueAttributes", code="AccessDenied"))
+
+    [deliveries] = submit_sqs(make_settings(), target, [make_job(target.arn, body=BODY_300_KIB)])
+
+    error = deliveries[0].error
+    assert error is not None
+    assert error.refusal is Refusal.PAYLOAD_TOO_LARGE
+    assert "AccessDenied" in error.message
+    assert str(MAX_PAYLOAD_BYTES) in error.message
