@@ -28,7 +28,8 @@ from retryd.targets.base import (
 # EventBridge API reference, PutEvents: at most 10 entries per request.
 PUT_EVENTS_MAX_ENTRIES = MAX_BATCH_ENTRIES
 # EventBridge user guide, "Calculating PutEvents event entry size": the total entry size
-# of one request must be less than 256 KB.
+# of one request must be less than 256 KB
+# (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-putevent-size.html).
 PUT_EVENTS_MAX_BYTES = 256 * 1024
 # The most one entry, and one call, may carry: strictly less than the above.
 PUT_EVENTS_LIMIT_BYTES = PUT_EVENTS_MAX_BYTES - 1

@@ -19,7 +19,10 @@ from retryd.targets.sqs_queue import (
 
 # "The total aggregate size of all messages that you send in a single PublishBatch API
 # request can't exceed 262,144 bytes (256 KiB)" - Amazon SNS Developer Guide, "Amazon SNS
-# message batching". The same number as SQS's, so the SQS constant is reused.
+# message batching". A topic may now be given a MaximumMessageSize of up to 1 MiB, but
+# 262,144 bytes is every topic's default
+# (https://docs.aws.amazon.com/sns/latest/dg/large-message-payloads.html), and retryd
+# does not read the attribute yet, so it stays within the default.
 MAX_BATCH_BYTES = MAX_PAYLOAD_BYTES
 
 
