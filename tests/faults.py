@@ -20,6 +20,11 @@ from urllib.parse import parse_qs
 
 from retryd.sandbox.emulator import WsgiApp
 
+_CONTENT_TYPES = {
+    "json": "application/x-amz-json-1.0",
+    "rest-json": "application/json",
+    "query": "text/xml",
+}
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 
 
@@ -28,9 +33,8 @@ class Fault:
     """Answer matching calls with `code`/`status`; `times` None means until removed.
 
     With `delay_s`, the call waits that long first; with `code=None` as well it is
-    then passed on to moto unchanged (a slow but working AWS). With `reply`, the call
-    is answered with `status` and exactly those bytes (a truncated body, a proxy's
-    page) in the protocol's content type, and never reaches moto.
+    then passed on to moto unchanged (a slow but working AWS). With `answer`, the
+    call is answered 200 with that body instead (a truncated answer, a proxy's page).
     """
 
     service: str
@@ -41,7 +45,7 @@ class Fault:
     times: int | None = None
     message: str = "injected fault"
     delay_s: float = 0.0
-    reply: bytes | None = None
+    answer: str | None = None
     hits: int = 0
 
 
@@ -66,22 +70,6 @@ def _describe(environ: dict[str, Any], body: bytes) -> _Request:
         return _Request(service, operation, "rest-json", text)
     form = parse_qs(body.decode("utf-8", "replace"))
     return _Request(service, form.get("Action", [""])[0], "query", text)
-
-
-_CONTENT_TYPES = {
-    "json": "application/x-amz-json-1.0",
-    "rest-json": "application/json",
-    "query": "text/xml",
-}
-
-
-def _reply_response(request: _Request, fault: Fault) -> tuple[str, list[tuple[str, str]], bytes]:
-    assert fault.reply is not None
-    headers = [
-        ("Content-Type", _CONTENT_TYPES[request.protocol]),
-        ("Content-Length", str(len(fault.reply))),
-    ]
-    return f"{fault.status} Injected", headers, fault.reply
 
 
 def _error_response(request: _Request, fault: Fault) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -158,9 +146,15 @@ class FaultInjector:
                         503,
                         message="delayed call abandoned: its test ended",
                     )
-            if fault is not None and fault.reply is not None:
-                status, headers, payload = _reply_response(request, fault)
-                start_response(status, headers)
+            if fault is not None and fault.answer is not None:
+                payload = fault.answer.encode()
+                start_response(
+                    "200 OK",
+                    [
+                        ("Content-Type", _CONTENT_TYPES[request.protocol]),
+                        ("Content-Length", str(len(payload))),
+                    ],
+                )
                 return [payload]
             if fault is None or fault.code is None:
                 return app(environ, start_response)

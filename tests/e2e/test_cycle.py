@@ -418,9 +418,7 @@ def test_a_malformed_answer_fails_its_own_jobs_as_transient_and_no_others(
         Fault(
             "sqs",
             "GetQueueUrl",
-            code=None,
-            status=200,
-            reply=b"<html>502</html>",
+            answer="<html>502</html>",
             contains='"dest"',
             times=1,
         )

@@ -195,7 +195,7 @@ def test_locate_with_a_malformed_answer_raises_a_classified_error(
 ) -> None:
     """A GetQueueUrl 200 without a QueueUrl is a MalformedResponseError, classified transient."""
     world.create_queue("retryd-parking")
-    world.faults.add(Fault("sqs", "GetQueueUrl", code=None, status=200, reply=b"{}", times=1))
+    world.faults.add(Fault("sqs", "GetQueueUrl", answer="{}", times=1))
     with pytest.raises(MalformedResponseError) as raised:
         locate(make_settings(), "retryd-parking")
     error = classify.from_exception(raised.value)

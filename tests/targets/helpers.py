@@ -177,7 +177,7 @@ def strings(message: dict[str, Any]) -> dict[str, str]:
 
 # What a proxy, a cut connection or a broken emulator can put in a 200 answer.
 MALFORMED_REPLIES = {
-    "empty-object": b"{}",
-    "truncated": b'{"QueueUrl": "http://localh',
-    "html-page": b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+    "empty-object": "{}",
+    "truncated": '{"QueueUrl": "http://localh',
+    "html-page": "<html><body><h1>502 Bad Gateway</h1></body></html>",
 }

@@ -318,16 +318,16 @@ def test_plan_batches_respects_both_limits_in_order(sizes: list[int]) -> None:
 
 @pytest.mark.parametrize(
     "reply",
-    [b'{"Entries": "ok"}', b'{"Entries": [null, null]}', b"<html>502 Bad Gateway</html>"],
+    ['{"Entries": "ok"}', '{"Entries": [null, null]}', "<html>502 Bad Gateway</html>"],
     ids=["entries-not-a-list", "null-results", "html-page"],
 )
 def test_event_bus_malformed_answer_is_one_transient_verdict(
-    world: World, make_settings: SettingsFactory, reply: bytes
+    world: World, make_settings: SettingsFactory, reply: str
 ) -> None:
     """A PutEvents 200 without readable results is transient for each job, with no resends."""
     bus_arn, _ = world.create_bus_with_spy("orders-bus", source=BUS_SOURCE)
     target = Target.from_arn(bus_arn)
-    fault = world.faults.add(Fault("events", "PutEvents", code=None, status=200, reply=reply))
+    fault = world.faults.add(Fault("events", "PutEvents", answer=reply))
     body = json.dumps({"Source": BUS_SOURCE, "DetailType": "T", "Detail": "{}"})
 
     deliveries = submit(

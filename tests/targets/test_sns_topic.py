@@ -173,9 +173,7 @@ def test_sns_malformed_publish_answer_is_one_transient_verdict(
 ) -> None:
     """A PublishBatch 200 whose body is a proxy's page is transient for all, with no resends."""
     topic_arn, spy = world.create_topic_with_spy("orders")
-    fault = world.faults.add(
-        Fault("sns", "PublishBatch", code=None, status=200, reply=MALFORMED_REPLIES["html-page"])
-    )
+    fault = world.faults.add(Fault("sns", "PublishBatch", answer=MALFORMED_REPLIES["html-page"]))
     jobs = [make_job(topic_arn, key=f"k-{n}") for n in range(2)]
     deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), jobs)
     for delivery in deliveries:

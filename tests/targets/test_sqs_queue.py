@@ -312,12 +312,12 @@ def test_sqs_queue_url_is_looked_up_once_per_arn(
 
 @pytest.mark.parametrize("reply", MALFORMED_REPLIES.values(), ids=MALFORMED_REPLIES.keys())
 def test_sqs_malformed_queue_url_answer_is_transient_for_every_job(
-    world: World, make_settings: SettingsFactory, reply: bytes
+    world: World, make_settings: SettingsFactory, reply: str
 ) -> None:
     """A GetQueueUrl 200 without a QueueUrl fails each job as transient; submit never raises."""
     world.create_queue("orders")
     target = Target.from_arn(world.queue_arn("orders"))
-    world.faults.add(Fault("sqs", "GetQueueUrl", code=None, status=200, reply=reply, times=1))
+    world.faults.add(Fault("sqs", "GetQueueUrl", answer=reply, times=1))
     jobs = [make_job(target.arn, key="a"), make_job(target.arn, key="b")]
     first, second = submit_sqs(make_settings(), target, jobs, jobs)
     for delivery in first:
@@ -331,16 +331,16 @@ def test_sqs_malformed_queue_url_answer_is_transient_for_every_job(
 
 @pytest.mark.parametrize(
     "reply",
-    [b'{"Successful": [{"MessageId": "no-id"}]}', b'{"Successful": [{"Id": "7"}]}', b"[1, 2"],
+    ['{"Successful": [{"MessageId": "no-id"}]}', '{"Successful": [{"Id": "7"}]}', "[1, 2"],
     ids=["entry-without-id", "id-never-sent", "truncated"],
 )
 def test_sqs_malformed_batch_answer_is_one_transient_verdict(
-    world: World, make_settings: SettingsFactory, reply: bytes
+    world: World, make_settings: SettingsFactory, reply: str
 ) -> None:
     """A SendMessageBatch 200 that names no sent entry is transient for all, with no resends."""
     world.create_queue("orders")
     target = Target.from_arn(world.queue_arn("orders"))
-    fault = world.faults.add(Fault("sqs", "SendMessageBatch", code=None, status=200, reply=reply))
+    fault = world.faults.add(Fault("sqs", "SendMessageBatch", answer=reply))
     jobs = [make_job(target.arn, key=f"k-{index}") for index in range(3)]
     [deliveries] = submit_sqs(make_settings(), target, jobs)
     for delivery in deliveries:
