@@ -9,6 +9,10 @@ are named as such: waiting will not fix them, a person has to.
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -22,7 +26,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from retryd.models import ErrorClass, SendError
+from retryd.models import ErrorClass, Refusal, SendError
 
 # The target itself says no, and will say no again: missing, forbidden, or a payload
 # it cannot take. Codes from the Lambda, SQS, SNS, Step Functions and EventBridge
@@ -77,9 +81,8 @@ PERMANENT_CODES = frozenset(
         "InvalidName",
         "ExecutionAlreadyExists",
         "StateMachineTypeNotSupported",
-        # retryd's own pre-flight check (payload over the target's size limit)
-        "retryd.PayloadTooLarge",
-        "retryd.InvalidPayload",
+        # retryd's own refusals, made before any call
+        *(refusal.value for refusal in Refusal),
     }
 )
 
@@ -111,6 +114,47 @@ TRANSIENT_CODES = frozenset(
 )
 
 _SERVER_ERROR = 500
+
+# The code of a 200 answer that lacks what the API promises (see MalformedResponseError).
+MALFORMED_RESPONSE = "retryd.MalformedResponse"
+# botocore's response parsers: an exception raised in them means the call was made
+# and its answer could not be read (it raises KeyError for a query-protocol answer
+# that lacks its result element, e.g. a proxy's HTML page).
+_PARSER_MODULES = frozenset({"botocore.parsers", "aiobotocore.parsers"})
+
+
+class MalformedResponseError(Exception):
+    """A 200 answer without what the API promises: a truncated body, a proxy's page.
+
+    Transient: the service (or something in front of it) answered badly, and the
+    call may well have done its work, so nothing is concluded about the message.
+    """
+
+    def __init__(self, operation: str, problem: str) -> None:
+        self.operation = operation
+        super().__init__(f"{operation}: {problem}")
+
+
+def required(response: Mapping[str, Any], name: str, operation: str) -> str:
+    """The non-empty text `response[name]`; MalformedResponseError when the answer lacks it."""
+    value = response.get(name) if isinstance(response, Mapping) else None
+    if not isinstance(value, str) or not value:
+        raise MalformedResponseError(operation, f"the answer has no {name}")
+    return value
+
+
+def is_malformed_response(exc: BaseException) -> bool:
+    """Whether `exc` says an answer was unreadable, rather than that a call failed."""
+    if isinstance(exc, MalformedResponseError):
+        return True
+    if isinstance(exc, BotoCoreError | ClientError):
+        # botocore's own errors (ResponseParserError included) classify themselves.
+        return False
+    return any(
+        frame.f_globals.get("__name__") in _PARSER_MODULES
+        for frame, _ in traceback.walk_tb(exc.__traceback__)
+    )
+
 
 # What SQS answers (JSON protocol, then query-compatible) for a queue that is not there.
 MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
@@ -150,6 +194,14 @@ def from_exception(exc: BaseException) -> SendError:
         return SendError(ErrorClass.TRANSIENT, type(exc).__name__, str(exc))
     if isinstance(exc, BotoCoreError | OSError | TimeoutError):
         return SendError(ErrorClass.TRANSIENT, type(exc).__name__, str(exc))
+    if is_malformed_response(exc):
+        # botocore's parser says e.g. KeyError('PublishBatchResult'): no result element.
+        message = (
+            str(exc)
+            if isinstance(exc, MalformedResponseError)
+            else f"the answer could not be read ({type(exc).__name__}: {exc})"
+        )
+        return SendError(ErrorClass.TRANSIENT, MALFORMED_RESPONSE, message)
     return SendError(ErrorClass.TRANSIENT, type(exc).__name__, str(exc))
 
 

@@ -361,6 +361,15 @@ class ErrorClass(StrEnum):
     CONFIG = "config"
 
 
+class Refusal(StrEnum):
+    """Why retryd itself refused to send a job, without calling the target (its error code)."""
+
+    # Over the target's size limit: parked payload-too-large, never retried.
+    PAYLOAD_TOO_LARGE = "retryd.PayloadTooLarge"
+    # Not what the target needs (not JSON for Lambda, no Source for EventBridge, ...).
+    INVALID_PAYLOAD = "retryd.InvalidPayload"
+
+
 @dataclass(frozen=True, slots=True)
 class SendError:
     """A target or parking call that did not take a message."""
@@ -368,6 +377,13 @@ class SendError:
     error_class: ErrorClass
     code: str
     message: str
+    # Set when retryd refused the job itself: what to park it as, without reading `code`.
+    refusal: Refusal | None = None
+
+    @classmethod
+    def refused(cls, refusal: Refusal, message: str) -> SendError:
+        """retryd's own refusal of a job: permanent, with the refusal as its code."""
+        return cls(ErrorClass.PERMANENT, refusal.value, message, refusal)
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}" if self.message else self.code

@@ -197,7 +197,12 @@ def _target_statements(targets: dict[str, list[str]], scope: _Scope) -> list[dic
         )
     if targets["sqs"]:
         statements.append(
-            _statement("ResubmitToSqs", ["sqs:GetQueueUrl", "sqs:SendMessage"], targets["sqs"])
+            _statement(
+                "ResubmitToSqs",
+                # GetQueueAttributes reads each target queue's MaximumMessageSize.
+                ["sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:SendMessage"],
+                targets["sqs"],
+            )
         )
     if targets["sns"]:
         statements.append(_statement("ResubmitToSns", ["sns:Publish"], targets["sns"]))

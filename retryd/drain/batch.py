@@ -35,13 +35,13 @@ from retryd.models import (
     Outcome,
     ParkReason,
     QueueRef,
+    Refusal,
     SendError,
 )
 from retryd.resolve import ResolverChain
 from retryd.settle.dlq import DeadLetterQueues
 from retryd.settle.parking import Parking, ParkRequest
 from retryd.targets import Delivery
-from retryd.targets.base import PAYLOAD_TOO_LARGE
 from retryd.targets.sender import ALREADY_RESUBMITTED, Sender, Sent
 
 log = structlog.get_logger("retryd.pipeline")
@@ -305,7 +305,7 @@ class Pipeline:
         if error.error_class is ErrorClass.PERMANENT:
             reason = (
                 ParkReason.PAYLOAD_TOO_LARGE
-                if error.code == PAYLOAD_TOO_LARGE
+                if error.refusal is Refusal.PAYLOAD_TOO_LARGE
                 else ParkReason.TARGET_REJECTED
             )
             return Park(job.letter, reason, str(error), job.attempt, job)

@@ -14,12 +14,17 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from retryd.aws import Client
-from retryd.classify import is_missing_queue
+from retryd.classify import is_missing_queue, required
 from retryd.errors import ParkingQueueMissingError
 from retryd.models import DeadLetter, SendError
 from retryd.stamps import stamp_for_parking
 from retryd.targets.base import unpreparable
-from retryd.targets.sqs_queue import OutgoingMessage, send_message_batches
+from retryd.targets.sqs_queue import (
+    MAX_PAYLOAD_BYTES,
+    OutgoingMessage,
+    read_max_message_bytes,
+    send_message_batches,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +42,19 @@ class ParkRequest:
 class Parking:
     """Writes parked copies to one SQS queue (standard or FIFO)."""
 
-    def __init__(self, client: Client, queue_url: str, detail_max_bytes: int) -> None:
+    def __init__(
+        self,
+        client: Client,
+        queue_url: str,
+        detail_max_bytes: int,
+        max_message_bytes: int = MAX_PAYLOAD_BYTES,
+    ) -> None:
         self._client = client
         self.queue_url = queue_url
         self._detail_max_bytes = detail_max_bytes
+        # The parking queue's own MaximumMessageSize: a copy over it is not attempted,
+        # and its letter stays in its DLQ.
+        self.max_message_bytes = max_message_bytes
 
     @property
     def is_fifo(self) -> bool:
@@ -48,23 +62,25 @@ class Parking:
 
     @classmethod
     async def locate(cls, client: Client, queue: str, detail_max_bytes: int) -> Parking:
-        """Find the parking queue by name or URL; ParkingQueueMissingError if it does not exist.
+        """Find the parking queue by name or URL, and its size limit.
 
-        Other AWS errors (no permission, throttling) propagate: start-up cannot tell
-        whether the queue is there, and must not go on as if it were.
+        ParkingQueueMissingError if it does not exist. Other AWS errors (no
+        permission, throttling) propagate: start-up cannot tell whether the queue
+        is there, and must not go on as if it were.
         """
         try:
             if queue.startswith(("https://", "http://")):
-                # A URL names the queue already; asking for an attribute proves it exists.
-                await client.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
                 url = queue
             else:
-                url = str((await client.get_queue_url(QueueName=queue))["QueueUrl"])
+                answer = await client.get_queue_url(QueueName=queue)
+                url = required(answer, "QueueUrl", "GetQueueUrl")
+            # For a URL, reading an attribute is also what proves the queue exists.
+            max_message_bytes = await read_max_message_bytes(client, url)
         except ClientError as exc:
             if is_missing_queue(exc):
                 raise ParkingQueueMissingError(queue) from exc
             raise
-        return cls(client, url, detail_max_bytes)
+        return cls(client, url, detail_max_bytes, max_message_bytes)
 
     async def park(self, items: Sequence[ParkRequest]) -> list[SendError | None]:
         """Copy each letter to the parking queue; one result per item, None when it is safe there.
@@ -82,7 +98,9 @@ class Parking:
                 results[index] = unpreparable(exc, "parked copy")
                 continue
             ready.append(index)
-        sent = await send_message_batches(self._client, self.queue_url, messages)
+        sent = await send_message_batches(
+            self._client, self.queue_url, messages, self.max_message_bytes, "parked copy"
+        )
         for index, result in zip(ready, sent, strict=True):
             results[index] = result
         return results

@@ -1,26 +1,30 @@
-"""The interface every resubmitter implements, one module per target type beside it."""
+"""The interface every resubmitter implements, and the loop every batch-API target shares.
+
+Targets with a batch API (SQS, SNS, EventBridge) subclass `BatchResubmitter`
+and supply only what differs between them: where the calls go and what they
+may carry (`open`), one job as one entry (`prepare`) and one call (`send`).
+Targets without one (Lambda, Step Functions) run `deliver_each`.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd.classify import from_exception
-from retryd.models import ErrorClass, Job, SendError, Target
+from retryd.classify import from_exception, is_malformed_response
+from retryd.models import ErrorClass, Job, Refusal, SendError, Target
 
 # SendMessageBatch, PublishBatch and PutEvents each take up to ten entries per call.
 MAX_BATCH_ENTRIES = 10
 
 T = TypeVar("T")
 
-# Set on a Delivery when retryd refuses to send a payload over the target's limit.
-PAYLOAD_TOO_LARGE = "retryd.PayloadTooLarge"
-# Set when the body cannot be what the target needs (e.g. not JSON for Step Functions).
-INVALID_PAYLOAD = "retryd.InvalidPayload"
+Entry = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +52,53 @@ class Resubmitter(Protocol):
     async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]: ...
 
 
+class RefusedError(Exception):
+    """Raised by `BatchResubmitter.prepare` for a job the target cannot take."""
+
+    def __init__(self, error: SendError) -> None:
+        self.error = error
+        super().__init__(str(error))
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One job (or parked copy) as an entry of a batch call, and its size as the service counts it.
+
+    The entry has no batch-local `Id`: `send` numbers the entries of each call.
+    """
+
+    entry: Entry
+    size_bytes: int
+    stamps_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where one target's batch calls go, and the most each entry and each call may carry."""
+
+    # The queue URL, topic ARN or bus ARN that `send` addresses.
+    address: str
+    max_entry_bytes: int
+    max_call_bytes: int
+    # Why the limits are an assumption rather than the target's own (it could not be read).
+    limit_error: SendError | None = None
+
+
 def unpreparable(exc: Exception, what: str = "message") -> SendError:
     """A job whose request could not even be built: permanent, and for that job alone.
 
     Only the exception's type is kept: its text could quote the payload into logs.
     """
-    return SendError(
-        ErrorClass.PERMANENT,
-        INVALID_PAYLOAD,
-        f"the {what} could not be prepared ({type(exc).__name__})",
+    return SendError.refused(
+        Refusal.INVALID_PAYLOAD, f"the {what} could not be prepared ({type(exc).__name__})"
+    )
+
+
+def too_large(size_bytes: int, limit_bytes: int, what: str = "message") -> SendError:
+    """A job over the target's limit: refused before any call, and parked payload-too-large."""
+    return SendError.refused(
+        Refusal.PAYLOAD_TOO_LARGE,
+        f"the {what} is {size_bytes} bytes; the limit is {limit_bytes}",
     )
 
 
@@ -67,16 +109,20 @@ def resend_singly(exc: Exception, error: SendError) -> bool:
     is not AWS or the network, may be the fault of a single entry: sent alone,
     that entry gets its own verdict and the others still go. Throttling, 5xx and
     network trouble are about the service, not an entry, and more calls would
-    only add load, so those stay one verdict for every entry.
+    only add load, so those stay one verdict for every entry. So does an answer
+    that could not be read: the call was made and may have delivered every entry,
+    and sending them again one by one would only add copies.
     """
+    if is_malformed_response(exc):
+        return False
     from_aws_or_network = isinstance(exc, ClientError | BotoCoreError | OSError | TimeoutError)
     return error.error_class is ErrorClass.PERMANENT or not from_aws_or_network
 
 
-BatchCall = Callable[[list[dict[str, Any]]], Awaitable[list[SendError | None]]]
+BatchCall = Callable[[list[Entry]], Awaitable[list[SendError | None]]]
 
 
-async def call_batch(call: BatchCall, entries: list[dict[str, Any]]) -> list[SendError | None]:
+async def call_batch(call: BatchCall, entries: list[Entry]) -> list[SendError | None]:
     """One batch API call: per-entry results in request order, never an exception.
 
     `call` sends the entries and reads the per-entry answers; when it raises, no
@@ -139,3 +185,105 @@ def pack_batches(
     if current:
         batches.append(current)
     return batches
+
+
+def over_limit(size_bytes: int, destination: Destination, what: str) -> SendError:
+    """The verdict on an entry over the destination's limit.
+
+    Over the target's own limit, it is refused for good. Over a limit assumed
+    because the real one could not be read, it is refused for good only when that
+    read failed for good (no permission, say); after a transient failure it waits,
+    as a guess must never park a message the target might take.
+    """
+    refused = too_large(size_bytes, destination.max_entry_bytes, what)
+    unread = destination.limit_error
+    if unread is None:
+        return refused
+    because = f"{refused.message} (assumed: the target's own limit could not be read: {unread})"
+    if unread.error_class is ErrorClass.TRANSIENT:
+        return SendError(ErrorClass.TRANSIENT, unread.code, because)
+    return SendError.refused(Refusal.PAYLOAD_TOO_LARGE, because)
+
+
+async def send_packed(
+    prepared: Sequence[Prepared], max_call_bytes: int, call: BatchCall
+) -> list[SendError | None]:
+    """Send every entry with as few calls as the limits allow: one result per entry, in order.
+
+    Calls go out one after another, so a FIFO queue or topic sees the entries in
+    the order given. Never raises for an AWS or network error.
+    """
+    results: list[SendError | None] = [None] * len(prepared)
+    indexed = list(enumerate(prepared))
+    for batch in pack_batches(indexed, lambda pair: pair[1].size_bytes, max_call_bytes):
+        errors = await call_batch(call, [item.entry for _, item in batch])
+        for (index, _), error in zip(batch, errors, strict=True):
+            results[index] = error
+    return results
+
+
+class BatchResubmitter(ABC):
+    """The resubmit loop of every target with a batch API, one call per batch of jobs.
+
+    For the jobs of one target: `open` once (a failure there is every job's
+    verdict), `prepare` each job (a refusal, an exception or an entry over the
+    limit fails that job alone), pack the rest into as few calls as the limits
+    allow, `send` each call and give every job its own result, in order.
+    """
+
+    # What one entry is called in refusals ("the event is 300000 bytes; ...").
+    entry_name: ClassVar[str] = "message"
+
+    async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
+        if not jobs:
+            return []
+        destination = await self.open(target)
+        if isinstance(destination, SendError):
+            return [Delivery(job, destination) for job in jobs]
+        deliveries: list[Delivery | None] = [None] * len(jobs)
+        ready: list[int] = []
+        prepared: list[Prepared] = []
+        for index, job in enumerate(jobs):
+            try:
+                item = self.prepare(target, job)
+            except RefusedError as refusal:
+                deliveries[index] = Delivery(job, refusal.error)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one unreadable job must not fail the others
+                # RecursionError from deeply nested JSON, UnicodeEncodeError from a lone
+                # surrogate, ...: only the type is named, as the text could quote the payload.
+                deliveries[index] = Delivery(job, unpreparable(exc, self.entry_name))
+                continue
+            if item.size_bytes > destination.max_entry_bytes:
+                oversized = over_limit(item.size_bytes, destination, self.entry_name)
+                deliveries[index] = Delivery(job, oversized, item.stamps_dropped)
+                continue
+            ready.append(index)
+            prepared.append(item)
+
+        async def call(entries: list[Entry]) -> list[SendError | None]:
+            return await self.send(destination, entries)
+
+        errors = await send_packed(prepared, destination.max_call_bytes, call)
+        for index, item, error in zip(ready, prepared, errors, strict=True):
+            deliveries[index] = Delivery(jobs[index], error, item.stamps_dropped)
+        return [delivery for delivery in deliveries if delivery is not None]
+
+    @abstractmethod
+    async def open(self, target: Target) -> Destination | SendError:
+        """Where this target's calls go and what they may carry; a SendError fails every job."""
+
+    @abstractmethod
+    def prepare(self, target: Target, job: Job) -> Prepared:
+        """One job as an entry; RefusedError for a job the target cannot take.
+
+        Any other exception is taken as the job's fault: it fails that job alone.
+        """
+
+    @abstractmethod
+    async def send(self, destination: Destination, entries: list[Entry]) -> list[SendError | None]:
+        """One batch call: the error (or None) of each entry, in order.
+
+        Raising means no entry is known to have arrived, unless what was raised says
+        the answer was unreadable (see `call_batch` and classify.MalformedResponseError).
+        """

@@ -9,29 +9,30 @@ passed the allowlist, whatever bus the body names did not.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from retryd.aws import Client
-from retryd.classify import from_batch_failure
-from retryd.models import ErrorClass, Job, SendError, Target
+from retryd.classify import MalformedResponseError, from_batch_failure
+from retryd.models import ErrorClass, Job, Refusal, SendError, Target
 from retryd.targets.base import (
-    INVALID_PAYLOAD,
     MAX_BATCH_ENTRIES,
-    PAYLOAD_TOO_LARGE,
-    Delivery,
-    call_batch,
-    pack_batches,
-    unpreparable,
+    BatchResubmitter,
+    Destination,
+    Entry,
+    Prepared,
+    RefusedError,
 )
 
 # EventBridge API reference, PutEvents: at most 10 entries per request.
 PUT_EVENTS_MAX_ENTRIES = MAX_BATCH_ENTRIES
 # EventBridge user guide, "Calculating PutEvents event entry size": the total entry size
-# of one request must be less than 256 KB.
+# of one request must be less than 256 KB
+# (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-putevent-size.html).
 PUT_EVENTS_MAX_BYTES = 256 * 1024
+# The most one entry, and one call, may carry: strictly less than the above.
+PUT_EVENTS_LIMIT_BYTES = PUT_EVENTS_MAX_BYTES - 1
 # Same page: a `Time` counts as 14 bytes whatever its value.
 _TIME_BYTES = 14
 
@@ -48,13 +49,6 @@ _EVENT_TO_ENTRY = {
 
 class InvalidEntryError(ValueError):
     """A job body that cannot become a PutEvents entry."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    index: int
-    entry: dict[str, Any]
-    size_bytes: int
 
 
 def _required_text(document: Mapping[str, Any], field: str) -> str:
@@ -142,62 +136,30 @@ def entry_size_bytes(entry: Mapping[str, Any]) -> int:
     return size
 
 
-def plan_batches(sizes_bytes: Sequence[int]) -> list[list[int]]:
-    """Indices of `sizes_bytes` grouped in order into calls within both PutEvents limits.
-
-    Every size must itself be under PUT_EVENTS_MAX_BYTES (oversized entries are
-    refused before planning).
-    """
-    # PutEvents wants the total strictly under the limit, the packer allows equality.
-    indexes = range(len(sizes_bytes))
-    return pack_batches(indexes, lambda index: sizes_bytes[index], PUT_EVENTS_MAX_BYTES - 1)
-
-
-class EventBusTarget:
+class EventBusTarget(BatchResubmitter):
     """Puts each job's event on the target bus, up to 10 per PutEvents call."""
+
+    entry_name = "event"
 
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
-        deliveries: list[Delivery | None] = [None] * len(jobs)
-        prepared: list[_Prepared] = []
-        for index, job in enumerate(jobs):
-            try:
-                entry = to_entry(job.body, target.arn)
-                size_bytes = entry_size_bytes(entry)
-            except InvalidEntryError as exc:
-                refused = SendError(ErrorClass.PERMANENT, INVALID_PAYLOAD, str(exc))
-                deliveries[index] = Delivery(job, refused)
-                continue
-            except Exception as exc:  # noqa: BLE001 - one unreadable job must not fail the others
-                # RecursionError from deeply nested JSON, OverflowError from a Time, ...;
-                # only the type is named, as the text could quote the payload.
-                refused = unpreparable(exc, "event")
-                deliveries[index] = Delivery(job, refused)
-                continue
-            if size_bytes >= PUT_EVENTS_MAX_BYTES:
-                too_large = SendError(
-                    ErrorClass.PERMANENT,
-                    PAYLOAD_TOO_LARGE,
-                    f"entry is {size_bytes} bytes; PutEvents takes less than "
-                    f"{PUT_EVENTS_MAX_BYTES}",
-                )
-                deliveries[index] = Delivery(job, too_large)
-                continue
-            prepared.append(_Prepared(index, entry, size_bytes))
+    async def open(self, target: Target) -> Destination | SendError:
+        return Destination(target.arn, PUT_EVENTS_LIMIT_BYTES, PUT_EVENTS_LIMIT_BYTES)
 
-        for batch in plan_batches([item.size_bytes for item in prepared]):
-            members = [prepared[position] for position in batch]
-            errors = await call_batch(self._put, [member.entry for member in members])
-            for member, error in zip(members, errors, strict=True):
-                deliveries[member.index] = Delivery(jobs[member.index], error)
-        return [delivery for delivery in deliveries if delivery is not None]
+    def prepare(self, target: Target, job: Job) -> Prepared:
+        try:
+            entry = to_entry(job.body, target.arn)
+        except InvalidEntryError as exc:
+            raise RefusedError(SendError.refused(Refusal.INVALID_PAYLOAD, str(exc))) from exc
+        return Prepared(entry, entry_size_bytes(entry))
 
-    async def _put(self, entries: list[dict[str, Any]]) -> list[SendError | None]:
+    async def send(self, destination: Destination, entries: list[Entry]) -> list[SendError | None]:
         """One PutEvents call; the error (or None) for each entry, in request order."""
         response = await self._client.put_events(Entries=entries)
-        results: list[dict[str, Any]] = list(response.get("Entries", []))
+        results = response.get("Entries", [])
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+            raise MalformedResponseError("PutEvents", "Entries is not a list of results")
         errors: list[SendError | None] = []
         for position in range(len(entries)):
             if position >= len(results):

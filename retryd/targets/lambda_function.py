@@ -22,14 +22,8 @@ import structlog
 from retryd import stamps
 from retryd.aws import Client
 from retryd.classify import from_exception
-from retryd.models import ErrorClass, Job, SendError, Target
-from retryd.targets.base import (
-    INVALID_PAYLOAD,
-    PAYLOAD_TOO_LARGE,
-    Delivery,
-    deliver_each,
-    unpreparable,
-)
+from retryd.models import ErrorClass, Job, Refusal, SendError, Target
+from retryd.targets.base import Delivery, deliver_each, unpreparable
 
 log = structlog.get_logger(__name__)
 
@@ -68,16 +62,15 @@ def preflight(job: Job) -> SendError | None:
     """Refuse, without calling AWS, a body Lambda would refuse anyway."""
     payload_bytes = len(job.body.encode())
     if payload_bytes > ASYNC_PAYLOAD_MAX_BYTES:
-        return SendError(
-            ErrorClass.PERMANENT,
-            PAYLOAD_TOO_LARGE,
+        return SendError.refused(
+            Refusal.PAYLOAD_TOO_LARGE,
             f"payload is {payload_bytes} bytes; asynchronous Invoke takes at most "
             f"{ASYNC_PAYLOAD_MAX_BYTES}",
         )
     try:
         json.loads(job.body)
     except ValueError as exc:
-        return SendError(ErrorClass.PERMANENT, INVALID_PAYLOAD, f"Lambda needs JSON: {exc}")
+        return SendError.refused(Refusal.INVALID_PAYLOAD, f"Lambda needs JSON: {exc}")
     return None
 
 

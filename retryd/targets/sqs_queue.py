@@ -1,38 +1,53 @@
-"""Resubmit to an SQS queue with SendMessageBatch, and the size-aware batching parking shares."""
+"""Resubmit to an SQS queue with SendMessageBatch, and the batched sending parking shares."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from retryd import classify
 from retryd.aws import Client
-from retryd.models import Arn, Attributes, ErrorClass, Job, SendError, Target
+from retryd.models import Arn, Attributes, ErrorClass, Job, Refusal, SendError, Target
 from retryd.stamps import has_forbidden_chars, message_size_bytes, stamp_for_resubmit
 from retryd.targets.base import (
-    INVALID_PAYLOAD,
-    PAYLOAD_TOO_LARGE,
-    Delivery,
-    call_batch,
-    pack_batches,
-    unpreparable,
+    BatchResubmitter,
+    Destination,
+    Entry,
+    Prepared,
+    RefusedError,
+    send_packed,
+    too_large,
 )
 
-# SendMessageBatch: "The maximum allowed individual message size and the maximum total
-# payload size (the sum of the individual lengths of all of the batched messages) are
-# both 256 KiB (262,144 bytes)" (SQS API reference). Queues created since SQS raised
-# its limit to 1 MiB may take more, and moto 5.2 accepts 1 MiB, but 256 KiB is what
-# every queue and every emulator takes, so it is the limit retryd sends within.
+# Each queue has its own limit, its MaximumMessageSize attribute: 1,024 bytes to 1 MiB
+# (SetQueueAttributes API reference). SendMessageBatch takes up to 1 MiB in all
+# ("The maximum allowed individual message size and the maximum total payload size
+# ... are both 1 MiB", https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html);
+# retryd keeps every call within the queue's own limit too, which older queues and
+# emulators that still count 256 KiB per call also accept.
+# What retryd assumes when a queue's own limit cannot be read: the long-standing
+# default, which every queue takes.
 MAX_PAYLOAD_BYTES = 262_144
+# How long a queue's MaximumMessageSize is trusted before it is read again: the feed
+# map's default refresh (discovery.feeds_refresh_cycles 10 x schedule.interval_s 60).
+LIMIT_TTL_S = 600.0
+# After a failed read, how soon it is tried again: a throttled read is not held for
+# the full TTL.
+LIMIT_RETRY_S = 60.0
 
 # Set when a queue ARN names a region other than the one retryd's client sends to.
 WRONG_REGION = "retryd.WrongRegion"
 
 # MessageGroupId: up to 128 characters, alphanumerics and ASCII punctuation (SQS API reference).
 _GROUP_ID = re.compile(r"[!-~]{1,128}")
+
+log = structlog.get_logger(__name__)
 
 
 def dedup_id(job: Job) -> str:
@@ -69,8 +84,9 @@ class OutgoingMessage:
     def size_bytes(self) -> int:
         return message_size_bytes(self.body, self.attributes)
 
-    def to_entry(self, entry_id: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {"Id": entry_id, "MessageBody": self.body}
+    def prepared(self, stamps_dropped: int = 0) -> Prepared:
+        """This message as a SendMessageBatch entry (without its batch-local Id)."""
+        entry: Entry = {"MessageBody": self.body}
         if self.attributes:
             entry["MessageAttributes"] = {
                 name: value.to_wire() for name, value in self.attributes.items()
@@ -79,92 +95,167 @@ class OutgoingMessage:
             entry["MessageGroupId"] = self.group_id
         if self.deduplication_id is not None:
             entry["MessageDeduplicationId"] = self.deduplication_id
-        return entry
+        return Prepared(entry, self.size_bytes, stamps_dropped)
 
 
 async def send_message_batches(
-    client: Client, queue_url: str, messages: Sequence[OutgoingMessage]
+    client: Client,
+    queue_url: str,
+    messages: Sequence[OutgoingMessage],
+    max_message_bytes: int = MAX_PAYLOAD_BYTES,
+    what: str = "message",
 ) -> list[SendError | None]:
     """Send every message with as few SendMessageBatch calls as the limits allow.
 
-    One result per message, in order: None means SQS accepted it. Batches go out
-    one after another so that a FIFO queue sees the messages in the order given.
-    Never raises for an AWS or network error.
+    One result per message, in order: None means SQS accepted it. A message over
+    `max_message_bytes` (the queue's MaximumMessageSize) is refused without a
+    call. Never raises for an AWS or network error.
     """
-
-    async def call(entries: list[dict[str, Any]]) -> list[SendError | None]:
-        response = await client.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        return in_request_order(response, entries)
-
     results: list[SendError | None] = [None] * len(messages)
-    indexed = list(enumerate(messages))
-    for batch in pack_batches(indexed, lambda pair: pair[1].size_bytes, MAX_PAYLOAD_BYTES):
-        entries = [message.to_entry(str(index)) for index, message in batch]
-        for (index, _), error in zip(batch, await call_batch(call, entries), strict=True):
-            results[index] = error
+    fits: list[int] = []
+    for index, message in enumerate(messages):
+        if message.size_bytes > max_message_bytes:
+            results[index] = too_large(message.size_bytes, max_message_bytes, what)
+        else:
+            fits.append(index)
+
+    async def call(entries: list[Entry]) -> list[SendError | None]:
+        return await send_message_batch(client, queue_url, entries)
+
+    sent = await send_packed([messages[i].prepared() for i in fits], max_message_bytes, call)
+    for index, error in zip(fits, sent, strict=True):
+        results[index] = error
     return results
 
 
-def in_request_order(
-    response: dict[str, Any], entries: Sequence[dict[str, Any]]
+async def read_max_message_bytes(client: Client, queue_url: str) -> int:
+    """The queue's MaximumMessageSize; raises when it cannot be read (see classify.py)."""
+    response = await client.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["MaximumMessageSize"]
+    )
+    attributes = response.get("Attributes") if isinstance(response, dict) else None
+    value = attributes.get("MaximumMessageSize") if isinstance(attributes, dict) else None
+    if not isinstance(value, str) or not value.isdigit():
+        raise classify.MalformedResponseError(
+            "GetQueueAttributes", "the answer has no MaximumMessageSize"
+        )
+    return int(value)
+
+
+async def send_message_batch(
+    client: Client, queue_url: str, entries: Sequence[Entry]
 ) -> list[SendError | None]:
-    """An SQS/SNS batch response as one result per entry sent, in the order sent."""
-    outcome = map_batch_response(response, [int(entry["Id"]) for entry in entries])
-    return [outcome[int(entry["Id"])] for entry in entries]
+    """One SendMessageBatch call: each entry's result, in order."""
+    response = await client.send_message_batch(QueueUrl=queue_url, Entries=numbered(entries))
+    return in_request_order(response, len(entries))
+
+
+def numbered(entries: Sequence[Entry]) -> list[Entry]:
+    """SQS/SNS batch entries with the batch-local Ids 0, 1, ... that their answers refer to."""
+    return [{"Id": str(number), **entry} for number, entry in enumerate(entries)]
+
+
+def in_request_order(response: dict[str, Any], count: int) -> list[SendError | None]:
+    """An SQS/SNS batch response to `count` entries numbered 0.., one result each, in order."""
+    outcome = map_batch_response(response, range(count))
+    return [outcome[number] for number in range(count)]
 
 
 def map_batch_response(
     response: dict[str, Any], indexes: Sequence[int]
 ) -> dict[int, SendError | None]:
-    """A batch response's Successful/Failed entries, by the integer Id each entry was sent with."""
+    """A batch response's Successful/Failed entries, by the integer Id each entry was sent with.
+
+    MalformedResponseError when the answer names an entry that was not sent, or
+    an entry without an Id: such an answer proves nothing about any entry.
+    """
     # An entry the service reported neither way was not confirmed: it stays in its DLQ.
     unreported = SendError(ErrorClass.TRANSIENT, "retryd.Unreported", "entry missing from response")
     outcome: dict[int, SendError | None] = dict.fromkeys(indexes, unreported)
-    for entry in response.get("Successful", []):
-        outcome[int(entry["Id"])] = None
-    for entry in response.get("Failed", []):
-        outcome[int(entry["Id"])] = classify.from_batch_failure(entry)
+    sent = {str(index): index for index in indexes}
+    for name in ("Successful", "Failed"):
+        reported = response.get(name, [])
+        if not isinstance(reported, list):
+            raise classify.MalformedResponseError("batch call", f"{name} is not a list")
+        for entry in reported:
+            index = sent.get(str(entry.get("Id"))) if isinstance(entry, dict) else None
+            if index is None:
+                raise classify.MalformedResponseError(
+                    "batch call", f"a {name} entry names no entry that was sent"
+                )
+            outcome[index] = None if name == "Successful" else classify.from_batch_failure(entry)
     return outcome
 
 
-class SqsQueueTarget:
-    """Resubmits jobs to an SQS queue named by its ARN, stamping retryd's attributes."""
+@dataclass(frozen=True, slots=True)
+class _Limit:
+    """A queue's MaximumMessageSize as last read, or why it could not be."""
 
-    def __init__(self, client: Client) -> None:
+    max_bytes: int
+    read_at_s: float
+    error: SendError | None = None
+
+
+class SqsQueueTarget(BatchResubmitter):
+    """Resubmits jobs to an SQS queue named by its ARN, stamping retryd's attributes.
+
+    Each queue's own MaximumMessageSize is the limit, read once and cached for
+    `limit_ttl_s`, never per message; when it cannot be read, 256 KiB is assumed.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        limit_ttl_s: float = LIMIT_TTL_S,
+        clock_s: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         # Queue URLs never change for a queue's life; one GetQueueUrl per ARN is enough.
         self._urls: dict[str, str] = {}
+        self._limits: dict[str, _Limit] = {}
+        self._limit_ttl_s = limit_ttl_s
+        self._clock_s = clock_s
 
-    async def submit(self, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
-        if not jobs:
-            return []
+    async def open(self, target: Target) -> Destination | SendError:
         url = await self._queue_url(target)
         if isinstance(url, SendError):
-            return [Delivery(job, url) for job in jobs]
-        deliveries: list[Delivery | None] = [None] * len(jobs)
-        to_send: list[tuple[int, OutgoingMessage, int]] = []
-        for index, job in enumerate(jobs):
-            if has_forbidden_chars(job.body):
-                deliveries[index] = Delivery(job, unsendable_body())
-                continue
-            try:
-                attributes, dropped = stamp_for_resubmit(job)
-                message = OutgoingMessage(job.body, attributes)
-                if target.is_fifo:
-                    message = OutgoingMessage(job.body, attributes, group_id(job), dedup_id(job))
-                size_bytes = message.size_bytes
-            except Exception as exc:  # noqa: BLE001 - one unreadable job must not fail the others
-                # e.g. UnicodeEncodeError from a lone surrogate in a key or attribute.
-                deliveries[index] = Delivery(job, unpreparable(exc))
-                continue
-            if size_bytes > MAX_PAYLOAD_BYTES:
-                deliveries[index] = Delivery(job, too_large(size_bytes), dropped)
-            else:
-                to_send.append((index, message, dropped))
-        errors = await send_message_batches(self._client, url, [item[1] for item in to_send])
-        for (index, _, dropped), error in zip(to_send, errors, strict=True):
-            deliveries[index] = Delivery(jobs[index], error, dropped)
-        return [delivery for delivery in deliveries if delivery is not None]
+            return url
+        limit = await self._limit(target, url)
+        return Destination(url, limit.max_bytes, limit.max_bytes, limit.error)
+
+    async def _limit(self, target: Target, url: str) -> _Limit:
+        now_s = self._clock_s()
+        cached = self._limits.get(target.arn)
+        if cached is not None:
+            ttl_s = self._limit_ttl_s if cached.error is None else LIMIT_RETRY_S
+            if now_s - cached.read_at_s < min(ttl_s, self._limit_ttl_s):
+                return cached
+        try:
+            limit = _Limit(await read_max_message_bytes(self._client, url), now_s)
+        except Exception as exc:  # noqa: BLE001 - an unread limit falls back, it fails nothing
+            error = classify.from_exception(exc)
+            log.warning(
+                "target-limit-unread",
+                target=target.arn,
+                error=str(error),
+                assumed_bytes=MAX_PAYLOAD_BYTES,
+            )
+            limit = _Limit(MAX_PAYLOAD_BYTES, now_s, error)
+        self._limits[target.arn] = limit
+        return limit
+
+    def prepare(self, target: Target, job: Job) -> Prepared:
+        if has_forbidden_chars(job.body):
+            raise RefusedError(unsendable_body())
+        attributes, dropped = stamp_for_resubmit(job)
+        message = OutgoingMessage(job.body, attributes)
+        if target.is_fifo:
+            message = OutgoingMessage(job.body, attributes, group_id(job), dedup_id(job))
+        return message.prepared(dropped)
+
+    async def send(self, destination: Destination, entries: list[Entry]) -> list[SendError | None]:
+        return await send_message_batch(self._client, destination.address, entries)
 
     async def _queue_url(self, target: Target) -> str | SendError:
         cached = self._urls.get(target.arn)
@@ -184,26 +275,17 @@ class SqsQueueTarget:
             response = await self._client.get_queue_url(
                 QueueName=arn.resource, QueueOwnerAWSAccountId=arn.account
             )
+            url = classify.required(response, "QueueUrl", "GetQueueUrl")
         except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
             return classify.from_exception(exc)
-        url = str(response["QueueUrl"])
         self._urls[target.arn] = url
         return url
 
 
 def unsendable_body() -> SendError:
     """A body SQS and SNS refuse (or would silently alter): not a character of XML 1.0."""
-    return SendError(
-        ErrorClass.PERMANENT,
-        INVALID_PAYLOAD,
+    return SendError.refused(
+        Refusal.INVALID_PAYLOAD,
         "the body holds characters SQS and SNS do not carry (an unpaired surrogate or a "
         "control character)",
-    )
-
-
-def too_large(size_bytes: int, limit_bytes: int = MAX_PAYLOAD_BYTES) -> SendError:
-    return SendError(
-        ErrorClass.PERMANENT,
-        PAYLOAD_TOO_LARGE,
-        f"message with attributes is {size_bytes} bytes; the limit is {limit_bytes}",
     )

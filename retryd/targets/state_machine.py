@@ -24,15 +24,9 @@ from botocore.exceptions import ClientError
 
 from retryd.aws import Client
 from retryd.classify import from_exception
-from retryd.models import Arn, ErrorClass, Job, SendError, Target
+from retryd.models import Arn, ErrorClass, Job, Refusal, SendError, Target
 from retryd.resolve.keys import canonical_payload
-from retryd.targets.base import (
-    INVALID_PAYLOAD,
-    PAYLOAD_TOO_LARGE,
-    Delivery,
-    deliver_each,
-    unpreparable,
-)
+from retryd.targets.base import Delivery, deliver_each, unpreparable
 
 log = structlog.get_logger(__name__)
 
@@ -77,18 +71,15 @@ def preflight(job: Job) -> SendError | None:
     """Refuse, without calling AWS, an input Step Functions would refuse anyway."""
     input_bytes = len(job.body.encode())
     if input_bytes > EXECUTION_INPUT_MAX_BYTES:
-        return SendError(
-            ErrorClass.PERMANENT,
-            PAYLOAD_TOO_LARGE,
+        return SendError.refused(
+            Refusal.PAYLOAD_TOO_LARGE,
             f"input is {input_bytes} bytes; StartExecution takes at most "
             f"{EXECUTION_INPUT_MAX_BYTES}",
         )
     try:
         json.loads(job.body)
     except ValueError as exc:
-        return SendError(
-            ErrorClass.PERMANENT, INVALID_PAYLOAD, f"Step Functions needs JSON input: {exc}"
-        )
+        return SendError.refused(Refusal.INVALID_PAYLOAD, f"Step Functions needs JSON input: {exc}")
     return None
 
 

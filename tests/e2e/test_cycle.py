@@ -292,10 +292,10 @@ def test_payloads_are_logged_only_when_asked(
 def test_payload_over_the_target_limit_is_parked_not_retried_forever(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """An envelope whose payload SQS would refuse (over 256 KiB) is parked payload-too-large."""
+    """A payload over the target queue's own limit (256 KiB here) is parked payload-too-large."""
     world.create_queue(PARKING)
     world.create_queue("retry-big")
-    world.create_queue("dest")
+    world.create_queue("dest", MaximumMessageSize=str(256 * 1024))
     world.send("retry-big", envelope("sqs", world.queue_arn("dest"), "x" * 300_000))
 
     report = cycle(make_settings())
@@ -305,6 +305,43 @@ def test_payload_over_the_target_limit_is_parked_not_retried_forever(
     assert json.loads(copy["Body"])["payload"] == "x" * 300_000
     assert world.depth("dest") == 0
     assert world.depth("retry-big") == 0
+
+
+def test_payload_within_a_1_mib_target_queue_is_resubmitted(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """300 KB goes to a target queue whose MaximumMessageSize is 1 MiB: no constant 256 KiB."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-big")
+    world.create_queue("dest", MaximumMessageSize=str(1024 * 1024))
+    world.send("retry-big", envelope("sqs", world.queue_arn("dest"), "x" * 300_000))
+
+    report = cycle(make_settings())
+
+    assert report.outcomes == {"resubmitted": 1}
+    [copy] = world.drain("dest")
+    assert copy["Body"] == "x" * 300_000
+    assert world.depth(PARKING) == 0
+    assert world.depth("retry-big") == 0
+
+
+def test_a_copy_the_parking_queue_cannot_take_stays_in_its_dlq(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Too large for its target and for a 256 KiB parking queue: it stays, parking-failed."""
+    world.create_queue(PARKING, MaximumMessageSize=str(256 * 1024))
+    world.create_queue("retry-big")
+    world.create_queue("dest", MaximumMessageSize=str(256 * 1024))
+    world.send("retry-big", envelope("sqs", world.queue_arn("dest"), "x" * 300_000))
+
+    report = cycle(make_settings())
+
+    assert report.reasons == {("failed", "parking-failed"): 1}
+    [decision] = report.decisions or []
+    assert "payload-too-large" in decision.detail
+    assert world.depth(PARKING) == 0
+    assert world.depth("dest") == 0
+    assert world.depth("retry-big") == 1
 
 
 def test_fifo_dlq_to_fifo_target_keeps_the_group(
@@ -365,3 +402,32 @@ def test_depth_is_exported_and_empty_dlqs_are_not_polled(
 def recorded_body(entry: dict[str, Any]) -> str:
     body = str(entry.get("body") or "")
     return base64.b64decode(body).decode() if entry.get("body_encoded") else body
+
+
+def test_a_malformed_answer_fails_its_own_jobs_as_transient_and_no_others(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A GetQueueUrl 200 without QueueUrl leaves the SQS job in its DLQ; the SNS job goes."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-mixed")
+    world.create_queue("dest")
+    topic_arn, spy = world.create_topic_with_spy("notify")
+    world.send("retry-mixed", envelope("sqs", world.queue_arn("dest"), {"order": 1}))
+    world.send("retry-mixed", envelope("sns", topic_arn, "order 2 shipped"))
+    world.faults.add(
+        Fault(
+            "sqs",
+            "GetQueueUrl",
+            answer="<html>502</html>",
+            contains='"dest"',
+            times=1,
+        )
+    )
+
+    report = cycle(make_settings())
+
+    assert report.outcomes == {"resubmitted": 1, "failed": 1}
+    assert report.reasons == {("failed", "transient-error"): 1}
+    assert [m["Body"] for m in world.drain(spy)] == ["order 2 shipped"]
+    assert world.depth("dest") == 0
+    assert world.depth("retry-mixed") == 1

@@ -9,10 +9,11 @@ from typing import Any
 import anyio
 import pytest
 
-from retryd import stamps
+from retryd import classify, stamps
 from retryd.aws import open_clients
+from retryd.classify import MalformedResponseError
 from retryd.errors import ParkingQueueMissingError
-from retryd.models import DeadLetter, ErrorClass, MessageAttribute, QueueRef, SendError
+from retryd.models import DeadLetter, ErrorClass, MessageAttribute, QueueRef, Refusal, SendError
 from retryd.settings import Settings
 from retryd.settle.parking import Parking, ParkRequest
 from tests.faults import Fault
@@ -187,3 +188,64 @@ def test_park_into_a_queue_deleted_after_locate_is_permanent(
     [result] = anyio.run(main)
     assert result is not None
     assert result.error_class is ErrorClass.PERMANENT
+
+
+def test_locate_with_a_malformed_answer_raises_a_classified_error(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A GetQueueUrl 200 without a QueueUrl is a MalformedResponseError, classified transient."""
+    world.create_queue("retryd-parking")
+    world.faults.add(Fault("sqs", "GetQueueUrl", answer="{}", times=1))
+    with pytest.raises(MalformedResponseError) as raised:
+        locate(make_settings(), "retryd-parking")
+    error = classify.from_exception(raised.value)
+    assert error.error_class is ErrorClass.TRANSIENT
+    assert error.code == classify.MALFORMED_RESPONSE
+    assert "QueueUrl" in error.message
+
+
+@pytest.mark.parametrize("by_url", [False, True])
+def test_locate_reads_the_parking_queues_own_limit(
+    world: World, make_settings: SettingsFactory, by_url: bool
+) -> None:
+    """The parking queue's MaximumMessageSize is read when it is located, by name or URL."""
+    url = world.create_queue("retryd-parking", MaximumMessageSize="300000")
+    assert locate(make_settings(), url if by_url else "retryd-parking").max_message_bytes == 300_000
+
+
+def test_a_copy_over_the_parking_queues_limit_is_not_attempted(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A copy the parking queue cannot take fails alone and permanently, with no call made."""
+    world.create_queue("retryd-parking", MaximumMessageSize=str(256 * 1024))
+    letters = [
+        make_letter(message_id="m-1"),
+        make_letter(body="x" * 300_000, message_id="m-2"),
+    ]
+    world.record()
+    results = park(make_settings(), "retryd-parking", [request(letter) for letter in letters])
+    assert results[0] is None
+    refused = results[1]
+    assert refused is not None
+    assert refused.error_class is ErrorClass.PERMANENT
+    assert refused.refusal is Refusal.PAYLOAD_TOO_LARGE
+    assert "parked copy" in refused.message
+    sends = [
+        entry
+        for entry in world.server.recording()
+        if entry.get("headers", {}).get("X-Amz-Target", "").endswith(".SendMessageBatch")
+    ]
+    assert len(sends) == 1
+    [message] = world.drain("retryd-parking")
+    assert message["Body"] == letters[0].body
+
+
+def test_a_copy_within_a_1_mib_parking_queue_is_parked(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A 300 KB letter is parked whole when the parking queue takes 1 MiB."""
+    world.create_queue("retryd-parking", MaximumMessageSize=str(1024 * 1024))
+    letter = make_letter(body="x" * 300_000)
+    assert park(make_settings(), "retryd-parking", [request(letter)]) == [None]
+    [message] = world.drain("retryd-parking")
+    assert message["Body"] == letter.body

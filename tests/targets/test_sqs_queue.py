@@ -1,83 +1,45 @@
-"""Resubmitting to SQS queues and SNS topics, against the moto server."""
+"""The SQS resubmitter: SendMessageBatch within the queue's own limits, against the moto server."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Sequence
 
 import anyio
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd import stamps
 from retryd.aws import open_clients
+from retryd.classify import MALFORMED_RESPONSE
 from retryd.models import (
-    DeadLetter,
     ErrorClass,
     Job,
     MessageAttribute,
-    QueueRef,
+    Refusal,
     SendError,
     Target,
 )
 from retryd.settings import Settings
-from retryd.targets.base import (
-    INVALID_PAYLOAD,
-    MAX_BATCH_ENTRIES,
-    PAYLOAD_TOO_LARGE,
-    Delivery,
-    pack_batches,
-)
-from retryd.targets.sns_topic import SnsTopicTarget
+from retryd.targets.base import Delivery
 from retryd.targets.sqs_queue import (
     MAX_PAYLOAD_BYTES,
     SqsQueueTarget,
     dedup_id,
     map_batch_response,
 )
+from tests.conftest import SettingsFactory
 from tests.faults import Fault
+from tests.targets.helpers import (
+    DERIVED_KEY,
+    LONE_SURROGATE,
+    MALFORMED_REPLIES,
+    calls,
+    expected_dedup_id,
+    strings,
+)
+from tests.targets.helpers import make_message_job as make_job
 from tests.world import ACCOUNT, REGION, World
-
-SettingsFactory = Callable[..., Settings]
-FIRST_FAILED = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
-
-
-def make_job(
-    target_arn: str,
-    *,
-    body: str = '{"orderId": "42"}',
-    key: str = "order-42",
-    attempt: int = 0,
-    attributes: dict[str, MessageAttribute] | None = None,
-    group_id: str | None = None,
-    message_id: str = "m-1",
-) -> Job:
-    """A resolved job whose dead letter came from DLQ `retry-orders`."""
-    system = {"MessageGroupId": group_id} if group_id is not None else {}
-    letter = DeadLetter(
-        queue=QueueRef(
-            "retry-orders",
-            f"http://localhost/{ACCOUNT}/retry-orders",
-            f"arn:aws:sqs:{REGION}:{ACCOUNT}:retry-orders",
-        ),
-        message_id=message_id,
-        receipt_handle=f"receipt-{message_id}",
-        body=body,
-        system_attributes=system,
-        message_attributes=attributes or {},
-    )
-    return Job(
-        letter=letter,
-        target=Target.from_arn(target_arn),
-        body=body,
-        key=key,
-        attempt=attempt,
-        first_failed_at=FIRST_FAILED,
-        forward_attributes=attributes or {},
-    )
 
 
 def submit_sqs(settings: Settings, target: Target, *batches: Sequence[Job]) -> list[list[Delivery]]:
@@ -89,59 +51,6 @@ def submit_sqs(settings: Settings, target: Target, *batches: Sequence[Job]) -> l
             return [await resubmitter.submit(target, jobs) for jobs in batches]
 
     return anyio.run(main)
-
-
-def submit_sns(settings: Settings, target: Target, jobs: Sequence[Job]) -> list[Delivery]:
-    async def main() -> list[Delivery]:
-        async with open_clients(settings.aws) as clients:
-            return await SnsTopicTarget(clients.sns).submit(target, jobs)
-
-    return anyio.run(main)
-
-
-def calls(world: World, operation: str) -> int:
-    """How many requests for `operation` moto recorded since world.record()."""
-    count = 0
-    for entry in world.server.recording():
-        body = entry.get("body") or ""
-        if entry.get("body_encoded"):
-            body = base64.b64decode(body).decode("utf-8", "replace")
-        json_target = entry.get("headers", {}).get("X-Amz-Target", "")
-        if json_target.endswith(f".{operation}") or f"Action={operation}&" in body:
-            count += 1
-    return count
-
-
-def expected_dedup_id(key: str, message_id: str, attempt: int) -> str:
-    """The deduplication id retryd must send, written out independently of the code."""
-    return hashlib.sha256(f"{key}\n{message_id}\n{attempt}".encode()).hexdigest()
-
-
-# A derived key: a hash of the payload, the same for every dead letter with that body.
-DERIVED_KEY = "sha256:" + hashlib.sha256(b'{"cmd": "increment"}').hexdigest()
-# SQS and SNS refuse it, and Python cannot even encode it as UTF-8.
-LONE_SURROGATE = "\ud800"
-
-
-def strings(message: dict[str, Any]) -> dict[str, str]:
-    """A received message's attributes as name -> string value."""
-    return {
-        name: value.get("StringValue", "")
-        for name, value in message.get("MessageAttributes", {}).items()
-    }
-
-
-# -- batching (pure) ---------------------------------------------------------------------
-
-
-@given(st.lists(st.integers(0, 150_000), max_size=40))
-def test_pack_batches_respects_both_limits_and_order(sizes: list[int]) -> None:
-    """Batches keep the order, hold at most 10, and stay within the bytes unless alone."""
-    batches = pack_batches(sizes, lambda size: size, MAX_PAYLOAD_BYTES)
-    assert [size for batch in batches for size in batch] == sizes
-    for batch in batches:
-        assert 1 <= len(batch) <= MAX_BATCH_ENTRIES
-        assert sum(batch) <= MAX_PAYLOAD_BYTES or len(batch) == 1
 
 
 def test_map_batch_response_sorts_success_failure_and_silence() -> None:
@@ -160,9 +69,6 @@ def test_map_batch_response_sorts_success_failure_and_silence() -> None:
     assert outcome[2].error_class is ErrorClass.TRANSIENT
     assert outcome[3] is not None
     assert outcome[3].error_class is ErrorClass.TRANSIENT
-
-
-# -- SQS ---------------------------------------------------------------------------------
 
 
 def test_sqs_delivers_to_standard_queue_with_stamps(
@@ -303,7 +209,7 @@ def test_sqs_batches_by_bytes_and_refuses_an_oversized_message(
     world: World, make_settings: SettingsFactory
 ) -> None:
     """100 KB bodies go two to a call; a body over 256 KiB is refused before sending."""
-    world.create_queue("orders")
+    world.create_queue("orders", MaximumMessageSize=str(MAX_PAYLOAD_BYTES))
     target = Target.from_arn(world.queue_arn("orders"))
     big = [make_job(target.arn, body="x" * 100_000, key=f"k-{index}") for index in range(4)]
     huge = make_job(target.arn, body="y" * MAX_PAYLOAD_BYTES, key="huge")
@@ -313,7 +219,8 @@ def test_sqs_batches_by_bytes_and_refuses_an_oversized_message(
     refused = deliveries[2].error
     assert refused is not None
     assert refused.error_class is ErrorClass.PERMANENT
-    assert refused.code == PAYLOAD_TOO_LARGE
+    assert refused.code == Refusal.PAYLOAD_TOO_LARGE
+    assert refused.refusal is Refusal.PAYLOAD_TOO_LARGE
     assert [delivery.accepted for delivery in deliveries] == [True, True, False, True, True]
     assert world.depth("orders") == 4
 
@@ -385,7 +292,7 @@ def test_sqs_unpreparable_job_fails_alone(world: World, make_settings: SettingsF
     error = deliveries[0].error
     assert error is not None
     assert error.error_class is ErrorClass.PERMANENT
-    assert error.code == INVALID_PAYLOAD
+    assert error.code == Refusal.INVALID_PAYLOAD
     assert "UnicodeEncodeError" in error.message
     assert deliveries[1].accepted
     assert world.depth("orders") == 1
@@ -403,132 +310,161 @@ def test_sqs_queue_url_is_looked_up_once_per_arn(
     assert world.depth("orders") == 2
 
 
-# -- SNS ---------------------------------------------------------------------------------
-
-
-def test_sns_publishes_body_and_attributes(world: World, make_settings: SettingsFactory) -> None:
-    """The spy queue receives the body with the user's attribute and retryd's stamps."""
-    topic_arn, spy = world.create_topic_with_spy("orders")
-    target = Target.from_arn(topic_arn)
-    user = {
-        "tenant": MessageAttribute.string("acme"),
-        "empty": MessageAttribute.string(""),
-    }
-    deliveries = submit_sns(make_settings(), target, [make_job(topic_arn, attributes=user)])
-    assert [delivery.error for delivery in deliveries] == [None]
-    [message] = world.drain(spy)
-    assert message["Body"] == '{"orderId": "42"}'
-    received = strings(message)
-    assert received["tenant"] == "acme"
-    assert "empty" not in received
-    assert received[stamps.ATTEMPT] == "1"
-    assert received[stamps.KEY] == "order-42"
-    assert received[stamps.SOURCE_QUEUE] == "retry-orders"
-
-
-def test_sns_twelve_jobs_take_two_publish_batch_calls(
-    world: World, make_settings: SettingsFactory
+@pytest.mark.parametrize("reply", MALFORMED_REPLIES.values(), ids=MALFORMED_REPLIES.keys())
+def test_sqs_malformed_queue_url_answer_is_transient_for_every_job(
+    world: World, make_settings: SettingsFactory, reply: str
 ) -> None:
-    """12 jobs go out in 2 PublishBatch calls and all reach the subscriber."""
-    topic_arn, spy = world.create_topic_with_spy("orders")
-    target = Target.from_arn(topic_arn)
-    jobs = [make_job(topic_arn, body=f"b-{index}", key=f"k-{index}") for index in range(12)]
-    world.record()
-    deliveries = submit_sns(make_settings(), target, jobs)
-    assert calls(world, "PublishBatch") == 2
-    assert all(delivery.accepted for delivery in deliveries)
-    assert len(world.drain(spy)) == 12
+    """A GetQueueUrl 200 without a QueueUrl fails each job as transient; submit never raises."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    world.faults.add(Fault("sqs", "GetQueueUrl", answer=reply, times=1))
+    jobs = [make_job(target.arn, key="a"), make_job(target.arn, key="b")]
+    first, second = submit_sqs(make_settings(), target, jobs, jobs)
+    for delivery in first:
+        assert delivery.error is not None
+        assert delivery.error.error_class is ErrorClass.TRANSIENT
+        assert delivery.error.code == MALFORMED_RESPONSE
+    # Nothing wrong was cached: the next submit looks the URL up again and delivers.
+    assert [delivery.accepted for delivery in second] == [True, True]
+    assert world.depth("orders") == 2
 
 
-def test_sns_fifo_topic_gets_group_and_dedup_id(
-    world: World, make_settings: SettingsFactory
+@pytest.mark.parametrize(
+    "reply",
+    ['{"Successful": [{"MessageId": "no-id"}]}', '{"Successful": [{"Id": "7"}]}', "[1, 2"],
+    ids=["entry-without-id", "id-never-sent", "truncated"],
+)
+def test_sqs_malformed_batch_answer_is_one_transient_verdict(
+    world: World, make_settings: SettingsFactory, reply: str
 ) -> None:
-    """A FIFO topic is published with the letter's group and a dedup id of its dead letter."""
-    topic_arn, spy = world.create_topic_with_spy("orders", fifo=True)
-    the_job = make_job(topic_arn, group_id="customer-7")
-    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), [the_job])
-    assert deliveries[0].accepted
-    [message] = world.drain(spy)
-    assert message["Attributes"]["MessageGroupId"] == "customer-7"
-    assert message["Attributes"]["MessageDeduplicationId"] == expected_dedup_id(
-        "order-42", "m-1", 1
-    )
-
-
-def test_sns_fifo_equal_bodies_of_distinct_dead_letters_both_arrive(
-    world: World, make_settings: SettingsFactory
-) -> None:
-    """Two dead letters with one body (one derived key) are both published; a repeat is not."""
-    topic_arn, spy = world.create_topic_with_spy("orders", fifo=True)
-    jobs = [
-        make_job(
-            topic_arn,
-            body='{"cmd": "increment"}',
-            key=DERIVED_KEY,
-            group_id="g",
-            message_id=message_id,
-        )
-        for message_id in ("dlq-message-1", "dlq-message-2")
-    ]
-    target = Target.from_arn(topic_arn)
-    deliveries = submit_sns(make_settings(), target, jobs)
-    assert all(delivery.accepted for delivery in deliveries)
-    assert submit_sns(make_settings(), target, jobs[:1])[0].accepted
-    assert [message["Body"] for message in world.drain(spy)] == ['{"cmd": "increment"}'] * 2
-
-
-def test_sns_missing_topic_is_permanent(world: World, make_settings: SettingsFactory) -> None:
-    """Publishing to a topic that does not exist fails each job permanently."""
-    topic_arn = f"arn:aws:sns:{REGION}:{ACCOUNT}:gone"
-    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), [make_job(topic_arn)])
-    error = deliveries[0].error
-    assert error is not None
-    assert error.error_class is ErrorClass.PERMANENT
-
-
-def test_sns_throttled_publish_is_transient(world: World, make_settings: SettingsFactory) -> None:
-    """A throttled PublishBatch fails its jobs as transient and nothing reaches the topic."""
-    topic_arn, spy = world.create_topic_with_spy("orders")
-    fault = world.faults.add(Fault("sns", "PublishBatch", code="Throttling"))
-    jobs = [make_job(topic_arn, key=f"k-{n}") for n in range(2)]
-    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), jobs)
+    """A SendMessageBatch 200 that names no sent entry is transient for all, with no resends."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    fault = world.faults.add(Fault("sqs", "SendMessageBatch", answer=reply))
+    jobs = [make_job(target.arn, key=f"k-{index}") for index in range(3)]
+    [deliveries] = submit_sqs(make_settings(), target, jobs)
     for delivery in deliveries:
         assert delivery.error is not None
         assert delivery.error.error_class is ErrorClass.TRANSIENT
-    assert world.drain(spy) == []
-    # Throttling is about the topic, not an entry: no entry is tried again on its own.
+    # The entries may have arrived: resending them one by one would only add copies.
     assert fault.hits == 1
 
 
-def test_sns_permanent_whole_batch_failure_is_narrowed_to_its_entry(
+KIB = 1024
+
+
+# Over the long-standing 256 KiB, well within the 1 MiB a queue may take.
+BODY_300_KIB = "z" * (300 * KIB)
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_sqs_300_kib_goes_to_a_1_mib_queue_and_is_refused_by_a_256_kib_one(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """A PublishBatch refused as a whole is resent entry by entry: only the poisoned one fails."""
-    topic_arn, spy = world.create_topic_with_spy("orders")
-    fault = world.faults.add(
-        Fault("sns", "PublishBatch", code="InvalidParameter", contains="poison-marker", times=2)
-    )
-    bodies = ["body-0", "body-1 poison-marker", "body-2"]
-    jobs = [make_job(topic_arn, body=body, key=f"k-{n}") for n, body in enumerate(bodies)]
-    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), jobs)
-    assert [delivery.accepted for delivery in deliveries] == [True, False, True]
-    error = deliveries[1].error
+    """The limit is each queue's own MaximumMessageSize, not a constant."""
+    world.create_queue("big", MaximumMessageSize=str(1024 * KIB))
+    world.create_queue("small", MaximumMessageSize=str(256 * KIB))
+    big, small = (Target.from_arn(world.queue_arn(name)) for name in ("big", "small"))
+    world.record()
+
+    [to_big] = submit_sqs(make_settings(), big, [make_job(big.arn, body=BODY_300_KIB)])
+    [to_small] = submit_sqs(make_settings(), small, [make_job(small.arn, body=BODY_300_KIB)])
+
+    assert to_big[0].accepted
+    [message] = world.drain("big")
+    assert message["Body"] == BODY_300_KIB
+    refused = to_small[0].error
+    assert refused is not None
+    assert refused.error_class is ErrorClass.PERMANENT
+    assert refused.refusal is Refusal.PAYLOAD_TOO_LARGE
+    assert str(256 * KIB) in refused.message
+    # Refused before sending: only the message for the big queue made a call.
+    assert calls(world, "SendMessageBatch") == 1
+    assert world.depth("small") == 0
+
+
+def test_sqs_limit_is_read_once_and_again_after_its_ttl(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """One GetQueueAttributes serves every submit until the TTL ends; then a change is seen."""
+    url = world.create_queue("orders", MaximumMessageSize=str(256 * KIB))
+    target = Target.from_arn(world.queue_arn("orders"))
+    clock = FakeClock()
+    world.record()
+
+    async def main() -> list[bool]:
+        async with open_clients(make_settings().aws) as clients:
+            sqs_target = SqsQueueTarget(clients.sqs, limit_ttl_s=600, clock_s=clock)
+            accepted = []
+            for step in range(3):
+                if step == 1:
+                    world.client("sqs").set_queue_attributes(
+                        QueueUrl=url, Attributes={"MaximumMessageSize": str(1024 * KIB)}
+                    )
+                    clock.now_s += 599
+                if step == 2:
+                    clock.now_s += 2
+                job = make_job(target.arn, body=BODY_300_KIB, key=f"k-{step}")
+                [delivery] = await sqs_target.submit(target, [job])
+                accepted.append(delivery.accepted)
+            return accepted
+
+    # Raised to 1 MiB after the first read: seen only once the TTL has run out.
+    assert anyio.run(main) == [False, False, True]
+    assert calls(world, "GetQueueAttributes") == 2
+    assert calls(world, "SendMessageBatch") == 1
+
+
+def test_sqs_unreadable_limit_keeps_big_messages_waiting_not_parked(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A throttled limit read assumes 256 KiB: small jobs go, a big one waits, is not refused."""
+    world.create_queue("orders", MaximumMessageSize=str(1024 * KIB))
+    target = Target.from_arn(world.queue_arn("orders"))
+    world.faults.add(Fault("sqs", "GetQueueAttributes", code="Throttling", times=1))
+    clock = FakeClock()
+    jobs = [make_job(target.arn, key="small"), make_job(target.arn, body=BODY_300_KIB, key="big")]
+
+    async def main() -> tuple[list[Delivery], list[Delivery]]:
+        async with open_clients(make_settings().aws) as clients:
+            sqs_target = SqsQueueTarget(clients.sqs, clock_s=clock)
+            first = await sqs_target.submit(target, jobs)
+            # The failed read is retried after a minute, not held for the whole TTL.
+            clock.now_s += 61
+            return first, await sqs_target.submit(target, jobs[1:])
+
+    first, second = anyio.run(main)
+    assert first[0].accepted
+    error = first[1].error
     assert error is not None
-    assert error.error_class is ErrorClass.PERMANENT
-    assert error.code == "InvalidParameter"
-    assert fault.hits == 2
-    assert sorted(message["Body"] for message in world.drain(spy)) == ["body-0", "body-2"]
+    assert error.error_class is ErrorClass.TRANSIENT
+    assert error.refusal is None
+    assert "could not be read" in error.message
+    assert second[0].accepted
+    assert sorted(len(m["Body"]) for m in world.drain("orders")) == [len(jobs[0].body), 300 * KIB]
 
 
-def test_sns_unpreparable_job_fails_alone(world: World, make_settings: SettingsFactory) -> None:
-    """A key no message can carry is a permanent invalid payload naming the error; others go."""
-    topic_arn, spy = world.create_topic_with_spy("orders")
-    jobs = [make_job(topic_arn, key=LONE_SURROGATE), make_job(topic_arn, key="k-ok")]
-    deliveries = submit_sns(make_settings(), Target.from_arn(topic_arn), jobs)
+def test_sqs_forbidden_limit_read_assumes_256_kib_and_says_so(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Without permission to read the limit, over 256 KiB is payload-too-large, naming why."""
+    world.create_queue("orders", MaximumMessageSize=str(1024 * KIB))
+    target = Target.from_arn(world.queue_arn("orders"))
+    world.faults.add(Fault("sqs", "GetQueueAttributes", code="AccessDenied"))
+
+    [deliveries] = submit_sqs(make_settings(), target, [make_job(target.arn, body=BODY_300_KIB)])
+
     error = deliveries[0].error
     assert error is not None
-    assert error.error_class is ErrorClass.PERMANENT
-    assert error.code == INVALID_PAYLOAD
-    assert "UnicodeEncodeError" in error.message
-    assert deliveries[1].accepted
-    assert len(world.drain(spy)) == 1
+    assert error.refusal is Refusal.PAYLOAD_TOO_LARGE
+    assert "AccessDenied" in error.message
+    assert str(MAX_PAYLOAD_BYTES) in error.message
