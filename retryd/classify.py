@@ -190,9 +190,10 @@ def from_exception(exc: BaseException) -> SendError:
     if isinstance(exc, ParamValidationError):
         # botocore refused to send it: the request itself is malformed.
         return SendError(ErrorClass.PERMANENT, "ParamValidationError", str(exc))
-    if isinstance(exc, BotoConnectionError | HTTPClientError):
-        return SendError(ErrorClass.TRANSIENT, type(exc).__name__, str(exc))
-    if isinstance(exc, BotoCoreError | OSError | TimeoutError):
+    if isinstance(
+        exc, BotoConnectionError | HTTPClientError | BotoCoreError | OSError | TimeoutError
+    ):
+        # Network trouble and botocore's own failures: another try may well succeed.
         return SendError(ErrorClass.TRANSIENT, type(exc).__name__, str(exc))
     if is_malformed_response(exc):
         # botocore's parser says e.g. KeyError('PublishBatchResult'): no result element.
