@@ -276,6 +276,11 @@ class ParkReason(StrEnum):
     TOO_OLD = "too-old"
     # SQS would delete it (retention) before retryd could try again.
     RETENTION_EXPIRING = "retention-expiring"
+    # A hook on the way back (retryd.resolve.hooks): the payload fails the route's JSON
+    # Schema, the transform raised or ran out of time, or the transform asked to park it.
+    INVALID_PAYLOAD = "invalid-payload"
+    TRANSFORM_FAILED = "transform-failed"
+    TRANSFORM_PARKED = "transform-parked"
 
 
 @dataclass(frozen=True, slots=True)
