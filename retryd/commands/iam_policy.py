@@ -42,6 +42,7 @@ from retryd.errors import ConfigError
 from retryd.settings import GuardSettings, Settings
 
 POLICY_VERSION = "2012-10-17"
+UNSCOPED = "*"
 
 _ACCOUNT_ID = re.compile(r"\d{12}")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
@@ -242,6 +243,27 @@ def _target_statements(targets: dict[str, list[str]], scope: _Scope) -> list[dic
     return statements
 
 
+def subscriber_may_be_target(guards: GuardSettings) -> bool:
+    """Whether the allowlist can let an SQS queue or a Lambda function through as a target.
+
+    Only then does retryd read SNS subscriptions (retryd.discovery.subscriptions), and only
+    then does the policy grant those reads: both use this one test. Otherwise every
+    subscriber retryd could name would be refused by the allowlist anyway.
+    """
+    if lambda_may_be_target(guards):
+        return True
+    # Any resource can be a queue's: only the service part of a glob can rule SQS out.
+    return any(
+        fnmatch.fnmatchcase(_SQS.service, parse_glob(glob)[1]) for glob in guards.allow_targets
+    )
+
+
+# Neither action has a resource type (Service Authorization Reference for Amazon SNS,
+# https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonsns.html):
+# they can only be granted on "*". Both only read: subscriptions, endpoints, policies.
+SUBSCRIPTION_READ_ACTIONS = ("sns:GetSubscriptionAttributes", "sns:ListSubscriptions")
+
+
 def policy_document(
     settings: Settings, *, account: str | None, region: str | None, partition: str = "aws"
 ) -> dict[str, Any]:
@@ -271,6 +293,11 @@ def policy_document(
         _statement("ParkMessages", PARKING_ACTIONS, [scope.queue_arn(settings.parking.queue)]),
         *_target_statements(_target_arns(settings.guards.allow_targets), scope),
     ]
+    if subscriber_may_be_target(settings.guards):
+        # The subscriber of each SNS subscription DLQ (retryd.discovery.subscriptions).
+        statements.append(
+            _statement("ReadSnsSubscriptionDlqs", SUBSCRIPTION_READ_ACTIONS, [UNSCOPED])
+        )
     if settings.ledger.backend == "dynamodb":
         table = (
             f"arn:{scope.partition}:dynamodb:{scope.region}:{scope.account}"

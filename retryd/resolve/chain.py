@@ -3,7 +3,7 @@
 The chain follows docs/design.md's order: what a message says about itself (the
 envelope, then Lambda destination records and EventBridge DLQ attributes) wins
 over the operator's static routes, which win over what is inferred about the
-queue (Lambda async DLQs, SQS redrive sources).
+queue (SNS subscription DLQs, Lambda async DLQs, SQS redrive sources).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from retryd.resolve.envelope import EnvelopeResolver
 from retryd.resolve.eventbridge_dlq import EventBridgeDlqResolver
 from retryd.resolve.lambda_async import LambdaAsyncResolver
 from retryd.resolve.lambda_destination import LambdaDestinationResolver
+from retryd.resolve.sns_subscription import SnsSubscriptionResolver
 from retryd.resolve.sqs_redrive import SqsRedriveResolver
 from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Settings
@@ -77,8 +78,8 @@ def build_chain(settings: Settings, feeds: FeedSource | None = None) -> Resolver
 
     What a message says about itself first (the envelope, a Lambda destination
     record, EventBridge's DLQ attributes), then the operator's static routes,
-    then what the feed map infers about the queue (Lambda async DLQs, SQS
-    redrive sources). `feeds` is read at each message (a FeedCache is refreshed
+    then what the feed map infers about the queue (SNS subscription DLQs, Lambda
+    async DLQs, SQS redrive sources). `feeds` is read at each message (a FeedCache is refreshed
     between cycles); without it the inferred resolvers are left out.
     """
     routes = StaticRouteResolver(settings.routes)
@@ -89,5 +90,11 @@ def build_chain(settings: Settings, feeds: FeedSource | None = None) -> Resolver
         routes,
     ]
     if feeds is not None:
-        resolvers += [LambdaAsyncResolver(feeds), SqsRedriveResolver(feeds)]
+        # SNS first: it steps aside for messages Lambda or SQS marked as theirs, while the
+        # Lambda resolver would take an SNS message from a queue a function also feeds.
+        resolvers += [
+            SnsSubscriptionResolver(feeds),
+            LambdaAsyncResolver(feeds),
+            SqsRedriveResolver(feeds),
+        ]
     return ResolverChain(resolvers)
