@@ -137,7 +137,7 @@ class Pipeline:
         return [batch.decided[letter.message_id] for letter in letters]
 
     async def _act(self, batch: _Batch, act_by: float) -> None:
-        verdicts = await self._guards.assess([self._chain.resolve(x) for x in batch.letters])
+        verdicts = await self._guards.assess(await self._chain.resolve_all(batch.letters))
         for verdict in verdicts:
             if isinstance(verdict, Hold):
                 self._hold(batch, verdict)
