@@ -209,7 +209,7 @@ class DeadLetter:
     def sent_at_s(self) -> float | None:
         """SQS's SentTimestamp in unix seconds; None when absent or not a number."""
         raw = self.system_attributes.get("SentTimestamp")
-        if raw is None or not raw.isdigit():
+        if raw is None or not (raw.isascii() and raw.isdigit()):
             return None
         return int(raw) / 1000
 
