@@ -153,6 +153,13 @@ class Metrics:
             "The running retryd's version, as the label of a constant 1.",
             registry=registry,
         ).info({"version": package_version()})
+        # One series per configured hook (a bounded set: the [[hooks]] rules) and result.
+        self._hook_runs = Counter(
+            "retryd_hook_runs_total",
+            "Hook runs on the way back, by hook (transform name or schema file) and result.",
+            ["hook", "name", "result"],
+            registry=registry,
+        )
         # Both series exist from the start so that rate() and absent-alerts see a
         # zero rather than nothing before the first error.
         for result in ("ok", "error"):
@@ -173,6 +180,10 @@ class Metrics:
         self._resubmit_errors.labels(
             target_type=_label(target_type), error_class=_label(error_class)
         ).inc()
+
+    def record_hook_run(self, hook: str, name: str, result: str) -> None:
+        """Count one run of a transform or a schema check, by its result (ok, parked, ...)."""
+        self._hook_runs.labels(hook=hook, name=_label(name), result=result).inc()
 
     def record_stamps_dropped(self, queue: str, count: int) -> None:
         """Count retryd attributes that did not fit on messages resubmitted from `queue`."""

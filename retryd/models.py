@@ -222,7 +222,7 @@ class DeadLetter:
     def sent_at_s(self) -> float | None:
         """SQS's SentTimestamp in unix seconds; None when absent or not a number."""
         raw = self.system_attributes.get("SentTimestamp")
-        if raw is None or not raw.isdigit():
+        if raw is None or not (raw.isascii() and raw.isdigit()):
             return None
         return int(raw) / 1000
 
@@ -296,6 +296,11 @@ class ParkReason(StrEnum):
     TOO_OLD = "too-old"
     # SQS would delete it (retention) before retryd could try again.
     RETENTION_EXPIRING = "retention-expiring"
+    # A hook on the way back (retryd.resolve.hooks): the payload fails the route's JSON
+    # Schema, the transform raised or ran out of time, or the transform asked to park it.
+    INVALID_PAYLOAD = "invalid-payload"
+    TRANSFORM_FAILED = "transform-failed"
+    TRANSFORM_PARKED = "transform-parked"
 
 
 class FailReason(StrEnum):

@@ -259,6 +259,48 @@ class Route(_Group):
         return arn
 
 
+class HookRule(_Group):
+    """Hooks on the way back for one DLQ glob or one target glob: transform, then validate."""
+
+    queue: Annotated[str, Field(min_length=1)] | None = Field(
+        None,
+        description="DLQ name or glob (`fnmatch`, as in `[[routes]]`): the hooks run on every "
+        "message resolved from a matching queue. Set this or `target`, not both.",
+    )
+    target: ArnGlob | None = Field(
+        None,
+        description="Target ARN glob (matched field by field, as in `guards.allow_targets`): the "
+        "hooks run on every message resolved to a matching target. Set this or `queue`.",
+    )
+    transform: Annotated[str, Field(min_length=1)] | None = Field(
+        None,
+        description="A callable that rewrites the payload (or asks to park it): a name from the "
+        "`retryd.transforms` entry-point group, or a dotted path `package.module:function`. "
+        "Raising or overrunning `transform_timeout_s` parks the message `transform-failed`.",
+    )
+    transform_timeout_s: PositiveSeconds = Field(
+        5,
+        description="Longest a transform may run on one message (in a worker thread); past it the "
+        "message is parked `transform-failed` and the cycle goes on.",
+    )
+    schema_path: Annotated[str, Field(min_length=1)] | None = Field(
+        None,
+        description="JSON Schema file (JSON) the payload must satisfy, after any transform, "
+        "before it is resubmitted; a payload that fails it is parked `invalid-payload` with the "
+        "schema error. Relative paths are taken from the working directory.",
+    )
+
+    @model_validator(mode="after")
+    def _one_scope_and_a_hook(self) -> HookRule:
+        if (self.queue is None) == (self.target is None):
+            raise ValueError("set exactly one of queue (a DLQ glob) or target (an ARN glob)")
+        if self.transform is None and self.schema_path is None:
+            raise ValueError(
+                "set transform, schema_path or both: a rule without hooks does nothing"
+            )
+        return self
+
+
 class HttpSettings(_Group):
     """The /metrics, /healthz and /readyz listener."""
 
@@ -304,6 +346,11 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = LedgerSettings()
     parking: ParkingSettings = ParkingSettings()
     routes: list[Route] = []
+    hooks: list[HookRule] = Field(
+        [],
+        description="Hooks on the way back (off unless listed): the first rule whose queue or "
+        "target glob matches a resolved message decides which hooks run on it.",
+    )
     http: HttpSettings = HttpSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     log: LogSettings = LogSettings()

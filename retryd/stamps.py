@@ -21,6 +21,8 @@ ATTEMPT = "retryd.attempt"
 KEY = "retryd.key"
 FIRST_FAILED_AT = "retryd.first-failed-at"
 SOURCE_QUEUE = "retryd.source-queue"
+# `name@version` of the transform that rewrote the payload (retryd.resolve.hooks).
+TRANSFORM = "retryd.transform"
 
 REASON = "retryd.reason"
 DETAIL = "retryd.detail"
@@ -46,12 +48,17 @@ def stamp_for_resubmit(job: Job) -> tuple[dict[str, MessageAttribute], int]:
 
     The user's attributes always go through; retryd's stamps take what is left
     of the 10 slots, in RESUBMIT_STAMP_PRIORITY order. Stale `retryd.*` names in
-    the originals are replaced by this attempt's stamps, never forwarded.
+    the originals are replaced by this attempt's stamps, never forwarded; the one
+    exception is `retryd.transform`, which only the hooks stage puts on a job (the
+    resolvers strip every `retryd.*` name), and which comes last of the stamps.
     """
     attributes = {
         name: value for name, value in job.forward_attributes.items() if not name.startswith(PREFIX)
     }
     wanted = _resubmit_stamps(job)
+    transform = job.forward_attributes.get(TRANSFORM)
+    if transform is not None and transform.string_value:
+        wanted[TRANSFORM] = transform
     free_slots = max(0, MAX_ATTRIBUTES - len(attributes))
     kept = list(wanted.items())[:free_slots]
     attributes.update(kept)

@@ -188,6 +188,9 @@ def _sns(call: ApiCall) -> list[IamRequest]:
     if call.operation in ("Publish", "PublishBatch"):
         topic = call.params.get("TopicArn") or call.params.get("TargetArn")
         return [IamRequest("sns:Publish", str(topic))]
+    # Neither has a resource type in the Service Authorization Reference: "*" only.
+    if call.operation in ("ListSubscriptions", "GetSubscriptionAttributes"):
+        return [IamRequest(f"sns:{call.operation}", UNSCOPED)]
     raise UnmappedCallError(f"sns {call.operation}")
 
 

@@ -21,11 +21,13 @@ __all__ = [
     "Allowlist",
     "lambda_may_be_target",
     "parse_glob",
+    "subscriber_may_be_target",
 ]
 
 # How a Lambda function's ARN looks: `arn:<partition>:lambda:<region>:<account>:function:<name>`.
 LAMBDA_SERVICE = "lambda"
 LAMBDA_RESOURCE_PREFIX = "function:"
+SQS_SERVICE = "sqs"
 
 
 class Allowlist:
@@ -62,3 +64,18 @@ def lambda_may_be_target(guards: GuardSettings) -> bool:
         ):
             return True
     return False
+
+
+def subscriber_may_be_target(guards: GuardSettings) -> bool:
+    """Whether the allowlist can let an SQS queue or a Lambda function through as a target.
+
+    Only then does retryd read SNS subscriptions (retryd.discovery.feeds), and only then
+    does `retryd iam-policy` grant those reads: both use this one test. Otherwise every
+    subscriber retryd could name would be refused by the allowlist anyway.
+    """
+    if lambda_may_be_target(guards):
+        return True
+    # Any resource can be a queue's: only the service part of a glob can rule SQS out.
+    return any(
+        fnmatch.fnmatchcase(SQS_SERVICE, parse_glob(glob)[1]) for glob in guards.allow_targets
+    )

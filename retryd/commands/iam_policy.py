@@ -36,7 +36,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from retryd.admission.allowlist import LAMBDA_RESOURCE_PREFIX, LAMBDA_SERVICE
+from retryd.admission.allowlist import (
+    LAMBDA_RESOURCE_PREFIX,
+    LAMBDA_SERVICE,
+    subscriber_may_be_target,
+)
 from retryd.admission.matching import could_match_prefix, parse_glob
 from retryd.discovery.queues import is_queue_url, parse_queue_url, partition_for_region
 from retryd.errors import ConfigError, ExitCode
@@ -44,6 +48,7 @@ from retryd.models import is_account_id, is_region_name
 from retryd.settings import Settings
 
 POLICY_VERSION = "2012-10-17"
+UNSCOPED = "*"
 
 
 DLQ_ACTIONS = (
@@ -213,6 +218,12 @@ def _target_statements(targets: dict[str, list[str]], scope: _Scope) -> list[dic
     return statements
 
 
+# Neither action has a resource type (Service Authorization Reference for Amazon SNS,
+# https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonsns.html):
+# they can only be granted on "*". Both only read: subscriptions, endpoints, policies.
+SUBSCRIPTION_READ_ACTIONS = ("sns:GetSubscriptionAttributes", "sns:ListSubscriptions")
+
+
 def policy_document(
     settings: Settings, *, account: str | None, region: str | None, partition: str = "aws"
 ) -> dict[str, Any]:
@@ -242,6 +253,11 @@ def policy_document(
         _statement("ParkMessages", PARKING_ACTIONS, [scope.queue_arn(settings.parking.queue)]),
         *_target_statements(_target_arns(settings.guards.allow_targets), scope),
     ]
+    if subscriber_may_be_target(settings.guards):
+        # The subscriber of each SNS subscription DLQ (retryd.discovery.subscriptions).
+        statements.append(
+            _statement("ReadSnsSubscriptionDlqs", SUBSCRIPTION_READ_ACTIONS, [UNSCOPED])
+        )
     if settings.ledger.backend == "dynamodb":
         table = (
             f"arn:{scope.partition}:dynamodb:{scope.region}:{scope.account}"

@@ -12,6 +12,8 @@ AWS calls used (the IAM actions retryd needs for this map):
 - lambda:ListFunctionEventInvokeConfigs - `DestinationConfig.OnFailure.Destination`
   of each function, version and alias (API reference, FunctionEventInvokeConfig).
 - sqs:ListDeadLetterSourceQueues - the queues whose redrive policy names a DLQ.
+- sns:ListSubscriptions and sns:GetSubscriptionAttributes - the subscriptions whose
+  redrive policy names a DLQ (retryd.discovery.subscriptions).
 
 A failed call never fails the map: it is recorded in `FeedMap.errors` and the
 map holds what the other calls learned.
@@ -31,10 +33,11 @@ import anyio
 import structlog
 from botocore.exceptions import ClientError
 
-from retryd.admission.allowlist import lambda_may_be_target
+from retryd.admission.allowlist import lambda_may_be_target, subscriber_may_be_target
 from retryd.aws import AwsClients, Client
 from retryd.classify import from_exception, is_missing_queue
 from retryd.discovery.queues import queue_ref_from_url
+from retryd.discovery.subscriptions import Subscription, read_subscriptions
 from retryd.models import QueueRef
 from retryd.settings import Settings
 
@@ -62,14 +65,18 @@ class FeedKind(StrEnum):
     LAMBDA_ON_FAILURE = "lambda-on-failure"
     # A queue whose redrive policy moves messages here after maxReceiveCount receives.
     SQS_REDRIVE = "sqs-redrive"
+    # An SNS subscription's redrive policy: SNS moves here what it could not deliver.
+    SNS_SUBSCRIPTION = "sns-subscription"
 
 
 @dataclass(frozen=True, slots=True)
 class Feed:
-    """One resource feeding a DLQ: a function ARN (qualified when the config is) or a queue ARN."""
+    """One resource feeding a DLQ: a function ARN (qualified when the config is), a queue ARN,
+    or a subscription ARN (then `subscription` says who the subscriber is)."""
 
     kind: FeedKind
     source_arn: str
+    subscription: Subscription | None = None
 
 
 def _frozen_feeds() -> Mapping[str, tuple[Feed, ...]]:
@@ -141,19 +148,26 @@ class _Collected:
 
 
 async def map_feeds(
-    clients: AwsClients, queues: Sequence[QueueRef], *, lambda_feeds: bool = True
+    clients: AwsClients,
+    queues: Sequence[QueueRef],
+    *,
+    lambda_feeds: bool = True,
+    sns_feeds: bool = False,
 ) -> FeedMap:
-    """Which functions and queues feed each of `queues`; never raises for an AWS error.
+    """Which functions, queues and subscriptions feed each of `queues`; never raises for AWS.
 
     Lambda's list calls are made only with `lambda_feeds`: when no Lambda can be a
     target, a Lambda's failures can only be parked, and the IAM policy
-    (retryd.commands.iam_policy) grants no Lambda reads.
+    (retryd.commands.iam_policy) grants no Lambda reads. SNS subscriptions are read
+    only with `sns_feeds`, for the same reason (no queue or function can be a target).
     """
     collected = _Collected(frozenset(queue.arn for queue in queues))
     limiter = anyio.CapacityLimiter(LOOKUP_CONCURRENCY)
     async with anyio.create_task_group() as group:
         if lambda_feeds:
             group.start_soon(_map_lambda_feeds, clients.lambda_, collected, limiter)
+        if sns_feeds:
+            group.start_soon(_map_subscriptions, clients.sns, collected, limiter)
         for queue in queues:
             group.start_soon(_map_redrive_sources, clients.sqs, queue, collected, limiter)
     return collected.to_map()
@@ -227,6 +241,16 @@ def _add_on_failure(config: Mapping[str, Any], function_arn: str, collected: _Co
     )
 
 
+async def _map_subscriptions(
+    client: Client, collected: _Collected, limiter: anyio.CapacityLimiter
+) -> None:
+    for subscription in await read_subscriptions(client, collected.wanted, limiter, collected.fail):
+        collected.add(
+            subscription.dlq_arn,
+            Feed(FeedKind.SNS_SUBSCRIPTION, subscription.arn, subscription),
+        )
+
+
 async def _map_redrive_sources(
     client: Client, queue: QueueRef, collected: _Collected, limiter: anyio.CapacityLimiter
 ) -> None:
@@ -255,11 +279,14 @@ async def _map_redrive_sources(
 class FeedCache:
     """The feed map, rebuilt every `refresh_cycles` cycles or when a new DLQ appears."""
 
-    def __init__(self, refresh_cycles: int, *, lambda_feeds: bool = True) -> None:
+    def __init__(
+        self, refresh_cycles: int, *, lambda_feeds: bool = True, sns_feeds: bool = False
+    ) -> None:
         if refresh_cycles < 1:
             raise ValueError("refresh_cycles must be at least 1")
         self._refresh_cycles = refresh_cycles
         self._lambda_feeds = lambda_feeds
+        self._sns_feeds = sns_feeds
         self._current = FeedMap()
         self._calls = 0
         self._seen: frozenset[str] = frozenset()
@@ -268,10 +295,12 @@ class FeedCache:
     @classmethod
     def for_settings(cls, settings: Settings) -> FeedCache:
         """The cache a cycle (and `plan`) uses: Lambda is read only when it may be a target,
+        SNS subscriptions only when their subscriber (a queue or a function) may be one,
         which is also when `retryd iam-policy` grants those reads."""
         return cls(
             settings.discovery.feeds_refresh_cycles,
             lambda_feeds=lambda_may_be_target(settings.guards),
+            sns_feeds=subscriber_may_be_target(settings.guards),
         )
 
     @property
@@ -293,7 +322,9 @@ class FeedCache:
         if self._built and self._calls < self._refresh_cycles and arns <= self._seen:
             return self._current
         try:
-            built = await map_feeds(clients, queues, lambda_feeds=self._lambda_feeds)
+            built = await map_feeds(
+                clients, queues, lambda_feeds=self._lambda_feeds, sns_feeds=self._sns_feeds
+            )
         except Exception as exc:  # noqa: BLE001 - a stale map beats no map
             # map_feeds records AWS errors itself; this is a bug, and must not stop draining.
             log.warning("feed-map-refresh-failed", error=str(from_exception(exc)))

@@ -137,7 +137,7 @@ class Pipeline:
         return [batch.decided[letter.message_id] for letter in letters]
 
     async def _act(self, batch: _Batch, act_by: float) -> None:
-        resolved = [self._chain.resolve(x) for x in batch.letters]
+        resolved = await self._chain.resolve_all(batch.letters)
         batch.source_attempts = {
             job.letter.message_id: job.source_attempts
             for job in resolved

@@ -171,7 +171,7 @@ class Cycle:
         self._metrics = metrics
         # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few cycles.
         self._feeds = FeedCache.for_settings(settings)
-        self._chain = build_chain(settings, self._feeds)
+        self._chain = build_chain(settings, self._feeds, metrics)
         self._guards = build_guards(settings, ledger=ledger, metrics=metrics)
         self._sender = Sender(
             targets=TargetRouter(clients, settings.drain.target_concurrency),

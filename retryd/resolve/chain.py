@@ -3,7 +3,7 @@
 The chain follows docs/design.md's order: what a message says about itself (the
 envelope, then Lambda destination records and EventBridge DLQ attributes) wins
 over the operator's static routes, which win over what is inferred about the
-queue (Lambda async DLQs, SQS redrive sources).
+queue (SNS subscription DLQs, Lambda async DLQs, SQS redrive sources).
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import structlog
 
 from retryd.aws import AwsClients
 from retryd.discovery.feeds import FeedCache, FeedMap, FeedSource
+from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Unresolvable
 from retryd.resolve.base import Resolver
 from retryd.resolve.envelope import EnvelopeResolver
 from retryd.resolve.eventbridge_dlq import EventBridgeDlqResolver
+from retryd.resolve.hooks import Hooks
 from retryd.resolve.lambda_async import LambdaAsyncResolver
 from retryd.resolve.lambda_destination import LambdaDestinationResolver
+from retryd.resolve.sns_subscription import SnsSubscriptionResolver
 from retryd.resolve.sqs_redrive import SqsRedriveResolver
 from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Settings
@@ -31,12 +34,23 @@ _log = structlog.get_logger(__name__)
 class ResolverChain:
     """Asks each resolver in turn; the first that recognises the message decides."""
 
-    def __init__(self, resolvers: Sequence[Resolver]) -> None:
+    def __init__(self, resolvers: Sequence[Resolver], hooks: Hooks | None = None) -> None:
         self._resolvers = tuple(resolvers)
+        self._hooks = hooks
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(resolver.name for resolver in self._resolvers)
+
+    async def resolve_all(self, letters: Sequence[DeadLetter]) -> list[Job | Unresolvable]:
+        """Each letter resolved, then put through its `[[hooks]]` rule (retryd.resolve.hooks).
+
+        What a cycle uses; `resolve` alone (as `plan` uses it) runs no hooks.
+        """
+        answers = [self.resolve(letter) for letter in letters]
+        if self._hooks is None:
+            return answers
+        return await self._hooks.apply(answers)
 
     def resolve(self, letter: DeadLetter) -> Job | Unresolvable:
         """A Job or an Unresolvable for every message; never raises for a message's content."""
@@ -73,14 +87,18 @@ def _log_failure(resolver: str, letter: DeadLetter, exc: Exception) -> None:
     )
 
 
-def build_chain(settings: Settings, feeds: FeedSource | None = None) -> ResolverChain:
+def build_chain(
+    settings: Settings, feeds: FeedSource | None = None, metrics: Metrics | None = None
+) -> ResolverChain:
     """The chain for these settings, in docs/design.md's order.
 
     What a message says about itself first (the envelope, a Lambda destination
     record, EventBridge's DLQ attributes), then the operator's static routes,
-    then what the feed map infers about the queue (Lambda async DLQs, SQS
-    redrive sources). `feeds` is read at each message (a FeedCache is refreshed
-    between cycles); without it the inferred resolvers are left out.
+    then what the feed map infers about the queue (SNS subscription DLQs, Lambda
+    async DLQs, SQS redrive sources). `feeds` is read at each message (a FeedCache is refreshed
+    between cycles); without it the inferred resolvers are left out. The `[[hooks]]`
+    rules are loaded here (ConfigError when a transform or schema cannot be), and
+    their runs are counted in `metrics`.
     """
     routes = StaticRouteResolver(settings.routes)
     resolvers: list[Resolver] = [
@@ -90,8 +108,14 @@ def build_chain(settings: Settings, feeds: FeedSource | None = None) -> Resolver
         routes,
     ]
     if feeds is not None:
-        resolvers += [LambdaAsyncResolver(feeds), SqsRedriveResolver(feeds)]
-    return ResolverChain(resolvers)
+        # SNS first: it steps aside for messages Lambda or SQS marked as theirs, while the
+        # Lambda resolver would take an SNS message from a queue a function also feeds.
+        resolvers += [
+            SnsSubscriptionResolver(feeds),
+            LambdaAsyncResolver(feeds),
+            SqsRedriveResolver(feeds),
+        ]
+    return ResolverChain(resolvers, Hooks.from_settings(settings, metrics))
 
 
 async def open_chain(

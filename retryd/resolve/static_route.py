@@ -1,6 +1,7 @@
 """Static routes: the operator's explicit word on where a DLQ's messages go back to.
 
-Used for DLQs whose messages name no target (SNS subscription DLQs above all).
+Used for DLQs whose messages name no target and whose source the feed map cannot
+tell (a DLQ several functions, queues or subscriptions share, a plain queue).
 The body is resent exactly as it arrived: a route says where, never what.
 """
 

@@ -20,6 +20,7 @@ from retryd.drain.cycle import Cycle, CycleReport
 from retryd.errors import ConfigError
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
+from retryd.resolve.hooks import Hooks
 from retryd.service.http import Health, serve_http
 from retryd.service.scheduler import run_schedule
 from retryd.service.systemd import SystemdNotifier
@@ -32,6 +33,8 @@ async def run_once(
     settings: Settings, *, collect: bool = False, registry: CollectorRegistry | None = None
 ) -> CycleReport:
     """One deterministic cycle, then return: the `once` command and the tests' entry point."""
+    # Hooks that cannot be loaded stop here, before any AWS client is opened.
+    Hooks.from_settings(settings)
     metrics = Metrics(registry or CollectorRegistry())
     async with (
         open_clients(settings.aws) as clients,
@@ -63,6 +66,9 @@ async def _watch_signals(
 
 async def run_daemon(settings: Settings, registry: CollectorRegistry | None = None) -> None:
     """Cycle every `schedule.interval_s` until a signal; returns normally after a clean stop."""
+    # A transform or schema that cannot be loaded is a ConfigError (exit 2): raised here,
+    # before the task group below would wrap it in an exception group.
+    Hooks.from_settings(settings)
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     health = Health.for_settings(settings)

@@ -32,6 +32,8 @@ READ_ACTIONS = frozenset(
         "lambda:ListFunctions",
         "lambda:ListFunctionEventInvokeConfigs",
         "lambda:GetFunctionConfiguration",
+        "sns:ListSubscriptions",
+        "sns:GetSubscriptionAttributes",
         "states:DescribeExecution",
         "dynamodb:DescribeTable",
         "dynamodb:GetItem",
@@ -97,7 +99,12 @@ def test_no_write_action_is_granted_on_every_resource() -> None:
         for statement in document["Statement"]:
             if "*" in statement["Resource"]:
                 assert set(statement["Action"]) <= READ_ACTIONS, statement
-                assert set(statement["Action"]) <= {"sqs:ListQueues", "lambda:ListFunctions"}
+                assert set(statement["Action"]) <= {
+                    "sqs:ListQueues",
+                    "lambda:ListFunctions",
+                    "sns:ListSubscriptions",
+                    "sns:GetSubscriptionAttributes",
+                }
 
 
 def all_services() -> Settings:
@@ -176,6 +183,25 @@ def test_no_lambda_reads_without_a_lambda_target(make_settings: SettingsFactory)
     document = policy_document(settings, account=ACCOUNT, region=REGION)
     actions = {action for statement in document["Statement"] for action in statement["Action"]}
     assert not {a for a in actions if a.startswith("lambda:")}
+
+
+def test_sns_subscription_reads_only_when_a_subscriber_may_be_a_target(
+    make_settings: SettingsFactory,
+) -> None:
+    """Subscriptions are read (and granted) when a queue or a function can be a target, only."""
+
+    def sns_reads(*allow: str) -> set[str]:
+        settings = make_settings(guards={"allow_targets": list(allow)})
+        document = policy_document(settings, account=ACCOUNT, region=REGION)
+        actions = {action for statement in document["Statement"] for action in statement["Action"]}
+        return {action for action in actions if action.startswith("sns:") and "Subscri" in action}
+
+    both = {"sns:ListSubscriptions", "sns:GetSubscriptionAttributes"}
+    assert sns_reads(f"arn:aws:sqs:{REGION}:{ACCOUNT}:orders") == both
+    assert sns_reads(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:orders") == both
+    assert sns_reads(f"arn:aws:*:{REGION}:{ACCOUNT}:*") == both
+    assert sns_reads(f"arn:aws:sns:{REGION}:{ACCOUNT}:topic") == set()
+    assert sns_reads(f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:flow") == set()
 
 
 def test_wildcard_service_glob_becomes_one_arn_per_target_service(

@@ -90,7 +90,14 @@ EXACT_TARGETS = [
 RARE_GRANTS: dict[tuple[str, str], str] = {}
 # The only actions AWS cannot scope to a resource (no resource type in the Service
 # Authorization Reference), so the only ones a policy may grant on "*".
-UNSCOPABLE_ACTIONS = frozenset({"sqs:ListQueues", "lambda:ListFunctions"})
+UNSCOPABLE_ACTIONS = frozenset(
+    {
+        "sqs:ListQueues",
+        "lambda:ListFunctions",
+        "sns:ListSubscriptions",
+        "sns:GetSubscriptionAttributes",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -429,6 +436,8 @@ def test_the_recorded_actions(recorded: Recorded) -> None:
         "lambda:InvokeFunction",
         "lambda:ListFunctionEventInvokeConfigs",
         "lambda:ListFunctions",
+        "sns:GetSubscriptionAttributes",
+        "sns:ListSubscriptions",
         "sns:Publish",
         "sqs:ChangeMessageVisibility",
         "sqs:DeleteMessage",

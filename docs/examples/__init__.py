@@ -1,0 +1,1 @@
+"""Example code the documentation shows; tested, not shipped in the retryd package."""
