@@ -16,6 +16,8 @@ class DeferReason(StrEnum):
     RATE_LIMITED = "rate-limited"
     # Another replica has begun resubmitting the same key and has not finished.
     CLAIMED_ELSEWHERE = "claimed-elsewhere"
+    # An operator paused the target (`retryd pause`).
+    PAUSED = "paused"
 
 
 # Reason of a Hold: the message is left exactly as it is (outcome `failed`).

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 
+from retryd.commands.operator_cli import add_operator_commands
 from retryd.errors import RetrydError
 from retryd.logs import configure_logging
 from retryd.settings import CONFIG_ENV, Settings, load_settings
@@ -156,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="validate the configuration and print the effective settings (exit 0 or 2)",
     )
+    add_operator_commands(commands, common)
     return parser
 
 
@@ -256,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": _config_check,
     }
     try:
-        return handlers[args.command](args)
+        return (getattr(args, "handler", None) or handlers[args.command])(args)
     except RetrydError as exc:
         print(f"retryd: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -10,9 +10,11 @@ is resubmitted, parked or deleted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -22,9 +24,12 @@ import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
+from retryd.admission.paused import Pause
 from retryd.aws import AwsClients, open_clients
 from retryd.commands import progress
 from retryd.commands.plan import open_chain
+from retryd.control.pauses import describe as describe_pauses
+from retryd.control.pauses import pauses_in_force
 from retryd.discovery.queues import (
     discover_queues,
     is_queue_url,
@@ -147,8 +152,14 @@ class FailureGroup:
             self.oldest = sent if self.oldest is None else min(self.oldest, sent)
             self.newest = sent if self.newest is None else max(self.newest, sent)
 
+    @property
+    def id(self) -> str:
+        """A short, stable id for `retryd redrive --group`."""
+        return failure_group_id(self.target, self.signature)
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "target": self.target,
             "signature": self.signature,
             "count": self.count,
@@ -156,6 +167,18 @@ class FailureGroup:
             "newest": self.newest.isoformat() if self.newest else None,
             "example_message_id": self.example_message_id,
         }
+
+
+# Hex characters of a failure group's id: short to type, and a collision among one
+# DLQ's few groups is vanishingly unlikely.
+GROUP_ID_CHARS = 10
+
+
+def failure_group_id(target: str, signature: str) -> str:
+    """The id of the group of (target or `unresolved: reason`, error signature)."""
+    return hashlib.sha256(f"{target}\n{signature}".encode("utf-8", "surrogatepass")).hexdigest()[
+        :GROUP_ID_CHARS
+    ]
 
 
 def group_failures(chain: ResolverChain, letters: Sequence[DeadLetter]) -> list[FailureGroup]:
@@ -214,6 +237,8 @@ class InspectReport:
     max_messages: int
     missing: list[str] = field(default_factory=list)
     feed_errors: list[str] = field(default_factory=list)
+    # Operator pauses in force (their targets' messages wait; see `retryd pauses`).
+    pauses: list[Pause] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -226,6 +251,7 @@ class InspectReport:
             "queues": [inspection.to_json() for inspection in self.queues],
             "missing": self.missing,
             "feed_errors": self.feed_errors,
+            "pauses": [pause.to_json() for pause in self.pauses],
         }
 
 
@@ -330,7 +356,8 @@ async def inspect_queues(
     async with anyio.create_task_group() as group:
         for inspection in inspections:
             group.start_soon(one, inspection)
-    return InspectReport(inspections, max_messages, missing, list(feeds.errors))
+    pauses = await pauses_in_force(settings.ledger, clients)
+    return InspectReport(inspections, max_messages, missing, list(feeds.errors), pauses)
 
 
 # -- Output ----------------------------------------------------------------------------
@@ -362,9 +389,10 @@ def _render_queue(inspection: QueueInspection) -> list[str]:
     note = " (--max-messages reached)" if inspection.truncated else ""
     lines.append(f"  sampled: {inspection.sampled} message(s){note}")
     if inspection.groups:
-        rows = [["COUNT", "TARGET", "OLDEST", "NEWEST", "EXAMPLE", "ERROR"]]
+        rows = [["GROUP", "COUNT", "TARGET", "OLDEST", "NEWEST", "EXAMPLE", "ERROR"]]
         rows.extend(
             [
+                group.id,
                 str(group.count),
                 group.target,
                 _when(group.oldest),
@@ -385,6 +413,8 @@ def render_text(report: InspectReport) -> str:
     blocks = ["\n".join(_render_queue(inspection)) for inspection in report.queues]
     if not blocks:
         blocks.append("no DLQs to inspect")
+    if report.pauses:
+        blocks.append("\n".join(describe_pauses(report.pauses, time.time())))
     return "\n\n".join(blocks)
 
 

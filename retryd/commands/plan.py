@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -25,8 +26,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
 from retryd.admission import Defer, Done, Go, Guards, Park, Verdict, build_guards
+from retryd.admission.paused import Pause, PauseSet
 from retryd.aws import AwsClients, open_clients
 from retryd.commands import progress
+from retryd.control.pauses import describe as describe_pauses
+from retryd.control.pauses import pauses_in_force
 from retryd.discovery.feeds import FeedCache, FeedMap
 from retryd.discovery.queues import discover_queues, queue_ref_from_url
 from retryd.discovery.survey import Depth, peek, read_depth
@@ -64,6 +68,8 @@ async def open_guards(
     async with ledger_scope as ledger:
         guards = build_guards(settings, ledger=ledger, metrics=None)
         guards.protect_queues(protected)
+        # Judged with the operator's pauses, as the next cycle will be.
+        guards.set_pauses(PauseSet(tuple(await pauses_in_force(settings.ledger, clients))))
         yield guards
 
 
@@ -209,6 +215,8 @@ class PlanReport:
 
     queues: list[QueuePlan]
     max_messages: int
+    # The operator pauses the plan was judged under.
+    pauses: list[Pause] = field(default_factory=list)
 
     @property
     def failed(self) -> list[QueuePlan]:
@@ -241,6 +249,7 @@ class PlanReport:
             "version": JSON_FORMAT_VERSION,
             "max_messages": self.max_messages,
             "queues": [plan.to_json() for plan in self.queues],
+            "pauses": [pause.to_json() for pause in self.pauses],
             "summary": self.summary(),
         }
 
@@ -320,7 +329,8 @@ async def make_plan(
         async with anyio.create_task_group() as group:
             for index in range(len(queues)):
                 group.start_soon(one, index)
-    return PlanReport(plans, max_messages)
+        pauses = guards.pauses.active(time.time())
+    return PlanReport(plans, max_messages, pauses)
 
 
 # -- Output ----------------------------------------------------------------------------
@@ -379,6 +389,7 @@ def render_text(report: PlanReport) -> str:
             )
         lines.extend(f"    warning: {warning}" for warning in plan.warnings)
         lines.extend(f"    error: {error}" for error in plan.errors)
+    lines.extend(describe_pauses(report.pauses, time.time()))
     return "\n".join(lines)
 
 

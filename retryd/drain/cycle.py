@@ -13,6 +13,8 @@ from retryd import classify
 from retryd.admission import build_guards
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
+from retryd.control import ControlError, control_store
+from retryd.control.pauses import load_pauses
 from retryd.discovery.feeds import FeedCache
 from retryd.discovery.queues import discover_queues, queue_ref_from_url
 from retryd.discovery.survey import RECEIVE_BATCH_MAX, read_depth
@@ -150,6 +152,8 @@ class Cycle:
         )
         self._pipeline: Pipeline | None = None
         self._parking_arn = ""
+        # Operator pauses live beside the ledger, shared by every replica and command.
+        self._control = control_store(settings.ledger, clients)
 
     @property
     def feeds(self) -> FeedCache:
@@ -193,6 +197,7 @@ class Cycle:
             report.discovered = True
             self._metrics.set_queues_discovered(len(queues))
             self._guards.protect_queues([q.arn for q in queues] + [self._parking_arn])
+            await self._refresh_pauses()
             run = _Run(pipeline, started + self._settings.drain.cycle_budget_s, stopping, report)
             limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
             async with anyio.create_task_group() as group:
@@ -213,6 +218,17 @@ class Cycle:
         report.duration_s = anyio.current_time() - started
         self._metrics.observe_cycle(report.duration_s, report.ok, time.time())
         return report
+
+    async def _refresh_pauses(self) -> None:
+        """Read the operator pauses once per cycle; unreadable, the last ones read stay in force."""
+        try:
+            pauses = await load_pauses(self._control)
+        except ControlError as exc:
+            log.warning("pauses-unknown", error=str(exc), why="the pauses read last stay in force")
+            return
+        self._guards.set_pauses(pauses)
+        now_s = time.time()
+        self._metrics.set_pauses([(p.pattern, p.until_s) for p in pauses.active(now_s)])
 
     async def _drain(self, run: _Run, queue: QueueRef, limiter: anyio.CapacityLimiter) -> None:
         async with limiter:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.commands.cli import main
-from retryd.commands.inspect import NO_ERROR, error_signature, normalise
+from retryd.commands.inspect import NO_ERROR, error_signature, failure_group_id, normalise
 from retryd.models import DeadLetter, MessageAttribute, QueueRef
 from tests.faults import Fault
 from tests.operator_helpers import (
@@ -194,9 +194,11 @@ def test_text_output_is_a_table_per_queue(
     assert f"  fed by:  sqs-redrive {world.queue_arn('orders')}" in out
     assert "  sampled: 9 message(s)" in out
     header = next(line for line in out.splitlines() if "COUNT" in line)
-    assert header.split() == ["COUNT", "TARGET", "OLDEST", "NEWEST", "EXAMPLE", "ERROR"]
+    assert header.split() == ["GROUP", "COUNT", "TARGET", "OLDEST", "NEWEST", "EXAMPLE", "ERROR"]
     row = next(line for line in out.splitlines() if "Timeout: timed out" in line)
-    assert row.split()[:2] == ["3", CHARGE]
+    assert row.split()[1:3] == ["3", CHARGE]
+    signature = row.split(maxsplit=8)[8]  # the dates are two words each
+    assert row.split()[0] == failure_group_id(CHARGE, signature)
 
 
 def test_an_unreadable_queue_is_named_and_exits_1(
