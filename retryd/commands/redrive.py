@@ -260,6 +260,8 @@ async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
                     print("nothing changed; add --execute to do it")
                 return EXIT_STOPPED if counts.errors else EXIT_OK
             jobs = JobStore(store, settings.ledger.ttl_s)
+            # Audited as it starts too: a job whose process is killed still left a record.
+            await _audit_job(store, who, "redrive-execute", job, outcome="started")
             try:
                 job = await redrive.execute(job, jobs)
             finally:
@@ -305,14 +307,16 @@ def _owner(job: Job) -> str:
     return f"redrive-{job.id}"
 
 
-async def _audit_job(store: Any, who: str, action: str, job: Job) -> None:
+async def _audit_job(
+    store: Any, who: str, action: str, job: Job, *, outcome: str | None = None
+) -> None:
     await audit.record(
         store,
         who=who,
         action=action,
         what={"job": job.id, **job.spec},
         count=sum(job.counts.values()),
-        outcome=job.state.value,
+        outcome=outcome or job.state.value,
     )
 
 

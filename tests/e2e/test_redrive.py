@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +278,70 @@ def test_a_ramp_stops_itself_when_the_fault_is_still_on(
     shown = capsys.readouterr().out
     assert "target-rejected" in shown
     assert f"retryd redrive --resume {job['id']}" in shown
+
+
+def test_a_job_killed_mid_ramp_resumes_with_nothing_twice_and_nothing_lost(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL during the canary wait, then --resume: every message delivered exactly once."""
+    cfg = config(tmp_path)
+    park_rejected(world, cfg, capsys)
+    world.faults.clear()
+    command = [
+        sys.executable,
+        "-m",
+        "retryd",
+        "redrive",
+        "--config",
+        cfg,
+        "--from",
+        "parking",
+        "--reason",
+        "target-rejected",
+        "--execute",
+        "--ramp",
+        "1",
+        "--canary-wait-s",
+        "600",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the job never finished its first step"
+            code, [listed] = cli_json(capsys, "jobs", "--config", cfg)
+            started = [j for j in listed["jobs"] if j["messages"] == 1]
+            if started:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.communicate()
+    [job] = started
+    assert world.depth("dest-a") == 1
+    code, documents = cli_json(capsys, "redrive", "--config", cfg, "--resume", job["id"])
+    assert code == 0, documents
+    [resumed] = documents
+    assert resumed["job"]["state"] == "done"
+    assert sum(resumed["job"]["counts"].values()) == 4
+    delivered = sorted(body["n"] for body in bodies(world.drain("dest-a")))
+    assert delivered == [0, 1, 2, 3]
+    assert [m["Body"] for m in world.drain(PARKING)] == ["no route for this one"]
+    audit = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "retryd", "audit", "--config", cfg, "--output", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ.copy(),
+        ).stdout
+    )["records"]
+    assert [(r["action"], r["outcome"]) for r in audit] == [
+        ("redrive-resume", "done"),
+        ("redrive-execute", "started"),
+    ]
+    assert audit[0]["what"]["job"] == job["id"]
