@@ -143,6 +143,8 @@ def plan_json(spec: Spec, counts: PlanCounts) -> dict[str, Any]:
         "selected": counts.selected,
         "unselected": counts.unselected,
         "hidden": counts.hidden,
+        "deferred_hidden": counts.deferred,
+        "reappear": [iso(moment) for moment in counts.reappear_s] if counts.reappear_s else None,
         "truncated": counts.truncated,
         "groups": [
             {"target": t or None, "action": a, "reason": r or None, "count": n}
@@ -159,10 +161,18 @@ def render_plan(spec: Spec, counts: PlanCounts) -> str:
     ]
     if counts.groups:
         lines.extend("  " + line for line in _table(_rows(counts.groups)))
-    if counts.hidden:
+    if counts.deferred and counts.reappear_s is not None:
+        first, last = (iso(moment) for moment in counts.reappear_s)
+        when = f"at {first}" if first == last else f"between {first} and {last}"
         lines.append(
-            f"  {counts.hidden} message(s) hidden in flight (deferred or leased): a redrive "
-            "cannot see them until they reappear"
+            f"  {counts.deferred} message(s) retryd deferred are hidden until {when}; "
+            "--execute hands them back first and judges them with the rest"
+        )
+    others = counts.hidden - counts.deferred
+    if others > 0:
+        lines.append(
+            f"  {others} other message(s) in flight (leased by a cycle, or hidden): "
+            "a redrive cannot see them until they reappear"
         )
     if counts.truncated:
         lines.append(f"  --max-messages {spec.max_messages} reached: more may be waiting")

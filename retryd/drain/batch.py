@@ -14,6 +14,7 @@ from cancellation (briefly, so that a second SIGTERM still means "now").
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,6 +24,7 @@ import structlog
 
 from retryd import classify
 from retryd.admission import Defer, Done, Go, Guards, Hold, Park, Verdict
+from retryd.control.deferrals import Hidden, HiddenBook
 from retryd.metrics import Metrics
 from retryd.models import (
     DeadLetter,
@@ -98,6 +100,7 @@ class Pipeline:
         parking: Parking,
         metrics: Metrics,
         log_payloads: bool = False,
+        hidden: HiddenBook | None = None,
     ) -> None:
         self._sqs = sqs
         self._chain = chain
@@ -106,6 +109,8 @@ class Pipeline:
         self._parking = parking
         self._metrics = metrics
         self._log_payloads = log_payloads
+        # Where hidden messages are noted, so that a redrive can hand them back.
+        self._hidden = hidden
 
     async def handle(
         self, queue: QueueRef, letters: Sequence[DeadLetter], act_by: float
@@ -268,11 +273,29 @@ class Pipeline:
             response = await self._sqs.change_message_visibility_batch(
                 QueueUrl=queue.url, Entries=entries
             )
-            failures = [str(classify.from_batch_failure(f)) for f in response.get("Failed", [])]
+            failed = response.get("Failed", [])
+            failures = [str(classify.from_batch_failure(f)) for f in failed]
+            self._note_hidden(defers, {str(f.get("Id")) for f in failed})
         except Exception as exc:  # noqa: BLE001 - a message not hidden is only seen sooner
             failures = [str(classify.from_exception(exc))]
         if failures:
             log.warning("defer-hide-failed", queue=queue.name, errors=failures[:3])
+
+    def _note_hidden(self, defers: Sequence[Defer], failed_ids: set[str]) -> None:
+        if self._hidden is None:
+            return
+        now_s = time.time()
+        self._hidden.note(
+            Hidden(
+                defer.job.letter.queue.name,
+                defer.job.letter.message_id,
+                defer.job.letter.receipt_handle,
+                now_s + min(math.ceil(defer.delay_s), MAX_HIDE_S),
+                defer.reason.value,
+            )
+            for i, defer in enumerate(defers)
+            if str(i) not in failed_ids
+        )
 
     async def _park(self, parks: Sequence[Park]) -> list[SendError | None]:
         return await self._parking.park(

@@ -14,6 +14,7 @@ from retryd.admission import build_guards
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
 from retryd.control import ControlError, control_store
+from retryd.control.deferrals import HiddenBook
 from retryd.control.pauses import load_pauses
 from retryd.discovery.feeds import FeedCache
 from retryd.discovery.queues import discover_queues, queue_ref_from_url
@@ -87,6 +88,9 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 # Time kept back from each lease for the delete that settles the batch.
 LEASE_MARGIN_S = 5.0
 
+# How long noting the messages a queue's drain hid may hold off a stop.
+HIDDEN_FLUSH_S = 5.0
+
 # Batches in a row made only of messages already handled this cycle before the
 # queue counts as wrapped round (each such receive hides them again, so a few
 # tries reach the rest of the queue without spinning).
@@ -154,6 +158,7 @@ class Cycle:
         self._parking_arn = ""
         # Operator pauses live beside the ledger, shared by every replica and command.
         self._control = control_store(settings.ledger, clients)
+        self._hidden = HiddenBook(self._control)
 
     @property
     def feeds(self) -> FeedCache:
@@ -180,6 +185,7 @@ class Cycle:
                 parking=parking,
                 metrics=self._metrics,
                 log_payloads=self._settings.log.include_payloads,
+                hidden=self._hidden,
             )
         return self._pipeline
 
@@ -243,9 +249,13 @@ class Cycle:
             # Carried on every letter, so the guards can rescue messages SQS is about to drop.
             queue = replace(queue, retention_s=retention_s)
             state = _QueueDrain(queue, self._settings.drain.max_messages_per_queue)
-            async with anyio.create_task_group() as group:
-                for _ in range(self._settings.drain.workers_per_queue):
-                    group.start_soon(self._worker, run, state)
+            try:
+                async with anyio.create_task_group() as group:
+                    for _ in range(self._settings.drain.workers_per_queue):
+                        group.start_soon(self._worker, run, state)
+            finally:
+                with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
+                    await self._hidden.flush(queue.name)
             if state.oldest_sent_s is not None:
                 self._metrics.set_oldest_message_age(
                     queue.name, max(0.0, time.time() - state.oldest_sent_s)

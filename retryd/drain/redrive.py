@@ -53,6 +53,7 @@ from retryd import classify
 from retryd.admission import Defer, DeferReason, Done, Go, Guards, Hold, Park, build_guards
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
+from retryd.control.deferrals import forget, hidden_in
 from retryd.control.jobs import Job, JobState, JobStore, MessageResult, settled_ids
 from retryd.control.pauses import load_pauses
 from retryd.control.store import ControlStore
@@ -165,6 +166,10 @@ class PlanCounts:
     hidden: int = 0
     truncated: bool = False
     errors: list[str] = field(default_factory=list)
+    # Of those, the ones retryd itself deferred (noted with their receipt handles):
+    # `--execute` hands them back first. When they would reappear by themselves.
+    deferred: int = 0
+    reappear_s: tuple[float, float] | None = None
 
     @property
     def selected(self) -> int:
@@ -382,6 +387,7 @@ class Redrive:
                 total.hidden += depth.in_flight
             except Exception as exc:  # noqa: BLE001 - the plan goes on without a depth
                 total.errors.append(f"{queue.name}: depth unknown: {classify.from_exception(exc)}")
+            await self._count_deferred(queue, total)
             picked, counts = await self._scan(queue, None, set(), None)
             total.examined += counts.examined
             total.unselected += counts.unselected
@@ -395,6 +401,38 @@ class Redrive:
                 total.groups[(target, PLAN_ACTION[outcome], reason)] += 1
         return total
 
+    async def _count_deferred(self, queue: QueueRef, total: PlanCounts) -> None:
+        if self.spec.kind == PARKING_SOURCE:
+            return
+        entries = await hidden_in(self._control, queue.name)
+        if not entries:
+            return
+        total.deferred += len(entries)
+        first, last = entries[0].until_s, entries[-1].until_s
+        if total.reappear_s is not None:
+            first, last = min(first, total.reappear_s[0]), max(last, total.reappear_s[1])
+        total.reappear_s = (first, last)
+
+    async def _unhide(self) -> int:
+        """Make the messages retryd deferred in the source DLQs visible now; how many."""
+        if self.spec.kind == PARKING_SOURCE:
+            return 0
+        count = 0
+        for queue in self._sources:
+            entries = await hidden_in(self._control, queue.name)
+            if not entries:
+                continue
+            handles = {entry.message_id: entry.receipt_handle for entry in entries}
+            problems = await release(self._clients.sqs, queue, handles)
+            for problem in problems:
+                # A handle gone stale (the message came back and was received again).
+                log.info("redrive-unhide-skipped", queue=queue.name, problem=problem)
+            count += len(handles) - len(problems)
+            await forget(self._control, queue.name, handles)
+        if count:
+            log.info("redrive-unhidden", messages=count, why="retryd had deferred them")
+        return count
+
     # -- executing ----------------------------------------------------------------------------
 
     async def execute(self, job: Job, jobs: JobStore, *, on_step: Any = None) -> Job:
@@ -403,6 +441,7 @@ class Redrive:
         job.state = JobState.RUNNING
         job.stop_reason = ""
         await jobs.save(job)
+        await self._unhide()
         try:
             while True:
                 want = self.spec.step_size(job.step)

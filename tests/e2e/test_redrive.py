@@ -345,3 +345,35 @@ def test_a_job_killed_mid_ramp_resumes_with_nothing_twice_and_nothing_lost(
         ("redrive-execute", "started"),
     ]
     assert audit[0]["what"]["job"] == job["id"]
+
+
+def test_a_young_message_once_deferred_is_sent_at_once_by_redrive(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`once` hides a young message for its backoff; the plan says so; --execute sends it now."""
+    cfg = config(tmp_path, "")
+    slow = Path(cfg)
+    slow.write_text(
+        slow.read_text().replace("base_s = 0.001\nmax_s = 0.001", "base_s = 3600\nmax_s = 3600")
+    )
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    world.create_queue("dest-a")
+    for n in range(4):
+        world.send(DLQ, envelope("sqs", world.queue_arn("dest-a"), {"n": n}))
+    assert main(["once", "--config", cfg]) == 0
+    assert "deferred=4" in capsys.readouterr().out
+    assert world.depth("dest-a") == 0
+
+    code, [planned] = cli_json(capsys, "redrive", "--config", cfg, "--from", DLQ)
+    assert code == 0
+    assert planned["plan"]["deferred_hidden"] == 4
+    assert planned["plan"]["selected"] == 0
+
+    code, documents = cli_json(
+        capsys, "redrive", "--config", cfg, "--from", DLQ, "--execute", "--ramp", "none"
+    )
+    assert code == 0, documents
+    assert documents[1]["job"]["counts"] == {f"resubmitted||{world.queue_arn('dest-a')}": 4}
+    assert sorted(body["n"] for body in bodies(world.drain("dest-a"))) == [0, 1, 2, 3]
+    assert world.depth(DLQ) == 0
