@@ -140,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
     iam.add_argument("--account", metavar="ID", help="AWS account id (default: any, '*')")
     iam.add_argument("--region", metavar="REGION", help="AWS region (default: any, '*')")
     iam.add_argument(
+        "--role",
+        choices=("daemon", "operator"),
+        default="daemon",
+        help="daemon (run, once, plan, inspect) or operator (also redrive --from parking)",
+    )
+    iam.add_argument(
         "--partition",
         help="ARN partition (default: the region's, e.g. aws-cn for cn-north-1; else aws)",
     )
@@ -228,7 +234,9 @@ def _iam_policy(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     partition = args.partition or (partition_for_region(args.region) if args.region else "aws")
-    return run_iam_policy(settings, account=args.account, region=args.region, partition=partition)
+    return run_iam_policy(
+        settings, account=args.account, region=args.region, partition=partition, role=args.role
+    )
 
 
 def _ledger(args: argparse.Namespace) -> int:
