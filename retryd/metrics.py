@@ -162,9 +162,10 @@ class Metrics:
             ["pattern"],
             registry=registry,
         )
-        self._redrive_messages = Counter(
-            "retryd_redrive_messages_total",
-            "Messages an operator's redrive job handled, by job kind and outcome.",
+        self._redrive_messages = Gauge(
+            "retryd_redrive_job_messages",
+            "Messages handled by the redrive jobs kept in the backend, by job kind and outcome "
+            "(as the last cycle read them).",
             ["kind", "outcome"],
             registry=registry,
         )
@@ -271,12 +272,13 @@ class Metrics:
         for pattern, until_s in pauses:
             self._pauses.labels(pattern=pattern).set(math.inf if until_s is None else until_s)
 
-    def record_redrive_message(self, kind: str, outcome: str, count: int = 1) -> None:
-        """Count messages a redrive job settled (kind: `dlq` or `parking`)."""
-        self._redrive_messages.labels(kind=kind, outcome=outcome).inc(count)
-
-    def set_redrive_jobs(self, by_state: Mapping[str, int]) -> None:
-        """Export how many stored jobs are in each state, replacing the last."""
+    def set_redrive_jobs(
+        self, by_state: Mapping[str, int], messages: Mapping[tuple[str, str], int]
+    ) -> None:
+        """Export the stored jobs by state, and their messages by (kind, outcome)."""
         self._redrive_jobs.clear()
         for state, count in by_state.items():
             self._redrive_jobs.labels(state=state).set(count)
+        self._redrive_messages.clear()
+        for (kind, outcome), count in messages.items():
+            self._redrive_messages.labels(kind=kind, outcome=outcome).set(count)

@@ -130,6 +130,7 @@ class Job:
             "created_at_s": self.created_at_s,
             "updated_at_s": self.updated_at_s,
             "messages": sum(self.counts.values()),
+            "outcomes": dict(self.outcome_totals()),
             "stop_reason": self.stop_reason,
         }
 
@@ -196,6 +197,17 @@ class JobStore:
     async def listed(self) -> list[Body]:
         """The index, newest first."""
         return list(reversed((await read_body(self._store, JOBS_DOC) or {}).get("jobs", [])))
+
+
+def job_metrics(index: Body | None) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+    """From the jobs index: jobs by state, and their messages by (kind, outcome)."""
+    by_state: Counter[str] = Counter()
+    messages: Counter[tuple[str, str]] = Counter()
+    for entry in (index or {}).get("jobs", []):
+        by_state[str(entry.get("state", ""))] += 1
+        for outcome, count in dict(entry.get("outcomes", {})).items():
+            messages[(str(entry.get("kind", "")), str(outcome))] += int(count)
+    return by_state, messages
 
 
 def settled_ids(results: Iterable[MessageResult]) -> set[str]:

@@ -44,7 +44,12 @@ async def pauses_in_force(settings: LedgerSettings, clients: AwsClients) -> list
 
 async def load_pauses(store: ControlStore) -> PauseSet:
     """Every pause stored (ended ones included; `PauseSet` ignores them)."""
-    return PauseSet(tuple(_pauses(await read_body(store, PAUSES_DOC))))
+    return pause_set(await read_body(store, PAUSES_DOC))
+
+
+def pause_set(body: Body | None) -> PauseSet:
+    """The pauses in a stored pauses document (None: none stored)."""
+    return PauseSet(tuple(_pauses(body)))
 
 
 async def add_pause(

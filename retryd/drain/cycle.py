@@ -15,7 +15,8 @@ from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
 from retryd.control import ControlError, control_store
 from retryd.control.deferrals import HiddenBook
-from retryd.control.pauses import load_pauses
+from retryd.control.jobs import JOBS_DOC, job_metrics
+from retryd.control.pauses import PAUSES_DOC, pause_set
 from retryd.discovery.feeds import FeedCache
 from retryd.discovery.queues import discover_queues, queue_ref_from_url
 from retryd.discovery.survey import RECEIVE_BATCH_MAX, read_depth
@@ -203,7 +204,7 @@ class Cycle:
             report.discovered = True
             self._metrics.set_queues_discovered(len(queues))
             self._guards.protect_queues([q.arn for q in queues] + [self._parking_arn])
-            await self._refresh_pauses()
+            await self._refresh_operator_state()
             run = _Run(pipeline, started + self._settings.drain.cycle_budget_s, stopping, report)
             limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
             async with anyio.create_task_group() as group:
@@ -225,16 +226,23 @@ class Cycle:
         self._metrics.observe_cycle(report.duration_s, report.ok, time.time())
         return report
 
-    async def _refresh_pauses(self) -> None:
-        """Read the operator pauses once per cycle; unreadable, the last ones read stay in force."""
+    async def _refresh_operator_state(self) -> None:
+        """Read the pauses (and the jobs, for metrics) once per cycle, in one read.
+
+        Unreadable, the pauses read last stay in force.
+        """
         try:
-            pauses = await load_pauses(self._control)
+            docs = await self._control.get([PAUSES_DOC, JOBS_DOC])
         except ControlError as exc:
             log.warning("pauses-unknown", error=str(exc), why="the pauses read last stay in force")
             return
+        pauses = pause_set(docs[PAUSES_DOC].body if PAUSES_DOC in docs else None)
         self._guards.set_pauses(pauses)
         now_s = time.time()
         self._metrics.set_pauses([(p.pattern, p.until_s) for p in pauses.active(now_s)])
+        self._metrics.set_redrive_jobs(
+            *job_metrics(docs[JOBS_DOC].body if JOBS_DOC in docs else None)
+        )
 
     async def _drain(self, run: _Run, queue: QueueRef, limiter: anyio.CapacityLimiter) -> None:
         async with limiter:

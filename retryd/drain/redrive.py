@@ -459,7 +459,6 @@ class Redrive:
                     settled -= step.retry
                     job.step += 1
                     await jobs.save(job)
-                self._count(step)
                 if on_step is not None:
                     on_step(job, step.results)
                 canary = job.step <= len(self.spec.ramp)
@@ -659,10 +658,6 @@ class Redrive:
         if found:
             log.warning("redrive-canaries-returned", keys=sorted(found)[:10], count=len(found))
         return len(found)
-
-    def _count(self, step: _Step) -> None:
-        for outcome, count in Counter(r.outcome for r in step.results).items():
-            self._metrics.record_redrive_message(self.spec.kind, outcome, count)
 
 
 def _message_id(verdict: Park | Defer | Done | Hold) -> str:
