@@ -377,3 +377,54 @@ def test_a_young_message_once_deferred_is_sent_at_once_by_redrive(
     assert documents[1]["job"]["counts"] == {f"resubmitted||{world.queue_arn('dest-a')}": 4}
     assert sorted(body["n"] for body in bodies(world.drain("dest-a"))) == [0, 1, 2, 3]
     assert world.depth(DLQ) == 0
+
+
+def test_a_canary_that_comes_back_into_a_dlq_stops_the_ramp(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The canary is accepted, its consumer fails, SQS moves it to a DLQ retryd drains: stop."""
+    cfg = config(tmp_path)
+    world.create_queue(PARKING)
+    world.create_queue("retry-dest-a")
+    world.create_queue(
+        "dest-a",
+        RedrivePolicy=json.dumps(
+            {"deadLetterTargetArn": world.queue_arn("retry-dest-a"), "maxReceiveCount": 1}
+        ),
+    )
+    world.create_queue(DLQ)
+    world.faults.add(
+        Fault("sqs", "SendMessageBatch", code="AccessDenied", contains=f'{ACCOUNT}/dest-a"')
+    )
+    for n in range(3):
+        world.send(DLQ, envelope("sqs", world.queue_arn("dest-a"), {"n": n}))
+    assert main(["once", "--config", cfg]) == 0
+    assert world.depth(PARKING) == 3
+    world.faults.clear()
+    command = [
+        *(sys.executable, "-m", "retryd", "redrive", "--config", cfg, "--from", "parking"),
+        *("--execute", "--ramp", "1", "--canary-wait-s", "20", "--output", "json"),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        sqs = world.client("sqs")
+        url = world.queue_url("dest-a")
+        deadline = time.monotonic() + 60
+        # The consumer of dest-a fails: it receives the canary and lets it go, twice,
+        # and SQS moves it to retry-dest-a (maxReceiveCount 1).
+        while world.depth("retry-dest-a") == 0:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the canary never reached its DLQ"
+            sqs.receive_message(QueueUrl=url, VisibilityTimeout=0, WaitTimeSeconds=0)
+            time.sleep(0.1)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 1, err
+    job = json.loads(out[out.index('{\n  "job"') :])["job"]
+    assert job["state"] == "stopped"
+    assert "1 canary failure(s)" in job["stop_reason"]
+    assert world.depth(PARKING) == 2
