@@ -156,7 +156,7 @@ def plan_json(spec: Spec, counts: PlanCounts) -> dict[str, Any]:
 
 def render_plan(spec: Spec, counts: PlanCounts) -> str:
     lines = [
-        f"redrive plan ({spec.kind}: {', '.join(spec.sources)}): {counts.examined} examined, "
+        f"redrive plan (from {', '.join(spec.sources)}): {counts.examined} examined, "
         f"{counts.selected} selected, {counts.unselected} not selected (handed back at once)"
     ]
     if counts.groups:
@@ -206,7 +206,7 @@ def render_job(job: Job) -> str:
     totals = job.outcome_totals()
     counted = ", ".join(f"{count} {outcome}" for outcome, count in sorted(totals.items()))
     lines = [
-        f"job {job.id} ({job.kind}: {', '.join(job.spec['sources'])}) {job.state.value}: "
+        f"job {job.id} (from {', '.join(job.spec['sources'])}) {job.state.value}: "
         f"{counted or 'nothing done'}; {job.step} step(s); by {job.by or 'unknown'}"
     ]
     groups = executed_groups(job)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from retryd.control.store import Body, ControlError, ControlStore, read_body, update
 
 JOBS_DOC = "jobs"
+# Outcomes after which a message is done with: resubmitted, or parked again.
+FINAL_OK = frozenset({"resubmitted", "parked"})
 JOBS_KEEP = 100
 FAILURES_KEEP = 200
 DETAIL_MAX_CHARS = 300
@@ -172,11 +174,6 @@ class JobStore:
         body = {"results": [r.to_json() for r in results]}
         await update(self._store, name, lambda _: body, ttl_s=self._ttl_s)
         job.chunks += 1
-        for result in results:
-            job.counts[f"{result.outcome}|{result.reason}|{result.target}"] += 1
-            if result.outcome not in ("resubmitted",):
-                job.failures.append(result.to_json())
-        job.failures = job.failures[-FAILURES_KEEP:]
 
     async def load(self, job_id: str) -> Job:
         body = await read_body(self._store, f"job/{job_id}")
@@ -210,6 +207,16 @@ def job_metrics(index: Body | None) -> tuple[Counter[str], Counter[tuple[str, st
     return by_state, messages
 
 
-def settled_ids(results: Iterable[MessageResult]) -> set[str]:
-    """Messages a job has finished with (whatever the outcome): never touched again by it."""
-    return {result.message_id for result in results}
+def latest_results(results: Iterable[MessageResult]) -> dict[str, MessageResult]:
+    """Each message's latest result (a resumed job may have tried a message again)."""
+    return {result.message_id: result for result in results}
+
+
+def tally(job: Job, latest: Mapping[str, MessageResult]) -> None:
+    """Set the job's counts and failures from each message's latest result."""
+    job.counts = Counter(
+        f"{result.outcome}|{result.reason}|{result.target}" for result in latest.values()
+    )
+    job.failures = [r.to_json() for r in latest.values() if r.outcome not in FINAL_OK][
+        -FAILURES_KEEP:
+    ]

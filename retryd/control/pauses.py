@@ -111,4 +111,4 @@ def describe(pauses: Sequence[Pause], now_s: float) -> list[str]:
 
 
 def _iso(at_s: float) -> str:
-    return datetime.fromtimestamp(at_s, tz=UTC).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(at_s, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

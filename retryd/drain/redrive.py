@@ -54,7 +54,7 @@ from retryd.admission import Defer, DeferReason, Done, Go, Guards, Hold, Park, b
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
 from retryd.control.deferrals import forget, hidden_in
-from retryd.control.jobs import Job, JobState, JobStore, MessageResult, settled_ids
+from retryd.control.jobs import Job, JobState, JobStore, MessageResult, latest_results, tally
 from retryd.control.pauses import load_pauses
 from retryd.control.store import ControlStore
 from retryd.discovery.feeds import FeedCache
@@ -95,7 +95,16 @@ OUTCOMES = (RESUBMITTED, PARKED, DEFERRED, REFUSED, FAILED)
 TRANSIENT_ERROR = "transient-error"
 REDIRECT_TYPE = "redirect-type-mismatch"
 # What the plan calls the outcome the execution will report.
-PLAN_ACTION = {RESUBMITTED: "resubmit", DEFERRED: "defer", REFUSED: "refuse", FAILED: "hold"}
+PLAN_ACTION = {
+    RESUBMITTED: "resubmit",
+    PARKED: "park",
+    DEFERRED: "defer",
+    REFUSED: "refuse",
+    FAILED: "fail",
+}
+# Outcomes a resumed job does not try again: done (resubmitted, parked), or refused
+# by a guard that would refuse it again. A deferral or a failure is tried again.
+FINAL = frozenset({RESUBMITTED, PARKED, REFUSED})
 
 
 class RedriveInputError(ValueError):
@@ -437,7 +446,10 @@ class Redrive:
 
     async def execute(self, job: Job, jobs: JobStore, *, on_step: Any = None) -> Job:
         """Run (or resume) `job` to its end, a canary stop, or a cancellation (saved either way)."""
-        settled = settled_ids(await jobs.results(job))
+        latest = latest_results(await jobs.results(job))
+        # Within one run every message is tried once; a resume tries again what did
+        # not end (a failure, a deferral): the fix may be live now.
+        settled = {m for m, result in latest.items() if result.outcome in FINAL}
         job.state = JobState.RUNNING
         job.stop_reason = ""
         await jobs.save(job)
@@ -455,8 +467,9 @@ class Redrive:
                     # Sent is sent: the step's accounting must not be cut short.
                     await self._settle_queues(step)
                     await jobs.add_results(job, step.results)
-                    settled |= settled_ids(step.results)
-                    settled -= step.retry
+                    latest.update(latest_results(step.results))
+                    tally(job, latest)
+                    settled |= {result.message_id for result in step.results}
                     job.step += 1
                     await jobs.save(job)
                 if on_step is not None:

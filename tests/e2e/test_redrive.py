@@ -428,3 +428,23 @@ def test_a_canary_that_comes_back_into_a_dlq_stops_the_ramp(
     assert job["state"] == "stopped"
     assert "1 canary failure(s)" in job["stop_reason"]
     assert world.depth(PARKING) == 2
+
+
+def test_a_stopped_ramp_resumed_after_the_fix_tries_its_failed_canary_again(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stopped by a failed canary, resumed once the fault is gone: all four go, each once."""
+    cfg = config(tmp_path)
+    park_rejected(world, cfg, capsys)
+    selection = ["--from", "parking", "--reason", "target-rejected", "--canary-wait-s", "0"]
+    code, documents = cli_json(capsys, "redrive", "--config", cfg, *selection, "--execute")
+    assert code == 1
+    job = documents[1]["job"]["id"]
+    world.faults.clear()
+    code, [resumed] = cli_json(capsys, "redrive", "--config", cfg, "--resume", job)
+    assert code == 0, resumed
+    assert resumed["job"]["state"] == "done"
+    assert resumed["job"]["counts"] == {f"resubmitted||{world.queue_arn('dest-a')}": 4}
+    assert resumed["job"]["failures"] == []
+    assert sorted(body["n"] for body in bodies(world.drain("dest-a"))) == [0, 1, 2, 3]
+    assert [m["Body"] for m in world.drain(PARKING)] == ["no route for this one"]
