@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from retryd import classify
 from retryd.aws import AwsClients, open_clients
+from retryd.commands import progress
 from retryd.commands.operator_input import OperatorInputError
 from retryd.commands.timeparse import iso, parse_time_s
 from retryd.control import ControlError, audit, control_store
@@ -273,7 +274,7 @@ async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
             # Audited as it starts too: a job whose process is killed still left a record.
             await _audit_job(store, who, "redrive-execute", job, outcome="started")
             try:
-                job = await redrive.execute(job, jobs)
+                job = await _execute(redrive, job, jobs, counts.selected, request.output)
             finally:
                 await _audit_job(store, who, "redrive-execute", job)
     _print(render_job(job), job_json(job), request.output, "job")
@@ -298,11 +299,24 @@ async def _resume(settings: Settings, job_id: str, output: str) -> int:
             except RedriveInputError as exc:
                 raise OperatorInputError(str(exc)) from None
             try:
-                job = await redrive.execute(job, jobs)
+                job = await _execute(redrive, job, jobs, None, output)
             finally:
                 await _audit_job(store, who, "redrive-resume", job)
     _print(render_job(job), job_json(job), output, "job")
     return EXIT_OK if job.state is JobState.DONE else EXIT_STOPPED
+
+
+async def _execute(
+    redrive: Redrive, job: Job, jobs: JobStore, expected: int | None, output: str
+) -> Job:
+    """Run the job with a progress bar on a watched terminal."""
+    with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
+        bar = bars.add(f"redrive {job.id}", expected)
+
+        def on_step(_: Job, results: Sequence[MessageResult]) -> None:
+            bars.advance(bar, len(results))
+
+        return await redrive.execute(job, jobs, on_step=on_step)
 
 
 async def _load(jobs: JobStore, job_id: str) -> Job:

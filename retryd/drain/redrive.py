@@ -42,7 +42,7 @@ on it), never as a new attempt.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -356,11 +356,11 @@ class Redrive:
                 repeated = False
                 for letter in letters:
                     if letter.message_id in handles:
+                        # Its first lease ran out mid-read: only the newest handle counts.
                         repeated = True
-                    handles[letter.message_id] = letter.receipt_handle
-                    if repeated:
-                        unselected[letter.message_id] = letter.receipt_handle
+                        self._rehandle(letter, handles, picked, unselected)
                         continue
+                    handles[letter.message_id] = letter.receipt_handle
                     counts.examined += 1
                     view = as_if_in_source(letter, refs) if refs else letter
                     resolved = self._chain.resolve(view)
@@ -384,6 +384,21 @@ class Redrive:
             with anyio.move_on_after(SETTLE_SHIELD_S, shield=True):
                 counts.errors.extend(await release(sqs, queue, back, lease_s))
         return picked, counts
+
+    @staticmethod
+    def _rehandle(
+        letter: DeadLetter,
+        handles: dict[str, str],
+        picked: list[Picked],
+        unselected: dict[str, str],
+    ) -> None:
+        handles[letter.message_id] = letter.receipt_handle
+        for index, item in enumerate(picked):
+            if item.letter.message_id == letter.message_id:
+                renewed = replace(item.letter, receipt_handle=letter.receipt_handle)
+                picked[index] = replace(item, letter=renewed)
+                return
+        unselected[letter.message_id] = letter.receipt_handle
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -444,7 +459,13 @@ class Redrive:
 
     # -- executing ----------------------------------------------------------------------------
 
-    async def execute(self, job: Job, jobs: JobStore, *, on_step: Any = None) -> Job:
+    async def execute(
+        self,
+        job: Job,
+        jobs: JobStore,
+        *,
+        on_step: Callable[[Job, Sequence[MessageResult]], None] | None = None,
+    ) -> Job:
         """Run (or resume) `job` to its end, a canary stop, or a cancellation (saved either way)."""
         latest = latest_results(await jobs.results(job))
         # Within one run every message is tried once; a resume tries again what did
@@ -456,6 +477,11 @@ class Redrive:
         await self._unhide()
         try:
             while True:
+                if (await jobs.load(job.id)).state is JobState.CANCELLED:
+                    # `retryd jobs cancel` from elsewhere: stop before the next step.
+                    job.state = JobState.CANCELLED
+                    job.stop_reason = "cancelled by `retryd jobs cancel`"
+                    break
                 want = self.spec.step_size(job.step)
                 step = _Step()
                 picked = await self._pick(want, settled, step)

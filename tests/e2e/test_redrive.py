@@ -448,3 +448,23 @@ def test_a_stopped_ramp_resumed_after_the_fix_tries_its_failed_canary_again(
     assert resumed["job"]["failures"] == []
     assert sorted(body["n"] for body in bodies(world.drain("dest-a"))) == [0, 1, 2, 3]
     assert [m["Body"] for m in world.drain(PARKING)] == ["no route for this one"]
+
+
+def test_a_cancelled_job_cannot_be_resumed(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`jobs cancel` on a stopped job: --resume then exits 2 saying so, and sends nothing."""
+    cfg = config(tmp_path)
+    park_rejected(world, cfg, capsys)
+    code, documents = cli_json(
+        capsys, "redrive", "--config", cfg, "--from", "parking", "--execute", "--canary-wait-s", "0"
+    )
+    assert code == 1
+    job = documents[1]["job"]["id"]
+    world.faults.clear()
+    assert main(["jobs", "cancel", "--config", cfg, job]) == 0
+    capsys.readouterr()
+    assert main(["redrive", "--config", cfg, "--resume", job]) == 2
+    assert "is cancelled; nothing to resume" in capsys.readouterr().err
+    assert world.depth("dest-a") == 0
+    assert world.depth(PARKING) == 5
