@@ -110,9 +110,10 @@ class Selector:
             return False
         try:
             found = self._compiled.search(document)
-        except JMESPathError:
-            # A type error on this message's shape (e.g. a comparison of a string
-            # with a number) means it does not match, not that the redrive stops.
+        except (JMESPathError, TypeError, ValueError):
+            # A type error on this message's shape (jmespath raises Python's own
+            # TypeError comparing a string with a number) means it does not match,
+            # not that the redrive stops.
             return False
         # JMESPath's own truth: false, null, "", [], {} are false.
         return found not in (None, False, "", [], {})
