@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.world import ACCOUNT, REGION, World, envelope
 
 WAIT_S = 60
@@ -84,15 +86,19 @@ def log_events(log: Path) -> list[dict[str, object]]:
     return events
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "dynamodb"])
 def test_a_pause_from_one_process_holds_a_running_daemon_until_resumed(
-    world: World, tmp_path: Path
+    world: World, tmp_path: Path, backend: str
 ) -> None:
     """`pause` (own process) makes a running daemon defer as `paused`; `resume` lets it go."""
     world.create_queue("retryd-parking")
     world.create_queue("retry-work")
     world.create_queue("dest")
     dest = world.queue_arn("dest")
-    config = write_config(tmp_path, "sqlite")
+    config = write_config(tmp_path, backend)
+    if backend == "dynamodb":
+        created = retryd(config, "ledger", "create-table")
+        assert created.returncode == 0, created.stderr
     log = tmp_path / "run.log"
     with log.open("w") as sink:
         daemon = subprocess.Popen(
