@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from retryd.aws import open_clients
 from retryd.commands.operator_input import OperatorInputError
@@ -22,9 +23,19 @@ async def run_audit(settings: Settings, *, limit: int, output: str) -> int:
     if not records:
         print("no audit records")
     for entry in records:
-        what = json.dumps(entry.what, separators=(",", ":"), sort_keys=True)
+        what = json.dumps(_compact(entry.what), separators=(",", ":"), sort_keys=True)
         print(
             f"{iso(entry.at_s)}  {entry.action:<16} {entry.outcome:<10} n={entry.count:<5} "
             f"{entry.who}  {what}"
         )
     return 0
+
+
+def _compact(value: Any) -> Any:
+    """`value` without its empty parts (unused selectors), for one readable line."""
+    if isinstance(value, dict):
+        kept = {k: _compact(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, [], {}, "")}
+    if isinstance(value, list):
+        return [_compact(item) for item in value]
+    return value

@@ -8,7 +8,15 @@ from collections import Counter
 import anyio
 from prometheus_client import CollectorRegistry
 
-from retryd.control.jobs import Job, JobState, JobStore, MessageResult, job_metrics
+from retryd.control.jobs import (
+    Job,
+    JobState,
+    JobStore,
+    MessageResult,
+    job_metrics,
+    latest_results,
+    tally,
+)
 from retryd.control.memory import MemoryControlStore, reset_shared
 from retryd.control.pauses import add_pause
 from retryd.service.lifecycle import run_once
@@ -30,14 +38,15 @@ def test_a_cycle_exports_pauses_and_jobs(world: World, make_settings: SettingsFa
         await add_pause(store, "*", reason="all", by="me", until_s=4_000_000_000.0)
         jobs = JobStore(store, 3_600)
         done = Job("rd-1", "parking", {"sources": ["parking"]}, "me", state=JobState.DONE)
-        await jobs.add_results(
-            done,
-            [
-                MessageResult("m1", "resubmitted", target=CHARGE),
-                MessageResult("m2", "resubmitted", target=CHARGE),
-                MessageResult("m3", "failed", "target-rejected", CHARGE),
-            ],
-        )
+        results = [
+            MessageResult("m1", "failed", "transient-error", CHARGE),
+            MessageResult("m2", "resubmitted", target=CHARGE),
+            MessageResult("m3", "failed", "target-rejected", CHARGE),
+            # m1 again, on a resume: its latest result is what counts.
+            MessageResult("m1", "resubmitted", target=CHARGE),
+        ]
+        await jobs.add_results(done, results)
+        tally(done, latest_results(results))
         await jobs.save(done)
         await jobs.save(Job("rd-2", "dlq", {"sources": ["retry-a"]}, "me", JobState.STOPPED))
 
