@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from retryd.commands.cli import main
 from retryd.commands.inspect import error_signature, failure_group_id
+from retryd.ledger.base import BeginStatus, Claim
+from retryd.ledger.sqlite import SqliteLedger
 from retryd.models import DeadLetter, QueueRef
 from tests.faults import Fault
 from tests.operator_helpers import (
@@ -468,3 +471,34 @@ def test_a_cancelled_job_cannot_be_resumed(
     assert "is cancelled; nothing to resume" in capsys.readouterr().err
     assert world.depth("dest-a") == 0
     assert world.depth(PARKING) == 5
+
+
+def test_a_message_the_daemon_is_resubmitting_is_left_to_it(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ledger holds another owner's live claim on the key: deferred, not sent a second time."""
+    cfg = config(tmp_path)
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    world.create_queue("dest-a")
+    body = envelope("sqs", world.queue_arn("dest-a"), {"n": 1}, idempotencyKey="order-1")
+    message_id = world.send(DLQ, body)
+
+    async def daemon_claims() -> None:
+        ledger = await SqliteLedger.open(
+            tmp_path / "ledger.sqlite3", claim_s=300, ttl_s=86_400, owner="daemon"
+        )
+        [begun] = await ledger.begin([Claim("order-1", message_id, 1, None)])
+        assert begun.status is BeginStatus.STARTED
+        await ledger.aclose()
+
+    anyio.run(daemon_claims)
+    code, documents = cli_json(
+        capsys, "redrive", "--config", cfg, "--from", DLQ, "--execute", "--ramp", "none"
+    )
+    assert code == 0, documents
+    assert documents[1]["job"]["counts"] == {
+        f"deferred|claimed-elsewhere|{world.queue_arn('dest-a')}": 1
+    }
+    assert world.depth("dest-a") == 0
+    assert world.depth(DLQ) == 1
