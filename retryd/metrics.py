@@ -12,6 +12,9 @@ the build pseudo-metric, and a sum over any label still meaning something.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -146,6 +149,25 @@ class Metrics:
             ["backend", "operation"],
             registry=registry,
         )
+        self._pauses = Gauge(
+            "retryd_pause_end_timestamp_seconds",
+            "Each operator pause in force (by target glob): when it ends, +Inf until resumed.",
+            ["pattern"],
+            registry=registry,
+        )
+        self._redrive_messages = Gauge(
+            "retryd_redrive_job_messages",
+            "Messages handled by the redrive jobs kept in the backend, by job kind and outcome "
+            "(as the last cycle read them).",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self._redrive_jobs = Gauge(
+            "retryd_redrive_jobs",
+            "Redrive jobs kept in the backend, by state (as the last cycle read them).",
+            ["state"],
+            registry=registry,
+        )
         self._targets_labelled: set[str] = set()
         # Exposed as `retryd_build_info{version="..."} 1` (an OpenMetrics info metric).
         Info(
@@ -247,3 +269,20 @@ class Metrics:
     def set_oldest_message_age(self, queue: str, age_s: float) -> None:
         """Export the age of the oldest message seen in `queue` this cycle."""
         self._dlq_oldest_age.labels(queue=queue).set(age_s)
+
+    def set_pauses(self, pauses: Sequence[tuple[str, float | None]]) -> None:
+        """Export the pauses in force as (pattern, end in unix s or None), replacing the last."""
+        self._pauses.clear()
+        for pattern, until_s in pauses:
+            self._pauses.labels(pattern=pattern).set(math.inf if until_s is None else until_s)
+
+    def set_redrive_jobs(
+        self, by_state: Mapping[str, int], messages: Mapping[tuple[str, str], int]
+    ) -> None:
+        """Export the stored jobs by state, and their messages by (kind, outcome)."""
+        self._redrive_jobs.clear()
+        for state, count in by_state.items():
+            self._redrive_jobs.labels(state=state).set(count)
+        self._redrive_messages.clear()
+        for (kind, outcome), count in messages.items():
+            self._redrive_messages.labels(kind=kind, outcome=outcome).set(count)

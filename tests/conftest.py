@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from retryd.control.memory import reset_shared
 from retryd.sandbox.emulator import MotoServer
 from retryd.settings import Settings
 from tests.faults import FaultInjector
@@ -33,6 +34,8 @@ def world(
     """An empty AWS world; the standard AWS env vars point retryd's clients at it."""
     moto_server.reset()
     fault_injector.clear()
+    # The memory backend's operator state (pauses, jobs) is shared in-process: start empty.
+    reset_shared()
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     for name in list(__import__("os").environ):

@@ -28,6 +28,7 @@ from retryd.admission.attempts import attempts_exhausted
 from retryd.admission.backoff import Backoff
 from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.claims import Admitted, Claims
+from retryd.admission.paused import PauseSet, paused
 from retryd.admission.permit import Permit
 from retryd.admission.ratelimit import RateLimits
 from retryd.admission.verdicts import (
@@ -74,6 +75,7 @@ class Guards:
         ledger: Ledger | None = None,
         rates: RateLimits | None = None,
         retention_horizon_s: float = 0.0,
+        pause_recheck_s: float = 60.0,
         clock_s: Callable[[], float] = time.time,
     ) -> None:
         self._allowlist = Allowlist(settings.allow_targets, settings.allow_any_target)
@@ -89,6 +91,9 @@ class Guards:
         self._clock_s = clock_s
         self._protected: frozenset[str] = frozenset()
         self._protected_queues: frozenset[tuple[str, str]] = frozenset()
+        # Operator pauses, as last read from the control store (one read per cycle).
+        self._pauses = PauseSet()
+        self._pause_recheck_s = pause_recheck_s
 
     def protect_queues(self, arns: Iterable[str]) -> None:
         """Queues retryd drains or parks into: never a target, whatever the allowlist says.
@@ -104,12 +109,23 @@ class Guards:
             identity for arn in arns if (identity := _queue_identity(arn)) is not None
         )
 
+    def set_pauses(self, pauses: PauseSet) -> None:
+        """The operator pauses in force from now on (a cycle reads them as it starts)."""
+        self._pauses = pauses
+
+    @property
+    def pauses(self) -> PauseSet:
+        return self._pauses
+
     def allows(self, arn: str) -> bool:
         """Whether the allowlist lets retryd call `arn` (protected queues aside)."""
         return self._allowlist.allows(arn)
 
-    def check(self, job: Job) -> Unresolvable | None:
-        """The stateless guards: an Unresolvable (park it, and why), or None to go on."""
+    def check(self, job: Job, *, budget: bool = True) -> Unresolvable | None:
+        """The stateless guards: an Unresolvable (park it, and why), or None to go on.
+
+        `budget=False` leaves the attempt budget out (a redrive's extra attempt).
+        """
         identity = _queue_identity(job.target.arn)
         if job.target.arn in self._protected or (
             identity is not None and identity in self._protected_queues
@@ -126,13 +142,17 @@ class Guards:
                 ParkReason.TARGET_NOT_ALLOWED,
                 f"target {job.target.arn} matches no allow_targets pattern",
             )
-        exhausted = attempts_exhausted(job, self._max_attempts)
+        exhausted = attempts_exhausted(job, self._max_attempts) if budget else None
         if exhausted is not None:
             return Unresolvable(job.letter, ParkReason.ATTEMPTS_EXHAUSTED, exhausted)
         return None
 
     async def assess(
-        self, resolved: Sequence[Job | Unresolvable], *, dry_run: bool = False
+        self,
+        resolved: Sequence[Job | Unresolvable],
+        *,
+        dry_run: bool = False,
+        operator_now: bool = False,
     ) -> list[Verdict]:
         """One Verdict per resolved letter, in order.
 
@@ -140,6 +160,10 @@ class Guards:
         the ledger is only read): `retryd plan` uses it. Otherwise every Go holds
         one breaker permit, which the caller settles: `released()` if the job is
         not sent after all.
+        With `operator_now` (a redrive) the timing guards give way to the operator:
+        no backoff, no age or retention limit, and one attempt beyond the budget
+        (see retryd/drain/redrive.py); the allowlist, the loop guard, pauses, the
+        ledger and the breakers judge as always.
         """
         now_s = self._clock_s()
         verdicts: list[Verdict | None] = [None] * len(resolved)
@@ -148,11 +172,21 @@ class Guards:
             if isinstance(item, Unresolvable):
                 verdicts[index] = Park(item.letter, item.reason, item.detail, 0)
                 continue
-            refused = self.check(item)
+            refused = self.check(item, budget=not operator_now)
             if refused is not None:
                 verdicts[index] = Park(
                     item.letter, refused.reason, refused.detail, item.attempt, item
                 )
+                continue
+            held = paused(
+                item,
+                self._pauses,
+                now_s,
+                recheck_s=self._pause_recheck_s,
+                rescuable_s=self._rescuable_for_s(item, now_s),
+            )
+            if held is not None:
+                verdicts[index] = held
                 continue
             pending.append((index, item))
         records = await self._records([job for _, job in pending], verdicts, pending)
@@ -165,7 +199,7 @@ class Guards:
             if done_as is not None:
                 verdicts[index] = Done(job, done_as)
                 continue
-            verdict = self._over_time(job, record, now_s)
+            verdict = None if operator_now else self._over_time(job, record, now_s)
             if verdict is None:
                 ready.append((index, self._merged(job, records.get(job.key))))
             else:
@@ -338,4 +372,6 @@ def build_guards(settings: Settings, *, ledger: Ledger | None, metrics: Metrics 
             + settings.drain.cycle_budget_s
             + settings.drain.visibility_timeout_s
         ),
+        # An open-ended pause is looked at again every cycle, so a resume is seen in one.
+        pause_recheck_s=settings.schedule.interval_s,
     )

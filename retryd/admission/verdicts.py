@@ -18,6 +18,8 @@ class DeferReason(StrEnum):
     RATE_LIMITED = "rate-limited"
     # Another replica has begun resubmitting the same key and has not finished.
     CLAIMED_ELSEWHERE = "claimed-elsewhere"
+    # An operator paused the target (`retryd pause`).
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
+from retryd.commands.operator_cli import add_operator_commands
 from retryd.errors import (
     ExitCode,
     RetrydError,
@@ -250,6 +251,12 @@ def _tool_parsers(
     )
     iam.add_argument("--account", metavar="ID", help="AWS account id (default: any, '*')")
     iam.add_argument(
+        "--role",
+        choices=("daemon", "operator"),
+        default="daemon",
+        help="daemon (run, once, plan, inspect) or operator (also redrive --from parking)",
+    )
+    iam.add_argument(
         "--partition",
         help="ARN partition (default: the region's, e.g. aws-cn for cn-north-1; else aws)",
     )
@@ -307,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     _drain_parsers(commands)
     _sandbox_parser(commands)
     _tool_parsers(commands, subparsers)
+    # The operator's commands (pause, resume, pauses, audit, redrive, jobs) take the same
+    # global options, handed down from one parent parser.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, on_command=True)
+    add_operator_commands(subparsers, common)
     return parser
 
 
@@ -447,7 +459,9 @@ def _iam_policy(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     partition = args.partition or (partition_for_region(args.region) if args.region else "aws")
-    return run_iam_policy(settings, account=args.account, region=args.region, partition=partition)
+    return run_iam_policy(
+        settings, account=args.account, region=args.region, partition=partition, role=args.role
+    )
 
 
 def _ledger(args: argparse.Namespace) -> int:
@@ -551,7 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _apply_aws_options(args)
-        code = _HANDLERS[args.command](args)
+        handler = getattr(args, "handler", None) or _HANDLERS[args.command]
+        code = handler(args)
         # Inside the try: a reader that went away shows up here, not at exit.
         sys.stdout.flush()
     except BaseException as exc:

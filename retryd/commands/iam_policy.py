@@ -8,7 +8,19 @@ reach and no others:
 - sends only to the parking queue;
 - resubmission (invoke, start, send, publish, put) only on `guards.allow_targets`,
   split by service;
-- the DynamoDB ledger table, when that is the backend.
+- the DynamoDB ledger table, when that is the backend (operator state — pauses,
+  redrive jobs, audit records, deferral notes — lives in the same table, so the
+  same three actions cover it).
+
+`--role operator` prints the policy of whoever runs `retryd redrive`, `pause`,
+`resume`, `jobs` and `audit`: the daemon's, plus reading, hiding and deleting
+on the parking queue (a redrive `--from parking` takes parked copies back).
+It is a separate policy, not one covering both, because the daemon never takes
+anything out of the parking queue: a daemon role that could would let a fault
+or a compromise empty the one place unrecoverable messages are kept. The
+caller's identity for audit records comes from sts:GetCallerIdentity, which
+needs no permission
+(https://docs.aws.amazon.com/STS/latest/APIReference/API_GetCallerIdentity.html).
 
 Only List-level calls that AWS cannot scope to a resource get `"Resource": "*"`:
 `sqs:ListQueues` and `lambda:ListFunctions` (Service Authorization Reference:
@@ -61,6 +73,13 @@ DLQ_ACTIONS = (
     "sqs:ReceiveMessage",
 )
 PARKING_ACTIONS = ("sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:SendMessage")
+# What `retryd redrive --from parking` adds: take parked copies back out.
+REDRIVE_PARKING_ACTIONS = (
+    "sqs:ChangeMessageVisibility",
+    "sqs:DeleteMessage",
+    "sqs:ReceiveMessage",
+)
+ROLES = ("daemon", "operator")
 # What the daemon's ledger calls (reads, and conditional puts for every write);
 # `retryd ledger create-table` is an operator's one-off, run with their own rights.
 LEDGER_ACTIONS = (
@@ -225,12 +244,21 @@ SUBSCRIPTION_READ_ACTIONS = ("sns:GetSubscriptionAttributes", "sns:ListSubscript
 
 
 def policy_document(
-    settings: Settings, *, account: str | None, region: str | None, partition: str = "aws"
+    settings: Settings,
+    *,
+    account: str | None,
+    region: str | None,
+    partition: str = "aws",
+    role: str = "daemon",
 ) -> dict[str, Any]:
     """The IAM policy document retryd needs for `settings`; ConfigError if none can be derived.
 
     `account` and `region` fill in the ARNs of queues given by name (None: any, `*`).
+    `role` is "daemon" (`run`, `once`, `plan`, `inspect`) or "operator" (those and the
+    operator's commands).
     """
+    if role not in ROLES:
+        raise ConfigError([f"--role: {role!r} is not one of {', '.join(ROLES)}"])
     if settings.guards.allow_any_target:
         raise ConfigError(
             [
@@ -258,6 +286,14 @@ def policy_document(
         statements.append(
             _statement("ReadSnsSubscriptionDlqs", SUBSCRIPTION_READ_ACTIONS, [UNSCOPED])
         )
+    if role == "operator":
+        statements.append(
+            _statement(
+                "RedriveParkedMessages",
+                REDRIVE_PARKING_ACTIONS,
+                [scope.queue_arn(settings.parking.queue)],
+            )
+        )
     if settings.ledger.backend == "dynamodb":
         table = (
             f"arn:{scope.partition}:dynamodb:{scope.region}:{scope.account}"
@@ -273,8 +309,16 @@ def render(document: dict[str, Any]) -> str:
 
 
 def run_iam_policy(
-    settings: Settings, *, account: str | None, region: str | None, partition: str = "aws"
+    settings: Settings,
+    *,
+    account: str | None,
+    region: str | None,
+    partition: str = "aws",
+    role: str = "daemon",
 ) -> int:
     """Print the policy document as JSON; exit status 0 (errors raise ConfigError: exit 2)."""
-    print(render(policy_document(settings, account=account, region=region, partition=partition)))
+    document = policy_document(
+        settings, account=account, region=region, partition=partition, role=role
+    )
+    print(render(document))
     return ExitCode.OK

@@ -11,6 +11,7 @@ laid out by retryd.commands.render.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -22,8 +23,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
+from retryd.admission.paused import Pause
 from retryd.aws import AwsClients, open_clients
 from retryd.commands import progress, render
+from retryd.control.pauses import pauses_in_force
 from retryd.discovery.survey import Depth, ReadProgress, look_at_each, select_queues
 from retryd.errors import ExitCode
 from retryd.models import DeadLetter, Job, QueueRef
@@ -143,8 +146,14 @@ class FailureGroup:
             self.oldest = sent if self.oldest is None else min(self.oldest, sent)
             self.newest = sent if self.newest is None else max(self.newest, sent)
 
+    @property
+    def id(self) -> str:
+        """A short, stable id for `retryd redrive --group`."""
+        return failure_group_id(self.target, self.signature)
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "target": self.target,
             "signature": self.signature,
             "count": self.count,
@@ -153,6 +162,18 @@ class FailureGroup:
             "example_message_id": self.example_message_id,
             "source_attempts_max": self.source_attempts_max,
         }
+
+
+# Hex characters of a failure group's id: short to type, and a collision among one
+# DLQ's few groups is vanishingly unlikely.
+GROUP_ID_CHARS = 10
+
+
+def failure_group_id(target: str, signature: str) -> str:
+    """The id of the group of (target or `unresolved: reason`, error signature)."""
+    return hashlib.sha256(f"{target}\n{signature}".encode("utf-8", "surrogatepass")).hexdigest()[
+        :GROUP_ID_CHARS
+    ]
 
 
 def group_failures(chain: ResolverChain, letters: Sequence[DeadLetter]) -> list[FailureGroup]:
@@ -211,6 +232,8 @@ class InspectReport:
     max_messages: int
     missing: list[str] = field(default_factory=list)
     feed_errors: list[str] = field(default_factory=list)
+    # Operator pauses in force (their targets' messages wait; see `retryd pauses`).
+    pauses: list[Pause] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -223,6 +246,7 @@ class InspectReport:
             "queues": [inspection.to_json() for inspection in self.queues],
             "missing": self.missing,
             "feed_errors": self.feed_errors,
+            "pauses": [pause.to_json() for pause in self.pauses],
         }
 
 
@@ -271,7 +295,8 @@ async def inspect_queues(
                 warnings=look.warnings,
             )
         )
-    return InspectReport(inspections, max_messages, missing, list(feeds.errors))
+    pauses = await pauses_in_force(settings.ledger, clients)
+    return InspectReport(inspections, max_messages, missing, list(feeds.errors), pauses)
 
 
 async def run_inspect(

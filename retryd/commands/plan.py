@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -26,8 +27,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
 from retryd.admission import Defer, Done, Go, Guards, Park, Verdict, build_guards
+from retryd.admission.paused import Pause, PauseSet
 from retryd.aws import AwsClients, open_clients
 from retryd.commands import progress, render
+from retryd.control.pauses import pauses_in_force
 from retryd.discovery.survey import (
     Depth,
     Look,
@@ -68,6 +71,8 @@ async def open_guards(
     async with ledger_scope as ledger:
         guards = build_guards(settings, ledger=ledger, metrics=None)
         guards.protect_queues(protected)
+        # Judged with the operator's pauses, as the next cycle will be.
+        guards.set_pauses(PauseSet(tuple(await pauses_in_force(settings.ledger, clients))))
         yield guards
 
 
@@ -225,6 +230,8 @@ class PlanReport:
 
     queues: list[QueuePlan]
     max_messages: int
+    # The operator pauses the plan was judged under.
+    pauses: list[Pause] = field(default_factory=list)
 
     @property
     def failed(self) -> list[QueuePlan]:
@@ -257,6 +264,7 @@ class PlanReport:
             "version": JSON_FORMAT_VERSION,
             "max_messages": self.max_messages,
             "queues": [plan.to_json() for plan in self.queues],
+            "pauses": [pause.to_json() for pause in self.pauses],
             "summary": self.summary(),
         }
 
@@ -292,7 +300,8 @@ async def make_plan(
             concurrency=settings.drain.queue_concurrency,
             progress=bars,
         )
-    return PlanReport([QueuePlan.from_look(look) for look in looks], max_messages)
+        pauses = guards.pauses.active(time.time())
+    return PlanReport([QueuePlan.from_look(look) for look in looks], max_messages, pauses)
 
 
 async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int:

@@ -15,6 +15,7 @@ Whatever a message carries is shown with its control characters escaped
 from __future__ import annotations
 
 import sys
+import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
 from rich.table import Table as RichTable
 from rich.text import Text
+
+from retryd.control.pauses import describe as describe_pauses
 
 if TYPE_CHECKING:
     from retryd.commands.inspect import InspectReport, QueueInspection
@@ -312,6 +315,8 @@ PLAN_COLUMNS = (
 )
 PLAN_COUNT_COLUMNS = (Column("ACTION"), Column("REASON", min_width=8), Column("COUNT"))
 FAILURE_GROUP_COLUMNS = (
+    # The failure-group id `retryd redrive --group` takes.
+    Column("GROUP", min_width=10),
     Column("COUNT", min_width=5),
     Column("TARGET", min_width=12),
     Column("OLDEST", min_width=10),
@@ -362,6 +367,7 @@ def plan_document(report: PlanReport) -> Document:
             )
         blocks += [Line(f"warning: {warning}", 4) for warning in plan.warnings]
         blocks += [Line(f"error: {error}", 4) for error in plan.errors]
+    blocks += [Line(line) for line in describe_pauses(report.pauses, time.time())]
     return Document([blocks])
 
 
@@ -384,6 +390,7 @@ def _inspection_blocks(inspection: QueueInspection) -> list[Block]:
     if inspection.groups:
         rows = [
             [
+                group.id,
                 str(group.count),
                 group.target,
                 when(group.oldest),
@@ -403,4 +410,8 @@ def _inspection_blocks(inspection: QueueInspection) -> list[Block]:
 def inspect_document(report: InspectReport) -> Document:
     """A section per DLQ: its depth, its feeds, and a table of failure groups."""
     sections = [_inspection_blocks(inspection) for inspection in report.queues]
-    return Document(sections or [[Line("no DLQs to inspect")]])
+    if not sections:
+        sections.append([Line("no DLQs to inspect")])
+    if report.pauses:
+        sections.append([Line(line) for line in describe_pauses(report.pauses, time.time())])
+    return Document(sections)

@@ -25,6 +25,7 @@ import structlog
 
 from retryd.admission import Defer, Done, Go, Guards, Hold, Park, Verdict
 from retryd.aws import Client
+from retryd.control.deferrals import HiddenBook
 from retryd.metrics import Metrics
 from retryd.models import (
     DeadLetter,
@@ -96,8 +97,10 @@ class Pipeline:
         parking: Parking,
         metrics: Metrics,
         log_payloads: bool = False,
+        hidden: HiddenBook | None = None,
     ) -> None:
-        self._dlqs = DeadLetterQueues(sqs, metrics)
+        # The hidden messages are noted where they are hidden, so a redrive can hand them back.
+        self._dlqs = DeadLetterQueues(sqs, metrics, hidden)
         self._chain = chain
         self._guards = guards
         self._sender = sender

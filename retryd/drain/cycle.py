@@ -14,6 +14,10 @@ import structlog
 from retryd import classify
 from retryd.admission import build_guards
 from retryd.aws import AwsClients
+from retryd.control import ControlError, control_store
+from retryd.control.deferrals import HiddenBook
+from retryd.control.jobs import JOBS_DOC, job_metrics
+from retryd.control.pauses import PAUSES_DOC, pause_set
 from retryd.discovery.feeds import FeedCache
 from retryd.discovery.survey import (
     RECEIVE_BATCH_MAX,
@@ -116,6 +120,9 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 # Time kept back from each lease for the delete that settles the batch.
 LEASE_MARGIN_S = 5.0
 
+# How long noting the messages a queue's drain hid may hold off a stop.
+HIDDEN_FLUSH_S = 5.0
+
 # Batches in a row made only of messages already handled this cycle before the
 # queue counts as wrapped round (each such receive hides them again, so a few
 # tries reach the rest of the queue without spinning).
@@ -179,6 +186,9 @@ class Cycle:
         )
         self._pipeline: Pipeline | None = None
         self._parking: Parking | None = None
+        # Operator pauses live beside the ledger, shared by every replica and command.
+        self._control = control_store(settings.ledger, clients)
+        self._hidden = HiddenBook(self._control)
 
     @property
     def feeds(self) -> FeedCache:
@@ -199,6 +209,7 @@ class Cycle:
                 parking=parking,
                 metrics=self._metrics,
                 log_payloads=self._settings.log.include_payloads,
+                hidden=self._hidden,
             )
         return self._pipeline, self._parking
 
@@ -234,6 +245,7 @@ class Cycle:
                 )
             self._metrics.set_queues_discovered(len(queues))
             self._guards.protect_queues(survey.protected)
+            await self._refresh_operator_state()
             run = _Run(pipeline, started + self._settings.drain.cycle_budget_s, stopping, report)
             limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
             async with anyio.create_task_group() as group:
@@ -255,6 +267,24 @@ class Cycle:
         self._metrics.observe_cycle(report.duration_s, report.ok, time.time())
         return report
 
+    async def _refresh_operator_state(self) -> None:
+        """Read the pauses (and the jobs, for metrics) once per cycle, in one read.
+
+        Unreadable, the pauses read last stay in force.
+        """
+        try:
+            docs = await self._control.get([PAUSES_DOC, JOBS_DOC])
+        except ControlError as exc:
+            log.warning("pauses-unknown", error=str(exc), why="the pauses read last stay in force")
+            return
+        pauses = pause_set(docs[PAUSES_DOC].body if PAUSES_DOC in docs else None)
+        self._guards.set_pauses(pauses)
+        now_s = time.time()
+        self._metrics.set_pauses([(p.pattern, p.until_s) for p in pauses.active(now_s)])
+        self._metrics.set_redrive_jobs(
+            *job_metrics(docs[JOBS_DOC].body if JOBS_DOC in docs else None)
+        )
+
     async def _drain(self, run: _Run, queue: QueueRef, limiter: anyio.CapacityLimiter) -> None:
         async with limiter:
             if not run.go_on:
@@ -267,9 +297,13 @@ class Cycle:
             # Its retention rides on every letter, for the guards' retention check.
             queue = sizing.queue
             state = _QueueDrain(queue, self._settings.drain.max_messages_per_queue)
-            async with anyio.create_task_group() as group:
-                for _ in range(self._settings.drain.workers_per_queue):
-                    group.start_soon(self._worker, run, state)
+            try:
+                async with anyio.create_task_group() as group:
+                    for _ in range(self._settings.drain.workers_per_queue):
+                        group.start_soon(self._worker, run, state)
+            finally:
+                with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
+                    await self._hidden.flush(queue.name)
             if state.oldest_sent_s is not None:
                 self._metrics.set_oldest_message_age(
                     queue.name, max(0.0, time.time() - state.oldest_sent_s)

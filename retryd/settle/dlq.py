@@ -8,6 +8,7 @@ with an old handle as a no-op, so the caller deletes within the lease.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -15,6 +16,7 @@ import structlog
 from retryd import classify
 from retryd.admission import Defer
 from retryd.aws import Client
+from retryd.control.deferrals import Hidden, HiddenBook
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, QueueRef
 
@@ -31,9 +33,11 @@ MAX_HIDE_S = 43_200 - 60
 class DeadLetterQueues:
     """Deletes and hides received dead letters; never raises for what SQS answers."""
 
-    def __init__(self, sqs: Client, metrics: Metrics) -> None:
+    def __init__(self, sqs: Client, metrics: Metrics, hidden: HiddenBook | None = None) -> None:
         self._sqs = sqs
         self._metrics = metrics
+        # Where hidden messages are noted, so that a redrive can hand them back at once.
+        self._hidden = hidden
 
     async def delete(self, queue: QueueRef, letters: Sequence[DeadLetter]) -> None:
         """Delete `letters` from `queue`; one that is not deleted reappears after its lease."""
@@ -80,8 +84,26 @@ class DeadLetterQueues:
             response = await self._sqs.change_message_visibility_batch(
                 QueueUrl=queue.url, Entries=entries
             )
-            failures = [str(classify.from_batch_failure(f)) for f in response.get("Failed", [])]
+            failed = response.get("Failed", [])
+            failures = [str(classify.from_batch_failure(f)) for f in failed]
+            self._note_hidden(defers, {str(f.get("Id")) for f in failed})
         except Exception as exc:  # noqa: BLE001 - a message not hidden is only seen sooner
             failures = [str(classify.from_exception(exc))]
         if failures:
             log.warning("defer-hide-failed", queue=queue.name, errors=failures[:3])
+
+    def _note_hidden(self, defers: Sequence[Defer], failed_ids: set[str]) -> None:
+        if self._hidden is None:
+            return
+        now_s = time.time()
+        self._hidden.note(
+            Hidden(
+                defer.job.letter.queue.name,
+                defer.job.letter.message_id,
+                defer.job.letter.receipt_handle,
+                now_s + min(math.ceil(defer.delay_s), MAX_HIDE_S),
+                defer.reason.value,
+            )
+            for i, defer in enumerate(defers)
+            if str(i) not in failed_ids
+        )

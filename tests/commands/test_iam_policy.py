@@ -409,3 +409,28 @@ def test_docs_iam_section_is_the_generated_policy(
         REGION,
     )
     assert docs_iam_json() == json.loads(out)
+
+
+def test_the_operator_role_adds_taking_parked_copies_back_and_nothing_else(
+    make_settings: SettingsFactory,
+) -> None:
+    """--role operator: the daemon's statements, plus receive/hide/delete on parking only."""
+    settings = make_settings()
+    daemon = policy_document(settings, account=ACCOUNT, region=REGION)
+    operator = policy_document(settings, account=ACCOUNT, region=REGION, role="operator")
+    assert operator["Statement"][: len(daemon["Statement"])] == daemon["Statement"]
+    [extra] = operator["Statement"][len(daemon["Statement"]) :]
+    assert extra["Sid"] == "RedriveParkedMessages"
+    assert extra["Resource"] == [f"arn:aws:sqs:{REGION}:{ACCOUNT}:retryd-parking"]
+    assert sorted(extra["Action"]) == [
+        "sqs:ChangeMessageVisibility",
+        "sqs:DeleteMessage",
+        "sqs:ReceiveMessage",
+    ]
+    assert all("retryd-parking" not in arn for arn in granted(daemon, "sqs:ReceiveMessage"))
+
+
+def test_an_unknown_role_is_refused(make_settings: SettingsFactory) -> None:
+    """A role that is neither daemon nor operator is a configuration error naming it."""
+    with pytest.raises(ConfigError, match="--role"):
+        policy_document(make_settings(), account=None, region=None, role="admin")

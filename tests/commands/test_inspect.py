@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.commands.cli import main
-from retryd.commands.inspect import NO_ERROR, error_signature, normalise
+from retryd.commands.inspect import NO_ERROR, error_signature, failure_group_id, normalise
 from retryd.models import DeadLetter, MessageAttribute, QueueRef
 from tests.faults import Fault
 from tests.operator_helpers import (
@@ -198,6 +198,7 @@ def test_text_output_is_a_table_per_queue(
     assert "  sampled: 9 message(s)" in out
     header = next(line for line in out.splitlines() if "COUNT" in line)
     assert header.split() == [
+        "GROUP",
         "COUNT",
         "TARGET",
         "OLDEST",
@@ -208,7 +209,9 @@ def test_text_output_is_a_table_per_queue(
         "ERROR",
     ]
     row = next(line for line in out.splitlines() if "Timeout: timed out" in line)
-    assert row.split()[:2] == ["3", CHARGE]
+    assert row.split()[1:3] == ["3", CHARGE]
+    signature = row.split(maxsplit=9)[9]  # the dates are two words each
+    assert row.split()[0] == failure_group_id(CHARGE, signature)
     # Lambda's approximateInvokeCount 3 is shown for the destination records' group.
     destinations = next(line for line in out.splitlines() if "ValueError: bad order" in line)
     assert " up to 3 " in destinations

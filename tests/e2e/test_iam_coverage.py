@@ -14,6 +14,7 @@ import json
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -21,13 +22,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import retryd.commands.audit
 import retryd.commands.inspect
+import retryd.commands.pause
 import retryd.commands.plan
+import retryd.commands.redrive
 import retryd.service.lifecycle
 from retryd.aws import AwsClients, open_clients
+from retryd.commands.audit import run_audit
 from retryd.commands.iam_policy import policy_document
 from retryd.commands.inspect import run_inspect
+from retryd.commands.pause import run_pause, run_resume
 from retryd.commands.plan import run_plan
+from retryd.commands.redrive import RedriveRequest, run_jobs, run_redrive
 from retryd.drain.cycle import CycleReport
 from retryd.ledger import create_table
 from retryd.models import Outcome, TargetType
@@ -107,9 +114,10 @@ class Recording:
     settings: Settings
     calls: list[ApiCall]
     report: CycleReport
+    role: str = "daemon"
 
     def document(self) -> dict[str, Any]:
-        return policy_document(self.settings, account=ACCOUNT, region=REGION)
+        return policy_document(self.settings, account=ACCOUNT, region=REGION, role=self.role)
 
     def requests(self) -> list[tuple[ApiCall, IamRequest]]:
         return [(call, request) for call in self.calls for request in iam_requests(call, ACCOUNT)]
@@ -255,7 +263,79 @@ async def _record_explicit(world: World, monkeypatch: pytest.MonkeyPatch) -> Rec
     return Recording(settings, log.calls, report)
 
 
-SCENARIOS = {"demo": _record_demo, "explicit": _record_explicit, "no-lambda": _record_no_lambda}
+async def _record_operator(world: World, monkeypatch: pytest.MonkeyPatch) -> Recording:
+    """An incident: a cycle parks, an operator pauses a target, plans and executes redrives
+    (from a DLQ and from parking, one parked copy coming back), resumes, lists jobs and the
+    audit; judged against `--role operator`."""
+    demo = await _prepare(None)
+    settings = ledger_settings()
+    orders = f"arn:aws:sqs:{REGION}:{ACCOUNT}:orders"
+    log = CallLog()
+
+    def observed(aws: AwsSettings) -> AbstractAsyncContextManager[AwsClients]:
+        return recording_clients(aws, log)
+
+    for module in (
+        retryd.service.lifecycle,
+        retryd.commands.pause,
+        retryd.commands.redrive,
+        retryd.commands.audit,
+    ):
+        monkeypatch.setattr(module, "open_clients", observed)
+    log.phase = "once"
+    report = await run_once(settings, collect=True)
+    assert report.ok, report.errors
+    async with open_clients(settings.aws) as clients:
+        # A parked copy whose target works now: the redrive takes it out of parking.
+        await clients.sqs.send_message(
+            QueueUrl=demo.queue_urls["retryd-parking"],
+            MessageBody=json.dumps(
+                {"envelope": "retryd/v1", "target": {"type": "sqs", "arn": orders}, "payload": 1}
+            ),
+            MessageAttributes={
+                "retryd.reason": {"DataType": "String", "StringValue": "target-rejected"},
+                "retryd.source-queue": {"DataType": "String", "StringValue": "retry-orders"},
+            },
+        )
+        # And a DLQ message to plan a redrive of.
+        await clients.sqs.send_message(
+            QueueUrl=demo.queue_urls["retry-orders"], MessageBody=json.dumps({"order": 7})
+        )
+    log.phase = "pause"
+    pause = partial(run_pause, settings, every=False, reason="migration", until_text=None)
+    assert await pause(pattern=f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:*", for_text="1h") == 0
+    log.phase = "redrive-plan"
+    assert await run_redrive(settings, RedriveRequest(sources=["retry-orders"])) == 0
+    log.phase = "redrive-execute"
+    request = RedriveRequest(
+        sources=["parking"], reasons=["target-rejected"], execute=True, ramp="none"
+    )
+    assert await run_redrive(settings, request) == 0
+    log.phase = "resume"
+    assert await run_resume(settings, selectors=[], every=True) == 0
+    log.phase = "jobs"
+    assert await run_jobs(settings, output="json") == 0
+    log.phase = "audit"
+    assert await run_audit(settings, limit=5, output="json") == 0
+    phases = {call.phase for call in log.calls}
+    assert phases == {
+        "once",
+        "pause",
+        "redrive-plan",
+        "redrive-execute",
+        "resume",
+        "jobs",
+        "audit",
+    }, phases
+    return Recording(settings, log.calls, report, role="operator")
+
+
+SCENARIOS = {
+    "demo": _record_demo,
+    "explicit": _record_explicit,
+    "no-lambda": _record_no_lambda,
+    "operator": _record_operator,
+}
 Recorded = Callable[[str], Recording]
 _RECORDINGS = pytest.StashKey[dict[str, Recording]]()
 
@@ -297,6 +377,7 @@ def uncovered(recording: Recording, document: dict[str, Any]) -> list[str]:
         "demo",
         "explicit",
         "no-lambda",
+        "operator",
     ],
 )
 def test_policy_allows_every_call_retryd_makes(recorded: Recorded, scenario: str) -> None:
@@ -454,6 +535,20 @@ def test_the_recorded_actions(recorded: Recorded) -> None:
         "dynamodb:GetItem",
         "states:DescribeExecution",
     }
+    # The operator's commands call nothing the daemon does not; on the parking queue,
+    # they also receive, hide and delete (RedriveParkedMessages).
+    assert set(used["operator"]) <= set(used["demo"]) | set(used["explicit"])
+    operator = recorded("operator")
+    parking = queue_arn_from_url(recording_queue_url(operator, "retryd-parking"), REGION)
+    on_parking = {r.action for _, r in operator.requests() if r.resource == parking}
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= on_parking
+    daemon_parking = {
+        r.action
+        for _, r in recorded("demo").requests()
+        if r.resource
+        == queue_arn_from_url(recording_queue_url(recorded("demo"), "retryd-parking"), REGION)
+    }
+    assert daemon_parking <= {"sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage"}
 
 
 # -- The judge itself --------------------------------------------------------------------

@@ -1,0 +1,272 @@
+"""The operator's subcommands (pause, resume, pauses, audit, redrive, jobs), registered in one go.
+
+Each parser stores its handler as `handler`; `cli.main` calls it like its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import anyio
+
+from retryd.logs import configure_logging
+from retryd.settings import Settings, load_settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    configure_logging(settings.log.level, settings.log.format)
+    return settings
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from retryd.commands.pause import run_pause  # noqa: PLC0415 - keeps `--help` fast
+
+    return anyio.run(
+        partial(
+            run_pause,
+            _settings(args),
+            pattern=args.target,
+            every=args.all,
+            reason=args.reason,
+            for_text=args.for_,
+            until_text=args.until,
+        )
+    )
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from retryd.commands.pause import run_resume  # noqa: PLC0415 - keeps `--help` fast
+
+    return anyio.run(partial(run_resume, _settings(args), selectors=args.targets, every=args.all))
+
+
+def _pauses(args: argparse.Namespace) -> int:
+    from retryd.commands.pause import run_pauses  # noqa: PLC0415 - keeps `--help` fast
+
+    return anyio.run(partial(run_pauses, _settings(args), output=args.output))
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from retryd.commands.audit import run_audit  # noqa: PLC0415 - keeps `--help` fast
+
+    return anyio.run(partial(run_audit, _settings(args), limit=args.limit, output=args.output))
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    from retryd.commands.redrive import RedriveRequest, run_redrive  # noqa: PLC0415 - keeps `--help` fast
+
+    request = RedriveRequest(
+        sources=args.sources or [],
+        reasons=args.reasons or [],
+        targets=args.targets or [],
+        groups=args.groups or [],
+        since=args.since,
+        until=args.until,
+        message_ids=args.message_ids or [],
+        where=args.where,
+        to=args.to,
+        ramp=args.ramp,
+        canary_wait_s=args.canary_wait_s,
+        max_refail=args.max_refail,
+        max_messages=args.max_messages,
+        execute=args.execute,
+        resume=args.resume,
+        output=args.output,
+    )
+    return anyio.run(run_redrive, _settings(args), request)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from retryd.commands import redrive  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = _settings(args)
+    if args.jobs_command == "show":
+        return anyio.run(
+            partial(redrive.run_job_show, settings, job_id=args.job, output=args.output)
+        )
+    if args.jobs_command == "cancel":
+        return anyio.run(partial(redrive.run_job_cancel, settings, job_id=args.job))
+    return anyio.run(partial(redrive.run_jobs, settings, output=args.output))
+
+
+REDRIVE_DESCRIPTION = """Send selected messages back to their targets now. Without --execute nothing
+changes: the sources are read under a short lease, every selected message is
+judged as executing would judge it, every lease is handed back, and the counts
+are printed by target, action and reason. With --execute the plan is printed,
+then carried out as a durable job (resumable with --resume JOB), in canary
+steps (--ramp) that stop the job if the canaries fail again.
+
+A redrive ignores backoff, the age limit and the retention rule, and gives a
+message whose attempt budget is spent one more attempt (counted); the
+allowlist, the loop guard, pauses, ledger claims, breakers and rate limits
+hold as always. Selectors combine with AND; a repeated one matches any value.
+exit codes: 0 done (or planned), 1 stopped by its canaries or a read error,
+2 bad input, 4 parking queue missing.
+"""
+
+
+def add_operator_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add the operator's subcommands to `commands` (an argparse subparsers object)."""
+    pause = commands.add_parser(
+        "pause",
+        parents=[common],
+        help="hold every message for the targets matching a glob (all replicas, next cycle)",
+        description="Store a pause in the ledger's backend: every replica defers the "
+        "messages of matching targets (reason `paused`, no attempt spent) from its next "
+        "cycle until the pause ends (--for, --until) or `retryd resume`.",
+    )
+    pause.add_argument("target", nargs="?", metavar="TARGET_GLOB", help="target ARN glob")
+    pause.add_argument("--all", action="store_true", help="pause every target")
+    pause.add_argument("--reason", required=True, help="why (shown by pauses, plan, inspect)")
+    pause.add_argument("--for", dest="for_", metavar="DURATION", help="e.g. 30m, 2h, 1d")
+    pause.add_argument("--until", metavar="TIME", help="ISO 8601, e.g. 2026-11-30T18:00:00Z")
+    pause.set_defaults(handler=_pause)
+    resume = commands.add_parser(
+        "resume",
+        parents=[common],
+        help="end pauses (by glob or pause id, or --all); held messages go next cycle",
+    )
+    resume.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET_GLOB|PAUSE_ID",
+        help="the pauses to end, by the glob they were made with or by their id",
+    )
+    resume.add_argument("--all", action="store_true", help="end every pause")
+    resume.set_defaults(handler=_resume)
+    pauses = commands.add_parser("pauses", parents=[common], help="list the pauses in force")
+    pauses.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people, json for scripts",
+    )
+    pauses.set_defaults(handler=_pauses)
+    audit = commands.add_parser(
+        "audit", parents=[common], help="the latest operator actions (who, what, when, outcome)"
+    )
+    audit.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="how many of the latest records"
+    )
+    audit.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people, json for scripts",
+    )
+    audit.set_defaults(handler=_audit)
+    redrive = commands.add_parser(
+        "redrive",
+        parents=[common],
+        help="send selected DLQ or parked messages back now (plan by default; --execute)",
+        description=REDRIVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = redrive.add_argument_group("source")
+    source.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        metavar="QUEUE|parking",
+        help="a DLQ retryd drains (name or URL; repeatable), or `parking` for parked copies",
+    )
+    chosen = redrive.add_argument_group("selectors (combined with AND)")
+    chosen.add_argument(
+        "--reason",
+        dest="reasons",
+        action="append",
+        metavar="REASON",
+        help="parking reason, e.g. target-rejected (with --from parking)",
+    )
+    chosen.add_argument(
+        "--target",
+        dest="targets",
+        action="append",
+        metavar="ARN_GLOB",
+        help="the message's resolved target",
+    )
+    chosen.add_argument(
+        "--group",
+        dest="groups",
+        action="append",
+        metavar="ID",
+        help="failure group id, as `retryd inspect` shows",
+    )
+    chosen.add_argument(
+        "--since", metavar="TIME", help="first failure at or after (ISO 8601 or 2h)"
+    )
+    chosen.add_argument("--until", metavar="TIME", help="first failure at or before")
+    chosen.add_argument(
+        "--message-id",
+        dest="message_ids",
+        action="append",
+        metavar="ID",
+        help="one DLQ message id (repeatable)",
+    )
+    chosen.add_argument(
+        "--where", metavar="JMESPATH", help="JMESPath over the JSON body; selected when true"
+    )
+    acting = redrive.add_argument_group("acting")
+    acting.add_argument("--to", metavar="ARN", help="send to this target instead (allowlisted)")
+    acting.add_argument("--execute", action="store_true", help="do it (default: plan only)")
+    acting.add_argument(
+        "--ramp",
+        metavar="N,N,...",
+        help="canary step sizes (default 1,5,25,100; `none`: no canaries)",
+    )
+    acting.add_argument(
+        "--canary-wait-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="wait after each canary step before judging it (default 30)",
+    )
+    acting.add_argument(
+        "--max-refail",
+        type=int,
+        default=0,
+        metavar="N",
+        help="canary failures tolerated per step (default 0: any stops)",
+    )
+    acting.add_argument(
+        "--max-messages",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="messages read per source per pass (default 1000)",
+    )
+    acting.add_argument("--resume", metavar="JOB", help="go on with a stopped job")
+    redrive.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people, json for scripts",
+    )
+    redrive.set_defaults(handler=_redrive)
+    jobs = commands.add_parser(
+        "jobs", parents=[common], help="redrive jobs: list, show JOB, cancel JOB"
+    )
+    jobs.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people, json for scripts",
+    )
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
+    show = jobs_commands.add_parser("show", parents=[common], help="one job, its failures")
+    show.add_argument("job", metavar="JOB", help="the job id `retryd jobs` lists")
+    show.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people, json for scripts",
+    )
+    cancel = jobs_commands.add_parser("cancel", parents=[common], help="never resume JOB")
+    cancel.add_argument("job", metavar="JOB", help="the job id `retryd jobs` lists")
+    jobs.set_defaults(handler=_jobs)

@@ -1,0 +1,138 @@
+"""Messages retryd hid in their DLQ (a deferral): kept so that a redrive can hand them back.
+
+A deferred message is hidden with ChangeMessageVisibility for up to hours, where
+no receive — and so no redrive — can see it. Its receipt handle stays valid
+while it stays hidden, so the cycle notes (message id, handle, when it
+reappears, why) for each message it hid, and writes them per DLQ once the queue
+is drained for the cycle. `retryd redrive` then says how many are hidden and
+when they reappear, and with `--execute` makes them visible at once before it
+reads.
+
+Entries live in SHARDS documents per DLQ (by message id), each capped at
+SHARD_KEEP entries (those reappearing last are kept): a DLQ with more hidden
+messages than that is only partly un-hidden, and the plan says so. An entry is
+dropped once its time has passed (the message reappeared by itself) or when a
+redrive has used it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from retryd.control.store import Body, ControlStore, update
+
+log = structlog.get_logger("retryd.deferrals")
+
+SHARDS = 8
+# SQS hides a message for at most 12 hours: past that no entry can be of use.
+DOC_TTL_S = 13 * 3_600
+# About 600 bytes an entry: a shard stays far below DynamoDB's 400 KB item limit.
+SHARD_KEEP = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Hidden:
+    """One message retryd hid in `queue` until `until_s`."""
+
+    queue: str
+    message_id: str
+    receipt_handle: str
+    until_s: float
+    reason: str
+
+
+def _shard(message_id: str) -> int:
+    return hashlib.sha256(message_id.encode()).digest()[0] % SHARDS
+
+
+def _doc(queue: str, shard: int) -> str:
+    return f"deferred/{queue}/{shard}"
+
+
+def _entries(queue: str, body: Body | None, now_s: float) -> dict[str, Hidden]:
+    return {
+        message_id: Hidden(queue, message_id, raw["h"], float(raw["u"]), raw.get("r", ""))
+        for message_id, raw in (body or {}).get("m", {}).items()
+        if float(raw["u"]) > now_s
+    }
+
+
+def _body(entries: Iterable[Hidden]) -> Body:
+    kept = sorted(entries, key=lambda e: e.until_s)[-SHARD_KEEP:]
+    return {
+        "m": {e.message_id: {"h": e.receipt_handle, "u": e.until_s, "r": e.reason} for e in kept}
+    }
+
+
+class HiddenBook:
+    """Collects what a cycle hid, per DLQ, and writes it once the DLQ is done for the cycle."""
+
+    def __init__(self, store: ControlStore) -> None:
+        self._store = store
+        self._pending: dict[str, list[Hidden]] = defaultdict(list)
+
+    def note(self, entries: Iterable[Hidden]) -> None:
+        for entry in entries:
+            self._pending[entry.queue].append(entry)
+
+    async def flush(self, queue: str) -> None:
+        """Write what was noted for `queue`; a failure is logged (the messages reappear anyway)."""
+        noted = self._pending.pop(queue, [])
+        if not noted:
+            return
+        try:
+            await remember(self._store, noted)
+        except Exception as exc:  # noqa: BLE001 - only a redrive's shortcut is lost
+            log.warning("deferrals-not-stored", queue=queue, count=len(noted), error=str(exc))
+
+
+async def remember(store: ControlStore, entries: Sequence[Hidden]) -> None:
+    by_doc: dict[str, list[Hidden]] = defaultdict(list)
+    for entry in entries:
+        by_doc[_doc(entry.queue, _shard(entry.message_id))].append(entry)
+    now_s = time.time()
+    for name, added in by_doc.items():
+        queue = added[0].queue
+
+        def change(body: Body | None, added: list[Hidden] = added, queue: str = queue) -> Body:
+            current = _entries(queue, body, now_s)
+            current.update({entry.message_id: entry for entry in added})
+            return _body(current.values())
+
+        await update(store, name, change, ttl_s=DOC_TTL_S)
+
+
+async def hidden_in(store: ControlStore, queue: str) -> list[Hidden]:
+    """Every message retryd noted as hidden in `queue` that has not reappeared yet."""
+    now_s = time.time()
+    names = [_doc(queue, shard) for shard in range(SHARDS)]
+    found = await store.get(names)
+    entries: list[Hidden] = []
+    for name in names:
+        doc = found.get(name)
+        if doc is not None:
+            entries.extend(_entries(queue, doc.body, now_s).values())
+    return sorted(entries, key=lambda e: e.until_s)
+
+
+async def forget(store: ControlStore, queue: str, message_ids: Iterable[str]) -> None:
+    """Drop these entries (a redrive used them)."""
+    by_doc: dict[str, set[str]] = defaultdict(set)
+    for message_id in message_ids:
+        by_doc[_doc(queue, _shard(message_id))].add(message_id)
+    now_s = time.time()
+    for name, gone in by_doc.items():
+
+        def change(body: Body | None, gone: set[str] = gone) -> Body | None:
+            if body is None:
+                return None
+            current = _entries(queue, body, now_s)
+            return _body(e for m, e in current.items() if m not in gone)
+
+        await update(store, name, change, ttl_s=DOC_TTL_S)
