@@ -50,20 +50,54 @@ PositiveSeconds = Annotated[float, Field(gt=0)]
 class AwsSettings(_Group):
     """How retryd's own AWS API calls behave (not where they go: that is the AWS chain's job)."""
 
-    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
+    retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
+        "standard",
+        description=(
+            "botocore's retry mode for retryd's own AWS API calls (adaptive adds client-side "
+            "rate limiting). retryd's resubmissions of a message are counted apart, in the "
+            "ledger."
+        ),
+    )
     # botocore's total attempts per API call, first try included.
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
-    connect_timeout_s: PositiveSeconds = 5
-    read_timeout_s: PositiveSeconds = 30
-    max_pool_connections: Annotated[int, Field(ge=1, le=1000)] = 50
+    connect_timeout_s: PositiveSeconds = Field(
+        5,
+        description="Seconds to wait for a connection to an AWS endpoint.",
+    )
+    read_timeout_s: PositiveSeconds = Field(
+        30,
+        description=(
+            "Seconds to wait for an AWS answer once a request is sent; a call past it is a "
+            "transient error."
+        ),
+    )
+    max_pool_connections: Annotated[int, Field(ge=1, le=1000)] = Field(
+        50,
+        description="Most HTTP connections each AWS client (one per service) keeps open.",
+    )
 
 
 class DiscoverySettings(_Group):
     """Which queues are DLQs retryd is responsible for."""
 
-    queue_prefixes: list[str] = []
-    queue_tags: dict[str, str] = {}
-    queues: list[str] = []
+    queue_prefixes: list[str] = Field(
+        [],
+        description=(
+            "ListQueues name prefixes: every queue whose name starts with one is a DLQ retryd"
+            " drains (the parking queue never is)."
+        ),
+    )
+    queue_tags: dict[str, str] = Field(
+        {},
+        description=(
+            "Only queues carrying all of these tags (key = value) are drained; empty: no tag "
+            "filter."
+        ),
+    )
+    queues: list[str] = Field(
+        [],
+        description="DLQs named explicitly (name or URL), drained besides those the prefixes find.",
+    )
     # Cycles between rebuilds of the "what feeds this DLQ" map (Lambda functions
     # and SQS redrive sources): it costs paginated list calls, not per-message ones.
     feeds_refresh_cycles: Annotated[int, Field(ge=1, le=10_000)] = 10
@@ -85,18 +119,42 @@ class DiscoverySettings(_Group):
 class ScheduleSettings(_Group):
     """When cycles run."""
 
-    interval_s: PositiveSeconds = 60
+    interval_s: PositiveSeconds = Field(
+        60,
+        description="Seconds from the end of one cycle to the start of the next (`retryd run`).",
+    )
 
 
 class DrainSettings(_Group):
     """How each DLQ is read within one cycle."""
 
-    queue_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
-    workers_per_queue: Annotated[int, Field(ge=1, le=32)] = 2
-    visibility_timeout_s: Annotated[int, Field(ge=5, le=MAX_VISIBILITY_TIMEOUT_S)] = 120
-    receive_wait_s: Annotated[int, Field(ge=0, le=20)] = 1
-    max_messages_per_queue: Annotated[int, Field(ge=1)] = 10_000
-    cycle_budget_s: PositiveSeconds = 300
+    queue_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
+        8,
+        description="DLQs drained at the same time within one cycle.",
+    )
+    workers_per_queue: Annotated[int, Field(ge=1, le=32)] = Field(
+        2,
+        description="Receivers per DLQ, each taking batches of up to 10 messages.",
+    )
+    visibility_timeout_s: Annotated[int, Field(ge=5, le=MAX_VISIBILITY_TIMEOUT_S)] = Field(
+        120,
+        description=(
+            "The lease on a received batch (SQS VisibilityTimeout): a batch is settled within"
+            " it, or its messages reappear and are handled again."
+        ),
+    )
+    receive_wait_s: Annotated[int, Field(ge=0, le=20)] = Field(
+        1,
+        description="Long-poll seconds of each ReceiveMessage (0 to 20).",
+    )
+    max_messages_per_queue: Annotated[int, Field(ge=1)] = Field(
+        10_000,
+        description="Most messages taken from one DLQ in a cycle; the rest wait for the next one.",
+    )
+    cycle_budget_s: PositiveSeconds = Field(
+        300,
+        description="Seconds after which a cycle takes no new batches (those in flight settle).",
+    )
     # Calls in flight to targets that have no batch API (Lambda, Step Functions).
     target_concurrency: Annotated[int, Field(ge=1, le=512)] = 16
 
@@ -129,8 +187,21 @@ class GuardSettings(_Group):
     # A message whose first failure is older than this is parked `too-old`.
     # Default: 14 days, SQS's longest retention.
     max_age_s: PositiveSeconds = 1_209_600
-    allow_targets: list[ArnGlob] = []
-    allow_any_target: bool = False
+    allow_targets: list[ArnGlob] = Field(
+        [],
+        description=(
+            "ARN globs (partition, service, region, account, resource) of the targets retryd "
+            "may call; any other target is parked `target-not-allowed`. Required unless "
+            "allow_any_target."
+        ),
+    )
+    allow_any_target: bool = Field(
+        False,
+        description=(
+            "Accept any target a message names. Anyone who can write to a DLQ could then make"
+            " retryd call any resource: prefer allow_targets."
+        ),
+    )
 
     @model_validator(mode="after")
     def _allowlist_is_explicit(self) -> GuardSettings:
@@ -146,18 +217,39 @@ class GuardSettings(_Group):
 class BackoffRule(_Group):
     """Backoff for targets matching one ARN glob (first matching rule wins)."""
 
-    pattern: ArnGlob
-    base_s: PositiveSeconds
-    max_s: Annotated[float, Field(gt=0, le=MAX_VISIBILITY_TIMEOUT_S)]
+    pattern: ArnGlob = Field(
+        description="Target ARN glob this rule applies to.",
+    )
+    base_s: PositiveSeconds = Field(
+        description=(
+            "Seconds before the first resubmission to a matching target; the ceiling doubles "
+            "per attempt."
+        ),
+    )
+    max_s: Annotated[float, Field(gt=0, le=MAX_VISIBILITY_TIMEOUT_S)] = Field(
+        description="Longest wait between attempts (at most 12 h, SQS's cap on hiding a message).",
+    )
 
 
 class BackoffSettings(_Group):
     """How long a message waits before its next attempt: exponential with full jitter."""
 
-    base_s: PositiveSeconds = 30
+    base_s: PositiveSeconds = Field(
+        30,
+        description=(
+            "Seconds before a message's first resubmission; the ceiling doubles with each "
+            "attempt, and the wait is drawn below it (full jitter)."
+        ),
+    )
     # SQS hides a message for at most 12 h, so a longer wait could not be honoured in one step.
     max_s: Annotated[float, Field(gt=0, le=MAX_VISIBILITY_TIMEOUT_S)] = 3_600
-    targets: list[BackoffRule] = []
+    targets: list[BackoffRule] = Field(
+        [],
+        description=(
+            "Per-target rules `{ pattern, base_s, max_s }`; the first rule whose ARN glob "
+            "matches wins."
+        ),
+    )
 
 
 class BreakerSettings(_Group):
@@ -169,7 +261,12 @@ class BreakerSettings(_Group):
     min_calls: Annotated[int, Field(ge=1, le=10_000)] = 5
     # Share of failed calls in the window that opens the breaker.
     failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
-    cooldown_s: PositiveSeconds = 60
+    cooldown_s: PositiveSeconds = Field(
+        60,
+        description=(
+            "Seconds an open breaker waits before it lets canary messages through (half-open)."
+        ),
+    )
     # Canary messages let through while half-open; all must succeed to close.
     half_open_calls: Annotated[int, Field(ge=1, le=1000)] = 3
 
@@ -183,9 +280,15 @@ class BreakerSettings(_Group):
 class RateRule(_Group):
     """Rate limit for targets matching one ARN glob (first matching rule wins)."""
 
-    pattern: ArnGlob
-    per_s: PositiveSeconds
-    burst: Annotated[int, Field(ge=1, le=100_000)]
+    pattern: ArnGlob = Field(
+        description="Target ARN glob this rule applies to.",
+    )
+    per_s: PositiveSeconds = Field(
+        description="Messages per second to each matching target.",
+    )
+    burst: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        description="Messages sent at once to a matching target after a quiet spell.",
+    )
 
 
 class RateLimitSettings(_Group):
@@ -220,13 +323,25 @@ class RateLimitSettings(_Group):
             ),
         ),
     ] = None
-    targets: list[RateRule] = []
+    targets: list[RateRule] = Field(
+        [],
+        description=(
+            "Per-target rules `{ pattern, per_s, burst }`; the first rule whose ARN glob "
+            "matches wins over every default."
+        ),
+    )
 
 
 class LedgerSettings(_Group):
     """Where attempts and in-flight resubmissions are recorded, per idempotency key."""
 
-    backend: Literal["memory", "sqlite", "dynamodb"] = "sqlite"
+    backend: Literal["memory", "sqlite", "dynamodb"] = Field(
+        "sqlite",
+        description=(
+            "Where the attempt ledger lives: memory (tests; forgotten on restart), sqlite "
+            "(one replica), dynamodb (several replicas)."
+        ),
+    )
     # SQLite file (one replica). Relative paths are taken from the working directory.
     path: Annotated[str, Field(min_length=1)] = "retryd.sqlite3"
     # DynamoDB table (several replicas).
@@ -241,7 +356,13 @@ class LedgerSettings(_Group):
 class ParkingSettings(_Group):
     """Where messages go that must not be retried, with the reason."""
 
-    queue: Annotated[str, Field(min_length=1)] = "retryd-parking"
+    queue: Annotated[str, Field(min_length=1)] = Field(
+        "retryd-parking",
+        description=(
+            "The SQS queue messages are parked in, with retryd.reason and retryd.detail; it "
+            "must exist, and it is never drained."
+        ),
+    )
     # The longest `retryd.detail` kept on a parked message.
     detail_max_bytes: Annotated[int, Field(ge=64, le=4096)] = 1024
 
@@ -249,8 +370,15 @@ class ParkingSettings(_Group):
 class Route(_Group):
     """A static route: DLQ name (or glob) -> the target its messages go back to."""
 
-    queue: Annotated[str, Field(min_length=1)]
-    target: str
+    queue: Annotated[str, Field(min_length=1)] = Field(
+        description="DLQ name or glob (fnmatch) whose messages go back to `target`.",
+    )
+    target: str = Field(
+        description=(
+            "ARN the matching DLQs' messages are resubmitted to: a Lambda function, Step "
+            "Functions state machine, SQS queue, SNS topic or EventBridge bus."
+        ),
+    )
 
     @field_validator("target")
     @classmethod
@@ -304,9 +432,18 @@ class HookRule(_Group):
 class HttpSettings(_Group):
     """The /metrics, /healthz and /readyz listener."""
 
-    host: str = "0.0.0.0"  # noqa: S104 - a container's metrics port must be reachable by Prometheus
-    port: Annotated[int, Field(ge=0, le=65535)] = 9464
-    enabled: bool = True
+    host: str = Field(
+        "0.0.0.0",  # noqa: S104 - a container's metrics port must be reachable by Prometheus
+        description="Address the /metrics, /healthz and /readyz listener binds to.",
+    )
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        9464,
+        description="Port of the /metrics, /healthz and /readyz listener (0: any free port).",
+    )
+    enabled: bool = Field(
+        True,
+        description="Serve /metrics, /healthz and /readyz while `retryd run` runs.",
+    )
 
 
 class ShutdownSettings(_Group):
@@ -319,8 +456,17 @@ class ShutdownSettings(_Group):
 class LogSettings(_Group):
     """Structured logging."""
 
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info",
+        description="Lowest level of log line written.",
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description=(
+            "json lines, a readable console, or auto: the console on an interactive terminal,"
+            " json otherwise."
+        ),
+    )
     # Payloads can hold personal data; they are logged only when asked for.
     include_payloads: bool = False
 
