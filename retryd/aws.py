@@ -15,17 +15,26 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
 from botocore.exceptions import ProfileNotFound
 
 from retryd.errors import AwsSetupError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+    from types_aiobotocore_events import EventBridgeClient
+    from types_aiobotocore_lambda import LambdaClient
+    from types_aiobotocore_sns import SNSClient
+    from types_aiobotocore_sqs import SQSClient
+    from types_aiobotocore_stepfunctions import SFNClient
 from retryd.settings import AwsSettings
 
-# aiobotocore builds clients from service models at run time: there is no static
-# type to name, so clients are `Any` behind these named fields.
+# aiobotocore builds clients from service models at run time. The fields of AwsClients
+# are typed with the types-aiobotocore stubs (a dev dependency, read by mypy only); code
+# that takes "any one client" (the ledger, the batch targets) names it `Client`.
 Client = Any
 
 
@@ -33,13 +42,13 @@ Client = Any
 class AwsClients:
     """One client per service retryd talks to, shared by every task of a run."""
 
-    sqs: Client
-    lambda_: Client
-    stepfunctions: Client
-    sns: Client
-    events: Client
+    sqs: SQSClient
+    lambda_: LambdaClient
+    stepfunctions: SFNClient
+    sns: SNSClient
+    events: EventBridgeClient
     # The attempt ledger's table, when ledger.backend is "dynamodb".
-    dynamodb: Client
+    dynamodb: DynamoDBClient
 
 
 def client_config(settings: AwsSettings) -> AioConfig:

@@ -206,7 +206,7 @@ def from_exception(exc: BaseException) -> SendError:
     return SendError(ErrorClass.TRANSIENT, type(exc).__name__, str(exc))
 
 
-def from_batch_failure(entry: dict[str, object]) -> SendError:
+def from_batch_failure(entry: Mapping[str, object]) -> SendError:
     """A failed entry of SendMessageBatch / PublishBatch / PutEvents / DeleteMessageBatch."""
     code = str(entry.get("Code") or entry.get("ErrorCode") or "Unknown")
     message = str(entry.get("Message") or entry.get("ErrorMessage") or "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -20,6 +20,9 @@ from botocore.exceptions import ClientError
 from retryd.classify import is_missing_queue
 from retryd.models import QueueRef, is_account_id, is_region_name
 from retryd.settings import DiscoverySettings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
 
 log = structlog.get_logger("retryd.discovery")
 
@@ -112,7 +115,7 @@ def queue_ref_from_url(url: str, default_region: str | None) -> QueueRef:
     return QueueRef(name=location.name, url=url, arn=arn)
 
 
-async def _list_by_prefix(sqs: Any, prefix: str) -> list[str]:
+async def _list_by_prefix(sqs: SQSClient, prefix: str) -> list[str]:
     urls: list[str] = []
     request: dict[str, Any] = {"QueueNamePrefix": prefix, "MaxResults": LIST_PAGE_SIZE}
     while True:
@@ -124,7 +127,7 @@ async def _list_by_prefix(sqs: Any, prefix: str) -> list[str]:
         request["NextToken"] = token
 
 
-async def find_queue_url(sqs: Any, entry: str) -> str | None:
+async def find_queue_url(sqs: SQSClient, entry: str) -> str | None:
     """The URL of the queue a name or URL names, through this client; None when it does not exist.
 
     ValueError when `entry` looks like a URL but is no queue URL; AWS errors other
@@ -146,13 +149,13 @@ async def find_queue_url(sqs: Any, entry: str) -> str | None:
     return str(response["QueueUrl"])
 
 
-async def find_queue(sqs: Any, entry: str) -> QueueRef | None:
+async def find_queue(sqs: SQSClient, entry: str) -> QueueRef | None:
     """The queue a name or URL names (see `find_queue_url`), or None when it does not exist."""
     url = await find_queue_url(sqs, entry)
     return None if url is None else queue_ref_from_url(url, sqs.meta.region_name)
 
 
-async def _resolve_explicit(sqs: Any, entry: str) -> str | None:
+async def _resolve_explicit(sqs: SQSClient, entry: str) -> str | None:
     """The queue's URL, or None (logged) when it does not exist."""
     url = await find_queue_url(sqs, entry)
     if url is None:
@@ -164,7 +167,9 @@ def _tags_match(tags: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(tags.get(key) == value for key, value in wanted.items())
 
 
-async def _filter_by_tags(sqs: Any, urls: Sequence[str], wanted: Mapping[str, str]) -> list[str]:
+async def _filter_by_tags(
+    sqs: SQSClient, urls: Sequence[str], wanted: Mapping[str, str]
+) -> list[str]:
     """The URLs whose queues carry every wanted tag; the first failed look-up is raised as is."""
     limiter = anyio.CapacityLimiter(TAG_LOOKUP_CONCURRENCY)
     kept: set[str] = set()
@@ -195,7 +200,7 @@ async def _filter_by_tags(sqs: Any, urls: Sequence[str], wanted: Mapping[str, st
 
 
 async def discover_queues(
-    sqs: Any, settings: DiscoverySettings, parking_queue: str
+    sqs: SQSClient, settings: DiscoverySettings, parking_queue: str
 ) -> list[QueueRef]:
     """Every DLQ retryd should drain this cycle, sorted by name.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 import anyio
 
@@ -21,6 +21,11 @@ from retryd.discovery.queues import discover_queues, find_queue, queue_ref_from_
 from retryd.models import DeadLetter, QueueRef
 from retryd.settings import Settings
 from retryd.settle.parking import Parking
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
+    from types_aiobotocore_sqs.literals import QueueAttributeNameType
+    from types_aiobotocore_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef
 
 T = TypeVar("T")
 
@@ -35,12 +40,12 @@ RELEASE_BATCH_MAX = 10
 # How long handing the leases back may hold off a cancellation (Ctrl-C, a deadline).
 RELEASE_SHIELD_S = 10.0
 # GetQueueAttributes names for a DLQ's depth, in Depth's order.
-DEPTH_ATTRIBUTES = (
+DEPTH_ATTRIBUTES: tuple[QueueAttributeNameType, ...] = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
     "ApproximateNumberOfMessagesDelayed",
 )
-RETENTION_ATTRIBUTE = "MessageRetentionPeriod"
+RETENTION_ATTRIBUTE: Final = "MessageRetentionPeriod"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,7 @@ class Depth:
         return f"{self.visible} visible, {self.in_flight} in flight, {self.delayed} delayed"
 
 
-async def read_depth(sqs: Any, queue: QueueRef) -> Depth:
+async def read_depth(sqs: SQSClient, queue: QueueRef) -> Depth:
     """The queue's depth and retention; AWS errors propagate."""
     response = await sqs.get_queue_attributes(
         QueueUrl=queue.url, AttributeNames=[*DEPTH_ATTRIBUTES, RETENTION_ATTRIBUTE]
@@ -91,7 +96,7 @@ class Sizing:
         return self.depth is not None and self.depth.visible == 0
 
 
-async def size_up(sqs: Any, queue: QueueRef) -> Sizing:
+async def size_up(sqs: SQSClient, queue: QueueRef) -> Sizing:
     """The queue's depth and retention; an AWS error is kept as the `problem`, never raised.
 
     No depth is no reason not to read the queue: the caller reads it regardless.
@@ -116,19 +121,19 @@ class Survey:
         return [queue.arn for queue in self.dlqs] + [self.parking_arn]
 
 
-async def locate_parking(sqs: Any, settings: Settings) -> Parking:
+async def locate_parking(sqs: SQSClient, settings: Settings) -> Parking:
     """The parking queue; ParkingQueueMissingError when it does not exist (it stops a cycle)."""
     return await Parking.locate(sqs, settings.parking.queue, settings.parking.detail_max_bytes)
 
 
-async def survey_queues(sqs: Any, settings: Settings, parking: Parking) -> Survey:
+async def survey_queues(sqs: SQSClient, settings: Settings, parking: Parking) -> Survey:
     """Every DLQ this cycle drains, beside `parking`; discovery's AWS errors propagate."""
     dlqs = await discover_queues(sqs, settings.discovery, settings.parking.queue)
     return Survey(dlqs, queue_ref_from_url(parking.queue_url, sqs.meta.region_name).arn)
 
 
 async def select_queues(
-    sqs: Any, settings: Settings, names: Sequence[str]
+    sqs: SQSClient, settings: Settings, names: Sequence[str]
 ) -> tuple[list[QueueRef], list[str]]:
     """The named queues (those found, then the names not found), or every discovered DLQ.
 
@@ -152,7 +157,7 @@ async def select_queues(
 
 
 async def receive(
-    sqs: Any, queue: QueueRef, *, max_messages: int, wait_s: int, lease_s: int
+    sqs: SQSClient, queue: QueueRef, *, max_messages: int, wait_s: int, lease_s: int
 ) -> list[DeadLetter]:
     """One ReceiveMessage: up to `max_messages` (at most 10) with every attribute, leased for
     `lease_s`; none when the queue is empty. AWS errors propagate."""
@@ -181,7 +186,7 @@ class Peek:
 
 
 async def _receive_all(
-    sqs: Any,
+    sqs: SQSClient,
     found: Peek,
     *,
     max_messages: int,
@@ -217,7 +222,7 @@ async def _receive_all(
 
 
 async def release(
-    sqs: Any, queue: QueueRef, handles: Mapping[str, str], lease_s: int = PEEK_LEASE_S
+    sqs: SQSClient, queue: QueueRef, handles: Mapping[str, str], lease_s: int = PEEK_LEASE_S
 ) -> list[str]:
     """Make every leased message visible again at once; the problems, if any, as text.
 
@@ -227,7 +232,7 @@ async def release(
     items = list(handles.items())
     for start in range(0, len(items), RELEASE_BATCH_MAX):
         chunk = items[start : start + RELEASE_BATCH_MAX]
-        entries = [
+        entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
             {"Id": str(index), "ReceiptHandle": handle, "VisibilityTimeout": 0}
             for index, (_, handle) in enumerate(chunk)
         ]
@@ -248,7 +253,7 @@ async def release(
 
 @asynccontextmanager
 async def peek(
-    sqs: Any,
+    sqs: SQSClient,
     queue: QueueRef,
     *,
     max_messages: int,
@@ -306,7 +311,7 @@ class Look(Generic[T]):
 
 
 async def look_at(
-    sqs: Any,
+    sqs: SQSClient,
     queue: QueueRef,
     examine: Callable[[list[DeadLetter]], Awaitable[T]],
     *,
@@ -334,7 +339,7 @@ async def look_at(
 
 
 async def look_at_each(
-    sqs: Any,
+    sqs: SQSClient,
     queues: Sequence[QueueRef],
     examine: Callable[[list[DeadLetter]], Awaitable[T]],
     *,

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
 from retryd.admission import Defer, Done, Go, Guards, Hold, Park, Verdict
-from retryd.aws import Client
 from retryd.control.deferrals import HiddenBook
 from retryd.metrics import Metrics
 from retryd.models import (
@@ -44,6 +43,9 @@ from retryd.settle.dlq import DeadLetterQueues
 from retryd.settle.parking import Parking, ParkRequest
 from retryd.targets import Delivery
 from retryd.targets.sender import ALREADY_RESUBMITTED, Sender, Sent
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
 
 log = structlog.get_logger("retryd.pipeline")
 
@@ -90,7 +92,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        sqs: Client,
+        sqs: SQSClient,
         chain: ResolverChain,
         guards: Guards,
         sender: Sender,

@@ -42,7 +42,7 @@ on it), never as a new attempt.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -664,7 +664,7 @@ class Redrive:
                             {"Id": str(i), "ReceiptHandle": h} for i, (_, h) in enumerate(chunk)
                         ],
                     )
-                    failed = response.get("Failed", [])
+                    failed: list[Mapping[str, object]] = list(response.get("Failed", []))
                 except Exception as exc:  # noqa: BLE001 - the copy is safe; the original reappears
                     failed = [{"Id": "*", "Message": str(classify.from_exception(exc))}]
                 for failure in failed:

@@ -14,10 +14,10 @@ import json
 import tomllib
 import zipfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import aioboto3
 
@@ -394,9 +394,9 @@ async def _send_all(
             if message.attributes:
                 entry["MessageAttributes"] = message.attributes
             entries.append(entry)
-        sent = await clients.sqs.send_message_batch(QueueUrl=url, Entries=entries)
-        for entry in sent.get("Successful", []):
-            world.labels[entry["MessageId"]] = chunk[int(entry["Id"])].label
+        sent = await clients.sqs.send_message_batch(QueueUrl=url, Entries=cast(Any, entries))
+        for done in sent.get("Successful", []):
+            world.labels[done["MessageId"]] = chunk[int(done["Id"])].label
         if on_sent is not None:
             on_sent(len(chunk))
 
@@ -451,5 +451,5 @@ async def parked_reasons(clients: AwsClients, url: str) -> Counter[str]:
         if not messages:
             return reasons
         for message in messages:
-            reason = message.get("MessageAttributes", {}).get(stamps.REASON, {})
-            reasons[reason.get("StringValue", "?")] += 1
+            reason: Mapping[str, Any] = message.get("MessageAttributes", {}).get(stamps.REASON, {})
+            reasons[str(reason.get("StringValue", "?"))] += 1

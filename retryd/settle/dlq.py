@@ -10,15 +10,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
 from retryd import classify
 from retryd.admission import Defer
-from retryd.aws import Client
 from retryd.control.deferrals import Hidden, HiddenBook
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, QueueRef
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
+    from types_aiobotocore_sqs.type_defs import (
+        ChangeMessageVisibilityBatchRequestEntryTypeDef,
+        DeleteMessageBatchRequestEntryTypeDef,
+    )
 
 log = structlog.get_logger("retryd.pipeline")
 
@@ -33,7 +40,7 @@ MAX_HIDE_S = 43_200 - 60
 class DeadLetterQueues:
     """Deletes and hides received dead letters; never raises for what SQS answers."""
 
-    def __init__(self, sqs: Client, metrics: Metrics, hidden: HiddenBook | None = None) -> None:
+    def __init__(self, sqs: SQSClient, metrics: Metrics, hidden: HiddenBook | None = None) -> None:
         self._sqs = sqs
         self._metrics = metrics
         # Where hidden messages are noted, so that a redrive can hand them back at once.
@@ -43,7 +50,7 @@ class DeadLetterQueues:
         """Delete `letters` from `queue`; one that is not deleted reappears after its lease."""
         for start in range(0, len(letters), DELETE_BATCH_MAX):
             chunk = letters[start : start + DELETE_BATCH_MAX]
-            entries = [
+            entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
                 {"Id": str(i), "ReceiptHandle": letter.receipt_handle}
                 for i, letter in enumerate(chunk)
             ]
@@ -72,7 +79,7 @@ class DeadLetterQueues:
 
     async def _hide_batch(self, defers: Sequence[Defer]) -> None:
         queue = defers[0].job.letter.queue
-        entries = [
+        entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
             {
                 "Id": str(i),
                 "ReceiptHandle": defer.job.letter.receipt_handle,

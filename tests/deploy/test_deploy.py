@@ -328,6 +328,7 @@ def test_task_definition_is_a_valid_register_task_definition_request() -> None:
     """botocore's own validator accepts it as ECS RegisterTaskDefinition input."""
     model = botocore.session.get_session().get_service_model("ecs")
     shape = model.operation_model("RegisterTaskDefinition").input_shape
+    assert shape is not None
     validate_parameters(task_definition(), shape)
 
 

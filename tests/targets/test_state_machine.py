@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -182,7 +182,7 @@ class _ExistingExecution:
 
     async def start_execution(self, **_: Any) -> dict[str, Any]:
         error = {"Error": {"Code": "ExecutionAlreadyExists", "Message": "exists"}}
-        raise ClientError(error, "StartExecution")
+        raise ClientError(cast(Any, error), "StartExecution")
 
     async def describe_execution(self, executionArn: str) -> dict[str, Any]:  # noqa: N803 - botocore's keyword
         self.described.append(executionArn)
