@@ -278,14 +278,23 @@ class Guards:
             self._breakers.for_target(target).release(unused, episode)
 
 
-def build_guards(settings: Settings, *, ledger: Ledger | None, metrics: Metrics | None) -> Guards:
-    """Every guard as the settings configure it: what `once`, `run` and `plan` all use."""
+def build_guards(
+    settings: Settings,
+    *,
+    ledger: Ledger | None,
+    metrics: Metrics | None,
+    breakers: Breakers | None = None,
+) -> Guards:
+    """Every guard as the settings configure it: what `once`, `run` and `plan` all use.
+
+    `breakers`, when given, are the ones the cycle shares with other replicas.
+    """
     return Guards(
         settings.guards,
         backoff=Backoff(settings.backoff),
         # Breakers count in the event loop's monotonic time: a wall-clock jump must
         # not open or close one.
-        breakers=Breakers(settings.breaker, anyio.current_time, metrics),
+        breakers=breakers or Breakers(settings.breaker, anyio.current_time, metrics),
         ledger=ledger,
         # A message SQS deletes before the next cycle has finished looking is parked now;
         # one left in its DLQ may first stay hidden for a whole lease.
