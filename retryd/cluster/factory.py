@@ -12,12 +12,15 @@ from retryd.settings import Settings
 
 
 def member_ttl_s(settings: Settings) -> float:
-    """How long a heartbeat lasts: two whole cycles, so a replica in a long cycle stays live.
+    """How long a heartbeat lasts: two of the longest cycles, so a busy replica stays live.
 
-    Heartbeats are written at the start of each cycle, and a cycle takes at most
-    `drain.cycle_budget_s` and is followed by `schedule.interval_s` of rest.
+    Heartbeats are written at the start of each cycle. A cycle stops taking new
+    batches after `drain.cycle_budget_s`, but a batch already received may run to the
+    end of its lease (`drain.visibility_timeout_s`), and `schedule.interval_s` of rest
+    follows.
     """
-    return 2.0 * (settings.schedule.interval_s + settings.drain.cycle_budget_s)
+    drain = settings.drain
+    return 2.0 * (settings.schedule.interval_s + drain.cycle_budget_s + drain.visibility_timeout_s)
 
 
 def open_cluster(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from tests.world import ACCOUNT, REGION, World, envelope
 
 PARKING = "retryd-parking"
 TABLE = "retryd-ledger-replicas"
-# A cycle budget and rest this short give a heartbeat of 2 x (0.5 + 2) = 5 s.
+# A rest, budget and lease this short give a heartbeat of 2 x (0.5 + 2 + 5) = 15 s.
 CONFIG = f"""
 [aws]
 max_attempts = 1
@@ -77,6 +78,9 @@ class Replica:
             line.get("event") == event and all(line.get(k) == v for k, v in fields.items())
             for line in self.lines()
         )
+
+    def logged_count(self, event: str) -> int:
+        return sum(line.get("event") == event for line in self.lines())
 
     def stop(self) -> None:
         """SIGTERM (a clean stop, leaving the cluster), then reap."""
@@ -143,6 +147,7 @@ def test_three_replicas_share_a_rate_and_take_over_a_killed_ones_share(
     for n in range(200):
         world.send("retry-orders", envelope("sqs", target_arn, {"n": n}))
 
+    world.record()
     started_s = time.monotonic()
     with replicas(config, tmp_path, 3) as running:
         wait_for(
@@ -156,9 +161,29 @@ def test_three_replicas_share_a_rate_and_take_over_a_killed_ones_share(
         )
         delivered = world.depth("orders-target")
         elapsed_s = time.monotonic() - started_s
+        for replica in running:
+            replica.stop()
+        cycles = sum(r.logged_count("cycle") for r in running)
 
     assert 0 < delivered <= 5 * elapsed_s + 5, (delivered, elapsed_s)
     assert world.depth("orders-target") + world.depth("retry-orders") == 200
+    # What agreeing costs: one UpdateItem per cycle, plus one to leave (none per message).
+    calls = cluster_calls(world)
+    assert cycles <= calls <= cycles + 3 * 2, (calls, cycles)
+
+
+def _body(entry: dict[str, Any]) -> str:
+    body = entry.get("body") or ""
+    return base64.b64decode(body).decode() if entry.get("body_encoded") else str(body)
+
+
+def cluster_calls(world: World) -> int:
+    """DynamoDB calls on the cluster's item, as the moto server recorded them."""
+    return sum(
+        "retryd-cluster/" in _body(entry)
+        for entry in world.server.recording()
+        if "DynamoDB" in str(entry.get("headers", {}).get("X-Amz-Target", ""))
+    )
 
 
 def test_a_failing_target_opens_everywhere_and_gets_only_the_canaries_of_each_episode(
