@@ -56,12 +56,14 @@ DLQ_ACTIONS = (
     "sqs:ReceiveMessage",
 )
 PARKING_ACTIONS = ("sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:SendMessage")
-# What the daemon's ledger calls (reads, and conditional puts for every write);
+# What the daemon's ledger calls (reads, and conditional puts for every write), and
+# the UpdateItem of replicas agreeing on one item of the same table (retryd.cluster);
 # `retryd ledger create-table` is an operator's one-off, run with their own rights.
 LEDGER_ACTIONS = (
     "dynamodb:BatchGetItem",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
 )
 
 

@@ -278,6 +278,7 @@ def test_dynamodb_ledger_only_when_configured(make_settings: SettingsFactory) ->
         "dynamodb:GetItem",
         "dynamodb:PutItem",
         "dynamodb:BatchGetItem",
+        "dynamodb:UpdateItem",
     }
 
 
