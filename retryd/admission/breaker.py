@@ -53,6 +53,8 @@ class BreakerState(StrEnum):
 
 
 Transition = Callable[[BreakerState, BreakerState], None]
+# Told of every transition of every target's breaker (retryd.cluster shares them).
+Listener = Callable[[Target, "CircuitBreaker", BreakerState, BreakerState], None]
 
 
 def _check_count(name: str, value: int) -> None:
@@ -84,6 +86,9 @@ class CircuitBreaker:
         # so an answer that comes back after the breaker has moved on (a permanent
         # error, a late success) cannot spend or free a later half-open's canaries.
         self._episode = 0
+        # Set while another replica holds this breaker's half-open canaries (retryd.cluster):
+        # an OPEN breaker then stays OPEN here whatever its cool-down says.
+        self._held_elsewhere = False
 
     @property
     def episode(self) -> int:
@@ -93,6 +98,8 @@ class CircuitBreaker:
     # -- reading ------------------------------------------------------------------------
 
     def _cooled_down(self) -> bool:
+        if self._held_elsewhere:
+            return False
         return self._clock() >= self._opened_at + self._settings.cooldown_s
 
     def _observed(self) -> BreakerState:
@@ -220,6 +227,32 @@ class CircuitBreaker:
         self._opened_at = self._clock()
         self._move(BreakerState.OPEN)
 
+    # -- agreeing with other replicas (retryd.cluster) ------------------------------------
+
+    @property
+    def opened_at(self) -> float:
+        """When it last opened, on its clock (meaningful while OPEN or HALF_OPEN)."""
+        return self._opened_at
+
+    def adopt_open(self, opened_at: float, *, held_elsewhere: bool) -> None:
+        """Open as another replica found it, at `opened_at` on this breaker's clock.
+
+        `held_elsewhere` keeps it OPEN past its cool-down: another replica holds the
+        half-open canaries. Moving from another state counts as a transition.
+        """
+        self._opened_at = opened_at
+        self._held_elsewhere = held_elsewhere
+        if self._state is not BreakerState.OPEN:
+            self._move(BreakerState.OPEN)
+
+    def adopt_closed(self) -> None:
+        """Closed as another replica found it: an empty window, nothing held."""
+        self._held_elsewhere = False
+        if self._state is not BreakerState.CLOSED:
+            self._window.clear()
+            self._window_failures = 0
+            self._move(BreakerState.CLOSED)
+
     def _move(self, new: BreakerState) -> None:
         old = self._state
         self._state = new
@@ -244,6 +277,15 @@ class Breakers:
         self._clock = clock
         self._metrics = metrics
         self._by_arn: dict[str, CircuitBreaker] = {}
+        self._listeners: list[Listener] = []
+
+    def listen(self, listener: Listener) -> None:
+        """Tell `listener` of every transition from now on (after the log line and metric)."""
+        self._listeners.append(listener)
+
+    def known(self, arn: str) -> CircuitBreaker | None:
+        """The breaker of a target already used, or None."""
+        return self._by_arn.get(arn)
 
     def for_target(self, target: Target) -> CircuitBreaker:
         """The target's breaker, created CLOSED (and exported as such) on first use."""
@@ -264,6 +306,9 @@ class Breakers:
             emit("breaker", target=target.arn, **{"from": old.value, "to": new.value})
             if self._metrics is not None:
                 self._metrics.record_breaker_transition(target.arn, target.type.value, new.value)
+            # Only a breaker already stored can move (creation is no transition).
+            for listener in self._listeners:
+                listener(target, self._by_arn[target.arn], old, new)
 
         return report
 

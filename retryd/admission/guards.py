@@ -354,17 +354,27 @@ def _permit_of(gos: Sequence[Go], job: Job) -> Permit:
     return next(go.permit for go in gos if go.job.letter.message_id == message_id)
 
 
-def build_guards(settings: Settings, *, ledger: Ledger | None, metrics: Metrics | None) -> Guards:
-    """Every guard as the settings configure it: what `once`, `run` and `plan` all use."""
+def build_guards(
+    settings: Settings,
+    *,
+    ledger: Ledger | None,
+    metrics: Metrics | None,
+    breakers: Breakers | None = None,
+    rates: RateLimits | None = None,
+) -> Guards:
+    """Every guard as the settings configure it: what `once`, `run` and `plan` all use.
+
+    `breakers` and `rates`, when given, are the ones the cycle shares with other replicas.
+    """
     return Guards(
         settings.guards,
         backoff=Backoff(settings.backoff),
         # Breakers count in the event loop's monotonic time: a wall-clock jump must
         # not open or close one.
-        breakers=Breakers(settings.breaker, anyio.current_time, metrics),
+        breakers=breakers or Breakers(settings.breaker, anyio.current_time, metrics),
         ledger=ledger,
         # Buckets fill in the event loop's monotonic time too.
-        rates=RateLimits(settings.rate_limit, anyio.current_time),
+        rates=rates or RateLimits(settings.rate_limit, anyio.current_time),
         # A message SQS deletes before the next cycle has finished looking is parked now;
         # one left in its DLQ may first stay hidden for a whole lease.
         retention_horizon_s=(

@@ -131,20 +131,36 @@ def _check_wanted(wanted: int) -> None:
         raise ValueError(f"wanted must be >= 0, not {wanted}")
 
 
-class TokenBucket:
-    """`per_s` tokens a second, at most `burst` saved up; starts full."""
+def _check_rate(per_s: float, burst: int) -> None:
+    if not per_s > 0 or math.isinf(per_s):
+        raise ValueError(f"per_s must be a finite number > 0, not {per_s}")
+    if burst < 1:
+        raise ValueError(f"burst must be >= 1, not {burst}")
 
-    def __init__(self, per_s: float, burst: int, clock: Callable[[], float]) -> None:
-        if not per_s > 0 or math.isinf(per_s):
-            raise ValueError(f"per_s must be a finite number > 0, not {per_s}")
-        if burst < 1:
-            raise ValueError(f"burst must be >= 1, not {burst}")
+
+class TokenBucket:
+    """`per_s` tokens a second, at most `burst` saved up; starts full (or, asked, empty)."""
+
+    def __init__(
+        self, per_s: float, burst: int, clock: Callable[[], float], *, full: bool = True
+    ) -> None:
+        _check_rate(per_s, burst)
         self.per_s = per_s
         self.burst = burst
         self._rate = Fraction(per_s)
         self._clock = clock
-        self._tokens = Fraction(burst)
+        self._tokens = Fraction(burst if full else 0)
         self._updated_at = Fraction(clock())
+
+    def resize(self, per_s: float, burst: int) -> None:
+        """A new size from now on: what was saved up stays, cut down to the new `burst`."""
+        _check_rate(per_s, burst)
+        tokens, now = self._level()
+        self.per_s = per_s
+        self.burst = burst
+        self._rate = Fraction(per_s)
+        self._tokens = min(tokens, Fraction(burst))
+        self._updated_at = now
 
     def _level(self) -> tuple[Fraction, Fraction]:
         """(tokens now, now), without storing them."""
@@ -180,13 +196,36 @@ class TokenBucket:
         return float(missing / self._rate) + _WAIT_MARGIN_S
 
 
+Share = Callable[[Rate], Rate]
+
+
+def _whole(rate: Rate) -> Rate:
+    return rate
+
+
 class RateLimits:
-    """One bucket per target ARN: the first matching rule's size, else its type's (type_rate)."""
+    """One bucket per target ARN: the first matching rule's size, else its type's (type_rate).
+
+    Several replicas on one DynamoDB ledger each size their buckets to their share of
+    the configured rate (`reshare`, from retryd.cluster); those buckets start empty,
+    so a replica that joins brings no burst of its own.
+    """
 
     def __init__(self, settings: RateLimitSettings, clock: Callable[[], float]) -> None:
         self._settings = settings
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
+        self._rates: dict[str, Rate] = {}
+        self._share: Share = _whole
+        self._start_full = True
+
+    def reshare(self, share: Share) -> None:
+        """Size every bucket, now and later, to `share(configured rate)`; later ones start empty."""
+        self._share = share
+        self._start_full = False
+        for arn, bucket in self._buckets.items():
+            mine = share(self._rates[arn])
+            bucket.resize(mine.per_s, mine.burst)
 
     def for_target(self, target_arn: str) -> TokenBucket:
         """The target's bucket, created full on first use."""
@@ -201,7 +240,9 @@ class RateLimits:
             else:
                 # Not an ARN retryd can send to (it would not get this far): the slowest rate.
                 rate = _shared_rate(self._settings) or SHARED_DEFAULT
-            bucket = TokenBucket(rate.per_s, rate.burst, self._clock)
+            self._rates[target_arn] = rate
+            mine = self._share(rate)
+            bucket = TokenBucket(mine.per_s, mine.burst, self._clock, full=self._start_full)
             self._buckets[target_arn] = bucket
         return bucket
 

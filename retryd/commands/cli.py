@@ -260,6 +260,12 @@ def _tool_parsers(
         "--partition",
         help="ARN partition (default: the region's, e.g. aws-cn for cn-north-1; else aws)",
     )
+    iam.add_argument(
+        "--kms",
+        action="store_true",
+        help="look up the KMS keys of encrypted DLQs, parking queue and SQS/SNS targets in "
+        "AWS, and grant kms:Decrypt / kms:GenerateDataKey on exactly those keys",
+    )
     ledger = subparsers.add_parser("ledger", help="attempt-ledger tools: create-table")
     ledger_commands = _Commands(
         ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
@@ -457,10 +463,16 @@ def _iam_policy(args: argparse.Namespace) -> int:
     from retryd.commands.iam_policy import run_iam_policy  # noqa: PLC0415 - keeps `--help` fast
     from retryd.discovery.queues import partition_for_region  # noqa: PLC0415 - keeps `--help` fast
 
-    settings = load_settings(args.config)
+    # Logs go to stderr (--kms calls AWS), so the document alone is on stdout.
+    settings = _load(args)
     partition = args.partition or (partition_for_region(args.region) if args.region else "aws")
     return run_iam_policy(
-        settings, account=args.account, region=args.region, partition=partition, role=args.role
+        settings,
+        account=args.account,
+        region=args.region,
+        partition=partition,
+        role=args.role,
+        kms=args.kms,
     )
 
 

@@ -44,9 +44,12 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from retryd.admission.allowlist import (
     LAMBDA_RESOURCE_PREFIX,
@@ -54,6 +57,7 @@ from retryd.admission.allowlist import (
     subscriber_may_be_target,
 )
 from retryd.admission.matching import could_match_prefix, parse_glob
+from retryd.commands.kms_keys import KeyFindings, look_up_keys
 from retryd.discovery.queues import is_queue_url, parse_queue_url, partition_for_region
 from retryd.errors import ConfigError, ExitCode
 from retryd.models import is_account_id, is_region_name
@@ -80,13 +84,20 @@ REDRIVE_PARKING_ACTIONS = (
     "sqs:ReceiveMessage",
 )
 ROLES = ("daemon", "operator")
-# What the daemon's ledger calls (reads, and conditional puts for every write);
+# What the daemon's ledger calls (reads, and conditional puts for every write), and
+# the UpdateItem of replicas agreeing on one item of the same table (retryd.cluster);
 # `retryd ledger create-table` is an operator's one-off, run with their own rights.
 LEDGER_ACTIONS = (
     "dynamodb:BatchGetItem",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
 )
+
+
+# Receiving from an SSE-KMS queue; sending to an SSE-KMS queue or topic (kms_keys.py).
+DECRYPT_ACTIONS = ("kms:Decrypt",)
+ENCRYPT_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +156,7 @@ class _Scope:
         return f"arn:{partition}:sqs:{region}:{location.account}:{location.name}{suffix}"
 
 
-def _target_arns(allow_targets: Iterable[str]) -> dict[str, list[str]]:
+def target_arns(allow_targets: Iterable[str]) -> dict[str, list[str]]:
     """Each allowlist glob as the ARN patterns of the target services it can match."""
     by_service: dict[str, list[str]] = {spec.service: [] for spec in TARGET_SERVICES}
     for glob in allow_targets:
@@ -250,12 +261,14 @@ def policy_document(
     region: str | None,
     partition: str = "aws",
     role: str = "daemon",
+    keys: KeyFindings | None = None,
 ) -> dict[str, Any]:
     """The IAM policy document retryd needs for `settings`; ConfigError if none can be derived.
 
     `account` and `region` fill in the ARNs of queues given by name (None: any, `*`).
     `role` is "daemon" (`run`, `once`, `plan`, `inspect`) or "operator" (those and the
     operator's commands).
+    `keys`, when looked up, adds the KMS actions on exactly the keys found.
     """
     if role not in ROLES:
         raise ConfigError([f"--role: {role!r} is not one of {', '.join(ROLES)}"])
@@ -279,7 +292,7 @@ def policy_document(
         _statement("FindDeadLetterQueues", ["sqs:ListQueues"], ["*"]),
         _statement("DrainDeadLetterQueues", DLQ_ACTIONS, dlqs),
         _statement("ParkMessages", PARKING_ACTIONS, [scope.queue_arn(settings.parking.queue)]),
-        *_target_statements(_target_arns(settings.guards.allow_targets), scope),
+        *_target_statements(target_arns(settings.guards.allow_targets), scope),
     ]
     if subscriber_may_be_target(settings.guards):
         # The subscriber of each SNS subscription DLQ (retryd.discovery.subscriptions).
@@ -300,6 +313,10 @@ def policy_document(
             f":table/{settings.ledger.table}"
         )
         statements.append(_statement("AttemptLedger", LEDGER_ACTIONS, [table]))
+    if keys is not None and keys.decrypt:
+        statements.append(_statement("DecryptDeadLetters", DECRYPT_ACTIONS, keys.decrypt))
+    if keys is not None and keys.encrypt:
+        statements.append(_statement("EncryptResubmissions", ENCRYPT_ACTIONS, keys.encrypt))
     return {"Version": POLICY_VERSION, "Statement": statements}
 
 
@@ -315,10 +332,18 @@ def run_iam_policy(
     region: str | None,
     partition: str = "aws",
     role: str = "daemon",
+    kms: bool = False,
 ) -> int:
-    """Print the policy document as JSON; exit status 0 (errors raise ConfigError: exit 2)."""
+    """Print the policy document as JSON; exit status 0 (errors raise ConfigError: exit 2).
+
+    With `kms`, the KMS keys of encrypted DLQs, parking queue and targets are looked up
+    in AWS first; an alias that cannot be resolved is named on stderr.
+    """
+    keys = anyio.run(look_up_keys, settings) if kms else None
     document = policy_document(
-        settings, account=account, region=region, partition=partition, role=role
+        settings, account=account, region=region, partition=partition, role=role, keys=keys
     )
     print(render(document))
+    for problem in keys.unresolved if keys is not None else []:
+        print(f"retryd: warning: {problem}", file=sys.stderr)
     return ExitCode.OK

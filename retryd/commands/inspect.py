@@ -214,6 +214,7 @@ class QueueInspection:
             "arn": self.queue.arn,
             "depth": self.depth.to_json() if self.depth else None,
             "retention_s": self.depth.retention_s if self.depth else None,
+            "kms_key": self.depth.kms_key if self.depth else None,
             "feeds": self.feeds,
             "route": self.route,
             "sampled": self.sampled,

@@ -371,6 +371,12 @@ def plan_document(report: PlanReport) -> Document:
     return Document([blocks])
 
 
+def _kms_key(inspection: QueueInspection) -> str:
+    if inspection.depth is None:
+        return "unknown"
+    return inspection.depth.kms_key or "none (not encrypted with a KMS key)"
+
+
 def _inspection_blocks(inspection: QueueInspection) -> list[Block]:
     blocks: list[Block] = [Line(f"{inspection.queue.name}  {inspection.queue.arn}")]
     fed_by = [f"{feed['kind']} {feed['source_arn']}" for feed in inspection.feeds]
@@ -381,6 +387,7 @@ def _inspection_blocks(inspection: QueueInspection) -> list[Block]:
         Fields(
             [
                 ("depth", [inspection.depth.describe() if inspection.depth else "unknown"]),
+                ("kms key", [_kms_key(inspection)]),
                 ("fed by", fed_by or ["nothing found"]),
                 ("sampled", [f"{inspection.sampled} message(s){note}"]),
             ],

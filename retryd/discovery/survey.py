@@ -46,6 +46,9 @@ DEPTH_ATTRIBUTES: tuple[QueueAttributeNameType, ...] = (
     "ApproximateNumberOfMessagesDelayed",
 )
 RETENTION_ATTRIBUTE: Final = "MessageRetentionPeriod"
+# The SSE-KMS key (key id, key ARN, alias name or alias ARN, as the queue's owner set
+# it); absent for unencrypted and SSE-SQS queues. Read in the same call as the depth.
+KMS_KEY_ATTRIBUTE: Final = "KmsMasterKeyId"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,8 @@ class Depth:
     delayed: int
     # MessageRetentionPeriod; None when SQS did not say.
     retention_s: int | None = None
+    # KmsMasterKeyId; None when the queue is not encrypted with a KMS key.
+    kms_key: str | None = None
 
     def to_json(self) -> dict[str, int]:
         return {"visible": self.visible, "in_flight": self.in_flight, "delayed": self.delayed}
@@ -68,12 +73,19 @@ class Depth:
 async def read_depth(sqs: SQSClient, queue: QueueRef) -> Depth:
     """The queue's depth and retention; AWS errors propagate."""
     response = await sqs.get_queue_attributes(
-        QueueUrl=queue.url, AttributeNames=[*DEPTH_ATTRIBUTES, RETENTION_ATTRIBUTE]
+        QueueUrl=queue.url,
+        AttributeNames=[*DEPTH_ATTRIBUTES, RETENTION_ATTRIBUTE, KMS_KEY_ATTRIBUTE],
     )
     attributes = response.get("Attributes", {})
     visible, in_flight, delayed = (int(attributes.get(name, 0)) for name in DEPTH_ATTRIBUTES)
     retention = str(attributes.get(RETENTION_ATTRIBUTE, ""))
-    return Depth(visible, in_flight, delayed, int(retention) if retention.isdigit() else None)
+    return Depth(
+        visible,
+        in_flight,
+        delayed,
+        int(retention) if retention.isdigit() else None,
+        str(attributes.get(KMS_KEY_ATTRIBUTE) or "") or None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

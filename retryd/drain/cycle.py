@@ -13,7 +13,10 @@ import structlog
 
 from retryd import classify
 from retryd.admission import build_guards
+from retryd.admission.breaker import Breakers
+from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
+from retryd.cluster import Cluster, open_cluster
 from retryd.control import ControlError, control_store
 from retryd.control.deferrals import HiddenBook
 from retryd.control.jobs import JOBS_DOC, job_metrics
@@ -179,7 +182,15 @@ class Cycle:
         # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few cycles.
         self._feeds = FeedCache.for_settings(settings)
         self._chain = build_chain(settings, self._feeds, metrics)
-        self._guards = build_guards(settings, ledger=ledger, metrics=metrics)
+        # Breakers count in the event loop's monotonic time: a wall-clock jump must
+        # not open or close one.
+        breakers = Breakers(settings.breaker, anyio.current_time, metrics)
+        rates = RateLimits(settings.rate_limit, anyio.current_time)
+        self._guards = build_guards(
+            settings, ledger=ledger, metrics=metrics, breakers=breakers, rates=rates
+        )
+        # Replicas on one DynamoDB ledger share the breakers and rate budgets.
+        self._cluster: Cluster = open_cluster(settings, clients, breakers=breakers, rates=rates)
         self._sender = Sender(
             targets=TargetRouter(clients, settings.drain.target_concurrency),
             guards=self._guards,
@@ -189,6 +200,16 @@ class Cycle:
         # Operator pauses live beside the ledger, shared by every replica and command.
         self._control = control_store(settings.ledger, clients)
         self._hidden = HiddenBook(self._control)
+
+    @property
+    def cluster(self) -> Cluster:
+        """How this replica agrees with the others (a single replica without DynamoDB)."""
+        return self._cluster
+
+    async def leave(self) -> None:
+        """At a clean stop: leave the cluster, so the others take over its budget at once."""
+        with anyio.CancelScope(shield=True):
+            await self._cluster.leave()
 
     @property
     def feeds(self) -> FeedCache:
@@ -229,6 +250,8 @@ class Cycle:
         started = anyio.current_time()
         try:
             pipeline, parking = await self._ready_pipeline()
+            # Once per cycle, never per message: heartbeat, budgets, breakers.
+            await self._cluster.sync()
             survey = await survey_queues(self._clients.sqs, self._settings, parking)
             queues = survey.dlqs
             await self._feeds.refresh_if_due(self._clients, queues)
@@ -336,6 +359,9 @@ class Cycle:
             state.saw(fresh)
             report.received += len(fresh)
             report.add(await run.pipeline.handle(state.queue, fresh, act_by))
+            # A breaker this batch opened or closed is written now (no call otherwise),
+            # so the other replicas find it at their next sync.
+            await self._cluster.flush()
 
     async def _size_up(self, queue: QueueRef) -> Sizing:
         """The queue's depth (exported) and retention; an unknown depth is logged, not fatal."""

@@ -13,6 +13,9 @@ import json
 from typing import Any
 
 HASH_PREFIX = "sha256:"
+# Keys of retryd's own items in the ledger table (retryd.cluster's state, operator
+# controls): a declared key there would read or overwrite them, so it is not used.
+RESERVED_PREFIXES = ("retryd-cluster/", "retryd-control/")
 # Keys retryd writes are at most this long (a hash key is 71 characters), which
 # also keeps them well inside a DynamoDB partition key's 2048-byte limit.
 MAX_KEY_CHARS = 512
@@ -54,9 +57,10 @@ def idempotency_key(target_arn: str, body: str, declared: str | None) -> str:
 
     An empty key counts as none, and so does one that is not valid Unicode (a JSON
     `\\ud800` escape decodes to a lone surrogate): no ledger can store it, and a key
-    that fails every ledger write would hold its message back forever.
+    that fails every ledger write would hold its message back forever. So does a key
+    under one of RESERVED_PREFIXES, where retryd keeps items of its own.
     """
-    if declared and _encodable(declared):
+    if declared and _encodable(declared) and not declared.startswith(RESERVED_PREFIXES):
         return declared
     return hashed_key(target_arn, body)
 

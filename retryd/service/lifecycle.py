@@ -41,7 +41,10 @@ async def run_once(
         open_ledger(settings.ledger, clients, metrics) as ledger,
     ):
         cycle = Cycle(settings, clients, metrics, ledger=ledger)
-        return await cycle.run(anyio.Event(), collect=collect)
+        try:
+            return await cycle.run(anyio.Event(), collect=collect)
+        finally:
+            await cycle.leave()
 
 
 async def _watch_signals(
@@ -102,6 +105,7 @@ async def run_daemon(settings: Settings, registry: CollectorRegistry | None = No
                 await run_schedule(
                     cycle, settings.schedule.interval_s, stopping, health, notifier.watchdog
                 )
+            await cycle.leave()
         if work.cancelled_caught:
             log.warning("drain-timeout", why="in-flight work was cancelled; it stays in its DLQ")
         group.cancel_scope.cancel()

@@ -465,3 +465,46 @@ BreakerMachine.TestCase.settings = hypothesis_settings(
     max_examples=150, stateful_step_count=40, deadline=None
 )
 TestBreakerMachine = BreakerMachine.TestCase
+
+
+def test_an_adopted_open_breaker_held_elsewhere_never_turns_half_open_by_itself() -> None:
+    """Held elsewhere: past its cool-down it stays OPEN and lets nothing through."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(SETTINGS, clock)
+    breaker.adopt_open(clock(), held_elsewhere=True)
+    clock.advance(SETTINGS.cooldown_s * 10)
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.permits(5) == 0
+
+
+def test_an_adopted_cooled_open_breaker_hands_out_its_own_canaries() -> None:
+    """Not held, opened a cool-down ago: the next read is HALF_OPEN with every canary free."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(SETTINGS, clock)
+    breaker.adopt_open(clock() - SETTINGS.cooldown_s, held_elsewhere=False)
+    assert breaker.permits(100) == SETTINGS.half_open_calls
+    assert breaker.state is BreakerState.HALF_OPEN
+
+
+def test_adopting_closed_empties_the_window() -> None:
+    """An adopted CLOSED forgets the failures seen before: it does not reopen on the next one."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(SETTINGS, clock)
+    breaker.adopt_open(clock(), held_elsewhere=True)
+    breaker.adopt_closed()
+    breaker.record(success=False)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_listeners_hear_every_transition_with_its_target_and_breaker() -> None:
+    """Breakers.listen: each move of a target's breaker reaches the listener, with the breaker."""
+    clock = FakeClock()
+    breakers = Breakers(SETTINGS, clock)
+    heard: list[tuple[str, BreakerState, BreakerState]] = []
+    breakers.listen(lambda target, breaker, old, new: heard.append((target.arn, old, new)))
+    breaker = breakers.for_target(CHARGE)
+    for _ in range(SETTINGS.min_calls):
+        breaker.record(success=False)
+    assert heard == [(CHARGE.arn, BreakerState.CLOSED, BreakerState.OPEN)]
+    assert breakers.known(CHARGE.arn) is breaker
+    assert breakers.known(SHIP.arn) is None

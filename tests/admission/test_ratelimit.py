@@ -344,3 +344,28 @@ def test_effective_rates_name_each_type_its_rate_and_where_it_came_from() -> Non
     shared = effective_rates(RateLimitSettings(per_s=7))["by_target_type"]
     assert {entry["per_s"] for entry in shared.values()} == {7.0}
     assert all("every type" in entry["from"] for entry in shared.values())
+
+
+def test_a_resized_bucket_keeps_its_tokens_up_to_the_new_burst() -> None:
+    """Shrinking cuts saved tokens to the new burst; the new rate refills from then on."""
+    clock = FakeClock()
+    bucket = TokenBucket(per_s=6.0, burst=9, clock=clock)
+    bucket.resize(per_s=2.0, burst=3)
+    assert bucket.take(9) == 3
+    clock.advance(1.0)
+    assert bucket.take(9) == 2
+
+
+def test_reshared_limits_start_empty_and_resize_existing_buckets() -> None:
+    """After reshare, existing buckets take the share and new ones start with no burst."""
+    clock = FakeClock()
+    limits = RateLimits(RateLimitSettings(per_s=6.0, burst=9), clock)
+    existing = limits.for_target(FN)
+    limits.reshare(lambda rate: Rate(rate.per_s / 3, rate.burst // 3))
+    assert (existing.per_s, existing.burst) == (2.0, 3)
+    assert existing.take(9) == 3
+    joined = limits.for_target(OTHER_FN)
+    assert (joined.per_s, joined.burst) == (2.0, 3)
+    assert joined.take(9) == 0
+    clock.advance(1.0)
+    assert joined.take(9) == 2

@@ -15,8 +15,12 @@ from retryd.commands.iam_policy import policy_document
 from retryd.errors import ConfigError
 from retryd.settings import Settings, load_settings
 from tests.conftest import SettingsFactory
+from tests.operator_helpers import keep_logging_config  # noqa: F401 - a fixture pytest finds by name
 
 ROOT = Path(__file__).resolve().parents[2]
+# The CLI configures logging (iam-policy --kms calls AWS); later tests keep their own.
+pytestmark = pytest.mark.usefixtures("keep_logging_config")
+
 EXAMPLE_CONFIG = ROOT / "config" / "retryd.example.toml"
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
@@ -304,6 +308,7 @@ def test_dynamodb_ledger_only_when_configured(make_settings: SettingsFactory) ->
         "dynamodb:GetItem",
         "dynamodb:PutItem",
         "dynamodb:BatchGetItem",
+        "dynamodb:UpdateItem",
     }
 
 

@@ -310,3 +310,21 @@ def test_messages_differing_only_in_a_number_share_a_signature(
 ) -> None:
     """Two errors that differ only in a number normalise to the same text."""
     assert normalise(f"{before} {first} {after}") == normalise(f"{before} {second} {after}")
+
+
+def test_the_kms_key_of_an_encrypted_dlq_is_shown(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SSE-KMS: the queue's KmsMasterKeyId in JSON and text; an unencrypted queue says none."""
+    world.create_queue(PARKING)
+    key_id = world.client("kms").create_key()["KeyMetadata"]["KeyId"]
+    world.create_queue("retry-sealed", KmsMasterKeyId=key_id)
+    world.create_queue("retry-plain")
+
+    code, report = inspect_json(capsys, "--config", config_file(tmp_path))
+    keys = {queue["name"]: queue["kms_key"] for queue in report["queues"]}
+    assert code == 0
+    assert keys == {"retry-sealed": key_id, "retry-plain": None}
+
+    assert main(["inspect", "--config", config_file(tmp_path), "retry-sealed"]) == 0
+    assert f"  kms key: {key_id}" in capsys.readouterr().out

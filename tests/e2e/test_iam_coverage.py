@@ -513,6 +513,7 @@ def test_the_recorded_actions(recorded: Recorded) -> None:
     assert used["demo"] == [
         "dynamodb:BatchGetItem",
         "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
         "events:PutEvents",
         "lambda:InvokeFunction",
         "lambda:ListFunctionEventInvokeConfigs",

@@ -113,3 +113,12 @@ def test_a_declared_key_that_is_not_valid_unicode_is_replaced_by_the_hash() -> N
     """A lone surrogate cannot be stored by any ledger: the derived key is used instead."""
     key = idempotency_key("arn:aws:sqs:us-east-1:123456789012:q", '{"a": 1}', "bad\ud800key")
     assert key == hashed_key("arn:aws:sqs:us-east-1:123456789012:q", '{"a": 1}')
+
+
+@given(rest=st.text(max_size=20))
+def test_a_declared_key_in_retryds_own_item_space_is_not_used(rest: str) -> None:
+    """A producer's key under retryd-cluster/ or retryd-control/ would land on retryd's own
+    items in the ledger table: the derived key is used instead."""
+    for prefix in ("retryd-cluster/", "retryd-control/"):
+        declared = prefix + rest
+        assert idempotency_key(LAMBDA_ARN, "x", declared) == hashed_key(LAMBDA_ARN, "x")

@@ -1,0 +1,83 @@
+"""What replicas on one DynamoDB ledger agree on, as pure functions of what the table holds.
+
+Membership: each replica writes when its heartbeat expires (unix seconds); a replica
+is live until then. Rate budget: each live replica takes an equal share of a target's
+rate. Breakers: the table holds, per target that has ever opened, whether it is open,
+since when, an episode token that changes on every move, and which replica (if any)
+holds the half-open canaries, until when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from retryd.admission.breaker import BreakerState
+from retryd.admission.ratelimit import Rate
+
+
+def live_members(heartbeats: Mapping[str, float], now_s: float) -> frozenset[str]:
+    """The replicas whose heartbeat has not yet expired."""
+    return frozenset(member for member, expires_s in heartbeats.items() if expires_s > now_s)
+
+
+def stale_members(heartbeats: Mapping[str, float], now_s: float, grace_s: float) -> list[str]:
+    """Replicas expired for longer than `grace_s`: their entries can go.
+
+    The grace keeps a replica that was only slow (a long pause, a stopped VM) from
+    having its fresh heartbeat removed by a replica reading an older one.
+    """
+    return sorted(member for member, expires_s in heartbeats.items() if expires_s + grace_s < now_s)
+
+
+def share(rate: Rate, live: int) -> Rate:
+    """One replica's part of `rate` when `live` replicas share it.
+
+    The rates add up to `rate.per_s`; the bursts add up to at most `rate.burst`
+    while there are no more replicas than burst tokens (each keeps at least one).
+    """
+    if live < 1:
+        raise ValueError(f"live must be >= 1, not {live}")
+    return Rate(per_s=rate.per_s / live, burst=max(1, rate.burst // live))
+
+
+@dataclass(frozen=True, slots=True)
+class SharedBreaker:
+    """One target's breaker as the table holds it."""
+
+    state: BreakerState  # OPEN or CLOSED; half-open is OPEN with a holder
+    episode: str
+    opened_at_s: float
+    holder: str | None = None
+    held_until_s: float = 0.0
+
+
+class Step(StrEnum):
+    """What a replica does about one target's breaker after reading the table."""
+
+    KEEP = "keep"  # nothing to change
+    CLOSE = "close"  # adopt CLOSED
+    HOLD = "hold"  # adopt OPEN and stay so: cooling down, or another replica has the canaries
+    CLAIM = "claim"  # cooled down and nobody holds the canaries: try to take them
+
+
+def next_step(
+    shared: SharedBreaker,
+    local: BreakerState,
+    *,
+    me: str,
+    now_s: float,
+    cooldown_s: float,
+) -> Step:
+    """What this replica (`me`), whose breaker is `local`, does about `shared`."""
+    if shared.state is BreakerState.CLOSED:
+        return Step.KEEP if local is BreakerState.CLOSED else Step.CLOSE
+    if now_s < shared.opened_at_s + cooldown_s:
+        return Step.HOLD
+    held = shared.holder is not None and shared.held_until_s > now_s
+    if held and shared.holder == me:
+        return Step.KEEP
+    if held:
+        return Step.HOLD
+    return Step.CLAIM

@@ -1,0 +1,323 @@
+"""Replicas that agree, through one item of the DynamoDB ledger table.
+
+The item `retryd-cluster/state` (beside the ledger's records, so a deployment needs
+no second table, IAM grant or TTL set-up) holds an attribute per replica,
+`m:<replica>` = when its heartbeat expires (unix seconds), and one per target whose
+breaker has ever opened, `b:<target ARN>` = {s: open|closed, e: episode token,
+at: opened (unix s), h: canary holder, hx: held until}. One UpdateItem per cycle
+writes this replica's heartbeat and returns the whole item (ReturnValues ALL_NEW),
+so learning the membership and every breaker costs one call, whatever the number
+of messages. Breaker moves are conditional writes on the episode token, so of two
+replicas acting on the same reading only one lands; the other adopts the winner's.
+
+Conditional updates: https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html
+ReturnValues: https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_UpdateItem.html
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from retryd.admission.breaker import Breakers, BreakerState, CircuitBreaker
+from retryd.admission.ratelimit import Rate, RateLimits
+from retryd.aws import Client
+from retryd.classify import from_exception
+from retryd.cluster.agree import (
+    SharedBreaker,
+    Step,
+    live_members,
+    next_step,
+    share,
+    stale_members,
+)
+from retryd.ledger.dynamodb import KEY_ATTRIBUTE
+from retryd.models import Target
+
+log = structlog.get_logger("retryd.cluster")
+
+STATE_KEY = "retryd-cluster/state"
+MEMBER_PREFIX = "m:"
+BREAKER_PREFIX = "b:"
+_CONDITION_FAILED = "ConditionalCheckFailedException"
+_FAILURES = (BotoCoreError, ClientError)
+
+
+def _new_episode() -> str:
+    return uuid.uuid4().hex
+
+
+def _parse_breaker(value: dict[str, Any]) -> SharedBreaker | None:
+    fields = value.get("M", {})
+    try:
+        state = BreakerState(fields["s"]["S"])
+        return SharedBreaker(
+            state=state,
+            episode=fields["e"]["S"],
+            opened_at_s=float(fields.get("at", {"N": "0"})["N"]),
+            holder=fields["h"]["S"] if "h" in fields else None,
+            held_until_s=float(fields.get("hx", {"N": "0"})["N"]),
+        )
+    except (KeyError, ValueError):
+        # Written by a later version, or by hand: not a reason to stop agreeing on the rest.
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """A move of this replica's breaker not yet written: to OPEN or to CLOSED."""
+
+    state: BreakerState
+    at_s: float
+
+
+class DynamoDbCluster:
+    """Membership, shared rate budgets and shared breakers on the ledger table."""
+
+    def __init__(
+        self,
+        client: Client,
+        table: str,
+        *,
+        breakers: Breakers,
+        rates: RateLimits,
+        cooldown_s: float,
+        member_ttl_s: float,
+        me: str,
+        wall_s: Callable[[], float] = time.time,
+        monotonic_s: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        self._client = client
+        self._table = table
+        self._breakers = breakers
+        self._rates = rates
+        self._cooldown_s = cooldown_s
+        self._member_ttl_s = member_ttl_s
+        self._me = me
+        self._wall_s = wall_s
+        self._monotonic_s = monotonic_s
+        self._live = 1
+        self._stale: list[str] = []
+        # The episode token of each target's shared breaker as this replica last wrote or read it.
+        self._seen: dict[str, str] = {}
+        self._pending: dict[str, _Move] = {}
+        self._adopting = False
+        # Until the first sync this replica counts only itself; its buckets start empty
+        # (see RateLimits.reshare), so that first guess adds no burst to the total.
+        rates.reshare(lambda rate: share(rate, 1))
+        breakers.listen(self._heard)
+        log.info("cluster-joining", replica=me, table=table, member_ttl_s=member_ttl_s)
+
+    @property
+    def live(self) -> int:
+        return self._live
+
+    def _heard(
+        self, target: Target, breaker: CircuitBreaker, old: BreakerState, new: BreakerState
+    ) -> None:
+        if self._adopting or new is BreakerState.HALF_OPEN:
+            # Adopted moves came from the table; half-open is handed out by claims.
+            return
+        if new is BreakerState.OPEN:
+            # Its cool-down ends in a claim at a sync, not on its own: otherwise each
+            # replica would send its own canaries.
+            breaker.adopt_open(breaker.opened_at, held_elsewhere=True)
+        self._pending[target.arn] = _Move(new, self._wall_s())
+
+    # -- calls --------------------------------------------------------------------------
+
+    def _key(self) -> dict[str, Any]:
+        return {KEY_ATTRIBUTE: {"S": STATE_KEY}}
+
+    async def _update(self, **kwargs: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._client.update_item(
+            TableName=self._table, Key=self._key(), **kwargs
+        )
+        return answer
+
+    async def _conditional(self, **kwargs: Any) -> bool:
+        """A conditional update: False when its condition did not hold."""
+        try:
+            await self._update(**kwargs)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == _CONDITION_FAILED:
+                return False
+            raise
+        return True
+
+    async def _push(self, arn: str, move: _Move) -> None:
+        episode = _new_episode()
+        names = {"#b": BREAKER_PREFIX + arn}
+        if move.state is BreakerState.OPEN:
+            # Anyone may open a closed breaker; an open one only in the episode it knows
+            # (its own canaries failed), or two replicas would each start a cool-down.
+            values: dict[str, Any] = {
+                ":v": {
+                    "M": {
+                        "s": {"S": BreakerState.OPEN.value},
+                        "e": {"S": episode},
+                        "at": {"N": repr(move.at_s)},
+                    }
+                },
+                ":closed": {"S": BreakerState.CLOSED.value},
+                ":seen": {"S": self._seen.get(arn, "")},
+            }
+            condition = "attribute_not_exists(#b) OR #b.s = :closed OR #b.e = :seen"
+        else:
+            # Only the canaries' holder, in its episode, closes a shared breaker.
+            values = {
+                ":v": {"M": {"s": {"S": BreakerState.CLOSED.value}, "e": {"S": episode}}},
+                ":seen": {"S": self._seen.get(arn, "")},
+                ":me": {"S": self._me},
+            }
+            condition = "#b.e = :seen AND #b.h = :me"
+        landed = await self._conditional(
+            UpdateExpression="SET #b = :v",
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        if landed:
+            self._seen[arn] = episode
+            log.info("cluster-breaker-written", target=arn, state=move.state.value)
+
+    async def _claim(self, arn: str, shared: SharedBreaker, now_s: float) -> bool:
+        episode = _new_episode()
+        landed = await self._conditional(
+            UpdateExpression="SET #b.h = :me, #b.hx = :until, #b.e = :new",
+            ConditionExpression="#b.e = :seen",
+            ExpressionAttributeNames={"#b": BREAKER_PREFIX + arn},
+            ExpressionAttributeValues={
+                ":me": {"S": self._me},
+                # Another cool-down to send the canaries and hear back; past it the
+                # canaries go to whoever claims next (this replica may have died).
+                ":until": {"N": repr(now_s + self._cooldown_s)},
+                ":new": {"S": episode},
+                ":seen": {"S": shared.episode},
+            },
+        )
+        if landed:
+            self._seen[arn] = episode
+            log.info("cluster-canaries-claimed", target=arn, replica=self._me)
+        return landed
+
+    async def _heartbeat(self, now_s: float) -> dict[str, Any]:
+        names = {"#me": MEMBER_PREFIX + self._me}
+        expression = "SET #me = :expires"
+        removals = [f"#x{index}" for index in range(len(self._stale))]
+        for placeholder, member in zip(removals, self._stale, strict=True):
+            names[placeholder] = MEMBER_PREFIX + member
+        if removals:
+            expression += " REMOVE " + ", ".join(removals)
+        answer = await self._update(
+            UpdateExpression=expression,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={":expires": {"N": repr(now_s + self._member_ttl_s)}},
+            ReturnValues="ALL_NEW",
+        )
+        attributes: dict[str, Any] = answer.get("Attributes", {})
+        return attributes
+
+    # -- the protocol -------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        try:
+            await self._flush()
+        except _FAILURES as exc:
+            log.warning("cluster-write-failed", error=str(from_exception(exc)))
+
+    async def _flush(self) -> None:
+        while self._pending:
+            arn, move = next(iter(self._pending.items()))
+            await self._push(arn, move)
+            # Dropped even when it did not land: the table's state wins, adopted at sync.
+            if self._pending.get(arn) == move:
+                del self._pending[arn]
+
+    async def sync(self) -> None:
+        try:
+            await self._flush()
+            now_s = self._wall_s()
+            item = await self._heartbeat(now_s)
+            await self._agree(item, now_s)
+        except _FAILURES as exc:
+            # The last agreement stands: budgets as shared, breakers as they are.
+            log.warning("cluster-sync-failed", error=str(from_exception(exc)))
+
+    async def _agree(self, item: dict[str, Any], now_s: float) -> None:
+        heartbeats = {
+            name[len(MEMBER_PREFIX) :]: float(value["N"])
+            for name, value in item.items()
+            if name.startswith(MEMBER_PREFIX) and "N" in value
+        }
+        live = max(1, len(live_members(heartbeats, now_s) | {self._me}))
+        self._stale = [
+            member
+            for member in stale_members(heartbeats, now_s, self._member_ttl_s)
+            if member != self._me
+        ]
+        if live != self._live:
+            log.info("cluster-members", live=live, was=self._live, replica=self._me)
+            self._live = live
+            self._rates.reshare(lambda rate: _share_of(rate, live))
+        for name, value in item.items():
+            if not name.startswith(BREAKER_PREFIX):
+                continue
+            shared = _parse_breaker(value)
+            arn = name[len(BREAKER_PREFIX) :]
+            breaker = self._breakers.known(arn)
+            if shared is None or breaker is None or arn in self._pending:
+                continue
+            await self._agree_breaker(arn, breaker, shared, now_s)
+
+    async def _agree_breaker(
+        self, arn: str, breaker: CircuitBreaker, shared: SharedBreaker, now_s: float
+    ) -> None:
+        step = next_step(
+            shared, breaker.state, me=self._me, now_s=now_s, cooldown_s=self._cooldown_s
+        )
+        if step is Step.CLAIM and await self._claim(arn, shared, now_s):
+            # Cooled down as of now on this breaker's clock: its next read is half-open.
+            self._adopt(breaker, open_at=self._monotonic_s() - self._cooldown_s, held=False)
+            return
+        if step is Step.KEEP:
+            self._seen[arn] = shared.episode
+            return
+        self._seen[arn] = shared.episode
+        if step is Step.CLOSE or shared.state is BreakerState.CLOSED:
+            self._adopt(breaker, open_at=None, held=False)
+            return
+        opened_at = self._monotonic_s() - max(0.0, now_s - shared.opened_at_s)
+        self._adopt(breaker, open_at=opened_at, held=True)
+
+    def _adopt(self, breaker: CircuitBreaker, *, open_at: float | None, held: bool) -> None:
+        self._adopting = True
+        try:
+            if open_at is None:
+                breaker.adopt_closed()
+            else:
+                breaker.adopt_open(open_at, held_elsewhere=held)
+        finally:
+            self._adopting = False
+
+    async def leave(self) -> None:
+        try:
+            await self._update(
+                UpdateExpression="REMOVE #me",
+                ExpressionAttributeNames={"#me": MEMBER_PREFIX + self._me},
+            )
+        except _FAILURES as exc:
+            log.warning("cluster-leave-failed", error=str(from_exception(exc)))
+        else:
+            log.info("cluster-left", replica=self._me)
+
+
+def _share_of(rate: Rate, live: int) -> Rate:
+    return share(rate, live)

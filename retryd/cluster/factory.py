@@ -1,0 +1,45 @@
+"""The cluster backend that goes with the configured ledger."""
+
+from __future__ import annotations
+
+from retryd.admission.breaker import Breakers
+from retryd.admission.ratelimit import RateLimits
+from retryd.aws import AwsClients
+from retryd.cluster.base import Cluster, SingleReplica
+from retryd.cluster.dynamodb import DynamoDbCluster
+from retryd.ledger.base import default_owner
+from retryd.settings import Settings
+
+
+def member_ttl_s(settings: Settings) -> float:
+    """How long a heartbeat lasts: two of the longest cycles, so a busy replica stays live.
+
+    Heartbeats are written at the start of each cycle. A cycle stops taking new
+    batches after `drain.cycle_budget_s`, but a batch already received may run to the
+    end of its lease (`drain.visibility_timeout_s`), and `schedule.interval_s` of rest
+    follows.
+    """
+    drain = settings.drain
+    return 2.0 * (settings.schedule.interval_s + drain.cycle_budget_s + drain.visibility_timeout_s)
+
+
+def open_cluster(
+    settings: Settings,
+    clients: AwsClients,
+    *,
+    breakers: Breakers,
+    rates: RateLimits,
+    me: str | None = None,
+) -> Cluster:
+    """DynamoDB-backed agreement for the dynamodb ledger; otherwise a single replica."""
+    if settings.ledger.backend != "dynamodb":
+        return SingleReplica(settings.ledger.backend)
+    return DynamoDbCluster(
+        clients.dynamodb,
+        settings.ledger.table,
+        breakers=breakers,
+        rates=rates,
+        cooldown_s=settings.breaker.cooldown_s,
+        member_ttl_s=member_ttl_s(settings),
+        me=me or default_owner(),
+    )

@@ -1,0 +1,158 @@
+"""The KMS keys behind encrypted queues and topics, for `retryd iam-policy --kms`.
+
+Receiving from an SSE-KMS queue needs `kms:Decrypt` on its key; sending to one, or
+publishing to an SSE-KMS topic, needs `kms:GenerateDataKey` and `kms:Decrypt`
+(https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-key-management.html,
+https://docs.aws.amazon.com/sns/latest/dg/sns-key-management.html). A key policy
+statement is evaluated against the key's ARN, never an alias
+(https://docs.aws.amazon.com/kms/latest/developerguide/alias-authorization.html), so
+a queue or topic that names its key by alias is resolved with kms:DescribeKey; an
+alias that cannot be resolved is reported rather than guessed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aioboto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from retryd.aws import AwsClients, client_config, open_clients
+from retryd.classify import from_exception
+from retryd.discovery.queues import discover_queues, find_queue_url, queue_ref_from_url
+from retryd.discovery.survey import KMS_KEY_ATTRIBUTE
+from retryd.models import Arn
+from retryd.settings import Settings
+
+_FAILURES = (BotoCoreError, ClientError)
+
+
+def is_alias(key: str) -> bool:
+    """An alias name (`alias/...`) or alias ARN (`arn:...:alias/...`)."""
+    return key.startswith("alias/") or (key.startswith("arn:") and ":alias/" in key)
+
+
+def key_arn(key: str, resource_arn: str) -> str | None:
+    """The key's ARN without a lookup: a key ARN as is, a bare key id in the resource's
+    account and Region; None for an alias (it needs kms:DescribeKey)."""
+    if is_alias(key):
+        return None
+    if key.startswith("arn:"):
+        return key
+    owner = Arn.parse(resource_arn)
+    return f"arn:{owner.partition}:kms:{owner.region}:{owner.account}:key/{key}"
+
+
+@dataclass
+class KeyFindings:
+    """Key ARNs to decrypt with (DLQs) and to encrypt with (targets, parking), and what
+    could not be resolved."""
+
+    decrypt: list[str] = field(default_factory=list)
+    encrypt: list[str] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)
+
+    def add(self, kind: list[str], arn: str) -> None:
+        if arn not in kind:
+            kind.append(arn)
+
+
+def _literal_prefix(glob: str) -> str:
+    return re.split(r"[*?\[]", glob, maxsplit=1)[0]
+
+
+async def _queue_key(clients: AwsClients, url: str) -> str | None:
+    response = await clients.sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=[KMS_KEY_ATTRIBUTE]
+    )
+    return response.get("Attributes", {}).get(KMS_KEY_ATTRIBUTE) or None
+
+
+async def _target_queues(clients: AwsClients, globs: Iterable[str]) -> list[tuple[str, str]]:
+    """(ARN, URL) of each queue in this account and Region that an SQS target glob matches."""
+    region = clients.sqs.meta.region_name
+    found: dict[str, str] = {}
+    for glob in globs:
+        name_glob = glob.rsplit(":", 1)[-1]
+        kwargs: dict[str, Any] = {}
+        if prefix := _literal_prefix(name_glob):
+            kwargs["QueueNamePrefix"] = prefix
+        async for page in clients.sqs.get_paginator("list_queues").paginate(**kwargs):
+            for url in page.get("QueueUrls", []):
+                arn = queue_ref_from_url(url, region).arn
+                if fnmatch.fnmatchcase(arn, glob):
+                    found[arn] = url
+    return sorted(found.items())
+
+
+async def _target_topics(clients: AwsClients, globs: Iterable[str]) -> list[str]:
+    """ARNs of the topics in this account and Region that an SNS target glob matches."""
+    globs = list(globs)
+    found = set()
+    async for page in clients.sns.get_paginator("list_topics").paginate():
+        for topic in page.get("Topics", []):
+            arn = topic["TopicArn"]
+            if any(fnmatch.fnmatchcase(arn, glob) for glob in globs):
+                found.add(arn)
+    return sorted(found)
+
+
+async def _resolve(kms: Any, key: str, resource: str, findings: KeyFindings) -> str | None:
+    direct = key_arn(key, resource)
+    if direct is not None:
+        return direct
+    try:
+        metadata = (await kms.describe_key(KeyId=key))["KeyMetadata"]
+    except _FAILURES as exc:
+        findings.unresolved.append(
+            f"{resource} is encrypted with {key}, which kms:DescribeKey could not resolve "
+            f"({from_exception(exc)}): grant the KMS actions on its key ARN by hand"
+        )
+        return None
+    arn: str = metadata["Arn"]
+    return arn
+
+
+async def find_keys(settings: Settings, clients: AwsClients, kms: Any) -> KeyFindings:
+    """The keys of every DLQ discovery finds, the parking queue, and the SQS and SNS targets
+    in this account and Region that allow_targets matches."""
+    from retryd.commands.iam_policy import target_arns  # noqa: PLC0415 - iam_policy imports this
+
+    findings = KeyFindings()
+    sqs_region = clients.sqs.meta.region_name
+    dlqs = await discover_queues(clients.sqs, settings.discovery, settings.parking.queue)
+    for queue in dlqs:
+        key = await _queue_key(clients, queue.url)
+        if key and (arn := await _resolve(kms, key, queue.arn, findings)):
+            findings.add(findings.decrypt, arn)
+    sends: list[tuple[str, str | None]] = []
+    parking_url = await find_queue_url(clients.sqs, settings.parking.queue)
+    if parking_url is not None:
+        parking_arn = queue_ref_from_url(parking_url, sqs_region).arn
+        sends.append((parking_arn, await _queue_key(clients, parking_url)))
+    targets = target_arns(settings.guards.allow_targets)
+    # DLQs and the parking queue are never targets (the loop guard refuses them).
+    protected = {queue.arn for queue in dlqs} | {arn for arn, _ in sends}
+    for arn, url in await _target_queues(clients, targets["sqs"]):
+        if arn not in protected:
+            sends.append((arn, await _queue_key(clients, url)))
+    for arn in await _target_topics(clients, targets["sns"]):
+        attributes = (await clients.sns.get_topic_attributes(TopicArn=arn))["Attributes"]
+        sends.append((arn, attributes.get(KMS_KEY_ATTRIBUTE) or None))
+    for resource, key in sends:
+        if key and (arn := await _resolve(kms, key, resource, findings)):
+            findings.add(findings.encrypt, arn)
+    return findings
+
+
+async def look_up_keys(settings: Settings) -> KeyFindings:
+    """find_keys with clients of its own (a KMS one besides)."""
+    async with (
+        open_clients(settings.aws) as clients,
+        aioboto3.Session().client("kms", config=client_config(settings.aws)) as kms,
+    ):
+        return await find_keys(settings, clients, kms)

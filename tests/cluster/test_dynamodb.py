@@ -1,0 +1,154 @@
+"""Two DynamoDbCluster members on one moto-server table: membership, shares, breakers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+import pytest
+
+from retryd.admission.breaker import Breakers, BreakerState
+from retryd.admission.ratelimit import RateLimits
+from retryd.aws import open_clients
+from retryd.cluster import DynamoDbCluster
+from retryd.ledger import create_table
+from retryd.models import Target
+from retryd.settings import BreakerSettings, RateLimitSettings, Settings
+from tests.clock_helpers import FakeClock
+from tests.conftest import SettingsFactory
+from tests.world import ACCOUNT, REGION, World
+
+TABLE = "retryd-ledger-cluster"
+TARGET = Target.from_arn(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:charge")
+BREAKER = BreakerSettings(
+    window_calls=4, min_calls=2, failure_rate=0.5, cooldown_s=30, half_open_calls=2
+)
+TTL_S = 10.0
+
+
+class Member:
+    """One replica's breakers, buckets and cluster, on shared fake clocks."""
+
+    def __init__(self, settings: Settings, client: object, name: str, wall: FakeClock) -> None:
+        self.mono = FakeClock()
+        self.breakers = Breakers(BREAKER, self.mono)
+        self.rates = RateLimits(RateLimitSettings(per_s=6.0, burst=6), self.mono)
+        self.cluster = DynamoDbCluster(
+            client,
+            TABLE,
+            breakers=self.breakers,
+            rates=self.rates,
+            cooldown_s=BREAKER.cooldown_s,
+            member_ttl_s=TTL_S,
+            me=name,
+            wall_s=wall,
+            monotonic_s=self.mono,
+        )
+
+    def advance(self, seconds: float) -> None:
+        self.mono.advance(seconds)
+
+
+def run_pair(
+    world: World,
+    make_settings: SettingsFactory,
+    body: Callable[[Member, Member, FakeClock], Awaitable[None]],
+) -> None:
+    settings = make_settings(ledger={"backend": "dynamodb", "table": TABLE})
+
+    async def main() -> None:
+        await create_table(settings)
+        async with open_clients(settings.aws) as clients:
+            wall = FakeClock(1_700_000_000.0)
+            a = Member(settings, clients.dynamodb, "a", wall)
+            b = Member(settings, clients.dynamodb, "b", wall)
+            await body(a, b, wall)
+
+    anyio.run(main)
+
+
+def test_members_count_each_other_until_a_heartbeat_expires_or_one_leaves(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Both live after both sync; a silent member drops out after its TTL; a leaver at once;
+    the buckets follow (6/s alone, 3/s each when two)."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        bucket = a.rates.for_target(TARGET.arn)
+        await a.cluster.sync()
+        assert a.cluster.live == 1
+        await b.cluster.sync()
+        await a.cluster.sync()
+        assert (a.cluster.live, b.cluster.live) == (2, 2)
+        assert bucket.per_s == 3.0
+        wall.advance(TTL_S + 1)
+        await a.cluster.sync()
+        assert a.cluster.live == 1
+        assert bucket.per_s == 6.0
+        await b.cluster.sync()
+        await a.cluster.sync()
+        assert a.cluster.live == 2
+        await b.cluster.leave()
+        await a.cluster.sync()
+        assert a.cluster.live == 1
+
+    run_pair(world, make_settings, body)
+
+
+def _fail(member: Member) -> None:
+    breaker = member.breakers.for_target(TARGET)
+    while breaker.state is BreakerState.CLOSED:
+        breaker.record(success=False)
+
+
+@pytest.mark.parametrize("canaries_succeed", [True, False], ids=["recover", "still-broken"])
+def test_a_breaker_opened_by_one_is_open_on_the_other_and_only_one_sends_canaries(
+    world: World, make_settings: SettingsFactory, canaries_succeed: bool
+) -> None:
+    """A opens and writes; B's next sync opens B. After the cool-down exactly one claims the
+    canaries; its result (closed, or open again) reaches the other at its next sync."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        b.breakers.for_target(TARGET)  # B has met the target, still closed
+        _fail(a)
+        await a.cluster.flush()
+        await b.cluster.sync()
+        assert b.breakers.for_target(TARGET).state is BreakerState.OPEN
+        # Past the cool-down on every clock: still held open until a sync hands out canaries.
+        for member in (a, b):
+            member.advance(BREAKER.cooldown_s + 1)
+            assert member.breakers.for_target(TARGET).permits(10) == 0
+        wall.advance(BREAKER.cooldown_s + 1)
+        await a.cluster.sync()
+        await b.cluster.sync()
+        granted = [m.breakers.for_target(TARGET).permits(10) for m in (a, b)]
+        assert sorted(granted) == [0, BREAKER.half_open_calls]
+        holder, other = (a, b) if granted[0] else (b, a)
+        canary = holder.breakers.for_target(TARGET)
+        episode = canary.episode
+        for _ in range(BREAKER.half_open_calls):
+            canary.record(success=canaries_succeed, episode=episode)
+        await holder.cluster.flush()
+        await other.cluster.sync()
+        expected = BreakerState.CLOSED if canaries_succeed else BreakerState.OPEN
+        assert other.breakers.for_target(TARGET).state is expected
+
+    run_pair(world, make_settings, body)
+
+
+def test_two_replicas_opening_at_once_agree_on_one_cool_down(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Both open before either syncs: the second write loses and adopts the first's opening."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        _fail(a)
+        _fail(b)
+        await a.cluster.flush()
+        wall.advance(5)
+        await b.cluster.flush()
+        await b.cluster.sync()
+        # B's cool-down is A's: 25 s left rather than B's own 30.
+        assert b.breakers.for_target(TARGET).retry_in_s() == pytest.approx(25, abs=0.5)
+
+    run_pair(world, make_settings, body)
