@@ -18,8 +18,8 @@ from jmespath.exceptions import JMESPathError
 
 from retryd import stamps
 from retryd.admission.matching import glob_matches, parse_glob
-from retryd.commands.inspect import error_signature, failure_group_id
 from retryd.models import DeadLetter, Job, QueueRef, Unresolvable
+from retryd.resolve.failure_groups import error_signature, failure_group_id
 
 
 class SelectorError(ValueError):

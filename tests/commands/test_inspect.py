@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.commands.cli import main
-from retryd.commands.inspect import NO_ERROR, error_signature, failure_group_id, normalise
 from retryd.models import DeadLetter, MessageAttribute, QueueRef
+from retryd.resolve.failure_groups import NO_ERROR, error_signature, failure_group_id, normalise
 from tests.faults import Fault
 from tests.operator_helpers import (
     PARKING,

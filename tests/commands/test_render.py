@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from retryd.commands import render
-from retryd.commands.inspect import FailureGroup, InspectReport, QueueInspection
+from retryd.commands.inspect import InspectReport, QueueInspection
 from retryd.commands.plan import Action, PlannedMessage, PlanReport, QueuePlan
 from retryd.discovery.survey import Depth
 from retryd.models import QueueRef, Target
+from retryd.resolve.failure_groups import FailureGroup
 from retryd.sandbox.command import DECISION_COLUMNS
 
 ACCOUNT = "123456789012"

@@ -15,10 +15,10 @@ import anyio
 import pytest
 
 from retryd.commands.cli import main
-from retryd.commands.inspect import error_signature, failure_group_id
 from retryd.ledger.base import BeginStatus, Claim
 from retryd.ledger.sqlite import SqliteLedger
 from retryd.models import DeadLetter, QueueRef
+from retryd.resolve.failure_groups import error_signature, failure_group_id
 from tests.faults import Fault
 from tests.operator_helpers import (
     CONFIG,

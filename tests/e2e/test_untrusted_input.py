@@ -17,10 +17,10 @@ import pytest
 
 from retryd.admission import Guards
 from retryd.commands.cli import main
-from retryd.commands.inspect import NO_ERROR, error_signature
 from retryd.drain.cycle import CycleReport
 from retryd.models import DeadLetter, Job, Outcome, ParkReason, Target, Unresolvable
 from retryd.resolve import build_chain
+from retryd.resolve.failure_groups import NO_ERROR, error_signature
 from retryd.service.lifecycle import run_once
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
