@@ -139,7 +139,8 @@ class Cycle:
         self._clients = clients
         self._metrics = metrics
         # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few cycles.
-        self._feeds = FeedCache.for_settings(settings)
+        # Redrive sources lazily: a DLQ's are looked up once it has messages (see _drain).
+        self._feeds = FeedCache.for_settings(settings, lazy_redrive=True)
         self._chain = build_chain(settings, self._feeds)
         self._guards = build_guards(settings, ledger=ledger, metrics=metrics)
         self._sender = Sender(
@@ -226,6 +227,8 @@ class Cycle:
                 return
             # Carried on every letter, so the guards can rescue messages SQS is about to drop.
             queue = replace(queue, retention_s=retention_s)
+            # Its resolvers read what feeds it: learned now, not for every empty DLQ.
+            await self._feeds.learn(self._clients, queue)
             state = _QueueDrain(queue, self._settings.drain.max_messages_per_queue)
             async with anyio.create_task_group() as group:
                 for _ in range(self._settings.drain.workers_per_queue):
