@@ -17,7 +17,6 @@ from typing import Any
 
 import aioboto3
 import aiobotocore
-import botocore
 from aiobotocore.config import AioConfig
 
 from retryd.settings import AwsSettings
@@ -51,10 +50,8 @@ def user_agent() -> str:
         retryd_version = version("retryd")
     except PackageNotFoundError:
         retryd_version = "unknown"
-    return (
-        f"retryd/{retryd_version} aiobotocore/{aiobotocore.__version__} "
-        f"botocore/{botocore.__version__}"
-    )
+    # The session appends its own extra (botocore's version) to this.
+    return f"retryd/{retryd_version} aiobotocore/{aiobotocore.__version__}"
 
 
 def client_config(settings: AwsSettings) -> AioConfig:

@@ -516,6 +516,31 @@ def test_sqlite_ledger_survives_a_restart(tmp_path: Path, clock: FakeClock) -> N
     run(body)
 
 
+def test_sqlite_ledger_writes_ahead_without_an_fsync_per_commit(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """WAL with synchronous=NORMAL: a process crash loses nothing, a commit costs no fsync."""
+
+    async def body() -> tuple[str, int]:
+        ledger = await SqliteLedger.open(
+            tmp_path / "l.sqlite3", claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock
+        )
+        try:
+            # The pragmas belong to the ledger's own connection.
+            return await ledger._run(
+                "inspect",
+                lambda conn: (
+                    conn.execute("PRAGMA journal_mode").fetchone()[0],
+                    conn.execute("PRAGMA synchronous").fetchone()[0],
+                ),
+            )
+        finally:
+            await ledger.aclose()
+
+    # synchronous: 1 is NORMAL, 2 FULL (https://sqlite.org/pragma.html#pragma_synchronous).
+    assert run(body) == ("wal", 1)
+
+
 def test_sqlite_ledger_prunes_expired_rows_when_opened(tmp_path: Path, clock: FakeClock) -> None:
     """Rows past their expiry are deleted from the file at the next open."""
     path = tmp_path / "ledger.sqlite3"
