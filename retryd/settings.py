@@ -84,7 +84,8 @@ class ScheduleSettings(_Group):
 class DrainSettings(_Group):
     """How each DLQ is read within one cycle."""
 
-    queue_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    # 16 DLQs x 2 receivers keep 32 batches in flight, under aws.max_pool_connections (50).
+    queue_concurrency: Annotated[int, Field(ge=1, le=256)] = 16
     workers_per_queue: Annotated[int, Field(ge=1, le=32)] = 2
     visibility_timeout_s: Annotated[int, Field(ge=5, le=MAX_VISIBILITY_TIMEOUT_S)] = 120
     receive_wait_s: Annotated[int, Field(ge=0, le=20)] = 1
