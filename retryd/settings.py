@@ -128,8 +128,9 @@ class ScheduleSettings(_Group):
 class DrainSettings(_Group):
     """How each DLQ is read within one cycle."""
 
+    # 16 DLQs x 2 receivers keep 32 batches in flight, under aws.max_pool_connections (50).
     queue_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
-        8,
+        16,
         description="DLQs drained at the same time within one cycle.",
     )
     workers_per_queue: Annotated[int, Field(ge=1, le=32)] = Field(

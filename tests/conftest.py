@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from retryd.control.memory import reset_shared
 from retryd.sandbox.emulator import MotoServer
@@ -85,3 +86,15 @@ def make_settings() -> SettingsFactory:
         return Settings(**_merge(base, overrides))
 
     return build
+
+
+@pytest.fixture(autouse=True)
+def keep_logging_config() -> Iterator[None]:
+    """Restore structlog's set-up after every test.
+
+    The CLI configures logging (level, renderer, the stream) for the process; a test that
+    runs it in-process must not leave a level behind that hides a later test's lines.
+    """
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)

@@ -226,6 +226,19 @@ def _dynamodb(call: ApiCall, account: str) -> list[IamRequest]:
     if call.operation in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query"):
         table = _table_arn(str(params["TableName"]), call.region, account)
         return [IamRequest(f"dynamodb:{call.operation}", table)]
+    if call.operation == "TransactWriteItems":
+        # Each action is authorised as its own operation
+        # (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis-iam.html).
+        actions = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem"}
+        actions["ConditionCheck"] = "ConditionCheckItem"
+        return [
+            IamRequest(
+                f"dynamodb:{actions[kind]}",
+                _table_arn(str(body["TableName"]), call.region, account),
+            )
+            for item in params["TransactItems"]
+            for kind, body in item.items()
+        ]
     raise UnmappedCallError(f"dynamodb {call.operation}")
 
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-import structlog
 
 from tests.world import ACCOUNT, REGION, World
 
@@ -42,14 +38,6 @@ burst = 10000
 [http]
 enabled = false
 """
-
-
-@pytest.fixture
-def keep_logging_config() -> Iterator[None]:
-    """Restore structlog's set-up: the CLI points it at the captured stderr of one test."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 def config_file(tmp_path: Path, extra: str = "") -> str:

@@ -17,6 +17,11 @@ AWS calls used (the IAM actions retryd needs for this map):
 
 A failed call never fails the map: it is recorded in `FeedMap.errors` and the
 map holds what the other calls learned.
+
+In the drain cycle the redrive sources are learned lazily (`FeedCache(lazy_redrive=True)`):
+a DLQ's sources are only read by the resolvers of its messages, and most DLQs are
+empty most of the time, so each DLQ's ListDeadLetterSourceQueues is made the first
+time it has messages after each rebuild (`FeedCache.learn`), not for every DLQ up front.
 """
 
 from __future__ import annotations
@@ -153,6 +158,7 @@ async def map_feeds(
     *,
     lambda_feeds: bool = True,
     sns_feeds: bool = False,
+    redrive_feeds: bool = True,
 ) -> FeedMap:
     """Which functions, queues and subscriptions feed each of `queues`; never raises for AWS.
 
@@ -160,6 +166,8 @@ async def map_feeds(
     target, a Lambda's failures can only be parked, and the IAM policy
     (retryd.commands.iam_policy) grants no Lambda reads. SNS subscriptions are read
     only with `sns_feeds`, for the same reason (no queue or function can be a target).
+    Without `redrive_feeds` no queue's redrive sources are looked up (a lazy cache
+    learns them per queue).
     """
     collected = _Collected(frozenset(queue.arn for queue in queues))
     limiter = anyio.CapacityLimiter(LOOKUP_CONCURRENCY)
@@ -168,8 +176,9 @@ async def map_feeds(
             group.start_soon(_map_lambda_feeds, clients.lambda_, collected, limiter)
         if sns_feeds:
             group.start_soon(_map_subscriptions, clients.sns, collected, limiter)
-        for queue in queues:
-            group.start_soon(_map_redrive_sources, clients.sqs, queue, collected, limiter)
+        if redrive_feeds:
+            for queue in queues:
+                group.start_soon(_map_redrive_sources, clients.sqs, queue, collected, limiter)
     return collected.to_map()
 
 
@@ -280,20 +289,28 @@ class FeedCache:
     """The feed map, rebuilt every `refresh_cycles` cycles or when a new DLQ appears."""
 
     def __init__(
-        self, refresh_cycles: int, *, lambda_feeds: bool = True, sns_feeds: bool = False
+        self,
+        refresh_cycles: int,
+        *,
+        lambda_feeds: bool = True,
+        sns_feeds: bool = False,
+        lazy_redrive: bool = False,
     ) -> None:
         if refresh_cycles < 1:
             raise ValueError("refresh_cycles must be at least 1")
         self._refresh_cycles = refresh_cycles
         self._lambda_feeds = lambda_feeds
         self._sns_feeds = sns_feeds
+        self._lazy_redrive = lazy_redrive
         self._current = FeedMap()
         self._calls = 0
         self._seen: frozenset[str] = frozenset()
         self._built = False
+        # Lazy mode: the DLQs whose redrive sources were looked up since the last rebuild.
+        self._learned: set[str] = set()
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> FeedCache:
+    def for_settings(cls, settings: Settings, *, lazy_redrive: bool = False) -> FeedCache:
         """The cache a cycle (and `plan`) uses: Lambda is read only when it may be a target,
         SNS subscriptions only when their subscriber (a queue or a function) may be one,
         which is also when `retryd iam-policy` grants those reads."""
@@ -301,6 +318,7 @@ class FeedCache:
             settings.discovery.feeds_refresh_cycles,
             lambda_feeds=lambda_may_be_target(settings.guards),
             sns_feeds=subscriber_may_be_target(settings.guards),
+            lazy_redrive=lazy_redrive,
         )
 
     @property
@@ -323,7 +341,11 @@ class FeedCache:
             return self._current
         try:
             built = await map_feeds(
-                clients, queues, lambda_feeds=self._lambda_feeds, sns_feeds=self._sns_feeds
+                clients,
+                queues,
+                lambda_feeds=self._lambda_feeds,
+                sns_feeds=self._sns_feeds,
+                redrive_feeds=not self._lazy_redrive,
             )
         except Exception as exc:  # noqa: BLE001 - a stale map beats no map
             # map_feeds records AWS errors itself; this is a bug, and must not stop draining.
@@ -331,6 +353,10 @@ class FeedCache:
             return self._current
         self._calls = 0
         self._seen = arns
+        if self._lazy_redrive:
+            # The redrive sources learned so far stay until each DLQ's next look-up.
+            built = _with_redrive_of(built, self._current, arns)
+            self._learned.clear()
         if built.errors and self._built:
             for error in built.errors:
                 log.warning("feed-map-incomplete-kept-previous", error=error)
@@ -350,6 +376,57 @@ class FeedCache:
             errors=list(built.errors),
         )
         return built
+
+    async def learn(self, clients: AwsClients, queue: QueueRef) -> FeedMap:
+        """In lazy mode, look up `queue`'s redrive sources once per rebuild; call before
+        resolving its messages. A failed look-up keeps what was known and is not retried
+        before the next rebuild, as in an eager build."""
+        if not self._lazy_redrive or queue.arn in self._learned:
+            return self._current
+        self._learned.add(queue.arn)
+        collected = _Collected(frozenset({queue.arn}))
+        await _map_redrive_sources(
+            clients.sqs, queue, collected, anyio.CapacityLimiter(LOOKUP_CONCURRENCY)
+        )
+        learned = collected.to_map()
+        for error in learned.errors:
+            log.warning("feed-map-incomplete", error=error)
+        # No await from here on: concurrent look-ups of other DLQs each merge whole.
+        current = self._current
+        feeds = dict(current.feeds)
+        if not learned.errors:
+            kept = tuple(
+                feed for feed in feeds.get(queue.arn, ()) if feed.kind is not FeedKind.SQS_REDRIVE
+            )
+            merged = tuple(
+                sorted(
+                    (*kept, *learned.feeding(queue.arn)),
+                    key=lambda feed: (feed.kind.value, feed.source_arn),
+                )
+            )
+            if merged:
+                feeds[queue.arn] = merged
+            else:
+                feeds.pop(queue.arn, None)
+        errors = tuple(dict.fromkeys((*current.errors, *learned.errors)))
+        self._current = FeedMap(
+            MappingProxyType(dict(sorted(feeds.items()))), current.built_at_s, errors
+        )
+        return self._current
+
+
+def _with_redrive_of(built: FeedMap, previous: FeedMap, queues: frozenset[str]) -> FeedMap:
+    """`built` (no redrive look-ups) plus the redrive feeds `previous` knew for `queues`."""
+    merged = {queue: list(feeds) for queue, feeds in built.feeds.items()}
+    for queue, feeds in previous.feeds.items():
+        redrive = [feed for feed in feeds if feed.kind is FeedKind.SQS_REDRIVE]
+        if queue in queues and redrive:
+            merged.setdefault(queue, []).extend(redrive)
+    ordered = {
+        queue: tuple(sorted(feeds, key=lambda feed: (feed.kind.value, feed.source_arn)))
+        for queue, feeds in sorted(merged.items())
+    }
+    return FeedMap(MappingProxyType(ordered), built.built_at_s, built.errors)
 
 
 def _keep_previous(previous: FeedMap, partial: FeedMap) -> FeedMap:

@@ -180,7 +180,8 @@ class Cycle:
         self._clients = clients
         self._metrics = metrics
         # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few cycles.
-        self._feeds = FeedCache.for_settings(settings)
+        # Redrive sources lazily: a DLQ's are looked up once it has messages (see _drain).
+        self._feeds = FeedCache.for_settings(settings, lazy_redrive=True)
         self._chain = build_chain(settings, self._feeds, metrics)
         # Breakers count in the event loop's monotonic time: a wall-clock jump must
         # not open or close one.
@@ -319,6 +320,8 @@ class Cycle:
                 return
             # Its retention rides on every letter, for the guards' retention check.
             queue = sizing.queue
+            # Its resolvers read what feeds it: learned now, not for every empty DLQ.
+            await self._feeds.learn(self._clients, queue)
             state = _QueueDrain(queue, self._settings.drain.max_messages_per_queue)
             try:
                 async with anyio.create_task_group() as group:

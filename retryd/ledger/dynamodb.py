@@ -1,9 +1,22 @@
 """The DynamoDB ledger: one table shared by several replicas, safe under races.
 
-Every write is a conditional PutItem on the item's `version` number (or on the
-item not existing yet), made after a strongly consistent read: of two replicas
-that read the same version, only one write lands; the other re-reads, decides
-again on what is now stored, and so sees the winner's claim. Items carry an
+Every write is conditional on the item's `version` number (or on the item not
+existing yet), as of a strongly consistent read: of two replicas that read the
+same version, only one write lands; the other re-reads, decides again on what is
+now stored, and so sees the winner's claim.
+
+A call's writes travel together, one TransactWriteItems per call with a condition
+per item: a batch of 10 costs one BatchGetItem (the guards' `read`), one write for
+`begin` and one for `commit`. `begin` and `commit` decide on the versions this
+ledger last read or wrote (kept briefly per key) instead of reading again: a
+version that is no longer current fails its condition, and that key is re-read
+and decided again. Deciding on an older record without writing is safe too:
+DONE only follows from a commit, which is never undone, and BUSY only defers.
+A cancelled transaction writes nothing; the keys whose conditions held are
+written again in the next round. (BatchExecuteStatement would take per-item
+conditions without the all-or-nothing, but the moto server the tests run on
+cannot run parameterised PartiQL writes.) A transactional write costs twice the
+write capacity of a PutItem. Items carry an
 `expires_at` attribute (unix seconds) for DynamoDB's TTL, so the table does not
 grow forever; an item past it but not yet swept is treated as absent. A record's
 recently committed messages are the list attribute `committed` of maps
@@ -15,6 +28,8 @@ References: conditional writes,
 https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html;
 BatchGetItem's 100-key limit and UnprocessedKeys,
 https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchGetItem.html;
+TransactWriteItems' 100 items and CancellationReasons,
+https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html;
 TTL, https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/TTL.html;
 list (L) and map (M) attribute values,
 https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_AttributeValue.html
@@ -24,8 +39,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -46,6 +63,7 @@ from retryd.ledger.base import (
     decide_commit,
     decide_release,
     default_owner,
+    settle,
 )
 from retryd.models import ErrorClass, SendError
 
@@ -59,12 +77,17 @@ BATCH_GET_MAX_KEYS = 100
 UNPROCESSED_ROUNDS = 8
 UNPROCESSED_FIRST_WAIT_S = 0.05
 UNPROCESSED_MAX_WAIT_S = 1.0
-# Conditional writes tried per claim before giving up on a key that keeps changing.
+# Rounds of conditional writes before giving up on a key that keeps changing.
 CONFLICT_TRIES = 5
-# Keys written at once within one call.
-WRITE_CONCURRENCY = 16
+# TransactWriteItems takes at most 100 items.
+TRANSACT_MAX_ITEMS = 100
+# How long, and for how many keys, the last version read or written is decided on
+# without reading again. Older only costs a failed condition and a re-read.
+KNOWN_FOR_S = 60.0
+KNOWN_MAX_KEYS = 10_000
 
-_CONDITION_FAILED = "ConditionalCheckFailedException"
+_CANCELLED = "TransactionCanceledException"
+_CONDITION_FAILED_REASON = "ConditionalCheckFailed"
 _TABLE_MISSING = "ResourceNotFoundException"
 
 # An item in DynamoDB's typed JSON: {"S": ...}, {"N": ...}, and the committed {"L": [...]}.
@@ -158,8 +181,13 @@ def from_item(item: Item, now_s: float) -> _Stored:
     return _Stored(record, version)
 
 
-class _ConflictError(Exception):
-    """Another writer changed the item since we read it."""
+Decider = Callable[[Record | None, Claim, float], tuple[R, Record | None]]
+
+
+def _decide_at(
+    decide: Decider[R], now_s: float, record: Record | None, claim: Claim
+) -> tuple[R, Record | None]:
+    return decide(record, claim, now_s)
 
 
 class DynamoDbLedger:
@@ -183,6 +211,27 @@ class DynamoDbLedger:
         self._claim_s = claim_s
         self._ttl_s = ttl_s
         self._clock = clock
+        # key -> (time.monotonic() when learned, the item then; None: there was none).
+        self._known: OrderedDict[str, tuple[float, _Stored | None]] = OrderedDict()
+
+    # -- what this ledger last saw of each key --------------------------------------------------
+
+    def _learn(self, stored: dict[str, _Stored | None]) -> None:
+        now = time.monotonic()
+        for key, item in stored.items():
+            self._known[key] = (now, item)
+            self._known.move_to_end(key)
+        while len(self._known) > KNOWN_MAX_KEYS:
+            self._known.popitem(last=False)
+
+    def _recalled(self, keys: Iterable[str]) -> dict[str, _Stored | None]:
+        oldest = time.monotonic() - KNOWN_FOR_S
+        recalled: dict[str, _Stored | None] = {}
+        for key in keys:
+            entry = self._known.get(key)
+            if entry is not None and entry[0] >= oldest:
+                recalled[key] = entry[1]
+        return recalled
 
     # -- AWS calls ---------------------------------------------------------------------------
 
@@ -233,115 +282,134 @@ class DynamoDbLedger:
             ),
         )
 
-    async def _read(self, operation: str, keys: Sequence[str], now_s: float) -> dict[str, _Stored]:
+    async def _read(
+        self, operation: str, keys: Sequence[str], now_s: float
+    ) -> dict[str, _Stored | None]:
+        """Each key's item as stored now (None: no item); remembered for the next write."""
         distinct = list(dict.fromkeys(keys))
-        stored: dict[str, _Stored] = {}
+        stored: dict[str, _Stored | None] = dict.fromkeys(distinct)
         for start in range(0, len(distinct), BATCH_GET_MAX_KEYS):
             for item in await self._batch_get(
                 operation, distinct[start : start + BATCH_GET_MAX_KEYS]
             ):
                 stored[item[KEY_ATTRIBUTE]["S"]] = from_item(item, now_s)
+        self._learn(stored)
         return stored
 
-    async def _get(self, operation: str, key: str, now_s: float) -> _Stored | None:
-        try:
-            response = await self._client.get_item(
-                TableName=self.table, Key={KEY_ATTRIBUTE: {"S": key}}, ConsistentRead=True
-            )
-        except _FAILURES as exc:
-            raise self._error(operation, exc) from exc
-        item = response.get("Item")
-        return from_item(item, now_s) if item else None
-
-    async def _put(
-        self, operation: str, record: Record, over: _Stored | None, now_s: float
-    ) -> _Stored:
+    def _put(self, record: Record, over: _Stored | None, now_s: float) -> dict[str, Any]:
+        """One conditional Put of a transaction: `record` over the version read, if any."""
         version = over.version + 1 if over is not None else 1
-        condition: dict[str, Any]
+        put: dict[str, Any] = {
+            "TableName": self.table,
+            "Item": to_item(record, expires_at=math.ceil(now_s + self._ttl_s), version=version),
+        }
         if over is None:
-            condition = {
-                "ConditionExpression": "attribute_not_exists(#key)",
-                "ExpressionAttributeNames": {"#key": KEY_ATTRIBUTE},
-            }
+            put["ConditionExpression"] = "attribute_not_exists(#key)"
+            put["ExpressionAttributeNames"] = {"#key": KEY_ATTRIBUTE}
         else:
-            condition = {
-                "ConditionExpression": "#version = :read_version",
-                "ExpressionAttributeNames": {"#version": "version"},
-                "ExpressionAttributeValues": {":read_version": _number(over.version)},
-            }
-        item = to_item(record, expires_at=math.ceil(now_s + self._ttl_s), version=version)
-        try:
-            await self._client.put_item(TableName=self.table, Item=item, **condition)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == _CONDITION_FAILED:
-                raise _ConflictError from exc
-            raise self._error(operation, exc) from exc
-        except _FAILURES as exc:
-            raise self._error(operation, exc) from exc
-        return _Stored(record, version)
+            put["ConditionExpression"] = "#version = :read_version"
+            put["ExpressionAttributeNames"] = {"#version": "version"}
+            put["ExpressionAttributeValues"] = {":read_version": _number(over.version)}
+        return {"Put": put}
+
+    async def _write(
+        self,
+        operation: str,
+        changed: dict[str, Record],
+        stored: dict[str, _Stored | None],
+        now_s: float,
+    ) -> tuple[set[str], set[str]]:
+        """Write `changed` over `stored`; the keys not written, and of those the stale ones."""
+        unwritten: set[str] = set()
+        stale: set[str] = set()
+        keys = list(changed)
+        for start in range(0, len(keys), TRANSACT_MAX_ITEMS):
+            chunk = keys[start : start + TRANSACT_MAX_ITEMS]
+            puts = [self._put(changed[key], stored.get(key), now_s) for key in chunk]
+            try:
+                await self._client.transact_write_items(TransactItems=puts)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != _CANCELLED:
+                    raise self._error(operation, exc) from exc
+                unwritten.update(chunk)
+                reasons = exc.response.get("CancellationReasons") or []
+                if len(reasons) != len(chunk):
+                    # No per-item reasons: any of them may have changed.
+                    stale.update(chunk)
+                    continue
+                # Another transaction on the same item (TransactionConflict) is also a
+                # race lost: re-read. Items whose condition held are only written again.
+                stale.update(
+                    key
+                    for key, reason in zip(chunk, reasons, strict=True)
+                    if reason.get("Code") not in (None, "None")
+                )
+            except _FAILURES as exc:
+                raise self._error(operation, exc) from exc
+            else:
+                self._learn(
+                    {
+                        key: _Stored(changed[key], (over.version + 1) if over else 1)
+                        for key in chunk
+                        for over in (stored.get(key),)
+                    }
+                )
+        return unwritten, stale
 
     # -- read, decide, conditionally write -----------------------------------------------------
 
-    async def _settle_key(
-        self,
-        operation: str,
-        stored: _Stored | None,
-        claims: Sequence[Claim],
-        decide: Callable[[Record | None, Claim, float], tuple[R, Record | None]],
-    ) -> list[R]:
-        """One key's claims in order; each re-decided on fresh state after a lost race."""
-        answers = []
-        for claim in claims:
-            for _ in range(CONFLICT_TRIES):
-                now_s = self._clock()
-                current = stored.record if stored is not None else None
-                answer, written = decide(current, claim, now_s)
-                if written is None:
-                    break
-                try:
-                    stored = await self._put(operation, written, stored, now_s)
-                    break
-                except _ConflictError:
-                    stored = await self._get(operation, claim.key, now_s)
-            else:
-                raise contention_error(self.backend, operation, claim.key, CONFLICT_TRIES)
-            answers.append(answer)
-        return answers
+    async def _apply(self, operation: str, claims: Sequence[Claim], decide: Decider[R]) -> list[R]:
+        """Decide each claim on the versions known, write all changes in one call.
 
-    async def _apply(
-        self,
-        operation: str,
-        claims: Sequence[Claim],
-        decide: Callable[[Record | None, Claim, float], tuple[R, Record | None]],
-    ) -> list[R]:
+        A key whose version changed meanwhile fails its condition, is re-read and
+        decided again in a new round. An answer that writes nothing (DONE, BUSY, a
+        release of a claim no longer ours) is only given on a version read by this
+        call: an older one is read again first, so it cannot miss another owner's commit.
+        """
         if not claims:
             return []
-        stored = await self._read(operation, [claim.key for claim in claims], self._clock())
-        by_key: dict[str, list[int]] = {}
-        for index, claim in enumerate(claims):
-            by_key.setdefault(claim.key, []).append(index)
+        keys = list(dict.fromkeys(claim.key for claim in claims))
+        stored = self._recalled(keys)
+        fresh = {key for key in keys if key not in stored}
+        if fresh:
+            stored.update(await self._read(operation, sorted(fresh), self._clock()))
         answers: dict[int, R] = {}
-        failures: list[LedgerError] = []
-        limiter = anyio.CapacityLimiter(WRITE_CONCURRENCY)
-
-        async def settle_key(key: str, indexes: list[int]) -> None:
-            async with limiter:
-                try:
-                    settled = await self._settle_key(
-                        operation, stored.get(key), [claims[i] for i in indexes], decide
-                    )
-                except LedgerError as exc:
-                    # Kept, not raised: the other keys' writes are real and finish.
-                    failures.append(exc)
-                    return
-                answers.update(zip(indexes, settled, strict=True))
-
-        async with anyio.create_task_group() as group:
-            for key, indexes in by_key.items():
-                group.start_soon(settle_key, key, indexes)
-        if failures:
-            raise failures[0]
-        return [answers[index] for index in range(len(claims))]
+        pending = set(keys)
+        rounds = 0
+        while True:
+            now_s = self._clock()
+            indexes = [index for index, claim in enumerate(claims) if claim.key in pending]
+            records = {
+                key: item.record
+                for key in pending
+                if (item := stored.get(key)) is not None and item.record is not None
+            }
+            settled, changed = settle(
+                records,
+                [claims[index] for index in indexes],
+                partial(_decide_at, decide, now_s),
+            )
+            unsure = sorted(pending - changed.keys() - fresh)
+            if unsure:
+                # Each key is read at most once this way: it is fresh from then on.
+                stored.update(await self._read(operation, unsure, now_s))
+                fresh.update(unsure)
+                continue
+            unwritten, stale = await self._write(operation, changed, stored, now_s)
+            answers.update(
+                (index, answer)
+                for index, answer in zip(indexes, settled, strict=True)
+                if claims[index].key not in unwritten
+            )
+            pending = unwritten
+            if not pending:
+                return [answers[index] for index in range(len(claims))]
+            rounds += 1
+            if rounds >= CONFLICT_TRIES:
+                raise contention_error(self.backend, operation, sorted(pending)[0], rounds)
+            if stale:
+                stored.update(await self._read(operation, sorted(stale), now_s))
+                fresh.update(stale)
 
     # -- the Ledger protocol -------------------------------------------------------------------
 
@@ -349,7 +417,11 @@ class DynamoDbLedger:
         if not keys:
             return {}
         stored = await self._read("read", keys, self._clock())
-        return {key: item.record for key, item in stored.items() if item.record is not None}
+        return {
+            key: item.record
+            for key, item in stored.items()
+            if item is not None and item.record is not None
+        }
 
     async def begin(self, claims: Sequence[Claim]) -> list[Begun]:
         def decide(

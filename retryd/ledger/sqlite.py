@@ -181,6 +181,13 @@ def _connect(path: Path, now_s: float) -> sqlite3.Connection:
     )
     try:
         conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL under WAL: a commit is not fsynced, the WAL is at checkpoints
+        # (https://sqlite.org/pragma.html#pragma_synchronous). A process crash (kill,
+        # OOM, deploy) loses nothing; a power loss or kernel crash can roll back the
+        # last seconds of commits, never corrupting the file. Then a message still in
+        # its DLQ may be resubmitted once more (retryd is at-least-once anyway) and a
+        # key's count may be one short. It spares an fsync per call, 3 per batch.
+        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         _create_schema(conn, path)
         conn.execute("DELETE FROM ledger WHERE expires_at <= ?", (now_s,))

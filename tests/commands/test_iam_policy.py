@@ -15,7 +15,6 @@ from retryd.commands.iam_policy import policy_document
 from retryd.errors import ConfigError
 from retryd.settings import Settings, load_settings
 from tests.conftest import SettingsFactory
-from tests.operator_helpers import keep_logging_config  # noqa: F401 - a fixture pytest finds by name
 
 ROOT = Path(__file__).resolve().parents[2]
 # The CLI configures logging (iam-policy --kms calls AWS); later tests keep their own.

@@ -19,7 +19,6 @@ from tests.operator_helpers import (
     PARKING,
     config_file,
     depth,
-    keep_logging_config,  # noqa: F401 - a fixture pytest finds by name
 )
 from tests.world import ACCOUNT, REGION, World, envelope
 

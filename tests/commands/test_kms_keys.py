@@ -15,7 +15,6 @@ from retryd.commands.kms_keys import is_alias, key_arn
 from tests.operator_helpers import (
     PARKING,
     config_file,
-    keep_logging_config,  # noqa: F401 - a fixture pytest finds by name
 )
 from tests.world import ACCOUNT, REGION, World
 

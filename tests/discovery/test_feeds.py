@@ -406,3 +406,85 @@ def test_refresh_cycles_must_be_positive() -> None:
     """A cache that would never rebuild is refused."""
     with pytest.raises(ValueError, match="at least 1"):
         FeedCache(0)
+
+
+# -- the lazy cache (the drain cycle's): redrive sources per DLQ, once it has messages ---------
+
+
+class FailingSqs(FakeSqs):
+    """ListDeadLetterSourceQueues refused for every queue."""
+
+    async def list_dead_letter_source_queues(self, **request: Any) -> dict[str, Any]:
+        self.requests.append(request)
+        raise client_error("AccessDenied", "ListDeadLetterSourceQueues")
+
+
+def lazy_step(
+    cache: FeedCache, sqs: FakeSqs, queues: Sequence[QueueRef], learn: Sequence[QueueRef]
+) -> FeedMap:
+    """One cycle's feed work: refresh if due, then learn the DLQs that have messages."""
+
+    async def run() -> FeedMap:
+        both = clients(counting_lambda(), sqs)
+        await cache.refresh_if_due(both, queues)
+        for dlq in learn:
+            await cache.learn(both, dlq)
+        return cache.current
+
+    result: FeedMap = anyio.run(run)
+    return result
+
+
+def test_a_lazy_cache_looks_up_only_dlqs_with_messages_once_per_rebuild() -> None:
+    """Empty DLQs cost no look-up; a DLQ with messages costs one per rebuild, not per cycle."""
+    sqs = FakeSqs({(DLQ.url, None): {"queueUrls": [url("orders")]}})
+    cache = FeedCache(3, lazy_redrive=True)
+    for _ in range(3):
+        feeds = lazy_step(cache, sqs, [DLQ, OTHER], learn=[DLQ])
+    assert [request["QueueUrl"] for request in sqs.requests] == [DLQ.url]
+    assert feeds.of_kind(DLQ.arn, FeedKind.SQS_REDRIVE) == (
+        Feed(FeedKind.SQS_REDRIVE, queue_arn("orders")),
+    )
+    assert feeds.of_kind(DLQ.arn, FeedKind.LAMBDA_DLQ) == (
+        Feed(FeedKind.LAMBDA_DLQ, function_arn("a")),
+    )
+    lazy_step(cache, sqs, [DLQ, OTHER], learn=[DLQ])
+    assert len(sqs.requests) == 2
+
+
+def test_a_lazy_rebuild_keeps_learned_sources_until_the_next_look_up() -> None:
+    """A rebuild does not forget a DLQ's sources; its next look-up replaces them."""
+    cache = FeedCache(1, lazy_redrive=True)
+    lazy_step(cache, FakeSqs({(DLQ.url, None): {"queueUrls": [url("a")]}}), [DLQ], learn=[DLQ])
+    moved = FakeSqs({(DLQ.url, None): {"queueUrls": [url("b")]}})
+    kept = lazy_step(cache, moved, [DLQ], learn=[])
+    assert kept.of_kind(DLQ.arn, FeedKind.SQS_REDRIVE) == (
+        Feed(FeedKind.SQS_REDRIVE, queue_arn("a")),
+    )
+    relearned = lazy_step(cache, moved, [DLQ], learn=[DLQ])
+    assert relearned.of_kind(DLQ.arn, FeedKind.SQS_REDRIVE) == (
+        Feed(FeedKind.SQS_REDRIVE, queue_arn("b")),
+    )
+
+
+def test_a_failed_lazy_look_up_keeps_what_was_known_and_says_why() -> None:
+    """AccessDenied on a later look-up: the DLQ keeps its sources, the map names the error."""
+    cache = FeedCache(1, lazy_redrive=True)
+    lazy_step(cache, FakeSqs({(DLQ.url, None): {"queueUrls": [url("a")]}}), [DLQ], learn=[DLQ])
+    with capture_logs() as logs:
+        feeds = lazy_step(cache, FailingSqs({}), [DLQ], learn=[DLQ])
+    assert feeds.of_kind(DLQ.arn, FeedKind.SQS_REDRIVE) == (
+        Feed(FeedKind.SQS_REDRIVE, queue_arn("a")),
+    )
+    assert feeds.errors == (
+        f"ListDeadLetterSourceQueues: AccessDenied (AccessDenied) for {DLQ.name}",
+    )
+    assert any(log["event"] == "feed-map-incomplete" for log in logs)
+
+
+def test_an_eager_cache_ignores_learn() -> None:
+    """`plan` and `inspect` map every DLQ up front; learn adds no call there."""
+    sqs = FakeSqs({})
+    cache = FeedCache(3)
+    lazy_step(cache, sqs, [DLQ, OTHER], learn=[DLQ, OTHER])
+    assert len(sqs.requests) == 2

@@ -364,7 +364,13 @@ def commit_outage_world(world: World, make_settings: SettingsFactory) -> Setting
     world.faults.add(Fault("lambda", "Invoke", code="TooManyRequestsException", contains="boom"))
     # Only commits write a "committed" claim state; begins write "begun".
     world.faults.add(
-        Fault("dynamodb", "PutItem", code="InternalServerError", status=500, contains='"committed"')
+        Fault(
+            "dynamodb",
+            "TransactWriteItems",
+            code="InternalServerError",
+            status=500,
+            contains='"committed"',
+        )
     )
     return settings
 

@@ -23,7 +23,6 @@ from tests.faults import Fault
 from tests.operator_helpers import (
     CONFIG,
     PARKING,
-    keep_logging_config,  # noqa: F401 - a fixture pytest finds by name
 )
 from tests.world import ACCOUNT, REGION, World, envelope
 

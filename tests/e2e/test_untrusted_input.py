@@ -29,7 +29,6 @@ from tests.native_helpers import DLQ, fixture
 from tests.operator_helpers import (
     config_file,
     depth,
-    keep_logging_config,  # noqa: F401 - a fixture pytest finds by name
     visible_ids,
 )
 from tests.world import ACCOUNT, REGION, World, envelope

@@ -542,6 +542,31 @@ def test_sqlite_ledger_survives_a_restart(tmp_path: Path, clock: FakeClock) -> N
     run(body)
 
 
+def test_sqlite_ledger_writes_ahead_without_an_fsync_per_commit(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """WAL with synchronous=NORMAL: a process crash loses nothing, a commit costs no fsync."""
+
+    async def body() -> tuple[str, int]:
+        ledger = await SqliteLedger.open(
+            tmp_path / "l.sqlite3", claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock
+        )
+        try:
+            # The pragmas belong to the ledger's own connection.
+            return await ledger._run(
+                "inspect",
+                lambda conn: (
+                    conn.execute("PRAGMA journal_mode").fetchone()[0],
+                    conn.execute("PRAGMA synchronous").fetchone()[0],
+                ),
+            )
+        finally:
+            await ledger.aclose()
+
+    # synchronous: 1 is NORMAL, 2 FULL (https://sqlite.org/pragma.html#pragma_synchronous).
+    assert run(body) == ("wal", 1)
+
+
 def test_sqlite_ledger_prunes_expired_rows_when_opened(tmp_path: Path, clock: FakeClock) -> None:
     """Rows past their expiry are deleted from the file at the next open."""
     path = tmp_path / "ledger.sqlite3"
@@ -662,7 +687,7 @@ def test_sqlite_ledger_in_a_missing_directory_fails_naming_the_path(tmp_path: Pa
 @pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
 @pytest.mark.parametrize(
     ("operation", "call"),
-    [("BatchGetItem", "read"), ("BatchGetItem", "begin"), ("PutItem", "begin")],
+    [("BatchGetItem", "read"), ("BatchGetItem", "begin"), ("TransactWriteItems", "begin")],
 )
 def test_a_dynamodb_failure_is_a_transient_ledger_error(
     backend: Backend, clock: FakeClock, operation: str, call: str
@@ -690,13 +715,13 @@ def test_a_dynamodb_failure_is_a_transient_ledger_error(
 def test_a_lost_conditional_write_is_decided_again_on_fresh_state(
     backend: Backend, clock: FakeClock
 ) -> None:
-    """One ConditionalCheckFailed is re-read and retried; a key that never settles is an error."""
+    """One cancelled write is re-read and retried; a key that never settles is an error."""
     assert backend.world is not None
     backend.world.faults.add(
         Fault(
             service="dynamodb",
-            operation="PutItem",
-            code="ConditionalCheckFailedException",
+            operation="TransactWriteItems",
+            code="TransactionCanceledException",
             contains="once",
             times=1,
         )
@@ -704,8 +729,8 @@ def test_a_lost_conditional_write_is_decided_again_on_fresh_state(
     backend.world.faults.add(
         Fault(
             service="dynamodb",
-            operation="PutItem",
-            code="ConditionalCheckFailedException",
+            operation="TransactWriteItems",
+            code="TransactionCanceledException",
             contains="always",
         )
     )
@@ -717,6 +742,47 @@ def test_a_lost_conditional_write_is_decided_again_on_fresh_state(
                 await ledger.begin([claim("always", "m1")])
             assert raised.value.error.code == "retryd.LedgerContention"
             assert f"{CONFLICT_TRIES} conditional writes" in str(raised.value)
+
+    run(body)
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_a_batch_of_ten_costs_three_dynamodb_calls(backend: Backend, clock: FakeClock) -> None:
+    """read, begin and commit of 10 claims: one BatchGetItem and two TransactWriteItems."""
+    assert backend.world is not None
+    counted = {
+        operation: backend.world.faults.add(Fault("dynamodb", operation, code=None))
+        for operation in ("BatchGetItem", "GetItem", "PutItem", "TransactWriteItems")
+    }
+    claims = [claim(f"batch-{n}", f"m{n}") for n in range(10)]
+
+    async def body() -> None:
+        async with backend.open("a", clock) as ledger:
+            assert await ledger.read([one.key for one in claims]) == {}
+            assert {x.status for x in await ledger.begin(claims)} == {STARTED}
+            assert await ledger.commit(claims, at_s=clock()) == [True] * 10
+
+    run(body)
+    assert {name: fault.hits for name, fault in counted.items()} == {
+        "BatchGetItem": 1,
+        "GetItem": 0,
+        "PutItem": 0,
+        "TransactWriteItems": 2,
+    }
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_a_done_answer_from_a_remembered_version_is_checked_first(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A version this ledger wrote, then another owner committed over: BUSY is re-read as DONE."""
+
+    async def body() -> None:
+        async with backend.open("a", clock) as a, backend.open("b", clock) as b:
+            await b.begin([claim("k", "m2", attempt=2)])
+            await a.commit([claim("k", "m1", attempt=1)], at_s=clock())
+            [begun] = await b.begin([claim("k", "m1", attempt=3)])
+            assert (begun.status, begun.attempt) == (DONE, 1)
 
     run(body)
 
