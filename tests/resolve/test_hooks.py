@@ -389,3 +389,29 @@ def test_the_example_transform_and_a_schema_never_raise(body: str) -> None:
         assert answer.key == "key"
     else:
         assert answer.reason in (ParkReason.INVALID_PAYLOAD, ParkReason.TRANSFORM_PARKED)
+
+
+@pytest.mark.xfail(strict=True, reason="review: waiting for a transform thread counts as overrun")
+def test_waiting_for_a_transform_thread_does_not_count_against_the_time_limit(
+    make_settings: SettingsFactory,
+) -> None:
+    """Eight hung transforms hold every transform thread until their own limit: a ninth,
+    quick one waits for a thread, then runs and is sent, not parked for the wait."""
+    hooks = [
+        {
+            "queue": "retry-orders",
+            "transform": "tests.hook_transforms:hangs",
+            "transform_timeout_s": 0.5,
+        },
+        # Shorter than the hung ones' limit: it cannot get a thread before its own would end.
+        {
+            "queue": "retry-audit",
+            "transform": "tests.hook_transforms:quick",
+            "transform_timeout_s": 0.3,
+        },
+    ]
+    hung = [letter({"id": n}, message_id=f"h{n}") for n in range(8)]
+    *parked, quick = run(make_settings, hooks, *hung, letter({"id": 9}, OTHER_DLQ, "q"))
+    assert all(isinstance(answer, Unresolvable) for answer in parked)
+    assert isinstance(quick, Job), quick
+    assert json.loads(quick.body) == {"id": 9, "quick": True}
