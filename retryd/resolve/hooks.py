@@ -291,14 +291,19 @@ class Hooks:
             )
 
         try:
-            with anyio.fail_after(timeout_s):
-                answer = await anyio.to_thread.run_sync(
-                    transform.function,
-                    payload,
-                    context,
-                    abandon_on_cancel=True,
-                    limiter=self._threads,
-                )
+            # The time limit starts once a thread is ours: a message waiting behind other
+            # transforms has not overrun, and must not be parked for the wait.
+            async with self._threads:
+                with anyio.fail_after(timeout_s):
+                    answer = await anyio.to_thread.run_sync(
+                        transform.function,
+                        payload,
+                        context,
+                        abandon_on_cancel=True,
+                        # The shared limiter is held above; this one only keeps the call
+                        # off anyio's default limiter, which the ledger's threads share.
+                        limiter=anyio.CapacityLimiter(1),
+                    )
         except TimeoutError:
             # The thread cannot be stopped: it is left to finish on its own, unheard.
             _log.warning(

@@ -391,7 +391,6 @@ def test_the_example_transform_and_a_schema_never_raise(body: str) -> None:
         assert answer.reason in (ParkReason.INVALID_PAYLOAD, ParkReason.TRANSFORM_PARKED)
 
 
-@pytest.mark.xfail(strict=True, reason="review: waiting for a transform thread counts as overrun")
 def test_waiting_for_a_transform_thread_does_not_count_against_the_time_limit(
     make_settings: SettingsFactory,
 ) -> None:
