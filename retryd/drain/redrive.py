@@ -53,7 +53,15 @@ from retryd import classify
 from retryd.admission import Defer, DeferReason, Done, Go, Guards, Hold, Park, build_guards
 from retryd.aws import AwsClients
 from retryd.control.deferrals import forget, hidden_in
-from retryd.control.jobs import Job, JobState, JobStore, MessageResult, latest_results, tally
+from retryd.control.jobs import (
+    CANCELLED_REASON,
+    Job,
+    JobState,
+    JobStore,
+    MessageResult,
+    latest_results,
+    tally,
+)
 from retryd.control.pauses import load_pauses
 from retryd.control.store import ControlStore
 from retryd.discovery.feeds import FeedCache
@@ -478,7 +486,7 @@ class Redrive:
                 if (await jobs.load(job.id)).state is JobState.CANCELLED:
                     # `retryd jobs cancel` from elsewhere: stop before the next step.
                     job.state = JobState.CANCELLED
-                    job.stop_reason = "cancelled by `retryd jobs cancel`"
+                    job.stop_reason = CANCELLED_REASON
                     break
                 want = self.spec.step_size(job.step)
                 step = _Step()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import anyio
-import pytest
 from prometheus_client import CollectorRegistry
 
 from retryd.aws import open_clients
@@ -42,7 +41,6 @@ class CancelledMidStep(JobStore):
         await super().add_results(job, results)
 
 
-@pytest.mark.xfail(strict=True, reason="review: a step's save undoes a concurrent `jobs cancel`")
 def test_a_cancel_while_a_step_runs_stops_the_job_before_its_next_step(
     world: World, make_settings: SettingsFactory
 ) -> None:
