@@ -24,7 +24,6 @@ transform = "tests.hook_transforms:add_flag"
 """
 
 
-@pytest.mark.xfail(strict=True, reason="review: a redrive skips the [[hooks]] transform")
 def test_a_redrive_sends_the_transformed_payload(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -44,3 +43,26 @@ def test_a_redrive_sends_the_transformed_payload(
     assert sent["MessageAttributes"]["retryd.transform"]["StringValue"].startswith(
         "tests.hook_transforms:add_flag@"
     )
+
+
+def test_a_redrive_refuses_what_fails_the_rules_schema(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A payload the DLQ's schema refuses is planned and executed as refused invalid-payload;
+    nothing is sent and the message stays in its DLQ for the daemon to park."""
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    world.create_queue("dest-a")
+    world.send(DLQ, envelope("sqs", world.queue_arn("dest-a"), {"n": "one"}))
+    schema = tmp_path / "order.schema.json"
+    schema.write_text(json.dumps({"properties": {"n": {"type": "number"}}}))
+    cfg = config(tmp_path, f'\n[[hooks]]\nqueue = "{DLQ}"\nschema_path = "{schema}"\n')
+
+    execute = ["--from", DLQ, "--execute", "--ramp", "none", "--output", "json"]
+    code = main(["redrive", "--config", cfg, *execute])
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert '"refused|invalid-payload|' in out
+    assert world.depth("dest-a") == 0
+    assert world.depth(DLQ) == 1
