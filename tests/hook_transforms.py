@@ -52,3 +52,9 @@ NOT_CALLABLE = 42
 def quick(payload: Any, context: FailureContext) -> Any:
     """Answers at once."""
     return {**payload, "quick": True}
+
+
+def mutates(payload: Any, context: FailureContext) -> Any:
+    """Changes the payload it was given in place, and returns it."""
+    payload["fixed"] = True
+    return payload

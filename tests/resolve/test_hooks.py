@@ -414,3 +414,15 @@ def test_waiting_for_a_transform_thread_does_not_count_against_the_time_limit(
     assert all(isinstance(answer, Unresolvable) for answer in parked)
     assert isinstance(quick, Job), quick
     assert json.loads(quick.body) == {"id": 9, "quick": True}
+
+
+@pytest.mark.xfail(strict=True, reason="review: a payload changed in place is sent unchanged")
+def test_a_transform_that_changes_its_payload_in_place_sends_the_change(
+    make_settings: SettingsFactory,
+) -> None:
+    """The payload is the transform's own copy: changed in place and returned, the change is
+    what is sent, not the original bytes."""
+    hooks = [{"queue": "retry-*", "transform": "tests.hook_transforms:mutates"}]
+    (job,) = run(make_settings, hooks, letter({"id": 1}))
+    assert isinstance(job, Job)
+    assert json.loads(job.body) == {"id": 1, "fixed": True}
