@@ -320,7 +320,9 @@ class Hooks:
                 ParkReason.TRANSFORM_PARKED,
                 f"{transform.label}: {str(answer.reason)[:_SHOWN_CHARS]}",
             )
-        body = _body(answer, payload, job.body)
+        # Compared with a fresh parse, not with `payload`: a transform may change its copy
+        # in place and return it, and that is a change.
+        body = _body(answer, _payload(job.body), job.body)
         if body is None:
             return failed("failed", f"returned {type(answer).__name__}, which is not JSON")
         self._count("transform", transform.name, "ok")

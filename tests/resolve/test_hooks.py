@@ -416,7 +416,6 @@ def test_waiting_for_a_transform_thread_does_not_count_against_the_time_limit(
     assert json.loads(quick.body) == {"id": 9, "quick": True}
 
 
-@pytest.mark.xfail(strict=True, reason="review: a payload changed in place is sent unchanged")
 def test_a_transform_that_changes_its_payload_in_place_sends_the_change(
     make_settings: SettingsFactory,
 ) -> None:
