@@ -58,3 +58,8 @@ def mutates(payload: Any, context: FailureContext) -> Any:
     """Changes the payload it was given in place, and returns it."""
     payload["fixed"] = True
     return payload
+
+
+def exits(payload: Any, context: FailureContext) -> Any:
+    """Calls sys.exit, as a script turned transform might."""
+    raise SystemExit(3)

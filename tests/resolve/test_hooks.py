@@ -425,3 +425,17 @@ def test_a_transform_that_changes_its_payload_in_place_sends_the_change(
     (job,) = run(make_settings, hooks, letter({"id": 1}))
     assert isinstance(job, Job)
     assert json.loads(job.body) == {"id": 1, "fixed": True}
+
+
+@pytest.mark.xfail(strict=True, reason="review: a transform's sys.exit stops retryd")
+def test_a_transform_that_calls_sys_exit_parks_its_message_and_retryd_goes_on(
+    make_settings: SettingsFactory,
+) -> None:
+    """SystemExit from a transform is the transform's failure: transform-failed, not the end of
+    the daemon, and the other messages of the batch are sent."""
+    hooks = [{"queue": "retry-orders", "transform": "tests.hook_transforms:exits"}]
+    failed, other = run(make_settings, hooks, letter({"id": 1}), letter({"id": 2}, OTHER_DLQ, "m2"))
+    assert isinstance(failed, Unresolvable)
+    assert failed.reason is ParkReason.TRANSFORM_FAILED
+    assert "raised SystemExit" in failed.detail
+    assert isinstance(other, Job)
