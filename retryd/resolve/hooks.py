@@ -310,7 +310,8 @@ class Hooks:
                 "transform-timed-out", transform=transform.label, queue=context.source_queue
             )
             return failed("timeout", f"did not finish within {timeout_s:g} s")
-        except Exception as exc:  # noqa: BLE001 - a transform's bug parks one message, not the batch
+        # SystemExit too: a transform that calls sys.exit() has failed; retryd has not.
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a transform's bug parks one message
             _log_failure(transform, job.letter, exc)
             return failed("failed", f"raised {type(exc).__name__}")
         if isinstance(answer, ParkInstead):
@@ -405,7 +406,7 @@ def _schema_problem(body: str, schema: Schema) -> str | None:
     return f"schema {schema.name}: {error.json_path} fails {error.validator!s} {expected}"
 
 
-def _log_failure(transform: Transform, letter: DeadLetter, exc: Exception) -> None:
+def _log_failure(transform: Transform, letter: DeadLetter, exc: BaseException) -> None:
     # The type and the frames only: an exception's message can quote the payload.
     _log.error(
         "transform-failed",

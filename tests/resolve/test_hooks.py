@@ -427,7 +427,6 @@ def test_a_transform_that_changes_its_payload_in_place_sends_the_change(
     assert json.loads(job.body) == {"id": 1, "fixed": True}
 
 
-@pytest.mark.xfail(strict=True, reason="review: a transform's sys.exit stops retryd")
 def test_a_transform_that_calls_sys_exit_parks_its_message_and_retryd_goes_on(
     make_settings: SettingsFactory,
 ) -> None:
