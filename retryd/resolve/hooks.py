@@ -323,7 +323,10 @@ class Hooks:
             )
         # Compared with a fresh parse, not with `payload`: a transform may change its copy
         # in place and return it, and that is a change.
-        body = _body(answer, _payload(job.body), job.body)
+        try:
+            body = _body(answer, _payload(job.body), job.body)
+        except Exception:  # noqa: BLE001 - an answer that breaks when compared or written
+            body = None
         if body is None:
             return failed("failed", f"returned {type(answer).__name__}, which is not JSON")
         self._count("transform", transform.name, "ok")

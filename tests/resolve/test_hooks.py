@@ -440,7 +440,6 @@ def test_a_transform_that_calls_sys_exit_parks_its_message_and_retryd_goes_on(
     assert isinstance(other, Job)
 
 
-@pytest.mark.xfail(strict=True, reason="review: an answer whose comparison raises fails the batch")
 def test_an_answer_that_cannot_be_compared_fails_its_message_alone(
     make_settings: SettingsFactory,
 ) -> None:
