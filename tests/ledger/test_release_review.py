@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from retryd.ledger.base import (
     BeginStatus,
     Claim,
@@ -25,7 +23,6 @@ def _begin(record: Record | None, message: str, attempt: int, owner: str, now_s:
     return written
 
 
-@pytest.mark.xfail(strict=True, reason="review: a release forgets an abandoned message's attempt")
 def test_an_abandoned_message_that_fails_again_is_resumed_as_its_first_attempt_again() -> None:
     """m1 is begun as 1 and abandoned mid-call (it may have reached the target); m2 takes the
     key over and commits 1; m1 is resumed as 1, fails transiently and is released. Back once
