@@ -47,3 +47,33 @@ def not_json(payload: Any, context: FailureContext) -> Any:
 
 
 NOT_CALLABLE = 42
+
+
+def quick(payload: Any, context: FailureContext) -> Any:
+    """Answers at once."""
+    return {**payload, "quick": True}
+
+
+def mutates(payload: Any, context: FailureContext) -> Any:
+    """Changes the payload it was given in place, and returns it."""
+    payload["fixed"] = True
+    return payload
+
+
+def exits(payload: Any, context: FailureContext) -> Any:
+    """Calls sys.exit, as a script turned transform might."""
+    raise SystemExit(3)
+
+
+class _Incomparable:
+    """An answer that cannot be compared with anything (like a NumPy array of several values)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value of an array with more than one element is ambiguous")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def incomparable(payload: Any, context: FailureContext) -> Any:
+    """Returns an object whose comparison raises."""
+    return _Incomparable()

@@ -26,6 +26,7 @@ FINAL_OK = frozenset({"resubmitted", "parked"})
 JOBS_KEEP = 100
 FAILURES_KEEP = 200
 DETAIL_MAX_CHARS = 300
+CANCELLED_REASON = "cancelled by `retryd jobs cancel`"
 
 
 class JobState(StrEnum):
@@ -155,10 +156,21 @@ class JobStore:
         self._ttl_s = ttl_s
 
     async def save(self, job: Job) -> None:
-        """Write the job document and its line in the index."""
+        """Write the job document and its line in the index.
+
+        A cancel stored meanwhile (`retryd jobs cancel`, from another process) is kept:
+        the running job takes it on, and stops before its next step.
+        """
         job.updated_at_s = time.time()
-        body = job.to_json()
-        await update(self._store, job.doc, lambda _: body, ttl_s=self._ttl_s)
+
+        def write(current: Body | None) -> Body:
+            stored = (current or {}).get("state")
+            if stored == JobState.CANCELLED.value and job.state is not JobState.CANCELLED:
+                job.state = JobState.CANCELLED
+                job.stop_reason = CANCELLED_REASON
+            return job.to_json()
+
+        await update(self._store, job.doc, write, ttl_s=self._ttl_s)
 
         def index(current: Body | None) -> Body:
             kept = [j for j in (current or {}).get("jobs", []) if j["id"] != job.id]

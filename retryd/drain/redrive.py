@@ -53,7 +53,15 @@ from retryd import classify
 from retryd.admission import Defer, DeferReason, Done, Go, Guards, Hold, Park, build_guards
 from retryd.aws import AwsClients
 from retryd.control.deferrals import forget, hidden_in
-from retryd.control.jobs import Job, JobState, JobStore, MessageResult, latest_results, tally
+from retryd.control.jobs import (
+    CANCELLED_REASON,
+    Job,
+    JobState,
+    JobStore,
+    MessageResult,
+    latest_results,
+    tally,
+)
 from retryd.control.pauses import load_pauses
 from retryd.control.store import ControlStore
 from retryd.discovery.feeds import FeedCache
@@ -351,6 +359,7 @@ class Redrive:
                     break
                 letters = [DeadLetter.from_wire(queue, message) for message in raw]
                 refs = await self._source_refs(letters) if self.spec.kind == PARKING_SOURCE else {}
+                first_new = len(picked)
                 repeated = False
                 for letter in letters:
                     if letter.message_id in handles:
@@ -372,6 +381,7 @@ class Redrive:
                         unselected[letter.message_id] = letter.receipt_handle
                         continue
                     picked.append(Picked(queue, view, self._judged(resolved)))
+                await self._hooked(picked, first_new)
                 if repeated:
                     break
             counts.truncated = len(handles) >= limit
@@ -382,6 +392,20 @@ class Redrive:
             with anyio.move_on_after(SETTLE_SHIELD_S, shield=True):
                 counts.errors.extend(await release(sqs, queue, back, lease_s))
         return picked, counts
+
+    async def _hooked(self, picked: list[Picked], start: int) -> None:
+        """Run the `[[hooks]]` rules on the messages picked from `start` on, as a cycle does.
+
+        Selection looks at the message as resolved; what is sent is what a cycle would
+        send: transformed, and checked against the rule's schema.
+        """
+        assert self._chain is not None
+        fresh = picked[start:]
+        if not fresh:
+            return
+        hooked = await self._chain.resolve_all([item.letter for item in fresh])
+        for offset, (item, resolved) in enumerate(zip(fresh, hooked, strict=True)):
+            picked[start + offset] = replace(item, resolved=self._judged(resolved))
 
     @staticmethod
     def _rehandle(
@@ -478,7 +502,7 @@ class Redrive:
                 if (await jobs.load(job.id)).state is JobState.CANCELLED:
                     # `retryd jobs cancel` from elsewhere: stop before the next step.
                     job.state = JobState.CANCELLED
-                    job.stop_reason = "cancelled by `retryd jobs cancel`"
+                    job.stop_reason = CANCELLED_REASON
                     break
                 want = self.spec.step_size(job.step)
                 step = _Step()

@@ -354,6 +354,12 @@ def decide_release(
         claim_state=None,
         claim_owner=None,
         claim_expires_at_s=0.0,
+        # A claim resumed below the count (abandoned, then another message committed):
+        # its first call may have reached the target, so if this message comes back it
+        # goes again as that attempt, not as the next one.
+        abandoned=_remember(record.abandoned, claim.message_id, record.claim_attempt)
+        if record.claim_attempt <= record.attempts
+        else record.abandoned,
     )
     return None, released
 

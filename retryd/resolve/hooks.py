@@ -291,21 +291,27 @@ class Hooks:
             )
 
         try:
-            with anyio.fail_after(timeout_s):
-                answer = await anyio.to_thread.run_sync(
-                    transform.function,
-                    payload,
-                    context,
-                    abandon_on_cancel=True,
-                    limiter=self._threads,
-                )
+            # The time limit starts once a thread is ours: a message waiting behind other
+            # transforms has not overrun, and must not be parked for the wait.
+            async with self._threads:
+                with anyio.fail_after(timeout_s):
+                    answer = await anyio.to_thread.run_sync(
+                        transform.function,
+                        payload,
+                        context,
+                        abandon_on_cancel=True,
+                        # The shared limiter is held above; this one only keeps the call
+                        # off anyio's default limiter, which the ledger's threads share.
+                        limiter=anyio.CapacityLimiter(1),
+                    )
         except TimeoutError:
             # The thread cannot be stopped: it is left to finish on its own, unheard.
             _log.warning(
                 "transform-timed-out", transform=transform.label, queue=context.source_queue
             )
             return failed("timeout", f"did not finish within {timeout_s:g} s")
-        except Exception as exc:  # noqa: BLE001 - a transform's bug parks one message, not the batch
+        # SystemExit too: a transform that calls sys.exit() has failed; retryd has not.
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a transform's bug parks one message
             _log_failure(transform, job.letter, exc)
             return failed("failed", f"raised {type(exc).__name__}")
         if isinstance(answer, ParkInstead):
@@ -315,7 +321,12 @@ class Hooks:
                 ParkReason.TRANSFORM_PARKED,
                 f"{transform.label}: {str(answer.reason)[:_SHOWN_CHARS]}",
             )
-        body = _body(answer, payload, job.body)
+        # Compared with a fresh parse, not with `payload`: a transform may change its copy
+        # in place and return it, and that is a change.
+        try:
+            body = _body(answer, _payload(job.body), job.body)
+        except Exception:  # noqa: BLE001 - an answer that breaks when compared or written
+            body = None
         if body is None:
             return failed("failed", f"returned {type(answer).__name__}, which is not JSON")
         self._count("transform", transform.name, "ok")
@@ -398,7 +409,7 @@ def _schema_problem(body: str, schema: Schema) -> str | None:
     return f"schema {schema.name}: {error.json_path} fails {error.validator!s} {expected}"
 
 
-def _log_failure(transform: Transform, letter: DeadLetter, exc: Exception) -> None:
+def _log_failure(transform: Transform, letter: DeadLetter, exc: BaseException) -> None:
     # The type and the frames only: an exception's message can quote the payload.
     _log.error(
         "transform-failed",

@@ -1092,7 +1092,10 @@ class Model:
 
         _, changed = settle(self.records, [one], decide)
         self.records.update(changed)
-        self.grants.pop((owner, one.key, one.message_id), None)
+        grant = self.grants.pop((owner, one.key, one.message_id), None)
+        if grant is not None and grant[1] <= self.max_attempt.get(one.key, 0):
+            # Resumed below the count and released: it comes back as that attempt again.
+            self.abandoned.setdefault((one.key, one.message_id), grant[1])
 
     def check(self) -> None:
         for key, record in self.records.items():

@@ -389,3 +389,64 @@ def test_the_example_transform_and_a_schema_never_raise(body: str) -> None:
         assert answer.key == "key"
     else:
         assert answer.reason in (ParkReason.INVALID_PAYLOAD, ParkReason.TRANSFORM_PARKED)
+
+
+def test_waiting_for_a_transform_thread_does_not_count_against_the_time_limit(
+    make_settings: SettingsFactory,
+) -> None:
+    """Eight hung transforms hold every transform thread until their own limit: a ninth,
+    quick one waits for a thread, then runs and is sent, not parked for the wait."""
+    hooks = [
+        {
+            "queue": "retry-orders",
+            "transform": "tests.hook_transforms:hangs",
+            "transform_timeout_s": 0.5,
+        },
+        # Shorter than the hung ones' limit: it cannot get a thread before its own would end.
+        {
+            "queue": "retry-audit",
+            "transform": "tests.hook_transforms:quick",
+            "transform_timeout_s": 0.3,
+        },
+    ]
+    hung = [letter({"id": n}, message_id=f"h{n}") for n in range(8)]
+    *parked, quick = run(make_settings, hooks, *hung, letter({"id": 9}, OTHER_DLQ, "q"))
+    assert all(isinstance(answer, Unresolvable) for answer in parked)
+    assert isinstance(quick, Job), quick
+    assert json.loads(quick.body) == {"id": 9, "quick": True}
+
+
+def test_a_transform_that_changes_its_payload_in_place_sends_the_change(
+    make_settings: SettingsFactory,
+) -> None:
+    """The payload is the transform's own copy: changed in place and returned, the change is
+    what is sent, not the original bytes."""
+    hooks = [{"queue": "retry-*", "transform": "tests.hook_transforms:mutates"}]
+    (job,) = run(make_settings, hooks, letter({"id": 1}))
+    assert isinstance(job, Job)
+    assert json.loads(job.body) == {"id": 1, "fixed": True}
+
+
+def test_a_transform_that_calls_sys_exit_parks_its_message_and_retryd_goes_on(
+    make_settings: SettingsFactory,
+) -> None:
+    """SystemExit from a transform is the transform's failure: transform-failed, not the end of
+    the daemon, and the other messages of the batch are sent."""
+    hooks = [{"queue": "retry-orders", "transform": "tests.hook_transforms:exits"}]
+    failed, other = run(make_settings, hooks, letter({"id": 1}), letter({"id": 2}, OTHER_DLQ, "m2"))
+    assert isinstance(failed, Unresolvable)
+    assert failed.reason is ParkReason.TRANSFORM_FAILED
+    assert "raised SystemExit" in failed.detail
+    assert isinstance(other, Job)
+
+
+def test_an_answer_that_cannot_be_compared_fails_its_message_alone(
+    make_settings: SettingsFactory,
+) -> None:
+    """A transform answer that raises when compared (a NumPy array, say) is a failed transform
+    for its message; the other messages of the batch are still resolved."""
+    hooks = [{"queue": "retry-orders", "transform": "tests.hook_transforms:incomparable"}]
+    failed, other = run(make_settings, hooks, letter({"id": 1}), letter({"id": 2}, OTHER_DLQ, "m2"))
+    assert isinstance(failed, Unresolvable)
+    assert failed.reason is ParkReason.TRANSFORM_FAILED
+    assert isinstance(other, Job)
