@@ -9,10 +9,7 @@ import pytest
 
 from retryd.commands.cli import main
 from tests.e2e.test_redrive import DLQ, config
-from tests.operator_helpers import (
-    PARKING,
-    keep_logging_config,  # noqa: F401 - a fixture pytest finds by name
-)
+from tests.operator_helpers import PARKING
 from tests.world import World, envelope
 
 pytestmark = pytest.mark.usefixtures("keep_logging_config")
