@@ -155,6 +155,9 @@ class Front:
     injected: Counter[str] = field(default_factory=Counter)
     calls: Counter[str] = field(default_factory=Counter)
     invocations: list[Invocation] = field(default_factory=list)
+    # (operation, text in its path or body, kind): injected once each into the first
+    # chaotic call that matches, before any draw.
+    forced: list[tuple[str, str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _random: random.Random = field(default_factory=random.Random)
@@ -166,6 +169,14 @@ class Front:
             self.injected.clear()
             self.calls.clear()
             self.invocations.clear()
+            self.forced.clear()
+        self.faults.clear()
+
+    def calm(self) -> None:
+        """No more chaos or targeted faults; what was recorded is kept."""
+        with self._lock:
+            self.chaos = None
+            self.forced.clear()
         self.faults.clear()
 
     def middleware(self, app: WsgiApp) -> WsgiApp:
@@ -190,6 +201,12 @@ class Front:
         chaos = self.chaos
         with self._lock:
             self.calls[request.service] += 1
+            for forced in self.forced:
+                operation, text, kind = forced
+                if operation == request.operation and text in request.text:
+                    self.forced.remove(forced)
+                    self.injected[kind] += 1
+                    return kind
             if chaos is None or request.operation in chaos.spare:
                 return None
             if chaos.services is not None and request.service not in chaos.services:
@@ -214,8 +231,7 @@ class Front:
         start_response: Callable[..., Any],
         app: WsgiApp,
     ) -> Iterable[bytes]:
-        chaos = self.chaos
-        assert chaos is not None
+        chaos = self.chaos or Chaos(rate=0.0, seed=0)
         if kind == THROTTLE:
             code, status = _THROTTLE_CODES.get(request.service, ("ThrottlingException", 400))
             return self._answer(start_response, _error(request, code, status))

@@ -151,6 +151,8 @@ class MixedWorld:
     dlqs: list[str]
     planned: dict[str, Planned] = field(default_factory=dict)
     machine_arn: str = ""
+    # DLQ message id -> the id of the message in it.
+    uid_of: dict[str, str] = field(default_factory=dict)
 
     # -- building ---------------------------------------------------------------------------
 
@@ -243,6 +245,7 @@ class MixedWorld:
         url = self.world.queue_url(dlq)
         batch: list[dict[str, Any]] = []
         batch_bytes = 0
+        sent: list[Planned] = []
         for planned, body, attributes in items:
             self.planned[planned.uid] = planned
             entry: dict[str, Any] = {"Id": str(len(batch)), "MessageBody": body}
@@ -250,15 +253,35 @@ class MixedWorld:
                 entry["MessageAttributes"] = dict(attributes)
             size = len(body.encode("utf-8", "surrogatepass")) + 2048
             if batch and (len(batch) == 10 or batch_bytes + size > 1_000_000):
-                _send_batch(sqs, url, batch)
-                batch, batch_bytes = [], 0
-                entry["Id"] = "0"
+                self._send_batch(sqs, url, batch, sent)
+                batch, batch_bytes, sent = [], 0, []
             batch.append(entry)
+            sent.append(planned)
             batch_bytes += size
         if batch:
-            _send_batch(sqs, url, batch)
+            self._send_batch(sqs, url, batch, sent)
+
+    def _send_batch(
+        self, sqs: Any, url: str, entries: list[dict[str, Any]], planned: list[Planned]
+    ) -> None:
+        for index, entry in enumerate(entries):
+            entry["Id"] = str(index)
+        response = sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        if response.get("Failed"):
+            raise AssertionError(f"the world could not be filled: {response['Failed'][:3]}")
+        for entry in response["Successful"]:
+            self.uid_of[entry["MessageId"]] = planned[int(entry["Id"])].uid
 
     # -- observing --------------------------------------------------------------------------
+
+    def create_ledger_table(self, table: str = "retryd-ledger") -> None:
+        """The DynamoDB ledger's table, as `retryd ledger create-table` makes it."""
+        self.world.client("dynamodb").create_table(
+            TableName=table,
+            AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
 
     def dlq_depth(self) -> int:
         """Messages left in every DLQ, in flight or not."""
@@ -317,14 +340,6 @@ class MixedWorld:
                 described = sfn.describe_execution(executionArn=item["executionArn"])
                 executions.append(described)
         return executions
-
-
-def _send_batch(sqs: Any, url: str, entries: list[dict[str, Any]]) -> None:
-    for index, entry in enumerate(entries):
-        entry["Id"] = str(index)
-    response = sqs.send_message_batch(QueueUrl=url, Entries=entries)
-    if response.get("Failed"):
-        raise AssertionError(f"the world could not be filled: {response['Failed'][:3]}")
 
 
 def _uids(text: str) -> list[str]:
