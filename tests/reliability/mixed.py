@@ -285,7 +285,7 @@ class MixedWorld:
 
     def dlq_depth(self) -> int:
         """Messages left in every DLQ, in flight or not."""
-        return sum(len(_backend_messages(name)) for name in [*self.dlqs, ROUTED_DLQ])
+        return sum(len(backend_messages(name)) for name in [*self.dlqs, ROUTED_DLQ])
 
     def tally(self) -> Tally:
         tally = Tally(dict(self.planned))
@@ -294,29 +294,29 @@ class MixedWorld:
                 tally.copies.setdefault(copy.uid, []).append(copy)
             else:
                 tally.strangers.append(copy.uid)
-        for message in _backend_messages(PARKING):
+        for message in backend_messages(PARKING):
             reason = _attribute(message, "retryd.reason") or "?"
             for u in set(_uids(message.body)):
                 tally.parked.setdefault(u, []).append(reason)
         for name in [*self.dlqs, ROUTED_DLQ]:
-            for message in _backend_messages(name):
+            for message in backend_messages(name):
                 for u in set(_uids(message.body)):
                     tally.in_dlq[u] += 1
         return tally
 
     def _copies(self) -> Iterator[Copy]:
         """Every copy every target holds, one per message id found in it."""
-        for message in _backend_messages(DEST):
+        for message in backend_messages(DEST):
             for u in _uids(message.body):
                 yield Copy(u, SQS, message.sent_timestamp / 1000, *_stamps(message))
-        for message in _backend_messages(TOPIC_SPY):
+        for message in backend_messages(TOPIC_SPY):
             notification = json.loads(message.body)
             attributes = notification.get("MessageAttributes", {})
             key = attributes.get("retryd.key", {}).get("Value")
             attempt = attributes.get("retryd.attempt", {}).get("Value")
             for u in _uids(notification.get("Message", "")):
                 yield Copy(u, SNS, message.sent_timestamp / 1000, key, attempt)
-        for message in _backend_messages(f"spy-{BUS}"):
+        for message in backend_messages(f"spy-{BUS}"):
             for u in _uids(message.body):
                 yield Copy(u, EVENTS, message.sent_timestamp / 1000)
         yield from self._lambda_copies()
@@ -346,7 +346,7 @@ def _uids(text: str) -> list[str]:
     return UID.findall(text)
 
 
-def _backend_messages(queue: str) -> list[Any]:
+def backend_messages(queue: str) -> list[Any]:
     """Every message of a queue, visible or in flight, straight from moto's backend."""
     from moto.sqs.models import sqs_backends  # noqa: PLC0415 - only with the sandbox extra
 
