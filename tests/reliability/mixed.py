@@ -99,13 +99,18 @@ class Tally:
     parked: dict[str, list[str]] = field(default_factory=dict)
     in_dlq: Counter[str] = field(default_factory=Counter)
     strangers: list[str] = field(default_factory=list)
+    # Accepted by a target outside this world (retryd's log says where): uid -> ARN.
+    elsewhere: dict[str, str] = field(default_factory=dict)
 
     @property
     def lost(self) -> list[str]:
         return sorted(
             u
             for u in self.planned
-            if u not in self.copies and u not in self.parked and u not in self.in_dlq
+            if u not in self.copies
+            and u not in self.parked
+            and u not in self.in_dlq
+            and u not in self.elsewhere
         )
 
     @property
