@@ -20,14 +20,15 @@ import contextlib
 import io
 import json
 import random
+import re
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from retryd.sandbox.emulator import WsgiApp
 from tests.faults import FaultInjector, _describe, _Request
@@ -58,6 +59,27 @@ _THROTTLE_CODES: dict[str, tuple[str, int]] = {
 _PARTIAL_OPERATIONS = frozenset(
     {"SendMessageBatch", "DeleteMessageBatch", "ChangeMessageVisibilityBatch", "PutEvents"}
 )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A ledger write moto took: who holds `key` now, in what state, until when."""
+
+    at_s: float
+    key: str
+    owner: str
+    state: str
+    expires_at_s: float
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A target took a copy stamped with `key`, from the caller signing as `signer`."""
+
+    at_s: float
+    key: str
+    signer: str
+    target: str
 
 
 @dataclass(frozen=True)
@@ -155,6 +177,8 @@ class Front:
     injected: Counter[str] = field(default_factory=Counter)
     calls: Counter[str] = field(default_factory=Counter)
     invocations: list[Invocation] = field(default_factory=list)
+    # Ledger claims and stamped sends, in the order moto carried them out.
+    timeline: list[Claimed | Sent] = field(default_factory=list)
     # (operation, text in its path or body, kind): injected once each into the first
     # chaotic call that matches, before any draw.
     forced: list[tuple[str, str, str]] = field(default_factory=list)
@@ -169,6 +193,7 @@ class Front:
             self.injected.clear()
             self.calls.clear()
             self.invocations.clear()
+            self.timeline.clear()
             self.forced.clear()
         self.faults.clear()
 
@@ -359,28 +384,75 @@ class Front:
 
     def _recording(self, app: WsgiApp) -> WsgiApp:
         def record(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            path = environ.get("PATH_INFO", "")
-            if not path.endswith("/invocations"):
-                return app(environ, start_response)
             length = int(environ.get("CONTENT_LENGTH") or 0)
             payload = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(payload)
+            request = _describe(environ, payload)
             answer = _call(app, environ)
             if answer.status[:1] == "2":
-                function = unquote(path).split("/functions/", 1)[1].rsplit("/invocations", 1)[0]
-                with self._lock:
-                    self.invocations.append(
-                        Invocation(
-                            function.rsplit(":", 1)[-1] if ":" in function else function,
-                            payload.decode("utf-8", "replace"),
-                            time.time(),
-                            _client_context(environ.get("HTTP_X_AMZ_CLIENT_CONTEXT", "")),
-                        )
-                    )
+                self._remember(request, environ, payload)
             start_response(answer.status, answer.headers)
             return [answer.body]
 
         return record
+
+    def _remember(self, request: _Request, environ: dict[str, Any], payload: bytes) -> None:
+        now_s = time.time()
+        signer = _signer(environ.get("HTTP_AUTHORIZATION", ""))
+        events: list[Claimed | Sent] = []
+        if request.operation == "Invoke":
+            path = unquote(environ.get("PATH_INFO", ""))
+            function = path.split("/functions/", 1)[1].rsplit("/invocations", 1)[0]
+            context = _client_context(environ.get("HTTP_X_AMZ_CLIENT_CONTEXT", ""))
+            with self._lock:
+                self.invocations.append(
+                    Invocation(
+                        function.rsplit(":", 1)[-1] if ":" in function else function,
+                        payload.decode("utf-8", "replace"),
+                        now_s,
+                        context,
+                    )
+                )
+            if "retryd.key" in context:
+                events.append(Sent(now_s, context["retryd.key"], signer, function))
+        else:
+            events.extend(Sent(now_s, key, signer, to) for key, to in _stamped(request, payload))
+        if request.service == "dynamodb" and request.operation == "PutItem":
+            item = json.loads(payload).get("Item", {})
+            if "claim_owner" in item:
+                events.append(
+                    Claimed(
+                        now_s,
+                        item["key"]["S"],
+                        item["claim_owner"]["S"],
+                        item.get("claim_state", {}).get("S", ""),
+                        float(item["claim_expires_at_s"]["N"]),
+                    )
+                )
+        if events:
+            with self._lock:
+                self.timeline.extend(events)
+
+
+def _stamped(request: _Request, payload: bytes) -> Iterator[tuple[str, str]]:
+    """(retryd.key, target) of each message an SQS or SNS send carries."""
+    if request.service == "sqs" and request.operation in {"SendMessage", "SendMessageBatch"}:
+        document = json.loads(payload)
+        for entry in document.get("Entries", [document]):
+            key = entry.get("MessageAttributes", {}).get("retryd.key", {}).get("StringValue")
+            if key:
+                yield key, str(document.get("QueueUrl"))
+    elif request.service == "sns" and request.operation in {"Publish", "PublishBatch"}:
+        form = parse_qs(payload.decode("utf-8", "replace"))
+        topic = form.get("TopicArn", [""])[0]
+        for name, values in form.items():
+            if name.endswith(".Name") and values == ["retryd.key"]:
+                yield form.get(name[: -len(".Name")] + ".Value.StringValue", [""])[0], topic
+
+
+def _signer(authorization: str) -> str:
+    match = re.search(r"Credential=([^/]+)/", authorization)
+    return match.group(1) if match else ""
 
 
 class _Unlocked:

@@ -102,6 +102,17 @@ class Tally:
     # Accepted by a target outside this world (retryd's log says where): uid -> ARN.
     elsewhere: dict[str, str] = field(default_factory=dict)
 
+    def only(self, uids: set[str]) -> Tally:
+        """This tally narrowed to the messages in `uids` (one phase of a suite)."""
+        return Tally(
+            {u: p for u, p in self.planned.items() if u in uids},
+            {u: c for u, c in self.copies.items() if u in uids},
+            {u: r for u, r in self.parked.items() if u in uids},
+            Counter({u: n for u, n in self.in_dlq.items() if u in uids}),
+            list(self.strangers),
+            {u: t for u, t in self.elsewhere.items() if u in uids},
+        )
+
     @property
     def lost(self) -> list[str]:
         return sorted(

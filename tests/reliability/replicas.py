@@ -42,6 +42,8 @@ class Replica:
     process: subprocess.Popen[bytes]
     log_path: Path
     started_s: float
+    # The access key id it signs with: the front tells its calls apart by it.
+    signer: str = CHAOS_KEY_ID
     ended_s: float | None = None
     killed: bool = False
 
@@ -103,14 +105,15 @@ class Fleet:
     def start(self, config: Path | None = None) -> Replica:
         index = len(self.replicas)
         log_path = self.log_dir / f"retryd-{index:03d}.log"
+        signer = f"{CHAOS_KEY_ID}{index:03d}"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "retryd", "run", "--config", str(config or self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(self.env),
+                env={**self.env, "AWS_ACCESS_KEY_ID": signer},
             )
-        replica = Replica(process, log_path, time.time())
+        replica = Replica(process, log_path, time.time(), signer=signer)
         self.replicas.append(replica)
         return replica
 
