@@ -61,3 +61,12 @@ def rel_world(rel_server: MotoServer, front: Front) -> Iterator[World]:
     front.reset()
     yield World(rel_server, front.faults)
     front.reset()
+
+
+@pytest.fixture
+def fresh_world(rel_server: MotoServer, front: Front) -> Iterator[World]:
+    """An empty world for one test, on the same server as the suites' worlds."""
+    rel_server.reset()
+    front.reset()
+    yield World(rel_server, front.faults)
+    front.reset()

@@ -1,0 +1,95 @@
+"""stop: SIGTERM in the middle of a cycle, with and without writes slower than the drain timeout.
+
+The process must exit 0 within its drain deadline (plus a little for closing its
+clients), and every message must be somewhere: delivered, parked, or still in
+its DLQ to reappear after its lease.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from retryd.sandbox.emulator import MotoServer
+from tests.faults import Fault
+from tests.reliability.conftest import record_figures
+from tests.reliability.front import Front
+from tests.reliability.mixed import MixedWorld, base_tables, write_config
+from tests.reliability.replicas import fleet, retryd_env, wait_until
+from tests.world import World
+
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
+
+MESSAGES = 120
+# Closing the AWS clients and the ledger after the drain deadline.
+EXIT_GRACE_S = 3.0
+SLOW_S = 6.0
+TARGET_WRITES = [
+    ("sqs", "SendMessageBatch"),
+    ("lambda", "Invoke"),
+    ("sns", "Publish"),
+    ("events", "PutEvents"),
+    ("states", "StartExecution"),
+]
+LEDGER_WRITES = [("dynamodb", "PutItem")]
+# (drain timeout, the writes held back for SLOW_S)
+CASES = [
+    pytest.param((10.0, []), id="settles-in-time"),
+    pytest.param((1.0, TARGET_WRITES), id="target-writes-slower-than-drain"),
+    pytest.param((1.0, LEDGER_WRITES), id="ledger-writes-slower-than-drain"),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sigterm_mid_cycle_exits_zero_in_time_and_loses_nothing(
+    fresh_world: World,
+    front: Front,
+    rel_server: MotoServer,
+    tmp_path: Path,
+    case: tuple[float, list[tuple[str, str]]],
+) -> None:
+    """SIGTERM with batches in flight: exit 0 by the drain deadline, every message somewhere."""
+    drain_timeout_s, slow_writes = case
+    tmp = tmp_path
+    mixed = MixedWorld.build(fresh_world, front)
+    mixed.create_ledger_table()
+    mixed.fill(MESSAGES, seed=7)
+    tables = base_tables(
+        tmp,
+        drain={"visibility_timeout_s": 30, "workers_per_queue": 2},
+        ledger={"backend": "dynamodb", "table": "retryd-ledger"},
+        shutdown={"drain_timeout_s": drain_timeout_s},
+    )
+    config = write_config(tmp / "retryd.toml", tables)
+    # Every slow write is one the process started; calls of the test itself pass.
+    held = [
+        fresh_world.faults.add(Fault(service, operation, code=None, delay_s=SLOW_S))
+        for service, operation in slow_writes
+    ]
+    with fleet(config, retryd_env(rel_server.url), tmp / "logs") as processes:
+        replica = processes.start()
+        if held:
+            wait_until(lambda: any(f.hits for f in held), 60, "a slow write to be in flight")
+        else:
+            wait_until(lambda: mixed.dlq_depth() < MESSAGES, 60, "the first batch to settle")
+        signalled = time.monotonic()
+        exit_code = replica.stop(timeout_s=60)
+        took_s = time.monotonic() - signalled
+        text = replica.text()
+    fresh_world.faults.clear()
+    tally = mixed.tally()
+    record_figures(
+        f"stop ({'slow ' + slow_writes[0][0] + ' writes' if slow_writes else 'no slow writes'}): "
+        f"exit {exit_code} {took_s:.1f}s after SIGTERM (drain timeout {drain_timeout_s:.0f}s), "
+        f"{len(tally.lost)} lost, {len(tally.copies)} delivered, {len(tally.parked)} parked, "
+        f"{len(tally.in_dlq)} still in a DLQ"
+    )
+    assert exit_code == 0, text[-3000:]
+    assert took_s <= drain_timeout_s + EXIT_GRACE_S
+    assert tally.lost == []
+    assert tally.strangers == []
+    assert tally.wrongly_parked() == {}
+    assert "Traceback" not in text
+    assert ("drain-timeout" in text) == bool(slow_writes)
