@@ -23,7 +23,7 @@ from tests.world import World
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(900)]
 
-MESSAGES = size(360, 1500)
+MESSAGES = size(300, 1500)
 KILLS = size(6, 20)
 SEED = 12
 

@@ -24,7 +24,7 @@ from tests.world import World
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(900)]
 
-MESSAGES = size(160, 800)
+MESSAGES = size(100, 800)
 FAULT_RATE = 0.23
 SEED = 23
 READ_TIMEOUT_S = 1.0

@@ -38,8 +38,8 @@ from tests.world import World, envelope
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(900)]
 
 REPLICAS = 3
-CALM_MESSAGES = size(150, 600)
-CONTENDED_PAIRS = size(45, 300)
+CALM_MESSAGES = size(90, 600)
+CONTENDED_PAIRS = size(30, 300)
 SEED = 600
 
 
