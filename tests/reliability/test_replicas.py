@@ -198,15 +198,23 @@ def test_no_copy_is_sent_under_another_replicas_live_claim(replicated: ReplicaRu
     assert replicated.unclaimed == []
 
 
-def test_every_duplicate_is_a_resumed_attempt_after_a_lost_lease(replicated: ReplicaRun) -> None:
-    """A second copy carries the first one's key and attempt, after its lease ran out."""
+def test_every_duplicate_follows_a_lost_lease(replicated: ReplicaRun) -> None:
+    """A message reaches its target twice only after a replica lost its lease on it."""
     contended = replicated.contended
-    unexplained = {
-        u: copies
-        for u, copies in contended.duplicated.items()
-        if not (contended.same_stamps(copies) and u in replicated.failed_uids)
-    }
-    assert unexplained == {}
+    unexplained = sorted(u for u in contended.duplicated if u not in replicated.failed_uids)
+    assert unexplained == []
+
+
+def test_every_duplicate_keeps_its_key_and_attempt(replicated: ReplicaRun) -> None:
+    """A second copy carries the first one's key and attempt: it was resumed, not restarted.
+
+    Issue 12 defect 3 breaks this when a key-sharing sibling commits in between; it
+    shows at full size (RETRYD_RELIABILITY=full) and is set up on purpose in
+    test_lease_races.py.
+    """
+    contended = replicated.contended
+    restarted = {u: c for u, c in contended.duplicated.items() if not contended.same_stamps(c)}
+    assert restarted == {}
 
 
 def test_replicas_stop_cleanly(replicated: ReplicaRun) -> None:
