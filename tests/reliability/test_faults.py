@@ -8,7 +8,6 @@ no traceback may reach the logs, and the circuit breakers must open and close.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -74,6 +73,7 @@ def faulted(
         replica = processes.start()
         wait_until(lambda: mixed.dlq_depth() == 0, 600, "the DLQs to empty under faults")
         injected = Counter(front.injected)
+        calls = sum(front.calls.values())
         front.calm()  # the stop itself is the stop suite's subject
         exit_code = replica.stop()
         moves: Counter[str] = Counter(
@@ -81,9 +81,7 @@ def faulted(
             for event in processes.events()
             if event.get("event") == "breaker"
         )
-        run = FaultRun(mixed.tally(), injected, 0, processes.tracebacks(), moves, exit_code)
-    (tmp / "uids.json").write_text(json.dumps(mixed.uid_of))
-    return run
+        return FaultRun(mixed.tally(), injected, calls, processes.tracebacks(), moves, exit_code)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +89,8 @@ def figures(faulted: FaultRun) -> FaultRun:
     tally = faulted.tally
     kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(faulted.injected.items()))
     record_figures(
-        f"faults: {len(tally.planned)} messages, {sum(faulted.injected.values())} faults "
-        f"injected at {FAULT_RATE:.0%} ({kinds}), {len(tally.lost)} lost, "
+        f"faults: {len(tally.planned)} messages, {sum(faulted.injected.values())} of retryd's "
+        f"{faulted.calls} AWS calls failed ({kinds}), {len(tally.lost)} lost, "
         f"{len(tally.wrongly_parked())} parked by a transient fault, "
         f"{len(faulted.tracebacks)} tracebacks, breaker {dict(faulted.breaker_moves)}, "
         f"{tally.duplicates} duplicates"
