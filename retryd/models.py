@@ -98,6 +98,10 @@ class Target:
             raise ValueError(f"Step Functions target must be a state machine ARN: {arn!r}")
         if target_type is TargetType.EVENTBRIDGE and not parsed.resource.startswith("event-bus/"):
             raise ValueError(f"EventBridge target must be an event bus ARN: {arn!r}")
+        if _RESOURCE_NAMES[target_type].fullmatch(parsed.resource) is None:
+            # An empty or malformed name is no resource AWS could hold: a call would at
+            # best fail, at worst reach a default (EventBridge's `event-bus/` is no bus).
+            raise ValueError(f"{target_type.value} target has no valid resource name: {arn!r}")
         return cls(target_type, arn)
 
     @property
@@ -119,6 +123,23 @@ class Target:
     @property
     def is_fifo(self) -> bool:
         return self.type in (TargetType.SQS, TargetType.SNS) and self.name.endswith(".fifo")
+
+
+# What each service accepts as a resource name (the API references' constraints):
+# Lambda FunctionName [a-zA-Z0-9-_]{1,64} and a Qualifier of 1-128 (version, alias, $LATEST);
+# Step Functions names 1-80 characters with no white space, brackets, wildcards or
+# `"#%\\^|~`$&,;:/` (a version or alias may follow); SQS queue names
+# [A-Za-z0-9_-]{1,80} and SNS topic names [A-Za-z0-9_-]{1,256}, each with an optional
+# `.fifo`; EventBridge bus names [/.\-_A-Za-z0-9]{1,256}.
+_RESOURCE_NAMES: dict[TargetType, re.Pattern[str]] = {
+    TargetType.LAMBDA: re.compile(r"function:[a-zA-Z0-9_-]{1,64}(?::[a-zA-Z0-9$_-]{1,128})?"),
+    TargetType.STEPFUNCTIONS: re.compile(
+        r"stateMachine:[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f]{1,80}(?::[a-zA-Z0-9_-]{1,80})?"
+    ),
+    TargetType.SQS: re.compile(r"(?=.{1,80}$)[A-Za-z0-9_-]+(?:\.fifo)?"),
+    TargetType.SNS: re.compile(r"(?=.{1,256}$)[A-Za-z0-9_-]+(?:\.fifo)?"),
+    TargetType.EVENTBRIDGE: re.compile(r"event-bus/[/.\-_A-Za-z0-9]{1,256}"),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from retryd.models import DeadLetter, QueueRef
+import pytest
+
+from retryd.models import DeadLetter, QueueRef, Target
 
 QUEUE = QueueRef("retry-x", "https://sqs.example/1/retry-x", "arn:aws:sqs:us-east-1:1:retry-x")
 
@@ -12,3 +14,24 @@ def test_non_ascii_digits_in_sent_timestamp_read_as_absent() -> None:
     letter = DeadLetter(QUEUE, "m", "r", "", system_attributes={"SentTimestamp": "\u00b2"})
     assert letter.sent_at_s is None
     assert letter.sent_at is None
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "arn:aws:lambda:us-east-1:123456789012:function:",
+        "arn:aws:lambda:us-east-1:123456789012:function:rel-fn:",
+        "arn:aws:lambda:us-east-1:123456789012:function:" + "f" * 65,
+        "arn:aws:states:us-east-1:123456789012:stateMachine:",
+        "arn:aws:states:us-east-1:123456789012:stateMachine:has space",
+        "arn:aws:sqs:us-east-1:123456789012:" + "q" * 81,
+        "arn:aws:sqs:us-east-1:123456789012:bad/name",
+        "arn:aws:sns:us-east-1:123456789012:",
+        "arn:aws:events:us-east-1:123456789012:event-bus/",
+        "arn:aws:events:us-east-1:123456789012:event-bus/" + "b" * 257,
+    ],
+)
+def test_a_target_arn_without_a_valid_resource_name_is_refused(arn: str) -> None:
+    """No call goes to a name AWS could not hold (an empty bus name would reach the default)."""
+    with pytest.raises(ValueError, match=r"no valid resource name|not an ARN|resource"):
+        Target.from_arn(arn)
