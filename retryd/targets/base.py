@@ -8,6 +8,7 @@ Targets without one (Lambda, Step Functions) run `deliver_each`.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,24 @@ def unpreparable(exc: Exception, what: str = "message") -> SendError:
     return SendError.refused(
         Refusal.INVALID_PAYLOAD, f"the {what} could not be prepared ({type(exc).__name__})"
     )
+
+
+def refuse_unless_json(
+    job: Job, *, max_bytes: int, subject: str, call: str, needs: str
+) -> SendError | None:
+    """Refuse, without calling AWS, a body a JSON-only target (Lambda, Step Functions) would
+    refuse anyway: over `max_bytes`, or not JSON. None when it may be sent."""
+    size_bytes = len(job.body.encode())
+    if size_bytes > max_bytes:
+        return SendError.refused(
+            Refusal.PAYLOAD_TOO_LARGE,
+            f"{subject} is {size_bytes} bytes; {call} takes at most {max_bytes}",
+        )
+    try:
+        json.loads(job.body)
+    except ValueError as exc:
+        return SendError.refused(Refusal.INVALID_PAYLOAD, f"{needs}: {exc}")
+    return None
 
 
 def too_large(size_bytes: int, limit_bytes: int, what: str = "message") -> SendError:

@@ -22,8 +22,8 @@ import structlog
 from retryd import stamps
 from retryd.aws import Client
 from retryd.classify import from_exception
-from retryd.models import ErrorClass, Job, Refusal, SendError, Target
-from retryd.targets.base import Delivery, deliver_each, unpreparable
+from retryd.models import ErrorClass, Job, SendError, Target
+from retryd.targets.base import Delivery, deliver_each, refuse_unless_json, unpreparable
 
 log = structlog.get_logger(__name__)
 
@@ -60,18 +60,13 @@ def client_context(job: Job) -> tuple[str | None, int]:
 
 def preflight(job: Job) -> SendError | None:
     """Refuse, without calling AWS, a body Lambda would refuse anyway."""
-    payload_bytes = len(job.body.encode())
-    if payload_bytes > ASYNC_PAYLOAD_MAX_BYTES:
-        return SendError.refused(
-            Refusal.PAYLOAD_TOO_LARGE,
-            f"payload is {payload_bytes} bytes; asynchronous Invoke takes at most "
-            f"{ASYNC_PAYLOAD_MAX_BYTES}",
-        )
-    try:
-        json.loads(job.body)
-    except ValueError as exc:
-        return SendError.refused(Refusal.INVALID_PAYLOAD, f"Lambda needs JSON: {exc}")
-    return None
+    return refuse_unless_json(
+        job,
+        max_bytes=ASYNC_PAYLOAD_MAX_BYTES,
+        subject="payload",
+        call="asynchronous Invoke",
+        needs="Lambda needs JSON",
+    )
 
 
 class LambdaFunctionTarget:

@@ -15,7 +15,6 @@ which of those it is before it calls the job delivered.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 
 import anyio
@@ -24,9 +23,9 @@ from botocore.exceptions import ClientError
 
 from retryd.aws import Client
 from retryd.classify import from_exception
-from retryd.models import Arn, ErrorClass, Job, Refusal, SendError, Target
+from retryd.models import Arn, ErrorClass, Job, SendError, Target
 from retryd.resolve.keys import canonical_payload
-from retryd.targets.base import Delivery, deliver_each, unpreparable
+from retryd.targets.base import Delivery, deliver_each, refuse_unless_json, unpreparable
 
 log = structlog.get_logger(__name__)
 
@@ -69,18 +68,13 @@ def execution_arn(state_machine_arn: str, name: str) -> str:
 
 def preflight(job: Job) -> SendError | None:
     """Refuse, without calling AWS, an input Step Functions would refuse anyway."""
-    input_bytes = len(job.body.encode())
-    if input_bytes > EXECUTION_INPUT_MAX_BYTES:
-        return SendError.refused(
-            Refusal.PAYLOAD_TOO_LARGE,
-            f"input is {input_bytes} bytes; StartExecution takes at most "
-            f"{EXECUTION_INPUT_MAX_BYTES}",
-        )
-    try:
-        json.loads(job.body)
-    except ValueError as exc:
-        return SendError.refused(Refusal.INVALID_PAYLOAD, f"Step Functions needs JSON input: {exc}")
-    return None
+    return refuse_unless_json(
+        job,
+        max_bytes=EXECUTION_INPUT_MAX_BYTES,
+        subject="input",
+        call="StartExecution",
+        needs="Step Functions needs JSON input",
+    )
 
 
 class StateMachineTarget:
