@@ -71,6 +71,7 @@ def _redrive(args: argparse.Namespace) -> int:
         message_ids=args.message_ids or [],
         where=args.where,
         to=args.to,
+        transform=args.transform,
         ramp=args.ramp,
         canary_wait_s=args.canary_wait_s,
         max_refail=args.max_refail,
@@ -214,6 +215,12 @@ def add_operator_commands(commands: Any, common: argparse.ArgumentParser) -> Non
     )
     acting = redrive.add_argument_group("acting")
     acting.add_argument("--to", metavar="ARN", help="send to this target instead (allowlisted)")
+    acting.add_argument(
+        "--transform",
+        metavar="NAME|module:function",
+        help="run this transform on every selected message, for this job only (in place of "
+        "the [[hooks]] rules; stored with the job, so --resume uses it too)",
+    )
     acting.add_argument("--execute", action="store_true", help="do it (default: plan only)")
     acting.add_argument(
         "--ramp",

@@ -59,6 +59,7 @@ class RedriveRequest:
     message_ids: Sequence[str] = ()
     where: str | None = None
     to: str | None = None
+    transform: str | None = None
     ramp: str | None = None
     canary_wait_s: float = 30.0
     max_refail: int = 0
@@ -113,6 +114,7 @@ def build_spec(request: RedriveRequest, now_s: float) -> Spec:
         sources=tuple(request.sources),
         selector=selector,
         to=request.to,
+        transform=request.transform,
         ramp=parse_ramp(request.ramp),
         canary_wait_s=request.canary_wait_s,
         max_refail=request.max_refail,

@@ -73,7 +73,7 @@ from retryd.metrics import Metrics
 from retryd.models import DeadLetter, ErrorClass, ParkReason, QueueRef, Target, Unresolvable
 from retryd.models import Job as Work
 from retryd.resolve import ResolverChain, build_chain
-from retryd.settings import Settings
+from retryd.settings import HookRule, Settings
 from retryd.settle.parking import Parking, ParkRequest
 from retryd.targets import Delivery, TargetRouter
 from retryd.targets.sender import ALREADY_RESUBMITTED, Sender
@@ -125,6 +125,9 @@ class Spec:
     sources: tuple[str, ...]
     selector: Selector = field(default_factory=Selector)
     to: str | None = None
+    # A transform for this job alone (`--transform`): it takes the place of the
+    # [[hooks]] rules for every message the job selects.
+    transform: str | None = None
     ramp: tuple[int, ...] = DEFAULT_RAMP
     canary_wait_s: float = 30.0
     max_refail: int = 0
@@ -139,6 +142,7 @@ class Spec:
             "sources": list(self.sources),
             "selector": self.selector.to_json(),
             "to": self.to,
+            "transform": self.transform,
             "ramp": list(self.ramp),
             "canary_wait_s": self.canary_wait_s,
             "max_refail": self.max_refail,
@@ -151,6 +155,7 @@ class Spec:
             sources=tuple(raw["sources"]),
             selector=Selector.from_json(raw.get("selector", {})),
             to=raw.get("to"),
+            transform=raw.get("transform"),
             ramp=tuple(int(n) for n in raw.get("ramp", DEFAULT_RAMP)),
             canary_wait_s=float(raw.get("canary_wait_s", 30.0)),
             max_refail=int(raw.get("max_refail", 0)),
@@ -267,7 +272,7 @@ class Redrive:
         self._by_name = {queue.name: queue for queue in self._dlqs}
         feeds = FeedCache.for_settings(self._settings)
         await feeds.refresh_if_due(self._clients, self._dlqs)
-        self._chain = build_chain(self._settings, feeds)
+        self._chain = build_chain(self._hooked_settings(), feeds)
         self._guards.protect_queues([q.arn for q in self._dlqs] + [parking_ref.arn])
         self._guards.set_pauses(await load_pauses(self._control))
         if self.spec.kind == PARKING_SOURCE:
@@ -392,6 +397,18 @@ class Redrive:
             with anyio.move_on_after(SETTLE_SHIELD_S, shield=True):
                 counts.errors.extend(await release(sqs, queue, back, lease_s))
         return picked, counts
+
+    def _hooked_settings(self) -> Settings:
+        """The settings whose [[hooks]] the job runs: with `--transform`, that one first.
+
+        The first matching rule wins, so a rule matching every DLQ (`queue = "*"`) put
+        in front gives each selected message the job's transform; loading it is checked
+        like the configured ones (ConfigError, exit 2, when it cannot be loaded).
+        """
+        if self.spec.transform is None:
+            return self._settings
+        rule = HookRule(queue="*", transform=self.spec.transform)
+        return self._settings.model_copy(update={"hooks": [rule, *self._settings.hooks]})
 
     async def _hooked(self, picked: list[Picked], start: int) -> None:
         """Run the `[[hooks]]` rules on the messages picked from `start` on, as a cycle does.

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from retryd import stamps
 from retryd.commands.timeparse import parse_duration_s, parse_time_s
+from retryd.drain.redrive import Spec
 from retryd.drain.redrive_select import Selector, SelectorError, as_if_in_source
 from retryd.models import DeadLetter, Job, MessageAttribute, QueueRef, Target
 
@@ -117,3 +118,10 @@ def test_times_and_durations() -> None:
     for bad in ("soon", "0s", "-5m"):
         with pytest.raises(ValueError, match=bad):
             parse_time_s(bad, now_s=0.0) if bad == "soon" else parse_duration_s(bad)
+
+
+def test_a_jobs_transform_is_stored_with_it_for_resume() -> None:
+    """The spec a job is stored with keeps its `--transform`, so `--resume` runs it too."""
+    spec = Spec(sources=("retry-a",), transform="tests.hook_transforms:add_flag")
+    assert Spec.from_json(spec.to_json()).transform == "tests.hook_transforms:add_flag"
+    assert Spec.from_json(Spec(sources=("retry-a",)).to_json()).transform is None

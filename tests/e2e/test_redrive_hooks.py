@@ -63,3 +63,42 @@ def test_a_redrive_refuses_what_fails_the_rules_schema(
     assert '"refused|invalid-payload|' in out
     assert world.depth("dest-a") == 0
     assert world.depth(DLQ) == 1
+
+
+def test_a_redrive_can_name_a_transform_for_its_job_alone(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--transform` with no [[hooks]] configured: the job's messages go out transformed and
+    stamped with the transform's name; the daemon's own configuration is unchanged."""
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    world.create_queue("dest-a")
+    world.send(DLQ, envelope("sqs", world.queue_arn("dest-a"), {"n": 1}))
+    cfg = config(tmp_path)
+    job = ["--transform", "tests.hook_transforms:add_flag", "--ramp", "none"]
+
+    code = main(["redrive", "--config", cfg, "--from", DLQ, "--execute", *job])
+
+    assert code == 0, capsys.readouterr()
+    [sent] = world.drain("dest-a")
+    assert json.loads(sent["Body"])["fixed"] is True
+    assert sent["MessageAttributes"]["retryd.transform"]["StringValue"].startswith(
+        "tests.hook_transforms:add_flag@"
+    )
+
+
+def test_a_transform_that_cannot_be_loaded_sends_nothing(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `--transform` that names nothing importable is a usage error (exit 2); nothing moves."""
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    world.create_queue("dest-a")
+    world.send(DLQ, envelope("sqs", world.queue_arn("dest-a"), {"n": 1}))
+    cfg = config(tmp_path)
+    job = ["--transform", "tests.no_such_module:nothing", "--ramp", "none"]
+
+    code = main(["redrive", "--config", cfg, "--from", DLQ, "--execute", *job])
+
+    assert code == 2, capsys.readouterr()
+    assert world.drain("dest-a") == []
