@@ -358,11 +358,16 @@ def ledger_hold_reason(error_class: ErrorClass) -> FailReason:
 
 @dataclass(frozen=True, slots=True)
 class Unresolvable:
-    """A dead letter no resolver could turn into a Job, and why."""
+    """A dead letter no resolver could turn into a Job, and why.
+
+    `retry_later`: it may only be unresolvable for now (what feeds its DLQ could not
+    be learned for a transient reason); it stays in its DLQ instead of being parked.
+    """
 
     letter: DeadLetter
     reason: ParkReason
     detail: str
+    retry_later: bool = False
 
 
 class Outcome(StrEnum):

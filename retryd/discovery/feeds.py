@@ -43,7 +43,7 @@ from retryd.aws import AwsClients, Client
 from retryd.classify import from_exception, is_missing_queue
 from retryd.discovery.queues import queue_ref_from_url
 from retryd.discovery.subscriptions import Subscription, read_subscriptions
-from retryd.models import QueueRef
+from retryd.models import ErrorClass, QueueRef
 from retryd.settings import Settings
 
 log = structlog.get_logger("retryd.feeds")
@@ -97,6 +97,10 @@ class FeedMap:
     # What could not be learned (e.g. AccessDenied on ListFunctions): a missing feed
     # may be missing because of one of these.
     errors: tuple[str, ...] = ()
+    # A transient error (throttling, 5xx, a dropped connection) left the map incomplete:
+    # a message no resolver recognises may only be unrecognised for now, and is left in
+    # its DLQ rather than parked (retryd.resolve.chain).
+    unsure: bool = False
 
     def feeding(self, queue_arn: str) -> tuple[Feed, ...]:
         """Everything known to feed this DLQ, in a stable order; () when nothing is."""
@@ -123,6 +127,7 @@ class _Collected:
     # (operation, error code) -> names of the resources the call failed for.
     failures: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
     messages: dict[tuple[str, str], str] = field(default_factory=dict)
+    transient: bool = False
 
     def add(self, queue_arn: str, feed: Feed) -> None:
         if queue_arn in self.wanted:
@@ -130,6 +135,7 @@ class _Collected:
 
     def fail(self, operation: str, resource: str, exc: Exception) -> None:
         error = from_exception(exc)
+        self.transient = self.transient or error.error_class is ErrorClass.TRANSIENT
         self.failures[(operation, error.code)].append(resource)
         self.messages.setdefault((operation, error.code), error.message)
 
@@ -149,7 +155,7 @@ class _Collected:
             queue: tuple(sorted(feeds, key=lambda feed: (feed.kind.value, feed.source_arn)))
             for queue, feeds in sorted(self.feeds.items())
         }
-        return FeedMap(MappingProxyType(ordered), time.time(), self.errors())
+        return FeedMap(MappingProxyType(ordered), time.time(), self.errors(), self.transient)
 
 
 async def map_feeds(
@@ -410,7 +416,10 @@ class FeedCache:
                 feeds.pop(queue.arn, None)
         errors = tuple(dict.fromkeys((*current.errors, *learned.errors)))
         self._current = FeedMap(
-            MappingProxyType(dict(sorted(feeds.items()))), current.built_at_s, errors
+            MappingProxyType(dict(sorted(feeds.items()))),
+            current.built_at_s,
+            errors,
+            current.unsure or learned.unsure,
         )
         return self._current
 
@@ -426,7 +435,7 @@ def _with_redrive_of(built: FeedMap, previous: FeedMap, queues: frozenset[str]) 
         queue: tuple(sorted(feeds, key=lambda feed: (feed.kind.value, feed.source_arn)))
         for queue, feeds in sorted(merged.items())
     }
-    return FeedMap(MappingProxyType(ordered), built.built_at_s, built.errors)
+    return FeedMap(MappingProxyType(ordered), built.built_at_s, built.errors, built.unsure)
 
 
 def _keep_previous(previous: FeedMap, partial: FeedMap) -> FeedMap:
@@ -435,5 +444,9 @@ def _keep_previous(previous: FeedMap, partial: FeedMap) -> FeedMap:
     for queue, feeds in partial.feeds.items():
         merged.setdefault(queue, feeds)
     return FeedMap(
-        MappingProxyType(dict(sorted(merged.items()))), previous.built_at_s, partial.errors
+        MappingProxyType(dict(sorted(merged.items()))),
+        previous.built_at_s,
+        partial.errors,
+        # The feeds of queues the previous map knew none for may be the ones missing.
+        partial.unsure,
     )

@@ -37,6 +37,7 @@ from retryd.models import (
     QueueRef,
     Refusal,
     SendError,
+    Unresolvable,
 )
 from retryd.resolve import ResolverChain
 from retryd.settle.dlq import DeadLetterQueues
@@ -142,7 +143,17 @@ class Pipeline:
         return [batch.decided[letter.message_id] for letter in letters]
 
     async def _act(self, batch: _Batch, act_by: float) -> None:
-        resolved = await self._chain.resolve_all(batch.letters)
+        resolved = []
+        for item in await self._chain.resolve_all(batch.letters):
+            if isinstance(item, Unresolvable) and item.retry_later:
+                # Unresolvable only for now: left in its DLQ, to be looked at again.
+                batch.decide(
+                    Decision(
+                        item.letter, Outcome.FAILED, None, FailReason.TRANSIENT_ERROR, item.detail
+                    )
+                )
+            else:
+                resolved.append(item)
         batch.source_attempts = {
             job.letter.message_id: job.source_attempts
             for job in resolved

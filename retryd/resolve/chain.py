@@ -34,9 +34,15 @@ _log = structlog.get_logger(__name__)
 class ResolverChain:
     """Asks each resolver in turn; the first that recognises the message decides."""
 
-    def __init__(self, resolvers: Sequence[Resolver], hooks: Hooks | None = None) -> None:
+    def __init__(
+        self,
+        resolvers: Sequence[Resolver],
+        hooks: Hooks | None = None,
+        feeds: FeedSource | None = None,
+    ) -> None:
         self._resolvers = tuple(resolvers)
         self._hooks = hooks
+        self._feeds = feeds
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -67,11 +73,16 @@ class ResolverChain:
                 )
             if answer is not None:
                 return answer
-        return Unresolvable(
-            letter,
-            ParkReason.UNRESOLVABLE,
-            f"no resolver recognised the message and no route matches queue {letter.queue.name}",
+        detail = (
+            f"no resolver recognised the message and no route matches queue {letter.queue.name}"
         )
+        if self._feeds is not None and self._feeds.current.unsure:
+            # What feeds the DLQ could not be learned for now (throttling, a 5xx): the
+            # feed that would resolve it may be the missing one. Another cycle will know.
+            errors = "; ".join(self._feeds.current.errors) or "a transient error"
+            detail += f", while what feeds the DLQs could not all be learned ({errors})"
+            return Unresolvable(letter, ParkReason.UNRESOLVABLE, detail, retry_later=True)
+        return Unresolvable(letter, ParkReason.UNRESOLVABLE, detail)
 
 
 def _log_failure(resolver: str, letter: DeadLetter, exc: Exception) -> None:
@@ -115,7 +126,7 @@ def build_chain(
             LambdaAsyncResolver(feeds),
             SqsRedriveResolver(feeds),
         ]
-    return ResolverChain(resolvers, Hooks.from_settings(settings, metrics))
+    return ResolverChain(resolvers, Hooks.from_settings(settings, metrics), feeds)
 
 
 async def open_chain(
