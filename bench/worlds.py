@@ -27,40 +27,13 @@ PARKING = "retryd-parking"
 PAD = "x" * 160
 
 
-def client(service: str, endpoint: str) -> Any:
-    config = Config(max_pool_connections=32, retries={"mode": "standard"})
-    return boto3.client(service, endpoint_url=endpoint, region_name=REGION, config=config)
+def _pacing_off(ledger_path: Path, backend: str) -> str:
+    """The settings every benchmark world changes: no backoff, no rate limit, no budget.
 
-
-@dataclass
-class SqsWorld:
-    """Pairs of a source queue and its DLQ; the DLQ's messages go back to the source."""
-
-    endpoint: str
-    pairs: list[dict[str, str]] = field(default_factory=list)
-    messages: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "pairs": self.pairs}
-
-    def retryd_config(self, ledger_path: Path, *, backend: str = "sqlite") -> str:
-        """A config that changes only what a benchmark must: no backoff, no rate limit.
-
-        retryd's defaults wait 30 s before a message's first resubmission and allow
-        5 msg/s per target; a redrive benchmark measures the path, not the pacing.
-        """
-        routes = "".join(
-            f'\n[[routes]]\nqueue = "{pair["dlq_name"]}"\ntarget = "{pair["target_arn"]}"\n'
-            for pair in self.pairs
-        )
-        return f"""
-[discovery]
-queue_prefixes = ["{DLQ_PREFIX}"]
-
-[guards]
-allow_targets = ["arn:aws:sqs:*:*:{SOURCE_PREFIX}*"]
-
-[backoff]
+    retryd's defaults wait 30 s before a message's first resubmission and pace each
+    target; a redrive benchmark measures the path, not the pacing.
+    """
+    return f"""[backoff]
 base_s = 0.001
 max_s = 0.001
 
@@ -78,7 +51,39 @@ path = "{ledger_path}"
 
 [http]
 enabled = false
-{routes}"""
+"""
+
+
+def client(service: str, endpoint: str) -> Any:
+    config = Config(max_pool_connections=32, retries={"mode": "standard"})
+    return boto3.client(service, endpoint_url=endpoint, region_name=REGION, config=config)
+
+
+@dataclass
+class SqsWorld:
+    """Pairs of a source queue and its DLQ; the DLQ's messages go back to the source."""
+
+    endpoint: str
+    pairs: list[dict[str, str]] = field(default_factory=list)
+    messages: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "pairs": self.pairs}
+
+    def retryd_config(self, ledger_path: Path, *, backend: str = "sqlite") -> str:
+        """A config that changes only what a benchmark must (see _pacing_off)."""
+        routes = "".join(
+            f'\n[[routes]]\nqueue = "{pair["dlq_name"]}"\ntarget = "{pair["target_arn"]}"\n'
+            for pair in self.pairs
+        )
+        return f"""
+[discovery]
+queue_prefixes = ["{DLQ_PREFIX}"]
+
+[guards]
+allow_targets = ["arn:aws:sqs:*:*:{SOURCE_PREFIX}*"]
+
+{_pacing_off(ledger_path, backend)}{routes}"""
 
 
 def _queue_arn(sqs: Any, url: str) -> str:
@@ -205,25 +210,7 @@ queue_prefixes = ["{DLQ_PREFIX}"]
 [guards]
 allow_targets = ["{self.function_arn}", "{self.state_machine_arn}"]
 
-[backoff]
-base_s = 0.001
-max_s = 0.001
-
-[rate_limit]
-per_s = 1000000
-burst = 100000
-
-[drain]
-max_messages_per_queue = 10000000
-cycle_budget_s = 3600
-
-[ledger]
-backend = "{backend}"
-path = "{ledger_path}"
-
-[http]
-enabled = false
-"""
+{_pacing_off(ledger_path, backend)}"""
 
 
 def build_compute_world(endpoint: str, dlqs: int, messages: int) -> ComputeWorld:
