@@ -112,6 +112,16 @@ exit codes: 0 done (or planned), 1 stopped by its canaries or a read error,
 """
 
 
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    """The `--output` every operator command that prints a result takes."""
+    parser.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people, json for scripts",
+    )
+
+
 def add_operator_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add the operator's subcommands to `commands` (an argparse subparsers object)."""
     pause = commands.add_parser(
@@ -142,12 +152,7 @@ def add_operator_commands(commands: Any, common: argparse.ArgumentParser) -> Non
     resume.add_argument("--all", action="store_true", help="end every pause")
     resume.set_defaults(handler=_resume)
     pauses = commands.add_parser("pauses", parents=[common], help="list the pauses in force")
-    pauses.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people, json for scripts",
-    )
+    _add_output(pauses)
     pauses.set_defaults(handler=_pauses)
     audit = commands.add_parser(
         "audit", parents=[common], help="the latest operator actions (who, what, when, outcome)"
@@ -155,12 +160,7 @@ def add_operator_commands(commands: Any, common: argparse.ArgumentParser) -> Non
     audit.add_argument(
         "--limit", type=int, default=20, metavar="N", help="how many of the latest records"
     )
-    audit.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people, json for scripts",
-    )
+    _add_output(audit)
     audit.set_defaults(handler=_audit)
     redrive = commands.add_parser(
         "redrive",
@@ -249,31 +249,16 @@ def add_operator_commands(commands: Any, common: argparse.ArgumentParser) -> Non
         help="messages read per source per pass (default 1000)",
     )
     acting.add_argument("--resume", metavar="JOB", help="go on with a stopped job")
-    redrive.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people, json for scripts",
-    )
+    _add_output(redrive)
     redrive.set_defaults(handler=_redrive)
     jobs = commands.add_parser(
         "jobs", parents=[common], help="redrive jobs: list, show JOB, cancel JOB"
     )
-    jobs.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people, json for scripts",
-    )
+    _add_output(jobs)
     jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
     show = jobs_commands.add_parser("show", parents=[common], help="one job, its failures")
     show.add_argument("job", metavar="JOB", help="the job id `retryd jobs` lists")
-    show.add_argument(
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people, json for scripts",
-    )
+    _add_output(show)
     cancel = jobs_commands.add_parser("cancel", parents=[common], help="never resume JOB")
     cancel.add_argument("job", metavar="JOB", help="the job id `retryd jobs` lists")
     jobs.set_defaults(handler=_jobs)
