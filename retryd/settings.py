@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -75,6 +76,71 @@ class AwsSettings(_Group):
         50,
         description="Most HTTP connections each AWS client (one per service) keeps open.",
     )
+
+
+def _check_account_id(value: str) -> str:
+    if not re.fullmatch(r"[0-9]{12}", value):
+        raise ValueError(f"{value!r} is not an AWS account id (12 digits)")
+    return value
+
+
+def _check_region(value: str) -> str:
+    # Region names as AWS spells them: us-east-1, eu-central-2, us-gov-west-1, cn-north-1.
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-[0-9]+", value):
+        raise ValueError(f"{value!r} is not an AWS region name (like eu-west-1)")
+    return value
+
+
+AccountId = Annotated[str, AfterValidator(_check_account_id)]
+RegionName = Annotated[str, AfterValidator(_check_region)]
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(?P<account>[0-9]{12}):role/[\w+=,.@/-]{1,512}$")
+
+
+class AccountSettings(_Group):
+    """One account retryd drains, in the regions listed, through a role it assumes there."""
+
+    account_id: AccountId = Field(
+        description="The account's 12-digit id.",
+    )
+    regions: Annotated[list[RegionName], Field(min_length=1)] = Field(
+        description="Regions of this account whose DLQs retryd discovers and drains.",
+    )
+    role_arn: str | None = Field(
+        None,
+        description=(
+            "IAM role in this account that retryd assumes (sts:AssumeRole) to work there; "
+            "left out for the home account, whose credentials retryd already has."
+        ),
+    )
+    external_id: Annotated[str, Field(min_length=2, max_length=1224)] | None = Field(
+        None,
+        description="ExternalId passed to sts:AssumeRole, when the member role's trust policy "
+        "requires one.",
+    )
+
+    @field_validator("regions")
+    @classmethod
+    def _distinct_regions(cls, regions: list[str]) -> list[str]:
+        repeated = sorted({r for r in regions if regions.count(r) > 1})
+        if repeated:
+            raise ValueError(f"region listed twice: {', '.join(repeated)}")
+        return regions
+
+    @model_validator(mode="after")
+    def _role_in_account(self) -> AccountSettings:
+        if self.role_arn is None:
+            if self.external_id is not None:
+                raise ValueError("external_id needs a role_arn to assume")
+            return self
+        match = _ROLE_ARN.match(self.role_arn)
+        if match is None:
+            raise ValueError(
+                f"role_arn {self.role_arn!r} is not an IAM role ARN "
+                "(arn:aws:iam::<account>:role/<name>)"
+            )
+        if match["account"] != self.account_id:
+            raise ValueError(f"role_arn is in account {match['account']}, not in {self.account_id}")
+        return self
 
 
 class DiscoverySettings(_Group):
@@ -498,9 +564,30 @@ class Settings(BaseSettings):
         description="Hooks on the way back (off unless listed): the first rule whose queue or "
         "target glob matches a resolved message decides which hooks run on it.",
     )
+    accounts: list[AccountSettings] = Field(
+        [],
+        description="Accounts and regions retryd works in (the organisation set-up); empty "
+        "means the home account, in the region of the AWS chain. List the home account "
+        "without a role_arn to drain it too.",
+    )
     http: HttpSettings = HttpSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     log: LogSettings = LogSettings()
+
+    @field_validator("accounts")
+    @classmethod
+    def _one_entry_per_account(cls, accounts: list[AccountSettings]) -> list[AccountSettings]:
+        ids = [account.account_id for account in accounts]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"account listed twice: {', '.join(repeated)}")
+        homes = [a.account_id for a in accounts if a.role_arn is None]
+        if len(homes) > 1:
+            raise ValueError(
+                f"accounts {', '.join(homes)} have no role_arn; only the home account "
+                "(whose credentials retryd runs with) may leave it out"
+            )
+        return accounts
 
     @classmethod
     def settings_customise_sources(
