@@ -41,7 +41,7 @@ from retryd.discovery.survey import (
 )
 from retryd.errors import ExitCode
 from retryd.ledger import Ledger, open_ledger
-from retryd.models import DeadLetter, QueueRef, Target
+from retryd.models import DeadLetter, FailReason, QueueRef, Target, Unresolvable
 from retryd.resolve import open_chain
 from retryd.settings import Settings
 from retryd.targets.sender import ALREADY_RESUBMITTED
@@ -148,6 +148,17 @@ class PlannedMessage:
             attempt=job.attempt,
             reason=verdict.reason,
             detail=verdict.detail,
+        )
+
+    @classmethod
+    def held_for_later(cls, item: Unresolvable) -> PlannedMessage:
+        """Left in its DLQ as a transient failure, as a cycle leaves it."""
+        return cls(
+            item.letter.message_id,
+            Action.HOLD,
+            0,
+            reason=FailReason.TRANSIENT_ERROR.value,
+            detail=item.detail,
         )
 
     def decision(self) -> str:
@@ -288,8 +299,20 @@ async def make_plan(
         async def decide(letters: list[DeadLetter]) -> list[PlannedMessage]:
             if not letters:
                 return []
-            verdicts = await guards.assess([chain.resolve(x) for x in letters], dry_run=True)
-            return [PlannedMessage.from_verdict(verdict) for verdict in verdicts]
+            resolved = [chain.resolve(letter) for letter in letters]
+            # Unresolvable only while the feed map is incomplete: `once` leaves these in
+            # their DLQ for a later cycle (drain/batch.py), so the plan must not say park.
+            later = {
+                item.letter.message_id: PlannedMessage.held_for_later(item)
+                for item in resolved
+                if isinstance(item, Unresolvable) and item.retry_later
+            }
+            assessed = [item for item in resolved if item.letter.message_id not in later]
+            verdicts = await guards.assess(assessed, dry_run=True) if assessed else []
+            planned = {m.message_id: m for m in map(PlannedMessage.from_verdict, verdicts)}
+            return [
+                later.get(letter.message_id) or planned[letter.message_id] for letter in letters
+            ]
 
         looks = await look_at_each(
             clients.sqs,

@@ -436,3 +436,21 @@ def test_plan_reads_the_sqlite_ledger_but_never_creates_it(
     code, document = plan_json(capsys, "--config", str(config))
     assert code == 0
     assert by_id(document)[again]["attempt"] == 3
+
+
+def test_a_message_unresolvable_only_while_the_feed_map_is_incomplete_is_held(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What feeds the DLQ could not be learned (a 500): plan says hold, as once leaves it."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-native")
+    message_id = world.send("retry-native", "plain text a source queue redrove here")
+    world.faults.add(Fault("sqs", "ListDeadLetterSourceQueues", code="InternalError", status=500))
+
+    code, document = plan_json(capsys, "--config", config_file(tmp_path))
+
+    planned = by_id(document)[message_id]
+    assert code == 0
+    assert (planned["action"], planned["reason"]) == ("hold", "transient-error")
+    assert "could not all be learned" in planned["detail"]
+    assert depth(world, "retry-native") == (1, 0)
