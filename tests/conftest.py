@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from retryd.control.memory import reset_shared
 from retryd.sandbox.emulator import MotoServer
@@ -15,6 +17,14 @@ from tests.faults import FaultInjector
 from tests.world import ACCOUNT, REGION, World
 
 SettingsFactory = Callable[..., Settings]
+
+# Hypothesis's per-example deadline (200 ms) and its too-slow health check are timing
+# assertions: on a loaded runner a property test failed DeadlineExceeded at 257 ms with
+# nothing wrong. Speed is the benchmarks' business (bench/), never a test's.
+hypothesis_settings.register_profile(
+    "retryd", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("retryd")
 
 
 @pytest.fixture(scope="session")
