@@ -281,7 +281,6 @@ def test_explicit_queue_urls_go_to_the_account_they_name() -> None:
 
 _ACCOUNTS = st.sampled_from([HOME, MEMBER, OTHER])
 _REGIONS = st.sampled_from(["eu-west-1", "us-east-1", "ap-south-1"])
-_PART = st.one_of(st.just("*"), st.none())
 
 
 @given(
