@@ -17,6 +17,7 @@ import pytest
 from cfnlint.decode import decode_str  # type: ignore[import-untyped]  # cfn-lint ships no types
 
 from retryd.commands.iam_policy import organisation_policies
+from retryd.commands.kms_keys import KeyFindings
 from retryd.settings import Settings, load_settings
 from tests.deploy.test_deploy import TEMPLATE, Renderer, tool
 
@@ -229,4 +230,30 @@ def test_home_template_assumes_the_member_roles_and_passes_the_accounts(
         "Effect": "Allow",
         "Action": ["sts:AssumeRole"],
         "Resource": [MEMBER_ROLE],
+    }
+
+
+def test_member_template_kms_keys_are_the_ones_iam_policy_kms_grants() -> None:
+    """DecryptKeyArns / EncryptKeyArns become the member's DecryptDeadLetters and
+    EncryptResubmissions, as `iam-policy --kms` prints them for keys found there."""
+    decrypt = [f"arn:aws:kms:{region}:{MEMBER}:key/dlq-{region}" for region in REGIONS]
+    encrypt = [f"arn:aws:kms:us-east-1:{MEMBER}:key/parking"]
+    _, statements = member_stacks(
+        {
+            **BASE_PARAMETERS,
+            "AllowedTopicArns": ",".join(TOPICS),
+            "DecryptKeyArns": ",".join(decrypt),
+            "EncryptKeyArns": ",".join(encrypt),
+        }
+    )
+    policies = organisation_policies(
+        org_settings(TOPICS, None),
+        account=None,
+        region=None,
+        keys={MEMBER: KeyFindings(decrypt=decrypt, encrypt=encrypt)},
+    )
+    assert grants(statements) == grants(policies[1].policy["Statement"])
+    assert {sid for sid, _, _ in grants(statements)} >= {
+        "DecryptDeadLetters",
+        "EncryptResubmissions",
     }
