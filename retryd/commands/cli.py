@@ -247,7 +247,9 @@ def _tool_parsers(
         "Print the IAM policy document retryd needs for this configuration: SQS\n"
         "read/delete only on the DLQs it discovers, send only to the parking queue,\n"
         "invoke/start/send/publish/put only on allow_targets, and the ledger table.\n"
-        "The ARNs name the region given with --region, else any ('*').",
+        "The ARNs name the region given with --region, else any ('*').\n"
+        "With [[accounts]]: the home role's policy (sts:AssumeRole on exactly the member\n"
+        "roles), then each member account's role policy and trust policy.",
     )
     iam.add_argument("--account", metavar="ID", help="AWS account id (default: any, '*')")
     iam.add_argument(
@@ -266,6 +268,13 @@ def _tool_parsers(
         help="look up the KMS keys of encrypted DLQs, parking queue and SQS/SNS targets in "
         "AWS, and grant kms:Decrypt / kms:GenerateDataKey on exactly those keys",
     )
+    iam.add_argument(
+        "--home-role",
+        metavar="ARN",
+        help="with [[accounts]]: the role retryd runs as in the home account; the member "
+        "roles' trust policies then admit exactly it (default: the home account)",
+    )
+    _output_option(iam, "with [[accounts]], one object keyed by account id")
     ledger = subparsers.add_parser("ledger", help="attempt-ledger tools: create-table")
     ledger_commands = _Commands(
         ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
@@ -473,6 +482,8 @@ def _iam_policy(args: argparse.Namespace) -> int:
         partition=partition,
         role=args.role,
         kms=args.kms,
+        output=args.output,
+        home_role=args.home_role,
     )
 
 

@@ -54,10 +54,11 @@ import anyio
 from retryd.admission.allowlist import (
     LAMBDA_RESOURCE_PREFIX,
     LAMBDA_SERVICE,
+    lambda_may_be_target,
     subscriber_may_be_target,
 )
 from retryd.admission.matching import could_match_prefix, parse_glob
-from retryd.commands.kms_keys import KeyFindings, look_up_keys
+from retryd.commands.kms_keys import KeyFindings, look_up_keys, look_up_keys_by_account
 from retryd.discovery.queues import is_queue_url, parse_queue_url, partition_for_region
 from retryd.errors import ConfigError, ExitCode
 from retryd.models import is_account_id, is_region_name
@@ -200,11 +201,14 @@ def execution_resources(state_machine_globs: list[str]) -> list[str]:
     return _unique(arns)
 
 
-def _target_statements(targets: dict[str, list[str]], scope: _Scope) -> list[dict[str, Any]]:
+def _target_statements(
+    targets: dict[str, list[str]], scopes: list[_Scope], *, lambda_reads: bool
+) -> list[dict[str, Any]]:
     statements = []
     if targets["lambda"]:
         functions = lambda_resources(targets["lambda"])
         statements.append(_statement("ResubmitToLambda", ["lambda:InvokeFunction"], functions))
+    if lambda_reads:
         # Mapping a Lambda's DLQ or on-failure destination back to its function
         # (retryd.discovery.feeds) is only worth it when a Lambda may be a target. ListFunctions
         # has no resource type; it also returns each DeadLetterConfig, so the
@@ -216,7 +220,10 @@ def _target_statements(targets: dict[str, list[str]], scope: _Scope) -> list[dic
             _statement(
                 "ReadLambdaFailureDestinations",
                 ["lambda:ListFunctionEventInvokeConfigs"],
-                [f"arn:{scope.partition}:lambda:{scope.region}:{scope.account}:function:*"],
+                _unique(
+                    f"arn:{scope.partition}:lambda:{scope.region}:{scope.account}:function:*"
+                    for scope in scopes
+                ),
             )
         )
     if targets["states"]:
@@ -254,6 +261,66 @@ def _target_statements(targets: dict[str, list[str]], scope: _Scope) -> list[dic
 SUBSCRIPTION_READ_ACTIONS = ("sns:GetSubscriptionAttributes", "sns:ListSubscriptions")
 
 
+def _check_role(role: str, settings: Settings) -> None:
+    if role not in ROLES:
+        raise ConfigError([f"--role: {role!r} is not one of {', '.join(ROLES)}"])
+    if settings.guards.allow_any_target:
+        raise ConfigError(
+            [
+                "guards.allow_any_target = true: a least-privilege policy cannot be derived, "
+                "since retryd may then call any resource; list the targets in "
+                "guards.allow_targets instead"
+            ]
+        )
+
+
+def _work_statements(
+    settings: Settings,
+    scopes: list[_Scope],
+    targets: dict[str, list[str]],
+    *,
+    dlqs: list[str],
+    role: str,
+) -> list[dict[str, Any]]:
+    """What draining the DLQs of `scopes` (one account, its regions) calls there."""
+    parking = _unique(scope.queue_arn(settings.parking.queue) for scope in scopes)
+    statements = [
+        # ListQueues has no resource type: it can only be granted on "*".
+        _statement("FindDeadLetterQueues", ["sqs:ListQueues"], ["*"]),
+        _statement("DrainDeadLetterQueues", DLQ_ACTIONS, dlqs),
+        _statement("ParkMessages", PARKING_ACTIONS, parking),
+        # Feeds are read wherever DLQs are found, whichever place the Lambda target is in.
+        *_target_statements(targets, scopes, lambda_reads=lambda_may_be_target(settings.guards)),
+    ]
+    if subscriber_may_be_target(settings.guards):
+        # The subscriber of each SNS subscription DLQ (retryd.discovery.subscriptions).
+        statements.append(
+            _statement("ReadSnsSubscriptionDlqs", SUBSCRIPTION_READ_ACTIONS, [UNSCOPED])
+        )
+    if role == "operator":
+        statements.append(_statement("RedriveParkedMessages", REDRIVE_PARKING_ACTIONS, parking))
+    return statements
+
+
+def _ledger_statements(settings: Settings, scope: _Scope) -> list[dict[str, Any]]:
+    if settings.ledger.backend != "dynamodb":
+        return []
+    table = (
+        f"arn:{scope.partition}:dynamodb:{scope.region}:{scope.account}"
+        f":table/{settings.ledger.table}"
+    )
+    return [_statement("AttemptLedger", LEDGER_ACTIONS, [table])]
+
+
+def _key_statements(keys: KeyFindings | None) -> list[dict[str, Any]]:
+    statements = []
+    if keys is not None and keys.decrypt:
+        statements.append(_statement("DecryptDeadLetters", DECRYPT_ACTIONS, keys.decrypt))
+    if keys is not None and keys.encrypt:
+        statements.append(_statement("EncryptResubmissions", ENCRYPT_ACTIONS, keys.encrypt))
+    return statements
+
+
 def policy_document(
     settings: Settings,
     *,
@@ -269,17 +336,9 @@ def policy_document(
     `role` is "daemon" (`run`, `once`, `plan`, `inspect`) or "operator" (those and the
     operator's commands).
     `keys`, when looked up, adds the KMS actions on exactly the keys found.
+    This is the one-account document; with [[accounts]], see organisation_policies.
     """
-    if role not in ROLES:
-        raise ConfigError([f"--role: {role!r} is not one of {', '.join(ROLES)}"])
-    if settings.guards.allow_any_target:
-        raise ConfigError(
-            [
-                "guards.allow_any_target = true: a least-privilege policy cannot be derived, "
-                "since retryd may then call any resource; list the targets in "
-                "guards.allow_targets instead"
-            ]
-        )
+    _check_role(role, settings)
     scope = _Scope(account, region, partition)
     dlqs = _unique(
         [
@@ -287,42 +346,259 @@ def policy_document(
             *(scope.queue_arn(queue) for queue in settings.discovery.queues),
         ]
     )
+    targets = target_arns(settings.guards.allow_targets)
     statements = [
-        # ListQueues has no resource type: it can only be granted on "*".
-        _statement("FindDeadLetterQueues", ["sqs:ListQueues"], ["*"]),
-        _statement("DrainDeadLetterQueues", DLQ_ACTIONS, dlqs),
-        _statement("ParkMessages", PARKING_ACTIONS, [scope.queue_arn(settings.parking.queue)]),
-        *_target_statements(target_arns(settings.guards.allow_targets), scope),
+        *_work_statements(settings, [scope], targets, dlqs=dlqs, role=role),
+        *_ledger_statements(settings, scope),
+        *_key_statements(keys),
     ]
-    if subscriber_may_be_target(settings.guards):
-        # The subscriber of each SNS subscription DLQ (retryd.discovery.subscriptions).
-        statements.append(
-            _statement("ReadSnsSubscriptionDlqs", SUBSCRIPTION_READ_ACTIONS, [UNSCOPED])
+    return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+# -- The organisation set-up: one policy per account ------------------------------------------
+
+Place = tuple[str, str]
+
+
+def _glob_places(glob: str, places: Iterable[Place]) -> list[Place]:
+    """The configured places (account, region) an allowlist glob can name a resource in."""
+    partition, _, region, account, _ = parse_glob(glob)
+    return [
+        (place_account, place_region)
+        for place_account, place_region in places
+        if fnmatch.fnmatchcase(place_account, account)
+        and fnmatch.fnmatchcase(place_region, region)
+        and fnmatch.fnmatchcase(partition_for_region(place_region), partition)
+    ]
+
+
+def place_target_globs(
+    allow_targets: Iterable[str], own: list[Place], every: list[Place]
+) -> list[str]:
+    """The allowlist globs one account's role resubmits to, narrowed to its places.
+
+    retryd sends to a target in a configured place with that place's clients, and to a
+    target anywhere else with the clients of the DLQ's place (the target's resource
+    policy must then admit the role). So a glob that can name a resource in a configured
+    place is granted, narrowed to each such place, to that place's role only; a glob that
+    can name none (another account, or a region not listed) is granted as is to every role.
+    A glob matching both is narrowed to the configured places: list an outside target with
+    its own account and region to have it granted.
+    """
+    globs = []
+    for glob in allow_targets:
+        partition, service, _, _, resource = parse_glob(glob)
+        matched = _glob_places(glob, every)
+        if not matched:
+            globs.append(glob)
+            continue
+        for account, region in matched:
+            if (account, region) in own:
+                part = partition if "*" not in partition else partition_for_region(region)
+                globs.append(f"arn:{part}:{service}:{region}:{account}:{resource}")
+    return _unique(globs)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPolicy:
+    """The documents one account of the organisation set-up needs."""
+
+    account_id: str
+    # The member role to create (None: the home account, whose role retryd runs with).
+    role_arn: str | None
+    policy: dict[str, Any]
+    # Who may assume the member role; None for the home account.
+    trust_policy: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"policy": self.policy}
+        if self.trust_policy is not None:
+            document["trust_policy"] = self.trust_policy
+        return document
+
+
+_ROLE_ARN = re.compile(r"arn:(?P<partition>aws[a-z-]*):iam::(?P<account>[0-9]{12}):role/.+")
+
+
+def _home_account(settings: Settings, account: str | None, home_role: str | None) -> str | None:
+    """The home account: its [[accounts]] entry, else --account, else --home-role's."""
+    candidates: dict[str, str] = {}
+    for entry in settings.accounts:
+        if entry.role_arn is None:
+            candidates["the [[accounts]] entry without role_arn"] = entry.account_id
+    if account is not None:
+        candidates["--account"] = account
+    if home_role is not None:
+        match = _ROLE_ARN.fullmatch(home_role)
+        if match is None:
+            raise ConfigError(
+                [
+                    f"--home-role: {home_role!r} is not an IAM role ARN "
+                    "(arn:aws:iam::ACCOUNT:role/NAME)"
+                ]
+            )
+        candidates["--home-role"] = match["account"]
+    if len(set(candidates.values())) > 1:
+        said = ", ".join(f"{source} says {value}" for source, value in candidates.items())
+        raise ConfigError([f"the home account is given twice, differently: {said}"])
+    return next(iter(candidates.values()), None)
+
+
+def trust_policy(
+    *, home_account: str, home_role: str | None, external_id: str | None, partition: str
+) -> dict[str, Any]:
+    """Who may assume a member role: the home account (any role its admins allow to call
+    sts:AssumeRole on it), or exactly the home role; with the external id when one is set."""
+    principal = home_role or f"arn:{partition}:iam::{home_account}:root"
+    statement: dict[str, Any] = {
+        "Sid": "RetrydHomeAccount",
+        "Effect": "Allow",
+        "Principal": {"AWS": principal},
+        "Action": ["sts:AssumeRole"],
+    }
+    if external_id is not None:
+        statement["Condition"] = {"StringEquals": {"sts:ExternalId": external_id}}
+    return {"Version": POLICY_VERSION, "Statement": [statement]}
+
+
+def _account_scopes(account: str, regions: list[str]) -> list[_Scope]:
+    return [_Scope(account, region, partition_for_region(region)) for region in regions]
+
+
+def _account_dlqs(settings: Settings, scopes: list[_Scope], account: str, home: bool) -> list[str]:
+    """DLQ ARNs in one account's places: prefixes and names in each region; a queue given
+    by URL in the account its URL names (the home account's, when that account is not listed)."""
+    listed = {entry.account_id for entry in settings.accounts}
+    arns = [
+        scope.queue_arn(prefix, suffix="*")
+        for scope in scopes
+        for prefix in settings.discovery.queue_prefixes
+    ]
+    for queue in settings.discovery.queues:
+        if not is_queue_url(queue):
+            arns.extend(scope.queue_arn(queue) for scope in scopes)
+            continue
+        owner = parse_queue_url(queue).account
+        if owner == account or (home and owner not in listed):
+            arns.append(scopes[0].queue_arn(queue) if scopes else queue)
+    return _unique(arns)
+
+
+def organisation_policies(
+    settings: Settings,
+    *,
+    account: str | None,
+    region: str | None,
+    role: str = "daemon",
+    home_role: str | None = None,
+    keys: dict[str, KeyFindings] | None = None,
+) -> list[AccountPolicy]:
+    """The home account's policy, then each member account's policy and trust policy.
+
+    The home role keeps what the one-account document grants, scoped to the home entry's
+    regions (nothing of the kind when the home account is not drained), the DynamoDB
+    table of the ledger, control store and cluster (in the home entry's first region,
+    else `region`), and sts:AssumeRole on exactly the member roles listed. Each member role
+    gets what draining its account's DLQs calls there, in its regions. `keys` maps an
+    account id to the KMS keys found in its places.
+    """
+    _check_role(role, settings)
+    if not settings.accounts:
+        raise ConfigError(["no [[accounts]] configured: use policy_document"])
+    home_account = _home_account(settings, account, home_role)
+    keys = keys or {}
+    places = [(entry.account_id, r) for entry in settings.accounts for r in entry.regions]
+    members = [entry for entry in settings.accounts if entry.role_arn is not None]
+    home_entry = next((entry for entry in settings.accounts if entry.role_arn is None), None)
+    if members and home_account is None:
+        raise ConfigError(
+            [
+                "the member roles' trust policies need the home account: list it in "
+                "[[accounts]] (without role_arn), or pass --account or --home-role"
+            ]
         )
-    if role == "operator":
+    statements: list[dict[str, Any]] = []
+    if home_entry is not None:
+        scopes = _account_scopes(home_entry.account_id, home_entry.regions)
+        own = [(home_entry.account_id, r) for r in home_entry.regions]
+        targets = target_arns(place_target_globs(settings.guards.allow_targets, own, places))
+        dlqs = _account_dlqs(settings, scopes, home_entry.account_id, home=True)
+        statements += _work_statements(settings, scopes, targets, dlqs=dlqs, role=role)
+        ledger_scope = scopes[0]
+    else:
+        partition = partition_for_region(region) if region else "aws"
+        ledger_scope = _Scope(home_account, region, partition)
+    statements += _ledger_statements(settings, ledger_scope)
+    if members:
         statements.append(
             _statement(
-                "RedriveParkedMessages",
-                REDRIVE_PARKING_ACTIONS,
-                [scope.queue_arn(settings.parking.queue)],
+                "AssumeMemberRoles",
+                ["sts:AssumeRole"],
+                [entry.role_arn for entry in members if entry.role_arn is not None],
             )
         )
-    if settings.ledger.backend == "dynamodb":
-        table = (
-            f"arn:{scope.partition}:dynamodb:{scope.region}:{scope.account}"
-            f":table/{settings.ledger.table}"
+    if home_account is not None:
+        statements += _key_statements(keys.get(home_account))
+    result = [
+        AccountPolicy(
+            home_account or "home", None, {"Version": POLICY_VERSION, "Statement": statements}
         )
-        statements.append(_statement("AttemptLedger", LEDGER_ACTIONS, [table]))
-    if keys is not None and keys.decrypt:
-        statements.append(_statement("DecryptDeadLetters", DECRYPT_ACTIONS, keys.decrypt))
-    if keys is not None and keys.encrypt:
-        statements.append(_statement("EncryptResubmissions", ENCRYPT_ACTIONS, keys.encrypt))
-    return {"Version": POLICY_VERSION, "Statement": statements}
+    ]
+    assert home_account is not None or not members
+    for entry in members:
+        assert entry.role_arn is not None
+        scopes = _account_scopes(entry.account_id, entry.regions)
+        own = [(entry.account_id, r) for r in entry.regions]
+        targets = target_arns(place_target_globs(settings.guards.allow_targets, own, places))
+        dlqs = _account_dlqs(settings, scopes, entry.account_id, home=False)
+        member_statements = [
+            *_work_statements(settings, scopes, targets, dlqs=dlqs, role=role),
+            *_key_statements(keys.get(entry.account_id)),
+        ]
+        role_match = _ROLE_ARN.fullmatch(entry.role_arn)
+        assert role_match is not None  # settings validated it
+        result.append(
+            AccountPolicy(
+                entry.account_id,
+                entry.role_arn,
+                {"Version": POLICY_VERSION, "Statement": member_statements},
+                trust_policy(
+                    home_account=str(home_account),
+                    home_role=home_role,
+                    external_id=entry.external_id,
+                    partition=role_match["partition"],
+                ),
+            )
+        )
+    return result
 
 
 def render(document: dict[str, Any]) -> str:
     """The document as `retryd iam-policy` prints it (stable, so it can be diffed and pasted)."""
     return json.dumps(document, indent=2)
+
+
+def render_organisation(policies: list[AccountPolicy], output: str) -> str:
+    """Text: one labelled section per document; json: one object keyed by account id."""
+    if output == "json":
+        return render({policy.account_id: policy.to_json() for policy in policies})
+    sections = []
+    for policy in policies:
+        if policy.role_arn is None:
+            sections.append(
+                f"# home account {policy.account_id}: policy of retryd's own role\n"
+                + render(policy.policy)
+            )
+            continue
+        sections.append(
+            f"# member account {policy.account_id}: policy of {policy.role_arn}\n"
+            + render(policy.policy)
+        )
+        sections.append(
+            f"# member account {policy.account_id}: trust policy of {policy.role_arn}\n"
+            + render(policy.trust_policy or {})
+        )
+    return "\n\n".join(sections)
 
 
 def run_iam_policy(
@@ -333,17 +609,42 @@ def run_iam_policy(
     partition: str = "aws",
     role: str = "daemon",
     kms: bool = False,
+    output: str = "text",
+    home_role: str | None = None,
 ) -> int:
     """Print the policy document as JSON; exit status 0 (errors raise ConfigError: exit 2).
 
     With `kms`, the KMS keys of encrypted DLQs, parking queue and targets are looked up
-    in AWS first; an alias that cannot be resolved is named on stderr.
+    in AWS first; an alias that cannot be resolved is named on stderr. With [[accounts]],
+    one document per account (and a trust policy per member), labelled or as one JSON object.
     """
-    keys = anyio.run(look_up_keys, settings) if kms else None
-    document = policy_document(
-        settings, account=account, region=region, partition=partition, role=role, keys=keys
-    )
-    print(render(document))
-    for problem in keys.unresolved if keys is not None else []:
+    if not settings.accounts:
+        if home_role is not None:
+            raise ConfigError(
+                ["--home-role: only used with [[accounts]] (the member roles' trust)"]
+            )
+        keys = anyio.run(look_up_keys, settings) if kms else None
+        document = policy_document(
+            settings, account=account, region=region, partition=partition, role=role, keys=keys
+        )
+        print(render(document))
+        problems = keys.unresolved if keys is not None else []
+    else:
+        # Checked before any lookup, so that a mistake costs no AWS call.
+        organisation_policies(
+            settings, account=account, region=region, role=role, home_role=home_role
+        )
+        by_account = anyio.run(look_up_keys_by_account, settings) if kms else {}
+        policies = organisation_policies(
+            settings,
+            account=account,
+            region=region,
+            role=role,
+            home_role=home_role,
+            keys=by_account,
+        )
+        print(render_organisation(policies, output))
+        problems = [p for found in by_account.values() for p in found.unresolved]
+    for problem in problems:
         print(f"retryd: warning: {problem}", file=sys.stderr)
     return ExitCode.OK

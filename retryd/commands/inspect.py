@@ -17,13 +17,20 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
+from retryd.admission.allowlist import Allowlist
 from retryd.admission.paused import Pause
 from retryd.aws import AwsClients, open_clients
 from retryd.commands import progress, render
 from retryd.control.pauses import pauses_in_force
-from retryd.discovery.survey import Depth, ReadProgress, look_at_each, select_queues
+from retryd.discovery.survey import (
+    KMS_KEY_ATTRIBUTE,
+    Depth,
+    ReadProgress,
+    look_at_each,
+    select_queues,
+)
 from retryd.errors import ExitCode
-from retryd.models import DeadLetter, QueueRef
+from retryd.models import Arn, DeadLetter, QueueRef
 from retryd.resolve import open_chain
 from retryd.resolve.failure_groups import (
     FailureGroup,
@@ -48,6 +55,9 @@ class QueueInspection:
     groups: list[FailureGroup] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # The KmsMasterKeyId of each SQS target queue its messages go back to (None: not
+    # encrypted with a KMS key); resubmitting there needs kms:GenerateDataKey on it.
+    target_kms_keys: dict[str, str | None] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +67,7 @@ class QueueInspection:
             "depth": self.depth.to_json() if self.depth else None,
             "retention_s": self.depth.retention_s if self.depth else None,
             "kms_key": self.depth.kms_key if self.depth else None,
+            "target_kms_keys": self.target_kms_keys,
             "feeds": self.feeds,
             "route": self.route,
             "sampled": self.sampled,
@@ -138,8 +149,58 @@ async def inspect_queues(
                 warnings=look.warnings,
             )
         )
+    await _add_target_keys(settings, clients, inspections, {queue.arn for queue in queues})
     pauses = await pauses_in_force(settings.ledger, clients)
     return InspectReport(inspections, max_messages, missing, list(feeds.errors), pauses)
+
+
+async def _add_target_keys(
+    settings: Settings,
+    clients: AwsClients,
+    inspections: list[QueueInspection],
+    dlqs: set[str],
+) -> None:
+    """Each inspection's SQS target queues' keys, each queue asked once.
+
+    Only queues the allowlist admits (the policy lets retryd read no others), in this
+    client's region, and never a DLQ (the loop guard refuses those as targets).
+    """
+    allowlist = Allowlist(settings.guards.allow_targets, settings.guards.allow_any_target)
+    region = clients.sqs.meta.region_name
+    known: dict[str, str | None] = {}
+    failed: dict[str, str] = {}
+    for inspection in inspections:
+        targets = [group.target for group in inspection.groups]
+        if inspection.route:
+            targets.append(inspection.route)
+        for target in dict.fromkeys(targets):
+            try:
+                arn = Arn.parse(target)
+            except ValueError:
+                continue
+            if arn.service != "sqs" or arn.region != region or target in dlqs:
+                continue
+            if not allowlist.allows(target):
+                continue
+            if target not in known and target not in failed:
+                try:
+                    known[target] = await _target_key(clients, arn)
+                except (ClientError, BotoCoreError) as exc:
+                    failed[target] = str(classify.from_exception(exc))
+            if target in failed:
+                inspection.warnings.append(f"target {target}: KMS key not read ({failed[target]})")
+            else:
+                inspection.target_kms_keys[target] = known[target]
+
+
+async def _target_key(clients: AwsClients, arn: Arn) -> str | None:
+    url = (
+        await clients.sqs.get_queue_url(QueueName=arn.resource, QueueOwnerAWSAccountId=arn.account)
+    )["QueueUrl"]
+    response = await clients.sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=[KMS_KEY_ATTRIBUTE]
+    )
+    return response.get("Attributes", {}).get(KMS_KEY_ATTRIBUTE) or None
 
 
 async def run_inspect(

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aioboto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd.aws import AwsClients, client_config, open_clients
+from retryd.aws import AwsClients, client_config, open_clients, open_session
 from retryd.classify import from_exception
 from retryd.discovery.queues import discover_queues, find_queue_url, queue_ref_from_url
 from retryd.discovery.survey import KMS_KEY_ATTRIBUTE
 from retryd.models import Arn
-from retryd.settings import Settings
+from retryd.settings import AccountSettings, Settings
 
 _FAILURES = (BotoCoreError, ClientError)
 
@@ -59,6 +60,14 @@ class KeyFindings:
     def add(self, kind: list[str], arn: str) -> None:
         if arn not in kind:
             kind.append(arn)
+
+    def merge(self, other: KeyFindings) -> None:
+        """Add another place's findings (the same account's role covers both)."""
+        for arn in other.decrypt:
+            self.add(self.decrypt, arn)
+        for arn in other.encrypt:
+            self.add(self.encrypt, arn)
+        self.unresolved.extend(other.unresolved)
 
 
 def _literal_prefix(glob: str) -> str:
@@ -156,3 +165,88 @@ async def look_up_keys(settings: Settings) -> KeyFindings:
         aioboto3.Session().client("kms", config=client_config(settings.aws)) as kms,
     ):
         return await find_keys(settings, clients, kms)
+
+
+# -- The organisation set-up: keys looked up in each account and region ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceClients:
+    """The clients of one place (account, region): the usual ones and a KMS one."""
+
+    clients: AwsClients
+    kms: Any
+
+
+# Opens the clients of one [[accounts]] entry in one of its regions. The daemon's own
+# clients per place can stand in for look_up_place_clients here.
+OpenPlace = Callable[[AccountSettings, str], AbstractAsyncContextManager[PlaceClients]]
+
+
+async def find_keys_by_account(settings: Settings, open_place: OpenPlace) -> dict[str, KeyFindings]:
+    """find_keys in every place of [[accounts]], merged per account: each account's role
+    gets the keys of its own places. A place that cannot be looked at is reported in its
+    account's `unresolved`, and the others are still looked at."""
+    by_account: dict[str, KeyFindings] = {}
+    for entry in settings.accounts:
+        findings = by_account.setdefault(entry.account_id, KeyFindings())
+        for region in entry.regions:
+            try:
+                async with open_place(entry, region) as place:
+                    findings.merge(await find_keys(settings, place.clients, place.kms))
+            except _FAILURES as exc:
+                findings.unresolved.append(
+                    f"account {entry.account_id} in {region}: keys not looked up "
+                    f"({from_exception(exc)}): its role's policy has no KMS statements for them"
+                )
+    return by_account
+
+
+@asynccontextmanager
+async def look_up_place_clients(
+    settings: Settings, entry: AccountSettings, region: str
+) -> AsyncIterator[PlaceClients]:
+    """Short-lived clients for one place: the AWS chain's credentials in the home account,
+    a role session from one sts:AssumeRole in a member account (a lookup ends well within
+    the session's lifetime, so nothing refreshes them)."""
+    home = open_session()
+    config = client_config(settings.aws)
+    session = home
+    if entry.role_arn is not None:
+        kwargs: dict[str, Any] = {"RoleArn": entry.role_arn, "RoleSessionName": "retryd-iam-policy"}
+        if entry.external_id is not None:
+            kwargs["ExternalId"] = entry.external_id
+        async with home.client("sts", region_name=region, config=config) as sts:
+            credentials = (await sts.assume_role(**kwargs))["Credentials"]
+        session = aioboto3.Session(
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+        )
+    async with AsyncExitStack() as stack:
+
+        async def make(service: str) -> Any:
+            return await stack.enter_async_context(
+                session.client(service, region_name=region, config=config)
+            )
+
+        clients = AwsClients(
+            sqs=await make("sqs"),
+            lambda_=await make("lambda"),
+            stepfunctions=await make("stepfunctions"),
+            sns=await make("sns"),
+            events=await make("events"),
+            dynamodb=await make("dynamodb"),
+        )
+        yield PlaceClients(clients, await make("kms"))
+
+
+async def look_up_keys_by_account(settings: Settings) -> dict[str, KeyFindings]:
+    """find_keys_by_account with clients of its own, per place."""
+
+    def open_place(
+        entry: AccountSettings, region: str
+    ) -> AbstractAsyncContextManager[PlaceClients]:
+        return look_up_place_clients(settings, entry, region)
+
+    return await find_keys_by_account(settings, open_place)

@@ -377,6 +377,13 @@ def _kms_key(inspection: QueueInspection) -> str:
     return inspection.depth.kms_key or "none (not encrypted with a KMS key)"
 
 
+def _target_keys(inspection: QueueInspection) -> list[str]:
+    return [
+        f"{target}: {key or 'none (not encrypted with a KMS key)'}"
+        for target, key in sorted(inspection.target_kms_keys.items())
+    ]
+
+
 def _inspection_blocks(inspection: QueueInspection) -> list[Block]:
     blocks: list[Block] = [Line(f"{inspection.queue.name}  {inspection.queue.arn}")]
     fed_by = [f"{feed['kind']} {feed['source_arn']}" for feed in inspection.feeds]
@@ -394,6 +401,9 @@ def _inspection_blocks(inspection: QueueInspection) -> list[Block]:
             indent=2,
         )
     )
+    if inspection.target_kms_keys:
+        # A block of its own, so that the fields above keep their alignment.
+        blocks.append(Fields([("target kms keys", _target_keys(inspection))], indent=2))
     if inspection.groups:
         rows = [
             [

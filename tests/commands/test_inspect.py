@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -327,3 +328,29 @@ def test_the_kms_key_of_an_encrypted_dlq_is_shown(
 
     assert main(["inspect", "--config", config_file(tmp_path), "retry-sealed"]) == 0
     assert f"  kms key: {key_id}" in capsys.readouterr().out
+
+
+def test_the_kms_key_of_each_sqs_target_queue_is_shown(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The SQS queues a DLQ's messages go back to: each one's key (or none), in JSON and text;
+    a target the allowlist refuses is not looked at (the policy grants no read of it)."""
+    world.create_queue(PARKING)
+    key_id = world.client("kms").create_key()["KeyMetadata"]["KeyId"]
+    world.create_queue("orders-sealed", KmsMasterKeyId=key_id)
+    world.create_queue("orders-plain")
+    sealed, plain = world.queue_arn("orders-sealed"), world.queue_arn("orders-plain")
+    outside = f"arn:aws:sqs:{REGION}:210987654321:elsewhere"
+    world.create_queue("retry-orders")
+    for target in (sealed, plain, outside):
+        world.send("retry-orders", envelope("sqs", target, {"n": 1}))
+
+    code, report = inspect_json(capsys, "--config", config_file(tmp_path))
+    assert code == 0
+    [queue] = report["queues"]
+    assert queue["target_kms_keys"] == {sealed: key_id, plain: None}
+
+    assert main(["inspect", "--config", config_file(tmp_path), "retry-orders"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"\n  target kms keys: +{plain}: none \(not encrypted", out), out
+    assert re.search(rf"\n +{sealed}: {key_id}\n", out), out

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.commands.cli import main
 from retryd.commands.kms_keys import is_alias, key_arn
+from tests.faults import Fault
 from tests.operator_helpers import (
     PARKING,
     config_file,
@@ -96,3 +98,120 @@ def test_without_kms_no_aws_call_and_no_kms_statement(
     code, document, _ = iam_policy(capsys, monkeypatch, "--config", config_file(tmp_path))
     assert code == 0
     assert not {"DecryptDeadLetters", "EncryptResubmissions"} & set(statements(document))
+
+
+MEMBER = "222222222222"
+MEMBER_ROLE = f"arn:aws:iam::{MEMBER}:role/retryd-member"
+
+
+def member_client(world: World, service: str) -> Any:
+    """A client in the member account: moto gives assumed-role credentials the role's account."""
+    credentials = world.client("sts").assume_role(RoleArn=MEMBER_ROLE, RoleSessionName="test")[
+        "Credentials"
+    ]
+    return boto3.client(
+        service,
+        endpoint_url=world.url,
+        region_name=REGION,
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+    )
+
+
+def org_output(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    accounts: str,
+) -> tuple[int, dict[str, Any], str]:
+    for name in ("RETRYD_CONFIG", "RETRYD_LEDGER__BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    config = config_file(tmp_path, accounts)
+    code = main(["iam-policy", "--config", config, "--kms", "--output", "json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if captured.out else {}, captured.err
+
+
+HOME_ENTRY = f"""
+[[accounts]]
+account_id = "{ACCOUNT}"
+regions = ["{REGION}"]
+"""
+MEMBER_ENTRY = f"""
+[[accounts]]
+account_id = "{MEMBER}"
+regions = ["{REGION}"]
+role_arn = "{MEMBER_ROLE}"
+"""
+
+
+def test_kms_with_accounts_looks_keys_up_in_the_home_place(
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """[[accounts]] with the home account only: its DLQ's key lands in its policy."""
+    key = world.client("kms").create_key()["KeyMetadata"]
+    world.create_queue("retry-orders", KmsMasterKeyId=key["KeyId"])
+    world.create_queue(PARKING)
+
+    code, documents, _ = org_output(capsys, monkeypatch, tmp_path, HOME_ENTRY)
+
+    assert code == 0
+    assert list(documents) == [ACCOUNT]
+    found = statements(documents[ACCOUNT]["policy"])
+    assert found["DecryptDeadLetters"]["Resource"] == [key["Arn"]]
+
+
+def test_kms_with_accounts_gives_each_account_the_keys_of_its_own_places(
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The member's DLQ key (looked up through AssumeRole, in the member account) goes to the
+    member role only; the home DLQ's key to the home role only."""
+    home_key = world.client("kms").create_key()["KeyMetadata"]
+    world.create_queue("retry-orders", KmsMasterKeyId=home_key["KeyId"])
+    world.create_queue(PARKING)
+    member_kms = member_client(world, "kms")
+    member_key = member_kms.create_key()["KeyMetadata"]
+    assert f":{MEMBER}:" in member_key["Arn"]
+    member_sqs = member_client(world, "sqs")
+    member_sqs.create_queue(
+        QueueName="retry-billing", Attributes={"KmsMasterKeyId": member_key["KeyId"]}
+    )
+    member_sqs.create_queue(QueueName=PARKING)
+
+    code, documents, err = org_output(capsys, monkeypatch, tmp_path, HOME_ENTRY + MEMBER_ENTRY)
+
+    assert code == 0, err
+    home = statements(documents[ACCOUNT]["policy"])
+    member = statements(documents[MEMBER]["policy"])
+    assert home["DecryptDeadLetters"]["Resource"] == [home_key["Arn"]]
+    assert member["DecryptDeadLetters"]["Resource"] == [member_key["Arn"]]
+
+
+def test_kms_with_a_place_it_cannot_reach_names_it_and_goes_on(
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A member whose role cannot be assumed is a warning naming the account; home still done."""
+    key = world.client("kms").create_key()["KeyMetadata"]
+    world.create_queue("retry-orders", KmsMasterKeyId=key["KeyId"])
+    world.create_queue(PARKING)
+    world.faults.add(Fault("sts", "AssumeRole", code="AccessDenied"))
+
+    code, documents, err = org_output(capsys, monkeypatch, tmp_path, HOME_ENTRY + MEMBER_ENTRY)
+
+    assert code == 0
+    assert statements(documents[ACCOUNT]["policy"])["DecryptDeadLetters"]["Resource"] == [
+        key["Arn"]
+    ]
+    assert "DecryptDeadLetters" not in statements(documents[MEMBER]["policy"])
+    assert f"account {MEMBER} in {REGION}: keys not looked up" in err
+    assert "AccessDenied" in err

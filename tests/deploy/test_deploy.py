@@ -397,9 +397,10 @@ class Renderer:
                 self.refs[name] = str(raw).split(",")
             else:
                 self.refs[name] = raw
-        self.conditions = {
-            name: self.condition(body) for name, body in doc.get("Conditions", {}).items()
-        }
+        # One by one, in order: a condition may name an earlier one ({"Condition": ...}).
+        self.conditions: dict[str, bool] = {}
+        for name, body in doc.get("Conditions", {}).items():
+            self.conditions[name] = self.condition(body)
 
     def condition(self, body: Any) -> bool:
         (function, args), *_ = body.items()
