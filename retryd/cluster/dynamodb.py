@@ -272,10 +272,27 @@ class DynamoDbCluster:
                 continue
             shared = _parse_breaker(value)
             arn = name[len(BREAKER_PREFIX) :]
-            breaker = self._breakers.known(arn)
-            if shared is None or breaker is None or arn in self._pending:
+            if shared is None or arn in self._pending:
+                continue
+            breaker = self._breaker(arn, shared)
+            if breaker is None:
                 continue
             await self._agree_breaker(arn, breaker, shared, now_s)
+
+    def _breaker(self, arn: str, shared: SharedBreaker) -> CircuitBreaker | None:
+        """This replica's breaker for `arn`; made now if the target is open and not yet met.
+
+        A replica that has not sent to a target yet (one just started, a redrive job)
+        must find it open before its first send, not after opening its own.
+        """
+        breaker = self._breakers.known(arn)
+        if breaker is not None or shared.state is not BreakerState.OPEN:
+            return breaker
+        try:
+            target = Target.from_arn(arn)
+        except ValueError:
+            return None
+        return self._breakers.for_target(target)
 
     async def _agree_breaker(
         self, arn: str, breaker: CircuitBreaker, shared: SharedBreaker, now_s: float

@@ -152,3 +152,18 @@ def test_two_replicas_opening_at_once_agree_on_one_cool_down(
         assert b.breakers.for_target(TARGET).retry_in_s() == pytest.approx(25, abs=0.5)
 
     run_pair(world, make_settings, body)
+
+
+def test_a_replica_that_has_not_met_the_target_adopts_its_open_breaker(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """B has never sent to the target (a replica just started, a redrive): after its sync the
+    breaker A opened is open on B too, so B's first send does not hammer a broken target."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        _fail(a)
+        await a.cluster.flush()
+        await b.cluster.sync()
+        assert b.breakers.for_target(TARGET).permits(10) == 0
+
+    run_pair(world, make_settings, body)
