@@ -10,6 +10,14 @@ so learning the membership and every breaker costs one call, whatever the number
 of messages. Breaker moves are conditional writes on the episode token, so of two
 replicas acting on the same reading only one lands; the other adopts the winner's.
 
+The item stays small (DynamoDB caps an item at 400 KB, and every heartbeat writes,
+and is billed for, the whole item): an entry that has stayed closed with the same
+episode for a heartbeat's length (`member_ttl_s`, by which every live replica has
+read it) is removed, conditionally on that episode; and at most MAX_BREAKER_ENTRIES
+targets have an entry. A breaker that opens while the item is at that bound is not
+shared: its replica runs it on its own (its own cool-down and canaries, as a single
+replica would), and the other replicas open theirs on their own failures.
+
 Conditional updates: https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html
 ReturnValues: https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_UpdateItem.html
 """
@@ -47,6 +55,13 @@ STATE_KEY = "retryd-cluster/state"
 MEMBER_PREFIX = "m:"
 BREAKER_PREFIX = "b:"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
+# At most this many targets have an entry: about 190 bytes each with a typical Lambda
+# ARN and about 420 with the longest (an event bus of 256 characters), by DynamoDB's
+# item-size rules, so 90 KB to 205 KB of the 400 KB an item may hold, leaving room for
+# thousands of replicas' heartbeats (about 60 bytes each).
+MAX_BREAKER_ENTRIES = 500
+# Idle entries removed per call (its condition names each one's episode).
+PRUNE_BATCH = 100
 _FAILURES = (BotoCoreError, ClientError)
 
 
@@ -109,6 +124,11 @@ class DynamoDbCluster:
         self._seen: dict[str, str] = {}
         self._pending: dict[str, _Move] = {}
         self._adopting = False
+        # Per target with a closed entry: its episode, and since when (monotonic) this
+        # replica has read it unchanged; past `member_ttl_s` the entry may go.
+        self._closed_since: dict[str, tuple[str, float]] = {}
+        # The targets with an entry at the last reading (so: whether a new one fits).
+        self._entries: set[str] = set()
         # Until the first sync this replica counts only itself; its buckets start empty
         # (see RateLimits.reshare), so that first guess adds no burst to the total.
         rates.reshare(lambda rate: share(rate, 1))
@@ -153,6 +173,9 @@ class DynamoDbCluster:
         return True
 
     async def _push(self, arn: str, move: _Move) -> None:
+        if move.state is BreakerState.OPEN and self._full(arn):
+            self._keep_local(arn)
+            return
         episode = _new_episode()
         names = {"#b": BREAKER_PREFIX + arn}
         if move.state is BreakerState.OPEN:
@@ -186,7 +209,26 @@ class DynamoDbCluster:
         )
         if landed:
             self._seen[arn] = episode
+            self._entries.add(arn)
             log.info("cluster-breaker-written", target=arn, state=move.state.value)
+
+    def _full(self, arn: str) -> bool:
+        """Whether a new entry for `arn` would take the item past MAX_BREAKER_ENTRIES."""
+        return arn not in self._entries and len(self._entries) >= MAX_BREAKER_ENTRIES
+
+    def _keep_local(self, arn: str) -> None:
+        """The item is full: this replica runs the breaker on its own, as a single replica."""
+        breaker = self._breakers.known(arn)
+        if breaker is None:
+            return
+        self._adopt(breaker, open_at=breaker.opened_at, held=False)
+        log.warning(
+            "cluster-breakers-full",
+            target=arn,
+            entries=len(self._entries),
+            bound=MAX_BREAKER_ENTRIES,
+            why="not shared: this replica runs this breaker on its own until an entry is free",
+        )
 
     async def _claim(self, arn: str, shared: SharedBreaker, now_s: float) -> bool:
         episode = _new_episode()
@@ -267,17 +309,63 @@ class DynamoDbCluster:
             log.info("cluster-members", live=live, was=self._live, replica=self._me)
             self._live = live
             self._rates.reshare(lambda rate: _share_of(rate, live))
+        self._entries = set()
+        idle: dict[str, str] = {}
         for name, value in item.items():
             if not name.startswith(BREAKER_PREFIX):
                 continue
             shared = _parse_breaker(value)
             arn = name[len(BREAKER_PREFIX) :]
-            if shared is None or arn in self._pending:
+            self._entries.add(arn)
+            if shared is None:
+                continue
+            if self._idle(arn, shared):
+                idle[arn] = shared.episode
+            if arn in self._pending:
                 continue
             breaker = self._breaker(arn, shared)
             if breaker is None:
                 continue
             await self._agree_breaker(arn, breaker, shared, now_s)
+        self._closed_since = {
+            arn: since for arn, since in self._closed_since.items() if arn in self._entries
+        }
+        if idle:
+            await self._prune(idle)
+
+    def _idle(self, arn: str, shared: SharedBreaker) -> bool:
+        """Whether `arn`'s entry has been read closed, unchanged, for a heartbeat's length."""
+        if shared.state is not BreakerState.CLOSED:
+            self._closed_since.pop(arn, None)
+            return False
+        now_s = self._monotonic_s()
+        episode, since_s = self._closed_since.get(arn, ("", now_s))
+        if episode != shared.episode:
+            self._closed_since[arn] = (shared.episode, now_s)
+            return False
+        return now_s - since_s >= self._member_ttl_s
+
+    async def _prune(self, idle: dict[str, str]) -> None:
+        """Remove idle closed entries, each only if still in the episode read (in batches)."""
+        arns = sorted(idle)
+        for start in range(0, len(arns), PRUNE_BATCH):
+            batch = arns[start : start + PRUNE_BATCH]
+            names = {f"#p{n}": BREAKER_PREFIX + arn for n, arn in enumerate(batch)}
+            values = {f":p{n}": {"S": idle[arn]} for n, arn in enumerate(batch)}
+            landed = await self._conditional(
+                UpdateExpression="REMOVE " + ", ".join(names),
+                ConditionExpression=" AND ".join(f"{name}.e = :p{name[2:]}" for name in names),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+            if not landed:
+                # One of them moved since it was read: all are looked at again next sync.
+                continue
+            for arn in batch:
+                self._entries.discard(arn)
+                self._closed_since.pop(arn, None)
+                self._seen.pop(arn, None)
+            log.info("cluster-breakers-pruned", entries=len(batch), left=len(self._entries))
 
     def _breaker(self, arn: str, shared: SharedBreaker) -> CircuitBreaker | None:
         """This replica's breaker for `arn`; made now if the target is open and not yet met.
