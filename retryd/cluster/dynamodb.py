@@ -330,8 +330,29 @@ class DynamoDbCluster:
         self._closed_since = {
             arn: since for arn, since in self._closed_since.items() if arn in self._entries
         }
+        self._release_orphans()
         if idle:
             await self._prune(idle)
+
+    def _release_orphans(self) -> None:
+        """Breakers held open for an entry that is gone run on their own again.
+
+        Gone means pruned (closed, while this replica could not read the item) or the
+        item deleted: either way nobody will hand out its canaries. Released, the
+        breaker's own cool-down leads to its own canaries rather than to closing blind.
+        """
+        for arn in self._breakers.states():
+            breaker = self._breakers.known(arn)
+            if (
+                breaker is None
+                or not breaker.held_elsewhere
+                or arn in self._entries
+                or arn in self._pending
+            ):
+                continue
+            self._seen.pop(arn, None)
+            self._adopt(breaker, open_at=breaker.opened_at, held=False)
+            log.info("cluster-breaker-released", target=arn, why="its entry is gone")
 
     def _idle(self, arn: str, shared: SharedBreaker) -> bool:
         """Whether `arn`'s entry has been read closed, unchanged, for a heartbeat's length."""

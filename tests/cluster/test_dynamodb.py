@@ -11,7 +11,9 @@ from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import open_clients
 from retryd.cluster import DynamoDbCluster
+from retryd.cluster.dynamodb import STATE_KEY
 from retryd.ledger import create_table
+from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
 from retryd.settings import BreakerSettings, RateLimitSettings, Settings
 from tests.clock_helpers import FakeClock
@@ -165,5 +167,27 @@ def test_a_replica_that_has_not_met_the_target_adopts_its_open_breaker(
         await a.cluster.flush()
         await b.cluster.sync()
         assert b.breakers.for_target(TARGET).permits(10) == 0
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_breaker_held_open_is_released_when_its_entry_is_gone(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """B holds A's opening; the item is deleted (the docs call that safe) before anyone
+    claims the canaries: B's breaker does not stay open forever, but closes at its sync."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        _fail(a)
+        await a.cluster.flush()
+        await b.cluster.sync()
+        breaker = b.breakers.for_target(TARGET)
+        assert breaker.state is BreakerState.OPEN
+        await a.cluster._client.delete_item(TableName=TABLE, Key={KEY_ATTRIBUTE: {"S": STATE_KEY}})
+        await b.cluster.sync()
+        b.advance(BREAKER.cooldown_s + 1)
+        wall.advance(BREAKER.cooldown_s + 1)
+        await b.cluster.sync()
+        assert breaker.permits(10) > 0
 
     run_pair(world, make_settings, body)
