@@ -284,8 +284,11 @@ class DynamoDbCluster:
                 del self._pending[arn]
 
     async def sync(self) -> None:
+        # A move that cannot be written now (throttled) is kept for the next try; the
+        # heartbeat must not wait for it, or the others would count this replica out
+        # and take its share while it still sends at it.
+        await self.flush()
         try:
-            await self._flush()
             now_s = self._wall_s()
             item = await self._heartbeat(now_s)
             await self._agree(item, now_s)
@@ -326,7 +329,12 @@ class DynamoDbCluster:
             breaker = self._breaker(arn, shared)
             if breaker is None:
                 continue
-            await self._agree_breaker(arn, breaker, shared, now_s)
+            try:
+                await self._agree_breaker(arn, breaker, shared, now_s)
+            except _FAILURES as exc:
+                # A claim that failed (throttled) is tried again next sync; the other
+                # breakers are still agreed on now.
+                log.warning("cluster-claim-failed", target=arn, error=str(from_exception(exc)))
         self._closed_since = {
             arn: since for arn, since in self._closed_since.items() if arn in self._entries
         }

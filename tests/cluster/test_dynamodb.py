@@ -18,6 +18,7 @@ from retryd.models import Target
 from retryd.settings import BreakerSettings, RateLimitSettings, Settings
 from tests.clock_helpers import FakeClock
 from tests.conftest import SettingsFactory
+from tests.faults import Fault
 from tests.world import ACCOUNT, REGION, World
 
 TABLE = "retryd-ledger-cluster"
@@ -191,3 +192,57 @@ def test_a_breaker_held_open_is_released_when_its_entry_is_gone(
         assert breaker.permits(10) > 0
 
     run_pair(world, make_settings, body)
+
+
+def test_a_throttled_breaker_write_does_not_stop_the_heartbeat(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """DynamoDB throttles A's write of an opening for longer than a heartbeat lasts: A's
+    heartbeat still lands every sync, so B goes on counting A (and keeps to half the rate)."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        await a.cluster.sync()
+        await b.cluster.sync()
+        world.faults.add(Fault("dynamodb", "UpdateItem", contains="attribute_not_exists(#b)"))
+        _fail(a)
+        await a.cluster.flush()
+        for _ in range(3):
+            wall.advance(TTL_S / 2)
+            await a.cluster.sync()
+            await b.cluster.sync()
+            assert b.cluster.live == 2
+        world.faults.clear()
+        await a.cluster.sync()
+        await b.cluster.sync()
+        assert b.breakers.for_target(TARGET).state is BreakerState.OPEN
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_throttled_claim_does_not_keep_the_other_breakers_from_being_agreed(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """One target is cooled down (B tries to claim its canaries, throttled) and another has
+    just opened: B still adopts the second opening in that same sync."""
+    cooled = Target.from_arn(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:aaa-cooled")
+    fresh = Target.from_arn(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:zzz-fresh")
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        for target in (cooled, fresh):
+            b.breakers.for_target(target)
+        _fail_target(a, cooled)
+        await a.cluster.flush()
+        wall.advance(BREAKER.cooldown_s + 1)
+        _fail_target(a, fresh)
+        await a.cluster.flush()
+        world.faults.add(Fault("dynamodb", "UpdateItem", contains="#b.h = :me"))
+        await b.cluster.sync()
+        assert b.breakers.for_target(fresh).state is BreakerState.OPEN
+
+    run_pair(world, make_settings, body)
+
+
+def _fail_target(member: Member, target: Target) -> None:
+    breaker = member.breakers.for_target(target)
+    while breaker.state is BreakerState.CLOSED:
+        breaker.record(success=False)
