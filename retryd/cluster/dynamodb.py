@@ -119,7 +119,8 @@ class DynamoDbCluster:
         self._wall_s = wall_s
         self._monotonic_s = monotonic_s
         self._live = 1
-        self._stale: list[str] = []
+        # When this replica's last heartbeat landed (wall seconds; never, at first).
+        self._beat_at_s = wall_s()
         # The episode token of each target's shared breaker as this replica last wrote or read it.
         self._seen: dict[str, str] = {}
         self._pending: dict[str, _Move] = {}
@@ -251,16 +252,9 @@ class DynamoDbCluster:
         return landed
 
     async def _heartbeat(self, now_s: float) -> dict[str, Any]:
-        names = {"#me": MEMBER_PREFIX + self._me}
-        expression = "SET #me = :expires"
-        removals = [f"#x{index}" for index in range(len(self._stale))]
-        for placeholder, member in zip(removals, self._stale, strict=True):
-            names[placeholder] = MEMBER_PREFIX + member
-        if removals:
-            expression += " REMOVE " + ", ".join(removals)
         answer = await self._update(
-            UpdateExpression=expression,
-            ExpressionAttributeNames=names,
+            UpdateExpression="SET #me = :expires",
+            ExpressionAttributeNames={"#me": MEMBER_PREFIX + self._me},
             ExpressionAttributeValues={":expires": {"N": repr(now_s + self._member_ttl_s)}},
             ReturnValues="ALL_NEW",
         )
@@ -270,6 +264,14 @@ class DynamoDbCluster:
     # -- the protocol -------------------------------------------------------------------
 
     async def flush(self) -> None:
+        await self._write_moves()
+        if self._wall_s() - self._beat_at_s >= self._member_ttl_s / 2:
+            # Half the heartbeat gone within a cycle: this replica was stopped (a frozen
+            # VM, a long pause) and the others may have counted it out and taken its
+            # share. Heartbeat and re-agree before the next batch, not at the next cycle.
+            await self._beat()
+
+    async def _write_moves(self) -> None:
         try:
             await self._flush()
         except _FAILURES as exc:
@@ -287,31 +289,48 @@ class DynamoDbCluster:
         # A move that cannot be written now (throttled) is kept for the next try; the
         # heartbeat must not wait for it, or the others would count this replica out
         # and take its share while it still sends at it.
-        await self.flush()
+        await self._write_moves()
+        await self._beat()
+
+    async def _beat(self) -> None:
         try:
             now_s = self._wall_s()
             item = await self._heartbeat(now_s)
+            self._beat_at_s = now_s
             await self._agree(item, now_s)
         except _FAILURES as exc:
             # The last agreement stands: budgets as shared, breakers as they are.
             log.warning("cluster-sync-failed", error=str(from_exception(exc)))
 
     async def _agree(self, item: dict[str, Any], now_s: float) -> None:
+        stale = self._agree_members(item, now_s)
+        idle = await self._agree_breakers(item, now_s)
+        self._release_orphans()
+        if stale:
+            await self._remove_stale(stale)
+        if idle:
+            await self._prune(idle)
+
+    def _agree_members(self, item: dict[str, Any], now_s: float) -> dict[str, str]:
+        """Count the live replicas and reshare; the long-expired heartbeats, as read."""
         heartbeats = {
             name[len(MEMBER_PREFIX) :]: float(value["N"])
             for name, value in item.items()
             if name.startswith(MEMBER_PREFIX) and "N" in value
         }
         live = max(1, len(live_members(heartbeats, now_s) | {self._me}))
-        self._stale = [
-            member
-            for member in stale_members(heartbeats, now_s, self._member_ttl_s)
-            if member != self._me
-        ]
         if live != self._live:
             log.info("cluster-members", live=live, was=self._live, replica=self._me)
             self._live = live
             self._rates.reshare(lambda rate: _share_of(rate, live))
+        return {
+            member: item[MEMBER_PREFIX + member]["N"]
+            for member in stale_members(heartbeats, now_s, self._member_ttl_s)
+            if member != self._me
+        }
+
+    async def _agree_breakers(self, item: dict[str, Any], now_s: float) -> dict[str, str]:
+        """Agree on every entry's breaker; the idle closed entries, with their episodes."""
         self._entries = set()
         idle: dict[str, str] = {}
         for name, value in item.items():
@@ -324,9 +343,7 @@ class DynamoDbCluster:
                 continue
             if self._idle(arn, shared):
                 idle[arn] = shared.episode
-            if arn in self._pending:
-                continue
-            breaker = self._breaker(arn, shared)
+            breaker = None if arn in self._pending else self._breaker(arn, shared)
             if breaker is None:
                 continue
             try:
@@ -338,9 +355,25 @@ class DynamoDbCluster:
         self._closed_since = {
             arn: since for arn, since in self._closed_since.items() if arn in self._entries
         }
-        self._release_orphans()
-        if idle:
-            await self._prune(idle)
+        return idle
+
+    async def _remove_stale(self, stale: dict[str, str]) -> None:
+        """Remove long-expired heartbeats, each only if it is still the one read.
+
+        A replica that was stopped for a long while and has just heartbeaten again
+        keeps its fresh heartbeat: removing it would have the others count it out for
+        a cycle while it sends at its share.
+        """
+        names = {f"#x{n}": MEMBER_PREFIX + member for n, member in enumerate(sorted(stale))}
+        values = {f":x{name[2:]}": {"N": stale[attribute[2:]]} for name, attribute in names.items()}
+        landed = await self._conditional(
+            UpdateExpression="REMOVE " + ", ".join(names),
+            ConditionExpression=" AND ".join(f"{name} = :x{name[2:]}" for name in names),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        if landed:
+            log.info("cluster-members-removed", members=sorted(stale), replica=self._me)
 
     def _release_orphans(self) -> None:
         """Breakers held open for an entry that is gone run on their own again.

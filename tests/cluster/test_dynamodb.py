@@ -246,3 +246,42 @@ def _fail_target(member: Member, target: Target) -> None:
     breaker = member.breakers.for_target(target)
     while breaker.state is BreakerState.CLOSED:
         breaker.record(success=False)
+
+
+def test_a_replica_that_resumes_after_a_pause_heartbeats_before_its_cycle_ends(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A stops mid-cycle (a frozen VM) for longer than its heartbeat and B counts it out; on
+    resuming, A's flush after its next batch writes a heartbeat and learns B, so neither goes
+    on sending at a share the other does not count."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        await a.cluster.sync()
+        await b.cluster.sync()
+        wall.advance(2 * TTL_S + 1)
+        await b.cluster.sync()
+        assert b.cluster.live == 1
+        await a.cluster.flush()
+        await b.cluster.sync()
+        assert (a.cluster.live, b.cluster.live) == (2, 2)
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_long_dead_replicas_heartbeat_is_removed_from_the_item(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """B dies; once its heartbeat has been expired for another heartbeat's length, A's sync
+    removes it from the item, so dead replicas do not pile up in it."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        await b.cluster.sync()
+        await a.cluster.sync()
+        wall.advance(2 * TTL_S + 1)
+        await a.cluster.sync()
+        answer = await a.cluster._client.get_item(
+            TableName=TABLE, Key={KEY_ATTRIBUTE: {"S": STATE_KEY}}, ConsistentRead=True
+        )
+        assert sorted(name for name in answer["Item"] if name.startswith("m:")) == ["m:a"]
+
+    run_pair(world, make_settings, body)
