@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import anyio
@@ -63,6 +64,19 @@ MAX_BREAKER_ENTRIES = 500
 # Idle entries removed per call (its condition names each one's episode).
 PRUNE_BATCH = 100
 _FAILURES = (BotoCoreError, ClientError)
+
+
+def server_time(answer: Mapping[str, Any]) -> float | None:
+    """The time (unix seconds, whole) in an answer's Date header; None without a usable one.
+
+    Every replica reads the same clock this way, whatever its own says: heartbeats,
+    openings and claims are all compared in it.
+    """
+    headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    try:
+        return parsedate_to_datetime(headers["date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _new_episode() -> str:
@@ -108,6 +122,7 @@ class DynamoDbCluster:
         me: str,
         wall_s: Callable[[], float] = time.time,
         monotonic_s: Callable[[], float] = anyio.current_time,
+        server_s: Callable[[Mapping[str, Any]], float | None] = server_time,
     ) -> None:
         self._client = client
         self._table = table
@@ -118,6 +133,11 @@ class DynamoDbCluster:
         self._me = me
         self._wall_s = wall_s
         self._monotonic_s = monotonic_s
+        self._server_s = server_s
+        # The table's clock minus this host's, as of the last heartbeat's answer: a
+        # replica whose clock is off by more than a heartbeat would otherwise find the
+        # others' heartbeats expired (and remove them), or take an opening for an old one.
+        self._offset_s = 0.0
         self._live = 1
         # When this replica's last heartbeat landed (wall seconds; never, at first).
         self._beat_at_s = wall_s()
@@ -150,7 +170,11 @@ class DynamoDbCluster:
             # Its cool-down ends in a claim at a sync, not on its own: otherwise each
             # replica would send its own canaries.
             breaker.adopt_open(breaker.opened_at, held_elsewhere=True)
-        self._pending[target.arn] = _Move(new, self._wall_s())
+        self._pending[target.arn] = _Move(new, self._now_s())
+
+    def _now_s(self) -> float:
+        """The time on the table's clock, as this host's clock and the last offset tell."""
+        return self._wall_s() + self._offset_s
 
     # -- calls --------------------------------------------------------------------------
 
@@ -258,6 +282,17 @@ class DynamoDbCluster:
             ExpressionAttributeValues={":expires": {"N": repr(now_s + self._member_ttl_s)}},
             ReturnValues="ALL_NEW",
         )
+        told = self._server_s(answer)
+        if told is not None:
+            offset_s = told - self._wall_s()
+            if abs(offset_s - self._offset_s) > self._member_ttl_s / 4:
+                log.warning(
+                    "cluster-clock-offset",
+                    offset_s=round(offset_s, 1),
+                    replica=self._me,
+                    why="this host's clock is not DynamoDB's; the cluster uses DynamoDB's",
+                )
+            self._offset_s = offset_s
         attributes: dict[str, Any] = answer.get("Attributes", {})
         return attributes
 
@@ -294,10 +329,9 @@ class DynamoDbCluster:
 
     async def _beat(self) -> None:
         try:
-            now_s = self._wall_s()
-            item = await self._heartbeat(now_s)
-            self._beat_at_s = now_s
-            await self._agree(item, now_s)
+            item = await self._heartbeat(self._now_s())
+            self._beat_at_s = self._wall_s()
+            await self._agree(item, self._now_s())
         except _FAILURES as exc:
             # The last agreement stands: budgets as shared, breakers as they are.
             log.warning("cluster-sync-failed", error=str(from_exception(exc)))

@@ -76,6 +76,8 @@ class Member:
             me=name,
             wall_s=wall,
             monotonic_s=self.mono,
+            # The table keeps the same fake time (not the moto server's Date header).
+            server_s=lambda _answer: wall(),
         )
 
 
