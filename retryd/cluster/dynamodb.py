@@ -42,6 +42,7 @@ from retryd.classify import from_exception
 from retryd.cluster.agree import (
     SharedBreaker,
     Step,
+    lapsed_share,
     live_members,
     next_step,
     share,
@@ -139,6 +140,9 @@ class DynamoDbCluster:
         # others' heartbeats expired (and remove them), or take an opening for an old one.
         self._offset_s = 0.0
         self._live = 1
+        # Set while this replica's heartbeat may have expired in the table (its writes
+        # failed for a heartbeat's length): its buckets then hold next to nothing.
+        self._lapsed = False
         # When this replica's last heartbeat landed (wall seconds; never, at first).
         self._beat_at_s = wall_s()
         # The episode token of each target's shared breaker as this replica last wrote or read it.
@@ -333,8 +337,18 @@ class DynamoDbCluster:
             self._beat_at_s = self._wall_s()
             await self._agree(item, self._now_s())
         except _FAILURES as exc:
-            # The last agreement stands: budgets as shared, breakers as they are.
+            # The last agreement stands: budgets as shared, breakers as they are...
             log.warning("cluster-sync-failed", error=str(from_exception(exc)))
+            if not self._lapsed and self._wall_s() - self._beat_at_s >= self._member_ttl_s:
+                # ...until the heartbeat written last has expired: the others have
+                # counted this replica out and taken its share.
+                self._lapsed = True
+                self._rates.reshare(lapsed_share)
+                log.warning(
+                    "cluster-heartbeat-lapsed",
+                    replica=self._me,
+                    why="no heartbeat landed for a heartbeat's length; not sending until one does",
+                )
 
     async def _agree(self, item: dict[str, Any], now_s: float) -> None:
         stale = self._agree_members(item, now_s)
@@ -353,9 +367,10 @@ class DynamoDbCluster:
             if name.startswith(MEMBER_PREFIX) and "N" in value
         }
         live = max(1, len(live_members(heartbeats, now_s) | {self._me}))
-        if live != self._live:
+        if live != self._live or self._lapsed:
             log.info("cluster-members", live=live, was=self._live, replica=self._me)
             self._live = live
+            self._lapsed = False
             self._rates.reshare(lambda rate: _share_of(rate, live))
         return {
             member: item[MEMBER_PREFIX + member]["N"]

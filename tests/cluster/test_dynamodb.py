@@ -287,3 +287,34 @@ def test_a_long_dead_replicas_heartbeat_is_removed_from_the_item(
         assert sorted(name for name in answer["Item"] if name.startswith("m:")) == ["m:a"]
 
     run_pair(world, make_settings, body)
+
+
+def test_a_replica_whose_heartbeat_is_throttled_past_its_ttl_stops_sending(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A's heartbeats are throttled until B counts A out and takes the whole rate: A's
+    buckets then give at most one more token, and get their share back once A's heartbeat
+    lands again."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        bucket = a.rates.for_target(TARGET.arn)
+        await a.cluster.sync()
+        await b.cluster.sync()
+        await a.cluster.sync()
+        world.faults.add(Fault("dynamodb", "UpdateItem", contains=":expires"))
+        wall.advance(TTL_S / 2)
+        await a.cluster.sync()
+        a.advance(10)
+        assert bucket.take(100) == 3  # still within its heartbeat: its share of 6/s
+        wall.advance(TTL_S / 2 + 1)
+        await a.cluster.sync()
+        world.faults.clear()
+        await b.cluster.sync()
+        assert b.cluster.live == 1
+        a.advance(10)
+        assert bucket.take(100) <= 1
+        await a.cluster.sync()
+        a.advance(10)
+        assert bucket.take(100) == 3
+
+    run_pair(world, make_settings, body)
