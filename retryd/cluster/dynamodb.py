@@ -9,6 +9,8 @@ writes this replica's heartbeat and returns the whole item (ReturnValues ALL_NEW
 so learning the membership and every breaker costs one call, whatever the number
 of messages. Breaker moves are conditional writes on the episode token, so of two
 replicas acting on the same reading only one lands; the other adopts the winner's.
+Times in the item are on DynamoDB's clock (the Date header of each heartbeat's
+answer), not on any replica's own.
 
 The item stays small (DynamoDB caps an item at 400 KB, and every heartbeat writes,
 and is billed for, the whole item): an entry that has stayed closed with the same
