@@ -234,6 +234,11 @@ class CircuitBreaker:
         """When it last opened, on its clock (meaningful while OPEN or HALF_OPEN)."""
         return self._opened_at
 
+    @property
+    def held_elsewhere(self) -> bool:
+        """Whether it is kept OPEN because another replica holds the half-open canaries."""
+        return self._held_elsewhere
+
     def adopt_open(self, opened_at: float, *, held_elsewhere: bool) -> None:
         """Open as another replica found it, at `opened_at` on this breaker's clock.
 

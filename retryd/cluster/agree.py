@@ -42,6 +42,20 @@ def share(rate: Rate, live: int) -> Rate:
     return Rate(per_s=rate.per_s / live, burst=max(1, rate.burst // live))
 
 
+# What a replica keeps of a rate while the others may have counted it out: the
+# bucket cannot be sized to nothing, so to a millionth (a token every few days).
+LAPSED_FRACTION = 1e-6
+
+
+def lapsed_share(rate: Rate) -> Rate:
+    """A replica's part of `rate` while its heartbeat has lapsed: next to nothing.
+
+    The others no longer count it and have taken its share, so anything it sends is
+    over the rate; it keeps one token (a bucket needs one) and a trickle.
+    """
+    return Rate(per_s=rate.per_s * LAPSED_FRACTION, burst=1)
+
+
 @dataclass(frozen=True, slots=True)
 class SharedBreaker:
     """One target's breaker as the table holds it."""

@@ -9,6 +9,16 @@ writes this replica's heartbeat and returns the whole item (ReturnValues ALL_NEW
 so learning the membership and every breaker costs one call, whatever the number
 of messages. Breaker moves are conditional writes on the episode token, so of two
 replicas acting on the same reading only one lands; the other adopts the winner's.
+Times in the item are on DynamoDB's clock (the Date header of each heartbeat's
+answer), not on any replica's own.
+
+The item stays small (DynamoDB caps an item at 400 KB, and every heartbeat writes,
+and is billed for, the whole item): an entry that has stayed closed with the same
+episode for a heartbeat's length (`member_ttl_s`, by which every live replica has
+read it) is removed, conditionally on that episode; and at most MAX_BREAKER_ENTRIES
+targets have an entry. A breaker that opens while the item is at that bound is not
+shared: its replica runs it on its own (its own cool-down and canaries, as a single
+replica would), and the other replicas open theirs on their own failures.
 
 Conditional updates: https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html
 ReturnValues: https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_UpdateItem.html
@@ -18,8 +28,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import anyio
@@ -33,6 +44,7 @@ from retryd.classify import from_exception
 from retryd.cluster.agree import (
     SharedBreaker,
     Step,
+    lapsed_share,
     live_members,
     next_step,
     share,
@@ -47,7 +59,27 @@ STATE_KEY = "retryd-cluster/state"
 MEMBER_PREFIX = "m:"
 BREAKER_PREFIX = "b:"
 _CONDITION_FAILED = "ConditionalCheckFailedException"
+# At most this many targets have an entry: about 190 bytes each with a typical Lambda
+# ARN and about 420 with the longest (an event bus of 256 characters), by DynamoDB's
+# item-size rules, so 90 KB to 205 KB of the 400 KB an item may hold, leaving room for
+# thousands of replicas' heartbeats (about 60 bytes each).
+MAX_BREAKER_ENTRIES = 500
+# Idle entries removed per call (its condition names each one's episode).
+PRUNE_BATCH = 100
 _FAILURES = (BotoCoreError, ClientError)
+
+
+def server_time(answer: Mapping[str, Any]) -> float | None:
+    """The time (unix seconds, whole) in an answer's Date header; None without a usable one.
+
+    Every replica reads the same clock this way, whatever its own says: heartbeats,
+    openings and claims are all compared in it.
+    """
+    headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    try:
+        return parsedate_to_datetime(headers["date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _new_episode() -> str:
@@ -93,6 +125,7 @@ class DynamoDbCluster:
         me: str,
         wall_s: Callable[[], float] = time.time,
         monotonic_s: Callable[[], float] = anyio.current_time,
+        server_s: Callable[[Mapping[str, Any]], float | None] = server_time,
     ) -> None:
         self._client = client
         self._table = table
@@ -103,12 +136,26 @@ class DynamoDbCluster:
         self._me = me
         self._wall_s = wall_s
         self._monotonic_s = monotonic_s
+        self._server_s = server_s
+        # The table's clock minus this host's, as of the last heartbeat's answer: a
+        # replica whose clock is off by more than a heartbeat would otherwise find the
+        # others' heartbeats expired (and remove them), or take an opening for an old one.
+        self._offset_s = 0.0
         self._live = 1
-        self._stale: list[str] = []
+        # Set while this replica's heartbeat may have expired in the table (its writes
+        # failed for a heartbeat's length): its buckets then hold next to nothing.
+        self._lapsed = False
+        # When this replica's last heartbeat landed (wall seconds; never, at first).
+        self._beat_at_s = wall_s()
         # The episode token of each target's shared breaker as this replica last wrote or read it.
         self._seen: dict[str, str] = {}
         self._pending: dict[str, _Move] = {}
         self._adopting = False
+        # Per target with a closed entry: its episode, and since when (monotonic) this
+        # replica has read it unchanged; past `member_ttl_s` the entry may go.
+        self._closed_since: dict[str, tuple[str, float]] = {}
+        # The targets with an entry at the last reading (so: whether a new one fits).
+        self._entries: set[str] = set()
         # Until the first sync this replica counts only itself; its buckets start empty
         # (see RateLimits.reshare), so that first guess adds no burst to the total.
         rates.reshare(lambda rate: share(rate, 1))
@@ -129,7 +176,11 @@ class DynamoDbCluster:
             # Its cool-down ends in a claim at a sync, not on its own: otherwise each
             # replica would send its own canaries.
             breaker.adopt_open(breaker.opened_at, held_elsewhere=True)
-        self._pending[target.arn] = _Move(new, self._wall_s())
+        self._pending[target.arn] = _Move(new, self._now_s())
+
+    def _now_s(self) -> float:
+        """The time on the table's clock, as this host's clock and the last offset tell."""
+        return self._wall_s() + self._offset_s
 
     # -- calls --------------------------------------------------------------------------
 
@@ -153,6 +204,9 @@ class DynamoDbCluster:
         return True
 
     async def _push(self, arn: str, move: _Move) -> None:
+        if move.state is BreakerState.OPEN and self._full(arn):
+            self._keep_local(arn)
+            return
         episode = _new_episode()
         names = {"#b": BREAKER_PREFIX + arn}
         if move.state is BreakerState.OPEN:
@@ -186,7 +240,26 @@ class DynamoDbCluster:
         )
         if landed:
             self._seen[arn] = episode
+            self._entries.add(arn)
             log.info("cluster-breaker-written", target=arn, state=move.state.value)
+
+    def _full(self, arn: str) -> bool:
+        """Whether a new entry for `arn` would take the item past MAX_BREAKER_ENTRIES."""
+        return arn not in self._entries and len(self._entries) >= MAX_BREAKER_ENTRIES
+
+    def _keep_local(self, arn: str) -> None:
+        """The item is full: this replica runs the breaker on its own, as a single replica."""
+        breaker = self._breakers.known(arn)
+        if breaker is None:
+            return
+        self._adopt(breaker, open_at=breaker.opened_at, held=False)
+        log.warning(
+            "cluster-breakers-full",
+            target=arn,
+            entries=len(self._entries),
+            bound=MAX_BREAKER_ENTRIES,
+            why="not shared: this replica runs this breaker on its own until an entry is free",
+        )
 
     async def _claim(self, arn: str, shared: SharedBreaker, now_s: float) -> bool:
         episode = _new_episode()
@@ -209,25 +282,37 @@ class DynamoDbCluster:
         return landed
 
     async def _heartbeat(self, now_s: float) -> dict[str, Any]:
-        names = {"#me": MEMBER_PREFIX + self._me}
-        expression = "SET #me = :expires"
-        removals = [f"#x{index}" for index in range(len(self._stale))]
-        for placeholder, member in zip(removals, self._stale, strict=True):
-            names[placeholder] = MEMBER_PREFIX + member
-        if removals:
-            expression += " REMOVE " + ", ".join(removals)
         answer = await self._update(
-            UpdateExpression=expression,
-            ExpressionAttributeNames=names,
+            UpdateExpression="SET #me = :expires",
+            ExpressionAttributeNames={"#me": MEMBER_PREFIX + self._me},
             ExpressionAttributeValues={":expires": {"N": repr(now_s + self._member_ttl_s)}},
             ReturnValues="ALL_NEW",
         )
+        told = self._server_s(answer)
+        if told is not None:
+            offset_s = told - self._wall_s()
+            if abs(offset_s - self._offset_s) > self._member_ttl_s / 4:
+                log.warning(
+                    "cluster-clock-offset",
+                    offset_s=round(offset_s, 1),
+                    replica=self._me,
+                    why="this host's clock is not DynamoDB's; the cluster uses DynamoDB's",
+                )
+            self._offset_s = offset_s
         attributes: dict[str, Any] = answer.get("Attributes", {})
         return attributes
 
     # -- the protocol -------------------------------------------------------------------
 
     async def flush(self) -> None:
+        await self._write_moves()
+        if self._wall_s() - self._beat_at_s >= self._member_ttl_s / 2:
+            # Half the heartbeat gone within a cycle: this replica was stopped (a frozen
+            # VM, a long pause) and the others may have counted it out and taken its
+            # share. Heartbeat and re-agree before the next batch, not at the next cycle.
+            await self._beat()
+
+    async def _write_moves(self) -> None:
         try:
             await self._flush()
         except _FAILURES as exc:
@@ -242,40 +327,173 @@ class DynamoDbCluster:
                 del self._pending[arn]
 
     async def sync(self) -> None:
+        # A move that cannot be written now (throttled) is kept for the next try; the
+        # heartbeat must not wait for it, or the others would count this replica out
+        # and take its share while it still sends at it.
+        await self._write_moves()
+        await self._beat()
+
+    async def _beat(self) -> None:
         try:
-            await self._flush()
-            now_s = self._wall_s()
-            item = await self._heartbeat(now_s)
-            await self._agree(item, now_s)
+            item = await self._heartbeat(self._now_s())
+            self._beat_at_s = self._wall_s()
+            await self._agree(item, self._now_s())
         except _FAILURES as exc:
-            # The last agreement stands: budgets as shared, breakers as they are.
+            # The last agreement stands: budgets as shared, breakers as they are...
             log.warning("cluster-sync-failed", error=str(from_exception(exc)))
+            if not self._lapsed and self._wall_s() - self._beat_at_s >= self._member_ttl_s:
+                # ...until the heartbeat written last has expired: the others have
+                # counted this replica out and taken its share.
+                self._lapsed = True
+                self._rates.reshare(lapsed_share)
+                log.warning(
+                    "cluster-heartbeat-lapsed",
+                    replica=self._me,
+                    why="no heartbeat landed for a heartbeat's length; not sending until one does",
+                )
 
     async def _agree(self, item: dict[str, Any], now_s: float) -> None:
+        stale = self._agree_members(item, now_s)
+        idle = await self._agree_breakers(item, now_s)
+        self._release_orphans()
+        if stale:
+            await self._remove_stale(stale)
+        if idle:
+            await self._prune(idle)
+
+    def _agree_members(self, item: dict[str, Any], now_s: float) -> dict[str, str]:
+        """Count the live replicas and reshare; the long-expired heartbeats, as read."""
         heartbeats = {
             name[len(MEMBER_PREFIX) :]: float(value["N"])
             for name, value in item.items()
             if name.startswith(MEMBER_PREFIX) and "N" in value
         }
         live = max(1, len(live_members(heartbeats, now_s) | {self._me}))
-        self._stale = [
-            member
-            for member in stale_members(heartbeats, now_s, self._member_ttl_s)
-            if member != self._me
-        ]
-        if live != self._live:
+        if live != self._live or self._lapsed:
             log.info("cluster-members", live=live, was=self._live, replica=self._me)
             self._live = live
+            self._lapsed = False
             self._rates.reshare(lambda rate: _share_of(rate, live))
+        return {
+            member: item[MEMBER_PREFIX + member]["N"]
+            for member in stale_members(heartbeats, now_s, self._member_ttl_s)
+            if member != self._me
+        }
+
+    async def _agree_breakers(self, item: dict[str, Any], now_s: float) -> dict[str, str]:
+        """Agree on every entry's breaker; the idle closed entries, with their episodes."""
+        self._entries = set()
+        idle: dict[str, str] = {}
         for name, value in item.items():
             if not name.startswith(BREAKER_PREFIX):
                 continue
             shared = _parse_breaker(value)
             arn = name[len(BREAKER_PREFIX) :]
-            breaker = self._breakers.known(arn)
-            if shared is None or breaker is None or arn in self._pending:
+            self._entries.add(arn)
+            if shared is None:
                 continue
-            await self._agree_breaker(arn, breaker, shared, now_s)
+            if self._idle(arn, shared):
+                idle[arn] = shared.episode
+            breaker = None if arn in self._pending else self._breaker(arn, shared)
+            if breaker is None:
+                continue
+            try:
+                await self._agree_breaker(arn, breaker, shared, now_s)
+            except _FAILURES as exc:
+                # A claim that failed (throttled) is tried again next sync; the other
+                # breakers are still agreed on now.
+                log.warning("cluster-claim-failed", target=arn, error=str(from_exception(exc)))
+        self._closed_since = {
+            arn: since for arn, since in self._closed_since.items() if arn in self._entries
+        }
+        return idle
+
+    async def _remove_stale(self, stale: dict[str, str]) -> None:
+        """Remove long-expired heartbeats, each only if it is still the one read.
+
+        A replica that was stopped for a long while and has just heartbeaten again
+        keeps its fresh heartbeat: removing it would have the others count it out for
+        a cycle while it sends at its share.
+        """
+        names = {f"#x{n}": MEMBER_PREFIX + member for n, member in enumerate(sorted(stale))}
+        values = {f":x{name[2:]}": {"N": stale[attribute[2:]]} for name, attribute in names.items()}
+        landed = await self._conditional(
+            UpdateExpression="REMOVE " + ", ".join(names),
+            ConditionExpression=" AND ".join(f"{name} = :x{name[2:]}" for name in names),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        if landed:
+            log.info("cluster-members-removed", members=sorted(stale), replica=self._me)
+
+    def _release_orphans(self) -> None:
+        """Breakers held open for an entry that is gone run on their own again.
+
+        Gone means pruned (closed, while this replica could not read the item) or the
+        item deleted: either way nobody will hand out its canaries. Released, the
+        breaker's own cool-down leads to its own canaries rather than to closing blind.
+        """
+        for arn in self._breakers.states():
+            breaker = self._breakers.known(arn)
+            if (
+                breaker is None
+                or not breaker.held_elsewhere
+                or arn in self._entries
+                or arn in self._pending
+            ):
+                continue
+            self._seen.pop(arn, None)
+            self._adopt(breaker, open_at=breaker.opened_at, held=False)
+            log.info("cluster-breaker-released", target=arn, why="its entry is gone")
+
+    def _idle(self, arn: str, shared: SharedBreaker) -> bool:
+        """Whether `arn`'s entry has been read closed, unchanged, for a heartbeat's length."""
+        if shared.state is not BreakerState.CLOSED:
+            self._closed_since.pop(arn, None)
+            return False
+        now_s = self._monotonic_s()
+        episode, since_s = self._closed_since.get(arn, ("", now_s))
+        if episode != shared.episode:
+            self._closed_since[arn] = (shared.episode, now_s)
+            return False
+        return now_s - since_s >= self._member_ttl_s
+
+    async def _prune(self, idle: dict[str, str]) -> None:
+        """Remove idle closed entries, each only if still in the episode read (in batches)."""
+        arns = sorted(idle)
+        for start in range(0, len(arns), PRUNE_BATCH):
+            batch = arns[start : start + PRUNE_BATCH]
+            names = {f"#p{n}": BREAKER_PREFIX + arn for n, arn in enumerate(batch)}
+            values = {f":p{n}": {"S": idle[arn]} for n, arn in enumerate(batch)}
+            landed = await self._conditional(
+                UpdateExpression="REMOVE " + ", ".join(names),
+                ConditionExpression=" AND ".join(f"{name}.e = :p{name[2:]}" for name in names),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+            if not landed:
+                # One of them moved since it was read: all are looked at again next sync.
+                continue
+            for arn in batch:
+                self._entries.discard(arn)
+                self._closed_since.pop(arn, None)
+                self._seen.pop(arn, None)
+            log.info("cluster-breakers-pruned", entries=len(batch), left=len(self._entries))
+
+    def _breaker(self, arn: str, shared: SharedBreaker) -> CircuitBreaker | None:
+        """This replica's breaker for `arn`; made now if the target is open and not yet met.
+
+        A replica that has not sent to a target yet (one just started, a redrive job)
+        must find it open before its first send, not after opening its own.
+        """
+        breaker = self._breakers.known(arn)
+        if breaker is not None or shared.state is not BreakerState.OPEN:
+            return breaker
+        try:
+            target = Target.from_arn(arn)
+        except ValueError:
+            return None
+        return self._breakers.for_target(target)
 
     async def _agree_breaker(
         self, arn: str, breaker: CircuitBreaker, shared: SharedBreaker, now_s: float

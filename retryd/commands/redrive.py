@@ -249,36 +249,59 @@ async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
         job = Job(new_job_id(), spec.kind, spec.to_json(), who)
         async with open_ledger(settings.ledger, clients, metrics, owner=_owner(job)) as ledger:
             redrive = Redrive(
-                settings, clients, ledger=ledger, metrics=metrics, control=store, spec=spec
+                settings,
+                clients,
+                ledger=ledger,
+                metrics=metrics,
+                control=store,
+                spec=spec,
+                member=_owner(job),
             )
             try:
-                await redrive.prepare()
-                counts = await redrive.plan()
-            except RedriveInputError as exc:
-                raise OperatorInputError(str(exc)) from None
-            except (BotoCoreError, ClientError) as exc:
-                raise ControlError(
-                    f"cannot read the sources: {classify.from_exception(exc)}"
-                ) from exc
-            _print(render_plan(spec, counts), plan_json(spec, counts), request.output, "plan")
-            if not request.execute:
-                await audit.record(
-                    store,
-                    who=who,
-                    action="redrive-plan",
-                    what=spec.to_json(),
-                    count=counts.selected,
+                return await _plan_and_execute(
+                    settings, request, redrive, job=job, store=store, who=who
                 )
-                if request.output == "text":
-                    print("nothing changed; add --execute to do it")
-                return EXIT_STOPPED if counts.errors else EXIT_OK
-            jobs = JobStore(store, settings.ledger.ttl_s)
-            # Audited as it starts too: a job whose process is killed still left a record.
-            await _audit_job(store, who, "redrive-execute", job, outcome="started")
-            try:
-                job = await _execute(redrive, job, jobs, counts.selected, request.output)
             finally:
-                await _audit_job(store, who, "redrive-execute", job)
+                await redrive.leave()
+
+
+async def _plan_and_execute(
+    settings: Settings,
+    request: RedriveRequest,
+    redrive: Redrive,
+    *,
+    job: Job,
+    store: Any,
+    who: str,
+) -> int:
+    """Plan, and execute when asked; the exit code."""
+    spec = redrive.spec
+    try:
+        await redrive.prepare()
+        counts = await redrive.plan()
+    except RedriveInputError as exc:
+        raise OperatorInputError(str(exc)) from None
+    except (BotoCoreError, ClientError) as exc:
+        raise ControlError(f"cannot read the sources: {classify.from_exception(exc)}") from exc
+    _print(render_plan(spec, counts), plan_json(spec, counts), request.output, "plan")
+    if not request.execute:
+        await audit.record(
+            store,
+            who=who,
+            action="redrive-plan",
+            what=spec.to_json(),
+            count=counts.selected,
+        )
+        if request.output == "text":
+            print("nothing changed; add --execute to do it")
+        return EXIT_STOPPED if counts.errors else EXIT_OK
+    jobs = JobStore(store, settings.ledger.ttl_s)
+    # Audited as it starts too: a job whose process is killed still left a record.
+    await _audit_job(store, who, "redrive-execute", job, outcome="started")
+    try:
+        job = await _execute(redrive, job, jobs, counts.selected, request.output)
+    finally:
+        await _audit_job(store, who, "redrive-execute", job)
     _print(render_job(job), job_json(job), request.output, "job")
     return EXIT_OK if job.state is JobState.DONE else EXIT_STOPPED
 
@@ -294,16 +317,25 @@ async def _resume(settings: Settings, job_id: str, output: str) -> int:
         metrics = Metrics(CollectorRegistry())
         async with open_ledger(settings.ledger, clients, metrics, owner=_owner(job)) as ledger:
             redrive = Redrive(
-                settings, clients, ledger=ledger, metrics=metrics, control=store, spec=spec
+                settings,
+                clients,
+                ledger=ledger,
+                metrics=metrics,
+                control=store,
+                spec=spec,
+                member=_owner(job),
             )
             try:
-                await redrive.prepare()
-            except RedriveInputError as exc:
-                raise OperatorInputError(str(exc)) from None
-            try:
-                job = await _execute(redrive, job, jobs, None, output)
+                try:
+                    await redrive.prepare()
+                except RedriveInputError as exc:
+                    raise OperatorInputError(str(exc)) from None
+                try:
+                    job = await _execute(redrive, job, jobs, None, output)
+                finally:
+                    await _audit_job(store, who, "redrive-resume", job)
             finally:
-                await _audit_job(store, who, "redrive-resume", job)
+                await redrive.leave()
     _print(render_job(job), job_json(job), output, "job")
     return EXIT_OK if job.state is JobState.DONE else EXIT_STOPPED
 

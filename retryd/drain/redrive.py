@@ -17,7 +17,11 @@ settle — with three overrides, each the operator's explicit decision:
 
 Every safety guard still holds: the allowlist, the loop guard, pauses, the
 ledger's claims (a message the daemon resubmits at the same moment is sent
-once), the circuit breakers and the rate limits.
+once), the circuit breakers and the rate limits. On the DynamoDB ledger the job
+is one more replica of the cluster (retryd.cluster), as the daemon's replicas
+are to each other: it finds open the breakers they opened, takes a share of each
+target's rate beside theirs (so together they stay within `per_s`), and leaves
+when it ends (`leave`).
 
 The source is one or more DLQs, or the parking queue: a parked copy is resolved
 as if it were still in its `retryd.source-queue`. SQS cannot receive
@@ -51,7 +55,10 @@ import structlog
 
 from retryd import classify
 from retryd.admission import Defer, DeferReason, Done, Go, Guards, Hold, Park, build_guards
+from retryd.admission.breaker import Breakers
+from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
+from retryd.cluster import Cluster, open_cluster
 from retryd.control.deferrals import forget, hidden_in
 from retryd.control.jobs import (
     CANCELLED_REASON,
@@ -237,6 +244,7 @@ class Redrive:
         metrics: Metrics,
         control: ControlStore,
         spec: Spec,
+        member: str | None = None,
     ) -> None:
         self._settings = settings
         self._clients = clients
@@ -244,7 +252,17 @@ class Redrive:
         self._metrics = metrics
         self._control = control
         self.spec = spec
-        self._guards: Guards = build_guards(settings, ledger=ledger, metrics=metrics)
+        # Built as a cycle builds them, and shared the same way: a redrive during an
+        # incident must neither hit a target the daemon found broken nor add its own
+        # rate on top of the daemon's.
+        breakers = Breakers(settings.breaker, anyio.current_time, metrics)
+        rates = RateLimits(settings.rate_limit, anyio.current_time)
+        self._guards: Guards = build_guards(
+            settings, ledger=ledger, metrics=metrics, breakers=breakers, rates=rates
+        )
+        self._cluster: Cluster = open_cluster(
+            settings, clients, breakers=breakers, rates=rates, me=member
+        )
         # Admission (the guards) owns the rate limits and the ledger claims, as in a cycle.
         self._sender = Sender(
             targets=TargetRouter(clients, settings.drain.target_concurrency),
@@ -256,6 +274,17 @@ class Redrive:
         self._sources: list[QueueRef] = []
         self._by_name: dict[str, QueueRef] = {}
         self._to: Target | None = None
+
+    @property
+    def cluster(self) -> Cluster:
+        """How this job agrees with the daemon's replicas (a single replica without DynamoDB)."""
+        return self._cluster
+
+    async def leave(self) -> None:
+        """At the end (done, stopped or failed): write its breaker moves, leave the cluster."""
+        with anyio.CancelScope(shield=True):
+            await self._cluster.flush()
+            await self._cluster.leave()
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -275,6 +304,8 @@ class Redrive:
         self._chain = build_chain(self._hooked_settings(), feeds)
         self._guards.protect_queues([q.arn for q in self._dlqs] + [parking_ref.arn])
         self._guards.set_pauses(await load_pauses(self._control))
+        # The breakers and shares as the cluster has them, for the plan as for a step.
+        await self._cluster.sync()
         if self.spec.kind == PARKING_SOURCE:
             self._sources = [parking_ref]
         else:
@@ -523,12 +554,16 @@ class Redrive:
                     break
                 want = self.spec.step_size(job.step)
                 step = _Step()
+                # Once a step, as a cycle does: heartbeat, shares, breakers.
+                await self._cluster.sync()
                 picked = await self._pick(want, settled, step)
                 if not picked:
                     job.state = JobState.DONE
                     break
                 await self._run_step(picked, step)
                 with anyio.CancelScope(shield=True):
+                    # A breaker this step opened reaches the daemon's replicas now.
+                    await self._cluster.flush()
                     # Sent is sent: the step's accounting must not be cut short.
                     await self._settle_queues(step)
                     await jobs.add_results(job, step.results)

@@ -11,11 +11,14 @@ from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import open_clients
 from retryd.cluster import DynamoDbCluster
+from retryd.cluster.dynamodb import STATE_KEY
 from retryd.ledger import create_table
+from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
 from retryd.settings import BreakerSettings, RateLimitSettings, Settings
 from tests.clock_helpers import FakeClock
 from tests.conftest import SettingsFactory
+from tests.faults import Fault
 from tests.world import ACCOUNT, REGION, World
 
 TABLE = "retryd-ledger-cluster"
@@ -43,6 +46,8 @@ class Member:
             me=name,
             wall_s=wall,
             monotonic_s=self.mono,
+            # The table keeps the same fake time (not the moto server's Date header).
+            server_s=lambda _answer: wall(),
         )
 
     def advance(self, seconds: float) -> None:
@@ -150,5 +155,166 @@ def test_two_replicas_opening_at_once_agree_on_one_cool_down(
         await b.cluster.sync()
         # B's cool-down is A's: 25 s left rather than B's own 30.
         assert b.breakers.for_target(TARGET).retry_in_s() == pytest.approx(25, abs=0.5)
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_replica_that_has_not_met_the_target_adopts_its_open_breaker(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """B has never sent to the target (a replica just started, a redrive): after its sync the
+    breaker A opened is open on B too, so B's first send does not hammer a broken target."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        _fail(a)
+        await a.cluster.flush()
+        await b.cluster.sync()
+        assert b.breakers.for_target(TARGET).permits(10) == 0
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_breaker_held_open_is_released_when_its_entry_is_gone(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """B holds A's opening; the item is deleted (the docs call that safe) before anyone
+    claims the canaries: B's breaker does not stay open forever, but closes at its sync."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        _fail(a)
+        await a.cluster.flush()
+        await b.cluster.sync()
+        breaker = b.breakers.for_target(TARGET)
+        assert breaker.state is BreakerState.OPEN
+        await a.cluster._client.delete_item(TableName=TABLE, Key={KEY_ATTRIBUTE: {"S": STATE_KEY}})
+        await b.cluster.sync()
+        b.advance(BREAKER.cooldown_s + 1)
+        wall.advance(BREAKER.cooldown_s + 1)
+        await b.cluster.sync()
+        assert breaker.permits(10) > 0
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_throttled_breaker_write_does_not_stop_the_heartbeat(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """DynamoDB throttles A's write of an opening for longer than a heartbeat lasts: A's
+    heartbeat still lands every sync, so B goes on counting A (and keeps to half the rate)."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        await a.cluster.sync()
+        await b.cluster.sync()
+        world.faults.add(Fault("dynamodb", "UpdateItem", contains="attribute_not_exists(#b)"))
+        _fail(a)
+        await a.cluster.flush()
+        for _ in range(3):
+            wall.advance(TTL_S / 2)
+            await a.cluster.sync()
+            await b.cluster.sync()
+            assert b.cluster.live == 2
+        world.faults.clear()
+        await a.cluster.sync()
+        await b.cluster.sync()
+        assert b.breakers.for_target(TARGET).state is BreakerState.OPEN
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_throttled_claim_does_not_keep_the_other_breakers_from_being_agreed(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """One target is cooled down (B tries to claim its canaries, throttled) and another has
+    just opened: B still adopts the second opening in that same sync."""
+    cooled = Target.from_arn(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:aaa-cooled")
+    fresh = Target.from_arn(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:zzz-fresh")
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        for target in (cooled, fresh):
+            b.breakers.for_target(target)
+        _fail_target(a, cooled)
+        await a.cluster.flush()
+        wall.advance(BREAKER.cooldown_s + 1)
+        _fail_target(a, fresh)
+        await a.cluster.flush()
+        world.faults.add(Fault("dynamodb", "UpdateItem", contains="#b.h = :me"))
+        await b.cluster.sync()
+        assert b.breakers.for_target(fresh).state is BreakerState.OPEN
+
+    run_pair(world, make_settings, body)
+
+
+def _fail_target(member: Member, target: Target) -> None:
+    breaker = member.breakers.for_target(target)
+    while breaker.state is BreakerState.CLOSED:
+        breaker.record(success=False)
+
+
+def test_a_replica_that_resumes_after_a_pause_heartbeats_before_its_cycle_ends(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A stops mid-cycle (a frozen VM) for longer than its heartbeat and B counts it out; on
+    resuming, A's flush after its next batch writes a heartbeat and learns B, so neither goes
+    on sending at a share the other does not count."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        await a.cluster.sync()
+        await b.cluster.sync()
+        wall.advance(2 * TTL_S + 1)
+        await b.cluster.sync()
+        assert b.cluster.live == 1
+        await a.cluster.flush()
+        await b.cluster.sync()
+        assert (a.cluster.live, b.cluster.live) == (2, 2)
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_long_dead_replicas_heartbeat_is_removed_from_the_item(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """B dies; once its heartbeat has been expired for another heartbeat's length, A's sync
+    removes it from the item, so dead replicas do not pile up in it."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        await b.cluster.sync()
+        await a.cluster.sync()
+        wall.advance(2 * TTL_S + 1)
+        await a.cluster.sync()
+        answer = await a.cluster._client.get_item(
+            TableName=TABLE, Key={KEY_ATTRIBUTE: {"S": STATE_KEY}}, ConsistentRead=True
+        )
+        assert sorted(name for name in answer["Item"] if name.startswith("m:")) == ["m:a"]
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_replica_whose_heartbeat_is_throttled_past_its_ttl_stops_sending(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A's heartbeats are throttled until B counts A out and takes the whole rate: A's
+    buckets then give at most one more token, and get their share back once A's heartbeat
+    lands again."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        bucket = a.rates.for_target(TARGET.arn)
+        await a.cluster.sync()
+        await b.cluster.sync()
+        await a.cluster.sync()
+        world.faults.add(Fault("dynamodb", "UpdateItem", contains=":expires"))
+        wall.advance(TTL_S / 2)
+        await a.cluster.sync()
+        a.advance(10)
+        assert bucket.take(100) == 3  # still within its heartbeat: its share of 6/s
+        wall.advance(TTL_S / 2 + 1)
+        await a.cluster.sync()
+        world.faults.clear()
+        await b.cluster.sync()
+        assert b.cluster.live == 1
+        a.advance(10)
+        assert bucket.take(100) <= 1
+        await a.cluster.sync()
+        a.advance(10)
+        assert bucket.take(100) == 3
 
     run_pair(world, make_settings, body)
