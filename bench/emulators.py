@@ -126,7 +126,8 @@ class Moto(Emulator):
     name = "moto"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
-        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], {}
+        # Serialised (bench/moto_serial.py): moto's receive is not atomic across threads.
+        return [sys.executable, "-m", "bench.moto_serial", str(self.port)], {}
 
     def __enter__(self) -> Moto:
         super().__enter__()
