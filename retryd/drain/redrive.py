@@ -709,7 +709,7 @@ class Redrive:
                 except Exception as exc:  # noqa: BLE001 - the copy is safe; the original reappears
                     failed = [{"Id": "*", "Message": str(classify.from_exception(exc))}]
                 for failure in failed:
-                    self._metrics.record_delete_failure(queue.name)
+                    self._metrics.record_delete_failure(queue)
                     log.warning("delete-failed", queue=queue.name, failure=failure)
         for queue, handles in step.releases.values():
             for problem in await release(
