@@ -15,10 +15,10 @@ used (`Places.ready`), as that place's error only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+import logging
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import aioboto3
@@ -37,6 +37,12 @@ from retryd.aws import AwsClients, Client, client_config, open_session
 from retryd.errors import AwsSetupError
 from retryd.models import Arn
 from retryd.settings import AccountSettings, Settings
+
+# aiobotocore logs a failed refresh as a warning with its traceback (through the
+# standard library's last-resort handler, onto stderr). retryd says it once itself,
+# as the place's error (`place-failed`), so that line is kept out. Process-wide:
+# retryd is the whole process.
+logging.getLogger("aiobotocore.credentials").setLevel(logging.ERROR)
 
 # The RoleSessionName every AssumeRole names: CloudTrail in the member account shows it.
 ROLE_SESSION_NAME = "retryd"
@@ -107,7 +113,6 @@ def assumed_credentials(
     region: str,
     *,
     duration_s: int | None = None,
-    time_fetcher: Callable[[], datetime] | None = None,
 ) -> AioDeferredRefreshableCredentials:
     """Refreshable credentials for `account`'s role, assumed with `source` (the home chain's).
 
@@ -141,9 +146,8 @@ def assumed_credentials(
         role_arn=account.role_arn,
         extra_args=extra,
     )
-    kwargs: dict[str, Any] = {} if time_fetcher is None else {"time_fetcher": time_fetcher}
     return AioDeferredRefreshableCredentials(
-        refresh_using=fetcher.fetch_credentials, method=ASSUME_ROLE_METHOD, **kwargs
+        refresh_using=fetcher.fetch_credentials, method=ASSUME_ROLE_METHOD
     )
 
 

@@ -1,0 +1,280 @@
+"""Many accounts and regions on the moto server: one retryd drains them all through AssumeRole.
+
+moto derives the account of a call from its credentials: credentials from
+sts:AssumeRole on a role in account 222222222222 see (and create) that account's
+queues. So the member accounts here are real to retryd: it reaches them only
+through the role it assumes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import boto3
+import pytest
+from aiobotocore.session import AioSession
+from prometheus_client import CollectorRegistry
+
+from retryd.aws import client_config
+from retryd.drain.cycle import Cycle, CycleReport
+from retryd.ledger import open_ledger
+from retryd.metrics import Metrics
+from retryd.models import Outcome, ParkReason
+from retryd.places import Place, Places, assumed_credentials, open_places
+from retryd.service.lifecycle import run_once
+from retryd.settings import AccountSettings, AwsSettings, Settings
+from tests.conftest import SettingsFactory
+from tests.faults import Fault
+from tests.world import ACCOUNT, REGION, World, envelope
+
+MEMBER = "222222222222"
+BROKEN = "333333333333"
+OTHER_REGION = "eu-west-1"
+REGIONS = [REGION, OTHER_REGION]
+PARKING = "retryd-parking"
+DLQ = "retry-orders"
+
+
+def role(account: str) -> str:
+    return f"arn:aws:iam::{account}:role/retryd-member"
+
+
+def sqs_in(world: World, account: str, region: str) -> Any:
+    """A plain SQS client working in `account` (through the member role, as retryd does)."""
+    keys: dict[str, str] = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    if account != ACCOUNT:
+        sts = boto3.client("sts", endpoint_url=world.url, region_name=REGION, **keys)
+        assumed = sts.assume_role(RoleArn=role(account), RoleSessionName="test")["Credentials"]
+        keys = {
+            "aws_access_key_id": assumed["AccessKeyId"],
+            "aws_secret_access_key": assumed["SecretAccessKey"],
+            "aws_session_token": assumed["SessionToken"],
+        }
+    return boto3.client("sqs", endpoint_url=world.url, region_name=region, **keys)
+
+
+def build_place(world: World, account: str, region: str, messages: int) -> Any:
+    """A DLQ with `messages` envelopes for the place's own `dest`, a parking queue; the client."""
+    sqs = sqs_in(world, account, region)
+    sqs.create_queue(QueueName=PARKING)
+    sqs.create_queue(QueueName="dest")
+    url = sqs.create_queue(QueueName=DLQ)["QueueUrl"]
+    target = f"arn:aws:sqs:{region}:{account}:dest"
+    for index in range(messages):
+        body = envelope("sqs", target, {"n": index, "place": f"{account}/{region}"})
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+    return sqs
+
+
+def depth(sqs: Any, name: str) -> int:
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def org_settings(
+    make_settings: SettingsFactory, *extra: AccountSettings, **overrides: Any
+) -> Settings:
+    accounts = [
+        {"account_id": ACCOUNT, "regions": REGIONS},
+        {"account_id": MEMBER, "regions": REGIONS, "role_arn": role(MEMBER), "external_id": "org"},
+        *[account.model_dump() for account in extra],
+    ]
+    allow = [f"arn:aws:sqs:*:{account['account_id']}:*" for account in accounts]
+    return make_settings(accounts=accounts, guards={"allow_targets": allow}, **overrides)
+
+
+def resubmitted(registry: CollectorRegistry, account: str, region: str) -> float | None:
+    labels = {
+        "queue": DLQ,
+        "account": account,
+        "region": region,
+        "outcome": "resubmitted",
+        "reason": "none",
+        "target_type": "sqs",
+    }
+    return registry.get_sample_value("retryd_messages_total", labels)
+
+
+def cycles(
+    settings: Settings, count: int, between: Any = None
+) -> tuple[list[CycleReport], CollectorRegistry]:
+    """`count` cycles of one Cycle over every configured place, as `retryd run` keeps one."""
+    registry = CollectorRegistry()
+
+    async def main() -> list[CycleReport]:
+        metrics = Metrics(registry)
+        async with open_places(settings) as places:
+            clients = await places.home_clients()
+            async with open_ledger(settings.ledger, clients, metrics) as ledger:
+                cycle = Cycle(settings, clients, metrics, ledger=ledger, places=places)
+                reports = []
+                for index in range(count):
+                    reports.append(await cycle.run(anyio.Event(), collect=True))
+                    if between is not None:
+                        between(index)
+                return reports
+
+    return anyio.run(main), registry
+
+
+def test_one_once_drains_two_accounts_in_two_regions(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Every place's DLQ is drained into its own target, and the figures say where, per place."""
+    sizes = {
+        (ACCOUNT, REGION): 1,
+        (ACCOUNT, OTHER_REGION): 2,
+        (MEMBER, REGION): 3,
+        (MEMBER, OTHER_REGION): 4,
+    }
+    clients = {place: build_place(world, *place, count) for place, count in sizes.items()}
+    assume = world.faults.add(Fault("sts", "AssumeRole", code=None, contains="retryd-member"))
+    registry = CollectorRegistry()
+    report = anyio.run(lambda: run_once(org_settings(make_settings), registry=registry))
+    assert report.ok, report.errors
+    assert report.queues == 4
+    assert report.outcomes[Outcome.RESUBMITTED.value] == sum(sizes.values())
+    for (account, region), count in sizes.items():
+        assert depth(clients[(account, region)], "dest") == count
+        assert depth(clients[(account, region)], DLQ) == 0
+        assert resubmitted(registry, account, region) == count
+        discovered = registry.get_sample_value(
+            "retryd_queues_discovered", {"account": account, "region": region}
+        )
+        assert discovered == 1
+    # One AssumeRole for the member account, shared by both of its regions (the tests'
+    # own assume calls above came before the fault was added).
+    assert assume.hits == 1
+
+
+def test_a_member_whose_role_cannot_be_assumed_fails_alone_and_is_tried_again(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """AssumeRole refused for one member: that place is an error (log, counter, report); the
+    others drain; the next cycle assumes the role and drains it too."""
+    build_place(world, ACCOUNT, REGION, 2)
+    build_place(world, MEMBER, REGION, 2)
+    broken = build_place(world, BROKEN, REGION, 3)
+    world.faults.add(
+        Fault("sts", "AssumeRole", code="AccessDenied", status=403, contains=BROKEN, times=1)
+    )
+    extra = AccountSettings(account_id=BROKEN, regions=[REGION], role_arn=role(BROKEN))
+    settings = org_settings(make_settings, extra)
+    settings = settings.model_copy(
+        update={
+            "accounts": [
+                AccountSettings(account_id=a.account_id, regions=[REGION], role_arn=a.role_arn)
+                for a in settings.accounts
+            ]
+        }
+    )
+    (first, second), registry = cycles(settings, 2)
+    assert len(first.errors) == 1
+    assert first.errors[0].startswith(f"{BROKEN}/{REGION}: cannot assume {role(BROKEN)}: ")
+    assert "AccessDenied" in first.errors[0]
+    assert first.outcomes[Outcome.RESUBMITTED.value] == 4
+    errors = registry.get_sample_value(
+        "retryd_account_errors_total",
+        {"account": BROKEN, "region": REGION, "error_class": "permanent"},
+    )
+    assert errors == 1
+    assert second.ok, second.errors
+    assert second.outcomes[Outcome.RESUBMITTED.value] == 3
+    assert depth(broken, "dest") == 3
+    assert resubmitted(registry, BROKEN, REGION) == 3
+
+
+def test_a_place_without_its_parking_queue_stays_put_and_the_others_drain(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """No parking queue in one place: its messages stay in its DLQ, the other places drain."""
+    build_place(world, ACCOUNT, REGION, 1)
+    build_place(world, ACCOUNT, OTHER_REGION, 1)
+    build_place(world, MEMBER, REGION, 1)
+    lonely = build_place(world, MEMBER, OTHER_REGION, 2)
+    lonely.delete_queue(QueueUrl=lonely.get_queue_url(QueueName=PARKING)["QueueUrl"])
+    [report], _ = cycles(org_settings(make_settings), 1)
+    assert report.outcomes[Outcome.RESUBMITTED.value] == 3
+    assert report.fatal is not None
+    assert [error.split(":")[0] for error in report.errors] == [f"{MEMBER}/{OTHER_REGION}"]
+    assert depth(lonely, DLQ) == 2
+
+
+def test_assumed_credentials_are_refreshed_by_a_new_assume_role(world: World) -> None:
+    """Credentials within botocore's refresh window are renewed with a new AssumeRole call
+    (counted on the wire), not reused until they expire."""
+    account = AccountSettings(account_id=MEMBER, regions=[REGION], role_arn=role(MEMBER))
+    assume = world.faults.add(Fault("sts", "AssumeRole", code=None, contains="retryd-member"))
+
+    async def fetch_twice(duration_s: int | None) -> list[str]:
+        session = AioSession()
+        source = await session.get_credentials()
+        config = client_config(AwsSettings(max_attempts=1))
+        credentials = assumed_credentials(
+            session, source, account, config, REGION, duration_s=duration_s
+        )
+        keys: list[str] = []
+        for _ in range(2):
+            keys.append(str((await credentials.get_frozen_credentials()).access_key))
+        return keys
+
+    # STS's default hour: the second use finds them fresh, no second call.
+    fresh = anyio.run(fetch_twice, None)
+    assert assume.hits == 1
+    assert fresh[0] == fresh[1]
+    # 15 minutes is inside botocore's refresh window: every use renews them.
+    renewed = anyio.run(fetch_twice, 900)
+    assert assume.hits == 3
+    assert renewed[0] != renewed[1]
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_a_target_in_another_account_needs_the_allowlist(
+    world: World, make_settings: SettingsFactory, listed: bool
+) -> None:
+    """A message in the home DLQ for a queue in the member account is parked as not allowed
+    unless guards.allow_targets lists that account; listed, it is sent with the member's
+    clients and arrives there."""
+    home = build_place(world, ACCOUNT, REGION, 0)
+    member = build_place(world, MEMBER, REGION, 0)
+    target = f"arn:aws:sqs:{REGION}:{MEMBER}:dest"
+    home.send_message(
+        QueueUrl=home.get_queue_url(QueueName=DLQ)["QueueUrl"],
+        MessageBody=json.dumps(envelope("sqs", target, {"to": "member"})),
+    )
+    allow = [f"arn:aws:sqs:*:{ACCOUNT}:*"] + ([target] if listed else [])
+    settings = make_settings(
+        accounts=[
+            {"account_id": ACCOUNT, "regions": [REGION]},
+            {"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)},
+        ],
+        guards={"allow_targets": allow},
+    )
+    [report], _ = cycles(settings, 1)
+    if listed:
+        assert report.outcomes[Outcome.RESUBMITTED.value] == 1
+        assert depth(member, "dest") == 1
+    else:
+        assert report.outcomes[Outcome.PARKED.value] == 1
+        assert report.reasons[(Outcome.PARKED.value, ParkReason.TARGET_NOT_ALLOWED.value)] == 1
+        assert depth(member, "dest") == 0
+        assert depth(home, PARKING) == 1
+
+
+def test_place_of_an_arn_is_only_a_configured_place() -> None:
+    """place_of: the configured place an ARN names; None outside them; home with no accounts."""
+    home = Place(ACCOUNT, REGION)
+    places = Places(home, (home, Place(MEMBER, REGION)), True, None, {}, None, None)
+    assert places.place_of(f"arn:aws:sqs:{REGION}:{MEMBER}:q") == Place(MEMBER, REGION)
+    assert places.place_of(f"arn:aws:sqs:{OTHER_REGION}:{MEMBER}:q") is None
+    assert places.place_of("not an arn") is None
+    single = Places(home, (home,), False, None, {}, None, None)
+    assert single.place_of(f"arn:aws:sqs:{OTHER_REGION}:{MEMBER}:q") == home
