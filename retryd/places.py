@@ -34,6 +34,7 @@ from botocore.credentials import CredentialProvider
 
 from retryd import classify
 from retryd.aws import AwsClients, Client, client_config, open_session
+from retryd.discovery.queues import is_queue_url, parse_queue_url
 from retryd.errors import AwsSetupError
 from retryd.models import Arn
 from retryd.settings import AccountSettings, Settings
@@ -196,6 +197,55 @@ class Places:
         except ValueError:
             return None
         return place if place in self._all else None
+
+    def entries_for(self, place: Place, entries: Sequence[str]) -> list[str]:
+        """The queue entries (names, URLs, ARNs) that may name a queue in `place`.
+
+        A name may be in any place; a URL or an ARN only in the account (and region)
+        it names. ARNs are given back as names, which GetQueueUrl takes. With no
+        [[accounts]], the entries as given.
+        """
+        if not self.configured:
+            return list(entries)
+        kept: list[str] = []
+        for entry in entries:
+            if entry.startswith("arn:"):
+                try:
+                    arn = Arn.parse(entry)
+                except ValueError:
+                    continue
+                if arn.service == "sqs" and Place(arn.account, arn.region) == place:
+                    kept.append(arn.resource)
+            elif is_queue_url(entry):
+                try:
+                    location = parse_queue_url(entry)
+                except ValueError:
+                    kept.append(entry)
+                    continue
+                if location.account == place.account_id and location.region in (
+                    None,
+                    place.region,
+                ):
+                    kept.append(entry)
+            else:
+                kept.append(entry)
+        return kept
+
+    def settings_for(self, settings: Settings, place: Place) -> Settings:
+        """`settings` with `discovery.queues` narrowed to the entries that may be in `place`."""
+        if not self.configured or not settings.discovery.queues:
+            return settings
+        queues = self.entries_for(place, settings.discovery.queues)
+        discovery = settings.discovery.model_copy(update={"queues": queues})
+        return settings.model_copy(update={"discovery": discovery})
+
+    def to_survey(self, settings: Settings) -> list[Place]:
+        """The places discovery may find a DLQ in: all with queue prefixes; else those the
+        explicit `discovery.queues` entries may name (`retryd once QUEUE` touches no other)."""
+        if settings.discovery.queue_prefixes or not self.configured:
+            return list(self.places)
+        queues = settings.discovery.queues
+        return [place for place in self.places if self.entries_for(place, queues)]
 
     @property
     def _all(self) -> frozenset[Place]:

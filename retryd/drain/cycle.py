@@ -160,6 +160,8 @@ class _Site:
     """One place's part of the cycles: what feeds its DLQs, its pipeline and parking queue."""
 
     place: Place
+    # The run's settings with `discovery.queues` narrowed to what may be in this place.
+    settings: Settings
     feeds: FeedCache
     chain: ResolverChain
     sender: Sender
@@ -260,6 +262,7 @@ class Cycle:
             feeds = FeedCache.for_settings(self._settings, lazy_redrive=True)
             site = _Site(
                 place,
+                self._places.settings_for(self._settings, place),
                 feeds,
                 build_chain(self._settings, feeds, self._metrics),
                 Sender(targets=self._router, guards=self._guards),
@@ -356,7 +359,7 @@ class Cycle:
         pipeline, parking = await self._ready_pipeline(site, clients)
         if before_survey is not None:
             await before_survey()
-        survey = await survey_queues(clients.sqs, self._settings, parking)
+        survey = await survey_queues(clients.sqs, site.settings, parking)
         queues = survey.dlqs
         await site.feeds.refresh_if_due(clients, queues)
         site.protected = survey.protected
@@ -375,7 +378,7 @@ class Cycle:
                 self._place_failed(place, exc, report)
 
         async with anyio.create_task_group() as group:
-            for place in self._places.places:
+            for place in self._places.to_survey(self._settings):
                 group.start_soon(look_at, place)
         # In the configured order, so the drain (and its logs) are in a stable order.
         order = {place: index for index, place in enumerate(self._places.places)}

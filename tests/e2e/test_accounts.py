@@ -9,6 +9,7 @@ through the role it assumes.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,6 +19,7 @@ from aiobotocore.session import AioSession
 from prometheus_client import CollectorRegistry
 
 from retryd.aws import client_config
+from retryd.commands.cli import main
 from retryd.drain.cycle import Cycle, CycleReport
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
@@ -27,7 +29,7 @@ from retryd.service.lifecycle import run_once
 from retryd.settings import AccountSettings, AwsSettings, Settings
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
-from tests.world import ACCOUNT, REGION, World, envelope
+from tests.world import ACCOUNT, QUIET_GUARDS_TOML, REGION, World, envelope
 
 MEMBER = "222222222222"
 BROKEN = "333333333333"
@@ -278,3 +280,83 @@ def test_place_of_an_arn_is_only_a_configured_place() -> None:
     assert places.place_of("not an arn") is None
     single = Places(home, (home,), False, None, {}, None, None)
     assert single.place_of(f"arn:aws:sqs:{OTHER_REGION}:{MEMBER}:q") == home
+
+
+def org_config(tmp_path: Path) -> Path:
+    """A retryd.toml for the two-account, two-region world (as `retryd` reads it)."""
+    path = tmp_path / "retryd.toml"
+    path.write_text(
+        f"""
+[discovery]
+queue_prefixes = ["retry-"]
+
+[drain]
+receive_wait_s = 0
+
+[parking]
+queue = "{PARKING}"
+
+[guards]
+allow_targets = ["arn:aws:sqs:*:{ACCOUNT}:*", "arn:aws:sqs:*:{MEMBER}:*"]
+
+[http]
+enabled = false
+
+[[accounts]]
+account_id = "{ACCOUNT}"
+regions = {json.dumps(REGIONS)}
+
+[[accounts]]
+account_id = "{MEMBER}"
+regions = {json.dumps(REGIONS)}
+role_arn = "{role(MEMBER)}"
+"""
+        + QUIET_GUARDS_TOML
+    )
+    return path
+
+
+def test_plan_lists_every_places_dlqs(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`retryd plan` reads the DLQs of all four places and changes nothing."""
+    sizes = {
+        (ACCOUNT, REGION): 1,
+        (ACCOUNT, OTHER_REGION): 1,
+        (MEMBER, REGION): 2,
+        (MEMBER, OTHER_REGION): 1,
+    }
+    clients = {place: build_place(world, *place, count) for place, count in sizes.items()}
+    assert main(["plan", "--config", str(org_config(tmp_path)), "--output", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    examined = {queue["arn"]: queue["examined"] for queue in plan["queues"]}
+    assert examined == {
+        f"arn:aws:sqs:{region}:{account}:{DLQ}": count for (account, region), count in sizes.items()
+    }
+    for (account, region), count in sizes.items():
+        assert depth(clients[(account, region)], DLQ) == count
+
+
+def test_once_and_inspect_take_a_queue_arn_in_a_member_place(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A QUEUE given as an ARN in the member's second region selects that DLQ only, in
+    `inspect` and in `once` (which drains it with the member's clients); an ARN in no
+    configured place is reported missing."""
+    home = build_place(world, ACCOUNT, REGION, 2)
+    member = build_place(world, MEMBER, OTHER_REGION, 3)
+    config = str(org_config(tmp_path))
+    arn = f"arn:aws:sqs:{OTHER_REGION}:{MEMBER}:{DLQ}"
+    assert main(["inspect", "--config", config, "--output", "json", arn]) == 0
+    inspected = json.loads(capsys.readouterr().out)
+    assert [queue["arn"] for queue in inspected["queues"]] == [arn]
+    assert inspected["missing"] == []
+    stranger = f"arn:aws:sqs:{REGION}:444444444444:{DLQ}"
+    assert main(["inspect", "--config", config, "--output", "json", stranger]) == 1
+    assert json.loads(capsys.readouterr().out)["missing"] == [stranger]
+    assert main(["once", "--config", config, "--output", "json", arn]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["queues"] == 1
+    assert report["outcomes"]["resubmitted"] == 3
+    assert depth(member, "dest") == 3
+    assert depth(home, DLQ) == 2
