@@ -247,6 +247,29 @@ class Places:
         queues = settings.discovery.queues
         return [place for place in self.places if self.entries_for(place, queues)]
 
+    def place_for_sources(self, sources: Sequence[str]) -> Place:
+        """The one place a redrive's sources name by URL or ARN; for names only, the home
+        place (or the first listed when the home account is not drained).
+
+        ValueError when they name a place retryd does not work in, or two places.
+        """
+        if not self.configured:
+            return self.home
+        named: set[Place] = set()
+        for source in sources:
+            if not (source.startswith("arn:") or is_queue_url(source)):
+                continue
+            candidates = [place for place in self.places if self.entries_for(place, [source])]
+            if not candidates:
+                raise ValueError(f"{source} is in no account and region listed in [[accounts]]")
+            named.add(candidates[0])
+        if len(named) > 1:
+            where = ", ".join(sorted(str(place) for place in named))
+            raise ValueError(f"sources in {where}: redrive one account and region at a time")
+        if named:
+            return named.pop()
+        return self.home if self.home in self.places else self.places[0]
+
     @property
     def _all(self) -> frozenset[Place]:
         return frozenset((*self.places, self.home))

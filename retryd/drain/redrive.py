@@ -70,12 +70,21 @@ from retryd.discovery.survey import RECEIVE_BATCH_MAX, peek, read_depth, release
 from retryd.drain.redrive_select import Selector, as_if_in_source, source_names
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, ErrorClass, ParkReason, QueueRef, Target, Unresolvable
+from retryd.models import (
+    Arn,
+    DeadLetter,
+    ErrorClass,
+    ParkReason,
+    QueueRef,
+    Target,
+    Unresolvable,
+)
 from retryd.models import Job as Work
 from retryd.resolve import ResolverChain, build_chain
 from retryd.settings import HookRule, Settings
 from retryd.settle.parking import Parking, ParkRequest
 from retryd.targets import Delivery, TargetRouter
+from retryd.targets.router import PickClients
 from retryd.targets.sender import ALREADY_RESUBMITTED, Sender
 
 log = structlog.get_logger("retryd.redrive")
@@ -225,6 +234,16 @@ class _Step:
         self.releases.setdefault(queue.url, (queue, {}))[1][message_id] = handle
 
 
+def _source_name(source: str) -> str:
+    """A source's queue name, whether given as a name, a URL or an SQS ARN."""
+    if source.startswith("arn:"):
+        try:
+            return Arn.parse(source).resource
+        except ValueError:
+            return source
+    return queue_name(source)
+
+
 class Redrive:
     """One redrive's world: sources, resolvers, guards and sender, built once."""
 
@@ -237,7 +256,9 @@ class Redrive:
         metrics: Metrics,
         control: ControlStore,
         spec: Spec,
+        pick: PickClients | None = None,
     ) -> None:
+        """`clients` are those of the place the sources are in; `pick` chooses a target's."""
         self._settings = settings
         self._clients = clients
         self._ledger = ledger
@@ -247,7 +268,7 @@ class Redrive:
         self._guards: Guards = build_guards(settings, ledger=ledger, metrics=metrics)
         # Admission (the guards) owns the rate limits and the ledger claims, as in a cycle.
         self._sender = Sender(
-            targets=TargetRouter(clients, settings.drain.target_concurrency),
+            targets=TargetRouter(clients, settings.drain.target_concurrency, pick=pick),
             guards=self._guards,
         )
         self._chain: ResolverChain | None = None
@@ -278,13 +299,13 @@ class Redrive:
         if self.spec.kind == PARKING_SOURCE:
             self._sources = [parking_ref]
         else:
-            unknown = [s for s in self.spec.sources if queue_name(s) not in self._by_name]
+            unknown = [s for s in self.spec.sources if _source_name(s) not in self._by_name]
             if unknown:
                 raise RedriveInputError(
                     f"not a DLQ retryd drains: {', '.join(unknown)} (see `retryd inspect`; "
                     "use --from parking for the parking queue)"
                 )
-            self._sources = [self._by_name[queue_name(s)] for s in self.spec.sources]
+            self._sources = [self._by_name[_source_name(s)] for s in self.spec.sources]
         if self.spec.to is not None:
             self._to = self._check_redirect(self.spec.to)
 

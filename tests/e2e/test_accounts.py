@@ -360,3 +360,23 @@ def test_once_and_inspect_take_a_queue_arn_in_a_member_place(
     assert report["outcomes"]["resubmitted"] == 3
     assert depth(member, "dest") == 3
     assert depth(home, DLQ) == 2
+
+
+def test_redrive_of_a_member_dlq_given_by_arn_uses_the_members_clients(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`retryd redrive --from <ARN in the member account> --execute` reads that DLQ through
+    the member role and resubmits into the member's target; the home DLQ is left alone."""
+    home = build_place(world, ACCOUNT, REGION, 2)
+    member = build_place(world, MEMBER, REGION, 3)
+    arn = f"arn:aws:sqs:{REGION}:{MEMBER}:{DLQ}"
+    command = ["redrive", "--config", str(org_config(tmp_path)), "--from", arn]
+    code = main([*command, "--execute", "--canary-wait-s", "0", "--output", "json"])
+    assert code == 0, capsys.readouterr()
+    assert depth(member, "dest") == 3
+    assert depth(member, DLQ) == 0
+    assert depth(home, DLQ) == 2
+    stranger = f"arn:aws:sqs:{REGION}:444444444444:{DLQ}"
+    capsys.readouterr()
+    assert main(["redrive", "--config", str(org_config(tmp_path)), "--from", stranger]) == 2
+    assert "no account and region listed in [[accounts]]" in capsys.readouterr().err
