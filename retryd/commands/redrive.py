@@ -280,6 +280,7 @@ async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
                 control=store,
                 spec=spec,
                 pick=_pick(places),
+                qualified_deferrals=places.configured,
             )
             try:
                 await redrive.prepare()
@@ -333,6 +334,7 @@ async def _resume(settings: Settings, job_id: str, output: str) -> int:
                 control=store,
                 spec=spec,
                 pick=_pick(places),
+                qualified_deferrals=places.configured,
             )
             try:
                 await redrive.prepare()

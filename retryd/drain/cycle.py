@@ -237,7 +237,7 @@ class Cycle:
         self._sites: dict[Place, _Site] = {}
         # Operator pauses live beside the ledger, shared by every replica and command.
         self._control = control_store(settings.ledger, clients)
-        self._hidden = HiddenBook(self._control)
+        self._hidden = HiddenBook(self._control, qualified=self._places.configured)
 
     @property
     def cluster(self) -> Cluster:
@@ -449,7 +449,7 @@ class Cycle:
                         group.start_soon(self._worker, run, state)
             finally:
                 with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
-                    await self._hidden.flush(queue.name)
+                    await self._hidden.flush(self._hidden.key(queue))
             if state.oldest_sent_s is not None:
                 self._metrics.set_oldest_message_age(
                     queue, max(0.0, time.time() - state.oldest_sent_s)

@@ -52,7 +52,7 @@ import structlog
 from retryd import classify
 from retryd.admission import Defer, DeferReason, Done, Go, Guards, Hold, Park, build_guards
 from retryd.aws import AwsClients
-from retryd.control.deferrals import forget, hidden_in
+from retryd.control.deferrals import deferral_queue, forget, hidden_in
 from retryd.control.jobs import (
     CANCELLED_REASON,
     Job,
@@ -257,9 +257,12 @@ class Redrive:
         control: ControlStore,
         spec: Spec,
         pick: PickClients | None = None,
+        qualified_deferrals: bool = False,
     ) -> None:
-        """`clients` are those of the place the sources are in; `pick` chooses a target's."""
+        """`clients` are those of the place the sources are in; `pick` chooses a target's;
+        `qualified_deferrals` (with [[accounts]]) finds deferred messages by queue ARN."""
         self._settings = settings
+        self._qualified_deferrals = qualified_deferrals
         self._clients = clients
         self._ledger = ledger
         self._metrics = metrics
@@ -277,6 +280,9 @@ class Redrive:
         self._sources: list[QueueRef] = []
         self._by_name: dict[str, QueueRef] = {}
         self._to: Target | None = None
+
+    def _deferrals(self, queue: QueueRef) -> str:
+        return deferral_queue(queue, qualified=self._qualified_deferrals)
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -488,7 +494,7 @@ class Redrive:
     async def _count_deferred(self, queue: QueueRef, total: PlanCounts) -> None:
         if self.spec.kind == PARKING_SOURCE:
             return
-        entries = await hidden_in(self._control, queue.name)
+        entries = await hidden_in(self._control, self._deferrals(queue))
         if not entries:
             return
         total.deferred += len(entries)
@@ -503,7 +509,7 @@ class Redrive:
             return 0
         count = 0
         for queue in self._sources:
-            entries = await hidden_in(self._control, queue.name)
+            entries = await hidden_in(self._control, self._deferrals(queue))
             if not entries:
                 continue
             handles = {entry.message_id: entry.receipt_handle for entry in entries}
@@ -512,7 +518,7 @@ class Redrive:
                 # A handle gone stale (the message came back and was received again).
                 log.info("redrive-unhide-skipped", queue=queue.name, problem=problem)
             count += len(handles) - len(problems)
-            await forget(self._control, queue.name, handles)
+            await forget(self._control, self._deferrals(queue), handles)
         if count:
             log.info("redrive-unhidden", messages=count, why="retryd had deferred them")
         return count

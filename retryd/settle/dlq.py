@@ -105,7 +105,7 @@ class DeadLetterQueues:
         now_s = time.time()
         self._hidden.note(
             Hidden(
-                defer.job.letter.queue.name,
+                self._hidden.key(defer.job.letter.queue),
                 defer.job.letter.message_id,
                 defer.job.letter.receipt_handle,
                 now_s + min(math.ceil(defer.delay_s), MAX_HIDE_S),

@@ -9,6 +9,7 @@ through the role it assumes.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from prometheus_client import CollectorRegistry
 
 from retryd.aws import client_config
 from retryd.commands.cli import main
+from retryd.control.deferrals import Hidden, HiddenBook, hidden_in
+from retryd.control.memory import MemoryControlStore, MemoryDocs
 from retryd.drain.cycle import Cycle, CycleReport
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
-from retryd.models import Outcome, ParkReason
+from retryd.models import Outcome, ParkReason, QueueRef
 from retryd.places import Place, Places, assumed_credentials, open_places
 from retryd.service.lifecycle import run_once
 from retryd.settings import AccountSettings, AwsSettings, Settings
@@ -380,3 +383,26 @@ def test_redrive_of_a_member_dlq_given_by_arn_uses_the_members_clients(
     capsys.readouterr()
     assert main(["redrive", "--config", str(org_config(tmp_path)), "--from", stranger]) == 2
     assert "no account and region listed in [[accounts]]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("qualified", [False, True])
+def test_deferrals_of_same_named_dlqs_in_two_places_are_kept_apart(qualified: bool) -> None:
+    """With [[accounts]] a DLQ's hidden messages are kept under its ARN, so a same-named DLQ
+    in another place never reads them; with none, under its name, as before."""
+    here = QueueRef(DLQ, "", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{DLQ}")
+    there = QueueRef(DLQ, "", f"arn:aws:sqs:{REGION}:{MEMBER}:{DLQ}")
+    store = MemoryControlStore(MemoryDocs())
+    book = HiddenBook(store, qualified=qualified)
+
+    async def main() -> tuple[list[str], list[str]]:
+        book.note([Hidden(book.key(here), "m-1", "handle-1", time.time() + 600, "backoff")])
+        await book.flush(book.key(here))
+        return (
+            [entry.message_id for entry in await hidden_in(store, book.key(here))],
+            [entry.message_id for entry in await hidden_in(store, book.key(there))],
+        )
+
+    mine, theirs = anyio.run(main)
+    assert mine == ["m-1"]
+    assert theirs == ([] if qualified else ["m-1"])
+    assert book.key(here) == (here.arn if qualified else DLQ)
