@@ -33,7 +33,7 @@ from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider
 
 from retryd import classify
-from retryd.aws import AwsClients, Client, client_config, open_session
+from retryd.aws import AwsClients, Client, client_config, open_clients, open_session
 from retryd.discovery.queues import is_queue_url, parse_queue_url
 from retryd.errors import AwsSetupError
 from retryd.models import Arn
@@ -357,15 +357,16 @@ async def _caller_account(session: aioboto3.Session, region: str, config: AioCon
 @asynccontextmanager
 async def open_places(settings: Settings) -> AsyncIterator[Places]:
     """The places of this run; every client opened is closed together at its end."""
+    accounts = settings.accounts
+    if not accounts:
+        # One place: the very clients retryd has always opened.
+        async with open_clients(settings.aws) as clients:
+            yield Places.single(clients)
+        return
     session = open_session()
     config = client_config(settings.aws)
     session_region = str(session.region_name)
-    accounts = settings.accounts
     async with AsyncExitStack() as stack:
-        if not accounts:
-            home = Place("", session_region)
-            yield Places(home, (home,), False, session, {}, config, stack)
-            return
         home_entry = _home_entry(accounts)
         home_region = home_entry.regions[0] if home_entry is not None else session_region
         home_account = (
