@@ -141,7 +141,8 @@ def test_one_once_drains_two_accounts_in_two_regions(
         (MEMBER, OTHER_REGION): 4,
     }
     clients = {place: build_place(world, *place, count) for place, count in sizes.items()}
-    assume = world.faults.add(Fault("sts", "AssumeRole", code=None, contains="retryd-member"))
+    # Passed through to moto, counted: the member's AssumeRole carries its ExternalId.
+    assume = world.faults.add(Fault("sts", "AssumeRole", code=None, contains="ExternalId=org"))
     registry = CollectorRegistry()
     report = anyio.run(lambda: run_once(org_settings(make_settings), registry=registry))
     assert report.ok, report.errors
@@ -217,7 +218,10 @@ def test_assumed_credentials_are_refreshed_by_a_new_assume_role(world: World) ->
     """Credentials within botocore's refresh window are renewed with a new AssumeRole call
     (counted on the wire), not reused until they expire."""
     account = AccountSettings(account_id=MEMBER, regions=[REGION], role_arn=role(MEMBER))
-    assume = world.faults.add(Fault("sts", "AssumeRole", code=None, contains="retryd-member"))
+    # Counted on the wire: AssumeRole on the member's role, in a session named "retryd".
+    assume = world.faults.add(
+        Fault("sts", "AssumeRole", code=None, contains="RoleSessionName=retryd")
+    )
 
     async def fetch_twice(duration_s: int | None) -> list[str]:
         session = AioSession()
