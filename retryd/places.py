@@ -50,9 +50,6 @@ ROLE_SESSION_NAME = "retryd"
 # What botocore calls these credentials (its `method`, shown in its debug logs).
 ASSUME_ROLE_METHOD = "retryd-assume-role"
 
-SERVICES = ("sqs", "lambda", "stepfunctions", "sns", "events", "dynamodb")
-
-
 @dataclass(frozen=True, slots=True, order=True)
 class Place:
     """One account in one region. `account_id` is "" only when it was never needed.
@@ -121,12 +118,12 @@ def assumed_credentials(
     when they come within its refresh window of expiring. `duration_s` (tests only)
     asks for a shorter session than STS's default hour.
     """
-    assert account.role_arn is not None
+    if account.role_arn is None:
+        raise ValueError(f"account {account.account_id} has no role_arn to assume")
 
-    def sts_client(service: str, **keys: str) -> Any:
+    def sts_client(_service: str, **keys: str) -> Any:
         # The fetcher asks for "sts" with the source credentials' keys. The client
         # honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_STS like every other.
-        assert service == "sts"
         return sts_session.create_client(
             "sts",
             region_name=region,
@@ -179,11 +176,6 @@ class Places:
         home = Place("", str(clients.sqs.meta.region_name))
         return cls(home, (home,), False, None, {}, None, None, {home: clients})
 
-    def member_role(self, place: Place) -> str | None:
-        """The role assumed for `place`; None for a home place."""
-        member = self._members.get(place.account_id)
-        return None if member is None else member.account.role_arn
-
     def place_of(self, arn: str) -> Place | None:
         """The configured place an ARN lives in; None when it is in none of them.
 
@@ -196,7 +188,7 @@ class Places:
             place = Place.of_arn(arn)
         except ValueError:
             return None
-        return place if place in self._all else None
+        return place if place in self._known else None
 
     def entries_for(self, place: Place, entries: Sequence[str]) -> list[str]:
         """The queue entries (names, URLs, ARNs) that may name a queue in `place`.
@@ -270,9 +262,9 @@ class Places:
             return named.pop()
         return self.home if self.home in self.places else self.places[0]
 
-    @property
-    def _all(self) -> frozenset[Place]:
-        return frozenset((*self.places, self.home))
+    def __post_init__(self) -> None:
+        # Asked once per message sent (which clients to send with): a set, built once.
+        self._known = frozenset((*self.places, self.home))
 
     async def ready(self, place: Place) -> None:
         """Make sure `place` can be worked in: a member's role assumed (or still valid).
