@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import anyio
 import boto3
 import pytest
+import structlog
 from aiobotocore.session import AioSession
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from retryd.aws import client_config
 from retryd.commands.cli import main
@@ -410,3 +413,47 @@ def test_deferrals_of_same_named_dlqs_in_two_places_are_kept_apart(qualified: bo
     assert mine == ["m-1"]
     assert theirs == ([] if qualified else ["m-1"])
     assert book.key(here) == (here.arn if qualified else DLQ)
+
+
+def test_every_decision_line_names_the_account_and_region_of_its_queue(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Each message's log line carries `account` and `region`: those of the DLQ it came from."""
+    build_place(world, ACCOUNT, OTHER_REGION, 1)
+    build_place(world, MEMBER, REGION, 2)
+    for place in [(ACCOUNT, REGION), (MEMBER, OTHER_REGION)]:
+        build_place(world, *place, 0)
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        cycles(org_settings(make_settings), 1)
+    lines = Counter(
+        (line["queue"], line["account"], line["region"])
+        for line in logs
+        if line["event"] == Outcome.RESUBMITTED.value
+    )
+    assert lines == {(DLQ, ACCOUNT, OTHER_REGION): 1, (DLQ, MEMBER, REGION): 2}
+
+
+def test_without_a_home_entry_the_home_account_is_asked_once(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Only member accounts listed: one GetCallerIdentity at start names the home place (the
+    ledger's), the session's region; only the member's places are drained."""
+    member = build_place(world, MEMBER, REGION, 2)
+    who = world.faults.add(Fault("sts", "GetCallerIdentity", code=None))
+    settings = make_settings(
+        accounts=[{"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)}],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{MEMBER}:*"]},
+    )
+
+    async def main() -> tuple[Place, tuple[Place, ...], CycleReport]:
+        async with open_places(settings) as places:
+            clients = await places.home_clients()
+            cycle = Cycle(settings, clients, Metrics(CollectorRegistry()), places=places)
+            return places.home, places.places, await cycle.run(anyio.Event())
+
+    home, drained, report = anyio.run(main)
+    assert home == Place(ACCOUNT, REGION)
+    assert drained == (Place(MEMBER, REGION),)
+    assert who.hits == 1
+    assert report.ok, report.errors
+    assert depth(member, "dest") == 2
