@@ -50,6 +50,7 @@ ROLE_SESSION_NAME = "retryd"
 # What botocore calls these credentials (its `method`, shown in its debug logs).
 ASSUME_ROLE_METHOD = "retryd-assume-role"
 
+
 @dataclass(frozen=True, slots=True, order=True)
 class Place:
     """One account in one region. `account_id` is "" only when it was never needed.
