@@ -1,8 +1,9 @@
 """Every metric retryd exports, registered on a registry that is passed in.
 
 Label values are bounded sets (queue names, target types, outcomes, park
-reasons, error classes); nothing per message, such as an id or an AWS error
-code, ever becomes a label, because each new value is a new time series.
+reasons, error classes, the configured accounts and regions); nothing per
+message, such as an id or an AWS error code, ever becomes a label, because each
+new value is a new time series.
 
 Names follow Prometheus's "Metric and label naming" practice
 (https://prometheus.io/docs/practices/naming/): one `retryd_` prefix, base
@@ -24,6 +25,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from retryd.models import Arn, QueueRef
 from retryd.version import package_version
 
 # prometheus_client adds a `<name>_created` gauge beside every counter and histogram
@@ -59,6 +61,23 @@ def _label(value: str) -> str:
     return value or NO_LABEL
 
 
+def place_labels(arn: str) -> dict[str, str]:
+    """The `account` and `region` labels of a queue's or target's ARN.
+
+    Bounded: retryd only reads queues and sends to targets in the places it is
+    configured for (or, for targets, the allowlist names).
+    """
+    try:
+        parsed = Arn.parse(arn)
+    except ValueError:
+        return {"account": NO_LABEL, "region": NO_LABEL}
+    return {"account": _label(parsed.account), "region": _label(parsed.region)}
+
+
+def _queue_labels(queue: QueueRef) -> dict[str, str]:
+    return {"queue": queue.name, **place_labels(queue.arn)}
+
+
 class Metrics:
     """retryd's metrics; the pipeline and scheduler report through these methods only."""
 
@@ -67,25 +86,25 @@ class Metrics:
         self._messages = Counter(
             "retryd_messages_total",
             "Messages handled, by what was done with them and why.",
-            ["queue", "outcome", "reason", "target_type"],
+            ["queue", "account", "region", "outcome", "reason", "target_type"],
             registry=registry,
         )
         self._resubmit_errors = Counter(
             "retryd_resubmit_errors_total",
             "Resubmissions a target refused or that failed on the way, by error class.",
-            ["target_type", "error_class"],
+            ["target_type", "account", "region", "error_class"],
             registry=registry,
         )
         self._stamps_dropped = Counter(
             "retryd_stamps_dropped_total",
             "retryd attributes left off a resubmitted message because it had no room for them.",
-            ["queue"],
+            ["queue", "account", "region"],
             registry=registry,
         )
         self._delete_failures = Counter(
             "retryd_delete_failures_total",
             "Messages copied safely whose delete from the DLQ failed; they will be seen again.",
-            ["queue"],
+            ["queue", "account", "region"],
             registry=registry,
         )
         self._cycle_duration = Histogram(
@@ -109,32 +128,33 @@ class Metrics:
         )
         self._queues_discovered = Gauge(
             "retryd_queues_discovered",
-            "DLQs found by the last discovery.",
+            "DLQs found by the last discovery, per account and region.",
+            ["account", "region"],
             registry=registry,
         )
         self._dlq_messages = Gauge(
             "retryd_dlq_messages",
             "Messages in each DLQ at the start of its drain, as SQS approximates them.",
-            ["queue", "state"],
+            ["queue", "account", "region", "state"],
             registry=registry,
         )
         self._dlq_oldest_age = Gauge(
             "retryd_dlq_oldest_message_age_seconds",
             "Age of the oldest message retryd received from each DLQ in the last cycle.",
-            ["queue"],
+            ["queue", "account", "region"],
             unit="seconds",
             registry=registry,
         )
         self._breaker_state = Gauge(
             "retryd_breaker_state",
             "Circuit-breaker state per target: 1 for the state it is in, 0 for the others.",
-            ["target", "target_type", "state"],
+            ["target", "target_type", "account", "region", "state"],
             registry=registry,
         )
         self._breaker_transitions = Counter(
             "retryd_breaker_transitions_total",
             "Circuit-breaker state changes per target, by the state entered.",
-            ["target", "target_type", "to_state"],
+            ["target", "target_type", "account", "region", "to_state"],
             registry=registry,
         )
         self._ledger_operations = Counter(
@@ -168,6 +188,13 @@ class Metrics:
             ["state"],
             registry=registry,
         )
+        self._account_errors = Counter(
+            "retryd_account_errors_total",
+            "Cycles in which an account and region could not be worked in (its role could not "
+            "be assumed, its discovery failed), by error class; the other places went on.",
+            ["account", "region", "error_class"],
+            registry=registry,
+        )
         self._targets_labelled: set[str] = set()
         # Exposed as `retryd_build_info{version="..."} 1` (an OpenMetrics info metric).
         Info(
@@ -187,33 +214,43 @@ class Metrics:
         for result in ("ok", "error"):
             self._cycles.labels(result=result)
 
-    def record_decision(self, queue: str, outcome: str, reason: str, target_type: str) -> None:
+    def record_decision(self, queue: QueueRef, outcome: str, reason: str, target_type: str) -> None:
         """Count one message's outcome in this cycle."""
         self._messages.labels(
-            queue=queue,
+            **_queue_labels(queue),
             outcome=outcome,
             reason=_label(reason),
             target_type=_label(target_type),
         ).inc()
 
-    def record_resubmit_error(self, target_type: str, error_class: str, code: str) -> None:
+    def record_resubmit_error(
+        self, target_type: str, target_arn: str, error_class: str, code: str
+    ) -> None:
         """Count a failed resubmission; `code` goes to the logs, never to a label."""
         # AWS error codes are an open set: a label per code would be unbounded.
         self._resubmit_errors.labels(
-            target_type=_label(target_type), error_class=_label(error_class)
+            target_type=_label(target_type),
+            **place_labels(target_arn),
+            error_class=_label(error_class),
+        ).inc()
+
+    def record_account_error(self, account: str, region: str, error_class: str) -> None:
+        """Count a cycle in which one account and region could not be worked in."""
+        self._account_errors.labels(
+            account=_label(account), region=_label(region), error_class=_label(error_class)
         ).inc()
 
     def record_hook_run(self, hook: str, name: str, result: str) -> None:
         """Count one run of a transform or a schema check, by its result (ok, parked, ...)."""
         self._hook_runs.labels(hook=hook, name=_label(name), result=result).inc()
 
-    def record_stamps_dropped(self, queue: str, count: int) -> None:
+    def record_stamps_dropped(self, queue: QueueRef, count: int) -> None:
         """Count retryd attributes that did not fit on messages resubmitted from `queue`."""
-        self._stamps_dropped.labels(queue=queue).inc(count)
+        self._stamps_dropped.labels(**_queue_labels(queue)).inc(count)
 
-    def record_delete_failure(self, queue: str) -> None:
+    def record_delete_failure(self, queue: QueueRef) -> None:
         """Count a message that is safe elsewhere but still in its DLQ."""
-        self._delete_failures.labels(queue=queue).inc()
+        self._delete_failures.labels(**_queue_labels(queue)).inc()
 
     def observe_cycle(self, duration_s: float, ok: bool, finished_at_unix_s: float) -> None:
         """Record one finished cycle; only a successful one moves the last-success time."""
@@ -222,14 +259,15 @@ class Metrics:
         if ok:
             self._last_success.set(finished_at_unix_s)
 
-    def set_queues_discovered(self, count: int) -> None:
-        """Record how many DLQs the last discovery found."""
-        self._queues_discovered.set(count)
+    def set_queues_discovered(self, account: str, region: str, count: int) -> None:
+        """Record how many DLQs the last discovery in one account and region found."""
+        self._queues_discovered.labels(account=_label(account), region=_label(region)).set(count)
 
-    def set_dlq_depth(self, queue: str, visible: int, in_flight: int, delayed: int) -> None:
+    def set_dlq_depth(self, queue: QueueRef, visible: int, in_flight: int, delayed: int) -> None:
         """Record a DLQ's depth: visible (waiting), in flight (leased), delayed."""
+        labels = _queue_labels(queue)
         for state, count in (("visible", visible), ("in_flight", in_flight), ("delayed", delayed)):
-            self._dlq_messages.labels(queue=queue, state=state).set(count)
+            self._dlq_messages.labels(**labels, state=state).set(count)
 
     def target_label(self, target_arn: str) -> str:
         """The `target` label for an allowlisted target: itself, or OTHER_TARGET past the cap."""
@@ -246,7 +284,10 @@ class Metrics:
         target = self.target_label(target_arn)
         for name in BREAKER_STATES:
             self._breaker_state.labels(
-                target=target, target_type=_label(target_type), state=name
+                target=target,
+                target_type=_label(target_type),
+                **place_labels(target_arn),
+                state=name,
             ).set(1 if name == state else 0)
 
     def record_breaker_transition(self, target_arn: str, target_type: str, to_state: str) -> None:
@@ -254,7 +295,10 @@ class Metrics:
         _check_breaker_state(to_state)
         target = self.target_label(target_arn)
         self._breaker_transitions.labels(
-            target=target, target_type=_label(target_type), to_state=to_state
+            target=target,
+            target_type=_label(target_type),
+            **place_labels(target_arn),
+            to_state=to_state,
         ).inc()
         self.set_breaker_state(target_arn, target_type, to_state)
 
@@ -266,9 +310,9 @@ class Metrics:
         """Count a ledger operation that failed."""
         self._ledger_errors.labels(backend=backend, operation=operation).inc()
 
-    def set_oldest_message_age(self, queue: str, age_s: float) -> None:
+    def set_oldest_message_age(self, queue: QueueRef, age_s: float) -> None:
         """Export the age of the oldest message seen in `queue` this cycle."""
-        self._dlq_oldest_age.labels(queue=queue).set(age_s)
+        self._dlq_oldest_age.labels(**_queue_labels(queue)).set(age_s)
 
     def set_pauses(self, pauses: Sequence[tuple[str, float | None]]) -> None:
         """Export the pauses in force as (pattern, end in unix s or None), replacing the last."""

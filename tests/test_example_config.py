@@ -15,7 +15,8 @@ from retryd.settings import Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "retryd.example.toml"
 
-_HEADER = re.compile(r"^\[\[?\s*([A-Za-z0-9_.]+)\s*\]\]?")
+# A table that is absent by default ([[accounts]]) is shown commented out too.
+_HEADER = re.compile(r"^(?:#\s*)?\[\[?\s*([A-Za-z0-9_.]+)\s*\]\]?\s*$")
 _KEY = re.compile(r"^([A-Za-z0-9_]+)\s*=")
 # TOML has no null: a field that is unset by default is shown commented out.
 _UNSET_KEY = re.compile(r"^#\s*([A-Za-z0-9_]+)\s*=.*default: unset")

@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from retryd import classify
 from retryd.admission.allowlist import Allowlist
 from retryd.admission.paused import Pause
-from retryd.aws import AwsClients, open_clients
+from retryd.aws import AwsClients
 from retryd.commands import progress, render
 from retryd.control.pauses import pauses_in_force
 from retryd.discovery.survey import (
@@ -31,6 +31,7 @@ from retryd.discovery.survey import (
 )
 from retryd.errors import ExitCode
 from retryd.models import Arn, DeadLetter, QueueRef
+from retryd.places import Place, PlaceError, Places, open_places
 from retryd.resolve import open_chain
 from retryd.resolve.failure_groups import (
     FailureGroup,
@@ -111,8 +112,13 @@ async def inspect_queues(
     *,
     max_messages: int,
     bars: ReadProgress,
+    home: AwsClients | None = None,
 ) -> InspectReport:
-    """Depth, feeds and failure groups of each selected DLQ; AWS errors listing queues propagate."""
+    """Depth, feeds and failure groups of each selected DLQ; AWS errors listing queues propagate.
+
+    `clients` are those of the place the DLQs are in; `home` (default: the same)
+    those of the place keeping the operator's pauses.
+    """
     queues, missing = await select_queues(clients.sqs, settings, names)
     chain, feeds = await open_chain(settings, clients, queues)
     routes = StaticRouteResolver(settings.routes)
@@ -150,8 +156,67 @@ async def inspect_queues(
             )
         )
     await _add_target_keys(settings, clients, inspections, {queue.arn for queue in queues})
-    pauses = await pauses_in_force(settings.ledger, clients)
+    pauses = await pauses_in_force(settings.ledger, home or clients)
     return InspectReport(inspections, max_messages, missing, list(feeds.errors), pauses)
+
+
+async def inspect_everywhere(
+    settings: Settings,
+    places: Places,
+    names: Sequence[str],
+    *,
+    max_messages: int,
+    bars: ReadProgress,
+) -> InspectReport:
+    """The selected DLQs of every place, as one report.
+
+    A name is looked for in every place, a URL or ARN in the place it names; it is
+    missing when no place has it. A place that cannot be read is a feed error line
+    naming it, and the report fails. With no [[accounts]], one place, as always.
+    """
+    home = await places.home_clients()
+    if not places.configured:
+        return await inspect_queues(settings, home, names, max_messages=max_messages, bars=bars)
+    reports: list[InspectReport] = []
+    problems: list[str] = []
+    found: set[str] = set()
+    unread: list[Place] = []
+    for place in places.places:
+        entries = places.entries_for(place, names)
+        if names and not entries:
+            continue
+        try:
+            await places.ready(place)
+            clients = await places.clients(place)
+            report = await inspect_queues(
+                settings, clients, entries, max_messages=max_messages, bars=bars, home=home
+            )
+        except PlaceError as exc:
+            problems.append(f"{place}: {exc.why}")
+            unread.append(place)
+            continue
+        except (ClientError, BotoCoreError) as exc:
+            problems.append(f"{place}: {classify.from_exception(exc)}")
+            unread.append(place)
+            continue
+        reports.append(report)
+        for name in names:
+            entry = places.entries_for(place, [name])
+            if entry and entry[0] not in report.missing:
+                found.add(name)
+    # Not found anywhere it could be; a place that could not be read may still hold it.
+    missing = [
+        name
+        for name in names
+        if name not in found and not any(places.entries_for(p, [name]) for p in unread)
+    ]
+    return InspectReport(
+        [queue for report in reports for queue in report.queues],
+        max_messages,
+        missing,
+        [error for report in reports for error in report.feed_errors] + problems,
+        reports[0].pauses if reports else [],
+    )
 
 
 async def _add_target_keys(
@@ -210,11 +275,11 @@ async def run_inspect(
     if max_messages < 1:
         print("retryd inspect: --max-messages must be at least 1", file=sys.stderr)
         return ExitCode.CONFIG
-    async with open_clients(settings.aws) as clients:
+    async with open_places(settings) as places:
         try:
             with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
-                report = await inspect_queues(
-                    settings, clients, queues, max_messages=max_messages, bars=bars
+                report = await inspect_everywhere(
+                    settings, places, queues, max_messages=max_messages, bars=bars
                 )
         except (ClientError, BotoCoreError) as exc:
             print(

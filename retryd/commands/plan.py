@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from retryd import classify
 from retryd.admission import Defer, Done, Go, Guards, Park, Verdict, build_guards
 from retryd.admission.paused import Pause, PauseSet
-from retryd.aws import AwsClients, open_clients
+from retryd.aws import AwsClients
 from retryd.commands import progress, render
 from retryd.control.pauses import pauses_in_force
 from retryd.discovery.survey import (
@@ -39,9 +39,10 @@ from retryd.discovery.survey import (
     look_at_each,
     survey_queues,
 )
-from retryd.errors import ExitCode
+from retryd.errors import ExitCode, RetrydError
 from retryd.ledger import Ledger, open_ledger
 from retryd.models import DeadLetter, FailReason, QueueRef, Target, Unresolvable
+from retryd.places import PlaceError, Places, open_places
 from retryd.resolve import open_chain
 from retryd.settings import Settings
 from retryd.targets.sender import ALREADY_RESUBMITTED
@@ -286,15 +287,18 @@ async def make_plan(
     *,
     max_messages: int,
     bars: ReadProgress,
+    home: AwsClients | None = None,
 ) -> PlanReport:
     """Read, resolve and assess every DLQ's messages; nothing changes but brief leases.
 
-    Discovery errors and a missing parking queue propagate, as they stop a cycle.
+    `clients` are those of the place whose DLQs are planned; `home` (default: the
+    same) those of the place keeping the ledger and the pauses. Discovery errors
+    and a missing parking queue propagate, as they stop a cycle.
     """
     parking = await locate_parking(clients.sqs, settings)
     survey = await survey_queues(clients.sqs, settings, parking)
     chain, _ = await open_chain(settings, clients, survey.dlqs)
-    async with open_guards(settings, clients, survey.protected) as guards:
+    async with open_guards(settings, home or clients, survey.protected) as guards:
 
         async def decide(letters: list[DeadLetter]) -> list[PlannedMessage]:
             if not letters:
@@ -327,15 +331,55 @@ async def make_plan(
     return PlanReport([QueuePlan.from_look(look) for look in looks], max_messages, pauses)
 
 
+async def plan_everywhere(
+    settings: Settings, places: Places, *, max_messages: int, bars: ReadProgress
+) -> tuple[PlanReport, list[str]]:
+    """Every place's plan, one after the other, as one report; and the places that failed.
+
+    With no [[accounts]], the one place's errors propagate, as they always did. With
+    accounts, a place that cannot be planned (its role, its discovery, its parking
+    queue) is named in the problems and the others are planned.
+    """
+    home = await places.home_clients()
+    if not places.configured:
+        return await make_plan(settings, home, max_messages=max_messages, bars=bars), []
+    plans: list[PlanReport] = []
+    problems: list[str] = []
+    for place in places.to_survey(settings):
+        try:
+            await places.ready(place)
+            clients = await places.clients(place)
+            plans.append(
+                await make_plan(
+                    places.settings_for(settings, place),
+                    clients,
+                    max_messages=max_messages,
+                    bars=bars,
+                    home=home,
+                )
+            )
+        except PlaceError as exc:
+            problems.append(f"{place}: {exc.why}")
+        except RetrydError as exc:
+            problems.append(f"{place}: {exc}")
+        except (ClientError, BotoCoreError) as exc:
+            problems.append(f"{place}: {classify.from_exception(exc)}")
+    queues = [queue for plan in plans for queue in plan.queues]
+    pauses = plans[0].pauses if plans else []
+    return PlanReport(queues, max_messages, pauses), problems
+
+
 async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int:
     """The `plan` command: 0, or 1 when some queue could not be read (named on stderr)."""
     if max_messages < 1:
         print("retryd plan: --max-messages must be at least 1", file=sys.stderr)
         return ExitCode.CONFIG
-    async with open_clients(settings.aws) as clients:
+    async with open_places(settings) as places:
         try:
             with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
-                report = await make_plan(settings, clients, max_messages=max_messages, bars=bars)
+                report, problems = await plan_everywhere(
+                    settings, places, max_messages=max_messages, bars=bars
+                )
         except (ClientError, BotoCoreError) as exc:
             print(
                 f"retryd plan: cannot list the DLQs: {classify.from_exception(exc)}",
@@ -346,7 +390,9 @@ async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int
         print(json.dumps(report.to_json(), indent=2))
     else:
         render.show(render.plan_document(report))
+    for problem in problems:
+        print(f"retryd plan: {problem}", file=sys.stderr)
     for plan in report.failed:
         for error in plan.errors:
             print(f"retryd plan: {plan.queue.name}: {error}", file=sys.stderr)
-    return ExitCode.CYCLE_FAILED if report.failed else ExitCode.OK
+    return ExitCode.CYCLE_FAILED if report.failed or problems else ExitCode.OK

@@ -38,7 +38,9 @@ from retryd.drain.redrive import (
 from retryd.drain.redrive_select import Selector, SelectorError
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
+from retryd.places import PlaceError, Places, open_places
 from retryd.settings import Settings
+from retryd.targets.router import PickClients
 
 # Exit codes of `retryd redrive` (besides 2, bad input, and 4, no parking queue).
 EXIT_OK = 0
@@ -238,24 +240,49 @@ async def _who_and_store(settings: Settings, clients: AwsClients) -> tuple[str, 
     return await audit.caller_identity(settings.aws), control_store(settings.ledger, clients)
 
 
+async def _sources_place(
+    settings: Settings, places: Places, spec: Spec
+) -> tuple[Settings, AwsClients]:
+    """The settings and clients of the place the sources are in (`--from parking`: home)."""
+    try:
+        place = places.place_for_sources(spec.sources)
+    except ValueError as exc:
+        raise OperatorInputError(str(exc)) from None
+    try:
+        await places.ready(place)
+    except PlaceError as exc:
+        raise ControlError(f"cannot read the sources in {place}: {exc.why}") from None
+    return places.settings_for(settings, place), await places.clients(place)
+
+
+def _pick(places: Places) -> PickClients | None:
+    return places.for_sending if places.configured else None
+
+
 async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
     """The `redrive` command."""
     if request.resume is not None:
         return await _resume(settings, request.resume, request.output)
     spec = build_spec(request, time.time())
-    async with open_clients(settings.aws) as clients:
-        who, store = await _who_and_store(settings, clients)
+    async with open_places(settings) as places:
+        # The operator state, the audit and the ledger are the home place's.
+        home = await places.home_clients()
+        who, store = await _who_and_store(settings, home)
         metrics = Metrics(CollectorRegistry())
         job = Job(new_job_id(), spec.kind, spec.to_json(), who)
-        async with open_ledger(settings.ledger, clients, metrics, owner=_owner(job)) as ledger:
+        async with open_ledger(settings.ledger, home, metrics, owner=_owner(job)) as ledger:
+            there, clients = await _sources_place(settings, places, spec)
             redrive = Redrive(
-                settings,
+                there,
                 clients,
                 ledger=ledger,
                 metrics=metrics,
                 control=store,
                 spec=spec,
+                pick=_pick(places),
+                qualified_deferrals=places.configured,
                 member=_owner(job),
+                home=home,
             )
             try:
                 return await _plan_and_execute(
@@ -307,23 +334,28 @@ async def _plan_and_execute(
 
 
 async def _resume(settings: Settings, job_id: str, output: str) -> int:
-    async with open_clients(settings.aws) as clients:
-        who, store = await _who_and_store(settings, clients)
+    async with open_places(settings) as places:
+        home = await places.home_clients()
+        who, store = await _who_and_store(settings, home)
         jobs = JobStore(store, settings.ledger.ttl_s)
         job = await _load(jobs, job_id)
         if job.state in (JobState.DONE, JobState.CANCELLED):
             raise OperatorInputError(f"job {job_id} is {job.state.value}; nothing to resume")
         spec = Spec.from_json(job.spec)
         metrics = Metrics(CollectorRegistry())
-        async with open_ledger(settings.ledger, clients, metrics, owner=_owner(job)) as ledger:
+        async with open_ledger(settings.ledger, home, metrics, owner=_owner(job)) as ledger:
+            there, clients = await _sources_place(settings, places, spec)
             redrive = Redrive(
-                settings,
+                there,
                 clients,
                 ledger=ledger,
                 metrics=metrics,
                 control=store,
                 spec=spec,
+                pick=_pick(places),
+                qualified_deferrals=places.configured,
                 member=_owner(job),
+                home=home,
             )
             try:
                 try:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import structlog
 
 from retryd.control.store import Body, ControlStore, update
+from retryd.models import QueueRef
 
 log = structlog.get_logger("retryd.deferrals")
 
@@ -45,6 +46,12 @@ class Hidden:
     receipt_handle: str
     until_s: float
     reason: str
+
+
+def deferral_queue(queue: QueueRef, *, qualified: bool) -> str:
+    """The name a DLQ's entries are kept under: its name, or (with [[accounts]], where one
+    name can be a queue in several accounts and regions) its ARN."""
+    return queue.arn if qualified else queue.name
 
 
 def _shard(message_id: str) -> int:
@@ -73,9 +80,14 @@ def _body(entries: Iterable[Hidden]) -> Body:
 class HiddenBook:
     """Collects what a cycle hid, per DLQ, and writes it once the DLQ is done for the cycle."""
 
-    def __init__(self, store: ControlStore) -> None:
+    def __init__(self, store: ControlStore, *, qualified: bool = False) -> None:
         self._store = store
+        self._qualified = qualified
         self._pending: dict[str, list[Hidden]] = defaultdict(list)
+
+    def key(self, queue: QueueRef) -> str:
+        """What `queue`'s entries are kept under (see `deferral_queue`)."""
+        return deferral_queue(queue, qualified=self._qualified)
 
     def note(self, entries: Iterable[Hidden]) -> None:
         for entry in entries:

@@ -302,7 +302,7 @@ class Pipeline:
         """Record an accepted or transient delivery; a permanent refusal is returned to park."""
         job = delivery.job
         if delivery.stamps_dropped:
-            self._metrics.record_stamps_dropped(job.letter.queue.name, delivery.stamps_dropped)
+            self._metrics.record_stamps_dropped(job.letter.queue, delivery.stamps_dropped)
             log.info(
                 "stamps-dropped",
                 queue=job.letter.queue.name,
@@ -317,7 +317,9 @@ class Pipeline:
                 delete=True,
             )
             return None
-        self._metrics.record_resubmit_error(job.target.type, error.error_class, error.code)
+        self._metrics.record_resubmit_error(
+            job.target.type, job.target.arn, error.error_class, error.code
+        )
         if error.error_class is ErrorClass.PERMANENT:
             reason = (
                 ParkReason.PAYLOAD_TOO_LARGE
@@ -342,7 +344,7 @@ class Pipeline:
     def _report(self, decision: Decision) -> None:
         target_type = decision.target.type.value if decision.target else ""
         self._metrics.record_decision(
-            decision.letter.queue.name, decision.outcome.value, decision.reason, target_type
+            decision.letter.queue, decision.outcome.value, decision.reason, target_type
         )
         fields: dict[str, Any] = {
             "queue": decision.letter.queue.name,

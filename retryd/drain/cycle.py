@@ -1,10 +1,18 @@
-"""One cycle: discover the DLQs, then drain each (bounded concurrency) within a budget."""
+"""One cycle: discover the DLQs in every place, then drain each (bounded concurrency) in a budget.
+
+A place is an account in a region (`retryd.places`); with no `[[accounts]]` there is
+one. Each place has its own clients, parking queue, feed map and pipeline; the
+guards, the ledger, the operator state and the cluster item are shared (they live
+in the home place). A place that cannot be worked in this cycle (its role cannot be
+assumed, its discovery fails, its parking queue is missing) is that place's error:
+the others are drained, and the next cycle tries it again.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +41,11 @@ from retryd.discovery.survey import (
 from retryd.drain.batch import Pipeline
 from retryd.errors import ParkingQueueMissingError, RetrydError
 from retryd.ledger import Ledger
-from retryd.metrics import Metrics
+from retryd.metrics import Metrics, place_labels
 from retryd.models import CONFIG_FAIL_REASONS, DeadLetter, Decision, Outcome, QueueRef
+from retryd.places import Place, PlaceError, Places
 from retryd.resolve import build_chain
+from retryd.resolve.chain import ResolverChain
 from retryd.settings import Settings
 from retryd.settle.parking import Parking
 from retryd.targets import TargetRouter
@@ -136,7 +146,6 @@ MAX_STALE_BATCHES = 3
 class _Run:
     """What every worker of one cycle shares."""
 
-    pipeline: Pipeline
     deadline: float
     stopping: anyio.Event
     report: CycleReport
@@ -147,9 +156,37 @@ class _Run:
 
 
 @dataclass
+class _Site:
+    """One place's part of the cycles: what feeds its DLQs, its pipeline and parking queue."""
+
+    place: Place
+    # The run's settings with `discovery.queues` narrowed to what may be in this place.
+    settings: Settings
+    feeds: FeedCache
+    chain: ResolverChain
+    sender: Sender
+    pipeline: Pipeline | None = None
+    parking: Parking | None = None
+    # ARNs no message may go into (its DLQs and parking queue), as last surveyed: kept
+    # when a later survey of this place fails, so the loop guard never forgets them.
+    protected: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Look:
+    """One place as this cycle found it: its DLQs, and the clients and pipeline to drain them."""
+
+    site: _Site
+    clients: AwsClients
+    pipeline: Pipeline
+    queues: list[QueueRef]
+
+
+@dataclass
 class _QueueDrain:
     """Shared state of the workers draining one queue in one cycle."""
 
+    look: _Look
     queue: QueueRef
     remaining: int
     seen: set[str] = field(default_factory=set)
@@ -175,14 +212,13 @@ class Cycle:
         metrics: Metrics,
         *,
         ledger: Ledger | None = None,
+        places: Places | None = None,
     ) -> None:
+        """`clients` are the home place's; `places` every place to drain (default: that one)."""
         self._settings = settings
         self._clients = clients
         self._metrics = metrics
-        # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few cycles.
-        # Redrive sources lazily: a DLQ's are looked up once it has messages (see _drain).
-        self._feeds = FeedCache.for_settings(settings, lazy_redrive=True)
-        self._chain = build_chain(settings, self._feeds, metrics)
+        self._places = places or Places.single(clients)
         # Breakers count in the event loop's monotonic time: a wall-clock jump must
         # not open or close one.
         breakers = Breakers(settings.breaker, anyio.current_time, metrics)
@@ -192,15 +228,16 @@ class Cycle:
         )
         # Replicas on one DynamoDB ledger share the breakers and rate budgets.
         self._cluster: Cluster = open_cluster(settings, clients, breakers=breakers, rates=rates)
-        self._sender = Sender(
-            targets=TargetRouter(clients, settings.drain.target_concurrency),
-            guards=self._guards,
+        # One router for every place: one bound on concurrent Lambda/Step Functions calls.
+        self._router = TargetRouter(
+            clients,
+            settings.drain.target_concurrency,
+            pick=self._places.for_sending if self._places.configured else None,
         )
-        self._pipeline: Pipeline | None = None
-        self._parking: Parking | None = None
+        self._sites: dict[Place, _Site] = {}
         # Operator pauses live beside the ledger, shared by every replica and command.
         self._control = control_store(settings.ledger, clients)
-        self._hidden = HiddenBook(self._control)
+        self._hidden = HiddenBook(self._control, qualified=self._places.configured)
 
     @property
     def cluster(self) -> Cluster:
@@ -214,26 +251,42 @@ class Cycle:
 
     @property
     def feeds(self) -> FeedCache:
-        """What feeds each DLQ, as last learned (read-only; `retryd inspect` shows it)."""
-        return self._feeds
+        """What feeds each DLQ of the home place, as last learned (`retryd inspect` shows it)."""
+        return self._site(self._places.places[0]).feeds
 
-    async def _ready_pipeline(self) -> tuple[Pipeline, Parking]:
-        if self._pipeline is None or self._parking is None:
+    def _site(self, place: Place) -> _Site:
+        site = self._sites.get(place)
+        if site is None:
+            # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few
+            # cycles. Redrive sources lazily: a DLQ's are looked up once it has messages.
+            feeds = FeedCache.for_settings(self._settings, lazy_redrive=True)
+            site = _Site(
+                place,
+                self._places.settings_for(self._settings, place),
+                feeds,
+                build_chain(self._settings, feeds, self._metrics),
+                Sender(targets=self._router, guards=self._guards),
+            )
+            self._sites[place] = site
+        return site
+
+    async def _ready_pipeline(self, site: _Site, clients: AwsClients) -> tuple[Pipeline, Parking]:
+        if site.pipeline is None or site.parking is None:
             # Located every cycle until found, so a missing parking queue stops
-            # draining (nothing could be parked) without stopping the daemon.
-            parking = await locate_parking(self._clients.sqs, self._settings)
-            self._parking = parking
-            self._pipeline = Pipeline(
-                sqs=self._clients.sqs,
-                chain=self._chain,
+            # draining this place (nothing could be parked) without stopping the daemon.
+            parking = await locate_parking(clients.sqs, self._settings)
+            site.parking = parking
+            site.pipeline = Pipeline(
+                sqs=clients.sqs,
+                chain=site.chain,
                 guards=self._guards,
-                sender=self._sender,
+                sender=site.sender,
                 parking=parking,
                 metrics=self._metrics,
                 log_payloads=self._settings.log.include_payloads,
                 hidden=self._hidden,
             )
-        return self._pipeline, self._parking
+        return site.pipeline, site.parking
 
     async def run(
         self,
@@ -244,37 +297,42 @@ class Cycle:
     ) -> CycleReport:
         """Discover and drain; never raises for AWS trouble, which is reported instead.
 
-        `on_discovered` is called as soon as discovery has succeeded, before any
-        DLQ is drained (readiness must not wait for a long first cycle).
+        `on_discovered` is called as soon as discovery has succeeded (in at least one
+        place), before any DLQ is drained (readiness must not wait for a long first cycle).
         """
         report = CycleReport(decisions=[] if collect else None)
         started = anyio.current_time()
         try:
-            pipeline, parking = await self._ready_pipeline()
-            # Once per cycle, never per message: heartbeat, budgets, breakers.
-            await self._cluster.sync()
-            survey = await survey_queues(self._clients.sqs, self._settings, parking)
-            queues = survey.dlqs
-            await self._feeds.refresh_if_due(self._clients, queues)
+            if self._places.configured:
+                # Once per cycle, never per message: heartbeat, budgets, breakers.
+                await self._cluster.sync()
+                looks = await self._look_everywhere(report)
+            else:
+                # One place: its failures are the cycle's, as they always were.
+                looks = [await self._look(self._site(self._places.home), self._cluster.sync)]
+            queues = [queue for look in looks for queue in look.queues]
             report.queues = len(queues)
-            report.discovered = True
-            if on_discovered is not None:
+            report.discovered = bool(looks)
+            if looks and on_discovered is not None:
                 on_discovered()
-            if not queues:
+            if looks and not queues:
                 log.warning(
                     "no-queues-found",
                     queue_prefixes=self._settings.discovery.queue_prefixes,
                     queues=self._settings.discovery.queues,
                     why="no DLQ matched discovery; check the prefixes, tags, names and region",
                 )
-            self._metrics.set_queues_discovered(len(queues))
-            self._guards.protect_queues(survey.protected)
-            await self._refresh_operator_state()
-            run = _Run(pipeline, started + self._settings.drain.cycle_budget_s, stopping, report)
+            self._guards.protect_queues(
+                [arn for site in self._sites.values() for arn in site.protected]
+            )
+            if looks:
+                await self._refresh_operator_state()
+            run = _Run(started + self._settings.drain.cycle_budget_s, stopping, report)
             limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
             async with anyio.create_task_group() as group:
-                for queue in queues:
-                    group.start_soon(self._drain, run, queue, limiter)
+                for look in looks:
+                    for queue in look.queues:
+                        group.start_soon(self._drain, run, look, queue, limiter)
         except ParkingQueueMissingError as exc:
             # Not an AWS hiccup: someone has to create the queue. The daemon keeps
             # looking every cycle; `once` exits with this error's own code.
@@ -290,6 +348,59 @@ class Cycle:
         report.duration_s = anyio.current_time() - started
         self._metrics.observe_cycle(report.duration_s, report.ok, time.time())
         return report
+
+    async def _look(
+        self, site: _Site, before_survey: Callable[[], Awaitable[None]] | None = None
+    ) -> _Look:
+        """One place's DLQs for this cycle, with what is needed to drain them; errors propagate."""
+        place = site.place
+        await self._places.ready(place)
+        clients = await self._places.clients(place)
+        pipeline, parking = await self._ready_pipeline(site, clients)
+        if before_survey is not None:
+            await before_survey()
+        survey = await survey_queues(clients.sqs, site.settings, parking)
+        queues = survey.dlqs
+        await site.feeds.refresh_if_due(clients, queues)
+        site.protected = survey.protected
+        labels = place_labels(survey.parking_arn)
+        self._metrics.set_queues_discovered(labels["account"], labels["region"], len(queues))
+        return _Look(site, clients, pipeline, queues)
+
+    async def _look_everywhere(self, report: CycleReport) -> list[_Look]:
+        """Every place's look, side by side; a place that fails is reported and left out."""
+        looks: list[_Look] = []
+
+        async def look_at(place: Place) -> None:
+            try:
+                looks.append(await self._look(self._site(place)))
+            except Exception as exc:  # noqa: BLE001 - this place is skipped, the others go on
+                self._place_failed(place, exc, report)
+
+        async with anyio.create_task_group() as group:
+            for place in self._places.to_survey(self._settings):
+                group.start_soon(look_at, place)
+        # In the configured order, so the drain (and its logs) are in a stable order.
+        order = {place: index for index, place in enumerate(self._places.places)}
+        return sorted(looks, key=lambda look: order[look.site.place])
+
+    def _place_failed(self, place: Place, exc: Exception, report: CycleReport) -> None:
+        where = {"account": place.account_id, "region": place.region}
+        if isinstance(exc, ParkingQueueMissingError):
+            # As with one place: this place's messages stay put until the queue exists.
+            report.fatal = report.fatal or exc
+            why, error_class = str(exc), "config"
+            log.error("parking-queue-missing", queue=exc.queue, error=why, **where)
+        elif isinstance(exc, PlaceError):
+            why, error_class = exc.why, exc.error_class
+            log.error("place-failed", error=why, error_class=error_class, **where)
+        else:
+            errors = [classify.from_exception(leaf) for leaf in _leaves(exc)]
+            why = "; ".join(str(error) for error in errors)
+            error_class = errors[0].error_class.value
+            log.error("place-failed", error=why, error_class=error_class, **where)
+        report.errors.append(f"{place}: {why}")
+        self._metrics.record_account_error(place.account_id, place.region, error_class)
 
     async def _refresh_operator_state(self) -> None:
         """Read the pauses (and the jobs, for metrics) once per cycle, in one read.
@@ -309,11 +420,20 @@ class Cycle:
             *job_metrics(docs[JOBS_DOC].body if JOBS_DOC in docs else None)
         )
 
-    async def _drain(self, run: _Run, queue: QueueRef, limiter: anyio.CapacityLimiter) -> None:
+    async def _drain(
+        self, run: _Run, look: _Look, queue: QueueRef, limiter: anyio.CapacityLimiter
+    ) -> None:
+        # Every line about this queue (its workers' and its batches' too) names its place.
+        with structlog.contextvars.bound_contextvars(**place_labels(queue.arn)):
+            await self._drain_queue(run, look, queue, limiter)
+
+    async def _drain_queue(
+        self, run: _Run, look: _Look, queue: QueueRef, limiter: anyio.CapacityLimiter
+    ) -> None:
         async with limiter:
             if not run.go_on:
                 return
-            sizing = await self._size_up(queue)
+            sizing = await self._size_up(look.clients, queue)
             if sizing.empty:
                 # Most DLQs are empty most of the time: one cheap call instead of a
                 # long poll per empty queue.
@@ -321,18 +441,18 @@ class Cycle:
             # Its retention rides on every letter, for the guards' retention check.
             queue = sizing.queue
             # Its resolvers read what feeds it: learned now, not for every empty DLQ.
-            await self._feeds.learn(self._clients, queue)
-            state = _QueueDrain(queue, self._settings.drain.max_messages_per_queue)
+            await look.site.feeds.learn(look.clients, queue)
+            state = _QueueDrain(look, queue, self._settings.drain.max_messages_per_queue)
             try:
                 async with anyio.create_task_group() as group:
                     for _ in range(self._settings.drain.workers_per_queue):
                         group.start_soon(self._worker, run, state)
             finally:
                 with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
-                    await self._hidden.flush(queue.name)
+                    await self._hidden.flush(self._hidden.key(queue))
             if state.oldest_sent_s is not None:
                 self._metrics.set_oldest_message_age(
-                    queue.name, max(0.0, time.time() - state.oldest_sent_s)
+                    queue, max(0.0, time.time() - state.oldest_sent_s)
                 )
 
     async def _worker(self, run: _Run, state: _QueueDrain) -> None:
@@ -361,19 +481,19 @@ class Cycle:
             state.stale_batches = 0
             state.saw(fresh)
             report.received += len(fresh)
-            report.add(await run.pipeline.handle(state.queue, fresh, act_by))
+            report.add(await state.look.pipeline.handle(state.queue, fresh, act_by))
             # A breaker this batch opened or closed is written now (no call otherwise),
             # so the other replicas find it at their next sync.
             await self._cluster.flush()
 
-    async def _size_up(self, queue: QueueRef) -> Sizing:
+    async def _size_up(self, clients: AwsClients, queue: QueueRef) -> Sizing:
         """The queue's depth (exported) and retention; an unknown depth is logged, not fatal."""
-        sizing = await size_up(self._clients.sqs, queue)
+        sizing = await size_up(clients.sqs, queue)
         if sizing.depth is None:
             log.warning("depth-unknown", queue=queue.name, error=sizing.problem)
         else:
             depth = sizing.depth
-            self._metrics.set_dlq_depth(queue.name, depth.visible, depth.in_flight, depth.delayed)
+            self._metrics.set_dlq_depth(queue, depth.visible, depth.in_flight, depth.delayed)
         return sizing
 
     async def _receive(
@@ -382,7 +502,7 @@ class Cycle:
         """The next batch, or None when the queue is empty or cannot be read."""
         try:
             letters = await receive(
-                self._clients.sqs,
+                state.look.clients.sqs,
                 state.queue,
                 max_messages=want,
                 wait_s=self._settings.drain.receive_wait_s,

@@ -59,7 +59,7 @@ from retryd.admission.breaker import Breakers
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
 from retryd.cluster import Cluster, open_cluster
-from retryd.control.deferrals import forget, hidden_in
+from retryd.control.deferrals import deferral_queue, forget, hidden_in
 from retryd.control.jobs import (
     CANCELLED_REASON,
     Job,
@@ -77,12 +77,21 @@ from retryd.discovery.survey import RECEIVE_BATCH_MAX, peek, read_depth, release
 from retryd.drain.redrive_select import Selector, as_if_in_source, source_names
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, ErrorClass, ParkReason, QueueRef, Target, Unresolvable
+from retryd.models import (
+    Arn,
+    DeadLetter,
+    ErrorClass,
+    ParkReason,
+    QueueRef,
+    Target,
+    Unresolvable,
+)
 from retryd.models import Job as Work
 from retryd.resolve import ResolverChain, build_chain
 from retryd.settings import HookRule, Settings
 from retryd.settle.parking import Parking, ParkRequest
 from retryd.targets import Delivery, TargetRouter
+from retryd.targets.router import PickClients
 from retryd.targets.sender import ALREADY_RESUBMITTED, Sender
 
 log = structlog.get_logger("retryd.redrive")
@@ -232,6 +241,16 @@ class _Step:
         self.releases.setdefault(queue.url, (queue, {}))[1][message_id] = handle
 
 
+def _source_name(source: str) -> str:
+    """A source's queue name, whether given as a name, a URL or an SQS ARN."""
+    if source.startswith("arn:"):
+        try:
+            return Arn.parse(source).resource
+        except ValueError:
+            return source
+    return queue_name(source)
+
+
 class Redrive:
     """One redrive's world: sources, resolvers, guards and sender, built once."""
 
@@ -244,9 +263,16 @@ class Redrive:
         metrics: Metrics,
         control: ControlStore,
         spec: Spec,
+        pick: PickClients | None = None,
+        qualified_deferrals: bool = False,
         member: str | None = None,
+        home: AwsClients | None = None,
     ) -> None:
+        """`clients` are those of the place the sources are in; `pick` chooses a target's;
+        `qualified_deferrals` (with [[accounts]]) finds deferred messages by queue ARN;
+        `home` (default: `clients`) are the clients of the place the cluster item is in."""
         self._settings = settings
+        self._qualified_deferrals = qualified_deferrals
         self._clients = clients
         self._ledger = ledger
         self._metrics = metrics
@@ -261,11 +287,11 @@ class Redrive:
             settings, ledger=ledger, metrics=metrics, breakers=breakers, rates=rates
         )
         self._cluster: Cluster = open_cluster(
-            settings, clients, breakers=breakers, rates=rates, me=member
+            settings, home or clients, breakers=breakers, rates=rates, me=member
         )
         # Admission (the guards) owns the rate limits and the ledger claims, as in a cycle.
         self._sender = Sender(
-            targets=TargetRouter(clients, settings.drain.target_concurrency),
+            targets=TargetRouter(clients, settings.drain.target_concurrency, pick=pick),
             guards=self._guards,
         )
         self._chain: ResolverChain | None = None
@@ -274,6 +300,9 @@ class Redrive:
         self._sources: list[QueueRef] = []
         self._by_name: dict[str, QueueRef] = {}
         self._to: Target | None = None
+
+    def _deferrals(self, queue: QueueRef) -> str:
+        return deferral_queue(queue, qualified=self._qualified_deferrals)
 
     @property
     def cluster(self) -> Cluster:
@@ -309,13 +338,13 @@ class Redrive:
         if self.spec.kind == PARKING_SOURCE:
             self._sources = [parking_ref]
         else:
-            unknown = [s for s in self.spec.sources if queue_name(s) not in self._by_name]
+            unknown = [s for s in self.spec.sources if _source_name(s) not in self._by_name]
             if unknown:
                 raise RedriveInputError(
                     f"not a DLQ retryd drains: {', '.join(unknown)} (see `retryd inspect`; "
                     "use --from parking for the parking queue)"
                 )
-            self._sources = [self._by_name[queue_name(s)] for s in self.spec.sources]
+            self._sources = [self._by_name[_source_name(s)] for s in self.spec.sources]
         if self.spec.to is not None:
             self._to = self._check_redirect(self.spec.to)
 
@@ -498,7 +527,7 @@ class Redrive:
     async def _count_deferred(self, queue: QueueRef, total: PlanCounts) -> None:
         if self.spec.kind == PARKING_SOURCE:
             return
-        entries = await hidden_in(self._control, queue.name)
+        entries = await hidden_in(self._control, self._deferrals(queue))
         if not entries:
             return
         total.deferred += len(entries)
@@ -513,7 +542,7 @@ class Redrive:
             return 0
         count = 0
         for queue in self._sources:
-            entries = await hidden_in(self._control, queue.name)
+            entries = await hidden_in(self._control, self._deferrals(queue))
             if not entries:
                 continue
             handles = {entry.message_id: entry.receipt_handle for entry in entries}
@@ -522,7 +551,7 @@ class Redrive:
                 # A handle gone stale (the message came back and was received again).
                 log.info("redrive-unhide-skipped", queue=queue.name, problem=problem)
             count += len(handles) - len(problems)
-            await forget(self._control, queue.name, handles)
+            await forget(self._control, self._deferrals(queue), handles)
         if count:
             log.info("redrive-unhidden", messages=count, why="retryd had deferred them")
         return count
@@ -744,7 +773,7 @@ class Redrive:
                 except Exception as exc:  # noqa: BLE001 - the copy is safe; the original reappears
                     failed = [{"Id": "*", "Message": str(classify.from_exception(exc))}]
                 for failure in failed:
-                    self._metrics.record_delete_failure(queue.name)
+                    self._metrics.record_delete_failure(queue)
                     log.warning("delete-failed", queue=queue.name, failure=failure)
         for queue, handles in step.releases.values():
             for problem in await release(

@@ -15,11 +15,11 @@ import anyio
 import structlog
 from prometheus_client import CollectorRegistry
 
-from retryd.aws import open_clients
 from retryd.drain.cycle import Cycle, CycleReport
 from retryd.errors import ConfigError
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
+from retryd.places import open_places
 from retryd.resolve.hooks import Hooks
 from retryd.service.http import Health, serve_http
 from retryd.service.scheduler import run_schedule
@@ -36,15 +36,15 @@ async def run_once(
     # Hooks that cannot be loaded stop here, before any AWS client is opened.
     Hooks.from_settings(settings)
     metrics = Metrics(registry or CollectorRegistry())
-    async with (
-        open_clients(settings.aws) as clients,
-        open_ledger(settings.ledger, clients, metrics) as ledger,
-    ):
-        cycle = Cycle(settings, clients, metrics, ledger=ledger)
-        try:
-            return await cycle.run(anyio.Event(), collect=collect)
-        finally:
-            await cycle.leave()
+    async with open_places(settings) as places:
+        # The ledger, the operator state and the cluster item live in the home place.
+        clients = await places.home_clients()
+        async with open_ledger(settings.ledger, clients, metrics) as ledger:
+            cycle = Cycle(settings, clients, metrics, ledger=ledger, places=places)
+            try:
+                return await cycle.run(anyio.Event(), collect=collect)
+            finally:
+                await cycle.leave()
 
 
 async def _watch_signals(
@@ -94,11 +94,13 @@ async def run_daemon(settings: Settings, registry: CollectorRegistry | None = No
                 raise ConfigError([f"http.port: cannot listen on {address}: {why}"]) from None
             log.info("http-listening", host=settings.http.host, port=port)
         async with (
-            open_clients(settings.aws) as clients,
+            open_places(settings) as places,
             # Opened once per run: the memory backend's counts then last the whole run.
-            open_ledger(settings.ledger, clients, metrics) as ledger,
+            open_ledger(settings.ledger, await places.home_clients(), metrics) as ledger,
         ):
-            cycle = Cycle(settings, clients, metrics, ledger=ledger)
+            cycle = Cycle(
+                settings, await places.home_clients(), metrics, ledger=ledger, places=places
+            )
             log.info("started", interval_s=settings.schedule.interval_s)
             notifier.ready()
             with work:

@@ -68,7 +68,7 @@ class DeadLetterQueues:
     def _delete_failed(self, queue: QueueRef, letter: DeadLetter, error: str) -> None:
         # The copy is safe; the original will reappear after its lease and be
         # handled again. Worth a metric: it is where duplicates come from.
-        self._metrics.record_delete_failure(queue.name)
+        self._metrics.record_delete_failure(queue)
         log.warning("delete-failed", queue=queue.name, message_id=letter.message_id, error=error)
 
     async def hide(self, defers: Sequence[Defer]) -> None:
@@ -105,7 +105,7 @@ class DeadLetterQueues:
         now_s = time.time()
         self._hidden.note(
             Hidden(
-                defer.job.letter.queue.name,
+                self._hidden.key(defer.job.letter.queue),
                 defer.job.letter.message_id,
                 defer.job.letter.receipt_handle,
                 now_s + min(math.ceil(defer.delay_s), MAX_HIDE_S),

@@ -1,9 +1,15 @@
-"""The router that hands each target's jobs to the resubmitter for its type."""
+"""The router that hands each target's jobs to the resubmitter for its type and place.
+
+A target is sent to with the clients of the place (account and region) it lives
+in when that place is one retryd works in; otherwise with the clients of the
+DLQ the message came from, and the target's resource policy decides.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import anyio
 
@@ -19,6 +25,13 @@ from retryd.targets.state_machine import StateMachineTarget
 # Hears answers the moment they are in; awaited before the next answer of the same call.
 OnAnswer = Callable[[Sequence[Delivery]], Awaitable[None]]
 
+
+class PickClients(Protocol):
+    """The clients to send to `target_arn` with, for a message from the DLQ `queue_arn`."""
+
+    async def __call__(self, target_arn: str, queue_arn: str) -> AwsClients: ...
+
+
 # Targets with no batch API: one call per job, so each job's answer is its own.
 _ONE_CALL_PER_JOB = frozenset({TargetType.LAMBDA, TargetType.STEPFUNCTIONS})
 
@@ -26,17 +39,40 @@ _ONE_CALL_PER_JOB = frozenset({TargetType.LAMBDA, TargetType.STEPFUNCTIONS})
 class TargetRouter:
     """Groups a batch of jobs by target and hands each group to its resubmitter at once."""
 
-    def __init__(self, clients: AwsClients, target_concurrency: int) -> None:
+    def __init__(
+        self,
+        clients: AwsClients,
+        target_concurrency: int,
+        *,
+        pick: PickClients | None = None,
+    ) -> None:
         # One limiter for every target without a batch API, so a batch of Lambda
-        # invokes and a batch of executions together stay within the bound.
-        limiter = anyio.CapacityLimiter(target_concurrency)
-        self._resubmitters: dict[TargetType, Resubmitter] = {
-            TargetType.LAMBDA: LambdaFunctionTarget(clients.lambda_, limiter),
-            TargetType.STEPFUNCTIONS: StateMachineTarget(clients.stepfunctions, limiter),
-            TargetType.SQS: SqsQueueTarget(clients.sqs),
-            TargetType.SNS: SnsTopicTarget(clients.sns),
-            TargetType.EVENTBRIDGE: EventBusTarget(clients.events),
-        }
+        # invokes and a batch of executions together stay within the bound, in
+        # every place together.
+        self._limiter = anyio.CapacityLimiter(target_concurrency)
+        self._clients = clients
+        self._pick = pick
+        # Per set of clients (one per place), built on first use: they keep per-target
+        # state (queue URLs, size limits) that belongs to that place's endpoint.
+        self._resubmitters: dict[int, dict[TargetType, Resubmitter]] = {}
+
+    def _for(self, clients: AwsClients) -> dict[TargetType, Resubmitter]:
+        known = self._resubmitters.get(id(clients))
+        if known is None:
+            known = {
+                TargetType.LAMBDA: LambdaFunctionTarget(clients.lambda_, self._limiter),
+                TargetType.STEPFUNCTIONS: StateMachineTarget(clients.stepfunctions, self._limiter),
+                TargetType.SQS: SqsQueueTarget(clients.sqs),
+                TargetType.SNS: SnsTopicTarget(clients.sns),
+                TargetType.EVENTBRIDGE: EventBusTarget(clients.events),
+            }
+            self._resubmitters[id(clients)] = known
+        return known
+
+    async def _clients_for(self, job: Job) -> AwsClients:
+        if self._pick is None:
+            return self._clients
+        return await self._pick(job.target.arn, job.letter.queue.arn)
 
     async def submit(
         self, jobs: Sequence[Job], on_answer: OnAnswer | None = None
@@ -47,9 +83,12 @@ class TargetRouter:
         own (Lambda, Step Functions) alone, the jobs of a batch call together. So one
         slow call holds back its own job only, never its siblings' answers.
         """
-        groups: dict[Target, list[int]] = defaultdict(list)
+        groups: dict[tuple[Target, int], list[int]] = defaultdict(list)
+        resubmitters: dict[int, dict[TargetType, Resubmitter]] = {}
         for index, job in enumerate(jobs):
-            groups[job.target].append(index)
+            clients = await self._clients_for(job)
+            resubmitters[id(clients)] = self._for(clients)
+            groups[(job.target, id(clients))].append(index)
         results: list[Delivery | None] = [None] * len(jobs)
 
         async def call(resubmitter: Resubmitter, target: Target, indexes: list[int]) -> None:
@@ -60,8 +99,8 @@ class TargetRouter:
                 await on_answer(deliveries)
 
         async with anyio.create_task_group() as group:
-            for target, indexes in groups.items():
-                resubmitter = self._resubmitters[target.type]
+            for (target, clients_id), indexes in groups.items():
+                resubmitter = resubmitters[clients_id][target.type]
                 calls = [[i] for i in indexes] if target.type in _ONE_CALL_PER_JOB else [indexes]
                 for part in calls:
                     group.start_soon(call, resubmitter, target, part)

@@ -21,6 +21,9 @@ ACCOUNT = "123456789012"
 CHARGE = Target.from_arn(f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:charge")
 SHIP = Target.from_arn(f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:ship")
 
+# The account and region labels every per-target series carries (CHARGE's).
+WHERE = {"account": ACCOUNT, "region": "eu-west-1"}
+
 SETTINGS = BreakerSettings(
     window_calls=10, min_calls=4, failure_rate=0.5, cooldown_s=60, half_open_calls=3
 )
@@ -287,7 +290,7 @@ def test_states_report_half_open_without_moving_the_breaker() -> None:
         charge.record(success=False)
     clock.advance(SETTINGS.cooldown_s)
     assert breakers.states() == {CHARGE.arn: HALF_OPEN}
-    labels = {"target": CHARGE.arn, "target_type": "lambda", "to_state": "half_open"}
+    labels = {"target": CHARGE.arn, "target_type": "lambda", **WHERE, "to_state": "half_open"}
     assert sample(registry, "retryd_breaker_transitions_total", labels) is None
 
 
@@ -296,7 +299,7 @@ def test_new_breaker_exports_closed() -> None:
     registry = CollectorRegistry()
     Breakers(SETTINGS, FakeClock(), Metrics(registry)).for_target(CHARGE)
     for state, value in (("closed", 1.0), ("open", 0.0), ("half_open", 0.0)):
-        labels = {"target": CHARGE.arn, "target_type": "lambda", "state": state}
+        labels = {"target": CHARGE.arn, "target_type": "lambda", **WHERE, "state": state}
         assert sample(registry, "retryd_breaker_state", labels) == value
 
 
@@ -319,9 +322,9 @@ def test_transitions_are_counted_exported_and_logged() -> None:
             charge.record(success=True)
     expected = {"open": 2.0, "half_open": 2.0, "closed": 1.0}
     for state, count in expected.items():
-        labels = {"target": CHARGE.arn, "target_type": "lambda", "to_state": state}
+        labels = {"target": CHARGE.arn, "target_type": "lambda", **WHERE, "to_state": state}
         assert sample(registry, "retryd_breaker_transitions_total", labels) == count
-    gauge = {"target": CHARGE.arn, "target_type": "lambda", "state": "closed"}
+    gauge = {"target": CHARGE.arn, "target_type": "lambda", **WHERE, "state": "closed"}
     assert sample(registry, "retryd_breaker_state", gauge) == 1.0
     lines = [(line["target"], line["from"], line["to"], line["log_level"]) for line in logs]
     assert lines == [

@@ -384,7 +384,8 @@ def test_depth_is_exported_and_empty_dlqs_are_not_polled(
 
     def depth(queue: str) -> float | None:
         return registry.get_sample_value(
-            "retryd_dlq_messages", {"queue": queue, "state": "visible"}
+            "retryd_dlq_messages",
+            {"queue": queue, "account": ACCOUNT, "region": REGION, "state": "visible"},
         )
 
     assert depth("retry-full") == 3

@@ -23,11 +23,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import retryd.commands.audit
-import retryd.commands.inspect
 import retryd.commands.pause
-import retryd.commands.plan
 import retryd.commands.redrive
-import retryd.service.lifecycle
+import retryd.places
 from retryd.aws import AwsClients, open_clients
 from retryd.commands.audit import run_audit
 from retryd.commands.iam_policy import policy_document
@@ -155,10 +153,9 @@ async def _run_phases(
     def observed(aws: AwsSettings) -> AbstractAsyncContextManager[AwsClients]:
         return recording_clients(aws, log)
 
-    # The entry points open their clients through these names: the same clients,
-    # with an observer registered on each.
-    for module in (retryd.commands.inspect, retryd.commands.plan, retryd.service.lifecycle):
-        monkeypatch.setattr(module, "open_clients", observed)
+    # The entry points open their clients through this name (retryd.places, for the one
+    # place of a run without [[accounts]]): the same clients, with an observer on each.
+    monkeypatch.setattr(retryd.places, "open_clients", observed)
     # Read-only commands first, so they see every message before the cycle takes them.
     log.phase = "inspect"
     assert (
@@ -281,7 +278,7 @@ async def _record_operator(world: World, monkeypatch: pytest.MonkeyPatch) -> Rec
         return recording_clients(aws, log)
 
     for module in (
-        retryd.service.lifecycle,
+        retryd.places,
         retryd.commands.pause,
         retryd.commands.redrive,
         retryd.commands.audit,

@@ -19,9 +19,7 @@ import anyio
 import boto3
 import pytest
 
-import retryd.commands.inspect
-import retryd.commands.plan
-import retryd.service.lifecycle
+import retryd.places
 from retryd.aws import AwsClients
 from retryd.commands.iam_policy import organisation_policies
 from retryd.commands.inspect import run_inspect
@@ -147,8 +145,7 @@ async def _record(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Member
     def observed(aws: AwsSettings) -> AbstractAsyncContextManager[AwsClients]:
         return recording_clients(aws, log)
 
-    for module in (retryd.commands.inspect, retryd.commands.plan, retryd.service.lifecycle):
-        monkeypatch.setattr(module, "open_clients", observed)
+    monkeypatch.setattr(retryd.places, "open_clients", observed)
     log.phase = "inspect"
     assert await run_inspect(settings, queues=[], output="json", max_messages=MAX_MESSAGES) == 0
     log.phase = "plan"

@@ -19,10 +19,21 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from retryd.metrics import BREAKER_STATES, MAX_TARGET_LABELS, OTHER_TARGET, Metrics
+from retryd.models import QueueRef
 from retryd.service.http import Health, serve_http
 from retryd.settings import HttpSettings
 from retryd.version import DISTRIBUTION
 from tests.conftest import SettingsFactory
+
+PLACE = {"account": "123456789012", "region": "us-east-1"}
+
+
+def _queue(name: str) -> QueueRef:
+    return QueueRef(
+        name,
+        f"https://sqs.us-east-1.amazonaws.com/123456789012/{name}",
+        f"arn:aws:sqs:us-east-1:123456789012:{name}",
+    )
 
 
 @dataclass
@@ -97,11 +108,11 @@ def _value(exposition: str, name: str, **labels: str) -> float:
 def test_metrics_are_registered_on_the_given_registry_only() -> None:
     """Two Metrics on two registries coexist, and nothing lands in the global registry."""
     first, second = CollectorRegistry(), CollectorRegistry()
-    Metrics(first).set_queues_discovered(3)
-    Metrics(second).set_queues_discovered(5)
-    assert first.get_sample_value("retryd_queues_discovered") == 3
-    assert second.get_sample_value("retryd_queues_discovered") == 5
-    assert REGISTRY.get_sample_value("retryd_queues_discovered") is None
+    Metrics(first).set_queues_discovered(PLACE["account"], PLACE["region"], 3)
+    Metrics(second).set_queues_discovered(PLACE["account"], PLACE["region"], 5)
+    assert first.get_sample_value("retryd_queues_discovered", PLACE) == 3
+    assert second.get_sample_value("retryd_queues_discovered", PLACE) == 5
+    assert REGISTRY.get_sample_value("retryd_queues_discovered", PLACE) is None
     build = {"version": version(DISTRIBUTION)}
     assert REGISTRY.get_sample_value("retryd_build_info", build) is None
 
@@ -110,10 +121,10 @@ def test_decisions_use_none_for_empty_labels() -> None:
     """An empty reason or target type is exported as "none", never as an empty label."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    metrics.record_decision("retry-orders", "resubmitted", "", "lambda")
-    metrics.record_decision("retry-orders", "parked", "unresolvable", "")
-    metrics.record_decision("retry-orders", "parked", "unresolvable", "")
-    labels = {"queue": "retry-orders"}
+    metrics.record_decision(_queue("retry-orders"), "resubmitted", "", "lambda")
+    metrics.record_decision(_queue("retry-orders"), "parked", "unresolvable", "")
+    metrics.record_decision(_queue("retry-orders"), "parked", "unresolvable", "")
+    labels = {"queue": "retry-orders", **PLACE}
     assert (
         registry.get_sample_value(
             "retryd_messages_total",
@@ -134,9 +145,11 @@ def test_resubmit_errors_leave_the_aws_code_out_of_the_labels() -> None:
     """Different AWS codes of one class share one series: codes are an unbounded set."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    metrics.record_resubmit_error("lambda", "transient", "TooManyRequestsException")
-    metrics.record_resubmit_error("lambda", "transient", "ServiceException")
-    metrics.record_resubmit_error("sqs", "permanent", "AccessDenied")
+    function = "arn:aws:lambda:us-east-1:123456789012:function:f"
+    queue = "arn:aws:sqs:eu-west-1:222222222222:q"
+    metrics.record_resubmit_error("lambda", function, "transient", "TooManyRequestsException")
+    metrics.record_resubmit_error("lambda", function, "transient", "ServiceException")
+    metrics.record_resubmit_error("sqs", queue, "permanent", "AccessDenied")
     samples = _samples(_exposition(registry))
     errors = {
         key: value for key, value in samples.items() if key[0] == "retryd_resubmit_errors_total"
@@ -144,11 +157,18 @@ def test_resubmit_errors_leave_the_aws_code_out_of_the_labels() -> None:
     assert errors == {
         (
             "retryd_resubmit_errors_total",
-            frozenset({("target_type", "lambda"), ("error_class", "transient")}),
+            frozenset({("target_type", "lambda"), *PLACE.items(), ("error_class", "transient")}),
         ): 2,
         (
             "retryd_resubmit_errors_total",
-            frozenset({("target_type", "sqs"), ("error_class", "permanent")}),
+            frozenset(
+                {
+                    ("target_type", "sqs"),
+                    ("account", "222222222222"),
+                    ("region", "eu-west-1"),
+                    ("error_class", "permanent"),
+                }
+            ),
         ): 1,
     }
 
@@ -184,10 +204,10 @@ def test_metrics_endpoint_serves_what_was_recorded() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     health = Health(interval_s=60)
-    metrics.record_decision("retry-a", "parked", "target-not-allowed", "sns")
-    metrics.record_stamps_dropped("retry-a", 4)
-    metrics.record_delete_failure("retry-a")
-    metrics.set_queues_discovered(7)
+    metrics.record_decision(_queue("retry-a"), "parked", "target-not-allowed", "sns")
+    metrics.record_stamps_dropped(_queue("retry-a"), 4)
+    metrics.record_delete_failure(_queue("retry-a"))
+    metrics.set_queues_discovered(PLACE["account"], PLACE["region"], 7)
     metrics.observe_cycle(2.0, ok=True, finished_at_unix_s=1_700_000_000.0)
 
     async def check(fetch: Fetch) -> None:
@@ -200,15 +220,16 @@ def test_metrics_endpoint_serves_what_was_recorded() -> None:
                 body,
                 "retryd_messages_total",
                 queue="retry-a",
+                **PLACE,
                 outcome="parked",
                 reason="target-not-allowed",
                 target_type="sns",
             )
             == 1
         )
-        assert _value(body, "retryd_stamps_dropped_total", queue="retry-a") == 4
-        assert _value(body, "retryd_delete_failures_total", queue="retry-a") == 1
-        assert _value(body, "retryd_queues_discovered") == 7
+        assert _value(body, "retryd_stamps_dropped_total", queue="retry-a", **PLACE) == 4
+        assert _value(body, "retryd_delete_failures_total", queue="retry-a", **PLACE) == 1
+        assert _value(body, "retryd_queues_discovered", **PLACE) == 7
         assert _value(body, "retryd_cycles_total", result="ok") == 1
         assert _value(body, "retryd_last_successful_cycle_timestamp_seconds") == 1_700_000_000.0
 
@@ -218,14 +239,15 @@ def test_metrics_endpoint_serves_what_was_recorded() -> None:
 def test_metrics_endpoint_speaks_openmetrics_when_asked() -> None:
     """A scraper that asks for OpenMetrics gets it, terminated by # EOF."""
     registry = CollectorRegistry()
-    Metrics(registry).set_queues_discovered(2)
+    Metrics(registry).set_queues_discovered(PLACE["account"], PLACE["region"], 2)
 
     async def check(fetch: Fetch) -> None:
         reply = await fetch("/metrics", "application/openmetrics-text; version=1.0.0")
         assert reply.status == 200
         assert reply.content_type.startswith("application/openmetrics-text")
         assert reply.body.rstrip().endswith("# EOF")
-        assert "retryd_queues_discovered 2.0" in reply.body
+        expected = 'retryd_queues_discovered{account="123456789012",region="us-east-1"} 2.0'
+        assert expected in reply.body
 
     _serve(registry, Health(interval_s=60), check)
 
@@ -360,7 +382,7 @@ def test_breaker_state_is_exported_as_a_state_set() -> None:
     metrics.record_breaker_transition(target, "lambda", "open")
     metrics.record_breaker_transition(target, "lambda", "half_open")
     metrics.record_breaker_transition(target, "lambda", "open")
-    labels = {"target": target, "target_type": "lambda"}
+    labels = {"target": target, "target_type": "lambda", **PLACE}
     states = {
         state: registry.get_sample_value("retryd_breaker_state", {**labels, "state": state})
         for state in BREAKER_STATES
@@ -394,20 +416,22 @@ def test_dlq_depth_age_and_ledger_series() -> None:
     """Depth by state, oldest age, and ledger operations and errors land under their labels."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    metrics.set_dlq_depth("retry-a", visible=7, in_flight=3, delayed=1)
-    metrics.set_dlq_depth("retry-a", visible=4, in_flight=0, delayed=0)
-    metrics.set_oldest_message_age("retry-a", 86_400.0)
+    metrics.set_dlq_depth(_queue("retry-a"), visible=7, in_flight=3, delayed=1)
+    metrics.set_dlq_depth(_queue("retry-a"), visible=4, in_flight=0, delayed=0)
+    metrics.set_oldest_message_age(_queue("retry-a"), 86_400.0)
     metrics.record_ledger_op("dynamodb", "begin", "claimed")
     metrics.record_ledger_op("dynamodb", "begin", "claimed")
     metrics.record_ledger_error("dynamodb", "commit")
     depth = {
         state: registry.get_sample_value(
-            "retryd_dlq_messages", {"queue": "retry-a", "state": state}
+            "retryd_dlq_messages", {"queue": "retry-a", **PLACE, "state": state}
         )
         for state in ("visible", "in_flight", "delayed")
     }
     assert depth == {"visible": 4, "in_flight": 0, "delayed": 0}
-    age = registry.get_sample_value("retryd_dlq_oldest_message_age_seconds", {"queue": "retry-a"})
+    age = registry.get_sample_value(
+        "retryd_dlq_oldest_message_age_seconds", {"queue": "retry-a", **PLACE}
+    )
     assert age == 86_400.0
     ops = {"backend": "dynamodb", "operation": "begin", "result": "claimed"}
     assert registry.get_sample_value("retryd_ledger_operations_total", ops) == 2
@@ -419,7 +443,7 @@ def test_no_created_series_are_exported() -> None:
     """Counters and histograms export no `_created` companions (they would double the series)."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    metrics.record_decision("retry-a", "resubmitted", "", "sqs")
+    metrics.record_decision(_queue("retry-a"), "resubmitted", "", "sqs")
     metrics.observe_cycle(1.0, ok=True, finished_at_unix_s=1_700_000_000.0)
     assert "_created" not in _exposition(registry)
 

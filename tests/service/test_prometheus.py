@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from docs.gen.reference import metrics_page
 from retryd.metrics import Metrics
+from retryd.models import QueueRef
 from tests.processes import retryd_run
 from tests.tools import require_tool
 from tests.world import ACCOUNT, REGION, World, envelope
@@ -54,16 +55,22 @@ def _populated_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     target = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:orders"
-    metrics.record_decision("retry-orders", "resubmitted", "", "lambda")
-    metrics.record_decision("retry-orders", "parked", "target-rejected", "lambda")
-    metrics.record_resubmit_error("lambda", "permanent", "InvalidParameterValueException")
-    metrics.record_stamps_dropped("retry-orders", 2)
-    metrics.record_delete_failure("retry-orders")
+    queue = QueueRef(
+        "retry-orders",
+        f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/retry-orders",
+        f"arn:aws:sqs:{REGION}:{ACCOUNT}:retry-orders",
+    )
+    metrics.record_decision(queue, "resubmitted", "", "lambda")
+    metrics.record_decision(queue, "parked", "target-rejected", "lambda")
+    metrics.record_resubmit_error("lambda", target, "permanent", "InvalidParameterValueException")
+    metrics.record_stamps_dropped(queue, 2)
+    metrics.record_delete_failure(queue)
     metrics.observe_cycle(1.5, ok=True, finished_at_unix_s=1_700_000_000.0)
     metrics.observe_cycle(400.0, ok=False, finished_at_unix_s=1_700_000_400.0)
-    metrics.set_queues_discovered(3)
-    metrics.set_dlq_depth("retry-orders", visible=5, in_flight=2, delayed=1)
-    metrics.set_oldest_message_age("retry-orders", 3600.0)
+    metrics.set_queues_discovered(ACCOUNT, REGION, 3)
+    metrics.record_account_error("222222222222", REGION, "permanent")
+    metrics.set_dlq_depth(queue, visible=5, in_flight=2, delayed=1)
+    metrics.set_oldest_message_age(queue, 3600.0)
     assert metrics.target_label(target) == target
     metrics.set_breaker_state(target, "lambda", "closed")
     metrics.record_breaker_transition(target, "lambda", "open")

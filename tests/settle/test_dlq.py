@@ -14,7 +14,7 @@ from retryd.models import DeadLetter, Job, Target
 from retryd.settle.dlq import DELETE_BATCH_MAX, DeadLetterQueues
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
-from tests.world import REGION, World
+from tests.world import ACCOUNT, REGION, World
 
 
 def receive_all(world: World, settings_factory: SettingsFactory, count: int) -> list[DeadLetter]:
@@ -62,7 +62,8 @@ def test_a_failed_delete_leaves_the_letters_and_counts_them(
     world.faults.add(Fault("sqs", "DeleteMessageBatch", code="InternalError", status=500))
     registry = run_dlqs(make_settings, "delete", letters[0].queue, letters)
     assert world.depth("retry-q") == 3
-    failures = registry.get_sample_value("retryd_delete_failures_total", {"queue": "retry-q"})
+    labels = {"queue": "retry-q", "account": ACCOUNT, "region": REGION}
+    failures = registry.get_sample_value("retryd_delete_failures_total", labels)
     assert failures == 3
 
 

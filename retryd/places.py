@@ -1,0 +1,385 @@
+"""The places retryd works in (account and region) and the AWS clients for each.
+
+With no `[[accounts]]` there is one place: the home account in the session's
+region, with the clients `aws.open_clients` has always built. With accounts
+listed, each (account, region) pair is a place. The home account's places use
+the session's own credentials (the AWS chain); a member account's places use
+credentials from sts:AssumeRole on its role, one set per account shared by its
+regions. Those credentials are botocore's refreshable kind: aiobotocore calls
+AssumeRole again before they expire, on the first call that finds them due.
+
+Clients for a place are opened on first use and kept for the run. Opening them
+calls nothing; a role that cannot be assumed shows up when the place is first
+used (`Places.ready`), as that place's error only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aioboto3
+import anyio
+from aiobotocore.config import AioConfig
+from aiobotocore.credentials import (
+    AioAssumeRoleCredentialFetcher,
+    AioCredentialResolver,
+    AioDeferredRefreshableCredentials,
+)
+from aiobotocore.session import AioSession
+from botocore.credentials import CredentialProvider
+
+from retryd import classify
+from retryd.aws import AwsClients, Client, client_config, open_clients, open_session
+from retryd.discovery.queues import is_queue_url, parse_queue_url
+from retryd.errors import AwsSetupError
+from retryd.models import Arn
+from retryd.settings import AccountSettings, Settings
+
+# aiobotocore logs a failed refresh as a warning with its traceback (through the
+# standard library's last-resort handler, onto stderr). retryd says it once itself,
+# as the place's error (`place-failed`), so that line is kept out. Process-wide:
+# retryd is the whole process.
+logging.getLogger("aiobotocore.credentials").setLevel(logging.ERROR)
+
+# The RoleSessionName every AssumeRole names: CloudTrail in the member account shows it.
+ROLE_SESSION_NAME = "retryd"
+# What botocore calls these credentials (its `method`, shown in its debug logs).
+ASSUME_ROLE_METHOD = "retryd-assume-role"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Place:
+    """One account in one region. `account_id` is "" only when it was never needed.
+
+    (With no [[accounts]] retryd does not ask STS who it is: the queues' ARNs say it.)
+    """
+
+    account_id: str
+    region: str
+
+    @classmethod
+    def of_arn(cls, arn: str) -> Place:
+        """The account and region an ARN names (ValueError when it is no ARN)."""
+        parsed = Arn.parse(arn)
+        return cls(parsed.account, parsed.region)
+
+    def __str__(self) -> str:
+        return f"{self.account_id or 'home'}/{self.region}"
+
+
+class PlaceError(Exception):
+    """A place cannot be used now (its role cannot be assumed): the others go on."""
+
+    def __init__(self, place: Place, why: str, error_class: str = "config") -> None:
+        self.place = place
+        self.why = why
+        # A bounded label: classify's ErrorClass values.
+        self.error_class = error_class
+        super().__init__(why)
+
+
+class _Provide(CredentialProvider):
+    """Hands the session one credentials object: the member account's refreshable ones."""
+
+    METHOD = ASSUME_ROLE_METHOD
+
+    def __init__(self, credentials: AioDeferredRefreshableCredentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    async def load(self) -> AioDeferredRefreshableCredentials:
+        return self._credentials
+
+
+@dataclass
+class _Member:
+    """A member account: its role's refreshable credentials and a session using them."""
+
+    account: AccountSettings
+    credentials: AioDeferredRefreshableCredentials
+    session: aioboto3.Session
+
+
+def assumed_credentials(
+    sts_session: AioSession,
+    source: Any,
+    account: AccountSettings,
+    config: AioConfig,
+    region: str,
+    *,
+    duration_s: int | None = None,
+) -> AioDeferredRefreshableCredentials:
+    """Refreshable credentials for `account`'s role, assumed with `source` (the home chain's).
+
+    Nothing is called until they are first used; aiobotocore calls AssumeRole again
+    when they come within its refresh window of expiring. `duration_s` (tests only)
+    asks for a shorter session than STS's default hour.
+    """
+    if account.role_arn is None:
+        raise ValueError(f"account {account.account_id} has no role_arn to assume")
+
+    def sts_client(_service: str, **keys: str) -> Any:
+        # The fetcher asks for "sts" with the source credentials' keys. The client
+        # honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_STS like every other.
+        return sts_session.create_client(
+            "sts",
+            region_name=region,
+            config=config,
+            aws_access_key_id=keys["aws_access_key_id"],
+            aws_secret_access_key=keys["aws_secret_access_key"],
+            aws_session_token=keys.get("aws_session_token"),
+        )
+
+    extra: dict[str, Any] = {"RoleSessionName": ROLE_SESSION_NAME}
+    if account.external_id is not None:
+        extra["ExternalId"] = account.external_id
+    if duration_s is not None:
+        extra["DurationSeconds"] = duration_s
+    fetcher = AioAssumeRoleCredentialFetcher(
+        client_creator=sts_client,
+        source_credentials=source,
+        role_arn=account.role_arn,
+        extra_args=extra,
+    )
+    return AioDeferredRefreshableCredentials(
+        refresh_using=fetcher.fetch_credentials, method=ASSUME_ROLE_METHOD
+    )
+
+
+def _session_with(credentials: AioDeferredRefreshableCredentials) -> aioboto3.Session:
+    core = AioSession()
+    core.register_component("credential_provider", AioCredentialResolver([_Provide(credentials)]))
+    return aioboto3.Session(botocore_session=core)
+
+
+@dataclass
+class Places:
+    """Every place retryd drains, the home place, and the clients for each (opened on first use)."""
+
+    home: Place
+    places: tuple[Place, ...]
+    # False with no [[accounts]]: one place, today's behaviour, no account labels asked for.
+    configured: bool
+    _home_session: aioboto3.Session | None
+    _members: dict[str, _Member]
+    _config: AioConfig | None
+    _stack: AsyncExitStack | None
+    _clients: dict[Place, AwsClients] = field(default_factory=dict)
+    _locks: dict[Place, anyio.Lock] = field(default_factory=dict)
+
+    @classmethod
+    def single(cls, clients: AwsClients) -> Places:
+        """One place served by clients already open (no [[accounts]]; tests, commands)."""
+        home = Place("", str(clients.sqs.meta.region_name))
+        return cls(home, (home,), False, None, {}, None, None, {home: clients})
+
+    def place_of(self, arn: str) -> Place | None:
+        """The configured place an ARN lives in; None when it is in none of them.
+
+        With no [[accounts]] every ARN is taken to be at home: that is what today's
+        single set of clients does with it.
+        """
+        if not self.configured:
+            return self.home
+        try:
+            place = Place.of_arn(arn)
+        except ValueError:
+            return None
+        return place if place in self._known else None
+
+    def entries_for(self, place: Place, entries: Sequence[str]) -> list[str]:
+        """The queue entries (names, URLs, ARNs) that may name a queue in `place`.
+
+        A name may be in any place; a URL or an ARN only in the account (and region)
+        it names. ARNs are given back as names, which GetQueueUrl takes. With no
+        [[accounts]], the entries as given.
+        """
+        if not self.configured:
+            return list(entries)
+        kept: list[str] = []
+        for entry in entries:
+            if entry.startswith("arn:"):
+                try:
+                    arn = Arn.parse(entry)
+                except ValueError:
+                    continue
+                if arn.service == "sqs" and Place(arn.account, arn.region) == place:
+                    kept.append(arn.resource)
+            elif is_queue_url(entry):
+                try:
+                    location = parse_queue_url(entry)
+                except ValueError:
+                    kept.append(entry)
+                    continue
+                if location.account == place.account_id and location.region in (
+                    None,
+                    place.region,
+                ):
+                    kept.append(entry)
+            else:
+                kept.append(entry)
+        return kept
+
+    def settings_for(self, settings: Settings, place: Place) -> Settings:
+        """`settings` with `discovery.queues` narrowed to the entries that may be in `place`."""
+        if not self.configured or not settings.discovery.queues:
+            return settings
+        queues = self.entries_for(place, settings.discovery.queues)
+        discovery = settings.discovery.model_copy(update={"queues": queues})
+        return settings.model_copy(update={"discovery": discovery})
+
+    def to_survey(self, settings: Settings) -> list[Place]:
+        """The places discovery may find a DLQ in: all with queue prefixes; else those the
+        explicit `discovery.queues` entries may name (`retryd once QUEUE` touches no other)."""
+        if settings.discovery.queue_prefixes or not self.configured:
+            return list(self.places)
+        queues = settings.discovery.queues
+        return [place for place in self.places if self.entries_for(place, queues)]
+
+    def place_for_sources(self, sources: Sequence[str]) -> Place:
+        """The one place a redrive's sources name by URL or ARN; for names only, the home
+        place (or the first listed when the home account is not drained).
+
+        ValueError when they name a place retryd does not work in, or two places.
+        """
+        if not self.configured:
+            return self.home
+        named: set[Place] = set()
+        for source in sources:
+            if not (source.startswith("arn:") or is_queue_url(source)):
+                continue
+            candidates = [place for place in self.places if self.entries_for(place, [source])]
+            if not candidates:
+                raise ValueError(f"{source} is in no account and region listed in [[accounts]]")
+            named.add(candidates[0])
+        if len(named) > 1:
+            where = ", ".join(sorted(str(place) for place in named))
+            raise ValueError(f"sources in {where}: redrive one account and region at a time")
+        if named:
+            return named.pop()
+        return self.home if self.home in self.places else self.places[0]
+
+    def __post_init__(self) -> None:
+        # Asked once per message sent (which clients to send with): a set, built once.
+        self._known = frozenset((*self.places, self.home))
+
+    async def ready(self, place: Place) -> None:
+        """Make sure `place` can be worked in: a member's role assumed (or still valid).
+
+        PlaceError naming the role when it cannot be assumed. Refreshes only when
+        the credentials are due, so this costs no call on most cycles.
+        """
+        member = self._members.get(place.account_id)
+        if member is None:
+            return
+        try:
+            await member.credentials.get_frozen_credentials()
+        except Exception as exc:
+            error = classify.from_exception(exc)
+            raise PlaceError(
+                place,
+                f"cannot assume {member.account.role_arn}: {error}",
+                error.error_class.value,
+            ) from exc
+
+    async def clients(self, place: Place) -> AwsClients:
+        """The clients for `place`, opened on first use and kept for the run."""
+        opened = self._clients.get(place)
+        if opened is not None:
+            return opened
+        lock = self._locks.setdefault(place, anyio.Lock())
+        async with lock:
+            opened = self._clients.get(place)
+            if opened is None:
+                member = self._members.get(place.account_id)
+                session = self._home_session if member is None else member.session
+                if session is None or self._stack is None or self._config is None:
+                    raise PlaceError(place, "no clients for this place")
+                opened = await _open(self._stack, session, place.region, self._config)
+                self._clients[place] = opened
+        return opened
+
+    async def for_sending(self, target_arn: str, queue_arn: str) -> AwsClients:
+        """The clients to send to a target with: its own place's when that is configured,
+        else those of the DLQ the message came from (the target's resource policy decides)."""
+        place = self.place_of(target_arn) or self.place_of(queue_arn) or self.home
+        return await self.clients(place)
+
+    async def home_clients(self) -> AwsClients:
+        """The clients of the home place: the ledger, the operator state, the cluster item."""
+        return await self.clients(self.home)
+
+
+async def _open(
+    stack: AsyncExitStack, session: aioboto3.Session, region: str, config: AioConfig
+) -> AwsClients:
+    async def make(service: str) -> Client:
+        return await stack.enter_async_context(
+            session.client(service, region_name=region, config=config)
+        )
+
+    return AwsClients(
+        sqs=await make("sqs"),
+        lambda_=await make("lambda"),
+        stepfunctions=await make("stepfunctions"),
+        sns=await make("sns"),
+        events=await make("events"),
+        dynamodb=await make("dynamodb"),
+    )
+
+
+def _home_entry(accounts: Sequence[AccountSettings]) -> AccountSettings | None:
+    return next((a for a in accounts if a.role_arn is None), None)
+
+
+async def _caller_account(session: aioboto3.Session, region: str, config: AioConfig) -> str:
+    """The home account's id, asked once at start (only when [[accounts]] lists no home entry)."""
+    try:
+        async with session.client("sts", region_name=region, config=config) as sts:
+            return str((await sts.get_caller_identity())["Account"])
+    except Exception as exc:  # noqa: BLE001 - said once, as a setup error, not a traceback
+        raise AwsSetupError(
+            f"cannot learn the home account (sts:GetCallerIdentity): {classify.from_exception(exc)}"
+        ) from None
+
+
+@asynccontextmanager
+async def open_places(settings: Settings) -> AsyncIterator[Places]:
+    """The places of this run; every client opened is closed together at its end."""
+    accounts = settings.accounts
+    if not accounts:
+        # One place: the very clients retryd has always opened.
+        async with open_clients(settings.aws) as clients:
+            yield Places.single(clients)
+        return
+    session = open_session()
+    config = client_config(settings.aws)
+    session_region = str(session.region_name)
+    async with AsyncExitStack() as stack:
+        home_entry = _home_entry(accounts)
+        home_region = home_entry.regions[0] if home_entry is not None else session_region
+        home_account = (
+            home_entry.account_id
+            if home_entry is not None
+            else await _caller_account(session, home_region, config)
+        )
+        source = await session.get_credentials()
+        if source is None and any(a.role_arn for a in accounts):
+            raise AwsSetupError("no AWS credentials to assume the member roles with")
+        sts_session = AioSession()
+        members: dict[str, _Member] = {}
+        for account in accounts:
+            if account.role_arn is None:
+                continue
+            credentials = assumed_credentials(sts_session, source, account, config, home_region)
+            members[account.account_id] = _Member(account, credentials, _session_with(credentials))
+        places = tuple(
+            Place(account.account_id, region) for account in accounts for region in account.regions
+        )
+        yield Places(
+            Place(home_account, home_region), places, True, session, members, config, stack
+        )

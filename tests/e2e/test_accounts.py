@@ -1,0 +1,459 @@
+"""Many accounts and regions on the moto server: one retryd drains them all through AssumeRole.
+
+moto derives the account of a call from its credentials: credentials from
+sts:AssumeRole on a role in account 222222222222 see (and create) that account's
+queues. So the member accounts here are real to retryd: it reaches them only
+through the role it assumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import boto3
+import pytest
+import structlog
+from aiobotocore.session import AioSession
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from retryd.aws import client_config
+from retryd.commands.cli import main
+from retryd.control.deferrals import Hidden, HiddenBook, hidden_in
+from retryd.control.memory import MemoryControlStore, MemoryDocs
+from retryd.drain.cycle import Cycle, CycleReport
+from retryd.ledger import open_ledger
+from retryd.metrics import Metrics
+from retryd.models import Outcome, ParkReason, QueueRef
+from retryd.places import Place, Places, assumed_credentials, open_places
+from retryd.service.lifecycle import run_once
+from retryd.settings import AccountSettings, AwsSettings, Settings
+from tests.conftest import SettingsFactory
+from tests.faults import Fault
+from tests.world import ACCOUNT, QUIET_GUARDS_TOML, REGION, World, envelope
+
+MEMBER = "222222222222"
+BROKEN = "333333333333"
+OTHER_REGION = "eu-west-1"
+REGIONS = [REGION, OTHER_REGION]
+PARKING = "retryd-parking"
+DLQ = "retry-orders"
+
+
+def role(account: str) -> str:
+    return f"arn:aws:iam::{account}:role/retryd-member"
+
+
+def sqs_in(world: World, account: str, region: str) -> Any:
+    """A plain SQS client working in `account` (through the member role, as retryd does)."""
+    keys: dict[str, str] = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    if account != ACCOUNT:
+        sts = boto3.client("sts", endpoint_url=world.url, region_name=REGION, **keys)
+        assumed = sts.assume_role(RoleArn=role(account), RoleSessionName="test")["Credentials"]
+        keys = {
+            "aws_access_key_id": assumed["AccessKeyId"],
+            "aws_secret_access_key": assumed["SecretAccessKey"],
+            "aws_session_token": assumed["SessionToken"],
+        }
+    return boto3.client("sqs", endpoint_url=world.url, region_name=region, **keys)
+
+
+def build_place(world: World, account: str, region: str, messages: int) -> Any:
+    """A DLQ with `messages` envelopes for the place's own `dest`, a parking queue; the client."""
+    sqs = sqs_in(world, account, region)
+    sqs.create_queue(QueueName=PARKING)
+    sqs.create_queue(QueueName="dest")
+    url = sqs.create_queue(QueueName=DLQ)["QueueUrl"]
+    target = f"arn:aws:sqs:{region}:{account}:dest"
+    for index in range(messages):
+        body = envelope("sqs", target, {"n": index, "place": f"{account}/{region}"})
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+    return sqs
+
+
+def depth(sqs: Any, name: str) -> int:
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def org_settings(
+    make_settings: SettingsFactory, *extra: AccountSettings, **overrides: Any
+) -> Settings:
+    accounts = [
+        {"account_id": ACCOUNT, "regions": REGIONS},
+        {"account_id": MEMBER, "regions": REGIONS, "role_arn": role(MEMBER), "external_id": "org"},
+        *[account.model_dump() for account in extra],
+    ]
+    allow = [f"arn:aws:sqs:*:{account['account_id']}:*" for account in accounts]
+    return make_settings(accounts=accounts, guards={"allow_targets": allow}, **overrides)
+
+
+def resubmitted(registry: CollectorRegistry, account: str, region: str) -> float | None:
+    labels = {
+        "queue": DLQ,
+        "account": account,
+        "region": region,
+        "outcome": "resubmitted",
+        "reason": "none",
+        "target_type": "sqs",
+    }
+    return registry.get_sample_value("retryd_messages_total", labels)
+
+
+def cycles(
+    settings: Settings, count: int, between: Any = None
+) -> tuple[list[CycleReport], CollectorRegistry]:
+    """`count` cycles of one Cycle over every configured place, as `retryd run` keeps one."""
+    registry = CollectorRegistry()
+
+    async def main() -> list[CycleReport]:
+        metrics = Metrics(registry)
+        async with open_places(settings) as places:
+            clients = await places.home_clients()
+            async with open_ledger(settings.ledger, clients, metrics) as ledger:
+                cycle = Cycle(settings, clients, metrics, ledger=ledger, places=places)
+                reports = []
+                for index in range(count):
+                    reports.append(await cycle.run(anyio.Event(), collect=True))
+                    if between is not None:
+                        between(index)
+                return reports
+
+    return anyio.run(main), registry
+
+
+def test_one_once_drains_two_accounts_in_two_regions(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Every place's DLQ is drained into its own target, and the figures say where, per place."""
+    sizes = {
+        (ACCOUNT, REGION): 1,
+        (ACCOUNT, OTHER_REGION): 2,
+        (MEMBER, REGION): 3,
+        (MEMBER, OTHER_REGION): 4,
+    }
+    clients = {place: build_place(world, *place, count) for place, count in sizes.items()}
+    # Passed through to moto, counted: the member's AssumeRole carries its ExternalId.
+    assume = world.faults.add(Fault("sts", "AssumeRole", code=None, contains="ExternalId=org"))
+    registry = CollectorRegistry()
+    report = anyio.run(lambda: run_once(org_settings(make_settings), registry=registry))
+    assert report.ok, report.errors
+    assert report.queues == 4
+    assert report.outcomes[Outcome.RESUBMITTED.value] == sum(sizes.values())
+    for (account, region), count in sizes.items():
+        assert depth(clients[(account, region)], "dest") == count
+        assert depth(clients[(account, region)], DLQ) == 0
+        assert resubmitted(registry, account, region) == count
+        discovered = registry.get_sample_value(
+            "retryd_queues_discovered", {"account": account, "region": region}
+        )
+        assert discovered == 1
+    # One AssumeRole for the member account, shared by both of its regions (the tests'
+    # own assume calls above came before the fault was added).
+    assert assume.hits == 1
+
+
+def test_a_member_whose_role_cannot_be_assumed_fails_alone_and_is_tried_again(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """AssumeRole refused for one member: that place is an error (log, counter, report); the
+    others drain; the next cycle assumes the role and drains it too."""
+    build_place(world, ACCOUNT, REGION, 2)
+    build_place(world, MEMBER, REGION, 2)
+    broken = build_place(world, BROKEN, REGION, 3)
+    world.faults.add(
+        Fault("sts", "AssumeRole", code="AccessDenied", status=403, contains=BROKEN, times=1)
+    )
+    extra = AccountSettings(account_id=BROKEN, regions=[REGION], role_arn=role(BROKEN))
+    settings = org_settings(make_settings, extra)
+    settings = settings.model_copy(
+        update={
+            "accounts": [
+                AccountSettings(account_id=a.account_id, regions=[REGION], role_arn=a.role_arn)
+                for a in settings.accounts
+            ]
+        }
+    )
+    (first, second), registry = cycles(settings, 2)
+    assert len(first.errors) == 1
+    assert first.errors[0].startswith(f"{BROKEN}/{REGION}: cannot assume {role(BROKEN)}: ")
+    assert "AccessDenied" in first.errors[0]
+    assert first.outcomes[Outcome.RESUBMITTED.value] == 4
+    errors = registry.get_sample_value(
+        "retryd_account_errors_total",
+        {"account": BROKEN, "region": REGION, "error_class": "permanent"},
+    )
+    assert errors == 1
+    assert second.ok, second.errors
+    assert second.outcomes[Outcome.RESUBMITTED.value] == 3
+    assert depth(broken, "dest") == 3
+    assert resubmitted(registry, BROKEN, REGION) == 3
+
+
+def test_a_place_without_its_parking_queue_stays_put_and_the_others_drain(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """No parking queue in one place: its messages stay in its DLQ, the other places drain."""
+    build_place(world, ACCOUNT, REGION, 1)
+    build_place(world, ACCOUNT, OTHER_REGION, 1)
+    build_place(world, MEMBER, REGION, 1)
+    lonely = build_place(world, MEMBER, OTHER_REGION, 2)
+    lonely.delete_queue(QueueUrl=lonely.get_queue_url(QueueName=PARKING)["QueueUrl"])
+    [report], _ = cycles(org_settings(make_settings), 1)
+    assert report.outcomes[Outcome.RESUBMITTED.value] == 3
+    assert report.fatal is not None
+    assert [error.split(":")[0] for error in report.errors] == [f"{MEMBER}/{OTHER_REGION}"]
+    assert depth(lonely, DLQ) == 2
+
+
+def test_assumed_credentials_are_refreshed_by_a_new_assume_role(world: World) -> None:
+    """Credentials within botocore's refresh window are renewed with a new AssumeRole call
+    (counted on the wire), not reused until they expire."""
+    account = AccountSettings(account_id=MEMBER, regions=[REGION], role_arn=role(MEMBER))
+    # Counted on the wire: AssumeRole on the member's role, in a session named "retryd".
+    assume = world.faults.add(
+        Fault("sts", "AssumeRole", code=None, contains="RoleSessionName=retryd")
+    )
+
+    async def fetch_twice(duration_s: int | None) -> list[str]:
+        session = AioSession()
+        source = await session.get_credentials()
+        config = client_config(AwsSettings(max_attempts=1))
+        credentials = assumed_credentials(
+            session, source, account, config, REGION, duration_s=duration_s
+        )
+        keys: list[str] = []
+        for _ in range(2):
+            keys.append(str((await credentials.get_frozen_credentials()).access_key))
+        return keys
+
+    # STS's default hour: the second use finds them fresh, no second call.
+    fresh = anyio.run(fetch_twice, None)
+    assert assume.hits == 1
+    assert fresh[0] == fresh[1]
+    # 15 minutes is inside botocore's refresh window: every use renews them.
+    renewed = anyio.run(fetch_twice, 900)
+    assert assume.hits == 3
+    assert renewed[0] != renewed[1]
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_a_target_in_another_account_needs_the_allowlist(
+    world: World, make_settings: SettingsFactory, listed: bool
+) -> None:
+    """A message in the home DLQ for a queue in the member account is parked as not allowed
+    unless guards.allow_targets lists that account; listed, it is sent with the member's
+    clients and arrives there."""
+    home = build_place(world, ACCOUNT, REGION, 0)
+    member = build_place(world, MEMBER, REGION, 0)
+    target = f"arn:aws:sqs:{REGION}:{MEMBER}:dest"
+    home.send_message(
+        QueueUrl=home.get_queue_url(QueueName=DLQ)["QueueUrl"],
+        MessageBody=json.dumps(envelope("sqs", target, {"to": "member"})),
+    )
+    allow = [f"arn:aws:sqs:*:{ACCOUNT}:*"] + ([target] if listed else [])
+    settings = make_settings(
+        accounts=[
+            {"account_id": ACCOUNT, "regions": [REGION]},
+            {"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)},
+        ],
+        guards={"allow_targets": allow},
+    )
+    [report], _ = cycles(settings, 1)
+    if listed:
+        assert report.outcomes[Outcome.RESUBMITTED.value] == 1
+        assert depth(member, "dest") == 1
+    else:
+        assert report.outcomes[Outcome.PARKED.value] == 1
+        assert report.reasons[(Outcome.PARKED.value, ParkReason.TARGET_NOT_ALLOWED.value)] == 1
+        assert depth(member, "dest") == 0
+        assert depth(home, PARKING) == 1
+
+
+def test_place_of_an_arn_is_only_a_configured_place() -> None:
+    """place_of: the configured place an ARN names; None outside them; home with no accounts."""
+    home = Place(ACCOUNT, REGION)
+    places = Places(home, (home, Place(MEMBER, REGION)), True, None, {}, None, None)
+    assert places.place_of(f"arn:aws:sqs:{REGION}:{MEMBER}:q") == Place(MEMBER, REGION)
+    assert places.place_of(f"arn:aws:sqs:{OTHER_REGION}:{MEMBER}:q") is None
+    assert places.place_of("not an arn") is None
+    single = Places(home, (home,), False, None, {}, None, None)
+    assert single.place_of(f"arn:aws:sqs:{OTHER_REGION}:{MEMBER}:q") == home
+
+
+def org_config(tmp_path: Path) -> Path:
+    """A retryd.toml for the two-account, two-region world (as `retryd` reads it)."""
+    path = tmp_path / "retryd.toml"
+    path.write_text(
+        f"""
+[discovery]
+queue_prefixes = ["retry-"]
+
+[drain]
+receive_wait_s = 0
+
+[parking]
+queue = "{PARKING}"
+
+[guards]
+allow_targets = ["arn:aws:sqs:*:{ACCOUNT}:*", "arn:aws:sqs:*:{MEMBER}:*"]
+
+[http]
+enabled = false
+
+[[accounts]]
+account_id = "{ACCOUNT}"
+regions = {json.dumps(REGIONS)}
+
+[[accounts]]
+account_id = "{MEMBER}"
+regions = {json.dumps(REGIONS)}
+role_arn = "{role(MEMBER)}"
+"""
+        + QUIET_GUARDS_TOML
+    )
+    return path
+
+
+def test_plan_lists_every_places_dlqs(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`retryd plan` reads the DLQs of all four places and changes nothing."""
+    sizes = {
+        (ACCOUNT, REGION): 1,
+        (ACCOUNT, OTHER_REGION): 1,
+        (MEMBER, REGION): 2,
+        (MEMBER, OTHER_REGION): 1,
+    }
+    clients = {place: build_place(world, *place, count) for place, count in sizes.items()}
+    assert main(["plan", "--config", str(org_config(tmp_path)), "--output", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    examined = {queue["arn"]: queue["examined"] for queue in plan["queues"]}
+    assert examined == {
+        f"arn:aws:sqs:{region}:{account}:{DLQ}": count for (account, region), count in sizes.items()
+    }
+    for (account, region), count in sizes.items():
+        assert depth(clients[(account, region)], DLQ) == count
+
+
+def test_once_and_inspect_take_a_queue_arn_in_a_member_place(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A QUEUE given as an ARN in the member's second region selects that DLQ only, in
+    `inspect` and in `once` (which drains it with the member's clients); an ARN in no
+    configured place is reported missing."""
+    home = build_place(world, ACCOUNT, REGION, 2)
+    member = build_place(world, MEMBER, OTHER_REGION, 3)
+    config = str(org_config(tmp_path))
+    arn = f"arn:aws:sqs:{OTHER_REGION}:{MEMBER}:{DLQ}"
+    assert main(["inspect", "--config", config, "--output", "json", arn]) == 0
+    inspected = json.loads(capsys.readouterr().out)
+    assert [queue["arn"] for queue in inspected["queues"]] == [arn]
+    assert inspected["missing"] == []
+    stranger = f"arn:aws:sqs:{REGION}:444444444444:{DLQ}"
+    assert main(["inspect", "--config", config, "--output", "json", stranger]) == 1
+    assert json.loads(capsys.readouterr().out)["missing"] == [stranger]
+    assert main(["once", "--config", config, "--output", "json", arn]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["queues"] == 1
+    assert report["outcomes"]["resubmitted"] == 3
+    assert depth(member, "dest") == 3
+    assert depth(home, DLQ) == 2
+
+
+def test_redrive_of_a_member_dlq_given_by_arn_uses_the_members_clients(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`retryd redrive --from <ARN in the member account> --execute` reads that DLQ through
+    the member role and resubmits into the member's target; the home DLQ is left alone."""
+    home = build_place(world, ACCOUNT, REGION, 2)
+    member = build_place(world, MEMBER, REGION, 3)
+    arn = f"arn:aws:sqs:{REGION}:{MEMBER}:{DLQ}"
+    command = ["redrive", "--config", str(org_config(tmp_path)), "--from", arn]
+    code = main([*command, "--execute", "--canary-wait-s", "0", "--output", "json"])
+    assert code == 0, capsys.readouterr()
+    assert depth(member, "dest") == 3
+    assert depth(member, DLQ) == 0
+    assert depth(home, DLQ) == 2
+    stranger = f"arn:aws:sqs:{REGION}:444444444444:{DLQ}"
+    capsys.readouterr()
+    assert main(["redrive", "--config", str(org_config(tmp_path)), "--from", stranger]) == 2
+    assert "no account and region listed in [[accounts]]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("qualified", [False, True])
+def test_deferrals_of_same_named_dlqs_in_two_places_are_kept_apart(qualified: bool) -> None:
+    """With [[accounts]] a DLQ's hidden messages are kept under its ARN, so a same-named DLQ
+    in another place never reads them; with none, under its name, as before."""
+    here = QueueRef(DLQ, "", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{DLQ}")
+    there = QueueRef(DLQ, "", f"arn:aws:sqs:{REGION}:{MEMBER}:{DLQ}")
+    store = MemoryControlStore(MemoryDocs())
+    book = HiddenBook(store, qualified=qualified)
+
+    async def main() -> tuple[list[str], list[str]]:
+        book.note([Hidden(book.key(here), "m-1", "handle-1", time.time() + 600, "backoff")])
+        await book.flush(book.key(here))
+        return (
+            [entry.message_id for entry in await hidden_in(store, book.key(here))],
+            [entry.message_id for entry in await hidden_in(store, book.key(there))],
+        )
+
+    mine, theirs = anyio.run(main)
+    assert mine == ["m-1"]
+    assert theirs == ([] if qualified else ["m-1"])
+    assert book.key(here) == (here.arn if qualified else DLQ)
+
+
+def test_every_decision_line_names_the_account_and_region_of_its_queue(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Each message's log line carries `account` and `region`: those of the DLQ it came from."""
+    build_place(world, ACCOUNT, OTHER_REGION, 1)
+    build_place(world, MEMBER, REGION, 2)
+    for place in [(ACCOUNT, REGION), (MEMBER, OTHER_REGION)]:
+        build_place(world, *place, 0)
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        cycles(org_settings(make_settings), 1)
+    lines = Counter(
+        (line["queue"], line["account"], line["region"])
+        for line in logs
+        if line["event"] == Outcome.RESUBMITTED.value
+    )
+    assert lines == {(DLQ, ACCOUNT, OTHER_REGION): 1, (DLQ, MEMBER, REGION): 2}
+
+
+def test_without_a_home_entry_the_home_account_is_asked_once(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Only member accounts listed: one GetCallerIdentity at start names the home place (the
+    ledger's), the session's region; only the member's places are drained."""
+    member = build_place(world, MEMBER, REGION, 2)
+    who = world.faults.add(Fault("sts", "GetCallerIdentity", code=None))
+    settings = make_settings(
+        accounts=[{"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)}],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{MEMBER}:*"]},
+    )
+
+    async def main() -> tuple[Place, tuple[Place, ...], CycleReport]:
+        async with open_places(settings) as places:
+            clients = await places.home_clients()
+            cycle = Cycle(settings, clients, Metrics(CollectorRegistry()), places=places)
+            return places.home, places.places, await cycle.run(anyio.Event())
+
+    home, drained, report = anyio.run(main)
+    assert home == Place(ACCOUNT, REGION)
+    assert drained == (Place(MEMBER, REGION),)
+    assert who.hits == 1
+    assert report.ok, report.errors
+    assert depth(member, "dest") == 2
