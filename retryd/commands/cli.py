@@ -363,6 +363,15 @@ def _check_aws() -> None:
     open_session()
 
 
+def _check_ready_to_drain(settings: Settings) -> None:
+    """Hooks, then AWS: a hook that cannot be loaded is a configuration error (exit 2),
+    and is said as one whatever the state of the AWS chain."""
+    from retryd.resolve.hooks import Hooks  # noqa: PLC0415 - keeps `--help` fast
+
+    Hooks.from_settings(settings)
+    _check_aws()
+
+
 def _only_queues(settings: Settings, names: Sequence[str]) -> Settings:
     """The settings with discovery narrowed to the DLQs named on the command line."""
     if not names:
@@ -393,7 +402,7 @@ def _once(args: argparse.Namespace) -> int:
     from retryd.service.lifecycle import run_once  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _only_queues(_load(args), args.queues)
-    _check_aws()
+    _check_ready_to_drain(settings)
     report = anyio.run(run_once, settings)
     if args.output == "json":
         print(json.dumps(report.to_json(), indent=2))
@@ -408,7 +417,7 @@ def _run(args: argparse.Namespace) -> int:
     from retryd.service.lifecycle import run_daemon  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _load(args)
-    _check_aws()
+    _check_ready_to_drain(settings)
     anyio.run(run_daemon, settings)
     return ExitCode.OK
 
