@@ -110,21 +110,30 @@ def open_session(environ: Mapping[str, str] | None = None) -> aioboto3.Session:
     return session
 
 
+async def enter_clients(
+    stack: AsyncExitStack, session: aioboto3.Session, config: AioConfig, region: str | None = None
+) -> AwsClients:
+    """One client per service from `session` (in `region`, else the session's), each closed
+    with `stack`: the one list of the services retryd talks to."""
+
+    async def make(service: str) -> Client:
+        return await stack.enter_async_context(
+            session.client(service, region_name=region, config=config)
+        )
+
+    return AwsClients(
+        sqs=await make("sqs"),
+        lambda_=await make("lambda"),
+        stepfunctions=await make("stepfunctions"),
+        sns=await make("sns"),
+        events=await make("events"),
+        dynamodb=await make("dynamodb"),
+    )
+
+
 @asynccontextmanager
 async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
     """Open every client once; they are closed together when the run ends."""
     session = open_session()
-    config = client_config(settings)
     async with AsyncExitStack() as stack:
-
-        async def make(service: str) -> Client:
-            return await stack.enter_async_context(session.client(service, config=config))
-
-        yield AwsClients(
-            sqs=await make("sqs"),
-            lambda_=await make("lambda"),
-            stepfunctions=await make("stepfunctions"),
-            sns=await make("sns"),
-            events=await make("events"),
-            dynamodb=await make("dynamodb"),
-        )
+        yield await enter_clients(stack, session, client_config(settings))

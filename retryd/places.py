@@ -33,7 +33,7 @@ from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider
 
 from retryd import classify
-from retryd.aws import AwsClients, Client, client_config, open_clients, open_session
+from retryd.aws import AwsClients, client_config, enter_clients, open_clients, open_session
 from retryd.discovery.queues import is_queue_url, parse_queue_url
 from retryd.errors import AwsSetupError
 from retryd.models import Arn
@@ -299,7 +299,7 @@ class Places:
                 session = self._home_session if member is None else member.session
                 if session is None or self._stack is None or self._config is None:
                     raise PlaceError(place, "no clients for this place")
-                opened = await _open(self._stack, session, place.region, self._config)
+                opened = await enter_clients(self._stack, session, self._config, place.region)
                 self._clients[place] = opened
         return opened
 
@@ -312,24 +312,6 @@ class Places:
     async def home_clients(self) -> AwsClients:
         """The clients of the home place: the ledger, the operator state, the cluster item."""
         return await self.clients(self.home)
-
-
-async def _open(
-    stack: AsyncExitStack, session: aioboto3.Session, region: str, config: AioConfig
-) -> AwsClients:
-    async def make(service: str) -> Client:
-        return await stack.enter_async_context(
-            session.client(service, region_name=region, config=config)
-        )
-
-    return AwsClients(
-        sqs=await make("sqs"),
-        lambda_=await make("lambda"),
-        stepfunctions=await make("stepfunctions"),
-        sns=await make("sns"),
-        events=await make("events"),
-        dynamodb=await make("dynamodb"),
-    )
 
 
 def _home_entry(accounts: Sequence[AccountSettings]) -> AccountSettings | None:

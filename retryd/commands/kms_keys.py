@@ -22,7 +22,7 @@ from typing import Any
 import aioboto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd.aws import AwsClients, client_config, open_clients, open_session
+from retryd.aws import AwsClients, client_config, enter_clients, open_clients, open_session
 from retryd.classify import from_exception
 from retryd.discovery.queues import discover_queues, find_queue_url, queue_ref_from_url
 from retryd.discovery.survey import KMS_KEY_ATTRIBUTE
@@ -224,21 +224,11 @@ async def look_up_place_clients(
             aws_session_token=credentials["SessionToken"],
         )
     async with AsyncExitStack() as stack:
-
-        async def make(service: str) -> Any:
-            return await stack.enter_async_context(
-                session.client(service, region_name=region, config=config)
-            )
-
-        clients = AwsClients(
-            sqs=await make("sqs"),
-            lambda_=await make("lambda"),
-            stepfunctions=await make("stepfunctions"),
-            sns=await make("sns"),
-            events=await make("events"),
-            dynamodb=await make("dynamodb"),
+        clients = await enter_clients(stack, session, config, region)
+        kms = await stack.enter_async_context(
+            session.client("kms", region_name=region, config=config)
         )
-        yield PlaceClients(clients, await make("kms"))
+        yield PlaceClients(clients, kms)
 
 
 async def look_up_keys_by_account(settings: Settings) -> dict[str, KeyFindings]:
