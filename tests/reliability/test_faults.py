@@ -16,7 +16,7 @@ import pytest
 from retryd.sandbox.emulator import MotoServer
 from tests.faults import Fault
 from tests.reliability.conftest import record_figures, size
-from tests.reliability.front import TRUNCATED, Chaos, Front
+from tests.reliability.front import PARTIAL, TRUNCATED, Chaos, Front
 from tests.reliability.mixed import DEST, MixedWorld, Tally, base_tables, write_config
 from tests.reliability.replicas import fleet, retryd_env, wait_until
 from tests.world import World
@@ -66,6 +66,10 @@ def faulted(
     front.reset(Chaos(rate=FAULT_RATE, seed=SEED, late_s=READ_TIMEOUT_S + 0.6, slow_s=0.4))
     # A target's queue URL answered with a cut-short 200 (issue 12, defect 2): once, surely.
     front.forced.append(("GetQueueUrl", DEST, TRUNCATED))
+    # A partial batch answer is drawn only for batch calls, which a moderate run makes
+    # few of: a loaded runner once drew none. One each, surely; chaos adds the rest.
+    front.forced.append(("SendMessageBatch", "", PARTIAL))
+    front.forced.append(("DeleteMessageBatch", "", PARTIAL))
     rel_world.faults.add(
         Fault("lambda", "Invoke", "ServiceException", 500, times=BREAKER_BURST, delay_s=0.05)
     )
