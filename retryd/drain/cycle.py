@@ -146,12 +146,20 @@ class _Run:
         return not self.stopping.is_set() and anyio.current_time() < self.deadline
 
 
+# Outcomes whose message was deleted from its DLQ: it cannot come back this cycle
+# (unless the delete failed, and then the ledger knows its copy is safe).
+_DELETED = frozenset({Outcome.RESUBMITTED, Outcome.PARKED})
+
+
 @dataclass
 class _QueueDrain:
     """Shared state of the workers draining one queue in one cycle."""
 
     queue: QueueRef
     remaining: int
+    # Messages handled this cycle that are still in the DLQ (failed, deferred, in
+    # flight): only these can be received again. Bounded by what is left behind,
+    # not by the backlog, so a 100,000-message drain does not grow with it.
     seen: set[str] = field(default_factory=set)
     stale_batches: int = 0
     done: bool = False
@@ -163,6 +171,12 @@ class _QueueDrain:
             sent_s = letter.sent_at_s
             if sent_s is not None and (self.oldest_sent_s is None or sent_s < self.oldest_sent_s):
                 self.oldest_sent_s = sent_s
+
+    def settled(self, decisions: list[Decision]) -> None:
+        """Forget the messages that left the DLQ: nothing to tell apart when they are gone."""
+        for decision in decisions:
+            if decision.outcome in _DELETED:
+                self.seen.discard(decision.letter.message_id)
 
 
 class Cycle:
@@ -361,7 +375,9 @@ class Cycle:
             state.stale_batches = 0
             state.saw(fresh)
             report.received += len(fresh)
-            report.add(await run.pipeline.handle(state.queue, fresh, act_by))
+            decisions = await run.pipeline.handle(state.queue, fresh, act_by)
+            state.settled(decisions)
+            report.add(decisions)
             # A breaker this batch opened or closed is written now (no call otherwise),
             # so the other replicas find it at their next sync.
             await self._cluster.flush()
