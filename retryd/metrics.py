@@ -59,6 +59,27 @@ def _label(value: str) -> str:
     return value or NO_LABEL
 
 
+# With drain.processes > 1 every worker writes its metrics to files in this directory
+# (prometheus-client's multiprocess mode) and the parent serves their sum. Each
+# gauge says how its workers' values combine: only the worker that drains a DLQ
+# sets that DLQ's series; the others are the same in every worker, or a least
+# (the last successful cycle: the oldest worker's) or a sum (DLQs found).
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def register_build_info(registry: CollectorRegistry) -> None:
+    """`retryd_build_info{version="..."} 1` (an OpenMetrics info metric).
+
+    Apart from Metrics, because the multiprocess mode drops info metrics: the
+    parent of worker processes registers its own.
+    """
+    Info(
+        "retryd_build",
+        "The running retryd's version, as the label of a constant 1.",
+        registry=registry,
+    ).info({"version": package_version()})
+
+
 class Metrics:
     """retryd's metrics; the pipeline and scheduler report through these methods only."""
 
@@ -105,17 +126,20 @@ class Metrics:
             "retryd_last_successful_cycle_timestamp_seconds",
             "Unix time at which the last successful cycle finished.",
             unit="seconds",
+            multiprocess_mode="livemin",
             registry=registry,
         )
         self._queues_discovered = Gauge(
             "retryd_queues_discovered",
             "DLQs found by the last discovery.",
+            multiprocess_mode="livesum",
             registry=registry,
         )
         self._dlq_messages = Gauge(
             "retryd_dlq_messages",
             "Messages in each DLQ at the start of its drain, as SQS approximates them.",
             ["queue", "state"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._dlq_oldest_age = Gauge(
@@ -123,12 +147,14 @@ class Metrics:
             "Age of the oldest message retryd received from each DLQ in the last cycle.",
             ["queue"],
             unit="seconds",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._breaker_state = Gauge(
             "retryd_breaker_state",
             "Circuit-breaker state per target: 1 for the state it is in, 0 for the others.",
             ["target", "target_type", "state"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._breaker_transitions = Counter(
@@ -153,6 +179,7 @@ class Metrics:
             "retryd_pause_end_timestamp_seconds",
             "Each operator pause in force (by target glob): when it ends, +Inf until resumed.",
             ["pattern"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._redrive_messages = Gauge(
@@ -160,21 +187,18 @@ class Metrics:
             "Messages handled by the redrive jobs kept in the backend, by job kind and outcome "
             "(as the last cycle read them).",
             ["kind", "outcome"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._redrive_jobs = Gauge(
             "retryd_redrive_jobs",
             "Redrive jobs kept in the backend, by state (as the last cycle read them).",
             ["state"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._targets_labelled: set[str] = set()
-        # Exposed as `retryd_build_info{version="..."} 1` (an OpenMetrics info metric).
-        Info(
-            "retryd_build",
-            "The running retryd's version, as the label of a constant 1.",
-            registry=registry,
-        ).info({"version": package_version()})
+        register_build_info(registry)
         # One series per configured hook (a bounded set: the [[hooks]] rules) and result.
         self._hook_runs = Counter(
             "retryd_hook_runs_total",

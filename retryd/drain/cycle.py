@@ -17,6 +17,7 @@ from retryd.admission.breaker import Breakers
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
 from retryd.cluster import Cluster, open_cluster
+from retryd.cluster.agree import share
 from retryd.control import ControlError, control_store
 from retryd.control.deferrals import HiddenBook
 from retryd.control.jobs import JOBS_DOC, job_metrics
@@ -31,6 +32,7 @@ from retryd.discovery.survey import (
     survey_queues,
 )
 from retryd.drain.batch import Pipeline
+from retryd.drain.shard import WHOLE, Shard
 from retryd.errors import ParkingQueueMissingError, RetrydError
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
@@ -86,6 +88,36 @@ class CycleReport:
             "duration_s": round(self.duration_s, 3),
             "ok": self.ok,
         }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any], *, discovered: bool = True) -> CycleReport:
+        """A report back from its `to_json` (one worker process's, for the parent to sum)."""
+        return cls(
+            queues=int(document["queues"]),
+            discovered=discovered,
+            received=int(document["received"]),
+            outcomes=Counter({str(k): int(v) for k, v in document["outcomes"].items()}),
+            reasons=Counter(
+                {
+                    (str(r["outcome"]), str(r["reason"])): int(r["count"])
+                    for r in document["reasons"]
+                }
+            ),
+            errors=[str(error) for error in document["errors"]],
+            duration_s=float(document["duration_s"]),
+        )
+
+    def merge(self, other: CycleReport) -> None:
+        """Add another worker's cycle: counts summed, errors joined, the longest duration."""
+        self.queues += other.queues
+        self.discovered = self.discovered and other.discovered
+        self.received += other.received
+        self.outcomes.update(other.outcomes)
+        self.reasons.update(other.reasons)
+        self.errors.extend(other.errors)
+        self.duration_s = max(self.duration_s, other.duration_s)
+        if self.fatal is None:
+            self.fatal = other.fatal
 
     def add(self, decisions: list[Decision]) -> None:
         for decision in decisions:
@@ -189,8 +221,11 @@ class Cycle:
         metrics: Metrics,
         *,
         ledger: Ledger | None = None,
+        shard: Shard = WHOLE,
     ) -> None:
         self._settings = settings
+        # One of drain.processes workers drains only the DLQs that fall to it.
+        self._shard = shard
         self._clients = clients
         self._metrics = metrics
         # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few cycles.
@@ -206,6 +241,11 @@ class Cycle:
         )
         # Replicas on one DynamoDB ledger share the breakers and rate budgets.
         self._cluster: Cluster = open_cluster(settings, clients, breakers=breakers, rates=rates)
+        if not shard.whole and settings.ledger.backend != "dynamodb":
+            # Worker processes with no cluster to agree through (the DynamoDB one counts
+            # each as a replica): each takes an equal part of every target's rate, so
+            # that together they keep to the configured one.
+            rates.reshare(lambda rate: share(rate, shard.count))
         self._sender = Sender(
             targets=TargetRouter(clients, settings.drain.target_concurrency),
             guards=self._guards,
@@ -268,7 +308,7 @@ class Cycle:
             # Once per cycle, never per message: heartbeat, budgets, breakers.
             await self._cluster.sync()
             survey = await survey_queues(self._clients.sqs, self._settings, parking)
-            queues = survey.dlqs
+            queues = [queue for queue in survey.dlqs if self._shard.owns(queue.arn)]
             await self._feeds.refresh_if_due(self._clients, queues)
             report.queues = len(queues)
             report.discovered = True

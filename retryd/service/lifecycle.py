@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from retryd.aws import open_clients
 from retryd.drain.cycle import Cycle, CycleReport
+from retryd.drain.shard import WHOLE, Shard
 from retryd.errors import ConfigError
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
@@ -30,9 +31,16 @@ log = structlog.get_logger("retryd.service")
 
 
 async def run_once(
-    settings: Settings, *, collect: bool = False, registry: CollectorRegistry | None = None
+    settings: Settings,
+    *,
+    collect: bool = False,
+    registry: CollectorRegistry | None = None,
+    shard: Shard = WHOLE,
 ) -> CycleReport:
-    """One deterministic cycle, then return: the `once` command and the tests' entry point."""
+    """One deterministic cycle, then return: the `once` command and the tests' entry point.
+
+    `shard`: as one of drain.processes workers, only the DLQs that fall to it.
+    """
     # Hooks that cannot be loaded stop here, before any AWS client is opened.
     Hooks.from_settings(settings)
     metrics = Metrics(registry or CollectorRegistry())
@@ -40,7 +48,7 @@ async def run_once(
         open_clients(settings.aws) as clients,
         open_ledger(settings.ledger, clients, metrics) as ledger,
     ):
-        cycle = Cycle(settings, clients, metrics, ledger=ledger)
+        cycle = Cycle(settings, clients, metrics, ledger=ledger, shard=shard)
         try:
             return await cycle.run(anyio.Event(), collect=collect)
         finally:
@@ -67,14 +75,24 @@ async def _watch_signals(
                 work.cancel()
 
 
-async def run_daemon(settings: Settings, registry: CollectorRegistry | None = None) -> None:
-    """Cycle every `schedule.interval_s` until a signal; returns normally after a clean stop."""
+async def run_daemon(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    *,
+    shard: Shard = WHOLE,
+    health: Health | None = None,
+) -> None:
+    """Cycle every `schedule.interval_s` until a signal; returns normally after a clean stop.
+
+    As one of drain.processes workers: `shard` picks its DLQs and `health` passes
+    its ticks on to the parent, which serves the probes.
+    """
     # A transform or schema that cannot be loaded is a ConfigError (exit 2): raised here,
     # before the task group below would wrap it in an exception group.
     Hooks.from_settings(settings)
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
-    health = Health.for_settings(settings)
+    health = health or Health.for_settings(settings)
     stopping = anyio.Event()
     work = anyio.CancelScope()
     # Under systemd (Type=notify): READY once serving, WATCHDOG per tick, STOPPING on a signal.
@@ -98,7 +116,7 @@ async def run_daemon(settings: Settings, registry: CollectorRegistry | None = No
             # Opened once per run: the memory backend's counts then last the whole run.
             open_ledger(settings.ledger, clients, metrics) as ledger,
         ):
-            cycle = Cycle(settings, clients, metrics, ledger=ledger)
+            cycle = Cycle(settings, clients, metrics, ledger=ledger, shard=shard)
             log.info("started", interval_s=settings.schedule.interval_s)
             notifier.ready()
             with work:
