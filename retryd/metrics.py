@@ -211,14 +211,16 @@ class Metrics:
         for result in ("ok", "error"):
             self._cycles.labels(result=result)
 
-    def record_decision(self, queue: str, outcome: str, reason: str, target_type: str) -> None:
-        """Count one message's outcome in this cycle."""
+    def record_decision(
+        self, queue: str, outcome: str, reason: str, target_type: str, count: int = 1
+    ) -> None:
+        """Count `count` messages' outcome (a batch counts each kind of decision once)."""
         self._messages.labels(
             queue=queue,
             outcome=outcome,
             reason=_label(reason),
             target_type=_label(target_type),
-        ).inc()
+        ).inc(count)
 
     def record_resubmit_error(self, target_type: str, error_class: str, code: str) -> None:
         """Count a failed resubmission; `code` goes to the logs, never to a label."""
