@@ -26,10 +26,12 @@ lease.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -63,6 +65,8 @@ REAP_GRACE_S = 10.0
 # A worker's cells in shared memory: when it last ticked (CLOCK_MONOTONIC, the same
 # clock in every process on Linux) and whether it is ready (1.0).
 _TICK, _READY = 0, 1
+# prctl(2): the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 class WorkerFailedError(RetrydError):
@@ -122,11 +126,23 @@ def worker_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"http": settings.http.model_copy(update={"enabled": False})})
 
 
-def _enter_worker(shard: Shard, log_level: str, log_format: str) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGTERM this worker if the parent dies (killed outright, it passes nothing on)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # The parent may have gone before the request above was made.
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _enter_worker(shard: Shard, log_level: str, log_format: str, parent_pid: int) -> None:
     # Signals come from the parent alone: a Ctrl-C at a terminal reaches the whole
     # foreground process group, and a worker must not take it as a second signal
     # on top of the one the parent passes on.
     os.setpgrp()
+    _die_with_parent(parent_pid)
     # The parent speaks to systemd for all of them.
     os.environ.pop("NOTIFY_SOCKET", None)
     configure_logging(log_level, log_format)  # type: ignore[arg-type]
@@ -136,12 +152,11 @@ def _enter_worker(shard: Shard, log_level: str, log_format: str) -> None:
 def _once_worker(
     settings: Settings,
     shard: Shard,
-    log_level: str,
-    log_format: str,
+    logging_and_parent: tuple[str, str, int],
     results: multiprocessing.connection.Connection,
 ) -> None:
     """A worker of `retryd once`: one cycle over its DLQs, its report sent to the parent."""
-    _enter_worker(shard, log_level, log_format)
+    _enter_worker(shard, *logging_and_parent)
     try:
         report = anyio.run(partial(run_once, settings, shard=shard))
     except RetrydError as exc:
@@ -159,10 +174,10 @@ def _once_worker(
 
 
 def _run_worker(
-    settings: Settings, shard: Shard, log_level: str, log_format: str, cells: Any
+    settings: Settings, shard: Shard, logging_and_parent: tuple[str, str, int], cells: Any
 ) -> None:
     """A worker of `retryd run`: the daemon over its DLQs until the parent passes a signal on."""
-    _enter_worker(shard, log_level, log_format)
+    _enter_worker(shard, *logging_and_parent)
     health = _ReportingHealth.for_settings(settings)
     health.cells = cells
     anyio.run(partial(run_daemon, settings, shard=shard, health=health))
@@ -186,6 +201,7 @@ def _start(
     count = settings.drain.processes
     settings = worker_settings(settings)
     workers: list[_Worker] = []
+    passed_on = (log_level, log_format, os.getpid())
     before = os.environ.get(MULTIPROCESS_DIR_ENV)
     if metrics_dir is not None:
         os.environ[MULTIPROCESS_DIR_ENV] = metrics_dir
@@ -196,10 +212,10 @@ def _start(
             results = None
             if kind == "once":
                 results, sender = context.Pipe(duplex=False)
-                args: tuple[Any, ...] = (settings, shard, log_level, log_format, sender)
+                args: tuple[Any, ...] = (settings, shard, passed_on, sender)
                 process = context.Process(target=_once_worker, args=args, daemon=False)
             else:
-                args = (settings, shard, log_level, log_format, cells)
+                args = (settings, shard, passed_on, cells)
                 process = context.Process(target=_run_worker, args=args, daemon=False)
             process.start()
             if kind == "once":

@@ -259,3 +259,38 @@ def test_a_worker_that_dies_stops_the_others_and_fails_the_parent(
     assert f"pid {victim}" in text.splitlines()[-1]
     with pytest.raises(ProcessLookupError):
         os.kill(survivor, 0)
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its exit status is left (a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            return any(line.startswith("State:\tZ") for line in status)
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_workers_stop_when_the_parent_is_killed_outright(world: World, tmp_path: Path) -> None:
+    """A parent killed with SIGKILL passes nothing on; its workers still stop, none lingers."""
+    world.create_queue("retryd-parking")
+    log_path = tmp_path / "retryd.log"
+    with _daemon(_config(tmp_path), log_path) as retryd:
+        _wait_for(
+            "the workers to start",
+            lambda: any(
+                line.get("event") == "workers-started" for line in _log_lines(log_path.read_text())
+            ),
+            retryd,
+        )
+        (started,) = [
+            line
+            for line in _log_lines(log_path.read_text())
+            if line.get("event") == "workers-started"
+        ]
+        retryd.kill()
+        retryd.wait()
+        deadline = time.monotonic() + WAIT_S
+        while not all(_gone(pid) for pid in started["pids"]):
+            assert time.monotonic() < deadline, "a worker outlived its parent"
+            time.sleep(0.2)
