@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -74,24 +75,73 @@ class Proxy:
             return stats
 
 
-def measure(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run one contender to completion; wall time, CPU and peak RSS of its process."""
-    started = time.perf_counter()
-    process = subprocess.Popen(  # noqa: S603 - argv built by this module
-        argv,
-        env={**os.environ, **AWS_ENV, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    wall_s = time.perf_counter() - started
+def current_rss_mb(pid: int) -> float | None:
+    """A live process's resident set (Linux /proc), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def child_pid(pid: int) -> int | None:
+    """The one child of `pid` (the launcher's contender), or None while there is none."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
+            found = children.read().split()
+    except OSError:
+        return None
+    return int(found[0]) if found else None
+
+
+def measure(
+    argv: list[str],
+    env: dict[str, str],
+    on_tick: Callable[[int], None] | None = None,
+    tick_s: float = 0.5,
+) -> dict[str, Any]:
+    """Run one contender to completion; wall time, CPU and peak RSS of its process.
+
+    It runs under bench.launch, which reports the contender's own CPU and peak
+    RSS (see there why not from here). `on_tick(pid)` is called with the
+    contender's pid every `tick_s` while it runs (from a thread), to sample it.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "usage.json"
+        started = time.perf_counter()
+        launcher = subprocess.Popen(  # noqa: S603 - argv built by this module
+            [sys.executable, "-m", "bench.launch", str(report), *argv],
+            env={**os.environ, **AWS_ENV, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        finished = threading.Event()
+        sampler = None
+        if on_tick is not None:
+            tick = on_tick
+
+            def sample() -> None:
+                while not finished.wait(tick_s):
+                    pid = child_pid(launcher.pid)
+                    if pid is not None:
+                        tick(pid)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+        launcher.wait()
+        wall_s = time.perf_counter() - started
+        finished.set()
+        if sampler is not None:
+            sampler.join()
+        usage: dict[str, Any] = json.loads(report.read_text())
     return {
-        "exit_code": process.returncode,
+        "exit_code": usage["exit_code"],
         "wall_s": wall_s,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        # Linux reports ru_maxrss in KiB.
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "cpu_s": usage["cpu_s"],
+        "peak_rss_mb": usage["peak_rss_mb"],
     }
 
 
@@ -113,10 +163,14 @@ def sqs_contenders(world: worlds.SqsWorld, scratch: Path) -> dict[str, Contender
         path.write_text(json.dumps({**world.as_json(), "endpoint": endpoint}))
         return [sys.executable, "-m", "bench.naive_batch", str(path)], {}
 
-    def retryd(backend: str) -> Contender:
+    def retryd(backend: str, processes: int = 1) -> Contender:
         def run(endpoint: str, run_dir: Path) -> tuple[list[str], dict[str, str]]:
             config = run_dir / "retryd.toml"
-            config.write_text(world.retryd_config(run_dir / "ledger.sqlite3", backend=backend))
+            config.write_text(
+                world.retryd_config(
+                    run_dir / "ledger.sqlite3", backend=backend, processes=processes
+                )
+            )
             return retryd_argv(str(config)), {"AWS_ENDPOINT_URL": endpoint}
 
         return run
@@ -126,6 +180,8 @@ def sqs_contenders(world: worlds.SqsWorld, scratch: Path) -> dict[str, Contender
         "naive-batch": naive,
         "retryd": retryd("sqlite"),
         "retryd-memory-ledger": retryd("memory"),
+        # drain.processes = 2: two workers sharing the DLQs and the SQLite ledger.
+        "retryd-2p": retryd("sqlite", processes=2),
     }
 
 
@@ -196,6 +252,10 @@ def run_sqs_world(args: argparse.Namespace) -> dict[str, Any]:
                     by_name["retryd"]["cpu_ms_per_msg"] / by_name["floor"]["cpu_ms_per_msg"], 2
                 ),
             }
+            if "retryd-2p" in by_name:
+                by_name["ratios"]["retryd-2p/retryd msg_per_s"] = round(
+                    by_name["retryd-2p"]["msg_per_s"] / by_name["retryd"]["msg_per_s"], 2
+                )
             if "naive-batch" in by_name:
                 by_name["ratios"]["retryd/naive-batch msg_per_s"] = round(
                     by_name["retryd"]["msg_per_s"] / by_name["naive-batch"]["msg_per_s"], 2
@@ -266,8 +326,26 @@ def run_discovery_world(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# How far through the backlog the drain world reports the RSS reached so far.
+PROGRESS_MARKS = (0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def rss_by_progress(ticks: list[tuple[int, float]], backlog: int) -> dict[str, float]:
+    """Highest RSS seen up to each mark of the backlog delivered: flat means not growing."""
+    out: dict[str, float] = {}
+    for mark in PROGRESS_MARKS:
+        upto = [rss for delivered, rss in ticks if delivered <= mark * backlog]
+        if upto:
+            out[f"{mark:.0%}"] = round(max(upto), 1)
+    return out
+
+
 def run_drain_world(args: argparse.Namespace) -> dict[str, Any]:
-    """(d) a large backlog in one `retryd once`: peak RSS must not grow with the backlog."""
+    """(d) a large backlog in one `retryd once`: peak RSS must not grow with the backlog.
+
+    The RSS is sampled twice a second against the messages delivered so far, so the
+    figures show it at each fifth of the backlog, not only its peak.
+    """
     out: dict[str, Any] = {"world": "drain", "figures": {}}
     with sqs_emulator(args) as emulator, tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
@@ -276,11 +354,23 @@ def run_drain_world(args: argparse.Namespace) -> dict[str, Any]:
             worlds.fill(world, backlog)
             config = scratch / f"retryd-{backlog}.toml"
             config.write_text(world.retryd_config(scratch / f"ledger-{backlog}.sqlite3"))
-            sample = measure(retryd_argv(str(config)), {"AWS_ENDPOINT_URL": emulator.url})
+            ticks: list[tuple[int, float]] = []
+
+            def tick(pid: int, ticks: list[tuple[int, float]] = ticks) -> None:
+                # The delivered count is read first: its RSS is then at least that far on.
+                delivered = worlds.delivered_so_far(world)
+                rss_mb = current_rss_mb(pid)
+                if rss_mb is not None:
+                    ticks.append((delivered, rss_mb))
+
+            sample = measure(
+                retryd_argv(str(config)), {"AWS_ENDPOINT_URL": emulator.url}, on_tick=tick
+            )
             check = worlds.verify_and_reset(world)
             out["figures"][str(backlog)] = {
                 "msg_per_s": round(backlog / sample["wall_s"], 1),
                 "peak_rss_mb": round(sample["peak_rss_mb"], 1),
+                "rss_mb_by_progress": rss_by_progress(ticks, backlog),
                 "cpu_ms_per_msg": round(1000 * sample["cpu_s"] / backlog, 3),
                 "exit_code": sample["exit_code"],
                 "check": check,
@@ -330,6 +420,9 @@ def summary_line(result: dict[str, Any]) -> str:
     if result["world"] == "drain":
         return "drain: " + ", ".join(
             f"{backlog} msgs → {f['msg_per_s']:.0f} msg/s, peak RSS {f['peak_rss_mb']} MB"
+            + " (by progress: "
+            + " ".join(f"{mark} {mb}" for mark, mb in f["rss_mb_by_progress"].items())
+            + ")"
             + ("" if f["check"]["lost"] == 0 and f["check"]["duplicated"] == 0 else " UNVERIFIED")
             for backlog, f in figures.items()
         )

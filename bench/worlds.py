@@ -27,7 +27,7 @@ PARKING = "retryd-parking"
 PAD = "x" * 160
 
 
-def _pacing_off(ledger_path: Path, backend: str) -> str:
+def _pacing_off(ledger_path: Path, backend: str, processes: int = 1) -> str:
     """The settings every benchmark world changes: no backoff, no rate limit, no budget.
 
     retryd's defaults wait 30 s before a message's first resubmission and pace each
@@ -44,6 +44,7 @@ burst = 100000
 [drain]
 max_messages_per_queue = 10000000
 cycle_budget_s = 3600
+processes = {processes}
 
 [ledger]
 backend = "{backend}"
@@ -70,7 +71,9 @@ class SqsWorld:
     def as_json(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "pairs": self.pairs}
 
-    def retryd_config(self, ledger_path: Path, *, backend: str = "sqlite") -> str:
+    def retryd_config(
+        self, ledger_path: Path, *, backend: str = "sqlite", processes: int = 1
+    ) -> str:
         """A config that changes only what a benchmark must (see _pacing_off)."""
         routes = "".join(
             f'\n[[routes]]\nqueue = "{pair["dlq_name"]}"\ntarget = "{pair["target_arn"]}"\n'
@@ -83,7 +86,7 @@ queue_prefixes = ["{DLQ_PREFIX}"]
 [guards]
 allow_targets = ["arn:aws:sqs:*:*:{SOURCE_PREFIX}*"]
 
-{_pacing_off(ledger_path, backend)}{routes}"""
+{_pacing_off(ledger_path, backend, processes)}{routes}"""
 
 
 def _queue_arn(sqs: Any, url: str) -> str:
@@ -156,6 +159,19 @@ def _drain_ids(sqs: Any, url: str) -> list[int]:
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
             ],
         )
+
+
+def delivered_so_far(world: SqsWorld) -> int:
+    """Messages waiting in the targets now (approximate, as SQS counts): a drain's progress."""
+    sqs = client("sqs", world.endpoint)
+    return sum(
+        int(
+            sqs.get_queue_attributes(
+                QueueUrl=pair["target_url"], AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]["ApproximateNumberOfMessages"]
+        )
+        for pair in world.pairs
+    )
 
 
 def verify_and_reset(world: SqsWorld) -> dict[str, int]:

@@ -78,6 +78,27 @@ def _queue_labels(queue: QueueRef) -> dict[str, str]:
     return {"queue": queue.name, **place_labels(queue.arn)}
 
 
+# With drain.processes > 1 every worker writes its metrics to files in this directory
+# (prometheus-client's multiprocess mode) and the parent serves their sum. Each
+# gauge says how its workers' values combine: only the worker that drains a DLQ
+# sets that DLQ's series; the others are the same in every worker, or a least
+# (the last successful cycle: the oldest worker's) or a sum (DLQs found).
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def register_build_info(registry: CollectorRegistry) -> None:
+    """`retryd_build_info{version="..."} 1` (an OpenMetrics info metric).
+
+    Apart from Metrics, because the multiprocess mode drops info metrics: the
+    parent of worker processes registers its own.
+    """
+    Info(
+        "retryd_build",
+        "The running retryd's version, as the label of a constant 1.",
+        registry=registry,
+    ).info({"version": package_version()})
+
+
 class Metrics:
     """retryd's metrics; the pipeline and scheduler report through these methods only."""
 
@@ -124,18 +145,21 @@ class Metrics:
             "retryd_last_successful_cycle_timestamp_seconds",
             "Unix time at which the last successful cycle finished.",
             unit="seconds",
+            multiprocess_mode="livemin",
             registry=registry,
         )
         self._queues_discovered = Gauge(
             "retryd_queues_discovered",
             "DLQs found by the last discovery, per account and region.",
             ["account", "region"],
+            multiprocess_mode="livesum",
             registry=registry,
         )
         self._dlq_messages = Gauge(
             "retryd_dlq_messages",
             "Messages in each DLQ at the start of its drain, as SQS approximates them.",
             ["queue", "account", "region", "state"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._dlq_oldest_age = Gauge(
@@ -143,12 +167,14 @@ class Metrics:
             "Age of the oldest message retryd received from each DLQ in the last cycle.",
             ["queue", "account", "region"],
             unit="seconds",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._breaker_state = Gauge(
             "retryd_breaker_state",
             "Circuit-breaker state per target: 1 for the state it is in, 0 for the others.",
             ["target", "target_type", "account", "region", "state"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._breaker_transitions = Counter(
@@ -173,6 +199,7 @@ class Metrics:
             "retryd_pause_end_timestamp_seconds",
             "Each operator pause in force (by target glob): when it ends, +Inf until resumed.",
             ["pattern"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._redrive_messages = Gauge(
@@ -180,12 +207,14 @@ class Metrics:
             "Messages handled by the redrive jobs kept in the backend, by job kind and outcome "
             "(as the last cycle read them).",
             ["kind", "outcome"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._redrive_jobs = Gauge(
             "retryd_redrive_jobs",
             "Redrive jobs kept in the backend, by state (as the last cycle read them).",
             ["state"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._account_errors = Counter(
@@ -196,12 +225,7 @@ class Metrics:
             registry=registry,
         )
         self._targets_labelled: set[str] = set()
-        # Exposed as `retryd_build_info{version="..."} 1` (an OpenMetrics info metric).
-        Info(
-            "retryd_build",
-            "The running retryd's version, as the label of a constant 1.",
-            registry=registry,
-        ).info({"version": package_version()})
+        register_build_info(registry)
         # One series per configured hook (a bounded set: the [[hooks]] rules) and result.
         self._hook_runs = Counter(
             "retryd_hook_runs_total",
@@ -214,14 +238,16 @@ class Metrics:
         for result in ("ok", "error"):
             self._cycles.labels(result=result)
 
-    def record_decision(self, queue: QueueRef, outcome: str, reason: str, target_type: str) -> None:
-        """Count one message's outcome in this cycle."""
+    def record_decision(
+        self, queue: QueueRef, outcome: str, reason: str, target_type: str, count: int = 1
+    ) -> None:
+        """Count `count` messages' outcome (a batch counts each kind of decision once)."""
         self._messages.labels(
             **_queue_labels(queue),
             outcome=outcome,
             reason=_label(reason),
             target_type=_label(target_type),
-        ).inc()
+        ).inc(count)
 
     def record_resubmit_error(
         self, target_type: str, target_arn: str, error_class: str, code: str

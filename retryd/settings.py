@@ -224,6 +224,17 @@ class DrainSettings(_Group):
     )
     # Calls in flight to targets that have no batch API (Lambda, Step Functions).
     target_concurrency: Annotated[int, Field(ge=1, le=512)] = 16
+    processes: Annotated[int, Field(ge=1, le=64)] = Field(
+        1,
+        description=(
+            "Worker processes that share the DLQs (each drains those whose ARN hashes to it,"
+            " so no two drain the same DLQ), to use more than one core. The parent serves"
+            " /metrics for all of them and passes signals on; a worker that dies stops the"
+            " others and retryd exits 1. Each takes an equal part of every target's rate"
+            " limit (on the DynamoDB ledger each counts as a replica). Needs the sqlite or"
+            " dynamodb ledger."
+        ),
+    )
 
 
 def _check_arn_glob(glob: str) -> str:
@@ -573,6 +584,16 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _processes_share_a_ledger(self) -> Settings:
+        if self.drain.processes > 1 and self.ledger.backend == "memory":
+            raise ValueError(
+                f"drain.processes = {self.drain.processes} needs a ledger the processes can "
+                'share: set ledger.backend = "sqlite" or "dynamodb" (the memory ledger is one '
+                "process's own)"
+            )
+        return self
 
     @field_validator("accounts")
     @classmethod

@@ -28,6 +28,8 @@ __all__ = [
 LAMBDA_SERVICE = "lambda"
 LAMBDA_RESOURCE_PREFIX = "function:"
 SQS_SERVICE = "sqs"
+# Distinct target ARNs whose answer is remembered (see Allowlist.allows).
+MAX_REMEMBERED = 4096
 
 
 class Allowlist:
@@ -37,9 +39,20 @@ class Allowlist:
         # Parsed once here so that a malformed glob fails at start-up, not per message.
         self._patterns = tuple(parse_glob(glob) for glob in globs)
         self._allow_any = allow_any
+        # Answers by ARN: a batch names a handful of targets, asked about for every
+        # message. Emptied when full, so ARNs made up by DLQ writers cannot grow it.
+        self._answers: dict[str, bool] = {}
 
     def allows(self, arn: str) -> bool:
         """True when the ARN parses and (allow_any, or) some glob matches each of its fields."""
+        answer = self._answers.get(arn)
+        if answer is None:
+            if len(self._answers) >= MAX_REMEMBERED:
+                self._answers.clear()
+            answer = self._answers[arn] = self._match(arn)
+        return answer
+
+    def _match(self, arn: str) -> bool:
         try:
             fields = arn_fields(Arn.parse(arn))
         except ValueError:

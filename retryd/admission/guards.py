@@ -15,6 +15,7 @@ The sender never touches a breaker, a token bucket or the ledger itself.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +51,8 @@ from retryd.settings import GuardSettings, Settings
 TOKEN_WAIT_SHARE = 0.5
 
 
+# Asked for every message about its target: a handful of ARNs per batch, parsed once.
+@functools.lru_cache(maxsize=4096)
 def _queue_identity(arn: str) -> tuple[str, str] | None:
     """(account, queue name) of an SQS queue ARN; None for anything else."""
     try:

@@ -356,6 +356,11 @@ def _load(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _log_options(args: argparse.Namespace, settings: Settings) -> tuple[str, str]:
+    """The log level and format in force, for worker processes to log the same way."""
+    return args.log_level or settings.log.level, settings.log.format
+
+
 def _check_aws() -> None:
     """Fail with one line now, rather than from deep inside a run, if AWS cannot be used."""
     from retryd.aws import open_session  # noqa: PLC0415 - keeps `--help` fast
@@ -403,7 +408,12 @@ def _once(args: argparse.Namespace) -> int:
 
     settings = _only_queues(_load(args), args.queues)
     _check_ready_to_drain(settings)
-    report = anyio.run(run_once, settings)
+    if settings.drain.processes > 1:
+        from retryd.service.processes import run_once_in_workers  # noqa: PLC0415
+
+        report = run_once_in_workers(settings, *_log_options(args, settings))
+    else:
+        report = anyio.run(run_once, settings)
     if args.output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -418,7 +428,12 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     _check_ready_to_drain(settings)
-    anyio.run(run_daemon, settings)
+    if settings.drain.processes > 1:
+        from retryd.service.processes import run_daemon_in_workers  # noqa: PLC0415
+
+        anyio.run(run_daemon_in_workers, settings, *_log_options(args, settings))
+    else:
+        anyio.run(run_daemon, settings)
     return ExitCode.OK
 
 

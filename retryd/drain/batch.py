@@ -16,6 +16,7 @@ from cancellation (briefly, so that a second SIGTERM still means "now").
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,12 @@ LOG_DETAIL_MAX_CHARS = 1024
 def _park_decision(park: Park, outcome: Outcome, reason: str, detail: str) -> Decision:
     target = park.job.target if park.job else None
     return Decision(park.letter, outcome, target, reason, detail, park.attempt)
+
+
+def _metric_labels(decision: Decision) -> tuple[QueueRef, str, str, str]:
+    """The labels retryd_messages_total counts a decision under (the queue gives three)."""
+    target_type = decision.target.type.value if decision.target else ""
+    return decision.letter.queue, decision.outcome.value, decision.reason, target_type
 
 
 @dataclass
@@ -132,8 +139,13 @@ class Pipeline:
             # the batch is being cancelled: otherwise it would be sent twice.
             with anyio.move_on_after(DELETE_SHIELD_S, shield=True):
                 await self._dlqs.delete(queue, batch.deletable)
+            kinds: Counter[tuple[QueueRef, str, str, str]] = Counter()
             for decision in batch.decided.values():
-                self._report(decision)
+                kinds[_metric_labels(decision)] += 1
+                self._log(decision)
+            # One update per kind of decision, not per message.
+            for (queue_ref, outcome, reason, target_type), count in kinds.items():
+                self._metrics.record_decision(queue_ref, outcome, reason, target_type, count)
             if len(batch.decided) < len(letters):
                 log.warning(
                     "batch-cancelled",
@@ -341,11 +353,7 @@ class Pipeline:
         )
         return None
 
-    def _report(self, decision: Decision) -> None:
-        target_type = decision.target.type.value if decision.target else ""
-        self._metrics.record_decision(
-            decision.letter.queue, decision.outcome.value, decision.reason, target_type
-        )
+    def _log(self, decision: Decision) -> None:
         fields: dict[str, Any] = {
             "queue": decision.letter.queue.name,
             "message_id": decision.letter.message_id,

@@ -25,6 +25,7 @@ from retryd.admission.breaker import Breakers
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
 from retryd.cluster import Cluster, open_cluster
+from retryd.cluster.agree import share
 from retryd.control import ControlError, control_store
 from retryd.control.deferrals import HiddenBook
 from retryd.control.jobs import JOBS_DOC, job_metrics
@@ -39,6 +40,7 @@ from retryd.discovery.survey import (
     survey_queues,
 )
 from retryd.drain.batch import Pipeline
+from retryd.drain.shard import WHOLE, Shard
 from retryd.errors import ParkingQueueMissingError, RetrydError
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics, place_labels
@@ -96,6 +98,36 @@ class CycleReport:
             "duration_s": round(self.duration_s, 3),
             "ok": self.ok,
         }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any], *, discovered: bool = True) -> CycleReport:
+        """A report back from its `to_json` (one worker process's, for the parent to sum)."""
+        return cls(
+            queues=int(document["queues"]),
+            discovered=discovered,
+            received=int(document["received"]),
+            outcomes=Counter({str(k): int(v) for k, v in document["outcomes"].items()}),
+            reasons=Counter(
+                {
+                    (str(r["outcome"]), str(r["reason"])): int(r["count"])
+                    for r in document["reasons"]
+                }
+            ),
+            errors=[str(error) for error in document["errors"]],
+            duration_s=float(document["duration_s"]),
+        )
+
+    def merge(self, other: CycleReport) -> None:
+        """Add another worker's cycle: counts summed, errors joined, the longest duration."""
+        self.queues += other.queues
+        self.discovered = self.discovered and other.discovered
+        self.received += other.received
+        self.outcomes.update(other.outcomes)
+        self.reasons.update(other.reasons)
+        self.errors.extend(other.errors)
+        self.duration_s = max(self.duration_s, other.duration_s)
+        if self.fatal is None:
+            self.fatal = other.fatal
 
     def add(self, decisions: list[Decision]) -> None:
         for decision in decisions:
@@ -155,6 +187,11 @@ class _Run:
         return not self.stopping.is_set() and anyio.current_time() < self.deadline
 
 
+# Outcomes whose message was deleted from its DLQ: it cannot come back this cycle
+# (unless the delete failed, and then the ledger knows its copy is safe).
+_DELETED = frozenset({Outcome.RESUBMITTED, Outcome.PARKED})
+
+
 @dataclass
 class _Site:
     """One place's part of the cycles: what feeds its DLQs, its pipeline and parking queue."""
@@ -183,16 +220,19 @@ class _Look:
 
 
 @dataclass
-class _QueueDrain:
-    """Shared state of the workers draining one queue in one cycle."""
+class Handled:
+    """The messages of one queue handled this cycle that may still come back to it.
 
-    look: _Look
-    queue: QueueRef
-    remaining: int
+    Only the failed, deferred and in-flight ones can be received again: the memory is
+    bounded by what is left behind, not by the backlog, so a 100,000-message drain
+    does not grow with it.
+    """
+
     seen: set[str] = field(default_factory=set)
-    stale_batches: int = 0
-    done: bool = False
     oldest_sent_s: float | None = None
+
+    def __contains__(self, message_id: str) -> bool:
+        return message_id in self.seen
 
     def saw(self, letters: list[DeadLetter]) -> None:
         self.seen.update(letter.message_id for letter in letters)
@@ -200,6 +240,24 @@ class _QueueDrain:
             sent_s = letter.sent_at_s
             if sent_s is not None and (self.oldest_sent_s is None or sent_s < self.oldest_sent_s):
                 self.oldest_sent_s = sent_s
+
+    def settled(self, decisions: list[Decision]) -> None:
+        """Forget the messages that left the DLQ: nothing to tell apart when they are gone."""
+        for decision in decisions:
+            if decision.outcome in _DELETED:
+                self.seen.discard(decision.letter.message_id)
+
+
+@dataclass
+class _QueueDrain:
+    """Shared state of the workers draining one queue in one cycle."""
+
+    look: _Look
+    queue: QueueRef
+    remaining: int
+    handled: Handled = field(default_factory=Handled)
+    stale_batches: int = 0
+    done: bool = False
 
 
 class Cycle:
@@ -213,9 +271,12 @@ class Cycle:
         *,
         ledger: Ledger | None = None,
         places: Places | None = None,
+        shard: Shard = WHOLE,
     ) -> None:
         """`clients` are the home place's; `places` every place to drain (default: that one)."""
         self._settings = settings
+        # One of drain.processes workers drains only the DLQs that fall to it.
+        self._shard = shard
         self._clients = clients
         self._metrics = metrics
         self._places = places or Places.single(clients)
@@ -228,6 +289,11 @@ class Cycle:
         )
         # Replicas on one DynamoDB ledger share the breakers and rate budgets.
         self._cluster: Cluster = open_cluster(settings, clients, breakers=breakers, rates=rates)
+        if not shard.whole and settings.ledger.backend != "dynamodb":
+            # Worker processes with no cluster to agree through (the DynamoDB one counts
+            # each as a replica): each takes an equal part of every target's rate, so
+            # that together they keep to the configured one.
+            rates.reshare(lambda rate: share(rate, shard.count))
         # One router for every place: one bound on concurrent Lambda/Step Functions calls.
         self._router = TargetRouter(
             clients,
@@ -360,7 +426,8 @@ class Cycle:
         if before_survey is not None:
             await before_survey()
         survey = await survey_queues(clients.sqs, site.settings, parking)
-        queues = survey.dlqs
+        # One of drain.processes workers drains only the DLQs that fall to it.
+        queues = [queue for queue in survey.dlqs if self._shard.owns(queue.arn)]
         await site.feeds.refresh_if_due(clients, queues)
         site.protected = survey.protected
         labels = place_labels(survey.parking_arn)
@@ -450,9 +517,9 @@ class Cycle:
             finally:
                 with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
                     await self._hidden.flush(self._hidden.key(queue))
-            if state.oldest_sent_s is not None:
+            if state.handled.oldest_sent_s is not None:
                 self._metrics.set_oldest_message_age(
-                    queue, max(0.0, time.time() - state.oldest_sent_s)
+                    queue, max(0.0, time.time() - state.handled.oldest_sent_s)
                 )
 
     async def _worker(self, run: _Run, state: _QueueDrain) -> None:
@@ -470,7 +537,7 @@ class Cycle:
             if letters is None:
                 state.done = True
                 return
-            fresh = [letter for letter in letters if letter.message_id not in state.seen]
+            fresh = [letter for letter in letters if letter.message_id not in state.handled]
             state.remaining += want - len(fresh)
             if not fresh:
                 # Only messages already handled this cycle (transient failures whose
@@ -479,9 +546,11 @@ class Cycle:
                 state.done = state.stale_batches >= MAX_STALE_BATCHES
                 continue
             state.stale_batches = 0
-            state.saw(fresh)
+            state.handled.saw(fresh)
             report.received += len(fresh)
-            report.add(await state.look.pipeline.handle(state.queue, fresh, act_by))
+            decisions = await state.look.pipeline.handle(state.queue, fresh, act_by)
+            state.handled.settled(decisions)
+            report.add(decisions)
             # A breaker this batch opened or closed is written now (no call otherwise),
             # so the other replicas find it at their next sync.
             await self._cluster.flush()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Self
 
 import anyio
 import anyio.abc
@@ -48,9 +49,7 @@ class Health:
         self._started_at = self.clock()
 
     @classmethod
-    def for_settings(
-        cls, settings: Settings, clock: Callable[[], float] = time.monotonic
-    ) -> Health:
+    def for_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> Self:
         """Probes sized for `settings`: the longest a cycle can run is its budget plus one lease.
 
         The budget only stops new receives; a batch received just before it ends

@@ -16,6 +16,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from retryd.drain.cycle import Cycle, CycleReport
+from retryd.drain.shard import WHOLE, Shard
 from retryd.errors import ConfigError
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
@@ -30,9 +31,16 @@ log = structlog.get_logger("retryd.service")
 
 
 async def run_once(
-    settings: Settings, *, collect: bool = False, registry: CollectorRegistry | None = None
+    settings: Settings,
+    *,
+    collect: bool = False,
+    registry: CollectorRegistry | None = None,
+    shard: Shard = WHOLE,
 ) -> CycleReport:
-    """One deterministic cycle, then return: the `once` command and the tests' entry point."""
+    """One deterministic cycle, then return: the `once` command and the tests' entry point.
+
+    `shard`: as one of drain.processes workers, only the DLQs that fall to it.
+    """
     # Hooks that cannot be loaded stop here, before any AWS client is opened.
     Hooks.from_settings(settings)
     metrics = Metrics(registry or CollectorRegistry())
@@ -40,7 +48,7 @@ async def run_once(
         # The ledger, the operator state and the cluster item live in the home place.
         clients = await places.home_clients()
         async with open_ledger(settings.ledger, clients, metrics) as ledger:
-            cycle = Cycle(settings, clients, metrics, ledger=ledger, places=places)
+            cycle = Cycle(settings, clients, metrics, ledger=ledger, places=places, shard=shard)
             try:
                 return await cycle.run(anyio.Event(), collect=collect)
             finally:
@@ -67,14 +75,24 @@ async def _watch_signals(
                 work.cancel()
 
 
-async def run_daemon(settings: Settings, registry: CollectorRegistry | None = None) -> None:
-    """Cycle every `schedule.interval_s` until a signal; returns normally after a clean stop."""
+async def run_daemon(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    *,
+    shard: Shard = WHOLE,
+    health: Health | None = None,
+) -> None:
+    """Cycle every `schedule.interval_s` until a signal; returns normally after a clean stop.
+
+    As one of drain.processes workers: `shard` picks its DLQs and `health` passes
+    its ticks on to the parent, which serves the probes.
+    """
     # A transform or schema that cannot be loaded is a ConfigError (exit 2): raised here,
     # before the task group below would wrap it in an exception group.
     Hooks.from_settings(settings)
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
-    health = Health.for_settings(settings)
+    health = health or Health.for_settings(settings)
     stopping = anyio.Event()
     work = anyio.CancelScope()
     # Under systemd (Type=notify): READY once serving, WATCHDOG per tick, STOPPING on a signal.
@@ -99,7 +117,12 @@ async def run_daemon(settings: Settings, registry: CollectorRegistry | None = No
             open_ledger(settings.ledger, await places.home_clients(), metrics) as ledger,
         ):
             cycle = Cycle(
-                settings, await places.home_clients(), metrics, ledger=ledger, places=places
+                settings,
+                await places.home_clients(),
+                metrics,
+                ledger=ledger,
+                places=places,
+                shard=shard,
             )
             log.info("started", interval_s=settings.schedule.interval_s)
             notifier.ready()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.__main__ import main
+from bench.__main__ import main, rss_by_progress
 
 
 @pytest.mark.slow
@@ -44,3 +44,32 @@ def test_the_discovery_world_counts_calls_per_empty_dlq(
     assert result["empty"] == 4
     assert result["figures"]["calls_per_empty_dlq"] >= 1
     assert result["figures"]["calls_by_operation"]["ListQueues"] >= 1
+
+
+def test_rss_by_progress_is_the_highest_rss_up_to_each_fifth() -> None:
+    """Each mark shows the peak so far: a figure that grows with the backlog shows as growing."""
+    ticks = [(0, 50.0), (15, 60.0), (30, 58.0), (55, 70.0), (80, 71.0), (100, 65.0)]
+    assert rss_by_progress(ticks, 100) == {
+        "20%": 60.0,
+        "40%": 60.0,
+        "60%": 70.0,
+        "80%": 71.0,
+        "100%": 71.0,
+    }
+
+
+@pytest.mark.slow
+def test_the_drain_world_reports_rss_along_the_backlog(capsys: pytest.CaptureFixture[str]) -> None:
+    """Both backlogs are drained and verified, each with its RSS at the marks it reached."""
+    code = main(
+        ["--world", "drain", "--emulator", "moto", "--drain-messages", "100", "--dlqs", "2"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    (result,) = json.loads(out[: out.rindex("}") + 1])["results"]
+    assert set(result["figures"]) == {"20", "100"}
+    for figures in result["figures"].values():
+        assert figures["check"]["lost"] == 0
+        assert figures["check"]["duplicated"] == 0
+        assert figures["rss_mb_by_progress"], figures
+    assert "by progress" in out.splitlines()[-1]
