@@ -13,7 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from retryd.control.memory import reset_shared
 from retryd.sandbox.emulator import MotoServer
 from retryd.settings import Settings
-from tests.faults import FaultInjector
+from tests.faults import FaultInjector, atomic
 from tests.world import ACCOUNT, REGION, World
 
 SettingsFactory = Callable[..., Settings]
@@ -34,7 +34,8 @@ def fault_injector() -> FaultInjector:
 
 @pytest.fixture(scope="session")
 def moto_server(fault_injector: FaultInjector) -> Iterator[MotoServer]:
-    with MotoServer(middleware=fault_injector.middleware) as server:
+    # Faults are answered before moto is reached; what reaches it is made atomic as AWS is.
+    with MotoServer(middleware=lambda app: fault_injector.middleware(atomic(app))) as server:
         yield server
 
 
