@@ -305,8 +305,13 @@ class Places:
 
     async def for_sending(self, target_arn: str, queue_arn: str) -> AwsClients:
         """The clients to send to a target with: its own place's when that is configured,
-        else those of the DLQ the message came from (the target's resource policy decides)."""
+        else those of the DLQ the message came from (the target's resource policy decides).
+
+        PlaceError when that place's role cannot be assumed: a send would fail on
+        retryd's own credentials, which is no answer of the target's.
+        """
         place = self.place_of(target_arn) or self.place_of(queue_arn) or self.home
+        await self.ready(place)
         return await self.clients(place)
 
     async def home_clients(self) -> AwsClients:

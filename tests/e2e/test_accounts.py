@@ -457,3 +457,31 @@ def test_without_a_home_entry_the_home_account_is_asked_once(
     assert who.hits == 1
     assert report.ok, report.errors
     assert depth(member, "dest") == 2
+
+
+def test_a_target_whose_places_role_cannot_be_assumed_is_not_parked(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A home message for a member's queue while that member's role is refused: retryd's own
+    trouble, not the target's answer, so the message is not parked: it stays in its DLQ."""
+    home = build_place(world, ACCOUNT, REGION, 0)
+    member = build_place(world, MEMBER, REGION, 0)
+    target = f"arn:aws:sqs:{REGION}:{MEMBER}:dest"
+    home.send_message(
+        QueueUrl=home.get_queue_url(QueueName=DLQ)["QueueUrl"],
+        MessageBody=json.dumps(envelope("sqs", target, {"to": "member"})),
+    )
+    world.faults.add(Fault("sts", "AssumeRole", code="AccessDenied", status=403, contains=MEMBER))
+    settings = make_settings(
+        accounts=[
+            {"account_id": ACCOUNT, "regions": [REGION]},
+            {"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)},
+        ],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*", target]},
+    )
+    [report], _ = cycles(settings, 1)
+    assert report.outcomes.get(Outcome.PARKED.value, 0) == 0, report.reasons
+    assert report.outcomes[Outcome.FAILED.value] == 1
+    assert depth(home, PARKING) == 0
+    assert depth(home, DLQ) == 1
+    assert depth(member, "dest") == 0
