@@ -14,6 +14,7 @@ the build pseudo-metric, and a sum over any label still meaning something.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 from prometheus_client import (
@@ -97,6 +98,25 @@ def register_build_info(registry: CollectorRegistry) -> None:
         "The running retryd's version, as the label of a constant 1.",
         registry=registry,
     ).info({"version": package_version()})
+
+
+def _replace(gauge: Gauge, values: Mapping[tuple[str, ...], float]) -> None:
+    """Make `values` the gauge's series, by label values, and drop those set before.
+
+    In the multiprocess mode prometheus-client cannot drop a series (`clear` only
+    forgets it in this process; its last value stays in the worker's file, summed by
+    the parent), so a series no longer wanted is set to 0 there instead: a lifted
+    pause then reads as one that ended long ago, a finished job as none.
+    """
+    if MULTIPROCESS_DIR_ENV in os.environ:
+        # The series this process has set (prometheus-client keeps them by label values).
+        for labels in gauge._metrics:
+            if labels not in values:
+                gauge.labels(*labels).set(0.0)
+    else:
+        gauge.clear()
+    for labels, value in values.items():
+        gauge.labels(*labels).set(value)
 
 
 class Metrics:
@@ -197,7 +217,8 @@ class Metrics:
         )
         self._pauses = Gauge(
             "retryd_pause_end_timestamp_seconds",
-            "Each operator pause in force (by target glob): when it ends, +Inf until resumed.",
+            "Each operator pause in force (by target glob): when it ends, +Inf until resumed "
+            "(with drain.processes > 1 a lifted pause stays, at 0: a past end).",
             ["pattern"],
             multiprocess_mode="livemax",
             registry=registry,
@@ -342,17 +363,14 @@ class Metrics:
 
     def set_pauses(self, pauses: Sequence[tuple[str, float | None]]) -> None:
         """Export the pauses in force as (pattern, end in unix s or None), replacing the last."""
-        self._pauses.clear()
-        for pattern, until_s in pauses:
-            self._pauses.labels(pattern=pattern).set(math.inf if until_s is None else until_s)
+        _replace(
+            self._pauses,
+            {(pattern,): math.inf if until_s is None else until_s for pattern, until_s in pauses},
+        )
 
     def set_redrive_jobs(
         self, by_state: Mapping[str, int], messages: Mapping[tuple[str, str], int]
     ) -> None:
         """Export the stored jobs by state, and their messages by (kind, outcome)."""
-        self._redrive_jobs.clear()
-        for state, count in by_state.items():
-            self._redrive_jobs.labels(state=state).set(count)
-        self._redrive_messages.clear()
-        for (kind, outcome), count in messages.items():
-            self._redrive_messages.labels(kind=kind, outcome=outcome).set(count)
+        _replace(self._redrive_jobs, {(state,): count for state, count in by_state.items()})
+        _replace(self._redrive_messages, {key: count for key, count in messages.items()})

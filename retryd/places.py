@@ -305,8 +305,13 @@ class Places:
 
     async def for_sending(self, target_arn: str, queue_arn: str) -> AwsClients:
         """The clients to send to a target with: its own place's when that is configured,
-        else those of the DLQ the message came from (the target's resource policy decides)."""
+        else those of the DLQ the message came from (the target's resource policy decides).
+
+        PlaceError when that place's role cannot be assumed: a send would fail on
+        retryd's own credentials, which is no answer of the target's.
+        """
         place = self.place_of(target_arn) or self.place_of(queue_arn) or self.home
+        await self.ready(place)
         return await self.clients(place)
 
     async def home_clients(self) -> AwsClients:
@@ -319,7 +324,7 @@ def _home_entry(accounts: Sequence[AccountSettings]) -> AccountSettings | None:
 
 
 async def _caller_account(session: aioboto3.Session, region: str, config: AioConfig) -> str:
-    """The home account's id, asked once at start (only when [[accounts]] lists no home entry)."""
+    """The home account's id (the session's credentials'), asked once at start."""
     try:
         async with session.client("sts", region_name=region, config=config) as sts:
             return str((await sts.get_caller_identity())["Account"])
@@ -344,11 +349,16 @@ async def open_places(settings: Settings) -> AsyncIterator[Places]:
     async with AsyncExitStack() as stack:
         home_entry = _home_entry(accounts)
         home_region = home_entry.regions[0] if home_entry is not None else session_region
-        home_account = (
-            home_entry.account_id
-            if home_entry is not None
-            else await _caller_account(session, home_region, config)
-        )
+        # Asked even when an entry names the home account: its places are worked in with
+        # the session's own credentials, which must be that account's, or every call
+        # there (discovery, sends) would be made in another account's name.
+        home_account = await _caller_account(session, home_region, config)
+        if home_entry is not None and home_entry.account_id != home_account:
+            raise AwsSetupError(
+                f"accounts: the entry without role_arn is account {home_entry.account_id}, "
+                f"but retryd's AWS credentials are account {home_account}'s "
+                "(give that entry the account's role_arn, or run retryd in it)"
+            )
         source = await session.get_credentials()
         if source is None and any(a.role_arn for a in accounts):
             raise AwsSetupError("no AWS credentials to assume the member roles with")

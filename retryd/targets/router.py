@@ -2,7 +2,9 @@
 
 A target is sent to with the clients of the place (account and region) it lives
 in when that place is one retryd works in; otherwise with the clients of the
-DLQ the message came from, and the target's resource policy decides.
+DLQ the message came from, and the target's resource policy decides. When that
+place cannot be worked in (its role cannot be assumed), its jobs fail as retryd's
+own set-up (CONFIG: they stay in their DLQ), never as the target's refusal.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Protocol
 import anyio
 
 from retryd.aws import AwsClients
-from retryd.models import Job, Target, TargetType
+from retryd.models import ErrorClass, Job, SendError, Target, TargetType
+from retryd.places import PlaceError
 from retryd.targets.base import Delivery, Resubmitter
 from retryd.targets.event_bus import EventBusTarget
 from retryd.targets.lambda_function import LambdaFunctionTarget
@@ -27,7 +30,10 @@ OnAnswer = Callable[[Sequence[Delivery]], Awaitable[None]]
 
 
 class PickClients(Protocol):
-    """The clients to send to `target_arn` with, for a message from the DLQ `queue_arn`."""
+    """The clients to send to `target_arn` with, for a message from the DLQ `queue_arn`.
+
+    PlaceError when the place they belong to cannot be worked in now.
+    """
 
     async def __call__(self, target_arn: str, queue_arn: str) -> AwsClients: ...
 
@@ -69,10 +75,27 @@ class TargetRouter:
             self._resubmitters[id(clients)] = known
         return known
 
-    async def _clients_for(self, job: Job) -> AwsClients:
+    async def _clients_for(
+        self, job: Job, picked: dict[tuple[str, str], AwsClients | SendError]
+    ) -> AwsClients | SendError:
         if self._pick is None:
             return self._clients
-        return await self._pick(job.target.arn, job.letter.queue.arn)
+        # Once per target and DLQ in a call: a role that cannot be assumed is asked
+        # about once, not once per job.
+        key = (job.target.arn, job.letter.queue.arn)
+        known = picked.get(key)
+        if known is None:
+            try:
+                known = await self._pick(*key)
+            except PlaceError as exc:
+                error_class = (
+                    ErrorClass.TRANSIENT
+                    if exc.error_class == ErrorClass.TRANSIENT.value
+                    else ErrorClass.CONFIG
+                )
+                known = SendError(error_class, "PlaceUnavailable", f"{exc.place}: {exc.why}")
+            picked[key] = known
+        return known
 
     async def submit(
         self, jobs: Sequence[Job], on_answer: OnAnswer | None = None
@@ -85,11 +108,20 @@ class TargetRouter:
         """
         groups: dict[tuple[Target, int], list[int]] = defaultdict(list)
         resubmitters: dict[int, dict[TargetType, Resubmitter]] = {}
+        results: list[Delivery | None] = [None] * len(jobs)
+        picked: dict[tuple[str, str], AwsClients | SendError] = {}
+        unsent: list[Delivery] = []
         for index, job in enumerate(jobs):
-            clients = await self._clients_for(job)
+            clients = await self._clients_for(job, picked)
+            if isinstance(clients, SendError):
+                delivery = Delivery(job, clients)
+                results[index] = delivery
+                unsent.append(delivery)
+                continue
             resubmitters[id(clients)] = self._for(clients)
             groups[(job.target, id(clients))].append(index)
-        results: list[Delivery | None] = [None] * len(jobs)
+        if unsent and on_answer is not None:
+            await on_answer(unsent)
 
         async def call(resubmitter: Resubmitter, target: Target, indexes: list[int]) -> None:
             deliveries = await resubmitter.submit(target, [jobs[i] for i in indexes])

@@ -27,6 +27,7 @@ from retryd.commands.cli import main
 from retryd.control.deferrals import Hidden, HiddenBook, hidden_in
 from retryd.control.memory import MemoryControlStore, MemoryDocs
 from retryd.drain.cycle import Cycle, CycleReport
+from retryd.errors import AwsSetupError
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
 from retryd.models import Outcome, ParkReason, QueueRef
@@ -457,3 +458,55 @@ def test_without_a_home_entry_the_home_account_is_asked_once(
     assert who.hits == 1
     assert report.ok, report.errors
     assert depth(member, "dest") == 2
+
+
+def test_a_target_whose_places_role_cannot_be_assumed_is_not_parked(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A home message for a member's queue while that member's role is refused: retryd's own
+    trouble, not the target's answer, so the message is not parked: it stays in its DLQ."""
+    home = build_place(world, ACCOUNT, REGION, 0)
+    member = build_place(world, MEMBER, REGION, 0)
+    target = f"arn:aws:sqs:{REGION}:{MEMBER}:dest"
+    home.send_message(
+        QueueUrl=home.get_queue_url(QueueName=DLQ)["QueueUrl"],
+        MessageBody=json.dumps(envelope("sqs", target, {"to": "member"})),
+    )
+    world.faults.add(Fault("sts", "AssumeRole", code="AccessDenied", status=403, contains=MEMBER))
+    settings = make_settings(
+        accounts=[
+            {"account_id": ACCOUNT, "regions": [REGION]},
+            {"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)},
+        ],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*", target]},
+    )
+    [report], _ = cycles(settings, 1)
+    assert report.outcomes.get(Outcome.PARKED.value, 0) == 0, report.reasons
+    assert report.outcomes[Outcome.FAILED.value] == 1
+    assert depth(home, PARKING) == 0
+    assert depth(home, DLQ) == 1
+    assert depth(member, "dest") == 0
+
+
+def test_a_home_entry_naming_another_account_than_the_credentials_is_refused(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """The entry without role_arn says which account retryd's own credentials are in; when
+    they are in another, retryd says so at start instead of working in that account's name
+    with the wrong credentials."""
+    settings = make_settings(
+        accounts=[
+            {"account_id": BROKEN, "regions": [REGION]},
+            {"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)},
+        ],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{BROKEN}:*"]},
+    )
+
+    async def main() -> None:
+        async with open_places(settings):
+            pass
+
+    with pytest.raises(AwsSetupError) as raised:
+        anyio.run(main)
+    assert BROKEN in str(raised.value)
+    assert ACCOUNT in str(raised.value)
