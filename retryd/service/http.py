@@ -9,6 +9,7 @@ time out and get a healthy process killed.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from retryd.errors import ConfigError
 from retryd.settings import HttpSettings, Settings
 
 # Probes and scrapes finish in milliseconds; a stop must not wait long for a slow client.
@@ -150,3 +152,18 @@ async def serve_http(
         # and leave the socket bound.
         with anyio.CancelScope(shield=True):
             await runner.cleanup()
+
+
+async def start_http(
+    group: anyio.abc.TaskGroup, settings: HttpSettings, registry: CollectorRegistry, health: Health
+) -> int:
+    """Serve in `group` and return the bound port; a port that cannot be had is a
+    ConfigError naming the setting (said once, instead of a traceback per task)."""
+    try:
+        port: int = await group.start(serve_http, settings, registry, health)
+    except OSError as exc:
+        address = f"{settings.host}:{settings.port}"
+        # aiohttp rewords the OS's message around the address; the errno says it plainly.
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError([f"http.port: cannot listen on {address}: {why}"]) from None
+    return port

@@ -8,7 +8,6 @@ A second signal cancels at once.
 
 from __future__ import annotations
 
-import os
 import signal
 
 import anyio
@@ -17,12 +16,11 @@ from prometheus_client import CollectorRegistry
 
 from retryd.drain.cycle import Cycle, CycleReport
 from retryd.drain.shard import WHOLE, Shard
-from retryd.errors import ConfigError
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
 from retryd.places import open_places
 from retryd.resolve.hooks import Hooks
-from retryd.service.http import Health, serve_http
+from retryd.service.http import Health, start_http
 from retryd.service.scheduler import run_schedule
 from retryd.service.systemd import SystemdNotifier
 from retryd.settings import Settings
@@ -102,14 +100,7 @@ async def run_daemon(
             _watch_signals, stopping, work, settings.shutdown.drain_timeout_s, notifier
         )
         if settings.http.enabled:
-            try:
-                port = await group.start(serve_http, settings.http, registry, health)
-            except OSError as exc:
-                # Said once, naming the setting, instead of a traceback per task.
-                address = f"{settings.http.host}:{settings.http.port}"
-                # aiohttp rewords the OS's message around the address; the errno says it plainly.
-                why = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise ConfigError([f"http.port: cannot listen on {address}: {why}"]) from None
+            port = await start_http(group, settings.http, registry, health)
             log.info("http-listening", host=settings.http.host, port=port)
         async with (
             open_places(settings) as places,

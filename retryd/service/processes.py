@@ -51,7 +51,7 @@ from retryd.errors import ConfigError, ExitCode, RetrydError
 from retryd.logs import configure_logging
 from retryd.metrics import MULTIPROCESS_DIR_ENV, register_build_info
 from retryd.resolve.hooks import Hooks
-from retryd.service.http import Health, serve_http
+from retryd.service.http import Health, start_http
 from retryd.service.lifecycle import run_daemon, run_once
 from retryd.service.systemd import SystemdNotifier
 from retryd.settings import Settings
@@ -337,12 +337,10 @@ async def _supervise(settings: Settings, workers: list[_Worker], metrics_dir: st
         group.start_soon(_pass_signals_on, workers, stopping, notifier)
         if settings.http.enabled:
             try:
-                port = await group.start(serve_http, settings.http, registry, health)
-            except OSError as exc:
-                address = f"{settings.http.host}:{settings.http.port}"
-                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                port = await start_http(group, settings.http, registry, health)
+            except ConfigError:
                 _signal_all(workers, signal.SIGTERM)
-                raise ConfigError([f"http.port: cannot listen on {address}: {why}"]) from None
+                raise
             log.info("http-listening", host=settings.http.host, port=port)
         await _watch(
             workers,
