@@ -27,6 +27,7 @@ from retryd.commands.operator_input import OperatorInputError
 from retryd.commands.timeparse import iso, parse_time_s
 from retryd.control import ControlError, audit, control_store
 from retryd.control.jobs import Job, JobState, JobStore, MessageResult, new_job_id
+from retryd.control.store import ControlStore
 from retryd.drain.redrive import (
     DEFAULT_RAMP,
     PLAN_ACTION,
@@ -36,11 +37,10 @@ from retryd.drain.redrive import (
     Spec,
 )
 from retryd.drain.redrive_select import Selector, SelectorError
-from retryd.ledger import open_ledger
+from retryd.ledger import Ledger, open_ledger
 from retryd.metrics import Metrics
 from retryd.places import PlaceError, Places, open_places
 from retryd.settings import Settings
-from retryd.targets.router import PickClients
 
 # Exit codes of `retryd redrive` (besides 2, bad input, and 4, no parking queue).
 EXIT_OK = 0
@@ -236,7 +236,7 @@ def render_failures(job: Job) -> list[str]:
 # -- the commands ------------------------------------------------------------------------
 
 
-async def _who_and_store(settings: Settings, clients: AwsClients) -> tuple[str, Any]:
+async def _who_and_store(settings: Settings, clients: AwsClients) -> tuple[str, ControlStore]:
     return await audit.caller_identity(settings.aws), control_store(settings.ledger, clients)
 
 
@@ -255,8 +255,32 @@ async def _sources_place(
     return places.settings_for(settings, place), await places.clients(place)
 
 
-def _pick(places: Places) -> PickClients | None:
-    return places.for_sending if places.configured else None
+async def _redrive_in_place(
+    settings: Settings,
+    places: Places,
+    spec: Spec,
+    job: Job,
+    *,
+    ledger: Ledger,
+    metrics: Metrics,
+    store: ControlStore,
+    home: AwsClients,
+) -> Redrive:
+    """The engine for `job`, in the place its sources are in: a new job and a resumed one
+    are built alike, so a resume works where the job began."""
+    there, clients = await _sources_place(settings, places, spec)
+    return Redrive(
+        there,
+        clients,
+        ledger=ledger,
+        metrics=metrics,
+        control=store,
+        spec=spec,
+        pick=places.for_sending if places.configured else None,
+        qualified_deferrals=places.configured,
+        member=_owner(job),
+        home=home,
+    )
 
 
 async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
@@ -271,18 +295,8 @@ async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
         metrics = Metrics(CollectorRegistry())
         job = Job(new_job_id(), spec.kind, spec.to_json(), who)
         async with open_ledger(settings.ledger, home, metrics, owner=_owner(job)) as ledger:
-            there, clients = await _sources_place(settings, places, spec)
-            redrive = Redrive(
-                there,
-                clients,
-                ledger=ledger,
-                metrics=metrics,
-                control=store,
-                spec=spec,
-                pick=_pick(places),
-                qualified_deferrals=places.configured,
-                member=_owner(job),
-                home=home,
+            redrive = await _redrive_in_place(
+                settings, places, spec, job, ledger=ledger, metrics=metrics, store=store, home=home
             )
             try:
                 return await _plan_and_execute(
@@ -344,18 +358,8 @@ async def _resume(settings: Settings, job_id: str, output: str) -> int:
         spec = Spec.from_json(job.spec)
         metrics = Metrics(CollectorRegistry())
         async with open_ledger(settings.ledger, home, metrics, owner=_owner(job)) as ledger:
-            there, clients = await _sources_place(settings, places, spec)
-            redrive = Redrive(
-                there,
-                clients,
-                ledger=ledger,
-                metrics=metrics,
-                control=store,
-                spec=spec,
-                pick=_pick(places),
-                qualified_deferrals=places.configured,
-                member=_owner(job),
-                home=home,
+            redrive = await _redrive_in_place(
+                settings, places, spec, job, ledger=ledger, metrics=metrics, store=store, home=home
             )
             try:
                 try:
