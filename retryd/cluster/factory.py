@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import anyio
+
 from retryd.admission.breaker import Breakers
+from retryd.admission.guards import Guards, build_guards
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
 from retryd.cluster.base import Cluster, SingleReplica
 from retryd.cluster.dynamodb import DynamoDbCluster
-from retryd.ledger.base import default_owner
+from retryd.ledger.base import Ledger, default_owner
+from retryd.metrics import Metrics
 from retryd.settings import Settings
 
 
@@ -43,3 +49,34 @@ def open_cluster(
         member_ttl_s=member_ttl_s(settings),
         me=me or default_owner(),
     )
+
+
+@dataclass(frozen=True)
+class SharedAdmission:
+    """Guards whose breakers and rate limits the replicas share through `cluster`."""
+
+    guards: Guards
+    cluster: Cluster
+    rates: RateLimits
+
+
+def admit_in_cluster(
+    settings: Settings,
+    clients: AwsClients,
+    *,
+    ledger: Ledger | None,
+    metrics: Metrics,
+    me: str | None = None,
+) -> SharedAdmission:
+    """The guards a cycle or a redrive job admits with, joined to the cluster.
+
+    `clients` are those of the place the cluster item is in (the home place).
+    """
+    # Breakers count in the event loop's monotonic time: a wall-clock jump must
+    # not open or close one.
+    breakers = Breakers(settings.breaker, anyio.current_time, metrics)
+    rates = RateLimits(settings.rate_limit, anyio.current_time)
+    guards = build_guards(settings, ledger=ledger, metrics=metrics, breakers=breakers, rates=rates)
+    # Replicas on one DynamoDB ledger share the breakers and rate budgets.
+    cluster = open_cluster(settings, clients, breakers=breakers, rates=rates, me=me)
+    return SharedAdmission(guards, cluster, rates)

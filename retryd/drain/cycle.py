@@ -20,12 +20,10 @@ import anyio
 import structlog
 
 from retryd import classify
-from retryd.admission import build_guards
-from retryd.admission.breaker import Breakers
-from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
-from retryd.cluster import Cluster, open_cluster
+from retryd.cluster import Cluster
 from retryd.cluster.agree import share
+from retryd.cluster.factory import admit_in_cluster
 from retryd.control import ControlError, control_store
 from retryd.control.deferrals import HiddenBook
 from retryd.control.jobs import JOBS_DOC, job_metrics
@@ -280,15 +278,10 @@ class Cycle:
         self._clients = clients
         self._metrics = metrics
         self._places = places or Places.single(clients)
-        # Breakers count in the event loop's monotonic time: a wall-clock jump must
-        # not open or close one.
-        breakers = Breakers(settings.breaker, anyio.current_time, metrics)
-        rates = RateLimits(settings.rate_limit, anyio.current_time)
-        self._guards = build_guards(
-            settings, ledger=ledger, metrics=metrics, breakers=breakers, rates=rates
-        )
-        # Replicas on one DynamoDB ledger share the breakers and rate budgets.
-        self._cluster: Cluster = open_cluster(settings, clients, breakers=breakers, rates=rates)
+        admission = admit_in_cluster(settings, clients, ledger=ledger, metrics=metrics)
+        self._guards = admission.guards
+        self._cluster: Cluster = admission.cluster
+        rates = admission.rates
         if not shard.whole and settings.ledger.backend != "dynamodb":
             # Worker processes with no cluster to agree through (the DynamoDB one counts
             # each as a replica): each takes an equal part of every target's rate, so

@@ -54,11 +54,10 @@ import anyio
 import structlog
 
 from retryd import classify
-from retryd.admission import Defer, DeferReason, Done, Go, Guards, Hold, Park, build_guards
-from retryd.admission.breaker import Breakers
-from retryd.admission.ratelimit import RateLimits
+from retryd.admission import Defer, DeferReason, Done, Go, Guards, Hold, Park
 from retryd.aws import AwsClients
-from retryd.cluster import Cluster, open_cluster
+from retryd.cluster import Cluster
+from retryd.cluster.factory import admit_in_cluster
 from retryd.control.deferrals import deferral_queue, forget, hidden_in
 from retryd.control.jobs import (
     CANCELLED_REASON,
@@ -281,14 +280,11 @@ class Redrive:
         # Built as a cycle builds them, and shared the same way: a redrive during an
         # incident must neither hit a target the daemon found broken nor add its own
         # rate on top of the daemon's.
-        breakers = Breakers(settings.breaker, anyio.current_time, metrics)
-        rates = RateLimits(settings.rate_limit, anyio.current_time)
-        self._guards: Guards = build_guards(
-            settings, ledger=ledger, metrics=metrics, breakers=breakers, rates=rates
+        admission = admit_in_cluster(
+            settings, home or clients, ledger=ledger, metrics=metrics, me=member
         )
-        self._cluster: Cluster = open_cluster(
-            settings, home or clients, breakers=breakers, rates=rates, me=member
-        )
+        self._guards: Guards = admission.guards
+        self._cluster: Cluster = admission.cluster
         # Admission (the guards) owns the rate limits and the ledger claims, as in a cycle.
         self._sender = Sender(
             targets=TargetRouter(clients, settings.drain.target_concurrency, pick=pick),
