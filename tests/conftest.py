@@ -34,7 +34,7 @@ def fault_injector() -> FaultInjector:
 
 @pytest.fixture(scope="session")
 def moto_server(fault_injector: FaultInjector) -> Iterator[MotoServer]:
-    # Faults are answered before moto is reached; what reaches it is made atomic as AWS is.
+    # Faults are answered before moto is reached; its transactions run one at a time.
     with MotoServer(middleware=lambda app: fault_injector.middleware(atomic(app))) as server:
         yield server
 
