@@ -17,8 +17,8 @@ from pathlib import Path
 import anyio.to_thread
 
 from retryd.control.store import Body, ControlError, Doc
+from retryd.ledger.sqlite import open_wal
 
-BUSY_TIMEOUT_S = 10.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS control_docs (
     name TEXT PRIMARY KEY NOT NULL,
@@ -39,9 +39,12 @@ class SqliteControlStore:
         self._clock = clock
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(_SCHEMA)
+        conn = open_wal(self.path)
+        try:
+            conn.execute(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _get(self, names: Sequence[str], now_s: float) -> dict[str, Doc]:

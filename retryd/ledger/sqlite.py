@@ -173,14 +173,47 @@ def _select_live(conn: sqlite3.Connection, keys: Sequence[str], now_s: float) ->
     return {row[0]: _record(row) for row in rows}
 
 
-def _connect(path: Path, now_s: float) -> sqlite3.Connection:
+def open_wal(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Connect to the ledger's file (the control store's too), switched to WAL mode.
+
+    The switch happens once in the file's life, but every connection asks for it,
+    since any of them may be the first. SQLite takes an exclusive lock for it and,
+    where waiting could deadlock (another connection holds the write lock), fails
+    at once with SQLITE_BUSY instead of calling the busy handler
+    (https://sqlite.org/c3ref/busy_handler.html). Two processes opening a new file
+    together, or a command opening it while the daemon writes, meet exactly that;
+    so the switch is retried here for as long as the busy timeout would have waited.
+    """
     # isolation_level=None: transactions are begun explicitly, as BEGIN IMMEDIATE.
-    # check_same_thread=False: anyio's worker threads take turns, under the ledger's lock.
     conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        path,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=check_same_thread,
     )
+    give_up_at = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause_s = 0.005
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= give_up_at:
+                    raise
+            else:
+                return conn
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 2, 0.1)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _connect(path: Path, now_s: float) -> sqlite3.Connection:
+    # check_same_thread=False: anyio's worker threads take turns, under the ledger's lock.
+    conn = open_wal(path, check_same_thread=False)
+    try:
         # NORMAL under WAL: a commit is not fsynced, the WAL is at checkpoints
         # (https://sqlite.org/pragma.html#pragma_synchronous). A process crash (kill,
         # OOM, deploy) loses nothing; a power loss or kernel crash can roll back the
