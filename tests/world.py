@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -125,6 +126,22 @@ class World:
             for message in batch:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
             messages.extend(batch)
+
+    def wait_visible(self, queues: Sequence[str], timeout_s: float = 30.0) -> None:
+        """Wait until no message of these queues is in flight, so a receive sees them all."""
+        deadline = time.monotonic() + timeout_s
+        for queue in queues:
+            while True:
+                in_flight = int(
+                    self.client("sqs").get_queue_attributes(
+                        QueueUrl=self.queue_url(queue),
+                        AttributeNames=["ApproximateNumberOfMessagesNotVisible"],
+                    )["Attributes"]["ApproximateNumberOfMessagesNotVisible"]
+                )
+                if not in_flight:
+                    break
+                assert time.monotonic() < deadline, f"{queue}: {in_flight} still in flight"
+                time.sleep(0.2)
 
     def depth(self, queue: str) -> int:
         """Visible plus in-flight messages: what is still in the queue at all.

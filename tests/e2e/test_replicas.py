@@ -166,7 +166,16 @@ def test_three_replicas_share_a_rate_and_take_over_a_killed_ones_share(
         cycles = sum(r.logged_count("cycle") for r in running)
 
     assert 0 < delivered <= 5 * elapsed_s + 5, (delivered, elapsed_s)
-    assert world.depth("orders-target") + world.depth("retry-orders") == 200
+    # Counted by receiving every message, once the killed replica's leases have run out:
+    # moto's approximate counts read the clock per message and can miss one changing state.
+    world.wait_visible(["orders-target", "retry-orders", PARKING])
+    sent = [json.loads(m["Body"])["n"] for m in world.drain("orders-target")]
+    left = [json.loads(m["Body"])["payload"]["n"] for m in world.drain("retry-orders")]
+    parked = [m["Body"] for m in world.drain(PARKING)]
+    assert parked == []
+    assert sorted(set(sent) | set(left)) == list(range(200)), (len(sent), len(left))
+    # A killed replica's claimed batch may go out again (at least once), nothing more.
+    assert len(sent) + len(left) - 200 <= 10, (len(sent), len(left))
     # What agreeing costs: one UpdateItem per cycle, plus one to leave (none per message).
     calls = cluster_calls(world)
     assert cycles <= calls <= cycles + 3 * 2, (calls, cycles)
