@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +17,7 @@ from retryd.control.memory import reset_shared
 from retryd.sandbox.emulator import MotoServer
 from retryd.settings import Settings
 from tests.faults import FaultInjector, atomic
+from tests.reliability.conftest import FIGURES_ENV
 from tests.world import ACCOUNT, REGION, World
 
 SettingsFactory = Callable[..., Settings]
@@ -25,6 +29,45 @@ hypothesis_settings.register_profile(
     "retryd", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 hypothesis_settings.load_profile("retryd")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the controlling process: a file for the reliability suites' figures lines."""
+    if not hasattr(config, "workerinput") and FIGURES_ENV not in os.environ:
+        handle, path = tempfile.mkstemp(prefix="retryd-figures-", suffix=".txt")
+        os.close(handle)
+        # Set before xdist starts its workers, which inherit the environment.
+        os.environ[FIGURES_ENV] = path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures lines the reliability suites recorded, in whichever process they ran."""
+    if hasattr(terminalreporter.config, "workerinput") or FIGURES_ENV not in os.environ:
+        return
+    path = Path(os.environ.pop(FIGURES_ENV))
+    lines = path.read_text().splitlines() if path.exists() else []
+    path.unlink(missing_ok=True)
+    if lines:
+        sizes = "full" if os.environ.get("RETRYD_RELIABILITY") == "full" else "moderate"
+        terminalreporter.section(f"reliability figures ({sizes} sizes)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the reliability suites, then the slow tests, first; otherwise keep the order.
+
+    Under xdist (`--dist loadfile`) files are handed to workers in collection order, so a
+    slow file collected last would run alone at the end while the other workers idle.
+    """
+    first = ("reliability", "slow")  # the reliability suites are the longest of all
+
+    def rank(item: pytest.Item) -> int:
+        return next(
+            (n for n, name in enumerate(first) if item.get_closest_marker(name)), len(first)
+        )
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,8 @@ from tests.conftest import SettingsFactory
 from tests.faults import Fault
 from tests.world import ACCOUNT, REGION, World, envelope
 
+pytestmark = pytest.mark.slow
+
 PARKING = "retryd-parking"
 TABLE = "retryd-ledger-replicas"
 # A rest, budget and lease this short give a heartbeat of 2 x (0.5 + 2 + 5) = 15 s.

@@ -19,7 +19,9 @@ from tests.world import World
 
 FULL = os.environ.get("RETRYD_RELIABILITY") == "full"
 RESULTS_ENV = "RETRYD_RELIABILITY_RESULTS"
-_FIGURES: list[str] = []
+# Set by tests/conftest.py in the controlling process: the suites may run in xdist
+# workers, whose memory the terminal summary cannot see, so figures go through a file.
+FIGURES_ENV = "RETRYD_FIGURES_FILE"
 
 
 def size(moderate: int, full: int) -> int:
@@ -29,18 +31,10 @@ def size(moderate: int, full: int) -> int:
 
 def record_figures(line: str) -> None:
     """Keep a suite's closing figures line for the terminal summary (and the results file)."""
-    _FIGURES.append(line)
-    path = os.environ.get(RESULTS_ENV)
-    if path:
-        with Path(path).open("a") as results:
-            results.write(line + "\n")
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _FIGURES:
-        terminalreporter.section(f"reliability figures ({'full' if FULL else 'moderate'} sizes)")
-        for line in _FIGURES:
-            terminalreporter.write_line(line)
+    for path in (os.environ.get(FIGURES_ENV), os.environ.get(RESULTS_ENV)):
+        if path:
+            with Path(path).open("a") as results:
+                results.write(line + "\n")
 
 
 @pytest.fixture(scope="session")
