@@ -510,3 +510,33 @@ def test_a_home_entry_naming_another_account_than_the_credentials_is_refused(
         anyio.run(main)
     assert BROKEN in str(raised.value)
     assert ACCOUNT in str(raised.value)
+
+
+def test_the_loop_guard_tells_a_same_named_queue_in_another_region_from_the_dlq(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A message for the queue sharing its DLQ's name in another region is resubmitted there;
+    one for the DLQ itself is parked as a loop (the guard compares region, account and name)."""
+    here = build_place(world, ACCOUNT, REGION, 0)
+    there = build_place(world, ACCOUNT, OTHER_REGION, 0)
+    dlq_url = here.get_queue_url(QueueName=DLQ)["QueueUrl"]
+    for region in (OTHER_REGION, REGION):
+        target = f"arn:aws:sqs:{region}:{ACCOUNT}:{DLQ}"
+        body = envelope("sqs", target, {"to": region})
+        here.send_message(QueueUrl=dlq_url, MessageBody=json.dumps(body))
+    settings = make_settings(
+        accounts=[{"account_id": ACCOUNT, "regions": REGIONS}],
+        # Only this region's DLQ is drained: the other region's same-named queue is a target.
+        discovery={"queue_prefixes": [], "queues": [f"arn:aws:sqs:{REGION}:{ACCOUNT}:{DLQ}"]},
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*"]},
+    )
+    [report], _ = cycles(settings, 1)
+    assert report.outcomes == {Outcome.RESUBMITTED.value: 1, Outcome.PARKED.value: 1}
+    assert report.reasons[(Outcome.PARKED.value, ParkReason.TARGET_NOT_ALLOWED.value)] == 1
+    arrived = there.receive_message(QueueUrl=there.get_queue_url(QueueName=DLQ)["QueueUrl"])
+    assert [json.loads(m["Body"]) for m in arrived["Messages"]] == [{"to": OTHER_REGION}]
+    parking_url = here.get_queue_url(QueueName=PARKING)["QueueUrl"]
+    parked = here.receive_message(QueueUrl=parking_url, MessageAttributeNames=["All"])["Messages"]
+    assert len(parked) == 1
+    assert "would loop" in parked[0]["MessageAttributes"]["retryd.detail"]["StringValue"]
+    assert depth(here, DLQ) == 0
