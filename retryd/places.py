@@ -194,9 +194,11 @@ class Places:
     def entries_for(self, place: Place, entries: Sequence[str]) -> list[str]:
         """The queue entries (names, URLs, ARNs) that may name a queue in `place`.
 
-        A name may be in any place; a URL or an ARN only in the account (and region)
-        it names. ARNs are given back as names, which GetQueueUrl takes. With no
-        [[accounts]], the entries as given.
+        A name may be in any place; a URL or an ARN only in the account and region it
+        names. A URL whose host names no region (an emulator's, or an AWS host without
+        one) names one queue all the same: it is taken to be in its account's first
+        listed region, never in each (one DLQ, drained once). ARNs are given back as
+        names, which GetQueueUrl takes. With no [[accounts]], the entries as given.
         """
         if not self.configured:
             return list(entries)
@@ -215,9 +217,8 @@ class Places:
                 except ValueError:
                     kept.append(entry)
                     continue
-                if location.account == place.account_id and location.region in (
-                    None,
-                    place.region,
+                if location.account == place.account_id and place.region == (
+                    location.region or self._first_region.get(place.account_id)
                 ):
                     kept.append(entry)
             else:
@@ -266,6 +267,10 @@ class Places:
     def __post_init__(self) -> None:
         # Asked once per message sent (which clients to send with): a set, built once.
         self._known = frozenset((*self.places, self.home))
+        # Where a queue URL that names no region is read: its account's first listed region.
+        self._first_region: dict[str, str] = {}
+        for place in self.places:
+            self._first_region.setdefault(place.account_id, place.region)
 
     async def ready(self, place: Place) -> None:
         """Make sure `place` can be worked in: a member's role assumed (or still valid).

@@ -540,3 +540,54 @@ def test_the_loop_guard_tells_a_same_named_queue_in_another_region_from_the_dlq(
     assert len(parked) == 1
     assert "would loop" in parked[0]["MessageAttributes"]["retryd.detail"]["StringValue"]
     assert depth(here, DLQ) == 0
+
+
+@pytest.mark.parametrize(
+    "host", ["moto", "https://sqs.amazonaws.com", "https://queue.amazonaws.com"]
+)
+def test_a_queue_url_naming_no_region_is_one_dlq_in_one_place(
+    world: World, make_settings: SettingsFactory, host: str
+) -> None:
+    """A listed queue URL whose host names no region (an emulator's, the global host) is
+    drained in one place only: the account's first listed region (queue.amazonaws.com
+    is us-east-1's own); the same-named DLQ in the account's other region is left alone."""
+    first = build_place(world, ACCOUNT, REGION, 1)
+    second = build_place(world, ACCOUNT, OTHER_REGION, 2)
+    url = first.get_queue_url(QueueName=DLQ)["QueueUrl"]
+    if host != "moto":
+        url = f"{host}/{ACCOUNT}/{DLQ}"
+    settings = make_settings(
+        accounts=[{"account_id": ACCOUNT, "regions": REGIONS}],
+        discovery={"queue_prefixes": [], "queues": [url]},
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*"]},
+    )
+    [report], _ = cycles(settings, 1)
+    assert report.ok, report.errors
+    assert report.queues == 1
+    assert report.outcomes == {Outcome.RESUBMITTED.value: 1}
+    assert depth(first, DLQ) == 0
+    assert depth(second, DLQ) == 2
+
+
+def test_entries_for_keeps_a_url_in_the_one_place_it_belongs_to() -> None:
+    """A URL naming its region is kept in that place; one naming none in its account's first
+    listed region only; a redrive's sources given so are in that place."""
+    places = Places(
+        Place(ACCOUNT, REGION),
+        tuple(Place(account, region) for account in (ACCOUNT, MEMBER) for region in REGIONS),
+        True,
+        None,
+        {},
+        None,
+        None,
+    )
+    named = f"https://sqs.{OTHER_REGION}.amazonaws.com/{MEMBER}/{DLQ}"
+    bare = f"http://localhost:4566/{MEMBER}/{DLQ}"
+    keeping = {place: places.entries_for(place, [named, bare, DLQ]) for place in places.places}
+    assert keeping == {
+        Place(ACCOUNT, REGION): [DLQ],
+        Place(ACCOUNT, OTHER_REGION): [DLQ],
+        Place(MEMBER, REGION): [bare, DLQ],
+        Place(MEMBER, OTHER_REGION): [named, DLQ],
+    }
+    assert places.place_for_sources([bare]) == Place(MEMBER, REGION)
