@@ -591,3 +591,57 @@ def test_entries_for_keeps_a_url_in_the_one_place_it_belongs_to() -> None:
         Place(MEMBER, OTHER_REGION): [named, DLQ],
     }
     assert places.place_for_sources([bare]) == Place(MEMBER, REGION)
+
+
+@pytest.mark.parametrize("source", [ACCOUNT, MEMBER])
+def test_a_target_in_a_region_retryd_does_not_drain_is_sent_there(
+    world: World, make_settings: SettingsFactory, source: str
+) -> None:
+    """A target in a listed account but an unlisted region is sent with that account's
+    credentials in the target's own region (not the DLQ's), and arrives there."""
+    dlq = build_place(world, source, REGION, 0)
+    build_place(world, MEMBER, REGION, 0)
+    elsewhere = sqs_in(world, MEMBER, OTHER_REGION)
+    elsewhere.create_queue(QueueName="dest")
+    target = f"arn:aws:sqs:{OTHER_REGION}:{MEMBER}:dest"
+    dlq.send_message(
+        QueueUrl=dlq.get_queue_url(QueueName=DLQ)["QueueUrl"],
+        MessageBody=json.dumps(envelope("sqs", target, {"to": OTHER_REGION})),
+    )
+    settings = make_settings(
+        accounts=[
+            {"account_id": ACCOUNT, "regions": [REGION]},
+            {"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)},
+        ],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*", f"arn:aws:sqs:*:{MEMBER}:*"]},
+    )
+    [report], _ = cycles(settings, 1)
+    assert report.outcomes == {Outcome.RESUBMITTED.value: 1}, report.reasons
+    assert depth(elsewhere, "dest") == 1
+    assert depth(dlq, DLQ) == 0
+    assert depth(dlq, PARKING) == 0
+
+
+def test_a_target_in_a_region_retryd_knows_nothing_of_is_held_not_parked(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A target whose region no allow_targets pattern names and no AWS partition has (a
+    wildcard matched it): no clients are made for it; the message stays in its DLQ, with why."""
+    home = build_place(world, ACCOUNT, REGION, 0)
+    target = f"arn:aws:sqs:us-nowhere-7:{ACCOUNT}:dest"
+    home.send_message(
+        QueueUrl=home.get_queue_url(QueueName=DLQ)["QueueUrl"],
+        MessageBody=json.dumps(envelope("sqs", target, {"to": "nowhere"})),
+    )
+    settings = make_settings(
+        accounts=[{"account_id": ACCOUNT, "regions": [REGION]}],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*"]},
+    )
+    with capture_logs() as logs:
+        [report], _ = cycles(settings, 1)
+    assert report.outcomes == {Outcome.FAILED.value: 1}, report.reasons
+    assert depth(home, PARKING) == 0
+    assert depth(home, DLQ) == 1
+    [failed] = [line for line in logs if line.get("outcome") == Outcome.FAILED.value]
+    assert "us-nowhere-7" in failed["detail"]
+    assert "allow_targets" in failed["detail"]
