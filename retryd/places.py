@@ -346,9 +346,8 @@ class Places:
 
     def sending_place(self, target_arn: str, queue_arn: str) -> Place:
         """Where a target is sent to from: always in the target's own region, with the
-        credentials of the target's account when retryd has them (the home account's
-        or a listed member's), else with those of the DLQ's account (and the target's
-        resource policy decides).
+        credentials of the target's account when [[accounts]] lists it, else with those
+        of the DLQ's account (and the target's resource policy decides).
 
         A region no place covers gets clients of its own only when `target_regions`
         holds it; otherwise PlaceError (CONFIG: the message stays in its DLQ, with why).
@@ -364,19 +363,19 @@ class Places:
             return target
         if not is_region_name(target.region):
             return source
-        owner = target.account_id if self._has_credentials(target.account_id) else source.account_id
+        # A listed account's own credentials (the home entry's chain, a member's role), as
+        # `retryd iam-policy` grants its targets to that account's role; else the DLQ's.
+        listed = target.account_id in self._first_region
+        owner = target.account_id if listed else source.account_id
         place = Place(owner, target.region)
         if place in self._known or target.region in self._target_regions:
             return place
         raise PlaceError(
             place,
             f"target {target_arn} is in region {target.region}, which no [[accounts]] entry "
-            "lists and no guards.allow_targets pattern names: retryd has no clients there",
+            "lists, no guards.allow_targets pattern spells out, and no AWS partition botocore "
+            "knows has: retryd makes no clients there",
         )
-
-    def _has_credentials(self, account_id: str) -> bool:
-        # The home account (the chain's own) or a listed one (a member: its role).
-        return account_id == self.home.account_id or account_id in self._first_region
 
     async def for_sending(self, target_arn: str, queue_arn: str) -> AwsClients:
         """The clients to send to a target with (see `sending_place`), opened on first use.

@@ -127,3 +127,23 @@ def test_clients_are_only_ever_made_in_a_listed_or_allowed_region(
         return
     assert place.region in ("us-east-1", "eu-west-1")
     assert place.account_id in (HOME, MEMBER)
+
+
+def test_an_unlisted_home_account_is_sent_to_with_the_dlqs_role() -> None:
+    """Home not listed (not drained): its targets are sent with the DLQ account's role, as
+    `retryd iam-policy` grants a glob matching no listed account to every member role."""
+    member = Place(MEMBER, "us-east-1")
+    subject = Places(
+        Place(HOME, "us-east-1"),
+        (member,),
+        True,
+        None,
+        {},
+        None,
+        None,
+        _target_regions=frozenset({"eu-west-1"}),
+    )
+    target = f"arn:aws:sqs:eu-west-1:{HOME}:dest"
+    assert subject.sending_place(target, f"arn:aws:sqs:us-east-1:{MEMBER}:q") == Place(
+        MEMBER, "eu-west-1"
+    )
