@@ -15,8 +15,9 @@ used (`Places.ready`), as that place's error only.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,13 +32,15 @@ from aiobotocore.credentials import (
 )
 from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider
+from botocore.session import Session as BotocoreSession
 
 from retryd import classify
+from retryd.admission.matching import parse_glob
 from retryd.aws import AwsClients, client_config, enter_clients, open_clients, open_session
 from retryd.discovery.queues import is_queue_url, parse_queue_url
 from retryd.errors import AwsSetupError
-from retryd.models import Arn
-from retryd.settings import AccountSettings, Settings
+from retryd.models import Arn, is_region_name
+from retryd.settings import AccountSettings, GuardSettings, Settings
 
 # aiobotocore logs a failed refresh as a warning with its traceback (through the
 # standard library's last-resort handler, onto stderr). retryd says it once itself,
@@ -49,6 +52,10 @@ logging.getLogger("aiobotocore.credentials").setLevel(logging.ERROR)
 ROLE_SESSION_NAME = "retryd"
 # What botocore calls these credentials (its `method`, shown in its debug logs).
 ASSUME_ROLE_METHOD = "retryd-assume-role"
+# The services retryd sends to: a wildcard region in `allow_targets` stands for the
+# regions botocore knows them in.
+TARGET_SERVICES = ("sqs", "sns", "lambda", "states", "events")
+_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -150,6 +157,33 @@ def assumed_credentials(
     )
 
 
+def target_regions(
+    guards: GuardSettings, botocore: BotocoreSession | None = None
+) -> frozenset[str]:
+    """The regions a target may be sent to in, beyond the listed places' own.
+
+    Those `guards.allow_targets` names: a pattern's literal region as it is; a wildcard
+    region as every region botocore's endpoint data knows for a target service in the
+    pattern's partitions (all of them with `allow_any_target`). A finite set, so the
+    clients made for targets stay bounded whatever region a DLQ's writer names.
+    """
+    patterns = [("*", "*", "*")] if guards.allow_any_target else []
+    for glob in guards.allow_targets:
+        partition, service, region, _, _ = parse_glob(glob)
+        patterns.append((partition, service, region))
+    botocore = botocore or BotocoreSession()
+    regions: set[str] = set()
+    for partition_glob, service_glob, region_glob in patterns:
+        if not _GLOB_CHARS.intersection(region_glob):
+            regions.add(region_glob)
+            continue
+        for partition in fnmatch.filter(botocore.get_available_partitions(), partition_glob):
+            for service in fnmatch.filter(TARGET_SERVICES, service_glob):
+                known: Iterable[str] = botocore.get_available_regions(service, partition)
+                regions.update(fnmatch.filter(known, region_glob))
+    return frozenset(regions)
+
+
 def _session_with(credentials: AioDeferredRefreshableCredentials) -> aioboto3.Session:
     core = AioSession()
     core.register_component("credential_provider", AioCredentialResolver([_Provide(credentials)]))
@@ -170,6 +204,8 @@ class Places:
     _stack: AsyncExitStack | None
     _clients: dict[Place, AwsClients] = field(default_factory=dict)
     _locks: dict[Place, anyio.Lock] = field(default_factory=dict)
+    # Regions outside the places that a target may be sent to in (see `target_regions`).
+    _target_regions: frozenset[str] = frozenset()
 
     @classmethod
     def single(cls, clients: AwsClients) -> Places:
@@ -194,9 +230,11 @@ class Places:
     def entries_for(self, place: Place, entries: Sequence[str]) -> list[str]:
         """The queue entries (names, URLs, ARNs) that may name a queue in `place`.
 
-        A name may be in any place; a URL or an ARN only in the account (and region)
-        it names. ARNs are given back as names, which GetQueueUrl takes. With no
-        [[accounts]], the entries as given.
+        A name may be in any place; a URL or an ARN only in the account and region it
+        names. A URL whose host names no region (an emulator's, or an AWS host without
+        one) names one queue all the same: it is taken to be in its account's first
+        listed region, never in each (one DLQ, drained once). ARNs are given back as
+        names, which GetQueueUrl takes. With no [[accounts]], the entries as given.
         """
         if not self.configured:
             return list(entries)
@@ -215,9 +253,8 @@ class Places:
                 except ValueError:
                     kept.append(entry)
                     continue
-                if location.account == place.account_id and location.region in (
-                    None,
-                    place.region,
+                if location.account == place.account_id and place.region == (
+                    location.region or self._first_region.get(place.account_id)
                 ):
                     kept.append(entry)
             else:
@@ -266,6 +303,10 @@ class Places:
     def __post_init__(self) -> None:
         # Asked once per message sent (which clients to send with): a set, built once.
         self._known = frozenset((*self.places, self.home))
+        # Where a queue URL that names no region is read: its account's first listed region.
+        self._first_region: dict[str, str] = {}
+        for place in self.places:
+            self._first_region.setdefault(place.account_id, place.region)
 
     async def ready(self, place: Place) -> None:
         """Make sure `place` can be worked in: a member's role assumed (or still valid).
@@ -303,14 +344,46 @@ class Places:
                 self._clients[place] = opened
         return opened
 
+    def sending_place(self, target_arn: str, queue_arn: str) -> Place:
+        """Where a target is sent to from: always in the target's own region, with the
+        credentials of the target's account when [[accounts]] lists it, else with those
+        of the DLQ's account (and the target's resource policy decides).
+
+        A region no place covers gets clients of its own only when `target_regions`
+        holds it; otherwise PlaceError (CONFIG: the message stays in its DLQ, with why).
+        A target ARN whose region is no region name is left to the DLQ's place, whose
+        resubmitter refuses it.
+        """
+        source = self.place_of(queue_arn) or self.home
+        try:
+            target = Place.of_arn(target_arn)
+        except ValueError:
+            return source
+        if target in self._known:
+            return target
+        if not is_region_name(target.region):
+            return source
+        # A listed account's own credentials (the home entry's chain, a member's role), as
+        # `retryd iam-policy` grants its targets to that account's role; else the DLQ's.
+        listed = target.account_id in self._first_region
+        owner = target.account_id if listed else source.account_id
+        place = Place(owner, target.region)
+        if place in self._known or target.region in self._target_regions:
+            return place
+        raise PlaceError(
+            place,
+            f"target {target_arn} is in region {target.region}, which no [[accounts]] entry "
+            "lists, no guards.allow_targets pattern spells out, and no AWS partition botocore "
+            "knows has: retryd makes no clients there",
+        )
+
     async def for_sending(self, target_arn: str, queue_arn: str) -> AwsClients:
-        """The clients to send to a target with: its own place's when that is configured,
-        else those of the DLQ the message came from (the target's resource policy decides).
+        """The clients to send to a target with (see `sending_place`), opened on first use.
 
         PlaceError when that place's role cannot be assumed: a send would fail on
         retryd's own credentials, which is no answer of the target's.
         """
-        place = self.place_of(target_arn) or self.place_of(queue_arn) or self.home
+        place = self.sending_place(target_arn, queue_arn)
         await self.ready(place)
         return await self.clients(place)
 
@@ -373,5 +446,12 @@ async def open_places(settings: Settings) -> AsyncIterator[Places]:
             Place(account.account_id, region) for account in accounts for region in account.regions
         )
         yield Places(
-            Place(home_account, home_region), places, True, session, members, config, stack
+            Place(home_account, home_region),
+            places,
+            True,
+            session,
+            members,
+            config,
+            stack,
+            _target_regions=target_regions(settings.guards),
         )

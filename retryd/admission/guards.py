@@ -53,13 +53,18 @@ TOKEN_WAIT_SHARE = 0.5
 
 # Asked for every message about its target: a handful of ARNs per batch, parsed once.
 @functools.lru_cache(maxsize=4096)
-def _queue_identity(arn: str) -> tuple[str, str] | None:
-    """(account, queue name) of an SQS queue ARN; None for anything else."""
+def _queue_identity(arn: str) -> tuple[str, str, str] | None:
+    """(region, account, queue name) of an SQS queue ARN; None for anything else.
+
+    The partition is left out: it follows from the region, and the client a message
+    is sent with reaches a queue by region, account and name whatever partition the
+    ARN spells.
+    """
     try:
         parsed = Arn.parse(arn)
     except ValueError:
         return None
-    return (parsed.account, parsed.resource) if parsed.service == "sqs" else None
+    return (parsed.region, parsed.account, parsed.resource) if parsed.service == "sqs" else None
 
 
 class Guards:
@@ -93,7 +98,9 @@ class Guards:
         self._retention_horizon_s = retention_horizon_s
         self._clock_s = clock_s
         self._protected: frozenset[str] = frozenset()
-        self._protected_queues: frozenset[tuple[str, str]] = frozenset()
+        self._protected_queues: frozenset[tuple[str, str, str]] = frozenset()
+        # (account, name) of the same queues: what a target ARN with no region is held to.
+        self._protected_names: frozenset[tuple[str, str]] = frozenset()
         # Operator pauses, as last read from the control store (one read per cycle).
         self._pauses = PauseSet()
         self._pause_recheck_s = pause_recheck_s
@@ -106,11 +113,29 @@ class Guards:
         """
         arns = list(arns)
         self._protected = frozenset(arns)
-        # SQS finds a queue by account and name in the caller's region, whatever region or
-        # partition an ARN spells: compare what SQS compares, or another spelling slips by.
+        # A queue is its region, account and name: a same-named queue in another region
+        # is another queue, sent to with that region's clients (or refused as in the wrong
+        # region), never this one. Compared without the partition, which the region implies.
         self._protected_queues = frozenset(
             identity for arn in arns if (identity := _queue_identity(arn)) is not None
         )
+        self._protected_names = frozenset(
+            (account, name) for _, account, name in self._protected_queues
+        )
+
+    def _loops(self, target_arn: str) -> bool:
+        """Whether an SQS target is a protected queue: same region, account and name.
+
+        An ARN with no region names no other region: it is held to every protected
+        queue of that account and name.
+        """
+        identity = _queue_identity(target_arn)
+        if identity is None:
+            return False
+        region, account, name = identity
+        if not region:
+            return (account, name) in self._protected_names
+        return identity in self._protected_queues
 
     def set_pauses(self, pauses: PauseSet) -> None:
         """The operator pauses in force from now on (a cycle reads them as it starts)."""
@@ -129,10 +154,7 @@ class Guards:
 
         `budget=False` leaves the attempt budget out (a redrive's extra attempt).
         """
-        identity = _queue_identity(job.target.arn)
-        if job.target.arn in self._protected or (
-            identity is not None and identity in self._protected_queues
-        ):
+        if job.target.arn in self._protected or self._loops(job.target.arn):
             return Unresolvable(
                 job.letter,
                 ParkReason.TARGET_NOT_ALLOWED,

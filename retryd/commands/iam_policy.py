@@ -360,42 +360,47 @@ def policy_document(
 Place = tuple[str, str]
 
 
-def _glob_places(glob: str, places: Iterable[Place]) -> list[Place]:
-    """The configured places (account, region) an allowlist glob can name a resource in."""
-    partition, _, region, account, _ = parse_glob(glob)
-    return [
-        (place_account, place_region)
+def _glob_accounts(glob: str, places: Iterable[Place]) -> list[str]:
+    """The listed accounts an allowlist glob can name a resource of (any region of the
+    glob's, in the account's partition), in the order listed."""
+    partition, _, _, account, _ = parse_glob(glob)
+    return _unique(
+        place_account
         for place_account, place_region in places
         if fnmatch.fnmatchcase(place_account, account)
-        and fnmatch.fnmatchcase(place_region, region)
         and fnmatch.fnmatchcase(partition_for_region(place_region), partition)
-    ]
+    )
 
 
 def place_target_globs(
     allow_targets: Iterable[str], own: list[Place], every: list[Place]
 ) -> list[str]:
-    """The allowlist globs one account's role resubmits to, narrowed to its places.
+    """The allowlist globs one account's role resubmits to, narrowed to its account.
 
-    retryd sends to a target in a configured place with that place's clients, and to a
-    target anywhere else with the clients of the DLQ's place (the target's resource
-    policy must then admit the role). So a glob that can name a resource in a configured
-    place is granted, narrowed to each such place, to that place's role only; a glob that
-    can name none (another account, or a region not listed) is granted as is to every role.
-    A glob matching both is narrowed to the configured places: list an outside target with
-    its own account and region to have it granted.
+    retryd sends to a target in a listed account with that account's role, in the
+    target's own region (listed or not), and to a target in any other account with the
+    role of the DLQ's account (the target's resource policy must then admit it). So a
+    glob that can name a resource of a listed account is granted, narrowed to that
+    account and keeping its region, to that account's role only; a glob that can name
+    none (another account) is granted as is to every role. A glob matching both is
+    narrowed to the listed accounts: list an outside target with its own account to
+    have it granted.
     """
+    own_accounts = {account for account, _ in own}
     globs = []
     for glob in allow_targets:
-        partition, service, _, _, resource = parse_glob(glob)
-        matched = _glob_places(glob, every)
+        partition, service, region, _, resource = parse_glob(glob)
+        matched = _glob_accounts(glob, every)
         if not matched:
             globs.append(glob)
             continue
-        for account, region in matched:
-            if (account, region) in own:
-                part = partition if "*" not in partition else partition_for_region(region)
-                globs.append(f"arn:{part}:{service}:{region}:{account}:{resource}")
+        for account in matched:
+            if account not in own_accounts:
+                continue
+            part = partition
+            if "*" in partition:
+                part = partition_for_region(next(r for a, r in own if a == account))
+            globs.append(f"arn:{part}:{service}:{region}:{account}:{resource}")
     return _unique(globs)
 
 

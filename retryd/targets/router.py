@@ -1,10 +1,11 @@
 """The router that hands each target's jobs to the resubmitter for its type and place.
 
-A target is sent to with the clients of the place (account and region) it lives
-in when that place is one retryd works in; otherwise with the clients of the
-DLQ the message came from, and the target's resource policy decides. When that
-place cannot be worked in (its role cannot be assumed), its jobs fail as retryd's
-own set-up (CONFIG: they stay in their DLQ), never as the target's refusal.
+A target is sent to in its own region, with the credentials of its account when
+retryd has them, else with those of the DLQ the message came from, and the
+target's resource policy decides (`Places.sending_place`). When that place cannot
+be worked in (its role cannot be assumed, or its region is one retryd makes no
+clients in), its jobs fail as retryd's own set-up (CONFIG: they stay in their
+DLQ), never as the target's refusal.
 """
 
 from __future__ import annotations

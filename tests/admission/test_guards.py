@@ -200,3 +200,62 @@ def test_guards_pass_an_allowed_job_with_attempts_left() -> None:
     """An allowed job below the limit goes on."""
     guards = Guards(GuardSettings(max_attempts=3, allow_targets=[LAMBDA_GLOB]))
     assert guards.check(job_for(LAMBDA_ARN, attempt=2)) is None
+
+
+# -- loop guard ------------------------------------------------------------------------
+
+SQS_GLOB = f"arn:aws:sqs:*:{ACCOUNT}:*"
+
+
+def _loop_guards() -> Guards:
+    guards = Guards(GuardSettings(max_attempts=3, allow_targets=[SQS_GLOB]))
+    guards.protect_queues([QUEUE.arn, f"arn:aws:sqs:eu-west-1:{ACCOUNT}:retryd-parking"])
+    return guards
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        QUEUE.arn,
+        # Another partition's spelling of the same region still reaches the same queue.
+        f"arn:aws-cn:sqs:eu-west-1:{ACCOUNT}:retry-orders",
+        # No region names no other queue: SQS would look the name up where retryd sends.
+        f"arn:aws:sqs::{ACCOUNT}:retry-orders",
+        f"arn:aws:sqs::{ACCOUNT}:retryd-parking",
+    ],
+)
+def test_the_loop_guard_refuses_a_drained_dlq_or_the_parking_queue(arn: str) -> None:
+    """A target that is the DLQ itself (any partition, or no region) or parking is refused."""
+    refusal = _loop_guards().check(job_for(arn))
+    assert refusal is not None
+    assert refusal.reason is ParkReason.TARGET_NOT_ALLOWED
+    assert "would loop" in refusal.detail
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        f"arn:aws:sqs:us-east-1:{ACCOUNT}:retry-orders",
+        f"arn:aws:sqs:eu-central-1:{ACCOUNT}:retryd-parking",
+    ],
+)
+def test_the_loop_guard_lets_a_same_named_queue_in_another_region_through(arn: str) -> None:
+    """A queue sharing a drained DLQ's (or parking's) name in another region is another queue."""
+    assert _loop_guards().check(job_for(arn)) is None
+
+
+@given(
+    region=st.sampled_from(["eu-west-1", "us-east-1", "ap-south-1", ""]),
+    account=st.sampled_from([ACCOUNT, OTHER_ACCOUNT]),
+    name=st.sampled_from(["retry-orders", "retryd-parking", "orders"]),
+)
+def test_the_loop_guard_refuses_exactly_the_protected_queues(
+    region: str, account: str, name: str
+) -> None:
+    """Refused exactly when account and name match a protected queue and the region is its
+    own or none."""
+    guards = Guards(GuardSettings(max_attempts=3, allow_any_target=True))
+    guards.protect_queues([QUEUE.arn, f"arn:aws:sqs:eu-west-1:{ACCOUNT}:retryd-parking"])
+    refusal = guards.check(job_for(f"arn:aws:sqs:{region}:{account}:{name}"))
+    protected = account == ACCOUNT and name != "orders" and region in ("eu-west-1", "")
+    assert (refusal is not None) == protected

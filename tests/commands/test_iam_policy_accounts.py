@@ -115,14 +115,15 @@ def test_the_home_role_may_assume_exactly_the_listed_member_roles() -> None:
 
 
 def test_the_home_role_keeps_its_own_work_scoped_to_the_home_regions() -> None:
-    """The home role drains, parks and resubmits in the home entry's regions and account."""
+    """The home role drains and parks in the home entry's regions and account; it resubmits
+    to its account's targets in whichever region the allowlist names (here any)."""
     home = by_account(organisation_policies(org_settings(), account=None, region=None))[HOME]
     assert home.role_arn is None
     assert home.trust_policy is None
     assert granted(home.policy, "sqs:ReceiveMessage") == [f"arn:aws:sqs:eu-west-1:{HOME}:retry-*"]
     assert granted(home.policy, "sqs:SendMessage") == [
         f"arn:aws:sqs:eu-west-1:{HOME}:retryd-parking",
-        f"arn:aws:sqs:eu-west-1:{HOME}:orders-*",
+        f"arn:aws:sqs:*:{HOME}:orders-*",
     ]
     assert granted(home.policy, "lambda:InvokeFunction") == [
         f"arn:aws:lambda:eu-west-1:{HOME}:function:charge",
@@ -136,7 +137,8 @@ def test_the_home_role_keeps_its_own_work_scoped_to_the_home_regions() -> None:
 
 def test_each_member_policy_is_scoped_to_its_account_and_regions() -> None:
     """Every scoped grant of the member role names the member account and one of its regions,
-    except a target outside every configured place (granted to every role that may send)."""
+    except a target: the member's own in the allowlist's region (any, here), or one outside
+    every listed account (granted to every role that may send)."""
     member = by_account(organisation_policies(org_settings(), account=None, region=None))[MEMBER]
     grants = resources(member.policy)
     assert grants
@@ -144,7 +146,7 @@ def test_each_member_policy_is_scoped_to_its_account_and_regions() -> None:
         if resource == "*":
             assert action in UNSCOPABLE
             continue
-        if resource == OUTSIDE_TOPIC:
+        if resource in (OUTSIDE_TOPIC, f"arn:aws:sqs:*:{MEMBER}:orders-*"):
             continue
         _, _, _, region, account, _ = resource.split(":", 5)
         assert (account, region) in {(MEMBER, r) for r in MEMBER_REGIONS}, (action, resource)
@@ -153,7 +155,7 @@ def test_each_member_policy_is_scoped_to_its_account_and_regions() -> None:
     ]
     assert granted(member.policy, "sqs:SendMessage") == [
         *(f"arn:aws:sqs:{region}:{MEMBER}:retryd-parking" for region in MEMBER_REGIONS),
-        *(f"arn:aws:sqs:{region}:{MEMBER}:orders-*" for region in MEMBER_REGIONS),
+        f"arn:aws:sqs:*:{MEMBER}:orders-*",
     ]
     # The function is the home account's: the member role never invokes it ...
     assert not granted(member.policy, "lambda:InvokeFunction")
@@ -285,26 +287,29 @@ _REGIONS = st.sampled_from(["eu-west-1", "us-east-1", "ap-south-1"])
 
 @given(
     places=st.lists(st.tuples(_ACCOUNTS, _REGIONS), min_size=1, max_size=6, unique=True),
-    own_count=st.integers(min_value=0, max_value=6),
+    own_account=_ACCOUNTS,
     account=st.one_of(st.just("*"), _ACCOUNTS),
     region=st.one_of(st.just("*"), _REGIONS),
 )
-def test_narrowed_globs_stay_in_own_places_or_outside_every_place(
-    places: list[tuple[str, str]], own_count: int, account: str, region: str
+def test_narrowed_globs_stay_in_own_account_or_outside_every_listed_one(
+    places: list[tuple[str, str]], own_account: str, account: str, region: str
 ) -> None:
-    """A glob narrowed for a role names one of its own places, or is the glob itself and
-    matches no configured place at all; a role's own matching places are never dropped."""
-    own = places[:own_count]
+    """A glob narrowed for a role names its own account in the glob's region, or is the glob
+    itself and matches no listed account at all; the role's own account is never dropped."""
+    own = [place for place in places if place[0] == own_account]
     glob = f"arn:aws:sqs:{region}:{account}:orders"
     narrowed = place_target_globs([glob], own, places)
-    matches_any = any((account in ("*", a)) and (region in ("*", r)) for a, r in places)
-    for result in narrowed:
-        _, _, _, r, a, _ = result.split(":", 5)
-        if result == glob and not matches_any:
-            continue
-        assert (a, r) in own
-    expected_own = [(a, r) for a, r in own if account in ("*", a) and region in ("*", r)]
-    assert len(narrowed) == (len(expected_own) if matches_any else 1)
+    listed = {a for a, _ in places}
+    matches_any = account == "*" or account in listed
+    if not matches_any:
+        assert narrowed == [glob]
+        return
+    expected = (
+        []
+        if not own or account not in ("*", own_account)
+        else [f"arn:aws:sqs:{region}:{own_account}:orders"]
+    )
+    assert narrowed == expected
 
 
 def iam_cli(
@@ -396,3 +401,15 @@ def test_cli_without_accounts_prints_todays_document_for_either_output(
     code, out, err = iam_cli(capsys, monkeypatch, "--config", str(config), "--home-role", HOME_ROLE)
     assert (code, out) == (2, "")
     assert "--home-role" in err
+
+
+def test_a_target_in_a_listed_account_but_an_unlisted_region_is_granted_to_that_account() -> None:
+    """retryd sends to a listed account's target in any region with that account's role:
+    the grant goes to that role only, in the glob's region; a wildcard region stays one."""
+    elsewhere = f"arn:aws:sqs:ap-south-1:{MEMBER}:orders"
+    settings = org_settings(guards={"allow_targets": [elsewhere, "arn:aws:sns:*:*:alerts"]})
+    policies = by_account(organisation_policies(settings, account=None, region=None))
+    assert granted(policies[MEMBER].policy, "sqs:SendMessage").count(elsewhere) == 1
+    assert elsewhere not in granted(policies[HOME].policy, "sqs:SendMessage")
+    assert granted(policies[MEMBER].policy, "sns:Publish") == [f"arn:aws:sns:*:{MEMBER}:alerts"]
+    assert granted(policies[HOME].policy, "sns:Publish") == [f"arn:aws:sns:*:{HOME}:alerts"]

@@ -510,3 +510,138 @@ def test_a_home_entry_naming_another_account_than_the_credentials_is_refused(
         anyio.run(main)
     assert BROKEN in str(raised.value)
     assert ACCOUNT in str(raised.value)
+
+
+def test_the_loop_guard_tells_a_same_named_queue_in_another_region_from_the_dlq(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A message for the queue sharing its DLQ's name in another region is resubmitted there;
+    one for the DLQ itself is parked as a loop (the guard compares region, account and name)."""
+    here = build_place(world, ACCOUNT, REGION, 0)
+    there = build_place(world, ACCOUNT, OTHER_REGION, 0)
+    dlq_url = here.get_queue_url(QueueName=DLQ)["QueueUrl"]
+    for region in (OTHER_REGION, REGION):
+        target = f"arn:aws:sqs:{region}:{ACCOUNT}:{DLQ}"
+        body = envelope("sqs", target, {"to": region})
+        here.send_message(QueueUrl=dlq_url, MessageBody=json.dumps(body))
+    settings = make_settings(
+        accounts=[{"account_id": ACCOUNT, "regions": REGIONS}],
+        # Only this region's DLQ is drained: the other region's same-named queue is a target.
+        discovery={"queue_prefixes": [], "queues": [f"arn:aws:sqs:{REGION}:{ACCOUNT}:{DLQ}"]},
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*"]},
+    )
+    [report], _ = cycles(settings, 1)
+    assert report.outcomes == {Outcome.RESUBMITTED.value: 1, Outcome.PARKED.value: 1}
+    assert report.reasons[(Outcome.PARKED.value, ParkReason.TARGET_NOT_ALLOWED.value)] == 1
+    arrived = there.receive_message(QueueUrl=there.get_queue_url(QueueName=DLQ)["QueueUrl"])
+    assert [json.loads(m["Body"]) for m in arrived["Messages"]] == [{"to": OTHER_REGION}]
+    parking_url = here.get_queue_url(QueueName=PARKING)["QueueUrl"]
+    parked = here.receive_message(QueueUrl=parking_url, MessageAttributeNames=["All"])["Messages"]
+    assert len(parked) == 1
+    assert "would loop" in parked[0]["MessageAttributes"]["retryd.detail"]["StringValue"]
+    assert depth(here, DLQ) == 0
+
+
+@pytest.mark.parametrize(
+    "host", ["moto", "https://sqs.amazonaws.com", "https://queue.amazonaws.com"]
+)
+def test_a_queue_url_naming_no_region_is_one_dlq_in_one_place(
+    world: World, make_settings: SettingsFactory, host: str
+) -> None:
+    """A listed queue URL whose host names no region (an emulator's, the global host) is
+    drained in one place only: the account's first listed region (queue.amazonaws.com
+    is us-east-1's own); the same-named DLQ in the account's other region is left alone."""
+    first = build_place(world, ACCOUNT, REGION, 1)
+    second = build_place(world, ACCOUNT, OTHER_REGION, 2)
+    url = first.get_queue_url(QueueName=DLQ)["QueueUrl"]
+    if host != "moto":
+        url = f"{host}/{ACCOUNT}/{DLQ}"
+    settings = make_settings(
+        accounts=[{"account_id": ACCOUNT, "regions": REGIONS}],
+        discovery={"queue_prefixes": [], "queues": [url]},
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*"]},
+    )
+    [report], _ = cycles(settings, 1)
+    assert report.ok, report.errors
+    assert report.queues == 1
+    assert report.outcomes == {Outcome.RESUBMITTED.value: 1}
+    assert depth(first, DLQ) == 0
+    assert depth(second, DLQ) == 2
+
+
+def test_entries_for_keeps_a_url_in_the_one_place_it_belongs_to() -> None:
+    """A URL naming its region is kept in that place; one naming none in its account's first
+    listed region only; a redrive's sources given so are in that place."""
+    places = Places(
+        Place(ACCOUNT, REGION),
+        tuple(Place(account, region) for account in (ACCOUNT, MEMBER) for region in REGIONS),
+        True,
+        None,
+        {},
+        None,
+        None,
+    )
+    named = f"https://sqs.{OTHER_REGION}.amazonaws.com/{MEMBER}/{DLQ}"
+    bare = f"http://localhost:4566/{MEMBER}/{DLQ}"
+    keeping = {place: places.entries_for(place, [named, bare, DLQ]) for place in places.places}
+    assert keeping == {
+        Place(ACCOUNT, REGION): [DLQ],
+        Place(ACCOUNT, OTHER_REGION): [DLQ],
+        Place(MEMBER, REGION): [bare, DLQ],
+        Place(MEMBER, OTHER_REGION): [named, DLQ],
+    }
+    assert places.place_for_sources([bare]) == Place(MEMBER, REGION)
+
+
+@pytest.mark.parametrize("source", [ACCOUNT, MEMBER])
+def test_a_target_in_a_region_retryd_does_not_drain_is_sent_there(
+    world: World, make_settings: SettingsFactory, source: str
+) -> None:
+    """A target in a listed account but an unlisted region is sent with that account's
+    credentials in the target's own region (not the DLQ's), and arrives there."""
+    dlq = build_place(world, source, REGION, 0)
+    build_place(world, MEMBER, REGION, 0)
+    elsewhere = sqs_in(world, MEMBER, OTHER_REGION)
+    elsewhere.create_queue(QueueName="dest")
+    target = f"arn:aws:sqs:{OTHER_REGION}:{MEMBER}:dest"
+    dlq.send_message(
+        QueueUrl=dlq.get_queue_url(QueueName=DLQ)["QueueUrl"],
+        MessageBody=json.dumps(envelope("sqs", target, {"to": OTHER_REGION})),
+    )
+    settings = make_settings(
+        accounts=[
+            {"account_id": ACCOUNT, "regions": [REGION]},
+            {"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)},
+        ],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*", f"arn:aws:sqs:*:{MEMBER}:*"]},
+    )
+    [report], _ = cycles(settings, 1)
+    assert report.outcomes == {Outcome.RESUBMITTED.value: 1}, report.reasons
+    assert depth(elsewhere, "dest") == 1
+    assert depth(dlq, DLQ) == 0
+    assert depth(dlq, PARKING) == 0
+
+
+def test_a_target_in_a_region_retryd_knows_nothing_of_is_held_not_parked(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A target whose region no allow_targets pattern names and no AWS partition has (a
+    wildcard matched it): no clients are made for it; the message stays in its DLQ, with why."""
+    home = build_place(world, ACCOUNT, REGION, 0)
+    target = f"arn:aws:sqs:us-nowhere-7:{ACCOUNT}:dest"
+    home.send_message(
+        QueueUrl=home.get_queue_url(QueueName=DLQ)["QueueUrl"],
+        MessageBody=json.dumps(envelope("sqs", target, {"to": "nowhere"})),
+    )
+    settings = make_settings(
+        accounts=[{"account_id": ACCOUNT, "regions": [REGION]}],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*"]},
+    )
+    with capture_logs() as logs:
+        [report], _ = cycles(settings, 1)
+    assert report.outcomes == {Outcome.FAILED.value: 1}, report.reasons
+    assert depth(home, PARKING) == 0
+    assert depth(home, DLQ) == 1
+    [failed] = [line for line in logs if line.get("outcome") == Outcome.FAILED.value]
+    assert "us-nowhere-7" in failed["detail"]
+    assert "allow_targets" in failed["detail"]

@@ -166,6 +166,7 @@ REQUIRED_ALERTS = {
     "RetrydBreakerOpen",
     "RetrydMessagesParked",
     "RetrydResubmitErrorRatioHigh",
+    "RetrydAccountFailing",
 }
 
 
@@ -235,6 +236,8 @@ def test_dashboard_is_a_grafana_model_over_exported_metrics() -> None:
         "retryd_ledger_errors_total",
         "retryd_queues_discovered",
         "retryd_build_info",
+        # Which account and region could not be worked in (issue 14's places).
+        "retryd_account_errors_total",
     } <= used
 
 
