@@ -21,7 +21,7 @@ FULL = os.environ.get("RETRYD_RELIABILITY") == "full"
 RESULTS_ENV = "RETRYD_RELIABILITY_RESULTS"
 # Set by tests/conftest.py in the controlling process: the suites may run in xdist
 # workers, whose memory the terminal summary cannot see, so figures go through a file.
-FIGURES_ENV = "RETRYD_FIGURES_FILE"
+FIGURES_ENV = "PYTEST_RETRYD_FIGURES"
 
 
 def size(moderate: int, full: int) -> int:
