@@ -383,3 +383,23 @@ def test_a_leaver_whose_claim_was_taken_since_leaves_the_new_holders_claim_alone
         assert entry["M"]["h"] == {"S": "a" if other is a else "b"}
 
     run_pair(world, make_settings, body)
+
+
+def test_a_leaver_writes_its_canaries_verdict_before_it_goes(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """The holder's canaries succeed and it stops before its next flush: its leave writes the
+    breaker closed, so the other closes at its next sync instead of sending canaries again."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        holder, other = await _claimed(a, b, wall)
+        canary = holder.breakers.for_target(TARGET)
+        assert canary.permits(10) == BREAKER.half_open_calls
+        episode = canary.episode
+        for _ in range(BREAKER.half_open_calls):
+            canary.record(success=True, episode=episode)
+        await holder.cluster.leave()
+        await other.cluster.sync()
+        assert other.breakers.for_target(TARGET).state is BreakerState.CLOSED
+
+    run_pair(world, make_settings, body)
