@@ -86,7 +86,7 @@ def _new_episode() -> str:
     return uuid.uuid4().hex
 
 
-def _parse_breaker(value: dict[str, Any]) -> SharedBreaker | None:
+def parse_breaker(value: dict[str, Any]) -> SharedBreaker | None:
     fields = value.get("M", {})
     try:
         state = BreakerState(fields["s"]["S"])
@@ -395,7 +395,7 @@ class DynamoDbCluster:
         for name, value in item.items():
             if not name.startswith(BREAKER_PREFIX):
                 continue
-            shared = _parse_breaker(value)
+            shared = parse_breaker(value)
             arn = name[len(BREAKER_PREFIX) :]
             self._entries.add(arn)
             if shared is None:
