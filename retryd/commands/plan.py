@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 import anyio
+import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
@@ -50,6 +51,8 @@ from retryd.settings import Settings
 from retryd.targets.sender import ALREADY_RESUBMITTED
 
 JSON_FORMAT_VERSION = 1
+
+log = structlog.get_logger("retryd.plan")
 
 
 # -- What `once` would decide ------------------------------------------------------------
@@ -86,7 +89,7 @@ async def open_guards(
         breakers = Breakers(settings.breaker, anyio.current_time, logged=False)
         cluster = None
         if settings.ledger.backend == "dynamodb":
-            cluster = await read_cluster(clients.dynamodb, settings.ledger.table, wall_s=time.time)
+            cluster = await _read_cluster(settings, clients)
             if cluster is not None:
                 hold_as_the_cluster_does(
                     cluster,
@@ -99,6 +102,19 @@ async def open_guards(
         # Judged with the operator's pauses, as the next cycle will be.
         guards.set_pauses(PauseSet(tuple(await pauses_in_force(settings.ledger, clients))))
         yield PlanGuards(guards, cluster)
+
+
+async def _read_cluster(settings: Settings, clients: AwsClients) -> ClusterView | None:
+    """The replicas' cluster item; None (breakers judged closed, said in a log line) if unread."""
+    try:
+        return await read_cluster(clients.dynamodb, settings.ledger.table, wall_s=time.time)
+    except (ClientError, BotoCoreError) as exc:
+        log.warning(
+            "plan-cluster-unread",
+            error=str(classify.from_exception(exc)),
+            why="the breakers the replicas hold open are not known: they are judged closed",
+        )
+        return None
 
 
 class Action(StrEnum):

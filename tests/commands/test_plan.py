@@ -520,6 +520,16 @@ def test_plan_defers_a_target_whose_breaker_the_cluster_holds_open_and_writes_no
     # Read only: no heartbeat of its own, no claim, no ledger record.
     assert dynamodb.scan(TableName=table, ConsistentRead=True)["Items"] == before
 
+    # The item cannot be read (access denied): the plan goes on, judged as before, and says so.
+    world.faults.add(
+        Fault("dynamodb", "GetItem", code="AccessDeniedException", contains="retryd-cluster")
+    )
+    code, document = plan_json(capsys, "--config", config_path)
+    world.faults.clear()
+    assert code == 0
+    assert document["cluster"] is None
+    assert by_id(document)[to_charge]["action"] == "resubmit"
+
     assert main(["plan", "--config", config_path]) == 0
     text, err = capsys.readouterr()
     # Copied from the cluster, not opened by the plan: no `breaker` transition is logged.
