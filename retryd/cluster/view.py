@@ -3,8 +3,10 @@
 `retryd plan` judges messages as the next cycle would, so it must see the
 breakers the replicas hold open; but a dry run must not join the cluster (its
 heartbeat would shrink every replica's rate share) or claim canaries. One
-strongly consistent GetItem of the item the replicas write
+strongly consistent read of the item the replicas write
 (retryd/cluster/dynamodb.py) gives the live replicas and every shared breaker.
+It is a BatchGetItem of one key, the call the ledger reads with, so a role that
+may read the ledger may read this with no further grant.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from retryd.cluster.dynamodb import (
     parse_breaker,
     server_time,
 )
+from retryd.errors import RetrydError
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
 
@@ -64,24 +67,38 @@ class ClusterView:
         return None
 
 
+# A key DynamoDB hands back unprocessed (throttled) is asked for again this often.
+READ_TRIES = 3
+
+
+class ClusterUnreadError(RetrydError):
+    """The cluster item was handed back unprocessed on every try."""
+
+
 async def read_cluster(
     client: Client, table: str, *, wall_s: Callable[[], float]
 ) -> ClusterView | None:
     """The cluster item of the ledger `table`; None when there is none (no replica ran yet).
 
-    A missing table is None too: the ledger says so itself. Other errors propagate.
+    A missing table is None too: the ledger says so itself. AWS errors propagate;
+    ClusterUnreadError when the key stays unprocessed.
     """
-    try:
-        answer: dict[str, Any] = await client.get_item(
-            TableName=table, Key={KEY_ATTRIBUTE: {"S": STATE_KEY}}, ConsistentRead=True
-        )
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-            return None
-        raise
-    item: dict[str, Any] | None = answer.get("Item")
-    if item is None:
+    request = {table: {"Keys": [{KEY_ATTRIBUTE: {"S": STATE_KEY}}], "ConsistentRead": True}}
+    for _ in range(READ_TRIES):
+        try:
+            answer: dict[str, Any] = await client.batch_get_item(RequestItems=request)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                return None
+            raise
+        if not answer.get("UnprocessedKeys"):
+            break
+    else:
+        raise ClusterUnreadError(f"{STATE_KEY} in {table}: unprocessed on {READ_TRIES} tries")
+    items: list[dict[str, Any]] = answer.get("Responses", {}).get(table, [])
+    if not items:
         return None
+    item = items[0]
     now_s = server_time(answer) or wall_s()
     heartbeats = {
         name[len(MEMBER_PREFIX) :]: float(value["N"])

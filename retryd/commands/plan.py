@@ -31,7 +31,12 @@ from retryd.admission import Defer, Done, Go, Guards, Park, Verdict, build_guard
 from retryd.admission.breaker import Breakers
 from retryd.admission.paused import Pause, PauseSet
 from retryd.aws import AwsClients
-from retryd.cluster.view import ClusterView, hold_as_the_cluster_does, read_cluster
+from retryd.cluster.view import (
+    ClusterUnreadError,
+    ClusterView,
+    hold_as_the_cluster_does,
+    read_cluster,
+)
 from retryd.commands import progress, render
 from retryd.control.pauses import pauses_in_force
 from retryd.discovery.survey import (
@@ -108,7 +113,7 @@ async def _read_cluster(settings: Settings, clients: AwsClients) -> ClusterView 
     """The replicas' cluster item; None (breakers judged closed, said in a log line) if unread."""
     try:
         return await read_cluster(clients.dynamodb, settings.ledger.table, wall_s=time.time)
-    except (ClientError, BotoCoreError) as exc:
+    except (ClientError, BotoCoreError, ClusterUnreadError) as exc:
         log.warning(
             "plan-cluster-unread",
             error=str(classify.from_exception(exc)),

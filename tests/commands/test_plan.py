@@ -522,7 +522,7 @@ def test_plan_defers_a_target_whose_breaker_the_cluster_holds_open_and_writes_no
 
     # The item cannot be read (access denied): the plan goes on, judged as before, and says so.
     world.faults.add(
-        Fault("dynamodb", "GetItem", code="AccessDeniedException", contains="retryd-cluster")
+        Fault("dynamodb", "BatchGetItem", code="AccessDeniedException", contains="retryd-cluster")
     )
     code, document = plan_json(capsys, "--config", config_path)
     world.faults.clear()
