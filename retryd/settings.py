@@ -231,8 +231,9 @@ class DrainSettings(_Group):
             " so no two drain the same DLQ), to use more than one core. The parent serves"
             " /metrics for all of them and passes signals on; a worker that dies stops the"
             " others and retryd exits 1. Each takes an equal part of every target's rate"
-            " limit (on the DynamoDB ledger each counts as a replica). Needs the sqlite or"
-            " dynamodb ledger."
+            " limit (on the DynamoDB ledger each counts as a replica), whether or not its"
+            " DLQs feed the target, so a target fed from one worker's DLQs gets only that"
+            " part (`retryd config check` shows it). Needs the sqlite or dynamodb ledger."
         ),
     )
 

@@ -270,17 +270,24 @@ class CircuitBreaker:
 
 
 class Breakers:
-    """One breaker per target ARN, each transition logged and exported."""
+    """One breaker per target ARN, each transition logged and exported.
+
+    `logged=False` for a dry run (`retryd plan`): its breakers only copy what the
+    cluster holds, and a `breaker` line would read as a target that just failed.
+    """
 
     def __init__(
         self,
         settings: BreakerSettings,
         clock: Callable[[], float],
         metrics: Metrics | None = None,
+        *,
+        logged: bool = True,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._metrics = metrics
+        self._logged = logged
         self._by_arn: dict[str, CircuitBreaker] = {}
         self._listeners: list[Listener] = []
 
@@ -308,7 +315,8 @@ class Breakers:
         def report(old: BreakerState, new: BreakerState) -> None:
             # An opening is what an operator is paged about; the others are recovery.
             emit = log.warning if new is BreakerState.OPEN else log.info
-            emit("breaker", target=target.arn, **{"from": old.value, "to": new.value})
+            if self._logged:
+                emit("breaker", target=target.arn, **{"from": old.value, "to": new.value})
             if self._metrics is not None:
                 self._metrics.record_breaker_transition(target.arn, target.type.value, new.value)
             # Only a breaker already stored can move (creation is no transition).

@@ -86,7 +86,7 @@ def _new_episode() -> str:
     return uuid.uuid4().hex
 
 
-def _parse_breaker(value: dict[str, Any]) -> SharedBreaker | None:
+def parse_breaker(value: dict[str, Any]) -> SharedBreaker | None:
     fields = value.get("M", {})
     try:
         state = BreakerState(fields["s"]["S"])
@@ -156,6 +156,9 @@ class DynamoDbCluster:
         self._closed_since: dict[str, tuple[str, float]] = {}
         # The targets with an entry at the last reading (so: whether a new one fits).
         self._entries: set[str] = set()
+        # The breakers whose half-open canaries this replica holds, with the episode of
+        # its claim: handed back when it leaves, so the others need not wait out the claim.
+        self._holding: dict[str, str] = {}
         # Until the first sync this replica counts only itself; its buckets start empty
         # (see RateLimits.reshare), so that first guess adds no burst to the total.
         rates.reshare(lambda rate: share(rate, 1))
@@ -241,6 +244,8 @@ class DynamoDbCluster:
         if landed:
             self._seen[arn] = episode
             self._entries.add(arn)
+            # The entry was written whole, with no holder.
+            self._holding.pop(arn, None)
             log.info("cluster-breaker-written", target=arn, state=move.state.value)
 
     def _full(self, arn: str) -> bool:
@@ -278,6 +283,7 @@ class DynamoDbCluster:
         )
         if landed:
             self._seen[arn] = episode
+            self._holding[arn] = episode
             log.info("cluster-canaries-claimed", target=arn, replica=self._me)
         return landed
 
@@ -383,15 +389,19 @@ class DynamoDbCluster:
     async def _agree_breakers(self, item: dict[str, Any], now_s: float) -> dict[str, str]:
         """Agree on every entry's breaker; the idle closed entries, with their episodes."""
         self._entries = set()
+        # As the table says; a claim that lands below adds its own.
+        self._holding = {}
         idle: dict[str, str] = {}
         for name, value in item.items():
             if not name.startswith(BREAKER_PREFIX):
                 continue
-            shared = _parse_breaker(value)
+            shared = parse_breaker(value)
             arn = name[len(BREAKER_PREFIX) :]
             self._entries.add(arn)
             if shared is None:
                 continue
+            if shared.state is BreakerState.OPEN and shared.holder == self._me:
+                self._holding[arn] = shared.episode
             if self._idle(arn, shared):
                 idle[arn] = shared.episode
             breaker = None if arn in self._pending else self._breaker(arn, shared)
@@ -526,15 +536,56 @@ class DynamoDbCluster:
             self._adopting = False
 
     async def leave(self) -> None:
+        # Canaries that came back since the last flush: their verdict is written first
+        # (a breaker written whole is no longer held by anyone).
+        if self._pending:
+            await self._write_moves()
         try:
-            await self._update(
-                UpdateExpression="REMOVE #me",
-                ExpressionAttributeNames={"#me": MEMBER_PREFIX + self._me},
-            )
+            released = await self._leave_releasing() if self._holding else []
+            if not released:
+                await self._update(
+                    UpdateExpression="REMOVE #me",
+                    ExpressionAttributeNames={"#me": MEMBER_PREFIX + self._me},
+                )
         except _FAILURES as exc:
             log.warning("cluster-leave-failed", error=str(from_exception(exc)))
         else:
-            log.info("cluster-left", replica=self._me)
+            log.info("cluster-left", replica=self._me, canaries_released=released)
+
+    async def _leave_releasing(self) -> list[str]:
+        """Leave, handing back every canary claim still ours, in one conditional call.
+
+        Otherwise the others would wait out the claim (up to a cool-down) before one
+        of them could send the canaries. Handed back means no holder: the next
+        replica to sync claims them. The condition names each claim's holder and
+        episode, so a claim that has lapsed and been taken since is left alone; then
+        nothing is handed back and the caller leaves the plain way. The targets
+        handed back; [] when that condition did not hold.
+        """
+        arns = sorted(self._holding)
+        names = {"#me": MEMBER_PREFIX + self._me}
+        values: dict[str, Any] = {":me": {"S": self._me}}
+        conditions = []
+        for n, arn in enumerate(arns):
+            names[f"#h{n}"] = BREAKER_PREFIX + arn
+            values[f":h{n}"] = {"S": self._holding[arn]}
+            conditions.append(f"#h{n}.h = :me AND #h{n}.e = :h{n}")
+        landed = await self._conditional(
+            UpdateExpression="REMOVE #me, "
+            + ", ".join(f"#h{n}.h, #h{n}.hx" for n in range(len(arns))),
+            ConditionExpression=" AND ".join(conditions),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        if not landed:
+            log.info(
+                "cluster-canaries-not-released",
+                targets=arns,
+                why="a claim lapsed and was taken since this replica read it",
+            )
+            return []
+        self._holding = {}
+        return arns
 
 
 def _share_of(rate: Rate, live: int) -> Rate:

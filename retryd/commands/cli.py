@@ -529,9 +529,14 @@ def _ledger(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     from retryd.admission.ratelimit import effective_rates  # noqa: PLC0415 - keeps `--help` fast
+    from retryd.drain.shard import worker_rates  # noqa: PLC0415 - keeps `--help` fast
 
     settings = load_settings(args.config)
-    rates = {"effective_rate_limits": effective_rates(settings.rate_limit)}
+    effective = effective_rates(settings.rate_limit)
+    per_worker = worker_rates(settings)
+    if per_worker is not None:
+        effective["per_worker"] = per_worker
+    rates = {"effective_rate_limits": effective}
     print(json.dumps(settings.model_dump(mode="json") | rates, indent=2))
     return ExitCode.OK
 

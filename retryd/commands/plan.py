@@ -23,12 +23,20 @@ from enum import StrEnum
 from typing import Any
 
 import anyio
+import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
 from retryd.admission import Defer, Done, Go, Guards, Park, Verdict, build_guards
+from retryd.admission.breaker import Breakers
 from retryd.admission.paused import Pause, PauseSet
 from retryd.aws import AwsClients
+from retryd.cluster.view import (
+    ClusterUnreadError,
+    ClusterView,
+    hold_as_the_cluster_does,
+    read_cluster,
+)
 from retryd.commands import progress, render
 from retryd.control.pauses import pauses_in_force
 from retryd.discovery.survey import (
@@ -49,18 +57,31 @@ from retryd.targets.sender import ALREADY_RESUBMITTED
 
 JSON_FORMAT_VERSION = 1
 
+log = structlog.get_logger("retryd.plan")
+
 
 # -- What `once` would decide ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanGuards:
+    """The guards to judge with, and the cluster they were set from (None: no cluster)."""
+
+    guards: Guards
+    cluster: ClusterView | None = None
 
 
 @asynccontextmanager
 async def open_guards(
     settings: Settings, clients: AwsClients, protected: Iterable[str]
-) -> AsyncIterator[Guards]:
+) -> AsyncIterator[PlanGuards]:
     """The guards a cycle applies, built as a cycle builds them, for dry-run assessment.
 
     `protected` are the queues a cycle never resubmits into (its DLQs and the
-    parking queue). The one place `plan` builds guards.
+    parking queue). The one place `plan` builds guards. On the DynamoDB ledger the
+    breakers start as the replicas' cluster item has them (read, never written:
+    a plan does not join the cluster), so a target the cluster holds open is
+    deferred here as it would be in the next cycle.
     """
     # Only read: counts and backoff come from the ledger. A SQLite file that does not
     # exist yet has counted nothing, and opening it would create it: a plan writes
@@ -70,11 +91,35 @@ async def open_guards(
         open_ledger(settings.ledger, clients) if exists else nullcontext(None)
     )
     async with ledger_scope as ledger:
-        guards = build_guards(settings, ledger=ledger, metrics=None)
+        breakers = Breakers(settings.breaker, anyio.current_time, logged=False)
+        cluster = None
+        if settings.ledger.backend == "dynamodb":
+            cluster = await _read_cluster(settings, clients)
+            if cluster is not None:
+                hold_as_the_cluster_does(
+                    cluster,
+                    breakers,
+                    cooldown_s=settings.breaker.cooldown_s,
+                    monotonic_s=anyio.current_time(),
+                )
+        guards = build_guards(settings, ledger=ledger, metrics=None, breakers=breakers)
         guards.protect_queues(protected)
         # Judged with the operator's pauses, as the next cycle will be.
         guards.set_pauses(PauseSet(tuple(await pauses_in_force(settings.ledger, clients))))
-        yield guards
+        yield PlanGuards(guards, cluster)
+
+
+async def _read_cluster(settings: Settings, clients: AwsClients) -> ClusterView | None:
+    """The replicas' cluster item; None (breakers judged closed, said in a log line) if unread."""
+    try:
+        return await read_cluster(clients.dynamodb, settings.ledger.table, wall_s=time.time)
+    except (ClientError, BotoCoreError, ClusterUnreadError) as exc:
+        log.warning(
+            "plan-cluster-unread",
+            error=str(classify.from_exception(exc)),
+            why="the breakers the replicas hold open are not known: they are judged closed",
+        )
+        return None
 
 
 class Action(StrEnum):
@@ -244,6 +289,8 @@ class PlanReport:
     max_messages: int
     # The operator pauses the plan was judged under.
     pauses: list[Pause] = field(default_factory=list)
+    # The replicas' cluster item the breakers were set from (DynamoDB ledger only).
+    cluster: ClusterView | None = None
 
     @property
     def failed(self) -> list[QueuePlan]:
@@ -277,6 +324,7 @@ class PlanReport:
             "max_messages": self.max_messages,
             "queues": [plan.to_json() for plan in self.queues],
             "pauses": [pause.to_json() for pause in self.pauses],
+            "cluster": self.cluster.to_json() if self.cluster is not None else None,
             "summary": self.summary(),
         }
 
@@ -298,7 +346,8 @@ async def make_plan(
     parking = await locate_parking(clients.sqs, settings)
     survey = await survey_queues(clients.sqs, settings, parking)
     chain, _ = await open_chain(settings, clients, survey.dlqs)
-    async with open_guards(settings, home or clients, survey.protected) as guards:
+    async with open_guards(settings, home or clients, survey.protected) as judged:
+        guards = judged.guards
 
         async def decide(letters: list[DeadLetter]) -> list[PlannedMessage]:
             if not letters:
@@ -328,7 +377,9 @@ async def make_plan(
             progress=bars,
         )
         pauses = guards.pauses.active(time.time())
-    return PlanReport([QueuePlan.from_look(look) for look in looks], max_messages, pauses)
+    return PlanReport(
+        [QueuePlan.from_look(look) for look in looks], max_messages, pauses, judged.cluster
+    )
 
 
 async def plan_everywhere(
@@ -366,7 +417,8 @@ async def plan_everywhere(
             problems.append(f"{place}: {classify.from_exception(exc)}")
     queues = [queue for plan in plans for queue in plan.queues]
     pauses = plans[0].pauses if plans else []
-    return PlanReport(queues, max_messages, pauses), problems
+    cluster = plans[0].cluster if plans else None
+    return PlanReport(queues, max_messages, pauses, cluster), problems
 
 
 async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int:

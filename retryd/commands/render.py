@@ -30,6 +30,7 @@ from rich.text import Text
 from retryd.control.pauses import describe as describe_pauses
 
 if TYPE_CHECKING:
+    from retryd.cluster.view import ClusterView
     from retryd.commands.inspect import InspectReport, QueueInspection
     from retryd.commands.plan import PlanReport
 
@@ -368,7 +369,25 @@ def plan_document(report: PlanReport) -> Document:
         blocks += [Line(f"warning: {warning}", 4) for warning in plan.warnings]
         blocks += [Line(f"error: {error}", 4) for error in plan.errors]
     blocks += [Line(line) for line in describe_pauses(report.pauses, time.time())]
+    if report.cluster is not None:
+        blocks += _cluster_lines(report.cluster)
     return Document([blocks])
+
+
+def _cluster_lines(cluster: ClusterView) -> list[Block]:
+    """The replicas' cluster item the breakers were judged with (DynamoDB ledger)."""
+    held = cluster.open
+    lines: list[Block] = [
+        Line(
+            f"cluster: {cluster.live} live replica(s); "
+            f"{len(held)} breaker(s) held open by the cluster"
+        )
+    ]
+    for arn in held:
+        holder = cluster.holder(arn)
+        note = f" (canaries held by {holder})" if holder else ""
+        lines.append(Line(f"{arn}{note}", 2))
+    return lines
 
 
 def _kms_key(inspection: QueueInspection) -> str:

@@ -21,7 +21,12 @@ loop behind a process that looks healthy; retryd's supervisor (systemd's
 Restart=, an orchestrator) already restarts the whole with back-off and
 shows the failure, and nothing is lost either way: a message is deleted only
 once its copy is safe, and the batches a dead worker held reappear after their
-lease.
+lease. A worker that stops on a retryd error (a configuration error found in the
+worker: exit code 2; AWS unusable: 5) sends the parent its one-line message, and
+the parent prints that line and exits with that code, as one process would. A
+worker that cannot be started has the parent stop the ones already started, as
+any stop does (SIGTERM, a wait, then SIGKILL), rather than leave them to the
+parent-death signal.
 """
 
 from __future__ import annotations
@@ -75,6 +80,48 @@ class WorkerFailedError(RetrydError):
     def __init__(self, message: str, exit_code: ExitCode = ExitCode.CYCLE_FAILED) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Why one worker stopped: its one line, and the exit code it stands for."""
+
+    worker: str
+    error: str
+    exit_code: ExitCode = ExitCode.CYCLE_FAILED
+
+
+def _failed(failures: list[_Failure]) -> WorkerFailedError:
+    """One error for the parent to exit with, from every worker that failed.
+
+    The code is the first documented one other than 1: a worker that found the
+    configuration bad (2) or AWS unusable (5) says why the run stopped, while the
+    others' exits are only its consequence. The same error from several workers is
+    said once, naming them all.
+    """
+    by_error: dict[str, list[_Failure]] = {}
+    for failure in failures:
+        by_error.setdefault(failure.error, []).append(failure)
+    line = "; ".join(
+        f"{', '.join(failure.worker for failure in same)}: {error}"
+        for error, same in by_error.items()
+    )
+    code = next(
+        (f.exit_code for f in failures if f.exit_code != ExitCode.CYCLE_FAILED),
+        ExitCode.CYCLE_FAILED,
+    )
+    return WorkerFailedError(line, code)
+
+
+def _documented(exc: BaseException) -> RetrydError | None:
+    """The retryd error a worker stopped on, also inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _documented(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, RetrydError) else None
 
 
 @dataclass
@@ -159,8 +206,12 @@ def _once_worker(
     _enter_worker(shard, *logging_and_parent)
     try:
         report = anyio.run(partial(run_once, settings, shard=shard))
-    except RetrydError as exc:
-        results.send({"report": None, "error": str(exc), "exit_code": int(exc.exit_code)})
+    except BaseException as exc:
+        error = _documented(exc)
+        if error is None:
+            # A crash: its traceback is printed and the parent reads end-of-file.
+            raise
+        results.send({"report": None, "error": str(error), "exit_code": int(error.exit_code)})
         return
     fatal = report.fatal
     results.send(
@@ -174,13 +225,30 @@ def _once_worker(
 
 
 def _run_worker(
-    settings: Settings, shard: Shard, logging_and_parent: tuple[str, str, int], cells: Any
+    settings: Settings,
+    shard: Shard,
+    logging_and_parent: tuple[str, str, int],
+    cells: Any,
+    results: multiprocessing.connection.Connection,
 ) -> None:
-    """A worker of `retryd run`: the daemon over its DLQs until the parent passes a signal on."""
+    """A worker of `retryd run`: the daemon over its DLQs until the parent passes a signal on.
+
+    Stopped by a retryd error (a configuration error found here, AWS unusable), it
+    sends the parent the error's line and exits with the error's code, without a
+    traceback; the parent exits with that code. Anything else is a crash: exit 1.
+    """
     _enter_worker(shard, *logging_and_parent)
     health = _ReportingHealth.for_settings(settings)
     health.cells = cells
-    anyio.run(partial(run_daemon, settings, shard=shard, health=health))
+    try:
+        anyio.run(partial(run_daemon, settings, shard=shard, health=health))
+    except BaseException as exc:
+        error = _documented(exc)
+        if error is None:
+            raise
+        results.send({"error": str(error), "exit_code": int(error.exit_code)})
+        # multiprocessing turns SystemExit(code) into the process's exit code, quietly.
+        raise SystemExit(int(error.exit_code)) from None
 
 
 @contextmanager
@@ -197,6 +265,7 @@ def _metrics_dir() -> Iterator[str]:
 def _start(
     kind: str, settings: Settings, log_level: str, log_format: str, metrics_dir: str | None
 ) -> list[_Worker]:
+    """Every worker started, or none left running: WorkerFailedError if one cannot start."""
     context = multiprocessing.get_context("spawn")
     count = settings.drain.processes
     settings = worker_settings(settings)
@@ -208,20 +277,11 @@ def _start(
     try:
         for index in range(count):
             shard = Shard(index, count)
-            cells = context.RawArray("d", 2)
-            results = None
-            if kind == "once":
-                results, sender = context.Pipe(duplex=False)
-                args: tuple[Any, ...] = (settings, shard, passed_on, sender)
-                process = context.Process(target=_once_worker, args=args, daemon=False)
-            else:
-                args = (settings, shard, passed_on, cells)
-                process = context.Process(target=_run_worker, args=args, daemon=False)
-            process.start()
-            if kind == "once":
-                # The parent's copy closed, so a worker that dies reads as end-of-file.
-                sender.close()
-            workers.append(_Worker(shard, process, cells, results))
+            try:
+                workers.append(_spawn(context, kind, settings, shard, passed_on))
+            except BaseException as exc:
+                _abandon_start(workers, settings, shard, exc)
+                raise
     finally:
         if metrics_dir is not None:
             if before is None:
@@ -230,6 +290,50 @@ def _start(
                 os.environ[MULTIPROCESS_DIR_ENV] = before
     log.info("workers-started", processes=count, pids=[w.process.pid for w in workers])
     return workers
+
+
+def _spawn(
+    context: Any, kind: str, settings: Settings, shard: Shard, passed_on: tuple[str, str, int]
+) -> _Worker:
+    cells = context.RawArray("d", 2)
+    results, sender = context.Pipe(duplex=False)
+    try:
+        if kind == "once":
+            args: tuple[Any, ...] = (settings, shard, passed_on, sender)
+            process = context.Process(target=_once_worker, args=args, daemon=False)
+        else:
+            args = (settings, shard, passed_on, cells, sender)
+            process = context.Process(target=_run_worker, args=args, daemon=False)
+        process.start()
+    except BaseException:
+        results.close()
+        raise
+    finally:
+        # The parent's copy closed, so a worker that dies reads as end-of-file.
+        sender.close()
+    return _Worker(shard, process, cells, results)
+
+
+def _abandon_start(
+    started: list[_Worker], settings: Settings, shard: Shard, exc: BaseException
+) -> None:
+    """Worker `shard` could not start: stop the ones that did, then say why (raised by caller).
+
+    Left alone they would run on until the parent's exit fires their parent-death
+    signal, with nobody passing the two-phase stop on; stopped here they settle
+    what they hold, as at any stop.
+    """
+    name = f"drain worker {shard.index + 1} of {shard.count}"
+    log.error(
+        "worker-start-failed",
+        worker=name,
+        error=f"{type(exc).__name__}: {exc}",
+        pids=[worker.process.pid for worker in started],
+        why="the workers already started are stopped; retryd exits",
+    )
+    _reap(started, settings.shutdown.drain_timeout_s + REAP_GRACE_S)
+    if isinstance(exc, Exception):
+        raise WorkerFailedError(f"could not start {name}: {type(exc).__name__}: {exc}") from exc
 
 
 def _signal_all(workers: list[_Worker], signum: int) -> None:
@@ -304,9 +408,16 @@ def _collect(workers: list[_Worker]) -> CycleReport:
             else:
                 total.discovered = False
                 total.errors.append(f"{worker.name}: {answer['error']}")
-            if answer["exit_code"] is not None and total.fatal is None:
+            if answer["exit_code"] is not None and _outranks(answer["exit_code"], total.fatal):
                 total.fatal = WorkerFailedError(answer["error"], ExitCode(answer["exit_code"]))
     return total
+
+
+def _outranks(exit_code: int, fatal: RetrydError | None) -> bool:
+    """Whether a worker's error says more than the one kept: the first, or the first not 1."""
+    return fatal is None or (
+        fatal.exit_code == ExitCode.CYCLE_FAILED and exit_code != ExitCode.CYCLE_FAILED
+    )
 
 
 async def run_daemon_in_workers(settings: Settings, log_level: str, log_format: str) -> None:
@@ -332,7 +443,7 @@ async def _supervise(settings: Settings, workers: list[_Worker], metrics_dir: st
     health.cells = [worker.cells for worker in workers]
     notifier = SystemdNotifier.from_environ()
     stopping = anyio.Event()
-    failures: list[str] = []
+    failures: list[_Failure] = []
     async with anyio.create_task_group() as group:
         group.start_soon(_pass_signals_on, workers, stopping, notifier)
         if settings.http.enabled:
@@ -352,7 +463,7 @@ async def _supervise(settings: Settings, workers: list[_Worker], metrics_dir: st
         )
         group.cancel_scope.cancel()
     if failures:
-        raise WorkerFailedError("; ".join(failures))
+        raise _failed(failures)
     log.info("stopped")
 
 
@@ -379,7 +490,7 @@ async def _watch(
     health: _WorkersHealth,
     notifier: SystemdNotifier,
     metrics_dir: str,
-    failures: list[str],
+    failures: list[_Failure],
 ) -> None:
     """Until every worker has exited: probes and watchdog kept, a dead worker stops the rest."""
     said_ready = False
@@ -398,14 +509,16 @@ async def _watch(
             # Its live gauges leave the sum with it.
             mark_process_dead(worker.process.pid, metrics_dir)  # type: ignore[no-untyped-call]
             if code != 0 or not stopping.is_set():
-                failures.append(f"{worker.name} exited with code {code}")
+                failure = _why_stopped(worker, code)
+                failures.append(failure)
                 if not stopping.is_set():
                     log.error(
                         "worker-died",
                         worker=worker.name,
                         exit_code=code,
+                        error=failure.error,
                         why="a worker is not restarted; the others are stopped and retryd "
-                        "exits 1 for its supervisor to restart it whole",
+                        f"exits {int(failure.exit_code)} for its supervisor to restart it whole",
                     )
                     stopping.set()
                     notifier.stopping()
@@ -413,3 +526,14 @@ async def _watch(
         if all(worker.reaped for worker in workers):
             return
         await anyio.sleep(WATCH_INTERVAL_S)
+
+
+def _why_stopped(worker: _Worker, code: int) -> _Failure:
+    """What a worker that exited `code` sent before it did; a crash sent nothing."""
+    results = worker.results
+    if results is not None:
+        with suppress(EOFError, OSError):
+            if results.poll():
+                said: dict[str, Any] = results.recv()
+                return _Failure(worker.name, said["error"], ExitCode(said["exit_code"]))
+    return _Failure(worker.name, f"exited with code {code}")

@@ -318,3 +318,88 @@ def test_a_replica_whose_heartbeat_is_throttled_past_its_ttl_stops_sending(
         assert bucket.take(100) == 3
 
     run_pair(world, make_settings, body)
+
+
+async def _claimed(a: Member, b: Member, wall: FakeClock) -> tuple[Member, Member]:
+    """A opens the breaker; past the cool-down one of them claims the canaries: (holder, other)."""
+    b.breakers.for_target(TARGET)
+    _fail(a)
+    await a.cluster.flush()
+    await b.cluster.sync()
+    for member in (a, b):
+        member.advance(BREAKER.cooldown_s + 1)
+    wall.advance(BREAKER.cooldown_s + 1)
+    await a.cluster.sync()
+    await b.cluster.sync()
+    granted = [m.breakers.for_target(TARGET).peek(10) for m in (a, b)]
+    assert sorted(granted) == [0, BREAKER.half_open_calls]
+    return (a, b) if granted[0] else (b, a)
+
+
+async def _item(member: Member) -> dict[str, object]:
+    answer = await member.cluster._client.get_item(
+        TableName=TABLE, Key={KEY_ATTRIBUTE: {"S": STATE_KEY}}, ConsistentRead=True
+    )
+    item: dict[str, object] = answer["Item"]
+    return item
+
+
+def test_a_replica_that_leaves_hands_its_canary_claim_back_at_once(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """The canaries' holder stops cleanly: its leave hands the claim back, so the other
+    claims the canaries at its next sync rather than after the claim runs out (a cool-down)."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        holder, other = await _claimed(a, b, wall)
+        assert other.breakers.for_target(TARGET).permits(10) == 0
+        await holder.cluster.leave()
+        item = await _item(other)
+        assert f"m:{'a' if holder is a else 'b'}" not in item
+        # Not a second later on any clock: the claim is free now, not when it lapses.
+        await other.cluster.sync()
+        assert other.breakers.for_target(TARGET).permits(10) == BREAKER.half_open_calls
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_leaver_whose_claim_was_taken_since_leaves_the_new_holders_claim_alone(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """The holder's claim lapsed and the other took it: the leave still removes the leaver's
+    heartbeat, and the new holder keeps its canaries."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        holder, other = await _claimed(a, b, wall)
+        wall.advance(BREAKER.cooldown_s + 1)
+        other.advance(BREAKER.cooldown_s + 1)
+        await other.cluster.sync()
+        assert other.breakers.for_target(TARGET).permits(10) == BREAKER.half_open_calls
+        await holder.cluster.leave()
+        item = await _item(other)
+        assert f"m:{'a' if holder is a else 'b'}" not in item
+        entry = item["b:" + TARGET.arn]
+        assert isinstance(entry, dict)
+        assert entry["M"]["h"] == {"S": "a" if other is a else "b"}
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_leaver_writes_its_canaries_verdict_before_it_goes(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """The holder's canaries succeed and it stops before its next flush: its leave writes the
+    breaker closed, so the other closes at its next sync instead of sending canaries again."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        holder, other = await _claimed(a, b, wall)
+        canary = holder.breakers.for_target(TARGET)
+        assert canary.permits(10) == BREAKER.half_open_calls
+        episode = canary.episode
+        for _ in range(BREAKER.half_open_calls):
+            canary.record(success=True, episode=episode)
+        await holder.cluster.leave()
+        await other.cluster.sync()
+        assert other.breakers.for_target(TARGET).state is BreakerState.CLOSED
+
+    run_pair(world, make_settings, body)

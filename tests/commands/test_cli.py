@@ -136,6 +136,29 @@ def test_config_check_shows_the_rate_limit_in_effect_per_target_type(
         "eventbridge": (100.0, 100),
     }
     assert effective["rules_first"][0]["pattern"] == f"arn:aws:sqs:*:{ACCOUNT}:orders"
+    assert "per_worker" not in effective
+
+
+def test_config_check_states_each_workers_part_of_the_rates_with_several_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """drain.processes = 2 on SQLite: each worker's half of every rate, and the limit that a
+    target fed from one worker's DLQs gets only that half, said in config check's output."""
+    for name in list(os.environ):
+        if name.startswith("RETRYD_"):
+            monkeypatch.delenv(name)
+    text = (
+        '[discovery]\nqueue_prefixes = ["retry-"]\n'
+        f'[guards]\nallow_targets = ["arn:aws:*:{REGION}:{ACCOUNT}:*"]\n'
+        f'[drain]\nprocesses = 2\n[ledger]\nbackend = "sqlite"\npath = "{tmp_path}/l.db"\n'
+    )
+    assert main(["config", "check", "--config", str(write_config(tmp_path, text))]) == 0
+    per_worker = json.loads(capsys.readouterr().out)["effective_rate_limits"]["per_worker"]
+    assert per_worker["processes"] == 2
+    assert per_worker["by_target_type"]["lambda"] == {"per_s": 2.5, "burst": 5}
+    assert per_worker["by_target_type"]["sqs"] == {"per_s": 150.0, "burst": 150}
+    assert "takes 1/2 of every target's rate" in per_worker["limit"]
+    assert "fed only from the DLQs of one worker" in per_worker["limit"]
 
 
 def test_once_without_a_parking_queue_exits_4_and_touches_nothing(

@@ -454,3 +454,84 @@ def test_a_message_unresolvable_only_while_the_feed_map_is_incomplete_is_held(
     assert (planned["action"], planned["reason"]) == ("hold", "transient-error")
     assert "could not all be learned" in planned["detail"]
     assert depth(world, "retry-native") == (1, 0)
+
+
+def test_plan_defers_a_target_whose_breaker_the_cluster_holds_open_and_writes_nothing(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DynamoDB ledger: a replica has the charge breaker open in the cluster item. The plan
+    defers charge's messages (breaker-open, the rest of the cool-down), resubmits the other
+    target's, reports the cluster, and neither joins nor writes to the table."""
+    from retryd.admission.breaker import Breakers, BreakerState  # noqa: PLC0415
+    from retryd.admission.ratelimit import RateLimits  # noqa: PLC0415
+    from retryd.cluster import DynamoDbCluster  # noqa: PLC0415
+    from retryd.ledger import create_table  # noqa: PLC0415
+    from retryd.settings import load_settings  # noqa: PLC0415
+
+    world.create_queue(PARKING)
+    world.create_queue("retry-mixed")
+    charge = Target.from_arn(world.create_function("charge"))
+    refund = Target.from_arn(world.create_function("refund"))
+    to_charge = world.send("retry-mixed", envelope("lambda", charge.arn, {"n": 1}))
+    to_refund = world.send("retry-mixed", envelope("lambda", refund.arn, {"n": 2}))
+    table = "retryd-ledger-plan"
+    config_path = config_file(tmp_path)
+    Path(config_path).write_text(
+        CONFIG.replace('backend = "memory"', f'backend = "dynamodb"\ntable = "{table}"')
+    )
+    settings = load_settings(Path(config_path))
+    dynamodb = world.client("dynamodb")
+
+    async def a_replica_opens_charge() -> None:
+        await create_table(settings)
+        async with open_clients(settings.aws) as clients:
+            breakers = Breakers(settings.breaker, anyio.current_time)
+            replica = DynamoDbCluster(
+                clients.dynamodb,
+                table,
+                breakers=breakers,
+                rates=RateLimits(settings.rate_limit, anyio.current_time),
+                cooldown_s=settings.breaker.cooldown_s,
+                member_ttl_s=600,
+                me="replica-a",
+            )
+            await replica.sync()
+            breaker = breakers.for_target(charge)
+            while breaker.state is BreakerState.CLOSED:
+                breaker.record(success=False)
+            await replica.flush()
+
+    anyio.run(a_replica_opens_charge)
+    capsys.readouterr()
+    before = dynamodb.scan(TableName=table, ConsistentRead=True)["Items"]
+
+    code, document = plan_json(capsys, "--config", config_path)
+
+    assert code == 0
+    messages = by_id(document)
+    assert messages[to_refund]["action"] == "resubmit"
+    held = messages[to_charge]
+    assert (held["action"], held["reason"]) == ("defer", "breaker-open")
+    assert 0 < held["delay_s"] <= settings.breaker.cooldown_s
+    assert document["cluster"] == {
+        "live_replicas": 1,
+        "breakers_open": [{"target": charge.arn, "canaries_held_by": None}],
+    }
+    # Read only: no heartbeat of its own, no claim, no ledger record.
+    assert dynamodb.scan(TableName=table, ConsistentRead=True)["Items"] == before
+
+    # The item cannot be read (access denied): the plan goes on, judged as before, and says so.
+    world.faults.add(
+        Fault("dynamodb", "BatchGetItem", code="AccessDeniedException", contains="retryd-cluster")
+    )
+    code, document = plan_json(capsys, "--config", config_path)
+    world.faults.clear()
+    assert code == 0
+    assert document["cluster"] is None
+    assert by_id(document)[to_charge]["action"] == "resubmit"
+
+    assert main(["plan", "--config", config_path]) == 0
+    text, err = capsys.readouterr()
+    # Copied from the cluster, not opened by the plan: no `breaker` transition is logged.
+    assert '"event": "breaker"' not in err
+    assert "cluster: 1 live replica(s); 1 breaker(s) held open by the cluster" in text

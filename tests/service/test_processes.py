@@ -294,3 +294,99 @@ def test_workers_stop_when_the_parent_is_killed_outright(world: World, tmp_path:
         while not all(_gone(pid) for pid in started["pids"]):
             assert time.monotonic() < deadline, "a worker outlived its parent"
             time.sleep(0.2)
+
+
+# A transform that loads in the parent (which checks the hooks before it starts the
+# workers) but not in a worker: the simplest configuration error only a worker finds.
+WORKER_ONLY_HOOK = """
+import multiprocessing
+
+if multiprocessing.parent_process() is not None:
+    raise RuntimeError("this transform does not load in a worker process")
+
+
+def transform(body):
+    return body
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "once"])
+def test_a_config_error_found_in_a_worker_exits_2_with_its_one_line(
+    world: World, tmp_path: Path, command: str
+) -> None:
+    """A worker's ConfigError: the parent exits 2 (not 1) and prints the line, no traceback."""
+    world.create_queue("retryd-parking")
+    (tmp_path / "worker_only_hook.py").write_text(WORKER_ONLY_HOOK)
+    config = _config(tmp_path)
+    config.write_text(
+        config.read_text()
+        + '\n[[hooks]]\nqueue = "retry-*"\ntransform = "worker_only_hook:transform"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "retryd", command, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "invalid configuration" in line]
+    assert errors, done.stderr[-3000:]
+    assert "cannot import 'worker_only_hook'" in errors[0]
+    assert "does not load in a worker process" in errors[0]
+
+
+def test_a_worker_that_cannot_start_has_the_started_ones_stopped_cleanly(
+    world: World,
+    tmp_path: Path,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker 2 of 3 fails to spawn: worker 1, already draining, gets SIGTERM and exits 0."""
+    from multiprocessing.context import SpawnProcess  # noqa: PLC0415
+
+    from retryd.service import processes  # noqa: PLC0415
+
+    world.create_queue("retryd-parking")
+    settings = make_settings(
+        drain={"processes": 3, "receive_wait_s": 0},
+        ledger={"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite3")},
+        schedule={"interval_s": 0.5},
+    )
+    started: list[SpawnProcess] = []
+    first_cells: list[Any] = []
+    spawn = SpawnProcess.start
+
+    def start_only_the_first(process: SpawnProcess) -> None:
+        if started:
+            # Worker 1 is serving (ready: its first discovery done) when worker 2 fails.
+            deadline = time.monotonic() + WAIT_S
+            while not first_cells[0][1]:
+                assert started[0].exitcode is None, "worker 1 exited before it was ready"
+                assert time.monotonic() < deadline, "worker 1 never became ready"
+                time.sleep(0.1)
+            raise OSError(11, "Resource temporarily unavailable")
+        # Its shared cells (tick, ready), as the parent passes them; start() drops its args.
+        first_cells.append(process._args[3])  # type: ignore[attr-defined]
+        spawn(process)
+        started.append(process)
+
+    monkeypatch.setattr(SpawnProcess, "start", start_only_the_first)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    try:
+        with pytest.raises(
+            processes.WorkerFailedError, match="could not start drain worker 2 of 3"
+        ):
+            processes._start("run", settings, "info", "json", str(metrics_dir))
+        (first,) = started
+        # Stopped before _start returned, not left to the parent-death signal, and by
+        # its own two-phase stop (exit 0), not killed.
+        assert first.exitcode == 0
+    finally:
+        for process in started:
+            if process.exitcode is None:
+                process.kill()
+                process.join()
