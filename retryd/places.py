@@ -303,6 +303,7 @@ class Places:
     def __post_init__(self) -> None:
         # Asked once per message sent (which clients to send with): a set, built once.
         self._known = frozenset((*self.places, self.home))
+        self._listed = frozenset(self.places)
         # Where a queue URL that names no region is read: its account's first listed region.
         self._first_region: dict[str, str] = {}
         for place in self.places:
@@ -359,7 +360,9 @@ class Places:
             target = Place.of_arn(target_arn)
         except ValueError:
             return source
-        if target in self._known:
+        # A listed place only: the home place, when [[accounts]] does not list it, is one
+        # `retryd iam-policy` grants no target to (its targets go with the DLQ's role).
+        if target in self._listed:
             return target
         if not is_region_name(target.region):
             return source

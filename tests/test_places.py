@@ -147,3 +147,12 @@ def test_an_unlisted_home_account_is_sent_to_with_the_dlqs_role() -> None:
     assert subject.sending_place(target, f"arn:aws:sqs:us-east-1:{MEMBER}:q") == Place(
         MEMBER, "eu-west-1"
     )
+
+
+def test_an_unlisted_home_accounts_own_region_is_sent_to_with_the_dlqs_role() -> None:
+    """Home not listed: a target in the home region itself goes with the DLQ account's role
+    too, never with the home chain, which `retryd iam-policy` grants no target."""
+    member = Place(MEMBER, "us-east-1")
+    subject = Places(Place(HOME, "us-east-1"), (member,), True, None, {}, None, None)
+    target = f"arn:aws:sqs:us-east-1:{HOME}:dest"
+    assert subject.sending_place(target, f"arn:aws:sqs:us-east-1:{MEMBER}:q") == member

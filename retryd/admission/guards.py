@@ -99,8 +99,10 @@ class Guards:
         self._clock_s = clock_s
         self._protected: frozenset[str] = frozenset()
         self._protected_queues: frozenset[tuple[str, str, str]] = frozenset()
-        # (account, name) of the same queues: what a target ARN with no region is held to.
+        # (account, name) of the same queues: what a target ARN with no region is held to;
+        # (region, name): what one with no account is held to.
         self._protected_names: frozenset[tuple[str, str]] = frozenset()
+        self._protected_in_region: frozenset[tuple[str, str]] = frozenset()
         # Operator pauses, as last read from the control store (one read per cycle).
         self._pauses = PauseSet()
         self._pause_recheck_s = pause_recheck_s
@@ -122,17 +124,26 @@ class Guards:
         self._protected_names = frozenset(
             (account, name) for _, account, name in self._protected_queues
         )
+        self._protected_in_region = frozenset(
+            (region, name) for region, _, name in self._protected_queues
+        )
 
     def _loops(self, target_arn: str) -> bool:
         """Whether an SQS target is a protected queue: same region, account and name.
 
         An ARN with no region names no other region: it is held to every protected
-        queue of that account and name.
+        queue of that account and name. One with no account names no other account
+        (SQS looks the name up in the caller's own): it is held to every protected
+        queue of that region and name, or of that name when the region is missing too.
         """
         identity = _queue_identity(target_arn)
         if identity is None:
             return False
         region, account, name = identity
+        if not account:
+            if not region:
+                return any(name == protected for _, protected in self._protected_names)
+            return (region, name) in self._protected_in_region
         if not region:
             return (account, name) in self._protected_names
         return identity in self._protected_queues

@@ -222,6 +222,9 @@ def _loop_guards() -> Guards:
         # No region names no other queue: SQS would look the name up where retryd sends.
         f"arn:aws:sqs::{ACCOUNT}:retry-orders",
         f"arn:aws:sqs::{ACCOUNT}:retryd-parking",
+        # No account names no other account: SQS would look the name up in the caller's.
+        "arn:aws:sqs:eu-west-1::retry-orders",
+        "arn:aws:sqs:::retryd-parking",
     ],
 )
 def test_the_loop_guard_refuses_a_drained_dlq_or_the_parking_queue(arn: str) -> None:
@@ -246,16 +249,16 @@ def test_the_loop_guard_lets_a_same_named_queue_in_another_region_through(arn: s
 
 @given(
     region=st.sampled_from(["eu-west-1", "us-east-1", "ap-south-1", ""]),
-    account=st.sampled_from([ACCOUNT, OTHER_ACCOUNT]),
+    account=st.sampled_from([ACCOUNT, OTHER_ACCOUNT, ""]),
     name=st.sampled_from(["retry-orders", "retryd-parking", "orders"]),
 )
 def test_the_loop_guard_refuses_exactly_the_protected_queues(
     region: str, account: str, name: str
 ) -> None:
-    """Refused exactly when account and name match a protected queue and the region is its
-    own or none."""
+    """Refused exactly when the name matches a protected queue and the account and region
+    are its own or none."""
     guards = Guards(GuardSettings(max_attempts=3, allow_any_target=True))
     guards.protect_queues([QUEUE.arn, f"arn:aws:sqs:eu-west-1:{ACCOUNT}:retryd-parking"])
     refusal = guards.check(job_for(f"arn:aws:sqs:{region}:{account}:{name}"))
-    protected = account == ACCOUNT and name != "orders" and region in ("eu-west-1", "")
+    protected = account in (ACCOUNT, "") and name != "orders" and region in ("eu-west-1", "")
     assert (refusal is not None) == protected

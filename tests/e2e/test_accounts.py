@@ -645,3 +645,23 @@ def test_a_target_in_a_region_retryd_knows_nothing_of_is_held_not_parked(
     [failed] = [line for line in logs if line.get("outcome") == Outcome.FAILED.value]
     assert "us-nowhere-7" in failed["detail"]
     assert "allow_targets" in failed["detail"]
+
+
+def test_the_loop_guard_holds_a_target_with_no_account_to_the_dlq_of_its_name(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A message naming its DLQ with the account left out (which SQS looks up in the caller's
+    own account) is parked as a loop, not resubmitted into the DLQ it came from."""
+    here = build_place(world, ACCOUNT, REGION, 0)
+    dlq_url = here.get_queue_url(QueueName=DLQ)["QueueUrl"]
+    body = envelope("sqs", f"arn:aws:sqs:{REGION}::{DLQ}", {"to": "no-account"})
+    here.send_message(QueueUrl=dlq_url, MessageBody=json.dumps(body))
+    settings = make_settings(
+        accounts=[{"account_id": ACCOUNT, "regions": [REGION]}],
+        discovery={"queue_prefixes": [], "queues": [f"arn:aws:sqs:{REGION}:{ACCOUNT}:{DLQ}"]},
+        guards={"allow_targets": ["arn:aws:sqs:*:*:*"]},
+    )
+    [report], _ = cycles(settings, 1)
+    assert report.outcomes == {Outcome.PARKED.value: 1}
+    assert report.reasons[(Outcome.PARKED.value, ParkReason.TARGET_NOT_ALLOWED.value)] == 1
+    assert depth(here, DLQ) == 0
