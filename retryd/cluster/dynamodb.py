@@ -66,6 +66,11 @@ _CONDITION_FAILED = "ConditionalCheckFailedException"
 MAX_BREAKER_ENTRIES = 500
 # Idle entries removed per call (its condition names each one's episode).
 PRUNE_BATCH = 100
+# Canary claims a leave hands back in its one call: each adds about 50 bytes and four
+# operators, and DynamoDB refuses an expression past 4 KB or 300 operators
+# (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Constraints.html).
+# Any claims beyond lapse as they would have.
+RELEASE_BATCH = 40
 _FAILURES = (BotoCoreError, ClientError)
 
 
@@ -540,8 +545,16 @@ class DynamoDbCluster:
         # (a breaker written whole is no longer held by anyone).
         if self._pending:
             await self._write_moves()
+        released: list[str] = []
+        if self._holding:
+            try:
+                released = await self._leave_releasing()
+            except _FAILURES as exc:
+                # Refused for more than its condition (throttled, or past an expression
+                # limit): the claims lapse as before, but the heartbeat must still go, or
+                # the others keep this replica's rate share until its TTL.
+                log.warning("cluster-canaries-not-released", error=str(from_exception(exc)))
         try:
-            released = await self._leave_releasing() if self._holding else []
             if not released:
                 await self._update(
                     UpdateExpression="REMOVE #me",
@@ -553,7 +566,7 @@ class DynamoDbCluster:
             log.info("cluster-left", replica=self._me, canaries_released=released)
 
     async def _leave_releasing(self) -> list[str]:
-        """Leave, handing back every canary claim still ours, in one conditional call.
+        """Leave, handing back the canary claims still ours (up to RELEASE_BATCH), in one call.
 
         Otherwise the others would wait out the claim (up to a cool-down) before one
         of them could send the canaries. Handed back means no holder: the next
@@ -562,7 +575,7 @@ class DynamoDbCluster:
         nothing is handed back and the caller leaves the plain way. The targets
         handed back; [] when that condition did not hold.
         """
-        arns = sorted(self._holding)
+        arns = sorted(self._holding)[:RELEASE_BATCH]
         names = {"#me": MEMBER_PREFIX + self._me}
         values: dict[str, Any] = {":me": {"S": self._me}}
         conditions = []
@@ -584,7 +597,8 @@ class DynamoDbCluster:
                 why="a claim lapsed and was taken since this replica read it",
             )
             return []
-        self._holding = {}
+        for arn in arns:
+            del self._holding[arn]
         return arns
 
 

@@ -11,7 +11,7 @@ from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import open_clients
 from retryd.cluster import DynamoDbCluster
-from retryd.cluster.dynamodb import STATE_KEY
+from retryd.cluster.dynamodb import RELEASE_BATCH, STATE_KEY
 from retryd.ledger import create_table
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
@@ -401,5 +401,71 @@ def test_a_leaver_writes_its_canaries_verdict_before_it_goes(
         await holder.cluster.leave()
         await other.cluster.sync()
         assert other.breakers.for_target(TARGET).state is BreakerState.CLOSED
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_leaver_whose_hand_back_fails_still_removes_its_heartbeat(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Handing the canary claim back fails for a reason other than its condition (refused as
+    invalid): the leave still removes the leaver's heartbeat, the plain way."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        holder, other = await _claimed(a, b, wall)
+        world.faults.add(
+            Fault("dynamodb", "UpdateItem", code="ValidationException", contains="#h0.hx")
+        )
+        await holder.cluster.leave()
+        world.faults.clear()
+        assert f"m:{'a' if holder is a else 'b'}" not in await _item(other)
+
+    run_pair(world, make_settings, body)
+
+
+def test_a_leaver_holding_many_claims_hands_back_a_bounded_number_in_its_leave(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A leaver holding more claims than one expression may name (DynamoDB refuses one past
+    4 KB or 300 operators; the fault stands in for it) hands back the first RELEASE_BATCH."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        arns = [f"{TARGET.arn}-{n:03d}" for n in range(RELEASE_BATCH + 20)]
+        until = repr(wall() + 1000)
+        names = {f"#b{n}": "b:" + arn for n, arn in enumerate(arns)}
+        values = {
+            f":v{n}": {
+                "M": {
+                    "s": {"S": BreakerState.OPEN.value},
+                    "e": {"S": f"episode-{n}"},
+                    "at": {"N": repr(wall())},
+                    "h": {"S": "a"},
+                    "hx": {"N": until},
+                }
+            }
+            for n in range(len(arns))
+        }
+        await b.cluster._client.update_item(
+            TableName=TABLE,
+            Key={KEY_ATTRIBUTE: {"S": STATE_KEY}},
+            UpdateExpression="SET " + ", ".join(f"#b{n} = :v{n}" for n in range(len(arns))),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        await a.cluster.sync()
+        world.faults.add(
+            Fault(
+                "dynamodb",
+                "UpdateItem",
+                code="ValidationException",
+                contains=f"#h{RELEASE_BATCH}.hx",
+            )
+        )
+        await a.cluster.leave()
+        world.faults.clear()
+        item = await _item(b)
+        assert "m:a" not in item
+        held = [arn for arn in arns if "h" in item["b:" + arn]["M"]]  # type: ignore[index]
+        assert held == sorted(arns)[RELEASE_BATCH:]
 
     run_pair(world, make_settings, body)
