@@ -158,10 +158,13 @@ def sqs_contenders(world: worlds.SqsWorld, scratch: Path) -> dict[str, Contender
         path.write_text(json.dumps({**world.as_json(), "endpoint": endpoint}))
         return [sys.executable, "-m", "bench.floor", str(path)], {}
 
-    def naive(endpoint: str, run_dir: Path) -> tuple[list[str], dict[str, str]]:
-        path = run_dir / "world.json"
-        path.write_text(json.dumps({**world.as_json(), "endpoint": endpoint}))
-        return [sys.executable, "-m", "bench.naive_batch", str(path)], {}
+    def script(module: str) -> Contender:
+        def run(endpoint: str, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+            path = run_dir / "world.json"
+            path.write_text(json.dumps({**world.as_json(), "endpoint": endpoint}))
+            return [sys.executable, "-m", module, str(path)], {}
+
+        return run
 
     def retryd(backend: str, processes: int = 1) -> Contender:
         def run(endpoint: str, run_dir: Path) -> tuple[list[str], dict[str, str]]:
@@ -177,7 +180,9 @@ def sqs_contenders(world: worlds.SqsWorld, scratch: Path) -> dict[str, Contender
 
     return {
         "floor": floor,
-        "naive-batch": naive,
+        "naive-batch": script("bench.naive_batch"),
+        # One message at a time: run on its own, smaller backlog (--naive-messages).
+        "naive": script("bench.naive"),
         "retryd": retryd("sqlite"),
         "retryd-memory-ledger": retryd("memory"),
         # drain.processes = 2: two workers sharing the DLQs and the SQLite ledger.
@@ -191,6 +196,7 @@ def _summarise(samples: list[dict[str, Any]], messages: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {
         "runs": len(samples),
+        "messages": messages,
         "msg_per_s": round(messages / median("wall_s"), 1),
         "cpu_ms_per_msg": round(1000 * median("cpu_s") / messages, 3),
         "peak_rss_mb": round(max(sample["peak_rss_mb"] for sample in samples), 1),
@@ -226,10 +232,12 @@ def run_sqs_world(args: argparse.Namespace) -> dict[str, Any]:
                     for name in chosen:
                         run_dir = scratch / f"{name}-{mode}-{run}"
                         run_dir.mkdir()
-                        worlds.fill(world, args.messages)
+                        count = args.naive_messages if name == "naive" else args.messages
+                        worlds.fill(world, count)
                         proxy.reset()
                         argv, env = contenders[name](endpoint, run_dir)
                         sample = measure(argv, env)
+                        sample["messages"] = count
                         if endpoint == proxy.url:
                             sample["calls"] = sum(proxy.stats()["calls"].values())
                         sample["check"] = worlds.verify_and_reset(world)
@@ -239,7 +247,7 @@ def run_sqs_world(args: argparse.Namespace) -> dict[str, Any]:
                             file=sys.stderr,
                         )
     figures = {
-        mode: {name: _summarise(samples, args.messages) for name, samples in by_name.items()}
+        mode: {name: _summarise(runs, runs[0]["messages"]) for name, runs in by_name.items()}
         for mode, by_name in results.items()
     }
     for by_name in figures.values():
@@ -256,10 +264,11 @@ def run_sqs_world(args: argparse.Namespace) -> dict[str, Any]:
                 by_name["ratios"]["retryd-2p/retryd msg_per_s"] = round(
                     by_name["retryd-2p"]["msg_per_s"] / by_name["retryd"]["msg_per_s"], 2
                 )
-            if "naive-batch" in by_name:
-                by_name["ratios"]["retryd/naive-batch msg_per_s"] = round(
-                    by_name["retryd"]["msg_per_s"] / by_name["naive-batch"]["msg_per_s"], 2
-                )
+            for naive in ("naive-batch", "naive"):
+                if naive in by_name:
+                    by_name["ratios"][f"retryd/{naive} msg_per_s"] = round(
+                        by_name["retryd"]["msg_per_s"] / by_name[naive]["msg_per_s"], 2
+                    )
     return {
         "world": "sqs",
         "emulator": args.emulator,
@@ -404,6 +413,7 @@ def summary_line(result: dict[str, Any]) -> str:
         for mode, by_name in figures.items():
             named = ", ".join(
                 f"{name} {f['msg_per_s']:.0f} msg/s {f['cpu_ms_per_msg']:.2f} ms/msg"
+                + (f" (of {f['messages']})" if f["messages"] != result["messages"] else "")
                 + (f" {f['calls_per_msg']:.2f} calls/msg" if "calls_per_msg" in f else "")
                 + ("" if f["verified"] else " UNVERIFIED")
                 for name, f in by_name.items()
@@ -447,6 +457,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=15.0, help="added per AWS call")
     parser.add_argument(
         "--contenders", default="", help="comma-separated subset of the sqs world's contenders"
+    )
+    parser.add_argument(
+        "--naive-messages",
+        type=int,
+        default=500,
+        help="sqs world: messages for the one-at-a-time script (3 round trips each)",
     )
     parser.add_argument("--compute-messages", type=int, default=2_000)
     parser.add_argument("--compute-dlqs", type=int, default=20)

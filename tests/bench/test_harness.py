@@ -15,19 +15,23 @@ def test_the_sqs_world_verifies_every_contender_and_prints_the_ratios(
 ) -> None:
     """Every contender moves every message once, and the summary names the ratios."""
     world = ["--world", "sqs", "--emulator", "moto", "--messages", "40", "--dlqs", "2"]
-    runs = ["--runs", "1", "--latency-ms", "1", "--contenders", "floor,naive-batch,retryd"]
-    code = main([*world, *runs])
+    runs = ["--runs", "1", "--latency-ms", "1", "--contenders", "floor,naive-batch,naive,retryd"]
+    code = main([*world, "--naive-messages", "12", *runs])
     out = capsys.readouterr().out
     assert code == 0
     document = json.loads(out[: out.rindex("}") + 1])
     (result,) = document["results"]
     for mode in ("loopback", "+1ms"):
         figures = result["figures"][mode]
-        for name in ("floor", "naive-batch", "retryd"):
+        for name, messages in (("floor", 40), ("naive-batch", 40), ("naive", 12), ("retryd", 40)):
             assert figures[name]["verified"], (mode, name, figures[name]["checks"])
-            assert figures[name]["checks"][0]["delivered"] == 40
+            assert figures[name]["checks"][0]["delivered"] == messages
             assert figures[name]["cpu_ms_per_msg"] > 0
-        assert set(figures["ratios"]) >= {"retryd/floor msg_per_s", "retryd/floor cpu_per_msg"}
+        assert set(figures["ratios"]) >= {
+            "retryd/floor msg_per_s",
+            "retryd/floor cpu_per_msg",
+            "retryd/naive msg_per_s",
+        }
     assert result["figures"]["+1ms"]["retryd"]["calls_per_msg"] > 0
     assert "retryd/floor msg_per_s" in out.splitlines()[-1]
 
