@@ -158,11 +158,11 @@ def sqs_contenders(world: worlds.SqsWorld, scratch: Path) -> dict[str, Contender
         path.write_text(json.dumps({**world.as_json(), "endpoint": endpoint}))
         return [sys.executable, "-m", "bench.floor", str(path)], {}
 
-    def script(module: str) -> Contender:
+    def script(module: str, *args: str) -> Contender:
         def run(endpoint: str, run_dir: Path) -> tuple[list[str], dict[str, str]]:
             path = run_dir / "world.json"
             path.write_text(json.dumps({**world.as_json(), "endpoint": endpoint}))
-            return [sys.executable, "-m", module, str(path)], {}
+            return [sys.executable, "-m", module, str(path), *args], {}
 
         return run
 
@@ -182,7 +182,7 @@ def sqs_contenders(world: worlds.SqsWorld, scratch: Path) -> dict[str, Contender
         "floor": floor,
         "naive-batch": script("bench.naive_batch"),
         # One message at a time: run on its own, smaller backlog (--naive-messages).
-        "naive": script("bench.naive"),
+        "naive": script("bench.naive_batch", "1"),
         "retryd": retryd("sqlite"),
         "retryd-memory-ledger": retryd("memory"),
         # drain.processes = 2: two workers sharing the DLQs and the SQLite ledger.
