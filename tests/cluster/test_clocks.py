@@ -15,39 +15,13 @@ from retryd.cluster import DynamoDbCluster
 from retryd.cluster.dynamodb import MEMBER_PREFIX, STATE_KEY, server_time
 from retryd.ledger import create_table
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
-from retryd.models import Target
-from retryd.settings import BreakerSettings, RateLimitSettings
+from retryd.settings import RateLimitSettings
 from tests.clock_helpers import FakeClock
+from tests.cluster.members import BREAKER, TARGET, TTL_S, Member, on_table
 from tests.conftest import SettingsFactory
-from tests.world import ACCOUNT, REGION, World
+from tests.world import World
 
 TABLE = "retryd-ledger-cluster-clocks"
-TARGET = Target.from_arn(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:charge")
-BREAKER = BreakerSettings(
-    window_calls=4, min_calls=2, failure_rate=0.5, cooldown_s=30, half_open_calls=2
-)
-TTL_S = 10.0
-
-
-class Member:
-    """A replica whose wall clock reads the table's time plus `skew_s`."""
-
-    def __init__(self, client: object, name: str, table_clock: FakeClock, skew_s: float) -> None:
-        self.mono = FakeClock()
-        self.breakers = Breakers(BREAKER, self.mono)
-        self.cluster = DynamoDbCluster(
-            client,
-            TABLE,
-            breakers=self.breakers,
-            rates=RateLimits(RateLimitSettings(per_s=6.0, burst=6), self.mono),
-            cooldown_s=BREAKER.cooldown_s,
-            member_ttl_s=TTL_S,
-            me=name,
-            wall_s=lambda: table_clock() + skew_s,
-            monotonic_s=self.mono,
-            # The table's clock, as its answers' Date header would tell it.
-            server_s=lambda _answer: table_clock(),
-        )
 
 
 def run_pair(
@@ -56,17 +30,13 @@ def run_pair(
     skews_s: tuple[float, float],
     body: Callable[[Member, Member, FakeClock], Awaitable[None]],
 ) -> None:
-    settings = make_settings(ledger={"backend": "dynamodb", "table": TABLE})
 
-    async def main() -> None:
-        await create_table(settings)
-        async with open_clients(settings.aws) as clients:
-            table_clock = FakeClock(1_700_000_000.0)
-            a = Member(clients.dynamodb, "a", table_clock, skews_s[0])
-            b = Member(clients.dynamodb, "b", table_clock, skews_s[1])
-            await body(a, b, table_clock)
+    async def pair(clients: AwsClients, table_clock: FakeClock) -> None:
+        a = Member(clients.dynamodb, TABLE, "a", table_clock, skews_s[0])
+        b = Member(clients.dynamodb, TABLE, "b", table_clock, skews_s[1])
+        await body(a, b, table_clock)
 
-    anyio.run(main)
+    on_table(make_settings, TABLE, pair)
 
 
 def test_a_replica_whose_clock_is_far_ahead_neither_evicts_nor_ignores_the_others(

@@ -4,54 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import anyio
 import pytest
 
-from retryd.admission.breaker import Breakers, BreakerState
-from retryd.admission.ratelimit import RateLimits
-from retryd.aws import open_clients
-from retryd.cluster import DynamoDbCluster
+from retryd.admission.breaker import BreakerState
+from retryd.aws import AwsClients
 from retryd.cluster.dynamodb import RELEASE_BATCH, STATE_KEY
-from retryd.ledger import create_table
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
-from retryd.settings import BreakerSettings, RateLimitSettings, Settings
 from tests.clock_helpers import FakeClock
+from tests.cluster.members import BREAKER, TARGET, TTL_S, Member, on_table
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
 from tests.world import ACCOUNT, REGION, World
 
 TABLE = "retryd-ledger-cluster"
-TARGET = Target.from_arn(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:charge")
-BREAKER = BreakerSettings(
-    window_calls=4, min_calls=2, failure_rate=0.5, cooldown_s=30, half_open_calls=2
-)
-TTL_S = 10.0
-
-
-class Member:
-    """One replica's breakers, buckets and cluster, on shared fake clocks."""
-
-    def __init__(self, settings: Settings, client: object, name: str, wall: FakeClock) -> None:
-        self.mono = FakeClock()
-        self.breakers = Breakers(BREAKER, self.mono)
-        self.rates = RateLimits(RateLimitSettings(per_s=6.0, burst=6), self.mono)
-        self.cluster = DynamoDbCluster(
-            client,
-            TABLE,
-            breakers=self.breakers,
-            rates=self.rates,
-            cooldown_s=BREAKER.cooldown_s,
-            member_ttl_s=TTL_S,
-            me=name,
-            wall_s=wall,
-            monotonic_s=self.mono,
-            # The table keeps the same fake time (not the moto server's Date header).
-            server_s=lambda _answer: wall(),
-        )
-
-    def advance(self, seconds: float) -> None:
-        self.mono.advance(seconds)
 
 
 def run_pair(
@@ -59,17 +25,13 @@ def run_pair(
     make_settings: SettingsFactory,
     body: Callable[[Member, Member, FakeClock], Awaitable[None]],
 ) -> None:
-    settings = make_settings(ledger={"backend": "dynamodb", "table": TABLE})
 
-    async def main() -> None:
-        await create_table(settings)
-        async with open_clients(settings.aws) as clients:
-            wall = FakeClock(1_700_000_000.0)
-            a = Member(settings, clients.dynamodb, "a", wall)
-            b = Member(settings, clients.dynamodb, "b", wall)
-            await body(a, b, wall)
+    async def pair(clients: AwsClients, wall: FakeClock) -> None:
+        a = Member(clients.dynamodb, TABLE, "a", wall)
+        b = Member(clients.dynamodb, TABLE, "b", wall)
+        await body(a, b, wall)
 
-    anyio.run(main)
+    on_table(make_settings, TABLE, pair)
 
 
 def test_members_count_each_other_until_a_heartbeat_expires_or_one_leaves(

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
-
-from retryd.admission.breaker import Breakers, BreakerState
-from retryd.admission.ratelimit import RateLimits
-from retryd.aws import AwsClients, open_clients
-from retryd.cluster import DynamoDbCluster
+from retryd.admission.breaker import BreakerState
+from retryd.aws import AwsClients
 from retryd.cluster.dynamodb import BREAKER_PREFIX, MAX_BREAKER_ENTRIES, STATE_KEY
-from retryd.ledger import create_table
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
-from retryd.settings import BreakerSettings, RateLimitSettings
 from tests.clock_helpers import FakeClock
+from tests.cluster.members import BREAKER, TTL_S, Member, on_table
 from tests.conftest import SettingsFactory
 from tests.world import ACCOUNT, REGION, World
 
 TABLE = "retryd-ledger-cluster-size"
-BREAKER = BreakerSettings(
-    window_calls=4, min_calls=2, failure_rate=0.5, cooldown_s=30, half_open_calls=2
-)
-TTL_S = 10.0
 # Far more targets than one bound's worth, to show the item stops growing.
 MANY = 700
 KEY = {KEY_ATTRIBUTE: {"S": STATE_KEY}}
@@ -62,34 +53,11 @@ async def _entries(clients: AwsClients) -> dict[str, str]:
     }
 
 
-class Member:
-    def __init__(self, client: object, name: str, wall: FakeClock) -> None:
-        self.mono = FakeClock()
-        self.breakers = Breakers(BREAKER, self.mono)
-        self.cluster = DynamoDbCluster(
-            client,
-            TABLE,
-            breakers=self.breakers,
-            rates=RateLimits(RateLimitSettings(per_s=6.0, burst=6), self.mono),
-            cooldown_s=BREAKER.cooldown_s,
-            member_ttl_s=TTL_S,
-            me=name,
-            wall_s=wall,
-            monotonic_s=self.mono,
-            # The table keeps the same fake time (not the moto server's Date header).
-            server_s=lambda _answer: wall(),
-        )
+def run(make_settings: SettingsFactory, body: Any) -> None:
+    async def one(clients: AwsClients, wall: FakeClock) -> None:
+        await body(clients, Member(clients.dynamodb, TABLE, "a", wall))
 
-
-def run(world: World, make_settings: SettingsFactory, body: Any) -> None:
-    settings = make_settings(ledger={"backend": "dynamodb", "table": TABLE})
-
-    async def main() -> None:
-        await create_table(settings)
-        async with open_clients(settings.aws) as clients:
-            await body(clients, Member(clients.dynamodb, "a", FakeClock(1_700_000_000.0)))
-
-    anyio.run(main)
+    on_table(make_settings, TABLE, one)
 
 
 def test_closed_breakers_idle_for_a_heartbeat_are_pruned_and_open_ones_kept(
@@ -114,7 +82,7 @@ def test_closed_breakers_idle_for_a_heartbeat_are_pruned_and_open_ones_kept(
         await a.cluster.sync()
         assert await _entries(clients) == {_arn(MANY): BreakerState.OPEN.value}
 
-    run(world, make_settings, body)
+    run(make_settings, body)
 
 
 def test_a_closed_breaker_that_moved_since_it_was_read_is_not_pruned(
@@ -143,7 +111,7 @@ def test_a_closed_breaker_that_moved_since_it_was_read_is_not_pruned(
         await a.cluster.sync()
         assert (await _entries(clients)).get(_arn(1)) == BreakerState.OPEN.value
 
-    run(world, make_settings, body)
+    run(make_settings, body)
 
 
 def test_at_the_bound_a_new_opening_stays_on_its_replica(
@@ -168,4 +136,4 @@ def test_at_the_bound_a_new_opening_stays_on_its_replica(
         assert breaker.permits(10) == BREAKER.half_open_calls
         assert a.cluster.live == 1
 
-    run(world, make_settings, body)
+    run(make_settings, body)
