@@ -8,8 +8,10 @@ lists the home account and a member with its role, and `retryd inspect`, `plan` 
 assumed-role credentials the role's account). Every call is recorded with the access
 key that signed it; the account each key belongs to is asked of moto afterwards, and
 each call is judged against the document `organisation_policies` prints for that
-account. Cross-account sends are in the world: a home DLQ holds a message for a member
-queue and a member DLQ one for a home topic.
+account. Both accounts are listed in two regions and the attempt ledger is the DynamoDB
+table at home. Cross-account sends are in the world: a home DLQ holds a message for a
+member queue, a member DLQ one for a home topic, and each account's second region one
+for the member's queue in the first.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from retryd.commands.iam_policy import AccountPolicy, organisation_policies
 from retryd.commands.inspect import run_inspect
 from retryd.commands.plan import run_plan
 from retryd.drain.cycle import CycleReport
+from retryd.ledger import create_table
 from retryd.models import Outcome
 from retryd.service.lifecycle import run_once
 from retryd.settings import Settings
@@ -57,10 +60,21 @@ from tests.iam_helpers import (
 from tests.world import ACCOUNT, REGION, World, envelope
 
 MAX_MESSAGES = 50
+OTHER_REGION = "eu-west-1"
+REGIONS = [REGION, OTHER_REGION]
+LEDGER_TABLE = "retryd-ledger"
 HOME_TOPIC = f"arn:aws:sns:{REGION}:{ACCOUNT}:home-notify"
 HOME_ELSEWHERE = f"arn:aws:sns:{REGION}:{ACCOUNT}:elsewhere"
 # Grants no scenario here exercises, per account, each with why (as in test_iam_coverage.py).
-RARE_GRANTS: dict[str, dict[tuple[str, str], str]] = {ACCOUNT: {}, MEMBER: {}}
+RARE_GRANTS: dict[str, dict[tuple[str, str], str]] = {
+    ACCOUNT: {
+        ("AttemptLedger", "dynamodb:GetItem"): (
+            "retryd 0.1 re-read a lost conditional write with GetItem; this one re-reads "
+            "with BatchGetItem. Kept while replicas of both share one role in a rolling upgrade."
+        ),
+    },
+    MEMBER: {},
+}
 
 
 def org_settings() -> Settings:
@@ -71,29 +85,51 @@ def org_settings() -> Settings:
         drain={"receive_wait_s": 0, "visibility_timeout_s": 30},
         guards={"allow_targets": [ORDERS, NOTIFY, HOME_TOPIC]},
         parking={"queue": "retryd-parking"},
-        ledger={"backend": "memory"},
+        ledger={"backend": "dynamodb", "table": LEDGER_TABLE},
         http={"enabled": False},
         backoff={"base_s": 0.001, "max_s": 0.001},
         rate_limit={"per_s": 10_000, "burst": 10_000},
         accounts=[
-            {"account_id": ACCOUNT, "regions": [REGION]},
-            {"account_id": MEMBER, "regions": [REGION], "role_arn": MEMBER_ROLE},
+            {"account_id": ACCOUNT, "regions": REGIONS},
+            {"account_id": MEMBER, "regions": REGIONS, "role_arn": MEMBER_ROLE},
         ],
     )
 
 
+def sqs_in(world: World, credentials: dict[str, str] | None, region: str) -> Any:
+    """An SQS client in `region`, with the member's credentials or (None) the home account's."""
+    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    if credentials is not None:
+        keys = {
+            "aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": credentials["AWS_SECRET_ACCESS_KEY"],
+            "aws_session_token": credentials["AWS_SESSION_TOKEN"],
+        }
+    return boto3.client("sqs", endpoint_url=world.url, region_name=region, **keys)
+
+
+def build_other_region(world: World, credentials: dict[str, str] | None) -> None:
+    """An account's second region: parking, the named DLQ, and a DLQ whose message goes to
+    the member's queue in the first region."""
+    sqs = sqs_in(world, credentials, OTHER_REGION)
+    sqs.create_queue(QueueName="retryd-parking")
+    sqs.create_queue(QueueName=NAMED_DLQ, tags=TAG)
+    dlq = sqs.create_queue(QueueName="retry-far", tags=TAG)["QueueUrl"]
+    # A payload of its own: the same one twice would be one idempotency key, sent once.
+    payload = {"far": "home" if credentials is None else "member"}
+    sqs.send_message(QueueUrl=dlq, MessageBody=json.dumps(envelope("sqs", ORDERS, payload)))
+
+
 def build_org_world(world: World) -> None:
-    """The member's world (test_iam_coverage_member.py) plus the home account's part."""
+    """The member's world (test_iam_coverage_member.py) plus the home account's part, and
+    each account's second region; the ledger table, created by an operator."""
     credentials = member_credentials(world)
     build_member_world(world, credentials)
-    member_sqs = boto3.client(
-        "sqs",
-        endpoint_url=world.url,
-        region_name=REGION,
-        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=credentials["AWS_SESSION_TOKEN"],
-    )
+    build_other_region(world, credentials)
+    build_other_region(world, None)
+    # `retryd ledger create-table`: an operator's one-off, with their own rights.
+    anyio.run(create_table, org_settings())
+    member_sqs = sqs_in(world, credentials, REGION)
     # A member DLQ message for a home target: sent with the home account's credentials.
     envelopes = member_sqs.get_queue_url(QueueName="retry-envelopes")["QueueUrl"]
     member_sqs.send_message(
@@ -260,8 +296,9 @@ def test_every_grant_of_each_account_is_used_or_listed_as_rare(
 def test_the_organisation_was_drained_across_accounts(org_recording: OrgRecording) -> None:
     """Not vacuous: both accounts' DLQs drained, each way across the account line."""
     report = org_recording.report
-    # Member: 3 redriven orders, the topic message, the home-topic message; home: 2.
-    assert report.outcomes[Outcome.RESUBMITTED.value] == 7
+    # Member: 3 redriven orders, the topic message, the home-topic message; home: 2;
+    # one from each account's second region.
+    assert report.outcomes[Outcome.RESUBMITTED.value] == 9
     # One not-allowlisted message in each account.
     assert report.outcomes[Outcome.PARKED.value] == 2
     sends = {
@@ -271,3 +308,7 @@ def test_the_organisation_was_drained_across_accounts(org_recording: OrgRecordin
     }
     assert (MEMBER, "sqs:SendMessage", ORDERS) in sends
     assert (ACCOUNT, "sns:Publish", HOME_TOPIC) in sends
+    # Every place was surveyed with its own account's credentials.
+    listed = {(account, call.region) for call, account in org_recording.calls}
+    listed &= {(a, c.region) for c, a in org_recording.calls if c.operation == "ListQueues"}
+    assert listed == {(account, region) for account in (ACCOUNT, MEMBER) for region in REGIONS}
