@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +69,47 @@ async def recording_clients(settings: AwsSettings, log: CallLog) -> AsyncIterato
                 log.observer(client.meta.service_model.service_name, client.meta.region_name),
             )
         yield clients
+
+
+# The key under which a call's place in SignedCallLog.calls rides in botocore's request context.
+_CALL_INDEX = "retryd_test_call_index"
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+
+
+@dataclass
+class SignedCallLog(CallLog):
+    """A CallLog that also keeps the access key id each call was signed with.
+
+    Watches whole botocore sessions (every client made from one afterwards, the STS
+    clients of AssumeRole included), so it sees calls made with any credentials.
+    """
+
+    access_keys: dict[int, str] = field(default_factory=dict)
+
+    def watch(self, session: Any) -> None:
+        """Observe every client `session` (a botocore session) makes from now on."""
+        emitter = session.get_component("event_emitter")
+        emitter.register("before-parameter-build", self._parameters)
+        # Last: after botocore's signer (also a request-created handler) has signed.
+        emitter.register_last("request-created", self._signed)
+
+    def _parameters(self, params: Mapping[str, Any], model: Any, context: Any, **_: Any) -> None:
+        context[_CALL_INDEX] = len(self.calls)
+        service = model.service_model.service_name
+        region = str(context["client_region"])
+        self.calls.append(ApiCall(self.phase, service, model.name, region, dict(params)))
+
+    def _signed(self, request: Any, **_: Any) -> None:
+        index = request.context.get(_CALL_INDEX)
+        header = request.headers.get("Authorization") or b""
+        text = header.decode() if isinstance(header, bytes) else str(header)
+        match = _CREDENTIAL.search(text)
+        if index is not None and match is not None:
+            self.access_keys[index] = match.group(1)
+
+    def signed_with(self) -> list[tuple[ApiCall, str | None]]:
+        """Each call with the access key id that signed it (None: never signed, never sent)."""
+        return [(call, self.access_keys.get(index)) for index, call in enumerate(self.calls)]
 
 
 # -- Which permission a call needs ------------------------------------------------------
@@ -242,21 +283,31 @@ def _dynamodb(call: ApiCall, account: str) -> list[IamRequest]:
     raise UnmappedCallError(f"dynamodb {call.operation}")
 
 
+def _sts(call: ApiCall) -> list[IamRequest]:
+    if call.operation == "AssumeRole":
+        return [IamRequest("sts:AssumeRole", str(call.params["RoleArn"]))]
+    # Needs no permission: any principal may ask who it is
+    # (https://docs.aws.amazon.com/STS/latest/APIReference/API_GetCallerIdentity.html).
+    if call.operation == "GetCallerIdentity":
+        return []
+    raise UnmappedCallError(f"sts {call.operation}")
+
+
 def iam_requests(call: ApiCall, account: str) -> list[IamRequest]:
     """What IAM checks for `call` made by a principal of `account`; UnmappedCallError if unknown."""
-    if call.service == "sqs":
-        return _sqs(call, account)
-    if call.service == "lambda":
-        return _lambda(call, account)
-    if call.service == "stepfunctions":
-        return _states(call)
-    if call.service == "sns":
-        return _sns(call)
-    if call.service == "events":
-        return _events(call, account)
-    if call.service == "dynamodb":
-        return _dynamodb(call, account)
-    raise UnmappedCallError(f"{call.service} {call.operation}")
+    mappings: dict[str, Callable[[], list[IamRequest]]] = {
+        "sts": lambda: _sts(call),
+        "sqs": lambda: _sqs(call, account),
+        "lambda": lambda: _lambda(call, account),
+        "stepfunctions": lambda: _states(call),
+        "sns": lambda: _sns(call),
+        "events": lambda: _events(call, account),
+        "dynamodb": lambda: _dynamodb(call, account),
+    }
+    mapping = mappings.get(call.service)
+    if mapping is None:
+        raise UnmappedCallError(f"{call.service} {call.operation}")
+    return mapping()
 
 
 # -- Judging a policy document ----------------------------------------------------------

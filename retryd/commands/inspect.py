@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +105,10 @@ class InspectReport:
         }
 
 
+# The clients a target is sent to with, for a message from a DLQ: (target, dlq ARN).
+SenderClients = Callable[[str, str], Awaitable[AwsClients]]
+
+
 async def inspect_queues(
     settings: Settings,
     clients: AwsClients,
@@ -113,11 +117,13 @@ async def inspect_queues(
     max_messages: int,
     bars: ReadProgress,
     home: AwsClients | None = None,
+    senders: SenderClients | None = None,
 ) -> InspectReport:
     """Depth, feeds and failure groups of each selected DLQ; AWS errors listing queues propagate.
 
     `clients` are those of the place the DLQs are in; `home` (default: the same)
-    those of the place keeping the operator's pauses.
+    those of the place keeping the operator's pauses; `senders` (with [[accounts]])
+    gives the clients a target is sent to with, which read its KMS key.
     """
     queues, missing = await select_queues(clients.sqs, settings, names)
     chain, feeds = await open_chain(settings, clients, queues)
@@ -155,7 +161,7 @@ async def inspect_queues(
                 warnings=look.warnings,
             )
         )
-    await _add_target_keys(settings, clients, inspections, {queue.arn for queue in queues})
+    await _add_target_keys(settings, clients, inspections, {queue.arn for queue in queues}, senders)
     pauses = await pauses_in_force(settings.ledger, home or clients)
     return InspectReport(inspections, max_messages, missing, list(feeds.errors), pauses)
 
@@ -189,7 +195,13 @@ async def inspect_everywhere(
             await places.ready(place)
             clients = await places.clients(place)
             report = await inspect_queues(
-                settings, clients, entries, max_messages=max_messages, bars=bars, home=home
+                settings,
+                clients,
+                entries,
+                max_messages=max_messages,
+                bars=bars,
+                home=home,
+                senders=places.for_sending,
             )
         except PlaceError as exc:
             problems.append(f"{place}: {exc.why}")
@@ -224,38 +236,56 @@ async def _add_target_keys(
     clients: AwsClients,
     inspections: list[QueueInspection],
     dlqs: set[str],
+    senders: SenderClients | None = None,
 ) -> None:
     """Each inspection's SQS target queues' keys, each queue asked once.
 
-    Only queues the allowlist admits (the policy lets retryd read no others), in this
-    client's region, and never a DLQ (the loop guard refuses those as targets).
+    Only queues the allowlist admits (the policy lets retryd read no others), and never
+    a DLQ (the loop guard refuses those as targets). Read with `senders`' clients for
+    the target, the ones a message is sent to it with (whose role `retryd iam-policy`
+    grants that queue); without `senders`, with `clients`, for targets in their region.
     """
     allowlist = Allowlist(settings.guards.allow_targets, settings.guards.allow_any_target)
-    region = clients.sqs.meta.region_name
+    # Without `senders` only this client's region can be read.
+    region = None if senders is not None else clients.sqs.meta.region_name
     known: dict[str, str | None] = {}
     failed: dict[str, str] = {}
     for inspection in inspections:
-        targets = [group.target for group in inspection.groups]
-        if inspection.route:
-            targets.append(inspection.route)
-        for target in dict.fromkeys(targets):
-            try:
-                arn = Arn.parse(target)
-            except ValueError:
-                continue
-            if arn.service != "sqs" or arn.region != region or target in dlqs:
-                continue
-            if not allowlist.allows(target):
-                continue
+        for target, arn in _key_targets(inspection, allowlist, dlqs, region):
             if target not in known and target not in failed:
                 try:
-                    known[target] = await _target_key(clients, arn)
+                    reader = (
+                        clients if senders is None else await senders(target, inspection.queue.arn)
+                    )
+                    known[target] = await _target_key(reader, arn)
+                except PlaceError as exc:
+                    failed[target] = exc.why
                 except (ClientError, BotoCoreError) as exc:
                     failed[target] = str(classify.from_exception(exc))
             if target in failed:
                 inspection.warnings.append(f"target {target}: KMS key not read ({failed[target]})")
             else:
                 inspection.target_kms_keys[target] = known[target]
+
+
+def _key_targets(
+    inspection: QueueInspection, allowlist: Allowlist, dlqs: set[str], region: str | None
+) -> list[tuple[str, Arn]]:
+    """The inspection's allowlisted SQS targets that are no DLQ (in `region`, when given)."""
+    targets = [group.target for group in inspection.groups]
+    if inspection.route:
+        targets.append(inspection.route)
+    found = []
+    for target in dict.fromkeys(targets):
+        try:
+            arn = Arn.parse(target)
+        except ValueError:
+            continue
+        if arn.service != "sqs" or target in dlqs or region not in (None, arn.region):
+            continue
+        if allowlist.allows(target):
+            found.append((target, arn))
+    return found
 
 
 async def _target_key(clients: AwsClients, arn: Arn) -> str | None:

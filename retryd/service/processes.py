@@ -384,32 +384,42 @@ def run_once_in_workers(settings: Settings, log_level: str, log_format: str) -> 
 
 
 def _collect(workers: list[_Worker]) -> CycleReport:
+    """Every worker's report summed. An error several workers met is one line naming them
+    all (as `run` says a failure), not one `error:` line per worker."""
     total = CycleReport()
     total.discovered = True
+    # Each error line, with the workers that said it.
+    said: dict[str, set[int]] = {}
     waiting = {worker.results: worker for worker in workers if worker.results is not None}
     while waiting:
         for ready in multiprocessing.connection.wait(list(waiting)):
             assert isinstance(ready, multiprocessing.connection.Connection)
             worker = waiting.pop(ready)
+            index = worker.shard.index
             try:
                 answer: dict[str, Any] = ready.recv()
             except EOFError:
                 worker.process.join()
-                problem = (
-                    f"{worker.name} exited with code {worker.process.exitcode} before reporting"
-                )
-                total.errors.append(problem)
-                total.fatal = total.fatal or WorkerFailedError(problem)
+                problem = f"exited with code {worker.process.exitcode} before reporting"
+                said.setdefault(problem, set()).add(index)
+                total.fatal = total.fatal or WorkerFailedError(f"{worker.name} {problem}")
                 continue
             if answer["report"] is not None:
-                total.merge(
-                    CycleReport.from_json(answer["report"], discovered=answer["discovered"])
-                )
+                report = CycleReport.from_json(answer["report"], discovered=answer["discovered"])
+                for error in report.errors:
+                    said.setdefault(error, set()).add(index)
+                report.errors = []
+                total.merge(report)
             else:
                 total.discovered = False
-                total.errors.append(f"{worker.name}: {answer['error']}")
+                said.setdefault(answer["error"], set()).add(index)
             if answer["exit_code"] is not None and _outranks(answer["exit_code"], total.fatal):
                 total.fatal = WorkerFailedError(answer["error"], ExitCode(answer["exit_code"]))
+    names = {worker.shard.index: worker.name for worker in workers}
+    total.errors = [
+        f"{', '.join(names[index] for index in sorted(indexes))}: {error}"
+        for error, indexes in said.items()
+    ]
     return total
 
 

@@ -195,6 +195,35 @@ def _messages_by_queue(exposition: str) -> Counter[str]:
     return counts
 
 
+def test_once_says_an_error_every_worker_meets_once_naming_them_all(
+    world: World, tmp_path: Path
+) -> None:
+    """No parking queue: both workers stop on it; `once` prints one `error:` line for both,
+    as `run` does, exits 4, and the JSON report holds that one line too."""
+    world.create_queue("dest")
+    for name in DLQS:
+        world.create_queue(name)
+    command = [sys.executable, "-m", "retryd", "once", "--config", str(_config(tmp_path))]
+    done = subprocess.run(
+        [*command, "--output", "json"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 4, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    named = re.match(
+        r"error: drain worker 1 of 2 \(pid \d+\), drain worker 2 of 2 \(pid \d+\): "
+        r"cycle: parking queue 'retryd-parking' not found",
+        errors[0],
+    )
+    assert named, errors[0]
+    assert json.loads(done.stdout)["errors"] == [errors[0].removeprefix("error: ")]
+
+
 def test_run_with_two_processes_serves_both_workers_metrics_and_stops_cleanly(
     world: World, tmp_path: Path
 ) -> None:
