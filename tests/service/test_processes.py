@@ -259,6 +259,21 @@ def test_run_with_two_processes_serves_both_workers_metrics_and_stops_cleanly(
     assert max(delivered.values()) == 1
 
 
+def _workers_started(log_path: Path, retryd: subprocess.Popen[str]) -> dict[str, Any]:
+    """Wait for the parent's `workers-started` line (it names the workers' pids)."""
+
+    def started() -> list[dict[str, Any]]:
+        return [
+            line
+            for line in _log_lines(log_path.read_text())
+            if line.get("event") == "workers-started"
+        ]
+
+    _wait_for("the workers to start", lambda: bool(started()), retryd)
+    (line,) = started()
+    return line
+
+
 def test_a_worker_that_dies_stops_the_others_and_fails_the_parent(
     world: World, tmp_path: Path
 ) -> None:
@@ -266,18 +281,7 @@ def test_a_worker_that_dies_stops_the_others_and_fails_the_parent(
     world.create_queue("retryd-parking")
     log_path = tmp_path / "retryd.log"
     with _daemon(_config(tmp_path), log_path) as retryd:
-        _wait_for(
-            "the workers to start",
-            lambda: any(
-                line.get("event") == "workers-started" for line in _log_lines(log_path.read_text())
-            ),
-            retryd,
-        )
-        (started,) = [
-            line
-            for line in _log_lines(log_path.read_text())
-            if line.get("event") == "workers-started"
-        ]
+        started = _workers_started(log_path, retryd)
         victim, survivor = started["pids"]
         os.kill(victim, signal.SIGKILL)
         assert retryd.wait(timeout=WAIT_S) == 1
@@ -305,18 +309,7 @@ def test_workers_stop_when_the_parent_is_killed_outright(world: World, tmp_path:
     world.create_queue("retryd-parking")
     log_path = tmp_path / "retryd.log"
     with _daemon(_config(tmp_path), log_path) as retryd:
-        _wait_for(
-            "the workers to start",
-            lambda: any(
-                line.get("event") == "workers-started" for line in _log_lines(log_path.read_text())
-            ),
-            retryd,
-        )
-        (started,) = [
-            line
-            for line in _log_lines(log_path.read_text())
-            if line.get("event") == "workers-started"
-        ]
+        started = _workers_started(log_path, retryd)
         retryd.kill()
         retryd.wait()
         deadline = time.monotonic() + WAIT_S
