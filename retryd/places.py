@@ -214,11 +214,12 @@ class Places:
         return cls(home, (home,), False, None, {}, None, None, {home: clients})
 
     @classmethod
-    def listed(cls, accounts: Sequence[AccountSettings], home: Place) -> Places:
+    def listed(cls, accounts: Sequence[AccountSettings], home: Place | None = None) -> Places:
         """The places of `accounts` with no clients: where entries and targets belong, for
-        the commands that only reason about them (`retryd iam-policy`)."""
+        the commands that only reason about them (`retryd iam-policy`). `home` defaults to
+        the first place listed."""
         places = tuple(Place(entry.account_id, r) for entry in accounts for r in entry.regions)
-        return cls(home, places, True, None, {}, None, None)
+        return cls(home or places[0], places, True, None, {}, None, None)
 
     def place_of(self, arn: str) -> Place | None:
         """The configured place an ARN lives in; None when it is in none of them.

@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 
 from retryd.aws import client_config
 from retryd.commands.cli import main
+from retryd.commands.inspect import inspect_everywhere
 from retryd.commands.plan import Action, PlanReport, plan_everywhere
 from retryd.commands.progress import QueueProgress
 from retryd.control.deferrals import Hidden, HiddenBook, hidden_in
@@ -52,8 +53,9 @@ def role(account: str) -> str:
     return f"arn:aws:iam::{account}:role/retryd-member"
 
 
-def sqs_in(world: World, account: str, region: str) -> Any:
-    """A plain SQS client working in `account` (through the member role, as retryd does)."""
+def sqs_in(world: World, account: str, region: str, service: str = "sqs") -> Any:
+    """A plain SQS (or `service`) client working in `account` (through the member role, as
+    retryd does)."""
     keys: dict[str, str] = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
     if account != ACCOUNT:
         sts = boto3.client("sts", endpoint_url=world.url, region_name=REGION, **keys)
@@ -63,7 +65,7 @@ def sqs_in(world: World, account: str, region: str) -> Any:
             "aws_secret_access_key": assumed["SecretAccessKey"],
             "aws_session_token": assumed["SessionToken"],
         }
-    return boto3.client("sqs", endpoint_url=world.url, region_name=region, **keys)
+    return boto3.client(service, endpoint_url=world.url, region_name=region, **keys)
 
 
 def build_place(world: World, account: str, region: str, messages: int) -> Any:
@@ -736,3 +738,47 @@ def test_plan_holds_a_target_whose_places_role_cannot_be_assumed(
     assert (message.action, message.reason) == (Action.HOLD, FailReason.TRANSIENT_ERROR.value)
     assert message.detail.startswith(f"PlaceUnavailable: {MEMBER}/{REGION}: cannot assume")
     assert opened == {Place(ACCOUNT, REGION)}
+
+
+def test_inspect_reads_each_targets_key_in_the_place_retryd_sends_to_it_from(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A target queue in a listed member account is read with the member's role; a home queue
+    in a region home does not list, in that region: each one's KMS key is shown."""
+    home = build_place(world, ACCOUNT, REGION, 0)
+    build_place(world, MEMBER, REGION, 0)
+    member_key = sqs_in(world, MEMBER, REGION, "kms").create_key()["KeyMetadata"]
+    member_queue = sqs_in(world, MEMBER, REGION).create_queue(
+        QueueName="sealed", Attributes={"KmsMasterKeyId": member_key["KeyId"]}
+    )["QueueUrl"]
+    home_key = sqs_in(world, ACCOUNT, OTHER_REGION, "kms").create_key()["KeyMetadata"]
+    sqs_in(world, ACCOUNT, OTHER_REGION).create_queue(
+        QueueName="sealed", Attributes={"KmsMasterKeyId": home_key["KeyId"]}
+    )
+    targets = {
+        f"arn:aws:sqs:{REGION}:{MEMBER}:sealed": member_key["KeyId"],
+        f"arn:aws:sqs:{OTHER_REGION}:{ACCOUNT}:sealed": home_key["KeyId"],
+    }
+    assert f"/{MEMBER}/" in member_queue
+    url = home.get_queue_url(QueueName=DLQ)["QueueUrl"]
+    for target in targets:
+        home.send_message(QueueUrl=url, MessageBody=json.dumps(envelope("sqs", target, {})))
+    settings = make_settings(
+        accounts=[
+            {"account_id": ACCOUNT, "regions": [REGION]},
+            {"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)},
+        ],
+        guards={"allow_targets": list(targets)},
+    )
+
+    async def inspect() -> Any:
+        async with open_places(settings) as places:
+            with QueueProgress(enabled=False) as bars:
+                return await inspect_everywhere(settings, places, [], max_messages=10, bars=bars)
+
+    report = anyio.run(inspect)
+    [home_dlq] = [
+        q for q in report.queues if q.queue.arn == f"arn:aws:sqs:{REGION}:{ACCOUNT}:{DLQ}"
+    ]
+    assert home_dlq.warnings == []
+    assert home_dlq.target_kms_keys == targets
