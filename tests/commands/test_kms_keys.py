@@ -105,7 +105,7 @@ MEMBER = "222222222222"
 MEMBER_ROLE = f"arn:aws:iam::{MEMBER}:role/retryd-member"
 
 
-def member_client(world: World, service: str) -> Any:
+def member_client(world: World, service: str, region: str = REGION) -> Any:
     """A client in the member account: moto gives assumed-role credentials the role's account."""
     credentials = world.client("sts").assume_role(RoleArn=MEMBER_ROLE, RoleSessionName="test")[
         "Credentials"
@@ -113,7 +113,7 @@ def member_client(world: World, service: str) -> Any:
     return boto3.client(
         service,
         endpoint_url=world.url,
-        region_name=REGION,
+        region_name=region,
         aws_access_key_id=credentials["AccessKeyId"],
         aws_secret_access_key=credentials["SecretAccessKey"],
         aws_session_token=credentials["SessionToken"],
@@ -221,20 +221,6 @@ def test_kms_with_a_place_it_cannot_reach_names_it_and_goes_on(
 OTHER_REGION = "eu-west-1"
 
 
-def member_client_in(world: World, service: str, region: str) -> Any:
-    """A client in the member account, in `region`."""
-    client = member_client(world, service)
-    credentials = client._request_signer._credentials
-    return boto3.client(
-        service,
-        endpoint_url=world.url,
-        region_name=region,
-        aws_access_key_id=credentials.access_key,
-        aws_secret_access_key=credentials.secret_key,
-        aws_session_token=credentials.token,
-    )
-
-
 def config_with_targets(tmp_path: Path, allow: list[str], extra: str) -> str:
     """The operator config with `allow` as guards.allow_targets, plus `extra` TOML."""
     line = f'allow_targets = ["arn:aws:*:{REGION}:{ACCOUNT}:*"]'
@@ -272,8 +258,8 @@ def test_kms_looks_a_targets_key_up_in_the_place_retryd_sends_to_it_from(
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     ).create_queue(QueueName="orders-home", Attributes={"KmsMasterKeyId": home_key["KeyId"]})
-    member_key = member_client_in(world, "kms", OTHER_REGION).create_key()["KeyMetadata"]
-    topic = member_client_in(world, "sns", OTHER_REGION).create_topic(
+    member_key = member_client(world, "kms", OTHER_REGION).create_key()["KeyMetadata"]
+    topic = member_client(world, "sns", OTHER_REGION).create_topic(
         Name="receipts", Attributes={"KmsMasterKeyId": member_key["Arn"]}
     )["TopicArn"]
     assert f":{OTHER_REGION}:{MEMBER}:" in topic
