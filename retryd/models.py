@@ -36,8 +36,9 @@ _SERVICE_TO_TYPE = {
 
 _ARN_FIELDS = 6
 LATEST_QUALIFIER = ":$LATEST"
-_ACCOUNT_ID = re.compile(r"\d{12}")
-_REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
+# ASCII digits only: `\d` would also take other scripts' digits, which no account id has.
+_ACCOUNT_ID = re.compile(r"[0-9]{12}")
+_REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+")
 
 
 def is_account_id(text: str) -> bool:
