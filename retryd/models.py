@@ -36,8 +36,9 @@ _SERVICE_TO_TYPE = {
 
 _ARN_FIELDS = 6
 LATEST_QUALIFIER = ":$LATEST"
-_ACCOUNT_ID = re.compile(r"\d{12}")
-_REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
+# ASCII digits only: `\d` would also take other scripts' digits, which no account id has.
+_ACCOUNT_ID = re.compile(r"[0-9]{12}")
+_REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+")
 
 
 def is_account_id(text: str) -> bool:
@@ -86,6 +87,12 @@ class Target:
         target_type = _SERVICE_TO_TYPE.get(parsed.service)
         if target_type is None:
             raise ValueError(f"unsupported target service {parsed.service!r} in {arn!r}")
+        if parsed.account and not is_account_id(parsed.account):
+            # It would reach AWS as an owner account (GetQueueUrl's QueueOwnerAWSAccountId):
+            # no account holds it, and the allowlist's `*` account must not admit it.
+            raise ValueError(
+                f"account {parsed.account[:40]!r} is not a 12-digit AWS account id: {arn!r}"
+            )
         if target_type is TargetType.LAMBDA and not parsed.resource.startswith("function:"):
             raise ValueError(f"Lambda target must be a function ARN: {arn!r}")
         if target_type is TargetType.LAMBDA:

@@ -213,6 +213,14 @@ class Places:
         home = Place("", str(clients.sqs.meta.region_name))
         return cls(home, (home,), False, None, {}, None, None, {home: clients})
 
+    @classmethod
+    def listed(cls, accounts: Sequence[AccountSettings], home: Place | None = None) -> Places:
+        """The places of `accounts` with no clients: where entries and targets belong, for
+        the commands that only reason about them (`retryd iam-policy`). `home` defaults to
+        the first place listed."""
+        places = tuple(Place(entry.account_id, r) for entry in accounts for r in entry.regions)
+        return cls(home or places[0], places, True, None, {}, None, None)
+
     def place_of(self, arn: str) -> Place | None:
         """The configured place an ARN lives in; None when it is in none of them.
 

@@ -62,6 +62,7 @@ from retryd.commands.kms_keys import KeyFindings, look_up_keys, look_up_keys_by_
 from retryd.discovery.queues import is_queue_url, parse_queue_url, partition_for_region
 from retryd.errors import ConfigError, ExitCode
 from retryd.models import is_account_id, is_region_name
+from retryd.places import Place, Places
 from retryd.settings import Settings
 
 POLICY_VERSION = "2012-10-17"
@@ -357,10 +358,11 @@ def policy_document(
 
 # -- The organisation set-up: one policy per account ------------------------------------------
 
-Place = tuple[str, str]
+# (account, region), as [[accounts]] lists them.
+AccountRegion = tuple[str, str]
 
 
-def _glob_accounts(glob: str, places: Iterable[Place]) -> list[str]:
+def _glob_accounts(glob: str, places: Iterable[AccountRegion]) -> list[str]:
     """The listed accounts an allowlist glob can name a resource of (any region of the
     glob's, in the account's partition), in the order listed."""
     partition, _, _, account, _ = parse_glob(glob)
@@ -373,7 +375,7 @@ def _glob_accounts(glob: str, places: Iterable[Place]) -> list[str]:
 
 
 def place_target_globs(
-    allow_targets: Iterable[str], own: list[Place], every: list[Place]
+    allow_targets: Iterable[str], own: list[AccountRegion], every: list[AccountRegion]
 ) -> list[str]:
     """The allowlist globs one account's role resubmits to, narrowed to its account.
 
@@ -470,22 +472,24 @@ def _account_scopes(account: str, regions: list[str]) -> list[_Scope]:
     return [_Scope(account, region, partition_for_region(region)) for region in regions]
 
 
-def _account_dlqs(settings: Settings, scopes: list[_Scope], account: str, home: bool) -> list[str]:
+def _account_dlqs(settings: Settings, scopes: list[_Scope], account: str) -> list[str]:
     """DLQ ARNs in one account's places: prefixes and names in each region; a queue given
-    by URL in the account its URL names (the home account's, when that account is not listed)."""
-    listed = {entry.account_id for entry in settings.accounts}
+    by URL or ARN only in the place retryd reads it in (`Places.entries_for`: a URL whose
+    host names no region in the account's first listed region), and nowhere when that
+    place is not listed."""
+    view = Places.listed(settings.accounts, Place(account, scopes[0].region))
     arns = [
         scope.queue_arn(prefix, suffix="*")
         for scope in scopes
         for prefix in settings.discovery.queue_prefixes
     ]
     for queue in settings.discovery.queues:
-        if not is_queue_url(queue):
-            arns.extend(scope.queue_arn(queue) for scope in scopes)
-            continue
-        owner = parse_queue_url(queue).account
-        if owner == account or (home and owner not in listed):
-            arns.append(scopes[0].queue_arn(queue) if scopes else queue)
+        named = queue.startswith("arn:") or is_queue_url(queue)
+        for scope in scopes:
+            if not named:
+                arns.append(scope.queue_arn(queue))
+            elif view.entries_for(Place(account, scope.region), [queue]):
+                arns.append(queue if queue.startswith("arn:") else scope.queue_arn(queue))
     return _unique(arns)
 
 
@@ -527,7 +531,7 @@ def organisation_policies(
         scopes = _account_scopes(home_entry.account_id, home_entry.regions)
         own = [(home_entry.account_id, r) for r in home_entry.regions]
         targets = target_arns(place_target_globs(settings.guards.allow_targets, own, places))
-        dlqs = _account_dlqs(settings, scopes, home_entry.account_id, home=True)
+        dlqs = _account_dlqs(settings, scopes, home_entry.account_id)
         statements += _work_statements(settings, scopes, targets, dlqs=dlqs, role=role)
         ledger_scope = scopes[0]
     else:
@@ -555,7 +559,7 @@ def organisation_policies(
         scopes = _account_scopes(entry.account_id, entry.regions)
         own = [(entry.account_id, r) for r in entry.regions]
         targets = target_arns(place_target_globs(settings.guards.allow_targets, own, places))
-        dlqs = _account_dlqs(settings, scopes, entry.account_id, home=False)
+        dlqs = _account_dlqs(settings, scopes, entry.account_id)
         member_statements = [
             *_work_statements(settings, scopes, targets, dlqs=dlqs, role=role),
             *_key_statements(keys.get(entry.account_id)),

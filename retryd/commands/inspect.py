@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from retryd.resolve.failure_groups import (
 )
 from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Settings
+from retryd.targets.router import PickClients, place_unavailable
 
 JSON_FORMAT_VERSION = 1
 
@@ -105,10 +106,6 @@ class InspectReport:
         }
 
 
-# The clients a target is sent to with, for a message from a DLQ: (target, dlq ARN).
-SenderClients = Callable[[str, str], Awaitable[AwsClients]]
-
-
 async def inspect_queues(
     settings: Settings,
     clients: AwsClients,
@@ -117,13 +114,13 @@ async def inspect_queues(
     max_messages: int,
     bars: ReadProgress,
     home: AwsClients | None = None,
-    senders: SenderClients | None = None,
+    pick: PickClients | None = None,
 ) -> InspectReport:
     """Depth, feeds and failure groups of each selected DLQ; AWS errors listing queues propagate.
 
     `clients` are those of the place the DLQs are in; `home` (default: the same)
-    those of the place keeping the operator's pauses; `senders` (with [[accounts]])
-    gives the clients a target is sent to with, which read its KMS key.
+    those of the place keeping the operator's pauses; `pick` (with [[accounts]]:
+    `Places.for_sending`) the clients a target is sent with, which read its key.
     """
     queues, missing = await select_queues(clients.sqs, settings, names)
     chain, feeds = await open_chain(settings, clients, queues)
@@ -161,7 +158,9 @@ async def inspect_queues(
                 warnings=look.warnings,
             )
         )
-    await _add_target_keys(settings, clients, inspections, {queue.arn for queue in queues}, senders)
+    await _add_target_keys(
+        settings, clients, inspections, {queue.arn for queue in queues}, pick=pick
+    )
     pauses = await pauses_in_force(settings.ledger, home or clients)
     return InspectReport(inspections, max_messages, missing, list(feeds.errors), pauses)
 
@@ -201,7 +200,7 @@ async def inspect_everywhere(
                 max_messages=max_messages,
                 bars=bars,
                 home=home,
-                senders=places.for_sending,
+                pick=places.for_sending,
             )
         except PlaceError as exc:
             problems.append(f"{place}: {exc.why}")
@@ -236,56 +235,69 @@ async def _add_target_keys(
     clients: AwsClients,
     inspections: list[QueueInspection],
     dlqs: set[str],
-    senders: SenderClients | None = None,
+    *,
+    pick: PickClients | None = None,
 ) -> None:
     """Each inspection's SQS target queues' keys, each queue asked once.
 
-    Only queues the allowlist admits (the policy lets retryd read no others), and never
-    a DLQ (the loop guard refuses those as targets). Read with `senders`' clients for
-    the target, the ones a message is sent to it with (whose role `retryd iam-policy`
-    grants that queue); without `senders`, with `clients`, for targets in their region.
+    Only targets the allowlist admits (the policy lets retryd read no others), never a
+    DLQ (the loop guard refuses those as targets). Each is read with the clients it is
+    sent with: `pick`'s (its own account and region, `Places.sending_place`), else
+    this place's, and then only in this client's region.
     """
     allowlist = Allowlist(settings.guards.allow_targets, settings.guards.allow_any_target)
-    # Without `senders` only this client's region can be read.
-    region = None if senders is not None else clients.sqs.meta.region_name
-    known: dict[str, str | None] = {}
-    failed: dict[str, str] = {}
+    region = clients.sqs.meta.region_name if pick is None else None
+    read: dict[str, str | _Unread | None] = {}
     for inspection in inspections:
-        for target, arn in _key_targets(inspection, allowlist, dlqs, region):
-            if target not in known and target not in failed:
-                try:
-                    reader = (
-                        clients if senders is None else await senders(target, inspection.queue.arn)
-                    )
-                    known[target] = await _target_key(reader, arn)
-                except PlaceError as exc:
-                    failed[target] = exc.why
-                except (ClientError, BotoCoreError) as exc:
-                    failed[target] = str(classify.from_exception(exc))
-            if target in failed:
-                inspection.warnings.append(f"target {target}: KMS key not read ({failed[target]})")
+        targets = [group.target for group in inspection.groups]
+        if inspection.route:
+            targets.append(inspection.route)
+        for target in dict.fromkeys(targets):
+            arn = _key_bearing(target, region)
+            if arn is None or target in dlqs or not allowlist.allows(target):
+                continue
+            if target not in read:
+                read[target] = await _read_key(clients, pick, arn, inspection.queue.arn)
+            key = read[target]
+            if isinstance(key, _Unread):
+                inspection.warnings.append(f"target {target}: KMS key not read ({key.why})")
             else:
-                inspection.target_kms_keys[target] = known[target]
+                inspection.target_kms_keys[target] = key
 
 
-def _key_targets(
-    inspection: QueueInspection, allowlist: Allowlist, dlqs: set[str], region: str | None
-) -> list[tuple[str, Arn]]:
-    """The inspection's allowlisted SQS targets that are no DLQ (in `region`, when given)."""
-    targets = [group.target for group in inspection.groups]
-    if inspection.route:
-        targets.append(inspection.route)
-    found = []
-    for target in dict.fromkeys(targets):
-        try:
-            arn = Arn.parse(target)
-        except ValueError:
-            continue
-        if arn.service != "sqs" or target in dlqs or region not in (None, arn.region):
-            continue
-        if allowlist.allows(target):
-            found.append((target, arn))
-    return found
+@dataclass(frozen=True, slots=True)
+class _Unread:
+    """A target whose key could not be read, and why."""
+
+    why: str
+
+
+def _key_bearing(target: str, region: str | None) -> Arn | None:
+    """The ARN of an SQS queue (in `region`, unless None); else None.
+
+    (An SNS topic's key is left to `retryd iam-policy --kms`: reading it needs
+    sns:GetTopicAttributes, which the daemon's policy does not grant.)
+    """
+    try:
+        arn = Arn.parse(target)
+    except ValueError:
+        return None
+    if arn.service != "sqs" or region not in (None, arn.region):
+        return None
+    return arn
+
+
+async def _read_key(
+    clients: AwsClients, pick: PickClients | None, arn: Arn, queue_arn: str
+) -> str | _Unread | None:
+    """The target's key, read with the clients it is sent with; what went wrong instead."""
+    try:
+        reader = clients if pick is None else await pick(str(arn), queue_arn)
+        return await _target_key(reader, arn)
+    except PlaceError as exc:
+        return _Unread(str(place_unavailable(exc)))
+    except (ClientError, BotoCoreError) as exc:
+        return _Unread(str(classify.from_exception(exc)))
 
 
 async def _target_key(clients: AwsClients, arn: Arn) -> str | None:

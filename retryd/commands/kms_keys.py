@@ -22,14 +22,22 @@ from typing import Any
 import aioboto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from retryd.admission.matching import parse_glob
 from retryd.aws import AwsClients, client_config, enter_clients, open_clients, open_session
 from retryd.classify import from_exception
-from retryd.discovery.queues import discover_queues, find_queue_url, queue_ref_from_url
+from retryd.discovery.queues import (
+    discover_queues,
+    find_queue_url,
+    partition_for_region,
+    queue_ref_from_url,
+)
 from retryd.discovery.survey import KMS_KEY_ATTRIBUTE
 from retryd.models import Arn
+from retryd.places import Place, Places
 from retryd.settings import AccountSettings, Settings
 
 _FAILURES = (BotoCoreError, ClientError)
+_GLOB_CHARS = frozenset("*?[")
 
 
 def is_alias(key: str) -> bool:
@@ -129,8 +137,6 @@ async def _resolve(kms: Any, key: str, resource: str, findings: KeyFindings) -> 
 async def find_keys(settings: Settings, clients: AwsClients, kms: Any) -> KeyFindings:
     """The keys of every DLQ discovery finds, the parking queue, and the SQS and SNS targets
     in this account and Region that allow_targets matches."""
-    from retryd.commands.iam_policy import target_arns  # noqa: PLC0415 - iam_policy imports this
-
     findings = KeyFindings()
     sqs_region = clients.sqs.meta.region_name
     dlqs = await discover_queues(clients.sqs, settings.discovery, settings.parking.queue)
@@ -143,18 +149,36 @@ async def find_keys(settings: Settings, clients: AwsClients, kms: Any) -> KeyFin
     if parking_url is not None:
         parking_arn = queue_ref_from_url(parking_url, sqs_region).arn
         sends.append((parking_arn, await _queue_key(clients, parking_url)))
-    targets = target_arns(settings.guards.allow_targets)
-    # DLQs and the parking queue are never targets (the loop guard refuses them).
-    protected = {queue.arn for queue in dlqs} | {arn for arn, _ in sends}
-    for arn, url in await _target_queues(clients, targets["sqs"]):
-        if arn not in protected:
-            sends.append((arn, await _queue_key(clients, url)))
-    for arn in await _target_topics(clients, targets["sns"]):
-        attributes = (await clients.sns.get_topic_attributes(TopicArn=arn))["Attributes"]
-        sends.append((arn, attributes.get(KMS_KEY_ATTRIBUTE) or None))
     for resource, key in sends:
         if key and (arn := await _resolve(kms, key, resource, findings)):
             findings.add(findings.encrypt, arn)
+    # DLQs and the parking queue are never targets (the loop guard refuses them).
+    protected = {queue.arn for queue in dlqs} | {arn for arn, _ in sends}
+    findings.merge(await find_target_keys(settings, clients, kms, protected=protected))
+    return findings
+
+
+async def find_target_keys(
+    settings: Settings, clients: AwsClients, kms: Any, *, protected: Iterable[str] = ()
+) -> KeyFindings:
+    """The keys of the SQS queues and SNS topics in this account and Region that
+    allow_targets matches (the `protected` queues left out)."""
+    from retryd.commands.iam_policy import target_arns  # noqa: PLC0415 - iam_policy imports this
+
+    findings = KeyFindings()
+    targets = target_arns(settings.guards.allow_targets)
+    skip = set(protected)
+    sends: list[tuple[str, str | None]] = []
+    for arn, url in await _target_queues(clients, targets["sqs"]):
+        if arn not in skip:
+            sends.append((arn, await _queue_key(clients, url)))
+    if targets["sns"]:
+        for arn in await _target_topics(clients, targets["sns"]):
+            attributes = (await clients.sns.get_topic_attributes(TopicArn=arn))["Attributes"]
+            sends.append((arn, attributes.get(KMS_KEY_ATTRIBUTE) or None))
+    for resource, key in sends:
+        if key and (key_arn_found := await _resolve(kms, key, resource, findings)):
+            findings.add(findings.encrypt, key_arn_found)
     return findings
 
 
@@ -183,22 +207,68 @@ class PlaceClients:
 OpenPlace = Callable[[AccountSettings, str], AbstractAsyncContextManager[PlaceClients]]
 
 
+def target_places(settings: Settings) -> list[tuple[AccountSettings, str]]:
+    """The places outside [[accounts]]'s own where an SQS or SNS target of a listed account
+    may be: retryd sends there with that account's credentials (`Places.sending_place`).
+
+    A pattern's region as written; a wildcard region stands for the regions [[accounts]]
+    lists (of any account): every region AWS has would be a lookup in each, most of them
+    for nothing. Name the region in the pattern to have another one looked at.
+    """
+    listed = {(entry.account_id, region) for entry in settings.accounts for region in entry.regions}
+    every_region = list(dict.fromkeys(r for entry in settings.accounts for r in entry.regions))
+    found: dict[tuple[str, str], AccountSettings] = {}
+    for glob in settings.guards.allow_targets:
+        partition, service, region, account, _ = parse_glob(glob)
+        if not any(fnmatch.fnmatchcase(name, service) for name in ("sqs", "sns")):
+            continue
+        regions = (
+            [r for r in every_region if fnmatch.fnmatchcase(r, region)]
+            if _GLOB_CHARS.intersection(region)
+            else [region]
+        )
+        for entry in settings.accounts:
+            if not fnmatch.fnmatchcase(entry.account_id, account):
+                continue
+            for target_region in regions:
+                if not fnmatch.fnmatchcase(partition_for_region(target_region), partition):
+                    continue
+                if (entry.account_id, target_region) not in listed:
+                    found.setdefault((entry.account_id, target_region), entry)
+    return [(entry, region) for (_, region), entry in found.items()]
+
+
 async def find_keys_by_account(settings: Settings, open_place: OpenPlace) -> dict[str, KeyFindings]:
     """find_keys in every place of [[accounts]], merged per account: each account's role
-    gets the keys of its own places. A place that cannot be looked at is reported in its
-    account's `unresolved`, and the others are still looked at."""
+    gets the keys of its own places, with its DLQs narrowed as the daemon narrows them
+    (`Places.settings_for`). Then the target keys of each place outside those where a
+    listed account's target may be (`target_places`), to that account. A place that
+    cannot be looked at is reported in its account's `unresolved`, and the others are
+    still looked at."""
+    view = Places.listed(settings.accounts)
     by_account: dict[str, KeyFindings] = {}
-    for entry in settings.accounts:
+
+    async def look(entry: AccountSettings, region: str, *, targets_only: bool) -> None:
         findings = by_account.setdefault(entry.account_id, KeyFindings())
+        try:
+            async with open_place(entry, region) as place:
+                if targets_only:
+                    found = await find_target_keys(settings, place.clients, place.kms)
+                else:
+                    narrowed = view.settings_for(settings, Place(entry.account_id, region))
+                    found = await find_keys(narrowed, place.clients, place.kms)
+                findings.merge(found)
+        except _FAILURES as exc:
+            findings.unresolved.append(
+                f"account {entry.account_id} in {region}: keys not looked up "
+                f"({from_exception(exc)}): its role's policy has no KMS statements for them"
+            )
+
+    for entry in settings.accounts:
         for region in entry.regions:
-            try:
-                async with open_place(entry, region) as place:
-                    findings.merge(await find_keys(settings, place.clients, place.kms))
-            except _FAILURES as exc:
-                findings.unresolved.append(
-                    f"account {entry.account_id} in {region}: keys not looked up "
-                    f"({from_exception(exc)}): its role's policy has no KMS statements for them"
-                )
+            await look(entry, region, targets_only=False)
+    for entry, region in target_places(settings):
+        await look(entry, region, targets_only=True)
     return by_account
 
 

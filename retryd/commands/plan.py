@@ -53,6 +53,7 @@ from retryd.models import DeadLetter, FailReason, QueueRef, Target, Unresolvable
 from retryd.places import PlaceError, Places, open_places
 from retryd.resolve import open_chain
 from retryd.settings import Settings
+from retryd.targets.router import place_unavailable
 from retryd.targets.sender import ALREADY_RESUBMITTED
 
 JSON_FORMAT_VERSION = 1
@@ -329,6 +330,37 @@ class PlanReport:
         }
 
 
+async def _hold_unsendable(
+    places: Places, verdicts: Iterable[Verdict], planned: dict[str, PlannedMessage]
+) -> None:
+    """A message to resubmit whose target cannot be sent to from here (`sending_place`: a
+    region retryd makes no clients in, a role that cannot be assumed) is held, with the
+    error `once` would record for it. Asks STS at most (a role's credentials), once per
+    target and DLQ; opens no clients: a plan sends nothing."""
+    unsendable: dict[tuple[str, str], str | None] = {}
+    for verdict in verdicts:
+        if not isinstance(verdict, Go):
+            continue
+        job = verdict.job
+        key = (job.target.arn, job.letter.queue.arn)
+        if key not in unsendable:
+            try:
+                await places.ready(places.sending_place(*key))
+                unsendable[key] = None
+            except PlaceError as exc:
+                unsendable[key] = str(place_unavailable(exc))
+        error = unsendable[key]
+        if error is not None:
+            message_id = job.letter.message_id
+            planned[message_id] = replace(
+                planned[message_id],
+                action=Action.HOLD,
+                attempt=job.attempt,
+                reason=FailReason.TRANSIENT_ERROR.value,
+                detail=error,
+            )
+
+
 async def make_plan(
     settings: Settings,
     clients: AwsClients,
@@ -336,12 +368,15 @@ async def make_plan(
     max_messages: int,
     bars: ReadProgress,
     home: AwsClients | None = None,
+    places: Places | None = None,
 ) -> PlanReport:
     """Read, resolve and assess every DLQ's messages; nothing changes but brief leases.
 
     `clients` are those of the place whose DLQs are planned; `home` (default: the
-    same) those of the place keeping the ledger and the pauses. Discovery errors
-    and a missing parking queue propagate, as they stop a cycle.
+    same) those of the place keeping the ledger and the pauses; `places` (with
+    [[accounts]]) where each target would be sent from, so that a message `once`
+    could not send is held here too. Discovery errors and a missing parking queue
+    propagate, as they stop a cycle.
     """
     parking = await locate_parking(clients.sqs, settings)
     survey = await survey_queues(clients.sqs, settings, parking)
@@ -363,6 +398,8 @@ async def make_plan(
             assessed = [item for item in resolved if item.letter.message_id not in later]
             verdicts = await guards.assess(assessed, dry_run=True) if assessed else []
             planned = {m.message_id: m for m in map(PlannedMessage.from_verdict, verdicts)}
+            if places is not None and places.configured:
+                await _hold_unsendable(places, verdicts, planned)
             return [
                 later.get(letter.message_id) or planned[letter.message_id] for letter in letters
             ]
@@ -407,6 +444,7 @@ async def plan_everywhere(
                     max_messages=max_messages,
                     bars=bars,
                     home=home,
+                    places=places,
                 )
             )
         except PlaceError as exc:

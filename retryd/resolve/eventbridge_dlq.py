@@ -30,6 +30,7 @@ from retryd.models import (
     Target,
     TargetType,
     Unresolvable,
+    is_account_id,
 )
 from retryd.resolve.base import (
     forward_attributes,
@@ -208,8 +209,8 @@ def _direct_target(letter: DeadLetter, failure: _Failure) -> tuple[Target, str] 
     """TARGET_ARN and the body to send it; or why retryd cannot send there itself."""
     try:
         target = Target.from_arn(failure.target_arn)
-    except ValueError:
-        return _unsupported(failure)
+    except ValueError as exc:
+        return _unsupported(failure, exc)
     if target.type is not TargetType.EVENTBRIDGE:
         return target, letter.body
     if _rule_bus(failure) == _bus_key(target):
@@ -226,11 +227,14 @@ def _direct_target(letter: DeadLetter, failure: _Failure) -> tuple[Target, str] 
     return target, entry
 
 
-def _unsupported(failure: _Failure) -> str:
+def _unsupported(failure: _Failure, refused: ValueError) -> str:
     try:
-        service = Arn.parse(failure.target_arn).service
+        arn = Arn.parse(failure.target_arn)
     except ValueError:
         return f"TARGET_ARN {failure.target_arn[:200]!r} is not an ARN"
+    service = arn.service
+    if arn.account and not is_account_id(arn.account):
+        return f"TARGET_ARN {refused}"
     if failure.is_scheduler and service == "scheduler":
         return (
             f"TARGET_ARN {failure.target_arn} is a Scheduler universal target (an AWS SDK "

@@ -39,6 +39,15 @@ class PickClients(Protocol):
     async def __call__(self, target_arn: str, queue_arn: str) -> AwsClients: ...
 
 
+def place_unavailable(exc: PlaceError) -> SendError:
+    """A place that cannot be sent from, as the send's error: retryd's own set-up (CONFIG),
+    or TRANSIENT when STS was (`retryd plan` says the same of the messages it would hold)."""
+    error_class = (
+        ErrorClass.TRANSIENT if exc.error_class == ErrorClass.TRANSIENT.value else ErrorClass.CONFIG
+    )
+    return SendError(error_class, "PlaceUnavailable", f"{exc.place}: {exc.why}")
+
+
 # Targets with no batch API: one call per job, so each job's answer is its own.
 _ONE_CALL_PER_JOB = frozenset({TargetType.LAMBDA, TargetType.STEPFUNCTIONS})
 
@@ -89,12 +98,7 @@ class TargetRouter:
             try:
                 known = await self._pick(*key)
             except PlaceError as exc:
-                error_class = (
-                    ErrorClass.TRANSIENT
-                    if exc.error_class == ErrorClass.TRANSIENT.value
-                    else ErrorClass.CONFIG
-                )
-                known = SendError(error_class, "PlaceUnavailable", f"{exc.place}: {exc.why}")
+                known = place_unavailable(exc)
             picked[key] = known
         return known
 

@@ -413,3 +413,43 @@ def test_a_target_in_a_listed_account_but_an_unlisted_region_is_granted_to_that_
     assert elsewhere not in granted(policies[HOME].policy, "sqs:SendMessage")
     assert granted(policies[MEMBER].policy, "sns:Publish") == [f"arn:aws:sns:*:{MEMBER}:alerts"]
     assert granted(policies[HOME].policy, "sns:Publish") == [f"arn:aws:sns:*:{HOME}:alerts"]
+
+
+@pytest.mark.parametrize("host", ["https://sqs.amazonaws.com", "http://localhost:4566"])
+def test_a_queue_url_naming_no_region_is_granted_in_its_accounts_first_region_only(
+    host: str,
+) -> None:
+    """retryd reads such a URL in its account's first listed region (Places.entries_for): the
+    policy grants that one region, for the home entry as for a member, and nothing elsewhere."""
+    base = host.rstrip("/")
+    home_url, member_url = f"{base}/{HOME}/home-dlq", f"{base}/{MEMBER}/member-dlq"
+    settings = org_settings(
+        discovery={"queue_prefixes": [], "queues": [home_url, member_url]},
+        accounts=[
+            {"account_id": HOME, "regions": ["us-west-2", "eu-west-1"]},
+            {"account_id": MEMBER, "regions": MEMBER_REGIONS, "role_arn": MEMBER_ROLE},
+        ],
+    )
+    policies = by_account(organisation_policies(settings, account=None, region=None))
+    assert granted(policies[HOME].policy, "sqs:ReceiveMessage") == [
+        f"arn:aws:sqs:us-west-2:{HOME}:home-dlq"
+    ]
+    assert granted(policies[MEMBER].policy, "sqs:ReceiveMessage") == [
+        f"arn:aws:sqs:eu-west-1:{MEMBER}:member-dlq"
+    ]
+
+
+def test_queue_entries_are_granted_exactly_where_retryd_reads_them() -> None:
+    """An ARN entry is granted as itself, in its place; a URL or ARN in no listed place
+    (an unlisted region or account) is granted to no role, as no place reads it."""
+    arn = f"arn:aws:sqs:us-east-1:{MEMBER}:by-arn"
+    queues = [
+        arn,
+        f"arn:aws:sqs:ap-south-1:{MEMBER}:unlisted-region",
+        f"https://sqs.ap-south-1.amazonaws.com/{MEMBER}/unlisted-region-url",
+        f"https://sqs.eu-west-1.amazonaws.com/{OTHER}/unlisted-account",
+    ]
+    settings = org_settings(discovery={"queue_prefixes": [], "queues": queues})
+    policies = by_account(organisation_policies(settings, account=None, region=None))
+    assert granted(policies[MEMBER].policy, "sqs:ReceiveMessage") == [arn]
+    assert granted(policies[HOME].policy, "sqs:ReceiveMessage") == []

@@ -15,6 +15,7 @@ from retryd.commands.cli import main
 from retryd.commands.kms_keys import is_alias, key_arn
 from tests.faults import Fault
 from tests.operator_helpers import (
+    CONFIG,
     PARKING,
     config_file,
 )
@@ -104,7 +105,7 @@ MEMBER = "222222222222"
 MEMBER_ROLE = f"arn:aws:iam::{MEMBER}:role/retryd-member"
 
 
-def member_client(world: World, service: str) -> Any:
+def member_client(world: World, service: str, region: str = REGION) -> Any:
     """A client in the member account: moto gives assumed-role credentials the role's account."""
     credentials = world.client("sts").assume_role(RoleArn=MEMBER_ROLE, RoleSessionName="test")[
         "Credentials"
@@ -112,7 +113,7 @@ def member_client(world: World, service: str) -> Any:
     return boto3.client(
         service,
         endpoint_url=world.url,
-        region_name=REGION,
+        region_name=region,
         aws_access_key_id=credentials["AccessKeyId"],
         aws_secret_access_key=credentials["SecretAccessKey"],
         aws_session_token=credentials["SessionToken"],
@@ -215,3 +216,112 @@ def test_kms_with_a_place_it_cannot_reach_names_it_and_goes_on(
     assert "DecryptDeadLetters" not in statements(documents[MEMBER]["policy"])
     assert f"account {MEMBER} in {REGION}: keys not looked up" in err
     assert "AccessDenied" in err
+
+
+OTHER_REGION = "eu-west-1"
+
+
+def config_with_targets(tmp_path: Path, allow: list[str], extra: str) -> str:
+    """The operator config with `allow` as guards.allow_targets, plus `extra` TOML."""
+    line = f'allow_targets = ["arn:aws:*:{REGION}:{ACCOUNT}:*"]'
+    assert line in CONFIG
+    path = tmp_path / "retryd.toml"
+    path.write_text(CONFIG.replace(line, f"allow_targets = {json.dumps(allow)}") + extra)
+    return str(path)
+
+
+def test_kms_looks_a_targets_key_up_in_the_place_retryd_sends_to_it_from(
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Targets in a region their account does not list are sent to with that account's role in
+    their own region: each key is looked up there and granted to that role, and only to it."""
+    world.create_queue("retry-orders")
+    world.create_queue(PARKING)
+    member_sqs = member_client(world, "sqs")
+    member_sqs.create_queue(QueueName="retry-billing")
+    member_sqs.create_queue(QueueName=PARKING)
+    home_kms = boto3.client(
+        "kms",
+        endpoint_url=world.url,
+        region_name=OTHER_REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    home_key = home_kms.create_key()["KeyMetadata"]
+    boto3.client(
+        "sqs",
+        endpoint_url=world.url,
+        region_name=OTHER_REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_queue(QueueName="orders-home", Attributes={"KmsMasterKeyId": home_key["KeyId"]})
+    member_key = member_client(world, "kms", OTHER_REGION).create_key()["KeyMetadata"]
+    topic = member_client(world, "sns", OTHER_REGION).create_topic(
+        Name="receipts", Attributes={"KmsMasterKeyId": member_key["Arn"]}
+    )["TopicArn"]
+    assert f":{OTHER_REGION}:{MEMBER}:" in topic
+    allow = [
+        f"arn:aws:sqs:{OTHER_REGION}:{ACCOUNT}:orders-*",
+        f"arn:aws:sns:{OTHER_REGION}:{MEMBER}:receipts",
+    ]
+    config = config_with_targets(tmp_path, allow, HOME_ENTRY + MEMBER_ENTRY)
+    for name in ("RETRYD_CONFIG", "RETRYD_LEDGER__BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+
+    code = main(["iam-policy", "--config", config, "--kms", "--output", "json"])
+    captured = capsys.readouterr()
+
+    assert code == 0, captured.err
+    documents = json.loads(captured.out)
+    home = statements(documents[ACCOUNT]["policy"])
+    member = statements(documents[MEMBER]["policy"])
+    assert home["EncryptResubmissions"]["Resource"] == [home_key["Arn"]]
+    assert member["EncryptResubmissions"]["Resource"] == [member_key["Arn"]]
+
+
+def test_kms_reads_a_dlq_url_naming_no_region_in_its_one_place_only(
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A DLQ given by an emulator's URL is read in its account's first listed region only: a
+    queue of the same name in the account's second region adds no key."""
+    first_key = world.client("kms").create_key()["KeyMetadata"]
+    url = world.create_queue("legacy-dlq", KmsMasterKeyId=first_key["KeyId"])
+    world.create_queue(PARKING)
+    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    other = {"endpoint_url": world.url, "region_name": OTHER_REGION, **keys}
+    second_key = boto3.client("kms", **other).create_key()["KeyMetadata"]
+    other_sqs = boto3.client("sqs", **other)
+    other_sqs.create_queue(
+        QueueName="legacy-dlq", Attributes={"KmsMasterKeyId": second_key["KeyId"]}
+    )
+    other_sqs.create_queue(QueueName=PARKING)
+    assert "amazonaws.com" not in url
+    two_regions = f"""
+[[accounts]]
+account_id = "{ACCOUNT}"
+regions = ["{REGION}", "{OTHER_REGION}"]
+"""
+    config = config_with_targets(
+        tmp_path, [f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:*"], two_regions
+    )
+    path = Path(config)
+    path.write_text(
+        path.read_text().replace(
+            'queue_prefixes = ["retry-"]', f'queue_prefixes = []\nqueues = ["{url}"]'
+        )
+    )
+    for name in ("RETRYD_CONFIG", "RETRYD_LEDGER__BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+
+    code = main(["iam-policy", "--config", config, "--kms", "--output", "json"])
+    captured = capsys.readouterr()
+
+    assert code == 0, captured.err
+    home = statements(json.loads(captured.out)[ACCOUNT]["policy"])
+    assert home["DecryptDeadLetters"]["Resource"] == [first_key["Arn"]]

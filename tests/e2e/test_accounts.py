@@ -24,13 +24,16 @@ from structlog.testing import capture_logs
 
 from retryd.aws import client_config
 from retryd.commands.cli import main
+from retryd.commands.inspect import inspect_everywhere
+from retryd.commands.plan import Action, PlanReport, plan_everywhere
+from retryd.commands.progress import QueueProgress
 from retryd.control.deferrals import Hidden, HiddenBook, hidden_in
 from retryd.control.memory import MemoryControlStore, MemoryDocs
 from retryd.drain.cycle import Cycle, CycleReport
 from retryd.errors import AwsSetupError
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
-from retryd.models import Outcome, ParkReason, QueueRef
+from retryd.models import FailReason, Outcome, ParkReason, QueueRef
 from retryd.places import Place, Places, assumed_credentials, open_places
 from retryd.service.lifecycle import run_once
 from retryd.settings import AccountSettings, AwsSettings, Settings
@@ -50,8 +53,9 @@ def role(account: str) -> str:
     return f"arn:aws:iam::{account}:role/retryd-member"
 
 
-def sqs_in(world: World, account: str, region: str) -> Any:
-    """A plain SQS client working in `account` (through the member role, as retryd does)."""
+def sqs_in(world: World, account: str, region: str, service: str = "sqs") -> Any:
+    """A plain SQS (or `service`) client working in `account` (through the member role, as
+    retryd does)."""
     keys: dict[str, str] = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
     if account != ACCOUNT:
         sts = boto3.client("sts", endpoint_url=world.url, region_name=REGION, **keys)
@@ -61,7 +65,7 @@ def sqs_in(world: World, account: str, region: str) -> Any:
             "aws_secret_access_key": assumed["SecretAccessKey"],
             "aws_session_token": assumed["SessionToken"],
         }
-    return boto3.client("sqs", endpoint_url=world.url, region_name=region, **keys)
+    return boto3.client(service, endpoint_url=world.url, region_name=region, **keys)
 
 
 def build_place(world: World, account: str, region: str, messages: int) -> Any:
@@ -665,3 +669,116 @@ def test_the_loop_guard_holds_a_target_with_no_account_to_the_dlq_of_its_name(
     assert report.outcomes == {Outcome.PARKED.value: 1}
     assert report.reasons[(Outcome.PARKED.value, ParkReason.TARGET_NOT_ALLOWED.value)] == 1
     assert depth(here, DLQ) == 0
+
+
+def plan_of(settings: Settings) -> tuple[PlanReport, list[str], set[Place]]:
+    """`retryd plan` over every place: the report, the problems, the places it opened clients in."""
+
+    async def main() -> tuple[PlanReport, list[str], set[Place]]:
+        async with open_places(settings) as places:
+            with QueueProgress(enabled=False) as bars:
+                report, problems = await plan_everywhere(
+                    settings, places, max_messages=10, bars=bars
+                )
+            return report, problems, set(places._clients)
+
+    return anyio.run(main)
+
+
+def test_plan_holds_a_target_in_a_region_retryd_knows_nothing_of_as_once_does(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """`plan` says hold transient-error with PlaceUnavailable and the region, as `once` leaves it,
+    not resubmit; and opens no clients for that region (nor for one it could send to)."""
+    home = build_place(world, ACCOUNT, REGION, 0)
+    nowhere = f"arn:aws:sqs:us-nowhere-7:{ACCOUNT}:dest"
+    elsewhere = f"arn:aws:sqs:{OTHER_REGION}:{ACCOUNT}:dest"
+    url = home.get_queue_url(QueueName=DLQ)["QueueUrl"]
+    for target in (nowhere, elsewhere):
+        home.send_message(QueueUrl=url, MessageBody=json.dumps(envelope("sqs", target, {})))
+    settings = make_settings(
+        accounts=[{"account_id": ACCOUNT, "regions": [REGION]}],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*"]},
+    )
+    report, problems, opened = plan_of(settings)
+    assert problems == []
+    by_target = {m.target.arn: m for q in report.queues for m in q.messages if m.target}
+    held = by_target[nowhere]
+    assert (held.action, held.reason) == (Action.HOLD, FailReason.TRANSIENT_ERROR.value)
+    assert held.detail.startswith("PlaceUnavailable: ")
+    assert "us-nowhere-7" in held.detail
+    assert "allow_targets" in held.detail
+    assert by_target[elsewhere].action is Action.RESUBMIT
+    assert opened == {Place(ACCOUNT, REGION)}
+    assert depth(home, DLQ) == 2
+
+
+def test_plan_holds_a_target_whose_places_role_cannot_be_assumed(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A home message for a member's queue while the member's role is refused: hold, as `once`
+    leaves it (its role's error in the detail), and the member's clients are never opened."""
+    home = build_place(world, ACCOUNT, REGION, 0)
+    target = f"arn:aws:sqs:{REGION}:{MEMBER}:dest"
+    home.send_message(
+        QueueUrl=home.get_queue_url(QueueName=DLQ)["QueueUrl"],
+        MessageBody=json.dumps(envelope("sqs", target, {})),
+    )
+    world.faults.add(Fault("sts", "AssumeRole", code="AccessDenied", status=403, contains=MEMBER))
+    settings = make_settings(
+        accounts=[
+            {"account_id": ACCOUNT, "regions": [REGION]},
+            {"account_id": MEMBER, "regions": [OTHER_REGION], "role_arn": role(MEMBER)},
+        ],
+        guards={"allow_targets": [f"arn:aws:sqs:*:{ACCOUNT}:*", target]},
+    )
+    report, problems, opened = plan_of(settings)
+    assert [problem.split(":")[0] for problem in problems] == [f"{MEMBER}/{OTHER_REGION}"]
+    [message] = [m for q in report.queues for m in q.messages]
+    assert (message.action, message.reason) == (Action.HOLD, FailReason.TRANSIENT_ERROR.value)
+    assert message.detail.startswith(f"PlaceUnavailable: {MEMBER}/{REGION}: cannot assume")
+    assert opened == {Place(ACCOUNT, REGION)}
+
+
+def test_inspect_reads_each_targets_key_in_the_place_retryd_sends_to_it_from(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A target queue in a listed member account is read with the member's role; a home queue
+    in a region home does not list, in that region: each one's KMS key is shown."""
+    home = build_place(world, ACCOUNT, REGION, 0)
+    build_place(world, MEMBER, REGION, 0)
+    member_key = sqs_in(world, MEMBER, REGION, "kms").create_key()["KeyMetadata"]
+    member_queue = sqs_in(world, MEMBER, REGION).create_queue(
+        QueueName="sealed", Attributes={"KmsMasterKeyId": member_key["KeyId"]}
+    )["QueueUrl"]
+    home_key = sqs_in(world, ACCOUNT, OTHER_REGION, "kms").create_key()["KeyMetadata"]
+    sqs_in(world, ACCOUNT, OTHER_REGION).create_queue(
+        QueueName="sealed", Attributes={"KmsMasterKeyId": home_key["KeyId"]}
+    )
+    targets = {
+        f"arn:aws:sqs:{REGION}:{MEMBER}:sealed": member_key["KeyId"],
+        f"arn:aws:sqs:{OTHER_REGION}:{ACCOUNT}:sealed": home_key["KeyId"],
+    }
+    assert f"/{MEMBER}/" in member_queue
+    url = home.get_queue_url(QueueName=DLQ)["QueueUrl"]
+    for target in targets:
+        home.send_message(QueueUrl=url, MessageBody=json.dumps(envelope("sqs", target, {})))
+    settings = make_settings(
+        accounts=[
+            {"account_id": ACCOUNT, "regions": [REGION]},
+            {"account_id": MEMBER, "regions": [REGION], "role_arn": role(MEMBER)},
+        ],
+        guards={"allow_targets": list(targets)},
+    )
+
+    async def inspect() -> Any:
+        async with open_places(settings) as places:
+            with QueueProgress(enabled=False) as bars:
+                return await inspect_everywhere(settings, places, [], max_messages=10, bars=bars)
+
+    report = anyio.run(inspect)
+    [home_dlq] = [
+        q for q in report.queues if q.queue.arn == f"arn:aws:sqs:{REGION}:{ACCOUNT}:{DLQ}"
+    ]
+    assert home_dlq.warnings == []
+    assert home_dlq.target_kms_keys == targets

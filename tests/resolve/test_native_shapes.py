@@ -339,6 +339,7 @@ UNIVERSAL = with_attributes(SCHEDULED, TARGET_ARN="arn:aws:scheduler:::aws-sdk:s
         ("arn:aws:events:us-east-1:123456789012:api-destination/crm/abc", "events target"),
         ("arn:aws:lambda:us-east-1:123456789012:layer:x", "lambda target"),
         ("not-an-arn", "is not an ARN"),
+        ("arn:aws:sqs:us-east-1:abc:orders", "account 'abc' is not a 12-digit"),
     ],
 )
 def test_targets_retryd_cannot_call_are_unsupported(arn: str, said: str) -> None:

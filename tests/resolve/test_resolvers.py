@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
@@ -299,6 +299,10 @@ def test_foreign_envelope_field_is_not_a_claim(value: Any) -> None:
             "target: unsupported target service 'dynamodb'",
         ),
         ({"target": {"type": "lambda", "arn": "charge"}}, "target: not an ARN"),
+        (
+            {"target": {"type": "sqs", "arn": f"arn:aws:sqs:{REGION}:abc:orders"}},
+            "target: account 'abc' is not a 12-digit AWS account id",
+        ),
         ({"target": "lambda"}, "target: Input should be a JSON object"),
     ],
 )
@@ -307,6 +311,19 @@ def test_schema_violations_are_parked_with_the_field_path(
 ) -> None:
     """Each kind of schema violation is named by its field path, never silently accepted."""
     assert as_invalid(resolve_envelope(letter_with(envelope(**fields)))).startswith(expected)
+
+
+@given(account=st.text(alphabet=st.characters(blacklist_characters=":"), max_size=14))
+# Another script's zero: `\d` takes it, AWS does not.
+@example(account="00000000000\u0660")
+def test_an_envelope_target_with_a_malformed_account_is_invalid(account: str) -> None:
+    """A target account neither empty nor 12 digits parks invalid-envelope; SQS never sees it."""
+    arn = f"arn:aws:sqs:{REGION}:{account}:orders"
+    answer = resolve_envelope(letter_with(envelope(target={"type": "sqs", "arn": arn})))
+    if account == "" or (len(account) == 12 and account.isascii() and account.isdigit()):
+        assert as_job(answer).target.arn == arn
+    else:
+        assert "is not a 12-digit AWS account id" in as_invalid(answer)
 
 
 def _bus_envelope(payload: Any) -> dict[str, Any]:
