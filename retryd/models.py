@@ -38,7 +38,8 @@ _ARN_FIELDS = 6
 LATEST_QUALIFIER = ":$LATEST"
 # ASCII digits only: `\d` would also take other scripts' digits, which no account id has.
 _ACCOUNT_ID = re.compile(r"[0-9]{12}")
-_REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+")
+# Two letters (us, eu, cn) or, for the European Sovereign Cloud, four (eusc-de-east-1).
+_REGION_NAME = re.compile(r"[a-z]{2,4}(?:-[a-z]+)+-[0-9]+")
 
 
 def is_account_id(text: str) -> bool:
@@ -47,7 +48,8 @@ def is_account_id(text: str) -> bool:
 
 
 def is_region_name(text: str) -> bool:
-    """Whether `text` has an AWS region name's shape (`eu-west-1`, `us-gov-east-1`)."""
+    """Whether `text` has an AWS region name's shape (`eu-west-1`, `us-gov-east-1`,
+    `eusc-de-east-1`)."""
     return _REGION_NAME.fullmatch(text) is not None
 
 

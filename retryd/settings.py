@@ -33,7 +33,7 @@ from pydantic_settings import (
 )
 
 from retryd.errors import ConfigError
-from retryd.models import Target
+from retryd.models import Target, is_region_name
 
 ENV_PREFIX = "RETRYD_"
 CONFIG_ENV = "RETRYD_CONFIG"
@@ -85,8 +85,8 @@ def _check_account_id(value: str) -> str:
 
 
 def _check_region(value: str) -> str:
-    # Region names as AWS spells them: us-east-1, eu-central-2, us-gov-west-1, cn-north-1.
-    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-[0-9]+", value):
+    # Region names as AWS spells them: us-east-1, us-gov-west-1, cn-north-1, eusc-de-east-1.
+    if not is_region_name(value):
         raise ValueError(f"{value!r} is not an AWS region name (like eu-west-1)")
     return value
 

@@ -156,3 +156,15 @@ def test_an_unlisted_home_accounts_own_region_is_sent_to_with_the_dlqs_role() ->
     subject = Places(Place(HOME, "us-east-1"), (member,), True, None, {}, None, None)
     target = f"arn:aws:sqs:us-east-1:{HOME}:dest"
     assert subject.sending_place(target, f"arn:aws:sqs:us-east-1:{MEMBER}:q") == member
+
+
+def test_a_sovereign_cloud_target_is_sent_from_its_own_region() -> None:
+    """A target in eusc-de-east-1 gets clients there, never the DLQ's (whose SQS
+    resubmitter would refuse it as WrongRegion, a permanent error that parks it)."""
+    target = f"arn:aws-eusc:sqs:eusc-de-east-1:{MEMBER}:dest"
+
+    sending = places(frozenset({"eusc-de-east-1"})).sending_place(
+        target, f"arn:aws:sqs:us-east-1:{HOME}:dlq"
+    )
+
+    assert sending == Place(MEMBER, "eusc-de-east-1")

@@ -79,3 +79,14 @@ def test_only_one_account_may_go_without_a_role() -> None:
     )
     assert len(lines) == 1
     assert "only the home account" in lines[0]
+
+
+def test_a_european_sovereign_cloud_account_is_accepted() -> None:
+    """eusc-de-east-1 (partition aws-eusc) is a region an [[accounts]] entry may list."""
+    member = {
+        "account_id": "222222222222",
+        "regions": ["eusc-de-east-1"],
+        "role_arn": "arn:aws-eusc:iam::222222222222:role/retryd-member",
+    }
+
+    assert Settings(**BASE, accounts=[member]).accounts[0].regions == ["eusc-de-east-1"]

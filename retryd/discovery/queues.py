@@ -8,6 +8,8 @@ the queue URL instead of one GetQueueAttributes call per queue.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit
 import anyio
 import structlog
 from botocore.exceptions import ClientError
+from botocore.loaders import create_loader
 
 from retryd.classify import is_missing_queue
 from retryd.models import QueueRef, is_account_id, is_region_name
@@ -33,28 +36,40 @@ LIST_PAGE_SIZE = 1000
 # hundreds of connections at once while still overlapping the round trips.
 TAG_LOOKUP_CONCURRENCY = 16
 
-# Hosts of AWS's own SQS endpoints (commercial, China, dual-stack, ISO regions):
-# only these carry the region in the host name; any other endpoint (moto,
-# LocalStack behind a proxy, ElasticMQ) is read with the client's region.
-_AWS_HOST_SUFFIXES = (
-    ".amazonaws.com",
-    ".amazonaws.com.cn",
-    ".api.aws",
-    ".c2s.ic.gov",
-    ".sc2s.sgov.gov",
-)
 # The legacy global endpoint, which always meant us-east-1.
 _LEGACY_US_EAST_1_HOST = "queue.amazonaws.com"
 
-# Region prefix -> partition; the first match wins, "aws" otherwise.
-_PARTITIONS = (
-    ("cn-", "aws-cn"),
-    ("us-gov-", "aws-us-gov"),
-    ("us-iso-", "aws-iso"),
-    ("us-isob-", "aws-iso-b"),
-    ("eu-isoe-", "aws-iso-e"),
-    ("us-isof-", "aws-iso-f"),
-)
+
+@dataclass(frozen=True, slots=True)
+class _Partition:
+    """One AWS partition as botocore's endpoint data describes it."""
+
+    name: str
+    regions: frozenset[str]
+    region_pattern: re.Pattern[str]
+    # Hosts of its own endpoints (plain and dual-stack): only these carry the region in
+    # the host name; any other endpoint (moto, LocalStack, ElasticMQ) is read with the
+    # client's region.
+    host_suffixes: tuple[str, ...]
+
+
+@functools.cache
+def _partitions() -> tuple[_Partition, ...]:
+    # botocore's data, not a hand-kept list: a partition AWS adds (aws-eusc, aws-iso-f)
+    # arrives with botocore instead of being taken for `aws`.
+    found = []
+    for data in create_loader().load_data("partitions")["partitions"]:
+        outputs = data["outputs"]
+        suffixes = (outputs["dnsSuffix"], outputs.get("dualStackDnsSuffix"))
+        found.append(
+            _Partition(
+                name=data["id"],
+                regions=frozenset(data["regions"]),
+                region_pattern=re.compile(data["regionRegex"]),
+                host_suffixes=tuple(f".{suffix}" for suffix in suffixes if suffix),
+            )
+        )
+    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +87,21 @@ def is_queue_url(text: str) -> bool:
 
 def partition_for_region(region: str) -> str:
     """The ARN partition a region belongs to."""
-    for prefix, partition in _PARTITIONS:
-        if region.startswith(prefix):
-            return partition
+    # A listed region first, then a partition's pattern (as botocore resolves them).
+    partitions = _partitions()
+    for partition in partitions:
+        if region in partition.regions:
+            return partition.name
+    for partition in partitions:
+        if partition.region_pattern.fullmatch(region):
+            return partition.name
     return "aws"
 
 
 def _region_from_host(host: str) -> str | None:
     if host == _LEGACY_US_EAST_1_HOST:
         return "us-east-1"
-    if not host.endswith(_AWS_HOST_SUFFIXES):
+    if not any(host.endswith(p.host_suffixes) for p in _partitions()):
         return None
     for label in host.split("."):
         if is_region_name(label):

@@ -75,7 +75,8 @@ class EnvelopeTarget(_Strict):
         return self
 
     def to_target(self) -> Target:
-        return Target(self.type, self.arn)
+        # from_arn's spelling (a Lambda `:$LATEST` dropped), as every other shape's target.
+        return Target.from_arn(self.arn)
 
 
 class EnvelopeError(_Strict):

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import pytest
 from botocore.exceptions import ClientError
+from botocore.loaders import create_loader
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -21,7 +22,7 @@ from retryd.discovery.queues import (
     queue_name,
     queue_ref_from_url,
 )
-from retryd.models import Arn, QueueRef
+from retryd.models import Arn, QueueRef, is_region_name
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
@@ -356,3 +357,32 @@ def test_emulator_url_takes_the_client_region(
     ref = queue_ref_from_url(f"http://127.0.0.1:{port}/{account}/{name}", default_region=region)
 
     assert ref.arn == f"arn:{partition_for_region(region)}:sqs:{region}:{account}:{name}"
+
+
+def _botocore_regions() -> list[tuple[str, str]]:
+    """Every (region, partition) botocore's partition data names (no `*-global` pseudo-region)."""
+    partitions = create_loader().load_data("partitions")["partitions"]
+    return [
+        (region, partition["id"])
+        for partition in partitions
+        for region in partition["regions"]
+        if not region.endswith("-global")
+    ]
+
+
+@pytest.mark.parametrize(("region", "partition"), _botocore_regions())
+def test_every_region_botocore_knows_is_a_region_in_its_partition(
+    region: str, partition: str
+) -> None:
+    """Each real region (the European Sovereign Cloud's eusc-de-east-1 too) is taken as a
+    region name, its ARNs get its own partition, and its queue URLs' hosts name it."""
+    suffix = next(
+        p["outputs"]["dnsSuffix"]
+        for p in create_loader().load_data("partitions")["partitions"]
+        if p["id"] == partition
+    )
+    url = f"https://sqs.{region}.{suffix}/123456789012/orders-dlq"
+
+    assert is_region_name(region)
+    assert partition_for_region(region) == partition
+    assert parse_queue_url(url).region == region

@@ -132,6 +132,20 @@ def test_lambda_envelope_resolves_every_field() -> None:
     assert job.resolver == "envelope"
 
 
+def test_lambda_envelope_spelled_with_latest_is_the_unqualified_function() -> None:
+    """An envelope naming `function:charge:$LATEST` targets (and keys) `function:charge`,
+    as every other shape does: the allowlist, the key and the breaker see one spelling."""
+    latest = as_job(
+        resolve_envelope(
+            letter_with(envelope(target={"type": "lambda", "arn": f"{LAMBDA_ARN}:$LATEST"}))
+        )
+    )
+    plain = as_job(resolve_envelope(letter_with(envelope())))
+
+    assert latest.target.arn == LAMBDA_ARN
+    assert latest.key == plain.key
+
+
 def test_step_functions_envelope_gets_a_hashed_key_and_defaults() -> None:
     """Without a declared key the key is the payload hash; attempt 0, no limit, failed when sent."""
     job = as_job(resolve_envelope(load_letter("envelope_stepfunctions")))
