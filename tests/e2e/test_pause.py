@@ -9,9 +9,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.processes import json_lines
 from tests.world import ACCOUNT, REGION, World, envelope
 
 WAIT_S = 60
@@ -76,14 +78,8 @@ def wait_until(what: str, done: Callable[[], bool], process: subprocess.Popen[st
         time.sleep(0.2)
 
 
-def log_events(log: Path) -> list[dict[str, object]]:
-    events = []
-    for line in log.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
+def log_events(log: Path) -> list[dict[str, Any]]:
+    return json_lines(log.read_text())
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "dynamodb"])

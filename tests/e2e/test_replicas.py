@@ -20,6 +20,7 @@ import pytest
 from retryd.ledger import create_table
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
+from tests.processes import json_lines
 from tests.world import ACCOUNT, REGION, World, envelope
 
 pytestmark = pytest.mark.slow
@@ -67,13 +68,7 @@ class Replica:
         )
 
     def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return json_lines(self.log_path.read_text())
 
     def logged(self, event: str, **fields: Any) -> bool:
         return any(

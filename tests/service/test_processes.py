@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from retryd.drain.shard import Shard
 from tests.conftest import SettingsFactory
+from tests.processes import json_lines
 from tests.world import ACCOUNT, REGION, World, envelope
 
 DLQS = [f"retry-{n}" for n in range(6)]
@@ -83,16 +84,6 @@ def _delivered(world: World) -> Counter[int]:
     return Counter(json.loads(m["Body"])["n"] for m in world.drain("dest"))
 
 
-def _log_lines(text: str) -> list[dict[str, Any]]:
-    lines = []
-    for line in text.splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return lines
-
-
 def test_the_memory_ledger_cannot_be_shared_by_processes(make_settings: SettingsFactory) -> None:
     """processes > 1 with the memory ledger is one configuration error naming both settings."""
     with pytest.raises(ValidationError, match=r"drain.processes = 2 needs a ledger .*sqlite"):
@@ -130,7 +121,7 @@ def test_once_with_two_processes_drains_every_dlq_once(world: World, tmp_path: P
     assert all(world.depth(name) == 0 for name in DLQS)
     # Each worker drained exactly the DLQs that fall to it.
     by_worker: dict[int, set[str]] = {}
-    for line in _log_lines(done.stderr):
+    for line in json_lines(done.stderr):
         if line.get("event") == "resubmitted":
             by_worker.setdefault(line["worker"], set()).add(line["queue"])
     assert by_worker == {1: set(owners[0]), 2: set(owners[1])}
@@ -178,7 +169,7 @@ def _daemon(config: Path, log_path: Path) -> Iterator[subprocess.Popen[str]]:
                 process.kill()
                 process.wait()
             # Workers left behind by a failed test are still this test's to stop.
-            for line in _log_lines(log_path.read_text()):
+            for line in json_lines(log_path.read_text()):
                 for pid in line.get("pids", []):
                     with suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
@@ -245,7 +236,7 @@ def test_run_with_two_processes_serves_both_workers_metrics_and_stops_cleanly(
         assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         retryd.send_signal(signal.SIGTERM)
         assert retryd.wait(timeout=WAIT_S) == 0
-    lines = _log_lines(log_path.read_text())
+    lines = json_lines(log_path.read_text())
     (started,) = [line for line in lines if line.get("event") == "workers-started"]
     workers = started["pids"]
     assert len(workers) == 2
@@ -265,7 +256,7 @@ def _workers_started(log_path: Path, retryd: subprocess.Popen[str]) -> dict[str,
     def started() -> list[dict[str, Any]]:
         return [
             line
-            for line in _log_lines(log_path.read_text())
+            for line in json_lines(log_path.read_text())
             if line.get("event") == "workers-started"
         ]
 
@@ -286,7 +277,7 @@ def test_a_worker_that_dies_stops_the_others_and_fails_the_parent(
         os.kill(victim, signal.SIGKILL)
         assert retryd.wait(timeout=WAIT_S) == 1
     text = log_path.read_text()
-    died = [line for line in _log_lines(text) if line.get("event") == "worker-died"]
+    died = [line for line in json_lines(text) if line.get("event") == "worker-died"]
     assert died
     assert died[0]["exit_code"] == -signal.SIGKILL
     assert f"pid {victim}" in text.splitlines()[-1]
