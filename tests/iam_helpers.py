@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from retryd.aws import AwsClients, open_clients
-from retryd.settings import AwsSettings
+from retryd.commands.inspect import run_inspect
+from retryd.commands.plan import run_plan
+from retryd.drain.cycle import CycleReport
+from retryd.service.lifecycle import run_once
+from retryd.settings import AwsSettings, Settings
 
 # Calls that AWS cannot scope to a resource: IAM checks them on "*".
 UNSCOPED = "*"
@@ -381,3 +385,22 @@ def granted_pairs(document: Mapping[str, Any]) -> set[tuple[str, str]]:
         if statement["Effect"] == "Allow"
         for action in _as_list(statement["Action"])
     }
+
+
+async def inspect_plan_once(
+    settings: Settings, log: CallLog, *, inspect: Sequence[str] = (), max_messages: int
+) -> CycleReport:
+    """`retryd inspect`, `plan` and `once`, each through its own entry point, each call
+    tagged with its phase; read-only commands first, so they see every message before the
+    cycle takes them. The cycle must end without errors."""
+    log.phase = "inspect"
+    assert (
+        await run_inspect(settings, queues=list(inspect), output="json", max_messages=max_messages)
+        == 0
+    )
+    log.phase = "plan"
+    assert await run_plan(settings, output="json", max_messages=max_messages) == 0
+    log.phase = "once"
+    report = await run_once(settings, collect=True)
+    assert report.ok, report.errors
+    return report

@@ -29,9 +29,7 @@ import retryd.places
 from retryd.aws import AwsClients, open_clients
 from retryd.commands.audit import run_audit
 from retryd.commands.iam_policy import policy_document
-from retryd.commands.inspect import run_inspect
 from retryd.commands.pause import run_pause, run_resume
-from retryd.commands.plan import run_plan
 from retryd.commands.redrive import RedriveRequest, run_jobs, run_redrive
 from retryd.drain.cycle import CycleReport
 from retryd.ledger import create_table
@@ -56,6 +54,7 @@ from tests.iam_helpers import (
     allowing,
     granted_pairs,
     iam_requests,
+    inspect_plan_once,
     lambda_function_arn,
     queue_arn_from_url,
     recording_clients,
@@ -156,16 +155,7 @@ async def _run_phases(
     # The entry points open their clients through this name (retryd.places, for the one
     # place of a run without [[accounts]]): the same clients, with an observer on each.
     monkeypatch.setattr(retryd.places, "open_clients", observed)
-    # Read-only commands first, so they see every message before the cycle takes them.
-    log.phase = "inspect"
-    assert (
-        await run_inspect(settings, queues=inspect, output="json", max_messages=MAX_MESSAGES) == 0
-    )
-    log.phase = "plan"
-    assert await run_plan(settings, output="json", max_messages=MAX_MESSAGES) == 0
-    log.phase = "once"
-    report = await run_once(settings, collect=True)
-    assert report.ok, report.errors
+    report = await inspect_plan_once(settings, log, inspect=inspect, max_messages=MAX_MESSAGES)
     assert report.fatal is None
     phases = {call.phase for call in log.calls}
     # A phase with no calls means its entry point no longer opens clients through the

@@ -22,11 +22,8 @@ import pytest
 import retryd.places
 from retryd.aws import AwsClients
 from retryd.commands.iam_policy import organisation_policies
-from retryd.commands.inspect import run_inspect
-from retryd.commands.plan import run_plan
 from retryd.drain.cycle import CycleReport
 from retryd.models import Outcome
-from retryd.service.lifecycle import run_once
 from retryd.settings import AwsSettings, Settings
 from tests.iam_helpers import (
     ApiCall,
@@ -36,6 +33,7 @@ from tests.iam_helpers import (
     allowing,
     granted_pairs,
     iam_requests,
+    inspect_plan_once,
     recording_clients,
     statements,
 )
@@ -146,13 +144,7 @@ async def _record(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Member
         return recording_clients(aws, log)
 
     monkeypatch.setattr(retryd.places, "open_clients", observed)
-    log.phase = "inspect"
-    assert await run_inspect(settings, queues=[], output="json", max_messages=MAX_MESSAGES) == 0
-    log.phase = "plan"
-    assert await run_plan(settings, output="json", max_messages=MAX_MESSAGES) == 0
-    log.phase = "once"
-    report = await run_once(settings, collect=True)
-    assert report.ok, report.errors
+    report = await inspect_plan_once(settings, log, max_messages=MAX_MESSAGES)
     return MemberRecording(log.calls, report)
 
 

@@ -29,12 +29,9 @@ from aiobotocore.session import AioSession
 import retryd.aws
 import retryd.places
 from retryd.commands.iam_policy import AccountPolicy, organisation_policies
-from retryd.commands.inspect import run_inspect
-from retryd.commands.plan import run_plan
 from retryd.drain.cycle import CycleReport
 from retryd.ledger import create_table
 from retryd.models import Outcome
-from retryd.service.lifecycle import run_once
 from retryd.settings import Settings
 from tests.e2e.test_iam_coverage_member import (
     MEMBER,
@@ -55,6 +52,7 @@ from tests.iam_helpers import (
     allowing,
     granted_pairs,
     iam_requests,
+    inspect_plan_once,
     statements,
 )
 from tests.world import ACCOUNT, REGION, World, envelope
@@ -192,14 +190,7 @@ def key_accounts(world: World, keys: set[str]) -> dict[str, str]:
 
 
 async def _record(settings: Settings, log: SignedCallLog) -> CycleReport:
-    log.phase = "inspect"
-    assert await run_inspect(settings, queues=[], output="json", max_messages=MAX_MESSAGES) == 0
-    log.phase = "plan"
-    assert await run_plan(settings, output="json", max_messages=MAX_MESSAGES) == 0
-    log.phase = "once"
-    report = await run_once(settings, collect=True)
-    assert report.ok, report.errors
-    return report
+    return await inspect_plan_once(settings, log, max_messages=MAX_MESSAGES)
 
 
 @pytest.fixture
