@@ -29,25 +29,27 @@ from retryd.control.deferrals import HiddenBook
 from retryd.control.jobs import JOBS_DOC, job_metrics
 from retryd.control.pauses import PAUSES_DOC, pause_set
 from retryd.discovery.feeds import FeedCache
-from retryd.discovery.survey import (
-    RECEIVE_BATCH_MAX,
-    Sizing,
-    locate_parking,
-    receive,
-    size_up,
-    survey_queues,
-)
+from retryd.discovery.survey import Sizing, queue_arn, size_up, survey_queues
 from retryd.drain.batch import Pipeline
 from retryd.drain.shard import WHOLE, Shard
 from retryd.errors import ParkingQueueMissingError, RetrydError
+from retryd.leases import RECEIVE_BATCH_MAX, act_by, receive
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics, place_labels
-from retryd.models import CONFIG_FAIL_REASONS, DeadLetter, Decision, Outcome, QueueRef
+from retryd.models import (
+    CONFIG_FAIL_REASONS,
+    CYCLE_OUTCOMES,
+    DELETED_OUTCOMES,
+    DeadLetter,
+    Decision,
+    Outcome,
+    QueueRef,
+)
 from retryd.places import Place, PlaceError, Places
 from retryd.resolve import build_chain
 from retryd.resolve.chain import ResolverChain
 from retryd.settings import Settings
-from retryd.settle.parking import Parking
+from retryd.settle.parking import Parking, locate_parking
 from retryd.targets import TargetRouter
 from retryd.targets.sender import Sender
 
@@ -87,7 +89,7 @@ class CycleReport:
         return {
             "queues": self.queues,
             "received": self.received,
-            "outcomes": {o.value: self.outcomes.get(o.value, 0) for o in Outcome},
+            "outcomes": {o.value: self.outcomes.get(o.value, 0) for o in CYCLE_OUTCOMES},
             "reasons": [
                 {"outcome": outcome, "reason": reason, "count": count}
                 for (outcome, reason), count in sorted(self.reasons.items())
@@ -138,7 +140,7 @@ class CycleReport:
     def summary(self) -> str:
         """The one-line summary `retryd once` prints."""
         counts = " ".join(
-            f"{outcome.value}={self.outcomes.get(outcome.value, 0)}" for outcome in Outcome
+            f"{outcome.value}={self.outcomes.get(outcome.value, 0)}" for outcome in CYCLE_OUTCOMES
         )
         line = f"queues={self.queues} received={self.received} {counts}"
         if self.reasons:
@@ -160,9 +162,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-# Time kept back from each lease for the delete that settles the batch.
-LEASE_MARGIN_S = 5.0
-
 # How long noting the messages a queue's drain hid may hold off a stop.
 HIDDEN_FLUSH_S = 5.0
 
@@ -183,11 +182,6 @@ class _Run:
     @property
     def go_on(self) -> bool:
         return not self.stopping.is_set() and anyio.current_time() < self.deadline
-
-
-# Outcomes whose message was deleted from its DLQ: it cannot come back this cycle
-# (unless the delete failed, and then the ledger knows its copy is safe).
-_DELETED = frozenset({Outcome.RESUBMITTED, Outcome.PARKED})
 
 
 @dataclass
@@ -242,7 +236,9 @@ class Handled:
     def settled(self, decisions: list[Decision]) -> None:
         """Forget the messages that left the DLQ: nothing to tell apart when they are gone."""
         for decision in decisions:
-            if decision.outcome in _DELETED:
+            # Deleted from its DLQ: it cannot come back this cycle (unless the delete
+            # failed, and then the ledger knows its copy is safe).
+            if decision.outcome in DELETED_OUTCOMES:
                 self.seen.discard(decision.letter.message_id)
 
 
@@ -418,7 +414,9 @@ class Cycle:
         pipeline, parking = await self._ready_pipeline(site, clients)
         if before_survey is not None:
             await before_survey()
-        survey = await survey_queues(clients.sqs, site.settings, parking)
+        survey = await survey_queues(
+            clients.sqs, site.settings, queue_arn(clients.sqs, parking.queue_url)
+        )
         # One of drain.processes workers drains only the DLQs that fall to it.
         queues = [queue for queue in survey.dlqs if self._shard.owns(queue.arn)]
         await site.feeds.refresh_if_due(clients, queues)
@@ -524,8 +522,7 @@ class Cycle:
                 return
             state.remaining -= want
             # The lease starts when SQS hands the messages out: take the time before asking.
-            lease_s = self._settings.drain.visibility_timeout_s
-            act_by = anyio.current_time() + lease_s - min(LEASE_MARGIN_S, lease_s * 0.2)
+            deadline = act_by(self._settings.drain.visibility_timeout_s)
             letters = await self._receive(state, want, report)
             if letters is None:
                 state.done = True
@@ -541,7 +538,7 @@ class Cycle:
             state.stale_batches = 0
             state.handled.saw(fresh)
             report.received += len(fresh)
-            decisions = await state.look.pipeline.handle(state.queue, fresh, act_by)
+            decisions = await state.look.pipeline.handle(state.queue, fresh, deadline)
             state.handled.settled(decisions)
             report.add(decisions)
             # A breaker this batch opened or closed is written now (no call otherwise),
