@@ -49,7 +49,16 @@ from retryd.discovery.survey import (
 )
 from retryd.errors import ExitCode, RetrydError
 from retryd.ledger import Ledger, open_ledger
-from retryd.models import DeadLetter, Decision, FailReason, Outcome, QueueRef, Target, Unresolvable
+from retryd.models import (
+    CYCLE_OUTCOMES,
+    DeadLetter,
+    Decision,
+    FailReason,
+    Outcome,
+    QueueRef,
+    Target,
+    Unresolvable,
+)
 from retryd.places import PlaceError, Places, open_places
 from retryd.resolve import open_chain
 from retryd.settings import Settings
@@ -145,6 +154,8 @@ ACTION_OF = {
     Outcome.FAILED: Action.HOLD,
     Outcome.REFUSED: Action.REFUSE,
 }
+# What a cycle can do (`plan` plans a cycle; `refuse` is a redrive's).
+CYCLE_ACTIONS = tuple(ACTION_OF[outcome] for outcome in CYCLE_OUTCOMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +307,7 @@ class PlanReport:
         return {
             "queues": len(self.queues),
             "messages": sum(len(plan.messages) for plan in self.queues),
-            "actions": {action.value: actions.get(action.value, 0) for action in Action},
+            "actions": {action.value: actions.get(action.value, 0) for action in CYCLE_ACTIONS},
             "groups": groups,
             "failed_queues": [plan.queue.name for plan in self.failed],
         }
