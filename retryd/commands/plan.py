@@ -47,7 +47,7 @@ from retryd.discovery.survey import (
     queue_arn,
     survey_queues,
 )
-from retryd.errors import ExitCode, RetrydError
+from retryd.errors import ExitCode
 from retryd.ledger import Ledger, open_ledger
 from retryd.models import (
     CYCLE_OUTCOMES,
@@ -59,7 +59,7 @@ from retryd.models import (
     Target,
     Unresolvable,
 )
-from retryd.places import PlaceError, Places, open_places
+from retryd.places import PlaceError, Places, Visit, open_places
 from retryd.resolve import open_chain
 from retryd.settings import Settings
 from retryd.settle import outcome
@@ -416,30 +416,22 @@ async def plan_everywhere(
     queue) is named in the problems and the others are planned.
     """
     home = await places.home_clients()
+
+    async def plan_in(visit: Visit) -> PlanReport:
+        return await make_plan(
+            visit.settings,
+            visit.clients,
+            max_messages=max_messages,
+            bars=bars,
+            home=home,
+            places=places,
+        )
+
+    planned, failures = await places.each(settings, plan_in, only=places.to_survey(settings))
     if not places.configured:
-        return await make_plan(settings, home, max_messages=max_messages, bars=bars), []
-    plans: list[PlanReport] = []
-    problems: list[str] = []
-    for place in places.to_survey(settings):
-        try:
-            await places.ready(place)
-            clients = await places.clients(place)
-            plans.append(
-                await make_plan(
-                    places.settings_for(settings, place),
-                    clients,
-                    max_messages=max_messages,
-                    bars=bars,
-                    home=home,
-                    places=places,
-                )
-            )
-        except PlaceError as exc:
-            problems.append(f"{place}: {exc.why}")
-        except RetrydError as exc:
-            problems.append(f"{place}: {exc}")
-        except (ClientError, BotoCoreError) as exc:
-            problems.append(f"{place}: {classify.from_exception(exc)}")
+        return planned[0][1], []
+    plans = [plan for _, plan in planned]
+    problems = [str(failure) for failure in failures]
     queues = [queue for plan in plans for queue in plan.queues]
     pauses = plans[0].pauses if plans else []
     cluster = plans[0].cluster if plans else None

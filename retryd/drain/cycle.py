@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,7 @@ from retryd.models import (
     Outcome,
     QueueRef,
 )
-from retryd.places import Place, PlaceError, Places
+from retryd.places import Place, PlaceFailure, Places, Visit, leaves
 from retryd.resolve import build_chain
 from retryd.resolve.chain import ResolverChain
 from retryd.settings import Settings
@@ -153,13 +153,6 @@ class CycleReport:
         if self.errors:
             line += f" | errors={len(self.errors)}"
         return line
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The real errors inside (possibly nested) exception groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
 
 
 # How long noting the messages a queue's drain hid may hold off a stop.
@@ -361,10 +354,7 @@ class Cycle:
             if self._places.configured:
                 # Once per cycle, never per message: heartbeat, budgets, breakers.
                 await self._cluster.sync()
-                looks = await self._look_everywhere(report)
-            else:
-                # One place: its failures are the cycle's, as they always were.
-                looks = [await self._look(self._site(self._places.home), self._cluster.sync)]
+            looks = await self._look_everywhere(report)
             queues = [queue for look in looks for queue in look.queues]
             report.queues = len(queues)
             report.discovered = bool(looks)
@@ -395,7 +385,7 @@ class Cycle:
             report.fatal = exc
             log.error("parking-queue-missing", queue=exc.queue, error=str(exc))  # noqa: TRY400 - the message says it all
         except Exception as exc:  # noqa: BLE001 - a failed cycle is reported, the daemon goes on
-            for leaf in _leaves(exc):
+            for leaf in leaves(exc):
                 error = classify.from_exception(leaf)
                 report.errors.append(f"cycle: {error}")
                 # The classified error says what happened; an AWS outage's traceback does not.
@@ -404,16 +394,14 @@ class Cycle:
         self._metrics.observe_cycle(report.duration_s, report.ok, time.time())
         return report
 
-    async def _look(
-        self, site: _Site, before_survey: Callable[[], Awaitable[None]] | None = None
-    ) -> _Look:
+    async def _look(self, visit: Visit) -> _Look:
         """One place's DLQs for this cycle, with what is needed to drain them; errors propagate."""
-        place = site.place
-        await self._places.ready(place)
-        clients = await self._places.clients(place)
+        site = self._site(visit.place)
+        clients = visit.clients
         pipeline, parking = await self._ready_pipeline(site, clients)
-        if before_survey is not None:
-            await before_survey()
+        if not self._places.configured:
+            # One place: the cluster's sync is the cycle's, after its parking queue is found.
+            await self._cluster.sync()
         survey = await survey_queues(
             clients.sqs, site.settings, queue_arn(clients.sqs, parking.queue_url)
         )
@@ -426,39 +414,32 @@ class Cycle:
         return _Look(site, clients, pipeline, queues)
 
     async def _look_everywhere(self, report: CycleReport) -> list[_Look]:
-        """Every place's look, side by side; a place that fails is reported and left out."""
-        looks: list[_Look] = []
+        """Every place's look, side by side; a place that fails is reported and left out.
 
-        async def look_at(place: Place) -> None:
-            try:
-                looks.append(await self._look(self._site(place)))
-            except Exception as exc:  # noqa: BLE001 - this place is skipped, the others go on
-                self._place_failed(place, exc, report)
+        With one place its failures are the cycle's, as they always were.
+        """
+        looks, failures = await self._places.each(
+            self._settings,
+            self._look,
+            only=self._places.to_survey(self._settings),
+            catch=(Exception,),
+            side_by_side=True,
+        )
+        for failure in failures:
+            self._place_failed(failure, report)
+        return [look for _, look in looks]
 
-        async with anyio.create_task_group() as group:
-            for place in self._places.to_survey(self._settings):
-                group.start_soon(look_at, place)
-        # In the configured order, so the drain (and its logs) are in a stable order.
-        order = {place: index for index, place in enumerate(self._places.places)}
-        return sorted(looks, key=lambda look: order[look.site.place])
-
-    def _place_failed(self, place: Place, exc: Exception, report: CycleReport) -> None:
+    def _place_failed(self, failure: PlaceFailure, report: CycleReport) -> None:
+        place, exc = failure.place, failure.error
         where = {"account": place.account_id, "region": place.region}
         if isinstance(exc, ParkingQueueMissingError):
             # As with one place: this place's messages stay put until the queue exists.
             report.fatal = report.fatal or exc
-            why, error_class = str(exc), "config"
-            log.error("parking-queue-missing", queue=exc.queue, error=why, **where)
-        elif isinstance(exc, PlaceError):
-            why, error_class = exc.why, exc.error_class
-            log.error("place-failed", error=why, error_class=error_class, **where)
+            log.error("parking-queue-missing", queue=exc.queue, error=failure.why, **where)
         else:
-            errors = [classify.from_exception(leaf) for leaf in _leaves(exc)]
-            why = "; ".join(str(error) for error in errors)
-            error_class = errors[0].error_class.value
-            log.error("place-failed", error=why, error_class=error_class, **where)
-        report.errors.append(f"{place}: {why}")
-        self._metrics.record_account_error(place.account_id, place.region, error_class)
+            log.error("place-failed", error=failure.why, error_class=failure.error_class, **where)
+        report.errors.append(str(failure))
+        self._metrics.record_account_error(place.account_id, place.region, failure.error_class)
 
     async def _refresh_operator_state(self) -> None:
         """Read the pauses (and the jobs, for metrics) once per cycle, in one read.
