@@ -165,7 +165,7 @@ MAX_STALE_BATCHES = 3
 
 
 @dataclass(frozen=True)
-class _Run:
+class _CycleBudget:
     """What every worker of one cycle shares."""
 
     deadline: float
@@ -173,12 +173,12 @@ class _Run:
     report: CycleReport
 
     @property
-    def go_on(self) -> bool:
+    def may_go_on(self) -> bool:
         return not self.stopping.is_set() and anyio.current_time() < self.deadline
 
 
 @dataclass
-class _Site:
+class _PlaceState:
     """One place's part of the cycles: what feeds its DLQs, its pipeline and parking queue."""
 
     place: Place
@@ -195,10 +195,10 @@ class _Site:
 
 
 @dataclass(frozen=True)
-class _Look:
+class _PlaceDrain:
     """One place as this cycle found it: its DLQs, and the clients and pipeline to drain them."""
 
-    site: _Site
+    site: _PlaceState
     clients: AwsClients
     pipeline: Pipeline
     queues: list[QueueRef]
@@ -239,7 +239,7 @@ class Handled:
 class _QueueDrain:
     """Shared state of the workers draining one queue in one cycle."""
 
-    look: _Look
+    look: _PlaceDrain
     queue: QueueRef
     remaining: int
     handled: Handled = field(default_factory=Handled)
@@ -282,7 +282,7 @@ class Cycle:
             settings.drain.target_concurrency,
             pick=self._places.for_sending if self._places.configured else None,
         )
-        self._sites: dict[Place, _Site] = {}
+        self._sites: dict[Place, _PlaceState] = {}
         # Operator pauses live beside the ledger, shared by every replica and command.
         self._control = control_store(settings.ledger, clients)
         self._hidden = HiddenBook(self._control, qualified=self._places.configured)
@@ -302,13 +302,13 @@ class Cycle:
         """What feeds each DLQ of the home place, as last learned (`retryd inspect` shows it)."""
         return self._site(self._places.places[0]).feeds
 
-    def _site(self, place: Place) -> _Site:
+    def _site(self, place: Place) -> _PlaceState:
         site = self._sites.get(place)
         if site is None:
             # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few
             # cycles. Redrive sources lazily: a DLQ's are looked up once it has messages.
             feeds = FeedCache.for_settings(self._settings, lazy_redrive=True)
-            site = _Site(
+            site = _PlaceState(
                 place,
                 self._places.settings_for(self._settings, place),
                 feeds,
@@ -318,7 +318,9 @@ class Cycle:
             self._sites[place] = site
         return site
 
-    async def _ready_pipeline(self, site: _Site, clients: AwsClients) -> tuple[Pipeline, Parking]:
+    async def _ready_pipeline(
+        self, site: _PlaceState, clients: AwsClients
+    ) -> tuple[Pipeline, Parking]:
         if site.pipeline is None or site.parking is None:
             # Located every cycle until found, so a missing parking queue stops
             # draining this place (nothing could be parked) without stopping the daemon.
@@ -372,7 +374,7 @@ class Cycle:
             )
             if looks:
                 await self._refresh_operator_state()
-            run = _Run(started + self._settings.drain.cycle_budget_s, stopping, report)
+            run = _CycleBudget(started + self._settings.drain.cycle_budget_s, stopping, report)
             limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
             async with anyio.create_task_group() as group:
                 for look in looks:
@@ -394,7 +396,7 @@ class Cycle:
         self._metrics.observe_cycle(report.duration_s, report.ok, time.time())
         return report
 
-    async def _look(self, visit: Visit) -> _Look:
+    async def _look(self, visit: Visit) -> _PlaceDrain:
         """One place's DLQs for this cycle, with what is needed to drain them; errors propagate."""
         site = self._site(visit.place)
         clients = visit.clients
@@ -411,9 +413,9 @@ class Cycle:
         site.protected = survey.protected
         labels = place_labels(survey.parking_arn)
         self._metrics.set_queues_discovered(labels["account"], labels["region"], len(queues))
-        return _Look(site, clients, pipeline, queues)
+        return _PlaceDrain(site, clients, pipeline, queues)
 
-    async def _look_everywhere(self, report: CycleReport) -> list[_Look]:
+    async def _look_everywhere(self, report: CycleReport) -> list[_PlaceDrain]:
         """Every place's look, side by side; a place that fails is reported and left out.
 
         With one place its failures are the cycle's, as they always were.
@@ -460,17 +462,17 @@ class Cycle:
         )
 
     async def _drain(
-        self, run: _Run, look: _Look, queue: QueueRef, limiter: anyio.CapacityLimiter
+        self, run: _CycleBudget, look: _PlaceDrain, queue: QueueRef, limiter: anyio.CapacityLimiter
     ) -> None:
         # Every line about this queue (its workers' and its batches' too) names its place.
         with structlog.contextvars.bound_contextvars(**place_labels(queue.arn)):
             await self._drain_queue(run, look, queue, limiter)
 
     async def _drain_queue(
-        self, run: _Run, look: _Look, queue: QueueRef, limiter: anyio.CapacityLimiter
+        self, run: _CycleBudget, look: _PlaceDrain, queue: QueueRef, limiter: anyio.CapacityLimiter
     ) -> None:
         async with limiter:
-            if not run.go_on:
+            if not run.may_go_on:
                 return
             sizing = await self._size_up(look.clients, queue)
             if sizing.empty:
@@ -494,9 +496,9 @@ class Cycle:
                     queue, max(0.0, time.time() - state.handled.oldest_sent_s)
                 )
 
-    async def _worker(self, run: _Run, state: _QueueDrain) -> None:
+    async def _worker(self, run: _CycleBudget, state: _QueueDrain) -> None:
         report = run.report
-        while not state.done and run.go_on:
+        while not state.done and run.may_go_on:
             want = min(RECEIVE_BATCH_MAX, state.remaining)
             if want <= 0:
                 state.done = True

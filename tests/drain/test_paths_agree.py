@@ -47,16 +47,21 @@ def documents(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list
     return code, found
 
 
-def build(world: World) -> None:
-    """Two messages to resubmit, one to a target outside the allowlist, one unresolvable."""
+def build(world: World, cfg: str) -> None:
+    """Two messages to resubmit, one outside the allowlist, one unresolvable, one paused target."""
     world.create_queue(PARKING)
     world.create_queue(DLQ)
     world.create_queue("dest")
+    world.create_queue("held-dest")
     dest = world.queue_arn("dest")
     world.send(DLQ, envelope("sqs", dest, {"n": 1}))
     world.send(DLQ, envelope("sqs", dest, {"n": 2}))
     world.send(DLQ, envelope("sqs", FOREIGN, {"n": 3}))
     world.send(DLQ, "not json at all")
+    world.send(DLQ, envelope("sqs", world.queue_arn("held-dest"), {"n": 5}))
+    assert (
+        main(["pause", world.queue_arn("held-dest"), "--reason", "migration", "--config", cfg]) == 0
+    )
 
 
 def planned(capsys: pytest.CaptureFixture[str], cfg: str) -> Counter[tuple[str, str]]:
@@ -74,8 +79,9 @@ def test_plan_predicts_what_once_does(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Every (outcome, reason) `plan` predicts is what `once` then decides, message for message."""
-    build(world)
     cfg = config(tmp_path)
+    build(world, cfg)
+    capsys.readouterr()
     predicted = planned(capsys, cfg)
     code, [report] = documents(capsys, "once", "--config", cfg)
     assert code == 0, report
@@ -91,6 +97,7 @@ def test_plan_predicts_what_once_does(
             ("resubmitted", ""): 2,
             ("parked", "target-not-allowed"): 1,
             ("parked", "unresolvable"): 1,
+            ("deferred", "paused"): 1,
         }
     )
 
@@ -99,8 +106,9 @@ def test_redrive_plan_is_what_the_job_reports(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """On the same world, `redrive`'s plan equals the job's counts; guard parks are refused."""
-    build(world)
     cfg = config(tmp_path)
+    build(world, cfg)
+    capsys.readouterr()
     predicted = planned(capsys, cfg)
     code, docs = documents(
         capsys, "redrive", "--config", cfg, "--from", DLQ, "--execute", "--ramp", "none"
@@ -115,10 +123,11 @@ def test_redrive_plan_is_what_the_job_reports(
         if outcome_value == Outcome.PARKED.value:
             operator[("refuse", reason)] += count
         else:
-            operator[({"resubmitted": "resubmit"}[outcome_value], reason)] += count
+            operator[(PLAN_ACTION[Outcome(outcome_value)], reason)] += count
     assert executed == operator
     assert len(world.drain("dest")) == 2
-    assert world.depth(DLQ) == 2
+    # Refused and deferred messages were handed back where they were.
+    assert world.depth(DLQ) == 3
 
 
 def test_every_plan_word_names_an_outcome() -> None:
