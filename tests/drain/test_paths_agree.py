@@ -134,3 +134,30 @@ def test_every_plan_word_names_an_outcome() -> None:
     """The plan's actions and the redrive's words are views of the one Outcome vocabulary."""
     assert set(ACTION_OF) == set(Outcome) == set(PLAN_ACTION)
     assert outcome.ALREADY_RESUBMITTED == "already-resubmitted"
+
+
+def test_a_target_refusal_is_parked_alike_by_the_cycle_and_a_redrive(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A body too large for its target is parked payload-too-large by `once` and by a redrive.
+
+    Before one engine, a redrive parked every permanent refusal as target-rejected.
+    """
+    cfg = config(tmp_path)
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    world.create_queue("small", MaximumMessageSize="1024")
+    small = world.queue_arn("small")
+    world.send(DLQ, envelope("sqs", small, {"blob": "x" * 2000}))
+    code, [report] = documents(capsys, "once", "--config", cfg)
+    assert code == 0, report
+    assert report["reasons"] == [{"outcome": "parked", "reason": "payload-too-large", "count": 1}]
+    world.send(DLQ, envelope("sqs", small, {"blob": "y" * 2000}))
+    code, docs = documents(
+        capsys, "redrive", "--config", cfg, "--from", DLQ, "--execute", "--ramp", "none"
+    )
+    assert code == 0, docs
+    groups = {(g["action"], g["reason"]): g["count"] for g in docs[1]["job"]["groups"]}
+    assert groups == {("park", "payload-too-large"): 1}
+    assert world.depth(DLQ) == 0
+    assert world.depth(PARKING) == 2
