@@ -44,9 +44,8 @@ from retryd.discovery.survey import (
     Look,
     ReadProgress,
     look_at_each,
-    queue_arn,
-    survey_queues,
 )
+from retryd.drain.setup import set_up_place
 from retryd.errors import ExitCode
 from retryd.ledger import Ledger, open_ledger
 from retryd.models import (
@@ -63,7 +62,6 @@ from retryd.places import PlaceError, Places, Visit, open_places
 from retryd.resolve import open_chain
 from retryd.settings import Settings
 from retryd.settle import outcome
-from retryd.settle.parking import locate_parking
 from retryd.targets.router import place_unavailable
 from retryd.targets.sender import ALREADY_RESUBMITTED
 
@@ -365,8 +363,7 @@ async def make_plan(
     could not send is held here too. Discovery errors and a missing parking queue
     propagate, as they stop a cycle.
     """
-    parking = await locate_parking(clients.sqs, settings)
-    survey = await survey_queues(clients.sqs, settings, queue_arn(clients.sqs, parking.queue_url))
+    survey = (await set_up_place(clients.sqs, settings)).survey
     chain, _ = await open_chain(settings, clients, survey.dlqs)
     async with open_guards(settings, home or clients, survey.protected) as judged:
         guards = judged.guards

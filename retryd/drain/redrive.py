@@ -73,7 +73,6 @@ from retryd.control.jobs import (
 from retryd.control.pauses import load_pauses
 from retryd.control.store import ControlStore
 from retryd.discovery.feeds import FeedCache
-from retryd.discovery.queues import discover_queues, queue_ref_from_url
 from retryd.discovery.survey import read_depth
 from retryd.drain.operator_pipeline import OperatorPipeline, Step, result_of
 from retryd.drain.redrive_read import Sources
@@ -91,13 +90,13 @@ from retryd.drain.redrive_spec import (
     outcome_of,
     source_name,
 )
+from retryd.drain.setup import set_up_place
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Decision, Job, Outcome, QueueRef, Target, Unresolvable
 from retryd.resolve import build_chain
 from retryd.settings import HookRule, Settings
 from retryd.settle import outcome
-from retryd.settle.parking import locate_parking
 from retryd.targets import TargetRouter
 from retryd.targets.router import PickClients
 from retryd.targets.sender import Sender
@@ -182,13 +181,12 @@ class Redrive:
     async def prepare(self) -> None:
         """Find the queues, learn the feeds and pauses; RedriveInputError for a bad spec."""
         sqs = self._clients.sqs
-        parking = await locate_parking(sqs, self._settings)
-        parking_ref = queue_ref_from_url(parking.queue_url, sqs.meta.region_name)
-        dlqs = await discover_queues(sqs, self._settings.discovery, self._settings.parking.queue)
+        place = await set_up_place(sqs, self._settings)
+        parking, parking_ref, dlqs = place.parking, place.parking_queue, place.survey.dlqs
         feeds = FeedCache.for_settings(self._settings)
         await feeds.refresh_if_due(self._clients, dlqs)
         chain = build_chain(self._hooked_settings(), feeds)
-        self._guards.protect_queues([q.arn for q in dlqs] + [parking_ref.arn])
+        self._guards.protect_queues(place.survey.protected)
         self._guards.set_pauses(await load_pauses(self._control))
         # The breakers and shares as the cluster has them, for the plan as for a step.
         await self._cluster.sync()
