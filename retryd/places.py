@@ -35,11 +35,9 @@ from botocore.credentials import CredentialProvider
 from botocore.session import Session as BotocoreSession
 
 from retryd import classify
-from retryd.admission.matching import parse_glob
+from retryd.arns import Arn, is_queue_url, is_region_name, parse_glob, parse_queue_url
 from retryd.aws import AwsClients, client_config, enter_clients, open_clients, open_session
-from retryd.discovery.queues import is_queue_url, parse_queue_url
 from retryd.errors import AwsSetupError
-from retryd.models import Arn, is_region_name
 from retryd.settings import AccountSettings, GuardSettings, Settings
 
 # aiobotocore logs a failed refresh as a warning with its traceback (through the

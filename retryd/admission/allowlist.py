@@ -11,8 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
-from retryd.admission.matching import arn_fields, could_match_prefix, fields_match, parse_glob
-from retryd.models import Arn
+from retryd.arns import Arn, arn_fields, could_match_prefix, fields_match, parse_glob
 from retryd.settings import GuardSettings
 
 __all__ = [

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 import anyio
 
 from retryd import classify
-from retryd.discovery.queues import discover_queues, find_queue, queue_ref_from_url
-from retryd.models import DeadLetter, QueueRef
+from retryd.discovery.queues import discover_queues, find_queue
+from retryd.models import DeadLetter, QueueRef, queue_ref_from_url
 from retryd.settings import Settings
 from retryd.settle.parking import Parking
 

@@ -55,6 +55,7 @@ import structlog
 
 from retryd import classify
 from retryd.admission import Defer, DeferReason, Done, Go, Guards, Hold, Park
+from retryd.arns import Arn, queue_name
 from retryd.aws import AwsClients
 from retryd.cluster import Cluster
 from retryd.cluster.factory import admit_in_cluster
@@ -71,19 +72,19 @@ from retryd.control.jobs import (
 from retryd.control.pauses import load_pauses
 from retryd.control.store import ControlStore
 from retryd.discovery.feeds import FeedCache
-from retryd.discovery.queues import discover_queues, queue_name, queue_ref_from_url
+from retryd.discovery.queues import discover_queues
 from retryd.discovery.survey import RECEIVE_BATCH_MAX, peek, read_depth, release
 from retryd.drain.redrive_select import Selector, as_if_in_source, source_names
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
 from retryd.models import (
-    Arn,
     DeadLetter,
     ErrorClass,
     ParkReason,
     QueueRef,
     Target,
     Unresolvable,
+    queue_ref_from_url,
 )
 from retryd.models import Job as Work
 from retryd.resolve import ResolverChain, build_chain

@@ -17,7 +17,7 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 
 from retryd import stamps
-from retryd.admission.matching import glob_matches, parse_glob
+from retryd.arns import glob_matches, parse_glob
 from retryd.models import DeadLetter, Job, QueueRef, Unresolvable
 from retryd.resolve.failure_groups import error_signature, failure_group_id
 
