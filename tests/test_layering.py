@@ -12,35 +12,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import retryd
+from docs.gen.layout import LAYERS, MODULE_HOMES
 
 PACKAGE = Path(retryd.__file__).parent
 
-# Bottom -> top. A module of one layer may import any layer below its own and its own
-# package, never a layer above, nor another package of its own layer. A "package" is a
-# subpackage of retryd (retryd/drain/) or a top-level module (retryd/models.py).
-LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("vocabulary", frozenset({"arns", "errors", "version", "logs"})),
-    ("typed values", frozenset({"models"})),
-    ("rules about values", frozenset({"classify", "metrics", "settings", "stamps"})),
-    ("AWS clients", frozenset({"aws"})),
-    ("where and what was tried", frozenset({"ledger", "places"})),
-    ("admission", frozenset({"admission"})),
-    ("operator state, replicas, discovery", frozenset({"cluster", "control", "discovery"})),
-    ("resolution", frozenset({"resolve"})),
-    ("targets", frozenset({"targets"})),
-    ("settling", frozenset({"settle"})),
-    ("the cycle", frozenset({"drain"})),
-    ("what the front end assembles", frozenset({"iam", "sandbox", "service"})),
-    ("operator commands", frozenset({"commands"})),
-    ("entry point", frozenset({"__main__"})),
-)
-
-# Modules that belong to another package's layer than their folder says.
-MODULE_HOMES = {
-    # The sandbox *command* is an operator command (moving to commands/sandbox.py); the
-    # rest of retryd/sandbox is the demo world that command builds on.
-    "retryd.sandbox.command": "commands",
-}
+# The layers (bottom -> top) and MODULE_HOMES live in docs/gen/layout.py: the design
+# page's layout map is rendered from the same list this file enforces.
 
 # Imports that break the order today and are removed by a change already under way.
 # Removed when engine lands: survey_queues takes the parking queue's ARN, not a Parking.
@@ -108,7 +85,7 @@ def _layer_of(package: str) -> int:
     for index, (_, packages) in enumerate(LAYERS):
         if package in packages:
             return index
-    raise AssertionError(f"retryd.{package} is in no layer: add it to LAYERS")
+    raise AssertionError(f"retryd.{package} is in no layer: add it to LAYERS (docs/gen/layout.py)")
 
 
 def _edges() -> Iterable[tuple[str, str, int]]:

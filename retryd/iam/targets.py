@@ -1,5 +1,7 @@
-"""What each target service's ARNs look like, and an allowlist glob as the ARN patterns of
-the services it can match: shared by the policy and the KMS key look-up."""
+"""Target services' ARN shapes, and an allowlist glob as the ARN patterns it can match.
+
+Shared by the policy and the KMS key look-up.
+"""
 
 from __future__ import annotations
 
