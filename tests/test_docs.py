@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from docs.gen import reference
+from docs.gen import layout, reference
 from retryd import errors
 from retryd.commands import cli
 from retryd.settings import Settings, load_settings
@@ -184,3 +184,50 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert "WARNING" not in done.stderr, done.stderr
     for page in ("reference/settings", "reference/cli", "reference/metrics", "changelog"):
         assert (tmp_path / "site" / page / "index.html").exists(), f"{page} was not generated"
+
+
+def test_every_package_and_module_opens_with_a_one_line_sentence() -> None:
+    """Every retryd/ module's docstring opens with a one-line sentence (the map is made of them)."""
+    assert layout.problems() == []
+
+
+@pytest.mark.parametrize(
+    ("source", "summary"),
+    [
+        ('"""Where a message goes back to."""\n', "Where a message goes back to."),
+        (
+            '"""`retryd plan`: what a cycle would do.\n\nMore.\n"""\n',
+            "`retryd plan`: what a cycle would do.",
+        ),
+        ("X = 1\n", None),
+        ('"""lower-case start."""\n', None),
+        ('"""A first sentence that runs on\nto the next line."""\n', None),
+        ('"""No full stop"""\n', None),
+    ],
+)
+def test_a_summary_line_is_one_whole_sentence(
+    tmp_path: Path, source: str, summary: str | None
+) -> None:
+    """Missing, wrapped, lower-case or unfinished first lines are refused; a sentence is kept."""
+    module = tmp_path / "module.py"
+    module.write_text(source)
+    assert layout.summary_line(module) == summary
+
+
+def test_the_design_page_takes_its_layout_map_from_every_module() -> None:
+    """The design page has the map's marker once; the map names every module of retryd/."""
+    design = (DOCS / "design.md").read_text()
+    assert design.count(layout.MARKER) == 1
+    page = layout.with_layout_map(design)
+    for entry in layout.entries():
+        if entry.path == layout.PACKAGE / "__init__.py":
+            continue
+        assert f"{entry.summary}" in page, entry.shown
+    assert len(re.findall(r"^\*\*\d+\. ", page, re.MULTILINE)) == len(layout.LAYERS)
+
+
+def test_no_page_keeps_a_hand_written_copy_of_the_layout() -> None:
+    """Neither the design nor the development page lists retryd's packages by hand."""
+    for name in ("design.md", "development.md"):
+        text = (DOCS / name).read_text()
+        assert not re.search(r"^\s+(drain|admission|targets)/\s{2,}\S", text, re.MULTILINE), name

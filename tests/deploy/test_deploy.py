@@ -23,7 +23,7 @@ from botocore.validate import validate_parameters
 from cfnlint.decode import decode_str  # type: ignore[import-untyped]  # cfn-lint ships no types
 from packaging.requirements import Requirement
 
-from retryd.commands.iam_policy import policy_document
+from retryd.iam.policy import policy_document
 from retryd.settings import HttpSettings, ShutdownSettings, load_settings
 from tests.processes import retryd_run
 from tests.world import ACCOUNT, REGION, World
@@ -91,6 +91,7 @@ def test_wheel_ships_the_healthcheck_and_deploy_modules(wheel: Path) -> None:
         "service/healthcheck",
         "service/systemd",
         "commands/iam_policy",
+        "iam/policy",
         "commands/cli",
         "__main__",
     ):

@@ -28,10 +28,10 @@ import retryd.commands.redrive
 import retryd.places
 from retryd.aws import AwsClients, open_clients
 from retryd.commands.audit import run_audit
-from retryd.commands.iam_policy import policy_document
 from retryd.commands.pause import run_pause, run_resume
 from retryd.commands.redrive import RedriveRequest, run_jobs, run_redrive
 from retryd.drain.cycle import CycleReport
+from retryd.iam.policy import policy_document
 from retryd.ledger import create_table
 from retryd.models import Outcome, TargetType
 from retryd.sandbox.world import ACCOUNT, REGION, DemoWorld, build_world, sandbox_settings

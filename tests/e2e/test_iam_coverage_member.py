@@ -21,8 +21,8 @@ import pytest
 
 import retryd.places
 from retryd.aws import AwsClients
-from retryd.commands.iam_policy import organisation_policies
 from retryd.drain.cycle import CycleReport
+from retryd.iam.policy import organisation_policies
 from retryd.models import Outcome
 from retryd.settings import AwsSettings, Settings
 from tests.iam_helpers import (

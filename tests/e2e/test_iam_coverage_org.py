@@ -28,8 +28,8 @@ from aiobotocore.session import AioSession
 
 import retryd.aws
 import retryd.places
-from retryd.commands.iam_policy import AccountPolicy, organisation_policies
 from retryd.drain.cycle import CycleReport
+from retryd.iam.policy import AccountPolicy, organisation_policies
 from retryd.ledger import create_table
 from retryd.models import Outcome
 from retryd.settings import Settings
