@@ -151,8 +151,30 @@ def test_readme_is_short_and_keeps_the_ci_test_command() -> None:
     text = README.read_text()
     assert len(text.encode()) <= README_MAX_BYTES, f"README.md is {len(text.encode())} bytes"
     ci = (ROOT / ".ci" / "run").read_text()
-    command = next(line for line in ci.splitlines() if line.startswith("python3 -m venv .venv"))
+    command = next(
+        line
+        for line in ci.splitlines()
+        if line.startswith("python3 -m venv .venv") and "pytest" in line
+    )
     assert f"\n{command}\n" in text
+
+
+def test_ci_runs_the_static_gates_before_the_suite_and_the_docs_after() -> None:
+    """.ci/run's order: install, ruff, format, mypy (seconds), the suite (minutes), mkdocs."""
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+
+    def first(fragment: str) -> int:
+        return next(i for i, line in enumerate(lines) if line.startswith(fragment))
+
+    order = [
+        first(".venv/bin/pip install -e '.[dev]' -c constraints-dev.txt"),
+        first(".venv/bin/ruff check ."),
+        first(".venv/bin/ruff format --check ."),
+        first(".venv/bin/mypy"),
+        first("python3 -m venv .venv && "),
+        next(i for i, line in enumerate(lines) if "mkdocs build --strict" in line),
+    ]
+    assert order == sorted(order), order
 
 
 def test_readme_links_point_at_files_that_exist() -> None:

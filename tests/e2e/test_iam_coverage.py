@@ -43,6 +43,7 @@ from retryd.settings import (
     ParkingSettings,
     Settings,
 )
+from tests.e2e.helpers import one_decision_each
 from tests.faults import Fault
 from tests.iam_helpers import (
     UNSCOPED,
@@ -275,7 +276,7 @@ async def _record_operator(world: World, monkeypatch: pytest.MonkeyPatch) -> Rec
     ):
         monkeypatch.setattr(module, "open_clients", observed)
     log.phase = "once"
-    report = await run_once(settings, collect=True)
+    report = one_decision_each(await run_once(settings, collect=True))
     assert report.ok, report.errors
     async with open_clients(settings.aws) as clients:
         # A parked copy whose target works now: the redrive takes it out of parking.
