@@ -451,7 +451,7 @@ def _sandbox(args: argparse.Namespace) -> int:
             "AWS emulator and settings"
         )
     try:
-        from retryd.sandbox.command import (  # noqa: PLC0415 - moto is an optional extra
+        from retryd.commands.sandbox import (  # noqa: PLC0415 - moto is an optional extra
             run_sandbox,
             serve_sandbox,
         )
