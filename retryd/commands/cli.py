@@ -12,10 +12,11 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO, cast
 
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
@@ -656,7 +657,62 @@ def _explain(exc: BaseException) -> ExitCode | None:
     return None
 
 
+class _ReaderMayGo:
+    """A standard stream whose reader may go away (`| head`) without cutting the work short.
+
+    A write to a closed pipe raises BrokenPipeError wherever it happens: in a log
+    line in the middle of a cycle, or in the line a redrive prints before it saves
+    its job. Raised there, it stopped the work half done and the command still
+    exited 0. Here the stream is pointed at /dev/null instead (Python's recipe,
+    docs.python.org/3/library/signal.html#note-on-sigpipe) and the work goes on to
+    its end; the exit code is then the work's own.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def _discard(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _readers_may_go() -> Iterator[None]:
+    """stdout and stderr wrapped for the command's duration (tests run `main` many times)."""
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = cast(TextIO, _ReaderMayGo(stdout))
+    sys.stderr = cast(TextIO, _ReaderMayGo(stderr))
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _readers_may_go():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _apply_aws_options(args)

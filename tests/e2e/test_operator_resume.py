@@ -14,7 +14,8 @@ import pytest
 
 from retryd.commands.cli import main
 from retryd.errors import ExitCode
-from tests.e2e.test_redrive import PARKING, cli_json, config, park_rejected
+from tests.e2e.test_redrive import cli_json, config, park_rejected
+from tests.operator_helpers import PARKING
 from tests.world import World
 
 pytestmark = pytest.mark.usefixtures("keep_logging_config")
