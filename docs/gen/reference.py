@@ -82,11 +82,9 @@ def _type_name(annotation: Any) -> str:
     if origin is not None:
         inner = ", ".join(_type_name(arg) for arg in args)
         return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
-    if annotation is type(None):
-        # As a reader writes an optional type: `float | None`, not `float | NoneType`.
-        return "None"
     if isinstance(annotation, type):
-        return annotation.__name__
+        # As a reader writes an optional type: `float | None`, not `float | NoneType`.
+        return "None" if annotation is type(None) else annotation.__name__
     return str(annotation)
 
 

@@ -41,6 +41,7 @@ from retryd.sandbox.world import (
     sandbox_settings,
 )
 from retryd.service.lifecycle import run_once
+from retryd.settings import CONFIG_ENV
 
 LOOPBACK = "127.0.0.1"
 # The emulator accepts any credentials; these only keep botocore from looking for real ones.
@@ -226,16 +227,20 @@ def serve_config_toml(http_port: int) -> str:
 async def _serve(server: MotoServer, scale: int, config: Path, http_port: int) -> int:
     async with open_clients(sandbox_settings().aws) as clients:
         world = await _build(clients, scale)
-    exports = " ".join(f"{name}={value}" for name, value in _aws_environment(server).items())
+    # RETRYD_CONFIG with the AWS variables: every command (and every Incidents recipe)
+    # then runs against the sandbox exactly as written, with no --config to add.
+    environment = {**_aws_environment(server), CONFIG_ENV: str(config)}
+    exports = " ".join(f"{name}={value}" for name, value in environment.items())
     print(f"retryd sandbox: AWS emulator at {server.url}, account {ACCOUNT}, {REGION}")
     print(f"demo DLQs: {', '.join(world.dlqs)} ({world.message_count} messages)")
-    print(f"settings: {config}")
+    print(f"settings: {config} (ledger, pauses, jobs and audit: {SERVE_LEDGER_FILE} beside it)")
     print("\nIn another shell, try:")
     print(f"  export {exports}")
     for command in ("plan", "inspect", "once", "run"):
-        print(f"  retryd {command} --config {config}")
+        print(f"  retryd {command}")
     base = f"http://127.0.0.1:{http_port}"
     print(f"  (while `run` runs: {base}/metrics, {base}/healthz, {base}/readyz)")
+    print("  and the recipes on the Incidents page (pause, redrive, jobs, audit), as written")
     print("\nServing until Ctrl-C.", flush=True)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
