@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
+from retryd.commands.console import add_console_command
 from retryd.commands.operator_cli import add_operator_commands
 from retryd.errors import (
     ExitCode,
@@ -334,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, on_command=True)
     add_operator_commands(subparsers, common)
+    add_console_command(subparsers, common)
     return parser
 
 

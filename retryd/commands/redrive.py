@@ -468,3 +468,28 @@ async def run_job_cancel(settings: Settings, *, job_id: str) -> int:
         await _audit_job(store, who, "redrive-cancel", job)
     print(f"job {job_id} cancelled; it will not be resumed (what it sent stays sent)")
     return 0
+
+
+async def cancel_job(
+    store: ControlStore, jobs: JobStore, *, job_id: str, who: str, person: str
+) -> Job:
+    """Cancel a job and audit it, naming the console's signed-in person; the job as stored.
+
+    `run_job_cancel` does the same for the command line (it should call this after the
+    engine's rework; kept apart here so as not to edit its body meanwhile).
+    """
+    job = await _load(jobs, job_id)
+    if job.state is JobState.DONE:
+        raise OperatorInputError(f"job {job_id} is done; nothing to cancel")
+    job.state = JobState.CANCELLED
+    await jobs.save(job)
+    await audit.record(
+        store,
+        who=who,
+        person=person,
+        action="redrive-cancel",
+        what={"job": job.id, **job.spec},
+        count=sum(job.counts.values()),
+        outcome=job.state.value,
+    )
+    return job
