@@ -22,7 +22,9 @@ def build_app(console: Console, auth: Authenticator) -> web.Application:
 
     async def metrics(_: web.Request) -> web.Response:
         encode, content_type = choose_encoder("")
-        return web.Response(body=encode(console.metrics.registry), content_type=content_type)
+        return web.Response(
+            body=encode(console.metrics.registry), headers={"Content-Type": content_type}
+        )
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -20,8 +20,8 @@ log = structlog.get_logger("retryd.console")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Keyed on the request, not the app: set by the middleware for the handlers.
-IDENTITY_KEY = "retryd.identity"
+# Set on the request by the middleware, for the handlers.
+IDENTITY_KEY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Probes and scrapes: answered without a sign-in (they say nothing about messages).
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -43,8 +43,7 @@ HEADERS = {
 
 def identity(request: web.Request) -> Identity:
     """The signed-in requester (set by the middleware before any handler runs)."""
-    found: Identity = request[IDENTITY_KEY]
-    return found
+    return request[IDENTITY_KEY]
 
 
 def same_origin(request: web.Request) -> bool:
