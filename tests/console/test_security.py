@@ -211,7 +211,7 @@ def test_none_serves_the_local_operator_on_loopback(make_settings: SettingsFacto
         assert '<span id="me">local</span> (operator)' in page.text
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "::", "example.com"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "::", "example.com"])  # noqa: S104 - the point
 def test_none_off_loopback_refuses_to_start(make_settings: SettingsFactory, host: str) -> None:
     """auth = "none" anywhere but loopback is a configuration error (exit 2)."""
     settings = make_settings(console={"auth": "none"})
@@ -223,7 +223,8 @@ def test_console_command_refuses_none_on_all_interfaces_with_one_line(tmp_path: 
     """`retryd console --listen 0.0.0.0:0` with auth none: exit 2, one line, no traceback."""
     config = tmp_path / "retryd.toml"
     config.write_text(
-        '[discovery]\nqueue_prefixes = ["retry-"]\n[guards]\nallow_targets = ["arn:aws:lambda:*:*:*"]\n'
+        '[discovery]\nqueue_prefixes = ["retry-"]\n'
+        '[guards]\nallow_targets = ["arn:aws:lambda:*:*:*"]\n'
         '[console]\nauth = "none"\n'
     )
     done = subprocess.run(
@@ -250,7 +251,7 @@ def test_console_command_refuses_none_on_all_interfaces_with_one_line(tmp_path: 
 
 def test_tokens_must_be_set_long_and_from_one_place(tmp_path: Path) -> None:
     """Token mode: no token, a short token, or a token and its file at once are refused."""
-    with pytest.raises(ConfigError, match="needs console.viewer_token"):
+    with pytest.raises(ConfigError, match=r"needs console\.viewer_token"):
         TokenAuth(ConsoleSettings(auth="token"))
     with pytest.raises(ConfigError, match="at least 32"):
         TokenAuth(ConsoleSettings(auth="token", operator_token="short"))
