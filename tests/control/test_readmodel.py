@@ -149,7 +149,10 @@ def test_search_filters_by_reason_target_queue_time_and_text() -> None:
         _copy(2, NOW_S - 10, reason="loop-detected", target="arn:aws:sqs:orders"),
         _copy(3, NOW_S - 20, source_queue="retry-payments", key="order-42"),
     ]
-    ids = lambda q: [c.message_id for c in search(copies, q)]  # noqa: E731 - a short local
+
+    def ids(query: ParkingQuery) -> list[str]:
+        return [c.message_id for c in search(copies, query)]
+
     assert ids(ParkingQuery(reason="loop-detected")) == ["m-2"]
     assert ids(ParkingQuery(target="sqs:orders")) == ["m-2"]
     assert ids(ParkingQuery(source_queue="payments")) == ["m-3"]
