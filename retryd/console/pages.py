@@ -37,17 +37,30 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def scrubbed(value: Any) -> Any:
+    """`value` with invalid UTF-8 (kept by Python as lone surrogates) replaced by '?'.
+
+    Done before rendering, not after: filters such as `urlencode` would fail on them.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {scrubbed(k): scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrubbed(item) for item in value]
+    return value
+
+
 def render(
     console: Console, request: web.Request, name: str, status: int = 200, **context: Any
 ) -> web.Response:
     env = console.templates
     env.filters.setdefault("when", when)
     env.filters.setdefault("pretty", pretty)
-    html = env.get_template(name).render(me=identity(request), **context)
-    # Invalid UTF-8 a message carried (kept as lone surrogates) is shown replaced.
-    return web.Response(
-        body=html.encode("utf-8", "replace"), status=status, content_type="text/html"
+    html = env.get_template(name).render(
+        me=identity(request), **{key: scrubbed(value) for key, value in context.items()}
     )
+    return web.Response(body=html.encode("utf-8"), status=status, content_type="text/html")
 
 
 def _page(build: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -78,6 +78,11 @@ def security_middleware(auth: Authenticator, metrics: ConsoleMetrics) -> Middlew
         request_id = uuid.uuid4().hex[:12]
         try:
             response = await _guarded(request, handler, auth)
+        except web.HTTPRedirection as exc:
+            # A form's answer: back to the page (Post/Redirect/Get).
+            response = web.Response(
+                status=exc.status, headers={"Location": exc.headers["Location"]}
+            )
         except web.HTTPException as exc:
             response = _plain(exc.status, exc.reason)
         except Exception:
