@@ -355,10 +355,10 @@ class MetricDoc:
 _EXPOSED_SUFFIX = {"counter": "_total", "info": "_info"}
 
 
-def metric_docs(family: Callable[[CollectorRegistry], object] = Metrics) -> list[MetricDoc]:
-    """Every metric `family` (default: `Metrics`) registers on a fresh registry, in order."""
+def metric_docs(owner: Callable[[CollectorRegistry], object] = Metrics) -> list[MetricDoc]:
+    """Every metric `owner` (default: `Metrics`) registers on a fresh registry, in order."""
     registry = CollectorRegistry()
-    family(registry)
+    owner(registry)
     found = []
     # The registry lists its collectors only through this attribute; a collector's label
     # names are fixed when it is built, and `collect()` gives each family's name and help.
