@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd.aws import AwsClients
@@ -40,6 +41,9 @@ from retryd.settings import Settings
 Document = dict[str, Any]
 # Jobs on the overview: the latest few; the Jobs page lists them all.
 OVERVIEW_JOBS = 10
+# GetQueueAttributes calls in flight for one overview: a thousand DLQs in a few round trips,
+# well inside the client's connection pool.
+DEPTH_READS_AT_ONCE = 16
 
 
 class NotFoundError(ControlError):
@@ -76,9 +80,13 @@ def _oldest(view: DlqView) -> str | None:
 
 async def dlqs_document(sources: Sources) -> list[Document]:
     """Every DLQ the daemon recorded: its depth now, oldest failure, feeds, its groups."""
-    out = []
-    for view in await read_dlqs(sources.store):
-        depth, error = await _depth(sources, view)
+    views = await read_dlqs(sources.store)
+    out: list[Document] = [{} for _ in views]
+    limiter = anyio.CapacityLimiter(DEPTH_READS_AT_ONCE)
+
+    async def look(index: int, view: DlqView) -> None:
+        async with limiter:
+            depth, error = await _depth(sources, view)
         entry = view.to_json()
         entry.update(
             depth=depth,
@@ -86,7 +94,11 @@ async def dlqs_document(sources: Sources) -> list[Document]:
             oldest=_oldest(view),
             messages=sum(int(g.get("count", 0)) for g in view.groups),
         )
-        out.append(entry)
+        out[index] = entry
+
+    async with anyio.create_task_group() as group:
+        for index, view in enumerate(views):
+            group.start_soon(look, index, view)
     return out
 
 

@@ -7,9 +7,7 @@ with a redirect back to the page; a running job's page refreshes itself with a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -24,17 +22,6 @@ from retryd.control.store import ControlError
 
 Page = Callable[[Console, web.Request], Awaitable[web.StreamResponse]]
 REFRESH_RUNNING_S = 5
-
-
-def when(at_s: float | None) -> str:
-    if at_s is None:
-        return "-"
-    return datetime.fromtimestamp(float(at_s), tz=UTC).isoformat(timespec="seconds")
-
-
-def pretty(value: Any) -> str:
-    """JSON as indented text (autoescaped where it is shown, like every other field)."""
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
 def scrubbed(value: Any) -> Any:
@@ -54,10 +41,7 @@ def scrubbed(value: Any) -> Any:
 def render(
     console: Console, request: web.Request, name: str, status: int = 200, **context: Any
 ) -> web.Response:
-    env = console.templates
-    env.filters.setdefault("when", when)
-    env.filters.setdefault("pretty", pretty)
-    html = env.get_template(name).render(
+    html = console.templates.get_template(name).render(
         me=identity(request), **{key: scrubbed(value) for key, value in context.items()}
     )
     return web.Response(body=html.encode("utf-8"), status=status, content_type="text/html")
