@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -553,6 +554,71 @@ class LogSettings(_Group):
     include_payloads: bool = False
 
 
+class ConsoleSettings(_Group):
+    """`retryd console`: the team's web console, and who may use it (see docs/console.md)."""
+
+    listen: Annotated[str, Field(pattern=r"^\[?[^\s\]]*\]?:\d{1,5}$")] = Field(
+        "127.0.0.1:8088",
+        description="HOST:PORT the console listens on (`--listen` overrides it).",
+    )
+    auth: Literal["alb-oidc", "token", "none"] = Field(
+        "alb-oidc",
+        description="Who may use the console. alb-oidc: the person the ALB signed in "
+        "(`x-amzn-oidc-data`, verified; identity from identity_claim, role from roles_claim). "
+        "token: a bearer token (viewer or operator). none: only on a loopback address, as "
+        "the operator `local`; elsewhere the console refuses to start.",
+    )
+    alb_arn: str | None = Field(
+        None,
+        description="alb-oidc: the ARN of the load balancer that signs the tokens; a token "
+        "whose `signer` differs is refused. Its region picks the key endpoint.",
+    )
+    alb_key_url: str = Field(
+        "https://public-keys.auth.elb.{region}.amazonaws.com/{kid}",
+        description="alb-oidc: where the ALB's public key for a `kid` is fetched (and "
+        "cached), a template with {region} and {kid}.",
+    )
+    identity_claim: str = Field(
+        "email", description="alb-oidc: the claim that names the person (shown and audited)."
+    )
+    roles_claim: str = Field(
+        "groups",
+        description="alb-oidc: the claim listing the person's groups (a list, or a "
+        "comma-separated string).",
+    )
+    viewer_groups: list[str] = Field(
+        [],
+        description="alb-oidc: groups that may read; empty: everyone the ALB signed in.",
+    )
+    operator_groups: list[str] = Field(
+        [],
+        description="alb-oidc: groups that may act (pause, resume, cancel); empty: nobody.",
+    )
+    viewer_token: SecretStr | None = Field(
+        None,
+        description="token: the viewers' bearer token (RETRYD_CONSOLE__VIEWER_TOKEN).",
+    )
+    operator_token: SecretStr | None = Field(
+        None,
+        description="token: the operators' bearer token (RETRYD_CONSOLE__OPERATOR_TOKEN).",
+    )
+    viewer_token_file: str | None = Field(
+        None, description="token: a file holding the viewers' token (instead of viewer_token)."
+    )
+    operator_token_file: str | None = Field(
+        None,
+        description="token: a file holding the operators' token (instead of operator_token).",
+    )
+    page_size: Annotated[int, Field(ge=1, le=500)] = Field(
+        50, description="Rows per page of the parking search, the audit and the jobs."
+    )
+    parked_index_ttl_s: Annotated[int, Field(ge=3_600, le=1_209_600)] = Field(
+        1_209_600,
+        description="How long the index of parked copies keeps an entry (the parking "
+        "queue's retention; SQS keeps a message 14 days at most).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything retryd is told, validated once at start-up and passed in."""
 
@@ -588,6 +654,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     log: LogSettings = LogSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @model_validator(mode="after")
     def _processes_share_a_ledger(self) -> Settings:

@@ -447,10 +447,12 @@ async def _audit_job(
     *,
     outcome: str | None = None,
     changed: dict[str, Any] | None = None,
+    person: str = "",
 ) -> None:
     await audit.record(
         store,
         who=who,
+        person=person,
         action=action,
         what={"job": job.id, **job.spec, **({"changed": changed} if changed else {})},
         count=sum(job.counts.values()),
@@ -504,12 +506,7 @@ async def run_job_cancel(settings: Settings, *, job_id: str) -> int:
     async with open_clients(settings.aws) as clients:
         who, store = await _who_and_store(settings, clients)
         jobs = JobStore(store, settings.ledger.ttl_s)
-        job = await _load(jobs, job_id)
-        if job.state is JobState.DONE:
-            raise OperatorInputError(f"job {job_id} is done; nothing to cancel")
-        job.state = JobState.CANCELLED
-        await jobs.save(job)
-        await _audit_job(store, who, "redrive-cancel", job)
+        await cancel_job(store, jobs, job_id=job_id, who=who, person="")
     print(f"job {job_id} cancelled; it will not be resumed (what it sent stays sent)")
     return 0
 
@@ -704,3 +701,17 @@ async def until_signalled(
     if caught:
         raise JobInterruptedError(job, caught[0], resume_options)
     return done[0]
+
+
+async def cancel_job(
+    store: ControlStore, jobs: JobStore, *, job_id: str, who: str, person: str
+) -> RedriveJob:
+    """Cancel a job and audit it; the job as stored. The command line and the console
+    both cancel through this (`person` is the console's signed-in person, "" otherwise)."""
+    job = await _load(jobs, job_id)
+    if job.state is JobState.DONE:
+        raise OperatorInputError(f"job {job_id} is done; nothing to cancel")
+    job.state = JobState.CANCELLED
+    await jobs.save(job)
+    await _audit_job(store, who, "redrive-cancel", job, person=person)
+    return job
