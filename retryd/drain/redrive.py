@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from retryd import classify, leases
+from retryd import classify
 from retryd.admission import DeferReason, Guards
 from retryd.aws import AwsClients
 from retryd.cluster import Cluster
@@ -362,7 +362,8 @@ class Redrive:
         for item in picked:
             by_queue.setdefault(item.queue.url, []).append(item)
         for items in by_queue.values():
-            deadline = leases.act_by(self._settings.drain.visibility_timeout_s)
+            # Settled within the lease of the earliest read among them.
+            deadline = min(item.act_by for item in items)
             decisions = await pipeline.handle(
                 items[0].queue, [p.letter for p in items], deadline, [p.resolved for p in items]
             )
