@@ -243,8 +243,6 @@ class Cycle:
     ) -> None:
         """`clients` are the home place's; `places` every place to drain (default: that one)."""
         self._settings = settings
-        # One of drain.processes workers drains only the DLQs that fall to it.
-        self._shard = shard
         self._clients = clients
         self._metrics = metrics
         self._places = places or Places.single(clients)
