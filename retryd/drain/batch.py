@@ -139,7 +139,11 @@ class Pipeline:
             with anyio.move_on_after(DELETE_SHIELD_S, shield=True):
                 await self._dlqs.delete(queue, batch.deletable)
                 await self._settled(queue, batch)
-            self._record(list(batch.decided.values()))
+            decided = list(batch.decided.values())
+            # Counted here, whoever drives the pipeline (the daemon, a redrive job): no
+            # variant can leave a decision out of retryd_messages_total.
+            self._count(decided)
+            self._record(decided)
             if len(batch.decided) < len(letters):
                 log.warning(
                     "batch-cancelled",
@@ -171,11 +175,15 @@ class Pipeline:
         """After the delete, shielded: the daemon leaves the rest to reappear with their lease."""
 
     def _record(self, decisions: Sequence[Decision]) -> None:
-        """Count and log the batch's decisions (retryd_messages_total, one line each)."""
+        """Log the batch's decisions, one line each (a variant words them its own way)."""
+        for decision in decisions:
+            self._log(decision)
+
+    def _count(self, decisions: Sequence[Decision]) -> None:
+        """Count the batch's decisions in retryd_messages_total: the base's, never a variant's."""
         kinds: Counter[tuple[QueueRef, str, str, str]] = Counter()
         for decision in decisions:
             kinds[_metric_labels(decision)] += 1
-            self._log(decision)
         # One update per kind of decision, not per message.
         for (queue_ref, outcome_value, reason, target_type), count in kinds.items():
             self._metrics.record_decision(queue_ref, outcome_value, reason, target_type, count)

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 
 import structlog
 
-from retryd.aws import AwsClients
-from retryd.discovery.feeds import FeedCache, FeedMap, FeedSource
+from retryd.discovery.feeds import FeedSource
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Unresolvable
+from retryd.models import DeadLetter, Job, ParkReason, Unresolvable
 from retryd.resolve.base import Resolver
 from retryd.resolve.envelope import EnvelopeResolver
 from retryd.resolve.eventbridge_dlq import EventBridgeDlqResolver
@@ -127,15 +126,3 @@ def build_chain(
             SqsRedriveResolver(feeds),
         ]
     return ResolverChain(resolvers, Hooks.from_settings(settings, metrics), feeds)
-
-
-async def open_chain(
-    settings: Settings, clients: AwsClients, queues: Sequence[QueueRef]
-) -> tuple[ResolverChain, FeedMap]:
-    """The chain a cycle would use for these DLQs, with their feeds read now, and that feed map.
-
-    For a one-off look (`retryd plan`, `retryd inspect`); a cycle keeps its FeedCache.
-    """
-    feeds = FeedCache.for_settings(settings)
-    await feeds.refresh_if_due(clients, queues)
-    return build_chain(settings, feeds), feeds.current
