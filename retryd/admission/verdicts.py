@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from retryd.admission.permit import Permit
 from retryd.models import DeadLetter, FailReason, Job, ParkReason
+from retryd.resolve.keys import parking_key
 
 
 class DeferReason(StrEnum):
@@ -45,6 +46,17 @@ class Park:
     attempt: int
     job: Job | None = None
 
+    @property
+    def key(self) -> str:
+        """The ledger key its park is claimed and recorded under.
+
+        Its job's key; a letter that never became a job has one derived from its
+        DLQ and body, since it names no target.
+        """
+        if self.job is not None:
+            return self.job.key
+        return parking_key(self.letter.queue.arn, self.letter.body)
+
 
 @dataclass(frozen=True, slots=True)
 class Defer:
@@ -59,7 +71,7 @@ class Defer:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """Resubmitted already (the ledger committed it) but not deleted: only delete it now.
+    """Resubmitted or parked already (the ledger recorded it) but not deleted: only delete it now.
 
     Judging it again would be wrong twice over: its last allowed attempt would park a
     copy the target already has, and a backoff or an open breaker would hide it.
@@ -67,6 +79,8 @@ class Done:
 
     job: Job
     attempt: int
+    # Its copy is in the parking queue (not at the target): reported as already parked.
+    parked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

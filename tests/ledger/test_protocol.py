@@ -605,8 +605,8 @@ PRAGMA user_version = 1;
 
 
 def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock: FakeClock) -> None:
-    """A file from schema 1 gains the committed and abandoned columns on open; its rows read and
-    work as before."""
+    """A file from schema 1 gains the committed, abandoned and parked columns on open; its rows
+    read and work as before."""
     path = tmp_path / "ledger.sqlite3"
     with sqlite3.connect(path) as conn:
         conn.executescript(SCHEMA_V1)
@@ -635,8 +635,8 @@ def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock:
         assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION,)
         columns = [row[1] for row in conn.execute("PRAGMA table_info(ledger)")]
     conn.close()
-    assert SQLITE_SCHEMA_VERSION == 3
-    assert columns[-2:] == ["committed", "abandoned"]
+    assert SQLITE_SCHEMA_VERSION == 4
+    assert columns[-3:] == ["committed", "abandoned", "parked"]
 
 
 def test_sqlite_ledger_refuses_a_file_from_a_newer_retryd(tmp_path: Path) -> None:
