@@ -59,25 +59,6 @@ STARTED, RESUMED, DONE, BUSY = (
 )
 
 
-@pytest.fixture(params=["memory", "sqlite", "dynamodb"])
-def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, make_settings: SettingsFactory
-) -> Backend:
-    """Each backend in turn; DynamoDB on the moto server, its table made by create_table."""
-    name: str = request.param
-    config = ledger_settings(make_settings, name, tmp_path / "ledger.sqlite3")
-    if name != "dynamodb":
-        return Backend(name, config)
-    world: World = request.getfixturevalue("world")
-    run(lambda: create_table(config))
-    return Backend(name, config, world)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 # -- begin: one test per rule -------------------------------------------------------------
 
 
