@@ -129,28 +129,44 @@ class Heartbeat:
         """By when the batch's work must be done: the lease's end less the delete's margin."""
         return self._leased_until - self._margin_s
 
-    def scope(self) -> anyio.CancelScope:
-        """A cancel scope for work on the batch, whose deadline follows each extension."""
-        scope = anyio.CancelScope(deadline=self.act_by)
+    def scope(self, *, shield: bool = False, at_least_s: float = 0.0) -> anyio.CancelScope:
+        """A cancel scope for work on the batch, whose deadline follows each extension.
+
+        `at_least_s`: the deadline is never sooner than that from now (the final delete's
+        own allowance); `shield`: the scope is shielded from outer cancellation too.
+        """
+        deadline = self.act_by
+        if at_least_s > 0:
+            deadline = max(deadline, anyio.current_time() + at_least_s)
+        scope = anyio.CancelScope(deadline=deadline, shield=shield)
         self._scopes.append(scope)
         return scope
 
     async def run(self) -> None:
-        """Beat until cancelled (the batch is done), the cap is reached, or a beat fails."""
+        """Beat until cancelled (the batch is done), the cap is reached, or a beat fails.
+
+        The lease and the claims beat apart, so a slow ledger never holds up an
+        extension, nor a slow SQS a renewal.
+        """
+        async with anyio.create_task_group() as beats:
+            beats.start_soon(self._beat_while, self._lease_due_at, self._extend_lease)
+            beats.start_soon(self._beat_while, self._claims_due_at, self._renew_claims)
+
+    async def _beat_while(
+        self, due_at: Callable[[], float], step: Callable[[float], Awaitable[None]]
+    ) -> None:
         beat_at = anyio.current_time()
         while self.stopped is None:
-            beat_at = max(self._next_beat_at(), beat_at + MIN_BEAT_INTERVAL_S)
+            beat_at = max(due_at(), beat_at + MIN_BEAT_INTERVAL_S)
             await anyio.sleep_until(beat_at)
-            await self.beat(anyio.current_time())
+            if self.stopped is None:
+                await step(anyio.current_time())
 
     def _lease_due_at(self) -> float:
         return self._leased_until - self._margin_s - self._lease_s * EXTEND_AT_LEFT_SHARE
 
     def _claims_due_at(self) -> float:
         return self._renewed_at + self._claim_renew_s * RENEW_AT_SHARE
-
-    def _next_beat_at(self) -> float:
-        return min(self._lease_due_at(), self._claims_due_at())
 
     async def beat(self, now: float) -> None:
         """One beat at `now`: renew the claims and extend the lease, each if it is due."""
@@ -192,7 +208,7 @@ class Heartbeat:
         self._leased_until = now + seconds
         self.extensions += 1
         for scope in self._scopes:
-            scope.deadline = self.act_by
+            scope.deadline = max(scope.deadline, self.act_by)
         if self._metrics is not None and extended:
             self._metrics.record_lease_extensions(self._queue, extended)
         log.info(

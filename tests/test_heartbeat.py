@@ -254,3 +254,53 @@ def test_heartbeat_failure_steps_are_a_bounded_label(step: str) -> None:
     metrics.record_heartbeat_failure(QUEUE, step)
     with pytest.raises(ValueError, match="unknown heartbeat step"):
         metrics.record_heartbeat_failure(QUEUE, "other")
+
+
+def test_a_slow_renewal_never_holds_up_an_extension() -> None:
+    """A ledger taking minutes to renew: the lease is still extended and the work finishes."""
+    calls = Calls()
+    finished: list[bool] = []
+
+    async def stuck(claims: Sequence[Claim]) -> list[bool]:
+        await anyio.sleep(3_600)
+        return [True] * len(claims)
+
+    async def body() -> None:
+        heartbeat = Heartbeat(
+            queue=QUEUE,
+            received_at=anyio.current_time(),
+            lease_s=2,
+            cap_s=60,
+            claim_renew_s=1.5,
+            margin_s=0.2,
+            extend=calls.extend,
+            renew=stuck,
+            held=lambda: LETTERS,
+            claims=lambda: CLAIMS,
+        )
+        async with anyio.create_task_group() as beats:
+            beats.start_soon(heartbeat.run)
+            with heartbeat.scope():
+                await anyio.sleep(5)
+                finished.append(True)
+            beats.cancel_scope.cancel()
+
+    anyio.run(body)
+    assert finished == [True]
+    assert len(calls.extended) >= 2
+
+
+def test_a_scope_with_an_allowance_outlasts_an_earlier_deadline() -> None:
+    """scope(at_least_s=...): never sooner than the allowance; later extensions still push it."""
+    calls = Calls()
+    heartbeat = _heartbeat(calls)
+
+    async def body() -> tuple[float, float]:
+        scope = heartbeat.scope(shield=True, at_least_s=1_000)
+        first = scope.deadline
+        await heartbeat.beat(now=12.0)
+        return first, scope.deadline
+
+    first, after = anyio.run(body)
+    assert first >= 1_000
+    assert after == first
