@@ -1,4 +1,4 @@
-"""retryd's exceptions and exit codes: one root, one subclass per decision a caller makes.
+"""Exceptions and exit codes: one root, one subclass per decision a caller makes.
 
 Per-message results are values (`models.Decision`), never exceptions: these are
 for the few things that stop a command. Each error class carries exactly one

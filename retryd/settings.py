@@ -32,8 +32,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from retryd.arns import is_region_name
 from retryd.errors import ConfigError
-from retryd.models import Target, is_region_name
+from retryd.models import Target
 
 ENV_PREFIX = "RETRYD_"
 CONFIG_ENV = "RETRYD_CONFIG"

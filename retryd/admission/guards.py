@@ -41,9 +41,10 @@ from retryd.admission.verdicts import (
     Park,
     Verdict,
 )
+from retryd.arns import Arn
 from retryd.ledger.base import Claim, Ledger, LedgerError, Record, committed_attempt, parked_attempt
 from retryd.metrics import Metrics
-from retryd.models import Arn, Job, ParkReason, Target, Unresolvable, ledger_hold_reason
+from retryd.models import Job, ParkReason, Target, Unresolvable, ledger_hold_reason
 from retryd.settings import GuardSettings, Settings
 
 # Share of the time left on a lease that may be spent waiting for rate-limit
@@ -206,7 +207,9 @@ class Guards:
         pending: list[tuple[int, Job]] = []
         for index, item in enumerate(resolved):
             if isinstance(item, Unresolvable):
-                verdicts[index] = Park(item.letter, item.reason, item.detail, 0)
+                verdicts[index] = Park(
+                    item.letter, item.reason, item.detail, 0, letter_key=item.key
+                )
                 continue
             refused = self.check(item, budget=not operator_now)
             if refused is not None:

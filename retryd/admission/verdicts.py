@@ -7,7 +7,6 @@ from enum import StrEnum
 
 from retryd.admission.permit import Permit
 from retryd.models import DeadLetter, FailReason, Job, ParkReason
-from retryd.resolve.keys import parking_key
 
 
 class DeferReason(StrEnum):
@@ -45,17 +44,20 @@ class Park:
     detail: str
     attempt: int
     job: Job | None = None
+    # For a letter that never became a job: the key the resolver chain gave it
+    # (Unresolvable.key).
+    letter_key: str = ""
 
     @property
     def key(self) -> str:
         """The ledger key its park is claimed and recorded under.
 
-        Its job's key; a letter that never became a job has one derived from its
-        DLQ and body, since it names no target.
+        Its job's key; for a letter that never became a job, the one the resolver
+        chain gave it, or (none given) its DLQ and message id.
         """
         if self.job is not None:
             return self.job.key
-        return parking_key(self.letter.queue.arn, self.letter.body)
+        return self.letter_key or f"{self.letter.queue.arn}#{self.letter.message_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -493,8 +493,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _iam_policy(args: argparse.Namespace) -> int:
+    from retryd.arns import partition_for_region  # noqa: PLC0415 - keeps `--help` fast
     from retryd.commands.iam_policy import run_iam_policy  # noqa: PLC0415 - keeps `--help` fast
-    from retryd.discovery.queues import partition_for_region  # noqa: PLC0415 - keeps `--help` fast
 
     # Logs go to stderr (--kms calls AWS), so the document alone is on stdout.
     settings = _load(args)

@@ -20,7 +20,9 @@ from retryd.models import (
     QueueRef,
     SendError,
     Target,
+    Unresolvable,
 )
+from retryd.resolve.chain import ResolverChain
 from retryd.resolve.keys import hashed_key, parking_key
 from retryd.settings import GuardSettings
 
@@ -53,14 +55,24 @@ class _Broken(MemoryLedger):
         raise LedgerError("memory", "begin-park", SendError(ErrorClass.TRANSIENT, "Down", "down"))
 
 
-def test_a_park_is_claimed_under_its_jobs_key_or_one_from_its_dlq_and_body() -> None:
-    """With a job: its key; without (unresolvable): the DLQ-and-body key, stable per body."""
+def test_a_park_is_claimed_under_its_jobs_key_or_the_one_the_resolver_gave() -> None:
+    """With a job: its key; without: the resolver chain's (Unresolvable.key), else DLQ#id."""
     with_job = Park(_letter("m1"), ParkReason.ATTEMPTS_EXHAUSTED, "", 3, _job("m1"))
     assert park_claim(with_job) == Claim("order-1", "m1", 3, 1.0)
-    alone = Park(_letter("m2", '{"b": 1, "a": 2}'), ParkReason.UNRESOLVABLE, "", 0)
-    assert park_claim(alone).key == parking_key(QUEUE.arn, '{"a":2,"b":1}')
-    assert park_claim(alone).key == hashed_key(QUEUE.arn, '{"a": 2, "b": 1}')
-    assert park_claim(alone).key != hashed_key(CHARGE_ARN, '{"a":2,"b":1}')
+    given_key = Park(_letter("m2"), ParkReason.UNRESOLVABLE, "", 0, letter_key="from-chain")
+    assert park_claim(given_key).key == "from-chain"
+    alone = Park(_letter("m3"), ParkReason.UNRESOLVABLE, "", 0)
+    assert park_claim(alone).key == f"{QUEUE.arn}#m3"
+
+
+def test_the_resolver_chain_gives_an_unresolvable_letter_its_dlq_and_body_key() -> None:
+    """Unresolvable from the chain: parking_key(DLQ, body), one per body, not a target's key."""
+    chain = ResolverChain([])
+    [answer] = anyio.run(chain.resolve_all, [_letter("m2", '{"b": 1, "a": 2}')])
+    assert isinstance(answer, Unresolvable)
+    assert answer.key == parking_key(QUEUE.arn, '{"a":2,"b":1}')
+    assert answer.key == hashed_key(QUEUE.arn, '{"a": 2, "b": 1}')
+    assert answer.key != hashed_key(CHARGE_ARN, '{"a":2,"b":1}')
 
 
 def test_begin_parks_sorts_each_park_by_what_the_ledger_says() -> None:
