@@ -23,6 +23,7 @@ import structlog
 from retryd.admission.permit import Fate, Permit
 from retryd.admission.verdicts import Defer, DeferReason, Done, Go, Hold, Park
 from retryd.ledger.base import (
+    MAX_RECORDED_ATTEMPT,
     BeginStatus,
     Claim,
     Ledger,
@@ -67,9 +68,10 @@ def _first_failed_s(job: Job) -> float | None:
 
 
 def park_claim(park: Park) -> Claim:
-    """The ledger claim a Park is written under: its key, message and attempt."""
+    """The ledger claim a Park is written under: its key, message and attempt (capped)."""
     first_failed_s = _first_failed_s(park.job) if park.job else park.letter.sent_at_s
-    return Claim(park.key, park.letter.message_id, park.attempt, first_failed_s)
+    attempt = max(0, min(park.attempt, MAX_RECORDED_ATTEMPT))
+    return Claim(park.key, park.letter.message_id, attempt, first_failed_s)
 
 
 class Claims:

@@ -55,6 +55,10 @@ R = TypeVar("R")
 # committed 16 resubmissions ago has been past its lease, and so deleted or back
 # and answered DONE, long before.
 COMMITTED_MEMORY = 16
+# The highest attempt number a record stores. A resubmission's is at most
+# guards.max_attempts + 1; a park's comes from the message (a forged `retryd.attempt`
+# can be any integer) and is stored capped, within every backend's integers.
+MAX_RECORDED_ATTEMPT = 2**31 - 1
 
 
 class ClaimState(StrEnum):

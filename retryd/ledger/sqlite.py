@@ -63,8 +63,9 @@ BUSY_TIMEOUT_MS = 10_000
 PRUNE_INTERVAL_S = 3_600.0
 
 # What a ledger call can fail with; a key that is not valid Unicode (a lone
-# surrogate from a JSON escape) cannot be bound, which is a UnicodeError.
-_FAILURES = (sqlite3.Error, OSError, UnicodeError)
+# surrogate from a JSON escape) cannot be bound, which is a UnicodeError, and an
+# integer past SQLite's 64 bits an OverflowError.
+_FAILURES = (sqlite3.Error, OSError, UnicodeError, OverflowError)
 
 _COLUMNS = (
     "key",

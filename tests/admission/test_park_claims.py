@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from retryd.admission import Done, Go, Guards, Park, park_claim
 from retryd.admission.claims import Claims
-from retryd.ledger import LedgerError, MemoryLedger, MemoryStore, ParkBegun, ParkCopy
-from retryd.ledger.base import Claim
+from retryd.ledger import (
+    LedgerError,
+    MemoryLedger,
+    MemoryStore,
+    ParkBegun,
+    ParkCopy,
+    SqliteLedger,
+)
+from retryd.ledger.base import MAX_RECORDED_ATTEMPT, Claim
 from retryd.models import (
     DeadLetter,
     ErrorClass,
@@ -186,3 +196,31 @@ def test_commit_and_release_without_a_ledger_do_nothing(written: list[tuple[str,
         await claims.release_parks([park for park, _ in parks])
 
     anyio.run(body)
+
+
+@given(st.integers())
+def test_a_forged_attempt_is_recorded_within_every_backends_integers(attempt: int) -> None:
+    """A park's attempt from a message (any integer) is claimed capped, never past 2**31 - 1."""
+    park = Park(_letter("m1"), ParkReason.ATTEMPTS_EXHAUSTED, "", attempt, _job("m1"))
+    recorded = park_claim(park).attempt
+    assert 0 <= recorded <= MAX_RECORDED_ATTEMPT
+    assert recorded == attempt or not 0 <= attempt <= MAX_RECORDED_ATTEMPT
+
+
+def test_a_park_with_a_huge_attempt_is_claimed_and_recorded_on_sqlite(tmp_path: Path) -> None:
+    """The bad-input suite's forged attempt (past int64) parks, and is found parked after."""
+    park = Park(_letter("m1"), ParkReason.ATTEMPTS_EXHAUSTED, "", 2**70, _job("m1"))
+
+    async def body() -> list[tuple[Park, int, bool]]:
+        ledger = await SqliteLedger.open(
+            tmp_path / "l.sqlite3", claim_s=60, ttl_s=86_400, owner="me", clock=lambda: NOW_S
+        )
+        try:
+            claims = Claims(ledger, lambda: NOW_S)
+            assert (await claims.begin_parks([park])).park == [park]
+            await claims.commit_parks([(park, "p-1")])
+            return (await claims.begin_parks([park])).done
+        finally:
+            await ledger.aclose()
+
+    assert anyio.run(body) == [(park, MAX_RECORDED_ATTEMPT, True)]
