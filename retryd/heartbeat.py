@@ -15,15 +15,18 @@ A beat that fails (a throttled queue, a lost receipt handle, an unreachable
 ledger) stops the heartbeat and says so: the batch then ends at the lease it
 has, which is what it did before there were heartbeats. It never loses a message.
 
-The deadline the batch's work runs under is a CancelScope whose deadline the
-heartbeat moves (`Heartbeat.scope`); the beat's timing is decided by the pure
-`next_lease_s`, so the rules are tested without a clock.
+The batch's work runs under `Heartbeat.scope`, cut off at the cap while the
+heartbeat beats and at the lease it has once it stops; the writes that must not be
+cut short run under `Heartbeat.shielded`, which follows each extension. How much
+to extend is decided by the pure `next_lease_s`, so the rule is tested without a
+clock.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
@@ -32,6 +35,7 @@ import structlog
 from retryd.ledger.base import Claim, LedgerError
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, QueueRef
+from retryd.settings import Settings
 
 log = structlog.get_logger("retryd.pipeline")
 
@@ -44,6 +48,44 @@ RENEW_AT_SHARE = 1 / 3
 MIN_BEAT_INTERVAL_S = 0.5
 # An extension shorter than this beyond the delete's margin is not worth a call.
 MIN_EXTENSION_S = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Leasing:
+    """How a batch is leased: each lease, the cap on extending it, its claims' period."""
+
+    lease_s: int
+    cap_s: int
+    claim_renew_s: float
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Leasing:
+        drain = settings.drain
+        return cls(drain.visibility_timeout_s, drain.lease_cap_s, settings.ledger.claim_renew_s)
+
+
+def brief_shield(allowance_s: float) -> anyio.CancelScope:
+    """A scope shielded from cancellation for `allowance_s` (no heartbeat to follow)."""
+    return anyio.CancelScope(shield=True, deadline=anyio.current_time() + allowance_s)
+
+
+def shielded_until(allowance_s: float, lease_end: Callable[[], float] | None) -> float:
+    """The deadline of a write that must not be cut short (a commit, the final delete).
+
+    Being cancelled (a stop, the cap reached): `allowance_s` from now, so that a
+    second signal still means "now". Otherwise as long as the batch's lease holds
+    (`lease_end()`, moved on by its heartbeat), and at least `allowance_s`: a slow
+    ledger or a slow delete finishes while its messages are still leased.
+    """
+    floor = anyio.current_time() + allowance_s
+    if lease_end is None or _being_cancelled():
+        return floor
+    return max(floor, lease_end())
+
+
+def _being_cancelled() -> bool:
+    # anyio's effective deadline is -inf inside a scope that has been cancelled.
+    return anyio.current_effective_deadline() == -math.inf
 
 
 class VisibilityFailure(Protocol):
@@ -103,8 +145,11 @@ class Heartbeat:
         held: Callable[[], Sequence[DeadLetter]],
         claims: Callable[[], Sequence[Claim]],
         metrics: Metrics | None = None,
+        beating: bool = True,
     ) -> None:
         self._queue = queue
+        # False: `run` is never started (no leasing configured); work ends at act_by.
+        self._beating = beating
         self._lease_s = lease_s
         self._cap_at = received_at + cap_s
         self._margin_s = margin_s
@@ -119,7 +164,10 @@ class Heartbeat:
         self._renewed_at = received_at
         # Messages SQS would not extend (a handle gone stale): not asked about again.
         self._refused: set[str] = set()
-        self._scopes: list[anyio.CancelScope] = []
+        # Scopes of the batch's work (cut off at the cap, or at act_by once stopped) and
+        # of the writes that must not be cut short (following each extension).
+        self._work_scopes: list[anyio.CancelScope] = []
+        self._shielded_scopes: list[anyio.CancelScope] = []
         # How many times the lease was extended, and whether the heartbeat stopped.
         self.extensions = 0
         self.stopped: str | None = None
@@ -129,28 +177,49 @@ class Heartbeat:
         """By when the batch's work must be done: the lease's end less the delete's margin."""
         return self._leased_until - self._margin_s
 
-    def scope(self, *, shield: bool = False, at_least_s: float = 0.0) -> anyio.CancelScope:
-        """A cancel scope for work on the batch, whose deadline follows each extension.
+    def scope(self) -> anyio.CancelScope:
+        """A cancel scope for work on the batch: cut off at the cap while the heartbeat beats.
 
-        `at_least_s`: the deadline is never sooner than that from now (the final delete's
-        own allowance); `shield`: the scope is shielded from outer cancellation too.
+        Not at the lease's end: a loop starved past a beat (a busy CPU) must not cancel
+        its own work while the lease can still be kept; a message whose lease was lost
+        meanwhile is guarded by its ledger claim, which is renewed too. Once the
+        heartbeat stops (a failed beat, the cap), the deadline is the lease it has.
         """
-        deadline = self.act_by
-        if at_least_s > 0:
-            deadline = max(deadline, anyio.current_time() + at_least_s)
-        scope = anyio.CancelScope(deadline=deadline, shield=shield)
-        self._scopes.append(scope)
+        scope = anyio.CancelScope(deadline=self._work_deadline())
+        self._work_scopes.append(scope)
+        return scope
+
+    def _work_deadline(self) -> float:
+        if self._beating and self.stopped is None:
+            return self._cap_at - self._margin_s
+        return self.act_by
+
+    def shielded(self, allowance_s: float) -> anyio.CancelScope:
+        """A scope for a write that must not be cut short (see `shielded_until`).
+
+        Unless it is being cancelled, its deadline follows the lease's extensions.
+        """
+        scope = anyio.CancelScope(
+            shield=True, deadline=shielded_until(allowance_s, lambda: self.act_by)
+        )
+        if not _being_cancelled():
+            self._shielded_scopes.append(scope)
         return scope
 
     async def run(self) -> None:
         """Beat until cancelled (the batch is done), the cap is reached, or a beat fails.
 
         The lease and the claims beat apart, so a slow ledger never holds up an
-        extension, nor a slow SQS a renewal.
+        extension, nor a slow SQS a renewal. A bug here stops the heartbeat, never
+        the batch it keeps.
         """
-        async with anyio.create_task_group() as beats:
-            beats.start_soon(self._beat_while, self._lease_due_at, self._extend_lease)
-            beats.start_soon(self._beat_while, self._claims_due_at, self._renew_claims)
+        try:
+            async with anyio.create_task_group() as beats:
+                beats.start_soon(self._beat_while, self._lease_due_at, self._extend_lease)
+                beats.start_soon(self._beat_while, self._claims_due_at, self._renew_claims)
+        except Exception:
+            log.exception("heartbeat-failed", queue=self._queue.name, step="internal")
+            self._stop("heartbeat-failed", None, error="internal")
 
     async def _beat_while(
         self, due_at: Callable[[], float], step: Callable[[float], Awaitable[None]]
@@ -207,7 +276,7 @@ class Heartbeat:
         extended = len(letters) - len(failures)
         self._leased_until = now + seconds
         self.extensions += 1
-        for scope in self._scopes:
+        for scope in self._shielded_scopes:
             scope.deadline = max(scope.deadline, self.act_by)
         if self._metrics is not None and extended:
             self._metrics.record_lease_extensions(self._queue, extended)
@@ -241,6 +310,9 @@ class Heartbeat:
 
     def _stop(self, event: str, step: str | None, **fields: str) -> None:
         self.stopped = event
+        # No longer kept: the work ends with the lease it has (now, if that has passed).
+        for scope in self._work_scopes:
+            scope.deadline = min(scope.deadline, self.act_by)
         if step is not None and self._metrics is not None:
             self._metrics.record_heartbeat_failure(self._queue, step)
         log.warning(

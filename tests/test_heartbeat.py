@@ -106,19 +106,21 @@ def test_nothing_happens_before_a_beat_is_due() -> None:
 
 
 def test_a_due_beat_extends_the_held_messages_and_moves_the_deadline() -> None:
-    """Half the lease gone: a full lease from now for every held letter; scopes follow."""
+    """Half the lease gone: a full lease from now for every held letter; writes follow it."""
     calls = Calls()
     registry = CollectorRegistry()
     heartbeat = _heartbeat(calls, Metrics(registry))
 
     async def body() -> float:
-        scope = heartbeat.scope()
+        work = heartbeat.scope()
         await heartbeat.beat(now=12.0)
-        return scope.deadline
+        return work.deadline
 
-    deadline = anyio.run(body)
+    work_deadline = anyio.run(body)
     assert calls.extended == [(["m0", "m1", "m2"], LEASE_S)]
-    assert heartbeat.act_by == deadline == 12.0 + LEASE_S - MARGIN_S
+    assert heartbeat.act_by == 12.0 + LEASE_S - MARGIN_S
+    # The work itself is only cut off at the cap while the heartbeat beats.
+    assert work_deadline == CAP_S - MARGIN_S
     assert heartbeat.extensions == 1
     labels = {"queue": "retry-a", "account": "123456789012", "region": "us-east-1"}
     assert registry.get_sample_value("retryd_lease_extensions_total", labels) == 3
@@ -158,12 +160,16 @@ def test_a_failed_extension_call_stops_the_heartbeat_and_is_counted() -> None:
     registry = CollectorRegistry()
     heartbeat = _heartbeat(calls, Metrics(registry))
 
-    async def body() -> None:
+    async def body() -> float:
+        work = heartbeat.scope()
         await heartbeat.beat(now=12.0)
         await heartbeat.run()
+        return work.deadline
 
-    anyio.run(body)
+    work_deadline = anyio.run(body)
     assert heartbeat.stopped == "heartbeat-failed"
+    # No longer kept: the work ends with the lease it has.
+    assert work_deadline == LEASE_S - MARGIN_S
     assert (heartbeat.act_by, heartbeat.extensions, len(calls.extended)) == (25.0, 0, 1)
     labels = {"queue": "retry-a", "account": "123456789012", "region": "us-east-1"}
     value = registry.get_sample_value(
@@ -290,17 +296,66 @@ def test_a_slow_renewal_never_holds_up_an_extension() -> None:
     assert len(calls.extended) >= 2
 
 
-def test_a_scope_with_an_allowance_outlasts_an_earlier_deadline() -> None:
-    """scope(at_least_s=...): never sooner than the allowance; later extensions still push it."""
+def test_a_shielded_write_gets_its_allowance_even_past_the_lease() -> None:
+    """shielded(allowance): never sooner than the allowance from now; an extension never
+    pulls it in."""
     calls = Calls()
     heartbeat = _heartbeat(calls)
 
-    async def body() -> tuple[float, float]:
-        scope = heartbeat.scope(shield=True, at_least_s=1_000)
+    async def body() -> tuple[float, float, float]:
+        scope = heartbeat.shielded(1_000)
         first = scope.deadline
         await heartbeat.beat(now=12.0)
-        return first, scope.deadline
+        return anyio.current_time(), first, scope.deadline
 
-    first, after = anyio.run(body)
-    assert first >= 1_000
+    now, first, after = anyio.run(body)
+    assert first >= now + 1_000 - 5
     assert after == first
+
+
+def test_without_a_heartbeat_the_work_ends_at_its_first_lease() -> None:
+    """beating=False (no leasing configured): the work scope's deadline is act_by."""
+    heartbeat = Heartbeat(
+        queue=QUEUE,
+        received_at=0.0,
+        lease_s=LEASE_S,
+        cap_s=CAP_S,
+        claim_renew_s=CLAIM_RENEW_S,
+        margin_s=MARGIN_S,
+        extend=Calls().extend,
+        renew=Calls().renew,
+        held=lambda: LETTERS,
+        claims=lambda: CLAIMS,
+        beating=False,
+    )
+
+    async def body() -> float:
+        return heartbeat.scope().deadline
+
+    assert anyio.run(body) == LEASE_S - MARGIN_S
+
+
+def test_a_shielded_write_follows_each_extension() -> None:
+    """A commit or delete in flight is shielded until the lease's end, moved by extensions."""
+    calls = Calls()
+
+    async def body() -> tuple[float, float]:
+        start = anyio.current_time()
+        heartbeat = Heartbeat(
+            queue=QUEUE,
+            received_at=start,
+            lease_s=LEASE_S,
+            cap_s=CAP_S,
+            claim_renew_s=CLAIM_RENEW_S,
+            margin_s=MARGIN_S,
+            extend=calls.extend,
+            renew=calls.renew,
+            held=lambda: LETTERS,
+            claims=lambda: CLAIMS,
+        )
+        write = heartbeat.shielded(0.0)
+        await heartbeat.beat(now=start + 12.0)
+        return write.deadline - start, heartbeat.act_by - start
+
+    deadline_s, act_by_s = anyio.run(body)
+    assert deadline_s == pytest.approx(act_by_s) == pytest.approx(12.0 + LEASE_S - MARGIN_S)
