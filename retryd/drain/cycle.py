@@ -33,6 +33,7 @@ from retryd.discovery.survey import Sizing, queue_arn, size_up, survey_queues
 from retryd.drain.batch import Pipeline
 from retryd.drain.shard import WHOLE, Shard
 from retryd.errors import ParkingQueueMissingError, RetrydError
+from retryd.heartbeat import Leasing
 from retryd.leases import RECEIVE_BATCH_MAX, act_by, receive
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics, place_labels
@@ -335,6 +336,7 @@ class Cycle:
                 metrics=self._metrics,
                 log_payloads=self._settings.log.include_payloads,
                 hidden=self._hidden,
+                leasing=Leasing.for_settings(self._settings),
             )
         return site.pipeline, site.parking
 

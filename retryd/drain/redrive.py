@@ -91,6 +91,7 @@ from retryd.drain.redrive_spec import (
     source_name,
 )
 from retryd.drain.setup import set_up_place
+from retryd.heartbeat import Leasing
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Decision, Job, Outcome, QueueRef, Target, Unresolvable
@@ -222,6 +223,7 @@ class Redrive:
             sender=self._sender,
             parking=parking,
             metrics=self._metrics,
+            leasing=Leasing.for_settings(self._settings),
         )
 
     def _check_redirect(self, arn: str, source: QueueRef) -> Target:
