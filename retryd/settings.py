@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -449,7 +450,9 @@ class LedgerSettings(_Group):
             "(one replica), dynamodb (several replicas)."
         ),
     )
-    # SQLite file (one replica). Relative paths are taken from the working directory.
+    # SQLite file (one replica). A relative path is taken from the settings file's
+    # directory (the working directory when there is none), so that every command run
+    # with the same file uses the same ledger wherever it is started from.
     path: Annotated[str, Field(min_length=1)] = "retryd.sqlite3"
     # DynamoDB table (several replicas).
     table: Annotated[str, Field(min_length=3, max_length=255)] = "retryd-ledger"
@@ -600,6 +603,71 @@ class LogSettings(_Group):
     include_payloads: bool = False
 
 
+class ConsoleSettings(_Group):
+    """`retryd console`: the team's web console, and who may use it (see docs/console.md)."""
+
+    listen: Annotated[str, Field(pattern=r"^\[?[^\s\]]*\]?:\d{1,5}$")] = Field(
+        "127.0.0.1:8088",
+        description="HOST:PORT the console listens on (`--listen` overrides it).",
+    )
+    auth: Literal["alb-oidc", "token", "none"] = Field(
+        "alb-oidc",
+        description="Who may use the console. alb-oidc: the person the ALB signed in "
+        "(`x-amzn-oidc-data`, verified; identity from identity_claim, role from roles_claim). "
+        "token: a bearer token (viewer or operator). none: only on a loopback address, as "
+        "the operator `local`; elsewhere the console refuses to start.",
+    )
+    alb_arn: str | None = Field(
+        None,
+        description="alb-oidc: the ARN of the load balancer that signs the tokens; a token "
+        "whose `signer` differs is refused. Its region picks the key endpoint.",
+    )
+    alb_key_url: str = Field(
+        "https://public-keys.auth.elb.{region}.amazonaws.com/{kid}",
+        description="alb-oidc: where the ALB's public key for a `kid` is fetched (and "
+        "cached), a template with {region} and {kid}.",
+    )
+    identity_claim: str = Field(
+        "email", description="alb-oidc: the claim that names the person (shown and audited)."
+    )
+    roles_claim: str = Field(
+        "groups",
+        description="alb-oidc: the claim listing the person's groups (a list, or a "
+        "comma-separated string).",
+    )
+    viewer_groups: list[str] = Field(
+        [],
+        description="alb-oidc: groups that may read; empty: everyone the ALB signed in.",
+    )
+    operator_groups: list[str] = Field(
+        [],
+        description="alb-oidc: groups that may act (pause, resume, cancel); empty: nobody.",
+    )
+    viewer_token: SecretStr | None = Field(
+        None,
+        description="token: the viewers' bearer token (RETRYD_CONSOLE__VIEWER_TOKEN).",
+    )
+    operator_token: SecretStr | None = Field(
+        None,
+        description="token: the operators' bearer token (RETRYD_CONSOLE__OPERATOR_TOKEN).",
+    )
+    viewer_token_file: str | None = Field(
+        None, description="token: a file holding the viewers' token (instead of viewer_token)."
+    )
+    operator_token_file: str | None = Field(
+        None,
+        description="token: a file holding the operators' token (instead of operator_token).",
+    )
+    page_size: Annotated[int, Field(ge=1, le=500)] = Field(
+        50, description="Rows per page of the parking search, the audit and the jobs."
+    )
+    parked_index_ttl_s: Annotated[int, Field(ge=3_600, le=1_209_600)] = Field(
+        1_209_600,
+        description="How long the index of parked copies keeps an entry (the parking "
+        "queue's retention; SQS keeps a message 14 days at most).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything retryd is told, validated once at start-up and passed in."""
 
@@ -635,6 +703,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     log: LogSettings = LogSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @model_validator(mode="after")
     def _processes_share_a_ledger(self) -> Settings:
@@ -749,6 +818,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
 
 
+MISSING = "required setting is missing"
+# Said when a required setting is missing and no file was read: the usual cause.
+NO_FILE_HINT = (
+    f"no settings file was read: give one with --config PATH or ${CONFIG_ENV} "
+    "(or set the missing fields as RETRYD_<GROUP>__<FIELD>)"
+)
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
     """One line per problem, each naming the field as a dotted path."""
     lines = []
@@ -758,7 +835,7 @@ def format_validation_error(exc: ValidationError) -> list[str]:
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
         elif error["type"] == "missing":
-            message = "required setting is missing"
+            message = MISSING
         lines.append(f"{where}: {message}")
     return lines
 
@@ -774,6 +851,8 @@ def load_settings(path: Path | None = None) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         problems.extend(format_validation_error(exc))
+        if path is None and any(p.endswith(MISSING) for p in problems):
+            problems.append(NO_FILE_HINT)
         raise ConfigError(problems) from None
     except SettingsError as exc:
         # pydantic-settings names the group, not the variable, and only the first one.
@@ -781,4 +860,19 @@ def load_settings(path: Path | None = None) -> Settings:
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
-    return settings
+    return _ledger_path_anchored(settings, path)
+
+
+def _ledger_path_anchored(settings: Settings, path: Path | None) -> Settings:
+    """The settings with a relative SQLite path made absolute against the settings file.
+
+    Taken from the working directory, `retryd pause` run from another directory
+    wrote another file, and the daemon never saw the pause.
+    """
+    ledger_path = Path(settings.ledger.path)
+    if ledger_path.is_absolute():
+        return settings
+    base = path.parent if path is not None else Path.cwd()
+    anchored = os.path.abspath(base / ledger_path)
+    ledger = settings.ledger.model_copy(update={"path": anchored})
+    return settings.model_copy(update={"ledger": ledger})

@@ -15,7 +15,7 @@ import re
 import textwrap
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,7 @@ from pydantic_core import PydanticUndefined
 
 from retryd import errors
 from retryd.commands import cli
+from retryd.console.metrics import ConsoleMetrics
 from retryd.metrics import Metrics
 from retryd.settings import ENV_PREFIX, Settings
 
@@ -83,7 +84,8 @@ def _type_name(annotation: Any) -> str:
         inner = ", ".join(_type_name(arg) for arg in args)
         return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
     if isinstance(annotation, type):
-        return annotation.__name__
+        # As a reader writes an optional type: `float | None`, not `float | NoneType`.
+        return "None" if annotation is type(None) else annotation.__name__
     return str(annotation)
 
 
@@ -162,8 +164,21 @@ def setting_docs() -> Iterator[SettingDoc]:
             )
 
 
+# A code span: Python-Markdown's tables do not split a row inside one, and show a
+# backslash in one as written, so its pipes stay as they are.
+_CODE_SPAN = re.compile(r"(`+)(?:.+?)\1")
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """`text` as one table cell: on one line, its pipes escaped outside code spans only."""
+    text = text.replace("\n", " ")
+    kept: list[str] = []
+    start = 0
+    for span in _CODE_SPAN.finditer(text):
+        kept += [text[start : span.start()].replace("|", "\\|"), span.group(0)]
+        start = span.end()
+    kept.append(text[start:].replace("|", "\\|"))
+    return "".join(kept)
 
 
 def _rule_tables(group: str, model: type[BaseModel]) -> list[str]:
@@ -185,7 +200,7 @@ def _rule_tables(group: str, model: type[BaseModel]) -> list[str]:
         ]
         for sub, sub_field in item.model_fields.items():
             lines.append(
-                f"| `{sub}` | `{_cell(_type_name(sub_field.annotation))}` | "
+                f"| `{sub}` | {_cell(f'`{_type_name(sub_field.annotation)}`')} | "
                 f"{_default(sub_field)} | {_cell(_constraints(sub_field))} | "
                 f"{_cell(_describe(sub_field, sub, comments))} |"
             )
@@ -221,7 +236,7 @@ def settings_page() -> str:
         ]
         for doc in (d for d in docs if d.group == group):
             lines.append(
-                f"| `{doc.field}` | `{_cell(doc.type)}` | {doc.default} | "
+                f"| `{doc.field}` | {_cell(f'`{doc.type}`')} | {doc.default} | "
                 f"{_cell(doc.constraints)} | {_cell(doc.description)} | `{doc.env}` |"
             )
         lines += _rule_tables(group, model)
@@ -242,18 +257,27 @@ def _subcommands(
                 yield name, helps.get(name, ""), sub
 
 
+def _needs_subcommand(parser: argparse.ArgumentParser) -> bool:
+    return any(
+        isinstance(action, argparse._SubParsersAction) and action.required
+        for action in parser._actions
+    )
+
+
 def commands(
     parser: argparse.ArgumentParser | None = None, prefix: str = "retryd"
 ) -> Iterator[tuple[str, str, argparse.ArgumentParser]]:
-    """Every command that does something (leaves of the subcommand tree), depth first."""
+    """Every command that does something (the leaves of the subcommand tree, and a command
+    that runs without one of its actions), depth first."""
     parser = parser or cli.build_parser()
     for name, help_text, sub in _subcommands(parser):
         full = f"{prefix} {name}"
         children = list(_subcommands(sub))
+        if not children or not _needs_subcommand(sub):
+            # A command with actions that also runs bare (`retryd jobs`) gets its section.
+            yield full, help_text, sub
         if children:
             yield from commands(sub, full)
-        else:
-            yield full, help_text, sub
 
 
 def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
@@ -354,10 +378,10 @@ class MetricDoc:
 _EXPOSED_SUFFIX = {"counter": "_total", "info": "_info"}
 
 
-def metric_docs() -> list[MetricDoc]:
-    """Every metric `Metrics` registers, on a fresh registry, in registration order."""
+def metric_docs(owner: Callable[[CollectorRegistry], object] = Metrics) -> list[MetricDoc]:
+    """Every metric `owner` (default: `Metrics`) registers on a fresh registry, in order."""
     registry = CollectorRegistry()
-    Metrics(registry)
+    owner(registry)
     found = []
     # The registry lists its collectors only through this attribute; a collector's label
     # names are fixed when it is built, and `collect()` gives each family's name and help.
@@ -395,6 +419,20 @@ def metrics_page() -> str:
         labels = ", ".join(f"`{label}`" for label in doc.labels) or "—"
         kind = "info (a gauge in the text format)" if doc.type == "info" else doc.type
         lines.append(f"| `{doc.name}` | {kind} | {labels} | {_cell(doc.help)} |")
+    lines += [
+        "",
+        "## retryd console",
+        "",
+        "`retryd console` is a process of its own with its own registry",
+        "(`retryd.console.metrics.ConsoleMetrics`), served on its own `/metrics`",
+        "(see [Console](../console.md)).",
+        "",
+        "| metric | type | labels | help |",
+        "|---|---|---|---|",
+    ]
+    for doc in metric_docs(ConsoleMetrics):
+        labels = ", ".join(f"`{label}`" for label in doc.labels) or "—"
+        lines.append(f"| `{doc.name}` | {doc.type} | {labels} | {_cell(doc.help)} |")
     return "\n".join(lines) + "\n"
 
 

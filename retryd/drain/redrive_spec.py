@@ -41,6 +41,13 @@ class RedriveInputError(RetrydError):
     exit_code = ExitCode.CONFIG
 
 
+class SourceNotDrainedError(RedriveInputError):
+    """`--from` names a queue that is not a DLQ retryd drains: exit 1, as plan, once and
+    inspect do for a queue they cannot find."""
+
+    exit_code = ExitCode.CYCLE_FAILED
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
     """What a redrive job was asked to do; stored with the job, so `--resume` needs nothing."""

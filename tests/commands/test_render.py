@@ -15,10 +15,10 @@ from rich.console import Console
 from retryd.commands import render
 from retryd.commands.inspect import InspectReport, QueueInspection, inspect_document
 from retryd.commands.plan import Action, PlannedMessage, PlanReport, QueuePlan, plan_document
+from retryd.commands.sandbox import DECISION_COLUMNS
 from retryd.discovery.survey import Depth
 from retryd.models import QueueRef, Target
 from retryd.resolve.failure_groups import FailureGroup
-from retryd.sandbox.command import DECISION_COLUMNS
 
 ACCOUNT = "123456789012"
 CHARGE = f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:charge-customer-card"
