@@ -226,6 +226,18 @@ class DrainSettings(_Group):
     )
     # Calls in flight to targets that have no batch API (Lambda, Step Functions).
     target_concurrency: Annotated[int, Field(ge=1, le=512)] = 16
+    max_lease_s: Annotated[int, Field(ge=5, le=MAX_VISIBILITY_TIMEOUT_S)] = Field(
+        900,
+        description=(
+            "The longest retryd keeps a received batch leased while work on it is in flight"
+            " (a target call, a rate-limit wait, a ledger write, a parking write, a delete):"
+            " a heartbeat extends the lease of the messages not yet decided before it runs"
+            " out, up to this many seconds after they were received. Only then is the work"
+            " cut off and its messages left in their DLQ, to be retried under the same key"
+            " and attempt. Never less than visibility_timeout_s; at most 43,200 (SQS's 12"
+            " hours)."
+        ),
+    )
     processes: Annotated[int, Field(ge=1, le=64)] = Field(
         1,
         description=(
@@ -238,6 +250,21 @@ class DrainSettings(_Group):
             " part (`retryd config check` shows it). Needs the sqlite or dynamodb ledger."
         ),
     )
+
+    @model_validator(mode="after")
+    def _cap_holds_a_lease(self) -> DrainSettings:
+        # Only a cap set on purpose can be wrong; the default gives way to a longer lease.
+        if "max_lease_s" in self.model_fields_set and self.max_lease_s < self.visibility_timeout_s:
+            raise ValueError(
+                f"max_lease_s ({self.max_lease_s}) is below visibility_timeout_s "
+                f"({self.visibility_timeout_s}): a batch always keeps its first lease"
+            )
+        return self
+
+    @property
+    def lease_cap_s(self) -> int:
+        """Seconds after a batch's receipt past which its lease is not extended again."""
+        return max(self.max_lease_s, self.visibility_timeout_s)
 
 
 def _check_arn_glob(glob: str) -> str:
@@ -432,8 +459,30 @@ class LedgerSettings(_Group):
     # Records unused for this long expire (DynamoDB TTL; SQLite prunes them).
     # Default: 30 days, past SQS's longest retention of 14.
     ttl_s: Annotated[int, Field(ge=3_600)] = 2_592_000
-    # How long a begun, uncommitted resubmission holds its key against other replicas.
-    claim_s: PositiveSeconds = 300
+    claim_renew_s: PositiveSeconds = Field(
+        60,
+        description=(
+            "How long a claim on a key (a resubmission or a park on its way) holds the key"
+            " against other replicas after it was taken or last renewed. Its holder renews"
+            " it while it works on the message, so a live holder keeps it however slow the"
+            " target; one that died is taken over once this lapses. Formerly `claim_s`,"
+            " which is still read as this."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _claim_s_is_claim_renew_s(cls, data: Any) -> Any:
+        # Files and environments written before claims were renewed say `claim_s`: the
+        # same thing (how long a claim outlives its last word), so it is read as it.
+        if not isinstance(data, Mapping) or "claim_s" not in data:
+            return data
+        fields = dict(data)
+        claim_s = fields.pop("claim_s")
+        if "claim_renew_s" in fields and fields["claim_renew_s"] != claim_s:
+            raise ValueError("claim_s is the former name of claim_renew_s: set only claim_renew_s")
+        fields["claim_renew_s"] = claim_s
+        return fields
 
 
 class ParkingSettings(_Group):

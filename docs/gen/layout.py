@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("rules about values", frozenset({"classify", "metrics", "settings", "stamps"})),
     ("AWS clients and SQS leases", frozenset({"aws", "leases"})),
     ("where and what was tried", frozenset({"ledger", "places"})),
+    ("a batch kept alive while it works", frozenset({"heartbeat"})),
     ("admission", frozenset({"admission"})),
     ("operator state, replicas, discovery", frozenset({"cluster", "control", "discovery"})),
     ("resolution", frozenset({"resolve"})),

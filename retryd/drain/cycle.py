@@ -32,6 +32,7 @@ from retryd.drain.batch import Pipeline
 from retryd.drain.setup import PlaceBuilder, PlaceSetup, Purpose, admit_live
 from retryd.drain.shard import WHOLE, Shard
 from retryd.errors import ParkingQueueMissingError, RetrydError
+from retryd.heartbeat import Leasing
 from retryd.leases import RECEIVE_BATCH_MAX, act_by, receive
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics, place_labels
@@ -305,6 +306,7 @@ class Cycle:
                 metrics=self._metrics,
                 log_payloads=self._settings.log.include_payloads,
                 hidden=setup.hidden,
+                leasing=Leasing.for_settings(self._settings),
             )
         return pipeline
 

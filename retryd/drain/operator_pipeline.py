@@ -62,8 +62,9 @@ class OperatorPipeline(Pipeline):
     async def _assess(self, resolved: Sequence[Job | Unresolvable]) -> list[Verdict]:
         return await self._guards.assess(resolved, operator_now=True)
 
-    async def _refuse(self, parks: Sequence[Park]) -> list[Decision]:
-        return [outcome.refused(park) for park in parks]
+    async def _refuse(self, batch: Batch, parks: Sequence[Park]) -> None:
+        for park in parks:
+            batch.decide(outcome.refused(park))
 
     def _delivered(self, delivery: Delivery) -> Decision | Park:
         if delivery.error is None:

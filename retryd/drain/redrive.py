@@ -90,6 +90,7 @@ from retryd.drain.redrive_spec import (
     source_name,
 )
 from retryd.drain.setup import PlaceBuilder, Purpose, admit_live
+from retryd.heartbeat import Leasing
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Decision, Job, Outcome, QueueRef, Target, Unresolvable
@@ -216,6 +217,7 @@ class Redrive:
             sender=place.live_sender(),
             parking=place.parking,
             metrics=self._metrics,
+            leasing=Leasing.for_settings(self._settings),
         )
 
     def _check_redirect(self, arn: str, source: QueueRef) -> Target:
