@@ -427,7 +427,7 @@ def metrics_page() -> str:
         "(`retryd.console.metrics.ConsoleMetrics`), served on its own `/metrics`",
         "(see [Console](../console.md)).",
         "",
-        "| metric | type | labels | help |",
+        "| console metric | type | labels | help |",
         "|---|---|---|---|",
     ]
     for doc in metric_docs(ConsoleMetrics):
