@@ -315,12 +315,14 @@ class Redrive:
                     break
                 # Once a step, as a cycle does: heartbeat, shares, breakers.
                 await self._cluster.sync()
+                # The leases start as the step's read receives: take the time before it.
+                act_by = leases.act_by(self._settings.drain.visibility_timeout_s)
                 picked = await self._pick(self.spec.step_size(job.step), settled)
                 if not picked:
                     job.state = JobState.DONE
                     break
                 step = unstored = Step()
-                await self._run_step(picked, step)
+                await self._run_step(picked, step, act_by)
                 unstored = None
                 with anyio.CancelScope(shield=True):
                     # A breaker this step opened reaches the daemon's replicas now.
@@ -376,7 +378,7 @@ class Redrive:
                 break
         return picked
 
-    async def _run_step(self, picked: Sequence[Picked], step: Step) -> None:
+    async def _run_step(self, picked: Sequence[Picked], step: Step, act_by: float) -> None:
         """Send one step through the pipeline, queue by queue, into `step`: its results, keys
         and refails. Cut short (a signal), `step` still holds what was settled."""
         assert self._pipeline is not None
@@ -387,8 +389,8 @@ class Redrive:
             by_queue.setdefault(item.queue.url, []).append(item)
         try:
             for items in by_queue.values():
-                deadline = leases.act_by(self._settings.drain.visibility_timeout_s)
                 letters, resolved = [p.letter for p in items], [p.resolved for p in items]
-                await pipeline.handle(items[0].queue, letters, deadline, resolved)
+                # One deadline for every queue: their leases all began in the step's read.
+                await pipeline.handle(items[0].queue, letters, act_by, resolved)
         finally:
             step.account(picked)
