@@ -51,13 +51,12 @@ on it), never as a new attempt.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 
 from retryd import classify
-from retryd.admission import DeferReason, Guards
+from retryd.admission import Guards
 from retryd.aws import AwsClients
 from retryd.cluster import Cluster
 from retryd.control.jobs import (
@@ -67,12 +66,11 @@ from retryd.control.jobs import (
     MessageResult,
     RedriveJob,
     latest_results,
-    tally,
 )
 from retryd.control.pauses import load_pauses
 from retryd.control.store import ControlStore
 from retryd.discovery.survey import read_depth
-from retryd.drain.operator_pipeline import OperatorPipeline, Step, result_of
+from retryd.drain.operator_pipeline import OperatorPipeline, Step
 from retryd.drain.redrive_read import Sources
 from retryd.drain.redrive_spec import (
     BATCH_AFTER_RAMP,
@@ -93,7 +91,7 @@ from retryd.drain.setup import PlaceBuilder, Purpose, admit_live
 from retryd.heartbeat import Leasing
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, Decision, Job, Outcome, QueueRef, Target, Unresolvable
+from retryd.models import DeadLetter, Decision, Job, QueueRef, Target, Unresolvable
 from retryd.settings import Settings
 from retryd.settle import outcome
 from retryd.targets import TargetRouter
@@ -112,9 +110,6 @@ __all__ = [
     "Spec",
     "outcome_of",
 ]
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger("retryd.redrive")
 
@@ -290,6 +285,9 @@ class Redrive:
         job.stop_reason = ""
         await jobs.save(job)
         await self._sources.unhide()
+        # A step whose results are not stored yet: a signal in the middle of it still
+        # stores what it settled (deleted messages included) before the job stops.
+        unstored: Step | None = None
         try:
             while True:
                 if (await jobs.load(job.id)).state is JobState.CANCELLED:
@@ -303,15 +301,14 @@ class Redrive:
                 if not picked:
                     job.state = JobState.DONE
                     break
-                step = await self._run_step(picked)
+                step = unstored = Step()
+                await self._run_step(picked, step)
+                unstored = None
                 with anyio.CancelScope(shield=True):
                     # A breaker this step opened reaches the daemon's replicas now.
                     await self._cluster.flush()
                     # Sent is sent: the step's accounting must not be cut short.
-                    await jobs.add_results(job, step.results)
-                    latest.update(latest_results(step.results))
-                    tally(job, latest)
-                    settled |= {result.message_id for result in step.results}
+                    await step.store(job, jobs, latest, settled)
                     job.step += 1
                     await jobs.save(job)
                 if on_step is not None:
@@ -322,6 +319,10 @@ class Redrive:
             job.state = JobState.STOPPED
             job.stop_reason = job.stop_reason or "interrupted; `retryd redrive --resume` goes on"
             with anyio.CancelScope(shield=True):
+                if unstored is not None:
+                    # The interrupted step stays the current one: a resume repeats it,
+                    # skipping what it settled.
+                    await unstored.store(job, jobs, latest, settled)
                 await jobs.save(job)
             raise
         await jobs.save(job)
@@ -357,26 +358,21 @@ class Redrive:
                 break
         return picked
 
-    async def _run_step(self, picked: Sequence[Picked]) -> Step:
-        """Send one step through the pipeline, queue by queue; its results, keys and refails."""
+    async def _run_step(self, picked: Sequence[Picked], step: Step) -> None:
+        """Send one step through the pipeline, queue by queue, into `step`: its results, keys
+        and refails. Cut short (a signal), `step` still holds what was settled."""
         assert self._pipeline is not None
         pipeline = self._pipeline
-        pipeline.step = step = Step()
+        pipeline.step = step
         by_queue: dict[str, list[Picked]] = {}
         for item in picked:
             by_queue.setdefault(item.queue.url, []).append(item)
-        for items in by_queue.values():
-            # Settled within the lease of the earliest read among them.
-            deadline = min(item.act_by for item in items)
-            decisions = await pipeline.handle(
-                items[0].queue, [p.letter for p in items], deadline, [p.resolved for p in items]
-            )
-            for decision, item in zip(decisions, items, strict=True):
-                if (
-                    decision.outcome is Outcome.DEFERRED
-                    and decision.reason == DeferReason.RATE_LIMITED
-                ):
-                    # Not tried: handed back and taken again by a later step.
-                    continue
-                step.results.append(result_of(decision, item))
-        return step
+        try:
+            for items in by_queue.values():
+                letters, resolved = [p.letter for p in items], [p.resolved for p in items]
+                # Settled within the lease of the earliest read among them (each message's
+                # deadline is taken at the receive that read it).
+                deadline = min(item.act_by for item in items)
+                await pipeline.handle(items[0].queue, letters, deadline, resolved)
+        finally:
+            step.account(picked)

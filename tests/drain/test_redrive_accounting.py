@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from retryd.aws import AwsClients, open_clients
 from retryd.control.jobs import JobStore, RedriveJob, new_job_id
 from retryd.control.memory import MemoryControlStore
+from retryd.drain.operator_pipeline import Step
 from retryd.drain.redrive import Redrive, Spec
 from retryd.ledger import MemoryLedger
 from retryd.metrics import Metrics
@@ -79,7 +80,8 @@ def test_a_redrive_step_settles_within_the_lease_of_its_read(
 ) -> None:
     """A step is bounded by the lease its read took: a message read past its act_by is not sent."""
     world_with_letters(world, 1)
-    settings = make_settings()
+    # No extension past the lease (drain.max_lease_s = the lease), so a lease run out is final.
+    settings = make_settings(drain={"visibility_timeout_s": 30, "max_lease_s": 30})
 
     async def main() -> list[tuple[Outcome, str]]:
         async with open_clients(settings.aws) as clients:
@@ -88,7 +90,8 @@ def test_a_redrive_step_settles_within_the_lease_of_its_read(
             picked = await redrive._pick(1, set())
             # As if the step began only after the lease the read started had run out.
             stale = [replace(item, act_by=anyio.current_time() - 1) for item in picked]
-            step = await redrive._run_step(stale)
+            step = Step()
+            await redrive._run_step(stale, step)
             return [(result.outcome, result.reason) for result in step.results]
 
     assert anyio.run(main) == [(Outcome.FAILED, FailReason.LEASE_EXPIRED)]
