@@ -258,9 +258,10 @@ def _tool_parsers(
     iam.add_argument("--account", metavar="ID", help="AWS account id (default: any, '*')")
     iam.add_argument(
         "--role",
-        choices=("daemon", "operator"),
+        choices=("daemon", "operator", "console"),
         default="daemon",
-        help="daemon (run, once, plan, inspect) or operator (also redrive --from parking)",
+        help="daemon (run, once, plan, inspect), operator (also redrive --from parking) "
+        "or console (retryd console: the operator's, as it runs redrive jobs)",
     )
     iam.add_argument(
         "--partition",

@@ -15,6 +15,7 @@ from retryd.console.documents import NotFoundError
 from retryd.console.security import identity
 from retryd.control.readmodel import ParkingQuery
 from retryd.control.store import ControlError
+from retryd.errors import RetrydError
 
 Builder = Callable[[Console, web.Request], Awaitable[dict[str, Any]]]
 
@@ -38,6 +39,10 @@ def _answer(build: Builder) -> Callable[[web.Request], Awaitable[web.Response]]:
             return as_json({"error": str(exc)}, 404)
         except ControlError as exc:
             return as_json({"error": str(exc)}, 503)
+        except RetrydError as exc:
+            # Another refusal the command line would exit non-zero for (a source retryd
+            # does not drain, a missing parking queue): said in one line, no trace.
+            return as_json({"error": str(exc)}, 409)
 
     return handler
 
@@ -104,6 +109,51 @@ async def _cancel(console: Console, request: web.Request) -> dict[str, Any]:
     return done
 
 
+async def _json_object(request: web.Request, what: str) -> dict[str, Any]:
+    try:
+        raw = await request.json()
+    except ValueError:
+        raise OperatorInputError(f"send the {what} as a JSON object") from None
+    if not isinstance(raw, dict):
+        raise OperatorInputError(f"send the {what} as a JSON object")
+    return raw
+
+
+async def _redrive(console: Console, request: web.Request) -> dict[str, Any]:
+    raw = await _json_object(request, "redrive")
+    wanted = actions.request_from_json(raw)
+    if wanted.execute:
+        wanted = actions.with_cutoff(wanted, raw.get("planned_at_s"))
+    done = await actions.redrive(
+        console.sources, console.background, console.caller, identity(request), wanted
+    )
+    console.metrics.actions.labels(
+        "redrive-execute" if wanted.execute else "redrive-plan", "ok"
+    ).inc()
+    return done
+
+
+async def _resume_job(console: Console, request: web.Request) -> dict[str, Any]:
+    done = await actions.resume_redrive(
+        console.sources,
+        console.background,
+        console.caller,
+        identity(request),
+        request.match_info["id"],
+    )
+    console.metrics.actions.labels("redrive-resume", "ok").inc()
+    return done
+
+
+async def _note(console: Console, request: web.Request) -> dict[str, Any]:
+    raw = await _json_object(request, "note")
+    done = await actions.note(
+        console.sources, console.caller, identity(request), request.match_info["id"], raw
+    )
+    console.metrics.actions.labels("group-note", "ok").inc()
+    return done
+
+
 async def _pauses(console: Console, _: web.Request) -> dict[str, Any]:
     return await documents.pauses_now(console.sources)
 
@@ -139,10 +189,13 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/overview", _answer(_overview))
     router.add_get("/api/groups", _answer(_groups))
     router.add_get("/api/groups/{id}", _answer(_group))
+    router.add_post("/api/groups/{id}/note", _answer(_note))
     router.add_get("/api/parking", _answer(_parking))
     router.add_get("/api/jobs", _answer(_jobs))
     router.add_get("/api/jobs/{id}", _answer(_job))
     router.add_post("/api/jobs/{id}/cancel", _answer(_cancel))
+    router.add_post("/api/jobs/{id}/resume", _answer(_resume_job))
+    router.add_post("/api/redrives", _answer(_redrive))
     router.add_get("/api/pauses", _answer(_pauses))
     router.add_post("/api/pauses", _answer(_pause))
     router.add_delete("/api/pauses/{id}", _answer(_resume))

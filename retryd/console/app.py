@@ -15,10 +15,16 @@ def build_app(console: Console, auth: Authenticator) -> web.Application:
     """The application, without binding a socket."""
     app = web.Application(
         middlewares=[security_middleware(auth, console.metrics)],
-        # A pause or a cancel is a few fields; nothing bigger is ever posted.
+        # A pause, a cancel or a redrive's selectors: a few fields; nothing bigger is ever posted.
         client_max_size=64 * 1024,
     )
     app[CONSOLE] = console
+
+    async def stop_jobs(_: web.Application) -> None:
+        # Each job saves itself as stopped on its way out: resumable, from here or the CLI.
+        await console.background.close()
+
+    app.on_cleanup.append(stop_jobs)
 
     async def metrics(_: web.Request) -> web.Response:
         encode, content_type = choose_encoder("")

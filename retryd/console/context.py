@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from retryd.console.background import BackgroundJobs
 from retryd.console.documents import Sources
 from retryd.console.metrics import ConsoleMetrics
 
@@ -27,6 +28,8 @@ class Console:
     metrics: ConsoleMetrics
     templates: jinja2.Environment
     ready: bool = True
+    # The redrive jobs this console started, running until they end or it stops.
+    background: BackgroundJobs = field(default_factory=BackgroundJobs)
 
 
 CONSOLE: web.AppKey[Console] = web.AppKey("console", Console)

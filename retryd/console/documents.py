@@ -24,6 +24,7 @@ from retryd.commands.pause import pauses_document
 from retryd.commands.redrive import job_json
 from retryd.control import audit
 from retryd.control.jobs import JobStore
+from retryd.control.notes import GroupNote, load_notes
 from retryd.control.pauses import load_pauses
 from retryd.control.readmodel import (
     DlqView,
@@ -102,18 +103,31 @@ async def dlqs_document(sources: Sources) -> list[Document]:
     return out
 
 
-def _groups(views: list[DlqView]) -> list[Document]:
-    """Every failure group, with the DLQ it is in (a group id may recur across DLQs)."""
+def _groups(views: list[DlqView], notes: dict[str, GroupNote]) -> list[Document]:
+    """Every failure group, with the DLQ it is in (a group id may recur across DLQs) and
+    the note on it (None: none)."""
     rows = [
-        {**group, "queue": view.name, "queue_arn": view.arn, "seen_at_s": view.at_s}
+        {
+            **group,
+            "queue": view.name,
+            "queue_arn": view.arn,
+            "seen_at_s": view.at_s,
+            "note": _note(notes, group.get("id")),
+        }
         for view in views
         for group in view.groups
     ]
     return sorted(rows, key=lambda g: (-int(g.get("count", 0)), str(g.get("id"))))
 
 
+def _note(notes: dict[str, GroupNote], group_id: Any) -> Document | None:
+    note = notes.get(str(group_id))
+    return note.to_json() if note is not None else None
+
+
 async def groups_document(sources: Sources) -> Document:
-    return {"groups": _groups(await read_dlqs(sources.store))}
+    views = await read_dlqs(sources.store)
+    return {"groups": _groups(views, await load_notes(sources.store))}
 
 
 async def _parked(sources: Sources) -> tuple[list[ParkedCopy], int]:
@@ -122,12 +136,14 @@ async def _parked(sources: Sources) -> tuple[list[ParkedCopy], int]:
 
 
 async def group_document(sources: Sources, group_id: str) -> Document:
-    rows = [g for g in _groups(await read_dlqs(sources.store)) if g.get("id") == group_id]
+    notes = await load_notes(sources.store)
+    views = await read_dlqs(sources.store)
+    rows = [g for g in _groups(views, notes) if g.get("id") == group_id]
     copies, _ = await _parked(sources)
     parked = [c.to_json() for c in copies if c.group == group_id]
-    if not rows and not parked:
+    if not rows and not parked and group_id not in notes:
         raise NotFoundError(f"no failure group {group_id!r} in the latest cycles")
-    return {"id": group_id, "queues": rows, "parked": parked}
+    return {"id": group_id, "note": _note(notes, group_id), "queues": rows, "parked": parked}
 
 
 async def pauses_now(sources: Sources) -> Document:
@@ -162,7 +178,7 @@ async def overview_document(sources: Sources) -> Document:
     copies, dropped = await _parked(sources)
     return {
         "dlqs": dlqs,
-        "groups": _groups(views),
+        "groups": _groups(views, await load_notes(sources.store)),
         "parked": {
             "total": len(copies),
             "not_indexed": dropped,

@@ -7,8 +7,9 @@ with a redirect back to the page; a running job's page refreshes itself with a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from retryd.console.context import Console, console_of
 from retryd.console.documents import NotFoundError
 from retryd.console.security import identity
 from retryd.control.store import ControlError
+from retryd.errors import RetrydError
 
 Page = Callable[[Console, web.Request], Awaitable[web.StreamResponse]]
 REFRESH_RUNNING_S = 5
@@ -58,6 +60,10 @@ def _page(build: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
             return render(console, request, "error.html", 404, message=str(exc))
         except ControlError as exc:
             return render(console, request, "error.html", 503, message=str(exc))
+        except RetrydError as exc:
+            # Another refusal the command line would exit non-zero for (a source retryd
+            # does not drain, a missing parking queue): said in one line, no trace.
+            return render(console, request, "error.html", 409, message=str(exc))
 
     return handler
 
@@ -70,6 +76,15 @@ async def _overview(console: Console, request: web.Request) -> web.Response:
 async def _group(console: Console, request: web.Request) -> web.Response:
     doc = await documents.group_document(console.sources, request.match_info["id"])
     return render(console, request, "group.html", doc=doc)
+
+
+async def _note(console: Console, request: web.Request) -> web.StreamResponse:
+    group_id = request.match_info["id"]
+    form = await request.post()
+    raw = {"text": str(form.get("text", ""))}
+    await actions.note(console.sources, console.caller, identity(request), group_id, raw)
+    console.metrics.actions.labels("group-note", "ok").inc()
+    raise web.HTTPSeeOther(f"/groups/{quote(group_id, safe='')}")
 
 
 async def _parking(console: Console, request: web.Request) -> web.Response:
@@ -119,6 +134,54 @@ async def _cancel(console: Console, request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/jobs/{job_id}")
 
 
+def _form_fields(form: Mapping[str, Any]) -> dict[str, str]:
+    return {key: str(form.get(key, "")) for key in actions.FORM_FIELDS}
+
+
+async def _redrive_form(console: Console, request: web.Request) -> web.Response:
+    """The redrive form, filled from the query (a group's page links here with its group)."""
+    fields = _form_fields(request.query)
+    return render(console, request, "redrive.html", fields=fields, plan=None, planned_at_s=None)
+
+
+async def _redrive_plan(console: Console, request: web.Request) -> web.Response:
+    """The plan's exact counts, and the button that executes exactly this plan."""
+    fields = _form_fields(await request.post())
+    wanted = actions.request_from_form(fields, execute=False)
+    done = await actions.redrive(
+        console.sources, console.background, console.caller, identity(request), wanted
+    )
+    console.metrics.actions.labels("redrive-plan", "ok").inc()
+    return render(
+        console,
+        request,
+        "redrive.html",
+        fields=fields,
+        plan=done["plan"],
+        planned_at_s=done["planned_at_s"],
+    )
+
+
+async def _redrive_execute(console: Console, request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    wanted = actions.request_from_form(_form_fields(form), execute=True)
+    wanted = actions.with_cutoff(wanted, str(form.get("planned_at_s", "")))
+    done = await actions.redrive(
+        console.sources, console.background, console.caller, identity(request), wanted
+    )
+    console.metrics.actions.labels("redrive-execute", "ok").inc()
+    raise web.HTTPSeeOther(f"/jobs/{quote(done['job']['id'], safe='')}")
+
+
+async def _resume_job(console: Console, request: web.Request) -> web.StreamResponse:
+    job_id = request.match_info["id"]
+    await actions.resume_redrive(
+        console.sources, console.background, console.caller, identity(request), job_id
+    )
+    console.metrics.actions.labels("redrive-resume", "ok").inc()
+    raise web.HTTPSeeOther(f"/jobs/{quote(job_id, safe='')}")
+
+
 async def _audit(console: Console, request: web.Request) -> web.Response:
     limit = int_param(request, "limit", console.sources.settings.console.page_size)
     doc = await documents.audit_now(console.sources, limit)
@@ -128,6 +191,7 @@ async def _audit(console: Console, request: web.Request) -> web.Response:
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/", _page(_overview))
     router.add_get("/groups/{id}", _page(_group))
+    router.add_post("/groups/{id}/note", _page(_note))
     router.add_get("/parking", _page(_parking))
     router.add_get("/pauses", _page(_pauses))
     router.add_post("/pauses", _page(_pause))
@@ -135,4 +199,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/jobs", _page(_jobs))
     router.add_get("/jobs/{id}", _page(_job))
     router.add_post("/jobs/{id}/cancel", _page(_cancel))
+    router.add_post("/jobs/{id}/resume", _page(_resume_job))
+    router.add_get("/redrive", _page(_redrive_form))
+    router.add_post("/redrive", _page(_redrive_plan))
+    router.add_post("/redrive/execute", _page(_redrive_execute))
     router.add_get("/audit", _page(_audit))

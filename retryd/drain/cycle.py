@@ -31,6 +31,7 @@ from retryd.discovery.survey import Sizing, size_up
 from retryd.drain.batch import Pipeline
 from retryd.drain.setup import PlaceBuilder, PlaceSetup, Purpose, admit_live
 from retryd.drain.shard import WHOLE, Shard
+from retryd.drain.sightings import QueueSighting, Sightings
 from retryd.errors import ParkingQueueMissingError, RetrydError
 from retryd.heartbeat import Leasing
 from retryd.leases import RECEIVE_BATCH_MAX, act_by, receive
@@ -224,6 +225,7 @@ class _QueueDrain:
     look: _PlaceDrain
     queue: QueueRef
     remaining: int
+    sighting: QueueSighting
     handled: Handled = field(default_factory=Handled)
     stale_batches: int = 0
     done: bool = False
@@ -278,6 +280,8 @@ class Cycle:
         )
         # A place's pipeline, built once its parking queue is found, kept with it.
         self._pipelines: dict[Place, Pipeline] = {}
+        # What the console's read model learns from each DLQ drained (never fails a batch).
+        self._sightings = Sightings(self._control, parked_ttl_s=settings.console.parked_index_ttl_s)
 
     @property
     def cluster(self) -> Cluster:
@@ -442,15 +446,19 @@ class Cycle:
             if not run.may_go_on:
                 return
             sizing = await self._size_up(look.clients, queue)
+            # What the drain leaves behind, for the console's read model (drain/sightings.py).
+            sighting = QueueSighting(sizing.queue, look.setup.chain)
             if sizing.empty:
                 # Most DLQs are empty most of the time: one cheap call instead of a
                 # long poll per empty queue.
+                await self._sightings.record(sighting)
                 return
             # Its retention rides on every letter, for the guards' retention check.
             queue = sizing.queue
             # Its resolvers read what feeds it: learned now, not for every empty DLQ.
             await look.setup.feeds.learn(look.clients, queue)
-            state = _QueueDrain(look, queue, self._settings.drain.max_messages_per_queue)
+            limit = self._settings.drain.max_messages_per_queue
+            state = _QueueDrain(look, queue, limit, sighting)
             try:
                 async with anyio.create_task_group() as group:
                     for _ in range(self._settings.drain.workers_per_queue):
@@ -461,6 +469,7 @@ class Cycle:
                 if hidden is not None:
                     with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
                         await hidden.flush(hidden.key(queue))
+            await self._sightings.record(sighting)
             if state.handled.oldest_sent_s is not None:
                 self._metrics.set_oldest_message_age(
                     queue, max(0.0, time.time() - state.handled.oldest_sent_s)
@@ -493,6 +502,7 @@ class Cycle:
             report.received += len(fresh)
             decisions = await state.look.pipeline.handle(state.queue, fresh, deadline)
             state.handled.settled(decisions)
+            self._sightings.saw(state.sighting, decisions)
             report.add(decisions)
             # A breaker this batch opened or closed is written now (no call otherwise),
             # so the other replicas find it at their next sync.

@@ -438,3 +438,15 @@ def test_an_unknown_role_is_refused(make_settings: SettingsFactory) -> None:
     """A role that is neither daemon nor operator is a configuration error naming it."""
     with pytest.raises(ConfigError, match="--role"):
         policy_document(make_settings(), account=None, region=None, role="admin")
+
+
+def test_the_console_role_is_the_operators_as_it_runs_redrive_jobs(
+    make_settings: SettingsFactory,
+) -> None:
+    """--role console: exactly the operator's statements (its redrive jobs need all of them)."""
+    settings = make_settings(ledger={"backend": "dynamodb", "table": "retryd-ledger"})
+    operator = policy_document(settings, account=ACCOUNT, region=REGION, role="operator")
+    console = policy_document(settings, account=ACCOUNT, region=REGION, role="console")
+    assert console == operator
+    assert granted(console, "sqs:GetQueueAttributes")
+    assert granted(console, "dynamodb:PutItem")

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import BrowserContext, ConsoleMessage, Dialog, Page, sync_playwright
+from playwright.sync_api import (
+    BrowserContext,
+    ConsoleMessage,
+    Dialog,
+    Page,
+    ViewportSize,
+    sync_playwright,
+)
 
 from tests.tools import require_tool
 
@@ -91,3 +98,21 @@ def watched(context: BrowserContext) -> Watched:
     page.on("dialog", on_dialog)
     page.on("console", on_console)
     return seen
+
+
+# The Console page's screenshots: written by the browser tests, so they show the pages
+# as they are (a test run that changes a page changes its picture, for the commit).
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "images" / "console"
+SCREENSHOT_SIZE: ViewportSize = {"width": 960, "height": 600}
+
+
+def screenshot(page: Page, name: str, focus: str | None = None) -> Path:
+    """The visible part of `page` (scrolled to `focus`, a selector) as
+    docs/images/console/<name>.png, small (960x600)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.set_viewport_size(SCREENSHOT_SIZE)
+    if focus is not None:
+        page.locator(focus).scroll_into_view_if_needed()
+    page.screenshot(path=str(path), full_page=False, animations="disabled")
+    return path

@@ -30,7 +30,7 @@ from retryd.control.store import ControlStore
 from retryd.sandbox.world import SANDBOX_CONFIG_TOML, build_world, sandbox_settings
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
-from tests.console.browser import chromium, watched
+from tests.console.browser import chromium, screenshot, watched
 from tests.console.harness import CALLER, OPERATOR_TOKEN, VIEWER_TOKEN, bearer, console_for, serving
 from tests.world import World
 
@@ -180,6 +180,7 @@ def test_overview_shows_the_sandbox_world_with_inspects_counts(
                 [q["name"], str(q["depth"]["visible"])] for q in document["queues"]
             )
             seen.assert_nothing_ran()
+            assert screenshot(seen.page, "overview").stat().st_size > 0
 
 
 def test_operator_pauses_and_resumes_from_the_page_and_it_is_audited(
@@ -218,7 +219,7 @@ def test_operator_pauses_and_resumes_from_the_page_and_it_is_audited(
 
 
 def test_a_viewer_sees_no_action_buttons(make_settings: SettingsFactory, tmp_path: Path) -> None:
-    """A viewer's token shows no form or button on pauses and a running job; an operator's does."""
+    """A viewer's token shows no form or button on pauses, a running job and the redrive page."""
     settings = make_settings(
         console={"auth": "token", "viewer_token": VIEWER_TOKEN, "operator_token": OPERATOR_TOKEN}
     )
@@ -235,7 +236,7 @@ def test_a_viewer_sees_no_action_buttons(make_settings: SettingsFactory, tmp_pat
         for token, buttons in ((VIEWER_TOKEN, 0), (OPERATOR_TOKEN, 1)):
             with chromium(tmp_path / token[:1], bearer(token)) as context:
                 seen = watched(context)
-                for path in ("/pauses", "/jobs/rd-1"):
+                for path in ("/pauses", "/jobs/rd-1", "/redrive"):
                     seen.goto(base + path)
                     found: int = seen.page.evaluate(
                         "document.querySelectorAll('main button').length"
@@ -247,3 +248,85 @@ def test_a_viewer_sees_no_action_buttons(make_settings: SettingsFactory, tmp_pat
                         token[:1],
                         path,
                     )
+
+
+def _orders_group(document: dict[str, Any]) -> tuple[str, int]:
+    """The failure group of retry-orders whose messages go back to the `orders` queue."""
+    for queue in document["queues"]:
+        if queue["name"] != "retry-orders":
+            continue
+        for group in queue["groups"]:
+            if str(group["target"]).endswith(":orders"):
+                return str(group["id"]), int(group["count"])
+    raise AssertionError("the sandbox world has an orders group in retry-orders")
+
+
+async def _received(settings: Settings, queue: str) -> int:
+    """How many distinct messages `queue` holds (each hidden while counted)."""
+    seen: set[str] = set()
+    async with open_clients(settings.aws) as clients:
+        url = (await clients.sqs.get_queue_url(QueueName=queue))["QueueUrl"]
+        while True:
+            answer = await clients.sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60
+            )
+            messages = answer.get("Messages", [])
+            if not messages:
+                return len(seen)
+            seen.update(message["MessageId"] for message in messages)
+
+
+def test_an_operator_redrives_a_group_and_the_target_gets_what_the_plan_said(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Plan a group redrive on the page, execute it, watch it finish: the plan's count arrives."""
+    config = tmp_path / "sandbox.toml"
+    config.write_text(SANDBOX_CONFIG_TOML)
+    settings: Settings = sandbox_settings()
+
+    async def build() -> None:
+        async with open_clients(settings.aws) as clients:
+            await build_world(clients, 3)
+
+    anyio.run(build)
+    capsys.readouterr()
+    assert main(["inspect", "--output", "json", "--config", str(config)]) in (0, 1)
+    group_id, count = _orders_group(json.loads(capsys.readouterr().out))
+    assert count == 3
+    store = MemoryControlStore()
+    with anyio.from_thread.start_blocking_portal() as portal:
+        clients = portal.wrap_async_context_manager(open_clients(settings.aws))
+        with (
+            clients as opened,
+            serving(console_for(settings, store, opened), NoAuth(), portal) as base,
+            chromium(tmp_path / "profile") as context,
+        ):
+            seen = watched(context)
+            query = urllib.parse.urlencode({"sources": "retry-orders", "groups": group_id})
+            assert seen.goto(f"{base}/redrive?{query}") == 200
+            seen.page.fill("input[name=canary_wait_s]", "0")
+            with seen.page.expect_navigation():
+                seen.page.click("#plan-button")
+            assert seen.page.inner_text("#plan-selected") == str(count), seen.page.content()
+            screenshot(seen.page, "redrive-plan", "#execute-button")
+            with seen.page.expect_navigation():
+                seen.page.click("#execute-button")
+            assert "/jobs/rd-" in seen.page.url
+            for _ in range(600):
+                if seen.page.inner_text("#job-state") != "running":
+                    break
+                seen.page.wait_for_timeout(100)
+                seen.page.reload()
+            assert seen.page.inner_text("#job-state") == "done", seen.page.content()
+            screenshot(seen.page, "job")
+            seen.assert_nothing_ran()
+            job_id = seen.page.url.rsplit("/", 1)[1]
+            seen.goto(base + "/audit")
+            audit_text = seen.page.inner_text("#audit")
+    assert anyio.run(_received, settings, "orders") == count
+    assert "redrive-plan" in audit_text
+    assert "redrive-execute" in audit_text
+    job = anyio.run(JobStore(store, 86_400).load, job_id)
+    assert job.spec["selector"]["groups"] == [group_id]
+    # The cutoff: nothing that failed after the plan could be swept in.
+    assert job.spec["selector"]["until_s"] is not None

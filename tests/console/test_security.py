@@ -278,3 +278,78 @@ def test_a_token_file_signs_in_a_viewer(make_settings: SettingsFactory, tmp_path
             call("/api/pauses", "POST", {"pattern": "*", "reason": "r"}, headers=SAME_ORIGIN).status
             == 403
         )
+
+
+def test_a_viewers_forged_redrive_or_note_is_refused(token_console: str) -> None:
+    """A viewer's redrive, resume or note, even same-origin, is 403 and starts nothing."""
+    viewer = Caller(token_console, bearer(VIEWER_TOKEN))
+    asks = [
+        ("/api/redrives", {"sources": ["retry-orders"], "execute": True}),
+        ("/api/jobs/rd-1/resume", None),
+        ("/api/groups/abc/note", {"text": "forged"}),
+    ]
+    for path, body in asks:
+        assert viewer(path, "POST", body, headers=SAME_ORIGIN).status == 403, path
+    assert viewer("/redrive", "POST", form={"sources": "x"}, headers=SAME_ORIGIN).status == 403
+    assert viewer("/api/jobs").json() == {"jobs": []}
+    assert viewer("/api/audit").json()["records"] == []
+    assert 'id="redrive-form"' not in viewer("/redrive").text
+
+
+def test_a_cross_origin_redrive_is_refused(token_console: str) -> None:
+    """CSRF: an operator's redrive from another origin is 403 before anything is read."""
+    operator = Caller(token_console, bearer(OPERATOR_TOKEN))
+    reply = operator(
+        "/api/redrives",
+        "POST",
+        {"sources": ["retry-orders"], "execute": True},
+        headers={"Sec-Fetch-Site": "cross-site"},
+    )
+    assert reply.status == 403
+    assert operator("/api/jobs").json() == {"jobs": []}
+
+
+def test_a_note_on_a_group_is_set_shown_and_cleared_audited(token_console: str) -> None:
+    """An operator's note is on the group for everyone, named; empty text clears it."""
+    operator = Caller(token_console, bearer(OPERATOR_TOKEN))
+    viewer = Caller(token_console, bearer(VIEWER_TOKEN))
+    made = operator(
+        "/api/groups/0123456789/note",
+        "POST",
+        {"text": "under investigation by <b>ana</b>, ticket OPS-1"},
+        headers=SAME_ORIGIN,
+    )
+    assert made.status == 200, made.text
+    shown = viewer("/api/groups/0123456789").json()
+    assert shown["note"]["text"] == "under investigation by <b>ana</b>, ticket OPS-1"
+    assert shown["note"]["by"] == "operator-token"
+    page = viewer("/groups/0123456789").text
+    assert "under investigation by &lt;b&gt;ana&lt;/b&gt;, ticket OPS-1" in page
+    assert 'id="note-form"' not in page
+    assert (
+        operator("/api/groups/0123456789/note", "POST", {"text": 5}, headers=SAME_ORIGIN).status
+        == 400
+    )
+    cleared = operator("/api/groups/0123456789/note", "POST", {"text": ""}, headers=SAME_ORIGIN)
+    assert cleared.json()["note"] is None
+    assert viewer("/api/groups/0123456789").status == 404
+    records = operator("/api/audit").json()["records"]
+    assert [(r["action"], r["outcome"], r["person"]) for r in records] == [
+        ("group-note", "cleared", "operator-token"),
+        ("group-note", "set", "operator-token"),
+    ]
+
+
+def test_bad_redrive_input_is_a_400_naming_the_field(token_console: str) -> None:
+    """A redrive with no source, a bad ramp or a transform is 400 with one line, nothing read."""
+    operator = Caller(token_console, bearer(OPERATOR_TOKEN))
+    for body, field in (
+        ({"selector": {}}, "--from"),
+        ({"sources": ["q"], "ramp": "0,x"}, "--ramp"),
+        ({"sources": ["q"], "transform": "t"}, "transform"),
+        ({"sources": ["q"], "selector": {"groups": 7}}, "selector.groups"),
+        ({"sources": ["q"], "max_refail": "lots"}, "max_refail"),
+    ):
+        reply = operator("/api/redrives", "POST", body, headers=SAME_ORIGIN)
+        assert reply.status == 400, (body, reply.text)
+        assert field in reply.json()["error"], (body, reply.text)
