@@ -5,17 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from prometheus_client import CollectorRegistry
 
 from retryd.aws import open_clients
 from retryd.control.jobs import JobState, JobStore, RedriveJob, latest_results, new_job_id
 from retryd.control.memory import MemoryControlStore
-from retryd.drain.redrive import Redrive, Spec
-from retryd.ledger import MemoryLedger
-from retryd.metrics import Metrics
+from retryd.drain.redrive import Spec
 from retryd.models import Outcome
 from retryd.targets.sender import Sent
 from tests.conftest import SettingsFactory
+from tests.drain.redrive_helpers import job_redrive
 from tests.world import World, envelope
 
 PARKING = "retryd-parking"
@@ -41,14 +39,7 @@ def test_a_signal_after_the_target_took_a_copy_keeps_it_in_the_job(
         jobs = JobStore(store, TTL_S)
         await jobs.save(job)
         async with open_clients(settings.aws) as clients:
-            redrive = Redrive(
-                settings,
-                clients,
-                ledger=MemoryLedger(claim_s=300, ttl_s=TTL_S, owner=f"redrive-{job.id}"),
-                metrics=Metrics(CollectorRegistry()),
-                control=store,
-                spec=spec,
-            )
+            redrive = job_redrive(settings, clients, store, spec, job)
             await redrive.prepare()
             assert redrive._pipeline is not None
             sender = redrive._pipeline._sender

@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from prometheus_client import CollectorRegistry
 
 from retryd.aws import open_clients
 from retryd.control.jobs import JobStore, RedriveJob, new_job_id
 from retryd.control.memory import MemoryControlStore
-from retryd.drain.redrive import Redrive, Spec
-from retryd.ledger import MemoryLedger
-from retryd.metrics import Metrics
+from retryd.drain.redrive import Spec
 from tests.conftest import SettingsFactory
+from tests.drain.redrive_helpers import job_redrive
 from tests.world import World, envelope
 
 PARKING = "retryd-parking"
@@ -41,14 +39,7 @@ def test_a_step_from_two_queues_works_within_the_leases_its_read_took(
         jobs = JobStore(store, TTL_S)
         await jobs.save(job)
         async with open_clients(settings.aws) as clients:
-            redrive = Redrive(
-                settings,
-                clients,
-                ledger=MemoryLedger(claim_s=300, ttl_s=TTL_S, owner=f"redrive-{job.id}"),
-                metrics=Metrics(CollectorRegistry()),
-                control=store,
-                spec=spec,
-            )
+            redrive = job_redrive(settings, clients, store, spec, job)
             await redrive.prepare()
             sources, pipeline = redrive._sources, redrive._pipeline
             assert pipeline is not None
