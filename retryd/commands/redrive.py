@@ -440,7 +440,7 @@ async def _plan_and_execute(
     jobs = JobStore(store, settings.ledger.ttl_s)
     # Audited as it starts too: a job whose process is killed still left a record.
     await _audit_job(store, who, "redrive-execute", job, outcome="started", person=person)
-    await jobs.save(job)
+    await jobs.take(job, redrive.runner)
     steps.started(job)
     try:
         job = await steps.execute(redrive, job, jobs, counts.selected)
@@ -499,6 +499,9 @@ async def resume_job(
                     await redrive.prepare()
                 except RedriveInputError as exc:
                     raise input_error(exc) from None
+                # Refused here, before anything is said to have started, while another
+                # live process runs the job (JobBusyError).
+                await jobs.take(job, redrive.runner)
                 steps.started(job)
                 try:
                     job = await steps.execute(redrive, job, jobs, None)

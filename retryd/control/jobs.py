@@ -11,14 +11,17 @@ All expire with the ledger's TTL.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from retryd.control.store import Body, ControlError, ControlStore, read_body, update
+from retryd.errors import ExitCode, RetrydError
 from retryd.models import Outcome
 
 JOBS_DOC = "jobs"
@@ -28,6 +31,33 @@ JOBS_KEEP = 100
 FAILURES_KEEP = 200
 DETAIL_MAX_CHARS = 300
 CANCELLED_REASON = "cancelled by `retryd jobs cancel`"
+# A running job is stored as RUNNING with the token of the process running it (its
+# runner), and that process touches it every JOB_HEARTBEAT_S. A crash leaves it
+# RUNNING, so a resume must be able to take it over -- but only once its runner has
+# been silent for JOB_STALE_S: two processes running one job would share its ledger
+# owner (a claim begun before a crash is the job's to finish), so the ledger could
+# not keep them from sending a message twice.
+JOB_HEARTBEAT_S = 10.0
+JOB_STALE_S = 45.0
+
+
+class JobBusyError(RetrydError):
+    """The job is running in another process that is still alive: it is not taken over."""
+
+    # Refused before anything was sent, as an invalid command line is.
+    exit_code = ExitCode.CONFIG
+
+
+class JobTakenOverError(RetrydError):
+    """Another process took this job over (this one was silent too long): it stops at once,
+    writing nothing more."""
+
+    exit_code = ExitCode.CYCLE_FAILED
+
+
+def new_runner() -> str:
+    """A token naming this process's run of a job (host and pid, for the person reading it)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class JobState(StrEnum):
@@ -91,6 +121,8 @@ class RedriveJob:
     counts: Counter[str] = field(default_factory=Counter)
     failures: list[Body] = field(default_factory=list)
     stop_reason: str = ""
+    # The process running it (`new_runner`), while it is RUNNING; "" before its first run.
+    runner: str = ""
 
     @property
     def doc(self) -> str:
@@ -110,6 +142,7 @@ class RedriveJob:
             "counts": dict(self.counts),
             "failures": self.failures[-FAILURES_KEEP:],
             "stop_reason": self.stop_reason,
+            "runner": self.runner,
         }
 
     @classmethod
@@ -127,6 +160,7 @@ class RedriveJob:
             counts=Counter({k: int(v) for k, v in raw.get("counts", {}).items()}),
             failures=list(raw.get("failures", [])),
             stop_reason=raw.get("stop_reason", ""),
+            runner=str(raw.get("runner", "")),
         )
 
     def failed_results(self) -> list[MessageResult]:
@@ -172,6 +206,7 @@ class JobStore:
         job.updated_at_s = time.time()
 
         def write(current: Body | None) -> Body:
+            _fence(job, current)
             stored = (current or {}).get("state")
             if stored == JobState.CANCELLED.value and job.state is not JobState.CANCELLED:
                 job.state = JobState.CANCELLED
@@ -186,6 +221,57 @@ class JobStore:
 
         await update(self._store, JOBS_DOC, index, ttl_s=self._ttl_s)
 
+    async def take(self, job: RedriveJob, runner: str, *, now_s: float | None = None) -> None:
+        """Mark `job` RUNNING under `runner`, unless another live process runs it.
+
+        Taken atomically (the store's versioned write): of two resumes at once, one
+        wins and the other gets JobBusyError. A job whose runner has been silent for
+        JOB_STALE_S (a crash, a kill), or was a process on this host that no longer
+        exists, is taken over.
+        """
+        at_s = time.time() if now_s is None else now_s
+
+        def claim(current: Body | None) -> Body:
+            if current is not None:
+                busy = busy_runner(current, runner, at_s, gone=gone_here)
+                if busy is not None:
+                    raise JobBusyError(busy)
+                if current.get("state") == JobState.CANCELLED.value:
+                    # A cancel is final: the caller sees it on its first step and stops.
+                    job.state = JobState.CANCELLED
+                    job.stop_reason = CANCELLED_REASON
+                    job.runner = runner
+                    job.updated_at_s = at_s
+                    return job.to_json()
+            job.state = JobState.RUNNING
+            job.stop_reason = ""
+            job.runner = runner
+            job.updated_at_s = at_s
+            return job.to_json()
+
+        await update(self._store, job.doc, claim, ttl_s=self._ttl_s)
+
+        def index(current: Body | None) -> Body:
+            kept = [j for j in (current or {}).get("jobs", []) if j["id"] != job.id]
+            return {"jobs": [*kept, job.summary()][-JOBS_KEEP:]}
+
+        await update(self._store, JOBS_DOC, index, ttl_s=self._ttl_s)
+
+    async def touch(self, job: RedriveJob) -> bool:
+        """Say the job's runner is alive (JOB_HEARTBEAT_S); False once another took it over."""
+        at_s = time.time()
+        taken = False
+
+        def beat(current: Body | None) -> Body | None:
+            nonlocal taken
+            if current is None or current.get("runner", "") != job.runner:
+                taken = current is not None
+                return None
+            return {**current, "updated_at_s": at_s}
+
+        await update(self._store, job.doc, beat, ttl_s=self._ttl_s)
+        return not taken
+
     async def add_results(self, job: RedriveJob, results: Sequence[MessageResult]) -> None:
         """Store one step's results as the next chunk (before the job document moves on)."""
         if not results:
@@ -194,6 +280,12 @@ class JobStore:
         body = {"results": [r.to_json() for r in results]}
         await update(self._store, name, lambda _: body, ttl_s=self._ttl_s)
         job.chunks += 1
+
+    async def load_as_runner(self, job: RedriveJob) -> RedriveJob:
+        """The job as stored, read by its runner: JobTakenOverError if it is no longer its."""
+        body = await read_body(self._store, job.doc)
+        _fence(job, body)
+        return await self.load(job.id) if body is None else RedriveJob.from_json(body)
 
     async def load(self, job_id: str) -> RedriveJob:
         body = await read_body(self._store, f"job/{job_id}")
@@ -225,6 +317,61 @@ def job_metrics(index: Body | None) -> tuple[Counter[str], Counter[tuple[str, st
         for outcome, count in dict(entry.get("outcomes", {})).items():
             messages[(str(entry.get("kind", "")), str(outcome))] += int(count)
     return by_state, messages
+
+
+def gone_here(runner: str) -> bool:
+    """True when `runner` was a process on this host that no longer exists (a crash or a
+    kill here): its job may be taken over at once. False when unsure (another host, a
+    process that exists, one this user may not signal)."""
+    host, _, rest = runner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def busy_runner(
+    stored: Mapping[str, object],
+    runner: str,
+    now_s: float,
+    *,
+    gone: Callable[[str], bool] = lambda _: False,
+) -> str | None:
+    """Why `runner` may not run the stored job now (another live runner has it), or None.
+
+    `gone` says a runner is known dead (`gone_here`), so it need not be waited out.
+    """
+    holder = str(stored.get("runner", ""))
+    if stored.get("state") != JobState.RUNNING.value or holder == runner:
+        return None
+    if holder and gone(holder):
+        return None
+    heard_s = now_s - float(str(stored.get("updated_at_s", 0)))
+    if heard_s >= JOB_STALE_S:
+        return None
+    who = holder.rsplit(":", 1)[0] if holder else "another process"
+    return (
+        f"job {stored.get('id')} is running in {who} (heard from {max(heard_s, 0):.0f} s ago); "
+        f"cancel it with `retryd jobs cancel`, or resume it once it has stopped "
+        f"(a runner silent for {JOB_STALE_S:.0f} s is taken over)"
+    )
+
+
+def _fence(job: RedriveJob, stored: Mapping[str, object] | None) -> None:
+    # A runner that was taken over must not write the job back over its new runner's.
+    if stored is None or not job.runner:
+        return
+    holder = str(stored.get("runner", ""))
+    if holder and holder != job.runner:
+        raise JobTakenOverError(
+            f"job {job.id} was taken over by {holder.rsplit(':', 1)[0]}; this run stops"
+        )
 
 
 def latest_results(results: Iterable[MessageResult]) -> dict[str, MessageResult]:

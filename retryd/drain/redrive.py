@@ -61,14 +61,17 @@ from retryd.aws import AwsClients
 from retryd.cluster import Cluster
 from retryd.control.jobs import (
     CANCELLED_REASON,
+    JOB_HEARTBEAT_S,
     JobState,
     JobStore,
+    JobTakenOverError,
     MessageResult,
     RedriveJob,
     latest_results,
+    new_runner,
 )
 from retryd.control.pauses import load_pauses
-from retryd.control.store import ControlStore
+from retryd.control.store import ControlError, ControlStore
 from retryd.discovery.survey import read_depth
 from retryd.drain.operator_pipeline import OperatorPipeline, Step
 from retryd.drain.redrive_read import Sources
@@ -138,6 +141,8 @@ class Redrive:
         `qualified_deferrals` (with [[accounts]]) finds deferred messages by queue ARN;
         `home` (default: `clients`) are the clients of the place the cluster item is in."""
         self._settings = settings
+        # This process's run of a job: one token, so the job it takes stays its own.
+        self.runner = new_runner()
         self._qualified_deferrals = qualified_deferrals
         self._clients = clients
         self._metrics = metrics
@@ -281,16 +286,40 @@ class Redrive:
         # Within one run every message is tried once; a resume tries again what did
         # not end (a failure, a deferral): the fix may be live now.
         settled = {m for m, result in latest.items() if result.outcome in FINAL}
-        job.state = JobState.RUNNING
-        job.stop_reason = ""
-        await jobs.save(job)
+        # Refused (JobBusyError) while another live process runs the job.
+        await jobs.take(job, self.runner)
+        ended: RedriveJob | None = None
+        error: BaseException | None = None
+        async with anyio.create_task_group() as beats:
+            beats.start_soon(_keep_alive, job, jobs)
+            try:
+                ended = await self._run(job, jobs, latest, settled, on_step)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, as it was
+                # Raised outside the group, so callers see it and not an ExceptionGroup.
+                error = exc
+            finally:
+                beats.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        assert ended is not None
+        return ended
+
+    async def _run(
+        self,
+        job: RedriveJob,
+        jobs: JobStore,
+        latest: dict[str, MessageResult],
+        settled: set[str],
+        on_step: Callable[[RedriveJob, Sequence[MessageResult]], None] | None,
+    ) -> RedriveJob:
         await self._sources.unhide()
         # A step whose results are not stored yet: a signal in the middle of it still
         # stores what it settled (deleted messages included) before the job stops.
         unstored: Step | None = None
         try:
             while True:
-                if (await jobs.load(job.id)).state is JobState.CANCELLED:
+                # JobTakenOverError once another process has taken the job over.
+                if (await jobs.load_as_runner(job)).state is JobState.CANCELLED:
                     # `retryd jobs cancel` from elsewhere: stop before the next step.
                     job.state = JobState.CANCELLED
                     job.stop_reason = CANCELLED_REASON
@@ -315,6 +344,9 @@ class Redrive:
                     on_step(job, step.results)
                 if await self._canaries_failed(job, len(picked), step):
                     break
+        except JobTakenOverError:
+            # The job is its new runner's now: nothing of this run is written back.
+            raise
         except BaseException:
             job.state = JobState.STOPPED
             job.stop_reason = job.stop_reason or "interrupted; `retryd redrive --resume` goes on"
@@ -376,3 +408,17 @@ class Redrive:
                 await pipeline.handle(items[0].queue, letters, deadline, resolved)
         finally:
             step.account(picked)
+
+
+async def _keep_alive(job: RedriveJob, jobs: JobStore) -> None:
+    """Touch the job while it runs, so a resume elsewhere sees it alive and does not take
+    it over; a canary wait or a long step is covered too. A failed touch is only logged:
+    the job's own next write says whether the store is usable."""
+    while True:
+        await anyio.sleep(JOB_HEARTBEAT_S)
+        try:
+            if not await jobs.touch(job):
+                log.warning("redrive-job-taken-over", job=job.id)
+                return
+        except ControlError as exc:
+            log.warning("redrive-job-heartbeat-failed", job=job.id, error=str(exc))

@@ -13,7 +13,9 @@ import pytest
 from retryd.aws import open_clients
 from retryd.commands.cli import main
 from retryd.console.auth import NoAuth
+from retryd.control.jobs import JobState, JobStore, RedriveJob, new_job_id
 from retryd.control.memory import MemoryControlStore
+from retryd.drain.redrive import Spec
 from retryd.sandbox.world import SANDBOX_CONFIG_TOML, build_world, sandbox_settings
 from tests.console.harness import SAME_ORIGIN, Caller, console_for, serving
 from tests.world import World
@@ -75,3 +77,28 @@ def test_the_apis_plan_is_the_commands_and_execute_runs_its_job_audited(
     assert ("redrive-plan", "local", "ok") in actions
     assert ("redrive-execute", "local", "started") in actions
     assert ("redrive-execute", "local", shown["state"]) in actions
+
+
+def test_resuming_a_job_another_live_process_runs_is_refused_with_409(
+    world: World, tmp_path: Path
+) -> None:
+    """The console's resume of a job running elsewhere: 409 naming the runner, nothing started
+    and the job still that runner's."""
+    _sandbox(tmp_path)
+    settings = sandbox_settings()
+    store = MemoryControlStore()
+    spec = Spec(sources=("retry-payments",), canary_wait_s=0)
+    job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), "someone")
+    jobs = JobStore(store, settings.ledger.ttl_s)
+    anyio.run(jobs.take, job, "elsewhere-host:4242:abcd")
+    with anyio.from_thread.start_blocking_portal() as portal:
+        clients = portal.wrap_async_context_manager(open_clients(settings.aws))
+        with (
+            clients as opened,
+            serving(console_for(settings, store, opened), NoAuth(), portal) as base,
+        ):
+            answer = Caller(base, dict(SAME_ORIGIN))(f"/api/jobs/{job.id}/resume", "POST")
+    assert answer.status == 409, answer.text
+    assert "is running in elsewhere-host:4242" in answer.json()["error"]
+    stored = anyio.run(jobs.load, job.id)
+    assert (stored.state, stored.runner) == (JobState.RUNNING, "elsewhere-host:4242:abcd")

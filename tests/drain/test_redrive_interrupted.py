@@ -37,7 +37,6 @@ def test_a_signal_after_the_target_took_a_copy_keeps_it_in_the_job(
 
     async def main() -> None:
         jobs = JobStore(store, TTL_S)
-        await jobs.save(job)
         async with open_clients(settings.aws) as clients:
             redrive = job_redrive(settings, clients, store, spec, job)
             await redrive.prepare()

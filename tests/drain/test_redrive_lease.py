@@ -37,7 +37,6 @@ def test_a_step_from_two_queues_works_within_the_leases_its_read_took(
 
     async def main() -> None:
         jobs = JobStore(store, TTL_S)
-        await jobs.save(job)
         async with open_clients(settings.aws) as clients:
             redrive = job_redrive(settings, clients, store, spec, job)
             await redrive.prepare()

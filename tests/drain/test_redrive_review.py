@@ -56,7 +56,6 @@ def test_a_cancel_while_a_step_runs_stops_the_job_before_its_next_step(
         store = MemoryControlStore()
         jobs = CancelledMidStep(store)
         job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), "tester")
-        await jobs.save(job)
         async with open_clients(settings.aws) as clients:
             redrive = job_redrive(settings, clients, store, spec, job)
             await redrive.prepare()

@@ -123,3 +123,41 @@ def test_a_signal_during_a_job_says_where_it_left_things(
     ]
     _, [listed] = cli_json(capsys, "jobs", "--config", cfg)
     assert [j["state"] for j in listed["jobs"]] == ["stopped"]
+
+
+def test_a_job_running_in_another_process_is_not_resumed_beside_it(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--resume` of a job another live process is running (here in its canary wait): exit 2
+    naming the job and its runner, nothing sent; once that process stops, the resume goes on."""
+    cfg = config(tmp_path)
+    park_rejected(world, cfg, capsys)
+    world.faults.clear()
+    command = [sys.executable, "-m", "retryd", "redrive", "--config", cfg, *SELECTION[:4]]
+    command += ["--execute", "--ramp", "1", "--canary-wait-s", "600"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        deadline = time.monotonic() + 60
+        started: list[dict[str, Any]] = []
+        while not started:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the job never finished its first step"
+            _, [listed] = cli_json(capsys, "jobs", "--config", cfg)
+            started = [j for j in listed["jobs"] if j["messages"] == 1]
+            time.sleep(0.2)
+        [job] = started
+        assert main(["redrive", "--config", cfg, "--resume", job["id"]]) == ExitCode.CONFIG
+        err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("{")]
+        assert len(err) == 1, err
+        assert f"job {job['id']} is running in" in err[0], err
+        assert world.depth("dest-a") == 1
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == ExitCode.INTERRUPTED
+    code, [resumed] = cli_json(capsys, "redrive", "--config", cfg, "--resume", job["id"])
+    assert code == 0, resumed
+    assert world.depth("dest-a") == 4
