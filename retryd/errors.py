@@ -31,7 +31,8 @@ _MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "ok: all of the work was done (also when the reader of the output went away, "
     "e.g. `| head`: the work is finished first, and the code is the work's)",
     ExitCode.CYCLE_FAILED: "not all of the work was done: a queue could not be read or is not "
-    "a DLQ retryd knows, messages failed (in a redrive: failed or were refused), or a redrive "
+    "a DLQ retryd knows, messages failed (in a redrive: failed, were refused, or were held by "
+    "a pause, a breaker or a rate limit), or a redrive "
     "stopped itself",
     ExitCode.CONFIG: "invalid configuration or command line (refused before anything was sent), "
     "or a message failed for a configuration reason (e.g. the ledger table is missing)",

@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
 from retryd import classify
+from retryd.admission.verdicts import DeferReason
 from retryd.aws import AwsClients, open_clients
 from retryd.commands import progress
 from retryd.commands.operator_input import OperatorInputError, check_arn_glob
@@ -622,7 +623,10 @@ async def run_job_cancel(settings: Settings, *, job_id: str) -> int:
 # -- exit codes (issue 22) ---------------------------------------------------------------
 
 # A job ending with messages in these outcomes did less than it was asked to.
-NOT_DONE = frozenset({Outcome.FAILED, Outcome.REFUSED})
+NOT_DONE = frozenset({Outcome.FAILED, Outcome.REFUSED, Outcome.DEFERRED})
+# ... except a message deferred because the daemon is resubmitting it at that moment:
+# it goes, only not by this job.
+DONE_BY_ANOTHER = frozenset({(Outcome.DEFERRED, DeferReason.CLAIMED_ELSEWHERE.value)})
 
 
 def input_error(exc: RedriveInputError) -> RetrydError:
@@ -634,13 +638,21 @@ def input_error(exc: RedriveInputError) -> RetrydError:
 
 
 def job_exit(job: RedriveJob) -> int:
-    """0 only when the job ended and every message it tried went (resubmitted or parked)."""
+    """0 only when the job ended and every message it tried went (resubmitted or parked, or
+    left to the daemon that was resubmitting it at that moment)."""
     if job.state is not JobState.DONE:
         return EXIT_STOPPED
-    totals = job.outcome_totals()
-    left = {outcome: totals[outcome] for outcome in sorted(NOT_DONE) if totals[outcome]}
+    left = {
+        (outcome, reason): count
+        for (outcome, reason), count in job.reason_totals().items()
+        if outcome in NOT_DONE and (outcome, reason) not in DONE_BY_ANOTHER
+    }
     if left:
-        counted = ", ".join(f"{count} {outcome}" for outcome, count in left.items())
+        # "2 deferred (paused), 4 failed": what was not done, and why where it is a guard.
+        counted = ", ".join(
+            f"{count} {outcome}" + (f" ({reason})" if outcome == Outcome.DEFERRED else "")
+            for (outcome, reason), count in sorted(left.items())
+        )
         print(f"retryd: job {job.id} ended with {counted}", file=sys.stderr)
         return EXIT_STOPPED
     return EXIT_OK

@@ -179,6 +179,14 @@ class RedriveJob:
             "stop_reason": self.stop_reason,
         }
 
+    def reason_totals(self) -> Counter[tuple[str, str]]:
+        """Messages by (outcome, reason), over every target."""
+        totals: Counter[tuple[str, str]] = Counter()
+        for key, count in self.counts.items():
+            outcome, reason, _ = [*key.split("|", 2), "", ""][:3]
+            totals[outcome, reason] += count
+        return totals
+
     def outcome_totals(self) -> Counter[str]:
         totals: Counter[str] = Counter()
         for key, count in self.counts.items():

@@ -46,6 +46,22 @@ def test_a_job_whose_messages_all_failed_exits_1(
     assert "ended with 4 failed" in capsys.readouterr().err
 
 
+def test_a_job_whose_target_is_paused_exits_1_saying_so(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every message held by a pause: nothing was sent, so not exit 0; stderr says why."""
+    orders_world(world)
+    cfg = config(tmp_path)
+    dest_a = world.queue_arn("dest-a")
+    assert main(["pause", dest_a, "--reason", "migration", "--config", cfg]) == 0
+    capsys.readouterr()
+    code = main(["redrive", "--config", cfg, "--from", DLQ, "--execute", "--ramp", "none"])
+    assert code == ExitCode.CYCLE_FAILED
+    assert "ended with 2 deferred (paused)" in capsys.readouterr().err
+    assert world.depth("dest-b") == 2
+    assert world.depth("dest-a") == 0
+
+
 def test_a_job_that_did_everything_still_exits_0(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
