@@ -54,6 +54,7 @@ from retryd.ledger import Ledger, open_ledger
 from retryd.metrics import Metrics
 from retryd.models import QueueRef, queue_ref_from_url
 from retryd.resolve import ResolverChain, build_chain
+from retryd.s3_objects import source_ref
 from retryd.settings import HookRule, Settings
 from retryd.settle.parking import Parking, locate_parking
 from retryd.targets import TargetRouter
@@ -187,6 +188,8 @@ class PlaceSetup:
     sender: Sender | None
     # Where deferred messages are noted as hidden (the cycle's; None when nothing is hidden).
     hidden: HiddenBook | None
+    # The S3 failure destinations this run drains in the place ([discovery] s3_sources).
+    buckets: list[QueueRef] = field(default_factory=list)
 
     def live_sender(self) -> Sender:
         """The sender; only a live set-up has one."""
@@ -297,7 +300,21 @@ class PlaceBuilder:
             self._guards,
             kept.sender,
             self.hidden,
+            [
+                b
+                for b in s3_sources(settings or self._settings)
+                if self._owns is None or self._owns(b)
+            ],
         )
+
+
+def s3_sources(settings: Settings) -> list[QueueRef]:
+    """The S3 sources [discovery] names, as DLQs."""
+    sources = []
+    for source in settings.discovery.s3_sources:
+        bucket, _, prefix = source.partition("/")
+        sources.append(source_ref(bucket, prefix))
+    return sources
 
 
 def _hooked(settings: Settings, transform: str | None) -> Settings:

@@ -1,0 +1,206 @@
+"""One S3 source in one cycle: list from its marker, lease, read, and hand batches to the Pipeline.
+
+An S3 source (a bucket prefix of Lambda failure records) is drained like a DLQ:
+its objects become letters, ten at a time, and go through the same Pipeline
+(resolve, admit, send, settle) as an SQS batch; only reading and settling differ
+(retryd.s3_objects, retryd.settle.objects).
+
+Listing is incremental. Each source keeps a marker in the control store, beside
+the ledger: the key after which the next cycle lists (ListObjectsV2 `StartAfter`).
+The marker only moves past an object once the object is settled (deleted or
+tagged) and older than `discovery.s3_marker_lag_s`: an object left behind (failed,
+deferred, leased by another replica, not reached before the budget ran out)
+stops it, so the next cycle lists again from there and nothing is skipped.
+Lambda's keys carry the time they were written after the function's name
+(`aws/lambda/async/<function>/YYYY/MM/DD/<time>-<uuid>`): within one function's
+prefix a new record sorts after the old ones, save those written in the same few
+seconds, which the lag covers. Across functions sharing a prefix, a new record
+of function `a` sorts before the marker once it is in function `b`'s keys: so
+every `discovery.s3_full_list_every_s` a source is listed from its start, and a
+source per function (`aws/lambda/async/<function>/`) never needs it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+import structlog
+
+from retryd import s3_objects
+from retryd.control.store import ControlStore, Doc
+from retryd.drain.batch import Pipeline
+from retryd.leases import RECEIVE_BATCH_MAX, act_by
+from retryd.models import DELETED_OUTCOMES, DeadLetter, Decision, QueueRef
+from retryd.s3_objects import Client, Listed
+from retryd.settings import Settings
+from retryd.settle.objects import Objects
+
+log = structlog.get_logger("retryd.cycle")
+
+# The control document holding a source's marker: `s3-marker/bucket/prefix`.
+MARKER_DOC_PREFIX = "s3-marker/"
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """Where a source's next listing starts, and when it was last listed from its start."""
+
+    after: str = ""
+    full_at_s: float = 0.0
+    version: int = 0
+
+
+def marker_doc(source: QueueRef) -> str:
+    return f"{MARKER_DOC_PREFIX}{source.name}"
+
+
+class Markers:
+    """Each S3 source's listing marker, in the control store (shared by every replica)."""
+
+    def __init__(self, control: ControlStore) -> None:
+        self._control = control
+
+    async def read(self, source: QueueRef) -> Marker:
+        doc: Doc | None = (await self._control.get([marker_doc(source)])).get(marker_doc(source))
+        if doc is None:
+            return Marker()
+        return Marker(
+            str(doc.body.get("after", "")), float(doc.body.get("full_at_s", 0.0)), doc.version
+        )
+
+    async def write(self, source: QueueRef, read: Marker, marker: Marker) -> None:
+        """Write over what was read; a replica that wrote meanwhile wins (its marker is as
+        safe as this one: each stops before whatever it left behind)."""
+        if (marker.after, marker.full_at_s) == (read.after, read.full_at_s):
+            return
+        body = {"after": marker.after, "full_at_s": marker.full_at_s}
+        await self._control.put(marker_doc(source), body, version=read.version, ttl_s=None)
+
+
+@dataclass
+class Walk:
+    """One listing pass over a source: where the marker may move to as objects settle."""
+
+    start_after: str
+    lag_edge_s: float
+    after: str = ""
+    blocked: bool = False
+
+    def __post_init__(self) -> None:
+        self.after = self.start_after
+
+    def passed(self, listed: Listed, settled: bool) -> None:
+        """Note one object, in key order: the marker passes it only when nothing before is left."""
+        if self.blocked:
+            return
+        if settled and listed.last_modified_s <= self.lag_edge_s:
+            self.after = listed.key
+        else:
+            self.blocked = True
+
+
+class BucketDrain:
+    """Drains S3 sources through a place's Pipeline; one per cycle runner."""
+
+    def __init__(self, settings: Settings, control: ControlStore, objects: Objects) -> None:
+        self._settings = settings
+        self._markers = Markers(control)
+        self._objects = objects
+
+    async def drain(
+        self,
+        s3: Client,
+        source: QueueRef,
+        pipeline: Pipeline,
+        *,
+        limit: int,
+        may_go_on: Callable[[], bool],
+        on_batch: Callable[[list[Decision]], None],
+    ) -> int:
+        """List up to `limit` objects from the marker and settle them; the objects read.
+
+        Listing errors propagate (every object stays where it is; the marker is kept).
+        """
+        discovery = self._settings.discovery
+        read = await self._markers.read(source)
+        now_s = time.time()
+        full = now_s - read.full_at_s >= discovery.s3_full_list_every_s
+        walk = Walk("" if full else read.after, now_s - discovery.s3_marker_lag_s)
+        cursor = walk.start_after
+        received = 0
+        remaining = limit
+        while remaining > 0 and may_go_on():
+            page, more = await s3_objects.list_page(
+                s3, source, start_after=cursor, max_keys=remaining
+            )
+            if not page:
+                break
+            cursor = page[-1].key
+            remaining -= len(page)
+            for start in range(0, len(page), RECEIVE_BATCH_MAX):
+                if not may_go_on():
+                    walk.blocked = True
+                    break
+                chunk = page[start : start + RECEIVE_BATCH_MAX]
+                settled, read_count = await self._batch(s3, source, chunk, pipeline, on_batch)
+                received += read_count
+                for listed in chunk:
+                    walk.passed(listed, listed.key in settled)
+            if not more:
+                break
+        marker = Marker(walk.after, now_s if full and not walk.blocked else read.full_at_s)
+        if full and walk.blocked:
+            # Listed from the start but not to the end: the next pass starts there again.
+            marker = Marker(walk.after, read.full_at_s)
+        await self._markers.write(source, read, marker)
+        return received
+
+    async def _batch(
+        self,
+        s3: Client,
+        source: QueueRef,
+        chunk: Sequence[Listed],
+        pipeline: Pipeline,
+        on_batch: Callable[[list[Decision]], None],
+    ) -> tuple[set[str], int]:
+        """Lease, read and settle one chunk; the keys settled (or gone), and how many were read."""
+        deadline = act_by(self._settings.drain.visibility_timeout_s)
+        ours = await self._objects.lease(source, [listed.key for listed in chunk])
+        if not ours:
+            return set(), 0
+        settled: set[str] = set()
+        try:
+            letters: list[DeadLetter] = []
+            mine = set(ours)
+            for listed in chunk:
+                if listed.key not in mine:
+                    continue
+                letter = await s3_objects.read(s3, source, listed)
+                if letter is None:
+                    # Settled by someone else since the listing.
+                    settled.add(listed.key)
+                else:
+                    letters.append(letter)
+            if letters:
+                async with anyio.create_task_group() as renewing:
+                    renewing.start_soon(self._renew, source, ours)
+                    decisions = await pipeline.handle(source, letters, deadline)
+                    renewing.cancel_scope.cancel()
+                settled.update(
+                    d.letter.message_id for d in decisions if d.outcome in DELETED_OUTCOMES
+                )
+                on_batch(decisions)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._objects.release(source, ours)
+        return settled, len(letters)
+
+    async def _renew(self, source: QueueRef, keys: Sequence[str]) -> None:
+        """Keep the chunk's leases while its batch works (a third of the period apart)."""
+        period_s = self._settings.ledger.claim_renew_s / 3
+        while True:
+            await anyio.sleep(period_s)
+            await self._objects.renew(source, keys)
