@@ -23,7 +23,7 @@ source per function (`aws/lambda/async/<function>/`) never needs it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -102,6 +102,50 @@ class Walk:
             self.blocked = True
 
 
+async def walk_source(
+    s3: Client,
+    markers: Markers,
+    source: QueueRef,
+    settings: Settings,
+    *,
+    limit: int,
+    may_go_on: Callable[[], bool],
+    settle: Callable[[Sequence[Listed]], Awaitable[set[str]]],
+) -> None:
+    """One listing pass over `source` from its marker, ten objects at a time to `settle`
+    (which answers the keys it settled); the marker written after. Listing errors propagate."""
+    discovery = settings.discovery
+    read = await markers.read(source)
+    now_s = time.time()
+    full = now_s - read.full_at_s >= discovery.s3_full_list_every_s
+    walk = Walk("" if full else read.after, now_s - discovery.s3_marker_lag_s)
+    cursor = walk.start_after
+    remaining = limit
+    reached_end = cut = False
+    while remaining > 0 and may_go_on():
+        page, more = await s3_objects.list_page(s3, source, start_after=cursor, max_keys=remaining)
+        if not page:
+            reached_end = True
+            break
+        cursor = page[-1].key
+        remaining -= len(page)
+        for start in range(0, len(page), RECEIVE_BATCH_MAX):
+            if not may_go_on():
+                walk.blocked = cut = True
+                break
+            chunk = page[start : start + RECEIVE_BATCH_MAX]
+            settled = await settle(chunk)
+            for listed in chunk:
+                walk.passed(listed, listed.key in settled)
+        if cut or not more:
+            reached_end = not cut
+            break
+    # A pass from the start that reached the end is the full listing; one cut short
+    # (budget, a stop, the limit) is not: the full listing is still due.
+    full_at_s = now_s if full and reached_end else read.full_at_s
+    await markers.write(source, read, Marker(walk.after, full_at_s))
+
+
 class BucketDrain:
     """Drains S3 sources through a place's Pipeline; one per cycle runner."""
 
@@ -124,38 +168,23 @@ class BucketDrain:
 
         Listing errors propagate (every object stays where it is; the marker is kept).
         """
-        discovery = self._settings.discovery
-        read = await self._markers.read(source)
-        now_s = time.time()
-        full = now_s - read.full_at_s >= discovery.s3_full_list_every_s
-        walk = Walk("" if full else read.after, now_s - discovery.s3_marker_lag_s)
-        cursor = walk.start_after
         received = 0
-        remaining = limit
-        while remaining > 0 and may_go_on():
-            page, more = await s3_objects.list_page(
-                s3, source, start_after=cursor, max_keys=remaining
-            )
-            if not page:
-                break
-            cursor = page[-1].key
-            remaining -= len(page)
-            for start in range(0, len(page), RECEIVE_BATCH_MAX):
-                if not may_go_on():
-                    walk.blocked = True
-                    break
-                chunk = page[start : start + RECEIVE_BATCH_MAX]
-                settled, read_count = await self._batch(s3, source, chunk, pipeline, on_batch)
-                received += read_count
-                for listed in chunk:
-                    walk.passed(listed, listed.key in settled)
-            if not more:
-                break
-        marker = Marker(walk.after, now_s if full and not walk.blocked else read.full_at_s)
-        if full and walk.blocked:
-            # Listed from the start but not to the end: the next pass starts there again.
-            marker = Marker(walk.after, read.full_at_s)
-        await self._markers.write(source, read, marker)
+
+        async def settle(chunk: Sequence[Listed]) -> set[str]:
+            nonlocal received
+            settled, read_count = await self._batch(s3, source, chunk, pipeline, on_batch)
+            received += read_count
+            return settled
+
+        await walk_source(
+            s3,
+            self._markers,
+            source,
+            self._settings,
+            limit=limit,
+            may_go_on=may_go_on,
+            settle=settle,
+        )
         return received
 
     async def _batch(
