@@ -25,6 +25,8 @@ from retryd import classify
 from retryd.leases import LeaseFailure
 from retryd.models import DeadLetter, QueueRef, SourceKind
 
+# Where Lambda's S3 destination writes a function's records (then `<function-name>/`).
+LAMBDA_ASYNC_PREFIX = "aws/lambda/async/"
 # ListObjectsV2 returns at most 1000 keys a page; DeleteObjects takes at most 1000 keys.
 LIST_PAGE_MAX = 1000
 DELETE_BATCH_MAX = 1000

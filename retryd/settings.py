@@ -181,6 +181,14 @@ class DiscoverySettings(_Group):
             " under `aws/lambda/async/<function>/`); every object is one invocation record."
         ),
     )
+    s3_from_destinations: bool = Field(
+        False,
+        description=(
+            "Also drain every S3 bucket a Lambda function's on-failure destination names"
+            " (EventInvokeConfig), under `aws/lambda/async/<function>/`; needs Lambda among"
+            " the allowed targets (the feed map reads the configs then)."
+        ),
+    )
     s3_settle: Literal["delete", "tag"] = Field(
         "delete",
         description=(

@@ -286,3 +286,25 @@ def test_s3_source_with_replicas_does_not_send_an_object_twice(
     assert sorted(invoked) == list(range(30))
     assert sent == 30
     assert keys(world) == []
+
+
+def test_a_bucket_named_by_a_functions_on_failure_destination_is_drained(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """With s3_from_destinations, the bucket an EventInvokeConfig names is a source per function."""
+    function_arn = world_with_bucket(world)
+    world.client("lambda").put_function_event_invoke_config(
+        FunctionName="charge",
+        DestinationConfig={"OnFailure": {"Destination": f"arn:aws:s3:::{BUCKET}"}},
+    )
+    put(world, key(1), record(function_arn, {"order": 1}))
+    # Another function's prefix is not this function's source.
+    put(world, "aws/lambda/async/other/2026/12/07/x", record(function_arn, {"order": 2}))
+    world.record()
+    settings = make_settings(discovery={"queue_prefixes": ["retry-"], "s3_from_destinations": True})
+
+    report = cycle(settings)
+
+    assert report.outcomes == {"resubmitted": 1}
+    assert [json.loads(c["payload"]) for c in world.invocations("charge")] == [{"order": 1}]
+    assert keys(world) == ["aws/lambda/async/other/2026/12/07/x"]
