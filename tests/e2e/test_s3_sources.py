@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from retryd.aws import open_clients
+from retryd.commands.plan import run_plan
 from retryd.control.memory import MemoryControlStore, MemoryDocs
 from retryd.drain.buckets import Markers, walk_source
 from retryd.ledger import open_ledger
@@ -308,3 +309,25 @@ def test_a_bucket_named_by_a_functions_on_failure_destination_is_drained(
     assert report.outcomes == {"resubmitted": 1}
     assert [json.loads(c["payload"]) for c in world.invocations("charge")] == [{"order": 1}]
     assert keys(world) == ["aws/lambda/async/other/2026/12/07/x"]
+
+
+def test_plan_shows_each_object_as_a_message_and_changes_nothing(
+    world: World, make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`retryd plan` reads an S3 source's objects, says what once would do, and leaves them."""
+    function_arn = world_with_bucket(world)
+    put(world, key(1), record(function_arn, {"order": 1}))
+    put(world, key(2), "not json")
+    settings = s3_settings(make_settings)
+
+    code = anyio.run(lambda: run_plan(settings, output="json", max_messages=10))
+
+    assert code == 0
+    out = capsys.readouterr().out
+    # The log lines go to stdout here (no CLI set logging up); the document follows them.
+    document = json.loads(out[out.index("{\n") :])
+    (source,) = [q for q in document["queues"] if q["name"] == f"{BUCKET}/{PREFIX}"]
+    actions = {m["message_id"]: (m["action"], m["reason"]) for m in source["messages"]}
+    assert actions == {key(1): ("resubmit", None), key(2): ("park", "unresolvable")}
+    assert keys(world) == [key(1), key(2)]
+    assert cycle(settings).outcomes == {"resubmitted": 1, "parked": 1}
