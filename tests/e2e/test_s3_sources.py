@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from retryd.aws import open_clients
+from retryd.commands.inspect import run_inspect
 from retryd.commands.plan import run_plan
 from retryd.control.memory import MemoryControlStore, MemoryDocs
 from retryd.drain.buckets import Markers, walk_source
@@ -331,3 +332,28 @@ def test_plan_shows_each_object_as_a_message_and_changes_nothing(
     assert actions == {key(1): ("resubmit", None), key(2): ("park", "unresolvable")}
     assert keys(world) == [key(1), key(2)]
     assert cycle(settings).outcomes == {"resubmitted": 1, "parked": 1}
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_inspect_groups_an_s3_sources_objects(
+    world: World,
+    make_settings: SettingsFactory,
+    capsys: pytest.CaptureFixture[str],
+    named: bool,
+) -> None:
+    """`retryd inspect` (every source, or the one named bucket/prefix) groups its objects."""
+    function_arn = world_with_bucket(world)
+    put(world, key(1), record(function_arn, {"order": 1}))
+    put(world, key(2), record(function_arn, {"order": 2}))
+    settings = s3_settings(make_settings)
+    names = [f"{BUCKET}/{PREFIX}"] if named else []
+
+    code = anyio.run(lambda: run_inspect(settings, queues=names, output="json", max_messages=10))
+
+    assert code == 0
+    out = capsys.readouterr().out
+    document = json.loads(out[out.index("{\n") :])
+    (source,) = [q for q in document["queues"] if q["name"] == f"{BUCKET}/{PREFIX}"]
+    assert source["sampled"] == 2
+    assert sum(group["count"] for group in source["groups"]) == 2
+    assert keys(world) == [key(1), key(2)]
