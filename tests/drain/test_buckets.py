@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from retryd.discovery.feeds import FeedMap
 from retryd.drain.buckets import Walk
 from retryd.drain.setup import s3_sources
+from retryd.metrics import Metrics
 from retryd.models import DeadLetter, SourceKind
 from retryd.s3_objects import Listed, bucket_and_prefix, source_ref
 from retryd.stamps import SOURCE_OBJECT, stamp_for_parking
@@ -88,3 +90,20 @@ def test_a_parked_object_names_its_bucket_and_key() -> None:
     letter = DeadLetter(source, "p/obj-1", "p/obj-1", "{}", {"S3Bucket": "failures"})
     stamps = stamp_for_parking(letter, "unresolvable", "why", 0, 1024)
     assert stamps[SOURCE_OBJECT].string_value == "s3://failures/p/obj-1"
+
+
+def test_decisions_on_s3_objects_are_counted_under_source_s3() -> None:
+    """retryd_messages_total tells an S3 source's messages from an SQS DLQ's by `source`."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.record_decision(source_ref("failures", "p/"), "resubmitted", "", "lambda", 2)
+    labels = {
+        "queue": "failures/p/",
+        "account": "none",
+        "region": "none",
+        "source": "s3",
+        "outcome": "resubmitted",
+        "reason": "none",
+        "target_type": "lambda",
+    }
+    assert registry.get_sample_value("retryd_messages_total", labels) == 2
