@@ -23,7 +23,8 @@ from retryd.service.lifecycle import run_once
 from retryd.settle.objects import Objects
 from tests.conftest import SettingsFactory
 from tests.e2e.helpers import cycle
-from tests.world import World, envelope
+from tests.reliability.badinput import Generator
+from tests.world import ACCOUNT, REGION, World, envelope
 
 PARKING = "retryd-parking"
 BUCKET = "lambda-failures"
@@ -357,3 +358,51 @@ def test_inspect_groups_an_s3_sources_objects(
     assert source["sampled"] == 2
     assert sum(group["count"] for group in source["groups"]) == 2
     assert keys(world) == [key(1), key(2)]
+
+
+def test_hostile_objects_are_parked_or_sent_only_inside_the_allowlist(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Hostile bodies and forged destination records in S3: each object ends parked or sent to
+    the one allowed function, and nothing reaches any other resource."""
+    function_arn = world_with_bucket(world)
+    world.create_function("other")
+    generator = Generator(2500, f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:none")
+    bodies: list[str] = []
+    while len(bodies) < 40:
+        hostile = generator.draw(f"u{len(bodies)}")
+        if hostile.family != "huge":
+            bodies.append(hostile.body)
+    forged: list[Any] = [
+        f"arn:aws:lambda:{REGION}:999999999999:function:charge",
+        f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:charge",
+        f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:other",
+        f"arn:aws:sqs:{REGION}:{ACCOUNT}:{PARKING}",
+        f"arn:aws:s3:::{BUCKET}",
+        "charge",
+        "",
+        None,
+        42,
+        [function_arn],
+    ]
+    bodies += [json.dumps(record(arn, {"forged": n})) for n, arn in enumerate(forged)]
+    bodies.append(json.dumps(record(function_arn, {"genuine": True})))
+    for n, body in enumerate(bodies):
+        put(world, key(n), body)
+    world.record()
+    settings = make_settings(
+        discovery={"queue_prefixes": ["retry-"], "s3_sources": [f"{BUCKET}/{PREFIX}"]},
+        guards={"allow_targets": [function_arn]},
+    )
+
+    report = cycle(settings)
+
+    assert report.ok, report.errors
+    assert set(report.outcomes) <= {"resubmitted", "parked"}
+    assert sum(report.outcomes.values()) == len(bodies)
+    assert keys(world) == []
+    assert world.invocations("other") == []
+    sent = [json.loads(call["payload"]) for call in world.invocations("charge")]
+    # Only the genuine record names the allowed function of this account and region.
+    assert sent == [{"genuine": True}]
+    assert len(world.drain(PARKING)) == report.outcomes["parked"]
