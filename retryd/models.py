@@ -128,7 +128,7 @@ class QueueRef:
     """One DLQ as discovery found it: an SQS queue, or a bucket prefix of failure records.
 
     An S3 source is named `bucket/prefix`, its url is `s3://bucket/prefix` and its
-    ARN the bucket's (`arn:aws:s3:::bucket`); `retryd.s3_objects` reads and writes it.
+    ARN `arn:aws:s3:::bucket/prefix`; `retryd.s3_objects` reads and writes it.
     """
 
     name: str

@@ -49,7 +49,9 @@ def source_ref(bucket: str, prefix: str) -> QueueRef:
     return QueueRef(
         name=f"{bucket}/{prefix}",
         url=f"s3://{bucket}/{prefix}",
-        arn=f"arn:aws:s3:::{bucket}",
+        # The prefix's own ARN, so two prefixes of one bucket are two DLQs everywhere a
+        # DLQ is told apart by ARN (the console's read model, a worker process's share).
+        arn=f"arn:aws:s3:::{bucket}/{prefix}",
         kind=SourceKind.S3,
     )
 

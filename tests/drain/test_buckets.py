@@ -47,7 +47,7 @@ def test_an_s3_source_names_its_bucket_and_prefix() -> None:
     source = source_ref("failures", "aws/lambda/async/charge/")
     assert bucket_and_prefix(source) == ("failures", "aws/lambda/async/charge/")
     assert source.name == "failures/aws/lambda/async/charge/"
-    assert source.arn == "arn:aws:s3:::failures"
+    assert source.arn == "arn:aws:s3:::failures/aws/lambda/async/charge/"
     assert source.kind is SourceKind.S3
     assert not source.is_fifo
 

@@ -15,6 +15,7 @@ from retryd.aws import open_clients
 from retryd.commands.inspect import run_inspect
 from retryd.commands.plan import run_plan
 from retryd.control.memory import MemoryControlStore, MemoryDocs
+from retryd.control.readmodel import read_dlqs
 from retryd.drain.buckets import Markers, walk_source
 from retryd.ledger import open_ledger
 from retryd.models import Outcome
@@ -406,3 +407,27 @@ def test_hostile_objects_are_parked_or_sent_only_inside_the_allowlist(
     # Only the genuine record names the allowed function of this account and region.
     assert sent == [{"genuine": True}]
     assert len(world.drain(PARKING)) == report.outcomes["parked"]
+
+
+def test_the_console_read_model_records_each_s3_source(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """After a cycle the console's read model holds a view of each S3 source, one per prefix."""
+    function_arn = world_with_bucket(world)
+    other = "aws/lambda/async/bill/"
+    put(world, key(1), record(function_arn, {"order": 1}))
+    settings = make_settings(
+        discovery={
+            "queue_prefixes": ["retry-"],
+            "s3_sources": [f"{BUCKET}/{PREFIX}", f"{BUCKET}/{other}"],
+        }
+    )
+
+    assert cycle(settings).outcomes == {"resubmitted": 1}
+
+    views = anyio.run(read_dlqs, MemoryControlStore())
+    s3_views = {view.name: view.arn for view in views if view.url.startswith("s3://")}
+    assert s3_views == {
+        f"{BUCKET}/{PREFIX}": f"arn:aws:s3:::{BUCKET}/{PREFIX}",
+        f"{BUCKET}/{other}": f"arn:aws:s3:::{BUCKET}/{other}",
+    }
