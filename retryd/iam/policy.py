@@ -556,8 +556,12 @@ def organisation_policies(
         own = [(entry.account_id, r) for r in entry.regions]
         targets = target_arns(place_target_globs(settings.guards.allow_targets, own, places))
         dlqs = _account_dlqs(settings, scopes, entry.account_id)
+        # Named S3 sources are read in the home place only (retryd.places.settings_for).
+        member = settings.model_copy(
+            update={"discovery": settings.discovery.model_copy(update={"s3_sources": []})}
+        )
         member_statements = [
-            *_work_statements(settings, scopes, targets, dlqs=dlqs, role=role),
+            *_work_statements(member, scopes, targets, dlqs=dlqs, role=role),
             *_key_statements(keys.get(entry.account_id)),
         ]
         role_match = _ROLE_ARN.fullmatch(entry.role_arn)
