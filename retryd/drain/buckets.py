@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import anyio
 import structlog
 
-from retryd import s3_objects
+from retryd import classify, s3_objects
 from retryd.control.store import ControlStore, Doc
 from retryd.drain.batch import Pipeline
 from retryd.leases import RECEIVE_BATCH_MAX, act_by
@@ -163,6 +163,7 @@ class BucketDrain:
         limit: int,
         may_go_on: Callable[[], bool],
         on_batch: Callable[[list[Decision]], None],
+        on_error: Callable[[str], None] = lambda _: None,
     ) -> int:
         """List up to `limit` objects from the marker and settle them; the objects read.
 
@@ -172,7 +173,9 @@ class BucketDrain:
 
         async def settle(chunk: Sequence[Listed]) -> set[str]:
             nonlocal received
-            settled, read_count = await self._batch(s3, source, chunk, pipeline, on_batch)
+            settled, read_count = await self._batch(
+                s3, source, chunk, pipeline, on_batch=on_batch, on_error=on_error
+            )
             received += read_count
             return settled
 
@@ -193,7 +196,9 @@ class BucketDrain:
         source: QueueRef,
         chunk: Sequence[Listed],
         pipeline: Pipeline,
+        *,
         on_batch: Callable[[list[Decision]], None],
+        on_error: Callable[[str], None],
     ) -> tuple[set[str], int]:
         """Lease, read and settle one chunk; the keys settled (or gone), and how many were read."""
         deadline = act_by(self._settings.drain.visibility_timeout_s)
@@ -207,7 +212,13 @@ class BucketDrain:
             for listed in chunk:
                 if listed.key not in mine:
                     continue
-                letter = await s3_objects.read(s3, source, listed)
+                try:
+                    letter = await s3_objects.read(s3, source, listed)
+                except Exception as exc:  # noqa: BLE001 - this object stays; the others go on
+                    # Left where it is (the marker stops before it), and said: a KMS key or
+                    # a policy that refuses one object must not stop the whole source.
+                    on_error(f"{source.name}: {listed.key}: {classify.from_exception(exc)}")
+                    continue
                 if letter is None:
                     # Settled by someone else since the listing.
                     settled.add(listed.key)

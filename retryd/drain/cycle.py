@@ -506,6 +506,10 @@ class Cycle:
         report = run.report
         sighting = QueueSighting(source, look.setup.chain)
 
+        def on_error(error: str) -> None:
+            report.errors.append(error)
+            log.warning("object-read-failed", error=error)
+
         def on_batch(decisions: list[Decision]) -> None:
             report.received += len(decisions)
             self._sightings.saw(sighting, decisions)
@@ -523,6 +527,7 @@ class Cycle:
                         limit=self._settings.drain.max_messages_per_queue,
                         may_go_on=lambda: run.may_go_on,
                         on_batch=on_batch,
+                        on_error=on_error,
                     )
                 except Exception as exc:  # noqa: BLE001 - this source is skipped, the others go on
                     error = classify.from_exception(exc)

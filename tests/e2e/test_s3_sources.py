@@ -24,6 +24,7 @@ from retryd.service.lifecycle import run_once
 from retryd.settle.objects import Objects
 from tests.conftest import SettingsFactory
 from tests.e2e.helpers import cycle
+from tests.faults import Fault
 from tests.reliability.badinput import Generator
 from tests.world import ACCOUNT, REGION, World, envelope
 
@@ -431,3 +432,22 @@ def test_the_console_read_model_records_each_s3_source(
         f"{BUCKET}/{PREFIX}": f"arn:aws:s3:::{BUCKET}/{PREFIX}",
         f"{BUCKET}/{other}": f"arn:aws:s3:::{BUCKET}/{other}",
     }
+
+
+def test_an_object_that_cannot_be_read_is_left_and_the_rest_are_drained(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A GetObject refused for one object leaves it (the cycle's error); the others are sent."""
+    function_arn = world_with_bucket(world)
+    for n in range(3):
+        put(world, key(n), record(function_arn, {"order": n}))
+    world.record()
+    world.faults.add(Fault("s3", "GET", "AccessDenied", 403, contains=key(1).rsplit("/", 1)[1]))
+
+    report = cycle(s3_settings(make_settings))
+
+    assert report.outcomes == {"resubmitted": 2}
+    assert any("AccessDenied" in error for error in report.errors)
+    assert keys(world) == [key(1)]
+    invoked = sorted(json.loads(call["payload"])["order"] for call in world.invocations("charge"))
+    assert invoked == [0, 2]
