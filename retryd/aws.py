@@ -52,6 +52,8 @@ class AwsClients:
     events: EventBridgeClient
     # The attempt ledger's table, when ledger.backend is "dynamodb".
     dynamodb: DynamoDBClient
+    # S3 failure destinations ([discovery] s3_sources); None where a caller builds its own.
+    s3: Client = None
 
 
 @cache
@@ -128,6 +130,7 @@ async def enter_clients(
         sns=await make("sns"),
         events=await make("events"),
         dynamodb=await make("dynamodb"),
+        s3=await make("s3"),
     )
 
 

@@ -130,8 +130,9 @@ class Metrics:
         self.registry = registry
         self._messages = Counter(
             "retryd_messages_total",
-            "Messages handled, by what was done with them and why.",
-            ["queue", "account", "region", "outcome", "reason", "target_type"],
+            "Messages handled, by what was done with them and why (source: sqs, or s3 for an"
+            " S3 failure destination's objects).",
+            ["queue", "account", "region", "source", "outcome", "reason", "target_type"],
             registry=registry,
         )
         self._resubmit_errors = Counter(
@@ -284,6 +285,7 @@ class Metrics:
         """Count `count` messages' outcome (a batch counts each kind of decision once)."""
         self._messages.labels(
             **_queue_labels(queue),
+            source=queue.kind.value,
             outcome=outcome,
             reason=_label(reason),
             target_type=_label(target_type),

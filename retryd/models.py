@@ -115,19 +115,32 @@ _RESOURCE_NAMES: dict[TargetType, re.Pattern[str]] = {
 }
 
 
+class SourceKind(StrEnum):
+    """Where dead letters are kept; a bounded set, used as a metric label."""
+
+    SQS = "sqs"
+    # Objects under a prefix of an S3 bucket (Lambda's S3 on-failure destinations).
+    S3 = "s3"
+
+
 @dataclass(frozen=True, slots=True)
 class QueueRef:
-    """One SQS queue as discovery found it."""
+    """One DLQ as discovery found it: an SQS queue, or a bucket prefix of failure records.
+
+    An S3 source is named `bucket/prefix`, its url is `s3://bucket/prefix` and its
+    ARN `arn:aws:s3:::bucket/prefix`; `retryd.s3_objects` reads and writes it.
+    """
 
     name: str
     url: str
     arn: str
     # MessageRetentionPeriod, once a cycle has read it: when SQS will delete a message.
     retention_s: int | None = None
+    kind: SourceKind = SourceKind.SQS
 
     @property
     def is_fifo(self) -> bool:
-        return self.name.endswith(".fifo")
+        return self.kind is SourceKind.SQS and self.name.endswith(".fifo")
 
 
 def queue_ref_from_url(url: str, default_region: str | None) -> QueueRef:

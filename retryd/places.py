@@ -279,11 +279,19 @@ class Places:
         return kept
 
     def settings_for(self, settings: Settings, place: Place) -> Settings:
-        """`settings` with `discovery.queues` narrowed to the entries that may be in `place`."""
-        if not self.configured or not settings.discovery.queues:
+        """`settings` with `discovery.queues` narrowed to the entries that may be in `place`,
+        and the named S3 sources read in the home place only (its clients read the buckets;
+        S3 bucket names are global)."""
+        if not self.configured:
             return settings
-        queues = self.entries_for(place, settings.discovery.queues)
-        discovery = settings.discovery.model_copy(update={"queues": queues})
+        update: dict[str, list[str]] = {}
+        if settings.discovery.queues:
+            update["queues"] = self.entries_for(place, settings.discovery.queues)
+        if settings.discovery.s3_sources and place != self.home:
+            update["s3_sources"] = []
+        if not update:
+            return settings
+        discovery = settings.discovery.model_copy(update=update)
         return settings.model_copy(update={"discovery": discovery})
 
     def to_survey(self, settings: Settings) -> list[Place]:
@@ -292,7 +300,12 @@ class Places:
         if settings.discovery.queue_prefixes or not self.configured:
             return list(self.places)
         queues = settings.discovery.queues
-        return [place for place in self.places if self.entries_for(place, queues)]
+        return [
+            place
+            for place in self.places
+            if self.entries_for(place, queues)
+            or (place == self.home and settings.discovery.s3_sources)
+        ]
 
     def place_for_sources(self, sources: Sequence[str]) -> Place:
         """The one place a redrive's sources name by URL or ARN; for names only, the home

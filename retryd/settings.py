@@ -145,6 +145,11 @@ class AccountSettings(_Group):
         return self
 
 
+# S3 bucket names are 3-63 characters (Amazon S3 User Guide, "Bucket naming rules").
+BUCKET_NAME_MIN = 3
+BUCKET_NAME_MAX = 63
+
+
 class DiscoverySettings(_Group):
     """Which queues are DLQs retryd is responsible for."""
 
@@ -169,12 +174,59 @@ class DiscoverySettings(_Group):
     # Cycles between rebuilds of the "what feeds this DLQ" map (Lambda functions
     # and SQS redrive sources): it costs paginated list calls, not per-message ones.
     feeds_refresh_cycles: Annotated[int, Field(ge=1, le=10_000)] = 10
+    s3_sources: list[str] = Field(
+        [],
+        description=(
+            "S3 failure destinations drained as DLQs, each `bucket/prefix` (Lambda writes"
+            " under `aws/lambda/async/<function>/`); every object is one invocation record."
+        ),
+    )
+    s3_from_destinations: bool = Field(
+        False,
+        description=(
+            "Also drain every S3 bucket a Lambda function's on-failure destination names"
+            " (EventInvokeConfig), under `aws/lambda/async/<function>/`; needs Lambda among"
+            " the allowed targets (the feed map reads the configs then)."
+        ),
+    )
+    s3_settle: Literal["delete", "tag"] = Field(
+        "delete",
+        description=(
+            "What becomes of an S3 object once its copy is safe: deleted, or tagged"
+            " `retryd-settled` (kept; the listing marker passes it)."
+        ),
+    )
+    s3_marker_lag_s: Annotated[int, Field(ge=0, le=86_400)] = Field(
+        300,
+        description=(
+            "The listing marker of an S3 source never passes an object younger than this,"
+            " so a record whose key sorts before one already listed is still found."
+        ),
+    )
+    s3_full_list_every_s: Annotated[int, Field(ge=60, le=604_800)] = Field(
+        3_600,
+        description=(
+            "How often an S3 source is listed from its start rather than from its marker"
+            " (catches keys written out of order by anything but Lambda)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _something_to_find(self) -> DiscoverySettings:
-        if not self.queue_prefixes and not self.queues:
-            raise ValueError("set queue_prefixes or queues: otherwise no DLQ is ever found")
+        if not self.queue_prefixes and not self.queues and not self.s3_sources:
+            raise ValueError(
+                "set queue_prefixes, queues or s3_sources: otherwise no DLQ is ever found"
+            )
         return self
+
+    @field_validator("s3_sources")
+    @classmethod
+    def _bucket_and_prefix(cls, sources: list[str]) -> list[str]:
+        for source in sources:
+            bucket = source.removeprefix("s3://").partition("/")[0]
+            if not BUCKET_NAME_MIN <= len(bucket) <= BUCKET_NAME_MAX:
+                raise ValueError(f"{source!r} is not bucket/prefix (a bucket name has 3-63 chars)")
+        return [source.removeprefix("s3://") for source in sources]
 
     @field_validator("queue_prefixes")
     @classmethod

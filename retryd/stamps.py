@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 
-from retryd.models import Attributes, DeadLetter, Job, MessageAttribute
+from retryd.models import Attributes, DeadLetter, Job, MessageAttribute, SourceKind
 
 PREFIX = "retryd."
 
@@ -21,6 +21,8 @@ ATTEMPT = "retryd.attempt"
 KEY = "retryd.key"
 FIRST_FAILED_AT = "retryd.first-failed-at"
 SOURCE_QUEUE = "retryd.source-queue"
+# `s3://bucket/key` of the S3 object a parked record was read from (S3 sources only).
+SOURCE_OBJECT = "retryd.source-object"
 # `name@version` of the transform that rewrote the payload (retryd.resolve.hooks).
 TRANSFORM = "retryd.transform"
 
@@ -119,6 +121,10 @@ def stamp_for_parking(
         SOURCE_QUEUE: MessageAttribute.string(letter.queue.name),
         ATTEMPT: MessageAttribute.number(attempt),
     }
+    if letter.queue.kind is SourceKind.S3:
+        # The object is deleted once parked: the copy says where it was.
+        bucket = letter.system_attributes.get("S3Bucket", "")
+        stamps[SOURCE_OBJECT] = MessageAttribute.string(f"s3://{bucket}/{letter.message_id}")
     stamps = {name: value for name, value in stamps.items() if value.string_value}
     # An original under a stamp's name is an earlier verdict of retryd's: this one supersedes it.
     originals = {

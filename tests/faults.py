@@ -24,6 +24,7 @@ _CONTENT_TYPES = {
     "json": "application/x-amz-json-1.0",
     "rest-json": "application/json",
     "query": "text/xml",
+    "rest-xml": "application/xml",
 }
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 
@@ -68,6 +69,9 @@ def _describe(environ: dict[str, Any], body: bytes) -> _Request:
     if service == "lambda":
         operation = "Invoke" if path.endswith("/invocations") else environ["REQUEST_METHOD"]
         return _Request(service, operation, "rest-json", text)
+    if service == "s3":
+        # S3's operations are HTTP methods on a bucket or key path; `contains` picks the path.
+        return _Request(service, environ["REQUEST_METHOD"], "rest-xml", text)
     form = parse_qs(body.decode("utf-8", "replace"))
     return _Request(service, form.get("Action", [""])[0], "query", text)
 
@@ -81,6 +85,12 @@ def _error_response(request: _Request, fault: Fault) -> tuple[str, list[tuple[st
             ("Content-Type", "application/x-amz-json-1.0"),
             ("x-amzn-query-error", f"{fault.code};Sender"),
         ]
+    elif request.protocol == "rest-xml":
+        body = (
+            f"<Error><Code>{fault.code}</Code><Message>{fault.message}</Message>"
+            "<RequestId>injected</RequestId></Error>"
+        ).encode()
+        headers = [("Content-Type", "application/xml")]
     elif request.protocol == "rest-json":
         body = json.dumps({"Type": "User", "message": fault.message}).encode()
         headers = [("Content-Type", "application/json"), ("x-amzn-ErrorType", fault.code)]

@@ -122,10 +122,12 @@ class SignedCallLog(CallLog):
 
 @dataclass(frozen=True, slots=True, order=True)
 class IamRequest:
-    """An IAM action on one resource ARN (or on UNSCOPED)."""
+    """An IAM action on one resource ARN (or on UNSCOPED), with the condition keys it carries."""
 
     action: str
     resource: str
+    # (condition key, value) the request context holds, e.g. ("s3:prefix", "aws/lambda/").
+    context: tuple[tuple[str, str], ...] = ()
 
 
 class UnmappedCallError(LookupError):
@@ -256,6 +258,27 @@ def _events(call: ApiCall, account: str) -> list[IamRequest]:
     return requests
 
 
+def _s3(call: ApiCall) -> list[IamRequest]:
+    """S3's actions: ListObjectsV2 is s3:ListBucket on the bucket (its Prefix the s3:prefix
+    condition key), DeleteObjects one s3:DeleteObject per key."""
+    params = call.params
+    bucket = f"arn:{partition_for(call.region)}:s3:::{params['Bucket']}"
+    if call.operation == "ListObjectsV2":
+        return [
+            IamRequest("s3:ListBucket", bucket, (("s3:prefix", str(params.get("Prefix", ""))),))
+        ]
+    if call.operation == "GetObject":
+        return [IamRequest("s3:GetObject", f"{bucket}/{params['Key']}")]
+    if call.operation == "PutObjectTagging":
+        return [IamRequest("s3:PutObjectTagging", f"{bucket}/{params['Key']}")]
+    if call.operation == "DeleteObjects":
+        return [
+            IamRequest("s3:DeleteObject", f"{bucket}/{item['Key']}")
+            for item in params["Delete"]["Objects"]
+        ]
+    raise UnmappedCallError(f"s3 {call.operation}")
+
+
 def _table_arn(table: str, region: str, account: str) -> str:
     return (
         table if table.startswith("arn:") else _arn("dynamodb", region, account, f"table/{table}")
@@ -308,6 +331,7 @@ def iam_requests(call: ApiCall, account: str) -> list[IamRequest]:
         "sns": lambda: _sns(call),
         "events": lambda: _events(call, account),
         "dynamodb": lambda: _dynamodb(call, account),
+        "s3": lambda: _s3(call),
     }
     mapping = mappings.get(call.service)
     if mapping is None:
@@ -357,11 +381,28 @@ def statements(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The document's statements; NotAction/NotResource are refused (retryd never writes them)."""
     found = []
     for statement in document["Statement"]:
-        unsupported = {"NotAction", "NotResource", "Condition"} & set(statement)
-        if unsupported:
+        unsupported = {"NotAction", "NotResource"} & set(statement)
+        condition = statement.get("Condition", {})
+        if unsupported or set(condition) - {"StringLike"}:
             raise ValueError(f"statement {statement.get('Sid')} uses {sorted(unsupported)}")
         found.append(statement)
     return found
+
+
+def _conditions_hold(statement: Mapping[str, Any], request: IamRequest) -> bool:
+    """StringLike: every key named must be in the request's context, matching a pattern
+    (`*` any run, `?` one character); a key absent from the context fails it, as in IAM."""
+    context = dict(request.context)
+    for key, patterns in statement.get("Condition", {}).get("StringLike", {}).items():
+        value = context.get(key)
+        if value is None or not any(
+            re.fullmatch(
+                "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in p), value
+            )
+            for p in _as_list(patterns)
+        ):
+            return False
+    return True
 
 
 def allowing(document: Mapping[str, Any], request: IamRequest) -> list[str]:
@@ -371,6 +412,8 @@ def allowing(document: Mapping[str, Any], request: IamRequest) -> list[str]:
         if not any(action_matches(p, request.action) for p in _as_list(statement["Action"])):
             continue
         if not any(resource_matches(p, request.resource) for p in _as_list(statement["Resource"])):
+            continue
+        if not _conditions_hold(statement, request):
             continue
         if statement["Effect"] == "Deny":
             return []

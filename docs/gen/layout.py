@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("typed values", frozenset({"models"})),
     ("rules about values", frozenset({"classify", "metrics", "settings", "stamps"})),
     ("AWS clients and SQS leases", frozenset({"aws", "leases"})),
+    ("S3 failure records", frozenset({"s3_objects"})),
     ("where and what was tried", frozenset({"ledger", "places"})),
     ("a batch kept alive while it works", frozenset({"heartbeat"})),
     ("admission", frozenset({"admission"})),

@@ -108,6 +108,11 @@ class Guards:
         self._pauses = PauseSet()
         self._pause_recheck_s = pause_recheck_s
 
+    @property
+    def ledger(self) -> Ledger | None:
+        """The ledger the claims are taken in (S3 sources lease their objects there too)."""
+        return self._ledger
+
     def protect_queues(self, arns: Iterable[str]) -> None:
         """Queues retryd drains or parks into: never a target, whatever the allowlist says.
 

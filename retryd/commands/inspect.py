@@ -30,9 +30,10 @@ from retryd.discovery.survey import (
     Depth,
     ReadProgress,
     look_at_each,
+    look_at_objects,
     select_queues,
 )
-from retryd.drain.setup import read_chain
+from retryd.drain.setup import read_chain, s3_sources
 from retryd.errors import ExitCode
 from retryd.models import DeadLetter, QueueRef
 from retryd.places import PlaceError, Places, Visit, open_places
@@ -142,6 +143,14 @@ async def inspect_queues(
         concurrency=settings.drain.queue_concurrency,
         progress=bars,
     )
+    if clients.s3 is not None:
+        # S3 sources, all of them or those named (`bucket/prefix`): each object is a message.
+        sources = [b for b in s3_sources(settings, feeds) if not names or b.name in names]
+        missing = [name for name in missing if name not in {b.name for b in sources}]
+        for source in sources:
+            looks.append(
+                await look_at_objects(clients.s3, source, group, max_messages=max_messages)
+            )
     inspections = []
     for look in looks:
         route = routes.target_for(look.queue.name)

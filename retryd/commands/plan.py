@@ -36,6 +36,7 @@ from retryd.discovery.survey import (
     Look,
     ReadProgress,
     look_at_each,
+    look_at_objects,
 )
 from retryd.drain.setup import PlaceBuilder, Purpose, open_dry_run
 from retryd.errors import ExitCode
@@ -329,6 +330,12 @@ async def make_plan(
             concurrency=settings.drain.queue_concurrency,
             progress=bars,
         )
+        if clients.s3 is not None:
+            # S3 sources: each object is a message to the plan, as to the cycle.
+            for source in place.buckets:
+                looks.append(
+                    await look_at_objects(clients.s3, source, decide, max_messages=max_messages)
+                )
         pauses = guards.pauses.active(time.time())
     return PlanReport(
         [QueuePlan.from_look(look) for look in looks], max_messages, pauses, judged.cluster

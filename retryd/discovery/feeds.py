@@ -100,6 +100,9 @@ class FeedMap:
     # a message no resolver recognises may only be unrecognised for now, and is left in
     # its DLQ rather than parked (retryd.resolve.chain).
     unsure: bool = False
+    # (S3 bucket ARN, function ARN) of each on-failure destination that is a bucket:
+    # S3 sources ([discovery] s3_from_destinations), not DLQs any queue ARN names.
+    s3_destinations: tuple[tuple[str, str], ...] = ()
 
     def feeding(self, queue_arn: str) -> tuple[Feed, ...]:
         """Everything known to feed this DLQ, in a stable order; () when nothing is."""
@@ -127,6 +130,7 @@ class _Collected:
     failures: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
     messages: dict[tuple[str, str], str] = field(default_factory=dict)
     transient: bool = False
+    s3_destinations: set[tuple[str, str]] = field(default_factory=set)
 
     def add(self, queue_arn: str, feed: Feed) -> None:
         if queue_arn in self.wanted:
@@ -154,7 +158,13 @@ class _Collected:
             queue: tuple(sorted(feeds, key=lambda feed: (feed.kind.value, feed.source_arn)))
             for queue, feeds in sorted(self.feeds.items())
         }
-        return FeedMap(MappingProxyType(ordered), time.time(), self.errors(), self.transient)
+        return FeedMap(
+            MappingProxyType(ordered),
+            time.time(),
+            self.errors(),
+            self.transient,
+            tuple(sorted(self.s3_destinations)),
+        )
 
 
 async def map_feeds(
@@ -249,6 +259,10 @@ def _add_on_failure(config: Mapping[str, Any], function_arn: str, collected: _Co
     # The config's own ARN carries the version or alias it belongs to: resubmitting
     # to that qualifier runs the code (and config) that failed.
     source = config.get("FunctionArn")
+    if ":s3:::" in destination:
+        # A bucket (Lambda's S3 destination, on failure only): a source, not a queue's feed.
+        collected.s3_destinations.add((destination, function_arn))
+        return
     collected.add(
         destination,
         Feed(FeedKind.LAMBDA_ON_FAILURE, source if isinstance(source, str) else function_arn),
@@ -419,6 +433,7 @@ class FeedCache:
             current.built_at_s,
             errors,
             current.unsure or learned.unsure,
+            current.s3_destinations,
         )
         return self._current
 
@@ -434,7 +449,13 @@ def _with_redrive_of(built: FeedMap, previous: FeedMap, queues: frozenset[str]) 
         queue: tuple(sorted(feeds, key=lambda feed: (feed.kind.value, feed.source_arn)))
         for queue, feeds in sorted(merged.items())
     }
-    return FeedMap(MappingProxyType(ordered), built.built_at_s, built.errors, built.unsure)
+    return FeedMap(
+        MappingProxyType(ordered),
+        built.built_at_s,
+        built.errors,
+        built.unsure,
+        built.s3_destinations,
+    )
 
 
 def _keep_previous(previous: FeedMap, partial: FeedMap) -> FeedMap:
@@ -448,4 +469,5 @@ def _keep_previous(previous: FeedMap, partial: FeedMap) -> FeedMap:
         partial.errors,
         # The feeds of queues the previous map knew none for may be the ones missing.
         partial.unsure,
+        tuple(sorted({*previous.s3_destinations, *partial.s3_destinations})),
     )

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 import anyio
 
-from retryd import classify
+from retryd import classify, s3_objects
 from retryd.discovery.queues import discover_queues, find_queue
 from retryd.leases import RECEIVE_BATCH_MAX, receive, release
 from retryd.models import DeadLetter, QueueRef, queue_ref_from_url
@@ -297,6 +297,42 @@ async def look_at(
     look.sampled = len(seen.letters)
     look.truncated = seen.truncated
     look.errors.extend(seen.errors)
+    return look
+
+
+async def look_at_objects(
+    s3: Any,
+    source: QueueRef,
+    examine: Callable[[list[DeadLetter]], Awaitable[T]],
+    *,
+    max_messages: int,
+) -> Look[T]:
+    """An S3 source read from its first key, up to `max_messages` objects, and `examine`d.
+
+    Nothing is leased: a look only reads (a cycle's leases are ledger claims, and a
+    dry run writes nothing). The depth of an S3 source is not known (S3 has no count).
+    """
+    look: Look[T] = Look(source)
+    letters: list[DeadLetter] = []
+    cursor = ""
+    try:
+        while len(letters) < max_messages:
+            page, more = await s3_objects.list_page(
+                s3, source, start_after=cursor, max_keys=max_messages - len(letters)
+            )
+            for listed in page:
+                letter = await s3_objects.read(s3, source, listed)
+                if letter is not None:
+                    letters.append(letter)
+            look.truncated = more
+            if not more or not page:
+                break
+            cursor = page[-1].key
+    except Exception as exc:  # noqa: BLE001 - this source is reported, the others are looked at
+        look.errors.append(str(classify.from_exception(exc)))
+    if letters:
+        look.finding = await examine(letters)
+    look.sampled = len(letters)
     return look
 
 

@@ -49,6 +49,7 @@ from retryd.models import (
 from retryd.resolve import ResolverChain
 from retryd.settle import outcome
 from retryd.settle.dlq import DeadLetterQueues
+from retryd.settle.objects import Objects
 from retryd.settle.parking import Parking, ParkRequest
 from retryd.targets import Delivery
 from retryd.targets.sender import Sender, Sent
@@ -135,9 +136,11 @@ class Pipeline:
         log_payloads: bool = False,
         hidden: HiddenBook | None = None,
         leasing: Leasing | None = None,
+        objects: Objects | None = None,
     ) -> None:
-        # The hidden messages are noted where they are hidden, so a redrive can hand them back.
-        self._dlqs = DeadLetterQueues(sqs, metrics, hidden)
+        # The hidden messages are noted where they are hidden, so a redrive can hand them back;
+        # `objects` settles the letters of S3 sources.
+        self._dlqs = DeadLetterQueues(sqs, metrics, hidden, objects)
         # None: no heartbeat (a batch ends at its first lease, as before heartbeats).
         self._leasing = leasing
         self._chain = chain

@@ -29,6 +29,7 @@ from retryd.control.pauses import PAUSES_DOC, pause_set
 from retryd.discovery.feeds import FeedCache
 from retryd.discovery.survey import Sizing, size_up
 from retryd.drain.batch import Pipeline
+from retryd.drain.buckets import BucketDrain
 from retryd.drain.setup import PlaceBuilder, PlaceSetup, Purpose, admit_live
 from retryd.drain.shard import WHOLE, Shard
 from retryd.drain.sightings import QueueSighting, Sightings
@@ -48,6 +49,7 @@ from retryd.models import (
 )
 from retryd.places import Place, PlaceFailure, Places, Visit, leaves
 from retryd.settings import Settings
+from retryd.settle.objects import Objects
 from retryd.targets import TargetRouter
 
 log = structlog.get_logger("retryd.cycle")
@@ -186,6 +188,10 @@ class _PlaceDrain:
     def queues(self) -> list[QueueRef]:
         return self.setup.dlqs
 
+    @property
+    def buckets(self) -> list[QueueRef]:
+        return self.setup.buckets
+
 
 @dataclass
 class Handled:
@@ -311,8 +317,15 @@ class Cycle:
                 log_payloads=self._settings.log.include_payloads,
                 hidden=setup.hidden,
                 leasing=Leasing.for_settings(self._settings),
+                objects=self._objects(clients),
             )
         return pipeline
+
+    def _objects(self, clients: AwsClients) -> Objects | None:
+        """A place's S3 objects, leased in the shared ledger; None without an S3 client."""
+        if clients.s3 is None:
+            return None
+        return Objects(clients.s3, self._guards.ledger, settle=self._settings.discovery.s3_settle)
 
     async def run(
         self,
@@ -333,7 +346,7 @@ class Cycle:
                 # Once per cycle, never per message: heartbeat, budgets, breakers.
                 await self._cluster.sync()
             looks = await self._look_everywhere(report)
-            queues = [queue for look in looks for queue in look.queues]
+            queues = [queue for look in looks for queue in [*look.queues, *look.buckets]]
             report.queues = len(queues)
             report.discovered = bool(looks)
             if looks and on_discovered is not None:
@@ -352,10 +365,7 @@ class Cycle:
                 await self._refresh_operator_state()
             run = _CycleBudget(started + self._settings.drain.cycle_budget_s, stopping, report)
             limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
-            async with anyio.create_task_group() as group:
-                for look in looks:
-                    for queue in look.queues:
-                        group.start_soon(self._drain, run, look, queue, limiter)
+            await self._drain_everywhere(run, looks, limiter)
         except ParkingQueueMissingError as exc:
             # Not an AWS hiccup: someone has to create the queue. The daemon keeps
             # looking every cycle; `once` exits with this error's own code.
@@ -371,6 +381,17 @@ class Cycle:
         report.duration_s = anyio.current_time() - started
         self._metrics.observe_cycle(report.duration_s, report.ok, time.time())
         return report
+
+    async def _drain_everywhere(
+        self, run: _CycleBudget, looks: list[_PlaceDrain], limiter: anyio.CapacityLimiter
+    ) -> None:
+        """Every DLQ of every place, side by side: SQS queues and S3 sources alike."""
+        async with anyio.create_task_group() as group:
+            for look in looks:
+                for queue in look.queues:
+                    group.start_soon(self._drain, run, look, queue, limiter)
+                for source in look.buckets:
+                    group.start_soon(self._drain_bucket, run, look, source, limiter)
 
     async def _look(self, visit: Visit) -> _PlaceDrain:
         """One place's DLQs for this cycle, with what is needed to drain them; errors propagate."""
@@ -474,6 +495,46 @@ class Cycle:
                 self._metrics.set_oldest_message_age(
                     queue, max(0.0, time.time() - state.handled.oldest_sent_s)
                 )
+
+    async def _drain_bucket(
+        self, run: _CycleBudget, look: _PlaceDrain, source: QueueRef, limiter: anyio.CapacityLimiter
+    ) -> None:
+        """One S3 source, through the place's pipeline (drain/buckets.py lists and leases)."""
+        objects = self._objects(look.clients)
+        if objects is None:
+            return
+        report = run.report
+        sighting = QueueSighting(source, look.setup.chain)
+
+        def on_error(error: str) -> None:
+            report.errors.append(error)
+            log.warning("object-read-failed", error=error)
+
+        def on_batch(decisions: list[Decision]) -> None:
+            report.received += len(decisions)
+            self._sightings.saw(sighting, decisions)
+            report.add(decisions)
+
+        with structlog.contextvars.bound_contextvars(**place_labels(source.arn)):
+            async with limiter:
+                if not run.may_go_on:
+                    return
+                try:
+                    await BucketDrain(self._settings, self._control, objects).drain(
+                        look.clients.s3,
+                        source,
+                        look.pipeline,
+                        limit=self._settings.drain.max_messages_per_queue,
+                        may_go_on=lambda: run.may_go_on,
+                        on_batch=on_batch,
+                        on_error=on_error,
+                    )
+                except Exception as exc:  # noqa: BLE001 - this source is skipped, the others go on
+                    error = classify.from_exception(exc)
+                    report.errors.append(f"{source.name}: {error}")
+                    log.warning("list-failed", queue=source.name, error=str(error))
+                await self._sightings.record(sighting)
+                await self._cluster.flush()
 
     async def _worker(self, run: _CycleBudget, state: _QueueDrain) -> None:
         report = run.report

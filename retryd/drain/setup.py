@@ -54,12 +54,17 @@ from retryd.ledger import Ledger, open_ledger
 from retryd.metrics import Metrics
 from retryd.models import QueueRef, queue_ref_from_url
 from retryd.resolve import ResolverChain, build_chain
+from retryd.s3_objects import LAMBDA_ASYNC_PREFIX, source_ref
 from retryd.settings import HookRule, Settings
 from retryd.settle.parking import Parking, locate_parking
 from retryd.targets import TargetRouter
 from retryd.targets.sender import Sender
 
 log = structlog.get_logger("retryd.setup")
+
+
+# arn:partition:lambda:region:account:function:<name>[:qualifier]: the name's field.
+FUNCTION_NAME_FIELD = 6
 
 
 class Purpose(StrEnum):
@@ -187,6 +192,8 @@ class PlaceSetup:
     sender: Sender | None
     # Where deferred messages are noted as hidden (the cycle's; None when nothing is hidden).
     hidden: HiddenBook | None
+    # The S3 failure destinations this run drains in the place ([discovery] s3_sources).
+    buckets: list[QueueRef] = field(default_factory=list)
 
     def live_sender(self) -> Sender:
         """The sender; only a live set-up has one."""
@@ -297,7 +304,29 @@ class PlaceBuilder:
             self._guards,
             kept.sender,
             self.hidden,
+            [
+                b
+                for b in s3_sources(settings or self._settings, kept.feeds.current)
+                if self._owns is None or self._owns(b)
+            ],
         )
+
+
+def s3_sources(settings: Settings, feeds: FeedMap) -> list[QueueRef]:
+    """The S3 sources [discovery] names, and with `s3_from_destinations` those the functions'
+    on-failure destinations name, one per function: Lambda writes a function's records under
+    `aws/lambda/async/<function-name>/` with the time after it, so a per-function source lists
+    in the order they were written."""
+    named = [source.partition("/") for source in settings.discovery.s3_sources]
+    found = [(bucket, prefix) for bucket, _, prefix in named]
+    if settings.discovery.s3_from_destinations:
+        for bucket_arn, function_arn in feeds.s3_destinations:
+            bucket = bucket_arn.rpartition(":")[2]
+            parts = function_arn.split(":")
+            function = parts[6] if len(parts) > FUNCTION_NAME_FIELD else ""
+            if bucket and function:
+                found.append((bucket, f"{LAMBDA_ASYNC_PREFIX}{function}/"))
+    return [source_ref(bucket, prefix) for bucket, prefix in dict.fromkeys(found)]
 
 
 def _hooked(settings: Settings, transform: str | None) -> Settings:

@@ -105,6 +105,13 @@ LEDGER_ACTIONS = (
 )
 
 
+# S3 failure destinations ([discovery] s3_sources, s3_from_destinations): list the prefix,
+# read each object, then delete or tag it once its copy is safe.
+S3_LIST_ACTIONS = ("s3:ListBucket",)
+S3_READ_ACTIONS = ("s3:GetObject",)
+S3_SETTLE_ACTIONS = {"delete": ("s3:DeleteObject",), "tag": ("s3:PutObjectTagging",)}
+
+
 # Receiving from an SSE-KMS queue; sending to an SSE-KMS queue or topic (retryd.iam.kms_keys).
 DECRYPT_ACTIONS = ("kms:Decrypt",)
 ENCRYPT_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")
@@ -252,7 +259,8 @@ def _work_statements(
     statements = [
         # ListQueues has no resource type: it can only be granted on "*".
         _statement("FindDeadLetterQueues", ["sqs:ListQueues"], ["*"]),
-        _statement("DrainDeadLetterQueues", DLQ_ACTIONS, dlqs),
+        *([_statement("DrainDeadLetterQueues", DLQ_ACTIONS, dlqs)] if dlqs else []),
+        *_s3_statements(settings, scopes[0].partition if scopes else "aws"),
         _statement("ParkMessages", PARKING_ACTIONS, parking),
         # Feeds are read wherever DLQs are found, whichever place the Lambda target is in.
         *_target_statements(targets, scopes, lambda_reads=lambda_may_be_target(settings.guards)),
@@ -264,6 +272,30 @@ def _work_statements(
         )
     if role in REDRIVING_ROLES:
         statements.append(_statement("RedriveParkedMessages", REDRIVE_PARKING_ACTIONS, parking))
+    return statements
+
+
+def _s3_statements(settings: Settings, partition: str) -> list[dict[str, Any]]:
+    """Listing each S3 source's prefix (and nothing else of its bucket), reading and
+    settling its objects. Buckets found from destinations are not known in advance: any
+    bucket, but only Lambda's `aws/lambda/async/` keys."""
+    discovery = settings.discovery
+    sources = [source.partition("/") for source in discovery.s3_sources]
+    pairs = [(bucket, prefix) for bucket, _, prefix in sources]
+    if discovery.s3_from_destinations:
+        pairs.append(("*", "aws/lambda/async/"))
+    if not pairs:
+        return []
+    statements = []
+    for n, (bucket, prefix) in enumerate(dict.fromkeys(pairs), start=1):
+        statement = _statement(
+            f"ListS3FailureRecords{n}", S3_LIST_ACTIONS, [f"arn:{partition}:s3:::{bucket}"]
+        )
+        statement["Condition"] = {"StringLike": {"s3:prefix": [f"{prefix}*"]}}
+        statements.append(statement)
+    objects = unique(f"arn:{partition}:s3:::{bucket}/{prefix}*" for bucket, prefix in pairs)
+    actions = (*S3_READ_ACTIONS, *S3_SETTLE_ACTIONS[discovery.s3_settle])
+    statements.append(_statement("SettleS3FailureRecords", actions, objects))
     return statements
 
 
@@ -524,8 +556,12 @@ def organisation_policies(
         own = [(entry.account_id, r) for r in entry.regions]
         targets = target_arns(place_target_globs(settings.guards.allow_targets, own, places))
         dlqs = _account_dlqs(settings, scopes, entry.account_id)
+        # Named S3 sources are read in the home place only (retryd.places.settings_for).
+        member = settings.model_copy(
+            update={"discovery": settings.discovery.model_copy(update={"s3_sources": []})}
+        )
         member_statements = [
-            *_work_statements(settings, scopes, targets, dlqs=dlqs, role=role),
+            *_work_statements(member, scopes, targets, dlqs=dlqs, role=role),
             *_key_statements(keys.get(entry.account_id)),
         ]
         role_match = _ROLE_ARN.fullmatch(entry.role_arn)

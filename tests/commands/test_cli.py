@@ -270,7 +270,7 @@ def test_run_serves_metrics_and_probes_while_it_works(world: World, tmp_path: Pa
         base = f"http://127.0.0.1:{port}"
         resubmitted = (
             'retryd_messages_total{account="123456789012",outcome="resubmitted",'
-            'queue="retry-a",reason="none",region="us-east-1",target_type="sqs"} 1.0'
+            'queue="retry-a",reason="none",region="us-east-1",source="sqs",target_type="sqs"} 1.0'
         )
         cycles_ok = re.compile(r'retryd_cycles_total\{result="ok"\} [1-9]')
         deadline = time.monotonic() + 30

@@ -453,3 +453,16 @@ def test_queue_entries_are_granted_exactly_where_retryd_reads_them() -> None:
     policies = by_account(organisation_policies(settings, account=None, region=None))
     assert granted(policies[MEMBER].policy, "sqs:ReceiveMessage") == [arn]
     assert granted(policies[HOME].policy, "sqs:ReceiveMessage") == []
+
+
+def test_named_s3_sources_are_granted_to_the_home_role_only() -> None:
+    """S3 sources named in [discovery] are read in the home place: no member role lists them."""
+    settings = org_settings(
+        discovery={"queue_prefixes": ["retry-"], "s3_sources": ["failures/aws/lambda/async/"]}
+    )
+    policies = by_account(organisation_policies(settings, account=None, region=None))
+    assert granted(policies[HOME].policy, "s3:GetObject") == [
+        "arn:aws:s3:::failures/aws/lambda/async/*"
+    ]
+    assert granted(policies[MEMBER].policy, "s3:GetObject") == []
+    assert granted(policies[MEMBER].policy, "s3:ListBucket") == []

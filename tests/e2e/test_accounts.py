@@ -110,6 +110,7 @@ def resubmitted(registry: CollectorRegistry, account: str, region: str) -> float
         "queue": DLQ,
         "account": account,
         "region": region,
+        "source": "sqs",
         "outcome": "resubmitted",
         "reason": "none",
         "target_type": "sqs",

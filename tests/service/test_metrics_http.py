@@ -124,7 +124,7 @@ def test_decisions_use_none_for_empty_labels() -> None:
     metrics.record_decision(_queue("retry-orders"), "resubmitted", "", "lambda")
     metrics.record_decision(_queue("retry-orders"), "parked", "unresolvable", "")
     metrics.record_decision(_queue("retry-orders"), "parked", "unresolvable", "")
-    labels = {"queue": "retry-orders", **PLACE}
+    labels = {"queue": "retry-orders", **PLACE, "source": "sqs"}
     assert (
         registry.get_sample_value(
             "retryd_messages_total",
@@ -221,6 +221,7 @@ def test_metrics_endpoint_serves_what_was_recorded() -> None:
                 "retryd_messages_total",
                 queue="retry-a",
                 **PLACE,
+                source="sqs",
                 outcome="parked",
                 reason="target-not-allowed",
                 target_type="sns",
