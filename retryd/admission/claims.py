@@ -30,6 +30,9 @@ from retryd.ledger.base import (
     LedgerError,
     ParkCopy,
     ParkStatus,
+    Record,
+    decide_begin,
+    decide_begin_park,
 )
 from retryd.models import FailReason, Job, ledger_hold_reason
 
@@ -60,6 +63,22 @@ class Parkable:
     busy: list[Park] = field(default_factory=list)
     # The ledger could not be written: left in the DLQ, with the reason and detail.
     held: list[tuple[Park, FailReason, str]] = field(default_factory=list)
+
+
+# Why a message whose key another live claim holds is left for later.
+BUSY_DETAIL = (
+    "another message with this key is being resubmitted (here or by another replica); "
+    "it is looked at again later"
+)
+BUSY_PARK_DETAIL = (
+    "another message with this key is being resubmitted or parked (here or by another "
+    "replica); it is looked at again later"
+)
+
+
+def claimed_elsewhere(job: Job, attempt: int, detail: str = BUSY_DETAIL) -> Defer:
+    """The verdict for a job whose key another live claim holds: left for later, no attempt."""
+    return Defer(job, DeferReason.CLAIMED_ELSEWHERE, 0.0, detail, attempt)
 
 
 def _first_failed_s(job: Job) -> float | None:
@@ -104,22 +123,36 @@ class Claims:
                 # Parked since admission read the ledger: a copy is safe, only delete it.
                 admitted.done.append(Done(go.job, answer.attempt, parked=True))
             elif answer.status is BeginStatus.BUSY:
-                admitted.deferred.append(
-                    Defer(
-                        go.job,
-                        DeferReason.CLAIMED_ELSEWHERE,
-                        0.0,
-                        "another message with this key is being resubmitted (here or by "
-                        "another replica); it is looked at again later",
-                        go.job.attempt,
-                    )
-                )
+                admitted.deferred.append(claimed_elsewhere(go.job, go.job.attempt))
             else:
                 # STARTED, or RESUMED: a resubmission begun earlier and never committed goes
                 # again under the same key and attempt, so the target can tell it is a repeat.
                 go.permit.claim = replace(claim, attempt=answer.attempt)
                 job = replace(go.job, attempt=answer.attempt - 1)
                 admitted.go.append(replace(go, job=job, attempt=answer.attempt))
+
+    def would_wait(self, verdict: Go | Park, record: Record | None) -> Defer | None:
+        """A dry run's word for what `begin` (or `begin_parks`) would answer BUSY, from `record`.
+
+        The ledger's own rule (decide_begin, decide_begin_park) read, nothing written: a
+        plan predicts `claimed-elsewhere` where the cycle will meet another live claim.
+        A Park with no job (a letter no resolver could read) is left as it is.
+        """
+        if self._ledger is None or record is None or verdict.job is None:
+            return None
+        owner, now_s = self._ledger.owner, self._clock_s()
+        if isinstance(verdict, Go):
+            job = verdict.job
+            claim = Claim(job.key, job.letter.message_id, verdict.attempt, _first_failed_s(job))
+            begun, _ = decide_begin(record, claim, owner=owner, now_s=now_s, claim_s=0.0)
+            busy = begun.status is BeginStatus.BUSY
+            return claimed_elsewhere(job, job.attempt) if busy else None
+        parking, _ = decide_begin_park(
+            record, park_claim(verdict), owner=owner, now_s=now_s, claim_s=0.0
+        )
+        if parking.status is not ParkStatus.BUSY:
+            return None
+        return claimed_elsewhere(verdict.job, verdict.attempt, BUSY_PARK_DETAIL)
 
     async def settle(self, label: str, permits: Sequence[Permit]) -> None:
         """Write each settled permit's fate: commit what succeeded, release the rest."""

@@ -234,6 +234,27 @@ class Guards:
                 continue
             pending.append((index, item))
         records = await self._records([job for _, job in pending], verdicts, pending)
+        ready = self._ready(pending, records, verdicts, now_s, operator_now=operator_now)
+        for index, verdict in self._through_breakers(ready, now_s, dry_run=dry_run):
+            verdicts[index] = verdict
+        if dry_run:
+            self._claims_foreseen(verdicts, records)
+        return [verdict for verdict in verdicts if verdict is not None]
+
+    def _ready(
+        self,
+        pending: Sequence[tuple[int, Job]],
+        records: dict[str, Record],
+        verdicts: list[Verdict | None],
+        now_s: float,
+        *,
+        operator_now: bool,
+    ) -> list[tuple[int, Job]]:
+        """The pending jobs the ledger and the timing guards let on to the breakers.
+
+        The others get their verdict in `verdicts`: done already, or (unless
+        `operator_now`) parked or deferred for their attempts, age, backoff or retention.
+        """
         ready: list[tuple[int, Job]] = []
         for index, job in pending:
             if verdicts[index] is not None:
@@ -243,12 +264,22 @@ class Guards:
             if verdict is None and not operator_now:
                 verdict = self._over_time(job, record, now_s)
             if verdict is None:
-                ready.append((index, self._merged(job, records.get(job.key))))
+                ready.append((index, self._merged(job, record)))
             else:
                 verdicts[index] = verdict
-        for index, verdict in self._through_breakers(ready, now_s, dry_run=dry_run):
-            verdicts[index] = verdict
-        return [verdict for verdict in verdicts if verdict is not None]
+        return ready
+
+    def _claims_foreseen(self, verdicts: list[Verdict | None], records: dict[str, Record]) -> None:
+        """A dry run's last step: what the claims will answer right before the send.
+
+        The cycle claims each key in `admit` (and `begin_parks`); where the ledger's record
+        shows another live claim on it, the cycle will leave the message for later, and so
+        the plan says.
+        """
+        for index, verdict in enumerate(verdicts):
+            if isinstance(verdict, Go | Park) and verdict.job is not None:
+                waiting = self._claims.would_wait(verdict, records.get(verdict.job.key))
+                verdicts[index] = waiting or verdict
 
     async def _records(
         self,

@@ -304,7 +304,9 @@ async def make_plan(
         async def decide(letters: list[DeadLetter]) -> list[PlannedMessage]:
             if not letters:
                 return []
-            resolved = [chain.resolve(letter) for letter in letters]
+            # Resolved and put through the [[hooks]] rules as a cycle does: a transform or
+            # a schema that would park a message is what `once` then decides.
+            resolved = await chain.resolve_all(letters)
             # Unresolvable only while the feed map is incomplete: `once` leaves these in
             # their DLQ for a later cycle (drain/batch.py), so the plan must not say park.
             later = {

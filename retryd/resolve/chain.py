@@ -52,7 +52,8 @@ class ResolverChain:
     async def resolve_all(self, letters: Sequence[DeadLetter]) -> list[Job | Unresolvable]:
         """Each letter resolved, then put through its `[[hooks]]` rule (retryd.resolve.hooks).
 
-        What a cycle uses; `resolve` alone (as `plan` uses it) runs no hooks.
+        What a cycle, a redrive and `plan` use; `resolve` alone (as a redrive's selection
+        and the console's sightings use it) runs no hooks.
         """
         answers = [self.resolve(letter) for letter in letters]
         if self._hooks is None:

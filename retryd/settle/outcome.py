@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from retryd.admission import Defer, DeferReason, Done, Go, Hold, Park, Verdict
+from retryd.admission.claims import BUSY_PARK_DETAIL
 from retryd.models import (
     DeadLetter,
     Decision,
@@ -119,8 +120,7 @@ def park_claimed_elsewhere(park: Park) -> Decision:
         Outcome.DEFERRED,
         target,
         DeferReason.CLAIMED_ELSEWHERE.value,
-        "another message with this key is being resubmitted or parked (here or by another "
-        "replica); it is looked at again later",
+        BUSY_PARK_DETAIL,
         park.attempt,
     )
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.admission import Done, Go, Guards, Park, park_claim
-from retryd.admission.claims import Claims
+from retryd.admission import DeferReason, Done, Go, Guards, Park, park_claim
+from retryd.admission.claims import Admitted, Claims
 from retryd.ledger import (
     LedgerError,
     MemoryLedger,
@@ -224,3 +224,44 @@ def test_a_park_with_a_huge_attempt_is_claimed_and_recorded_on_sqlite(tmp_path: 
             await ledger.aclose()
 
     assert anyio.run(body) == [(park, MAX_RECORDED_ATTEMPT, True)]
+
+
+def test_a_dry_run_foresees_every_busy_answer_of_begin_and_begin_parks() -> None:
+    """would_wait (nothing written) says claimed-elsewhere exactly where the real claims wait."""
+
+    async def body() -> None:
+        store = MemoryStore()
+        rival, ours = _ledger("rival", store), _ledger("me", store)
+        await rival.begin([Claim("k1", "other", 1, None)])
+        await rival.begin([Claim("k2", "m2", 1, None)])
+        await rival.begin_park([Claim("k3", "other", 0, None)])
+        free, held_for_other, held_for_it, parking = (
+            _job("m0", "k0"),
+            _job("m1", "k1"),
+            _job("m2", "k2"),
+            _job("m3", "k3"),
+        )
+        claims = Claims(ours, lambda: NOW_S)
+        records = await ours.read(["k0", "k1", "k2", "k3"])
+        gos = [Go(job, job.next_attempt) for job in (free, held_for_other, held_for_it)]
+        park = Park(parking.letter, ParkReason.TOO_OLD, "", 2, parking)
+        verdicts: list[Go | Park] = [*gos, park]
+        foreseen = [claims.would_wait(v, records.get(v.job.key)) for v in verdicts if v.job]
+        assert [None if f is None else f.job.letter.message_id for f in foreseen] == [
+            None,
+            "m1",
+            "m2",
+            "m3",
+        ]
+        assert {f.reason for f in foreseen if f is not None} == {DeferReason.CLAIMED_ELSEWHERE}
+        # Nothing was written: the real claims then answer as foreseen.
+        assert await ours.read(["k0"]) == {}
+        admitted = Admitted()
+        await claims.begin(gos, admitted)
+        assert [d.job.letter.message_id for d in admitted.deferred] == ["m1", "m2"]
+        assert (await claims.begin_parks([park])).busy == [park]
+        # Without a ledger, or with no record, nothing is foreseen.
+        assert Claims(None, lambda: NOW_S).would_wait(gos[1], records["k1"]) is None
+        assert claims.would_wait(gos[0], None) is None
+
+    anyio.run(body)
