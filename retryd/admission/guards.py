@@ -5,10 +5,13 @@ a Verdict: go now, park (and why), defer (hide it for a while, and why), or hold
 (leave it untouched because retryd cannot tell yet). The pipeline acts on the
 verdicts; `retryd plan` only prints them. Each Go carries a breaker `Permit`.
 
-Right before one target's Go verdicts are sent, `Guards.admit` takes the last two
-steps, which only make sense at that moment: the target's rate limit (waiting
-for tokens for part of the lease; jobs that get none in time are deferred) and
-the ledger claim on each key (see claims.py). After the answers, the sender
+Right before one target's Go verdicts are sent, `Guards.admit_paced` takes the last
+two steps, which only make sense at that moment: the target's rate limit and the
+ledger claim on each key (see claims.py). It hands the jobs out a few at a time, as
+the target's tokens come, each part to be sent at once: tokens waited for and spent
+together would reach the target as a lump no bucket ever held. Jobs whose tokens
+cannot come within part of the lease are handed back (deferred, hidden only for
+about the time their tokens take). After the answers, the sender
 settles each permit and hands them to `Guards.settle`, which writes the ledger.
 The sender never touches a breaker, a token bucket or the ledger itself.
 """
@@ -16,9 +19,11 @@ The sender never touches a breaker, a token bucket or the ledger itself.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import replace
 
 import anyio
@@ -31,7 +36,7 @@ from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.claims import Admitted, Claims
 from retryd.admission.paused import PauseSet, paused
 from retryd.admission.permit import Permit
-from retryd.admission.ratelimit import RateLimits
+from retryd.admission.ratelimit import RateLimits, TokenBucket
 from retryd.admission.verdicts import (
     Defer,
     DeferReason,
@@ -49,6 +54,11 @@ from retryd.settings import GuardSettings, Settings
 # Share of the time left on a lease that may be spent waiting for rate-limit
 # tokens; the rest is for the target's answer and the delete.
 TOKEN_WAIT_SHARE = 0.5
+# A job handed back for want of tokens is hidden for about the time its token takes
+# here, at least a second (SQS counts visibility in whole seconds) and at most this:
+# with replicas sharing a rate its token may come sooner at another replica, which
+# must be able to receive it rather than find it hidden for minutes.
+HANDBACK_MAX_S = 5.0
 
 
 # Asked for every message about its target: a handful of ARNs per batch, parsed once.
@@ -350,34 +360,75 @@ class Guards:
                 )
         return out
 
-    async def admit(self, target: Target, gos: Sequence[Go], act_by: float) -> Admitted:
-        """The last steps before `target`'s Go verdicts are sent: its rate limit, the ledger claims.
+    async def admit_paced(
+        self, target: Target, gos: Sequence[Go], act_by: float
+    ) -> AsyncGenerator[Admitted]:
+        """The last steps before `target`'s Go verdicts are sent, as the target's tokens come.
 
-        Tokens are waited for until TOKEN_WAIT_SHARE of the time left before `act_by`
-        (anyio clock); jobs that get none are deferred, nothing consumed. The permits
-        of jobs turned away here are released.
+        Each part yielded is to be settled at once: its `go` sent before the next part
+        is asked for, so that no token is saved up outside the bucket. Tokens are
+        waited for until TOKEN_WAIT_SHARE of the time left before `act_by` (anyio
+        clock); jobs whose tokens cannot come by then are handed back at the start,
+        those still waiting then at the end (deferred `rate-limited`, nothing
+        consumed). The permits of jobs turned away are released.
         """
+        if self._rates is None:
+            yield await self._claimed(gos)
+            return
+        now = anyio.current_time()
+        until = now + max(0.0, act_by - now) * TOKEN_WAIT_SHARE
+        bucket = self._rates.for_target(target.arn)
+        waiting = list(gos[: bucket.coverable(until - now)])
+        if len(waiting) < len(gos):
+            yield self._rate_limited(target, gos[len(waiting) :], bucket)
+        taken = 0
+        async with aclosing(self._rates.paced(target.arn, len(waiting), until)) as grants:
+            async for granted in grants:
+                part = await self._claimed(waiting[taken : taken + granted])
+                taken += granted
+                # Tokens of jobs the ledger turned away were not spent on a message.
+                self._rates.give_back(target.arn, granted - len(part.go))
+                yield part
+        if taken < len(waiting):
+            yield self._rate_limited(target, waiting[taken:], bucket)
+
+    async def admit(self, target: Target, gos: Sequence[Go], act_by: float) -> Admitted:
+        """All of `admit_paced`'s parts as one, for a caller that sends a target's jobs together."""
+        whole = Admitted()
+        async with aclosing(self.admit_paced(target, gos, act_by)) as parts:
+            async for part in parts:
+                whole.go.extend(part.go)
+                whole.deferred.extend(part.deferred)
+                whole.held.extend(part.held)
+                whole.done.extend(part.done)
+        return whole
+
+    async def _claimed(self, gos: Sequence[Go]) -> Admitted:
+        """`gos` after their ledger claims; the permits of those turned away are released."""
         admitted = Admitted()
-        until = anyio.current_time() + max(0.0, act_by - anyio.current_time()) * TOKEN_WAIT_SHARE
-        granted = (
-            len(gos)
-            if self._rates is None
-            else await self._rates.take_by(target.arn, len(gos), until)
-        )
-        for go in gos[granted:]:
+        await self._claims.begin(gos, admitted)
+        for turned_away in (admitted.deferred, admitted.held, admitted.done):
+            for verdict in turned_away:
+                _permit_of(gos, verdict.job).released()
+        return admitted
+
+    @staticmethod
+    def _rate_limited(target: Target, gos: Sequence[Go], bucket: TokenBucket) -> Admitted:
+        """`gos` handed back for want of tokens, each hidden for about its token's time."""
+        admitted = Admitted()
+        for position, go in enumerate(gos, start=1):
+            hide_s = min(HANDBACK_MAX_S, max(1.0, math.ceil(bucket.due_in_s(position))))
             admitted.deferred.append(
                 Defer(
                     go.job,
                     DeferReason.RATE_LIMITED,
-                    0.0,
-                    f"rate limit of {target.arn} reached; it waits for the next cycle",
+                    hide_s,
+                    f"rate limit of {target.arn} reached; handed back for {hide_s:.0f}s, "
+                    "about the time its token takes",
                     go.job.attempt,
                 )
             )
-        await self._claims.begin(gos[:granted], admitted)
-        for turned_away in (admitted.deferred, admitted.held, admitted.done):
-            for verdict in turned_away:
-                _permit_of(gos, verdict.job).released()
+            go.permit.released()
         return admitted
 
     async def settle(self, target: Target, permits: Sequence[Permit]) -> None:

@@ -220,7 +220,11 @@ def test_one_bucket_per_target_sized_by_the_first_matching_rule() -> None:
 
 def test_targets_do_not_share_tokens() -> None:
     """Draining one target's bucket leaves another target's untouched."""
-    limits = RateLimits(RateLimitSettings(per_s=1, burst=3), FakeClock())
+    clock = FakeClock()
+    limits = RateLimits(RateLimitSettings(per_s=1, burst=3), clock)
+    limits.for_target(FN)
+    limits.for_target(OTHER_FN)
+    clock.advance(3.0)
     assert limits.for_target(FN).take(10) == 3
     assert limits.for_target(OTHER_FN).take(10) == 3
 
@@ -229,6 +233,7 @@ def test_default_is_safe_for_a_modest_lambda() -> None:
     """Out of the box a Lambda target gets at most 10 at once and 5 a second after that."""
     clock = FakeClock()
     bucket = RateLimits(RateLimitSettings(), clock).for_target(FN)
+    clock.advance(60.0)
     assert bucket.take(1_000) == 10
     clock.advance(1.0)
     assert bucket.take(1_000) == 5
@@ -361,6 +366,7 @@ def test_reshared_limits_start_empty_and_resize_existing_buckets() -> None:
     clock = FakeClock()
     limits = RateLimits(RateLimitSettings(per_s=6.0, burst=9), clock)
     existing = limits.for_target(FN)
+    clock.advance(10.0)
     limits.reshare(lambda rate: Rate(rate.per_s / 3, rate.burst // 3))
     assert (existing.per_s, existing.burst) == (2.0, 3)
     assert existing.take(9) == 3
