@@ -375,14 +375,13 @@ class Guards:
         if self._rates is None:
             yield await self._claimed(gos)
             return
-        now = anyio.current_time()
-        until = now + max(0.0, act_by - now) * TOKEN_WAIT_SHARE
+        within_s = max(0.0, act_by - anyio.current_time()) * TOKEN_WAIT_SHARE
         bucket = self._rates.for_target(target.arn)
-        waiting = list(gos[: bucket.coverable(until - now)])
+        waiting = list(gos[: bucket.coverable(within_s)])
         if len(waiting) < len(gos):
             yield self._rate_limited(target, gos[len(waiting) :], bucket)
         taken = 0
-        async with aclosing(self._rates.paced(target.arn, len(waiting), until)) as grants:
+        async with aclosing(self._rates.paced(target.arn, len(waiting), within_s)) as grants:
             async for granted in grants:
                 part = await self._claimed(waiting[taken : taken + granted])
                 taken += granted

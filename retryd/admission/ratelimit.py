@@ -18,7 +18,7 @@ its predecessor sent.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
@@ -211,7 +211,7 @@ class TokenBucket:
         return max(1, min(self.burst, math.floor(self._rate * Fraction(PACE_GRAIN_S))))
 
     def coverable(self, within_s: float) -> int:
-        """The most tokens this bucket can grant within `within_s` from now, if no one else takes."""
+        """The most tokens this bucket can grant in the next `within_s`, if no one else takes."""
         tokens, _ = self._level()
         return math.floor(tokens + self._rate * Fraction(max(0.0, within_s)))
 
@@ -246,9 +246,17 @@ class RateLimits:
     buckets to their share of the configured rate (`reshare`, from retryd.cluster).
     """
 
-    def __init__(self, settings: RateLimitSettings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        clock: Callable[[], float],
+        *,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        """`clock` and `sleep` must agree (anyio's in retryd; a fake clock's in tests)."""
         self._settings = settings
         self._clock = clock
+        self._sleep = sleep
         self._buckets: dict[str, TokenBucket] = {}
         self._rates: dict[str, Rate] = {}
         self._share: Share = _whole
@@ -280,27 +288,28 @@ class RateLimits:
         return bucket
 
     def give_back(self, target_arn: str, unused: int) -> None:
-        """Tokens granted and not spent (the ledger turned their jobs away) go back to the bucket."""
+        """Tokens granted and not spent (the ledger turned their jobs away) go back."""
         self.for_target(target_arn).give_back(unused)
 
-    async def paced(self, target_arn: str, wanted: int, until: float) -> AsyncGenerator[int]:
+    async def paced(self, target_arn: str, wanted: int, within_s: float) -> AsyncGenerator[int]:
         """Up to `wanted` tokens of the target's bucket as they come, each grant to spend at once.
 
         Each grant is what the bucket holds at that moment (at least its `grain`, or
-        what is still wanted); between grants it waits for the next ones, but never
-        past `until` (the anyio clock, which the buckets of a running retryd share):
-        then it stops, and what was not granted is the caller's to hand back. A
-        caller that spends each grant before asking for the next keeps the bucket's
-        promise for messages too: at most `burst + per_s * T` in any T seconds.
+        what is still wanted); between grants it waits for the next ones, but not
+        past `within_s` from now: then it stops, and what was not granted is the
+        caller's to hand back. A caller that spends each grant before asking for the
+        next keeps the bucket's promise for messages too: at most `burst + per_s * T`
+        in any T seconds, however many callers share the bucket.
         """
         bucket = self.for_target(target_arn)
+        until = self._clock() + within_s
         left = wanted
         while left > 0:
             wait_s = bucket.wait_s(min(left, bucket.grain))
             if wait_s > 0:
-                if anyio.current_time() + wait_s > until:
+                if self._clock() + wait_s > until:
                     return
-                await anyio.sleep(wait_s)
+                await self._sleep(wait_s)
             granted = bucket.take(left)
             if granted:
                 left -= granted

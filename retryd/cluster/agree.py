@@ -4,9 +4,9 @@ Membership: each replica writes when its heartbeat expires (unix seconds); a rep
 is live until then. Rate budget: each live replica takes an equal share of a target's
 rate, once it has agreed on the membership; until then (a replica that has just
 started, and whose first reading may predate the others' first heartbeats) it takes
-the most conservative share it can justify. Breakers: the table holds, per target that has ever opened, whether it is open,
-since when, an episode token that changes on every move, and which replica (if any)
-holds the half-open canaries, until when.
+the most conservative share it can justify. Breakers: the table holds, per target
+that has ever opened, whether it is open, since when, an episode token that changes
+on every move, and which replica (if any) holds the half-open canaries, until when.
 """
 
 from __future__ import annotations

@@ -1,0 +1,106 @@
+"""Admission hands a target's jobs out as its tokens come, and hands back at once what they
+cannot cover: the sender sends each part the moment it is admitted, never a saved-up lump."""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+
+import anyio
+
+from retryd.admission import Admitted, DeferReason, Go
+from retryd.admission.guards import HANDBACK_MAX_S, Guards
+from retryd.admission.ratelimit import RateLimits
+from retryd.ledger import MemoryLedger
+from retryd.ledger.base import Claim
+from retryd.settings import RateLimitSettings
+from tests.admission.test_ratelimit import fake_sleep
+from tests.clock_helpers import FakeClock
+from tests.drain.test_settling_rules import (
+    CHARGE,
+    WALL_NOW_S,
+    gos_for,
+    half_open_breakers,
+    memory_ledger,
+    unit_guards,
+    unit_job,
+)
+
+# A lease this long leaves half of it (a little over 30 s) for tokens.
+LEASE_S = 61.0
+
+
+def paced_guards(
+    clock: FakeClock, per_s: float, burst: int, ledger: MemoryLedger | None = None
+) -> tuple[Guards, RateLimits]:
+    rates = RateLimits(RateLimitSettings(per_s=per_s, burst=burst), clock, sleep=fake_sleep(clock))
+    return unit_guards(None, ledger or memory_ledger(), rates=rates), rates
+
+
+async def parts_of(guards: Guards, gos: list[Go], clock: FakeClock) -> list[tuple[float, Admitted]]:
+    """Each part admission yields, with the (fake) time it came."""
+    parts = []
+    async with aclosing(
+        guards.admit_paced(CHARGE, gos, anyio.current_time() + LEASE_S)
+    ) as admitted:
+        async for part in admitted:
+            parts.append((clock(), part))
+    return parts
+
+
+def test_a_slow_targets_jobs_go_one_token_at_a_time() -> None:
+    """2/s, burst 6, five jobs, a fresh (empty) bucket: five parts of one job, half a second apart,
+    none deferred."""
+    clock = FakeClock(0.0)
+
+    async def main() -> list[tuple[float, Admitted]]:
+        guards, _ = paced_guards(clock, 2.0, 6)
+        return await parts_of(guards, await gos_for(guards, [unit_job(n) for n in "abcde"]), clock)
+
+    parts = anyio.run(main)
+    assert [len(part.go) for _, part in parts] == [1] * 5
+    assert [part.deferred for _, part in parts] == [[]] * 5
+    assert [round(at_s, 3) for at_s, _ in parts] == [0.5, 1.0, 1.5, 2.0, 2.5]
+
+
+def test_jobs_the_tokens_cannot_cover_in_time_are_handed_back_at_once_for_seconds() -> None:
+    """0.1/s: within half a 61 s lease the bucket covers 3 of 10 jobs; the other 7 come back in
+    the first part, rate-limited, hidden 1 to HANDBACK_MAX_S seconds, their canary slots free."""
+    clock = FakeClock(0.0)
+
+    async def main() -> tuple[list[tuple[float, Admitted]], int]:
+        breakers, _, breaker = half_open_breakers(canaries=10)
+        rates = RateLimits(RateLimitSettings(per_s=0.1, burst=6), clock, sleep=fake_sleep(clock))
+        guards = unit_guards(breakers, memory_ledger(), rates=rates)
+        gos = await gos_for(guards, [unit_job(str(n)) for n in range(10)])
+        parts = await parts_of(guards, gos, clock)
+        return parts, breaker.peek(10)
+
+    parts, free = anyio.run(main)
+    first_at_s, first = parts[0]
+    assert first_at_s == 0.0
+    assert [d.reason for d in first.deferred] == [DeferReason.RATE_LIMITED] * 7
+    assert all(1.0 <= d.delay_s <= HANDBACK_MAX_S for d in first.deferred)
+    assert sum(len(part.go) for _, part in parts) == 3
+    # The 3 sent hold their slots until their answers; the 7 handed back gave theirs back.
+    assert free == 7
+
+
+def test_a_token_of_a_job_the_ledger_turns_away_goes_back_to_the_bucket() -> None:
+    """A key another replica holds: its job is deferred claimed-elsewhere and the token it was
+    granted is there for the next job."""
+    clock = FakeClock(0.0)
+
+    async def main() -> tuple[list[Admitted], int]:
+        ledger = memory_ledger()
+        rival = MemoryLedger(
+            claim_s=300, ttl_s=86_400, owner="rival", clock=lambda: WALL_NOW_S, store=ledger.store
+        )
+        busy = unit_job("a")
+        await rival.begin([Claim(busy.key, "m-other", 1, None)])
+        guards, rates = paced_guards(clock, 1.0, 1, ledger)
+        parts = await parts_of(guards, await gos_for(guards, [busy]), clock)
+        return [part for _, part in parts], rates.for_target(CHARGE.arn).peek(1)
+
+    parts, left = anyio.run(main)
+    assert [d.reason for part in parts for d in part.deferred] == [DeferReason.CLAIMED_ELSEWHERE]
+    assert left == 1
