@@ -184,3 +184,13 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert "WARNING" not in done.stderr, done.stderr
     for page in ("reference/settings", "reference/cli", "reference/metrics", "changelog"):
         assert (tmp_path / "site" / page / "index.html").exists(), f"{page} was not generated"
+
+
+def test_the_logs_page_names_every_cluster_event() -> None:
+    """operations/logs.md has a row for every `cluster-*` event retryd/cluster logs."""
+    logged = set()
+    for module in (ROOT / "retryd" / "cluster").glob("*.py"):
+        logged |= set(re.findall(r'log\.\w+\(\s*"(cluster-[a-z-]+)"', module.read_text()))
+    page = (DOCS / "operations" / "logs.md").read_text()
+    assert logged
+    assert sorted(event for event in logged if f"`{event}`" not in page) == []
