@@ -57,7 +57,9 @@ TOKEN_WAIT_SHARE = 0.5
 # A job handed back for want of tokens is hidden for about the time its token takes
 # here, at least a second (SQS counts visibility in whole seconds) and at most this:
 # with replicas sharing a rate its token may come sooner at another replica, which
-# must be able to receive it rather than find it hidden for minutes.
+# must be able to receive it rather than find it hidden for minutes. A job held back
+# by a breaker whose canaries are another replica's (or out already) is hidden this
+# long, for the same reason: the canaries' holder must find it.
 HANDBACK_MAX_S = 5.0
 
 
@@ -344,7 +346,12 @@ class Guards:
                     permit = Permit(None if dry_run else breaker, breaker.episode)
                     out.append((index, Go(job, job.next_attempt, permit)))
                     continue
-                wait_s = breaker.retry_in_s() if state is BreakerState.OPEN else 0.0
+                # Until the cool-down ends; with no cool-down left (the canaries are
+                # another replica's, or out already) handed back for seconds, not left
+                # hidden for the rest of the lease: the canaries' holder must find it.
+                wait_s = (breaker.retry_in_s() if state is BreakerState.OPEN else 0.0) or (
+                    HANDBACK_MAX_S
+                )
                 # Hidden no longer than the message can still be rescued: a cool-down
                 # must not outlast the DLQ's retention.
                 wait_s = min(wait_s, self._rescuable_for_s(job, now_s))

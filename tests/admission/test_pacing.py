@@ -7,7 +7,7 @@ from contextlib import aclosing
 
 import anyio
 
-from retryd.admission import Admitted, DeferReason, Go
+from retryd.admission import Admitted, Defer, DeferReason, Go
 from retryd.admission.guards import HANDBACK_MAX_S, Guards
 from retryd.admission.ratelimit import RateLimits
 from retryd.ledger import MemoryLedger
@@ -104,3 +104,18 @@ def test_a_token_of_a_job_the_ledger_turns_away_goes_back_to_the_bucket() -> Non
     parts, left = anyio.run(main)
     assert [d.reason for part in parts for d in part.deferred] == [DeferReason.CLAIMED_ELSEWHERE]
     assert left == 1
+
+
+def test_a_message_for_a_target_whose_canaries_another_replica_holds_is_handed_back() -> None:
+    """Cooled down, with the canaries claimed by another replica: deferred breaker-open and
+    hidden HANDBACK_MAX_S, not left hidden for the rest of its lease where the holder cannot
+    find it to send as a canary."""
+
+    async def main() -> list[object]:
+        breakers, clock, breaker = half_open_breakers(canaries=1)
+        breaker.adopt_open(clock() - 100, held_elsewhere=True)
+        return list(await unit_guards(breakers).assess([unit_job("a")]))
+
+    [verdict] = anyio.run(main)
+    assert isinstance(verdict, Defer)
+    assert (verdict.reason, verdict.delay_s) == (DeferReason.BREAKER_OPEN, HANDBACK_MAX_S)
