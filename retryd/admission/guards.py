@@ -22,7 +22,7 @@ import functools
 import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
@@ -54,6 +54,10 @@ from retryd.settings import GuardSettings, Settings
 # Share of the time left on a lease that may be spent waiting for rate-limit
 # tokens; the rest is for the target's answer and the delete.
 TOKEN_WAIT_SHARE = 0.5
+# A batch keeps (and a receiver takes) only the jobs its target's tokens cover this
+# far ahead; the rest go back to the DLQ at once. Held longer, they would wait here
+# while another replica, its tokens idle, finds the DLQ empty.
+HOLD_AHEAD_S = 2.0
 # A job handed back for want of tokens is hidden for about the time its token takes
 # here, at least a second (SQS counts visibility in whole seconds) and at most this:
 # with replicas sharing a rate its token may come sooner at another replica, which
@@ -373,18 +377,19 @@ class Guards:
         """The last steps before `target`'s Go verdicts are sent, as the target's tokens come.
 
         Each part yielded is to be settled at once: its `go` sent before the next part
-        is asked for, so that no token is saved up outside the bucket. Tokens are
+        is asked for, so that no token is saved up outside the bucket. Jobs beyond
+        what the tokens cover in the next HOLD_AHEAD_S (after the jobs of other
+        batches already waiting for them) are handed back at the start; tokens are
         waited for until TOKEN_WAIT_SHARE of the time left before `act_by` (anyio
-        clock); jobs whose tokens cannot come by then are handed back at the start,
-        those still waiting then at the end (deferred `rate-limited`, nothing
-        consumed). The permits of jobs turned away are released.
+        clock), and the jobs still waiting then are handed back at the end (deferred
+        `rate-limited`, nothing consumed). The permits of jobs turned away are released.
         """
         if self._rates is None:
             yield await self._claimed(gos)
             return
         within_s = max(0.0, act_by - anyio.current_time()) * TOKEN_WAIT_SHARE
         bucket = self._rates.for_target(target.arn)
-        waiting = list(gos[: bucket.coverable(within_s)])
+        waiting = list(gos[: self._rates.room(target.arn, min(HOLD_AHEAD_S, within_s))])
         if len(waiting) < len(gos):
             yield self._rate_limited(target, gos[len(waiting) :], bucket)
         taken = 0
@@ -436,6 +441,26 @@ class Guards:
             )
             go.permit.released()
         return admitted
+
+    def receivable(self, target_arns: Collection[str], lease_s: float) -> int | None:
+        """How many messages a receiver of a DLQ that feeds `target_arns` should ask for.
+
+        What those targets' tokens cover in the next HOLD_AHEAD_S (at most a share of
+        the lease), beyond the messages already waiting for them, added up over the
+        targets so that one that is out of tokens does not starve the others. None
+        when nothing bounds it (no rate limits, or no target known yet).
+        """
+        if self._rates is None or not target_arns:
+            return None
+        within_s = min(HOLD_AHEAD_S, lease_s * TOKEN_WAIT_SHARE)
+        return sum(self._rates.room(arn, within_s) for arn in target_arns)
+
+    def receivable_in_s(self, target_arns: Collection[str], lease_s: float) -> float:
+        """Seconds until `receivable` is at least 1 for one of `target_arns` (0: it is now)."""
+        if self._rates is None or not target_arns:
+            return 0.0
+        within_s = min(HOLD_AHEAD_S, lease_s * TOKEN_WAIT_SHARE)
+        return min(self._rates.room_in_s(arn, within_s) for arn in target_arns)
 
     async def settle(self, target: Target, permits: Sequence[Permit]) -> None:
         """Write the ledger for permits settled since: commit successes, release the rest."""

@@ -260,6 +260,8 @@ class RateLimits:
         self._buckets: dict[str, TokenBucket] = {}
         self._rates: dict[str, Rate] = {}
         self._share: Share = _whole
+        # Per target, the messages callers of `paced` are still waiting to be granted.
+        self._waiting: dict[str, int] = {}
 
     def reshare(self, share: Share) -> None:
         """Size every bucket, now and later, to `share(configured rate)`; tokens saved stay."""
@@ -287,6 +289,17 @@ class RateLimits:
             self._buckets[target_arn] = bucket
         return bucket
 
+    def room(self, target_arn: str, within_s: float) -> int:
+        """How many more messages the target's tokens can cover in the next `within_s`,
+        beyond those already waiting for them in `paced`."""
+        covered = self.for_target(target_arn).coverable(within_s)
+        return max(0, covered - self._waiting.get(target_arn, 0))
+
+    def room_in_s(self, target_arn: str, within_s: float) -> float:
+        """Seconds until `room(target_arn, within_s)` is at least 1 (0: it is now)."""
+        position = self._waiting.get(target_arn, 0) + 1
+        return max(0.0, self.for_target(target_arn).due_in_s(position) - within_s)
+
     def give_back(self, target_arn: str, unused: int) -> None:
         """Tokens granted and not spent (the ledger turned their jobs away) go back."""
         self.for_target(target_arn).give_back(unused)
@@ -304,13 +317,18 @@ class RateLimits:
         bucket = self.for_target(target_arn)
         until = self._clock() + within_s
         left = wanted
-        while left > 0:
-            wait_s = bucket.wait_s(min(left, bucket.grain))
-            if wait_s > 0:
-                if self._clock() + wait_s > until:
-                    return
-                await self._sleep(wait_s)
-            granted = bucket.take(left)
-            if granted:
-                left -= granted
-                yield granted
+        self._waiting[target_arn] = self._waiting.get(target_arn, 0) + wanted
+        try:
+            while left > 0:
+                wait_s = bucket.wait_s(min(left, bucket.grain))
+                if wait_s > 0:
+                    if self._clock() + wait_s > until:
+                        return
+                    await self._sleep(wait_s)
+                granted = bucket.take(left)
+                if granted:
+                    left -= granted
+                    self._waiting[target_arn] -= granted
+                    yield granted
+        finally:
+            self._waiting[target_arn] -= left
