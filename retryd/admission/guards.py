@@ -54,6 +54,8 @@ from retryd.settings import GuardSettings, Settings
 # Share of the time left on a lease that may be spent waiting for rate-limit
 # tokens; the rest is for the target's answer and the delete.
 TOKEN_WAIT_SHARE = 0.5
+# How long releasing the claims of jobs that got no token may hold off a cancellation.
+RELEASE_SHIELD_S = 10.0
 # A batch keeps (and a receiver takes) only the jobs its target's tokens cover this
 # far ahead; the rest go back to the DLQ at once. Held longer, they would wait here
 # while another replica, its tokens idle, finds the DLQ empty.
@@ -376,32 +378,44 @@ class Guards:
     ) -> AsyncGenerator[Admitted]:
         """The last steps before `target`'s Go verdicts are sent, as the target's tokens come.
 
-        Each part yielded is to be settled at once: its `go` sent before the next part
-        is asked for, so that no token is saved up outside the bucket. Jobs beyond
-        what the tokens cover in the next HOLD_AHEAD_S (after the jobs of other
-        batches already waiting for them) are handed back at the start; tokens are
-        waited for until TOKEN_WAIT_SHARE of the time left before `act_by` (anyio
-        clock), and the jobs still waiting then are handed back at the end (deferred
-        `rate-limited`, nothing consumed). The permits of jobs turned away are released.
+        Jobs beyond what the tokens cover in the next HOLD_AHEAD_S (after the jobs of
+        other batches already waiting for them) are handed back first; the others'
+        keys are claimed in the ledger in one call (those turned away there come
+        next); then each part yielded holds the jobs that have just got their tokens,
+        to be sent at once, before the next part is asked for: so no token is spent
+        later than it is taken, and nothing slow (a ledger call) comes in between.
+        Tokens are waited for until TOKEN_WAIT_SHARE of the time left before `act_by`
+        (anyio clock); the jobs still waiting then are handed back last, their claims
+        released. Handed back means deferred `rate-limited`, nothing consumed; the
+        permits of jobs turned away are released.
         """
         if self._rates is None:
             yield await self._claimed(gos)
             return
         within_s = max(0.0, act_by - anyio.current_time()) * TOKEN_WAIT_SHARE
         bucket = self._rates.for_target(target.arn)
-        waiting = list(gos[: self._rates.room(target.arn, min(HOLD_AHEAD_S, within_s))])
-        if len(waiting) < len(gos):
-            yield self._rate_limited(target, gos[len(waiting) :], bucket)
-        taken = 0
-        async with aclosing(self._rates.paced(target.arn, len(waiting), within_s)) as grants:
-            async for granted in grants:
-                part = await self._claimed(waiting[taken : taken + granted])
-                taken += granted
-                # Tokens of jobs the ledger turned away were not spent on a message.
-                self._rates.give_back(target.arn, granted - len(part.go))
-                yield part
-        if taken < len(waiting):
-            yield self._rate_limited(target, waiting[taken:], bucket)
+        kept = gos[: self._rates.room(target.arn, min(HOLD_AHEAD_S, within_s))]
+        if len(kept) < len(gos):
+            yield self._rate_limited(target, gos[len(kept) :], bucket)
+        claimed = await self._claimed(kept)
+        if claimed.deferred or claimed.held or claimed.done:
+            yield Admitted(deferred=claimed.deferred, held=claimed.held, done=claimed.done)
+        sent = 0
+        try:
+            async with aclosing(self._rates.paced(target.arn, len(claimed.go), within_s)) as grants:
+                async for granted in grants:
+                    sent += granted
+                    yield Admitted(go=claimed.go[sent - granted : sent])
+        finally:
+            # Claimed and not sent (no token in time, or the batch was cancelled): the
+            # claims go back now, or every replica would find the keys busy for claim_s.
+            unsent = claimed.go[sent:]
+            if unsent:
+                leftover = self._rate_limited(target, unsent, bucket)
+                with anyio.move_on_after(RELEASE_SHIELD_S, shield=True):
+                    await self._claims.settle(target.arn, [go.permit for go in unsent])
+        if unsent:
+            yield leftover
 
     async def admit(self, target: Target, gos: Sequence[Go], act_by: float) -> Admitted:
         """All of `admit_paced`'s parts as one, for a caller that sends a target's jobs together."""

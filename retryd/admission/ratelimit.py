@@ -198,13 +198,6 @@ class TokenBucket:
         self._updated_at = now
         return granted
 
-    def give_back(self, unused: int) -> None:
-        """Put back tokens taken and not spent (up to `burst`): no message went out on them."""
-        _check_wanted(unused)
-        tokens, now = self._level()
-        self._tokens = min(Fraction(self.burst), tokens + unused)
-        self._updated_at = now
-
     @property
     def grain(self) -> int:
         """How many tokens `paced` waits for before handing them out: PACE_GRAIN_S's worth."""
@@ -299,10 +292,6 @@ class RateLimits:
         """Seconds until `room(target_arn, within_s)` is at least 1 (0: it is now)."""
         position = self._waiting.get(target_arn, 0) + 1
         return max(0.0, self.for_target(target_arn).due_in_s(position) - within_s)
-
-    def give_back(self, target_arn: str, unused: int) -> None:
-        """Tokens granted and not spent (the ledger turned their jobs away) go back."""
-        self.for_target(target_arn).give_back(unused)
 
     async def paced(self, target_arn: str, wanted: int, within_s: float) -> AsyncGenerator[int]:
         """Up to `wanted` tokens of the target's bucket as they come, each grant to spend at once.

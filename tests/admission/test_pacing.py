@@ -122,12 +122,12 @@ def test_a_second_batch_for_a_target_whose_tokens_are_spoken_for_is_handed_back_
     assert [d.reason for part in seconds for d in part.deferred] == [DeferReason.RATE_LIMITED] * 2
 
 
-def test_a_token_of_a_job_the_ledger_turns_away_goes_back_to_the_bucket() -> None:
-    """A key another replica holds: its job is deferred claimed-elsewhere and the token it was
-    granted is there for the next job."""
+def test_a_job_the_ledger_turns_away_waits_for_no_token_and_takes_none() -> None:
+    """A key another replica holds: its job is deferred claimed-elsewhere before any token is
+    waited for, and the bucket's next token is there for the next job."""
     clock = FakeClock(0.0)
 
-    async def main() -> tuple[list[Admitted], int]:
+    async def main() -> tuple[list[Admitted], RateLimits]:
         ledger = memory_ledger()
         rival = MemoryLedger(
             claim_s=300, ttl_s=86_400, owner="rival", clock=lambda: WALL_NOW_S, store=ledger.store
@@ -136,11 +136,13 @@ def test_a_token_of_a_job_the_ledger_turns_away_goes_back_to_the_bucket() -> Non
         await rival.begin([Claim(busy.key, "m-other", 1, None)])
         guards, rates = paced_guards(clock, 1.0, 1, ledger)
         parts = await parts_of(guards, await gos_for(guards, [busy]), clock)
-        return [part for _, part in parts], rates.for_target(CHARGE.arn).peek(1)
+        return [part for _, part in parts], rates
 
-    parts, left = anyio.run(main)
+    parts, rates = anyio.run(main)
     assert [d.reason for part in parts for d in part.deferred] == [DeferReason.CLAIMED_ELSEWHERE]
-    assert left == 1
+    assert clock() == 0.0
+    clock.advance(1.0)
+    assert rates.for_target(CHARGE.arn).peek(1) == 1
 
 
 def test_a_message_for_a_target_whose_canaries_another_replica_holds_is_handed_back() -> None:

@@ -496,18 +496,6 @@ def test_paced_stops_at_its_time_and_grants_no_more() -> None:
     assert clock() <= 2.5
 
 
-def test_tokens_given_back_are_there_for_the_next_caller() -> None:
-    """Tokens granted and not spent go back to the bucket (never past burst)."""
-    clock = FakeClock()
-    bucket = TokenBucket(per_s=1, burst=3, clock=clock, full=False)
-    clock.advance(2.0)
-    assert bucket.take(5) == 2
-    bucket.give_back(2)
-    assert bucket.peek(5) == 2
-    bucket.give_back(5)
-    assert bucket.peek(5) == 3
-
-
 def test_a_new_bucket_is_empty_so_a_restart_adds_no_burst() -> None:
     """RateLimits' buckets start empty: a process that (re)starts has no tokens saved up."""
     clock = FakeClock()
