@@ -380,12 +380,21 @@ class Unresolvable:
 
 
 class Outcome(StrEnum):
-    """What happened to one message in one cycle."""
+    """What happened to one message: in a cycle, a redrive job, or (predicted) in a plan."""
 
     RESUBMITTED = "resubmitted"
     PARKED = "parked"
     DEFERRED = "deferred"
     FAILED = "failed"
+    # Operator paths only: a guard would park it, and an operator's redrive never parks
+    # on a guard's word (the message is handed back where it was, for a person to see).
+    REFUSED = "refused"
+
+
+# What a daemon's cycle can decide (its summary and `once --output json` count these).
+CYCLE_OUTCOMES = (Outcome.RESUBMITTED, Outcome.PARKED, Outcome.DEFERRED, Outcome.FAILED)
+# Outcomes whose message leaves its queue: its copy is safe, so it is deleted.
+DELETED_OUTCOMES = frozenset({Outcome.RESUBMITTED, Outcome.PARKED})
 
 
 class ErrorClass(StrEnum):
@@ -441,3 +450,8 @@ class Decision:
     attempt: int = 0
     # What the source service tried before the DLQ (see Job.source_attempts); 0 if unknown.
     source_attempts: int = 0
+
+    @property
+    def deletes(self) -> bool:
+        """Its copy is safe (resubmitted or parked): the message is deleted from its queue."""
+        return self.outcome in DELETED_OUTCOMES

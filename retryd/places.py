@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aioboto3
 import anyio
@@ -32,13 +32,14 @@ from aiobotocore.credentials import (
 )
 from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import Session as BotocoreSession
 
 from retryd import classify
 from retryd.admission.matching import parse_glob
 from retryd.aws import AwsClients, client_config, enter_clients, open_clients, open_session
 from retryd.discovery.queues import is_queue_url, parse_queue_url
-from retryd.errors import AwsSetupError
+from retryd.errors import AwsSetupError, RetrydError
 from retryd.models import Arn, is_region_name
 from retryd.settings import AccountSettings, GuardSettings, Settings
 
@@ -87,6 +88,11 @@ class PlaceError(Exception):
         # A bounded label: classify's ErrorClass values.
         self.error_class = error_class
         super().__init__(why)
+
+
+T = TypeVar("T")
+# What makes one place fail while the others go on (a bug is not one of them).
+PLACE_FAILURES: tuple[type[Exception], ...] = (PlaceError, RetrydError, ClientError, BotoCoreError)
 
 
 class _Provide(CredentialProvider):
@@ -401,6 +407,97 @@ class Places:
     async def home_clients(self) -> AwsClients:
         """The clients of the home place: the ledger, the operator state, the cluster item."""
         return await self.clients(self.home)
+
+    async def each(
+        self,
+        settings: Settings,
+        work: Callable[[Visit], Awaitable[T]],
+        *,
+        only: Sequence[Place] | None = None,
+        catch: tuple[type[Exception], ...] = PLACE_FAILURES,
+        side_by_side: bool = False,
+    ) -> tuple[list[tuple[Place, T]], list[PlaceFailure]]:
+        """`work` in every place (or `only` those), each with its settings and clients.
+
+        The one owner of the per-place rules, for the cycle, `plan`, `inspect`, a
+        redrive and the console alike: with no [[accounts]] there is one place and
+        its errors propagate, as they always did; with accounts a place whose role,
+        discovery or parking queue fails (an error of `catch`) is a PlaceFailure and
+        the others go on. The results are in the configured order of the places.
+        """
+        visiting = list(self.places if only is None else only)
+        if not self.configured:
+            return [
+                (place, await work(await self._visit(settings, place))) for place in visiting
+            ], []
+        done: dict[Place, T] = {}
+        failures: list[PlaceFailure] = []
+
+        async def one(place: Place) -> None:
+            try:
+                done[place] = await work(await self._visit(settings, place))
+            except catch as exc:
+                failures.append(PlaceFailure(place, exc))
+
+        if side_by_side:
+            async with anyio.create_task_group() as group:
+                for place in visiting:
+                    group.start_soon(one, place)
+        else:
+            for place in visiting:
+                await one(place)
+        order = {place: index for index, place in enumerate(self.places)}
+        failures.sort(key=lambda failure: order.get(failure.place, len(order)))
+        return [(place, done[place]) for place in sorted(done, key=lambda p: order[p])], failures
+
+    async def _visit(self, settings: Settings, place: Place) -> Visit:
+        await self.ready(place)
+        return Visit(place, self.settings_for(settings, place), await self.clients(place))
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """One place as `Places.each` hands it to the work: its settings and its clients."""
+
+    place: Place
+    # The run's settings with `discovery.queues` narrowed to what may be in this place.
+    settings: Settings
+    clients: AwsClients
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The real errors inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceFailure:
+    """A place that could not be worked in this time, and why (the others were)."""
+
+    place: Place
+    error: Exception
+
+    @property
+    def why(self) -> str:
+        if isinstance(self.error, PlaceError):
+            return self.error.why
+        if isinstance(self.error, RetrydError):
+            return str(self.error)
+        return "; ".join(str(classify.from_exception(leaf)) for leaf in leaves(self.error))
+
+    @property
+    def error_class(self) -> str:
+        """The metric label of the failure: config for a role or a setting, else its class."""
+        if isinstance(self.error, PlaceError):
+            return self.error.error_class
+        if isinstance(self.error, RetrydError):
+            return "config"
+        return classify.from_exception(leaves(self.error)[0]).error_class.value
+
+    def __str__(self) -> str:
+        return f"{self.place}: {self.why}"
 
 
 def _home_entry(accounts: Sequence[AccountSettings]) -> AccountSettings | None:

@@ -31,7 +31,7 @@ from retryd.discovery.survey import (
 )
 from retryd.errors import ExitCode
 from retryd.models import Arn, DeadLetter, QueueRef
-from retryd.places import Place, PlaceError, Places, open_places
+from retryd.places import PlaceError, Places, Visit, open_places
 from retryd.resolve import open_chain
 from retryd.resolve.failure_groups import (
     FailureGroup,
@@ -182,35 +182,27 @@ async def inspect_everywhere(
     home = await places.home_clients()
     if not places.configured:
         return await inspect_queues(settings, home, names, max_messages=max_messages, bars=bars)
-    reports: list[InspectReport] = []
-    problems: list[str] = []
+    visiting = [place for place in places.places if not names or places.entries_for(place, names)]
+
+    async def inspect_in(visit: Visit) -> InspectReport:
+        return await inspect_queues(
+            settings,
+            visit.clients,
+            places.entries_for(visit.place, names),
+            max_messages=max_messages,
+            bars=bars,
+            home=home,
+            pick=places.for_sending,
+        )
+
+    read, failures = await places.each(
+        settings, inspect_in, only=visiting, catch=(PlaceError, ClientError, BotoCoreError)
+    )
+    reports = [report for _, report in read]
+    problems = [str(failure) for failure in failures]
+    unread = [failure.place for failure in failures]
     found: set[str] = set()
-    unread: list[Place] = []
-    for place in places.places:
-        entries = places.entries_for(place, names)
-        if names and not entries:
-            continue
-        try:
-            await places.ready(place)
-            clients = await places.clients(place)
-            report = await inspect_queues(
-                settings,
-                clients,
-                entries,
-                max_messages=max_messages,
-                bars=bars,
-                home=home,
-                pick=places.for_sending,
-            )
-        except PlaceError as exc:
-            problems.append(f"{place}: {exc.why}")
-            unread.append(place)
-            continue
-        except (ClientError, BotoCoreError) as exc:
-            problems.append(f"{place}: {classify.from_exception(exc)}")
-            unread.append(place)
-            continue
-        reports.append(report)
+    for place, report in read:
         for name in names:
             entry = places.entries_for(place, [name])
             if entry and entry[0] not in report.missing:

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -27,7 +27,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
-from retryd.admission import Defer, Done, Go, Guards, Park, Verdict, build_guards
+from retryd.admission import Defer, Go, Guards, Hold, Verdict, build_guards
 from retryd.admission.breaker import Breakers
 from retryd.admission.paused import Pause, PauseSet
 from retryd.aws import AwsClients
@@ -43,16 +43,25 @@ from retryd.discovery.survey import (
     Depth,
     Look,
     ReadProgress,
-    locate_parking,
     look_at_each,
-    survey_queues,
 )
-from retryd.errors import ExitCode, RetrydError
+from retryd.drain.setup import set_up_place
+from retryd.errors import ExitCode
 from retryd.ledger import Ledger, open_ledger
-from retryd.models import DeadLetter, FailReason, QueueRef, Target, Unresolvable
-from retryd.places import PlaceError, Places, open_places
+from retryd.models import (
+    CYCLE_OUTCOMES,
+    DeadLetter,
+    Decision,
+    FailReason,
+    Outcome,
+    QueueRef,
+    Target,
+    Unresolvable,
+)
+from retryd.places import PlaceError, Places, Visit, open_places
 from retryd.resolve import open_chain
 from retryd.settings import Settings
+from retryd.settle import outcome
 from retryd.targets.router import place_unavailable
 from retryd.targets.sender import ALREADY_RESUBMITTED
 
@@ -124,13 +133,27 @@ async def _read_cluster(settings: Settings, clients: AwsClients) -> ClusterView 
 
 
 class Action(StrEnum):
-    """What `once` would do with a message."""
+    """What `once` would do with a message: the plan's word for a (predicted) Outcome."""
 
     RESUBMIT = "resubmit"
     PARK = "park"
     DEFER = "defer"
     # Left untouched to reappear after its lease (retryd cannot tell yet, e.g. no ledger).
     HOLD = "hold"
+    # A redrive's plan: a guard would park it, and the job hands it back instead.
+    REFUSE = "refuse"
+
+
+# The plan's words for the outcomes (`--output json` keeps its `action` values).
+ACTION_OF = {
+    Outcome.RESUBMITTED: Action.RESUBMIT,
+    Outcome.PARKED: Action.PARK,
+    Outcome.DEFERRED: Action.DEFER,
+    Outcome.FAILED: Action.HOLD,
+    Outcome.REFUSED: Action.REFUSE,
+}
+# What a cycle can do (`plan` plans a cycle; `refuse` is a redrive's).
+CYCLE_ACTIONS = tuple(ACTION_OF[outcome] for outcome in CYCLE_OUTCOMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,63 +173,29 @@ class PlannedMessage:
 
     @classmethod
     def from_verdict(cls, verdict: Verdict) -> PlannedMessage:
-        if isinstance(verdict, Park):
-            parked = verdict.job
-            return cls(
-                verdict.letter.message_id,
-                Action.PARK,
-                verdict.attempt,
-                (parked.resolver or None) if parked else None,
-                parked.target if parked else None,
-                verdict.reason.value,
-                detail=verdict.detail,
-                source_attempts=parked.source_attempts if parked else 0,
-            )
-        job = verdict.job
-        go = cls(
-            job.letter.message_id,
-            Action.RESUBMIT,
-            job.next_attempt,
-            job.resolver or None,
-            job.target,
-            source_attempts=job.source_attempts,
-        )
-        if isinstance(verdict, Go):
-            return replace(go, attempt=verdict.attempt)
-        if isinstance(verdict, Done):
-            return replace(
-                go,
-                attempt=verdict.attempt,
-                reason=ALREADY_RESUBMITTED,
-                detail="resubmitted already (the ledger committed it); only deleted",
-            )
-        if isinstance(verdict, Defer):
-            return replace(
-                go,
-                action=Action.DEFER,
-                attempt=verdict.attempt,
-                reason=verdict.reason.value,
-                delay_s=verdict.delay_s,
-                detail=verdict.detail,
-            )
-        return replace(
-            go,
-            action=Action.HOLD,
-            attempt=job.attempt,
-            reason=verdict.reason,
-            detail=verdict.detail,
+        """The row for what a cycle would decide (settle.outcome.predict), with no side effect."""
+        return cls.from_decision(outcome.predict(verdict), verdict)
+
+    @classmethod
+    def from_decision(cls, decision: Decision, verdict: Verdict | None = None) -> PlannedMessage:
+        """A view of a (predicted) Decision: the words a plan shows for it."""
+        job = verdict.job if verdict is not None else None
+        return cls(
+            decision.letter.message_id,
+            ACTION_OF[decision.outcome],
+            decision.attempt,
+            (job.resolver or None) if job else None,
+            decision.target,
+            decision.reason or None,
+            delay_s=verdict.delay_s if isinstance(verdict, Defer) else None,
+            detail=decision.detail,
+            source_attempts=job.source_attempts if job else 0,
         )
 
     @classmethod
     def held_for_later(cls, item: Unresolvable) -> PlannedMessage:
         """Left in its DLQ as a transient failure, as a cycle leaves it."""
-        return cls(
-            item.letter.message_id,
-            Action.HOLD,
-            0,
-            reason=FailReason.TRANSIENT_ERROR.value,
-            detail=item.detail,
-        )
+        return cls.from_decision(outcome.not_yet_resolvable(item))
 
     def decision(self) -> str:
         """The verdict in a few words, and the source's own tries when it reported any."""
@@ -223,6 +212,8 @@ class PlannedMessage:
             return f"park {self.reason}"
         if self.action is Action.HOLD:
             return f"hold {self.reason}"
+        if self.action is Action.REFUSE:
+            return f"refuse {self.reason}"
         return f"defer {self.reason} for {self.delay_s or 0:.0f}s"
 
     def to_json(self) -> dict[str, Any]:
@@ -314,7 +305,7 @@ class PlanReport:
         return {
             "queues": len(self.queues),
             "messages": sum(len(plan.messages) for plan in self.queues),
-            "actions": {action.value: actions.get(action.value, 0) for action in Action},
+            "actions": {action.value: actions.get(action.value, 0) for action in CYCLE_ACTIONS},
             "groups": groups,
             "failed_queues": [plan.queue.name for plan in self.failed],
         }
@@ -351,14 +342,8 @@ async def _hold_unsendable(
                 unsendable[key] = str(place_unavailable(exc))
         error = unsendable[key]
         if error is not None:
-            message_id = job.letter.message_id
-            planned[message_id] = replace(
-                planned[message_id],
-                action=Action.HOLD,
-                attempt=job.attempt,
-                reason=FailReason.TRANSIENT_ERROR.value,
-                detail=error,
-            )
+            hold = Hold(job, FailReason.TRANSIENT_ERROR, error)
+            planned[job.letter.message_id] = PlannedMessage.from_verdict(hold)
 
 
 async def make_plan(
@@ -378,8 +363,7 @@ async def make_plan(
     could not send is held here too. Discovery errors and a missing parking queue
     propagate, as they stop a cycle.
     """
-    parking = await locate_parking(clients.sqs, settings)
-    survey = await survey_queues(clients.sqs, settings, parking)
+    survey = (await set_up_place(clients.sqs, settings)).survey
     chain, _ = await open_chain(settings, clients, survey.dlqs)
     async with open_guards(settings, home or clients, survey.protected) as judged:
         guards = judged.guards
@@ -429,30 +413,22 @@ async def plan_everywhere(
     queue) is named in the problems and the others are planned.
     """
     home = await places.home_clients()
+
+    async def plan_in(visit: Visit) -> PlanReport:
+        return await make_plan(
+            visit.settings,
+            visit.clients,
+            max_messages=max_messages,
+            bars=bars,
+            home=home,
+            places=places,
+        )
+
+    planned, failures = await places.each(settings, plan_in, only=places.to_survey(settings))
     if not places.configured:
-        return await make_plan(settings, home, max_messages=max_messages, bars=bars), []
-    plans: list[PlanReport] = []
-    problems: list[str] = []
-    for place in places.to_survey(settings):
-        try:
-            await places.ready(place)
-            clients = await places.clients(place)
-            plans.append(
-                await make_plan(
-                    places.settings_for(settings, place),
-                    clients,
-                    max_messages=max_messages,
-                    bars=bars,
-                    home=home,
-                    places=places,
-                )
-            )
-        except PlaceError as exc:
-            problems.append(f"{place}: {exc.why}")
-        except RetrydError as exc:
-            problems.append(f"{place}: {exc}")
-        except (ClientError, BotoCoreError) as exc:
-            problems.append(f"{place}: {classify.from_exception(exc)}")
+        return planned[0][1], []
+    plans = [plan for _, plan in planned]
+    problems = [str(failure) for failure in failures]
     queues = [queue for plan in plans for queue in plan.queues]
     pauses = plans[0].pauses if plans else []
     cluster = plans[0].cluster if plans else None

@@ -26,7 +26,7 @@ from retryd.commands import progress
 from retryd.commands.operator_input import OperatorInputError
 from retryd.commands.timeparse import iso, parse_time_s
 from retryd.control import ControlError, audit, control_store
-from retryd.control.jobs import Job, JobState, JobStore, MessageResult, new_job_id
+from retryd.control.jobs import JobState, JobStore, MessageResult, RedriveJob, new_job_id
 from retryd.control.store import ControlStore
 from retryd.drain.redrive import (
     DEFAULT_RAMP,
@@ -39,6 +39,7 @@ from retryd.drain.redrive import (
 from retryd.drain.redrive_select import Selector, SelectorError
 from retryd.ledger import Ledger, open_ledger
 from retryd.metrics import Metrics
+from retryd.models import Outcome
 from retryd.places import PlaceError, Places, open_places
 from retryd.settings import Settings
 
@@ -187,16 +188,17 @@ def render_plan(spec: Spec, counts: PlanCounts) -> str:
     return "\n".join(lines)
 
 
-def executed_groups(job: Job) -> Counter[tuple[str, str, str]]:
+def executed_groups(job: RedriveJob) -> Counter[tuple[str, str, str]]:
     """The job's counts in the plan's terms: (target, action, reason)."""
     groups: Counter[tuple[str, str, str]] = Counter()
     for key, count in job.counts.items():
         outcome, reason, target = key.split("|", 2)
-        groups[(target, PLAN_ACTION.get(outcome, outcome), reason)] += count
+        action = PLAN_ACTION[Outcome(outcome)] if outcome in PLAN_ACTION else outcome
+        groups[(target, action, reason)] += count
     return groups
 
 
-def job_json(job: Job, results: Sequence[MessageResult] | None = None) -> dict[str, Any]:
+def job_json(job: RedriveJob, results: Sequence[MessageResult] | None = None) -> dict[str, Any]:
     body = job.to_json()
     body["groups"] = [
         {"target": t or None, "action": a, "reason": r or None, "count": n}
@@ -207,7 +209,7 @@ def job_json(job: Job, results: Sequence[MessageResult] | None = None) -> dict[s
     return body
 
 
-def render_job(job: Job) -> str:
+def render_job(job: RedriveJob) -> str:
     totals = job.outcome_totals()
     counted = ", ".join(f"{count} {outcome}" for outcome, count in sorted(totals.items()))
     lines = [
@@ -224,11 +226,11 @@ def render_job(job: Job) -> str:
     return "\n".join(lines)
 
 
-def render_failures(job: Job) -> list[str]:
+def render_failures(job: RedriveJob) -> list[str]:
     rows = [["MESSAGE ID", "OUTCOME", "REASON", "DETAIL"]]
     rows.extend(
-        [f["m"], f["o"], f.get("r") or "-", " ".join(str(f.get("d", "")).split())[:120]]
-        for f in job.failures
+        [r.message_id, r.outcome.value, r.reason or "-", " ".join(r.detail.split())[:120]]
+        for r in job.failed_results()
     )
     return ["  " + line for line in _table(rows)] if len(rows) > 1 else []
 
@@ -259,7 +261,7 @@ async def _redrive_in_place(
     settings: Settings,
     places: Places,
     spec: Spec,
-    job: Job,
+    job: RedriveJob,
     *,
     ledger: Ledger,
     metrics: Metrics,
@@ -293,7 +295,7 @@ async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
         home = await places.home_clients()
         who, store = await _who_and_store(settings, home)
         metrics = Metrics(CollectorRegistry())
-        job = Job(new_job_id(), spec.kind, spec.to_json(), who)
+        job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), who)
         async with open_ledger(settings.ledger, home, metrics, owner=_owner(job)) as ledger:
             redrive = await _redrive_in_place(
                 settings, places, spec, job, ledger=ledger, metrics=metrics, store=store, home=home
@@ -311,7 +313,7 @@ async def _plan_and_execute(
     request: RedriveRequest,
     redrive: Redrive,
     *,
-    job: Job,
+    job: RedriveJob,
     store: Any,
     who: str,
 ) -> int:
@@ -377,32 +379,32 @@ async def _resume(settings: Settings, job_id: str, output: str) -> int:
 
 
 async def _execute(
-    redrive: Redrive, job: Job, jobs: JobStore, expected: int | None, output: str
-) -> Job:
+    redrive: Redrive, job: RedriveJob, jobs: JobStore, expected: int | None, output: str
+) -> RedriveJob:
     """Run the job with a progress bar on a watched terminal."""
     with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
         bar = bars.add(f"redrive {job.id}", expected)
 
-        def on_step(_: Job, results: Sequence[MessageResult]) -> None:
+        def on_step(_: RedriveJob, results: Sequence[MessageResult]) -> None:
             bars.advance(bar, len(results))
 
         return await redrive.execute(job, jobs, on_step=on_step)
 
 
-async def _load(jobs: JobStore, job_id: str) -> Job:
+async def _load(jobs: JobStore, job_id: str) -> RedriveJob:
     try:
         return await jobs.load(job_id)
     except ControlError as exc:
         raise OperatorInputError(str(exc)) from None
 
 
-def _owner(job: Job) -> str:
+def _owner(job: RedriveJob) -> str:
     # The same owner on every resume: a claim begun before a crash is this job's to finish.
     return f"redrive-{job.id}"
 
 
 async def _audit_job(
-    store: Any, who: str, action: str, job: Job, *, outcome: str | None = None
+    store: Any, who: str, action: str, job: RedriveJob, *, outcome: str | None = None
 ) -> None:
     await audit.record(
         store,

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from retryd.control.store import Body, ControlError, ControlStore, read_body, update
+from retryd.models import Outcome
 
 JOBS_DOC = "jobs"
 # Outcomes after which a message is done with: resubmitted, or parked again.
-FINAL_OK = frozenset({"resubmitted", "parked"})
+FINAL_OK = frozenset({Outcome.RESUBMITTED, Outcome.PARKED})
 JOBS_KEEP = 100
 FAILURES_KEEP = 200
 DETAIL_MAX_CHARS = 300
@@ -39,10 +40,13 @@ class JobState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MessageResult:
-    """What a job did with one message."""
+    """What a job did with one message: a view of its Decision (settle.outcome), as stored.
+
+    The storage keys (`m`, `o`, ...) stay in this module: readers get typed values.
+    """
 
     message_id: str
-    outcome: str
+    outcome: Outcome
     reason: str = ""
     target: str = ""
     key: str = ""
@@ -51,7 +55,7 @@ class MessageResult:
     def to_json(self) -> Body:
         return {
             "m": self.message_id,
-            "o": self.outcome,
+            "o": self.outcome.value,
             "r": self.reason,
             "t": self.target,
             "k": self.key,
@@ -62,7 +66,7 @@ class MessageResult:
     def from_json(cls, raw: Body) -> MessageResult:
         return cls(
             raw["m"],
-            raw["o"],
+            Outcome(raw["o"]),
             raw.get("r", ""),
             raw.get("t", ""),
             raw.get("k", ""),
@@ -71,7 +75,7 @@ class MessageResult:
 
 
 @dataclass
-class Job:
+class RedriveJob:
     """One redrive job as stored."""
 
     id: str
@@ -109,7 +113,7 @@ class Job:
         }
 
     @classmethod
-    def from_json(cls, raw: Body) -> Job:
+    def from_json(cls, raw: Body) -> RedriveJob:
         return cls(
             id=raw["id"],
             kind=raw["kind"],
@@ -124,6 +128,10 @@ class Job:
             failures=list(raw.get("failures", [])),
             stop_reason=raw.get("stop_reason", ""),
         )
+
+    def failed_results(self) -> list[MessageResult]:
+        """The latest results that did not end (not resubmitted, not parked), as values."""
+        return [MessageResult.from_json(raw) for raw in self.failures]
 
     def summary(self) -> Body:
         return {
@@ -155,7 +163,7 @@ class JobStore:
         self._store = store
         self._ttl_s = ttl_s
 
-    async def save(self, job: Job) -> None:
+    async def save(self, job: RedriveJob) -> None:
         """Write the job document and its line in the index.
 
         A cancel stored meanwhile (`retryd jobs cancel`, from another process) is kept:
@@ -178,7 +186,7 @@ class JobStore:
 
         await update(self._store, JOBS_DOC, index, ttl_s=self._ttl_s)
 
-    async def add_results(self, job: Job, results: Sequence[MessageResult]) -> None:
+    async def add_results(self, job: RedriveJob, results: Sequence[MessageResult]) -> None:
         """Store one step's results as the next chunk (before the job document moves on)."""
         if not results:
             return
@@ -187,13 +195,13 @@ class JobStore:
         await update(self._store, name, lambda _: body, ttl_s=self._ttl_s)
         job.chunks += 1
 
-    async def load(self, job_id: str) -> Job:
+    async def load(self, job_id: str) -> RedriveJob:
         body = await read_body(self._store, f"job/{job_id}")
         if body is None:
             raise ControlError(f"no redrive job {job_id!r} (see `retryd jobs`)")
-        return Job.from_json(body)
+        return RedriveJob.from_json(body)
 
-    async def results(self, job: Job) -> list[MessageResult]:
+    async def results(self, job: RedriveJob) -> list[MessageResult]:
         names = [f"{job.doc}/results/{n}" for n in range(job.chunks)]
         found = await self._store.get(names) if names else {}
         out: list[MessageResult] = []
@@ -224,10 +232,10 @@ def latest_results(results: Iterable[MessageResult]) -> dict[str, MessageResult]
     return {result.message_id: result for result in results}
 
 
-def tally(job: Job, latest: Mapping[str, MessageResult]) -> None:
+def tally(job: RedriveJob, latest: Mapping[str, MessageResult]) -> None:
     """Set the job's counts and failures from each message's latest result."""
     job.counts = Counter(
-        f"{result.outcome}|{result.reason}|{result.target}" for result in latest.values()
+        f"{result.outcome.value}|{result.reason}|{result.target}" for result in latest.values()
     )
     job.failures = [r.to_json() for r in latest.values() if r.outcome not in FINAL_OK][
         -FAILURES_KEEP:

@@ -2,14 +2,15 @@
 
 Which DLQs there are and which queues must never be resubmitted into
 (`survey_queues`), how deep each DLQ is and how long it keeps a message
-(`size_up`), one receive (`receive`), and a look at the messages under a lease
-handed straight back (`peek`, and `look_at_each` over many DLQs). The commands
+(`size_up`), and a look at the messages under a lease handed straight back
+(`peek`, and `look_at_each` over many DLQs); the receives and hand-backs
+themselves are retryd.leases'. The commands
 see the queues the way a cycle sees them because they read them with the same code.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
@@ -18,25 +19,20 @@ import anyio
 
 from retryd import classify
 from retryd.discovery.queues import discover_queues, find_queue, queue_ref_from_url
+from retryd.leases import RECEIVE_BATCH_MAX, receive, release
 from retryd.models import DeadLetter, QueueRef
 from retryd.settings import Settings
-from retryd.settle.parking import Parking
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.literals import QueueAttributeNameType
-    from types_aiobotocore_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef
 
 T = TypeVar("T")
 
-# SQS ReceiveMessage returns at most 10 messages per call.
-RECEIVE_BATCH_MAX = 10
 # Long enough to read a few hundred messages before the first lease runs out,
 # short enough that a plan killed before it could hand its leases back hides
 # nothing for long.
 PEEK_LEASE_S = 30
-# SQS ChangeMessageVisibilityBatch takes at most 10 entries.
-RELEASE_BATCH_MAX = 10
 # How long handing the leases back may hold off a cancellation (Ctrl-C, a deadline).
 RELEASE_SHIELD_S = 10.0
 # GetQueueAttributes names for a DLQ's depth, in Depth's order.
@@ -133,15 +129,15 @@ class Survey:
         return [queue.arn for queue in self.dlqs] + [self.parking_arn]
 
 
-async def locate_parking(sqs: SQSClient, settings: Settings) -> Parking:
-    """The parking queue; ParkingQueueMissingError when it does not exist (it stops a cycle)."""
-    return await Parking.locate(sqs, settings.parking.queue, settings.parking.detail_max_bytes)
+def queue_arn(sqs: SQSClient, queue_url: str) -> str:
+    """The ARN of a queue of `sqs`'s region, from its URL (the parking queue's, found by name)."""
+    return queue_ref_from_url(queue_url, sqs.meta.region_name).arn
 
 
-async def survey_queues(sqs: SQSClient, settings: Settings, parking: Parking) -> Survey:
-    """Every DLQ this cycle drains, beside `parking`; discovery's AWS errors propagate."""
+async def survey_queues(sqs: SQSClient, settings: Settings, parking_arn: str) -> Survey:
+    """Every DLQ this cycle drains, beside the parking queue; discovery's AWS errors propagate."""
     dlqs = await discover_queues(sqs, settings.discovery, settings.parking.queue)
-    return Survey(dlqs, queue_ref_from_url(parking.queue_url, sqs.meta.region_name).arn)
+    return Survey(dlqs, parking_arn)
 
 
 async def select_queues(
@@ -166,22 +162,6 @@ async def select_queues(
         else:
             queues.setdefault(ref.arn, ref)
     return list(queues.values()), missing
-
-
-async def receive(
-    sqs: SQSClient, queue: QueueRef, *, max_messages: int, wait_s: int, lease_s: int
-) -> list[DeadLetter]:
-    """One ReceiveMessage: up to `max_messages` (at most 10) with every attribute, leased for
-    `lease_s`; none when the queue is empty. AWS errors propagate."""
-    response = await sqs.receive_message(
-        QueueUrl=queue.url,
-        MaxNumberOfMessages=max_messages,
-        WaitTimeSeconds=wait_s,
-        VisibilityTimeout=lease_s,
-        MessageAttributeNames=["All"],
-        MessageSystemAttributeNames=["All"],
-    )
-    return [DeadLetter.from_wire(queue, raw) for raw in response.get("Messages", [])]
 
 
 @dataclass
@@ -231,36 +211,6 @@ async def _receive_all(
             # everything there was to see has been seen.
             return
     found.truncated = True
-
-
-async def release(
-    sqs: SQSClient, queue: QueueRef, handles: Mapping[str, str], lease_s: int = PEEK_LEASE_S
-) -> list[str]:
-    """Make every leased message visible again at once; the problems, if any, as text.
-
-    `lease_s` is only for the text: how long a message not released stays hidden.
-    """
-    problems: list[str] = []
-    items = list(handles.items())
-    for start in range(0, len(items), RELEASE_BATCH_MAX):
-        chunk = items[start : start + RELEASE_BATCH_MAX]
-        entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
-            {"Id": str(index), "ReceiptHandle": handle, "VisibilityTimeout": 0}
-            for index, (_, handle) in enumerate(chunk)
-        ]
-        try:
-            response = await sqs.change_message_visibility_batch(
-                QueueUrl=queue.url, Entries=entries
-            )
-        except Exception as exc:  # noqa: BLE001 - the rest are still released; this is reported
-            problems.append(f"{len(chunk)} message(s) not released: {classify.from_exception(exc)}")
-            continue
-        for failed in response.get("Failed", []):
-            message_id = chunk[int(failed["Id"])][0]
-            problems.append(
-                f"message {message_id} not released: {classify.from_batch_failure(failed)}"
-            )
-    return [f"{problem} (it reappears by itself within {lease_s}s)" for problem in problems]
 
 
 @asynccontextmanager

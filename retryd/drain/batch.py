@@ -30,21 +30,19 @@ from retryd.metrics import Metrics
 from retryd.models import (
     DeadLetter,
     Decision,
-    ErrorClass,
     FailReason,
     Job,
     Outcome,
-    ParkReason,
     QueueRef,
-    Refusal,
     SendError,
     Unresolvable,
 )
 from retryd.resolve import ResolverChain
+from retryd.settle import outcome
 from retryd.settle.dlq import DeadLetterQueues
 from retryd.settle.parking import Parking, ParkRequest
 from retryd.targets import Delivery
-from retryd.targets.sender import ALREADY_RESUBMITTED, Sender, Sent
+from retryd.targets.sender import Sender, Sent
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -57,11 +55,6 @@ DELETE_SHIELD_S = 10.0
 LOG_DETAIL_MAX_CHARS = 1024
 
 
-def _park_decision(park: Park, outcome: Outcome, reason: str, detail: str) -> Decision:
-    target = park.job.target if park.job else None
-    return Decision(park.letter, outcome, target, reason, detail, park.attempt)
-
-
 def _metric_labels(decision: Decision) -> tuple[QueueRef, str, str, str]:
     """The labels retryd_messages_total counts a decision under (the queue gives three)."""
     target_type = decision.target.type.value if decision.target else ""
@@ -69,7 +62,7 @@ def _metric_labels(decision: Decision) -> tuple[QueueRef, str, str, str]:
 
 
 @dataclass
-class _Batch:
+class Batch:
     """Decisions so far, so that whatever goes wrong, no letter is left without one."""
 
     letters: Sequence[DeadLetter]
@@ -119,15 +112,21 @@ class Pipeline:
         self._log_payloads = log_payloads
 
     async def handle(
-        self, queue: QueueRef, letters: Sequence[DeadLetter], act_by: float
+        self,
+        queue: QueueRef,
+        letters: Sequence[DeadLetter],
+        act_by: float,
+        resolved: Sequence[Job | Unresolvable] | None = None,
     ) -> list[Decision]:
         """Settle one batch; targets and parking must have answered by `act_by` (anyio clock).
 
-        `act_by` is the lease's end less a margin for the delete. One Decision per letter.
+        `act_by` is the lease's end less a margin for the delete (retryd.leases.act_by).
+        `resolved`: the letters already resolved, in their order (a redrive resolves
+        to select). One Decision per letter.
         """
-        batch = _Batch(letters)
+        batch = Batch(letters)
         try:
-            await self._act(batch, act_by)
+            await self._act(batch, act_by, resolved)
         except Exception as exc:  # one batch's bug must not stop the queue
             # Nothing undecided has been deleted: it stays in the DLQ.
             log.exception("batch-failed", queue=queue.name, messages=len(letters))
@@ -139,13 +138,8 @@ class Pipeline:
             # the batch is being cancelled: otherwise it would be sent twice.
             with anyio.move_on_after(DELETE_SHIELD_S, shield=True):
                 await self._dlqs.delete(queue, batch.deletable)
-            kinds: Counter[tuple[QueueRef, str, str, str]] = Counter()
-            for decision in batch.decided.values():
-                kinds[_metric_labels(decision)] += 1
-                self._log(decision)
-            # One update per kind of decision, not per message.
-            for (queue_ref, outcome, reason, target_type), count in kinds.items():
-                self._metrics.record_decision(queue_ref, outcome, reason, target_type, count)
+                await self._settled(queue, batch)
+            self._record(list(batch.decided.values()))
             if len(batch.decided) < len(letters):
                 log.warning(
                     "batch-cancelled",
@@ -154,16 +148,48 @@ class Pipeline:
                 )
         return [batch.decided[letter.message_id] for letter in letters]
 
-    async def _act(self, batch: _Batch, act_by: float) -> None:
+    # -- the steps a variant (a redrive job) may override ------------------------------
+
+    async def _assess(self, resolved: Sequence[Job | Unresolvable]) -> list[Verdict]:
+        """Admission's verdicts (the daemon's: every guard, backoff and age included)."""
+        return await self._guards.assess(resolved)
+
+    async def _refuse(self, parks: Sequence[Park]) -> list[Decision]:
+        """What becomes of the messages a guard would park: the daemon parks them."""
+        results = await self._park(parks)
+        return [outcome.parked(park, error) for park, error in zip(parks, results, strict=True)]
+
+    def _delivered(self, delivery: Delivery) -> Decision | Park:
+        """A target's answer: its Decision, or the Park a permanent refusal calls for."""
+        return outcome.after_delivery(delivery)
+
+    async def _hide(self, defers: Sequence[Defer]) -> None:
+        """Deferred messages: hidden in their DLQ until due (a variant may hand them back)."""
+        await self._dlqs.hide(defers)
+
+    async def _settled(self, queue: QueueRef, batch: Batch) -> None:
+        """After the delete, shielded: the daemon leaves the rest to reappear with their lease."""
+
+    def _record(self, decisions: Sequence[Decision]) -> None:
+        """Count and log the batch's decisions (retryd_messages_total, one line each)."""
+        kinds: Counter[tuple[QueueRef, str, str, str]] = Counter()
+        for decision in decisions:
+            kinds[_metric_labels(decision)] += 1
+            self._log(decision)
+        # One update per kind of decision, not per message.
+        for (queue_ref, outcome_value, reason, target_type), count in kinds.items():
+            self._metrics.record_decision(queue_ref, outcome_value, reason, target_type, count)
+
+    # -- the skeleton -----------------------------------------------------------------------
+
+    async def _act(
+        self, batch: Batch, act_by: float, given: Sequence[Job | Unresolvable] | None
+    ) -> None:
         resolved = []
-        for item in await self._chain.resolve_all(batch.letters):
+        items = given if given is not None else await self._chain.resolve_all(batch.letters)
+        for item in items:
             if isinstance(item, Unresolvable) and item.retry_later:
-                # Unresolvable only for now: left in its DLQ, to be looked at again.
-                batch.decide(
-                    Decision(
-                        item.letter, Outcome.FAILED, None, FailReason.TRANSIENT_ERROR, item.detail
-                    )
-                )
+                batch.decide(outcome.not_yet_resolvable(item))
             else:
                 resolved.append(item)
         batch.source_attempts = {
@@ -171,12 +197,12 @@ class Pipeline:
             for job in resolved
             if isinstance(job, Job) and job.source_attempts
         }
-        verdicts = await self._guards.assess(resolved)
+        verdicts = await self._assess(resolved)
         for verdict in verdicts:
             if isinstance(verdict, Hold):
-                self._hold(batch, verdict)
+                batch.decide(outcome.held(verdict))
             elif isinstance(verdict, Done):
-                self._already_done(batch, replace(verdict.job, attempt=verdict.attempt - 1))
+                batch.decide(outcome.done(verdict), delete=True)
         after = await self._first_pass(batch, verdicts, act_by)
         if after is None:
             batch.fail_rest(
@@ -185,16 +211,16 @@ class Pipeline:
             return
         rejected, deferred = after
         with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
-            await self._dlqs.hide(deferred)
+            await self._hide(deferred)
             if rejected:
-                self._settle_parks(batch, rejected, await self._park(rejected))
+                self._decide_all(batch, await self._park_rejected(rejected))
         if lease.cancelled_caught:
             batch.fail_rest(
                 FailReason.LEASE_EXPIRED, "the copy was not parked before its lease ran out"
             )
 
     async def _first_pass(
-        self, batch: _Batch, verdicts: Sequence[Verdict], act_by: float
+        self, batch: Batch, verdicts: Sequence[Verdict], act_by: float
     ) -> tuple[list[Park], list[Defer]] | None:
         """Send, park and defer side by side within the lease; None when the lease ran out.
 
@@ -218,11 +244,11 @@ class Pipeline:
 
         async def park_refused() -> None:
             # Settled as soon as written, for the same reason.
-            self._settle_parks(batch, parks, await self._park(parks))
+            self._decide_all(batch, await self._refuse(parks))
 
         async def defer() -> None:
             self._decide_deferred(batch, defers)
-            await self._dlqs.hide(defers)
+            await self._hide(defers)
 
         with anyio.move_on_after(max(0.0, act_by - anyio.current_time())) as lease:
             # None of these depends on another: run them side by side.
@@ -235,56 +261,33 @@ class Pipeline:
                     group.start_soon(defer)
         return None if lease.cancelled_caught else (rejected, deferred)
 
-    def _decide_sent(self, batch: _Batch, sent: Sent) -> list[Park]:
+    def _decide_sent(self, batch: Batch, sent: Sent) -> list[Park]:
         """Decide one target group's results; the permanent refusals come back to be parked."""
         for hold in sent.held:
-            self._hold(batch, hold)
+            batch.decide(outcome.held(hold))
         for job in sent.already_done:
-            self._already_done(batch, job)
+            batch.decide(outcome.already_resubmitted(job), delete=True)
         self._decide_deferred(batch, sent.deferred)
-        return [
-            park
-            for park in (self._after_delivery(batch, d) for d in sent.deliveries)
-            if park is not None
-        ]
+        rejected: list[Park] = []
+        for delivery in sent.deliveries:
+            self._note_delivery(delivery)
+            decided = self._delivered(delivery)
+            if isinstance(decided, Park):
+                rejected.append(decided)
+            else:
+                batch.decide(decided, delete=decided.deletes)
+        return rejected
 
     @staticmethod
-    def _already_done(batch: _Batch, job: Job) -> None:
-        detail = "the ledger shows this message was resubmitted already; only deleted now"
-        batch.decide(
-            Decision(
-                job.letter,
-                Outcome.RESUBMITTED,
-                job.target,
-                ALREADY_RESUBMITTED,
-                detail,
-                job.next_attempt,
-            ),
-            delete=True,
-        )
+    def _decide_all(batch: Batch, decisions: Sequence[Decision]) -> None:
+        for decision in decisions:
+            batch.decide(decision, delete=decision.deletes)
 
     @staticmethod
-    def _hold(batch: _Batch, hold: Hold) -> None:
-        job = hold.job
-        batch.decide(
-            Decision(job.letter, Outcome.FAILED, job.target, hold.reason, hold.detail, job.attempt)
-        )
-
-    @staticmethod
-    def _decide_deferred(batch: _Batch, defers: Sequence[Defer]) -> None:
+    def _decide_deferred(batch: Batch, defers: Sequence[Defer]) -> None:
         # Decided before hiding: if hiding fails the message is still deferred, only back sooner.
         for defer in defers:
-            job = defer.job
-            batch.decide(
-                Decision(
-                    job.letter,
-                    Outcome.DEFERRED,
-                    job.target,
-                    defer.reason.value,
-                    defer.detail,
-                    defer.attempt,
-                )
-            )
+            batch.decide(outcome.deferred(defer))
 
     async def _park(self, parks: Sequence[Park]) -> list[SendError | None]:
         return await self._parking.park(
@@ -296,22 +299,13 @@ class Pipeline:
             ]
         )
 
-    def _settle_parks(
-        self, batch: _Batch, parks: Sequence[Park], results: Sequence[SendError | None]
-    ) -> None:
-        for park, error in zip(parks, results, strict=True):
-            if error is None:
-                batch.decide(
-                    _park_decision(park, Outcome.PARKED, park.reason, park.detail), delete=True
-                )
-            else:
-                detail = f"could not park ({park.reason}: {park.detail}): {error}"
-                batch.decide(
-                    _park_decision(park, Outcome.FAILED, FailReason.PARKING_FAILED, detail)
-                )
+    async def _park_rejected(self, parks: Sequence[Park]) -> list[Decision]:
+        """Park the copies a target refused for good (parked, or failed parking-failed)."""
+        results = await self._park(parks)
+        return [outcome.parked(park, error) for park, error in zip(parks, results, strict=True)]
 
-    def _after_delivery(self, batch: _Batch, delivery: Delivery) -> Park | None:
-        """Record an accepted or transient delivery; a permanent refusal is returned to park."""
+    def _note_delivery(self, delivery: Delivery) -> None:
+        """The metrics of one target answer: stamps dropped, an error against the target."""
         job = delivery.job
         if delivery.stamps_dropped:
             self._metrics.record_stamps_dropped(job.letter.queue, delivery.stamps_dropped)
@@ -323,35 +317,10 @@ class Pipeline:
                 why="the original message leaves no room for retryd's attributes",
             )
         error = delivery.error
-        if error is None:
-            batch.decide(
-                Decision(job.letter, Outcome.RESUBMITTED, job.target, "", "", job.next_attempt),
-                delete=True,
+        if error is not None:
+            self._metrics.record_resubmit_error(
+                job.target.type, job.target.arn, error.error_class, error.code
             )
-            return None
-        self._metrics.record_resubmit_error(
-            job.target.type, job.target.arn, error.error_class, error.code
-        )
-        if error.error_class is ErrorClass.PERMANENT:
-            reason = (
-                ParkReason.PAYLOAD_TOO_LARGE
-                if error.refusal is Refusal.PAYLOAD_TOO_LARGE
-                else ParkReason.TARGET_REJECTED
-            )
-            return Park(job.letter, reason, str(error), job.attempt, job)
-        # Left in the DLQ: it reappears after its lease. The code goes in the detail,
-        # not the reason, so the reason stays a bounded metric label.
-        batch.decide(
-            Decision(
-                job.letter,
-                Outcome.FAILED,
-                job.target,
-                FailReason.TRANSIENT_ERROR,
-                str(error),
-                job.attempt,
-            )
-        )
-        return None
 
     def _log(self, decision: Decision) -> None:
         fields: dict[str, Any] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,25 +29,27 @@ from retryd.control.deferrals import HiddenBook
 from retryd.control.jobs import JOBS_DOC, job_metrics
 from retryd.control.pauses import PAUSES_DOC, pause_set
 from retryd.discovery.feeds import FeedCache
-from retryd.discovery.survey import (
-    RECEIVE_BATCH_MAX,
-    Sizing,
-    locate_parking,
-    receive,
-    size_up,
-    survey_queues,
-)
+from retryd.discovery.survey import Sizing, queue_arn, size_up, survey_queues
 from retryd.drain.batch import Pipeline
 from retryd.drain.shard import WHOLE, Shard
 from retryd.errors import ParkingQueueMissingError, RetrydError
+from retryd.leases import RECEIVE_BATCH_MAX, act_by, receive
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics, place_labels
-from retryd.models import CONFIG_FAIL_REASONS, DeadLetter, Decision, Outcome, QueueRef
-from retryd.places import Place, PlaceError, Places
+from retryd.models import (
+    CONFIG_FAIL_REASONS,
+    CYCLE_OUTCOMES,
+    DELETED_OUTCOMES,
+    DeadLetter,
+    Decision,
+    Outcome,
+    QueueRef,
+)
+from retryd.places import Place, PlaceFailure, Places, Visit, leaves
 from retryd.resolve import build_chain
 from retryd.resolve.chain import ResolverChain
 from retryd.settings import Settings
-from retryd.settle.parking import Parking
+from retryd.settle.parking import Parking, locate_parking
 from retryd.targets import TargetRouter
 from retryd.targets.sender import Sender
 
@@ -87,7 +89,7 @@ class CycleReport:
         return {
             "queues": self.queues,
             "received": self.received,
-            "outcomes": {o.value: self.outcomes.get(o.value, 0) for o in Outcome},
+            "outcomes": {o.value: self.outcomes.get(o.value, 0) for o in CYCLE_OUTCOMES},
             "reasons": [
                 {"outcome": outcome, "reason": reason, "count": count}
                 for (outcome, reason), count in sorted(self.reasons.items())
@@ -138,7 +140,7 @@ class CycleReport:
     def summary(self) -> str:
         """The one-line summary `retryd once` prints."""
         counts = " ".join(
-            f"{outcome.value}={self.outcomes.get(outcome.value, 0)}" for outcome in Outcome
+            f"{outcome.value}={self.outcomes.get(outcome.value, 0)}" for outcome in CYCLE_OUTCOMES
         )
         line = f"queues={self.queues} received={self.received} {counts}"
         if self.reasons:
@@ -153,16 +155,6 @@ class CycleReport:
         return line
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The real errors inside (possibly nested) exception groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
-# Time kept back from each lease for the delete that settles the batch.
-LEASE_MARGIN_S = 5.0
-
 # How long noting the messages a queue's drain hid may hold off a stop.
 HIDDEN_FLUSH_S = 5.0
 
@@ -173,7 +165,7 @@ MAX_STALE_BATCHES = 3
 
 
 @dataclass(frozen=True)
-class _Run:
+class _CycleBudget:
     """What every worker of one cycle shares."""
 
     deadline: float
@@ -181,17 +173,12 @@ class _Run:
     report: CycleReport
 
     @property
-    def go_on(self) -> bool:
+    def may_go_on(self) -> bool:
         return not self.stopping.is_set() and anyio.current_time() < self.deadline
 
 
-# Outcomes whose message was deleted from its DLQ: it cannot come back this cycle
-# (unless the delete failed, and then the ledger knows its copy is safe).
-_DELETED = frozenset({Outcome.RESUBMITTED, Outcome.PARKED})
-
-
 @dataclass
-class _Site:
+class _PlaceState:
     """One place's part of the cycles: what feeds its DLQs, its pipeline and parking queue."""
 
     place: Place
@@ -208,10 +195,10 @@ class _Site:
 
 
 @dataclass(frozen=True)
-class _Look:
+class _PlaceDrain:
     """One place as this cycle found it: its DLQs, and the clients and pipeline to drain them."""
 
-    site: _Site
+    site: _PlaceState
     clients: AwsClients
     pipeline: Pipeline
     queues: list[QueueRef]
@@ -242,7 +229,9 @@ class Handled:
     def settled(self, decisions: list[Decision]) -> None:
         """Forget the messages that left the DLQ: nothing to tell apart when they are gone."""
         for decision in decisions:
-            if decision.outcome in _DELETED:
+            # Deleted from its DLQ: it cannot come back this cycle (unless the delete
+            # failed, and then the ledger knows its copy is safe).
+            if decision.outcome in DELETED_OUTCOMES:
                 self.seen.discard(decision.letter.message_id)
 
 
@@ -250,7 +239,7 @@ class Handled:
 class _QueueDrain:
     """Shared state of the workers draining one queue in one cycle."""
 
-    look: _Look
+    look: _PlaceDrain
     queue: QueueRef
     remaining: int
     handled: Handled = field(default_factory=Handled)
@@ -293,7 +282,7 @@ class Cycle:
             settings.drain.target_concurrency,
             pick=self._places.for_sending if self._places.configured else None,
         )
-        self._sites: dict[Place, _Site] = {}
+        self._sites: dict[Place, _PlaceState] = {}
         # Operator pauses live beside the ledger, shared by every replica and command.
         self._control = control_store(settings.ledger, clients)
         self._hidden = HiddenBook(self._control, qualified=self._places.configured)
@@ -313,13 +302,13 @@ class Cycle:
         """What feeds each DLQ of the home place, as last learned (`retryd inspect` shows it)."""
         return self._site(self._places.places[0]).feeds
 
-    def _site(self, place: Place) -> _Site:
+    def _site(self, place: Place) -> _PlaceState:
         site = self._sites.get(place)
         if site is None:
             # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few
             # cycles. Redrive sources lazily: a DLQ's are looked up once it has messages.
             feeds = FeedCache.for_settings(self._settings, lazy_redrive=True)
-            site = _Site(
+            site = _PlaceState(
                 place,
                 self._places.settings_for(self._settings, place),
                 feeds,
@@ -329,7 +318,9 @@ class Cycle:
             self._sites[place] = site
         return site
 
-    async def _ready_pipeline(self, site: _Site, clients: AwsClients) -> tuple[Pipeline, Parking]:
+    async def _ready_pipeline(
+        self, site: _PlaceState, clients: AwsClients
+    ) -> tuple[Pipeline, Parking]:
         if site.pipeline is None or site.parking is None:
             # Located every cycle until found, so a missing parking queue stops
             # draining this place (nothing could be parked) without stopping the daemon.
@@ -365,10 +356,7 @@ class Cycle:
             if self._places.configured:
                 # Once per cycle, never per message: heartbeat, budgets, breakers.
                 await self._cluster.sync()
-                looks = await self._look_everywhere(report)
-            else:
-                # One place: its failures are the cycle's, as they always were.
-                looks = [await self._look(self._site(self._places.home), self._cluster.sync)]
+            looks = await self._look_everywhere(report)
             queues = [queue for look in looks for queue in look.queues]
             report.queues = len(queues)
             report.discovered = bool(looks)
@@ -386,7 +374,7 @@ class Cycle:
             )
             if looks:
                 await self._refresh_operator_state()
-            run = _Run(started + self._settings.drain.cycle_budget_s, stopping, report)
+            run = _CycleBudget(started + self._settings.drain.cycle_budget_s, stopping, report)
             limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
             async with anyio.create_task_group() as group:
                 for look in looks:
@@ -399,7 +387,7 @@ class Cycle:
             report.fatal = exc
             log.error("parking-queue-missing", queue=exc.queue, error=str(exc))  # noqa: TRY400 - the message says it all
         except Exception as exc:  # noqa: BLE001 - a failed cycle is reported, the daemon goes on
-            for leaf in _leaves(exc):
+            for leaf in leaves(exc):
                 error = classify.from_exception(leaf)
                 report.errors.append(f"cycle: {error}")
                 # The classified error says what happened; an AWS outage's traceback does not.
@@ -408,59 +396,52 @@ class Cycle:
         self._metrics.observe_cycle(report.duration_s, report.ok, time.time())
         return report
 
-    async def _look(
-        self, site: _Site, before_survey: Callable[[], Awaitable[None]] | None = None
-    ) -> _Look:
+    async def _look(self, visit: Visit) -> _PlaceDrain:
         """One place's DLQs for this cycle, with what is needed to drain them; errors propagate."""
-        place = site.place
-        await self._places.ready(place)
-        clients = await self._places.clients(place)
+        site = self._site(visit.place)
+        clients = visit.clients
         pipeline, parking = await self._ready_pipeline(site, clients)
-        if before_survey is not None:
-            await before_survey()
-        survey = await survey_queues(clients.sqs, site.settings, parking)
+        if not self._places.configured:
+            # One place: the cluster's sync is the cycle's, after its parking queue is found.
+            await self._cluster.sync()
+        survey = await survey_queues(
+            clients.sqs, site.settings, queue_arn(clients.sqs, parking.queue_url)
+        )
         # One of drain.processes workers drains only the DLQs that fall to it.
         queues = [queue for queue in survey.dlqs if self._shard.owns(queue.arn)]
         await site.feeds.refresh_if_due(clients, queues)
         site.protected = survey.protected
         labels = place_labels(survey.parking_arn)
         self._metrics.set_queues_discovered(labels["account"], labels["region"], len(queues))
-        return _Look(site, clients, pipeline, queues)
+        return _PlaceDrain(site, clients, pipeline, queues)
 
-    async def _look_everywhere(self, report: CycleReport) -> list[_Look]:
-        """Every place's look, side by side; a place that fails is reported and left out."""
-        looks: list[_Look] = []
+    async def _look_everywhere(self, report: CycleReport) -> list[_PlaceDrain]:
+        """Every place's look, side by side; a place that fails is reported and left out.
 
-        async def look_at(place: Place) -> None:
-            try:
-                looks.append(await self._look(self._site(place)))
-            except Exception as exc:  # noqa: BLE001 - this place is skipped, the others go on
-                self._place_failed(place, exc, report)
+        With one place its failures are the cycle's, as they always were.
+        """
+        looks, failures = await self._places.each(
+            self._settings,
+            self._look,
+            only=self._places.to_survey(self._settings),
+            catch=(Exception,),
+            side_by_side=True,
+        )
+        for failure in failures:
+            self._place_failed(failure, report)
+        return [look for _, look in looks]
 
-        async with anyio.create_task_group() as group:
-            for place in self._places.to_survey(self._settings):
-                group.start_soon(look_at, place)
-        # In the configured order, so the drain (and its logs) are in a stable order.
-        order = {place: index for index, place in enumerate(self._places.places)}
-        return sorted(looks, key=lambda look: order[look.site.place])
-
-    def _place_failed(self, place: Place, exc: Exception, report: CycleReport) -> None:
+    def _place_failed(self, failure: PlaceFailure, report: CycleReport) -> None:
+        place, exc = failure.place, failure.error
         where = {"account": place.account_id, "region": place.region}
         if isinstance(exc, ParkingQueueMissingError):
             # As with one place: this place's messages stay put until the queue exists.
             report.fatal = report.fatal or exc
-            why, error_class = str(exc), "config"
-            log.error("parking-queue-missing", queue=exc.queue, error=why, **where)
-        elif isinstance(exc, PlaceError):
-            why, error_class = exc.why, exc.error_class
-            log.error("place-failed", error=why, error_class=error_class, **where)
+            log.error("parking-queue-missing", queue=exc.queue, error=failure.why, **where)
         else:
-            errors = [classify.from_exception(leaf) for leaf in _leaves(exc)]
-            why = "; ".join(str(error) for error in errors)
-            error_class = errors[0].error_class.value
-            log.error("place-failed", error=why, error_class=error_class, **where)
-        report.errors.append(f"{place}: {why}")
-        self._metrics.record_account_error(place.account_id, place.region, error_class)
+            log.error("place-failed", error=failure.why, error_class=failure.error_class, **where)
+        report.errors.append(str(failure))
+        self._metrics.record_account_error(place.account_id, place.region, failure.error_class)
 
     async def _refresh_operator_state(self) -> None:
         """Read the pauses (and the jobs, for metrics) once per cycle, in one read.
@@ -481,17 +462,17 @@ class Cycle:
         )
 
     async def _drain(
-        self, run: _Run, look: _Look, queue: QueueRef, limiter: anyio.CapacityLimiter
+        self, run: _CycleBudget, look: _PlaceDrain, queue: QueueRef, limiter: anyio.CapacityLimiter
     ) -> None:
         # Every line about this queue (its workers' and its batches' too) names its place.
         with structlog.contextvars.bound_contextvars(**place_labels(queue.arn)):
             await self._drain_queue(run, look, queue, limiter)
 
     async def _drain_queue(
-        self, run: _Run, look: _Look, queue: QueueRef, limiter: anyio.CapacityLimiter
+        self, run: _CycleBudget, look: _PlaceDrain, queue: QueueRef, limiter: anyio.CapacityLimiter
     ) -> None:
         async with limiter:
-            if not run.go_on:
+            if not run.may_go_on:
                 return
             sizing = await self._size_up(look.clients, queue)
             if sizing.empty:
@@ -515,17 +496,16 @@ class Cycle:
                     queue, max(0.0, time.time() - state.handled.oldest_sent_s)
                 )
 
-    async def _worker(self, run: _Run, state: _QueueDrain) -> None:
+    async def _worker(self, run: _CycleBudget, state: _QueueDrain) -> None:
         report = run.report
-        while not state.done and run.go_on:
+        while not state.done and run.may_go_on:
             want = min(RECEIVE_BATCH_MAX, state.remaining)
             if want <= 0:
                 state.done = True
                 return
             state.remaining -= want
             # The lease starts when SQS hands the messages out: take the time before asking.
-            lease_s = self._settings.drain.visibility_timeout_s
-            act_by = anyio.current_time() + lease_s - min(LEASE_MARGIN_S, lease_s * 0.2)
+            deadline = act_by(self._settings.drain.visibility_timeout_s)
             letters = await self._receive(state, want, report)
             if letters is None:
                 state.done = True
@@ -541,7 +521,7 @@ class Cycle:
             state.stale_batches = 0
             state.handled.saw(fresh)
             report.received += len(fresh)
-            decisions = await state.look.pipeline.handle(state.queue, fresh, act_by)
+            decisions = await state.look.pipeline.handle(state.queue, fresh, deadline)
             state.handled.settled(decisions)
             report.add(decisions)
             # A breaker this batch opened or closed is written now (no call otherwise),

@@ -14,15 +14,16 @@ import json
 import tomllib
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import aioboto3
 
-from retryd import stamps
+from retryd import leases, stamps
 from retryd.aws import AwsClients
+from retryd.discovery.queues import queue_ref_from_url
 from retryd.settings import Settings
 
 REGION = "us-east-1"
@@ -419,10 +420,9 @@ async def _fail_into_redrive_dlq(
     )
     # A consumer that fails: each receive without a delete counts against maxReceiveCount;
     # the next receive finds them over the limit and SQS moves them to the DLQ.
+    queue = queue_ref_from_url(url, clients.sqs.meta.region_name)
     for _ in range(2 * scale + 2):
-        await clients.sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
-        )
+        await leases.receive(clients.sqs, queue, max_messages=10, wait_s=0, lease_s=0)
 
 
 async def count(clients: AwsClients, url: str) -> int:
@@ -440,16 +440,10 @@ async def count(clients: AwsClients, url: str) -> int:
 async def parked_reasons(clients: AwsClients, url: str) -> Counter[str]:
     """retryd.reason of every parked copy, read back from the parking queue itself."""
     reasons: Counter[str] = Counter()
+    queue = queue_ref_from_url(url, clients.sqs.meta.region_name)
     while True:
-        response = await clients.sqs.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=10,
-            MessageAttributeNames=["All"],
-            VisibilityTimeout=60,
-        )
-        messages = response.get("Messages", [])
-        if not messages:
+        letters = await leases.receive(clients.sqs, queue, max_messages=10, wait_s=0, lease_s=60)
+        if not letters:
             return reasons
-        for message in messages:
-            reason: Mapping[str, Any] = message.get("MessageAttributes", {}).get(stamps.REASON, {})
-            reasons[str(reason.get("StringValue", "?"))] += 1
+        for letter in letters:
+            reasons[letter.attribute_string(stamps.REASON) or "?"] += 1

@@ -17,6 +17,7 @@ from retryd.aws import Client
 from retryd.classify import is_missing_queue, required
 from retryd.errors import ParkingQueueMissingError
 from retryd.models import DeadLetter, SendError
+from retryd.settings import Settings
 from retryd.stamps import stamp_for_parking
 from retryd.targets.base import unpreparable
 from retryd.targets.sqs_queue import (
@@ -124,3 +125,8 @@ class Parking:
             group_id=item.letter.queue.name,
             deduplication_id=hashlib.sha256(item.letter.message_id.encode()).hexdigest(),
         )
+
+
+async def locate_parking(sqs: Client, settings: Settings) -> Parking:
+    """The parking queue; ParkingQueueMissingError when it does not exist (it stops a cycle)."""
+    return await Parking.locate(sqs, settings.parking.queue, settings.parking.detail_max_bytes)

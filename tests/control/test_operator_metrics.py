@@ -9,16 +9,17 @@ import anyio
 from prometheus_client import CollectorRegistry
 
 from retryd.control.jobs import (
-    Job,
     JobState,
     JobStore,
     MessageResult,
+    RedriveJob,
     job_metrics,
     latest_results,
     tally,
 )
 from retryd.control.memory import MemoryControlStore, reset_shared
 from retryd.control.pauses import add_pause
+from retryd.models import Outcome
 from retryd.service.lifecycle import run_once
 from tests.conftest import SettingsFactory
 from tests.world import ACCOUNT, REGION, World
@@ -37,18 +38,18 @@ def test_a_cycle_exports_pauses_and_jobs(world: World, make_settings: SettingsFa
         await add_pause(store, CHARGE, reason="migration", by="me", until_s=None)
         await add_pause(store, "*", reason="all", by="me", until_s=4_000_000_000.0)
         jobs = JobStore(store, 3_600)
-        done = Job("rd-1", "parking", {"sources": ["parking"]}, "me", state=JobState.DONE)
+        done = RedriveJob("rd-1", "parking", {"sources": ["parking"]}, "me", state=JobState.DONE)
         results = [
-            MessageResult("m1", "failed", "transient-error", CHARGE),
-            MessageResult("m2", "resubmitted", target=CHARGE),
-            MessageResult("m3", "failed", "target-rejected", CHARGE),
+            MessageResult("m1", Outcome.FAILED, "transient-error", CHARGE),
+            MessageResult("m2", Outcome.RESUBMITTED, target=CHARGE),
+            MessageResult("m3", Outcome.FAILED, "target-rejected", CHARGE),
             # m1 again, on a resume: its latest result is what counts.
-            MessageResult("m1", "resubmitted", target=CHARGE),
+            MessageResult("m1", Outcome.RESUBMITTED, target=CHARGE),
         ]
         await jobs.add_results(done, results)
         tally(done, latest_results(results))
         await jobs.save(done)
-        await jobs.save(Job("rd-2", "dlq", {"sources": ["retry-a"]}, "me", JobState.STOPPED))
+        await jobs.save(RedriveJob("rd-2", "dlq", {"sources": ["retry-a"]}, "me", JobState.STOPPED))
 
     anyio.run(arrange)
     registry = CollectorRegistry()

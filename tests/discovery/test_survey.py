@@ -12,13 +12,14 @@ from retryd.discovery.survey import (
     Look,
     Sizing,
     Survey,
-    locate_parking,
     look_at_each,
+    queue_arn,
     select_queues,
     size_up,
     survey_queues,
 )
 from retryd.models import DeadLetter, QueueRef
+from retryd.settle.parking import locate_parking
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
 from tests.world import World
@@ -54,7 +55,8 @@ def test_the_survey_protects_every_dlq_and_the_parking_queue(
     async def run() -> Survey:
         async with open_clients(settings.aws) as clients:
             parking = await locate_parking(clients.sqs, settings)
-            return await survey_queues(clients.sqs, settings, parking)
+            parking_arn = queue_arn(clients.sqs, parking.queue_url)
+            return await survey_queues(clients.sqs, settings, parking_arn)
 
     survey = anyio.run(run)
     assert [queue.name for queue in survey.dlqs] == ["retry-a", "retry-b"]

@@ -13,7 +13,7 @@ QUEUE = QueueRef(
     "https://sqs.us-east-1.amazonaws.com/123456789012/dlq",
     "arn:aws:sqs:us-east-1:123456789012:dlq",
 )
-LEFT_IN_DLQ = {Outcome.FAILED, Outcome.DEFERRED}
+LEFT_IN_DLQ = {Outcome.FAILED, Outcome.DEFERRED, Outcome.REFUSED}
 
 
 def letter(number: int) -> DeadLetter:

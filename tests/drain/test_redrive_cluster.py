@@ -12,13 +12,13 @@ from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients, open_clients
 from retryd.cluster import DynamoDbCluster
 from retryd.cluster.dynamodb import MEMBER_PREFIX, STATE_KEY
-from retryd.control.jobs import Job, JobStore, MessageResult, new_job_id
+from retryd.control.jobs import JobStore, MessageResult, RedriveJob, new_job_id
 from retryd.control.memory import MemoryControlStore
-from retryd.drain.redrive import DEFERRED, Redrive, Spec
+from retryd.drain.redrive import Redrive, Spec
 from retryd.ledger import create_table, open_ledger
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.metrics import Metrics
-from retryd.models import Target
+from retryd.models import Outcome, Target
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.world import World, envelope
@@ -84,7 +84,7 @@ def test_a_redrive_does_not_send_to_a_target_the_cluster_found_broken(
         await create_table(settings)
         store = MemoryControlStore()
         spec = Spec(sources=(DLQ,), ramp=(MESSAGES,), canary_wait_s=0, max_refail=MESSAGES)
-        job = Job(new_job_id(), spec.kind, spec.to_json(), "tester")
+        job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), "tester")
         results: list[MessageResult] = []
         async with open_clients(settings.aws) as clients:
             daemon = _daemon(settings, clients)
@@ -110,7 +110,9 @@ def test_a_redrive_does_not_send_to_a_target_the_cluster_found_broken(
     results = anyio.run(main)
     assert world.depth(DEST) == 0
     assert world.depth(DLQ) == MESSAGES
-    assert [(r.outcome, r.reason) for r in results] == [(DEFERRED, "breaker-open")] * MESSAGES
+    assert [(r.outcome, r.reason) for r in results] == [
+        (Outcome.DEFERRED, "breaker-open")
+    ] * MESSAGES
 
 
 def test_a_redrive_takes_a_share_of_the_rate_while_it_runs_and_leaves_at_its_end(
@@ -125,7 +127,7 @@ def test_a_redrive_takes_a_share_of_the_rate_while_it_runs_and_leaves_at_its_end
         await create_table(settings)
         store = MemoryControlStore()
         spec = Spec(sources=(DLQ,), ramp=(1,), canary_wait_s=0, max_refail=MESSAGES)
-        job = Job(new_job_id(), spec.kind, spec.to_json(), "tester")
+        job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), "tester")
         live: list[int] = []
         members: list[set[str]] = []
         async with open_clients(settings.aws) as clients:

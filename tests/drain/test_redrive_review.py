@@ -8,7 +8,7 @@ import anyio
 from prometheus_client import CollectorRegistry
 
 from retryd.aws import open_clients
-from retryd.control.jobs import Job, JobState, JobStore, MessageResult, new_job_id
+from retryd.control.jobs import JobState, JobStore, MessageResult, RedriveJob, new_job_id
 from retryd.control.memory import MemoryControlStore
 from retryd.control.store import ControlStore
 from retryd.drain.redrive import Redrive, Spec
@@ -30,7 +30,7 @@ class CancelledMidStep(JobStore):
         self._store_for_cancel = store
         self.cancelled = False
 
-    async def add_results(self, job: Job, results: Sequence[MessageResult]) -> None:
+    async def add_results(self, job: RedriveJob, results: Sequence[MessageResult]) -> None:
         if not self.cancelled:
             self.cancelled = True
             # What `retryd jobs cancel` does, from another process.
@@ -57,7 +57,7 @@ def test_a_cancel_while_a_step_runs_stops_the_job_before_its_next_step(
     async def main() -> tuple[JobState, JobState]:
         store = MemoryControlStore()
         jobs = CancelledMidStep(store)
-        job = Job(new_job_id(), spec.kind, spec.to_json(), "tester")
+        job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), "tester")
         await jobs.save(job)
         async with open_clients(settings.aws) as clients:
             redrive = Redrive(

@@ -1,0 +1,171 @@
+"""What happens to a message: the one owner that turns an answer into its `Decision`.
+
+Admission answers with a verdict (Go, Park, Defer, Done, Hold), a target with a
+Delivery, the parking queue with an error or None; each function here turns one
+of those into the message's Decision, and nothing else in retryd builds one.
+The cycle's pipeline, a redrive job (the same pipeline, with its overrides) and
+`plan` ("what would be decided", `predict`) all decide through this module, so
+the three cannot drift apart: the outcome, the reason, the target and the
+attempt of a message are decided here and only here.
+
+`Decision.deletes` says whether the message then leaves its queue: only when its
+copy is safe (resubmitted, or parked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from retryd.admission import Defer, Done, Go, Hold, Park, Verdict
+from retryd.models import (
+    Decision,
+    ErrorClass,
+    FailReason,
+    Job,
+    Outcome,
+    ParkReason,
+    Refusal,
+    SendError,
+    Unresolvable,
+)
+from retryd.targets import Delivery
+from retryd.targets.sender import ALREADY_RESUBMITTED
+
+__all__ = [
+    "ALREADY_RESUBMITTED",
+    "after_delivery",
+    "already_resubmitted",
+    "deferred",
+    "done",
+    "held",
+    "kept_parked",
+    "not_yet_resolvable",
+    "parked",
+    "predict",
+    "refused",
+    "rejected",
+    "resubmitted",
+]
+
+ALREADY_RESUBMITTED_DETAIL = (
+    "the ledger shows this message was resubmitted already; only deleted now"
+)
+
+
+def resubmitted(job: Job) -> Decision:
+    """The target took the copy: this was attempt `job.next_attempt`."""
+    return Decision(job.letter, Outcome.RESUBMITTED, job.target, "", "", job.next_attempt)
+
+
+def already_resubmitted(job: Job) -> Decision:
+    """The ledger committed this copy before (its delete was lost): only delete it now.
+
+    `job.attempt` is the attempt before the committed one (as the sender hands it back).
+    """
+    return Decision(
+        job.letter,
+        Outcome.RESUBMITTED,
+        job.target,
+        ALREADY_RESUBMITTED,
+        ALREADY_RESUBMITTED_DETAIL,
+        job.next_attempt,
+    )
+
+
+def done(verdict: Done) -> Decision:
+    """Admission found the ledger's commit: `verdict.attempt` is the committed attempt."""
+    return already_resubmitted(replace(verdict.job, attempt=verdict.attempt - 1))
+
+
+def held(hold: Hold) -> Decision:
+    """Left in its queue untouched: it reappears when its lease ends."""
+    job = hold.job
+    return Decision(job.letter, Outcome.FAILED, job.target, hold.reason, hold.detail, job.attempt)
+
+
+def deferred(defer: Defer) -> Decision:
+    """Left in its queue for later (hidden until due, or handed back): no attempt spent."""
+    job = defer.job
+    return Decision(
+        job.letter, Outcome.DEFERRED, job.target, defer.reason.value, defer.detail, defer.attempt
+    )
+
+
+def not_yet_resolvable(item: Unresolvable) -> Decision:
+    """Unresolvable only for now (a look-up failed): left in its queue, to be looked at again."""
+    return Decision(item.letter, Outcome.FAILED, None, FailReason.TRANSIENT_ERROR, item.detail)
+
+
+def parked(park: Park, error: SendError | None) -> Decision:
+    """The parking queue's answer to `park`: parked (deleted next), or failed and left."""
+    target = park.job.target if park.job else None
+    if error is None:
+        return Decision(park.letter, Outcome.PARKED, target, park.reason, park.detail, park.attempt)
+    detail = f"could not park ({park.reason}: {park.detail}): {error}"
+    return Decision(
+        park.letter, Outcome.FAILED, target, FailReason.PARKING_FAILED, detail, park.attempt
+    )
+
+
+def refused(park: Park) -> Decision:
+    """An operator path's answer to a guard's park verdict: handed back, never parked."""
+    target = park.job.target if park.job else None
+    return Decision(
+        park.letter, Outcome.REFUSED, target, park.reason.value, park.detail, park.attempt
+    )
+
+
+def rejected(delivery: Delivery) -> Park | None:
+    """A target's permanent refusal, as the Park it calls for; None when it was not one."""
+    error = delivery.error
+    if error is None or error.error_class is not ErrorClass.PERMANENT:
+        return None
+    job = delivery.job
+    reason = (
+        ParkReason.PAYLOAD_TOO_LARGE
+        if error.refusal is Refusal.PAYLOAD_TOO_LARGE
+        else ParkReason.TARGET_REJECTED
+    )
+    return Park(job.letter, reason, str(error), job.attempt, job)
+
+
+def after_delivery(delivery: Delivery) -> Decision | Park:
+    """A target's answer: resubmitted, failed for now (transient), or a Park (permanent)."""
+    job = delivery.job
+    error = delivery.error
+    if error is None:
+        return resubmitted(job)
+    park = rejected(delivery)
+    if park is not None:
+        return park
+    # Left in its queue: it reappears after its lease. The code goes in the detail,
+    # not the reason, so the reason stays a bounded metric label.
+    return Decision(
+        job.letter, Outcome.FAILED, job.target, FailReason.TRANSIENT_ERROR, str(error), job.attempt
+    )
+
+
+def kept_parked(park: Park) -> Decision:
+    """A parked copy its target refused again: it stays parked as it was (failed, not re-parked)."""
+    target = park.job.target if park.job else None
+    return Decision(
+        park.letter, Outcome.FAILED, target, park.reason.value, park.detail, park.attempt
+    )
+
+
+def predict(verdict: Verdict, *, operator: bool = False) -> Decision:
+    """What would be decided for `verdict` if the target and the parking queue said yes.
+
+    A plan's row: no side effect. `operator` (a redrive's plan): a guard's park
+    verdict is refused, as the job will refuse it.
+    """
+    if isinstance(verdict, Go):
+        job = verdict.job
+        return Decision(job.letter, Outcome.RESUBMITTED, job.target, "", "", verdict.attempt)
+    if isinstance(verdict, Park):
+        return refused(verdict) if operator else parked(verdict, None)
+    if isinstance(verdict, Done):
+        return done(verdict)
+    if isinstance(verdict, Defer):
+        return deferred(verdict)
+    return held(verdict)
