@@ -5,13 +5,13 @@ a Verdict: go now, park (and why), defer (hide it for a while, and why), or hold
 (leave it untouched because retryd cannot tell yet). The pipeline acts on the
 verdicts; `retryd plan` only prints them. Each Go carries a breaker `Permit`.
 
-Right before one target's Go verdicts are sent, `Guards.admit_paced` takes the last
-two steps, which only make sense at that moment: the target's rate limit and the
-ledger claim on each key (see claims.py). It hands the jobs out a few at a time, as
+Right before one target's Go verdicts are sent, `Guards.admit` takes the last
+two steps, which only make sense at that moment: the ledger claim on each key (see
+claims.py) and the target's rate limit. It hands the jobs out a few at a time, as
 the target's tokens come, each part to be sent at once: tokens waited for and spent
 together would reach the target as a lump no bucket ever held. Jobs whose tokens
-cannot come within part of the lease are handed back (deferred, hidden only for
-about the time their tokens take). After the answers, the sender
+cannot come soon are handed back (deferred, hidden only for about the time their
+tokens take), and `Guards.receivable` tells a receiver how many to take at all. After the answers, the sender
 settles each permit and hands them to `Guards.settle`, which writes the ledger.
 The sender never touches a breaker, a token bucket or the ledger itself.
 """
@@ -373,7 +373,7 @@ class Guards:
                 )
         return out
 
-    async def admit_paced(
+    async def admit(
         self, target: Target, gos: Sequence[Go], act_by: float
     ) -> AsyncGenerator[Admitted]:
         """The last steps before `target`'s Go verdicts are sent, as the target's tokens come.
@@ -416,17 +416,6 @@ class Guards:
                     await self._claims.settle(target.arn, [go.permit for go in unsent])
         if unsent:
             yield leftover
-
-    async def admit(self, target: Target, gos: Sequence[Go], act_by: float) -> Admitted:
-        """All of `admit_paced`'s parts as one, for a caller that sends a target's jobs together."""
-        whole = Admitted()
-        async with aclosing(self.admit_paced(target, gos, act_by)) as parts:
-            async for part in parts:
-                whole.go.extend(part.go)
-                whole.deferred.extend(part.deferred)
-                whole.held.extend(part.held)
-                whole.done.extend(part.done)
-        return whole
 
     async def _claimed(self, gos: Sequence[Go]) -> Admitted:
         """`gos` after their ledger claims; the permits of those turned away are released."""

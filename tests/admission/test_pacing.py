@@ -40,9 +40,7 @@ def paced_guards(
 async def parts_of(guards: Guards, gos: list[Go], clock: FakeClock) -> list[tuple[float, Admitted]]:
     """Each part admission yields, with the (fake) time it came."""
     parts = []
-    async with aclosing(
-        guards.admit_paced(CHARGE, gos, anyio.current_time() + LEASE_S)
-    ) as admitted:
+    async with aclosing(guards.admit(CHARGE, gos, anyio.current_time() + LEASE_S)) as admitted:
         async for part in admitted:
             parts.append((clock(), part))
     return parts
