@@ -11,9 +11,10 @@ claims.py) and the target's rate limit. It hands the jobs out a few at a time, a
 the target's tokens come, each part to be sent at once: tokens waited for and spent
 together would reach the target as a lump no bucket ever held. Jobs whose tokens
 cannot come soon are handed back (deferred, hidden only for about the time their
-tokens take), and `Guards.receivable` tells a receiver how many to take at all. After the answers, the sender
-settles each permit and hands them to `Guards.settle`, which writes the ledger.
-The sender never touches a breaker, a token bucket or the ledger itself.
+tokens take), and `Guards.receivable` tells a receiver how many to take at all.
+After the answers, the sender settles each permit and hands them to
+`Guards.settle`, which writes the ledger. The sender never touches a breaker, a
+token bucket or the ledger itself.
 """
 
 from __future__ import annotations

@@ -74,14 +74,15 @@ PRUNE_BATCH = 100
 # Any claims beyond lapse as they would have.
 RELEASE_BATCH = 40
 _FAILURES = (BotoCoreError, ClientError)
-# How often a replica re-reads the membership while it drains (after a batch, once
-# this long has passed since its last heartbeat), and how long a replica that has
-# just started keeps its start share: by then the replicas that started with it
-# have written their first heartbeats, and those already running have re-read the
-# item and made room for it. Short, because a start share costs throughput (a lone
-# replica at a quarter of its rate for 3 s sends 11 messages fewer at 5/s); cheap,
-# because it is one small UpdateItem. A quarter of the heartbeat's length when shorter.
-AGREE_S = 3.0
+# How often a replica re-reads the membership while it drains (after a batch, or
+# while it waits for tokens, once this long has passed since its last heartbeat),
+# and how long a replica that has just started keeps its start share: by then the
+# replicas that started with it have written their first heartbeats, and those
+# already running have re-read the item and made room for it. Short, because a
+# start share costs throughput (a lone replica at a quarter of 5/s for 2 s sends 7
+# messages fewer); cheap, because it is one small UpdateItem. A quarter of the
+# heartbeat's length when that is shorter.
+AGREE_S = 2.0
 
 
 def server_time(answer: Mapping[str, Any]) -> float | None:

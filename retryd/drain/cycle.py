@@ -550,6 +550,9 @@ class Cycle:
         if room == 0:
             wait_s = self._guards.receivable_in_s(state.targets, lease_s)
             await anyio.sleep(max(MIN_ROOM_WAIT_S, wait_s))
+            # Waiting for tokens is when a share that has grown matters: re-read the
+            # membership if it is due (no call otherwise).
+            await self._cluster.flush()
             return 0
         return min(RECEIVE_BATCH_MAX, state.remaining, RECEIVE_BATCH_MAX if room is None else room)
 

@@ -10,6 +10,7 @@ from retryd.admission.breaker import Breakers
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients, open_clients
 from retryd.cluster import DynamoDbCluster
+from retryd.cluster.dynamodb import AGREE_S as CLUSTER_AGREE_S
 from retryd.ledger import create_table
 from retryd.models import Target
 from retryd.settings import BreakerSettings, RateLimitSettings
@@ -22,8 +23,8 @@ BREAKER = BreakerSettings(
     window_calls=4, min_calls=2, failure_rate=0.5, cooldown_s=30, half_open_calls=2
 )
 TTL_S = 10.0
-# How long a member keeps its start share: a quarter of TTL_S (AGREE_S is longer).
-AGREE_S = TTL_S / 4
+# How long a member keeps its start share (and how often it re-reads the membership).
+AGREE_S = min(CLUSTER_AGREE_S, TTL_S / 4)
 START_S = 1_700_000_000.0
 
 
