@@ -6,7 +6,8 @@
 #           retryd:0.1.0 run --config /etc/retryd/retryd.toml
 #
 # The image holds retryd and its pinned runtime dependencies (constraints.txt)
-# in a venv, and nothing else: no moto sandbox, no pip, no build tools, no
+# in a venv, and nothing else: no moto sandbox, no dev tools (constraints-dev.txt
+# pins those for CI and contributors), no pip, no build tools, no
 # credentials. AWS credentials come at run time from the AWS chain (ECS task
 # role, instance profile, or AWS_* variables passed to `docker run`).
 

@@ -1,1 +1,1 @@
-"""retryd: a retry daemon for AWS dead-letter queues."""
+"""The retryd package: a retry daemon for AWS dead-letter queues."""

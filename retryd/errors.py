@@ -1,4 +1,4 @@
-"""retryd's exceptions and exit codes: one root, one subclass per decision a caller makes.
+"""Exceptions and exit codes: one root, one subclass per decision a caller makes.
 
 Per-message results are values (`models.Decision`), never exceptions: these are
 for the few things that stop a command. Each error class carries exactly one
@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     PARKING_QUEUE_MISSING = 4
     AWS = 5
     INTERRUPTED = 130
+    TERMINATED = 143
 
     @property
     def meaning(self) -> str:
@@ -27,15 +28,19 @@ class ExitCode(IntEnum):
 
 
 _MEANINGS: dict[ExitCode, str] = {
-    ExitCode.OK: "ok (also when the reader of the output went away, e.g. `| head`)",
-    ExitCode.CYCLE_FAILED: "the cycle hit errors (a queue could not be read, messages failed)",
-    ExitCode.CONFIG: "invalid configuration or command line, or a message failed for a "
-    "configuration reason (e.g. the ledger table is missing)",
+    ExitCode.OK: "ok: all of the work was done (also when the reader of the output went away, "
+    "e.g. `| head`: the work is finished first, and the code is the work's)",
+    ExitCode.CYCLE_FAILED: "not all of the work was done: a queue could not be read or is not "
+    "a DLQ retryd knows, messages failed (in a redrive: failed or were refused), or a redrive "
+    "stopped itself",
+    ExitCode.CONFIG: "invalid configuration or command line (refused before anything was sent), "
+    "or a message failed for a configuration reason (e.g. the ledger table is missing)",
     ExitCode.SANDBOX_EXTRA_MISSING: "the sandbox extra is not installed",
     ExitCode.PARKING_QUEUE_MISSING: "the parking queue does not exist",
     ExitCode.AWS: "AWS unusable: no region, unknown profile, no credentials, or AWS "
     "unreachable or refusing access",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); a redrive job says how to resume it",
+    ExitCode.TERMINATED: "terminated (SIGTERM) during a redrive job, which says how to resume it",
 }
 
 
@@ -66,6 +71,19 @@ class UsageError(RetrydError):
     """Command-line arguments that cannot go together (argparse's own errors also exit 2)."""
 
     exit_code = ExitCode.CONFIG
+
+
+class QueueNotFoundError(RetrydError):
+    """A queue named on the command line that retryd cannot find: nothing is done."""
+
+    exit_code = ExitCode.CYCLE_FAILED
+
+    def __init__(self, command: str, names: list[str]) -> None:
+        self.names = names
+        super().__init__(
+            f"{command}: no such queue: {', '.join(names)}; nothing was done "
+            "(`retryd inspect` lists the DLQs retryd drains)"
+        )
 
 
 class AwsSetupError(RetrydError):

@@ -1,4 +1,4 @@
-"""structlog set-up: JSON lines for machines, a readable console on an interactive terminal."""
+"""Logging (structlog): JSON lines for machines, a readable console on an interactive terminal."""
 
 from __future__ import annotations
 

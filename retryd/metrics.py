@@ -26,7 +26,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from retryd.models import Arn, QueueRef
+from retryd.arns import Arn
+from retryd.models import QueueRef
 from retryd.version import package_version
 
 # prometheus_client adds a `<name>_created` gauge beside every counter and histogram

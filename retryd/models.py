@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from retryd.arns import Arn, is_account_id, parse_queue_url, queue_arn_from_url
+
 
 class TargetType(StrEnum):
     """The five kinds of resource retryd can resubmit to (the envelope's `target.type`)."""
@@ -34,45 +36,7 @@ _SERVICE_TO_TYPE = {
     "events": TargetType.EVENTBRIDGE,
 }
 
-_ARN_FIELDS = 6
 LATEST_QUALIFIER = ":$LATEST"
-# ASCII digits only: `\d` would also take other scripts' digits, which no account id has.
-_ACCOUNT_ID = re.compile(r"[0-9]{12}")
-# Two letters (us, eu, cn) or, for the European Sovereign Cloud, four (eusc-de-east-1).
-_REGION_NAME = re.compile(r"[a-z]{2,4}(?:-[a-z]+)+-[0-9]+")
-
-
-def is_account_id(text: str) -> bool:
-    """Whether `text` has an AWS account id's shape: twelve digits."""
-    return _ACCOUNT_ID.fullmatch(text) is not None
-
-
-def is_region_name(text: str) -> bool:
-    """Whether `text` has an AWS region name's shape (`eu-west-1`, `us-gov-east-1`,
-    `eusc-de-east-1`)."""
-    return _REGION_NAME.fullmatch(text) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Arn:
-    """The six colon-separated fields of an ARN; `resource` keeps any further colons."""
-
-    partition: str
-    service: str
-    region: str
-    account: str
-    resource: str
-
-    @classmethod
-    def parse(cls, text: str) -> Arn:
-        """Split an ARN, raising ValueError when it is not one."""
-        parts = text.split(":", _ARN_FIELDS - 1)
-        if len(parts) != _ARN_FIELDS or parts[0] != "arn" or not parts[2] or not parts[5]:
-            raise ValueError(f"not an ARN: {text!r}")
-        return cls(parts[1], parts[2], parts[3], parts[4], parts[5])
-
-    def __str__(self) -> str:
-        return f"arn:{self.partition}:{self.service}:{self.region}:{self.account}:{self.resource}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +128,13 @@ class QueueRef:
     @property
     def is_fifo(self) -> bool:
         return self.name.endswith(".fifo")
+
+
+def queue_ref_from_url(url: str, default_region: str | None) -> QueueRef:
+    """A QueueRef with the ARN derived from the URL; `default_region` covers non-AWS hosts."""
+    return QueueRef(
+        name=parse_queue_url(url).name, url=url, arn=queue_arn_from_url(url, default_region)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,11 +36,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import Session as BotocoreSession
 
 from retryd import classify
-from retryd.admission.matching import parse_glob
+from retryd.arns import Arn, is_queue_url, is_region_name, parse_glob, parse_queue_url
 from retryd.aws import AwsClients, client_config, enter_clients, open_clients, open_session
-from retryd.discovery.queues import is_queue_url, parse_queue_url
-from retryd.errors import AwsSetupError, RetrydError
-from retryd.models import Arn, is_region_name
+from retryd.errors import AwsSetupError, ExitCode, RetrydError
 from retryd.settings import AccountSettings, GuardSettings, Settings
 
 # aiobotocore logs a failed refresh as a warning with its traceback (through the
@@ -79,8 +77,13 @@ class Place:
         return f"{self.account_id or 'home'}/{self.region}"
 
 
-class PlaceError(Exception):
-    """A place cannot be used now (its role cannot be assumed): the others go on."""
+class PlaceError(RetrydError):
+    """A place cannot be used now (its role cannot be assumed): the others go on.
+
+    Exit 1 when it stops a command, as for a cycle that had a place fail.
+    """
+
+    exit_code = ExitCode.CYCLE_FAILED
 
     def __init__(self, place: Place, why: str, error_class: str = "config") -> None:
         self.place = place

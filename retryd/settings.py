@@ -32,8 +32,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from retryd.arns import is_region_name
 from retryd.errors import ConfigError
-from retryd.models import Target, is_region_name
+from retryd.models import Target
 
 ENV_PREFIX = "RETRYD_"
 CONFIG_ENV = "RETRYD_CONFIG"
@@ -430,7 +431,9 @@ class LedgerSettings(_Group):
             "(one replica), dynamodb (several replicas)."
         ),
     )
-    # SQLite file (one replica). Relative paths are taken from the working directory.
+    # SQLite file (one replica). A relative path is taken from the settings file's
+    # directory (the working directory when there is none), so that every command run
+    # with the same file uses the same ledger wherever it is started from.
     path: Annotated[str, Field(min_length=1)] = "retryd.sqlite3"
     # DynamoDB table (several replicas).
     table: Annotated[str, Field(min_length=3, max_length=255)] = "retryd-ledger"
@@ -708,6 +711,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
 
 
+MISSING = "required setting is missing"
+# Said when a required setting is missing and no file was read: the usual cause.
+NO_FILE_HINT = (
+    f"no settings file was read: give one with --config PATH or ${CONFIG_ENV} "
+    "(or set the missing fields as RETRYD_<GROUP>__<FIELD>)"
+)
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
     """One line per problem, each naming the field as a dotted path."""
     lines = []
@@ -717,7 +728,7 @@ def format_validation_error(exc: ValidationError) -> list[str]:
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
         elif error["type"] == "missing":
-            message = "required setting is missing"
+            message = MISSING
         lines.append(f"{where}: {message}")
     return lines
 
@@ -733,6 +744,8 @@ def load_settings(path: Path | None = None) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         problems.extend(format_validation_error(exc))
+        if path is None and any(p.endswith(MISSING) for p in problems):
+            problems.append(NO_FILE_HINT)
         raise ConfigError(problems) from None
     except SettingsError as exc:
         # pydantic-settings names the group, not the variable, and only the first one.
@@ -740,4 +753,19 @@ def load_settings(path: Path | None = None) -> Settings:
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
-    return settings
+    return _ledger_path_anchored(settings, path)
+
+
+def _ledger_path_anchored(settings: Settings, path: Path | None) -> Settings:
+    """The settings with a relative SQLite path made absolute against the settings file.
+
+    Taken from the working directory, `retryd pause` run from another directory
+    wrote another file, and the daemon never saw the pause.
+    """
+    ledger_path = Path(settings.ledger.path)
+    if ledger_path.is_absolute():
+        return settings
+    base = path.parent if path is not None else Path.cwd()
+    anchored = os.path.abspath(base / ledger_path)
+    ledger = settings.ledger.model_copy(update={"path": anchored})
+    return settings.model_copy(update={"ledger": ledger})

@@ -119,27 +119,29 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def quiet_settings(**overrides: Any) -> Settings:
+    """Settings for tests: no SDK retries (faults stay visible), no long polls, no HTTP port;
+    `overrides` merged in group by group."""
+    base: dict[str, Any] = {
+        "aws": {"max_attempts": 1, "connect_timeout_s": 5, "read_timeout_s": 15},
+        "discovery": {"queue_prefixes": ["retry-"]},
+        "drain": {"receive_wait_s": 0, "visibility_timeout_s": 30},
+        "guards": {"allow_targets": [f"arn:aws:*:{REGION}:{ACCOUNT}:*"]},
+        "parking": {"queue": "retryd-parking"},
+        "http": {"enabled": False},
+        # Tests must not leave a retryd.sqlite3 in the working directory.
+        "ledger": {"backend": "memory"},
+        # No waiting between attempts and no rate limit, unless a test is about them.
+        "backoff": {"base_s": 0.001, "max_s": 0.001},
+        "rate_limit": {"per_s": 10_000, "burst": 10_000},
+    }
+    return Settings(**_merge(base, overrides))
+
+
 @pytest.fixture
 def make_settings() -> SettingsFactory:
-    """Settings for tests: no SDK retries (faults stay visible), no long polls, no HTTP port."""
-
-    def build(**overrides: Any) -> Settings:
-        base: dict[str, Any] = {
-            "aws": {"max_attempts": 1, "connect_timeout_s": 5, "read_timeout_s": 15},
-            "discovery": {"queue_prefixes": ["retry-"]},
-            "drain": {"receive_wait_s": 0, "visibility_timeout_s": 30},
-            "guards": {"allow_targets": [f"arn:aws:*:{REGION}:{ACCOUNT}:*"]},
-            "parking": {"queue": "retryd-parking"},
-            "http": {"enabled": False},
-            # Tests must not leave a retryd.sqlite3 in the working directory.
-            "ledger": {"backend": "memory"},
-            # No waiting between attempts and no rate limit, unless a test is about them.
-            "backoff": {"base_s": 0.001, "max_s": 0.001},
-            "rate_limit": {"per_s": 10_000, "burst": 10_000},
-        }
-        return Settings(**_merge(base, overrides))
-
-    return build
+    """quiet_settings, as a fixture (module-level builders call quiet_settings itself)."""
+    return quiet_settings
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,7 @@ from retryd.commands.plan import run_plan
 from retryd.drain.cycle import CycleReport
 from retryd.service.lifecycle import run_once
 from retryd.settings import AwsSettings, Settings
+from tests.e2e.helpers import one_decision_each
 
 # Calls that AWS cannot scope to a resource: IAM checks them on "*".
 UNSCOPED = "*"
@@ -401,6 +402,6 @@ async def inspect_plan_once(
     log.phase = "plan"
     assert await run_plan(settings, output="json", max_messages=max_messages) == 0
     log.phase = "once"
-    report = await run_once(settings, collect=True)
+    report = one_decision_each(await run_once(settings, collect=True))
     assert report.ok, report.errors
     return report

@@ -59,12 +59,17 @@ def load_letter(name: str, on: QueueRef = DLQ) -> DeadLetter:
 
 
 def letter(
-    body: str | Mapping[str, Any] | list[Any],
+    body: str | Mapping[str, Any] | list[Any] = "{}",
     attributes: Mapping[str, MessageAttribute | str] | None = None,
     system: Mapping[str, str] | None = None,
     on: QueueRef = DLQ,
+    *,
+    message_id: str = "m-1",
+    receipt_handle: str = "rh-1",
 ) -> DeadLetter:
-    """A DeadLetter; dict/list bodies become JSON, plain strings String attributes."""
+    """A DeadLetter as received, for tests with no SQS: dict/list bodies become JSON, plain
+    string attribute values String attributes; `system` is SQS's own attributes (none unless
+    given). The one builder of a received message for the unit tests."""
     text = body if isinstance(body, str) else json.dumps(body)
     wired = {
         name: value if isinstance(value, MessageAttribute) else MessageAttribute.string(value)
@@ -72,10 +77,10 @@ def letter(
     }
     return DeadLetter(
         queue=on,
-        message_id="m-1",
-        receipt_handle="rh-1",
+        message_id=message_id,
+        receipt_handle=receipt_handle,
         body=text,
-        system_attributes={"SentTimestamp": "1718000000000", **(system or {})},
+        system_attributes=dict(system or {}),
         message_attributes=wired,
     )
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from docs.gen import reference
+from docs.gen import layout, reference
 from retryd import errors
 from retryd.commands import cli
 from retryd.settings import Settings, load_settings
@@ -151,8 +151,30 @@ def test_readme_is_short_and_keeps_the_ci_test_command() -> None:
     text = README.read_text()
     assert len(text.encode()) <= README_MAX_BYTES, f"README.md is {len(text.encode())} bytes"
     ci = (ROOT / ".ci" / "run").read_text()
-    command = next(line for line in ci.splitlines() if line.startswith("python3 -m venv .venv"))
+    command = next(
+        line
+        for line in ci.splitlines()
+        if line.startswith("python3 -m venv .venv") and "pytest" in line
+    )
     assert f"\n{command}\n" in text
+
+
+def test_ci_runs_the_static_gates_before_the_suite_and_the_docs_after() -> None:
+    """.ci/run's order: install, ruff, format, mypy (seconds), the suite (minutes), mkdocs."""
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+
+    def first(fragment: str) -> int:
+        return next(i for i, line in enumerate(lines) if line.startswith(fragment))
+
+    order = [
+        first(".venv/bin/pip install -e '.[dev]' -c constraints-dev.txt"),
+        first(".venv/bin/ruff check ."),
+        first(".venv/bin/ruff format --check ."),
+        first(".venv/bin/mypy"),
+        first("python3 -m venv .venv && "),
+        next(i for i, line in enumerate(lines) if "mkdocs build --strict" in line),
+    ]
+    assert order == sorted(order), order
 
 
 def test_readme_links_point_at_files_that_exist() -> None:
@@ -184,6 +206,53 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert "WARNING" not in done.stderr, done.stderr
     for page in ("reference/settings", "reference/cli", "reference/metrics", "changelog"):
         assert (tmp_path / "site" / page / "index.html").exists(), f"{page} was not generated"
+
+
+def test_every_package_and_module_opens_with_a_one_line_sentence() -> None:
+    """Every retryd/ module's docstring opens with a one-line sentence (the map is made of them)."""
+    assert layout.problems() == []
+
+
+@pytest.mark.parametrize(
+    ("source", "summary"),
+    [
+        ('"""Where a message goes back to."""\n', "Where a message goes back to."),
+        (
+            '"""`retryd plan`: what a cycle would do.\n\nMore.\n"""\n',
+            "`retryd plan`: what a cycle would do.",
+        ),
+        ("X = 1\n", None),
+        ('"""lower-case start."""\n', None),
+        ('"""A first sentence that runs on\nto the next line."""\n', None),
+        ('"""No full stop"""\n', None),
+    ],
+)
+def test_a_summary_line_is_one_whole_sentence(
+    tmp_path: Path, source: str, summary: str | None
+) -> None:
+    """Missing, wrapped, lower-case or unfinished first lines are refused; a sentence is kept."""
+    module = tmp_path / "module.py"
+    module.write_text(source)
+    assert layout.summary_line(module) == summary
+
+
+def test_the_design_page_takes_its_layout_map_from_every_module() -> None:
+    """The design page has the map's marker once; the map names every module of retryd/."""
+    design = (DOCS / "design.md").read_text()
+    assert design.count(layout.MARKER) == 1
+    page = layout.with_layout_map(design)
+    for entry in layout.entries():
+        if entry.path == layout.PACKAGE / "__init__.py":
+            continue
+        assert f"{entry.summary}" in page, entry.shown
+    assert len(re.findall(r"^\*\*\d+\. ", page, re.MULTILINE)) == len(layout.LAYERS)
+
+
+def test_no_page_keeps_a_hand_written_copy_of_the_layout() -> None:
+    """Neither the design nor the development page lists retryd's packages by hand."""
+    for name in ("design.md", "development.md"):
+        text = (DOCS / name).read_text()
+        assert not re.search(r"^\s+(drain|admission|targets)/\s{2,}\S", text, re.MULTILINE), name
 
 
 def test_the_logs_page_names_every_cluster_event() -> None:

@@ -9,25 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd import stamps
-from retryd.models import DeadLetter, Job, MessageAttribute, QueueRef, Target
+from retryd.models import Job, MessageAttribute, Target
+from tests.native_helpers import letter, queue
 
 FIRST_FAILED = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
-
-
-def letter(
-    attributes: dict[str, MessageAttribute] | None = None, queue: str = "retry-a"
-) -> DeadLetter:
-    return DeadLetter(
-        queue=QueueRef(
-            queue,
-            f"http://localhost/123456789012/{queue}",
-            f"arn:aws:sqs:us-east-1:123456789012:{queue}",
-        ),
-        message_id="m-1",
-        receipt_handle="r-1",
-        body="{}",
-        message_attributes=attributes or {},
-    )
+SOURCE = queue("retry-a")
 
 
 def job(
@@ -36,7 +22,7 @@ def job(
     first_failed_at: datetime | None = FIRST_FAILED,
 ) -> Job:
     return Job(
-        letter=letter(attributes),
+        letter=letter("{}", attributes, on=SOURCE),
         target=Target.from_arn("arn:aws:sqs:us-east-1:123456789012:orders"),
         body="{}",
         key="order-42",
@@ -142,7 +128,11 @@ def test_resubmit_never_drops_a_user_attribute(
 def test_parking_adds_reason_detail_source_and_attempt() -> None:
     """A parked copy carries its originals plus the four parking stamps."""
     attributes = stamps.stamp_for_parking(
-        letter(user_attributes(3)), "target-not-allowed", "arn not allowed", 2, 1024
+        letter("{}", user_attributes(3), on=SOURCE),
+        "target-not-allowed",
+        "arn not allowed",
+        2,
+        1024,
     )
     assert {name: attributes[name] for name in user_attributes(3)} == user_attributes(3)
     assert attributes[stamps.REASON].string_value == "target-not-allowed"
@@ -156,7 +146,9 @@ def test_parking_adds_reason_detail_source_and_attempt() -> None:
 def test_parking_ten_originals_packs_the_rest_into_overflow() -> None:
     """Ten originals: five stay, five go into the overflow JSON, and nothing is lost."""
     originals = user_attributes(10)
-    attributes = stamps.stamp_for_parking(letter(originals), "unresolvable", "no resolver", 0, 1024)
+    attributes = stamps.stamp_for_parking(
+        letter("{}", originals, on=SOURCE), "unresolvable", "no resolver", 0, 1024
+    )
     assert len(attributes) == stamps.MAX_ATTRIBUTES
     overflow = attributes[stamps.OVERFLOW]
     assert overflow.data_type == "String"
@@ -171,7 +163,9 @@ def test_parking_an_already_parked_message_keeps_its_old_overflow() -> None:
     """An original overflow attribute is nested inside the new one, not overwritten."""
     originals = user_attributes(9)
     originals[stamps.OVERFLOW] = MessageAttribute.string('{"old":{"DataType":"String"}}')
-    attributes = stamps.stamp_for_parking(letter(originals), "unresolvable", "again", 1, 1024)
+    attributes = stamps.stamp_for_parking(
+        letter("{}", originals, on=SOURCE), "unresolvable", "again", 1, 1024
+    )
     value = attributes[stamps.OVERFLOW].string_value
     assert value is not None
     packed = stamps.unpack_overflow(value)
@@ -180,7 +174,7 @@ def test_parking_an_already_parked_message_keeps_its_old_overflow() -> None:
 
 def test_parking_without_detail_leaves_it_off() -> None:
     """An empty detail is not sent: SQS refuses a String attribute with no value."""
-    attributes = stamps.stamp_for_parking(letter(), "unresolvable", "", 0, 1024)
+    attributes = stamps.stamp_for_parking(letter(on=SOURCE), "unresolvable", "", 0, 1024)
     assert stamps.DETAIL not in attributes
     assert stamps.REASON in attributes
 
@@ -188,7 +182,7 @@ def test_parking_without_detail_leaves_it_off() -> None:
 def test_parking_detail_is_cut_without_splitting_a_character() -> None:
     """A detail over the limit is cut on a character boundary, within the byte budget."""
     detail = "a" * 63 + "\u00e9" * 10  # the 2-byte e-acute straddles byte 64
-    attributes = stamps.stamp_for_parking(letter(), "unresolvable", detail, 0, 64)
+    attributes = stamps.stamp_for_parking(letter(on=SOURCE), "unresolvable", detail, 0, 64)
     assert attributes[stamps.DETAIL].string_value == "a" * 63
 
 
@@ -218,7 +212,9 @@ def test_parking_loses_no_original_attribute(
     originals: dict[str, MessageAttribute], detail: str
 ) -> None:
     """Every original is on the copy or in its overflow JSON, and the copy has at most 10."""
-    attributes = stamps.stamp_for_parking(letter(originals), "unresolvable", detail, 3, 256)
+    attributes = stamps.stamp_for_parking(
+        letter("{}", originals, on=SOURCE), "unresolvable", detail, 3, 256
+    )
     assert len(attributes) <= stamps.MAX_ATTRIBUTES
     stamp_count = 4 if detail else 3
     packed: dict[str, MessageAttribute] = {}
@@ -238,7 +234,9 @@ def test_parking_loses_no_original_attribute(
 def test_stale_parking_stamps_are_superseded() -> None:
     """An original retryd.reason from an earlier parking is replaced by the new verdict."""
     originals = {stamps.REASON: MessageAttribute.string("old")}
-    attributes = stamps.stamp_for_parking(letter(originals), "too-old", "d", 1, 1024)
+    attributes = stamps.stamp_for_parking(
+        letter("{}", originals, on=SOURCE), "too-old", "d", 1, 1024
+    )
     assert attributes[stamps.REASON].string_value == "too-old"
 
 
@@ -270,7 +268,12 @@ def test_message_size_counts_body_and_attribute_names_types_values() -> None:
 def test_a_parked_copy_names_the_sources_tries_after_its_detail() -> None:
     """source_attempts 185: the detail ends by saying the source's tries were not retryd's."""
     attributes = stamps.stamp_for_parking(
-        letter(), "attempts-exhausted", "attempt 5 of at most 5", 5, 1024, source_attempts=185
+        letter(on=SOURCE),
+        "attempts-exhausted",
+        "attempt 5 of at most 5",
+        5,
+        1024,
+        source_attempts=185,
     )
     assert attributes[stamps.DETAIL].string_value == (
         "attempt 5 of at most 5 "
@@ -280,7 +283,9 @@ def test_a_parked_copy_names_the_sources_tries_after_its_detail() -> None:
 
 def test_no_source_count_leaves_the_detail_as_it_was() -> None:
     """source_attempts 0 (the source said nothing) adds no note."""
-    attributes = stamps.stamp_for_parking(letter(), "too-old", "old", 1, 1024, source_attempts=0)
+    attributes = stamps.stamp_for_parking(
+        letter(on=SOURCE), "too-old", "old", 1, 1024, source_attempts=0
+    )
     assert attributes[stamps.DETAIL].string_value == "old"
 
 

@@ -2,7 +2,8 @@
 
 Nothing it writes is kept in the repository: the reference pages come from the code,
 the changelog page from CHANGELOG.md and the example-config page from
-config/retryd.example.toml, so each has exactly one source.
+config/retryd.example.toml, so each has exactly one source. The design page's layout
+map is filled in from the package's docstrings (docs/gen/layout.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from docs.gen import reference  # noqa: E402 - importable only once the root is on sys.path
+from docs.gen import layout, reference  # noqa: E402 - importable only once the root is on sys.path
 
 PAGES = {
     "reference/settings.md": reference.settings_page,
@@ -40,6 +41,11 @@ def example_config_page() -> str:
 
 
 def main() -> None:
+    # The design page keeps its prose; its layout map is rendered from the docstrings.
+    with mkdocs_gen_files.open("design.md", "r") as page:
+        design = page.read()
+    with mkdocs_gen_files.open("design.md", "w") as page:
+        page.write(layout.with_layout_map(design))
     for path, render in PAGES.items():
         with mkdocs_gen_files.open(path, "w") as page:
             page.write(render())

@@ -83,7 +83,8 @@ def _type_name(annotation: Any) -> str:
         inner = ", ".join(_type_name(arg) for arg in args)
         return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
     if isinstance(annotation, type):
-        return annotation.__name__
+        # As a reader writes an optional type: `float | None`, not `float | NoneType`.
+        return "None" if annotation is type(None) else annotation.__name__
     return str(annotation)
 
 
@@ -162,8 +163,21 @@ def setting_docs() -> Iterator[SettingDoc]:
             )
 
 
+# A code span: Python-Markdown's tables do not split a row inside one, and show a
+# backslash in one as written, so its pipes stay as they are.
+_CODE_SPAN = re.compile(r"(`+)(?:.+?)\1")
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """`text` as one table cell: on one line, its pipes escaped outside code spans only."""
+    text = text.replace("\n", " ")
+    kept: list[str] = []
+    start = 0
+    for span in _CODE_SPAN.finditer(text):
+        kept += [text[start : span.start()].replace("|", "\\|"), span.group(0)]
+        start = span.end()
+    kept.append(text[start:].replace("|", "\\|"))
+    return "".join(kept)
 
 
 def _rule_tables(group: str, model: type[BaseModel]) -> list[str]:
@@ -185,7 +199,7 @@ def _rule_tables(group: str, model: type[BaseModel]) -> list[str]:
         ]
         for sub, sub_field in item.model_fields.items():
             lines.append(
-                f"| `{sub}` | `{_cell(_type_name(sub_field.annotation))}` | "
+                f"| `{sub}` | {_cell(f'`{_type_name(sub_field.annotation)}`')} | "
                 f"{_default(sub_field)} | {_cell(_constraints(sub_field))} | "
                 f"{_cell(_describe(sub_field, sub, comments))} |"
             )
@@ -221,7 +235,7 @@ def settings_page() -> str:
         ]
         for doc in (d for d in docs if d.group == group):
             lines.append(
-                f"| `{doc.field}` | `{_cell(doc.type)}` | {doc.default} | "
+                f"| `{doc.field}` | {_cell(f'`{doc.type}`')} | {doc.default} | "
                 f"{_cell(doc.constraints)} | {_cell(doc.description)} | `{doc.env}` |"
             )
         lines += _rule_tables(group, model)
@@ -242,18 +256,27 @@ def _subcommands(
                 yield name, helps.get(name, ""), sub
 
 
+def _needs_subcommand(parser: argparse.ArgumentParser) -> bool:
+    return any(
+        isinstance(action, argparse._SubParsersAction) and action.required
+        for action in parser._actions
+    )
+
+
 def commands(
     parser: argparse.ArgumentParser | None = None, prefix: str = "retryd"
 ) -> Iterator[tuple[str, str, argparse.ArgumentParser]]:
-    """Every command that does something (leaves of the subcommand tree), depth first."""
+    """Every command that does something (the leaves of the subcommand tree, and a command
+    that runs without one of its actions), depth first."""
     parser = parser or cli.build_parser()
     for name, help_text, sub in _subcommands(parser):
         full = f"{prefix} {name}"
         children = list(_subcommands(sub))
+        if not children or not _needs_subcommand(sub):
+            # A command with actions that also runs bare (`retryd jobs`) gets its section.
+            yield full, help_text, sub
         if children:
             yield from commands(sub, full)
-        else:
-            yield full, help_text, sub
 
 
 def _option_rows(parser: argparse.ArgumentParser) -> list[str]:

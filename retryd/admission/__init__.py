@@ -1,5 +1,8 @@
-"""Admission: whether a resolved job may be sent now (allowlist, attempts, age, backoff,
-breaker, rate limit), in the order `guards.py` applies them."""
+"""Admission: whether a resolved job may be sent now, guard by guard.
+
+Allowlist, attempts, age, backoff, breaker and rate limit, in the order `guards.py`
+applies them.
+"""
 
 from retryd.admission.allowlist import Allowlist
 from retryd.admission.attempts import attempts_exhausted

@@ -1,6 +1,6 @@
 """The target allowlist: anyone who can write to a DLQ must not be able to aim retryd anywhere.
 
-Patterns are ARN globs matched field by field (see `retryd.admission.matching`), so a
+Patterns are ARN globs matched field by field (see `retryd.arns`), so a
 `*` stays inside its field: `arn:aws:lambda:*:123456789012:function:*` allows any
 region of that account, never another account whose ID a whole-string glob would
 let `*` swallow.
@@ -11,8 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
-from retryd.admission.matching import arn_fields, could_match_prefix, fields_match, parse_glob
-from retryd.models import Arn
+from retryd.arns import Arn, arn_fields, could_match_prefix, fields_match, parse_glob
 from retryd.settings import GuardSettings
 
 __all__ = [

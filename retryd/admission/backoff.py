@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 
-from retryd.admission.matching import first_matching
+from retryd.arns import first_matching
 from retryd.settings import BackoffRule, BackoffSettings
 
 # 53 bits fill a double's mantissa exactly, so the fraction is uniform on [0, 1).

@@ -47,9 +47,10 @@ from retryd.admission.verdicts import (
     Park,
     Verdict,
 )
+from retryd.arns import Arn
 from retryd.ledger.base import Ledger, LedgerError, Record, committed_attempt
 from retryd.metrics import Metrics
-from retryd.models import Arn, Job, ParkReason, Target, Unresolvable, ledger_hold_reason
+from retryd.models import Job, ParkReason, Target, Unresolvable, ledger_hold_reason
 from retryd.settings import GuardSettings, Settings
 
 # Share of the time left on a lease that may be spent waiting for rate-limit

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from retryd.admission.matching import glob_matches, parse_glob
 from retryd.admission.verdicts import Defer, DeferReason
+from retryd.arns import glob_matches, parse_glob
 from retryd.models import Job
 
 # `retryd pause --all`: every target.

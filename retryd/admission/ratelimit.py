@@ -26,7 +26,7 @@ from typing import Any
 
 import anyio
 
-from retryd.admission.matching import first_matching
+from retryd.arns import first_matching
 from retryd.models import Target, TargetType
 from retryd.settings import RateLimitSettings, RateRule
 

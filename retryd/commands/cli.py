@@ -12,10 +12,11 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO, cast
 
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
@@ -23,12 +24,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from retryd.commands.operator_cli import add_operator_commands
 from retryd.errors import (
     ExitCode,
+    QueueNotFoundError,
     RetrydError,
     SandboxUnavailableError,
     UsageError,
     exit_code_lines,
 )
 from retryd.logs import configure_logging
+from retryd.models import Outcome
 from retryd.settings import CONFIG_ENV, Settings, load_settings
 from retryd.version import DISTRIBUTION, SANDBOX_INSTALL_HINT, package_version
 
@@ -334,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, on_command=True)
     add_operator_commands(subparsers, common)
+    # Set over the whole tree, so that no parser added later can miss it: a prefix such
+    # as `--ex` must never stand for `--execute`.
+    for each in _parsers(parser):
+        each.allow_abbrev = False
     return parser
 
 
@@ -387,6 +394,27 @@ def _only_queues(settings: Settings, names: Sequence[str]) -> Settings:
     return settings.model_copy(update={"discovery": discovery})
 
 
+def _check_named_queues(settings: Settings, command: str, names: Sequence[str]) -> None:
+    """QueueNotFoundError (exit 1, one line) when a queue named on the command line does not
+    exist, before anything is done: discovery would skip it with a log line, and the
+    command would say `0 queue(s)` and exit 0, as if there had been nothing to do.
+
+    With [[accounts]] a name may be in any place; each place's command reports it there.
+    """
+    if not names or settings.accounts:
+        return
+    from retryd.aws import open_clients  # noqa: PLC0415 - keeps `--help` fast
+    from retryd.discovery.survey import select_queues  # noqa: PLC0415 - keeps `--help` fast
+
+    async def missing() -> list[str]:
+        async with open_clients(settings.aws) as clients:
+            return (await select_queues(clients.sqs, settings, names))[1]
+
+    unknown = anyio.run(missing)
+    if unknown:
+        raise QueueNotFoundError(command, unknown)
+
+
 def _once_exit(report: CycleReport) -> ExitCode:
     if report.fatal is not None:
         return report.fatal.exit_code
@@ -400,6 +428,20 @@ def _once_exit(report: CycleReport) -> ExitCode:
     if not report.discovered and report.errors:
         # Not even the DLQs could be listed: AWS is unreachable or refuses retryd.
         return ExitCode.AWS
+    failed = {
+        reason: count
+        for (outcome, reason), count in sorted(report.reasons.items())
+        if outcome == Outcome.FAILED.value
+    }
+    if failed:
+        # Left in their DLQs for a later cycle, whatever the reason (a lease that ran
+        # out included): this cycle did less than it was asked to.
+        reasons = ", ".join(f"{reason}={count}" for reason, count in failed.items())
+        print(
+            f"retryd: {sum(failed.values())} message(s) failed and stay in their DLQs ({reasons})",
+            file=sys.stderr,
+        )
+        return ExitCode.CYCLE_FAILED
     return ExitCode.OK if report.ok else ExitCode.CYCLE_FAILED
 
 
@@ -408,6 +450,7 @@ def _once(args: argparse.Namespace) -> int:
 
     settings = _only_queues(_load(args), args.queues)
     _check_ready_to_drain(settings)
+    _check_named_queues(settings, "once", args.queues)
     if settings.drain.processes > 1:
         from retryd.service.processes import run_once_in_workers  # noqa: PLC0415
 
@@ -451,7 +494,7 @@ def _sandbox(args: argparse.Namespace) -> int:
             "AWS emulator and settings"
         )
     try:
-        from retryd.sandbox.command import (  # noqa: PLC0415 - moto is an optional extra
+        from retryd.commands.sandbox import (  # noqa: PLC0415 - moto is an optional extra
             run_sandbox,
             serve_sandbox,
         )
@@ -472,6 +515,7 @@ def _plan(args: argparse.Namespace) -> int:
     from retryd.commands.plan import run_plan  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _only_queues(_load(args), args.queues)
+    _check_named_queues(settings, "plan", args.queues)
     return anyio.run(
         partial(run_plan, settings, output=args.output, max_messages=args.max_messages)
     )
@@ -493,8 +537,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _iam_policy(args: argparse.Namespace) -> int:
+    from retryd.arns import partition_for_region  # noqa: PLC0415 - keeps `--help` fast
     from retryd.commands.iam_policy import run_iam_policy  # noqa: PLC0415 - keeps `--help` fast
-    from retryd.discovery.queues import partition_for_region  # noqa: PLC0415 - keeps `--help` fast
 
     # Logs go to stderr (--kms calls AWS), so the document alone is on stdout.
     settings = _load(args)
@@ -613,7 +657,62 @@ def _explain(exc: BaseException) -> ExitCode | None:
     return None
 
 
+class _ReaderMayGo:
+    """A standard stream whose reader may go away (`| head`) without cutting the work short.
+
+    A write to a closed pipe raises BrokenPipeError wherever it happens: in a log
+    line in the middle of a cycle, or in the line a redrive prints before it saves
+    its job. Raised there, it stopped the work half done and the command still
+    exited 0. Here the stream is pointed at /dev/null instead (Python's recipe,
+    docs.python.org/3/library/signal.html#note-on-sigpipe) and the work goes on to
+    its end; the exit code is then the work's own.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def _discard(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _readers_may_go() -> Iterator[None]:
+    """stdout and stderr wrapped for the command's duration (tests run `main` many times)."""
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = cast(TextIO, _ReaderMayGo(stdout))
+    sys.stderr = cast(TextIO, _ReaderMayGo(stderr))
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _readers_may_go():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _apply_aws_options(args)

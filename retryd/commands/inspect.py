@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from retryd import classify
 from retryd.admission.allowlist import Allowlist
 from retryd.admission.paused import Pause
+from retryd.arns import Arn
 from retryd.aws import AwsClients
 from retryd.commands import progress, render
+from retryd.control.pauses import describe as describe_pauses
 from retryd.control.pauses import pauses_in_force
 from retryd.discovery.survey import (
     KMS_KEY_ATTRIBUTE,
@@ -30,7 +33,7 @@ from retryd.discovery.survey import (
     select_queues,
 )
 from retryd.errors import ExitCode
-from retryd.models import Arn, DeadLetter, QueueRef
+from retryd.models import DeadLetter, QueueRef
 from retryd.places import PlaceError, Places, Visit, open_places
 from retryd.resolve import open_chain
 from retryd.resolve.failure_groups import (
@@ -324,7 +327,7 @@ async def run_inspect(
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
-        render.show(render.inspect_document(report))
+        render.show(inspect_document(report))
     for name in report.missing:
         print(f"retryd inspect: no such queue: {name}", file=sys.stderr)
     for error in report.feed_errors:
@@ -333,3 +336,81 @@ async def run_inspect(
         for error in inspection.errors:
             print(f"retryd inspect: {inspection.queue.name}: {error}", file=sys.stderr)
     return ExitCode.CYCLE_FAILED if report.failed else ExitCode.OK
+
+
+# -- The text of `retryd inspect` (retryd.commands.render lays it out) ------------------
+
+FAILURE_GROUP_COLUMNS = (
+    # The failure-group id `retryd redrive --group` takes.
+    render.Column("GROUP", min_width=10),
+    render.Column("COUNT", min_width=5),
+    render.Column("TARGET", min_width=12),
+    render.Column("OLDEST", min_width=10),
+    render.Column("NEWEST", min_width=10),
+    render.Column("SOURCE TRIES", min_width=6),
+    render.Column("EXAMPLE", min_width=render.MESSAGE_ID_WIDTH),
+    render.Column("ERROR", min_width=12),
+)
+
+
+def _kms_key(inspection: QueueInspection) -> str:
+    if inspection.depth is None:
+        return "unknown"
+    return inspection.depth.kms_key or "none (not encrypted with a KMS key)"
+
+
+def _target_keys(inspection: QueueInspection) -> list[str]:
+    return [
+        f"{target}: {key or 'none (not encrypted with a KMS key)'}"
+        for target, key in sorted(inspection.target_kms_keys.items())
+    ]
+
+
+def _inspection_blocks(inspection: QueueInspection) -> list[render.Block]:
+    blocks: list[render.Block] = [render.Line(f"{inspection.queue.name}  {inspection.queue.arn}")]
+    fed_by = [f"{feed['kind']} {feed['source_arn']}" for feed in inspection.feeds]
+    if inspection.route:
+        fed_by.append(f"static route -> {inspection.route}")
+    note = " (--max-messages reached)" if inspection.truncated else ""
+    blocks.append(
+        render.Fields(
+            [
+                ("depth", [inspection.depth.describe() if inspection.depth else "unknown"]),
+                ("kms key", [_kms_key(inspection)]),
+                ("fed by", fed_by or ["nothing found"]),
+                ("sampled", [f"{inspection.sampled} message(s){note}"]),
+            ],
+            indent=2,
+        )
+    )
+    if inspection.target_kms_keys:
+        # A block of its own, so that the fields above keep their alignment.
+        blocks.append(render.Fields([("target kms keys", _target_keys(inspection))], indent=2))
+    if inspection.groups:
+        rows = [
+            [
+                group.id,
+                str(group.count),
+                group.target,
+                render.when(group.oldest),
+                render.when(group.newest),
+                f"up to {group.source_attempts_max}" if group.source_attempts_max else "-",
+                group.example_message_id,
+                group.signature,
+            ]
+            for group in inspection.groups
+        ]
+        blocks.append(render.Table(FAILURE_GROUP_COLUMNS, rows, indent=2))
+    blocks += [render.Line(f"warning: {warning}", 2) for warning in inspection.warnings]
+    blocks += [render.Line(f"error: {error}", 2) for error in inspection.errors]
+    return blocks
+
+
+def inspect_document(report: InspectReport) -> render.Document:
+    """A section per DLQ: its depth, its feeds, and a table of failure groups."""
+    sections = [_inspection_blocks(inspection) for inspection in report.queues]
+    if not sections:
+        sections.append([render.Line("no DLQs to inspect")])
+    if report.pauses:
+        sections.append([render.Line(line) for line in describe_pauses(report.pauses, time.time())])
+    return render.Document(sections)

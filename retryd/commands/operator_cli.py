@@ -12,14 +12,27 @@ from typing import Any
 
 import anyio
 
+from retryd.commands.operator_input import OperatorInputError, check_arn_glob
 from retryd.logs import configure_logging
 from retryd.settings import Settings, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *, keeps_state: str | None = None) -> Settings:
+    """The settings; with `keeps_state` (the command, as typed), only a durable backend.
+
+    Pauses, jobs and audit records live in the ledger's backend. The memory
+    backend is this process's own: a pause stored there would be forgotten as the
+    command ends, and the command would have said it was made.
+    """
     settings = load_settings(args.config)
+    if keeps_state is not None and settings.ledger.backend == "memory":
+        raise OperatorInputError(
+            f'{keeps_state}: ledger.backend is "memory", which forgets operator state when '
+            'this command ends; set ledger.backend = "sqlite" (one host) or "dynamodb" '
+            "(several replicas), e.g. RETRYD_LEDGER__BACKEND=sqlite"
+        )
     configure_logging(settings.log.level, settings.log.format)
     return settings
 
@@ -27,10 +40,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _pause(args: argparse.Namespace) -> int:
     from retryd.commands.pause import run_pause  # noqa: PLC0415 - keeps `--help` fast
 
+    if args.target is not None:
+        check_arn_glob(args.target, "TARGET_GLOB")
     return anyio.run(
         partial(
             run_pause,
-            _settings(args),
+            _settings(args, keeps_state="pause"),
             pattern=args.target,
             every=args.all,
             reason=args.reason,
@@ -43,7 +58,18 @@ def _pause(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from retryd.commands.pause import run_resume  # noqa: PLC0415 - keeps `--help` fast
 
-    return anyio.run(partial(run_resume, _settings(args), selectors=args.targets, every=args.all))
+    for selector in args.targets:
+        # A pause id has no colon; anything shaped like an ARN must be a usable glob.
+        if selector.startswith("arn:"):
+            check_arn_glob(selector, "TARGET_GLOB")
+    return anyio.run(
+        partial(
+            run_resume,
+            _settings(args, keeps_state="resume"),
+            selectors=args.targets,
+            every=args.all,
+        )
+    )
 
 
 def _pauses(args: argparse.Namespace) -> int:
@@ -55,13 +81,27 @@ def _pauses(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from retryd.commands.audit import run_audit  # noqa: PLC0415 - keeps `--help` fast
 
-    return anyio.run(partial(run_audit, _settings(args), limit=args.limit, output=args.output))
+    return anyio.run(
+        partial(
+            run_audit, _settings(args, keeps_state="audit"), limit=args.limit, output=args.output
+        )
+    )
 
 
 def _redrive(args: argparse.Namespace) -> int:
     from retryd.commands.redrive import RedriveRequest, run_redrive  # noqa: PLC0415 - keeps `--help` fast
 
+    for glob in args.targets or []:
+        check_arn_glob(glob, "--target")
+    _check_reasons(args.reasons or [])
+    if args.to is not None:
+        check_arn_glob(args.to, "--to", wildcards=False)
+    given = frozenset(
+        option for option, dest in REDRIVE_OPTIONS.items() if getattr(args, dest) not in (None, [])
+    )
     request = RedriveRequest(
+        given=given,
+        resume_options=_repeat_on_resume(args),
         sources=args.sources or [],
         reasons=args.reasons or [],
         targets=args.targets or [],
@@ -73,20 +113,63 @@ def _redrive(args: argparse.Namespace) -> int:
         to=args.to,
         transform=args.transform,
         ramp=args.ramp,
-        canary_wait_s=args.canary_wait_s,
-        max_refail=args.max_refail,
-        max_messages=args.max_messages,
+        # Left out, these take their defaults; given with --resume, they change the job.
+        canary_wait_s=30.0 if args.canary_wait_s is None else args.canary_wait_s,
+        max_refail=0 if args.max_refail is None else args.max_refail,
+        max_messages=1000 if args.max_messages is None else args.max_messages,
         execute=args.execute,
         resume=args.resume,
         output=args.output,
     )
-    return anyio.run(run_redrive, _settings(args), request)
+    durable = "redrive --resume" if args.resume else "redrive --execute" if args.execute else None
+    return anyio.run(run_redrive, _settings(args, keeps_state=durable), request)
+
+
+# Each redrive option and its argparse dest: `--resume` tells which were given.
+REDRIVE_OPTIONS = {
+    "--from": "sources",
+    "--reason": "reasons",
+    "--target": "targets",
+    "--group": "groups",
+    "--since": "since",
+    "--until": "until",
+    "--message-id": "message_ids",
+    "--where": "where",
+    "--to": "to",
+    "--transform": "transform",
+    "--ramp": "ramp",
+    "--canary-wait-s": "canary_wait_s",
+    "--max-refail": "max_refail",
+    "--max-messages": "max_messages",
+}
+
+
+def _repeat_on_resume(args: argparse.Namespace) -> tuple[str, ...]:
+    """The global options a resume command must repeat to reach the same job store."""
+    repeated: list[str] = []
+    for option in ("config", "region", "profile", "endpoint_url"):
+        value = getattr(args, option, None)
+        if value:
+            repeated += ["--" + option.replace("_", "-"), str(value)]
+    return tuple(repeated)
+
+
+def _check_reasons(reasons: list[str]) -> None:
+    """`--reason` must be a parking reason: any other value selects nothing, silently."""
+    from retryd.models import ParkReason  # noqa: PLC0415 - keeps `--help` fast
+
+    valid = [reason.value for reason in ParkReason]
+    unknown = [reason for reason in reasons if reason not in valid]
+    if unknown:
+        raise OperatorInputError(
+            f"--reason {', '.join(unknown)}: not a parking reason; one of {', '.join(valid)}"
+        )
 
 
 def _jobs(args: argparse.Namespace) -> int:
     from retryd.commands import redrive  # noqa: PLC0415 - keeps `--help` fast
 
-    settings = _settings(args)
+    settings = _settings(args, keeps_state="jobs")
     if args.jobs_command == "show":
         return anyio.run(
             partial(redrive.run_job_show, settings, job_id=args.job, output=args.output)
@@ -230,32 +313,47 @@ def add_operator_commands(commands: Any, common: argparse.ArgumentParser) -> Non
     acting.add_argument(
         "--canary-wait-s",
         type=float,
-        default=30.0,
+        default=None,
         metavar="S",
         help="wait after each canary step before judging it (default 30)",
     )
     acting.add_argument(
         "--max-refail",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="canary failures tolerated per step (default 0: any stops)",
     )
     acting.add_argument(
         "--max-messages",
         type=int,
-        default=1000,
+        default=None,
         metavar="N",
         help="messages read per source per pass (default 1000)",
     )
-    acting.add_argument("--resume", metavar="JOB", help="go on with a stopped job")
+    acting.add_argument(
+        "--resume",
+        metavar="JOB",
+        help="go on with a stopped job, from the step that stopped it, at that step's size; "
+        "only --ramp (a new ramp starts at its first step), --canary-wait-s, --max-refail and "
+        "--max-messages may be given, and change the job",
+    )
     _add_output(redrive)
     redrive.set_defaults(handler=_redrive)
+    _add_jobs_commands(commands, common)
+
+
+def _add_jobs_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """`retryd jobs` (bare: the list), `jobs list`, `jobs show JOB`, `jobs cancel JOB`."""
     jobs = commands.add_parser(
         "jobs", parents=[common], help="redrive jobs: list, show JOB, cancel JOB"
     )
     _add_output(jobs)
     jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
+    listed = jobs_commands.add_parser(
+        "list", parents=[common], help="every job (the same as bare `retryd jobs`)"
+    )
+    _add_output(listed)
     show = jobs_commands.add_parser("show", parents=[common], help="one job, its failures")
     show.add_argument("job", metavar="JOB", help="the job id `retryd jobs` lists")
     _add_output(show)

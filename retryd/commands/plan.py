@@ -38,6 +38,7 @@ from retryd.cluster.view import (
     read_cluster,
 )
 from retryd.commands import progress, render
+from retryd.control.pauses import describe as describe_pauses
 from retryd.control.pauses import pauses_in_force
 from retryd.discovery.survey import (
     Depth,
@@ -455,10 +456,91 @@ async def run_plan(settings: Settings, *, output: str, max_messages: int) -> int
     if output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
-        render.show(render.plan_document(report))
+        render.show(plan_document(report))
     for problem in problems:
         print(f"retryd plan: {problem}", file=sys.stderr)
     for plan in report.failed:
         for error in plan.errors:
             print(f"retryd plan: {plan.queue.name}: {error}", file=sys.stderr)
     return ExitCode.CYCLE_FAILED if report.failed or problems else ExitCode.OK
+
+
+# -- The text of `retryd plan` (retryd.commands.render lays it out) ---------------------
+
+PLAN_COLUMNS = (
+    render.Column("QUEUE", min_width=8),
+    render.Column("MESSAGE ID", min_width=render.MESSAGE_ID_WIDTH),
+    render.Column("RESOLVER", min_width=8, overflow="ellipsis"),
+    render.Column("TARGET", min_width=12),
+    render.Column("DECISION", min_width=10),
+    render.Column("DETAIL", min_width=12),
+)
+PLAN_COUNT_COLUMNS = (
+    render.Column("ACTION"),
+    render.Column("REASON", min_width=8),
+    render.Column("COUNT"),
+)
+
+
+def plan_document(report: PlanReport) -> render.Document:
+    """Per message one row, then the counts by queue and decision."""
+    blocks: list[render.Block] = []
+    rows = [
+        [
+            plan.queue.name,
+            message.message_id,
+            message.resolver or "-",
+            message.target.arn if message.target else "-",
+            message.decision(),
+            render.clip(message.detail, render.TEXT_DETAIL_MAX_CHARS),
+        ]
+        for plan in report.queues
+        for message in plan.messages
+    ]
+    if rows:
+        blocks += [render.Table(PLAN_COLUMNS, rows), render.Line("")]
+    summary = report.summary()
+    blocks.append(
+        render.Line(
+            f"{summary['queues']} queue(s), {summary['messages']} message(s) examined: "
+            + ", ".join(f"{count} {action}" for action, count in summary["actions"].items())
+        )
+    )
+    for plan in report.queues:
+        depth = plan.depth.describe() if plan.depth else "depth unknown"
+        note = " (--max-messages reached)" if plan.truncated else ""
+        blocks.append(
+            render.Line(f"{plan.queue.name}: {len(plan.messages)} examined{note}; {depth}", 2)
+        )
+        counted = sorted(plan.counts().items())
+        if counted:
+            blocks.append(
+                render.Table(
+                    PLAN_COUNT_COLUMNS,
+                    [[action, reason or "", str(count)] for (action, reason), count in counted],
+                    indent=4,
+                    show_header=False,
+                )
+            )
+        blocks += [render.Line(f"warning: {warning}", 4) for warning in plan.warnings]
+        blocks += [render.Line(f"error: {error}", 4) for error in plan.errors]
+    blocks += [render.Line(line) for line in describe_pauses(report.pauses, time.time())]
+    if report.cluster is not None:
+        blocks += _cluster_lines(report.cluster)
+    return render.Document([blocks])
+
+
+def _cluster_lines(cluster: ClusterView) -> list[render.Block]:
+    """The replicas' cluster item the breakers were judged with (DynamoDB ledger)."""
+    held = cluster.open
+    lines: list[render.Block] = [
+        render.Line(
+            f"cluster: {cluster.live} live replica(s); "
+            f"{len(held)} breaker(s) held open by the cluster"
+        )
+    ]
+    for arn in held:
+        holder = cluster.holder(arn)
+        note = f" (canaries held by {holder})" if holder else ""
+        lines.append(render.Line(f"{arn}{note}", 2))
+    return lines

@@ -10,13 +10,18 @@ compared line by line. Every plan, execution, resume and cancel is audited.
 from __future__ import annotations
 
 import json
+import shlex
+import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
+import anyio
+import anyio.abc
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
@@ -34,12 +39,14 @@ from retryd.drain.redrive import (
     PlanCounts,
     Redrive,
     RedriveInputError,
+    SourceNotDrainedError,
     Spec,
 )
 from retryd.drain.redrive_select import Selector, SelectorError
+from retryd.errors import ExitCode, RetrydError
 from retryd.ledger import Ledger, open_ledger
 from retryd.metrics import Metrics
-from retryd.models import Outcome
+from retryd.models import Outcome, ParkReason
 from retryd.places import PlaceError, Places, open_places
 from retryd.settings import Settings
 
@@ -70,6 +77,10 @@ class RedriveRequest:
     execute: bool = False
     resume: str | None = None
     output: str = "text"
+    # The options given on the command line (`--ramp`, ...): a resume applies those it may.
+    given: frozenset[str] = frozenset()
+    # Global options (`--config PATH`, ...) a resume command must repeat.
+    resume_options: tuple[str, ...] = ()
 
 
 def parse_ramp(text: str | None) -> tuple[int, ...]:
@@ -288,7 +299,7 @@ async def _redrive_in_place(
 async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
     """The `redrive` command."""
     if request.resume is not None:
-        return await _resume(settings, request.resume, request.output)
+        return await _resume(settings, request.resume, request.output, request)
     spec = build_spec(request, time.time())
     async with open_places(settings) as places:
         # The operator state, the audit and the ledger are the home place's.
@@ -323,10 +334,13 @@ async def _plan_and_execute(
         await redrive.prepare()
         counts = await redrive.plan()
     except RedriveInputError as exc:
-        raise OperatorInputError(str(exc)) from None
+        raise input_error(exc) from None
     except (BotoCoreError, ClientError) as exc:
         raise ControlError(f"cannot read the sources: {classify.from_exception(exc)}") from exc
     _print(render_plan(spec, counts), plan_json(spec, counts), request.output, "plan")
+    refuse_mismatched_redirect(spec, counts)
+    if selects_no_group(request, counts):
+        return EXIT_STOPPED
     if not request.execute:
         await audit.record(
             store,
@@ -342,14 +356,23 @@ async def _plan_and_execute(
     # Audited as it starts too: a job whose process is killed still left a record.
     await _audit_job(store, who, "redrive-execute", job, outcome="started")
     try:
-        job = await _execute(redrive, job, jobs, counts.selected, request.output)
+        job = await _execute(
+            redrive,
+            job,
+            jobs,
+            counts.selected,
+            request.output,
+            resume_options=request.resume_options,
+        )
     finally:
         await _audit_job(store, who, "redrive-execute", job)
     _print(render_job(job), job_json(job), request.output, "job")
-    return EXIT_OK if job.state is JobState.DONE else EXIT_STOPPED
+    return job_exit(job)
 
 
-async def _resume(settings: Settings, job_id: str, output: str) -> int:
+async def _resume(
+    settings: Settings, job_id: str, output: str, request: RedriveRequest | None = None
+) -> int:
     async with open_places(settings) as places:
         home = await places.home_clients()
         who, store = await _who_and_store(settings, home)
@@ -358,6 +381,10 @@ async def _resume(settings: Settings, job_id: str, output: str) -> int:
         if job.state in (JobState.DONE, JobState.CANCELLED):
             raise OperatorInputError(f"job {job_id} is {job.state.value}; nothing to resume")
         spec = Spec.from_json(job.spec)
+        changed: dict[str, Any] = {}
+        if request is not None:
+            spec, changed = resume_changes(spec, job, request)
+            _say_resumed(job, changed, output)
         metrics = Metrics(CollectorRegistry())
         async with open_ledger(settings.ledger, home, metrics, owner=_owner(job)) as ledger:
             redrive = await _redrive_in_place(
@@ -367,28 +394,37 @@ async def _resume(settings: Settings, job_id: str, output: str) -> int:
                 try:
                     await redrive.prepare()
                 except RedriveInputError as exc:
-                    raise OperatorInputError(str(exc)) from None
+                    raise input_error(exc) from None
                 try:
-                    job = await _execute(redrive, job, jobs, None, output)
+                    options = request.resume_options if request is not None else ()
+                    job = await _execute(redrive, job, jobs, None, output, resume_options=options)
                 finally:
-                    await _audit_job(store, who, "redrive-resume", job)
+                    await _audit_job(store, who, "redrive-resume", job, changed=changed)
             finally:
                 await redrive.leave()
     _print(render_job(job), job_json(job), output, "job")
-    return EXIT_OK if job.state is JobState.DONE else EXIT_STOPPED
+    return job_exit(job)
 
 
 async def _execute(
-    redrive: Redrive, job: RedriveJob, jobs: JobStore, expected: int | None, output: str
+    redrive: Redrive,
+    job: RedriveJob,
+    jobs: JobStore,
+    expected: int | None,
+    output: str,
+    *,
+    resume_options: Sequence[str] = (),
 ) -> RedriveJob:
-    """Run the job with a progress bar on a watched terminal."""
+    """Run the job with a progress bar on a watched terminal; a signal stops it, resumably."""
     with progress.QueueProgress(enabled=progress.wanted(output)) as bars:
         bar = bars.add(f"redrive {job.id}", expected)
 
         def on_step(_: RedriveJob, results: Sequence[MessageResult]) -> None:
             bars.advance(bar, len(results))
 
-        return await redrive.execute(job, jobs, on_step=on_step)
+        return await until_signalled(
+            partial(redrive.execute, job, jobs, on_step=on_step), job, resume_options
+        )
 
 
 async def _load(jobs: JobStore, job_id: str) -> RedriveJob:
@@ -404,13 +440,19 @@ def _owner(job: RedriveJob) -> str:
 
 
 async def _audit_job(
-    store: Any, who: str, action: str, job: RedriveJob, *, outcome: str | None = None
+    store: Any,
+    who: str,
+    action: str,
+    job: RedriveJob,
+    *,
+    outcome: str | None = None,
+    changed: dict[str, Any] | None = None,
 ) -> None:
     await audit.record(
         store,
         who=who,
         action=action,
-        what={"job": job.id, **job.spec},
+        what={"job": job.id, **job.spec, **({"changed": changed} if changed else {})},
         count=sum(job.counts.values()),
         outcome=outcome or job.state.value,
     )
@@ -470,3 +512,195 @@ async def run_job_cancel(settings: Settings, *, job_id: str) -> int:
         await _audit_job(store, who, "redrive-cancel", job)
     print(f"job {job_id} cancelled; it will not be resumed (what it sent stays sent)")
     return 0
+
+
+# -- exit codes (issue 22) ---------------------------------------------------------------
+
+# A job ending with messages in these outcomes did less than it was asked to.
+NOT_DONE = frozenset({Outcome.FAILED, Outcome.REFUSED})
+
+
+def input_error(exc: RedriveInputError) -> RetrydError:
+    """The error a redrive that cannot start is reported as: an unknown source is 1, as for
+    every command naming a queue retryd does not know; any other refusal is bad input, 2."""
+    if isinstance(exc, SourceNotDrainedError):
+        return SourceNotDrainedError(f"redrive: {exc}; nothing was done")
+    return OperatorInputError(str(exc))
+
+
+def job_exit(job: RedriveJob) -> int:
+    """0 only when the job ended and every message it tried went (resubmitted or parked)."""
+    if job.state is not JobState.DONE:
+        return EXIT_STOPPED
+    totals = job.outcome_totals()
+    left = {outcome: totals[outcome] for outcome in sorted(NOT_DONE) if totals[outcome]}
+    if left:
+        counted = ", ".join(f"{count} {outcome}" for outcome, count in left.items())
+        print(f"retryd: job {job.id} ended with {counted}", file=sys.stderr)
+        return EXIT_STOPPED
+    return EXIT_OK
+
+
+def refuse_mismatched_redirect(spec: Spec, counts: PlanCounts) -> None:
+    """OperatorInputError (exit 2, nothing sent) when `--to` cannot take the selection.
+
+    A redirect keeps the target's type; a selected message for another type would be
+    refused one by one (`unsupported-target`) by a job that then says `done`.
+    """
+    if spec.to is None:
+        return
+    mismatched = sum(
+        count
+        for (target, action, reason), count in counts.groups.items()
+        if not target
+        and action == PLAN_ACTION[Outcome.REFUSED]
+        and reason == ParkReason.UNSUPPORTED_TARGET.value
+    )
+    if mismatched:
+        raise OperatorInputError(
+            f"--to {spec.to}: {mismatched} selected message(s) go to another type of target "
+            "(a redirect keeps the type); nothing was sent: narrow the selection with --target"
+        )
+
+
+def selects_no_group(request: RedriveRequest, counts: PlanCounts) -> bool:
+    """Say so (stderr) when `--group` selected nothing: a group id no source holds is most
+    often a typo or an id from another queue, not an empty incident."""
+    if not request.groups or counts.selected:
+        return False
+    print(
+        f"retryd: redrive: no message in {', '.join(request.sources)} is in failure group "
+        f"{', '.join(request.groups)} (`retryd inspect` shows each DLQ's groups); nothing was done",
+        file=sys.stderr,
+    )
+    return True
+
+
+# -- resume (issue 22) -------------------------------------------------------------------
+
+# What a job selects and where it sends: fixed when it was made, so that a resume goes on
+# with the same messages. The pace of the ramp may change (the fix may be live now).
+FIXED_ON_RESUME = (
+    "--from",
+    "--reason",
+    "--target",
+    "--group",
+    "--since",
+    "--until",
+    "--message-id",
+    "--where",
+    "--to",
+    "--transform",
+)
+# Each option a resume may change, and the Spec field it sets.
+CHANGEABLE_ON_RESUME = {
+    "--ramp": "ramp",
+    "--canary-wait-s": "canary_wait_s",
+    "--max-refail": "max_refail",
+    "--max-messages": "max_messages",
+}
+# How drain/redrive.py words a stop by the canaries (its `stop_reason`).
+CANARY_STOP = "canary failure(s)"
+
+
+def resume_changes(
+    spec: Spec, job: RedriveJob, request: RedriveRequest
+) -> tuple[Spec, dict[str, Any]]:
+    """The spec a resume runs with, and what it changed (for the job and the audit).
+
+    OperatorInputError (exit 2) naming every option given that cannot change. The job
+    is changed in place: its stored spec, and the step it goes on from. A job its
+    canaries stopped repeats the step that stopped, at that step's size (its messages
+    were handed back untouched, bar the canaries); a new `--ramp` starts at its first
+    step. An interrupted job goes on from the step it was in.
+    """
+    fixed = [option for option in FIXED_ON_RESUME if option in request.given]
+    if fixed:
+        raise OperatorInputError(
+            f"--resume {job.id}: {', '.join(fixed)} cannot change on resume (the job keeps "
+            "what it selected and where it sends); only "
+            f"{', '.join(CHANGEABLE_ON_RESUME)} may be given"
+        )
+    if request.canary_wait_s < 0 or request.max_refail < 0 or request.max_messages < 1:
+        raise OperatorInputError(
+            "--canary-wait-s and --max-refail must be >= 0, --max-messages >= 1"
+        )
+    values: dict[str, Any] = {
+        "ramp": parse_ramp(request.ramp),
+        "canary_wait_s": request.canary_wait_s,
+        "max_refail": request.max_refail,
+        "max_messages": request.max_messages,
+    }
+    changes = {
+        field: values[field]
+        for option, field in CHANGEABLE_ON_RESUME.items()
+        if option in request.given and values[field] != getattr(spec, field)
+    }
+    resumed = replace(spec, **changes)
+    if "ramp" in changes:
+        job.step = 0
+    elif job.state is JobState.STOPPED and CANARY_STOP in job.stop_reason and job.step > 0:
+        job.step -= 1
+    job.spec = resumed.to_json()
+    recorded = {
+        field: list(value) if isinstance(value, tuple) else value
+        for field, value in changes.items()
+    }
+    return resumed, recorded
+
+
+def _say_resumed(job: RedriveJob, changed: dict[str, Any], output: str) -> None:
+    if output != "text":
+        return
+    size = Spec.from_json(job.spec).step_size(job.step)
+    line = f"resuming job {job.id} at step {job.step + 1} ({size} message(s))"
+    if changed:
+        line += " with " + ", ".join(
+            f"{field}={','.join(map(str, value)) if isinstance(value, list) else value}"
+            for field, value in changed.items()
+        )
+    print(line)
+
+
+# -- interruptions (issue 22) ------------------------------------------------------------
+
+
+class JobInterruptedError(RetrydError):
+    """SIGINT or SIGTERM stopped a redrive job: where it is, and how to go on (exit 130/143)."""
+
+    def __init__(self, job: RedriveJob, signum: int, resume_options: Sequence[str]) -> None:
+        self.exit_code = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
+        command = shlex.join(["retryd", "redrive", "--resume", job.id, *resume_options])
+        super().__init__(
+            f"{signal.Signals(signum).name}: job {job.id} is {job.state.value} after "
+            f"{job.step} step(s); go on with: {command}"
+        )
+
+
+async def until_signalled(
+    run: Callable[[], Awaitable[RedriveJob]], job: RedriveJob, resume_options: Sequence[str]
+) -> RedriveJob:
+    """`run()`'s job, or JobInterruptedError once SIGINT/SIGTERM has stopped it.
+
+    The signal cancels the run, which saves the job as stopped on its way out (a
+    step's settling is shielded, so what was sent is accounted for first); then
+    the operator is told which job, in what state, and the exact command to resume.
+    """
+    caught: list[int] = []
+    done: list[RedriveJob] = []
+
+    async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                caught.append(signum)
+                group.cancel_scope.cancel()
+                return
+
+    async with anyio.create_task_group() as group:
+        await group.start(watch)
+        done.append(await run())
+        group.cancel_scope.cancel()
+    if caught:
+        raise JobInterruptedError(job, caught[0], resume_options)
+    return done[0]

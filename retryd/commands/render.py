@@ -15,24 +15,16 @@ Whatever a message carries is shown with its control characters escaped
 from __future__ import annotations
 
 import sys
-import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
 from rich.table import Table as RichTable
 from rich.text import Text
-
-from retryd.control.pauses import describe as describe_pauses
-
-if TYPE_CHECKING:
-    from retryd.cluster.view import ClusterView
-    from retryd.commands.inspect import InspectReport, QueueInspection
-    from retryd.commands.plan import PlanReport
 
 # Longest detail shown on one text line (the JSON output keeps all of it).
 TEXT_DETAIL_MAX_CHARS = 160
@@ -300,154 +292,7 @@ def show(document: Document, console: Console | None = None) -> None:
     console.print(to_renderable(document, console.width))
 
 
-# -- What each command shows ------------------------------------------------------------
-
 # Queue names, message ids and ARNs fold rather than lose characters: they are copied
 # into the next command. A detail or an error is a sentence: it wraps at its spaces.
 # SQS message ids are UUIDs: never split one over two lines.
 MESSAGE_ID_WIDTH = 36
-PLAN_COLUMNS = (
-    Column("QUEUE", min_width=8),
-    Column("MESSAGE ID", min_width=MESSAGE_ID_WIDTH),
-    Column("RESOLVER", min_width=8, overflow="ellipsis"),
-    Column("TARGET", min_width=12),
-    Column("DECISION", min_width=10),
-    Column("DETAIL", min_width=12),
-)
-PLAN_COUNT_COLUMNS = (Column("ACTION"), Column("REASON", min_width=8), Column("COUNT"))
-FAILURE_GROUP_COLUMNS = (
-    # The failure-group id `retryd redrive --group` takes.
-    Column("GROUP", min_width=10),
-    Column("COUNT", min_width=5),
-    Column("TARGET", min_width=12),
-    Column("OLDEST", min_width=10),
-    Column("NEWEST", min_width=10),
-    Column("SOURCE TRIES", min_width=6),
-    Column("EXAMPLE", min_width=MESSAGE_ID_WIDTH),
-    Column("ERROR", min_width=12),
-)
-
-
-def plan_document(report: PlanReport) -> Document:
-    """Per message one row, then the counts by queue and decision."""
-    blocks: list[Block] = []
-    rows = [
-        [
-            plan.queue.name,
-            message.message_id,
-            message.resolver or "-",
-            message.target.arn if message.target else "-",
-            message.decision(),
-            clip(message.detail, TEXT_DETAIL_MAX_CHARS),
-        ]
-        for plan in report.queues
-        for message in plan.messages
-    ]
-    if rows:
-        blocks += [Table(PLAN_COLUMNS, rows), Line("")]
-    summary = report.summary()
-    blocks.append(
-        Line(
-            f"{summary['queues']} queue(s), {summary['messages']} message(s) examined: "
-            + ", ".join(f"{count} {action}" for action, count in summary["actions"].items())
-        )
-    )
-    for plan in report.queues:
-        depth = plan.depth.describe() if plan.depth else "depth unknown"
-        note = " (--max-messages reached)" if plan.truncated else ""
-        blocks.append(Line(f"{plan.queue.name}: {len(plan.messages)} examined{note}; {depth}", 2))
-        counted = sorted(plan.counts().items())
-        if counted:
-            blocks.append(
-                Table(
-                    PLAN_COUNT_COLUMNS,
-                    [[action, reason or "", str(count)] for (action, reason), count in counted],
-                    indent=4,
-                    show_header=False,
-                )
-            )
-        blocks += [Line(f"warning: {warning}", 4) for warning in plan.warnings]
-        blocks += [Line(f"error: {error}", 4) for error in plan.errors]
-    blocks += [Line(line) for line in describe_pauses(report.pauses, time.time())]
-    if report.cluster is not None:
-        blocks += _cluster_lines(report.cluster)
-    return Document([blocks])
-
-
-def _cluster_lines(cluster: ClusterView) -> list[Block]:
-    """The replicas' cluster item the breakers were judged with (DynamoDB ledger)."""
-    held = cluster.open
-    lines: list[Block] = [
-        Line(
-            f"cluster: {cluster.live} live replica(s); "
-            f"{len(held)} breaker(s) held open by the cluster"
-        )
-    ]
-    for arn in held:
-        holder = cluster.holder(arn)
-        note = f" (canaries held by {holder})" if holder else ""
-        lines.append(Line(f"{arn}{note}", 2))
-    return lines
-
-
-def _kms_key(inspection: QueueInspection) -> str:
-    if inspection.depth is None:
-        return "unknown"
-    return inspection.depth.kms_key or "none (not encrypted with a KMS key)"
-
-
-def _target_keys(inspection: QueueInspection) -> list[str]:
-    return [
-        f"{target}: {key or 'none (not encrypted with a KMS key)'}"
-        for target, key in sorted(inspection.target_kms_keys.items())
-    ]
-
-
-def _inspection_blocks(inspection: QueueInspection) -> list[Block]:
-    blocks: list[Block] = [Line(f"{inspection.queue.name}  {inspection.queue.arn}")]
-    fed_by = [f"{feed['kind']} {feed['source_arn']}" for feed in inspection.feeds]
-    if inspection.route:
-        fed_by.append(f"static route -> {inspection.route}")
-    note = " (--max-messages reached)" if inspection.truncated else ""
-    blocks.append(
-        Fields(
-            [
-                ("depth", [inspection.depth.describe() if inspection.depth else "unknown"]),
-                ("kms key", [_kms_key(inspection)]),
-                ("fed by", fed_by or ["nothing found"]),
-                ("sampled", [f"{inspection.sampled} message(s){note}"]),
-            ],
-            indent=2,
-        )
-    )
-    if inspection.target_kms_keys:
-        # A block of its own, so that the fields above keep their alignment.
-        blocks.append(Fields([("target kms keys", _target_keys(inspection))], indent=2))
-    if inspection.groups:
-        rows = [
-            [
-                group.id,
-                str(group.count),
-                group.target,
-                when(group.oldest),
-                when(group.newest),
-                f"up to {group.source_attempts_max}" if group.source_attempts_max else "-",
-                group.example_message_id,
-                group.signature,
-            ]
-            for group in inspection.groups
-        ]
-        blocks.append(Table(FAILURE_GROUP_COLUMNS, rows, indent=2))
-    blocks += [Line(f"warning: {warning}", 2) for warning in inspection.warnings]
-    blocks += [Line(f"error: {error}", 2) for error in inspection.errors]
-    return blocks
-
-
-def inspect_document(report: InspectReport) -> Document:
-    """A section per DLQ: its depth, its feeds, and a table of failure groups."""
-    sections = [_inspection_blocks(inspection) for inspection in report.queues]
-    if not sections:
-        sections.append([Line("no DLQs to inspect")])
-    if report.pauses:
-        sections.append([Line(line) for line in describe_pauses(report.pauses, time.time())])
-    return Document(sections)

@@ -41,9 +41,8 @@ from botocore.exceptions import ClientError
 from retryd.admission.allowlist import lambda_may_be_target, subscriber_may_be_target
 from retryd.aws import AwsClients, Client
 from retryd.classify import from_exception, is_missing_queue
-from retryd.discovery.queues import queue_ref_from_url
 from retryd.discovery.subscriptions import Subscription, read_subscriptions
-from retryd.models import ErrorClass, QueueRef
+from retryd.models import ErrorClass, QueueRef, queue_ref_from_url
 from retryd.settings import Settings
 
 log = structlog.get_logger("retryd.feeds")
@@ -170,7 +169,7 @@ async def map_feeds(
 
     Lambda's list calls are made only with `lambda_feeds`: when no Lambda can be a
     target, a Lambda's failures can only be parked, and the IAM policy
-    (retryd.commands.iam_policy) grants no Lambda reads. SNS subscriptions are read
+    (retryd.iam.policy) grants no Lambda reads. SNS subscriptions are read
     only with `sns_feeds`, for the same reason (no queue or function can be a target).
     Without `redrive_feeds` no queue's redrive sources are looked up (a lazy cache
     learns them per queue).

@@ -8,20 +8,16 @@ the queue URL instead of one GetQueueAttributes call per queue.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import anyio
 import structlog
 from botocore.exceptions import ClientError
-from botocore.loaders import create_loader
 
+from retryd.arns import is_account_id, is_queue_url, parse_queue_url, queue_name
 from retryd.classify import is_missing_queue
-from retryd.models import QueueRef, is_account_id, is_region_name
+from retryd.models import QueueRef, queue_ref_from_url
 from retryd.settings import DiscoverySettings
 
 if TYPE_CHECKING:
@@ -35,104 +31,6 @@ LIST_PAGE_SIZE = 1000
 # ListQueueTags is one call per queue; this keeps a large account from opening
 # hundreds of connections at once while still overlapping the round trips.
 TAG_LOOKUP_CONCURRENCY = 16
-
-# The legacy global endpoint, which always meant us-east-1.
-_LEGACY_US_EAST_1_HOST = "queue.amazonaws.com"
-
-
-@dataclass(frozen=True, slots=True)
-class _Partition:
-    """One AWS partition as botocore's endpoint data describes it."""
-
-    name: str
-    regions: frozenset[str]
-    region_pattern: re.Pattern[str]
-    # Hosts of its own endpoints (plain and dual-stack): only these carry the region in
-    # the host name; any other endpoint (moto, LocalStack, ElasticMQ) is read with the
-    # client's region.
-    host_suffixes: tuple[str, ...]
-
-
-@functools.cache
-def _partitions() -> tuple[_Partition, ...]:
-    # botocore's data, not a hand-kept list: a partition AWS adds (aws-eusc, aws-iso-f)
-    # arrives with botocore instead of being taken for `aws`.
-    found = []
-    for data in create_loader().load_data("partitions")["partitions"]:
-        outputs = data["outputs"]
-        suffixes = (outputs["dnsSuffix"], outputs.get("dualStackDnsSuffix"))
-        found.append(
-            _Partition(
-                name=data["id"],
-                regions=frozenset(data["regions"]),
-                region_pattern=re.compile(data["regionRegex"]),
-                host_suffixes=tuple(f".{suffix}" for suffix in suffixes if suffix),
-            )
-        )
-    return tuple(found)
-
-
-@dataclass(frozen=True, slots=True)
-class QueueLocation:
-    """What a queue URL says about its queue; `region` is None when the host does not name one."""
-
-    account: str
-    name: str
-    region: str | None
-
-
-def is_queue_url(text: str) -> bool:
-    return text.startswith(("https://", "http://"))
-
-
-def partition_for_region(region: str) -> str:
-    """The ARN partition a region belongs to."""
-    # A listed region first, then a partition's pattern (as botocore resolves them).
-    partitions = _partitions()
-    for partition in partitions:
-        if region in partition.regions:
-            return partition.name
-    for partition in partitions:
-        if partition.region_pattern.fullmatch(region):
-            return partition.name
-    return "aws"
-
-
-def _region_from_host(host: str) -> str | None:
-    if host == _LEGACY_US_EAST_1_HOST:
-        return "us-east-1"
-    if not any(host.endswith(p.host_suffixes) for p in _partitions()):
-        return None
-    for label in host.split("."):
-        if is_region_name(label):
-            return label
-    return None
-
-
-def parse_queue_url(url: str) -> QueueLocation:
-    """Split a queue URL (`<scheme>://<host>/<account>/<name>`); ValueError if it is not one."""
-    parts = urlsplit(url)
-    segments = [segment for segment in parts.path.split("/") if segment]
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(segments) < 2:  # noqa: PLR2004 - account and name
-        raise ValueError(f"not an SQS queue URL: {url!r}")
-    return QueueLocation(
-        account=segments[-2], name=segments[-1], region=_region_from_host(parts.hostname)
-    )
-
-
-def queue_name(name_or_url: str) -> str:
-    """A queue's name, whether given as a name or as a URL."""
-    return parse_queue_url(name_or_url).name if is_queue_url(name_or_url) else name_or_url
-
-
-def queue_ref_from_url(url: str, default_region: str | None) -> QueueRef:
-    """A QueueRef with the ARN derived from the URL; `default_region` covers non-AWS hosts."""
-    location = parse_queue_url(url)
-    region = location.region or default_region
-    if not region:
-        raise ValueError(f"no region in {url!r} and none configured for the client")
-    arn = f"arn:{partition_for_region(region)}:sqs:{region}:{location.account}:{location.name}"
-    return QueueRef(name=location.name, url=url, arn=arn)
 
 
 async def _list_by_prefix(sqs: SQSClient, prefix: str) -> list[str]:

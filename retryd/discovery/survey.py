@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 import anyio
 
 from retryd import classify
-from retryd.discovery.queues import discover_queues, find_queue, queue_ref_from_url
+from retryd.discovery.queues import discover_queues, find_queue
 from retryd.leases import RECEIVE_BATCH_MAX, receive, release
-from retryd.models import DeadLetter, QueueRef
+from retryd.models import DeadLetter, QueueRef, queue_ref_from_url
 from retryd.settings import Settings
 
 if TYPE_CHECKING:

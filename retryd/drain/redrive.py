@@ -86,6 +86,7 @@ from retryd.drain.redrive_spec import (
     Picked,
     PlanCounts,
     RedriveInputError,
+    SourceNotDrainedError,
     Spec,
     outcome_of,
     source_name,
@@ -110,6 +111,7 @@ __all__ = [
     "PlanCounts",
     "Redrive",
     "RedriveInputError",
+    "SourceNotDrainedError",
     "Spec",
     "outcome_of",
 ]
@@ -196,7 +198,7 @@ class Redrive:
         else:
             unknown = [s for s in self.spec.sources if source_name(s) not in by_name]
             if unknown:
-                raise RedriveInputError(
+                raise SourceNotDrainedError(
                     f"not a DLQ retryd drains: {', '.join(unknown)} (see `retryd inspect`; "
                     "use --from parking for the parking queue)"
                 )

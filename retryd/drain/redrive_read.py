@@ -20,12 +20,19 @@ from retryd import classify, leases
 from retryd.aws import AwsClients
 from retryd.control.deferrals import deferral_queue, forget, hidden_in
 from retryd.control.store import ControlStore
-from retryd.discovery.queues import queue_ref_from_url
 from retryd.discovery.survey import PEEK_LEASE_S, peek
 from retryd.drain.redrive_select import as_if_in_source, source_names
 from retryd.drain.redrive_spec import PARKING_SOURCE, Picked, PlanCounts, Spec
 from retryd.leases import RECEIVE_BATCH_MAX
-from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Target, Unresolvable
+from retryd.models import (
+    DeadLetter,
+    Job,
+    ParkReason,
+    QueueRef,
+    Target,
+    Unresolvable,
+    queue_ref_from_url,
+)
 from retryd.resolve import ResolverChain
 from retryd.settings import Settings
 

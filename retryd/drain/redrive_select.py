@@ -17,13 +17,19 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 
 from retryd import stamps
-from retryd.admission.matching import glob_matches, parse_glob
+from retryd.arns import glob_matches, parse_glob
+from retryd.errors import ExitCode, RetrydError
 from retryd.models import DeadLetter, Job, QueueRef, Unresolvable
 from retryd.resolve.failure_groups import error_signature, failure_group_id
 
 
-class SelectorError(ValueError):
-    """A selector that cannot be used (a bad glob, JMESPath expression, or time)."""
+class SelectorError(RetrydError, ValueError):
+    """A selector that cannot be used (a bad glob, JMESPath expression, or time).
+
+    Bad input, so exit 2, as for an invalid configuration.
+    """
+
+    exit_code = ExitCode.CONFIG
 
 
 @dataclass(frozen=True, slots=True)

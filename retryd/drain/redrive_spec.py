@@ -11,10 +11,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from retryd.discovery.queues import queue_name
+from retryd.arns import Arn, queue_name
 from retryd.drain.redrive_select import Selector
 from retryd.errors import ExitCode, RetrydError
-from retryd.models import Arn, DeadLetter, Job, Outcome, QueueRef, Unresolvable
+from retryd.models import DeadLetter, Job, Outcome, QueueRef, Unresolvable
 
 PARKING_SOURCE = "parking"
 DEFAULT_RAMP = (1, 5, 25, 100)
@@ -39,6 +39,13 @@ class RedriveInputError(RetrydError):
     """A redrive that cannot start as asked (an unknown queue, a refused --to): exit 2."""
 
     exit_code = ExitCode.CONFIG
+
+
+class SourceNotDrainedError(RedriveInputError):
+    """`--from` names a queue that is not a DLQ retryd drains: exit 1, as plan, once and
+    inspect do for a queue they cannot find."""
+
+    exit_code = ExitCode.CYCLE_FAILED
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from retryd.discovery.queues import queue_ref_from_url
 from retryd.discovery.survey import Survey, survey_queues
-from retryd.models import QueueRef
+from retryd.models import QueueRef, queue_ref_from_url
 from retryd.settings import Settings
 from retryd.settle.parking import Parking, locate_parking
 

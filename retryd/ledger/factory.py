@@ -1,4 +1,4 @@
-"""The attempt ledger: attempts and in-flight resubmissions per idempotency key.
+"""The ledger the settings name, opened and instrumented: one backend per run, every call counted.
 
 `open_ledger` picks the backend named by `ledger.backend` (memory, sqlite,
 dynamodb) and, given Metrics, counts every operation and failure.

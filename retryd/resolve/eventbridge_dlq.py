@@ -20,9 +20,9 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from retryd.arns import Arn, is_account_id
 from retryd.classify import PERMANENT_CODES, TRANSIENT_CODES
 from retryd.models import (
-    Arn,
     DeadLetter,
     Job,
     MessageAttribute,
@@ -30,7 +30,6 @@ from retryd.models import (
     Target,
     TargetType,
     Unresolvable,
-    is_account_id,
 )
 from retryd.resolve.base import (
     forward_attributes,

@@ -40,10 +40,10 @@ import jsonschema.exceptions
 import jsonschema.validators
 import structlog
 
-from retryd.admission.matching import arn_fields, fields_match, parse_glob
+from retryd.arns import Arn, arn_fields, fields_match, parse_glob
 from retryd.errors import ConfigError
 from retryd.metrics import Metrics
-from retryd.models import Arn, DeadLetter, Job, MessageAttribute, ParkReason, Unresolvable
+from retryd.models import DeadLetter, Job, MessageAttribute, ParkReason, Unresolvable
 from retryd.resolve.keys import compact_json
 from retryd.settings import HookRule, Settings
 from retryd.stamps import TRANSFORM as TRANSFORM_ATTRIBUTE

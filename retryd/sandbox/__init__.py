@@ -1,1 +1,1 @@
-"""The sandbox: retryd on the embedded moto server with a demo world, no AWS account."""
+"""The sandbox's demo world and embedded moto server (the command is commands/sandbox.py)."""

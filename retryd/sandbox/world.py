@@ -23,7 +23,7 @@ import aioboto3
 
 from retryd import leases, stamps
 from retryd.aws import AwsClients
-from retryd.discovery.queues import queue_ref_from_url
+from retryd.models import queue_ref_from_url
 from retryd.settings import Settings
 
 REGION = "us-east-1"

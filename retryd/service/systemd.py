@@ -1,4 +1,4 @@
-"""systemd's notify protocol: READY=1, WATCHDOG=1 and STOPPING=1 for a Type=notify unit.
+"""The systemd notify protocol: READY=1, WATCHDOG=1 and STOPPING=1 for a Type=notify unit.
 
 The protocol is one datagram of `KEY=value` lines sent to the AF_UNIX socket
 named by NOTIFY_SOCKET (an abstract name when it starts with '@'); see

@@ -12,8 +12,9 @@ from typing import Any
 import structlog
 
 from retryd import classify
+from retryd.arns import Arn
 from retryd.aws import Client
-from retryd.models import Arn, Attributes, ErrorClass, Job, Refusal, SendError, Target
+from retryd.models import Attributes, ErrorClass, Job, Refusal, SendError, Target
 from retryd.stamps import has_forbidden_chars, message_size_bytes, stamp_for_resubmit
 from retryd.targets.base import (
     BatchResubmitter,

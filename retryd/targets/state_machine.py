@@ -21,9 +21,10 @@ import anyio
 import structlog
 from botocore.exceptions import ClientError
 
+from retryd.arns import Arn
 from retryd.aws import Client
 from retryd.classify import from_exception
-from retryd.models import Arn, ErrorClass, Job, SendError, Target
+from retryd.models import ErrorClass, Job, SendError, Target
 from retryd.resolve.keys import canonical_payload
 from retryd.targets.base import Delivery, deliver_each, refuse_unless_json, unpreparable
 

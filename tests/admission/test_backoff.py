@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.admission.backoff import Backoff, ceiling_s, jitter_fraction
-from retryd.admission.matching import first_matching, glob_matches
+from retryd.arns import first_matching, glob_matches
 from retryd.settings import MAX_VISIBILITY_TIMEOUT_S, BackoffRule, BackoffSettings
 
 ACCOUNT = "123456789012"

@@ -92,8 +92,8 @@ def test_each_error_class_maps_to_one_exit_code(error: RetrydError, code: ExitCo
 
 
 def test_the_exit_codes_keep_their_documented_numbers() -> None:
-    """Scripts depend on the numbers: 0, 1, 2, 3, 4 as before, 5 for AWS, 130 for Ctrl-C."""
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 130]
+    """Scripts depend on the numbers: 0-4 as before, 5 AWS, 130 Ctrl-C, 143 SIGTERM."""
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 130, 143]
 
 
 def test_ctrl_c_exits_130_without_a_traceback(

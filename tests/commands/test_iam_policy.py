@@ -11,8 +11,8 @@ import botocore.session
 import pytest
 
 from retryd.commands.cli import main
-from retryd.commands.iam_policy import policy_document
 from retryd.errors import ConfigError
+from retryd.iam.policy import policy_document
 from retryd.settings import Settings, load_settings
 from tests.conftest import SettingsFactory
 

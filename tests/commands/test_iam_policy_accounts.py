@@ -13,13 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.commands.cli import main
-from retryd.commands.iam_policy import (
+from retryd.errors import ConfigError
+from retryd.iam.policy import (
     AccountPolicy,
     organisation_policies,
     place_target_globs,
     policy_document,
 )
-from retryd.errors import ConfigError
 from retryd.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("keep_logging_config")

@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.commands.cli import main
-from retryd.models import DeadLetter, MessageAttribute, QueueRef
+from retryd.models import MessageAttribute
 from retryd.resolve.failure_groups import NO_ERROR, error_signature, failure_group_id, normalise
 from tests.faults import Fault
+from tests.native_helpers import letter
 from tests.operator_helpers import (
     PARKING,
     config_file,
@@ -234,11 +235,6 @@ def test_an_unreadable_queue_is_named_and_exits_1(
     assert queue["errors"] == ["receive failed: AccessDenied: injected fault"]
 
 
-def letter(body: str, **attributes: MessageAttribute) -> DeadLetter:
-    queue = QueueRef("retry-a", "https://sqs.us-east-1.amazonaws.com/1/retry-a", "arn:q")
-    return DeadLetter(queue, "m-1", "r-1", body, message_attributes=attributes)
-
-
 def test_a_boolean_is_not_taken_for_an_error_code() -> None:
     """An envelope whose error code is `true` groups by its message, not by `True`."""
     body = envelope("lambda", CHARGE, 1, error={"code": True, "message": "order 12 failed"})
@@ -261,17 +257,21 @@ def test_each_shape_yields_its_recorded_error() -> None:
         error_signature(
             letter(
                 "{}",
-                ERROR_CODE=MessageAttribute.string("NO_PERMISSIONS"),
-                ERROR_MESSAGE=MessageAttribute.string("denied on 123456789012"),
+                {
+                    "ERROR_CODE": MessageAttribute.string("NO_PERMISSIONS"),
+                    "ERROR_MESSAGE": MessageAttribute.string("denied on 123456789012"),
+                },
             )
         )
         == "NO_PERMISSIONS: denied on <n>"
     )
     lambda_dlq = letter(
         '{"order": 1}',
-        RequestID=MessageAttribute.string(str(uuid.uuid4())),
-        ErrorCode=MessageAttribute.number(200),
-        ErrorMessage=MessageAttribute.string("Task timed out after 3.00 seconds"),
+        {
+            "RequestID": MessageAttribute.string(str(uuid.uuid4())),
+            "ErrorCode": MessageAttribute.number(200),
+            "ErrorMessage": MessageAttribute.string("Task timed out after 3.00 seconds"),
+        },
     )
     assert error_signature(lambda_dlq) == "200: Task timed out after <n> seconds"
     assert error_signature(letter("plain text")) == NO_ERROR

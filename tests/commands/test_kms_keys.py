@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.commands.cli import main
-from retryd.commands.kms_keys import is_alias, key_arn
+from retryd.iam.kms_keys import is_alias, key_arn
 from tests.faults import Fault
 from tests.operator_helpers import (
     CONFIG,

@@ -16,9 +16,8 @@ from retryd.aws import open_clients
 from retryd.commands import progress
 from retryd.commands.cli import main
 from retryd.commands.plan import Action, PlannedMessage
-from retryd.discovery.queues import queue_ref_from_url
 from retryd.discovery.survey import Peek, peek
-from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Target
+from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Target, queue_ref_from_url
 from retryd.service.lifecycle import run_once
 from tests.conftest import SettingsFactory
 from tests.faults import Fault

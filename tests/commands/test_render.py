@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from retryd.commands import render
-from retryd.commands.inspect import InspectReport, QueueInspection
-from retryd.commands.plan import Action, PlannedMessage, PlanReport, QueuePlan
+from retryd.commands.inspect import InspectReport, QueueInspection, inspect_document
+from retryd.commands.plan import Action, PlannedMessage, PlanReport, QueuePlan, plan_document
+from retryd.commands.sandbox import DECISION_COLUMNS
 from retryd.discovery.survey import Depth
 from retryd.models import QueueRef, Target
 from retryd.resolve.failure_groups import FailureGroup
-from retryd.sandbox.command import DECISION_COLUMNS
 
 ACCOUNT = "123456789012"
 CHARGE = f"arn:aws:lambda:eu-west-1:{ACCOUNT}:function:charge-customer-card"
@@ -91,13 +91,13 @@ def _longest(output: str) -> int:
 
 def test_the_plain_plan_is_wider_than_a_terminal() -> None:
     """The case this is about: one row per line is far wider than 120 columns."""
-    assert _longest(render.to_plain(render.plan_document(plan_report()))) > 120
+    assert _longest(render.to_plain(plan_document(plan_report()))) > 120
 
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_the_plan_fits_the_terminal_with_every_key_cell_whole(width: int) -> None:
     """No line is longer than the terminal; message ids, queue and decisions are whole."""
-    output = on_terminal(render.plan_document(plan_report()), width)
+    output = on_terminal(plan_document(plan_report()), width)
     assert _longest(output) <= width
     for message_id in MESSAGE_IDS:
         assert message_id in output
@@ -109,9 +109,9 @@ def test_the_plan_fits_the_terminal_with_every_key_cell_whole(width: int) -> Non
 
 def test_a_wide_terminal_gets_a_table_and_a_narrow_one_a_record_per_row() -> None:
     """At 120 columns one header line names every column; at 80, each row is labelled."""
-    wide = on_terminal(render.plan_document(plan_report()), 120).splitlines()
+    wide = on_terminal(plan_document(plan_report()), 120).splitlines()
     assert wide[0].split() == ["QUEUE", "MESSAGE", "ID", "RESOLVER", "TARGET", "DECISION", "DETAIL"]
-    narrow = on_terminal(render.plan_document(plan_report()), 80)
+    narrow = on_terminal(plan_document(plan_report()), 80)
     assert re.search(rf"^MESSAGE ID +{MESSAGE_IDS[1]}", narrow, re.MULTILINE)
     assert re.search(r"^DECISION +park target-not-allowed", narrow, re.MULTILINE)
     # Every cell is kept whole in the records: nothing is dropped or cut.
@@ -121,7 +121,7 @@ def test_a_wide_terminal_gets_a_table_and_a_narrow_one_a_record_per_row() -> Non
 @pytest.mark.parametrize("width", [80, 120])
 def test_inspect_fits_the_terminal(width: int) -> None:
     """The failure groups table and the fields above it stay inside the terminal."""
-    output = on_terminal(render.inspect_document(inspect_report()), width)
+    output = on_terminal(inspect_document(inspect_report()), width)
     assert _longest(output) <= width
     assert MESSAGE_IDS[0] in output
     assert "depth:" in output
@@ -161,9 +161,9 @@ def test_in_a_pipe_show_writes_whole_rows_that_split_into_columns(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Not a TTY: one row per line, columns two spaces apart, every cell whole."""
-    render.show(render.plan_document(plan_report()))
+    render.show(plan_document(plan_report()))
     out = capsys.readouterr().out
-    assert out == render.to_plain(render.plan_document(plan_report())) + "\n"
+    assert out == render.to_plain(plan_document(plan_report())) + "\n"
     lines = out.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == [
         "QUEUE",
@@ -189,8 +189,8 @@ def test_control_characters_from_a_message_reach_no_terminal() -> None:
     group = report.queues[0].groups[0]
     group.signature = "Boom: \x1b]0;owned\x07 [bold red]\u202ehidden[/] \ud800"
     for output in (
-        render.to_plain(render.inspect_document(report)),
-        on_terminal(render.inspect_document(report), 200),
+        render.to_plain(inspect_document(report)),
+        on_terminal(inspect_document(report), 200),
     ):
         assert "\x1b" not in output
         assert "\x07" not in output

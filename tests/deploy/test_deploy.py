@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from botocore.validate import validate_parameters
 from cfnlint.decode import decode_str  # type: ignore[import-untyped]  # cfn-lint ships no types
 from packaging.requirements import Requirement
 
-from retryd.commands.iam_policy import policy_document
+from retryd.iam.policy import policy_document
 from retryd.settings import HttpSettings, ShutdownSettings, load_settings
 from tests.processes import retryd_run
 from tests.world import ACCOUNT, REGION, World
@@ -91,6 +92,7 @@ def test_wheel_ships_the_healthcheck_and_deploy_modules(wheel: Path) -> None:
         "service/healthcheck",
         "service/systemd",
         "commands/iam_policy",
+        "iam/policy",
         "commands/cli",
         "__main__",
     ):
@@ -123,15 +125,57 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def constraints() -> dict[str, str]:
+def constraints(name: str = "constraints.txt") -> dict[str, str]:
+    """The exact pins of a constraints file (the runtime set, or constraints-dev.txt)."""
     pins: dict[str, str] = {}
-    for line in (ROOT / "constraints.txt").read_text().splitlines():
+    for line in (ROOT / name).read_text().splitlines():
         if not line or line.startswith("#"):
             continue
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+!-]+)", line)
-        assert match, f"constraints.txt: {line!r} is not an exact pin"
+        assert match, f"{name}: {line!r} is not an exact pin"
         pins[canonical(match.group(1))] = match.group(2)
     return pins
+
+
+def dev_requirements() -> list[Requirement]:
+    """The dev and docs extras' own requirements (not the project's self-reference)."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    return [
+        requirement
+        for requirement in map(Requirement, [*extras["dev"], *extras["docs"]])
+        if canonical(requirement.name) != "retryd-aws"
+    ]
+
+
+def test_dev_tools_are_all_pinned_in_constraints_dev() -> None:
+    """constraints-dev.txt pins every dev and docs requirement, each within its range, and
+    nothing the runtime set pins (so the two files cannot disagree)."""
+    pins = constraints("constraints-dev.txt")
+    requirements = dev_requirements()
+    assert {"ruff", "mypy", "pytest", "pytest-cov", "pre-commit"} <= {
+        canonical(r.name) for r in requirements
+    }
+    for requirement in requirements:
+        name = canonical(requirement.name)
+        assert name in pins, f"{requirement.name} is not pinned in constraints-dev.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints-dev.txt pins {name}=={pins[name]}, outside {requirement.specifier}"
+        )
+    assert not set(pins) & set(constraints()), "pinned in both constraints files"
+
+
+def test_the_venv_runs_the_pinned_dev_tools() -> None:
+    """The tools this venv has are the versions constraints-dev.txt pins (CI's, everyone's)."""
+    distributions = importlib.metadata.distributions()
+    installed = {canonical(dist.metadata["Name"]): dist.version for dist in distributions}
+    stale = {
+        name: f"{installed[name]} installed, {pinned} pinned"
+        for name, pinned in constraints("constraints-dev.txt").items()
+        if name in installed and installed[name] != pinned
+    }
+    assert not stale, f"reinstall with the README's command: {stale}"
 
 
 def test_constraints_leave_out_the_sandbox_and_dev_tools() -> None:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from cfnlint.decode import decode_str  # type: ignore[import-untyped]  # cfn-lint ships no types
 
-from retryd.commands.iam_policy import organisation_policies
-from retryd.commands.kms_keys import KeyFindings
+from retryd.iam.kms_keys import KeyFindings
+from retryd.iam.policy import organisation_policies
 from retryd.settings import Settings, load_settings
 from tests.deploy.test_deploy import TEMPLATE, Renderer, tool
 

@@ -13,8 +13,7 @@ from structlog.testing import capture_logs
 
 from retryd.aws import AwsClients, open_clients
 from retryd.discovery.feeds import Feed, FeedCache, FeedKind, FeedMap, map_feeds
-from retryd.discovery.queues import queue_ref_from_url
-from retryd.models import QueueRef
+from retryd.models import QueueRef, queue_ref_from_url
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
 from tests.native_helpers import function_arn, queue, queue_arn

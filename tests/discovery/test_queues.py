@@ -13,16 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from retryd.arns import Arn, is_region_name, parse_queue_url, partition_for_region, queue_name
 from retryd.aws import open_clients
-from retryd.discovery.queues import (
-    LIST_PAGE_SIZE,
-    discover_queues,
-    parse_queue_url,
-    partition_for_region,
-    queue_name,
-    queue_ref_from_url,
-)
-from retryd.models import Arn, QueueRef, is_region_name
+from retryd.discovery.queues import LIST_PAGE_SIZE, discover_queues
+from retryd.models import QueueRef, queue_ref_from_url
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.faults import Fault

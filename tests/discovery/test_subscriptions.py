@@ -9,8 +9,7 @@ import anyio
 
 from retryd.aws import open_clients
 from retryd.discovery.feeds import FeedCache, FeedKind, FeedMap, map_feeds
-from retryd.discovery.queues import queue_ref_from_url
-from retryd.models import QueueRef
+from retryd.models import QueueRef, queue_ref_from_url
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
 from tests.world import REGION, World

@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.drain.cycle import Handled
-from retryd.models import DeadLetter, Decision, Outcome, QueueRef
+from retryd.models import Decision, Outcome, QueueRef
+from tests.native_helpers import letter
 
 QUEUE = QueueRef(
     "dlq",
@@ -16,15 +17,13 @@ QUEUE = QueueRef(
 LEFT_IN_DLQ = {Outcome.FAILED, Outcome.DEFERRED, Outcome.REFUSED}
 
 
-def letter(number: int) -> DeadLetter:
-    return DeadLetter(QUEUE, f"m-{number}", f"r-{number}", "{}")
-
-
 @given(st.lists(st.sampled_from(list(Outcome)), max_size=40))
 def test_forgets_deleted_messages_and_keeps_the_rest(outcomes: list[Outcome]) -> None:
     """After a batch, only the messages still in the DLQ are remembered (memory bounded by them)."""
     state = Handled()
-    letters = [letter(n) for n in range(len(outcomes))]
+    letters = [
+        letter(on=QUEUE, message_id=f"m-{n}", receipt_handle=f"r-{n}") for n in range(len(outcomes))
+    ]
     state.saw(letters)
     state.settled([Decision(lt, outcome) for lt, outcome in zip(letters, outcomes, strict=True)])
     assert state.seen == {
@@ -38,7 +37,10 @@ def test_a_long_drain_of_resubmitted_messages_remembers_nothing() -> None:
     """Draining 10,000 messages that all leave the DLQ ends with an empty memory, not 10,000 ids."""
     state = Handled()
     for start in range(0, 10_000, 10):
-        batch = [letter(n) for n in range(start, start + 10)]
+        batch = [
+            letter(on=QUEUE, message_id=f"m-{n}", receipt_handle=f"r-{n}")
+            for n in range(start, start + 10)
+        ]
         state.saw(batch)
         state.settled([Decision(lt, Outcome.RESUBMITTED) for lt in batch])
     assert state.seen == set()

@@ -13,20 +13,11 @@ from retryd.commands.timeparse import parse_duration_s, parse_time_s
 from retryd.drain.redrive import Spec
 from retryd.drain.redrive_select import Selector, SelectorError, as_if_in_source
 from retryd.models import DeadLetter, Job, MessageAttribute, QueueRef, Target
+from tests.native_helpers import letter
 
 CHARGE = "arn:aws:lambda:us-east-1:123456789012:function:charge"
 PARKING = QueueRef("parking", "https://q/parking", "arn:aws:sqs:us-east-1:123456789012:parking")
 SOURCE = QueueRef("retry-a", "https://q/retry-a", "arn:aws:sqs:us-east-1:123456789012:retry-a")
-
-
-def letter(body: str = "{}", **attributes: str) -> DeadLetter:
-    return DeadLetter(
-        PARKING,
-        "m1",
-        "rh",
-        body,
-        message_attributes={k: MessageAttribute.string(v) for k, v in attributes.items()},
-    )
 
 
 def job(received: DeadLetter) -> Job:
@@ -36,7 +27,7 @@ def job(received: DeadLetter) -> Job:
 @given(st.text(max_size=200))
 def test_the_empty_selector_selects_everything(body: str) -> None:
     """No selector given: every message, whatever its body, is selected."""
-    received = letter(body)
+    received = letter(body, on=PARKING)
     assert Selector().selects(received, job(received))
 
 
@@ -52,13 +43,13 @@ def test_the_empty_selector_selects_everything(body: str) -> None:
 )
 def test_where_is_jmespath_over_the_json_body(body: str, selected: bool) -> None:
     """--where holds only where the body is JSON and the expression is true of it."""
-    received = letter(body)
+    received = letter(body, on=PARKING)
     assert Selector(where="payload.kind == 'x'").selects(received, job(received)) is selected
 
 
 def test_a_where_that_fails_on_one_shape_does_not_select_it() -> None:
     """A comparison JMESPath cannot make on this message's values: not selected, no error."""
-    received = letter('{"n": "text"}')
+    received = letter('{"n": "text"}', on=PARKING)
     assert not Selector(where="n > `2`").selects(received, job(received))
 
 
@@ -79,8 +70,8 @@ def test_bad_selectors_are_refused_naming_the_option(
 
 def test_reason_matches_the_parking_stamp() -> None:
     """--reason selects parked copies by `retryd.reason`; a copy with another reason is not."""
-    rejected = letter(**{stamps.REASON: "target-rejected"})
-    other = letter(**{stamps.REASON: "unresolvable"})
+    rejected = letter("{}", {stamps.REASON: "target-rejected"}, on=PARKING)
+    other = letter("{}", {stamps.REASON: "unresolvable"}, on=PARKING)
     selector = Selector(reasons=("target-rejected",))
     assert selector.selects(rejected, job(rejected))
     assert not selector.selects(other, job(other))
@@ -91,13 +82,16 @@ def test_a_parked_copy_is_seen_in_its_source_with_its_original_attributes() -> N
     packed = stamps.pack_overflow({"tenant": MessageAttribute.string("acme")})
     parked = letter(
         json.dumps({"a": 1}),
-        **{
+        {
             stamps.SOURCE_QUEUE: "retry-a",
             stamps.REASON: "target-rejected",
             stamps.DETAIL: "boom",
             stamps.OVERFLOW: packed,
             "kept": "yes",
         },
+        on=PARKING,
+        message_id="m1",
+        receipt_handle="rh",
     )
     seen = as_if_in_source(parked, {"retry-a": SOURCE})
     assert seen.queue == SOURCE

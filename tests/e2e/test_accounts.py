@@ -38,6 +38,7 @@ from retryd.places import Place, Places, assumed_credentials, open_places
 from retryd.service.lifecycle import run_once
 from retryd.settings import AccountSettings, AwsSettings, Settings
 from tests.conftest import SettingsFactory
+from tests.e2e.helpers import one_decision_each, org_settings
 from tests.faults import Fault
 from tests.world import ACCOUNT, QUIET_GUARDS_TOML, REGION, World, envelope
 
@@ -92,16 +93,16 @@ def depth(sqs: Any, name: str) -> int:
     )
 
 
-def org_settings(
-    make_settings: SettingsFactory, *extra: AccountSettings, **overrides: Any
-) -> Settings:
-    accounts = [
-        {"account_id": ACCOUNT, "regions": REGIONS},
-        {"account_id": MEMBER, "regions": REGIONS, "role_arn": role(MEMBER), "external_id": "org"},
-        *[account.model_dump() for account in extra],
-    ]
-    allow = [f"arn:aws:sqs:*:{account['account_id']}:*" for account in accounts]
-    return make_settings(accounts=accounts, guards={"allow_targets": allow}, **overrides)
+def home_and_member(*extra: AccountSettings, **overrides: Any) -> Settings:
+    """Home and MEMBER (through its role, with an external id) in both REGIONS, and `extra`."""
+    return org_settings(
+        regions=REGIONS,
+        member=MEMBER,
+        member_role=role(MEMBER),
+        external_id="org",
+        extra=[account.model_dump() for account in extra],
+        **overrides,
+    )
 
 
 def resubmitted(registry: CollectorRegistry, account: str, region: str) -> float | None:
@@ -130,7 +131,7 @@ def cycles(
                 cycle = Cycle(settings, clients, metrics, ledger=ledger, places=places)
                 reports = []
                 for index in range(count):
-                    reports.append(await cycle.run(anyio.Event(), collect=True))
+                    reports.append(one_decision_each(await cycle.run(anyio.Event(), collect=True)))
                     if between is not None:
                         between(index)
                 return reports
@@ -138,9 +139,7 @@ def cycles(
     return anyio.run(main), registry
 
 
-def test_one_once_drains_two_accounts_in_two_regions(
-    world: World, make_settings: SettingsFactory
-) -> None:
+def test_one_once_drains_two_accounts_in_two_regions(world: World) -> None:
     """Every place's DLQ is drained into its own target, and the figures say where, per place."""
     sizes = {
         (ACCOUNT, REGION): 1,
@@ -152,7 +151,7 @@ def test_one_once_drains_two_accounts_in_two_regions(
     # Passed through to moto, counted: the member's AssumeRole carries its ExternalId.
     assume = world.faults.add(Fault("sts", "AssumeRole", code=None, contains="ExternalId=org"))
     registry = CollectorRegistry()
-    report = anyio.run(lambda: run_once(org_settings(make_settings), registry=registry))
+    report = anyio.run(lambda: run_once(home_and_member(), registry=registry))
     assert report.ok, report.errors
     assert report.queues == 4
     assert report.outcomes[Outcome.RESUBMITTED.value] == sum(sizes.values())
@@ -169,9 +168,7 @@ def test_one_once_drains_two_accounts_in_two_regions(
     assert assume.hits == 1
 
 
-def test_a_member_whose_role_cannot_be_assumed_fails_alone_and_is_tried_again(
-    world: World, make_settings: SettingsFactory
-) -> None:
+def test_a_member_whose_role_cannot_be_assumed_fails_alone_and_is_tried_again(world: World) -> None:
     """AssumeRole refused for one member: that place is an error (log, counter, report); the
     others drain; the next cycle assumes the role and drains it too."""
     build_place(world, ACCOUNT, REGION, 2)
@@ -181,7 +178,7 @@ def test_a_member_whose_role_cannot_be_assumed_fails_alone_and_is_tried_again(
         Fault("sts", "AssumeRole", code="AccessDenied", status=403, contains=BROKEN, times=1)
     )
     extra = AccountSettings(account_id=BROKEN, regions=[REGION], role_arn=role(BROKEN))
-    settings = org_settings(make_settings, extra)
+    settings = home_and_member(extra)
     settings = settings.model_copy(
         update={
             "accounts": [
@@ -206,16 +203,14 @@ def test_a_member_whose_role_cannot_be_assumed_fails_alone_and_is_tried_again(
     assert resubmitted(registry, BROKEN, REGION) == 3
 
 
-def test_a_place_without_its_parking_queue_stays_put_and_the_others_drain(
-    world: World, make_settings: SettingsFactory
-) -> None:
+def test_a_place_without_its_parking_queue_stays_put_and_the_others_drain(world: World) -> None:
     """No parking queue in one place: its messages stay in its DLQ, the other places drain."""
     build_place(world, ACCOUNT, REGION, 1)
     build_place(world, ACCOUNT, OTHER_REGION, 1)
     build_place(world, MEMBER, REGION, 1)
     lonely = build_place(world, MEMBER, OTHER_REGION, 2)
     lonely.delete_queue(QueueUrl=lonely.get_queue_url(QueueName=PARKING)["QueueUrl"])
-    [report], _ = cycles(org_settings(make_settings), 1)
+    [report], _ = cycles(home_and_member(), 1)
     assert report.outcomes[Outcome.RESUBMITTED.value] == 3
     assert report.fatal is not None
     assert [error.split(":")[0] for error in report.errors] == [f"{MEMBER}/{OTHER_REGION}"]
@@ -420,16 +415,14 @@ def test_deferrals_of_same_named_dlqs_in_two_places_are_kept_apart(qualified: bo
     assert book.key(here) == (here.arn if qualified else DLQ)
 
 
-def test_every_decision_line_names_the_account_and_region_of_its_queue(
-    world: World, make_settings: SettingsFactory
-) -> None:
+def test_every_decision_line_names_the_account_and_region_of_its_queue(world: World) -> None:
     """Each message's log line carries `account` and `region`: those of the DLQ it came from."""
     build_place(world, ACCOUNT, OTHER_REGION, 1)
     build_place(world, MEMBER, REGION, 2)
     for place in [(ACCOUNT, REGION), (MEMBER, OTHER_REGION)]:
         build_place(world, *place, 0)
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        cycles(org_settings(make_settings), 1)
+        cycles(home_and_member(), 1)
     lines = Counter(
         (line["queue"], line["account"], line["region"])
         for line in logs

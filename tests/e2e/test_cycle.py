@@ -11,25 +11,15 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from retryd.drain.cycle import CycleReport
 from retryd.logs import configure_logging
 from retryd.models import Outcome
 from retryd.service.lifecycle import run_once
-from retryd.settings import Settings
 from tests.conftest import SettingsFactory
+from tests.e2e.helpers import cycle
 from tests.faults import Fault
 from tests.world import ACCOUNT, REGION, World, envelope
 
 PARKING = "retryd-parking"
-
-
-def cycle(settings: Settings) -> CycleReport:
-    """One cycle; every message received must have exactly one decision."""
-    report: CycleReport = anyio.run(lambda: run_once(settings, collect=True))
-    assert report.decisions is not None
-    assert sum(report.outcomes.values()) == report.received == len(report.decisions)
-    assert len({d.letter.message_id for d in report.decisions}) == len(report.decisions)
-    return report
 
 
 def parked(world: World) -> dict[str, dict[str, Any]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from retryd.models import Outcome
 from tests.conftest import SettingsFactory
-from tests.e2e.test_sns_subscriptions import PARKING, cycle, notification, subscribe
+from tests.e2e.helpers import cycle
+from tests.e2e.test_sns_subscriptions import PARKING, notification, subscribe
 from tests.faults import Fault
 from tests.world import World
 

@@ -23,6 +23,7 @@ from retryd.metrics import Metrics
 from retryd.models import ParkReason
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
+from tests.e2e.helpers import one_decision_each
 from tests.faults import Fault
 from tests.world import ACCOUNT, REGION, World, envelope
 
@@ -48,7 +49,7 @@ def run_cycles(
             cycle = Cycle(settings, clients, metrics, ledger=ledger)
             reports = []
             for index in range(count):
-                reports.append(await cycle.run(anyio.Event(), collect=True))
+                reports.append(one_decision_each(await cycle.run(anyio.Event(), collect=True)))
                 if between is not None:
                     await anyio.to_thread.run_sync(between, index)
             seen = await inspect(ledger) if inspect is not None else None

@@ -7,14 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
-from retryd.drain.cycle import CycleReport
-from retryd.service.lifecycle import run_once
 from retryd.settings import Settings
 from tests import hook_transforms
 from tests.conftest import SettingsFactory
+from tests.e2e.helpers import cycle
 from tests.world import World
 
 PARKING = "retryd-parking"
@@ -26,12 +24,6 @@ def _release_hung_transforms() -> Iterator[None]:
     hook_transforms.RELEASE.clear()
     yield
     hook_transforms.RELEASE.set()
-
-
-def cycle(settings: Settings) -> CycleReport:
-    report: CycleReport = anyio.run(lambda: run_once(settings, collect=True))
-    assert report.decisions is not None
-    return report
 
 
 def parked(world: World) -> dict[str, dict[str, Any]]:

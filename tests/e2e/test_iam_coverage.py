@@ -28,10 +28,10 @@ import retryd.commands.redrive
 import retryd.places
 from retryd.aws import AwsClients, open_clients
 from retryd.commands.audit import run_audit
-from retryd.commands.iam_policy import policy_document
 from retryd.commands.pause import run_pause, run_resume
 from retryd.commands.redrive import RedriveRequest, run_jobs, run_redrive
 from retryd.drain.cycle import CycleReport
+from retryd.iam.policy import policy_document
 from retryd.ledger import create_table
 from retryd.models import Outcome, TargetType
 from retryd.sandbox.world import ACCOUNT, REGION, DemoWorld, build_world, sandbox_settings
@@ -43,6 +43,7 @@ from retryd.settings import (
     ParkingSettings,
     Settings,
 )
+from tests.e2e.helpers import one_decision_each
 from tests.faults import Fault
 from tests.iam_helpers import (
     UNSCOPED,
@@ -275,7 +276,7 @@ async def _record_operator(world: World, monkeypatch: pytest.MonkeyPatch) -> Rec
     ):
         monkeypatch.setattr(module, "open_clients", observed)
     log.phase = "once"
-    report = await run_once(settings, collect=True)
+    report = one_decision_each(await run_once(settings, collect=True))
     assert report.ok, report.errors
     async with open_clients(settings.aws) as clients:
         # A parked copy whose target works now: the redrive takes it out of parking.

@@ -21,10 +21,11 @@ import pytest
 
 import retryd.places
 from retryd.aws import AwsClients
-from retryd.commands.iam_policy import organisation_policies
 from retryd.drain.cycle import CycleReport
+from retryd.iam.policy import organisation_policies
 from retryd.models import Outcome
 from retryd.settings import AwsSettings, Settings
+from tests.e2e.helpers import org_settings as shared_org_settings
 from tests.iam_helpers import (
     ApiCall,
     CallLog,
@@ -37,7 +38,7 @@ from tests.iam_helpers import (
     recording_clients,
     statements,
 )
-from tests.world import ACCOUNT, REGION, World
+from tests.world import REGION, World
 
 MEMBER = "222222222222"
 MEMBER_ROLE = f"arn:aws:iam::{MEMBER}:role/retryd-member"
@@ -53,20 +54,12 @@ NAMED_DLQ = "legacy-dlq"
 
 def org_settings() -> Settings:
     """Home plus one member; the member's own targets; queues found by prefix and tag."""
-    return Settings(
-        aws={"max_attempts": 1},
-        discovery={"queue_prefixes": ["retry-"], "queue_tags": TAG, "queues": [NAMED_DLQ]},
-        drain={"receive_wait_s": 0, "visibility_timeout_s": 30},
-        guards={"allow_targets": [ORDERS, NOTIFY]},
-        parking={"queue": "retryd-parking"},
-        ledger={"backend": "memory"},
-        http={"enabled": False},
-        backoff={"base_s": 0.001, "max_s": 0.001},
-        rate_limit={"per_s": 10_000, "burst": 10_000},
-        accounts=[
-            {"account_id": ACCOUNT, "regions": [REGION]},
-            {"account_id": MEMBER, "regions": [REGION], "role_arn": MEMBER_ROLE},
-        ],
+    return shared_org_settings(
+        regions=[REGION],
+        member=MEMBER,
+        member_role=MEMBER_ROLE,
+        allow_targets=[ORDERS, NOTIFY],
+        discovery={"queue_tags": TAG, "queues": [NAMED_DLQ]},
     )
 
 

@@ -28,11 +28,12 @@ from aiobotocore.session import AioSession
 
 import retryd.aws
 import retryd.places
-from retryd.commands.iam_policy import AccountPolicy, organisation_policies
 from retryd.drain.cycle import CycleReport
+from retryd.iam.policy import AccountPolicy, organisation_policies
 from retryd.ledger import create_table
 from retryd.models import Outcome
 from retryd.settings import Settings
+from tests.e2e.helpers import org_settings as shared_org_settings
 from tests.e2e.test_iam_coverage_member import (
     MEMBER,
     MEMBER_ROLE,
@@ -77,20 +78,13 @@ RARE_GRANTS: dict[str, dict[tuple[str, str], str]] = {
 
 def org_settings() -> Settings:
     """One deployment at home: home and member listed; targets in both accounts."""
-    return Settings(
-        aws={"max_attempts": 1},
-        discovery={"queue_prefixes": ["retry-"], "queue_tags": TAG, "queues": [NAMED_DLQ]},
-        drain={"receive_wait_s": 0, "visibility_timeout_s": 30},
-        guards={"allow_targets": [ORDERS, NOTIFY, HOME_TOPIC]},
-        parking={"queue": "retryd-parking"},
+    return shared_org_settings(
+        regions=REGIONS,
+        member=MEMBER,
+        member_role=MEMBER_ROLE,
+        allow_targets=[ORDERS, NOTIFY, HOME_TOPIC],
+        discovery={"queue_tags": TAG, "queues": [NAMED_DLQ]},
         ledger={"backend": "dynamodb", "table": LEDGER_TABLE},
-        http={"enabled": False},
-        backoff={"base_s": 0.001, "max_s": 0.001},
-        rate_limit={"per_s": 10_000, "burst": 10_000},
-        accounts=[
-            {"account_id": ACCOUNT, "regions": REGIONS},
-            {"account_id": MEMBER, "regions": REGIONS, "role_arn": MEMBER_ROLE},
-        ],
     )
 
 

@@ -7,25 +7,14 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
-import anyio
 from structlog.testing import capture_logs
 
-from retryd.drain.cycle import CycleReport
 from retryd.models import Job, Outcome
-from retryd.service.lifecycle import run_once
-from retryd.settings import Settings
 from retryd.targets.sqs_queue import dedup_id
 from tests.conftest import SettingsFactory
+from tests.e2e.helpers import cycle, number, string
 from tests.native_helpers import PARKING, detail_of, fixture, parked_by_reason
 from tests.world import World
-
-
-def cycle(settings: Settings) -> CycleReport:
-    """One cycle; every message received has exactly one decision."""
-    report: CycleReport = anyio.run(lambda: run_once(settings, collect=True))
-    assert report.decisions is not None
-    assert sum(report.outcomes.values()) == report.received == len(report.decisions)
-    return report
 
 
 def fail_until_redriven(world: World, source: str, dlq: str) -> None:
@@ -51,14 +40,6 @@ def invocation_payloads(world: World, qualified: str) -> list[Any]:
         for call in world.invocations()
         if f"function:{qualified}/" in unquote(call["url"])
     ]
-
-
-def string(value: str) -> dict[str, str]:
-    return {"DataType": "String", "StringValue": value}
-
-
-def number(value: int) -> dict[str, str]:
-    return {"DataType": "Number", "StringValue": str(value)}
 
 
 def parked(world: World) -> dict[str, list[dict[str, Any]]]:

@@ -10,22 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
-
-from retryd.drain.cycle import CycleReport
 from retryd.models import Outcome
-from retryd.service.lifecycle import run_once
-from retryd.settings import Settings
 from tests.conftest import SettingsFactory
+from tests.e2e.helpers import cycle
 from tests.world import World
 
 PARKING = "retryd-parking"
-
-
-def cycle(settings: Settings) -> CycleReport:
-    report: CycleReport = anyio.run(lambda: run_once(settings, collect=True))
-    assert report.decisions is not None
-    return report
 
 
 def subscribe(

@@ -12,18 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from retryd.admission import Guards
 from retryd.commands.cli import main
-from retryd.drain.cycle import CycleReport
 from retryd.models import DeadLetter, Job, Outcome, ParkReason, Target, Unresolvable
 from retryd.resolve import build_chain
 from retryd.resolve.failure_groups import NO_ERROR, error_signature
-from retryd.service.lifecycle import run_once
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
+from tests.e2e.helpers import cycle, string
 from tests.faults import Fault
 from tests.native_helpers import DLQ, fixture
 from tests.operator_helpers import (
@@ -35,18 +33,6 @@ from tests.world import ACCOUNT, REGION, World, envelope
 
 PARKING = "retryd-parking"
 OTHER_REGION = "eu-west-1"
-
-
-def cycle(settings: Settings) -> CycleReport:
-    """One cycle; every message received has exactly one decision."""
-    report: CycleReport = anyio.run(lambda: run_once(settings, collect=True))
-    assert report.decisions is not None
-    assert sum(report.outcomes.values()) == report.received == len(report.decisions)
-    return report
-
-
-def string(value: str) -> dict[str, str]:
-    return {"DataType": "String", "StringValue": value}
 
 
 def region_wildcard_settings(make_settings: SettingsFactory) -> Settings:

@@ -18,14 +18,14 @@ from structlog.testing import capture_logs
 
 from retryd.errors import ConfigError
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, Job, MessageAttribute, ParkReason, Target, Unresolvable
+from retryd.models import DeadLetter, Job, ParkReason, Target, Unresolvable
 from retryd.resolve import build_chain
 from retryd.resolve.hooks import FailureContext, Hooks, HookSet, Schema, load_transform
 from retryd.settings import HookRule
 from retryd.stamps import TRANSFORM, stamp_for_resubmit
 from tests import hook_transforms, strategies
 from tests.conftest import SettingsFactory
-from tests.native_helpers import DLQ, queue, queue_arn
+from tests.native_helpers import letter, queue, queue_arn
 
 WORKER = queue_arn("orders-worker")
 OTHER_DLQ = queue("retry-audit")
@@ -73,18 +73,6 @@ def run(
     return result
 
 
-def letter(body: Any, on: Any = DLQ, message_id: str = "m1", **attributes: str) -> DeadLetter:
-    text = body if isinstance(body, str) else json.dumps(body)
-    return DeadLetter(
-        on,
-        message_id,
-        "r",
-        text,
-        {},
-        {name: MessageAttribute.string(value) for name, value in attributes.items()},
-    )
-
-
 def test_no_hooks_configured_leaves_every_job_as_resolved(make_settings: SettingsFactory) -> None:
     """Hooks are off by default: the resolved job is sent as the resolver made it."""
     (job,) = run(make_settings, [], letter({"customer_id": "c1"}))
@@ -98,7 +86,11 @@ def test_transform_rewrites_the_payload_and_stamps_name_and_version(
 ) -> None:
     """The transform's answer is what is sent; retryd.transform names it with its version."""
     hooks = [{"queue": "retry-orders", "transform": "tests.hook_transforms:add_flag"}]
-    (job,) = run(make_settings, hooks, letter({"id": 1}, ErrorCode="500", ErrorMessage="boom"))
+    (job,) = run(
+        make_settings,
+        hooks,
+        letter({"id": 1}, {"ErrorCode": "500", "ErrorMessage": "boom"}, message_id="m1"),
+    )
     assert isinstance(job, Job)
     assert json.loads(job.body) == {"id": 1, "fixed": True, "attempt_seen": 0}
     stamp = job.forward_attributes[TRANSFORM].string_value
@@ -138,7 +130,9 @@ def test_rules_match_by_queue_or_by_target_first_match_wins(
         {"target": "arn:aws:sqs:*:*:orders-*", "transform": "tests.hook_transforms:to_text"},
         {"queue": "retry-*", "transform": "tests.hook_transforms:parks"},
     ]
-    first, second = run(make_settings, by_target, letter({"id": 1}), letter("x", OTHER_DLQ, "m2"))
+    first, second = run(
+        make_settings, by_target, letter({"id": 1}), letter("x", on=OTHER_DLQ, message_id="m2")
+    )
     assert isinstance(first, Job)
     assert first.body == "plain text"
     assert isinstance(second, Job)
@@ -154,7 +148,10 @@ def test_a_raising_transform_parks_its_message_and_the_rest_goes_on(
     ]
     with capture_logs() as logs:
         failed, other = run(
-            make_settings, hooks, letter({"card": "4111"}), letter({"id": 2}, OTHER_DLQ, "m2")
+            make_settings,
+            hooks,
+            letter({"card": "4111"}),
+            letter({"id": 2}, on=OTHER_DLQ, message_id="m2"),
         )
     assert isinstance(failed, Unresolvable)
     assert failed.reason is ParkReason.TRANSFORM_FAILED
@@ -176,7 +173,9 @@ def test_a_hung_transform_is_parked_after_its_time_limit(make_settings: Settings
             "transform_timeout_s": 0.2,
         },
     ]
-    hung, other = run(make_settings, hooks, letter({"id": 1}), letter({"id": 2}, OTHER_DLQ, "m2"))
+    hung, other = run(
+        make_settings, hooks, letter({"id": 1}), letter({"id": 2}, on=OTHER_DLQ, message_id="m2")
+    )
     assert isinstance(hung, Unresolvable)
     assert hung.reason is ParkReason.TRANSFORM_FAILED
     assert "did not finish within 0.2 s" in hung.detail
@@ -259,8 +258,8 @@ def test_each_run_is_counted(make_settings: SettingsFactory, schema_file: str) -
         make_settings,
         hooks,
         letter({"id": 1}),
-        letter({"customerId": "c"}, OTHER_DLQ, "m2"),
-        letter({}, OTHER_DLQ, "m3"),
+        letter({"customerId": "c"}, on=OTHER_DLQ, message_id="m2"),
+        letter({}, on=OTHER_DLQ, message_id="m3"),
         metrics=metrics,
     )
 
@@ -410,7 +409,9 @@ def test_waiting_for_a_transform_thread_does_not_count_against_the_time_limit(
         },
     ]
     hung = [letter({"id": n}, message_id=f"h{n}") for n in range(8)]
-    *parked, quick = run(make_settings, hooks, *hung, letter({"id": 9}, OTHER_DLQ, "q"))
+    *parked, quick = run(
+        make_settings, hooks, *hung, letter({"id": 9}, on=OTHER_DLQ, message_id="q")
+    )
     assert all(isinstance(answer, Unresolvable) for answer in parked)
     assert isinstance(quick, Job), quick
     assert json.loads(quick.body) == {"id": 9, "quick": True}
@@ -433,7 +434,9 @@ def test_a_transform_that_calls_sys_exit_parks_its_message_and_retryd_goes_on(
     """SystemExit from a transform is the transform's failure: transform-failed, not the end of
     the daemon, and the other messages of the batch are sent."""
     hooks = [{"queue": "retry-orders", "transform": "tests.hook_transforms:exits"}]
-    failed, other = run(make_settings, hooks, letter({"id": 1}), letter({"id": 2}, OTHER_DLQ, "m2"))
+    failed, other = run(
+        make_settings, hooks, letter({"id": 1}), letter({"id": 2}, on=OTHER_DLQ, message_id="m2")
+    )
     assert isinstance(failed, Unresolvable)
     assert failed.reason is ParkReason.TRANSFORM_FAILED
     assert "raised SystemExit" in failed.detail
@@ -446,7 +449,9 @@ def test_an_answer_that_cannot_be_compared_fails_its_message_alone(
     """A transform answer that raises when compared (a NumPy array, say) is a failed transform
     for its message; the other messages of the batch are still resolved."""
     hooks = [{"queue": "retry-orders", "transform": "tests.hook_transforms:incomparable"}]
-    failed, other = run(make_settings, hooks, letter({"id": 1}), letter({"id": 2}, OTHER_DLQ, "m2"))
+    failed, other = run(
+        make_settings, hooks, letter({"id": 1}), letter({"id": 2}, on=OTHER_DLQ, message_id="m2")
+    )
     assert isinstance(failed, Unresolvable)
     assert failed.reason is ParkReason.TRANSFORM_FAILED
     assert isinstance(other, Job)

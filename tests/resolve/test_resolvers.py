@@ -18,7 +18,6 @@ from retryd.models import (
     Job,
     MessageAttribute,
     ParkReason,
-    QueueRef,
     TargetType,
     Unresolvable,
 )
@@ -35,48 +34,23 @@ from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Route
 from tests import strategies
 from tests.conftest import SettingsFactory
-from tests.native_helpers import letter_from_wire
+from tests.native_helpers import DLQ, letter, load_letter, queue
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "messages"
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-ORDERS_QUEUE = QueueRef(
-    name="retry-orders",
-    url=f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/retry-orders",
-    arn=f"arn:aws:sqs:{REGION}:{ACCOUNT}:retry-orders",
-)
+ORDERS_QUEUE = DLQ
 LAMBDA_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:charge"
 ROUTED_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:orders"
 SENT_AT = datetime.fromtimestamp(1_718_000_000, tz=UTC)
 
 
-def queue(name: str) -> QueueRef:
-    return QueueRef(
-        name=name,
-        url=f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{name}",
-        arn=f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}",
-    )
-
-
-def load_letter(fixture: str, on: QueueRef = ORDERS_QUEUE) -> DeadLetter:
-    """A DeadLetter from tests/fixtures/messages/<fixture>.json."""
-    return letter_from_wire(json.loads((FIXTURES / f"{fixture}.json").read_text()), on)
-
-
 def letter_with(
-    body: str | Mapping[str, Any],
-    attributes: Mapping[str, MessageAttribute] | None = None,
-    on: QueueRef = ORDERS_QUEUE,
+    body: str | Mapping[str, Any], attributes: Mapping[str, MessageAttribute] | None = None
 ) -> DeadLetter:
-    text = body if isinstance(body, str) else json.dumps(body)
-    return DeadLetter(
-        queue=on,
-        message_id="m-1",
-        receipt_handle="rh-1",
-        body=text,
-        system_attributes={"SentTimestamp": "1718000000000", "ApproximateReceiveCount": "1"},
-        message_attributes=dict(attributes or {}),
-    )
+    """A letter as SQS hands it over on a first receive: sent at SENT_AT, received once."""
+    received = {"SentTimestamp": "1718000000000", "ApproximateReceiveCount": "1"}
+    return letter(body, attributes, received, ORDERS_QUEUE)
 
 
 def envelope(**fields: Any) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import anyio
 
 from retryd.aws import open_clients
+from retryd.commands.sandbox import _describe
 from retryd.drain.cycle import CycleReport
 from retryd.models import Outcome
-from retryd.sandbox.command import _describe
 from retryd.sandbox.world import DemoWorld, build_world, sandbox_settings
 from retryd.service.lifecycle import run_once
 from tests.world import World

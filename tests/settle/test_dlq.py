@@ -8,9 +8,8 @@ from structlog.testing import capture_logs
 
 from retryd.admission import Defer, DeferReason
 from retryd.aws import open_clients
-from retryd.discovery.queues import queue_ref_from_url
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, Job, Target
+from retryd.models import DeadLetter, Job, Target, queue_ref_from_url
 from retryd.settle.dlq import DELETE_BATCH_MAX, DeadLetterQueues
 from tests.conftest import SettingsFactory
 from tests.faults import Fault

@@ -22,17 +22,13 @@ from typing import Any
 import aioboto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd.admission.matching import parse_glob
+from retryd.arns import Arn, parse_glob, partition_for_region
 from retryd.aws import AwsClients, client_config, enter_clients, open_clients, open_session
 from retryd.classify import from_exception
-from retryd.discovery.queues import (
-    discover_queues,
-    find_queue_url,
-    partition_for_region,
-    queue_ref_from_url,
-)
+from retryd.discovery.queues import discover_queues, find_queue_url
 from retryd.discovery.survey import KMS_KEY_ATTRIBUTE
-from retryd.models import Arn
+from retryd.iam.targets import target_arns
+from retryd.models import queue_ref_from_url
 from retryd.places import Place, Places
 from retryd.settings import AccountSettings, Settings
 
@@ -163,8 +159,6 @@ async def find_target_keys(
 ) -> KeyFindings:
     """The keys of the SQS queues and SNS topics in this account and Region that
     allow_targets matches (the `protected` queues left out)."""
-    from retryd.commands.iam_policy import target_arns  # noqa: PLC0415 - iam_policy imports this
-
     findings = KeyFindings()
     targets = target_arns(settings.guards.allow_targets)
     skip = set(protected)

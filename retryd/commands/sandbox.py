@@ -24,7 +24,7 @@ from retryd.aws import AwsClients, open_clients
 from retryd.commands.progress import QueueProgress
 from retryd.commands.render import Column, Document, Line, Table, show
 from retryd.drain.cycle import CycleReport
-from retryd.errors import ExitCode
+from retryd.errors import ExitCode, UsageError
 from retryd.models import Decision
 from retryd.sandbox.emulator import MotoServer
 from retryd.sandbox.world import (
@@ -41,7 +41,9 @@ from retryd.sandbox.world import (
     sandbox_settings,
 )
 from retryd.service.lifecycle import run_once
+from retryd.settings import CONFIG_ENV
 
+LOOPBACK = "127.0.0.1"
 # The emulator accepts any credentials; these only keep botocore from looking for real ones.
 SANDBOX_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox"}
 
@@ -201,31 +203,65 @@ def _free_port() -> int:
     return port
 
 
+# The served sandbox's ledger, beside its settings file (a relative path is taken from
+# the file's directory): pauses, jobs and audit records outlive each command, as they
+# must for the Incidents recipes to work against it as written.
+SERVE_LEDGER_FILE = "retryd.sqlite3"
+
+
 def serve_config_toml(http_port: int) -> str:
-    """The sandbox settings with the HTTP listener on, so `retryd run` serves its metrics."""
+    """The sandbox settings with the HTTP listener on, so `retryd run` serves its metrics,
+    and a SQLite ledger, so that operator state lasts from one command to the next."""
     disabled = "[http]\nenabled = false\n"
     enabled = f'[http]\nenabled = true\nhost = "127.0.0.1"\nport = {http_port}\n'
-    return SANDBOX_CONFIG_TOML.replace(disabled, enabled)
+    memory = '[ledger]\nbackend = "memory"\n'
+    sqlite = f'[ledger]\nbackend = "sqlite"\npath = "{SERVE_LEDGER_FILE}"\n'
+    text = SANDBOX_CONFIG_TOML
+    for old, new in ((disabled, enabled), (memory, sqlite)):
+        if old not in text:
+            raise AssertionError(f"the sandbox settings no longer hold {old!r}")
+        text = text.replace(old, new)
+    return text
 
 
 async def _serve(server: MotoServer, scale: int, config: Path, http_port: int) -> int:
     async with open_clients(sandbox_settings().aws) as clients:
         world = await _build(clients, scale)
-    exports = " ".join(f"{name}={value}" for name, value in _aws_environment(server).items())
+    # RETRYD_CONFIG with the AWS variables: every command (and every Incidents recipe)
+    # then runs against the sandbox exactly as written, with no --config to add.
+    environment = {**_aws_environment(server), CONFIG_ENV: str(config)}
+    exports = " ".join(f"{name}={value}" for name, value in environment.items())
     print(f"retryd sandbox: AWS emulator at {server.url}, account {ACCOUNT}, {REGION}")
     print(f"demo DLQs: {', '.join(world.dlqs)} ({world.message_count} messages)")
-    print(f"settings: {config}")
+    print(f"settings: {config} (ledger, pauses, jobs and audit: {SERVE_LEDGER_FILE} beside it)")
     print("\nIn another shell, try:")
     print(f"  export {exports}")
     for command in ("plan", "inspect", "once", "run"):
-        print(f"  retryd {command} --config {config}")
+        print(f"  retryd {command}")
     base = f"http://127.0.0.1:{http_port}"
     print(f"  (while `run` runs: {base}/metrics, {base}/healthz, {base}/readyz)")
+    print("  and the recipes on the Incidents page (pause, redrive, jobs, audit), as written")
     print("\nServing until Ctrl-C.", flush=True)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             break
     return ExitCode.OK
+
+
+def _check_port_free(port: int) -> None:
+    """UsageError (one line, exit 2) when `port` is taken, before the emulator starts.
+
+    Left to the server library, a busy port is its own multi-line text and exit 1.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the server will: a port only in TIME_WAIT is free to it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError as exc:
+            raise UsageError(
+                f"sandbox: --port {port}: cannot listen on {LOOPBACK}:{port}: {exc.strerror or exc}"
+            ) from None
 
 
 def serve_sandbox(scale: int = 1, port: int = 0) -> int:
@@ -235,6 +271,8 @@ def serve_sandbox(scale: int = 1, port: int = 0) -> int:
     HTTP listener on, for `retryd run`), so `retryd plan` followed by `retryd
     once` against it show the same decisions.
     """
+    if port:
+        _check_port_free(port)
     with tempfile.TemporaryDirectory(prefix="retryd-sandbox-") as directory:
         config = Path(directory) / "retryd.toml"
         with MotoServer(port=port) as server:
