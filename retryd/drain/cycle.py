@@ -163,6 +163,9 @@ HIDDEN_FLUSH_S = 5.0
 # queue counts as wrapped round (each such receive hides them again, so a few
 # tries reach the rest of the queue without spinning).
 MAX_STALE_BATCHES = 3
+# Deferred for these, a message comes back within seconds (or at its breaker's end of
+# cool-down) and is judged again in the same cycle, not taken for a stale one.
+_JUDGED_AGAIN = frozenset({DeferReason.RATE_LIMITED, DeferReason.BREAKER_OPEN})
 # A receiver whose targets' tokens are all spoken for looks again no sooner than this.
 MIN_ROOM_WAIT_S = 0.05
 
@@ -234,8 +237,11 @@ class Handled:
         for decision in decisions:
             # Deleted from its DLQ: it cannot come back this cycle (unless the delete
             # failed, and then the ledger knows its copy is safe). Handed back for want
-            # of tokens: to be taken again this cycle, by whichever receiver has them.
-            if decision.outcome in DELETED_OUTCOMES or decision.reason == DeferReason.RATE_LIMITED:
+            # of tokens or for a breaker: to be judged again when it comes back this
+            # cycle (its token may be here then, or its canaries this replica's).
+            if decision.outcome in DELETED_OUTCOMES or (
+                decision.outcome is Outcome.DEFERRED and decision.reason in _JUDGED_AGAIN
+            ):
                 self.seen.discard(decision.letter.message_id)
 
 
