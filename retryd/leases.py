@@ -49,13 +49,19 @@ LEASE_MARGIN_S = 5.0
 LEASE_MARGIN_SHARE = 0.2
 
 
+def lease_margin_s(lease_s: float) -> float:
+    """The time kept back from a lease of `lease_s` for the delete that settles the batch."""
+    return min(LEASE_MARGIN_S, lease_s * LEASE_MARGIN_SHARE)
+
+
 def act_by(lease_s: float) -> float:
     """The anyio-clock time by which work on a batch leased for `lease_s` must be done.
 
     Taken *before* the receive (the lease starts when SQS hands the messages out),
-    less a margin for the delete that settles the batch.
+    less a margin for the delete that settles the batch. A batch's heartbeat
+    (retryd.heartbeat) moves it on while work is in flight, up to drain.max_lease_s.
     """
-    return anyio.current_time() + lease_s - min(LEASE_MARGIN_S, lease_s * LEASE_MARGIN_SHARE)
+    return anyio.current_time() + lease_s - lease_margin_s(lease_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,9 @@ CYCLE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
 MAX_TARGET_LABELS = 200
 OTHER_TARGET = "other"
 
+# What a batch heartbeat does each beat: extend the leases, renew the ledger claims.
+HEARTBEAT_STEPS = ("visibility", "claims")
+
 # Circuit-breaker states, exported as a state set (1 for the current state).
 BREAKER_STATES = ("closed", "open", "half_open")
 
@@ -147,6 +150,21 @@ class Metrics:
             "retryd_delete_failures_total",
             "Messages copied safely whose delete from the DLQ failed; they will be seen again.",
             ["queue", "account", "region"],
+            registry=registry,
+        )
+        self._lease_extensions = Counter(
+            "retryd_lease_extensions_total",
+            "Leases (SQS visibility timeouts) of undecided messages extended by a batch's "
+            "heartbeat while work on them was in flight, one per message and extension.",
+            ["queue", "account", "region"],
+            registry=registry,
+        )
+        self._heartbeat_failures = Counter(
+            "retryd_heartbeat_failures_total",
+            "Batch heartbeats that failed and stopped extending, by the step that failed "
+            "(visibility: the lease extension; claims: the ledger claims' renewal). The "
+            "batch's messages stay in their DLQ unless their copies are safe.",
+            ["queue", "account", "region", "step"],
             registry=registry,
         )
         self._cycle_duration = Histogram(
@@ -300,6 +318,16 @@ class Metrics:
         """Count a message that is safe elsewhere but still in its DLQ."""
         self._delete_failures.labels(**_queue_labels(queue)).inc()
 
+    def record_lease_extensions(self, queue: QueueRef, count: int) -> None:
+        """Count `count` messages of `queue` whose lease a heartbeat extended once more."""
+        self._lease_extensions.labels(**_queue_labels(queue)).inc(count)
+
+    def record_heartbeat_failure(self, queue: QueueRef, step: str) -> None:
+        """Count a batch heartbeat that failed at `step` (one of HEARTBEAT_STEPS) and stopped."""
+        if step not in HEARTBEAT_STEPS:
+            raise ValueError(f"unknown heartbeat step {step!r}; expected one of {HEARTBEAT_STEPS}")
+        self._heartbeat_failures.labels(**_queue_labels(queue), step=step).inc()
+
     def observe_cycle(self, duration_s: float, ok: bool, finished_at_unix_s: float) -> None:
         """Record one finished cycle; only a successful one moves the last-success time."""
         self._cycle_duration.observe(duration_s)
@@ -351,7 +379,8 @@ class Metrics:
         self.set_breaker_state(target_arn, target_type, to_state)
 
     def record_ledger_op(self, backend: str, operation: str, result: str) -> None:
-        """Count one ledger operation (begin, commit, release, read) and its result."""
+        """Count one ledger operation (begin, commit, release, read, renew, begin-park,
+        commit-park) and its result; claim renewals are the `renew` ones."""
         self._ledger_operations.labels(backend=backend, operation=operation, result=result).inc()
 
     def record_ledger_error(self, backend: str, operation: str) -> None:

@@ -348,6 +348,10 @@ class Unresolvable:
     reason: ParkReason
     detail: str
     retry_later: bool = False
+    # The ledger key its park is claimed and recorded under, as the resolver chain gives
+    # it (from its DLQ and body: it names no target); empty until then. Derived from the
+    # letter, so it takes no part in equality.
+    key: str = field(default="", compare=False)
 
 
 class Outcome(StrEnum):

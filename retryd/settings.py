@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -225,6 +226,18 @@ class DrainSettings(_Group):
     )
     # Calls in flight to targets that have no batch API (Lambda, Step Functions).
     target_concurrency: Annotated[int, Field(ge=1, le=512)] = 16
+    max_lease_s: Annotated[int, Field(ge=5, le=MAX_VISIBILITY_TIMEOUT_S)] = Field(
+        900,
+        description=(
+            "The longest retryd keeps a received batch leased while work on it is in flight"
+            " (a target call, a rate-limit wait, a ledger write, a parking write, a delete):"
+            " a heartbeat extends the lease of the messages not yet decided before it runs"
+            " out, up to this many seconds after they were received. Only then is the work"
+            " cut off and its messages left in their DLQ, to be retried under the same key"
+            " and attempt. Never less than visibility_timeout_s; at most 43,200 (SQS's 12"
+            " hours)."
+        ),
+    )
     processes: Annotated[int, Field(ge=1, le=64)] = Field(
         1,
         description=(
@@ -237,6 +250,21 @@ class DrainSettings(_Group):
             " part (`retryd config check` shows it). Needs the sqlite or dynamodb ledger."
         ),
     )
+
+    @model_validator(mode="after")
+    def _cap_holds_a_lease(self) -> DrainSettings:
+        # Only a cap set on purpose can be wrong; the default gives way to a longer lease.
+        if "max_lease_s" in self.model_fields_set and self.max_lease_s < self.visibility_timeout_s:
+            raise ValueError(
+                f"max_lease_s ({self.max_lease_s}) is below visibility_timeout_s "
+                f"({self.visibility_timeout_s}): a batch always keeps its first lease"
+            )
+        return self
+
+    @property
+    def lease_cap_s(self) -> int:
+        """Seconds after a batch's receipt past which its lease is not extended again."""
+        return max(self.max_lease_s, self.visibility_timeout_s)
 
 
 def _check_arn_glob(glob: str) -> str:
@@ -440,8 +468,30 @@ class LedgerSettings(_Group):
     # Records unused for this long expire (DynamoDB TTL; SQLite prunes them).
     # Default: 30 days, past SQS's longest retention of 14.
     ttl_s: Annotated[int, Field(ge=3_600)] = 2_592_000
-    # How long a begun, uncommitted resubmission holds its key against other replicas.
-    claim_s: PositiveSeconds = 300
+    claim_renew_s: PositiveSeconds = Field(
+        60,
+        description=(
+            "How long a claim on a key (a resubmission or a park on its way) holds the key"
+            " against other replicas after it was taken or last renewed. Its holder renews"
+            " it while it works on the message, so a live holder keeps it however slow the"
+            " target; one that died is taken over once this lapses. Formerly `claim_s`,"
+            " which is still read as this."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _claim_s_is_claim_renew_s(cls, data: Any) -> Any:
+        # Files and environments written before claims were renewed say `claim_s`: the
+        # same thing (how long a claim outlives its last word), so it is read as it.
+        if not isinstance(data, Mapping) or "claim_s" not in data:
+            return data
+        fields = dict(data)
+        claim_s = fields.pop("claim_s")
+        if "claim_renew_s" in fields and fields["claim_renew_s"] != claim_s:
+            raise ValueError("claim_s is the former name of claim_renew_s: set only claim_renew_s")
+        fields["claim_renew_s"] = claim_s
+        return fields
 
 
 class ParkingSettings(_Group):
@@ -562,6 +612,71 @@ class LogSettings(_Group):
     include_payloads: bool = False
 
 
+class ConsoleSettings(_Group):
+    """`retryd console`: the team's web console, and who may use it (see docs/console.md)."""
+
+    listen: Annotated[str, Field(pattern=r"^\[?[^\s\]]*\]?:\d{1,5}$")] = Field(
+        "127.0.0.1:8088",
+        description="HOST:PORT the console listens on (`--listen` overrides it).",
+    )
+    auth: Literal["alb-oidc", "token", "none"] = Field(
+        "alb-oidc",
+        description="Who may use the console. alb-oidc: the person the ALB signed in "
+        "(`x-amzn-oidc-data`, verified; identity from identity_claim, role from roles_claim). "
+        "token: a bearer token (viewer or operator). none: only on a loopback address, as "
+        "the operator `local`; elsewhere the console refuses to start.",
+    )
+    alb_arn: str | None = Field(
+        None,
+        description="alb-oidc: the ARN of the load balancer that signs the tokens; a token "
+        "whose `signer` differs is refused. Its region picks the key endpoint.",
+    )
+    alb_key_url: str = Field(
+        "https://public-keys.auth.elb.{region}.amazonaws.com/{kid}",
+        description="alb-oidc: where the ALB's public key for a `kid` is fetched (and "
+        "cached), a template with {region} and {kid}.",
+    )
+    identity_claim: str = Field(
+        "email", description="alb-oidc: the claim that names the person (shown and audited)."
+    )
+    roles_claim: str = Field(
+        "groups",
+        description="alb-oidc: the claim listing the person's groups (a list, or a "
+        "comma-separated string).",
+    )
+    viewer_groups: list[str] = Field(
+        [],
+        description="alb-oidc: groups that may read; empty: everyone the ALB signed in.",
+    )
+    operator_groups: list[str] = Field(
+        [],
+        description="alb-oidc: groups that may act (pause, resume, cancel); empty: nobody.",
+    )
+    viewer_token: SecretStr | None = Field(
+        None,
+        description="token: the viewers' bearer token (RETRYD_CONSOLE__VIEWER_TOKEN).",
+    )
+    operator_token: SecretStr | None = Field(
+        None,
+        description="token: the operators' bearer token (RETRYD_CONSOLE__OPERATOR_TOKEN).",
+    )
+    viewer_token_file: str | None = Field(
+        None, description="token: a file holding the viewers' token (instead of viewer_token)."
+    )
+    operator_token_file: str | None = Field(
+        None,
+        description="token: a file holding the operators' token (instead of operator_token).",
+    )
+    page_size: Annotated[int, Field(ge=1, le=500)] = Field(
+        50, description="Rows per page of the parking search, the audit and the jobs."
+    )
+    parked_index_ttl_s: Annotated[int, Field(ge=3_600, le=1_209_600)] = Field(
+        1_209_600,
+        description="How long the index of parked copies keeps an entry (the parking "
+        "queue's retention; SQS keeps a message 14 days at most).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything retryd is told, validated once at start-up and passed in."""
 
@@ -597,6 +712,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     log: LogSettings = LogSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @model_validator(mode="after")
     def _processes_share_a_ledger(self) -> Settings:

@@ -24,6 +24,8 @@ INTERNAL = {
     "retryd.targets.base.RefusedError",
     # A body that cannot become a PutEvents entry: raised again as a RefusedError.
     "retryd.targets.event_bus.InvalidEntryError",
+    # A request with no acceptable identity: the console's middleware answers it 401/403.
+    "retryd.console.auth.Refused",
 }
 
 

@@ -151,6 +151,9 @@ def test_values_other_than_the_default_say_so() -> None:
             if info.is_required():
                 continue
             default = info.get_default(call_default_factory=True)
+            if (table, name) == ("ledger", "path"):
+                # Loading takes a relative SQLite path from the settings file's folder.
+                default = str(EXAMPLE.parent / default)
             # A key missing from the file is the field-coverage test's finding, not this one's.
             doc = sections[table].docs.get(name, "default:")
             if getattr(values, name) != default and "default:" not in doc:

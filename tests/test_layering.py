@@ -178,8 +178,9 @@ def test_no_import_cycle_between_packages() -> None:
 
 
 def test_runtime_modules_never_import_an_operator_command() -> None:
-    """No module outside the front end (commands, the sandbox, iam) imports retryd.commands."""
-    front_end = {"commands", "sandbox", "iam", "__main__"}
+    """No module outside the front ends (commands, the console, the sandbox, iam) imports
+    retryd.commands."""
+    front_end = {"commands", "console", "sandbox", "iam", "__main__"}
     offenders = [
         _where(module, imported, line)
         for module, imported, line in _edges()

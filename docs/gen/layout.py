@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("rules about values", frozenset({"classify", "metrics", "settings", "stamps"})),
     ("AWS clients and SQS leases", frozenset({"aws", "leases"})),
     ("where and what was tried", frozenset({"ledger", "places"})),
+    ("a batch kept alive while it works", frozenset({"heartbeat"})),
     ("admission", frozenset({"admission"})),
     ("operator state, replicas, discovery", frozenset({"cluster", "control", "discovery"})),
     ("resolution", frozenset({"resolve"})),
@@ -34,14 +35,15 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("the cycle", frozenset({"drain"})),
     ("what the front end assembles", frozenset({"iam", "sandbox", "service"})),
     ("operator commands", frozenset({"commands"})),
+    ("web console", frozenset({"console"})),
     ("entry point", frozenset({"__main__"})),
 )
 
 # Modules that belong to another package's layer than their folder says.
 MODULE_HOMES = {
-    # The sandbox *command* is an operator command (moving to commands/sandbox.py); the
-    # rest of retryd/sandbox is the demo world that command builds on.
-    "retryd.sandbox.command": "commands",
+    # The command line assembles every front end (the operator commands and the web
+    # console's subcommand), so it sits above them all.
+    "retryd.commands.cli": "__main__",
 }
 
 # Where the design page takes the generated map (docs/gen/pages.py replaces the line).

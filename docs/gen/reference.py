@@ -15,7 +15,7 @@ import re
 import textwrap
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,7 @@ from pydantic_core import PydanticUndefined
 
 from retryd import errors
 from retryd.commands import cli
+from retryd.console.metrics import ConsoleMetrics
 from retryd.metrics import Metrics
 from retryd.settings import ENV_PREFIX, Settings
 
@@ -377,10 +378,10 @@ class MetricDoc:
 _EXPOSED_SUFFIX = {"counter": "_total", "info": "_info"}
 
 
-def metric_docs() -> list[MetricDoc]:
-    """Every metric `Metrics` registers, on a fresh registry, in registration order."""
+def metric_docs(owner: Callable[[CollectorRegistry], object] = Metrics) -> list[MetricDoc]:
+    """Every metric `owner` (default: `Metrics`) registers on a fresh registry, in order."""
     registry = CollectorRegistry()
-    Metrics(registry)
+    owner(registry)
     found = []
     # The registry lists its collectors only through this attribute; a collector's label
     # names are fixed when it is built, and `collect()` gives each family's name and help.
@@ -418,6 +419,20 @@ def metrics_page() -> str:
         labels = ", ".join(f"`{label}`" for label in doc.labels) or "—"
         kind = "info (a gauge in the text format)" if doc.type == "info" else doc.type
         lines.append(f"| `{doc.name}` | {kind} | {labels} | {_cell(doc.help)} |")
+    lines += [
+        "",
+        "## retryd console",
+        "",
+        "`retryd console` is a process of its own with its own registry",
+        "(`retryd.console.metrics.ConsoleMetrics`), served on its own `/metrics`",
+        "(see [Console](../console.md)).",
+        "",
+        "| console metric | type | labels | help |",
+        "|---|---|---|---|",
+    ]
+    for doc in metric_docs(ConsoleMetrics):
+        labels = ", ".join(f"`{label}`" for label in doc.labels) or "—"
+        lines.append(f"| `{doc.name}` | {doc.type} | {labels} | {_cell(doc.help)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ applies them.
 
 from retryd.admission.allowlist import Allowlist
 from retryd.admission.attempts import attempts_exhausted
-from retryd.admission.claims import Admitted
+from retryd.admission.claims import Admitted, Parkable, park_claim
 from retryd.admission.guards import Guards, build_guards
 from retryd.admission.permit import Fate, Permit
 from retryd.admission.verdicts import (
@@ -30,8 +30,10 @@ __all__ = [
     "Guards",
     "Hold",
     "Park",
+    "Parkable",
     "Permit",
     "Verdict",
     "attempts_exhausted",
     "build_guards",
+    "park_claim",
 ]

@@ -5,6 +5,12 @@ lease or a second replica can never resubmit it twice unseen; `settle` writes
 what became of each permit: `commit` for a copy the target took, `release` for
 one that was not sent or failed. A permit whose call was cancelled in flight is
 never settled here: its claim stays begun, to be resumed as the same attempt.
+
+Parking goes the same way: `begin_parks` claims each Park's key right before its
+copy is written (a message parked already is only deleted), `commit_parks`
+records the copies written, `release_parks` hands back the claims of copies that
+failed. `renew` keeps the claims of work still in flight alive (a batch's
+heartbeat calls it), so only a dead holder's claim is ever taken over.
 """
 
 from __future__ import annotations
@@ -15,9 +21,17 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from retryd.admission.permit import Fate, Permit
-from retryd.admission.verdicts import Defer, DeferReason, Done, Go, Hold
-from retryd.ledger.base import BeginStatus, Claim, Ledger, LedgerError
-from retryd.models import Job, ledger_hold_reason
+from retryd.admission.verdicts import Defer, DeferReason, Done, Go, Hold, Park
+from retryd.ledger.base import (
+    MAX_RECORDED_ATTEMPT,
+    BeginStatus,
+    Claim,
+    Ledger,
+    LedgerError,
+    ParkCopy,
+    ParkStatus,
+)
+from retryd.models import FailReason, Job, ledger_hold_reason
 
 log = structlog.get_logger("retryd.admission")
 
@@ -33,9 +47,31 @@ class Admitted:
     done: list[Done] = field(default_factory=list)
 
 
+@dataclass
+class Parkable:
+    """Park verdicts after their ledger claims: to write now, only to delete, or left alone."""
+
+    # Claimed: write their copies now, then `commit_parks` (or `release_parks`).
+    park: list[Park] = field(default_factory=list)
+    # A copy is in the parking queue already (or the target has one): only delete them;
+    # the attempt recorded with it, and whether it was a park (else a resubmission).
+    done: list[tuple[Park, int, bool]] = field(default_factory=list)
+    # Another live claim holds the key: left in the DLQ to be looked at again.
+    busy: list[Park] = field(default_factory=list)
+    # The ledger could not be written: left in the DLQ, with the reason and detail.
+    held: list[tuple[Park, FailReason, str]] = field(default_factory=list)
+
+
 def _first_failed_s(job: Job) -> float | None:
     first_s = job.first_failed_at_s
     return first_s if first_s is not None else job.letter.sent_at_s
+
+
+def park_claim(park: Park) -> Claim:
+    """The ledger claim a Park is written under: its key, message and attempt (capped)."""
+    first_failed_s = _first_failed_s(park.job) if park.job else park.letter.sent_at_s
+    attempt = max(0, min(park.attempt, MAX_RECORDED_ATTEMPT))
+    return Claim(park.key, park.letter.message_id, attempt, first_failed_s)
 
 
 class Claims:
@@ -64,6 +100,9 @@ class Claims:
         for go, claim, answer in zip(gos, claims, begun, strict=True):
             if answer.status is BeginStatus.DONE:
                 admitted.done.append(Done(go.job, answer.attempt))
+            elif answer.status is BeginStatus.PARKED:
+                # Parked since admission read the ledger: a copy is safe, only delete it.
+                admitted.done.append(Done(go.job, answer.attempt, parked=True))
             elif answer.status is BeginStatus.BUSY:
                 admitted.deferred.append(
                     Defer(
@@ -116,3 +155,67 @@ class Claims:
                 message_id=claim.message_id,
                 why="another replica took the claim over; the target has the copy",
             )
+
+    async def renew(self, claims: Sequence[Claim]) -> list[bool]:
+        """Keep `claims` (of work in flight) held one renewal period more; False: lost.
+
+        LedgerError propagates: the caller's heartbeat stops and says so, and the
+        work goes on (a claim lapsing only lets another holder resume it later).
+        """
+        if self._ledger is None or not claims:
+            return [True] * len(claims)
+        return await self._ledger.renew(claims)
+
+    async def begin_parks(self, parks: Sequence[Park]) -> Parkable:
+        """Claim each Park's key for its copy; each Park ends up in one of the lists."""
+        parkable = Parkable()
+        if self._ledger is None or not parks:
+            parkable.park.extend(parks)
+            return parkable
+        try:
+            answers = await self._ledger.begin_park([park_claim(park) for park in parks])
+        except LedgerError as exc:
+            reason = ledger_hold_reason(exc.error.error_class)
+            parkable.held.extend((park, reason, str(exc)) for park in parks)
+            return parkable
+        for park, answer in zip(parks, answers, strict=True):
+            if answer.status is ParkStatus.STARTED:
+                parkable.park.append(park)
+            elif answer.status is ParkStatus.BUSY:
+                parkable.busy.append(park)
+            else:
+                parked = answer.status is ParkStatus.PARKED
+                parkable.done.append((park, answer.attempt, parked))
+        return parkable
+
+    async def commit_parks(self, written: Sequence[tuple[Park, str]]) -> None:
+        """Record the copies written, as (Park, parking message id); never raises.
+
+        A failed write is logged: the copies are safe, so deleting is still right;
+        only a message whose delete is then lost too may be parked once more.
+        """
+        if self._ledger is None or not written:
+            return
+        copies = [ParkCopy(park_claim(park), message_id) for park, message_id in written]
+        try:
+            kept = await self._ledger.commit_park(copies)
+        except LedgerError as exc:
+            log.warning("ledger-park-commit-failed", parked=len(copies), error=str(exc))
+            return
+        for copy in (copy for copy, ok in zip(copies, kept, strict=True) if not ok):
+            log.warning(
+                "ledger-claim-lost",
+                key=copy.claim.key,
+                message_id=copy.claim.message_id,
+                why="another replica took the park claim over; the parking queue has the copy",
+            )
+
+    async def release_parks(self, parks: Sequence[Park]) -> None:
+        """Hand back the claims of parks whose copies were not written; never raises."""
+        if self._ledger is None or not parks:
+            return
+        try:
+            await self._ledger.release([park_claim(park) for park in parks])
+        except LedgerError as exc:
+            # The claims lapse by themselves within one renewal period.
+            log.warning("ledger-settle-failed", parked=len(parks), error=str(exc))

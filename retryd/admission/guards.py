@@ -34,7 +34,7 @@ from retryd.admission.allowlist import Allowlist
 from retryd.admission.attempts import attempts_exhausted
 from retryd.admission.backoff import Backoff
 from retryd.admission.breaker import Breakers, BreakerState
-from retryd.admission.claims import Admitted, Claims
+from retryd.admission.claims import Admitted, Claims, Parkable
 from retryd.admission.paused import PauseSet, paused
 from retryd.admission.permit import Permit
 from retryd.admission.ratelimit import RateLimits, TokenBucket
@@ -48,7 +48,7 @@ from retryd.admission.verdicts import (
     Verdict,
 )
 from retryd.arns import Arn
-from retryd.ledger.base import Ledger, LedgerError, Record, committed_attempt
+from retryd.ledger.base import Claim, Ledger, LedgerError, Record, committed_attempt, parked_attempt
 from retryd.metrics import Metrics
 from retryd.models import Job, ParkReason, Target, Unresolvable, ledger_hold_reason
 from retryd.settings import GuardSettings, Settings
@@ -226,7 +226,9 @@ class Guards:
         pending: list[tuple[int, Job]] = []
         for index, item in enumerate(resolved):
             if isinstance(item, Unresolvable):
-                verdicts[index] = Park(item.letter, item.reason, item.detail, 0)
+                verdicts[index] = Park(
+                    item.letter, item.reason, item.detail, 0, letter_key=item.key
+                )
                 continue
             refused = self.check(item, budget=not operator_now)
             if refused is not None:
@@ -251,11 +253,9 @@ class Guards:
             if verdicts[index] is not None:
                 continue
             record = records.get(job.key)
-            done_as = committed_attempt(record, job.letter.message_id)
-            if done_as is not None:
-                verdicts[index] = Done(job, done_as)
-                continue
-            verdict = None if operator_now else self._over_time(job, record, now_s)
+            verdict: Verdict | None = _settled_already(job, record)
+            if verdict is None and not operator_now:
+                verdict = self._over_time(job, record, now_s)
             if verdict is None:
                 ready.append((index, self._merged(job, records.get(job.key))))
             else:
@@ -470,6 +470,34 @@ class Guards:
     async def settle(self, target: Target, permits: Sequence[Permit]) -> None:
         """Write the ledger for permits settled since: commit successes, release the rest."""
         await self._claims.settle(target.arn, permits)
+
+    async def renew(self, claims: Sequence[Claim]) -> list[bool]:
+        """Renew the ledger claims of work still in flight (see Claims.renew)."""
+        return await self._claims.renew(claims)
+
+    async def begin_parks(self, parks: Sequence[Park]) -> Parkable:
+        """Claim each Park's key right before its copy is written (see Claims.begin_parks)."""
+        return await self._claims.begin_parks(parks)
+
+    async def commit_parks(self, written: Sequence[tuple[Park, str]]) -> None:
+        """Record the parked copies written, with their parking message ids."""
+        await self._claims.commit_parks(written)
+
+    async def release_parks(self, parks: Sequence[Park]) -> None:
+        """Hand back the park claims of copies that could not be written."""
+        await self._claims.release_parks(parks)
+
+
+def _settled_already(job: Job, record: Record | None) -> Done | None:
+    """Done when the ledger shows this message's copy safe: at its target or parked."""
+    done_as = committed_attempt(record, job.letter.message_id)
+    if done_as is not None:
+        return Done(job, done_as)
+    parked_as = parked_attempt(record, job.letter.message_id)
+    if parked_as is not None:
+        # Its copy is in the parking queue: judged again, it could go out or be parked twice.
+        return Done(job, parked_as, parked=True)
+    return None
 
 
 def _permit_of(gos: Sequence[Go], job: Job) -> Permit:

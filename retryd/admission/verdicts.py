@@ -44,6 +44,20 @@ class Park:
     detail: str
     attempt: int
     job: Job | None = None
+    # For a letter that never became a job: the key the resolver chain gave it
+    # (Unresolvable.key).
+    letter_key: str = ""
+
+    @property
+    def key(self) -> str:
+        """The ledger key its park is claimed and recorded under.
+
+        Its job's key; for a letter that never became a job, the one the resolver
+        chain gave it, or (none given) its DLQ and message id.
+        """
+        if self.job is not None:
+            return self.job.key
+        return self.letter_key or f"{self.letter.queue.arn}#{self.letter.message_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +73,7 @@ class Defer:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """Resubmitted already (the ledger committed it) but not deleted: only delete it now.
+    """Resubmitted or parked already (the ledger recorded it) but not deleted: only delete it now.
 
     Judging it again would be wrong twice over: its last allowed attempt would park a
     copy the target already has, and a backoff or an open breaker would hide it.
@@ -67,6 +81,8 @@ class Done:
 
     job: Job
     attempt: int
+    # Its copy is in the parking queue (not at the target): reported as already parked.
+    parked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

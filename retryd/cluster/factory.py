@@ -21,12 +21,12 @@ def member_ttl_s(settings: Settings) -> float:
     """How long a heartbeat lasts: two of the longest cycles, so a busy replica stays live.
 
     Heartbeats are written at the start of each cycle. A cycle stops taking new
-    batches after `drain.cycle_budget_s`, but a batch already received may run to the
-    end of its lease (`drain.visibility_timeout_s`), and `schedule.interval_s` of rest
-    follows.
+    batches after `drain.cycle_budget_s`, but a batch already received may run, its
+    lease extended while work on it is in flight, for up to `drain.max_lease_s` (never
+    less than one lease), and `schedule.interval_s` of rest follows.
     """
     drain = settings.drain
-    return 2.0 * (settings.schedule.interval_s + drain.cycle_budget_s + drain.visibility_timeout_s)
+    return 2.0 * (settings.schedule.interval_s + drain.cycle_budget_s + drain.lease_cap_s)
 
 
 def open_cluster(

@@ -18,7 +18,7 @@ async def run_audit(settings: Settings, *, limit: int, output: str) -> int:
     async with open_clients(settings.aws) as clients:
         records = await audit.latest(control_store(settings.ledger, clients), limit)
     if output == "json":
-        print(json.dumps({"records": [r.to_json() for r in records]}, indent=2))
+        print(json.dumps(audit_document(records), indent=2))
         return 0
     if not records:
         print("no audit records")
@@ -29,6 +29,11 @@ async def run_audit(settings: Settings, *, limit: int, output: str) -> int:
             f"{entry.who}  {what}"
         )
     return 0
+
+
+def audit_document(records: list[audit.AuditRecord]) -> dict[str, Any]:
+    """What `retryd audit --output json` prints (and the console's /api/audit answers)."""
+    return {"records": [r.to_json() for r in records]}
 
 
 def _compact(value: Any) -> Any:

@@ -22,6 +22,7 @@ import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd.commands.operator_cli import add_operator_commands
+from retryd.console.command import add_console_command
 from retryd.errors import (
     ExitCode,
     QueueNotFoundError,
@@ -257,9 +258,10 @@ def _tool_parsers(
     iam.add_argument("--account", metavar="ID", help="AWS account id (default: any, '*')")
     iam.add_argument(
         "--role",
-        choices=("daemon", "operator"),
+        choices=("daemon", "operator", "console"),
         default="daemon",
-        help="daemon (run, once, plan, inspect) or operator (also redrive --from parking)",
+        help="daemon (run, once, plan, inspect), operator (also redrive --from parking) "
+        "or console (retryd console: the operator's, as it runs redrive jobs)",
     )
     iam.add_argument(
         "--partition",
@@ -337,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, on_command=True)
     add_operator_commands(subparsers, common)
+    add_console_command(subparsers, common)
     # Set over the whole tree, so that no parser added later can miss it: a prefix such
     # as `--ex` must never stand for `--execute`.
     for each in _parsers(parser):

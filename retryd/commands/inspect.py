@@ -32,10 +32,10 @@ from retryd.discovery.survey import (
     look_at_each,
     select_queues,
 )
+from retryd.drain.setup import read_chain
 from retryd.errors import ExitCode
 from retryd.models import DeadLetter, QueueRef
 from retryd.places import PlaceError, Places, Visit, open_places
-from retryd.resolve import open_chain
 from retryd.resolve.failure_groups import (
     FailureGroup,
     group_failures,
@@ -126,7 +126,7 @@ async def inspect_queues(
     `Places.for_sending`) the clients a target is sent with, which read its key.
     """
     queues, missing = await select_queues(clients.sqs, settings, names)
-    chain, feeds = await open_chain(settings, clients, queues)
+    chain, feeds = await read_chain(settings, clients, queues)
     routes = StaticRouteResolver(settings.routes)
 
     async def group(letters: list[DeadLetter]) -> list[FailureGroup]:

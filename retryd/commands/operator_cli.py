@@ -89,13 +89,12 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _redrive(args: argparse.Namespace) -> int:
-    from retryd.commands.redrive import RedriveRequest, run_redrive  # noqa: PLC0415 - keeps `--help` fast
+    from retryd.commands.redrive import (  # noqa: PLC0415 - keeps `--help` fast
+        RedriveRequest,
+        check_selectors,
+        run_redrive,
+    )
 
-    for glob in args.targets or []:
-        check_arn_glob(glob, "--target")
-    _check_reasons(args.reasons or [])
-    if args.to is not None:
-        check_arn_glob(args.to, "--to", wildcards=False)
     given = frozenset(
         option for option, dest in REDRIVE_OPTIONS.items() if getattr(args, dest) not in (None, [])
     )
@@ -121,6 +120,7 @@ def _redrive(args: argparse.Namespace) -> int:
         resume=args.resume,
         output=args.output,
     )
+    check_selectors(request)
     durable = "redrive --resume" if args.resume else "redrive --execute" if args.execute else None
     return anyio.run(run_redrive, _settings(args, keeps_state=durable), request)
 
@@ -152,18 +152,6 @@ def _repeat_on_resume(args: argparse.Namespace) -> tuple[str, ...]:
         if value:
             repeated += ["--" + option.replace("_", "-"), str(value)]
     return tuple(repeated)
-
-
-def _check_reasons(reasons: list[str]) -> None:
-    """`--reason` must be a parking reason: any other value selects nothing, silently."""
-    from retryd.models import ParkReason  # noqa: PLC0415 - keeps `--help` fast
-
-    valid = [reason.value for reason in ParkReason]
-    unknown = [reason for reason in reasons if reason not in valid]
-    if unknown:
-        raise OperatorInputError(
-            f"--reason {', '.join(unknown)}: not a parking reason; one of {', '.join(valid)}"
-        )
 
 
 def _jobs(args: argparse.Namespace) -> int:

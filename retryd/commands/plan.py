@@ -16,39 +16,29 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import anyio
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
-from retryd.admission import Defer, Go, Guards, Hold, Verdict, build_guards
-from retryd.admission.breaker import Breakers
-from retryd.admission.paused import Pause, PauseSet
+from retryd.admission import Defer, Go, Hold, Verdict
+from retryd.admission.paused import Pause
 from retryd.aws import AwsClients
-from retryd.cluster.view import (
-    ClusterUnreadError,
-    ClusterView,
-    hold_as_the_cluster_does,
-    read_cluster,
-)
+from retryd.cluster.view import ClusterView
 from retryd.commands import progress, render
 from retryd.control.pauses import describe as describe_pauses
-from retryd.control.pauses import pauses_in_force
 from retryd.discovery.survey import (
     Depth,
     Look,
     ReadProgress,
     look_at_each,
 )
-from retryd.drain.setup import set_up_place
+from retryd.drain.setup import PlaceBuilder, Purpose, open_dry_run
 from retryd.errors import ExitCode
-from retryd.ledger import Ledger, open_ledger
 from retryd.models import (
     CYCLE_OUTCOMES,
     DeadLetter,
@@ -60,7 +50,6 @@ from retryd.models import (
     Unresolvable,
 )
 from retryd.places import PlaceError, Places, Visit, open_places
-from retryd.resolve import open_chain
 from retryd.settings import Settings
 from retryd.settle import outcome
 from retryd.targets.router import place_unavailable
@@ -72,65 +61,6 @@ log = structlog.get_logger("retryd.plan")
 
 
 # -- What `once` would decide ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PlanGuards:
-    """The guards to judge with, and the cluster they were set from (None: no cluster)."""
-
-    guards: Guards
-    cluster: ClusterView | None = None
-
-
-@asynccontextmanager
-async def open_guards(
-    settings: Settings, clients: AwsClients, protected: Iterable[str]
-) -> AsyncIterator[PlanGuards]:
-    """The guards a cycle applies, built as a cycle builds them, for dry-run assessment.
-
-    `protected` are the queues a cycle never resubmits into (its DLQs and the
-    parking queue). The one place `plan` builds guards. On the DynamoDB ledger the
-    breakers start as the replicas' cluster item has them (read, never written:
-    a plan does not join the cluster), so a target the cluster holds open is
-    deferred here as it would be in the next cycle.
-    """
-    # Only read: counts and backoff come from the ledger. A SQLite file that does not
-    # exist yet has counted nothing, and opening it would create it: a plan writes
-    # nothing, so it judges with no ledger instead.
-    exists = settings.ledger.backend != "sqlite" or await anyio.Path(settings.ledger.path).exists()
-    ledger_scope: AbstractAsyncContextManager[Ledger | None] = (
-        open_ledger(settings.ledger, clients) if exists else nullcontext(None)
-    )
-    async with ledger_scope as ledger:
-        breakers = Breakers(settings.breaker, anyio.current_time, logged=False)
-        cluster = None
-        if settings.ledger.backend == "dynamodb":
-            cluster = await _read_cluster(settings, clients)
-            if cluster is not None:
-                hold_as_the_cluster_does(
-                    cluster,
-                    breakers,
-                    cooldown_s=settings.breaker.cooldown_s,
-                    monotonic_s=anyio.current_time(),
-                )
-        guards = build_guards(settings, ledger=ledger, metrics=None, breakers=breakers)
-        guards.protect_queues(protected)
-        # Judged with the operator's pauses, as the next cycle will be.
-        guards.set_pauses(PauseSet(tuple(await pauses_in_force(settings.ledger, clients))))
-        yield PlanGuards(guards, cluster)
-
-
-async def _read_cluster(settings: Settings, clients: AwsClients) -> ClusterView | None:
-    """The replicas' cluster item; None (breakers judged closed, said in a log line) if unread."""
-    try:
-        return await read_cluster(clients.dynamodb, settings.ledger.table, wall_s=time.time)
-    except (ClientError, BotoCoreError, ClusterUnreadError) as exc:
-        log.warning(
-            "plan-cluster-unread",
-            error=str(classify.from_exception(exc)),
-            why="the breakers the replicas hold open are not known: they are judged closed",
-        )
-        return None
 
 
 class Action(StrEnum):
@@ -364,10 +294,11 @@ async def make_plan(
     could not send is held here too. Discovery errors and a missing parking queue
     propagate, as they stop a cycle.
     """
-    survey = (await set_up_place(clients.sqs, settings)).survey
-    chain, _ = await open_chain(settings, clients, survey.dlqs)
-    async with open_guards(settings, home or clients, survey.protected) as judged:
+    # The ledger and pauses are the home place's; a dry run opens and writes nothing else.
+    async with open_dry_run(settings, home or clients) as judged:
         guards = judged.guards
+        place = await PlaceBuilder(settings, Purpose.DRY_RUN, guards).set_up(clients)
+        chain = place.chain
 
         async def decide(letters: list[DeadLetter]) -> list[PlannedMessage]:
             if not letters:
@@ -391,7 +322,7 @@ async def make_plan(
 
         looks = await look_at_each(
             clients.sqs,
-            survey.dlqs,
+            place.dlqs,
             decide,
             max_messages=max_messages,
             wait_s=settings.drain.receive_wait_s,

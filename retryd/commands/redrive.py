@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from retryd import classify
 from retryd.aws import AwsClients, open_clients
 from retryd.commands import progress
-from retryd.commands.operator_input import OperatorInputError
+from retryd.commands.operator_input import OperatorInputError, check_arn_glob
 from retryd.commands.timeparse import iso, parse_time_s
 from retryd.control import ControlError, audit, control_store
 from retryd.control.jobs import JobState, JobStore, MessageResult, RedriveJob, new_job_id
@@ -96,6 +96,21 @@ def parse_ramp(text: str | None) -> tuple[int, ...]:
     if not steps or any(step < 1 for step in steps):
         raise OperatorInputError(f"--ramp {text!r}: every step must be at least 1")
     return steps
+
+
+def check_selectors(request: RedriveRequest) -> None:
+    """OperatorInputError for a selector that would select nothing, silently: a target glob
+    no ARN could match, a `--reason` that is no parking reason, a `--to` that is no ARN."""
+    for glob in request.targets:
+        check_arn_glob(glob, "--target")
+    valid = [reason.value for reason in ParkReason]
+    unknown = [reason for reason in request.reasons if reason not in valid]
+    if unknown:
+        raise OperatorInputError(
+            f"--reason {', '.join(unknown)}: not a parking reason; one of {', '.join(valid)}"
+        )
+    if request.to is not None:
+        check_arn_glob(request.to, "--to", wildcards=False)
 
 
 def build_spec(request: RedriveRequest, now_s: float) -> Spec:
@@ -249,8 +264,11 @@ def render_failures(job: RedriveJob) -> list[str]:
 # -- the commands ------------------------------------------------------------------------
 
 
-async def _who_and_store(settings: Settings, clients: AwsClients) -> tuple[str, ControlStore]:
-    return await audit.caller_identity(settings.aws), control_store(settings.ledger, clients)
+async def _who_and_store(
+    settings: Settings, clients: AwsClients, who: str | None = None
+) -> tuple[str, ControlStore]:
+    caller = who if who is not None else await audit.caller_identity(settings.aws)
+    return caller, control_store(settings.ledger, clients)
 
 
 async def _sources_place(
@@ -296,24 +314,90 @@ async def _redrive_in_place(
     )
 
 
+@dataclass(frozen=True)
+class RedriveSteps:
+    """How one redrive reports as it goes: the command line prints, the console answers."""
+
+    # The plan, as soon as it is counted (before anything changes).
+    planned: Callable[[Spec, PlanCounts], None]
+    # Runs the job to its end, a canary stop or a cancellation (the job as saved).
+    # `expected`: the messages the plan selected (None on a resume).
+    execute: Callable[[Redrive, RedriveJob, JobStore, int | None], Awaitable[RedriveJob]]
+    # The job, once it is saved as running (before its first step).
+    started: Callable[[RedriveJob], None] = lambda _: None
+
+
+@dataclass(frozen=True)
+class Redriven:
+    """What one redrive planned and, when executed, the job it ran."""
+
+    spec: Spec
+    counts: PlanCounts
+    job: RedriveJob | None
+    # The selection named groups none of which was found: nothing executed.
+    no_group: bool = False
+
+
 async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
     """The `redrive` command."""
     if request.resume is not None:
         return await _resume(settings, request.resume, request.output, request)
+
+    def planned(spec: Spec, counts: PlanCounts) -> None:
+        _print(render_plan(spec, counts), plan_json(spec, counts), request.output, "plan")
+
+    async def execute(
+        redrive: Redrive, job: RedriveJob, jobs: JobStore, expected: int | None
+    ) -> RedriveJob:
+        options = request.resume_options
+        return await _execute(redrive, job, jobs, expected, request.output, resume_options=options)
+
+    done = await redrive_job(settings, request, RedriveSteps(planned, execute))
+    if done.no_group:
+        return EXIT_STOPPED
+    if done.job is None:
+        if request.output == "text":
+            print("nothing changed; add --execute to do it")
+        return EXIT_STOPPED if done.counts.errors else EXIT_OK
+    _print(render_job(done.job), job_json(done.job), request.output, "job")
+    return job_exit(done.job)
+
+
+async def redrive_job(
+    settings: Settings,
+    request: RedriveRequest,
+    steps: RedriveSteps,
+    *,
+    who: str | None = None,
+    person: str = "",
+) -> Redriven:
+    """Plan a redrive and, with `request.execute`, run it as a durable job; audited either way.
+
+    `retryd redrive` and the console's `POST /api/redrives` both come here: `who` is
+    the AWS caller (default: asked of STS), `person` the console's signed-in person.
+    """
+    check_selectors(request)
     spec = build_spec(request, time.time())
     async with open_places(settings) as places:
         # The operator state, the audit and the ledger are the home place's.
         home = await places.home_clients()
-        who, store = await _who_and_store(settings, home)
+        caller, store = await _who_and_store(settings, home, who)
         metrics = Metrics(CollectorRegistry())
-        job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), who)
+        job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), caller)
         async with open_ledger(settings.ledger, home, metrics, owner=_owner(job)) as ledger:
             redrive = await _redrive_in_place(
                 settings, places, spec, job, ledger=ledger, metrics=metrics, store=store, home=home
             )
             try:
                 return await _plan_and_execute(
-                    settings, request, redrive, job=job, store=store, who=who
+                    settings,
+                    request,
+                    redrive,
+                    steps,
+                    job=job,
+                    store=store,
+                    who=caller,
+                    person=person,
                 )
             finally:
                 await redrive.leave()
@@ -323,12 +407,14 @@ async def _plan_and_execute(
     settings: Settings,
     request: RedriveRequest,
     redrive: Redrive,
+    steps: RedriveSteps,
     *,
     job: RedriveJob,
-    store: Any,
+    store: ControlStore,
     who: str,
-) -> int:
-    """Plan, and execute when asked; the exit code."""
+    person: str,
+) -> Redriven:
+    """Plan, and execute when asked."""
     spec = redrive.spec
     try:
         await redrive.prepare()
@@ -337,45 +423,63 @@ async def _plan_and_execute(
         raise input_error(exc) from None
     except (BotoCoreError, ClientError) as exc:
         raise ControlError(f"cannot read the sources: {classify.from_exception(exc)}") from exc
-    _print(render_plan(spec, counts), plan_json(spec, counts), request.output, "plan")
+    steps.planned(spec, counts)
     refuse_mismatched_redirect(spec, counts)
     if selects_no_group(request, counts):
-        return EXIT_STOPPED
+        return Redriven(spec, counts, None, no_group=True)
     if not request.execute:
         await audit.record(
             store,
             who=who,
+            person=person,
             action="redrive-plan",
             what=spec.to_json(),
             count=counts.selected,
         )
-        if request.output == "text":
-            print("nothing changed; add --execute to do it")
-        return EXIT_STOPPED if counts.errors else EXIT_OK
+        return Redriven(spec, counts, None)
     jobs = JobStore(store, settings.ledger.ttl_s)
     # Audited as it starts too: a job whose process is killed still left a record.
-    await _audit_job(store, who, "redrive-execute", job, outcome="started")
+    await _audit_job(store, who, "redrive-execute", job, outcome="started", person=person)
+    await jobs.save(job)
+    steps.started(job)
     try:
-        job = await _execute(
-            redrive,
-            job,
-            jobs,
-            counts.selected,
-            request.output,
-            resume_options=request.resume_options,
-        )
+        job = await steps.execute(redrive, job, jobs, counts.selected)
     finally:
-        await _audit_job(store, who, "redrive-execute", job)
-    _print(render_job(job), job_json(job), request.output, "job")
-    return job_exit(job)
+        await _audit_job(store, who, "redrive-execute", job, person=person)
+    return Redriven(spec, counts, job)
 
 
 async def _resume(
     settings: Settings, job_id: str, output: str, request: RedriveRequest | None = None
 ) -> int:
+    async def execute(
+        redrive: Redrive, job: RedriveJob, jobs: JobStore, expected: int | None
+    ) -> RedriveJob:
+        options = request.resume_options if request is not None else ()
+        return await _execute(redrive, job, jobs, expected, output, resume_options=options)
+
+    job = await resume_job(
+        settings, job_id, RedriveSteps(lambda *_: None, execute), request=request, output=output
+    )
+    _print(render_job(job), job_json(job), output, "job")
+    return job_exit(job)
+
+
+async def resume_job(
+    settings: Settings,
+    job_id: str,
+    steps: RedriveSteps,
+    *,
+    request: RedriveRequest | None = None,
+    output: str = "text",
+    who: str | None = None,
+    person: str = "",
+) -> RedriveJob:
+    """Go on with a stopped job where it stopped (`retryd redrive --resume`, the console's
+    resume button); `request` (the command line's) may change what a resume may change."""
     async with open_places(settings) as places:
         home = await places.home_clients()
-        who, store = await _who_and_store(settings, home)
+        caller, store = await _who_and_store(settings, home, who)
         jobs = JobStore(store, settings.ledger.ttl_s)
         job = await _load(jobs, job_id)
         if job.state in (JobState.DONE, JobState.CANCELLED):
@@ -395,15 +499,16 @@ async def _resume(
                     await redrive.prepare()
                 except RedriveInputError as exc:
                     raise input_error(exc) from None
+                steps.started(job)
                 try:
-                    options = request.resume_options if request is not None else ()
-                    job = await _execute(redrive, job, jobs, None, output, resume_options=options)
+                    job = await steps.execute(redrive, job, jobs, None)
                 finally:
-                    await _audit_job(store, who, "redrive-resume", job, changed=changed)
+                    await _audit_job(
+                        store, caller, "redrive-resume", job, changed=changed, person=person
+                    )
             finally:
                 await redrive.leave()
-    _print(render_job(job), job_json(job), output, "job")
-    return job_exit(job)
+    return job
 
 
 async def _execute(
@@ -447,10 +552,12 @@ async def _audit_job(
     *,
     outcome: str | None = None,
     changed: dict[str, Any] | None = None,
+    person: str = "",
 ) -> None:
     await audit.record(
         store,
         who=who,
+        person=person,
         action=action,
         what={"job": job.id, **job.spec, **({"changed": changed} if changed else {})},
         count=sum(job.counts.values()),
@@ -504,12 +611,7 @@ async def run_job_cancel(settings: Settings, *, job_id: str) -> int:
     async with open_clients(settings.aws) as clients:
         who, store = await _who_and_store(settings, clients)
         jobs = JobStore(store, settings.ledger.ttl_s)
-        job = await _load(jobs, job_id)
-        if job.state is JobState.DONE:
-            raise OperatorInputError(f"job {job_id} is done; nothing to cancel")
-        job.state = JobState.CANCELLED
-        await jobs.save(job)
-        await _audit_job(store, who, "redrive-cancel", job)
+        await cancel_job(store, jobs, job_id=job_id, who=who, person="")
     print(f"job {job_id} cancelled; it will not be resumed (what it sent stays sent)")
     return 0
 
@@ -704,3 +806,17 @@ async def until_signalled(
     if caught:
         raise JobInterruptedError(job, caught[0], resume_options)
     return done[0]
+
+
+async def cancel_job(
+    store: ControlStore, jobs: JobStore, *, job_id: str, who: str, person: str
+) -> RedriveJob:
+    """Cancel a job and audit it; the job as stored. The command line and the console
+    both cancel through this (`person` is the console's signed-in person, "" otherwise)."""
+    job = await _load(jobs, job_id)
+    if job.state is JobState.DONE:
+        raise OperatorInputError(f"job {job_id} is done; nothing to cancel")
+    job.state = JobState.CANCELLED
+    await jobs.save(job)
+    await _audit_job(store, who, "redrive-cancel", job, person=person)
+    return job

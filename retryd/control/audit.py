@@ -41,6 +41,9 @@ class AuditRecord:
     what: dict[str, Any] = field(default_factory=dict)
     count: int = 0
     outcome: str = "ok"
+    # The person signed in to the console who asked for it ("" from the command line,
+    # where the AWS caller is the person's own role).
+    person: str = ""
 
     def to_json(self) -> Body:
         return asdict(self)
@@ -54,6 +57,7 @@ class AuditRecord:
             what=dict(raw.get("what", {})),
             count=int(raw.get("count", 0)),
             outcome=str(raw.get("outcome", "")),
+            person=str(raw.get("person", "")),
         )
 
 
@@ -76,13 +80,14 @@ async def record(
     what: dict[str, Any],
     count: int = 0,
     outcome: str = "ok",
+    person: str = "",
 ) -> AuditRecord:
     """Log and store one audit record; a store that cannot be written is logged, not raised.
 
     The action has happened by the time it is audited: failing it now would only
     hide what was done. The log line is written first, so it is never lost.
     """
-    entry = AuditRecord(time.time(), who, action, what, count, outcome)
+    entry = AuditRecord(time.time(), who, action, what, count, outcome, person)
     log.info("audit", **entry.to_json())
 
     def change(body: Body | None) -> Body:

@@ -24,16 +24,17 @@ from retryd.admission import DeferReason
 from retryd.aws import AwsClients
 from retryd.cluster import Cluster
 from retryd.cluster.agree import share
-from retryd.cluster.factory import admit_in_cluster
 from retryd.control import ControlError, control_store
-from retryd.control.deferrals import HiddenBook
 from retryd.control.jobs import JOBS_DOC, job_metrics
 from retryd.control.pauses import PAUSES_DOC, pause_set
 from retryd.discovery.feeds import FeedCache
-from retryd.discovery.survey import Sizing, queue_arn, size_up, survey_queues
+from retryd.discovery.survey import Sizing, size_up
 from retryd.drain.batch import Pipeline
+from retryd.drain.setup import PlaceBuilder, PlaceSetup, Purpose, admit_live
 from retryd.drain.shard import WHOLE, Shard
+from retryd.drain.sightings import QueueSighting, Sightings
 from retryd.errors import ParkingQueueMissingError, RetrydError
+from retryd.heartbeat import Leasing
 from retryd.leases import RECEIVE_BATCH_MAX, act_by, receive
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics, place_labels
@@ -47,12 +48,8 @@ from retryd.models import (
     QueueRef,
 )
 from retryd.places import Place, PlaceFailure, Places, Visit, leaves
-from retryd.resolve import build_chain
-from retryd.resolve.chain import ResolverChain
 from retryd.settings import Settings
-from retryd.settle.parking import Parking, locate_parking
 from retryd.targets import TargetRouter
-from retryd.targets.sender import Sender
 
 log = structlog.get_logger("retryd.cycle")
 
@@ -183,31 +180,17 @@ class _CycleBudget:
         return not self.stopping.is_set() and anyio.current_time() < self.deadline
 
 
-@dataclass
-class _PlaceState:
-    """One place's part of the cycles: what feeds its DLQs, its pipeline and parking queue."""
-
-    place: Place
-    # The run's settings with `discovery.queues` narrowed to what may be in this place.
-    settings: Settings
-    feeds: FeedCache
-    chain: ResolverChain
-    sender: Sender
-    pipeline: Pipeline | None = None
-    parking: Parking | None = None
-    # ARNs no message may go into (its DLQs and parking queue), as last surveyed: kept
-    # when a later survey of this place fails, so the loop guard never forgets them.
-    protected: list[str] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class _PlaceDrain:
     """One place as this cycle found it: its DLQs, and the clients and pipeline to drain them."""
 
-    site: _PlaceState
+    setup: PlaceSetup
     clients: AwsClients
     pipeline: Pipeline
-    queues: list[QueueRef]
+
+    @property
+    def queues(self) -> list[QueueRef]:
+        return self.setup.dlqs
 
 
 @dataclass
@@ -252,6 +235,7 @@ class _QueueDrain:
     look: _PlaceDrain
     queue: QueueRef
     remaining: int
+    sighting: QueueSighting
     handled: Handled = field(default_factory=Handled)
     # The targets of the last batch's messages: what the next receive asks for is
     # bounded by what their tokens cover (none known yet: a full batch).
@@ -275,12 +259,10 @@ class Cycle:
     ) -> None:
         """`clients` are the home place's; `places` every place to drain (default: that one)."""
         self._settings = settings
-        # One of drain.processes workers drains only the DLQs that fall to it.
-        self._shard = shard
         self._clients = clients
         self._metrics = metrics
         self._places = places or Places.single(clients)
-        admission = admit_in_cluster(settings, clients, ledger=ledger, metrics=metrics)
+        admission = admit_live(settings, clients, ledger=ledger, metrics=metrics)
         self._guards = admission.guards
         self._cluster: Cluster = admission.cluster
         rates = admission.rates
@@ -295,10 +277,24 @@ class Cycle:
             settings.drain.target_concurrency,
             pick=self._places.for_sending if self._places.configured else None,
         )
-        self._sites: dict[Place, _PlaceState] = {}
         # Operator pauses live beside the ledger, shared by every replica and command.
         self._control = control_store(settings.ledger, clients)
-        self._hidden = HiddenBook(self._control, qualified=self._places.configured)
+        # What each place needs, kept across cycles (parking queue once found, feeds,
+        # chain, sender); one of drain.processes workers drains only the DLQs that fall to it.
+        self._builder = PlaceBuilder(
+            settings,
+            Purpose.CYCLE,
+            self._guards,
+            router=self._router,
+            metrics=metrics,
+            control=self._control,
+            qualified=self._places.configured,
+            owns=lambda queue: shard.owns(queue.arn),
+        )
+        # A place's pipeline, built once its parking queue is found, kept with it.
+        self._pipelines: dict[Place, Pipeline] = {}
+        # What the console's read model learns from each DLQ drained (never fails a batch).
+        self._sightings = Sightings(self._control, parked_ttl_s=settings.console.parked_index_ttl_s)
 
     @property
     def cluster(self) -> Cluster:
@@ -313,43 +309,23 @@ class Cycle:
     @property
     def feeds(self) -> FeedCache:
         """What feeds each DLQ of the home place, as last learned (`retryd inspect` shows it)."""
-        return self._site(self._places.places[0]).feeds
+        return self._builder.kept(self._places.places[0]).feeds
 
-    def _site(self, place: Place) -> _PlaceState:
-        site = self._sites.get(place)
-        if site is None:
-            # What feeds each DLQ (Lambda functions, redrive sources), rebuilt every few
-            # cycles. Redrive sources lazily: a DLQ's are looked up once it has messages.
-            feeds = FeedCache.for_settings(self._settings, lazy_redrive=True)
-            site = _PlaceState(
-                place,
-                self._places.settings_for(self._settings, place),
-                feeds,
-                build_chain(self._settings, feeds, self._metrics),
-                Sender(targets=self._router, guards=self._guards),
-            )
-            self._sites[place] = site
-        return site
-
-    async def _ready_pipeline(
-        self, site: _PlaceState, clients: AwsClients
-    ) -> tuple[Pipeline, Parking]:
-        if site.pipeline is None or site.parking is None:
-            # Located every cycle until found, so a missing parking queue stops
-            # draining this place (nothing could be parked) without stopping the daemon.
-            parking = await locate_parking(clients.sqs, self._settings)
-            site.parking = parking
-            site.pipeline = Pipeline(
+    def _pipeline(self, place: Place, setup: PlaceSetup, clients: AwsClients) -> Pipeline:
+        pipeline = self._pipelines.get(place)
+        if pipeline is None:
+            pipeline = self._pipelines[place] = Pipeline(
                 sqs=clients.sqs,
-                chain=site.chain,
-                guards=self._guards,
-                sender=site.sender,
-                parking=parking,
+                chain=setup.chain,
+                guards=setup.guards,
+                sender=setup.live_sender(),
+                parking=setup.parking,
                 metrics=self._metrics,
                 log_payloads=self._settings.log.include_payloads,
-                hidden=self._hidden,
+                hidden=setup.hidden,
+                leasing=Leasing.for_settings(self._settings),
             )
-        return site.pipeline, site.parking
+        return pipeline
 
     async def run(
         self,
@@ -382,9 +358,9 @@ class Cycle:
                     queues=self._settings.discovery.queues,
                     why="no DLQ matched discovery; check the prefixes, tags, names and region",
                 )
-            self._guards.protect_queues(
-                [arn for site in self._sites.values() for arn in site.protected]
-            )
+            # Every place's DLQs and parking queue, as last surveyed (a failed survey
+            # keeps the last): set again, as a place's set-up does, for the cycle's order.
+            self._guards.protect_queues(self._builder.protected)
             if looks:
                 await self._refresh_operator_state()
             run = _CycleBudget(started + self._settings.drain.cycle_budget_s, stopping, report)
@@ -411,22 +387,17 @@ class Cycle:
 
     async def _look(self, visit: Visit) -> _PlaceDrain:
         """One place's DLQs for this cycle, with what is needed to drain them; errors propagate."""
-        site = self._site(visit.place)
-        clients = visit.clients
-        pipeline, parking = await self._ready_pipeline(site, clients)
-        if not self._places.configured:
-            # One place: the cluster's sync is the cycle's, after its parking queue is found.
-            await self._cluster.sync()
-        survey = await survey_queues(
-            clients.sqs, site.settings, queue_arn(clients.sqs, parking.queue_url)
+        setup = await self._builder.set_up(
+            visit.clients,
+            settings=self._places.settings_for(self._settings, visit.place),
+            key=visit.place,
         )
-        # One of drain.processes workers drains only the DLQs that fall to it.
-        queues = [queue for queue in survey.dlqs if self._shard.owns(queue.arn)]
-        await site.feeds.refresh_if_due(clients, queues)
-        site.protected = survey.protected
-        labels = place_labels(survey.parking_arn)
-        self._metrics.set_queues_discovered(labels["account"], labels["region"], len(queues))
-        return _PlaceDrain(site, clients, pipeline, queues)
+        if not self._places.configured:
+            # One place: the cluster's sync is the cycle's, once its parking queue is found.
+            await self._cluster.sync()
+        labels = place_labels(setup.survey.parking_arn)
+        self._metrics.set_queues_discovered(labels["account"], labels["region"], len(setup.dlqs))
+        return _PlaceDrain(setup, visit.clients, self._pipeline(visit.place, setup, visit.clients))
 
     async def _look_everywhere(self, report: CycleReport) -> list[_PlaceDrain]:
         """Every place's look, side by side; a place that fails is reported and left out.
@@ -488,22 +459,30 @@ class Cycle:
             if not run.may_go_on:
                 return
             sizing = await self._size_up(look.clients, queue)
+            # What the drain leaves behind, for the console's read model (drain/sightings.py).
+            sighting = QueueSighting(sizing.queue, look.setup.chain)
             if sizing.empty:
                 # Most DLQs are empty most of the time: one cheap call instead of a
                 # long poll per empty queue.
+                await self._sightings.record(sighting)
                 return
             # Its retention rides on every letter, for the guards' retention check.
             queue = sizing.queue
             # Its resolvers read what feeds it: learned now, not for every empty DLQ.
-            await look.site.feeds.learn(look.clients, queue)
-            state = _QueueDrain(look, queue, self._settings.drain.max_messages_per_queue)
+            await look.setup.feeds.learn(look.clients, queue)
+            limit = self._settings.drain.max_messages_per_queue
+            state = _QueueDrain(look, queue, limit, sighting)
             try:
                 async with anyio.create_task_group() as group:
                     for _ in range(self._settings.drain.workers_per_queue):
                         group.start_soon(self._worker, run, state)
             finally:
-                with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
-                    await self._hidden.flush(self._hidden.key(queue))
+                hidden = look.setup.hidden
+                # A set-up that hides nothing has nothing to note.
+                if hidden is not None:
+                    with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
+                        await hidden.flush(hidden.key(queue))
+            await self._sightings.record(sighting)
             if state.handled.oldest_sent_s is not None:
                 self._metrics.set_oldest_message_age(
                     queue, max(0.0, time.time() - state.handled.oldest_sent_s)
@@ -539,6 +518,7 @@ class Cycle:
             decisions = await state.look.pipeline.handle(state.queue, fresh, deadline)
             state.handled.settled(decisions)
             state.targets = frozenset(d.target.arn for d in decisions if d.target) or state.targets
+            self._sightings.saw(state.sighting, decisions)
             report.add(decisions)
             # A breaker this batch opened or closed is written now (no call otherwise),
             # so the other replicas find it at their next sync.

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from retryd import leases
-from retryd.admission import Defer, Park, Verdict
-from retryd.control.jobs import MessageResult
+from retryd.admission import Defer, DeferReason, Park, Verdict
+from retryd.control.jobs import JobStore, MessageResult, RedriveJob, latest_results, tally
 from retryd.drain.batch import Batch, Pipeline
 from retryd.drain.redrive_spec import PARKING_SOURCE, Picked
 from retryd.models import Decision, Job, Outcome, QueueRef, Unresolvable
@@ -37,9 +37,39 @@ class Step:
     """One step's account: its results, the keys it sent, its canary failures."""
 
     results: list[MessageResult] = field(default_factory=list)
+    # Every decision the pipeline settled, as it settled them: a batch cut short (a
+    # signal) still deleted what was safe, and the job must account for those too.
+    decided: list[Decision] = field(default_factory=list)
     # Keys sent, to recognise canaries that come back.
     sent_keys: set[str] = field(default_factory=set)
     refails: int = 0
+
+    def account(self, picked: Sequence[Picked]) -> None:
+        """The step's results from what was decided, in the order picked.
+
+        A message the rate limit turned away was not tried: it has no result, and a
+        later step takes it again.
+        """
+        decided = {decision.letter.message_id: decision for decision in self.decided}
+        self.results = [
+            result_of(decided[item.letter.message_id], item)
+            for item in picked
+            if item.letter.message_id in decided
+            and not _rate_limited(decided[item.letter.message_id])
+        ]
+
+    async def store(
+        self,
+        job: RedriveJob,
+        jobs: JobStore,
+        latest: dict[str, MessageResult],
+        settled: set[str],
+    ) -> None:
+        """Store the step's results and count them into the job's `latest` (not saved here)."""
+        await jobs.add_results(job, self.results)
+        latest.update(latest_results(self.results))
+        tally(job, latest)
+        settled |= {result.message_id for result in self.results}
 
 
 class OperatorPipeline(Pipeline):
@@ -62,8 +92,9 @@ class OperatorPipeline(Pipeline):
     async def _assess(self, resolved: Sequence[Job | Unresolvable]) -> list[Verdict]:
         return await self._guards.assess(resolved, operator_now=True)
 
-    async def _refuse(self, parks: Sequence[Park]) -> list[Decision]:
-        return [outcome.refused(park) for park in parks]
+    async def _refuse(self, batch: Batch, parks: Sequence[Park]) -> None:
+        for park in parks:
+            batch.decide(outcome.refused(park))
 
     def _delivered(self, delivery: Delivery) -> Decision | Park:
         if delivery.error is None:
@@ -87,6 +118,7 @@ class OperatorPipeline(Pipeline):
             log.warning("redrive-hand-back-failed", queue=queue.name, problem=problem)
 
     def _record(self, decisions: Sequence[Decision]) -> None:
+        self.step.decided.extend(decisions)
         for decision in decisions:
             fields = {
                 "kind": self._kind,
@@ -101,6 +133,10 @@ class OperatorPipeline(Pipeline):
                 log.info("redrive-" + decision.outcome.value, **fields)
             else:
                 log.warning("redrive-" + decision.outcome.value, **fields)
+
+
+def _rate_limited(decision: Decision) -> bool:
+    return decision.outcome is Outcome.DEFERRED and decision.reason == DeferReason.RATE_LIMITED
 
 
 def result_of(decision: Decision, picked: Picked) -> MessageResult:

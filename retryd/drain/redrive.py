@@ -51,16 +51,14 @@ on it), never as a new attempt.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 
-from retryd import classify, leases
-from retryd.admission import DeferReason, Guards
+from retryd import classify
+from retryd.admission import Guards
 from retryd.aws import AwsClients
 from retryd.cluster import Cluster
-from retryd.cluster.factory import admit_in_cluster
 from retryd.control.jobs import (
     CANCELLED_REASON,
     JobState,
@@ -68,13 +66,11 @@ from retryd.control.jobs import (
     MessageResult,
     RedriveJob,
     latest_results,
-    tally,
 )
 from retryd.control.pauses import load_pauses
 from retryd.control.store import ControlStore
-from retryd.discovery.feeds import FeedCache
 from retryd.discovery.survey import read_depth
-from retryd.drain.operator_pipeline import OperatorPipeline, Step, result_of
+from retryd.drain.operator_pipeline import OperatorPipeline, Step
 from retryd.drain.redrive_read import Sources
 from retryd.drain.redrive_spec import (
     BATCH_AFTER_RAMP,
@@ -91,16 +87,15 @@ from retryd.drain.redrive_spec import (
     outcome_of,
     source_name,
 )
-from retryd.drain.setup import set_up_place
+from retryd.drain.setup import PlaceBuilder, Purpose, admit_live
+from retryd.heartbeat import Leasing
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, Decision, Job, Outcome, QueueRef, Target, Unresolvable
-from retryd.resolve import build_chain
-from retryd.settings import HookRule, Settings
+from retryd.models import DeadLetter, Decision, Job, QueueRef, Target, Unresolvable
+from retryd.settings import Settings
 from retryd.settle import outcome
 from retryd.targets import TargetRouter
 from retryd.targets.router import PickClients
-from retryd.targets.sender import Sender
 
 __all__ = [
     "BATCH_AFTER_RAMP",
@@ -115,9 +110,6 @@ __all__ = [
     "Spec",
     "outcome_of",
 ]
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger("retryd.redrive")
 
@@ -151,18 +143,19 @@ class Redrive:
         self._metrics = metrics
         self._control = control
         self.spec = spec
-        # Built as a cycle builds them, and shared the same way: a redrive during an
-        # incident must neither hit a target the daemon found broken nor add its own
-        # rate on top of the daemon's.
-        admission = admit_in_cluster(
-            settings, home or clients, ledger=ledger, metrics=metrics, me=member
+        # Built as a cycle builds them, and shared the same way (one more replica).
+        admission = admit_live(
+            settings, home or clients, ledger=ledger, metrics=metrics, member=member
         )
         self._guards: Guards = admission.guards
         self._cluster: Cluster = admission.cluster
-        # Admission (the guards) owns the rate limits and the ledger claims, as in a cycle.
-        self._sender = Sender(
-            targets=TargetRouter(clients, settings.drain.target_concurrency, pick=pick),
-            guards=self._guards,
+        # The place as a cycle sees it, looked at once, with the job's --transform first.
+        self._builder = PlaceBuilder(
+            settings,
+            Purpose.OPERATOR,
+            self._guards,
+            router=TargetRouter(clients, settings.drain.target_concurrency, pick=pick),
+            transform=spec.transform,
         )
         self._read: Sources | None = None
         self._pipeline: OperatorPipeline | None = None
@@ -182,19 +175,14 @@ class Redrive:
 
     async def prepare(self) -> None:
         """Find the queues, learn the feeds and pauses; RedriveInputError for a bad spec."""
-        sqs = self._clients.sqs
-        place = await set_up_place(sqs, self._settings)
-        parking, parking_ref, dlqs = place.parking, place.parking_queue, place.survey.dlqs
-        feeds = FeedCache.for_settings(self._settings)
-        await feeds.refresh_if_due(self._clients, dlqs)
-        chain = build_chain(self._hooked_settings(), feeds)
-        self._guards.protect_queues(place.survey.protected)
+        place = await self._builder.set_up(self._clients)
+        dlqs = place.dlqs
         self._guards.set_pauses(await load_pauses(self._control))
         # The breakers and shares as the cluster has them, for the plan as for a step.
         await self._cluster.sync()
         by_name = {queue.name: queue for queue in dlqs}
         if self.spec.kind == PARKING_SOURCE:
-            sources = [parking_ref]
+            sources = [place.parking_queue]
         else:
             unknown = [s for s in self.spec.sources if source_name(s) not in by_name]
             if unknown:
@@ -209,7 +197,7 @@ class Redrive:
             self._clients,
             self._control,
             self.spec,
-            chain,
+            place.chain,
             dlqs,
             sources,
             to,
@@ -218,12 +206,13 @@ class Redrive:
         self._pipeline = OperatorPipeline(
             kind=self.spec.kind,
             lease_s=self._settings.drain.visibility_timeout_s,
-            sqs=sqs,
-            chain=chain,
-            guards=self._guards,
-            sender=self._sender,
-            parking=parking,
+            sqs=self._clients.sqs,
+            chain=place.chain,
+            guards=place.guards,
+            sender=place.live_sender(),
+            parking=place.parking,
             metrics=self._metrics,
+            leasing=Leasing.for_settings(self._settings),
         )
 
     def _check_redirect(self, arn: str, source: QueueRef) -> Target:
@@ -238,18 +227,6 @@ class Redrive:
         if refused is not None:
             raise RedriveInputError(f"--to: {refused.detail}")
         return target
-
-    def _hooked_settings(self) -> Settings:
-        """The settings whose [[hooks]] the job runs: with `--transform`, that one first.
-
-        The first matching rule wins, so a rule matching every DLQ (`queue = "*"`) put
-        in front gives each selected message the job's transform; loading it is checked
-        like the configured ones (ConfigError, exit 2, when it cannot be loaded).
-        """
-        if self.spec.transform is None:
-            return self._settings
-        rule = HookRule(queue="*", transform=self.spec.transform)
-        return self._settings.model_copy(update={"hooks": [rule, *self._settings.hooks]})
 
     @property
     def _sources(self) -> Sources:
@@ -308,6 +285,9 @@ class Redrive:
         job.stop_reason = ""
         await jobs.save(job)
         await self._sources.unhide()
+        # A step whose results are not stored yet: a signal in the middle of it still
+        # stores what it settled (deleted messages included) before the job stops.
+        unstored: Step | None = None
         try:
             while True:
                 if (await jobs.load(job.id)).state is JobState.CANCELLED:
@@ -321,15 +301,14 @@ class Redrive:
                 if not picked:
                     job.state = JobState.DONE
                     break
-                step = await self._run_step(picked)
+                step = unstored = Step()
+                await self._run_step(picked, step)
+                unstored = None
                 with anyio.CancelScope(shield=True):
                     # A breaker this step opened reaches the daemon's replicas now.
                     await self._cluster.flush()
                     # Sent is sent: the step's accounting must not be cut short.
-                    await jobs.add_results(job, step.results)
-                    latest.update(latest_results(step.results))
-                    tally(job, latest)
-                    settled |= {result.message_id for result in step.results}
+                    await step.store(job, jobs, latest, settled)
                     job.step += 1
                     await jobs.save(job)
                 if on_step is not None:
@@ -340,6 +319,10 @@ class Redrive:
             job.state = JobState.STOPPED
             job.stop_reason = job.stop_reason or "interrupted; `retryd redrive --resume` goes on"
             with anyio.CancelScope(shield=True):
+                if unstored is not None:
+                    # The interrupted step stays the current one: a resume repeats it,
+                    # skipping what it settled.
+                    await unstored.store(job, jobs, latest, settled)
                 await jobs.save(job)
             raise
         await jobs.save(job)
@@ -375,25 +358,21 @@ class Redrive:
                 break
         return picked
 
-    async def _run_step(self, picked: Sequence[Picked]) -> Step:
-        """Send one step through the pipeline, queue by queue; its results, keys and refails."""
+    async def _run_step(self, picked: Sequence[Picked], step: Step) -> None:
+        """Send one step through the pipeline, queue by queue, into `step`: its results, keys
+        and refails. Cut short (a signal), `step` still holds what was settled."""
         assert self._pipeline is not None
         pipeline = self._pipeline
-        pipeline.step = step = Step()
+        pipeline.step = step
         by_queue: dict[str, list[Picked]] = {}
         for item in picked:
             by_queue.setdefault(item.queue.url, []).append(item)
-        for items in by_queue.values():
-            deadline = leases.act_by(self._settings.drain.visibility_timeout_s)
-            decisions = await pipeline.handle(
-                items[0].queue, [p.letter for p in items], deadline, [p.resolved for p in items]
-            )
-            for decision, item in zip(decisions, items, strict=True):
-                if (
-                    decision.outcome is Outcome.DEFERRED
-                    and decision.reason == DeferReason.RATE_LIMITED
-                ):
-                    # Not tried: handed back and taken again by a later step.
-                    continue
-                step.results.append(result_of(decision, item))
-        return step
+        try:
+            for items in by_queue.values():
+                letters, resolved = [p.letter for p in items], [p.resolved for p in items]
+                # Settled within the lease of the earliest read among them (each message's
+                # deadline is taken at the receive that read it).
+                deadline = min(item.act_by for item in items)
+                await pipeline.handle(items[0].queue, letters, deadline, resolved)
+        finally:
+            step.account(picked)

@@ -103,6 +103,8 @@ class Sources:
         limit = self.spec.max_messages
         try:
             while (want is None or len(picked) < want) and len(handles) < limit:
+                # The lease starts when SQS hands the messages out: take the time before asking.
+                deadline = leases.act_by(lease_s)
                 try:
                     letters = await leases.receive(
                         sqs,
@@ -125,7 +127,7 @@ class Sources:
                     if letter.message_id in handles:
                         # Its first lease ran out mid-read: only the newest handle counts.
                         repeated = True
-                        self._rehandle(letter, handles, picked, unselected)
+                        self._rehandle(letter, deadline, handles, picked, unselected)
                         continue
                     handles[letter.message_id] = letter.receipt_handle
                     counts.examined += 1
@@ -140,7 +142,7 @@ class Sources:
                         counts.unselected += 0 if full or letter.message_id in skip else 1
                         unselected[letter.message_id] = letter.receipt_handle
                         continue
-                    picked.append(Picked(queue, view, self.judged(resolved)))
+                    picked.append(Picked(queue, view, self.judged(resolved), deadline))
                 await self._hooked(picked, first_new)
                 if repeated:
                     break
@@ -169,6 +171,7 @@ class Sources:
     @staticmethod
     def _rehandle(
         letter: DeadLetter,
+        act_by: float,
         handles: dict[str, str],
         picked: list[Picked],
         unselected: dict[str, str],
@@ -177,7 +180,7 @@ class Sources:
         for index, item in enumerate(picked):
             if item.letter.message_id == letter.message_id:
                 renewed = replace(item.letter, receipt_handle=letter.receipt_handle)
-                picked[index] = replace(item, letter=renewed)
+                picked[index] = replace(item, letter=renewed, act_by=act_by)
                 return
         unselected[letter.message_id] = letter.receipt_handle
 

@@ -103,6 +103,8 @@ class Picked:
     queue: QueueRef
     letter: DeadLetter
     resolved: Job | Unresolvable
+    # When it must be settled by (anyio clock): its lease started at the receive that read it.
+    act_by: float
 
 
 @dataclass

@@ -15,6 +15,11 @@ reach and no others:
 `--role operator` prints the policy of whoever runs `retryd redrive`, `pause`,
 `resume`, `jobs` and `audit`: the daemon's, plus reading, hiding and deleting
 on the parking queue (a redrive `--from parking` takes parked copies back).
+`--role console` prints the policy of `retryd console`: the operator's, no more
+and no less, because the console runs the same redrive jobs (reading the DLQs and the
+parking queue, sending to the targets, writing the ledger) besides reading the read
+model and control store (the ledger's table) and each DLQ's GetQueueAttributes, which
+the operator's policy already holds.
 It is a separate policy, not one covering both, because the daemon never takes
 anything out of the parking queue: a daemon role that could would let a fault
 or a compromise empty the one place unrecoverable messages are kept. The
@@ -86,7 +91,9 @@ REDRIVE_PARKING_ACTIONS = (
     "sqs:DeleteMessage",
     "sqs:ReceiveMessage",
 )
-ROLES = ("daemon", "operator")
+ROLES = ("daemon", "operator", "console")
+# The roles that take parked copies back (a redrive --from parking).
+REDRIVING_ROLES = frozenset({"operator", "console"})
 # What the daemon's ledger calls (reads, and conditional puts for every write), and
 # the UpdateItem of replicas agreeing on one item of the same table (retryd.cluster);
 # `retryd ledger create-table` is an operator's one-off, run with their own rights.
@@ -255,7 +262,7 @@ def _work_statements(
         statements.append(
             _statement("ReadSnsSubscriptionDlqs", SUBSCRIPTION_READ_ACTIONS, [UNSCOPED])
         )
-    if role == "operator":
+    if role in REDRIVING_ROLES:
         statements.append(_statement("RedriveParkedMessages", REDRIVE_PARKING_ACTIONS, parking))
     return statements
 
@@ -291,8 +298,8 @@ def policy_document(
     """The IAM policy document retryd needs for `settings`; ConfigError if none can be derived.
 
     `account` and `region` fill in the ARNs of queues given by name (None: any, `*`).
-    `role` is "daemon" (`run`, `once`, `plan`, `inspect`) or "operator" (those and the
-    operator's commands).
+    `role` is "daemon" (`run`, `once`, `plan`, `inspect`), "operator" (those and the
+    operator's commands) or "console" (`retryd console`, which runs redrive jobs too).
     `keys`, when looked up, adds the KMS actions on exactly the keys found.
     This is the one-account document; with [[accounts]], see organisation_policies.
     """

@@ -4,8 +4,16 @@ The ledger answers two questions per idempotency key: how many resubmissions
 were committed (and when the key first failed, and when it was last tried), and
 whether this process may resubmit a given DLQ message now. The second is a
 claim: `begin` takes it before the resubmission, `commit` records it after, and
-`release` hands it back when nothing was sent. A claim carries an expiry, so a
-replica that crashed between `begin` and `commit` holds its key only until then.
+`release` hands it back when nothing was sent. A claim carries an expiry a short
+renewal period ahead (`ledger.claim_renew_s`), which its holder pushes on with
+`renew` while it works: a live holder keeps its claim however slow the target,
+and one that died holds the key only until the period lapses.
+
+Parking is claimed the same way: `begin_park` takes the key's claim for a message
+about to be copied to the parking queue, `commit_park` records the copy (attempt
+and parking message id) once it is written. A parked message that comes back (its
+delete was lost, its process died before the delete) is then only deleted, and
+the parking queue holds one copy of it.
 
 A key holds one claim at a time, yet several DLQ messages can share a key (a
 producer that failed twice with one idempotency key). So a record also keeps
@@ -20,7 +28,11 @@ rather than a new one.
 
 Backends differ only in how they read and write a record atomically; what to
 write is decided here by pure functions (`decide_begin`, `decide_commit`,
-`decide_release`), so all three backends behave identically.
+`decide_release`, `decide_renew`, `decide_begin_park`, `decide_commit_park`), so
+all three backends behave identically.
+
+Records written before claims were renewed or parks recorded read as they are:
+their claim simply expires at the time stored with it, and they have parked nothing.
 """
 
 from __future__ import annotations
@@ -43,13 +55,24 @@ R = TypeVar("R")
 # committed 16 resubmissions ago has been past its lease, and so deleted or back
 # and answered DONE, long before.
 COMMITTED_MEMORY = 16
+# The highest attempt number a record stores. A resubmission's is at most
+# guards.max_attempts + 1; a park's comes from the message (a forged `retryd.attempt`
+# can be any integer) and is stored capped, within every backend's integers.
+MAX_RECORDED_ATTEMPT = 2**31 - 1
 
 
 class ClaimState(StrEnum):
     """Where a claim on a key stands."""
 
+    # A resubmission is on its way; it may have reached the target.
     BEGUN = "begun"
     COMMITTED = "committed"
+    # A copy is being written to the parking queue; nothing was sent to a target.
+    PARKING = "parking"
+
+
+# States in which a claim holds its key until it expires.
+HOLDING_STATES = frozenset({ClaimState.BEGUN, ClaimState.PARKING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +99,9 @@ class Record:
     # (DLQ message id, attempt) of begun claims abandoned and then taken over by another
     # message, never committed; newest last, at most COMMITTED_MEMORY: RESUMED as that attempt.
     abandoned: tuple[tuple[str, int], ...] = ()
+    # (DLQ message id, attempt, parking queue message id) of the last COMMITTED_MEMORY
+    # parked copies, newest last, one per message: a message found here is only deleted.
+    parked: tuple[tuple[str, int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +127,42 @@ class BeginStatus(StrEnum):
     RESUMED = "resumed"
     # This message's resubmission was committed: do not resubmit, only delete it.
     DONE = "done"
+    # A copy of this message is in the parking queue: do not resubmit, only delete it.
+    PARKED = "parked"
     # A live claim on the key is held for another message (by anyone, this process
     # included), or for this message by another owner: leave the message alone.
     BUSY = "busy"
+
+
+class ParkStatus(StrEnum):
+    """What `begin_park` allows for one message about to be parked."""
+
+    # The claim is ours: write the parked copy, then `commit_park`.
+    STARTED = "started"
+    # A copy of this message is in the parking queue already: only delete it.
+    PARKED = "parked"
+    # This message's resubmission was committed: only delete it, never park a copy.
+    RESUBMITTED = "resubmitted"
+    # A live claim on the key is held (for another message, or for this one by
+    # another owner): leave the message alone; it is looked at again later.
+    BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class ParkBegun:
+    """The answer to one park claim, and the attempt recorded with what settled it."""
+
+    status: ParkStatus
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParkCopy:
+    """A parked copy written for `claim`'s message, to record with `commit_park`."""
+
+    claim: Claim
+    # The parking queue's MessageId for the copy.
+    parking_message_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +170,7 @@ class Begun:
     """The answer to one claim: what to do, and as which attempt."""
 
     status: BeginStatus
-    # RESUMED, DONE, BUSY: the attempt recorded with the stored claim; STARTED: the claim's.
+    # RESUMED, DONE, PARKED, BUSY: the attempt recorded with what is stored; STARTED: the claim's.
     attempt: int
 
 
@@ -159,7 +218,19 @@ class Ledger(Protocol):
         ...
 
     async def release(self, claims: Sequence[Claim]) -> None:
-        """Hand back claims of ours that were never sent: no attempt is consumed."""
+        """Hand back claims of ours that were never sent (or parked): no attempt is consumed."""
+        ...
+
+    async def renew(self, claims: Sequence[Claim]) -> list[bool]:
+        """Push each claim of ours one renewal period on; False where it is ours no longer."""
+        ...
+
+    async def begin_park(self, claims: Sequence[Claim]) -> list[ParkBegun]:
+        """Try to take each key's claim to park its message; one answer per claim, in order."""
+        ...
+
+    async def commit_park(self, copies: Sequence[ParkCopy]) -> list[bool]:
+        """Record each parked copy; False where the park claim had been taken over meanwhile."""
         ...
 
     async def aclose(self) -> None:
@@ -193,6 +264,13 @@ def committed_attempt(record: Record | None, message_id: str) -> int | None:
     return None
 
 
+def parked_attempt(record: Record | None, message_id: str) -> int | None:
+    """The attempt recorded with `message_id`'s parked copy; None if none is known."""
+    if record is None:
+        return None
+    return next((attempt for known, attempt, _ in record.parked if known == message_id), None)
+
+
 def _remember(
     pairs: tuple[tuple[str, int], ...], message_id: str, attempt: int
 ) -> tuple[tuple[str, int], ...]:
@@ -200,6 +278,15 @@ def _remember(
     if any(known == message_id for known, _ in pairs):
         return pairs
     return (*pairs, (message_id, attempt))[-COMMITTED_MEMORY:]
+
+
+def _remember_parked(
+    copies: tuple[tuple[str, int, str], ...], copy: tuple[str, int, str]
+) -> tuple[tuple[str, int, str], ...]:
+    """`copies` with `copy` added (a message's first copy is kept), bounded."""
+    if any(known == copy[0] for known, _, _ in copies):
+        return copies
+    return (*copies, copy)[-COMMITTED_MEMORY:]
 
 
 def _forget(pairs: tuple[tuple[str, int], ...], message_id: str) -> tuple[tuple[str, int], ...]:
@@ -211,9 +298,16 @@ def _pair_attempt(pairs: tuple[tuple[str, int], ...], message_id: str) -> int | 
 
 
 def _new_claim(
-    record: Record | None, claim: Claim, owner: str, expires_at_s: float, attempt: int
+    record: Record | None,
+    claim: Claim,
+    owner: str,
+    expires_at_s: float,
+    attempt: int,
+    *,
+    state: ClaimState = ClaimState.BEGUN,
 ) -> Record:
-    """`claim` begun as `attempt`; a begun claim it takes the key from is remembered abandoned."""
+    """`claim` taken as `attempt` in `state`; a begun claim it takes the key from is
+    remembered abandoned."""
     abandoned = record.abandoned if record else ()
     if (
         record is not None
@@ -223,6 +317,10 @@ def _new_claim(
         and committed_attempt(record, record.claim_message_id) is None
     ):
         abandoned = _remember(abandoned, record.claim_message_id, record.claim_attempt)
+    if state is ClaimState.BEGUN:
+        # Sent again now under the attempt it was begun as: no longer abandoned. A park
+        # keeps the entry: should its copy fail, the message is still resumed as that attempt.
+        abandoned = _forget(abandoned, claim.message_id)
     return Record(
         key=claim.key,
         attempts=record.attempts if record else 0,
@@ -232,33 +330,50 @@ def _new_claim(
         last_attempt_at_s=record.last_attempt_at_s if record else None,
         claim_message_id=claim.message_id,
         claim_attempt=attempt,
-        claim_state=ClaimState.BEGUN,
+        claim_state=state,
         claim_owner=owner,
         claim_expires_at_s=expires_at_s,
         committed=record.committed if record else (),
-        abandoned=_forget(abandoned, claim.message_id),
+        abandoned=abandoned,
+        parked=record.parked if record else (),
     )
+
+
+def _settled(record: Record, message_id: str) -> Begun | None:
+    """DONE or PARKED when this message's copy is safe already, whoever holds the key now."""
+    done_attempt = committed_attempt(record, message_id)
+    if done_attempt is not None:
+        # This very message already reached the target.
+        return Begun(BeginStatus.DONE, done_attempt)
+    parked_as = parked_attempt(record, message_id)
+    if parked_as is not None:
+        # Its copy is in the parking queue: a resubmission now would make it two copies.
+        return Begun(BeginStatus.PARKED, parked_as)
+    return None
 
 
 def decide_begin(
     record: Record | None, claim: Claim, *, owner: str, now_s: float, claim_s: float
 ) -> tuple[Begun, Record | None]:
-    """The answer to `claim` given the stored `record`, and the record to write (None: no write)."""
+    """The answer to `claim` given the stored `record`, and the record to write (None: no write).
+
+    `claim_s` is the renewal period: a claim taken now holds its key until `now_s +
+    claim_s` unless its holder renews it.
+    """
     if record is None:
         return Begun(BeginStatus.STARTED, claim.attempt), _new_claim(
             None, claim, owner, now_s + claim_s, claim.attempt
         )
-    done_attempt = committed_attempt(record, claim.message_id)
-    if done_attempt is not None:
-        # Whoever holds the key now: this very message already reached the target.
-        return Begun(BeginStatus.DONE, done_attempt), None
-    held = record.claim_state is ClaimState.BEGUN
+    settled = _settled(record, claim.message_id)
+    if settled is not None:
+        return settled, None
+    held = record.claim_state in HOLDING_STATES
     ours = record.claim_owner == owner
     live = record.claim_expires_at_s > now_s
     if record.claim_message_id == claim.message_id:
         if held and not ours and live:
             return Begun(BeginStatus.BUSY, record.claim_attempt), None
-        if held:
+        if record.claim_state is ClaimState.BEGUN:
             # Ours from before a crash, or abandoned by its owner: send it again as the
             # same attempt, so a target that deduplicates on the key sees one resubmission.
             resumed = replace(
@@ -268,6 +383,7 @@ def decide_begin(
                 first_failed_at_s=_earliest(record.first_failed_at_s, claim.first_failed_at_s),
             )
             return Begun(BeginStatus.RESUMED, record.claim_attempt), resumed
+        # A park of this message never finished (nothing reached a target): taken over below.
     elif held and live:
         # Ours too: taking the key over would forget that the first message's
         # resubmission may be on its way, and a lost delete would then resend it.
@@ -340,13 +456,19 @@ def decide_commit(
 def decide_release(
     record: Record | None, claim: Claim, *, owner: str
 ) -> tuple[None, Record | None]:
-    """Drop `owner`'s BEGUN claim for this message; anything else is left as it is."""
+    """Drop `owner`'s begun (or parking) claim for this message; anything else is left as it is."""
     if (
         record is None
         or not holds(record, claim, owner)
-        or record.claim_state is not ClaimState.BEGUN
+        or record.claim_state not in HOLDING_STATES
     ):
         return None, None
+    abandoned = record.abandoned
+    if record.claim_state is ClaimState.BEGUN and record.claim_attempt <= record.attempts:
+        # A claim resumed below the count (abandoned, then another message committed):
+        # its first call may have reached the target, so if this message comes back it
+        # goes again as that attempt, not as the next one.
+        abandoned = _remember(record.abandoned, claim.message_id, record.claim_attempt)
     released = replace(
         record,
         claim_message_id=None,
@@ -354,17 +476,118 @@ def decide_release(
         claim_state=None,
         claim_owner=None,
         claim_expires_at_s=0.0,
-        # A claim resumed below the count (abandoned, then another message committed):
-        # its first call may have reached the target, so if this message comes back it
-        # goes again as that attempt, not as the next one.
-        abandoned=_remember(record.abandoned, claim.message_id, record.claim_attempt)
-        if record.claim_attempt <= record.attempts
-        else record.abandoned,
+        abandoned=abandoned,
     )
     return None, released
 
 
+def decide_renew(
+    record: Record | None, claim: Claim, *, owner: str, now_s: float, claim_s: float
+) -> tuple[bool, Record | None]:
+    """Push `owner`'s begun or parking claim on to `now_s + claim_s`; False if it is not ours.
+
+    A claim past its expiry that nobody took over is still ours and is renewed: any
+    other owner acting on the key would have written the record. An expiry already
+    further on (a record written with a longer claim) is kept.
+    """
+    if (
+        record is None
+        or not holds(record, claim, owner)
+        or record.claim_state not in HOLDING_STATES
+    ):
+        return False, None
+    expires_at_s = now_s + claim_s
+    if expires_at_s <= record.claim_expires_at_s:
+        return True, None
+    return True, replace(record, claim_expires_at_s=expires_at_s)
+
+
+def decide_begin_park(
+    record: Record | None, claim: Claim, *, owner: str, now_s: float, claim_s: float
+) -> tuple[ParkBegun, Record | None]:
+    """Whether `owner` may park `claim`'s message now, and the record to write (None: no write).
+
+    A park takes the key's one claim, as a resubmission does: two replicas holding
+    the same message (one of them past its lease) never both write a parked copy.
+    It consumes no attempt.
+    """
+    if record is not None:
+        parked_as = parked_attempt(record, claim.message_id)
+        if parked_as is not None:
+            return ParkBegun(ParkStatus.PARKED, parked_as), None
+        done_attempt = committed_attempt(record, claim.message_id)
+        if done_attempt is not None:
+            # The target has it: a parked copy too would be a second one.
+            return ParkBegun(ParkStatus.RESUBMITTED, done_attempt), None
+        holding = record.claim_state in HOLDING_STATES and record.claim_expires_at_s > now_s
+        ours = record.claim_message_id == claim.message_id and record.claim_owner == owner
+        if holding and not ours:
+            return ParkBegun(ParkStatus.BUSY, record.claim_attempt), None
+    taken = _new_claim(
+        record, claim, owner, now_s + claim_s, claim.attempt, state=ClaimState.PARKING
+    )
+    return ParkBegun(ParkStatus.STARTED, claim.attempt), taken
+
+
+def decide_commit_park(
+    record: Record | None, copy: ParkCopy, *, owner: str
+) -> tuple[bool, Record | None]:
+    """Record a parked copy; False when `owner` no longer held the message's park claim.
+
+    The copy is recorded either way, as a late commit is: it is in the parking
+    queue, and a message found parked is only deleted.
+    """
+    claim = copy.claim
+    entry = (claim.message_id, claim.attempt, copy.parking_message_id)
+    if record is None:
+        recorded = Record(
+            key=claim.key,
+            attempts=0,
+            first_failed_at_s=claim.first_failed_at_s,
+            last_attempt_at_s=None,
+            claim_message_id=None,
+            claim_attempt=0,
+            claim_state=None,
+            claim_owner=None,
+            claim_expires_at_s=0.0,
+            parked=(entry,),
+        )
+        return False, recorded
+    ours = holds(record, claim, owner) and record.claim_state is ClaimState.PARKING
+    recorded = replace(
+        record,
+        parked=_remember_parked(record.parked, entry),
+        first_failed_at_s=_earliest(record.first_failed_at_s, claim.first_failed_at_s),
+        abandoned=_forget(record.abandoned, claim.message_id),
+    )
+    if ours:
+        # The key is free again: a park leaves nothing in flight behind it.
+        recorded = replace(
+            recorded,
+            claim_message_id=None,
+            claim_attempt=0,
+            claim_state=None,
+            claim_owner=None,
+            claim_expires_at_s=0.0,
+        )
+    return ours, (recorded if recorded != record else None)
+
+
 Decide = Callable[[Record | None, Claim], tuple[R, Record | None]]
+
+
+def park_copies_decide(copies: Sequence[ParkCopy], owner: str) -> tuple[list[Claim], Decide[bool]]:
+    """`commit_park` as claims and a Decide over them, for backends that settle claims.
+
+    Each claim finds its copy's parking message id by key and message id.
+    """
+    ids = {(copy.claim.key, copy.claim.message_id): copy.parking_message_id for copy in copies}
+
+    def decide(record: Record | None, claim: Claim) -> tuple[bool, Record | None]:
+        copy = ParkCopy(claim, ids[(claim.key, claim.message_id)])
+        return decide_commit_park(record, copy, owner=owner)
+
+    return [copy.claim for copy in copies], decide
 
 
 def settle(

@@ -56,13 +56,18 @@ from retryd.ledger.base import (
     Claim,
     ClaimState,
     LedgerError,
+    ParkBegun,
+    ParkCopy,
     R,
     Record,
     contention_error,
     decide_begin,
+    decide_begin_park,
     decide_commit,
     decide_release,
+    decide_renew,
     default_owner,
+    park_copies_decide,
     settle,
 )
 from retryd.models import ErrorClass, SendError
@@ -71,6 +76,7 @@ KEY_ATTRIBUTE = "key"
 TTL_ATTRIBUTE = "expires_at"
 COMMITTED_ATTRIBUTE = "committed"
 ABANDONED_ATTRIBUTE = "abandoned"
+PARKED_ATTRIBUTE = "parked"
 # BatchGetItem takes at most 100 keys per call.
 BATCH_GET_MAX_KEYS = 100
 # Rounds of BatchGetItem for keys DynamoDB returned unprocessed (it throttled them).
@@ -142,7 +148,23 @@ def to_item(record: Record, *, expires_at: int, version: int) -> Item:
                     for message_id, attempt in pairs
                 ]
             }
+    if record.parked:
+        item[PARKED_ATTRIBUTE] = {
+            "L": [
+                {"M": {"m": {"S": message_id}, "a": _number(attempt), "p": {"S": parking_id}}}
+                for message_id, attempt, parking_id in record.parked
+            ]
+        }
     return item
+
+
+def _copies(item: Item) -> tuple[tuple[str, int, str], ...]:
+    if PARKED_ATTRIBUTE not in item:
+        return ()
+    return tuple(
+        (entry["M"]["m"]["S"], int(entry["M"]["a"]["N"]), entry["M"]["p"]["S"])
+        for entry in item[PARKED_ATTRIBUTE]["L"]
+    )
 
 
 def _pairs(item: Item, name: str) -> tuple[tuple[str, int], ...]:
@@ -177,6 +199,7 @@ def from_item(item: Item, now_s: float) -> _Stored:
         claim_expires_at_s=float(item["claim_expires_at_s"]["N"]),
         committed=_pairs(item, COMMITTED_ATTRIBUTE),
         abandoned=_pairs(item, ABANDONED_ATTRIBUTE),
+        parked=_copies(item),
     )
     return _Stored(record, version)
 
@@ -443,6 +466,28 @@ class DynamoDbLedger:
             "release",
             claims,
             lambda record, claim, _now_s: decide_release(record, claim, owner=self.owner),
+        )
+
+    async def renew(self, claims: Sequence[Claim]) -> list[bool]:
+        def decide(record: Record | None, claim: Claim, now_s: float) -> tuple[bool, Record | None]:
+            return decide_renew(record, claim, owner=self.owner, now_s=now_s, claim_s=self._claim_s)
+
+        return await self._apply("renew", claims, decide)
+
+    async def begin_park(self, claims: Sequence[Claim]) -> list[ParkBegun]:
+        def decide(
+            record: Record | None, claim: Claim, now_s: float
+        ) -> tuple[ParkBegun, Record | None]:
+            return decide_begin_park(
+                record, claim, owner=self.owner, now_s=now_s, claim_s=self._claim_s
+            )
+
+        return await self._apply("begin-park", claims, decide)
+
+    async def commit_park(self, copies: Sequence[ParkCopy]) -> list[bool]:
+        claims, decide = park_copies_decide(copies, self.owner)
+        return await self._apply(
+            "commit-park", claims, lambda record, claim, _now_s: decide(record, claim)
         )
 
     async def aclose(self) -> None:

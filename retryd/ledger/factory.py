@@ -22,6 +22,8 @@ from retryd.ledger.base import (
     Claim,
     Ledger,
     LedgerError,
+    ParkBegun,
+    ParkCopy,
     Record,
     default_owner,
 )
@@ -31,7 +33,7 @@ from retryd.ledger.sqlite import SqliteLedger
 from retryd.metrics import Metrics
 from retryd.settings import LedgerSettings, Settings
 
-# The `result` label of a commit whose claim another owner had taken over.
+# The `result` label of a commit (or renewal) whose claim another owner had taken over.
 COMMIT_LOST = "lost"
 
 
@@ -39,7 +41,9 @@ class InstrumentedLedger:
     """A Ledger that counts each operation's results and failures on Metrics.
 
     `read` counts once per call; `begin` once per claim with its BeginStatus;
-    `commit` once per claim, "ok" or "lost"; `release` once per claim.
+    `commit` once per claim, "ok" or "lost"; `release` once per claim; `renew`
+    once per claim, "ok" or "lost"; `begin-park` once per claim with its
+    ParkStatus; `commit-park` once per copy, "ok" or "lost".
     """
 
     def __init__(self, inner: Ledger, metrics: Metrics) -> None:
@@ -85,6 +89,27 @@ class InstrumentedLedger:
             await self.inner.release(claims)
         self._count("release", "ok", len(claims))
 
+    async def renew(self, claims: Sequence[Claim]) -> list[bool]:
+        with self._failures_counted("renew"):
+            held = await self.inner.renew(claims)
+        for ok in held:
+            self._count("renew", "ok" if ok else COMMIT_LOST)
+        return held
+
+    async def begin_park(self, claims: Sequence[Claim]) -> list[ParkBegun]:
+        with self._failures_counted("begin-park"):
+            answers = await self.inner.begin_park(claims)
+        for answer in answers:
+            self._count("begin-park", answer.status.value)
+        return answers
+
+    async def commit_park(self, copies: Sequence[ParkCopy]) -> list[bool]:
+        with self._failures_counted("commit-park"):
+            held = await self.inner.commit_park(copies)
+        for ok in held:
+            self._count("commit-park", "ok" if ok else COMMIT_LOST)
+        return held
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
@@ -97,12 +122,12 @@ async def _open_backend(
 ) -> Ledger:
     if settings.backend == "memory":
         return MemoryLedger(
-            claim_s=settings.claim_s, ttl_s=settings.ttl_s, owner=owner, clock=clock
+            claim_s=settings.claim_renew_s, ttl_s=settings.ttl_s, owner=owner, clock=clock
         )
     if settings.backend == "sqlite":
         return await SqliteLedger.open(
             Path(settings.path),
-            claim_s=settings.claim_s,
+            claim_s=settings.claim_renew_s,
             ttl_s=settings.ttl_s,
             owner=owner,
             clock=clock,
@@ -112,7 +137,7 @@ async def _open_backend(
     return DynamoDbLedger(
         clients.dynamodb,
         settings.table,
-        claim_s=settings.claim_s,
+        claim_s=settings.claim_renew_s,
         ttl_s=settings.ttl_s,
         owner=owner,
         clock=clock,

@@ -17,12 +17,17 @@ from retryd.ledger.base import (
     Begun,
     Claim,
     Decide,
+    ParkBegun,
+    ParkCopy,
     R,
     Record,
     decide_begin,
+    decide_begin_park,
     decide_commit,
     decide_release,
+    decide_renew,
     default_owner,
+    park_copies_decide,
     settle,
 )
 
@@ -42,6 +47,7 @@ class MemoryLedger:
     def __init__(
         self,
         *,
+        # How long a claim holds its key after it is taken or last renewed.
         claim_s: float,
         ttl_s: float,
         owner: str | None = None,
@@ -84,6 +90,20 @@ class MemoryLedger:
 
     async def release(self, claims: Sequence[Claim]) -> None:
         await self._apply(claims, self._clock(), partial(decide_release, owner=self.owner))
+
+    async def renew(self, claims: Sequence[Claim]) -> list[bool]:
+        now_s = self._clock()
+        decide = partial(decide_renew, owner=self.owner, now_s=now_s, claim_s=self._claim_s)
+        return await self._apply(claims, now_s, decide)
+
+    async def begin_park(self, claims: Sequence[Claim]) -> list[ParkBegun]:
+        now_s = self._clock()
+        decide = partial(decide_begin_park, owner=self.owner, now_s=now_s, claim_s=self._claim_s)
+        return await self._apply(claims, now_s, decide)
+
+    async def commit_park(self, copies: Sequence[ParkCopy]) -> list[bool]:
+        claims, decide = park_copies_decide(copies, self.owner)
+        return await self._apply(claims, self._clock(), decide)
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()

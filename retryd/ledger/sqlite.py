@@ -36,12 +36,17 @@ from retryd.ledger.base import (
     ClaimState,
     Decide,
     LedgerError,
+    ParkBegun,
+    ParkCopy,
     R,
     Record,
     decide_begin,
+    decide_begin_park,
     decide_commit,
     decide_release,
+    decide_renew,
     default_owner,
+    park_copies_decide,
     settle,
 )
 from retryd.models import ErrorClass, SendError
@@ -50,15 +55,17 @@ T = TypeVar("T")
 
 # 1: the first schema. 2: the `committed` column (JSON) of recently committed messages.
 # 3: the `abandoned` column (JSON) of begun claims abandoned and taken over.
-SCHEMA_VERSION = 3
+# 4: the `parked` column (JSON) of recently parked messages.
+SCHEMA_VERSION = 4
 # How long a transaction waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 10_000
 # Expired rows are deleted on open and then at most this often, inside a write.
 PRUNE_INTERVAL_S = 3_600.0
 
 # What a ledger call can fail with; a key that is not valid Unicode (a lone
-# surrogate from a JSON escape) cannot be bound, which is a UnicodeError.
-_FAILURES = (sqlite3.Error, OSError, UnicodeError)
+# surrogate from a JSON escape) cannot be bound, which is a UnicodeError, and an
+# integer past SQLite's 64 bits an OverflowError.
+_FAILURES = (sqlite3.Error, OSError, UnicodeError, OverflowError)
 
 _COLUMNS = (
     "key",
@@ -72,6 +79,7 @@ _COLUMNS = (
     "claim_expires_at_s",
     "committed",
     "abandoned",
+    "parked",
 )
 # One statement however many keys: they travel as one JSON array parameter,
 # so there is no bound-variable limit to chunk around.
@@ -96,7 +104,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     claim_expires_at_s REAL NOT NULL,
     expires_at REAL NOT NULL,
     committed TEXT NOT NULL DEFAULT '[]',
-    abandoned TEXT NOT NULL DEFAULT '[]'
+    abandoned TEXT NOT NULL DEFAULT '[]',
+    parked TEXT NOT NULL DEFAULT '[]'
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_expires_at ON ledger (expires_at);
 """
@@ -105,10 +114,22 @@ CREATE INDEX IF NOT EXISTS ledger_expires_at ON ledger (expires_at);
 _UPGRADES = {
     1: "ALTER TABLE ledger ADD COLUMN committed TEXT NOT NULL DEFAULT '[]'",
     2: "ALTER TABLE ledger ADD COLUMN abandoned TEXT NOT NULL DEFAULT '[]'",
+    3: "ALTER TABLE ledger ADD COLUMN parked TEXT NOT NULL DEFAULT '[]'",
 }
 
 Row = tuple[
-    str, int, float | None, float | None, str | None, int, str | None, str | None, float, str, str
+    str,
+    int,
+    float | None,
+    float | None,
+    str | None,
+    int,
+    str | None,
+    str | None,
+    float,
+    str,
+    str,
+    str,
 ]
 
 
@@ -134,6 +155,27 @@ def _is_pair(pair: object) -> bool:
     return False
 
 
+def _copies(text: str, key: str) -> tuple[tuple[str, int, str], ...]:
+    """The `parked` column: a JSON array of [message id, attempt, parking message id]."""
+    try:
+        copies = json.loads(text)
+    except ValueError:
+        copies = None
+    if isinstance(copies, list) and all(_is_copy(copy) for copy in copies):
+        return tuple((copy[0], copy[1], copy[2]) for copy in copies)
+    raise sqlite3.DataError(
+        f"key {key!r} has a parked column that is not a JSON list of "
+        f"[message id, attempt, parking message id]: {text[:200]!r}"
+    )
+
+
+def _is_copy(copy: object) -> bool:
+    match copy:
+        case [str(), int() as attempt, str()] if not isinstance(attempt, bool):
+            return True
+    return False
+
+
 def _record(row: Row) -> Record:
     state = row[6]
     return Record(
@@ -148,6 +190,7 @@ def _record(row: Row) -> Record:
         claim_expires_at_s=row[8],
         committed=_pairs(row[9], row[0], "committed"),
         abandoned=_pairs(row[10], row[0], "abandoned"),
+        parked=_copies(row[11], row[0]),
     )
 
 
@@ -164,6 +207,7 @@ def _row(record: Record, expires_at: float) -> tuple[object, ...]:
         record.claim_expires_at_s,
         json.dumps([list(pair) for pair in record.committed]),
         json.dumps([list(pair) for pair in record.abandoned]),
+        json.dumps([list(copy) for copy in record.parked]),
         expires_at,
     )
 
@@ -371,6 +415,20 @@ class SqliteLedger:
     async def release(self, claims: Sequence[Claim]) -> None:
         decide = partial(decide_release, owner=self.owner)
         await self._apply("release", claims, self._clock(), decide)
+
+    async def renew(self, claims: Sequence[Claim]) -> list[bool]:
+        now_s = self._clock()
+        decide = partial(decide_renew, owner=self.owner, now_s=now_s, claim_s=self._claim_s)
+        return await self._apply("renew", claims, now_s, decide)
+
+    async def begin_park(self, claims: Sequence[Claim]) -> list[ParkBegun]:
+        now_s = self._clock()
+        decide = partial(decide_begin_park, owner=self.owner, now_s=now_s, claim_s=self._claim_s)
+        return await self._apply("begin-park", claims, now_s, decide)
+
+    async def commit_park(self, copies: Sequence[ParkCopy]) -> list[bool]:
+        claims, decide = park_copies_decide(copies, self.owner)
+        return await self._apply("commit-park", claims, self._clock(), decide)
 
     async def aclose(self) -> None:
         async with self._lock:

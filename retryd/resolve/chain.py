@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 
 import structlog
 
-from retryd.aws import AwsClients
-from retryd.discovery.feeds import FeedCache, FeedMap, FeedSource
+from retryd.discovery.feeds import FeedSource
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Unresolvable
+from retryd.models import DeadLetter, Job, ParkReason, Unresolvable
 from retryd.resolve.base import Resolver
 from retryd.resolve.envelope import EnvelopeResolver
 from retryd.resolve.eventbridge_dlq import EventBridgeDlqResolver
 from retryd.resolve.hooks import Hooks
+from retryd.resolve.keys import parking_key
 from retryd.resolve.lambda_async import LambdaAsyncResolver
 from retryd.resolve.lambda_destination import LambdaDestinationResolver
 from retryd.resolve.sns_subscription import SnsSubscriptionResolver
@@ -56,10 +57,16 @@ class ResolverChain:
         answers = [self.resolve(letter) for letter in letters]
         if self._hooks is None:
             return answers
-        return await self._hooks.apply(answers)
+        return [_keyed(answer) for answer in await self._hooks.apply(answers)]
 
     def resolve(self, letter: DeadLetter) -> Job | Unresolvable:
-        """A Job or an Unresolvable for every message; never raises for a message's content."""
+        """A Job or an Unresolvable for every message; never raises for a message's content.
+
+        An Unresolvable carries the key its park is recorded under in the ledger.
+        """
+        return _keyed(self._resolve(letter))
+
+    def _resolve(self, letter: DeadLetter) -> Job | Unresolvable:
         for resolver in self._resolvers:
             try:
                 answer = resolver.resolve(letter)
@@ -129,13 +136,8 @@ def build_chain(
     return ResolverChain(resolvers, Hooks.from_settings(settings, metrics), feeds)
 
 
-async def open_chain(
-    settings: Settings, clients: AwsClients, queues: Sequence[QueueRef]
-) -> tuple[ResolverChain, FeedMap]:
-    """The chain a cycle would use for these DLQs, with their feeds read now, and that feed map.
-
-    For a one-off look (`retryd plan`, `retryd inspect`); a cycle keeps its FeedCache.
-    """
-    feeds = FeedCache.for_settings(settings)
-    await feeds.refresh_if_due(clients, queues)
-    return build_chain(settings, feeds), feeds.current
+def _keyed(answer: Job | Unresolvable) -> Job | Unresolvable:
+    """An Unresolvable with its parking key: from its DLQ and body, as it names no target."""
+    if isinstance(answer, Job) or answer.key:
+        return answer
+    return replace(answer, key=parking_key(answer.letter.queue.arn, answer.letter.body))

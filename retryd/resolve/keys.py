@@ -52,6 +52,15 @@ def hashed_key(target_arn: str, body: str) -> str:
     return HASH_PREFIX + digest
 
 
+def parking_key(queue_arn: str, body: str) -> str:
+    """The key a letter no resolver could turn into a job is parked under.
+
+    It has no target to derive a key from, so its DLQ stands in for one: the same
+    body in the same DLQ is the same piece of work, parked once per message.
+    """
+    return hashed_key(queue_arn, body)
+
+
 def idempotency_key(target_arn: str, body: str, declared: str | None) -> str:
     """The declared key when there is a usable one, else the hash.
 

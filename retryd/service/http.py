@@ -52,17 +52,18 @@ class Health:
 
     @classmethod
     def for_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic) -> Self:
-        """Probes sized for `settings`: the longest a cycle can run is its budget plus one lease.
+        """Probes sized for `settings`: the longest a cycle can run is its budget plus one batch.
 
         The budget only stops new receives; a batch received just before it ends
-        may still be settling until its lease (`drain.visibility_timeout_s`) runs
-        out, and a cycle that long must not read as a hang.
+        may still be settling, its lease extended while work is in flight, for up to
+        `drain.max_lease_s` (never less than one lease), and a cycle that long must
+        not read as a hang.
         """
         drain = settings.drain
         return cls(
             interval_s=settings.schedule.interval_s,
             clock=clock,
-            cycle_budget_s=drain.cycle_budget_s + drain.visibility_timeout_s,
+            cycle_budget_s=drain.cycle_budget_s + drain.lease_cap_s,
         )
 
     @property

@@ -51,6 +51,12 @@ class DeadLetterQueues:
                 error=failure.error,
             )
 
+    async def extend(
+        self, queue: QueueRef, letters: Sequence[DeadLetter], lease_s: int
+    ) -> list[leases.LeaseFailure]:
+        """A fresh lease of `lease_s` from now for `letters` (a heartbeat); those not extended."""
+        return await leases.extend(self._sqs, queue, [Held.of(x) for x in letters], lease_s)
+
     async def hide(self, defers: Sequence[Defer]) -> None:
         """Hide deferred messages until they are due; they stay in their DLQ either way."""
         by_queue: dict[QueueRef, list[Defer]] = {}

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from retryd.admission import Defer, Done, Go, Hold, Park, Verdict
+from retryd.admission import Defer, DeferReason, Done, Go, Hold, Park, Verdict
 from retryd.models import (
+    DeadLetter,
     Decision,
     ErrorClass,
     FailReason,
@@ -26,25 +27,36 @@ from retryd.models import (
     ParkReason,
     Refusal,
     SendError,
+    Target,
     Unresolvable,
 )
 from retryd.targets import Delivery
 from retryd.targets.sender import ALREADY_RESUBMITTED
 
+# Reason of the PARKED outcome for a message whose parked copy the ledger recorded
+# (its delete was lost, or its process died before it): it is only deleted now.
+ALREADY_PARKED = "already-parked"
+ALREADY_PARKED_DETAIL = "the ledger shows this message was parked already; only deleted now"
+
 __all__ = [
+    "ALREADY_PARKED",
     "ALREADY_RESUBMITTED",
     "after_delivery",
+    "already_parked",
     "already_resubmitted",
     "deferred",
     "done",
     "held",
     "kept_parked",
     "not_yet_resolvable",
+    "park_claimed_elsewhere",
+    "park_held",
     "parked",
     "predict",
     "refused",
     "rejected",
     "resubmitted",
+    "settled_park",
 ]
 
 ALREADY_RESUBMITTED_DETAIL = (
@@ -72,9 +84,51 @@ def already_resubmitted(job: Job) -> Decision:
     )
 
 
+def already_parked(letter: DeadLetter, target: Target | None, attempt: int) -> Decision:
+    """The ledger recorded this message's parked copy before: only delete it now."""
+    return Decision(letter, Outcome.PARKED, target, ALREADY_PARKED, ALREADY_PARKED_DETAIL, attempt)
+
+
 def done(verdict: Done) -> Decision:
-    """Admission found the ledger's commit: `verdict.attempt` is the committed attempt."""
+    """Admission found the ledger's record: `verdict.attempt` is the attempt recorded."""
+    if verdict.parked:
+        return already_parked(verdict.job.letter, verdict.job.target, verdict.attempt)
     return already_resubmitted(replace(verdict.job, attempt=verdict.attempt - 1))
+
+
+def settled_park(park: Park, attempt: int, *, parked: bool) -> Decision:
+    """The ledger shows a message about to be parked as parked, or resubmitted, already."""
+    target = park.job.target if park.job else None
+    if parked:
+        return already_parked(park.letter, target, attempt)
+    return Decision(
+        park.letter,
+        Outcome.RESUBMITTED,
+        target,
+        ALREADY_RESUBMITTED,
+        ALREADY_RESUBMITTED_DETAIL,
+        attempt,
+    )
+
+
+def park_claimed_elsewhere(park: Park) -> Decision:
+    """Another live claim holds the key of a message about to be parked: left for later."""
+    target = park.job.target if park.job else None
+    return Decision(
+        park.letter,
+        Outcome.DEFERRED,
+        target,
+        DeferReason.CLAIMED_ELSEWHERE.value,
+        "another message with this key is being resubmitted or parked (here or by another "
+        "replica); it is looked at again later",
+        park.attempt,
+    )
+
+
+def park_held(park: Park, reason: FailReason, detail: str) -> Decision:
+    """The ledger could not take the park's claim: left in its queue untouched."""
+    target = park.job.target if park.job else None
+    return Decision(park.letter, Outcome.FAILED, target, reason, detail, park.attempt)
 
 
 def held(hold: Hold) -> Decision:

@@ -24,7 +24,7 @@ from retryd.targets.sqs_queue import (
     MAX_PAYLOAD_BYTES,
     OutgoingMessage,
     read_max_message_bytes,
-    send_message_batches,
+    send_message_batches_with_ids,
 )
 
 
@@ -89,7 +89,12 @@ class Parking:
         Never raises for an AWS or network error: a failed copy is a SendError, and
         the letter stays in its DLQ.
         """
-        results: list[SendError | None] = [None] * len(items)
+        copies = await self.park_copies(items)
+        return [None if isinstance(copy, str) else copy for copy in copies]
+
+    async def park_copies(self, items: Sequence[ParkRequest]) -> list[SendError | str]:
+        """`park`, with the parking queue's MessageId of each copy written (for the ledger)."""
+        results: list[SendError | str] = [""] * len(items)
         ready: list[int] = []
         messages: list[OutgoingMessage] = []
         for index, item in enumerate(items):
@@ -99,7 +104,7 @@ class Parking:
                 results[index] = unpreparable(exc, "parked copy")
                 continue
             ready.append(index)
-        sent = await send_message_batches(
+        sent = await send_message_batches_with_ids(
             self._client, self.queue_url, messages, self.max_message_bytes, "parked copy"
         )
         for index, result in zip(ready, sent, strict=True):

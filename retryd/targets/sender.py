@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, replace
 import anyio
 import structlog
 
-from retryd.admission import Defer, Go, Guards, Hold
+from retryd.admission import Defer, Done, Go, Guards, Hold
+from retryd.heartbeat import brief_shield
 from retryd.models import ErrorClass, FailReason, Job, Target
 from retryd.targets import Delivery, TargetRouter
 
@@ -42,12 +43,15 @@ class Sent:
 
     deliveries: list[Delivery] = field(default_factory=list)
     already_done: list[Job] = field(default_factory=list)
+    # Parked already (the ledger recorded the copy since admission read it): only deleted.
+    already_parked: list[Done] = field(default_factory=list)
     deferred: list[Defer] = field(default_factory=list)
     held: list[Hold] = field(default_factory=list)
 
     def extend(self, other: Sent) -> None:
         self.deliveries.extend(other.deliveries)
         self.already_done.extend(other.already_done)
+        self.already_parked.extend(other.already_parked)
         self.deferred.extend(other.deferred)
         self.held.extend(other.held)
 
@@ -60,7 +64,12 @@ class Sender:
         self._guards = guards
 
     async def send(
-        self, gos: Sequence[Go], act_by: float, on_group: Callable[[Sent], None] | None = None
+        self,
+        gos: Sequence[Go],
+        act_by: float,
+        on_group: Callable[[Sent], None] | None = None,
+        *,
+        shielded: Callable[[float], anyio.CancelScope] = brief_shield,
     ) -> Sent:
         """Every Go ends up in exactly one of the result's lists.
 
@@ -68,6 +77,9 @@ class Sender:
         admission turned away at the last moment, then each target answer), before
         the ledger is told: a caller that decides there keeps what a target accepted
         even if the rest of the batch is then cancelled (a lease running out, a stop).
+        `shielded` makes the scope the ledger write after an answer runs in: the
+        batch's heartbeat keeps it going while the batch is leased, so that an
+        acceptance that arrives is always committed; by default it is brief.
         """
         groups: dict[Target, list[Go]] = defaultdict(list)
         for go in gos:
@@ -81,11 +93,16 @@ class Sender:
 
         async with anyio.create_task_group() as tasks:
             for target, group in groups.items():
-                tasks.start_soon(self._send_group, target, group, act_by, heard)
+                tasks.start_soon(self._send_group, target, group, act_by, heard, shielded)
         return sent
 
     async def _send_group(
-        self, target: Target, group: list[Go], act_by: float, heard: Callable[[Sent], None]
+        self,
+        target: Target,
+        group: list[Go],
+        act_by: float,
+        heard: Callable[[Sent], None],
+        shielded: Callable[[float], anyio.CancelScope],
     ) -> None:
         # Admitted and not answered yet, by DLQ message id.
         unanswered: dict[str, Go] = {}
@@ -105,7 +122,7 @@ class Sender:
                 _settle(go, delivery)
             # The copies are out: telling the ledger must not be cut short, or a
             # committed resubmission would look begun and be sent again.
-            with anyio.move_on_after(ACCOUNT_SHIELD_S, shield=True):
+            with shielded(ACCOUNT_SHIELD_S):
                 await self._guards.settle(target, [go.permit for _, go in answered])
 
         try:
@@ -116,8 +133,11 @@ class Sender:
                     heard(
                         Sent(
                             already_done=[
-                                replace(d.job, attempt=d.attempt - 1) for d in admitted.done
+                                replace(d.job, attempt=d.attempt - 1)
+                                for d in admitted.done
+                                if not d.parked
                             ],
+                            already_parked=[d for d in admitted.done if d.parked],
                             deferred=admitted.deferred,
                             held=admitted.held,
                         )

@@ -112,20 +112,40 @@ async def send_message_batches(
     `max_message_bytes` (the queue's MaximumMessageSize) is refused without a
     call. Never raises for an AWS or network error.
     """
-    results: list[SendError | None] = [None] * len(messages)
+    sent = await send_message_batches_with_ids(client, queue_url, messages, max_message_bytes, what)
+    return [None if isinstance(result, str) else result for result in sent]
+
+
+async def send_message_batches_with_ids(
+    client: Client,
+    queue_url: str,
+    messages: Sequence[OutgoingMessage],
+    max_message_bytes: int = MAX_PAYLOAD_BYTES,
+    what: str = "message",
+) -> list[SendError | str]:
+    """`send_message_batches`, with the MessageId SQS gave each accepted message ("" if none)."""
+    results: list[SendError | str] = [""] * len(messages)
     fits: list[int] = []
     for index, message in enumerate(messages):
         if message.size_bytes > max_message_bytes:
             results[index] = too_large(message.size_bytes, max_message_bytes, what)
         else:
             fits.append(index)
+    prepared = [messages[i].prepared() for i in fits]
+    # The id SQS gave each accepted entry, by the entry (one dict per message, sent as is).
+    ids: dict[int, str] = {}
 
     async def call(entries: list[Entry]) -> list[SendError | None]:
-        return await send_message_batch(client, queue_url, entries)
+        response = await client.send_message_batch(QueueUrl=queue_url, Entries=numbered(entries))
+        for accepted in response.get("Successful", []) or []:
+            position = str(accepted.get("Id", ""))
+            if position.isdigit() and int(position) < len(entries):
+                ids[id(entries[int(position)])] = str(accepted.get("MessageId", ""))
+        return in_request_order(response, len(entries))
 
-    sent = await send_packed([messages[i].prepared() for i in fits], max_message_bytes, call)
-    for index, error in zip(fits, sent, strict=True):
-        results[index] = error
+    sent = await send_packed(prepared, max_message_bytes, call)
+    for index, item, error in zip(fits, prepared, sent, strict=True):
+        results[index] = error if error is not None else ids.get(id(item.entry), "")
     return results
 
 

@@ -355,7 +355,7 @@ def test_sandbox_serve_lets_plan_predict_exactly_what_once_does() -> None:
 
         plan = json.loads(command("plan", "--output", "json"))
         summary = command("once").strip().splitlines()[-1]
-        run_line = next(line for line in printed if line.strip().startswith("retryd run "))
+        run_line = next(line for line in printed if line.strip().startswith("retryd run"))
         metrics_url = re.search(r"(http://127\.0\.0\.1:\d+)/metrics", "".join(printed))
         assert metrics_url is not None, printed
         served = serve_run(run_line.split()[1:], client_env, metrics_url.group(1))

@@ -452,3 +452,15 @@ def test_the_iam_policy_page_shows_every_ledger_action_the_command_grants(
     statement = page[page.index('"Sid": "AttemptLedger"') :]
     shown = re.findall(r'"(dynamodb:\w+)"', statement[: statement.index("]")])
     assert shown == statements(document)["AttemptLedger"]["Action"]
+
+
+def test_the_console_role_is_the_operators_as_it_runs_redrive_jobs(
+    make_settings: SettingsFactory,
+) -> None:
+    """--role console: exactly the operator's statements (its redrive jobs need all of them)."""
+    settings = make_settings(ledger={"backend": "dynamodb", "table": "retryd-ledger"})
+    operator = policy_document(settings, account=ACCOUNT, region=REGION, role="operator")
+    console = policy_document(settings, account=ACCOUNT, region=REGION, role="console")
+    assert console == operator
+    assert granted(console, "sqs:GetQueueAttributes")
+    assert granted(console, "dynamodb:PutItem")

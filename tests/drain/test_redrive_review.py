@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import anyio
-from prometheus_client import CollectorRegistry
 
 from retryd.aws import open_clients
 from retryd.control.jobs import JobState, JobStore, MessageResult, RedriveJob, new_job_id
 from retryd.control.memory import MemoryControlStore
 from retryd.control.store import ControlStore
-from retryd.drain.redrive import Redrive, Spec
-from retryd.ledger import MemoryLedger
-from retryd.metrics import Metrics
+from retryd.drain.redrive import Spec
 from tests.conftest import SettingsFactory
+from tests.drain.redrive_helpers import job_redrive
 from tests.world import World, envelope
 
 PARKING = "retryd-parking"
@@ -60,14 +58,7 @@ def test_a_cancel_while_a_step_runs_stops_the_job_before_its_next_step(
         job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), "tester")
         await jobs.save(job)
         async with open_clients(settings.aws) as clients:
-            redrive = Redrive(
-                settings,
-                clients,
-                ledger=MemoryLedger(claim_s=300, ttl_s=TTL_S, owner=f"redrive-{job.id}"),
-                metrics=Metrics(CollectorRegistry()),
-                control=store,
-                spec=spec,
-            )
+            redrive = job_redrive(settings, clients, store, spec, job)
             await redrive.prepare()
             ended = await redrive.execute(job, jobs)
         return ended.state, (await JobStore(store, TTL_S).load(job.id)).state

@@ -264,7 +264,9 @@ def slow_batch_world(world: World) -> None:
     )
 
 
-SLOW_BATCH = {"drain": {"visibility_timeout_s": 5, "workers_per_queue": 1}}
+# Not extended past its first lease (the cap is the lease): the slow call is cut off there,
+# as at drain.max_lease_s.
+SLOW_BATCH = {"drain": {"visibility_timeout_s": 5, "max_lease_s": 5, "workers_per_queue": 1}}
 
 
 def test_a_slow_target_does_not_undo_a_parking_copy_already_written(

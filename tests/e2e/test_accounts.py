@@ -373,10 +373,16 @@ def test_once_and_inspect_take_a_queue_arn_in_a_member_place(
 
 
 def test_redrive_of_a_member_dlq_given_by_arn_uses_the_members_clients(
-    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`retryd redrive --from <ARN in the member account> --execute` reads that DLQ through
     the member role and resubmits into the member's target; the home DLQ is left alone."""
+    # A job is operator state: it needs a durable ledger (the memory one is refused).
+    monkeypatch.setenv("RETRYD_LEDGER__BACKEND", "sqlite")
+    monkeypatch.setenv("RETRYD_LEDGER__PATH", str(tmp_path / "ledger.sqlite3"))
     home = build_place(world, ACCOUNT, REGION, 2)
     member = build_place(world, MEMBER, REGION, 3)
     arn = f"arn:aws:sqs:{REGION}:{MEMBER}:{DLQ}"

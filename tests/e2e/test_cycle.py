@@ -244,13 +244,16 @@ def test_a_target_that_is_a_drained_queue_or_the_parking_queue_is_refused(
 def test_a_batch_not_settled_within_its_lease_is_left_in_the_dlq(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """A target slower than the lease: the batch is abandoned, nothing deleted or parked."""
+    """A target slower than the lease, which may not be extended (the cap is the lease): the
+    batch is abandoned, nothing deleted or parked."""
     world.create_queue(PARKING)
     world.create_queue("retry-slow")
     world.create_queue("dest")
     world.send("retry-slow", envelope("sqs", world.queue_arn("dest"), {"n": 1}))
     world.faults.add(Fault("sqs", "SendMessageBatch", code=None, delay_s=6, times=1))
-    settings = make_settings(drain={"visibility_timeout_s": 5}, aws={"read_timeout_s": 30})
+    settings = make_settings(
+        drain={"visibility_timeout_s": 5, "max_lease_s": 5}, aws={"read_timeout_s": 30}
+    )
 
     report = cycle(settings)
 

@@ -46,7 +46,8 @@ def test_a_redrive_refuses_what_fails_the_rules_schema(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A payload the DLQ's schema refuses is planned and executed as refused invalid-payload;
-    nothing is sent and the message stays in its DLQ for the daemon to park."""
+    nothing is sent, the message stays in its DLQ for the daemon to park, and the job that
+    refused it exits 1."""
     world.create_queue(PARKING)
     world.create_queue(DLQ)
     world.create_queue("dest-a")
@@ -59,7 +60,7 @@ def test_a_redrive_refuses_what_fails_the_rules_schema(
     code = main(["redrive", "--config", cfg, *execute])
 
     out = capsys.readouterr().out
-    assert code == 0, out
+    assert code == 1, out
     assert '"refused|invalid-payload|' in out
     assert world.depth("dest-a") == 0
     assert world.depth(DLQ) == 1

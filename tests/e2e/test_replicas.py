@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 
 PARKING = "retryd-parking"
 TABLE = "retryd-ledger-replicas"
-# A rest, budget and lease this short give a heartbeat of 2 x (0.5 + 2 + 5) = 15 s.
+# A rest, budget and lease (kept no longer: max_lease_s = the lease) this short give a
+# heartbeat of 2 x (0.5 + 2 + 5) = 15 s.
 CONFIG = f"""
 [aws]
 max_attempts = 1
@@ -38,6 +39,7 @@ interval_s = 0.5
 [drain]
 receive_wait_s = 0
 visibility_timeout_s = 5
+max_lease_s = 5
 workers_per_queue = 1
 cycle_budget_s = 2
 [guards]

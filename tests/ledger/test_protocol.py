@@ -59,25 +59,6 @@ STARTED, RESUMED, DONE, BUSY = (
 )
 
 
-@pytest.fixture(params=["memory", "sqlite", "dynamodb"])
-def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, make_settings: SettingsFactory
-) -> Backend:
-    """Each backend in turn; DynamoDB on the moto server, its table made by create_table."""
-    name: str = request.param
-    config = ledger_settings(make_settings, name, tmp_path / "ledger.sqlite3")
-    if name != "dynamodb":
-        return Backend(name, config)
-    world: World = request.getfixturevalue("world")
-    run(lambda: create_table(config))
-    return Backend(name, config, world)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 # -- begin: one test per rule -------------------------------------------------------------
 
 
@@ -605,8 +586,8 @@ PRAGMA user_version = 1;
 
 
 def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock: FakeClock) -> None:
-    """A file from schema 1 gains the committed and abandoned columns on open; its rows read and
-    work as before."""
+    """A file from schema 1 gains the committed, abandoned and parked columns on open; its rows
+    read and work as before."""
     path = tmp_path / "ledger.sqlite3"
     with sqlite3.connect(path) as conn:
         conn.executescript(SCHEMA_V1)
@@ -635,8 +616,8 @@ def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock:
         assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION,)
         columns = [row[1] for row in conn.execute("PRAGMA table_info(ledger)")]
     conn.close()
-    assert SQLITE_SCHEMA_VERSION == 3
-    assert columns[-2:] == ["committed", "abandoned"]
+    assert SQLITE_SCHEMA_VERSION == 4
+    assert columns[-3:] == ["committed", "abandoned", "parked"]
 
 
 def test_sqlite_ledger_refuses_a_file_from_a_newer_retryd(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,13 +102,15 @@ class Fleet:
     log_dir: Path
     replicas: list[Replica] = field(default_factory=list)
 
-    def start(self, config: Path | None = None) -> Replica:
+    def start(self, config: Path | None = None, prefix: Sequence[str] = ()) -> Replica:
+        """A `retryd run` process; `prefix` runs it under another command (`taskset -c 0`)."""
         index = len(self.replicas)
         log_path = self.log_dir / f"retryd-{index:03d}.log"
         signer = f"{CHAOS_KEY_ID}{index:03d}"
+        command = [sys.executable, "-m", "retryd", "run", "--config", str(config or self.config)]
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "retryd", "run", "--config", str(config or self.config)],
+                [*prefix, *command],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**self.env, "AWS_ACCESS_KEY_ID": signer},

@@ -3,9 +3,10 @@
 * A slow sibling: ten messages to one function in one batch, one invoke held past
   the lease. The nine answered at once must each reach the function exactly once.
 * An abandoned sibling: two messages share a key; the first one's send is held past
-  its lease and claim, the second takes the key and commits, then the first comes
-  back. Every copy of it must carry the same attempt (resumed, not started anew),
-  or a target deduplicating on (key, attempt) sees it twice.
+  its lease (not extended: the cap is the lease) and claim, the second takes the key
+  and commits, then the first comes back. Every copy of it must carry the same
+  attempt (resumed, not started anew), or a target deduplicating on (key, attempt)
+  sees it twice.
 """
 
 from __future__ import annotations
@@ -102,8 +103,10 @@ def test_an_abandoned_resubmission_comes_back_under_its_own_attempt(
     ]
     tables = base_tables(
         tmp,
-        drain={"visibility_timeout_s": LEASE_S, "workers_per_queue": 1},
-        ledger={"claim_s": 3},
+        # Not extended past its first lease (the cap is the lease), so the held send is
+        # abandoned as at drain.max_lease_s; and its claim lapses 3 s after it was taken.
+        drain={"visibility_timeout_s": LEASE_S, "max_lease_s": LEASE_S, "workers_per_queue": 1},
+        ledger={"claim_renew_s": 3},
     )
     config = write_config(tmp / "retryd.toml", tables)
     with fleet(config, retryd_env(rel_server.url), tmp / "logs") as processes:

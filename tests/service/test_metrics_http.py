@@ -359,13 +359,17 @@ def test_a_port_in_use_fails_the_start() -> None:
 def test_liveness_window_from_settings_covers_a_cycle_of_budget_plus_one_lease(
     make_settings: SettingsFactory,
 ) -> None:
-    """for_settings: a tick keeps the process alive for 2 intervals + budget + one lease."""
+    """for_settings: a tick keeps the process alive for 2 intervals + budget + one batch's
+    longest lease (drain.max_lease_s; one lease when that is longer)."""
     settings = make_settings(
-        schedule={"interval_s": 60}, drain={"cycle_budget_s": 300, "visibility_timeout_s": 120}
+        schedule={"interval_s": 60},
+        drain={"cycle_budget_s": 300, "visibility_timeout_s": 120, "max_lease_s": 120},
     )
     clock = FakeClock()
     health = Health.for_settings(settings, clock=clock)
     assert health.stall_after_s == 2 * 60 + 300 + 120
+    extended = make_settings(schedule={"interval_s": 60}, drain={"cycle_budget_s": 300})
+    assert Health.for_settings(extended).stall_after_s == 2 * 60 + 300 + 900
     health.tick()
     clock.now_s += 540
     assert health.alive

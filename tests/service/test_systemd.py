@@ -258,9 +258,13 @@ def test_unit_is_notify_with_the_hardening_it_promises() -> None:
 
 
 def test_unit_timeouts_fit_the_daemon_defaults() -> None:
-    """TimeoutStopSec is above the drain; WatchdogSec above one interval plus one cycle budget."""
+    """TimeoutStopSec is above the drain; WatchdogSec above one interval, one cycle budget and
+    one batch kept to its longest lease."""
     (stop,) = unit_values("TimeoutStopSec")
     (watchdog,) = unit_values("WatchdogSec")
     drain_timeout_s = ShutdownSettings().drain_timeout_s
     assert float(stop) >= drain_timeout_s + 5
-    assert float(watchdog) > ScheduleSettings().interval_s + DrainSettings().cycle_budget_s
+    drain = DrainSettings()
+    assert (
+        float(watchdog) > ScheduleSettings().interval_s + drain.cycle_budget_s + drain.lease_cap_s
+    )
