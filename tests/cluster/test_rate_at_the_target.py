@@ -5,6 +5,7 @@ at the rate by one replica and by three started together."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -93,7 +94,16 @@ def test_a_backlog_reaches_a_rate_limited_target_at_the_rate_and_never_in_lumps(
     sent_ms = drain_backlog(world, make_settings, tmp_path, count)
     one_s, five_s = most_in_a_window(sent_ms, 1_000), most_in_a_window(sent_ms, 5_000)
     took_s = (max(sent_ms) - min(sent_ms)) / 1_000
-    figures = {"1s": one_s, "5s": five_s, "took_s": took_s, "wall_s": time.monotonic() - started_s}
+    figures = {
+        "replicas": count,
+        "most_in_1s": one_s,
+        "most_in_5s": five_s,
+        "sustained_per_s": round((len(sent_ms) - 1) / took_s, 2),
+        "took_s": took_s,
+        "wall_s": round(time.monotonic() - started_s, 1),
+    }
+    # The figures the issue asks for, shown with `pytest -s`.
+    print("rate-at-the-target", json.dumps(figures))
     assert one_s <= PER_S + BURST, figures
     assert five_s <= 5 * PER_S * 1.1 + BURST, figures
     assert (len(sent_ms) - 1) / took_s >= 4.5, figures
