@@ -394,6 +394,9 @@ class Guards:
         if self._rates is None:
             yield await self._claimed(gos)
             return
+        # A lease that has run out already (the scope this runs in is cancelled) is the
+        # lease's to decide, lease-expired: nothing is handed back as rate-limited first.
+        await anyio.lowlevel.checkpoint()
         within_s = max(0.0, act_by - anyio.current_time()) * TOKEN_WAIT_SHARE
         bucket = self._rates.for_target(target.arn)
         kept = gos[: self._rates.room(target.arn, min(HOLD_AHEAD_S, within_s))]
