@@ -490,6 +490,15 @@ class RateLimitSettings(_Group):
             "matches wins over every default."
         ),
     )
+    start_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.25,
+        description=(
+            "Replicas on the dynamodb ledger: the most of each rate a replica takes before "
+            "it has agreed on the membership (its first seconds), or 1/N of the N replicas "
+            "in the membership it last read when that is less. Replicas that start "
+            "together keep to the rate while they are at most 1/start_share."
+        ),
+    )
 
 
 class LedgerSettings(_Group):

@@ -253,3 +253,13 @@ def test_no_page_keeps_a_hand_written_copy_of_the_layout() -> None:
     for name in ("design.md", "development.md"):
         text = (DOCS / name).read_text()
         assert not re.search(r"^\s+(drain|admission|targets)/\s{2,}\S", text, re.MULTILINE), name
+
+
+def test_the_logs_page_names_every_cluster_event() -> None:
+    """operations/logs.md has a row for every `cluster-*` event retryd/cluster logs."""
+    logged = set()
+    for module in (ROOT / "retryd" / "cluster").glob("*.py"):
+        logged |= set(re.findall(r'log\.\w+\(\s*"(cluster-[a-z-]+)"', module.read_text()))
+    page = (DOCS / "operations" / "logs.md").read_text()
+    assert logged
+    assert sorted(event for event in logged if f"`{event}`" not in page) == []

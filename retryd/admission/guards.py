@@ -5,20 +5,26 @@ a Verdict: go now, park (and why), defer (hide it for a while, and why), or hold
 (leave it untouched because retryd cannot tell yet). The pipeline acts on the
 verdicts; `retryd plan` only prints them. Each Go carries a breaker `Permit`.
 
-Right before one target's Go verdicts are sent, `Guards.admit` takes the last two
-steps, which only make sense at that moment: the target's rate limit (waiting
-for tokens for part of the lease; jobs that get none in time are deferred) and
-the ledger claim on each key (see claims.py). After the answers, the sender
-settles each permit and hands them to `Guards.settle`, which writes the ledger.
-The sender never touches a breaker, a token bucket or the ledger itself.
+Right before one target's Go verdicts are sent, `Guards.admit` takes the last
+two steps, which only make sense at that moment: the ledger claim on each key (see
+claims.py) and the target's rate limit. It hands the jobs out a few at a time, as
+the target's tokens come, each part to be sent at once: tokens waited for and spent
+together would reach the target as a lump no bucket ever held. Jobs whose tokens
+cannot come soon are handed back (deferred, hidden only for about the time their
+tokens take), and `Guards.receivable` tells a receiver how many to take at all.
+After the answers, the sender settles each permit and hands them to
+`Guards.settle`, which writes the ledger. The sender never touches a breaker, a
+token bucket or the ledger itself.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import replace
 
 import anyio
@@ -31,7 +37,7 @@ from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.claims import Admitted, Claims, Parkable
 from retryd.admission.paused import PauseSet, paused
 from retryd.admission.permit import Permit
-from retryd.admission.ratelimit import RateLimits
+from retryd.admission.ratelimit import RateLimits, TokenBucket
 from retryd.admission.verdicts import (
     Defer,
     DeferReason,
@@ -50,6 +56,19 @@ from retryd.settings import GuardSettings, Settings
 # Share of the time left on a lease that may be spent waiting for rate-limit
 # tokens; the rest is for the target's answer and the delete.
 TOKEN_WAIT_SHARE = 0.5
+# How long releasing the claims of jobs that got no token may hold off a cancellation.
+RELEASE_SHIELD_S = 10.0
+# A batch keeps (and a receiver takes) only the jobs its target's tokens cover this
+# far ahead; the rest go back to the DLQ at once. Held longer, they would wait here
+# while another replica, its tokens idle, finds the DLQ empty.
+HOLD_AHEAD_S = 2.0
+# A job handed back for want of tokens is hidden for about the time its token takes
+# here, at least a second (SQS counts visibility in whole seconds) and at most this:
+# with replicas sharing a rate its token may come sooner at another replica, which
+# must be able to receive it rather than find it hidden for minutes. A job held back
+# by a breaker whose canaries are another replica's (or out already) is hidden this
+# long, for the same reason: the canaries' holder must find it.
+HANDBACK_MAX_S = 5.0
 
 
 # Asked for every message about its target: a handful of ARNs per batch, parsed once.
@@ -371,7 +390,12 @@ class Guards:
                     permit = Permit(None if dry_run else breaker, breaker.episode)
                     out.append((index, Go(job, job.next_attempt, permit)))
                     continue
-                wait_s = breaker.retry_in_s() if state is BreakerState.OPEN else 0.0
+                # Until the cool-down ends; with no cool-down left (the canaries are
+                # another replica's, or out already) handed back for seconds, not left
+                # hidden for the rest of the lease: the canaries' holder must find it.
+                wait_s = (breaker.retry_in_s() if state is BreakerState.OPEN else 0.0) or (
+                    HANDBACK_MAX_S
+                )
                 # Hidden no longer than the message can still be rescued: a cool-down
                 # must not outlast the DLQ's retention.
                 wait_s = min(wait_s, self._rescuable_for_s(job, now_s))
@@ -387,35 +411,100 @@ class Guards:
                 )
         return out
 
-    async def admit(self, target: Target, gos: Sequence[Go], act_by: float) -> Admitted:
-        """The last steps before `target`'s Go verdicts are sent: its rate limit, the ledger claims.
+    async def admit(
+        self, target: Target, gos: Sequence[Go], act_by: float
+    ) -> AsyncGenerator[Admitted]:
+        """The last steps before `target`'s Go verdicts are sent, as the target's tokens come.
 
+        Jobs beyond what the tokens cover in the next HOLD_AHEAD_S (after the jobs of
+        other batches already waiting for them) are handed back first; the others'
+        keys are claimed in the ledger in one call (those turned away there come
+        next); then each part yielded holds the jobs that have just got their tokens,
+        to be sent at once, before the next part is asked for: so no token is spent
+        later than it is taken, and nothing slow (a ledger call) comes in between.
         Tokens are waited for until TOKEN_WAIT_SHARE of the time left before `act_by`
-        (anyio clock); jobs that get none are deferred, nothing consumed. The permits
-        of jobs turned away here are released.
+        (anyio clock); the jobs still waiting then are handed back last, their claims
+        released. Handed back means deferred `rate-limited`, nothing consumed; the
+        permits of jobs turned away are released.
         """
+        if self._rates is None:
+            yield await self._claimed(gos)
+            return
+        # A lease that has run out already (the scope this runs in is cancelled) is the
+        # lease's to decide, lease-expired: nothing is handed back as rate-limited first.
+        await anyio.lowlevel.checkpoint()
+        within_s = max(0.0, act_by - anyio.current_time()) * TOKEN_WAIT_SHARE
+        bucket = self._rates.for_target(target.arn)
+        kept = gos[: self._rates.room(target.arn, min(HOLD_AHEAD_S, within_s))]
+        if len(kept) < len(gos):
+            yield self._rate_limited(target, gos[len(kept) :], bucket)
+        claimed = await self._claimed(kept)
+        if claimed.deferred or claimed.held or claimed.done:
+            yield Admitted(deferred=claimed.deferred, held=claimed.held, done=claimed.done)
+        sent = 0
+        try:
+            async with aclosing(self._rates.paced(target.arn, len(claimed.go), within_s)) as grants:
+                async for granted in grants:
+                    sent += granted
+                    yield Admitted(go=claimed.go[sent - granted : sent])
+        finally:
+            # Claimed and not sent (no token in time, or the batch was cancelled): the
+            # claims go back now, or every replica would find the keys busy for claim_s.
+            unsent = claimed.go[sent:]
+            if unsent:
+                leftover = self._rate_limited(target, unsent, bucket)
+                with anyio.move_on_after(RELEASE_SHIELD_S, shield=True):
+                    await self._claims.settle(target.arn, [go.permit for go in unsent])
+        if unsent:
+            yield leftover
+
+    async def _claimed(self, gos: Sequence[Go]) -> Admitted:
+        """`gos` after their ledger claims; the permits of those turned away are released."""
         admitted = Admitted()
-        until = anyio.current_time() + max(0.0, act_by - anyio.current_time()) * TOKEN_WAIT_SHARE
-        granted = (
-            len(gos)
-            if self._rates is None
-            else await self._rates.take_by(target.arn, len(gos), until)
-        )
-        for go in gos[granted:]:
-            admitted.deferred.append(
-                Defer(
-                    go.job,
-                    DeferReason.RATE_LIMITED,
-                    0.0,
-                    f"rate limit of {target.arn} reached; it waits for the next cycle",
-                    go.job.attempt,
-                )
-            )
-        await self._claims.begin(gos[:granted], admitted)
+        await self._claims.begin(gos, admitted)
         for turned_away in (admitted.deferred, admitted.held, admitted.done):
             for verdict in turned_away:
                 _permit_of(gos, verdict.job).released()
         return admitted
+
+    @staticmethod
+    def _rate_limited(target: Target, gos: Sequence[Go], bucket: TokenBucket) -> Admitted:
+        """`gos` handed back for want of tokens, each hidden for about its token's time."""
+        admitted = Admitted()
+        for position, go in enumerate(gos, start=1):
+            hide_s = min(HANDBACK_MAX_S, max(1.0, math.ceil(bucket.due_in_s(position))))
+            admitted.deferred.append(
+                Defer(
+                    go.job,
+                    DeferReason.RATE_LIMITED,
+                    hide_s,
+                    f"rate limit of {target.arn} reached; handed back for {hide_s:.0f}s, "
+                    "about the time its token takes",
+                    go.job.attempt,
+                )
+            )
+            go.permit.released()
+        return admitted
+
+    def receivable(self, target_arns: Collection[str], lease_s: float) -> int | None:
+        """How many messages a receiver of a DLQ that feeds `target_arns` should ask for.
+
+        What those targets' tokens cover in the next HOLD_AHEAD_S (at most a share of
+        the lease), beyond the messages already waiting for them, added up over the
+        targets so that one that is out of tokens does not starve the others. None
+        when nothing bounds it (no rate limits, or no target known yet).
+        """
+        if self._rates is None or not target_arns:
+            return None
+        within_s = min(HOLD_AHEAD_S, lease_s * TOKEN_WAIT_SHARE)
+        return sum(self._rates.room(arn, within_s) for arn in target_arns)
+
+    def receivable_in_s(self, target_arns: Collection[str], lease_s: float) -> float:
+        """Seconds until `receivable` is at least 1 for one of `target_arns` (0: it is now)."""
+        if self._rates is None or not target_arns:
+            return 0.0
+        within_s = min(HOLD_AHEAD_S, lease_s * TOKEN_WAIT_SHARE)
+        return min(self._rates.room_in_s(arn, within_s) for arn in target_arns)
 
     async def settle(self, target: Target, permits: Sequence[Permit]) -> None:
         """Write the ledger for permits settled since: commit successes, release the rest."""

@@ -5,12 +5,20 @@ sent takes one whole token. Token counts are kept as exact fractions of the
 clock's floats: with float sums, ten refills of 0.1 make 0.9999999999999999
 tokens, `take` would grant nothing while `wait_s` promised the token was due, and
 a caller waiting on `wait_s` could spin.
+
+What a limit promises: the tokens taken in any window of `T` seconds are at most
+`burst + per_s * T` (what was saved up, and what came in meanwhile). That holds for
+messages only if each token is spent the moment it is taken, so `RateLimits.paced`
+hands tokens out as they come, a few at a time, for sending at once: tokens waited
+for and then spent together would add a lump no bucket ever held. Buckets start
+empty, so a process that starts, or restarts after a crash, adds no burst to what
+its predecessor sent.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
@@ -25,6 +33,10 @@ from retryd.settings import RateLimitSettings, RateRule
 # Added to every wait so that a clock read after sleeping `wait_s` is past the
 # instant the token arrives, even after float rounding of `now + wait_s`.
 _WAIT_MARGIN_S = 1e-6
+# `paced` waits for the tokens that come in this long before handing them out: at
+# 5/s that is one token every 0.2 s, each sent alone; at 300/s, thirty at a time,
+# so a fast target still gets full batch calls and not one call per message.
+PACE_GRAIN_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +198,22 @@ class TokenBucket:
         self._updated_at = now
         return granted
 
+    @property
+    def grain(self) -> int:
+        """How many tokens `paced` waits for before handing them out: PACE_GRAIN_S's worth."""
+        return max(1, min(self.burst, math.floor(self._rate * Fraction(PACE_GRAIN_S))))
+
+    def coverable(self, within_s: float) -> int:
+        """The most tokens this bucket can grant in the next `within_s`, if no one else takes."""
+        tokens, _ = self._level()
+        return math.floor(tokens + self._rate * Fraction(max(0.0, within_s)))
+
+    def due_in_s(self, position: int) -> float:
+        """Seconds until the `position`-th token from now (1 = the next) comes, at this rate."""
+        tokens, _ = self._level()
+        missing = position - tokens
+        return 0.0 if missing <= 0 else float(missing / self._rate)
+
     def wait_s(self, wanted: int) -> float:
         """Seconds until `wanted` tokens (at most `burst`) are saved up; 0 when they are now."""
         _check_wanted(wanted)
@@ -206,29 +234,37 @@ def _whole(rate: Rate) -> Rate:
 class RateLimits:
     """One bucket per target ARN: the first matching rule's size, else its type's (type_rate).
 
-    Several replicas on one DynamoDB ledger each size their buckets to their share of
-    the configured rate (`reshare`, from retryd.cluster); those buckets start empty,
-    so a replica that joins brings no burst of its own.
+    Every bucket starts empty: a process that starts, or restarts after a crash, brings
+    no burst of its own. Several replicas on one DynamoDB ledger each size their
+    buckets to their share of the configured rate (`reshare`, from retryd.cluster).
     """
 
-    def __init__(self, settings: RateLimitSettings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        clock: Callable[[], float],
+        *,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        """`clock` and `sleep` must agree (anyio's in retryd; a fake clock's in tests)."""
         self._settings = settings
         self._clock = clock
+        self._sleep = sleep
         self._buckets: dict[str, TokenBucket] = {}
         self._rates: dict[str, Rate] = {}
         self._share: Share = _whole
-        self._start_full = True
+        # Per target, the messages callers of `paced` are still waiting to be granted.
+        self._waiting: dict[str, int] = {}
 
     def reshare(self, share: Share) -> None:
-        """Size every bucket, now and later, to `share(configured rate)`; later ones start empty."""
+        """Size every bucket, now and later, to `share(configured rate)`; tokens saved stay."""
         self._share = share
-        self._start_full = False
         for arn, bucket in self._buckets.items():
             mine = share(self._rates[arn])
             bucket.resize(mine.per_s, mine.burst)
 
     def for_target(self, target_arn: str) -> TokenBucket:
-        """The target's bucket, created full on first use."""
+        """The target's bucket, created empty on first use."""
         bucket = self._buckets.get(target_arn)
         if bucket is None:
             rule = first_matching(target_arn, self._settings.targets, _pattern)
@@ -242,21 +278,46 @@ class RateLimits:
                 rate = _shared_rate(self._settings) or SHARED_DEFAULT
             self._rates[target_arn] = rate
             mine = self._share(rate)
-            bucket = TokenBucket(mine.per_s, mine.burst, self._clock, full=self._start_full)
+            bucket = TokenBucket(mine.per_s, mine.burst, self._clock, full=False)
             self._buckets[target_arn] = bucket
         return bucket
 
-    async def take_by(self, target_arn: str, wanted: int, until: float) -> int:
-        """Up to `wanted` tokens of the target's bucket, waiting for them until `until`.
+    def room(self, target_arn: str, within_s: float) -> int:
+        """How many more messages the target's tokens can cover in the next `within_s`,
+        beyond those already waiting for them in `paced`."""
+        covered = self.for_target(target_arn).coverable(within_s)
+        return max(0, covered - self._waiting.get(target_arn, 0))
 
-        `until` is on the anyio clock, which the buckets of a running retryd share.
+    def room_in_s(self, target_arn: str, within_s: float) -> float:
+        """Seconds until `room(target_arn, within_s)` is at least 1 (0: it is now)."""
+        position = self._waiting.get(target_arn, 0) + 1
+        return max(0.0, self.for_target(target_arn).due_in_s(position) - within_s)
+
+    async def paced(self, target_arn: str, wanted: int, within_s: float) -> AsyncGenerator[int]:
+        """Up to `wanted` tokens of the target's bucket as they come, each grant to spend at once.
+
+        Each grant is what the bucket holds at that moment (at least its `grain`, or
+        what is still wanted); between grants it waits for the next ones, but not
+        past `within_s` from now: then it stops, and what was not granted is the
+        caller's to hand back. A caller that spends each grant before asking for the
+        next keeps the bucket's promise for messages too: at most `burst + per_s * T`
+        in any T seconds, however many callers share the bucket.
         """
         bucket = self.for_target(target_arn)
-        granted = bucket.take(wanted)
-        while granted < wanted:
-            wait_s = bucket.wait_s(1)
-            if anyio.current_time() + wait_s > until:
-                break
-            await anyio.sleep(wait_s)
-            granted += bucket.take(wanted - granted)
-        return granted
+        until = self._clock() + within_s
+        left = wanted
+        self._waiting[target_arn] = self._waiting.get(target_arn, 0) + wanted
+        try:
+            while left > 0:
+                wait_s = bucket.wait_s(min(left, bucket.grain))
+                if wait_s > 0:
+                    if self._clock() + wait_s > until:
+                        return
+                    await self._sleep(wait_s)
+                granted = bucket.take(left)
+                if granted:
+                    left -= granted
+                    self._waiting[target_arn] -= granted
+                    yield granted
+        finally:
+            self._waiting[target_arn] -= left

@@ -2,13 +2,16 @@
 
 Membership: each replica writes when its heartbeat expires (unix seconds); a replica
 is live until then. Rate budget: each live replica takes an equal share of a target's
-rate. Breakers: the table holds, per target that has ever opened, whether it is open,
-since when, an episode token that changes on every move, and which replica (if any)
-holds the half-open canaries, until when.
+rate, once it has agreed on the membership; until then (a replica that has just
+started, and whose first reading may predate the others' first heartbeats) it takes
+the most conservative share it can justify. Breakers: the table holds, per target
+that has ever opened, whether it is open, since when, an episode token that changes
+on every move, and which replica (if any) holds the half-open canaries, until when.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -40,6 +43,35 @@ def share(rate: Rate, live: int) -> Rate:
     if live < 1:
         raise ValueError(f"live must be >= 1, not {live}")
     return Rate(per_s=rate.per_s / live, burst=max(1, rate.burst // live))
+
+
+def start_share(rate: Rate, members: int, start_fraction: float) -> Rate:
+    """A replica's part of `rate` before it has agreed on the membership.
+
+    `members` is how many replicas the last membership it could read names (live or
+    not yet removed, itself included; 1 before any reading): it takes the smaller
+    of 1/`members` and `start_fraction`, so that replicas starting together on an
+    empty item, each of which may have seen only itself, add up to no more than the
+    rate while there are at most 1/`start_fraction` of them.
+    """
+    if members < 1:
+        raise ValueError(f"members must be >= 1, not {members}")
+    if not 0 < start_fraction <= 1:
+        raise ValueError(f"start_fraction must be in (0, 1], not {start_fraction}")
+    fraction = min(start_fraction, 1 / members)
+    return Rate(per_s=rate.per_s * fraction, burst=max(1, math.floor(rate.burst * fraction)))
+
+
+def agreed(first_beat_s: float | None, beat_s: float, agree_s: float) -> bool:
+    """Whether a heartbeat landing at `beat_s` shows the membership a replica may send by.
+
+    Replicas that start together may each see only the heartbeats written before
+    their own; one written `agree_s` after its first (long enough for the others'
+    first ones, and for those already running to have re-read the item and made
+    room) shows them. `first_beat_s` is when its first heartbeat landed (None: this
+    is the first).
+    """
+    return beat_s - (beat_s if first_beat_s is None else first_beat_s) >= agree_s
 
 
 # What a replica keeps of a rate while the others may have counted it out: the

@@ -44,11 +44,13 @@ from retryd.classify import from_exception
 from retryd.cluster.agree import (
     SharedBreaker,
     Step,
+    agreed,
     lapsed_share,
     live_members,
     next_step,
     share,
     stale_members,
+    start_share,
 )
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
@@ -72,6 +74,15 @@ PRUNE_BATCH = 100
 # Any claims beyond lapse as they would have.
 RELEASE_BATCH = 40
 _FAILURES = (BotoCoreError, ClientError)
+# How often a replica re-reads the membership while it drains (after a batch, or
+# while it waits for tokens, once this long has passed since its last heartbeat),
+# and how long a replica that has just started keeps its start share: by then the
+# replicas that started with it have written their first heartbeats, and those
+# already running have re-read the item and made room for it. Short, because a
+# start share costs throughput (a lone replica at a quarter of 5/s for 2 s sends 7
+# messages fewer); cheap, because it is one small UpdateItem. A quarter of the
+# heartbeat's length when that is shorter.
+AGREE_S = 2.0
 
 
 def server_time(answer: Mapping[str, Any]) -> float | None:
@@ -128,6 +139,8 @@ class DynamoDbCluster:
         cooldown_s: float,
         member_ttl_s: float,
         me: str,
+        start_fraction: float = 1.0,
+        agree_s: float | None = None,
         wall_s: Callable[[], float] = time.time,
         monotonic_s: Callable[[], float] = anyio.current_time,
         server_s: Callable[[Mapping[str, Any]], float | None] = server_time,
@@ -139,6 +152,8 @@ class DynamoDbCluster:
         self._cooldown_s = cooldown_s
         self._member_ttl_s = member_ttl_s
         self._me = me
+        self._start_fraction = start_fraction
+        self._agree_s = min(AGREE_S, member_ttl_s / 4) if agree_s is None else agree_s
         self._wall_s = wall_s
         self._monotonic_s = monotonic_s
         self._server_s = server_s
@@ -152,6 +167,10 @@ class DynamoDbCluster:
         self._lapsed = False
         # When this replica's last heartbeat landed (wall seconds; never, at first).
         self._beat_at_s = wall_s()
+        # When its first one landed (table seconds), and whether one since has shown
+        # the membership it may send by: until then it keeps its start share.
+        self._first_beat_s: float | None = None
+        self._agreed = False
         # The episode token of each target's shared breaker as this replica last wrote or read it.
         self._seen: dict[str, str] = {}
         self._pending: dict[str, _Move] = {}
@@ -164,9 +183,10 @@ class DynamoDbCluster:
         # The breakers whose half-open canaries this replica holds, with the episode of
         # its claim: handed back when it leaves, so the others need not wait out the claim.
         self._holding: dict[str, str] = {}
-        # Until the first sync this replica counts only itself; its buckets start empty
-        # (see RateLimits.reshare), so that first guess adds no burst to the total.
-        rates.reshare(lambda rate: share(rate, 1))
+        # Until it has agreed on the membership, the most conservative share (the
+        # replicas that start with it may not have written their heartbeats yet); its
+        # buckets start empty (see RateLimits), so it adds no burst to the total.
+        rates.reshare(lambda rate: start_share(rate, 1, start_fraction))
         breakers.listen(self._heard)
         log.info("cluster-joining", replica=me, table=table, member_ttl_s=member_ttl_s)
 
@@ -317,10 +337,12 @@ class DynamoDbCluster:
 
     async def flush(self) -> None:
         await self._write_moves()
-        if self._wall_s() - self._beat_at_s >= self._member_ttl_s / 2:
-            # Half the heartbeat gone within a cycle: this replica was stopped (a frozen
-            # VM, a long pause) and the others may have counted it out and taken its
-            # share. Heartbeat and re-agree before the next batch, not at the next cycle.
+        if self._wall_s() - self._beat_at_s >= self._agree_s:
+            # A cycle can last minutes: re-read the membership within it, so that a
+            # replica that joined or left is counted in seconds, not at the next cycle,
+            # and one that has just started reaches its full share once agreed. Also
+            # what a replica that was stopped within a cycle (a frozen VM, a long pause)
+            # needs: the others may have counted it out and taken its share.
             await self._beat()
 
     async def _write_moves(self) -> None:
@@ -380,7 +402,25 @@ class DynamoDbCluster:
             if name.startswith(MEMBER_PREFIX) and "N" in value
         }
         live = max(1, len(live_members(heartbeats, now_s) | {self._me}))
-        if live != self._live or self._lapsed:
+        was_agreed = self._agreed
+        self._agreed = was_agreed or agreed(self._first_beat_s, now_s, self._agree_s)
+        if self._first_beat_s is None:
+            self._first_beat_s = now_s
+        if not self._agreed:
+            # Every replica the item still names (a dead one's heartbeat too) may be sending.
+            members = len(set(heartbeats) | {self._me})
+            log.info(
+                "cluster-starting",
+                live=live,
+                members=members,
+                start_share=self._start_fraction,
+                replica=self._me,
+                why="not yet agreed on the membership: at most the start share of each rate",
+            )
+            self._live = live
+            self._lapsed = False
+            self._rates.reshare(lambda rate: start_share(rate, members, self._start_fraction))
+        elif live != self._live or self._lapsed or not was_agreed:
             log.info("cluster-members", live=live, was=self._live, replica=self._me)
             self._live = live
             self._lapsed = False

@@ -48,6 +48,7 @@ def open_cluster(
         cooldown_s=settings.breaker.cooldown_s,
         member_ttl_s=member_ttl_s(settings),
         me=me or default_owner(),
+        start_fraction=settings.rate_limit.start_share,
     )
 
 

@@ -20,6 +20,7 @@ import anyio
 import structlog
 
 from retryd import classify
+from retryd.admission import DeferReason
 from retryd.aws import AwsClients
 from retryd.cluster import Cluster
 from retryd.cluster.agree import share
@@ -161,6 +162,11 @@ HIDDEN_FLUSH_S = 5.0
 # queue counts as wrapped round (each such receive hides them again, so a few
 # tries reach the rest of the queue without spinning).
 MAX_STALE_BATCHES = 3
+# Deferred for these, a message comes back within seconds (or at its breaker's end of
+# cool-down) and is judged again in the same cycle, not taken for a stale one.
+_JUDGED_AGAIN = frozenset({DeferReason.RATE_LIMITED, DeferReason.BREAKER_OPEN})
+# A receiver whose targets' tokens are all spoken for looks again no sooner than this.
+MIN_ROOM_WAIT_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -216,11 +222,15 @@ class Handled:
                 self.oldest_sent_s = sent_s
 
     def settled(self, decisions: list[Decision]) -> None:
-        """Forget the messages that left the DLQ: nothing to tell apart when they are gone."""
+        """Forget the messages that left the DLQ, and those to be taken again this cycle."""
         for decision in decisions:
             # Deleted from its DLQ: it cannot come back this cycle (unless the delete
-            # failed, and then the ledger knows its copy is safe).
-            if decision.outcome in DELETED_OUTCOMES:
+            # failed, and then the ledger knows its copy is safe). Handed back for want
+            # of tokens or for a breaker: to be judged again when it comes back this
+            # cycle (its token may be here then, or its canaries this replica's).
+            if decision.outcome in DELETED_OUTCOMES or (
+                decision.outcome is Outcome.DEFERRED and decision.reason in _JUDGED_AGAIN
+            ):
                 self.seen.discard(decision.letter.message_id)
 
 
@@ -233,6 +243,9 @@ class _QueueDrain:
     remaining: int
     sighting: QueueSighting
     handled: Handled = field(default_factory=Handled)
+    # The targets of the last batch's messages: what the next receive asks for is
+    # bounded by what their tokens cover (none known yet: a full batch).
+    targets: frozenset[str] = frozenset()
     stale_batches: int = 0
     done: bool = False
 
@@ -539,10 +552,12 @@ class Cycle:
     async def _worker(self, run: _CycleBudget, state: _QueueDrain) -> None:
         report = run.report
         while not state.done and run.may_go_on:
-            want = min(RECEIVE_BATCH_MAX, state.remaining)
-            if want <= 0:
+            if state.remaining <= 0:
                 state.done = True
                 return
+            want = await self._batch_size(state)
+            if want == 0:
+                continue
             state.remaining -= want
             # The lease starts when SQS hands the messages out: take the time before asking.
             deadline = act_by(self._settings.drain.visibility_timeout_s)
@@ -563,11 +578,30 @@ class Cycle:
             report.received += len(fresh)
             decisions = await state.look.pipeline.handle(state.queue, fresh, deadline)
             state.handled.settled(decisions)
+            state.targets = frozenset(d.target.arn for d in decisions if d.target) or state.targets
             self._sightings.saw(state.sighting, decisions)
             report.add(decisions)
             # A breaker this batch opened or closed is written now (no call otherwise),
             # so the other replicas find it at their next sync.
             await self._cluster.flush()
+
+    async def _batch_size(self, state: _QueueDrain) -> int:
+        """How many messages to ask for next; 0 after waiting for room.
+
+        Only what the targets of the DLQ's last batch can send soon (admission says
+        how many): received and held here, the rest would wait while another replica,
+        its tokens idle, found the DLQ empty.
+        """
+        lease_s = self._settings.drain.visibility_timeout_s
+        room = self._guards.receivable(state.targets, lease_s)
+        if room == 0:
+            wait_s = self._guards.receivable_in_s(state.targets, lease_s)
+            await anyio.sleep(max(MIN_ROOM_WAIT_S, wait_s))
+            # Waiting for tokens is when a share that has grown matters: re-read the
+            # membership if it is due (no call otherwise).
+            await self._cluster.flush()
+            return 0
+        return min(RECEIVE_BATCH_MAX, state.remaining, RECEIVE_BATCH_MAX if room is None else room)
 
     async def _size_up(self, clients: AwsClients, queue: QueueRef) -> Sizing:
         """The queue's depth (exported) and retention; an unknown depth is logged, not fatal."""

@@ -1,8 +1,9 @@
 """Sending the jobs admission let through, and saying how each went.
 
 Per target:
-1. admission's last steps (`Guards.admit`): the rate limit, then the ledger claim
-   on each key; jobs turned away there are deferred, held or only deleted;
+1. admission's last steps (`Guards.admit`): the ledger claim on each key, then the
+   rate limit, which hands the jobs out a few at a time as the target's tokens come,
+   each part sent at once; jobs turned away are deferred, held or only deleted;
 2. the resubmitter, which passes the key on where the target can deduplicate;
 3. each answer, the moment it is in (one job's, or one batch call's), is handed
    to the caller to decide, and then its permit is settled (succeeded, failed,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
 import anyio
@@ -124,22 +126,28 @@ class Sender:
                 await self._guards.settle(target, [go.permit for _, go in answered])
 
         try:
-            admitted = await self._guards.admit(target, group, act_by)
-            heard(
-                Sent(
-                    already_done=[
-                        replace(d.job, attempt=d.attempt - 1) for d in admitted.done if not d.parked
-                    ],
-                    already_parked=[d for d in admitted.done if d.parked],
-                    deferred=admitted.deferred,
-                    held=admitted.held,
-                )
-            )
-            if admitted.go:
-                unanswered.update((go.job.letter.message_id, go) for go in admitted.go)
-                deliveries = await self._targets.submit([go.job for go in admitted.go], on_answer)
-                # A router that answers only at the end is heard here.
-                await on_answer(deliveries)
+            # Each part is sent the moment admission hands it out (as the target's tokens
+            # come), before the next is asked for: never tokens saved up and spent at once.
+            async with aclosing(self._guards.admit(target, group, act_by)) as parts:
+                async for admitted in parts:
+                    heard(
+                        Sent(
+                            already_done=[
+                                replace(d.job, attempt=d.attempt - 1)
+                                for d in admitted.done
+                                if not d.parked
+                            ],
+                            already_parked=[d for d in admitted.done if d.parked],
+                            deferred=admitted.deferred,
+                            held=admitted.held,
+                        )
+                    )
+                    if admitted.go:
+                        unanswered.update((go.job.letter.message_id, go) for go in admitted.go)
+                        jobs = [go.job for go in admitted.go]
+                        deliveries = await self._targets.submit(jobs, on_answer)
+                        # A router that answers only at the end is heard here.
+                        await on_answer(deliveries)
         except Exception:
             # A resubmitter turns whatever the wire returns into a Delivery, so this is
             # a bug in retryd. It stays with this target: its unanswered jobs fail and

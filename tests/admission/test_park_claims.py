@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import aclosing
 from pathlib import Path
 
 import anyio
@@ -162,9 +163,11 @@ def test_a_parked_message_is_judged_done_and_marked_parked() -> None:
         assert verdict == Done(job, 2, parked=True)
         # And at the last step, if it was parked after assess read the ledger.
         other = Guards(GuardSettings(allow_any_target=True), ledger=ledger, clock_s=lambda: NOW_S)
-        admitted = await other.admit(job.target, [Go(job, 3)], anyio.current_time() + 10)
-        assert admitted.done == [Done(job, 2, parked=True)]
-        assert admitted.go == []
+        admit = other.admit(job.target, [Go(job, 3)], anyio.current_time() + 10)
+        async with aclosing(admit) as parts:
+            admitted = [part async for part in parts]
+        assert [d for part in admitted for d in part.done] == [Done(job, 2, parked=True)]
+        assert [go for part in admitted for go in part.go] == []
 
     anyio.run(body)
 

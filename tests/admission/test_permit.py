@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 import anyio
 from hypothesis import given
 from hypothesis import strategies as st
@@ -70,8 +72,10 @@ def test_admit_releases_the_permits_of_jobs_it_turns_away() -> None:
         await rival.begin([Claim(job.key, "m-other", 1, None)])
         guards = unit_guards(breakers, ledger)
         gos = [v for v in await guards.assess([job]) if isinstance(v, Go)]
-        admitted = await guards.admit(CHARGE, gos, anyio.current_time() + 60)
-        return [d.reason for d in admitted.deferred], admitted.go, breaker.peek(1)
+        async with aclosing(guards.admit(CHARGE, gos, anyio.current_time() + 60)) as parts:
+            admitted = [part async for part in parts]
+        deferred = [d.reason for part in admitted for d in part.deferred]
+        return deferred, [go for part in admitted for go in part.go], breaker.peek(1)
 
     reasons, to_send, free = anyio.run(main)
     assert reasons == [DeferReason.CLAIMED_ELSEWHERE]

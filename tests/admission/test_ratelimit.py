@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from fractions import Fraction
 
+import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from retryd.admission.ratelimit import (
@@ -220,7 +224,11 @@ def test_one_bucket_per_target_sized_by_the_first_matching_rule() -> None:
 
 def test_targets_do_not_share_tokens() -> None:
     """Draining one target's bucket leaves another target's untouched."""
-    limits = RateLimits(RateLimitSettings(per_s=1, burst=3), FakeClock())
+    clock = FakeClock()
+    limits = RateLimits(RateLimitSettings(per_s=1, burst=3), clock)
+    limits.for_target(FN)
+    limits.for_target(OTHER_FN)
+    clock.advance(3.0)
     assert limits.for_target(FN).take(10) == 3
     assert limits.for_target(OTHER_FN).take(10) == 3
 
@@ -229,6 +237,7 @@ def test_default_is_safe_for_a_modest_lambda() -> None:
     """Out of the box a Lambda target gets at most 10 at once and 5 a second after that."""
     clock = FakeClock()
     bucket = RateLimits(RateLimitSettings(), clock).for_target(FN)
+    clock.advance(60.0)
     assert bucket.take(1_000) == 10
     clock.advance(1.0)
     assert bucket.take(1_000) == 5
@@ -361,6 +370,7 @@ def test_reshared_limits_start_empty_and_resize_existing_buckets() -> None:
     clock = FakeClock()
     limits = RateLimits(RateLimitSettings(per_s=6.0, burst=9), clock)
     existing = limits.for_target(FN)
+    clock.advance(10.0)
     limits.reshare(lambda rate: Rate(rate.per_s / 3, rate.burst // 3))
     assert (existing.per_s, existing.burst) == (2.0, 3)
     assert existing.take(9) == 3
@@ -369,3 +379,127 @@ def test_reshared_limits_start_empty_and_resize_existing_buckets() -> None:
     assert joined.take(9) == 0
     clock.advance(1.0)
     assert joined.take(9) == 2
+
+
+# -- pacing: tokens handed out as they come ----------------------------------------------
+
+
+def fake_sleep(clock: FakeClock) -> Callable[[float], Awaitable[None]]:
+    """A sleep that moves `clock` on (and lets the other tasks run)."""
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+        await anyio.lowlevel.checkpoint()
+
+    return sleep
+
+
+def paced_limits(clock: FakeClock, per_s: float, burst: int) -> RateLimits:
+    """Buckets of per_s and burst on `clock`, whose waits move it on."""
+    return RateLimits(RateLimitSettings(per_s=per_s, burst=burst), clock, sleep=fake_sleep(clock))
+
+
+def most_in_a_window(history: list[tuple[float, int]], window_s: float) -> int:
+    """The most grants in any closed window of `window_s` seconds (it starts at a grant)."""
+    most = 0
+    for start_s, _ in history:
+        end = Fraction(start_s) + Fraction(window_s)
+        most = max(most, sum(n for at_s, n in history if start_s <= at_s and Fraction(at_s) <= end))
+    return most
+
+
+@hypothesis_settings(max_examples=60)
+@given(
+    per_s=st.floats(min_value=0.5, max_value=50),
+    burst=st.integers(1, 30),
+    callers=st.lists(
+        st.lists(
+            st.tuples(st.integers(1, 10), st.floats(0, 0.5), st.floats(0, 3)),
+            min_size=1,
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_paced_tokens_spent_at_once_keep_any_1_s_and_5_s_window_within_burst_plus_rate(
+    per_s: float, burst: int, callers: list[list[tuple[int, float, float]]]
+) -> None:
+    """Several batches on one bucket (each: its size, how long each send takes, a pause after),
+    each sending every grant the moment it comes: any 1 s window holds at most burst + per_s,
+    any 5 s window at most 5 * per_s + burst, from the very start."""
+    clock = FakeClock(0.0)
+    limits = paced_limits(clock, per_s, burst)
+    history: list[tuple[float, int]] = []
+
+    async def caller(batches: list[tuple[int, float, float]]) -> None:
+        for size, send_s, pause_s in batches:
+            async for granted in limits.paced(FN, size, 60.0):
+                history.append((clock(), granted))
+                clock.advance(send_s)
+                await anyio.lowlevel.checkpoint()
+            clock.advance(pause_s)
+            await anyio.lowlevel.checkpoint()
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            for batches in callers:
+                group.start_soon(caller, batches)
+
+    anyio.run(main)
+    assert most_in_a_window(history, 1.0) <= burst + per_s
+    assert most_in_a_window(history, 5.0) <= 5 * per_s + burst
+
+
+@hypothesis_settings(max_examples=30)
+@given(per_s=st.floats(min_value=1, max_value=20), burst=st.integers(1, 20))
+def test_a_backlog_goes_at_the_rate_and_not_in_lumps(per_s: float, burst: int) -> None:
+    """A long backlog from a fresh bucket: each grant is at most the bucket's grain (never tokens
+    waited for and saved up beside the bucket), and the whole goes at per_s."""
+    clock = FakeClock(0.0)
+    limits = paced_limits(clock, per_s, burst)
+    grain = limits.for_target(FN).grain
+    grants: list[int] = []
+
+    async def main() -> None:
+        async for granted in limits.paced(FN, 200, 10_000.0):
+            grants.append(granted)
+
+    anyio.run(main)
+    assert sum(grants) == 200
+    assert max(grants) <= grain
+    assert clock() == pytest.approx(200 / per_s, rel=0.05)
+
+
+def test_a_slow_target_gets_one_message_at_a_time_and_a_fast_one_whole_batches() -> None:
+    """5/s: one token every 0.2 s, each sent alone; 300/s: a batch of 10 in one grant."""
+    clock = FakeClock(0.0)
+    slow = paced_limits(clock, 5.0, 6)
+    fast = RateLimits(RateLimitSettings(), clock, sleep=fake_sleep(clock))
+
+    async def grants(limits: RateLimits, arn: str) -> list[int]:
+        return [granted async for granted in limits.paced(arn, 10, 60.0)]
+
+    assert anyio.run(grants, slow, FN) == [1] * 10
+    assert anyio.run(grants, fast, QUEUE) == [10]
+
+
+def test_paced_stops_at_its_time_and_grants_no_more() -> None:
+    """Tokens for 2 s at 1/s: two granted (one each second), the rest left to the caller."""
+    clock = FakeClock(0.0)
+    limits = paced_limits(clock, 1.0, 5)
+
+    async def main() -> list[int]:
+        return [granted async for granted in limits.paced(FN, 5, 2.5)]
+
+    assert anyio.run(main) == [1, 1]
+    assert clock() <= 2.5
+
+
+def test_a_new_bucket_is_empty_so_a_restart_adds_no_burst() -> None:
+    """RateLimits' buckets start empty: a process that (re)starts has no tokens saved up."""
+    clock = FakeClock()
+    bucket = RateLimits(RateLimitSettings(per_s=5, burst=6), clock).for_target(FN)
+    assert bucket.take(10) == 0
+    clock.advance(0.2)
+    assert bucket.take(10) == 1

@@ -10,6 +10,7 @@ from retryd.admission.breaker import Breakers
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients, open_clients
 from retryd.cluster import DynamoDbCluster
+from retryd.cluster.dynamodb import AGREE_S as CLUSTER_AGREE_S
 from retryd.ledger import create_table
 from retryd.models import Target
 from retryd.settings import BreakerSettings, RateLimitSettings
@@ -22,6 +23,8 @@ BREAKER = BreakerSettings(
     window_calls=4, min_calls=2, failure_rate=0.5, cooldown_s=30, half_open_calls=2
 )
 TTL_S = 10.0
+# How long a member keeps its start share (and how often it re-reads the membership).
+AGREE_S = min(CLUSTER_AGREE_S, TTL_S / 4)
 START_S = 1_700_000_000.0
 
 
@@ -30,7 +33,14 @@ class Member:
     time plus `skew_s`, and the table's time is what its answers' Date header would say."""
 
     def __init__(
-        self, client: object, table: str, name: str, table_clock: FakeClock, skew_s: float = 0.0
+        self,
+        client: object,
+        table: str,
+        name: str,
+        table_clock: FakeClock,
+        *,
+        skew_s: float = 0.0,
+        start_fraction: float = 1.0,
     ) -> None:
         self.mono = FakeClock()
         self.breakers = Breakers(BREAKER, self.mono)
@@ -43,6 +53,7 @@ class Member:
             cooldown_s=BREAKER.cooldown_s,
             member_ttl_s=TTL_S,
             me=name,
+            start_fraction=start_fraction,
             wall_s=lambda: table_clock() + skew_s,
             monotonic_s=self.mono,
             server_s=lambda _answer: table_clock(),

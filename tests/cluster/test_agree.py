@@ -10,10 +10,12 @@ from retryd.admission.ratelimit import Rate
 from retryd.cluster.agree import (
     SharedBreaker,
     Step,
+    agreed,
     live_members,
     next_step,
     share,
     stale_members,
+    start_share,
 )
 
 ME = "replica-a"
@@ -57,6 +59,39 @@ def test_three_replicas_split_five_a_second() -> None:
     mine = share(Rate(5.0, 10), 3)
     assert mine.burst == 3
     assert abs(mine.per_s - 5 / 3) < 1e-12
+
+
+@given(
+    rate=rates,
+    fraction=st.floats(min_value=0.01, max_value=1.0),
+    seen=st.lists(st.integers(min_value=1, max_value=100), min_size=1, max_size=100),
+)
+def test_replicas_starting_together_add_up_to_the_rate_while_the_start_share_covers_them(
+    rate: Rate, fraction: float, seen: list[int]
+) -> None:
+    """However many members each one's first reading showed, at most 1/fraction replicas at
+    their start share send at most per_s together, and never more than an agreed share."""
+    starting = seen[: int(1 / fraction)]
+    shares = [start_share(rate, members, fraction) for members in starting]
+    assert sum(mine.per_s for mine in shares) <= rate.per_s * (1 + 1e-9)
+    for members, mine in zip(starting, shares, strict=True):
+        assert mine.per_s <= share(rate, members).per_s * (1 + 1e-9)
+        assert 1 <= mine.burst <= max(1, rate.burst // members)
+
+
+def test_a_start_share_is_the_smaller_of_the_fraction_and_one_over_the_members() -> None:
+    """per_s 6, burst 6: a quarter alone (1.5/s, 1 token); a third of 8 members' worth less."""
+    assert start_share(Rate(6.0, 6), 1, 0.25) == Rate(1.5, 1)
+    assert start_share(Rate(8.0, 16), 8, 0.25) == Rate(1.0, 2)
+    assert start_share(Rate(6.0, 6), 1, 1.0) == Rate(6.0, 6)
+
+
+def test_a_replica_agrees_on_a_heartbeat_agree_s_after_its_first() -> None:
+    """A first heartbeat never shows the membership (unless agree_s is 0); one agree_s on does."""
+    assert not agreed(None, 100.0, 10.0)
+    assert agreed(None, 100.0, 0.0)
+    assert not agreed(100.0, 109.9, 10.0)
+    assert agreed(100.0, 110.0, 10.0)
 
 
 heartbeats = st.dictionaries(

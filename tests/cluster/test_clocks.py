@@ -32,8 +32,8 @@ def run_pair(
 ) -> None:
 
     async def pair(clients: AwsClients, table_clock: FakeClock) -> None:
-        a = Member(clients.dynamodb, TABLE, "a", table_clock, skews_s[0])
-        b = Member(clients.dynamodb, TABLE, "b", table_clock, skews_s[1])
+        a = Member(clients.dynamodb, TABLE, "a", table_clock, skew_s=skews_s[0])
+        b = Member(clients.dynamodb, TABLE, "b", table_clock, skew_s=skews_s[1])
         await body(a, b, table_clock)
 
     on_table(make_settings, TABLE, pair)

@@ -12,7 +12,7 @@ from retryd.cluster.dynamodb import RELEASE_BATCH, STATE_KEY
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
 from tests.clock_helpers import FakeClock
-from tests.cluster.members import BREAKER, TARGET, TTL_S, Member, on_table
+from tests.cluster.members import AGREE_S, BREAKER, TARGET, TTL_S, Member, on_table
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
 from tests.world import ACCOUNT, REGION, World
@@ -429,5 +429,80 @@ def test_a_leaver_holding_many_claims_hands_back_a_bounded_number_in_its_leave(
         assert "m:a" not in item
         held = [arn for arn in arns if "h" in item["b:" + arn]["M"]]  # type: ignore[index]
         assert held == sorted(arns)[RELEASE_BATCH:]
+
+    run_pair(world, make_settings, body)
+
+
+def test_replicas_starting_together_keep_to_the_rate_until_they_agree(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Three replicas (6/s, start share 1/4) start one after the other on an empty item, each
+    first seeing fewer than three: until they agree, together they take at most 6/s; once each
+    has re-read the item AGREE_S after its first heartbeat (a sync, or after a batch), 2/s each."""
+
+    async def body(clients: AwsClients, wall: FakeClock) -> None:
+        members = [
+            Member(clients.dynamodb, TABLE, name, wall, start_fraction=0.25) for name in "abc"
+        ]
+        buckets = [member.rates.for_target(TARGET.arn) for member in members]
+        assert [bucket.per_s for bucket in buckets] == [1.5] * 3
+        for member in members:
+            await member.cluster.sync()
+            assert sum(bucket.per_s for bucket in buckets) <= 6.0
+        assert [member.cluster.live for member in members] == [1, 2, 3]
+        assert [bucket.per_s for bucket in buckets] == [1.5] * 3
+        wall.advance(AGREE_S)
+        await members[0].cluster.sync()
+        for member in members[1:]:
+            await member.cluster.flush()
+        assert [bucket.per_s for bucket in buckets] == [2.0] * 3
+        assert sum(bucket.burst for bucket in buckets) <= 6
+
+    on_table(make_settings, TABLE, body)
+
+
+def test_a_replica_restarting_beside_a_dead_ones_heartbeat_starts_at_one_over_the_members(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """The item still names five replicas (four, and one killed): a new one with start share 1
+    takes 1/6 of the rate until it agrees, then 1/live."""
+
+    async def body(clients: AwsClients, wall: FakeClock) -> None:
+        old = [Member(clients.dynamodb, TABLE, f"old-{n}", wall) for n in range(5)]
+        for member in old:
+            await member.cluster.sync()
+        wall.advance(AGREE_S)
+        for member in old[:4]:
+            await member.cluster.sync()
+        new = Member(clients.dynamodb, TABLE, "new", wall)
+        bucket = new.rates.for_target(TARGET.arn)
+        await new.cluster.sync()
+        assert bucket.per_s == 1.0
+        wall.advance(AGREE_S)
+        await new.cluster.sync()
+        assert new.cluster.live == 6
+        assert bucket.per_s == 1.0
+
+    on_table(make_settings, TABLE, body)
+
+
+def test_a_running_replica_counts_a_newcomer_after_its_next_batch_not_its_next_cycle(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A runs alone at 6/s; B starts. AGREE_S later, A's flush after a batch re-reads the item
+    and takes 3/s, before B has left its start share."""
+
+    async def body(a: Member, b: Member, wall: FakeClock) -> None:
+        bucket = a.rates.for_target(TARGET.arn)
+        await a.cluster.sync()
+        wall.advance(AGREE_S)
+        await a.cluster.sync()
+        assert bucket.per_s == 6.0
+        await b.cluster.sync()
+        await a.cluster.flush()
+        assert bucket.per_s == 6.0
+        wall.advance(AGREE_S)
+        await a.cluster.flush()
+        assert bucket.per_s == 3.0
 
     run_pair(world, make_settings, body)

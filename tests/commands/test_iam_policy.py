@@ -440,6 +440,20 @@ def test_an_unknown_role_is_refused(make_settings: SettingsFactory) -> None:
         policy_document(make_settings(), account=None, region=None, role="admin")
 
 
+def test_the_iam_policy_page_shows_every_ledger_action_the_command_grants(
+    make_settings: SettingsFactory,
+) -> None:
+    """docs/operations/iam-policy.md's AttemptLedger statement lists exactly the actions the
+    command grants on the ledger table (it once left out dynamodb:UpdateItem)."""
+    document = policy_document(
+        make_settings(ledger={"backend": "dynamodb"}), account=ACCOUNT, region=REGION
+    )
+    page = (Path(__file__).resolve().parents[2] / "docs/operations/iam-policy.md").read_text()
+    statement = page[page.index('"Sid": "AttemptLedger"') :]
+    shown = re.findall(r'"(dynamodb:\w+)"', statement[: statement.index("]")])
+    assert shown == statements(document)["AttemptLedger"]["Action"]
+
+
 def test_the_console_role_is_the_operators_as_it_runs_redrive_jobs(
     make_settings: SettingsFactory,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from retryd.admission import DeferReason
 from retryd.drain.cycle import Handled
 from retryd.models import Decision, Outcome, QueueRef
 from tests.native_helpers import letter
@@ -15,6 +16,8 @@ QUEUE = QueueRef(
     "arn:aws:sqs:us-east-1:123456789012:dlq",
 )
 LEFT_IN_DLQ = {Outcome.FAILED, Outcome.DEFERRED, Outcome.REFUSED}
+JUDGED_AGAIN = {DeferReason.RATE_LIMITED.value, DeferReason.BREAKER_OPEN.value}
+REASONS = [reason.value for reason in DeferReason]
 
 
 @given(st.lists(st.sampled_from(list(Outcome)), max_size=40))
@@ -44,3 +47,32 @@ def test_a_long_drain_of_resubmitted_messages_remembers_nothing() -> None:
         state.saw(batch)
         state.settled([Decision(lt, Outcome.RESUBMITTED) for lt in batch])
     assert state.seen == set()
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([Outcome.DEFERRED, Outcome.FAILED]), st.sampled_from(REASONS)),
+        max_size=20,
+    )
+)
+def test_messages_handed_back_for_tokens_or_a_breaker_are_judged_again_this_cycle(
+    results: list[tuple[Outcome, str]],
+) -> None:
+    """Deferred rate-limited or breaker-open: forgotten, so when it comes back in seconds (or at
+    the end of the cool-down) it is judged again, not taken for a stale message."""
+    state = Handled()
+    letters = [
+        letter(on=QUEUE, message_id=f"m-{n}", receipt_handle=f"r-{n}") for n in range(len(results))
+    ]
+    state.saw(letters)
+    state.settled(
+        [
+            Decision(lt, outcome, reason=reason)
+            for lt, (outcome, reason) in zip(letters, results, strict=True)
+        ]
+    )
+    assert state.seen == {
+        lt.message_id
+        for lt, (outcome, reason) in zip(letters, results, strict=True)
+        if not (outcome is Outcome.DEFERRED and reason in JUDGED_AGAIN)
+    }

@@ -164,3 +164,49 @@ def test_a_redrive_takes_a_share_of_the_rate_while_it_runs_and_leaves_at_its_end
     assert after == {"daemon"}
     assert daemon_live == 1
     assert world.depth(DEST) == MESSAGES
+
+
+def test_a_redrive_to_a_rate_limited_target_sends_at_the_rate_not_in_lumps(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A redrive goes through the cycle's admission: twelve messages to a 5/s target with burst
+    2 all arrive, and no second at the target's server holds more than burst + rate of them."""
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    world.create_queue(DEST)
+    dest_arn = world.queue_arn(DEST)
+    count = 12
+    for n in range(count):
+        world.send(DLQ, envelope("sqs", dest_arn, {"n": n}))
+    settings = make_settings(
+        ledger={"backend": "dynamodb", "table": TABLE}, rate_limit={"per_s": 5, "burst": 2}
+    )
+
+    async def main() -> None:
+        await create_table(settings)
+        store = MemoryControlStore()
+        spec = Spec(sources=(DLQ,), ramp=(count,), canary_wait_s=0, max_refail=count)
+        job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), "tester")
+        async with (
+            open_clients(settings.aws) as clients,
+            open_ledger(settings.ledger, clients, owner=f"redrive-{job.id}") as ledger,
+        ):
+            redrive = Redrive(
+                settings,
+                clients,
+                ledger=ledger,
+                metrics=Metrics(CollectorRegistry()),
+                control=store,
+                spec=spec,
+            )
+            try:
+                await redrive.prepare()
+                await redrive.execute(job, JobStore(store, TTL_S))
+            finally:
+                await redrive.leave()
+
+    anyio.run(main)
+    sent_ms = sorted(int(m["Attributes"]["SentTimestamp"]) for m in world.drain(DEST))
+    assert len(sent_ms) == count
+    in_a_second = max(sum(start <= at < start + 1_000 for at in sent_ms) for start in sent_ms)
+    assert in_a_second <= 5 + 2, sent_ms

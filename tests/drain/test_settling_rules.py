@@ -654,7 +654,11 @@ def test_rate_limited_jobs_are_deferred_unsent_and_return_their_canary_slots() -
     async def main() -> tuple[Sent, list[str], int, dict[str, Record]]:
         breakers, _, breaker = half_open_breakers(canaries=3)
         ledger = memory_ledger()
-        rates = RateLimits(RateLimitSettings(per_s=0.001, burst=1), anyio.current_time)
+        # Buckets start empty: this one has gained its one token before the batch.
+        bucket_clock = FakeClock()
+        rates = RateLimits(RateLimitSettings(per_s=0.001, burst=1), bucket_clock)
+        rates.for_target(CHARGE.arn)
+        bucket_clock.advance(1_000.0)
         guards = unit_guards(breakers, ledger, rates=rates)
         router = ScriptedRouter({})
         sender = Sender(targets=router, guards=guards)
