@@ -9,6 +9,12 @@ the same shape that holds only a pointer to the failed batch (`KinesisBatchInfo`
 the message, so they are parked with what a human needs to find the data.
 Shapes: Lambda developer guide, "Capturing records of Lambda asynchronous
 invocations" and "Using Lambda with Kinesis/DynamoDB" (on-failure destinations).
+
+A destination that is an SNS topic reaches an SQS subscriber as the topic's JSON
+notification (Type "Notification", `Message` holding the record as text) unless the
+subscription has raw message delivery on: the record is taken out of `Message` and
+resolved as if it had arrived raw (Amazon SNS developer guide, "Amazon SNS raw
+message delivery").
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from retryd.resolve.base import (
 )
 from retryd.resolve.keys import compact_json, idempotency_key
 
+# An SNS notification as a non-raw subscription delivers it (the record is its Message).
+SNS_NOTIFICATION_TYPE = "Notification"
 # A record written for a successful invocation: nothing failed, nothing to retry.
 SUCCESS_CONDITION = "Success"
 # Stream pointers end in this (KinesisBatchInfo, DDBStreamBatchInfo, ...).
@@ -79,10 +87,16 @@ class LambdaDestinationResolver:
 
 
 def _destination_record(body: str) -> dict[str, Any] | None:
-    """The parsed body when it is a Lambda destination record (functionArn and condition)."""
+    """The parsed body when it is a Lambda destination record (functionArn and condition),
+    as it is or inside the `Message` of an SNS notification."""
     record = _json_object(body)
     if record is None:
         return None
+    wrapped = record.get("Message")
+    if record.get("Type") == SNS_NOTIFICATION_TYPE and isinstance(wrapped, str):
+        record = _json_object(wrapped)
+        if record is None:
+            return None
     context = record.get("requestContext")
     if not isinstance(context, dict) or "functionArn" not in context or "condition" not in context:
         return None

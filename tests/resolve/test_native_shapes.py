@@ -97,6 +97,31 @@ def test_destination_record_resubmits_the_request_payload_to_its_function() -> N
     assert job.resolver == "lambda-destination"
 
 
+def test_a_destination_record_inside_an_sns_notification_resolves_as_the_raw_record() -> None:
+    """Through an SNS topic without raw delivery, the record in `Message` gives the same job."""
+    raw = as_job(destination(load_letter("lambda_destination_record")))
+    wrapped = as_job(destination(load_letter("lambda_destination_record_sns")))
+    assert (wrapped.target, wrapped.body, wrapped.key) == (raw.target, raw.body, raw.key)
+    assert (wrapped.source_attempts, wrapped.first_failed_at) == (3, raw.first_failed_at)
+
+
+def test_a_stream_pointer_inside_an_sns_notification_is_unwrapped_too() -> None:
+    """A wrapped KinesisBatchInfo record is recognised (not left to the next resolver)."""
+    notification = json.loads(fixture("lambda_destination_record_sns")["Body"])
+    notification["Message"] = fixture("lambda_stream_kinesis")["Body"]
+    assert destination(letter(notification)) is not None
+
+
+@pytest.mark.parametrize(
+    "message", ["not json", "[1, 2]", json.dumps({"requestContext": {"functionArn": "x"}})]
+)
+def test_an_sns_notification_of_something_else_is_not_a_destination_record(message: str) -> None:
+    """A notification whose Message is no destination record is left to the next resolver."""
+    notification = json.loads(fixture("lambda_destination_record_sns")["Body"])
+    notification["Message"] = message
+    assert destination(letter(notification)) is None
+
+
 def test_lambdas_invocations_are_kept_apart_from_retryds_attempts() -> None:
     """approximateInvokeCount 3 is Lambda's: retryd has made none, so it resubmits as attempt 1."""
     job = as_job(destination(load_letter("lambda_destination_record")))
