@@ -224,8 +224,8 @@ def _lambda(call: ApiCall, account: str) -> list[IamRequest]:
 def _states(call: ApiCall) -> list[IamRequest]:
     if call.operation == "StartExecution":
         return [IamRequest("states:StartExecution", str(call.params["stateMachineArn"]))]
-    if call.operation == "DescribeExecution":
-        return [IamRequest("states:DescribeExecution", str(call.params["executionArn"]))]
+    if call.operation in ("DescribeExecution", "RedriveExecution"):
+        return [IamRequest(f"states:{call.operation}", str(call.params["executionArn"]))]
     raise UnmappedCallError(f"stepfunctions {call.operation}")
 
 

@@ -156,7 +156,8 @@ def lambda_resources(function_globs: list[str]) -> list[str]:
 
 
 def execution_resources(state_machine_globs: list[str]) -> list[str]:
-    """Execution ARN patterns of the state machines (DescribeExecution after a name clash)."""
+    """Execution ARN patterns of the state machines (DescribeExecution after a name clash,
+    and of a failed execution; RedriveExecution)."""
     arns = []
     for glob in state_machine_globs:
         head, _, machine = glob.partition(":stateMachine:")
@@ -199,6 +200,15 @@ def _target_statements(
             _statement(
                 "CheckStepFunctionsExecutions",
                 ["states:DescribeExecution"],
+                execution_resources(targets["states"]),
+            )
+        )
+        # A failed execution a message names is resumed in place (RedriveExecution)
+        # rather than started again: its ARN is an execution of an allowed machine.
+        statements.append(
+            _statement(
+                "RedriveStepFunctionsExecutions",
+                ["states:RedriveExecution"],
                 execution_resources(targets["states"]),
             )
         )

@@ -62,6 +62,7 @@ from tests.iam_helpers import (
     resource_matches,
     statements,
 )
+from tests.stepfunctions_front import fail_execution
 from tests.world import World
 
 LEDGER_TABLE = "retryd-ledger"
@@ -217,6 +218,28 @@ async def _add_explicit_dlqs(clients: AwsClients, demo: DemoWorld) -> None:
     }
     await clients.sqs.send_message(
         QueueUrl=demo.queue_urls[NAMED_DLQ], MessageBody=json.dumps(record)
+    )
+    # A failed execution of the state machine, as its EventBridge status change: redriven
+    # (DescribeExecution, then RedriveExecution, which tests/stepfunctions_front.py answers).
+    execution = (
+        await clients.stepfunctions.start_execution(
+            stateMachineArn=demo.state_machine_arn, name="failed-1", input="{}"
+        )
+    )["executionArn"]
+    fail_execution(execution)
+    event = {
+        "source": "aws.states",
+        "detail-type": "Step Functions Execution Status Change",
+        "detail": {
+            "executionArn": execution,
+            "stateMachineArn": demo.state_machine_arn,
+            "status": "FAILED",
+            "input": "{}",
+            "redriveCount": 0,
+        },
+    }
+    await clients.sqs.send_message(
+        QueueUrl=demo.queue_urls[NAMED_DLQ], MessageBody=json.dumps(event)
     )
 
 
@@ -444,8 +467,17 @@ def test_exact_allowlist_reaches_every_target_and_the_qualified_function(
         for d in recording.report.decisions
         if d.outcome is Outcome.RESUBMITTED and d.target
     }
-    # Step Functions is not here: its one start met the injected name clash.
-    assert resubmitted == set(TargetType) - {TargetType.STEPFUNCTIONS}
+    assert resubmitted == set(TargetType)
+    # One Step Functions resubmission, the redriven execution: the one start met the
+    # injected name clash.
+    machines = [
+        d
+        for d in recording.report.decisions
+        if d.outcome is Outcome.RESUBMITTED
+        and d.target
+        and d.target.type is TargetType.STEPFUNCTIONS
+    ]
+    assert len(machines) == 1
 
 
 def recording_queue_url(recording: Recording, name: str) -> str:
@@ -527,6 +559,7 @@ def test_the_recorded_actions(recorded: Recorded) -> None:
     assert set(used["explicit"]) - set(used["demo"]) == {
         "sqs:ListQueueTags",
         "states:DescribeExecution",
+        "states:RedriveExecution",
     }
     # The operator's commands call nothing the daemon does not; on the parking queue,
     # they also receive, hide and delete (RedriveParkedMessages).

@@ -640,6 +640,7 @@ def test_chain_order_follows_the_design(make_settings: SettingsFactory) -> None:
     assert build_chain(make_settings()).names == (
         "envelope",
         "lambda-destination",
+        "stepfunctions-execution",
         "eventbridge-dlq",
         "static-route",
     )
@@ -659,6 +660,8 @@ def test_chain_order_follows_the_design(make_settings: SettingsFactory) -> None:
         ("scheduler_dlq", ParkReason.SOURCE_ERROR_PERMANENT),
         ("lambda_async_dlq", "lambda-async-dlq"),
         ("sqs_redrive_dlq", "sqs-redrive"),
+        ("stepfunctions_execution_failed", "stepfunctions-execution"),
+        ("lambda_destination_record_sns", "lambda-destination"),
     ],
 )
 def test_every_fixture_resolves_through_the_chain_with_no_route(
