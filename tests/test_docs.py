@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from docs.gen import layout, reference
 from retryd import errors
 from retryd.commands import cli
+from retryd.models import ParkReason
 from retryd.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,3 +254,16 @@ def test_no_page_keeps_a_hand_written_copy_of_the_layout() -> None:
     for name in ("design.md", "development.md"):
         text = (DOCS / name).read_text()
         assert not re.search(r"^\s+(drain|admission|targets)/\s{2,}\S", text, re.MULTILINE), name
+
+
+def test_the_coverage_page_has_no_blank_cell_and_names_every_park_it_promises() -> None:
+    """Every row of the failure-record table fills every column; each reason it names exists."""
+    text = (DOCS / "concepts" / "coverage.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("|")][2:]
+    assert len(rows) >= 15
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == 5, row
+        assert all(cells), row
+    named = set(re.findall(r"\*\*park\*\* `([a-z-]+)`", text))
+    assert named <= {reason.value for reason in ParkReason}
