@@ -52,6 +52,10 @@ class AwsClients:
     events: EventBridgeClient
     # The attempt ledger's table, when ledger.backend is "dynamodb".
     dynamodb: DynamoDBClient
+    # Reading back the stream batches Lambda event source mappings gave up on
+    # (retryd.targets.stream_replay); no stubs are installed for these two.
+    kinesis: Client
+    dynamodbstreams: Client
 
 
 @cache
@@ -128,6 +132,8 @@ async def enter_clients(
         sns=await make("sns"),
         events=await make("events"),
         dynamodb=await make("dynamodb"),
+        kinesis=await make("kinesis"),
+        dynamodbstreams=await make("dynamodbstreams"),
     )
 
 

@@ -260,6 +260,30 @@ class FailedExecution:
     start_if_not_redrivable: bool = False
 
 
+class StreamKind(StrEnum):
+    """The streams whose failed batches Lambda's event source mappings point at."""
+
+    KINESIS = "kinesis"
+    DYNAMODB = "dynamodb"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBatch:
+    """A batch a Lambda event source mapping gave up on: where it is in its stream.
+
+    The Job that carries it targets the function, and its body is the pointer as
+    Lambda wrote it (`KinesisBatchInfo`, `DDBStreamBatchInfo`); the records are read
+    back from the stream when the job is sent (retryd.targets.stream_replay).
+    """
+
+    kind: StreamKind
+    stream_arn: str
+    shard_id: str
+    start_sequence: str
+    end_sequence: str
+    batch_size: int
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A resolved dead letter: what to send, where, and under which identity.
@@ -285,8 +309,8 @@ class Job:
     forward_attributes: Attributes = field(default_factory=dict)
     source_attempts: int = 0
     # Set when the job resumes something that failed in place instead of sending the body
-    # anew: a Step Functions execution to redrive.
-    origin: FailedExecution | None = None
+    # anew: a Step Functions execution to redrive, a stream batch to read back and replay.
+    origin: FailedExecution | StreamBatch | None = None
 
     @property
     def first_failed_at_s(self) -> float | None:
@@ -327,6 +351,8 @@ class ParkReason(StrEnum):
     # A failed Step Functions execution that cannot be redriven (Express, older than 14
     # days, gone), with `[stepfunctions] not_redrivable = "park"`.
     NOT_REDRIVABLE = "not-redrivable"
+    # A stream batch no longer (wholly) in its stream: trimmed by retention, or gone.
+    SOURCE_EXPIRED = "source-expired"
 
 
 class FailReason(StrEnum):
@@ -419,6 +445,8 @@ class Refusal(StrEnum):
     INVALID_PAYLOAD = "retryd.InvalidPayload"
     # A failed execution that Step Functions will not redrive, and no fallback was asked for.
     NOT_REDRIVABLE = "retryd.NotRedrivable"
+    # The stream no longer holds the batch a job points at.
+    SOURCE_EXPIRED = "retryd.SourceExpired"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,9 @@ ATTEMPT = "retryd.attempt"
 KEY = "retryd.key"
 FIRST_FAILED_AT = "retryd.first-failed-at"
 SOURCE_QUEUE = "retryd.source-queue"
+# "2/3": which event of a replayed stream batch split to fit Lambda's 6 MB synchronous
+# payload limit (retryd.targets.lambda_function; in the ClientContext only).
+PART = "retryd.part"
 # `name@version` of the transform that rewrote the payload (retryd.resolve.hooks).
 TRANSFORM = "retryd.transform"
 

@@ -288,6 +288,24 @@ def _dynamodb(call: ApiCall, account: str) -> list[IamRequest]:
     raise UnmappedCallError(f"dynamodb {call.operation}")
 
 
+def _kinesis(call: ApiCall) -> list[IamRequest]:
+    # Both are authorised on the stream (Service Authorization Reference, Kinesis Data Streams).
+    if call.operation in ("GetShardIterator", "GetRecords"):
+        return [IamRequest(f"kinesis:{call.operation}", str(call.params["StreamARN"]))]
+    raise UnmappedCallError(f"kinesis {call.operation}")
+
+
+def _dynamodbstreams(call: ApiCall) -> list[IamRequest]:
+    # DynamoDB Streams' actions are `dynamodb:` actions on the stream ARN. GetRecords names
+    # only the iterator, which starts with its stream's ARN (`<stream arn>|1|...`).
+    if call.operation == "GetShardIterator":
+        return [IamRequest("dynamodb:GetShardIterator", str(call.params["StreamArn"]))]
+    if call.operation == "GetRecords":
+        stream = str(call.params["ShardIterator"]).split("|", 1)[0]
+        return [IamRequest("dynamodb:GetRecords", stream)]
+    raise UnmappedCallError(f"dynamodbstreams {call.operation}")
+
+
 def _sts(call: ApiCall) -> list[IamRequest]:
     if call.operation == "AssumeRole":
         return [IamRequest("sts:AssumeRole", str(call.params["RoleArn"]))]
@@ -308,6 +326,8 @@ def iam_requests(call: ApiCall, account: str) -> list[IamRequest]:
         "sns": lambda: _sns(call),
         "events": lambda: _events(call, account),
         "dynamodb": lambda: _dynamodb(call, account),
+        "kinesis": lambda: _kinesis(call),
+        "dynamodbstreams": lambda: _dynamodbstreams(call),
     }
     mapping = mappings.get(call.service)
     if mapping is None:

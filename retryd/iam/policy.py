@@ -212,6 +212,8 @@ def _target_statements(
                 execution_resources(targets["states"]),
             )
         )
+    if targets["lambda"]:
+        statements += _stream_statements(targets)
     if targets["sqs"]:
         statements.append(
             _statement(
@@ -234,6 +236,29 @@ def _target_statements(
 # https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonsns.html):
 # they can only be granted on "*". Both only read: subscriptions, endpoints, policies.
 SUBSCRIPTION_READ_ACTIONS = ("sns:GetSubscriptionAttributes", "sns:ListSubscriptions")
+
+
+def _stream_statements(targets: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Reading back a failed stream batch (retryd.targets.stream_replay) from the streams the
+    allowlist admits: an iterator at its first record, then its records. Nothing else."""
+    statements = []
+    if targets["kinesis"]:
+        statements.append(
+            _statement(
+                "ReadKinesisBatches",
+                ["kinesis:GetShardIterator", "kinesis:GetRecords"],
+                targets["kinesis"],
+            )
+        )
+    if targets["dynamodb"]:
+        statements.append(
+            _statement(
+                "ReadDynamoDbStreamBatches",
+                ["dynamodb:GetShardIterator", "dynamodb:GetRecords"],
+                targets["dynamodb"],
+            )
+        )
+    return statements
 
 
 def _check_role(role: str, settings: Settings) -> None:

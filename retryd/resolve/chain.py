@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import structlog
 
+from retryd.admission.allowlist import Allowlist
 from retryd.discovery.feeds import FeedSource
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Job, ParkReason, Unresolvable
@@ -124,7 +125,8 @@ def build_chain(
     routes = StaticRouteResolver(settings.routes)
     resolvers: list[Resolver] = [
         EnvelopeResolver(),
-        LambdaDestinationResolver(),
+        # A stream batch is read only from a stream the allowlist admits, as a target is.
+        LambdaDestinationResolver(allow_stream=Allowlist.from_settings(settings.guards).allows),
         StepFunctionsExecutionResolver(
             start_if_not_redrivable=settings.stepfunctions.not_redrivable == "start-execution"
         ),

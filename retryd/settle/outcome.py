@@ -174,6 +174,7 @@ def refused(park: Park) -> Decision:
 _REFUSAL_PARKS: dict[Refusal | None, ParkReason] = {
     Refusal.PAYLOAD_TOO_LARGE: ParkReason.PAYLOAD_TOO_LARGE,
     Refusal.NOT_REDRIVABLE: ParkReason.NOT_REDRIVABLE,
+    Refusal.SOURCE_EXPIRED: ParkReason.SOURCE_EXPIRED,
 }
 
 

@@ -120,7 +120,7 @@ class StateMachineTarget:
         return await deliver_each(jobs, lambda job: self._start(target, job))
 
     async def _start(self, target: Target, job: Job) -> Delivery:
-        if job.origin is not None:
+        if isinstance(job.origin, FailedExecution):
             return await self._redrive(target, job, job.origin)
         return await self._start_execution(target, job)
 

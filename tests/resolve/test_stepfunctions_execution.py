@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.models import Job, ParkReason, Target, TargetType, Unresolvable
+from retryd.models import FailedExecution, Job, ParkReason, Target, TargetType, Unresolvable
 from retryd.resolve.stepfunctions_execution import StepFunctionsExecutionResolver
 from tests.native_helpers import fixture, letter, load_letter
 
@@ -40,7 +40,7 @@ def test_the_documented_event_is_a_redrive_of_its_execution_on_its_state_machine
     job = StepFunctionsExecutionResolver().resolve(load_letter("stepfunctions_execution_failed"))
     assert isinstance(job, Job)
     assert job.target == Target(TargetType.STEPFUNCTIONS, MACHINE)
-    assert job.origin is not None
+    assert isinstance(job.origin, FailedExecution)
     assert (job.origin.execution_arn, job.origin.status) == (EXECUTION, "FAILED")
     assert not job.origin.start_if_not_redrivable
     assert job.body == "{}"
@@ -65,7 +65,7 @@ def test_the_fallback_setting_travels_with_the_job() -> None:
     """start_if_not_redrivable comes from `[stepfunctions] not_redrivable`."""
     job = resolve(event_with(), start=True)
     assert isinstance(job, Job)
-    assert job.origin is not None
+    assert isinstance(job.origin, FailedExecution)
     assert job.origin.start_if_not_redrivable
 
 
@@ -141,5 +141,5 @@ def test_any_detail_resolves_to_an_answer_without_raising(detail: dict[str, obje
     assert answer is not None
     if isinstance(answer, Job):
         assert answer.target.type is TargetType.STEPFUNCTIONS
-        assert answer.origin is not None
+        assert isinstance(answer.origin, FailedExecution)
         assert answer.origin.execution_arn.split(":")[5] == "execution"
