@@ -62,6 +62,8 @@ _REPLAYABLE = {"KinesisBatchInfo": StreamKind.KINESIS, "DDBStreamBatchInfo": Str
 _SEQUENCE_MAX_DIGITS = 128
 # GetRecords returns at most 10,000 records a call; a Lambda batch is at most 10,000.
 MAX_BATCH_SIZE = 10_000
+# What a stream batch job says resolved it (plan shows it): it is replayed, not resubmitted.
+STREAM_BATCH_RESOLVER = "lambda-stream-batch"
 # Resource names (Kinesis and DynamoDB API references): stream names [a-zA-Z0-9_.-]{1,128};
 # table names [a-zA-Z0-9_.-]{3,255} and a stream label (a timestamp).
 _KINESIS_STREAM = re.compile(r"stream/[a-zA-Z0-9_.-]{1,128}")
@@ -167,7 +169,7 @@ class LambdaDestinationResolver:
             key=idempotency_key(target.arn, body, stamped_key(letter)),
             attempt=stamped_attempt(letter) or 0,
             source_attempts=_invoke_count(context),
-            resolver=self.name,
+            resolver=STREAM_BATCH_RESOLVER,
             first_failed_at=_first_failed_at(letter, record),
             forward_attributes=forward_attributes(letter),
             origin=batch,

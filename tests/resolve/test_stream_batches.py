@@ -43,6 +43,8 @@ def test_a_kinesis_pointer_is_a_job_for_the_function_carrying_the_batch() -> Non
         500,
     )
     assert json.loads(job.body)["streamArn"] == KINESIS
+    # What `plan` shows as the resolver: the batch is read back, not resubmitted as it is.
+    assert job.resolver == "lambda-stream-batch"
 
 
 def test_a_dynamodb_pointer_is_a_job_too() -> None:
