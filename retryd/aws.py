@@ -52,6 +52,10 @@ class AwsClients:
     events: EventBridgeClient
     # The attempt ledger's table, when ledger.backend is "dynamodb".
     dynamodb: DynamoDBClient
+    # Reading back the stream batches Lambda event source mappings gave up on
+    # (retryd.targets.stream_replay); no stubs are installed for these two.
+    kinesis: Client
+    dynamodbstreams: Client
     # S3 failure destinations ([discovery] s3_sources); None where a caller builds its own.
     s3: Client = None
 
@@ -130,6 +134,8 @@ async def enter_clients(
         sns=await make("sns"),
         events=await make("events"),
         dynamodb=await make("dynamodb"),
+        kinesis=await make("kinesis"),
+        dynamodbstreams=await make("dynamodbstreams"),
         s3=await make("s3"),
     )
 

@@ -255,6 +255,49 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedExecution:
+    """A Step Functions execution that ended FAILED, TIMED_OUT or ABORTED, to be redriven.
+
+    The Job that carries it targets the execution's state machine (so the allowlist,
+    breaker and rate limit are the state machine's) and holds the execution's original
+    input as its body, for a StartExecution when the execution cannot be redriven.
+    """
+
+    execution_arn: str
+    status: str
+    # How many times it had been redriven when it failed this time (the event's redriveCount).
+    redrive_count: int = 0
+    stopped_at: datetime | None = None
+    # What to do when it cannot be redriven: start a new execution with the original
+    # input (True) or park the message `not-redrivable` (False). `[stepfunctions]`.
+    start_if_not_redrivable: bool = False
+
+
+class StreamKind(StrEnum):
+    """The streams whose failed batches Lambda's event source mappings point at."""
+
+    KINESIS = "kinesis"
+    DYNAMODB = "dynamodb"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBatch:
+    """A batch a Lambda event source mapping gave up on: where it is in its stream.
+
+    The Job that carries it targets the function, and its body is the pointer as
+    Lambda wrote it (`KinesisBatchInfo`, `DDBStreamBatchInfo`); the records are read
+    back from the stream when the job is sent (retryd.targets.stream_replay).
+    """
+
+    kind: StreamKind
+    stream_arn: str
+    shard_id: str
+    start_sequence: str
+    end_sequence: str
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """A resolved dead letter: what to send, where, and under which identity.
 
@@ -278,6 +321,9 @@ class Job:
     first_failed_at: datetime | None = None
     forward_attributes: Attributes = field(default_factory=dict)
     source_attempts: int = 0
+    # Set when the job resumes something that failed in place instead of sending the body
+    # anew: a Step Functions execution to redrive, a stream batch to read back and replay.
+    origin: FailedExecution | StreamBatch | None = None
 
     @property
     def first_failed_at_s(self) -> float | None:
@@ -315,6 +361,11 @@ class ParkReason(StrEnum):
     INVALID_PAYLOAD = "invalid-payload"
     TRANSFORM_FAILED = "transform-failed"
     TRANSFORM_PARKED = "transform-parked"
+    # A failed Step Functions execution that cannot be redriven (Express, older than 14
+    # days, gone), with `[stepfunctions] not_redrivable = "park"`.
+    NOT_REDRIVABLE = "not-redrivable"
+    # A stream batch no longer (wholly) in its stream: trimmed by retention, or gone.
+    SOURCE_EXPIRED = "source-expired"
 
 
 class FailReason(StrEnum):
@@ -405,6 +456,10 @@ class Refusal(StrEnum):
     PAYLOAD_TOO_LARGE = "retryd.PayloadTooLarge"
     # Not what the target needs (not JSON for Lambda, no Source for EventBridge, ...).
     INVALID_PAYLOAD = "retryd.InvalidPayload"
+    # A failed execution that Step Functions will not redrive, and no fallback was asked for.
+    NOT_REDRIVABLE = "retryd.NotRedrivable"
+    # The stream no longer holds the batch a job points at.
+    SOURCE_EXPIRED = "retryd.SourceExpired"
 
 
 @dataclass(frozen=True, slots=True)

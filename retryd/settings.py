@@ -374,6 +374,20 @@ class GuardSettings(_Group):
         return self
 
 
+class StepFunctionsSettings(_Group):
+    """How a failed Step Functions execution named by a message is brought back."""
+
+    not_redrivable: Literal["park", "start-execution"] = Field(
+        "park",
+        description=(
+            "What to do with a failed execution Step Functions will not redrive (an Express "
+            "workflow, stopped more than 14 days ago, or gone): `park` it `not-redrivable` "
+            "with the reason, or `start-execution`: start a new execution with its original "
+            "input, which runs every step again. Redrivable executions are always redriven."
+        ),
+    )
+
+
 class BackoffRule(_Group):
     """Backoff for targets matching one ARN glob (first matching rule wins)."""
 
@@ -749,6 +763,7 @@ class Settings(BaseSettings):
     rate_limit: RateLimitSettings = RateLimitSettings()
     ledger: LedgerSettings = LedgerSettings()
     parking: ParkingSettings = ParkingSettings()
+    stepfunctions: StepFunctionsSettings = StepFunctionsSettings()
     routes: list[Route] = []
     hooks: list[HookRule] = Field(
         [],

@@ -23,6 +23,9 @@ FIRST_FAILED_AT = "retryd.first-failed-at"
 SOURCE_QUEUE = "retryd.source-queue"
 # `s3://bucket/key` of the S3 object a parked record was read from (S3 sources only).
 SOURCE_OBJECT = "retryd.source-object"
+# "2/3": which event of a replayed stream batch split to fit Lambda's 6 MB synchronous
+# payload limit (retryd.targets.lambda_function; in the ClientContext only).
+PART = "retryd.part"
 # `name@version` of the transform that rewrote the payload (retryd.resolve.hooks).
 TRANSFORM = "retryd.transform"
 

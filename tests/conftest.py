@@ -18,6 +18,7 @@ from retryd.sandbox.emulator import MotoServer
 from retryd.settings import Settings
 from tests.faults import FaultInjector, atomic
 from tests.reliability.conftest import FIGURES_ENV
+from tests.stepfunctions_front import redrive_front
 from tests.world import ACCOUNT, REGION, World
 
 SettingsFactory = Callable[..., Settings]
@@ -77,8 +78,11 @@ def fault_injector() -> FaultInjector:
 
 @pytest.fixture(scope="session")
 def moto_server(fault_injector: FaultInjector) -> Iterator[MotoServer]:
-    # Faults are answered before moto is reached; its transactions run one at a time.
-    with MotoServer(middleware=lambda app: fault_injector.middleware(atomic(app))) as server:
+    # Faults are answered before moto is reached; its transactions run one at a time;
+    # Step Functions' RedriveExecution, which moto lacks, is answered by its own front.
+    with MotoServer(
+        middleware=lambda app: fault_injector.middleware(atomic(redrive_front(app)))
+    ) as server:
         yield server
 
 

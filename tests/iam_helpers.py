@@ -226,8 +226,8 @@ def _lambda(call: ApiCall, account: str) -> list[IamRequest]:
 def _states(call: ApiCall) -> list[IamRequest]:
     if call.operation == "StartExecution":
         return [IamRequest("states:StartExecution", str(call.params["stateMachineArn"]))]
-    if call.operation == "DescribeExecution":
-        return [IamRequest("states:DescribeExecution", str(call.params["executionArn"]))]
+    if call.operation in ("DescribeExecution", "RedriveExecution"):
+        return [IamRequest(f"states:{call.operation}", str(call.params["executionArn"]))]
     raise UnmappedCallError(f"stepfunctions {call.operation}")
 
 
@@ -311,6 +311,24 @@ def _dynamodb(call: ApiCall, account: str) -> list[IamRequest]:
     raise UnmappedCallError(f"dynamodb {call.operation}")
 
 
+def _kinesis(call: ApiCall) -> list[IamRequest]:
+    # Both are authorised on the stream (Service Authorization Reference, Kinesis Data Streams).
+    if call.operation in ("GetShardIterator", "GetRecords"):
+        return [IamRequest(f"kinesis:{call.operation}", str(call.params["StreamARN"]))]
+    raise UnmappedCallError(f"kinesis {call.operation}")
+
+
+def _dynamodbstreams(call: ApiCall) -> list[IamRequest]:
+    # DynamoDB Streams' actions are `dynamodb:` actions on the stream ARN. GetRecords names
+    # only the iterator, which starts with its stream's ARN (`<stream arn>|1|...`).
+    if call.operation == "GetShardIterator":
+        return [IamRequest("dynamodb:GetShardIterator", str(call.params["StreamArn"]))]
+    if call.operation == "GetRecords":
+        stream = str(call.params["ShardIterator"]).split("|", 1)[0]
+        return [IamRequest("dynamodb:GetRecords", stream)]
+    raise UnmappedCallError(f"dynamodbstreams {call.operation}")
+
+
 def _sts(call: ApiCall) -> list[IamRequest]:
     if call.operation == "AssumeRole":
         return [IamRequest("sts:AssumeRole", str(call.params["RoleArn"]))]
@@ -332,6 +350,8 @@ def iam_requests(call: ApiCall, account: str) -> list[IamRequest]:
         "events": lambda: _events(call, account),
         "dynamodb": lambda: _dynamodb(call, account),
         "s3": lambda: _s3(call),
+        "kinesis": lambda: _kinesis(call),
+        "dynamodbstreams": lambda: _dynamodbstreams(call),
     }
     mapping = mappings.get(call.service)
     if mapping is None:

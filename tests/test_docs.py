@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from docs.gen import layout, reference
 from retryd import errors
 from retryd.commands import cli
+from retryd.models import ParkReason
 from retryd.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,3 +264,16 @@ def test_the_logs_page_names_every_cluster_event() -> None:
     page = (DOCS / "operations" / "logs.md").read_text()
     assert logged
     assert sorted(event for event in logged if f"`{event}`" not in page) == []
+
+
+def test_the_coverage_page_has_no_blank_cell_and_names_every_park_it_promises() -> None:
+    """Every row of the failure-record table fills every column; each reason it names exists."""
+    text = (DOCS / "concepts" / "coverage.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("|")][2:]
+    assert len(rows) >= 15
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == 5, row
+        assert all(cells), row
+    named = set(re.findall(r"\*\*park\*\* `([a-z-]+)`", text))
+    assert named <= {reason.value for reason in ParkReason}

@@ -42,6 +42,11 @@ class Allowlist:
         # message. Emptied when full, so ARNs made up by DLQ writers cannot grow it.
         self._answers: dict[str, bool] = {}
 
+    @classmethod
+    def from_settings(cls, guards: GuardSettings) -> Allowlist:
+        """The allowlist `[guards]` configures."""
+        return cls(guards.allow_targets, guards.allow_any_target)
+
     def allows(self, arn: str) -> bool:
         """True when the ARN parses and (allow_any, or) some glob matches each of its fields."""
         answer = self._answers.get(arn)

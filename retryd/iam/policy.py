@@ -163,7 +163,8 @@ def lambda_resources(function_globs: list[str]) -> list[str]:
 
 
 def execution_resources(state_machine_globs: list[str]) -> list[str]:
-    """Execution ARN patterns of the state machines (DescribeExecution after a name clash)."""
+    """Execution ARN patterns of the state machines (DescribeExecution after a name clash,
+    and of a failed execution; RedriveExecution)."""
     arns = []
     for glob in state_machine_globs:
         head, _, machine = glob.partition(":stateMachine:")
@@ -209,6 +210,17 @@ def _target_statements(
                 execution_resources(targets["states"]),
             )
         )
+        # A failed execution a message names is resumed in place (RedriveExecution)
+        # rather than started again: its ARN is an execution of an allowed machine.
+        statements.append(
+            _statement(
+                "RedriveStepFunctionsExecutions",
+                ["states:RedriveExecution"],
+                execution_resources(targets["states"]),
+            )
+        )
+    if targets["lambda"]:
+        statements += _stream_statements(targets)
     if targets["sqs"]:
         statements.append(
             _statement(
@@ -231,6 +243,29 @@ def _target_statements(
 # https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonsns.html):
 # they can only be granted on "*". Both only read: subscriptions, endpoints, policies.
 SUBSCRIPTION_READ_ACTIONS = ("sns:GetSubscriptionAttributes", "sns:ListSubscriptions")
+
+
+def _stream_statements(targets: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Reading back a failed stream batch (retryd.targets.stream_replay) from the streams the
+    allowlist admits: an iterator at its first record, then its records. Nothing else."""
+    statements = []
+    if targets["kinesis"]:
+        statements.append(
+            _statement(
+                "ReadKinesisBatches",
+                ["kinesis:GetShardIterator", "kinesis:GetRecords"],
+                targets["kinesis"],
+            )
+        )
+    if targets["dynamodb"]:
+        statements.append(
+            _statement(
+                "ReadDynamoDbStreamBatches",
+                ["dynamodb:GetShardIterator", "dynamodb:GetRecords"],
+                targets["dynamodb"],
+            )
+        )
+    return statements
 
 
 def _check_role(role: str, settings: Settings) -> None:

@@ -25,6 +25,8 @@ class _TargetService:
 
     service: str
     prefix: str
+    # What a bare `*` resource narrows to; `prefix*` when empty.
+    every: str = ""
 
 
 # The services retryd resubmits to (models.Target), in the order statements are written.
@@ -34,25 +36,35 @@ _SQS = _TargetService("sqs", "")
 _SNS = _TargetService("sns", "")
 _EVENTS = _TargetService("events", "event-bus/")
 TARGET_SERVICES = (_LAMBDA, _STATES, _SQS, _SNS, _EVENTS)
+# The streams a failed batch is read back from (retryd.targets.stream_replay): the allowlist
+# must admit the stream as it admits a target.
+_KINESIS = _TargetService("kinesis", "stream/")
+_DYNAMODB_STREAMS = _TargetService("dynamodb", "table/", every="table/*/stream/*")
+STREAM_SERVICES = (_KINESIS, _DYNAMODB_STREAMS)
 
 
 def target_arns(allow_targets: Iterable[str]) -> dict[str, list[str]]:
-    """Each allowlist glob as the ARN patterns of the target services it can match."""
-    by_service: dict[str, list[str]] = {spec.service: [] for spec in TARGET_SERVICES}
+    """Each allowlist glob as the ARN patterns of the target services, and of the streams
+    (`kinesis`, `dynamodb`), it can match."""
+    return _arns(allow_targets, (*TARGET_SERVICES, *STREAM_SERVICES))
+
+
+def _arns(allow_targets: Iterable[str], specs: Iterable[_TargetService]) -> dict[str, list[str]]:
+    by_service: dict[str, list[str]] = {spec.service: [] for spec in specs}
     for glob in allow_targets:
         if "[" in glob:
             raise ConfigError(
                 [f"guards.allow_targets: {glob!r} uses a [...] class, which IAM cannot express"]
             )
         partition, service_glob, region, account, resource = parse_glob(glob)
-        for spec in TARGET_SERVICES:
+        for spec in specs:
             if not fnmatch.fnmatchcase(spec.service, service_glob):
                 continue
             if not could_match_prefix(resource, spec.prefix):
                 continue
             # "*" alone would also cover layers, aliases' policies and so on: narrow it to the
             # one resource type the target can be.
-            narrowed = f"{spec.prefix}*" if set(resource) == {"*"} else resource
+            narrowed = (spec.every or f"{spec.prefix}*") if set(resource) == {"*"} else resource
             by_service[spec.service].append(
                 f"arn:{partition}:{spec.service}:{region}:{account}:{narrowed}"
             )

@@ -1,7 +1,8 @@
 """Resolution: which resolver recognises a dead letter, and what it turns it into.
 
 The chain follows docs/design.md's order: what a message says about itself (the
-envelope, then Lambda destination records and EventBridge DLQ attributes) wins
+envelope, then Lambda destination records, failed Step Functions executions and
+EventBridge DLQ attributes) wins
 over the operator's static routes, which win over what is inferred about the
 queue (SNS subscription DLQs, Lambda async DLQs, SQS redrive sources).
 """
@@ -14,6 +15,7 @@ from dataclasses import replace
 
 import structlog
 
+from retryd.admission.allowlist import Allowlist
 from retryd.discovery.feeds import FeedSource
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Job, ParkReason, Unresolvable
@@ -27,6 +29,7 @@ from retryd.resolve.lambda_destination import LambdaDestinationResolver
 from retryd.resolve.sns_subscription import SnsSubscriptionResolver
 from retryd.resolve.sqs_redrive import SqsRedriveResolver
 from retryd.resolve.static_route import StaticRouteResolver
+from retryd.resolve.stepfunctions_execution import StepFunctionsExecutionResolver
 from retryd.settings import Settings
 
 _log = structlog.get_logger(__name__)
@@ -112,17 +115,22 @@ def build_chain(
     """The chain for these settings, in docs/design.md's order.
 
     What a message says about itself first (the envelope, a Lambda destination
-    record, EventBridge's DLQ attributes), then the operator's static routes,
-    then what the feed map infers about the queue (SNS subscription DLQs, Lambda
-    async DLQs, SQS redrive sources). `feeds` is read at each message (a FeedCache is refreshed
-    between cycles); without it the inferred resolvers are left out. The `[[hooks]]`
-    rules are loaded here (ConfigError when a transform or schema cannot be), and
-    their runs are counted in `metrics`.
+    record, a failed Step Functions execution, EventBridge's DLQ attributes), then
+    the operator's static routes, then what the feed map infers about the queue
+    (SNS subscription DLQs, Lambda async DLQs, SQS redrive sources). `feeds` is
+    read at each message (a FeedCache is refreshed between cycles); without it the
+    inferred resolvers are left out. The `[[hooks]]` rules are loaded here
+    (ConfigError when a transform or schema cannot be), and their runs are counted
+    in `metrics`.
     """
     routes = StaticRouteResolver(settings.routes)
     resolvers: list[Resolver] = [
         EnvelopeResolver(),
-        LambdaDestinationResolver(),
+        # A stream batch is read only from a stream the allowlist admits, as a target is.
+        LambdaDestinationResolver(allow_stream=Allowlist.from_settings(settings.guards).allows),
+        StepFunctionsExecutionResolver(
+            start_if_not_redrivable=settings.stepfunctions.not_redrivable == "start-execution"
+        ),
         EventBridgeDlqResolver(routes),
         routes,
     ]

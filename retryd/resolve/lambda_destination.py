@@ -5,20 +5,41 @@ to the function's on-failure destination: `requestContext` (functionArn,
 condition, approximateInvokeCount), `requestPayload` (the event), and the
 response. Event source mappings for streams (Kinesis, DynamoDB) send a record of
 the same shape that holds only a pointer to the failed batch (`KinesisBatchInfo`,
-`DDBStreamBatchInfo`, ...), never the records: those cannot be resubmitted from
-the message, so they are parked with what a human needs to find the data.
+`DDBStreamBatchInfo`, ...), never the records. When the chain is built with the
+allowlist, a Kinesis or DynamoDB Streams pointer whose stream the allowlist
+admits becomes a job for the function that carries the batch (`StreamBatch`): the
+records are read back from the stream when it is sent (retryd.targets.stream_replay).
+Any other pointer (Kafka, a stream outside the allowlist) is parked with what a
+human needs to find the data.
 Shapes: Lambda developer guide, "Capturing records of Lambda asynchronous
 invocations" and "Using Lambda with Kinesis/DynamoDB" (on-failure destinations).
+
+A destination that is an SNS topic reaches an SQS subscriber as the topic's JSON
+notification (Type "Notification", `Message` holding the record as text) unless the
+subscription has raw message delivery on: the record is taken out of `Message` and
+resolved as if it had arrived raw (Amazon SNS developer guide, "Amazon SNS raw
+message delivery").
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
-from retryd.models import DeadLetter, Job, ParkReason, Target, TargetType, Unresolvable
+from retryd.arns import Arn
+from retryd.models import (
+    DeadLetter,
+    Job,
+    ParkReason,
+    StreamBatch,
+    StreamKind,
+    Target,
+    TargetType,
+    Unresolvable,
+)
 from retryd.resolve.base import (
     forward_attributes,
     parse_timestamp,
@@ -28,11 +49,26 @@ from retryd.resolve.base import (
 )
 from retryd.resolve.keys import compact_json, idempotency_key
 
+# An SNS notification as a non-raw subscription delivers it (the record is its Message).
+SNS_NOTIFICATION_TYPE = "Notification"
 # A record written for a successful invocation: nothing failed, nothing to retry.
 SUCCESS_CONDITION = "Success"
 # Stream pointers end in this (KinesisBatchInfo, DDBStreamBatchInfo, ...).
 BATCH_INFO_SUFFIX = "BatchInfo"
 _STREAM_NAMES = {"KinesisBatchInfo": "Kinesis", "DDBStreamBatchInfo": "DynamoDB stream"}
+# The pointers whose batch retryd can read back, and the stream ARN each must name.
+_REPLAYABLE = {"KinesisBatchInfo": StreamKind.KINESIS, "DDBStreamBatchInfo": StreamKind.DYNAMODB}
+# Sequence numbers are decimal digits (Kinesis: up to 128; DynamoDB Streams: 21-40).
+_SEQUENCE_MAX_DIGITS = 128
+# GetRecords returns at most 10,000 records a call; a Lambda batch is at most 10,000.
+MAX_BATCH_SIZE = 10_000
+# What a stream batch job says resolved it (plan shows it): it is replayed, not resubmitted.
+STREAM_BATCH_RESOLVER = "lambda-stream-batch"
+# Resource names (Kinesis and DynamoDB API references): stream names [a-zA-Z0-9_.-]{1,128};
+# table names [a-zA-Z0-9_.-]{3,255} and a stream label (a timestamp).
+_KINESIS_STREAM = re.compile(r"stream/[a-zA-Z0-9_.-]{1,128}")
+_DYNAMODB_STREAM = re.compile(r"table/[a-zA-Z0-9_.-]{3,255}/stream/[0-9A-Za-z:._-]{1,64}")
+_SHARD_ID_MAX_CHARS = 128
 # How much of any one value of a record is quoted into a park detail.
 _SHOWN_CHARS = 200
 
@@ -42,6 +78,10 @@ class LambdaDestinationResolver:
 
     name = "lambda-destination"
 
+    def __init__(self, allow_stream: Callable[[str], bool] | None = None) -> None:
+        # Whether a stream ARN may be read (the target allowlist); None: no stream is read.
+        self._allow_stream = allow_stream
+
     def resolve(self, letter: DeadLetter) -> Job | Unresolvable | None:
         record = _destination_record(letter.body)
         if record is None:
@@ -49,15 +89,10 @@ class LambdaDestinationResolver:
         context: dict[str, Any] = record["requestContext"]
         refusal = _refusal(record, context)
         if refusal is not None:
-            return Unresolvable(letter, *refusal)
+            return self._refused(letter, record, context, refusal)
         target = _function_target(context["functionArn"])
         if target is None:
-            return Unresolvable(
-                letter,
-                ParkReason.UNRESOLVABLE,
-                f"requestContext.functionArn {_shown(context['functionArn'])} is not a "
-                "Lambda function ARN",
-            )
+            return _not_a_function(letter, context)
         try:
             body = compact_json(record["requestPayload"])
         except (ValueError, RecursionError):
@@ -77,12 +112,131 @@ class LambdaDestinationResolver:
             forward_attributes=forward_attributes(letter),
         )
 
+    def _refused(
+        self,
+        letter: DeadLetter,
+        record: Mapping[str, Any],
+        context: Mapping[str, Any],
+        refusal: tuple[ParkReason, str],
+    ) -> Job | Unresolvable:
+        """A record with no payload to resubmit: a stream batch to read back, or the refusal."""
+        batch = self._replayable(record) if refusal[0] is ParkReason.NOT_REPLAYABLE else None
+        if batch is None:
+            return Unresolvable(letter, *refusal)
+        return self._stream_job(letter, record, context, batch)
+
+    def _replayable(self, record: Mapping[str, Any]) -> StreamBatch | None:
+        """The batch to read back; None when this pointer stays not-replayable."""
+        if self._allow_stream is None:
+            return None
+        for key, kind in _REPLAYABLE.items():
+            info = record.get(key)
+            if isinstance(info, dict):
+                return _stream_batch(kind, info)
+        return None
+
+    def _stream_job(
+        self,
+        letter: DeadLetter,
+        record: Mapping[str, Any],
+        context: Mapping[str, Any],
+        batch: StreamBatch,
+    ) -> Job | Unresolvable:
+        target = _function_target(context["functionArn"])
+        if target is None:
+            return _not_a_function(letter, context)
+        if self._allow_stream is not None and not self._allow_stream(batch.stream_arn):
+            # Never read: a forged pointer must not make retryd read a stream it may not.
+            return Unresolvable(
+                letter,
+                ParkReason.TARGET_NOT_ALLOWED,
+                f"stream {batch.stream_arn} matches no allow_targets pattern",
+            )
+        # The pointer is the batch's identity: one key per batch record.
+        body = compact_json(
+            {
+                "streamArn": batch.stream_arn,
+                "shardId": batch.shard_id,
+                "startSequenceNumber": batch.start_sequence,
+                "endSequenceNumber": batch.end_sequence,
+                "batchSize": batch.batch_size,
+            }
+        )
+        return Job(
+            letter=letter,
+            target=target,
+            body=body,
+            key=idempotency_key(target.arn, body, stamped_key(letter)),
+            attempt=stamped_attempt(letter) or 0,
+            source_attempts=_invoke_count(context),
+            resolver=STREAM_BATCH_RESOLVER,
+            first_failed_at=_first_failed_at(letter, record),
+            forward_attributes=forward_attributes(letter),
+            origin=batch,
+        )
+
+
+def _not_a_function(letter: DeadLetter, context: Mapping[str, Any]) -> Unresolvable:
+    return Unresolvable(
+        letter,
+        ParkReason.UNRESOLVABLE,
+        f"requestContext.functionArn {_shown(context['functionArn'])} is not a Lambda function ARN",
+    )
+
+
+def _stream_batch(kind: StreamKind, info: Mapping[str, Any]) -> StreamBatch | None:
+    """The pointer as a StreamBatch; None when it is not one retryd can read."""
+    stream_arn, shard = info.get("streamArn"), info.get("shardId")
+    start, end = info.get("startSequenceNumber"), info.get("endSequenceNumber")
+    size = info.get("batchSize")
+    if not (
+        isinstance(stream_arn, str)
+        and _is_stream_arn(kind, stream_arn)
+        and isinstance(shard, str)
+        and 0 < len(shard) <= _SHARD_ID_MAX_CHARS
+        and _is_sequence(start)
+        and _is_sequence(end)
+        and isinstance(size, int)
+        and not isinstance(size, bool)
+        and 0 < size <= MAX_BATCH_SIZE
+    ):
+        return None
+    if int(end) < int(start):
+        return None
+    return StreamBatch(kind, stream_arn, shard, start, end, size)
+
+
+def _is_sequence(value: object) -> TypeGuard[str]:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= _SEQUENCE_MAX_DIGITS
+        and value.isascii()
+        and value.isdigit()
+    )
+
+
+def _is_stream_arn(kind: StreamKind, text: str) -> bool:
+    """A Kinesis `stream/<name>` or a DynamoDB `table/<t>/stream/<label>` ARN."""
+    try:
+        arn = Arn.parse(text)
+    except ValueError:
+        return False
+    if kind is StreamKind.KINESIS:
+        return arn.service == "kinesis" and _KINESIS_STREAM.fullmatch(arn.resource) is not None
+    return arn.service == "dynamodb" and _DYNAMODB_STREAM.fullmatch(arn.resource) is not None
+
 
 def _destination_record(body: str) -> dict[str, Any] | None:
-    """The parsed body when it is a Lambda destination record (functionArn and condition)."""
+    """The parsed body when it is a Lambda destination record (functionArn and condition),
+    as it is or inside the `Message` of an SNS notification."""
     record = _json_object(body)
     if record is None:
         return None
+    wrapped = record.get("Message")
+    if record.get("Type") == SNS_NOTIFICATION_TYPE and isinstance(wrapped, str):
+        record = _json_object(wrapped)
+        if record is None:
+            return None
     context = record.get("requestContext")
     if not isinstance(context, dict) or "functionArn" not in context or "condition" not in context:
         return None

@@ -169,17 +169,22 @@ def refused(park: Park) -> Decision:
     )
 
 
+# retryd's own refusals that have a park reason of their own; any other permanent
+# answer is the target's rejection.
+_REFUSAL_PARKS: dict[Refusal | None, ParkReason] = {
+    Refusal.PAYLOAD_TOO_LARGE: ParkReason.PAYLOAD_TOO_LARGE,
+    Refusal.NOT_REDRIVABLE: ParkReason.NOT_REDRIVABLE,
+    Refusal.SOURCE_EXPIRED: ParkReason.SOURCE_EXPIRED,
+}
+
+
 def rejected(delivery: Delivery) -> Park | None:
     """A target's permanent refusal, as the Park it calls for; None when it was not one."""
     error = delivery.error
     if error is None or error.error_class is not ErrorClass.PERMANENT:
         return None
     job = delivery.job
-    reason = (
-        ParkReason.PAYLOAD_TOO_LARGE
-        if error.refusal is Refusal.PAYLOAD_TOO_LARGE
-        else ParkReason.TARGET_REJECTED
-    )
+    reason = _REFUSAL_PARKS.get(error.refusal, ParkReason.TARGET_REJECTED)
     return Park(job.letter, reason, str(error), job.attempt, job)
 
 

@@ -25,6 +25,7 @@ from retryd.targets.lambda_function import LambdaFunctionTarget
 from retryd.targets.sns_topic import SnsTopicTarget
 from retryd.targets.sqs_queue import SqsQueueTarget
 from retryd.targets.state_machine import StateMachineTarget
+from retryd.targets.stream_replay import StreamReader
 
 # Hears answers the moment they are in; awaited before the next answer of the same call.
 OnAnswer = Callable[[Sequence[Delivery]], Awaitable[None]]
@@ -76,7 +77,11 @@ class TargetRouter:
         known = self._resubmitters.get(id(clients))
         if known is None:
             known = {
-                TargetType.LAMBDA: LambdaFunctionTarget(clients.lambda_, self._limiter),
+                TargetType.LAMBDA: LambdaFunctionTarget(
+                    clients.lambda_,
+                    self._limiter,
+                    StreamReader(clients.kinesis, clients.dynamodbstreams),
+                ),
                 TargetType.STEPFUNCTIONS: StateMachineTarget(clients.stepfunctions, self._limiter),
                 TargetType.SQS: SqsQueueTarget(clients.sqs),
                 TargetType.SNS: SnsTopicTarget(clients.sns),

@@ -10,12 +10,26 @@ Step Functions answers a repeated name with the same input as success while the
 execution runs; `ExecutionAlreadyExists` means the execution has closed or the
 input differs (StartExecution API reference), so retryd asks DescribeExecution
 which of those it is before it calls the job delivered.
+
+A job that carries a failed execution (`Job.origin`, see
+retryd.resolve.stepfunctions_execution) is redriven instead: `RedriveExecution`
+resumes it from the failed state with the same ARN and input, keeping the
+results of the steps that succeeded (Step Functions API reference,
+RedriveExecution: Standard workflows, FAILED/TIMED_OUT/ABORTED, within 14 days of
+stopping). Its `clientToken` comes from the ledger key, so a repeat of the call
+(a crash before the ledger commit) is answered as the first one was; and a
+DescribeExecution first tells an execution already redriven (its redriveCount
+moved on, or it runs) from one still to redrive. One Step Functions will not
+redrive is started afresh with its original input, or refused `not-redrivable`,
+as the job says (`[stepfunctions] not_redrivable`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import structlog
@@ -24,7 +38,7 @@ from botocore.exceptions import ClientError
 from retryd.arns import Arn
 from retryd.aws import Client
 from retryd.classify import from_exception
-from retryd.models import ErrorClass, Job, SendError, Target
+from retryd.models import ErrorClass, FailedExecution, Job, Refusal, SendError, Target
 from retryd.resolve.keys import canonical_payload
 from retryd.targets.base import Delivery, deliver_each, refuse_unless_json, unpreparable
 
@@ -45,6 +59,17 @@ _ALREADY_EXISTS = "ExecutionAlreadyExists"
 _IN_PROGRESS_OR_DONE = frozenset({"RUNNING", "SUCCEEDED", "PENDING_REDRIVE"})
 # Closed without success: this very dead letter already had its run and it failed.
 _CLOSED_UNSUCCESSFULLY = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
+# RedriveExecution's clientToken: 1-64 characters (API reference).
+CLIENT_TOKEN_MAX_CHARS = 64
+_TOKEN_PREFIX = _NAME_PREFIX
+# RedriveExecution API reference: executions that stopped in the last 14 days.
+REDRIVABLE_PERIOD = timedelta(days=14)
+# DescribeExecution's redriveStatus when RedriveExecution will take the execution.
+_REDRIVABLE = "REDRIVABLE"
+_NOT_REDRIVABLE_CODE = "ExecutionNotRedrivable"
+_GONE_CODE = "ExecutionDoesNotExist"
+# An execution under way again (someone, or an earlier try of ours, redrove it) or done.
+_ON_ITS_WAY = frozenset({"RUNNING", "PENDING_REDRIVE", "SUCCEEDED"})
 
 
 def execution_name(key: str, message_id: str, attempt: int) -> str:
@@ -57,6 +82,12 @@ def execution_name(key: str, message_id: str, attempt: int) -> str:
     identity = f"{key}\n{message_id}".encode("utf-8", "surrogatepass")
     digest = hashlib.sha256(identity).hexdigest()[:_IDENTITY_HASH_HEX_CHARS]
     return f"{_NAME_PREFIX}{digest}-a{attempt}"
+
+
+def client_token(key: str) -> str:
+    """`retryd-<sha256(key)>` cut to 64 characters: printable ASCII, one per ledger key."""
+    digest = hashlib.sha256(key.encode("utf-8", errors="surrogatepass")).hexdigest()
+    return (_TOKEN_PREFIX + digest)[:CLIENT_TOKEN_MAX_CHARS]
 
 
 def execution_arn(state_machine_arn: str, name: str) -> str:
@@ -89,6 +120,11 @@ class StateMachineTarget:
         return await deliver_each(jobs, lambda job: self._start(target, job))
 
     async def _start(self, target: Target, job: Job) -> Delivery:
+        if isinstance(job.origin, FailedExecution):
+            return await self._redrive(target, job, job.origin)
+        return await self._start_execution(target, job)
+
+    async def _start_execution(self, target: Target, job: Job) -> Delivery:
         try:
             refused = preflight(job)
             name = execution_name(job.key, job.letter.message_id, job.next_attempt)
@@ -153,3 +189,107 @@ class StateMachineTarget:
             attempt=job.next_attempt,
         )
         return None
+
+    async def _redrive(self, target: Target, job: Job, failed: FailedExecution) -> Delivery:
+        """Redrive the failed execution; if Step Functions will not, the job's fallback."""
+        described = await self._describe(failed)
+        if isinstance(described, SendError):
+            return Delivery(job, described)
+        if isinstance(described, str):
+            return await self._not_redrivable(target, job, failed, described)
+        if _already_redriven(described, failed):
+            log.info(
+                "stepfunctions-redrive-suppressed",
+                target=target.arn,
+                execution_arn=failed.execution_arn,
+                status=described.get("status"),
+                message_id=job.letter.message_id,
+                attempt=job.next_attempt,
+            )
+            return Delivery(job)
+        why = not_redrivable_because(described, datetime.now(UTC))
+        if why is None:
+            refused = await self._call_redrive(job, failed)
+            if not isinstance(refused, str):
+                return Delivery(job, refused)
+            why = refused
+        return await self._not_redrivable(target, job, failed, why)
+
+    async def _describe(self, failed: FailedExecution) -> Mapping[str, Any] | SendError | str:
+        """DescribeExecution's answer; why it cannot be redriven when it is gone; or the error."""
+        try:
+            async with self._limiter:
+                described: Mapping[str, Any] = await self._client.describe_execution(
+                    executionArn=failed.execution_arn
+                )
+        except ClientError as exc:
+            if _code(exc) == _GONE_CODE:
+                return "it no longer exists"
+            return from_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
+            return from_exception(exc)
+        return described
+
+    async def _call_redrive(self, job: Job, failed: FailedExecution) -> SendError | str | None:
+        """RedriveExecution: None when it took it, why when it will not, else the error."""
+        try:
+            async with self._limiter:
+                await self._client.redrive_execution(
+                    executionArn=failed.execution_arn, clientToken=client_token(job.key)
+                )
+        except ClientError as exc:
+            if _code(exc) == _NOT_REDRIVABLE_CODE:
+                return str(exc.response.get("Error", {}).get("Message") or _NOT_REDRIVABLE_CODE)
+            return from_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a classified Delivery
+            return from_exception(exc)
+        return None
+
+    async def _not_redrivable(
+        self, target: Target, job: Job, failed: FailedExecution, why: str
+    ) -> Delivery:
+        """Start it afresh with its original input, or refuse it, as the job says."""
+        if failed.start_if_not_redrivable and job.body:
+            return await self._start_execution(target, job)
+        if failed.start_if_not_redrivable:
+            why += "; its input was not in the event, so it cannot be started again either"
+        return Delivery(
+            job,
+            SendError.refused(
+                Refusal.NOT_REDRIVABLE,
+                f"execution {failed.execution_arn} cannot be redriven: {why[:300]}",
+            ),
+        )
+
+
+def not_redrivable_because(described: Mapping[str, Any], now: datetime) -> str | None:
+    """Why DescribeExecution's answer rules a redrive out; None when it may be redriven.
+
+    Step Functions' own `redriveStatus` decides when it is given; without it, the
+    documented rules: a closed unsuccessful execution stopped less than 14 days ago.
+    """
+    status = str(described.get("status", ""))
+    redrive_status = described.get("redriveStatus")
+    if isinstance(redrive_status, str):
+        if redrive_status == _REDRIVABLE:
+            return None
+        reason = described.get("redriveStatusReason")
+        return str(reason) if isinstance(reason, str) and reason else redrive_status
+    if status not in _CLOSED_UNSUCCESSFULLY:
+        return f"it is {status or 'in no known status'}"
+    stopped = described.get("stopDate")
+    if isinstance(stopped, datetime) and now - stopped > REDRIVABLE_PERIOD:
+        return f"it stopped at {stopped.isoformat()}, more than 14 days ago"
+    return None
+
+
+def _already_redriven(described: Mapping[str, Any], failed: FailedExecution) -> bool:
+    """Whether this failure was redriven already (by us before a crash, or by someone)."""
+    count = described.get("redriveCount")
+    if isinstance(count, int) and not isinstance(count, bool) and count > failed.redrive_count:
+        return True
+    return str(described.get("status", "")) in _ON_ITS_WAY
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Target, queue_r
 from retryd.service.lifecycle import run_once
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
+from tests.native_helpers import fixture
 from tests.operator_helpers import (
     CONFIG,
     PARKING,
@@ -534,3 +537,39 @@ def test_plan_defers_a_target_whose_breaker_the_cluster_holds_open_and_writes_no
     # Copied from the cluster, not opened by the plan: no `breaker` transition is logged.
     assert '"event": "breaker"' not in err
     assert "cluster: 1 live replica(s); 1 breaker(s) held open by the cluster" in text
+
+
+def test_plan_names_a_failed_execution_and_a_stream_batch_by_their_shapes(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failed execution's status change plans as a redrive on its state machine, a stream
+    batch as a replay to its function: each named by its resolver, nothing read or sent."""
+    world.create_queue(PARKING)
+    world.create_queue("retry-mixed")
+    function_arn = world.create_function("charge")
+    machine = world.create_state_machine("orders")
+    event = json.loads(fixture("stepfunctions_execution_failed")["Body"])
+    event["detail"]["executionArn"] = machine.replace(":stateMachine:", ":execution:") + ":run-1"
+    event["detail"]["stateMachineArn"] = machine
+    # Failed now, not in the docs' 2019 (which max_age_s would park as too old).
+    event["detail"]["stopDate"] = int(time.time() * 1000)
+    pointer = json.loads(fixture("lambda_stream_kinesis")["Body"])
+    pointer["requestContext"]["functionArn"] = function_arn
+    pointer["timestamp"] = datetime.now(UTC).isoformat()
+    pointer["KinesisBatchInfo"]["streamArn"] = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/s"
+    execution = world.send("retry-mixed", event)
+    batch = world.send("retry-mixed", pointer)
+
+    code, document = plan_json(capsys, "--config", config_file(tmp_path))
+
+    assert code == 0
+    messages = by_id(document)
+    assert (messages[execution]["action"], messages[execution]["resolver"]) == (
+        "resubmit",
+        "stepfunctions-execution",
+    )
+    assert (messages[batch]["action"], messages[batch]["resolver"]) == (
+        "resubmit",
+        "lambda-stream-batch",
+    )
+    assert world.executions(machine) == []

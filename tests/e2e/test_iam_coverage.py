@@ -62,6 +62,7 @@ from tests.iam_helpers import (
     resource_matches,
     statements,
 )
+from tests.stepfunctions_front import fail_execution
 from tests.world import World
 
 LEDGER_TABLE = "retryd-ledger"
@@ -86,6 +87,9 @@ EXACT_TARGETS = [
     f"arn:aws:sqs:{REGION}:{ACCOUNT}:invoices",
     f"arn:aws:sns:{REGION}:{ACCOUNT}:notify",
     f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/billing",
+    # The streams whose failed batches are read back (and only these).
+    f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/clicks",
+    f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/carts/stream/*",
 ]
 
 # Grants no scenario here exercises, each with the path that needs it and why it
@@ -218,6 +222,76 @@ async def _add_explicit_dlqs(clients: AwsClients, demo: DemoWorld) -> None:
     await clients.sqs.send_message(
         QueueUrl=demo.queue_urls[NAMED_DLQ], MessageBody=json.dumps(record)
     )
+    # A failed execution of the state machine, as its EventBridge status change: redriven
+    # (DescribeExecution, then RedriveExecution, which tests/stepfunctions_front.py answers).
+    execution = (
+        await clients.stepfunctions.start_execution(
+            stateMachineArn=demo.state_machine_arn, name="failed-1", input="{}"
+        )
+    )["executionArn"]
+    fail_execution(execution)
+    event = {
+        "source": "aws.states",
+        "detail-type": "Step Functions Execution Status Change",
+        "detail": {
+            "executionArn": execution,
+            "stateMachineArn": demo.state_machine_arn,
+            "status": "FAILED",
+            "input": "{}",
+            "redriveCount": 0,
+        },
+    }
+    await clients.sqs.send_message(
+        QueueUrl=demo.queue_urls[NAMED_DLQ], MessageBody=json.dumps(event)
+    )
+    for batch in await _stream_batches(clients):
+        await clients.sqs.send_message(
+            QueueUrl=demo.queue_urls[NAMED_DLQ], MessageBody=json.dumps(batch)
+        )
+
+
+async def _stream_batches(clients: AwsClients) -> list[dict[str, Any]]:
+    """A failed batch of a Kinesis stream and of a DynamoDB stream, as the event source
+    mappings of `charge` write them: read back (GetShardIterator, GetRecords) and replayed."""
+    charge = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:charge"
+    await clients.kinesis.create_stream(StreamName="clicks", ShardCount=1)
+    described = (await clients.kinesis.describe_stream(StreamName="clicks"))["StreamDescription"]
+    first = await clients.kinesis.put_record(StreamName="clicks", Data=b"1", PartitionKey="p")
+    kinesis = {
+        "streamArn": described["StreamARN"],
+        "shardId": described["Shards"][0]["ShardId"],
+        "startSequenceNumber": first["SequenceNumber"],
+        "endSequenceNumber": first["SequenceNumber"],
+        "batchSize": 1,
+    }
+    table = await clients.dynamodb.create_table(
+        TableName="carts",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    )
+    stream = table["TableDescription"]["LatestStreamArn"]
+    await clients.dynamodb.put_item(TableName="carts", Item={"id": {"S": "1"}})
+    shards = (await clients.dynamodbstreams.describe_stream(StreamArn=stream))["StreamDescription"]
+    iterator = await clients.dynamodbstreams.get_shard_iterator(
+        StreamArn=stream, ShardId=shards["Shards"][0]["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )
+    (record,) = (
+        await clients.dynamodbstreams.get_records(ShardIterator=iterator["ShardIterator"])
+    )["Records"]
+    dynamodb = {
+        "streamArn": stream,
+        "shardId": shards["Shards"][0]["ShardId"],
+        "startSequenceNumber": record["dynamodb"]["SequenceNumber"],
+        "endSequenceNumber": record["dynamodb"]["SequenceNumber"],
+        "batchSize": 1,
+    }
+    context = {"functionArn": charge, "condition": "RetryAttemptsExhausted"}
+    return [
+        {"requestContext": context, "KinesisBatchInfo": kinesis},
+        {"requestContext": context, "DDBStreamBatchInfo": dynamodb},
+    ]
 
 
 async def _record_explicit(world: World, monkeypatch: pytest.MonkeyPatch) -> Recording:
@@ -444,8 +518,17 @@ def test_exact_allowlist_reaches_every_target_and_the_qualified_function(
         for d in recording.report.decisions
         if d.outcome is Outcome.RESUBMITTED and d.target
     }
-    # Step Functions is not here: its one start met the injected name clash.
-    assert resubmitted == set(TargetType) - {TargetType.STEPFUNCTIONS}
+    assert resubmitted == set(TargetType)
+    # One Step Functions resubmission, the redriven execution: the one start met the
+    # injected name clash.
+    machines = [
+        d
+        for d in recording.report.decisions
+        if d.outcome is Outcome.RESUBMITTED
+        and d.target
+        and d.target.type is TargetType.STEPFUNCTIONS
+    ]
+    assert len(machines) == 1
 
 
 def recording_queue_url(recording: Recording, name: str) -> str:
@@ -525,8 +608,13 @@ def test_the_recorded_actions(recorded: Recorded) -> None:
         "states:StartExecution",
     ]
     assert set(used["explicit"]) - set(used["demo"]) == {
+        "dynamodb:GetRecords",
+        "dynamodb:GetShardIterator",
+        "kinesis:GetRecords",
+        "kinesis:GetShardIterator",
         "sqs:ListQueueTags",
         "states:DescribeExecution",
+        "states:RedriveExecution",
     }
     # The operator's commands call nothing the daemon does not; on the parking queue,
     # they also receive, hide and delete (RedriveParkedMessages).

@@ -321,7 +321,8 @@ def test_scheduler_dlq_messages_park_truncated_and_unsupported(
 def test_a_destination_record_is_invoked_on_the_qualified_function(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """requestPayload goes to functionArn with its alias; a stream record is parked."""
+    """requestPayload goes to functionArn with its alias; a record of a stream outside the
+    allowlist is parked."""
     world.create_queue(PARKING)
     world.create_queue("retry-charge")
     charge = world.create_function("charge")
@@ -345,9 +346,49 @@ def test_a_destination_record_is_invoked_on_the_qualified_function(
     resubmitted = [d for d in report.decisions if d.outcome is Outcome.RESUBMITTED]
     # approximateInvokeCount 3 is Lambda's count: retryd's own resubmission is attempt 1.
     assert (resubmitted[0].attempt, resubmitted[0].source_attempts) == (1, 3)
-    (pointer,) = parked(world)["not-replayable"]
-    assert "shardId-000000000001" in detail_of(pointer)
+    # The documented record's stream is in us-east-2, which the allowlist does not admit:
+    # it is never read (tests/e2e/test_stream_batches.py replays those it admits).
+    (pointer,) = parked(world)["target-not-allowed"]
     assert "arn:aws:kinesis:us-east-2:123456789012:stream/mystream" in detail_of(pointer)
+
+
+def test_a_destination_record_through_an_sns_topic_is_invoked_whether_raw_or_not(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Lambda's SNS destinations into SQS subscriptions, one raw and one not: every record
+    goes back to the function exactly once."""
+    world.create_queue(PARKING)
+    charge = world.create_function("charge")
+    sns = world.client("sns")
+    record = json.loads(fixture("lambda_destination_record")["Body"])
+    record["requestContext"]["functionArn"] = charge
+    record["timestamp"] = datetime.now(UTC).isoformat()
+    for queue, raw in (("retry-raw", "true"), ("retry-wrapped", "false")):
+        topic = sns.create_topic(Name=f"{queue}-topic")["TopicArn"]
+        world.create_queue(queue)
+        sns.subscribe(
+            TopicArn=topic,
+            Protocol="sqs",
+            Endpoint=world.queue_arn(queue),
+            Attributes={"RawMessageDelivery": raw},
+        )
+        for order in ("1", "2"):
+            record["requestPayload"] = {"orderId": f"{queue}-{order}"}
+            sns.publish(TopicArn=topic, Message=json.dumps(record))
+    world.wait_visible(["retry-raw", "retry-wrapped"])
+    world.record()
+
+    report = cycle(make_settings())
+
+    assert report.outcomes == {"resubmitted": 4}
+    payloads = invocation_payloads(world, "charge")
+    assert sorted(p["orderId"] for p in payloads) == [
+        "retry-raw-1",
+        "retry-raw-2",
+        "retry-wrapped-1",
+        "retry-wrapped-2",
+    ]
+    assert (world.depth("retry-raw"), world.depth("retry-wrapped")) == (0, 0)
 
 
 def lambda_dlq_message(world: World, queue: str, event: dict[str, Any]) -> None:

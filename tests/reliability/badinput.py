@@ -137,6 +137,8 @@ class Generator:
             ("attributes", self.attributes),
             ("lookalike", self.lookalike),
             ("routed-junk", self.routed_junk),
+            ("execution-change", self.execution_change),
+            ("stream-pointer", self.stream_pointer),
         ]
 
     def draw(self, uid: str) -> Hostile:
@@ -336,6 +338,67 @@ class Generator:
         if attributes["ErrorCode"]["StringValue"] == "x1":
             attributes["ErrorCode"] = {"DataType": "String", "StringValue": "x1"}
         return Hostile(json.dumps({"uid": uid}), attributes, "lookalike")
+
+    def execution_change(self, uid: str) -> Hostile:
+        """A Step Functions status-change event naming any execution, forged ones included."""
+        machine = self.targets[1]
+        executions = [
+            *malformed_arns(self.rng)[:24],
+            machine.replace(":stateMachine:", ":execution:") + f":{uid}",
+            f"arn:aws:states:{REGION}:999999999999:execution:rel-flow:{uid}",
+            f"arn:aws:states:eu-west-1:{ACCOUNT}:execution:rel-flow:{uid}",
+            f"arn:aws:states:{REGION}:{ACCOUNT}:express:rel-flow:{uid}:x",
+        ]
+        event = {
+            "source": "aws.states",
+            "detail-type": "Step Functions Execution Status Change",
+            "detail": {
+                "executionArn": self.rng.choice(executions),
+                "stateMachineArn": self.rng.choice([machine, *malformed_arns(self.rng)[:8]]),
+                "status": self.rng.choice(["FAILED", "TIMED_OUT", "ABORTED", "SUCCEEDED", 3]),
+                "input": self.rng.choice([json.dumps({"uid": uid}), None, uid, 7]),
+                "redriveCount": self.rng.choice([0, 1, -1, "1", None]),
+                "stopDate": self.rng.choice([0, 1e30, "today", None]),
+                "uid": uid,
+            },
+        }
+        return Hostile(json.dumps(event), {}, "execution-change")
+
+    def stream_pointer(self, uid: str) -> Hostile:
+        """A stream batch pointer naming any stream and range, forged ones included."""
+        streams = [
+            *malformed_arns(self.rng)[:24],
+            f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/rel-{uid}",
+            f"arn:aws:kinesis:{REGION}:999999999999:stream/rel-stream",
+            f"arn:aws:kinesis:eu-west-1:{ACCOUNT}:stream/rel-stream",
+            f"arn:aws:dynamodb:{REGION}:999999999999:table/rel/stream/2024-01-01T00:00:00.000",
+            f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/rel-{uid}/stream/2024-01-01T00:00:00.000",
+        ]
+        sequences = [
+            "1",
+            "0",
+            "49601189658422359378836298521827638475320189012309704722",
+            "-1",
+            "x",
+            7,
+        ]
+        info = {
+            "streamArn": self.rng.choice(streams),
+            "shardId": self.rng.choice(["shardId-000000000000", "", 7, "../x"]),
+            "startSequenceNumber": self.rng.choice(sequences),
+            "endSequenceNumber": self.rng.choice(sequences),
+            "batchSize": self.rng.choice([1, 0, 10_000, 10_001, "5", True]),
+        }
+        record = {
+            "requestContext": {
+                "requestId": uid,
+                "functionArn": self.rng.choice([self.targets[0], *malformed_arns(self.rng)[:12]]),
+                "condition": "RetryAttemptsExhausted",
+            },
+            self.rng.choice(["KinesisBatchInfo", "DDBStreamBatchInfo"]): info,
+            "uid": uid,
+        }
+        return Hostile(json.dumps(record), {}, "stream-pointer")
 
     def routed_junk(self, uid: str) -> Hostile:
         body = self.rng.choice(

@@ -15,6 +15,7 @@ import pytest
 
 from retryd.sandbox.emulator import MotoServer
 from tests.reliability.front import Front
+from tests.stepfunctions_front import redrive_front
 from tests.world import World
 
 FULL = os.environ.get("RETRYD_RELIABILITY") == "full"
@@ -44,7 +45,8 @@ def front() -> Front:
 
 @pytest.fixture(scope="session")
 def rel_server(front: Front) -> Iterator[MotoServer]:
-    with MotoServer(middleware=front.middleware) as server:
+    # RedriveExecution, which moto lacks, is answered as tests/ answer it everywhere.
+    with MotoServer(middleware=lambda app: front.middleware(redrive_front(app))) as server:
         yield server
 
 

@@ -177,6 +177,9 @@ class Front:
     injected: Counter[str] = field(default_factory=Counter)
     calls: Counter[str] = field(default_factory=Counter)
     invocations: list[Invocation] = field(default_factory=list)
+    # Streams and executions retryd asked about (read, described, redriven), whatever the
+    # answer: a forged pointer must not make it touch one outside the allowlist.
+    touched: Counter[str] = field(default_factory=Counter)
     # Ledger claims and stamped sends, in the order moto carried them out.
     timeline: list[Claimed | Sent] = field(default_factory=list)
     # (operation, text in its path or body, kind): injected once each into the first
@@ -193,6 +196,7 @@ class Front:
             self.injected.clear()
             self.calls.clear()
             self.invocations.clear()
+            self.touched.clear()
             self.timeline.clear()
             self.forced.clear()
         self.faults.clear()
@@ -388,6 +392,10 @@ class Front:
             payload = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(payload)
             request = _describe(environ, payload)
+            touched = _touched(request, payload)
+            if touched:
+                with self._lock:
+                    self.touched[touched] += 1
             answer = _call(app, environ)
             if answer.status[:1] == "2":
                 self._remember(request, environ, payload)
@@ -422,6 +430,29 @@ class Front:
         if events:
             with self._lock:
                 self.timeline.extend(events)
+
+
+# Calls that name a stream or an execution rather than a target, and the field naming it.
+_TOUCHING = {
+    "GetShardIterator": ("StreamARN", "StreamArn"),
+    "GetRecords": ("StreamARN",),
+    "DescribeExecution": ("executionArn",),
+    "RedriveExecution": ("executionArn",),
+}
+
+
+def _touched(request: _Request, payload: bytes) -> str:
+    """The stream or execution ARN a call names; "" for any other call."""
+    fields = _TOUCHING.get(request.operation)
+    if fields is None or request.protocol != "json":
+        return ""
+    for name in fields:
+        value = _json_field(payload, name)
+        if isinstance(value, str):
+            return value
+    # DynamoDB Streams' GetRecords names only the iterator, which starts with the stream.
+    iterator = _json_field(payload, "ShardIterator")
+    return iterator.split("|", 1)[0] if isinstance(iterator, str) else "?"
 
 
 def _claims_written(operation: str, payload: bytes, now_s: float) -> Iterator[Claimed]:

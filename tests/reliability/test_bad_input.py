@@ -51,6 +51,7 @@ class FuzzRun:
     resubmitted_to: Counter[str] = field(default_factory=Counter)
     invoked: Counter[str] = field(default_factory=Counter)
     log_tail: str = ""
+    touched: Counter[str] = field(default_factory=Counter)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,7 @@ def fuzzed(
             ),
             Counter(invocation.function for invocation in front.invocations),
             replica.text()[-3000:],
+            Counter(front.touched),
         )
     reasons = Counter(reason for reasons in tally.parked.values() for reason in reasons)
     record_figures(
@@ -147,6 +149,15 @@ def test_malformed_arns_are_never_sent_to(fuzzed: FuzzRun) -> None:
     malformed = [t for t in fuzzed.resubmitted_to if not well_formed(t)]
     assert malformed == []
     assert set(fuzzed.invoked) <= {FUNCTION}
+
+
+def test_no_stream_or_execution_outside_the_allowlist_is_read(fuzzed: FuzzRun) -> None:
+    """Forged stream pointers and execution ARNs: only allowlisted ones are read or redriven."""
+    assert fuzzed.families["execution-change"]
+    assert fuzzed.families["stream-pointer"]
+    assert fuzzed.touched, "no stream or execution was ever looked at: the check is vacuous"
+    outside = [arn for arn in fuzzed.touched if not fnmatchcase(arn, ALLOWED)]
+    assert outside == []
 
 
 def test_memory_stays_bounded(fuzzed: FuzzRun) -> None:

@@ -450,6 +450,7 @@ def test_chain_order_is_envelope_then_routes(make_settings: SettingsFactory) -> 
     assert build_chain(make_settings()).names == (
         "envelope",
         "lambda-destination",
+        "stepfunctions-execution",
         "eventbridge-dlq",
         "static-route",
     )
