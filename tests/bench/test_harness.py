@@ -7,6 +7,8 @@ import json
 import pytest
 
 from bench.__main__ import WORLDS, main, parse_args, rss_by_progress
+from bench.ledger import VARIANTS as LEDGER_VARIANTS
+from bench.ledger import measure as measure_ledger
 
 
 @pytest.mark.slow
@@ -103,3 +105,11 @@ def test_worlds_are_named_in_a_comma_separated_list() -> None:
     assert parse_args(["--world", "all"]).world == list(WORLDS)
     with pytest.raises(SystemExit):
         parse_args(["--world", "sqs,stedy"])
+
+
+def test_the_ledger_bench_compares_group_commit_with_a_transaction_per_call() -> None:
+    """bench.ledger measures every ledger variant and its ratio to the memory ledger."""
+    figures = measure_ledger(batches=6, in_flight=3, runs=1)
+    assert figures["messages"] == 60
+    assert set(figures["cpu_ms_per_msg"]) == set(LEDGER_VARIANTS)
+    assert figures["over_memory"]["memory"] == 1.0
