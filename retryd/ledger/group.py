@@ -43,10 +43,10 @@ class _Waiter(Generic[Op, Res]):
 
     op: Op
     deadline_s: float
-    arrived_s: float
     # Set once the call is answered, or once its caller is to lead the next group.
     wakeup: anyio.Event = field(default_factory=anyio.Event)
     lead: bool = False
+    promoted: bool = False
     taken: bool = False
     answered: bool = False
     result: Res | None = None
@@ -86,9 +86,7 @@ class GroupCommit(Generic[Op, Res]):
 
     async def call(self, op: Op) -> Res:
         """Run `op` in the next flush; its result once that flush has committed."""
-        waiter: _Waiter[Op, Res] = _Waiter(
-            op, anyio.current_effective_deadline(), anyio.current_time()
-        )
+        waiter: _Waiter[Op, Res] = _Waiter(op, anyio.current_effective_deadline())
         self._pending.append(waiter)
         if len(self._pending) >= self._max_ops or waiter.deadline_s < math.inf:
             self._wake.set()
@@ -113,15 +111,15 @@ class GroupCommit(Generic[Op, Res]):
     async def _lead(self, leader: _Waiter[Op, Res]) -> None:
         """Hold the window, flush one group, hand the lead on (shielded: others wait on it)."""
         with anyio.CancelScope(shield=True):
-            await self._hold_window(leader.arrived_s)
+            # A caller handed the lead has waited through a whole flush: no window for it.
+            await self._hold_window(-math.inf if leader.promoted else anyio.current_time())
             async with self._lock:
                 group = self._pending[: self._max_ops]
                 del self._pending[: self._max_ops]
                 await self._run(group)
             if self._pending:
-                # They waited through this flush: the next window is already past, mostly.
                 after = self._pending[0]
-                after.lead = True
+                after.lead = after.promoted = True
                 after.wakeup.set()
             else:
                 self._leading = False

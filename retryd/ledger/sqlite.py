@@ -143,8 +143,19 @@ Row = tuple[
 ]
 
 
+# An empty list column, by far the most common (most keys abandon and park nothing): read
+# and written without the JSON module, which cost a tenth of the ledger's time per call.
+_EMPTY = "[]"
+
+
+def _json_list(items: tuple[tuple[object, ...], ...]) -> str:
+    return json.dumps([list(item) for item in items]) if items else _EMPTY
+
+
 def _pairs(text: str, key: str, column: str) -> tuple[tuple[str, int], ...]:
     """The `committed` or `abandoned` column: a JSON array of [message id, attempt] pairs."""
+    if text == _EMPTY:
+        return ()
     try:
         pairs = json.loads(text)
     except ValueError:
@@ -167,6 +178,8 @@ def _is_pair(pair: object) -> bool:
 
 def _copies(text: str, key: str) -> tuple[tuple[str, int, str], ...]:
     """The `parked` column: a JSON array of [message id, attempt, parking message id]."""
+    if text == _EMPTY:
+        return ()
     try:
         copies = json.loads(text)
     except ValueError:
@@ -215,9 +228,9 @@ def _row(record: Record, expires_at: float) -> tuple[object, ...]:
         record.claim_state.value if record.claim_state is not None else None,
         record.claim_owner,
         record.claim_expires_at_s,
-        json.dumps([list(pair) for pair in record.committed]),
-        json.dumps([list(pair) for pair in record.abandoned]),
-        json.dumps([list(copy) for copy in record.parked]),
+        _json_list(record.committed),
+        _json_list(record.abandoned),
+        _json_list(record.parked),
         expires_at,
     )
 
