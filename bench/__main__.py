@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -388,6 +389,66 @@ def run_drain_world(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# A configuration `retryd config check` accepts: the least a daemon needs.
+STARTUP_CONFIG = """\
+[discovery]
+queue_prefixes = ["retry-"]
+
+[guards]
+allow_targets = ["arn:aws:sqs:*:*:*"]
+"""
+
+
+def _startup_ms(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU (user + sys) ms of one command; the CPU stays put on a busy machine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, check=False)  # noqa: S603
+    wall_ms = 1000 * (time.perf_counter() - started)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr!r}")
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall_ms, 1000 * cpu_s
+
+
+def run_startup_world(args: argparse.Namespace) -> dict[str, Any]:
+    """(e) How long a command takes to answer: median wall ms over `--startup-runs`.
+
+    The floor is the interpreter itself (`python -c pass`), what any Python CLI
+    starts from. The commands run interleaved, so a busy moment slows all alike.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RETRYD_")}
+    with tempfile.TemporaryDirectory() as scratch_name:
+        config = Path(scratch_name) / "retryd.toml"
+        config.write_text(STARTUP_CONFIG)
+        commands = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "retryd --version": [sys.executable, "-m", "retryd", "--version"],
+            "retryd --help": [sys.executable, "-m", "retryd", "--help"],
+            "retryd config check": [
+                *(sys.executable, "-m", "retryd", "config", "check"),
+                *("--config", str(config)),
+            ],
+        }
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        for _ in range(args.startup_runs):
+            for name, argv in commands.items():
+                samples[name].append(_startup_ms(argv, env))
+    return {
+        "world": "startup",
+        "runs": args.startup_runs,
+        "figures": {
+            name: {
+                "median_ms": round(statistics.median(wall for wall, _ in runs), 1),
+                "min_ms": round(min(wall for wall, _ in runs), 1),
+                "median_cpu_ms": round(statistics.median(cpu for _, cpu in runs), 1),
+            }
+            for name, runs in samples.items()
+        },
+    }
+
+
 def _failures(node: Any, path: str = "") -> list[str]:
     """Every run that lost or duplicated a message or exited non-zero, by where it is."""
     found: list[str] = []
@@ -436,6 +497,11 @@ def summary_line(result: dict[str, Any]) -> str:
             + ("" if f["check"]["lost"] == 0 and f["check"]["duplicated"] == 0 else " UNVERIFIED")
             for backlog, f in figures.items()
         )
+    if result["world"] == "startup":
+        return f"startup (median of {result['runs']}): " + ", ".join(
+            f"{name} {f['median_ms']:.0f} ms (CPU {f['median_cpu_ms']:.0f} ms)"
+            for name, f in figures.items()
+        )
     retryd = figures["retryd"]
     return (
         f"{result['world']} ({result['messages']} msgs): {retryd['msg_per_s']:.0f} msg/s, "
@@ -443,13 +509,25 @@ def summary_line(result: dict[str, Any]) -> str:
     )
 
 
+WORLDS = ("sqs", "compute", "discovery", "drain", "startup")
+
+
+def _worlds(text: str) -> list[str]:
+    """`--world`: names separated by commas, in the order given; `all` is every world."""
+    names = list(WORLDS) if text == "all" else [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in WORLDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown world(s): {', '.join(unknown) or text!r}")
+    return names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--world",
         default="sqs",
-        choices=["sqs", "compute", "discovery", "drain", "all"],
-        help="which world to run (default: sqs)",
+        type=_worlds,
+        help=f"which worlds to run, comma-separated ({', '.join(WORLDS)}) or all (default: sqs)",
     )
     parser.add_argument("--messages", type=int, default=20_000, help="sqs world: messages")
     parser.add_argument("--dlqs", type=int, default=20, help="sqs and drain worlds: DLQs")
@@ -468,6 +546,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compute-dlqs", type=int, default=20)
     parser.add_argument("--discovery-dlqs", type=int, default=1_000)
     parser.add_argument("--drain-messages", type=int, default=100_000)
+    parser.add_argument(
+        "--startup-runs", type=int, default=11, help="startup world: runs of each command"
+    )
     parser.add_argument(
         "--emulator",
         default="fauxqs",
@@ -488,9 +569,9 @@ def main(argv: list[str] | None = None) -> int:
         "compute": run_compute_world,
         "discovery": run_discovery_world,
         "drain": run_drain_world,
+        "startup": run_startup_world,
     }
-    chosen = list(runners) if args.world == "all" else [args.world]
-    results = [runners[name](args) for name in chosen]
+    results = [runners[name](args) for name in args.world]
     document = {"machine": {"cpus": os.cpu_count()}, "results": results}
     text = json.dumps(document, indent=2)
     print(text)

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from botocore.loaders import create_loader
-
 _ARN_FIELDS = 6
 _WILDCARDS = frozenset("*?")
 # ASCII digits only: `\d` would also take other scripts' digits, which no account id has.
@@ -155,6 +153,10 @@ def _partitions() -> tuple[_Partition, ...]:
     # botocore's data, not a hand-kept list: a partition AWS adds (aws-eusc, aws-iso-f)
     # arrives with botocore instead of being taken for `aws`.
     found = []
+    # botocore's loader is imported here, at the first lookup: importing it costs tens of
+    # milliseconds that every command paid, `retryd --version` included.
+    from botocore.loaders import create_loader  # noqa: PLC0415
+
     for data in create_loader().load_data("partitions")["partitions"]:
         outputs = data["outputs"]
         suffixes = (outputs["dnsSuffix"], outputs.get("dualStackDnsSuffix"))

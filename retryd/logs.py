@@ -7,8 +7,6 @@ import logging
 import sys
 from typing import Literal, TextIO, cast
 
-import structlog
-
 LogFormat = Literal["auto", "json", "console"]
 
 
@@ -34,6 +32,11 @@ def _interactive() -> bool:
 
 def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     """Configure structlog once per process; safe to call again (tests, sandbox)."""
+    # Imported when logging is configured, not with this module: structlog imports its dev
+    # console and rich with it (over 100 ms), which commands that never log (`--version`,
+    # `--help`, `config check`) should not pay.
+    import structlog  # noqa: PLC0415
+
     use_console = fmt == "console" or (fmt == "auto" and _interactive())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=True)

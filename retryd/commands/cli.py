@@ -18,11 +18,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
-import anyio
-from botocore.exceptions import BotoCoreError, ClientError
-
-from retryd.commands.operator_cli import add_operator_commands
-from retryd.console.command import add_console_command
 from retryd.errors import (
     ExitCode,
     QueueNotFoundError,
@@ -32,12 +27,15 @@ from retryd.errors import (
     exit_code_lines,
 )
 from retryd.logs import configure_logging
-from retryd.models import Outcome
-from retryd.settings import CONFIG_ENV, Settings, load_settings
 from retryd.version import DISTRIBUTION, SANDBOX_INSTALL_HINT, package_version
 
+# Start-up: a command imports what it uses when it runs. `retryd --version` answers before
+# the command line is built, and building it imports the settings (pydantic) only for the
+# help texts that name them; anyio, botocore, the models and the commands' own modules
+# are imported by the handlers that use them.
 if TYPE_CHECKING:
     from retryd.drain.cycle import CycleReport
+    from retryd.settings import Settings
 
 DESCRIPTION = """\
 retryd redrives AWS dead-letter queues. Each cycle it finds the DLQs it is
@@ -62,6 +60,8 @@ AWS_ENVIRONMENT = {
 
 def epilog() -> str:
     """The text after `--help`: configuration sources and every exit code."""
+    from retryd.settings import CONFIG_ENV  # noqa: PLC0415 - see the imports
+
     codes = "\n".join(
         textwrap.fill(line, width=79, initial_indent="  ", subsequent_indent=" " * 7)
         for line in exit_code_lines()
@@ -79,6 +79,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, on_command: bool) ->
     On a command's own parser they default to SUPPRESS, so that leaving them out
     there keeps what was given before the command instead of resetting it.
     """
+    from retryd.settings import CONFIG_ENV  # noqa: PLC0415 - see the imports
+
     default = argparse.SUPPRESS if on_command else None
     group = parser.add_argument_group("global options (before or after the command)")
     group.add_argument(
@@ -316,6 +318,9 @@ def _tool_parsers(
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; `retryd completion` generates its scripts from it."""
+    from retryd.commands.operator_cli import add_operator_commands  # noqa: PLC0415
+    from retryd.console.command import add_console_command  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(
         prog="retryd",
         description=DESCRIPTION,
@@ -361,6 +366,8 @@ def _apply_aws_options(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace) -> Settings:
+    from retryd.settings import load_settings  # noqa: PLC0415 - see the imports
+
     settings = load_settings(args.config)
     configure_logging(args.log_level or settings.log.level, settings.log.format)
     return settings
@@ -406,6 +413,8 @@ def _check_named_queues(settings: Settings, command: str, names: Sequence[str]) 
     """
     if not names or settings.accounts:
         return
+    import anyio  # noqa: PLC0415 - see the imports
+
     from retryd.aws import open_clients  # noqa: PLC0415 - keeps `--help` fast
     from retryd.discovery.survey import select_queues  # noqa: PLC0415 - keeps `--help` fast
 
@@ -419,6 +428,8 @@ def _check_named_queues(settings: Settings, command: str, names: Sequence[str]) 
 
 
 def _once_exit(report: CycleReport) -> ExitCode:
+    from retryd.models import Outcome  # noqa: PLC0415 - see the imports
+
     if report.fatal is not None:
         return report.fatal.exit_code
     if report.config_failures:
@@ -449,6 +460,8 @@ def _once_exit(report: CycleReport) -> ExitCode:
 
 
 def _once(args: argparse.Namespace) -> int:
+    import anyio  # noqa: PLC0415 - see the imports
+
     from retryd.service.lifecycle import run_once  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _only_queues(_load(args), args.queues)
@@ -470,6 +483,8 @@ def _once(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import anyio  # noqa: PLC0415 - see the imports
+
     from retryd.service.lifecycle import run_daemon  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _load(args)
@@ -515,6 +530,8 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    import anyio  # noqa: PLC0415 - see the imports
+
     from retryd.commands.plan import run_plan  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _only_queues(_load(args), args.queues)
@@ -525,6 +542,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    import anyio  # noqa: PLC0415 - see the imports
+
     from retryd.commands.inspect import run_inspect  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _load(args)
@@ -559,6 +578,8 @@ def _iam_policy(args: argparse.Namespace) -> int:
 
 
 def _ledger(args: argparse.Namespace) -> int:
+    import anyio  # noqa: PLC0415 - see the imports
+
     from retryd.ledger import create_table  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _load(args)
@@ -577,6 +598,7 @@ def _ledger(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     from retryd.admission.ratelimit import effective_rates  # noqa: PLC0415 - keeps `--help` fast
     from retryd.drain.shard import worker_rates  # noqa: PLC0415 - keeps `--help` fast
+    from retryd.settings import load_settings  # noqa: PLC0415 - see the imports
 
     settings = load_settings(args.config)
     effective = effective_rates(settings.rate_limit)
@@ -652,7 +674,11 @@ def _explain(exc: BaseException) -> ExitCode | None:
     if isinstance(exc, RetrydError):
         print(f"retryd: {exc}", file=sys.stderr)
         return exc.exit_code
-    if isinstance(exc, BotoCoreError | ClientError):
+    # botocore's errors can only have been raised once botocore was imported.
+    boto_errors = sys.modules.get("botocore.exceptions")
+    if boto_errors is not None and isinstance(
+        exc, boto_errors.BotoCoreError | boto_errors.ClientError
+    ):
         from retryd import classify  # noqa: PLC0415 - keeps `--help` fast
 
         print(f"retryd: AWS: {classify.from_exception(exc)}", file=sys.stderr)
@@ -716,6 +742,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["--version"]:
+        # What argparse's version action prints, before the whole command line is built
+        # (and its settings imported): the action exits at `--version` whatever follows.
+        print(f"retryd {package_version()} ({DISTRIBUTION})")
+        return ExitCode.OK
     args = build_parser().parse_args(argv)
     try:
         _apply_aws_options(args)

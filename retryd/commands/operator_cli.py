@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from retryd.commands.operator_input import OperatorInputError, check_arn_glob
 from retryd.logs import configure_logging
-from retryd.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from retryd.settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -26,6 +28,8 @@ def _settings(args: argparse.Namespace, *, keeps_state: str | None = None) -> Se
     backend is this process's own: a pause stored there would be forgotten as the
     command ends, and the command would have said it was made.
     """
+    from retryd.settings import load_settings  # noqa: PLC0415 - keeps `--help` fast
+
     settings = load_settings(args.config)
     if keeps_state is not None and settings.ledger.backend == "memory":
         raise OperatorInputError(

@@ -43,13 +43,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd.aws import Client
 from retryd.classify import from_exception
 from retryd.ledger.base import (
     Begun,
@@ -71,6 +70,11 @@ from retryd.ledger.base import (
     settle,
 )
 from retryd.models import ErrorClass, SendError
+
+if TYPE_CHECKING:
+    # A type only: importing retryd.aws (aioboto3) with the ledger cost every command that
+    # reads the settings' rules (`config check`) a quarter of a second.
+    from retryd.aws import Client
 
 KEY_ATTRIBUTE = "key"
 TTL_ATTRIBUTE = "expires_at"

@@ -11,11 +11,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd.aws import AwsClients, open_clients
 from retryd.classify import from_exception
 from retryd.ledger.base import (
     Begun,
@@ -32,6 +32,9 @@ from retryd.ledger.memory import MemoryLedger
 from retryd.ledger.sqlite import SqliteLedger
 from retryd.metrics import Metrics
 from retryd.settings import LedgerSettings, Settings
+
+if TYPE_CHECKING:
+    from retryd.aws import AwsClients
 
 # The `result` label of a commit (or renewal) whose claim another owner had taken over.
 COMMIT_LOST = "lost"
@@ -164,6 +167,8 @@ async def open_ledger(
 
 async def create_table(settings: Settings) -> str:
     """Create `ledger.table` with TTL on, or check an existing one; a line saying which."""
+    from retryd.aws import open_clients  # noqa: PLC0415 - see dynamodb.py's import of Client
+
     async with open_clients(settings.aws) as clients:
         try:
             return await ensure_table(clients.dynamodb, settings.ledger.table)

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from bench.__main__ import main, rss_by_progress
+from bench.__main__ import WORLDS, main, parse_args, rss_by_progress
+from bench.ledger import VARIANTS as LEDGER_VARIANTS
+from bench.ledger import measure as measure_ledger
 
 
 @pytest.mark.slow
@@ -77,3 +79,37 @@ def test_the_drain_world_reports_rss_along_the_backlog(capsys: pytest.CaptureFix
         assert figures["check"]["duplicated"] == 0
         assert figures["rss_mb_by_progress"], figures
     assert "by progress" in out.splitlines()[-1]
+
+
+def test_the_startup_world_times_every_command_against_the_interpreter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each command of the startup world answers (exit 0) and gets a median beside the floor."""
+    code = main(["--world", "startup", "--startup-runs", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    (result,) = json.loads(out[: out.rindex("}") + 1])["results"]
+    assert set(result["figures"]) == {
+        "python -c pass",
+        "retryd --version",
+        "retryd --help",
+        "retryd config check",
+    }
+    assert all(figures["median_ms"] > 0 for figures in result["figures"].values())
+    assert out.splitlines()[-1].startswith("startup (median of 1): python -c pass")
+
+
+def test_worlds_are_named_in_a_comma_separated_list() -> None:
+    """`--world sqs,startup` runs both in that order; `all` is every world; a typo is refused."""
+    assert parse_args(["--world", "startup,sqs"]).world == ["startup", "sqs"]
+    assert parse_args(["--world", "all"]).world == list(WORLDS)
+    with pytest.raises(SystemExit):
+        parse_args(["--world", "sqs,stedy"])
+
+
+def test_the_ledger_bench_compares_group_commit_with_a_transaction_per_call() -> None:
+    """bench.ledger measures every ledger variant and its ratio to the memory ledger."""
+    figures = measure_ledger(batches=6, in_flight=3, runs=1)
+    assert figures["messages"] == 60
+    assert set(figures["cpu_ms_per_msg"]) == set(LEDGER_VARIANTS)
+    assert figures["over_memory"]["memory"] == 1.0
