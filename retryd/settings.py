@@ -34,11 +34,10 @@ from pydantic_settings import (
 )
 
 from retryd.arns import is_region_name
+from retryd.environment import CONFIG_ENV, ENV_PREFIX
 from retryd.errors import ConfigError
 from retryd.models import Target
 
-ENV_PREFIX = "RETRYD_"
-CONFIG_ENV = "RETRYD_CONFIG"
 # SQS caps a message's invisibility at 12 hours.
 MAX_VISIBILITY_TIMEOUT_S = 43_200
 

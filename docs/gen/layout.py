@@ -21,7 +21,7 @@ PACKAGE = Path(retryd.__file__).parent
 # package, never a layer above, nor another package of its own layer. A "package" is a
 # subpackage of retryd (retryd/drain/) or a top-level module (retryd/models.py).
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("vocabulary", frozenset({"arns", "errors", "version", "logs"})),
+    ("vocabulary", frozenset({"arns", "environment", "errors", "version", "logs"})),
     ("typed values", frozenset({"models"})),
     ("rules about values", frozenset({"classify", "metrics", "settings", "stamps"})),
     ("AWS clients and SQS leases", frozenset({"aws", "leases"})),

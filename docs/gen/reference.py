@@ -29,8 +29,9 @@ from pydantic_core import PydanticUndefined
 from retryd import errors
 from retryd.commands import cli
 from retryd.console.metrics import ConsoleMetrics
+from retryd.environment import ENV_PREFIX
 from retryd.metrics import Metrics
-from retryd.settings import ENV_PREFIX, Settings
+from retryd.settings import Settings
 
 NO_DESCRIPTION = "*(no description in the code)*"
 

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
+from retryd.environment import CONFIG_ENV
 from retryd.errors import (
     ExitCode,
     QueueNotFoundError,
@@ -60,8 +61,6 @@ AWS_ENVIRONMENT = {
 
 def epilog() -> str:
     """The text after `--help`: configuration sources and every exit code."""
-    from retryd.settings import CONFIG_ENV  # noqa: PLC0415 - see the imports
-
     codes = "\n".join(
         textwrap.fill(line, width=79, initial_indent="  ", subsequent_indent=" " * 7)
         for line in exit_code_lines()
@@ -79,8 +78,6 @@ def _add_global_options(parser: argparse.ArgumentParser, *, on_command: bool) ->
     On a command's own parser they default to SUPPRESS, so that leaving them out
     there keeps what was given before the command instead of resetting it.
     """
-    from retryd.settings import CONFIG_ENV  # noqa: PLC0415 - see the imports
-
     default = argparse.SUPPRESS if on_command else None
     group = parser.add_argument_group("global options (before or after the command)")
     group.add_argument(

@@ -24,6 +24,7 @@ from retryd.aws import AwsClients, open_clients
 from retryd.commands.progress import QueueProgress
 from retryd.commands.render import Column, Document, Line, Table, show
 from retryd.drain.cycle import CycleReport
+from retryd.environment import CONFIG_ENV
 from retryd.errors import ExitCode, UsageError
 from retryd.models import Decision
 from retryd.sandbox.emulator import MotoServer
@@ -41,7 +42,6 @@ from retryd.sandbox.world import (
     sandbox_settings,
 )
 from retryd.service.lifecycle import run_once
-from retryd.settings import CONFIG_ENV
 
 LOOPBACK = "127.0.0.1"
 # The emulator accepts any credentials; these only keep botocore from looking for real ones.

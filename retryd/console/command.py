@@ -6,10 +6,7 @@ import argparse
 from functools import partial
 from typing import Any
 
-import anyio
-
 from retryd.logs import configure_logging
-from retryd.settings import load_settings
 
 CONSOLE_DESCRIPTION = """Serve the team's web console: the DLQs, failure groups and parked copies
 the daemon recorded, pauses, redrive jobs and the audit, as pages and as a JSON API
@@ -20,7 +17,12 @@ exit codes: 2 bad configuration (including auth = "none" off loopback).
 
 
 def _console(args: argparse.Namespace) -> int:
-    from retryd.console.server import serve_console  # noqa: PLC0415 - keeps `--help` fast
+    # Imported here, not above, so that `retryd --help` (which builds this subcommand's
+    # parser) loads no pydantic and no web server.
+    import anyio  # noqa: PLC0415
+
+    from retryd.console.server import serve_console  # noqa: PLC0415
+    from retryd.settings import load_settings  # noqa: PLC0415
 
     settings = load_settings(args.config)
     configure_logging(settings.log.level, settings.log.format)

@@ -16,8 +16,9 @@ import pytest
 from retryd.commands import cli
 from retryd.commands.operator_input import OperatorInputError, check_arn_glob
 from retryd.commands.sandbox import serve_config_toml
+from retryd.environment import CONFIG_ENV
 from retryd.errors import ExitCode
-from retryd.settings import CONFIG_ENV, load_settings
+from retryd.settings import load_settings
 from tests.commands.test_exit_codes import clean_env, one_line_error
 from tests.operator_helpers import config_file
 from tests.world import World

@@ -41,6 +41,7 @@ def test_version_imports_neither_the_sdk_nor_the_settings_nor_rich() -> None:
     assert not loaded("--version") & set(HEAVY)
 
 
-def test_help_imports_neither_the_sdk_nor_rich() -> None:
-    """`retryd --help` builds the whole command line without botocore, rich or structlog."""
-    assert not loaded("--help") & {"botocore", "aiobotocore", "rich", "structlog", "jsonschema"}
+def test_help_imports_neither_the_sdk_nor_the_settings_nor_rich() -> None:
+    """`retryd --help` builds the whole command line without botocore, pydantic settings, rich
+    or structlog (the console's subcommand once pulled in the settings for its parser)."""
+    assert not loaded("--help") & set(HEAVY)
