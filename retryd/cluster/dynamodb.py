@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -39,7 +39,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd.admission.breaker import Breakers, BreakerState, CircuitBreaker
 from retryd.admission.ratelimit import Rate, RateLimits
-from retryd.aws import Client
 from retryd.classify import from_exception
 from retryd.cluster.agree import (
     SharedBreaker,
@@ -54,6 +53,12 @@ from retryd.cluster.agree import (
 )
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
+
+if TYPE_CHECKING:
+    # A type only: importing retryd.aws (aioboto3, a quarter of a second) here cost
+    # `retryd config check`, which reaches this module through retryd.cluster's
+    # re-exports, that much for a client it never opens.
+    from retryd.aws import Client
 
 log = structlog.get_logger("retryd.cluster")
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
 from retryd.admission.breaker import Breakers
 from retryd.admission.guards import Guards, build_guards
 from retryd.admission.ratelimit import RateLimits
-from retryd.aws import AwsClients
 from retryd.cluster.base import Cluster, SingleReplica
 from retryd.cluster.dynamodb import DynamoDbCluster
 from retryd.ledger.base import Ledger, default_owner
 from retryd.metrics import Metrics
 from retryd.settings import Settings
+
+if TYPE_CHECKING:
+    # A type only: see the same import in cluster/dynamodb.py.
+    from retryd.aws import AwsClients
 
 
 def member_ttl_s(settings: Settings) -> float:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from retryd.admission.breaker import Breakers, BreakerState
-from retryd.aws import Client
 from retryd.cluster.agree import SharedBreaker, Step, live_members, next_step
 from retryd.cluster.dynamodb import (
     BREAKER_PREFIX,
@@ -30,6 +29,10 @@ from retryd.cluster.dynamodb import (
 from retryd.errors import RetrydError
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
+
+if TYPE_CHECKING:
+    # A type only: see the same import in cluster/dynamodb.py.
+    from retryd.aws import Client
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 # Each over 10 ms to import here, and none needed to print a version.
 HEAVY = ("botocore", "pydantic_settings", "rich", "structlog", "aiobotocore", "jsonschema")
@@ -45,3 +46,21 @@ def test_help_imports_neither_the_sdk_nor_the_settings_nor_rich() -> None:
     """`retryd --help` builds the whole command line without botocore, pydantic settings, rich
     or structlog (the console's subcommand once pulled in the settings for its parser)."""
     assert not loaded("--help") & set(HEAVY)
+
+
+# The AWS SDK's async stack: a quarter of a second to import, needed only to open clients.
+SDK = ("aioboto3", "aiobotocore", "aiohttp", "boto3", "jmespath")
+
+
+def test_config_check_imports_no_aws_sdk(tmp_path: Path) -> None:
+    """`retryd config check` loads no aioboto3, aiobotocore, aiohttp, boto3 or jmespath: it
+    reaches retryd.cluster (for the per-worker rates), whose DynamoDB modules once imported
+    retryd.aws for their clients' types."""
+    config = tmp_path / "retryd.toml"
+    config.write_text(
+        '[discovery]\nqueue_prefixes = ["retry-"]\n\n'
+        '[guards]\nallow_targets = ["arn:aws:sqs:*:*:*"]\n'
+    )
+    modules = loaded("config", "check", "--config", str(config))
+    assert "pydantic_settings" in modules, "the probe did not reach the settings"
+    assert not modules & set(SDK)
