@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import worlds
+from bench import steady, worlds
 from bench.emulators import Emulator, Fauxqs, Moto, free_port, wait_until_listening
 
 AWS_ENV = {
@@ -449,6 +449,92 @@ def run_startup_world(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _fed_contenders(world: worlds.SqsWorld, interval_s: float | None) -> dict[str, Contender]:
+    """The steady world's contenders: each runs until stopped, not until the DLQs are empty."""
+
+    def floor(endpoint: str, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        path = run_dir / "world.json"
+        path.write_text(json.dumps({**world.as_json(), "endpoint": endpoint}))
+        return [sys.executable, "-m", "bench.floor", str(path), "--until-stopped"], {}
+
+    def retryd(endpoint: str, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        config = run_dir / "retryd.toml"
+        text = world.retryd_config(run_dir / "ledger.sqlite3")
+        if interval_s is not None:
+            text += f"\n[schedule]\ninterval_s = {interval_s}\n"
+        config.write_text(text)
+        argv = [sys.executable, "-m", "retryd", "run", "--config", str(config)]
+        return argv, {**AWS_ENV, "AWS_ENDPOINT_URL": endpoint}
+
+    return {"floor": floor, "retryd": retryd}
+
+
+def _progress(world: str, contender: str) -> Callable[[str], None]:
+    def say(text: str) -> None:
+        print(f"  {world} {contender}: {text}", file=sys.stderr)
+
+    return say
+
+
+def _run_fed_world(
+    args: argparse.Namespace, name: str, feed: steady.Feed, chosen: list[str], share: float | None
+) -> dict[str, Any]:
+    """Each chosen contender fed at a constant rate in turn, on one world (see bench.steady)."""
+    by_name: dict[str, Any] = {}
+    with sqs_emulator(args) as emulator, tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        world = worlds.build_sqs_world(emulator.url, args.dlqs, 0)
+        contenders = _fed_contenders(world, args.schedule_interval_s)
+        for contender in chosen:
+            run_dir = scratch / contender
+            run_dir.mkdir()
+            argv, env = contenders[contender](emulator.url, run_dir)
+            throttle = None
+            if share is not None:
+                throttle = steady.Throttle(share, f"retryd-bench-{os.getpid()}-{contender}")
+            by_name[contender] = steady.run_fed(
+                world,
+                argv,
+                {**AWS_ENV, **env},
+                feed,
+                run_dir / "output.log",
+                throttle=throttle,
+                on_progress=_progress(name, contender),
+            )
+            print(f"  {name} {contender}: done", file=sys.stderr)
+    if "retryd" in by_name and "floor" in by_name:
+        retryd, floor = by_name["retryd"], by_name["floor"]
+        if retryd["cpu_ms_per_msg"] and floor["cpu_ms_per_msg"]:
+            by_name["ratios"] = {
+                "retryd/floor cpu_per_msg": round(
+                    retryd["cpu_ms_per_msg"] / floor["cpu_ms_per_msg"], 2
+                )
+            }
+    return {
+        "world": name,
+        "emulator": args.emulator,
+        "dlqs": args.dlqs,
+        "rate_per_s": feed.rate_per_s,
+        "duration_s": feed.duration_s,
+        "warmup_s": feed.warmup_s,
+        "cpu_share": share,
+        "figures": by_name,
+    }
+
+
+def run_steady_world(args: argparse.Namespace) -> dict[str, Any]:
+    """(f) `retryd run` and the floor fed at `--rate` msg/s: sustained rate, latency, CPU."""
+    feed = steady.Feed(args.rate, args.duration_s, args.warmup_s, args.tail_s)
+    chosen = [c for c in args.steady_contenders.split(",") if c]
+    return _run_fed_world(args, "steady", feed, chosen, None)
+
+
+def run_starved_world(args: argparse.Namespace) -> dict[str, Any]:
+    """(g) `retryd run` held to `--cpu-share` of a core, fed at `--starved-rate` msg/s."""
+    feed = steady.Feed(args.starved_rate, args.duration_s, args.warmup_s, args.tail_s)
+    return _run_fed_world(args, "starved", feed, ["retryd"], args.cpu_share)
+
+
 def _failures(node: Any, path: str = "") -> list[str]:
     """Every run that lost or duplicated a message or exited non-zero, by where it is."""
     found: list[str] = []
@@ -456,6 +542,8 @@ def _failures(node: Any, path: str = "") -> list[str]:
         check = node.get("check")
         if isinstance(check, dict) and (check.get("lost") or check.get("duplicated")):
             found.append(f"{path}: {check}")
+        if node.get("verified") is False and not found:
+            found.append(f"{path}: not verified")
         if node.get("exit_code") not in (None, 0):
             found.append(f"{path}: exit code {node['exit_code']}")
         for key, value in node.items():
@@ -497,6 +585,20 @@ def summary_line(result: dict[str, Any]) -> str:
             + ("" if f["check"]["lost"] == 0 and f["check"]["duplicated"] == 0 else " UNVERIFIED")
             for backlog, f in figures.items()
         )
+    if result["world"] in ("steady", "starved"):
+        return f"{result['world']} ({result['rate_per_s']:g} msg/s offered for " + (
+            f"{result['duration_s']:g} s"
+            + (f", {result['cpu_share']:g} core" if result["cpu_share"] else "")
+            + "): "
+            + ", ".join(
+                f"{name} {f['sustained_msg_per_s']} msg/s sustained, latency p50 "
+                f"{f['latency_p50_ms']} ms p99 {f['latency_p99_ms']} ms, "
+                f"{f['cpu_ms_per_msg']} CPU ms/msg" + ("" if f["verified"] else " UNVERIFIED")
+                for name, f in figures.items()
+                if name != "ratios"
+            )
+            + "".join(f"; {k} {v}" for k, v in figures.get("ratios", {}).items())
+        )
     if result["world"] == "startup":
         return f"startup (median of {result['runs']}): " + ", ".join(
             f"{name} {f['median_ms']:.0f} ms (CPU {f['median_cpu_ms']:.0f} ms)"
@@ -509,7 +611,7 @@ def summary_line(result: dict[str, Any]) -> str:
     )
 
 
-WORLDS = ("sqs", "compute", "discovery", "drain", "startup")
+WORLDS = ("sqs", "compute", "discovery", "drain", "startup", "steady", "starved")
 
 
 def _worlds(text: str) -> list[str]:
@@ -550,6 +652,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--startup-runs", type=int, default=11, help="startup world: runs of each command"
     )
     parser.add_argument(
+        "--rate", type=float, default=1_000, help="steady world: msg/s offered (default 1,000)"
+    )
+    parser.add_argument(
+        "--duration-s", type=float, default=30, help="steady and starved worlds: seconds fed"
+    )
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=5,
+        help="steady and starved worlds: seconds fed before the figures' window opens",
+    )
+    parser.add_argument(
+        "--tail-s",
+        type=float,
+        default=120,
+        help="steady and starved worlds: most seconds to wait for the DLQs to empty after",
+    )
+    parser.add_argument(
+        "--steady-contenders", default="floor,retryd", help="steady world: floor, retryd or both"
+    )
+    parser.add_argument(
+        "--schedule-interval-s",
+        type=float,
+        help="steady and starved worlds: retryd's schedule.interval_s (default: retryd's own)",
+    )
+    parser.add_argument(
+        "--starved-rate", type=float, default=400, help="starved world: msg/s offered"
+    )
+    parser.add_argument(
+        "--cpu-share", type=float, default=0.25, help="starved world: share of one core for retryd"
+    )
+    parser.add_argument(
         "--emulator",
         default="fauxqs",
         choices=["fauxqs", "moto"],
@@ -570,9 +704,14 @@ def main(argv: list[str] | None = None) -> int:
         "discovery": run_discovery_world,
         "drain": run_drain_world,
         "startup": run_startup_world,
+        "steady": run_steady_world,
+        "starved": run_starved_world,
     }
     results = [runners[name](args) for name in args.world]
-    document = {"machine": {"cpus": os.cpu_count()}, "results": results}
+    document = {
+        "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]},
+        "results": results,
+    }
     text = json.dumps(document, indent=2)
     print(text)
     if args.out:

@@ -2,13 +2,16 @@
 
 Per DLQ, two receivers: ReceiveMessage (10), SendMessageBatch to the source
 queue, DeleteMessageBatch. No ledger, no guards, no logging. What retryd is
-compared against. `python -m bench.floor WORLD.json`
+compared against. `python -m bench.floor WORLD.json` drains the DLQs and exits;
+`python -m bench.floor WORLD.json --until-stopped` keeps long-polling them until
+SIGTERM, as a daemon fed at a constant rate would (the steady world).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from typing import Any
 
@@ -18,15 +21,22 @@ from botocore.config import Config
 RECEIVERS_PER_DLQ = 2
 
 
-async def _drain(sqs: Any, dlq_url: str, target_url: str) -> int:
+async def _drain(sqs: Any, dlq_url: str, target_url: str, stop: asyncio.Event | None) -> int:
+    """Move batches until the DLQ is empty, or (with `stop`) until `stop` is set."""
     moved = 0
-    while True:
+    while stop is None or not stop.is_set():
         answer = await sqs.receive_message(
-            QueueUrl=dlq_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=120
+            QueueUrl=dlq_url,
+            MaxNumberOfMessages=10,
+            # Fed forever, an empty answer means "none yet": wait for the next one.
+            WaitTimeSeconds=0 if stop is None else 1,
+            VisibilityTimeout=120,
         )
         messages = answer.get("Messages", [])
         if not messages:
-            return moved
+            if stop is None:
+                return moved
+            continue
         await sqs.send_message_batch(
             QueueUrl=target_url,
             Entries=[{"Id": str(i), "MessageBody": m["Body"]} for i, m in enumerate(messages)],
@@ -38,14 +48,19 @@ async def _drain(sqs: Any, dlq_url: str, target_url: str) -> int:
             ],
         )
         moved += len(messages)
+    return moved
 
 
-async def main(world: dict[str, Any]) -> None:
+async def main(world: dict[str, Any], until_stopped: bool = False) -> None:
+    stop: asyncio.Event | None = None
+    if until_stopped:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     session = aioboto3.Session()
     config = Config(max_pool_connections=100, retries={"mode": "standard"})
     async with session.client("sqs", endpoint_url=world["endpoint"], config=config) as sqs:
         jobs = [
-            _drain(sqs, pair["dlq_url"], pair["target_url"])
+            _drain(sqs, pair["dlq_url"], pair["target_url"], stop)
             for pair in world["pairs"]
             for _ in range(RECEIVERS_PER_DLQ)
         ]
@@ -55,4 +70,4 @@ async def main(world: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     with open(sys.argv[1]) as handle:
-        asyncio.run(main(json.load(handle)))
+        asyncio.run(main(json.load(handle), until_stopped="--until-stopped" in sys.argv[2:]))

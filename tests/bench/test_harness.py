@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
 from bench.__main__ import WORLDS, main, parse_args, rss_by_progress
 from bench.ledger import VARIANTS as LEDGER_VARIANTS
 from bench.ledger import measure as measure_ledger
+from bench.steady import Arrival, Throttle, process_cpu_s
+from bench.steady import figures as fed_figures
 
 
 @pytest.mark.slow
@@ -113,3 +119,96 @@ def test_the_ledger_bench_compares_group_commit_with_a_transaction_per_call() ->
     assert figures["messages"] == 60
     assert set(figures["cpu_ms_per_msg"]) == set(LEDGER_VARIANTS)
     assert figures["over_memory"]["memory"] == 1.0
+
+
+def test_fed_figures_count_the_window_only() -> None:
+    """Sustained rate, latency and CPU per message come from the window, not the warm-up."""
+    arrivals = [
+        # Fed during the warm-up: left out of the latency, and arrived before the window.
+        Arrival(0, sent_ms=500, arrived_ms=900),
+        Arrival(1, sent_ms=1_000, arrived_ms=1_100),
+        Arrival(2, sent_ms=1_500, arrived_ms=1_800),
+        Arrival(3, sent_ms=2_000, arrived_ms=2_050),
+        # Fed in the window, arrived after it: latency counts, the sustained rate does not.
+        Arrival(4, sent_ms=2_900, arrived_ms=3_400),
+    ]
+    out = fed_figures(arrivals, (1_000.0, 3_000.0), cpu_s=0.3)
+    assert out["window_s"] == 2.0
+    assert out["sustained_msg_per_s"] == 1.5
+    assert out["offered_msg_per_s"] == 2.0
+    assert out["latency_p50_ms"] == 200.0
+    assert out["cpu_ms_per_msg"] == 100.0
+    assert 300.0 <= out["latency_p99_ms"] <= 500.0
+
+
+def test_process_cpu_is_read_from_proc_and_none_once_gone() -> None:
+    """A live process has a CPU time; a finished one has none."""
+    assert (process_cpu_s(os.getpid()) or 0) > 0
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    assert process_cpu_s(done.pid) is None
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_the_stop_and_continue_throttle_leaves_the_process_running() -> None:
+    """Without a cgroup the throttle stops the process in turns, and released it runs again."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    throttle = Throttle(0.25, "unused")
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("bench.steady.CGROUP_ROOTS", ())
+            throttle.start(sleeper.pid)
+        assert "SIGSTOP" in throttle.how
+        stopped = False
+        for _ in range(50):
+            stopped = stopped or _state(sleeper.pid) == "T"
+            time.sleep(0.01)
+        throttle.release()
+        throttle.close()
+        assert stopped
+        assert _state(sleeper.pid) != "T"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.slow
+def test_the_steady_and_starved_worlds_verify_every_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Both contenders fed at a constant rate, and retryd on a quarter core, deliver each once."""
+    code = main(
+        [
+            *("--world", "steady,starved", "--emulator", "moto", "--dlqs", "2"),
+            *("--rate", "20", "--starved-rate", "20", "--duration-s", "3", "--warmup-s", "1"),
+            *("--tail-s", "60", "--schedule-interval-s", "1"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    steady, starved = json.loads(out[: out.rindex("}") + 1])["results"]
+    assert set(steady["figures"]) >= {"floor", "retryd"}
+    for figures in (
+        steady["figures"]["floor"],
+        steady["figures"]["retryd"],
+        starved["figures"]["retryd"],
+    ):
+        assert figures["verified"], figures
+        assert figures["check"]["delivered"] == figures["messages"] == 60
+        assert figures["latency_p99_ms"] is not None
+    assert starved["cpu_share"] == 0.25
+    assert starved["figures"]["retryd"]["throttle"]
+    lines = out.splitlines()
+    assert lines[-2].startswith("steady (20 msg/s offered for 3 s)")
+    assert "0.25 core" in lines[-1]
+
+
+def test_the_world_list_names_the_fed_worlds() -> None:
+    """`--world steady,starved` parses in order, with the fed worlds' flags."""
+    args = parse_args(["--world", "steady,starved", "--rate", "500", "--cpu-share", "0.5"])
+    assert args.world == ["steady", "starved"]
+    assert (args.rate, args.cpu_share, args.schedule_interval_s) == (500, 0.5, None)
