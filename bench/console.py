@@ -92,6 +92,11 @@ async def fill(store: SqliteControlStore, dlqs: int, parked: int, now_s: float) 
     await record_parked(store, copies, ttl_s=14 * 86_400)
 
 
+def _p95(seconds: list[float]) -> float:
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
 async def timed(
     client: TestClient[web.Request, web.Application], path: str, runs: int
 ) -> dict[str, Any]:
@@ -108,6 +113,7 @@ async def timed(
     return {
         "path": path,
         "median_s": round(statistics.median(seconds), 4),
+        "p95_s": round(_p95(seconds), 4),
         "max_s": round(max(seconds), 4),
         "bytes": size,
     }

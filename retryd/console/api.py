@@ -13,7 +13,7 @@ from retryd.console import actions, documents
 from retryd.console.context import Console, console_of
 from retryd.console.documents import NotFoundError
 from retryd.console.security import identity
-from retryd.control.readmodel import ParkingQuery
+from retryd.control.readmodel import Cursor, ParkingQuery
 from retryd.control.store import ControlError
 from retryd.errors import RetrydError
 
@@ -86,10 +86,25 @@ async def _group(console: Console, request: web.Request) -> dict[str, Any]:
     return await documents.group_document(console.sources, request.match_info["id"])
 
 
+def cursor_param(request: web.Request) -> Cursor | None:
+    """`after`: the `next` of the page before (keyset paging), or None."""
+    raw = request.query.get("after", "").strip()
+    if not raw:
+        return None
+    try:
+        return Cursor.from_text(raw)
+    except ValueError:
+        raise OperatorInputError("after: give the `next` of the page before") from None
+
+
 async def _parking(console: Console, request: web.Request) -> dict[str, Any]:
     size = console.sources.settings.console.page_size
     return await documents.parking_document(
-        console.sources, parking_query(request), int_param(request, "page", 1), size
+        console.sources,
+        parking_query(request),
+        int_param(request, "page", 1),
+        size,
+        cursor_param(request),
     )
 
 

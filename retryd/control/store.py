@@ -20,11 +20,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from retryd.errors import ExitCode, RetrydError
+
+if TYPE_CHECKING:
+    from retryd.control.readmodel import ReadModel
 
 # A document's body: a JSON object.
 Body = dict[str, Any]
@@ -64,6 +67,10 @@ class ControlStore(Protocol):
 
         `ttl_s` lets the backend forget the document after that long (None: keep it).
         """
+        ...
+
+    def read_model(self) -> ReadModel:
+        """The console's read model (control/readmodel.py) as this backend keeps it."""
         ...
 
 
