@@ -32,7 +32,8 @@ def scrubbed(value: Any) -> Any:
     Done before rendering, not after: filters such as `urlencode` would fail on them.
     """
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
+        # ASCII (nearly every field) has no surrogate to replace: returned as it is.
+        return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, dict):
         return {scrubbed(k): scrubbed(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
