@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -15,6 +17,7 @@ from retryd.control.readmodel import (
     GROUPS_PER_DLQ_KEEP,
     PARKED_BUCKET_S,
     PARKED_PER_HOUR,
+    PARKED_SUM_PREFIX,
     TEXT_MAX_CHARS,
     Cursor,
     DlqView,
@@ -27,6 +30,7 @@ from retryd.control.readmodel import (
     search,
 )
 from retryd.control.sqlite import SqliteControlStore
+from retryd.control.store import Doc
 from retryd.settings import Settings
 from tests.control.test_store import (
     opened,
@@ -345,3 +349,32 @@ def test_a_bad_cursor_is_refused() -> None:
             continue
         raise AssertionError(text)
     assert Cursor.from_text("12.5/m/1") == Cursor(12.5, "m/1")
+
+
+class _Watched(MemoryControlStore):
+    """A memory store that notes every document name read."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryDocs(), clock=lambda: NOW_S)
+        self.read: list[str] = []
+
+    async def get(self, names: Sequence[str]) -> dict[str, Doc]:
+        self.read.extend(names)
+        return await super().get(names)
+
+
+def test_the_documents_overview_reads_the_hours_counts_never_their_copies() -> None:
+    """Memory and DynamoDB: parked counts come from each hour's summary, not its copies."""
+    store = _Watched()
+    copies = _world_copies()
+
+    async def body() -> None:
+        await record_parked(store, copies, ttl_s=DAY_S)
+        store.read.clear()
+        counts = await store.read_model().parked_counts(since_s=NOW_S - DAY_S, now_s=NOW_S)
+        assert counts.total == len(copies)
+        assert dict(counts.by_reason) == Counter(c.reason for c in copies)
+
+    anyio.run(body)
+    assert store.read
+    assert all(name.startswith(PARKED_SUM_PREFIX) for name in store.read), store.read
