@@ -73,6 +73,7 @@ def parking_query(request: web.Request) -> ParkingQuery:
         since_s=time_param("since_s"),
         until_s=time_param("until_s"),
         text=request.query.get("q", "").strip(),
+        group=request.query.get("group", "").strip(),
     )
 
 

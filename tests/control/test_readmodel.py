@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +13,7 @@ import anyio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from retryd.console.auth import NoAuth
 from retryd.console.documents import Sources, parking_document
 from retryd.control.memory import MemoryControlStore, MemoryDocs
 from retryd.control.readmodel import (
@@ -32,6 +35,8 @@ from retryd.control.readmodel import (
 from retryd.control.sqlite import SqliteControlStore
 from retryd.control.store import Doc
 from retryd.settings import Settings
+from tests.conftest import SettingsFactory
+from tests.console.harness import Caller, console_for, serving
 from tests.control.test_store import (
     opened,
     settings,  # noqa: F401 - the backend fixture, used by name
@@ -378,3 +383,26 @@ def test_the_documents_overview_reads_the_hours_counts_never_their_copies() -> N
     anyio.run(body)
     assert store.read
     assert all(name.startswith(PARKED_SUM_PREFIX) for name in store.read), store.read
+
+
+def test_the_api_reads_every_filter_and_the_cursor(make_settings: SettingsFactory) -> None:
+    """/api/parking takes group=, after= and the other filters; a bad `after` is a 400."""
+    store = MemoryControlStore(MemoryDocs())
+    plain = make_settings(console={"auth": "none", "page_size": 2})
+    now_s = time.time()
+
+    async def fill() -> None:
+        await record_parked(
+            store, [_copy(n, now_s - n, group=f"g{n % 2}") for n in range(5)], ttl_s=DAY_S
+        )
+
+    anyio.run(fill)
+    with serving(console_for(plain, store), NoAuth()) as base:
+        call = Caller(base)
+        first = call("/api/parking?group=g0").json()
+        assert [c["message_id"] for c in first["copies"]] == ["m-0", "m-2"]
+        after = urllib.parse.quote(first["next"])
+        second = call(f"/api/parking?group=g0&after={after}").json()
+        assert [c["message_id"] for c in second["copies"]] == ["m-4"]
+        assert second["next"] is None
+        assert call("/api/parking?after=nonsense").status == 400
