@@ -32,6 +32,7 @@ from retryd.control.readmodel import (
     ParkedPage,
     ParkingQuery,
     ReadModel,
+    read_model_of,
 )
 from retryd.control.store import ControlError, ControlStore
 from retryd.discovery.survey import read_depth
@@ -70,7 +71,7 @@ class Sources:
 
     @property
     def views(self) -> ReadModel:
-        return self.store.read_model()
+        return read_model_of(self.store)
 
     def parked_window(self) -> tuple[float, float]:
         """The parked copies shown, (since_s, now_s): those indexed within

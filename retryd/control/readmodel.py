@@ -411,19 +411,25 @@ def _summary(hour: Body) -> Body:
 # -- shorthands over a store's read model ---------------------------------------------------
 
 
+def read_model_of(store: ControlStore) -> ReadModel:
+    """The store's read model, typed (ControlStore.read_model says why it is not there)."""
+    model: ReadModel = store.read_model()
+    return model
+
+
 async def record_dlq(store: ControlStore, view: DlqView) -> None:
     """Store what one cycle saw in one DLQ (replacing the previous cycle's) and index it."""
-    await store.read_model().record_dlq(view)
+    await read_model_of(store).record_dlq(view)
 
 
 async def record_parked(store: ControlStore, copies: Iterable[ParkedCopy], *, ttl_s: float) -> None:
     """Index parked copies; the newest PARKED_PER_HOUR of an hour kept, the rest counted."""
-    await store.read_model().record_parked(list(copies), ttl_s=ttl_s)
+    await read_model_of(store).record_parked(list(copies), ttl_s=ttl_s)
 
 
 async def read_dlqs(store: ControlStore) -> list[DlqView]:
     """Every DLQ the daemon recorded lately, by name."""
-    return await store.read_model().dlqs()
+    return await read_model_of(store).dlqs()
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +449,7 @@ async def read_parked(
 ) -> ParkedIndex:
     """Every parked copy indexed within the last `ttl_s`, newest first."""
     now_s = time.time() if now_s is None else now_s
-    page = await store.read_model().parked(
+    page = await read_model_of(store).parked(
         ParkingQuery(), since_s=now_s - ttl_s, now_s=now_s, page_size=_ALL
     )
     return ParkedIndex(page.copies, page.not_indexed)

@@ -20,14 +20,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import anyio
 
 from retryd.errors import ExitCode, RetrydError
-
-if TYPE_CHECKING:
-    from retryd.control.readmodel import ReadModel
 
 # A document's body: a JSON object.
 Body = dict[str, Any]
@@ -69,8 +66,12 @@ class ControlStore(Protocol):
         """
         ...
 
-    def read_model(self) -> ReadModel:
-        """The console's read model (control/readmodel.py) as this backend keeps it."""
+    def read_model(self) -> Any:
+        """The console's read model (a control.readmodel.ReadModel) as this backend keeps it.
+
+        Typed by `readmodel.read_model_of`, which every caller goes through: naming the
+        type here would make the two modules import each other.
+        """
         ...
 
 

@@ -27,6 +27,7 @@ from retryd.control.readmodel import (
     ParkedCopy,
     ParkingQuery,
     read_dlqs,
+    read_model_of,
     read_parked,
     record_dlq,
     record_parked,
@@ -248,7 +249,7 @@ def test_each_backend_answers_a_search_and_the_counts_as_the_plain_filter_does(
     async def body() -> None:
         async with opened(settings) as store:
             await record_parked(store, copies, ttl_s=DAY_S)
-            model = store.read_model()
+            model = read_model_of(store)
             for query in QUERIES:
                 page = await model.parked(query, since_s=NOW_S - DAY_S, now_s=NOW_S, page_size=100)
                 wanted = [c.message_id for c in search(copies, query)]
@@ -281,7 +282,7 @@ def test_each_backend_pages_by_keyset_and_by_number_alike(
     async def body() -> None:
         async with opened(settings) as store:
             await record_parked(store, copies, ttl_s=DAY_S)
-            model = store.read_model()
+            model = read_model_of(store)
             by_cursor: list[str] = []
             page = await model.parked(
                 ParkingQuery(), since_s=NOW_S - DAY_S, now_s=NOW_S, page_size=4
@@ -319,7 +320,7 @@ def test_each_backend_bounds_an_hour_and_counts_what_it_left_out(
             assert len(index.copies) == PARKED_PER_HOUR
             assert index.dropped == 7
             assert {c.message_id for c in index.copies} == {c.message_id for c in copies[7:]}
-            counts = await store.read_model().parked_counts(since_s=NOW_S - DAY_S, now_s=NOW_S)
+            counts = await read_model_of(store).parked_counts(since_s=NOW_S - DAY_S, now_s=NOW_S)
             assert (counts.total, counts.not_indexed) == (PARKED_PER_HOUR, 7)
 
     anyio.run(body)
@@ -376,7 +377,7 @@ def test_the_documents_overview_reads_the_hours_counts_never_their_copies() -> N
     async def body() -> None:
         await record_parked(store, copies, ttl_s=DAY_S)
         store.read.clear()
-        counts = await store.read_model().parked_counts(since_s=NOW_S - DAY_S, now_s=NOW_S)
+        counts = await read_model_of(store).parked_counts(since_s=NOW_S - DAY_S, now_s=NOW_S)
         assert counts.total == len(copies)
         assert dict(counts.by_reason) == Counter(c.reason for c in copies)
 
