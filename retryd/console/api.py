@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from retryd.commands.operator_input import OperatorInputError
-from retryd.console import actions, documents
+from retryd.console import actions, documents, messages
 from retryd.console.context import Console, console_of
 from retryd.console.documents import NotFoundError
 from retryd.console.security import CHANGES, identity
@@ -173,6 +173,18 @@ async def _note(console: Console, request: web.Request) -> dict[str, Any]:
     return done
 
 
+async def _messages(console: Console, request: web.Request) -> dict[str, Any]:
+    done = await messages.show_messages(
+        console.sources,
+        console.caller,
+        identity(request),
+        request.match_info["name"],
+        request.query.get("group", "").strip(),
+    )
+    console.metrics.actions.labels(messages.ACTION, "ok").inc()
+    return done
+
+
 async def _pauses(console: Console, _: web.Request) -> dict[str, Any]:
     return await documents.pauses_now(console.sources)
 
@@ -264,6 +276,16 @@ ROUTES: tuple[Route, ...] = (
         _parking,
         "A page of the index of parked copies, filtered.",
         params=_PARKING_PARAMS,
+    ),
+    Route(
+        "POST",
+        "/api/queues/{name}/messages",
+        _messages,
+        "Shows a DLQ's messages (up to `[console] page_size`): body, attributes, the error, "
+        "retryd's stamps and the ledger's history of each key. It *receives* them (peeked "
+        "and handed back at once, as `retryd inspect` does), which raises their receive "
+        "counts; audited as `show-messages`.",
+        params=(("group", "only the messages of this failure group"),),
     ),
     Route("GET", "/api/jobs", _jobs, "Running and recent jobs, as `retryd jobs --output json`."),
     Route(
