@@ -67,9 +67,13 @@ def _recorded(world: World) -> MemoryControlStore:
 
 
 def _with_console(
-    settings: Settings, store: MemoryControlStore, calls: list[tuple[str, str, dict[str, str]]]
+    settings: Settings,
+    store: MemoryControlStore,
+    calls: list[tuple[str, str, dict[str, str]]],
+    site: str = "same-origin",
 ) -> list[Any]:
-    """Each (token, path, query-less form) call's reply, made against a console with AWS."""
+    """Each (token, path, form) call's reply (sent with `Sec-Fetch-Site: site`), made against
+    a console with AWS."""
     replies = []
     with anyio.from_thread.start_blocking_portal() as portal:
         clients = portal.wrap_async_context_manager(open_clients(settings.aws))
@@ -80,7 +84,7 @@ def _with_console(
             ) as base,
         ):
             for token, path, form in calls:
-                call = Caller(base, {**SAME_ORIGIN, **bearer(token)})
+                call = Caller(base, {**SAME_ORIGIN, "Sec-Fetch-Site": site, **bearer(token)})
                 replies.append(call(path, "POST", form=form) if form else call(path, "POST"))
     return replies
 
@@ -242,3 +246,17 @@ def test_an_unreadable_ledger_still_shows_the_messages_and_audits_the_read(
     assert any("attempt history unavailable" in e for e in doc["errors"])
     (audited,) = anyio.run(latest, store, 100)
     assert (audited.action, audited.person, audited.count) == ("show-messages", "operator-token", 3)
+
+
+def test_a_cross_site_request_from_an_operator_is_refused_and_receives_nothing(
+    world: World, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """An operator's token on a cross-site POST: 403, as every action; no message received."""
+    settings = _settings(make_settings, tmp_path)
+    _world(world)
+    store = _recorded(world)
+    path = f"/api/queues/{DLQ}/messages"
+    (reply,) = _with_console(settings, store, [(OPERATOR_TOKEN, path, {})], site="cross-site")
+    assert reply.status == 403
+    drained = world.drain(DLQ)
+    assert [m["Attributes"]["ApproximateReceiveCount"] for m in drained] == ["1", "1", "1"]
