@@ -6,14 +6,17 @@ import re
 
 import markdown  # type: ignore[import-untyped]  # no stubs are published with it
 import pytest
+from aiohttp import web
 
 from docs.gen import reference
+from retryd.console import api
 
 PAGES = {
     "settings": reference.settings_page,
     "cli": reference.cli_page,
     "metrics": reference.metrics_page,
     "exit-codes": reference.exit_codes_page,
+    "console-api": reference.api_page,
 }
 
 
@@ -54,3 +57,22 @@ def test_exit_codes_page_lists_sigterm() -> None:
     page = reference.exit_codes_page()
     assert "| 143 |" in page
     assert "QueueNotFoundError" in page
+
+
+def test_every_console_api_route_is_on_the_api_page() -> None:
+    """Each route the console's API serves has its method, path and role on the reference page."""
+    app = web.Application()
+    api.add_routes(app.router)
+    served = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None
+    }
+    page = reference.api_page()
+    assert len(served) >= 14
+    for method, path in sorted(served):
+        if method == "HEAD":
+            continue
+        row = next((line for line in page.splitlines() if f"| `{method} {path}` |" in line), "")
+        expected_role = "operator" if method != "GET" else "viewer"
+        assert f"| {expected_role} |" in row, (method, path)

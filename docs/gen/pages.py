@@ -25,6 +25,7 @@ PAGES = {
     "reference/cli.md": reference.cli_page,
     "reference/metrics.md": reference.metrics_page,
     "reference/exit-codes.md": reference.exit_codes_page,
+    "reference/console-api.md": reference.api_page,
 }
 
 

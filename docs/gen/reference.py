@@ -28,6 +28,7 @@ from pydantic_core import PydanticUndefined
 
 from retryd import errors
 from retryd.commands import cli
+from retryd.console import api
 from retryd.console.metrics import ConsoleMetrics
 from retryd.environment import ENV_PREFIX
 from retryd.metrics import Metrics
@@ -474,4 +475,31 @@ def exit_codes_page() -> str:
             for error in raised.get(code, [])
         )
         lines.append(f"| {code} | {_cell(meaning)} | {classes or '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- console API ------------------------------------------------------------------------------
+
+
+def api_page() -> str:
+    """The console's JSON API: every route of `retryd.console.api.ROUTES`, as it is served."""
+    lines = [
+        "# Console API reference",
+        "",
+        "Generated from the console's route table (`retryd.console.api.ROUTES`, the table",
+        "`retryd console` serves) when the site is built. Every route needs a sign-in; a",
+        "viewer reads, and a `POST` or `DELETE` needs the operator role **and** a same-origin",
+        "request (see [Console](../console.md#security-model)). Answers are JSON with the CLI's",
+        'field names; a refusal is `{"error": "..."}` with 400 (bad input), 403, 404, 409',
+        "(a refusal the command line would exit non-zero for) or 503 (the control store).",
+        "",
+        "| route | role | answers | query parameters |",
+        "|---|---|---|---|",
+    ]
+    for route in api.ROUTES:
+        params = "<br>".join(f"`{name}`: {meaning}" for name, meaning in route.params) or "—"
+        answers = route.answers + (f" Body: {route.body}." if route.body else "")
+        lines.append(
+            f"| `{route.method} {route.path}` | {route.role} | {_cell(answers)} | {_cell(params)} |"
+        )
     return "\n".join(lines) + "\n"

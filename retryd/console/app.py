@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from retryd.console import api, pages
 from retryd.console.auth import Authenticator
 from retryd.console.context import CONSOLE, HERE, Console
+from retryd.console.documents import failed_checks
 from retryd.console.security import security_middleware
+
+log = structlog.get_logger("retryd.console")
 
 
 def build_app(console: Console, auth: Authenticator) -> web.Application:
@@ -36,9 +40,14 @@ def build_app(console: Console, auth: Authenticator) -> web.Application:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        if console.ready:
+        failed = await failed_checks(console.sources)
+        if not failed:
             return web.Response(text="ok\n")
-        return web.Response(status=503, text="not ready\n")
+        # /readyz answers anyone (an orchestrator's probe): it names the check that
+        # failed, and the reason (paths, AWS errors) goes to the log only.
+        for check, why in failed.items():
+            log.warning("console-not-ready", check=check, error=why)
+        return web.Response(status=503, text=f"not ready: {', '.join(failed)} failed\n")
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -27,7 +27,6 @@ class Console:
     caller: str
     metrics: ConsoleMetrics
     templates: jinja2.Environment
-    ready: bool = True
     # The redrive jobs this console started, running until they end or it stops.
     background: BackgroundJobs = field(default_factory=BackgroundJobs)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +26,13 @@ from retryd.control.jobs import JobStore
 from retryd.control.notes import GroupNote, load_notes
 from retryd.control.pauses import load_pauses
 from retryd.control.readmodel import (
+    GROUP_PARKED_SHOWN,
+    Cursor,
     DlqView,
-    ParkedCopy,
+    ParkedPage,
     ParkingQuery,
-    read_dlqs,
-    read_parked,
-    search,
+    ReadModel,
+    read_model_of,
 )
 from retryd.control.store import ControlError, ControlStore
 from retryd.discovery.survey import read_depth
@@ -45,6 +45,12 @@ OVERVIEW_JOBS = 10
 # GetQueueAttributes calls in flight for one overview: a thousand DLQs in a few round trips,
 # well inside the client's connection pool.
 DEPTH_READS_AT_ONCE = 16
+
+
+# /readyz: how long the store may take to answer before the console is called not ready.
+READY_TIMEOUT_S = 5.0
+# The document /readyz reads: it need not exist; the read must be answered.
+_READY_PROBE = "readyz"
 
 
 class NotFoundError(ControlError):
@@ -62,6 +68,16 @@ class Sources:
     @property
     def jobs(self) -> JobStore:
         return JobStore(self.store, self.settings.ledger.ttl_s)
+
+    @property
+    def views(self) -> ReadModel:
+        return read_model_of(self.store)
+
+    def parked_window(self) -> tuple[float, float]:
+        """The parked copies shown, (since_s, now_s): those indexed within
+        `console.parked_index_ttl_s`."""
+        now_s = time.time()
+        return now_s - self.settings.console.parked_index_ttl_s, now_s
 
 
 async def _depth(sources: Sources, view: DlqView) -> tuple[Document | None, str | None]:
@@ -81,13 +97,34 @@ def _oldest(view: DlqView) -> str | None:
 
 async def dlqs_document(sources: Sources) -> list[Document]:
     """Every DLQ the daemon recorded: its depth now, oldest failure, feeds, its groups."""
-    views = await read_dlqs(sources.store)
-    out: list[Document] = [{} for _ in views]
+    return _dlq_entries(*await _dlqs_with_depths(sources))
+
+
+async def _dlqs_with_depths(
+    sources: Sources,
+) -> tuple[list[DlqView], list[tuple[Document | None, str | None]]]:
+    views = await sources.views.dlqs()
+    depths: list[tuple[Document | None, str | None]] = [(None, None)] * len(views)
+    if sources.clients is None:
+        # No AWS (a bench, a test): no depths to read, and no task per DLQ to start.
+        return views, depths
     limiter = anyio.CapacityLimiter(DEPTH_READS_AT_ONCE)
 
     async def look(index: int, view: DlqView) -> None:
         async with limiter:
-            depth, error = await _depth(sources, view)
+            depths[index] = await _depth(sources, view)
+
+    async with anyio.create_task_group() as group:
+        for index, view in enumerate(views):
+            group.start_soon(look, index, view)
+    return views, depths
+
+
+def _dlq_entries(
+    views: list[DlqView], depths: list[tuple[Document | None, str | None]]
+) -> list[Document]:
+    out: list[Document] = []
+    for view, (depth, error) in zip(views, depths, strict=True):
         entry = view.to_json()
         entry.update(
             depth=depth,
@@ -95,11 +132,7 @@ async def dlqs_document(sources: Sources) -> list[Document]:
             oldest=_oldest(view),
             messages=sum(int(g.get("count", 0)) for g in view.groups),
         )
-        out[index] = entry
-
-    async with anyio.create_task_group() as group:
-        for index, view in enumerate(views):
-            group.start_soon(look, index, view)
+        out.append(entry)
     return out
 
 
@@ -126,24 +159,38 @@ def _note(notes: dict[str, GroupNote], group_id: Any) -> Document | None:
 
 
 async def groups_document(sources: Sources) -> Document:
-    views = await read_dlqs(sources.store)
+    views = await sources.views.dlqs()
     return {"groups": _groups(views, await load_notes(sources.store))}
-
-
-async def _parked(sources: Sources) -> tuple[list[ParkedCopy], int]:
-    index = await read_parked(sources.store, ttl_s=sources.settings.console.parked_index_ttl_s)
-    return index.copies, index.dropped
 
 
 async def group_document(sources: Sources, group_id: str) -> Document:
     notes = await load_notes(sources.store)
-    views = await read_dlqs(sources.store)
+    views = await sources.views.dlqs()
     rows = [g for g in _groups(views, notes) if g.get("id") == group_id]
-    copies, _ = await _parked(sources)
-    parked = [c.to_json() for c in copies if c.group == group_id]
+    since_s, now_s = sources.parked_window()
+    found = await sources.views.parked(
+        ParkingQuery(group=group_id), since_s=since_s, now_s=now_s, page_size=GROUP_PARKED_SHOWN
+    )
+    parked = [c.to_json() for c in found.copies]
     if not rows and not parked and group_id not in notes:
         raise NotFoundError(f"no failure group {group_id!r} in the latest cycles")
     return {"id": group_id, "note": _note(notes, group_id), "queues": rows, "parked": parked}
+
+
+async def failed_checks(sources: Sources) -> dict[str, str]:
+    """The readiness checks that fail, by name, each with why (empty: ready).
+
+    "store": the control store (pauses, jobs, audit, the read model) answers a read
+    within READY_TIMEOUT_S; every page needs it.
+    """
+    try:
+        with anyio.fail_after(READY_TIMEOUT_S):
+            await sources.store.get([_READY_PROBE])
+    except ControlError as exc:
+        return {"store": str(exc)}
+    except TimeoutError:
+        return {"store": f"no answer within {READY_TIMEOUT_S:g} s"}
+    return {}
 
 
 async def pauses_now(sources: Sources) -> Document:
@@ -167,23 +214,24 @@ async def audit_now(sources: Sources, limit: int) -> Document:
     return audit_document(await audit.latest(sources.store, limit))
 
 
-def _counted(values: list[str]) -> list[Document]:
-    return [{"name": name, "count": n} for name, n in Counter(values).most_common()]
+def _counted(counts: list[tuple[str, int]]) -> list[Document]:
+    return [{"name": name, "count": n} for name, n in counts]
 
 
 async def overview_document(sources: Sources) -> Document:
     """The Overview page: DLQs, groups, parked copies by reason and target, pauses, jobs."""
-    dlqs = await dlqs_document(sources)
-    views = [DlqView.from_json(entry) for entry in dlqs]
-    copies, dropped = await _parked(sources)
+    views, depths = await _dlqs_with_depths(sources)
+    dlqs = _dlq_entries(views, depths)
+    since_s, now_s = sources.parked_window()
+    counts = await sources.views.parked_counts(since_s=since_s, now_s=now_s)
     return {
         "dlqs": dlqs,
         "groups": _groups(views, await load_notes(sources.store)),
         "parked": {
-            "total": len(copies),
-            "not_indexed": dropped,
-            "by_reason": _counted([c.reason for c in copies]),
-            "by_target": _counted([c.target for c in copies]),
+            "total": counts.total,
+            "not_indexed": counts.not_indexed,
+            "by_reason": _counted(counts.by_reason),
+            "by_target": _counted(counts.by_target),
         },
         "pauses": (await pauses_now(sources))["pauses"],
         "jobs": (await jobs_document(sources))["jobs"][:OVERVIEW_JOBS],
@@ -191,18 +239,41 @@ async def overview_document(sources: Sources) -> Document:
 
 
 async def parking_document(
-    sources: Sources, query: ParkingQuery, page: int, page_size: int
+    sources: Sources,
+    query: ParkingQuery,
+    page: int,
+    page_size: int,
+    after: Cursor | None = None,
 ) -> Document:
-    """One page of the parked copies the query selects, newest first."""
-    copies, dropped = await _parked(sources)
-    found = search(copies, query)
-    pages = max(1, math.ceil(len(found) / page_size))
-    page = min(max(1, page), pages)
-    start = (page - 1) * page_size
+    """One page of the parked copies the query selects, newest first.
+
+    `page` numbers pages for links; `after` (the previous page's `next`) pages by
+    keyset, which costs the same on the last page as on the first.
+    """
+    since_s, now_s = sources.parked_window()
+    views = sources.views
+
+    async def read(page: int) -> ParkedPage:
+        return await views.parked(
+            query,
+            since_s=since_s,
+            now_s=now_s,
+            page_size=page_size,
+            offset=(max(1, page) - 1) * page_size,
+            after=after,
+        )
+
+    found = await read(page)
+    pages = max(1, math.ceil(found.total / page_size))
+    if after is None and page > pages:
+        # Past the end: the last page, as before.
+        page = pages
+        found = await read(page)
     return {
-        "copies": [c.to_json() for c in found[start : start + page_size]],
-        "total": len(found),
-        "page": page,
+        "copies": [c.to_json() for c in found.copies],
+        "total": found.total,
+        "page": max(1, page),
         "pages": pages,
-        "not_indexed": dropped,
+        "not_indexed": found.not_indexed,
+        "next": found.next.to_text() if found.next is not None else None,
     }

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from retryd.commands.operator_input import OperatorInputError
-from retryd.console import actions, documents
+from retryd.console import actions, documents, messages
 from retryd.console.api import int_param, parking_query
 from retryd.console.context import Console, console_of
 from retryd.console.documents import NotFoundError
@@ -32,7 +32,8 @@ def scrubbed(value: Any) -> Any:
     Done before rendering, not after: filters such as `urlencode` would fail on them.
     """
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
+        # ASCII (nearly every field) has no surrogate to replace: returned as it is.
+        return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, dict):
         return {scrubbed(k): scrubbed(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -85,6 +86,17 @@ async def _note(console: Console, request: web.Request) -> web.StreamResponse:
     await actions.note(console.sources, console.caller, identity(request), group_id, raw)
     console.metrics.actions.labels("group-note", "ok").inc()
     raise web.HTTPSeeOther(f"/groups/{quote(group_id, safe='')}")
+
+
+async def _messages(console: Console, request: web.Request) -> web.Response:
+    """The messages a group's (or a queue's) "Show messages" button asked for: received now."""
+    form = await request.post()
+    group_id = str(form.get("group", "")).strip()
+    doc = await messages.show_messages(
+        console.sources, console.caller, identity(request), request.match_info["name"], group_id
+    )
+    console.metrics.actions.labels(messages.ACTION, "ok").inc()
+    return render(console, request, "messages.html", doc=doc)
 
 
 async def _parking(console: Console, request: web.Request) -> web.Response:
@@ -192,6 +204,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/", _page(_overview))
     router.add_get("/groups/{id}", _page(_group))
     router.add_post("/groups/{id}/note", _page(_note))
+    router.add_post("/queues/{name}/messages", _page(_messages))
     router.add_get("/parking", _page(_parking))
     router.add_get("/pauses", _page(_pauses))
     router.add_post("/pauses", _page(_pause))

@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd.aws import Client
 from retryd.classify import from_exception
+from retryd.control.readmodel import DocReadModel, ReadModel
 from retryd.control.store import Body, ControlError, Doc
 from retryd.ledger.dynamodb import BATCH_GET_MAX_KEYS, KEY_ATTRIBUTE, TTL_ATTRIBUTE
 
@@ -100,3 +101,8 @@ class DynamoDbControlStore:
         except BotoCoreError as exc:
             raise self._error("write", exc) from exc
         return True
+
+    def read_model(self) -> ReadModel:
+        # Documents: DynamoDB has no secondary index in the ledger's table to query by,
+        # and adding one would be a new resource to create and grant (docs/console.md).
+        return DocReadModel(self)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import anyio.lowlevel
 
+from retryd.control.readmodel import DocReadModel, ReadModel
 from retryd.control.store import Body, Doc
 
 
@@ -53,6 +54,9 @@ class MemoryControlStore:
         expires_at = now_s + ttl_s if ttl_s is not None else float("inf")
         self.docs.rows[name] = (Doc(body, version + 1), expires_at)
         return True
+
+    def read_model(self) -> ReadModel:
+        return DocReadModel(self)
 
 
 def reset_shared() -> None:

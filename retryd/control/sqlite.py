@@ -16,6 +16,8 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from retryd.control.readmodel import ReadModel
+from retryd.control.readmodel_sqlite import SqliteReadModel
 from retryd.control.store import Body, ControlError, Doc
 from retryd.ledger.sqlite import open_wal
 
@@ -98,3 +100,6 @@ class SqliteControlStore:
             return await anyio.to_thread.run_sync(self._put, name, body, version, expires_at, now_s)
         except (sqlite3.Error, OSError, ValueError) as exc:
             raise ControlError(f"cannot write operator state to {self.path}: {exc}") from exc
+
+    def read_model(self) -> ReadModel:
+        return SqliteReadModel(self.path, self._clock)

@@ -66,6 +66,14 @@ class ControlStore(Protocol):
         """
         ...
 
+    def read_model(self) -> Any:
+        """The console's read model (a control.readmodel.ReadModel) as this backend keeps it.
+
+        Typed by `readmodel.read_model_of`, which every caller goes through: naming the
+        type here would make the two modules import each other.
+        """
+        ...
+
 
 async def update(
     store: ControlStore,

@@ -31,7 +31,16 @@ from retryd.sandbox.world import SANDBOX_CONFIG_TOML, build_world, sandbox_setti
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.console.browser import chromium, screenshot, watched
-from tests.console.harness import CALLER, OPERATOR_TOKEN, VIEWER_TOKEN, bearer, console_for, serving
+from tests.console.harness import (
+    CALLER,
+    OPERATOR_TOKEN,
+    SAME_ORIGIN,
+    VIEWER_TOKEN,
+    Caller,
+    bearer,
+    console_for,
+    serving,
+)
 from tests.world import World
 
 pytestmark = pytest.mark.slow
@@ -330,3 +339,73 @@ def test_an_operator_redrives_a_group_and_the_target_gets_what_the_plan_said(
     assert job.spec["selector"]["groups"] == [group_id]
     # The cutoff: nothing that failed after the plan could be swept in.
     assert job.spec["selector"]["until_s"] is not None
+
+
+def _hostile_dlq(world: World) -> None:
+    """retry-hostile: hostile bodies (JSON and not), attributes, error text, and a 1 MiB body."""
+    world.create_queue("retry-hostile")
+    error = {
+        "ErrorCode": {"DataType": "String", "StringValue": "Boom"},
+        # Without the bad bytes: SQS carries only valid text (they come as a JSON escape below).
+        "ErrorMessage": {"DataType": "String", "StringValue": " ".join(HOSTILE[:5])},
+    }
+    for text in HOSTILE[:5]:
+        attributes = {**error, "origin": {"DataType": "String", "StringValue": text}}
+        world.send("retry-hostile", text, attributes)
+        world.send("retry-hostile", {"field": text, text: [text]}, error)
+    # Invalid UTF-8 as a JSON escape (SQS carries only valid text): a lone surrogate.
+    world.send("retry-hostile", '{"bad": "bad bytes \\udcff end"}', error)
+    world.send("retry-hostile", "A" * 1_048_576, error)
+
+
+def test_shown_messages_are_text_and_never_run(
+    world: World, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """'Show messages' from a group's page: hostile bodies, attributes, errors, 1 MiB: inert."""
+    settings = make_settings()
+    _hostile_dlq(world)
+    store = MemoryControlStore(MemoryDocs())
+    arn = world.queue_arn("retry-hostile")
+    view = DlqView("retry-hostile", world.queue_url("retry-hostile"), arn, time.time())
+    anyio.run(record_dlq, store, view)
+    with anyio.from_thread.start_blocking_portal() as portal:
+        clients = portal.wrap_async_context_manager(open_clients(settings.aws))
+        with (
+            clients as opened,
+            serving(console_for(settings, store, opened), NoAuth(), portal) as base,
+        ):
+            shown = Caller(base, dict(SAME_ORIGIN))("/api/queues/retry-hostile/messages", "POST")
+            assert shown.status == 200, shown.text
+            groups = {m["group"] for m in shown.json()["messages"]}
+            assert len(groups) == 1
+            (group_id,) = groups
+            group = {
+                "id": group_id,
+                "target": "t",
+                "signature": EVIL,
+                "count": 12,
+                "oldest": None,
+                "newest": None,
+                "example_message_id": "m",
+                "source_attempts_max": None,
+            }
+            anyio.run(record_dlq, store, DlqView(view.name, view.url, arn, time.time(), [group]))
+            world.wait_visible(["retry-hostile"], timeout_s=5)
+            with chromium(tmp_path / "profile") as context:
+                seen = watched(context)
+                assert seen.goto(f"{base}/groups/{group_id}") == 200
+                with seen.page.expect_navigation():
+                    seen.page.click("form.show-messages button")
+                seen.assert_nothing_ran()
+                main_text = seen.page.inner_text("main")
+                assert "received" in seen.page.inner_text("#messages-received")
+                assert seen.page.inner_text("#messages-count") == "12 shown"
+                assert "<script>window.__pwned=1" in main_text
+                assert "</textarea><script>window.__pwned=4" in main_text
+                assert "bad bytes ? end" in main_text
+                assert "A" * 10_000 in main_text
+                live: int = seen.page.evaluate(
+                    "document.querySelectorAll('main script, main img, main svg, "
+                    "main iframe, main textarea').length"
+                )
+                assert live == 0

@@ -15,8 +15,10 @@ from retryd.commands.cli import main
 from retryd.console.auth import NoAuth
 from retryd.control.jobs import JobState, JobStore, RedriveJob, new_job_id
 from retryd.control.memory import MemoryControlStore
+from retryd.control.sqlite import SqliteControlStore
 from retryd.drain.redrive import Spec
 from retryd.sandbox.world import SANDBOX_CONFIG_TOML, build_world, sandbox_settings
+from retryd.settings import load_settings
 from tests.console.harness import SAME_ORIGIN, Caller, console_for, serving
 from tests.world import World
 
@@ -102,3 +104,50 @@ def test_resuming_a_job_another_live_process_runs_is_refused_with_409(
     assert "is running in elsewhere-host:4242" in answer.json()["error"]
     stored = anyio.run(jobs.load, job.id)
     assert (stored.state, stored.runner) == (JobState.RUNNING, "elsewhere-host:4242:abcd")
+
+
+def test_jobs_pauses_and_audit_are_the_clis_documents(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A page, a script and the CLI never disagree: after a CLI redrive and a CLI pause,
+    /api/jobs, /api/jobs/{id}, /api/pauses and /api/audit equal what the CLI prints."""
+    config = _sandbox(tmp_path)
+    # Operator state that outlives each command: the sandbox's, in a SQLite file.
+    ledger = tmp_path / "ledger.sqlite3"
+    config.write_text(
+        config.read_text().replace(
+            'backend = "memory"', f'backend = "sqlite"\npath = "{ledger}"', 1
+        )
+    )
+    assert main(
+        [
+            "redrive",
+            "--from",
+            "retry-payments",
+            "--execute",
+            "--canary-wait-s",
+            "0",
+            "--config",
+            str(config),
+        ]
+    ) in (0, 1)
+    assert main(["pause", "--all", "--reason", "the same", "--config", str(config)]) == 0
+    capsys.readouterr()
+
+    def cli(*args: str) -> Any:
+        assert main([*args, "--output", "json", "--config", str(config)]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    listed = cli("jobs")
+    [job] = listed["jobs"]
+    shown = cli("jobs", "show", job["id"])
+    pauses = cli("pauses")
+    audited = cli("audit")
+    settings = load_settings(config)
+    with serving(console_for(settings, SqliteControlStore(ledger)), NoAuth()) as base:
+        call = Caller(base)
+        assert call("/api/jobs").json() == listed
+        assert call(f"/api/jobs/{job['id']}").json() == shown
+        assert call("/api/pauses").json() == pauses
+        assert call("/api/audit").json() == audited
+    assert [r["action"] for r in audited["records"]][:2] == ["pause", "redrive-execute"]

@@ -12,6 +12,8 @@ import pytest
 
 from retryd.console.auth import NoAuth, TokenAuth
 from retryd.console.server import authenticator
+from retryd.control.readmodel import DocReadModel, ReadModel
+from retryd.control.sqlite import SqliteControlStore
 from retryd.control.store import Body, Doc
 from retryd.errors import ConfigError
 from retryd.settings import ConsoleSettings, Settings
@@ -174,6 +176,9 @@ class _BrokenStore:
 
     async def put(self, name: str, body: Body, *, version: int, ttl_s: float | None) -> bool:
         raise RuntimeError("secret internals")
+
+    def read_model(self) -> ReadModel:
+        return DocReadModel(self)
 
 
 def test_a_handler_error_is_a_plain_500_without_a_traceback(
@@ -353,3 +358,20 @@ def test_bad_redrive_input_is_a_400_naming_the_field(token_console: str) -> None
         reply = operator("/api/redrives", "POST", body, headers=SAME_ORIGIN)
         assert reply.status == 400, (body, reply.text)
         assert field in reply.json()["error"], (body, reply.text)
+
+
+def test_readyz_names_the_check_that_failed_and_nothing_else(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """/readyz: 200 while the store answers; 503 naming "store" (no path, no trace) when not."""
+    settings = _settings(make_settings)
+    healthy = SqliteControlStore(tmp_path / "ledger.sqlite3")
+    # A directory where the ledger's file should be: SQLite cannot open it.
+    (tmp_path / "gone").mkdir()
+    broken = SqliteControlStore(tmp_path / "gone")
+    with serving(console_for(settings, healthy), TokenAuth(settings.console)) as base:
+        assert Caller(base)("/readyz").status == 200
+    with serving(console_for(settings, broken), TokenAuth(settings.console)) as base:
+        reply = Caller(base)("/readyz")
+        assert (reply.status, reply.text) == (503, "not ready: store failed\n")
+        assert Caller(base)("/healthz").status == 200

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.control.memory import MemoryControlStore, MemoryDocs
-from retryd.control.readmodel import read_dlqs, read_parked
+from retryd.control.readmodel import DocReadModel, ReadModel, read_dlqs, read_parked
 from retryd.control.store import Body, ControlError, Doc
 from retryd.drain.sightings import QueueSighting, Sightings
 from retryd.models import Decision, Outcome
@@ -42,6 +42,9 @@ class _Broken:
 
     async def put(self, name: str, body: Body, *, version: int, ttl_s: float | None) -> bool:
         raise ControlError("throttled")
+
+    def read_model(self) -> ReadModel:
+        return DocReadModel(self)
 
 
 @given(st.lists(st.sampled_from(["Timeout", "Boom", "Denied"]), min_size=1, max_size=30))

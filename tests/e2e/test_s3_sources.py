@@ -183,6 +183,9 @@ def test_the_next_cycle_lists_from_the_marker(world: World, make_settings: Setti
 
 
 @pytest.mark.slow
+# Writing 10,000 objects to the moto server takes about a minute alone, several on a
+# loaded CI machine: well past the suite's default per-test timeout.
+@pytest.mark.timeout(600)
 def test_ten_thousand_objects_are_listed_once_and_the_next_pass_lists_only_new_ones(
     world: World, make_settings: SettingsFactory
 ) -> None:
