@@ -26,6 +26,8 @@ from retryd.models import FailReason, Outcome, ParkReason, Target
 from retryd.settings import load_settings
 from retryd.settle import outcome
 from tests.e2e.helpers import string
+from tests.e2e.test_failed_executions import failed_execution, status_change
+from tests.e2e.test_stream_batches import kinesis_stream, pointer
 from tests.faults import Fault
 from tests.native_helpers import fixture
 from tests.operator_helpers import CONFIG, PARKING
@@ -326,8 +328,46 @@ def redriven(world: World, source: str, dlq: str, body: str) -> str:
     raise AssertionError(f"the redrive policy never moved the message to {dlq}")
 
 
+def kafka_pointer() -> dict[str, Any]:
+    """An on-failure record of a Kafka event source mapping: a pointer retryd cannot read."""
+    record: dict[str, Any] = json.loads(fixture("lambda_stream_kinesis")["Body"])
+    del record["KinesisBatchInfo"]
+    record["KafkaBatchInfo"] = {
+        "batchSize": 1,
+        "bootstrapServers": "b-1.orders.kafka.us-east-1.amazonaws.com:9098",
+        "partition": 0,
+        "topic": "orders",
+        "startOffset": 7,
+        "endOffset": 7,
+        "streamArn": f"arn:aws:kafka:{REGION}:{ACCOUNT}:cluster/orders/abc-1",
+    }
+    return record
+
+
+def gone_batch(world: World) -> dict[str, Any]:
+    """A Kinesis batch pointer, on an allowlisted stream, to a range the stream no longer holds."""
+    stream, shard, sequences = kinesis_stream(world, "orders", 2)
+    consumer = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:consumer"
+    return pointer(
+        "KinesisBatchInfo",
+        consumer,
+        stream=stream,
+        shard=shard,
+        first="0",
+        last=sequences[1],
+        size=2,
+    )
+
+
+def unredrivable(world: World) -> dict[str, Any]:
+    """The failed-execution event of an execution Step Functions will not redrive."""
+    machine = world.create_state_machine("orders")
+    execution = failed_execution(world, machine, "too-long", not_redrivable="history too long")
+    return status_change(execution, machine)
+
+
 def native(world: World) -> dict[str, str]:
-    """Dead letters as AWS writes them, each ending in a reason of its own resolver."""
+    """Dead letters as AWS writes them, each ending in a reason of its own resolver or target."""
     scheduled = fixture("scheduler_dlq")
     attributes = {
         name: {"DataType": value["DataType"], "StringValue": value["StringValue"]}
@@ -364,7 +404,9 @@ def native(world: World) -> dict[str, str]:
         "unsupported-target": world.send(NATIVE, scheduled["Body"], attributes=universal),
         "payload-truncated": world.send(NATIVE, '{"report": "da', attributes=truncated),
         "source-error-permanent": world.send(NATIVE, event, attributes=rule_dlq),
-        "not-replayable": world.send(NATIVE, fixture("lambda_stream_kinesis")["Body"]),
+        "not-replayable": world.send(NATIVE, kafka_pointer()),
+        "source-expired": world.send(NATIVE, gone_batch(world)),
+        "not-redrivable": world.send(NATIVE, unredrivable(world)),
         "ambiguous-target": redriven(world, "left", SHARED, "from the left"),
     }
 
@@ -523,6 +565,8 @@ CASES: dict[str, Case] = {
     "transient-error": Case(RESUBMITTED, fail("transient-error"), fail("transient-error")),
     "payload-too-large": Case(RESUBMITTED, park("payload-too-large"), park("payload-too-large")),
     "target-rejected": Case(RESUBMITTED, park("target-rejected"), park("target-rejected")),
+    "source-expired": Case(RESUBMITTED, park("source-expired"), park("source-expired")),
+    "not-redrivable": Case(RESUBMITTED, park("not-redrivable"), park("not-redrivable")),
     "ledger-unavailable": Case(*[fail("ledger-unavailable")] * 3),
     "ledger-misconfigured": Case(*[fail("ledger-misconfigured")] * 3),
 }
@@ -550,6 +594,10 @@ DIFFERENCES: dict[str, str] = {
     "transient-error": "plan sends nothing, so it cannot see the target's answer",
     "payload-too-large": "plan sends nothing: the target's size limit is met at the send",
     "target-rejected": "plan sends nothing, so it cannot see the target's refusal",
+    "source-expired": "plan sends nothing and reads no source beyond the DLQ: the stream's "
+    "range is read only at the send",
+    "not-redrivable": "plan sends nothing and reads no source beyond the DLQ: Step Functions "
+    "says the execution cannot be redriven only at the redrive",
 }
 
 
