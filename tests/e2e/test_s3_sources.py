@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
 import pytest
+from moto.s3.models import s3_backends
 
 from retryd.aws import open_clients
 from retryd.commands.inspect import run_inspect
@@ -27,6 +27,9 @@ from tests.e2e.helpers import cycle
 from tests.faults import Fault
 from tests.reliability.badinput import Generator
 from tests.world import ACCOUNT, REGION, World, envelope
+
+# moto keeps S3 (a global service) under this one partition key.
+S3_PARTITION = "aws"
 
 PARKING = "retryd-parking"
 BUCKET = "lambda-failures"
@@ -183,17 +186,18 @@ def test_the_next_cycle_lists_from_the_marker(world: World, make_settings: Setti
 
 
 @pytest.mark.slow
-# Writing 10,000 objects to the moto server takes about a minute alone, several on a
-# loaded CI machine: well past the suite's default per-test timeout.
-@pytest.mark.timeout(600)
 def test_ten_thousand_objects_are_listed_once_and_the_next_pass_lists_only_new_ones(
     world: World, make_settings: SettingsFactory
 ) -> None:
     """10,000 objects: one pass lists each once (10 pages); the next lists the 3 new ones only."""
     world_with_bucket(world)
     total = 10_000
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda n: put(world, key(n), "x"), range(total)))
+    # Written straight into the emulator's store (it runs in this process): 10,000 PUTs
+    # over HTTP took a minute, several on a loaded CI machine. What is tested, the
+    # listing, still goes over the wire.
+    bucket_store = s3_backends[ACCOUNT][S3_PARTITION]
+    for n in range(total):
+        bucket_store.put_object(BUCKET, key(n), b"x")
     settings = s3_settings(make_settings, s3_marker_lag_s=0)
     markers = Markers(MemoryControlStore(MemoryDocs()))
     source = source_ref(BUCKET, PREFIX)
