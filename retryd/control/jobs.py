@@ -222,12 +222,7 @@ class JobStore:
             return job.to_json()
 
         await update(self._store, job.doc, write, ttl_s=self._ttl_s)
-
-        def index(current: Body | None) -> Body:
-            kept = [j for j in (current or {}).get("jobs", []) if j["id"] != job.id]
-            return {"jobs": [*kept, job.summary()][-JOBS_KEEP:]}
-
-        await update(self._store, JOBS_DOC, index, ttl_s=self._ttl_s)
+        await self._index(job)
 
     async def take(self, job: RedriveJob, runner: str, *, now_s: float | None = None) -> None:
         """Mark `job` RUNNING under `runner`, unless another live process runs it.
@@ -258,6 +253,10 @@ class JobStore:
             return job.to_json()
 
         await update(self._store, job.doc, claim, ttl_s=self._ttl_s)
+        await self._index(job)
+
+    async def _index(self, job: RedriveJob) -> None:
+        """Put the job's summary line in the index `retryd jobs` lists."""
 
         def index(current: Body | None) -> Body:
             kept = [j for j in (current or {}).get("jobs", []) if j["id"] != job.id]
