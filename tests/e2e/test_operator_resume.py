@@ -33,6 +33,35 @@ def stopped_job(world: World, cfg: str, capsys: pytest.CaptureFixture[str]) -> s
     return str(job["id"])
 
 
+def job_in_its_canary_wait(
+    world: World, cfg: str, capsys: pytest.CaptureFixture[str]
+) -> subprocess.Popen[str]:
+    """A redrive job in another process that will wait 600 s after its first canary."""
+    park_rejected(world, cfg, capsys)
+    world.faults.clear()
+    command = [sys.executable, "-m", "retryd", "redrive", "--config", cfg, *SELECTION[:4]]
+    command += ["--execute", "--ramp", "1", "--canary-wait-s", "600"]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+
+
+def first_step_done(
+    process: subprocess.Popen[str], cfg: str, capsys: pytest.CaptureFixture[str]
+) -> dict[str, Any]:
+    """The job `process` runs, once `retryd jobs` shows its first step settled (60 s at most)."""
+    deadline = time.monotonic() + 60
+    started: list[dict[str, Any]] = []
+    while not started:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the job never finished its first step"
+        _, [listed] = cli_json(capsys, "jobs", "--config", cfg)
+        started = [j for j in listed["jobs"] if j["messages"] == 1]
+        time.sleep(0.2)
+    [job] = started
+    return job
+
+
 def test_options_that_cannot_change_on_resume_are_refused_by_name(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -94,28 +123,14 @@ def test_a_signal_during_a_job_says_where_it_left_things(
 ) -> None:
     """SIGINT/SIGTERM in the canary wait: stderr names the job, its state, the resume command."""
     cfg = config(tmp_path)
-    park_rejected(world, cfg, capsys)
-    world.faults.clear()
-    command = [sys.executable, "-m", "retryd", "redrive", "--config", cfg, *SELECTION[:4]]
-    command += ["--execute", "--ramp", "1", "--canary-wait-s", "600"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
-    )
+    process = job_in_its_canary_wait(world, cfg, capsys)
     try:
-        deadline = time.monotonic() + 60
-        started: list[dict[str, Any]] = []
-        while not started:
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the job never finished its first step"
-            _, [listed] = cli_json(capsys, "jobs", "--config", cfg)
-            started = [j for j in listed["jobs"] if j["messages"] == 1]
-            time.sleep(0.2)
+        job = first_step_done(process, cfg, capsys)
         process.send_signal(signum)
         _, err = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == code, err
-    [job] = started
     lines = [line for line in err.splitlines() if not line.startswith("{")]
     assert lines == [
         f"retryd: {signal.Signals(signum).name}: job {job['id']} is stopped after 1 step(s); "
@@ -131,23 +146,9 @@ def test_a_job_running_in_another_process_is_not_resumed_beside_it(
     """`--resume` of a job another live process is running (here in its canary wait): exit 2
     naming the job and its runner, nothing sent; once that process stops, the resume goes on."""
     cfg = config(tmp_path)
-    park_rejected(world, cfg, capsys)
-    world.faults.clear()
-    command = [sys.executable, "-m", "retryd", "redrive", "--config", cfg, *SELECTION[:4]]
-    command += ["--execute", "--ramp", "1", "--canary-wait-s", "600"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
-    )
+    process = job_in_its_canary_wait(world, cfg, capsys)
     try:
-        deadline = time.monotonic() + 60
-        started: list[dict[str, Any]] = []
-        while not started:
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the job never finished its first step"
-            _, [listed] = cli_json(capsys, "jobs", "--config", cfg)
-            started = [j for j in listed["jobs"] if j["messages"] == 1]
-            time.sleep(0.2)
-        [job] = started
+        job = first_step_done(process, cfg, capsys)
         assert main(["redrive", "--config", cfg, "--resume", job["id"]]) == ExitCode.CONFIG
         err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("{")]
         assert len(err) == 1, err
