@@ -190,7 +190,7 @@ class World:
         return arn
 
     def invocations(self, function: str | None = None) -> list[dict[str, Any]]:
-        """Lambda Invoke calls seen by moto's recorder (start it with `record()`)."""
+        """Lambda Invoke calls the emulator recorded (start it with `record()`)."""
         calls = []
         for entry in self.server.recording():
             url = entry.get("url", "")

@@ -6,6 +6,8 @@ that production images, which leave it out, never pay for it.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import tempfile
@@ -14,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from wsgiref.util import request_uri
 
 from retryd.errors import SandboxUnavailableError
 from retryd.version import SANDBOX_INSTALL_HINT
@@ -47,6 +50,64 @@ def _moto_app() -> tuple[WsgiApp, type[Any]]:
     return DomainDispatcherApplication(create_backend_app), MotoRequestHandler
 
 
+class _Recorder:
+    """Every request that reaches moto, kept in this server's memory while recording is on.
+
+    moto's own recorder is one per process, appends to one file named by an environment
+    variable (which subprocesses inherit) and writes an entry and its newline as two writes:
+    two servers, or two concurrent requests on one, interleave or truncate each other's
+    entries (a test once read two requests on one line, and another read none of nine).
+    Entries have moto's shape (headers, method, url, body, body_encoded), so readers of
+    either are the same.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._on = False
+        self._entries: list[dict[str, Any]] = []
+
+    def start(self) -> None:
+        with self._lock:
+            self._entries = []
+            self._on = True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._on = False
+
+    def entries(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._entries)
+
+    def wrap(self, app: WsgiApp) -> WsgiApp:
+        def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if self._on:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                body = environ["wsgi.input"].read(length) if length else b""
+                environ["wsgi.input"] = io.BytesIO(body)
+                headers = {
+                    key[5:].replace("_", "-").title(): value
+                    for key, value in environ.items()
+                    if key.startswith("HTTP_")
+                }
+                if environ.get("CONTENT_TYPE"):
+                    headers["Content-Type"] = environ["CONTENT_TYPE"]
+                entry = {
+                    "headers": headers,
+                    "method": environ.get("REQUEST_METHOD", ""),
+                    # Undecoded, as moto keeps it: an ARN in a Lambda path arrives escaped.
+                    "url": request_uri(environ, include_query=True),
+                    "body": base64.b64encode(body).decode("ascii"),
+                    "body_encoded": True,
+                }
+                with self._lock:
+                    if self._on:
+                        self._entries.append(entry)
+            return app(environ, start_response)
+
+        return serve
+
+
 class MotoServer:
     """moto's WSGI app served by werkzeug in a daemon thread; `middleware` may wrap it."""
 
@@ -58,6 +119,7 @@ class MotoServer:
         self._port = port
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._recorder = _Recorder()
 
     @property
     def url(self) -> str:
@@ -81,6 +143,8 @@ class MotoServer:
                 pass
 
         handler = _QuietHandler
+        # Innermost: what is recorded is what reached moto, after any middleware's answer.
+        app = self._recorder.wrap(app)
         if self._middleware is not None:
             app = self._middleware(app)
         # Port 0 (the default): the kernel picks a free port, so parallel runs never collide.
@@ -133,13 +197,12 @@ class MotoServer:
         self.configure({"lambda": {"use_docker": False}})
 
     def start_recording(self) -> None:
-        self._post("/moto-api/recorder/reset-recording")
-        self._post("/moto-api/recorder/start-recording")
+        """Forget what was recorded and record every request from now on."""
+        self._recorder.start()
+
+    def stop_recording(self) -> None:
+        self._recorder.stop()
 
     def recording(self) -> list[dict[str, Any]]:
-        """Every request moto recorded since `start_recording`, oldest first."""
-        with urllib.request.urlopen(  # noqa: S310 - our own loopback server
-            f"{self.url}/moto-api/recorder/download-recording", timeout=30
-        ) as response:
-            lines = response.read().decode().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        """Every request this server passed to moto since `start_recording`, oldest first."""
+        return self._recorder.entries()

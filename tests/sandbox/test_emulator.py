@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from retryd.sandbox.emulator import MotoServer
 from tests.faults import Fault
 from tests.world import World
 
@@ -32,3 +39,48 @@ def test_fault_in_query_and_rest_protocols(world: World) -> None:
     with pytest.raises(ClientError) as lambda_error:
         world.client("lambda").invoke(FunctionName="fn", InvocationType="Event", Payload=b"{}")
     assert lambda_error.value.response["Error"]["Code"] == "TooManyRequestsException"
+
+
+def test_each_server_records_only_its_own_requests_and_every_one_whole() -> None:
+    """Two emulators in one process, one started recording after the other: neither loses or
+    borrows an entry, and twenty concurrent 200 KB sends are twenty whole entries.
+
+    moto's own recorder is one file per process: the second start emptied the first's
+    recording, and concurrent entries could share a line."""
+
+    def sqs(server: MotoServer) -> Any:
+        return boto3.client(
+            "sqs",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    with MotoServer() as first, MotoServer() as second:
+        one, two = sqs(first), sqs(second)
+        url_one = one.create_queue(QueueName="first")["QueueUrl"]
+        url_two = two.create_queue(QueueName="second")["QueueUrl"]
+        first.start_recording()
+        big = "x" * 200_000
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            list(
+                pool.map(
+                    lambda n: one.send_message(QueueUrl=url_one, MessageBody=f"{n}{big}"), range(20)
+                )
+            )
+        second.start_recording()
+        two.send_message(QueueUrl=url_two, MessageBody="only-on-second")
+
+        def bodies(server: MotoServer) -> list[str]:
+            return [
+                json.loads(base64.b64decode(entry["body"]))["MessageBody"]
+                for entry in server.recording()
+                if entry["headers"].get("X-Amz-Target") == "AmazonSQS.SendMessage"
+            ]
+
+        assert sorted(bodies(first)) == sorted(f"{n}{big}" for n in range(20))
+        assert bodies(second) == ["only-on-second"]
+        second.stop_recording()
+        two.send_message(QueueUrl=url_two, MessageBody="after-stop")
+        assert bodies(second) == ["only-on-second"]
