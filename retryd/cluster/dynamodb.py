@@ -146,6 +146,7 @@ class DynamoDbCluster:
         me: str,
         start_fraction: float = 1.0,
         agree_s: float | None = None,
+        sync_gap_s: float = 0.0,
         wall_s: Callable[[], float] = time.time,
         monotonic_s: Callable[[], float] = anyio.current_time,
         server_s: Callable[[Mapping[str, Any]], float | None] = server_time,
@@ -159,6 +160,11 @@ class DynamoDbCluster:
         self._me = me
         self._start_fraction = start_fraction
         self._agree_s = min(AGREE_S, member_ttl_s / 4) if agree_s is None else agree_s
+        # A sync within this long of the last heartbeat writes only what moved: busy cycles
+        # follow each other at once (schedule.busy_interval_s), several a second on a DLQ
+        # that keeps filling, and one item takes at most 1,000 write units a second across
+        # every replica; membership needs a heartbeat per agree_s, not one per cycle.
+        self._sync_gap_s = min(sync_gap_s, self._agree_s)
         self._wall_s = wall_s
         self._monotonic_s = monotonic_s
         self._server_s = server_s
@@ -369,7 +375,8 @@ class DynamoDbCluster:
         # heartbeat must not wait for it, or the others would count this replica out
         # and take its share while it still sends at it.
         await self._write_moves()
-        await self._beat()
+        if self._first_beat_s is None or self._wall_s() - self._beat_at_s >= self._sync_gap_s:
+            await self._beat()
 
     async def _beat(self) -> None:
         try:

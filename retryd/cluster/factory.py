@@ -11,7 +11,7 @@ from retryd.admission.breaker import Breakers
 from retryd.admission.guards import Guards, build_guards
 from retryd.admission.ratelimit import RateLimits
 from retryd.cluster.base import Cluster, SingleReplica
-from retryd.cluster.dynamodb import DynamoDbCluster
+from retryd.cluster.dynamodb import AGREE_S, DynamoDbCluster
 from retryd.ledger.base import Ledger, default_owner
 from retryd.metrics import Metrics
 from retryd.settings import Settings
@@ -51,6 +51,7 @@ def open_cluster(
         rates=rates,
         cooldown_s=settings.breaker.cooldown_s,
         member_ttl_s=member_ttl_s(settings),
+        sync_gap_s=AGREE_S,
         me=me or default_owner(),
         start_fraction=settings.rate_limit.start_share,
     )

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -305,7 +305,13 @@ async def _map_redrive_sources(
 
 
 class FeedCache:
-    """The feed map, rebuilt every `refresh_cycles` cycles or when a new DLQ appears."""
+    """The feed map, rebuilt every `refresh_cycles` cycles or when a new DLQ appears.
+
+    With `min_age_s`, a rebuild that is due by count also waits until the map is that old:
+    busy cycles follow each other at once (`schedule.busy_interval_s`), and ten of them
+    can pass in seconds, while the list calls behind a rebuild are paginated and throttled
+    per account.
+    """
 
     def __init__(
         self,
@@ -314,10 +320,15 @@ class FeedCache:
         lambda_feeds: bool = True,
         sns_feeds: bool = False,
         lazy_redrive: bool = False,
+        min_age_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if refresh_cycles < 1:
             raise ValueError("refresh_cycles must be at least 1")
         self._refresh_cycles = refresh_cycles
+        self._min_age_s = min_age_s
+        self._clock = clock
+        self._built_at_s = 0.0
         self._lambda_feeds = lambda_feeds
         self._sns_feeds = sns_feeds
         self._lazy_redrive = lazy_redrive
@@ -338,6 +349,8 @@ class FeedCache:
             lambda_feeds=lambda_may_be_target(settings.guards),
             sns_feeds=subscriber_may_be_target(settings.guards),
             lazy_redrive=lazy_redrive,
+            # As old as `refresh_cycles` cycles with a rest after each would make it.
+            min_age_s=settings.discovery.feeds_refresh_cycles * settings.schedule.interval_s,
         )
 
     @property
@@ -348,15 +361,19 @@ class FeedCache:
     async def refresh_if_due(self, clients: AwsClients, queues: Sequence[QueueRef]) -> FeedMap:
         """The map for this cycle, rebuilt first when it is due.
 
-        Due on the first call, every `refresh_cycles` calls after the last build,
-        and whenever a queue appears that the map has not seen. A rebuild that hit
-        AWS errors does not replace a good map: the previous feeds are kept (plus the new
-        feeds of queues the previous map knew none for), with the new errors,
+        Due on the first call, every `refresh_cycles` calls after the last build (once it
+        is `min_age_s` old), and whenever a queue appears that the map has not seen. A
+        rebuild that hit AWS errors does not replace a good map: the previous feeds are kept
+        (plus the new feeds of queues the previous map knew none for), with the new errors,
         until a rebuild succeeds.
         """
         self._calls += 1
         arns = frozenset(queue.arn for queue in queues)
-        if self._built and self._calls < self._refresh_cycles and arns <= self._seen:
+        fresh = (
+            self._calls < self._refresh_cycles
+            or self._clock() - self._built_at_s < self._min_age_s
+        )
+        if self._built and fresh and arns <= self._seen:
             return self._current
         try:
             built = await map_feeds(
@@ -371,6 +388,7 @@ class FeedCache:
             log.warning("feed-map-refresh-failed", error=str(from_exception(exc)))
             return self._current
         self._calls = 0
+        self._built_at_s = self._clock()
         self._seen = arns
         if self._lazy_redrive:
             # The redrive sources learned so far stay until each DLQ's next look-up.

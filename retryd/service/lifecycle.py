@@ -118,9 +118,7 @@ async def run_daemon(
             log.info("started", interval_s=settings.schedule.interval_s)
             notifier.ready()
             with work:
-                await run_schedule(
-                    cycle, settings.schedule.interval_s, stopping, health, notifier.watchdog
-                )
+                await run_schedule(cycle, settings.schedule, stopping, health, notifier.watchdog)
             await cycle.leave()
         if work.cancelled_caught:
             log.warning("drain-timeout", why="in-flight work was cancelled; it stays in its DLQ")

@@ -1,4 +1,4 @@
-"""Ticks: one cycle, then a wait of `interval_s` (or less, if told to stop)."""
+"""Ticks: one cycle, then a wait of `interval_s` — or `busy_interval_s` after a busy one."""
 
 from __future__ import annotations
 
@@ -7,15 +7,30 @@ from collections.abc import Callable
 import anyio
 import structlog
 
-from retryd.drain.cycle import Cycle
+from retryd.drain.cycle import Cycle, CycleReport
+from retryd.models import DELETED_OUTCOMES
 from retryd.service.http import Health
+from retryd.settings import ScheduleSettings
 
 log = structlog.get_logger("retryd.scheduler")
 
 
+def rest_s(report: CycleReport, schedule: ScheduleSettings) -> float:
+    """How long to wait before the next cycle: briefly while messages are leaving their DLQs.
+
+    Only resubmitted and parked messages count: a deferred one is hidden until it is due and
+    a failed one until its lease ends, so another cycle at once would find neither, and a
+    DLQ whose messages only defer rests the full interval.
+    """
+    moved = sum(report.outcomes.get(outcome.value, 0) for outcome in DELETED_OUTCOMES)
+    if moved and not report.errors:
+        return min(schedule.busy_interval_s, schedule.interval_s)
+    return schedule.interval_s
+
+
 async def run_schedule(
     cycle: Cycle,
-    interval_s: float,
+    schedule: ScheduleSettings,
     stopping: anyio.Event,
     health: Health,
     on_tick: Callable[[], None] | None = None,
@@ -33,8 +48,9 @@ async def run_schedule(
         # retryd may not use) is an alert on that queue, not a reason to take the
         # whole service out.
         report = await cycle.run(stopping, on_discovered=health.mark_ready)
-        log.info("cycle", summary=report.summary(), ok=report.ok)
+        wait_s = rest_s(report, schedule)
+        log.info("cycle", summary=report.summary(), ok=report.ok, next_in_s=wait_s)
         # Waiting on the event rather than sleeping lets SIGTERM end the idle wait at once.
-        with anyio.move_on_after(interval_s):
+        with anyio.move_on_after(wait_s):
             await stopping.wait()
     log.info("scheduler-stopped")

@@ -361,6 +361,24 @@ def test_the_cache_rebuilds_on_the_first_call_and_every_n_calls() -> None:
     assert cache.current.feeding(DLQ.arn) == (Feed(FeedKind.LAMBDA_DLQ, function_arn("a")),)
 
 
+def test_busy_cycles_rebuild_no_sooner_than_the_maps_minimum_age() -> None:
+    """Back-to-back busy cycles: due by count after 3 calls, rebuilt only once 30 s old; a new
+    queue still forces one at once."""
+    now_s = [0.0]
+    cache, lambda_ = FeedCache(3, min_age_s=30.0, clock=lambda: now_s[0]), counting_lambda()
+    seen = []
+    for _ in range(6):
+        refresh(cache, lambda_, [DLQ])
+        seen.append(builds(lambda_))
+        now_s[0] += 1.0
+    assert seen == [1, 1, 1, 1, 1, 1]
+    now_s[0] = 30.0
+    refresh(cache, lambda_, [DLQ])
+    assert builds(lambda_) == 2
+    refresh(cache, lambda_, [DLQ, OTHER])
+    assert builds(lambda_) == 3
+
+
 def test_a_new_queue_forces_a_rebuild() -> None:
     """A DLQ the map has not seen is mapped at once, not after the interval."""
     cache, lambda_ = FeedCache(100), counting_lambda()

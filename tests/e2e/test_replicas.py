@@ -177,10 +177,11 @@ def test_three_replicas_share_a_rate_and_take_over_a_killed_ones_share(
     assert sorted(set(sent) | set(left)) == list(range(200)), (len(sent), len(left))
     # A killed replica's claimed batch may go out again (at least once), nothing more.
     assert len(sent) + len(left) - 200 <= 10, (len(sent), len(left))
-    # What agreeing costs: one UpdateItem per cycle, one re-read every AGREE_S while a
-    # replica drains, plus one to leave: bounded by time, none per message.
+    # What agreeing costs: at most one UpdateItem per cycle (busy cycles that follow each
+    # other within AGREE_S share one), one re-read every AGREE_S while a replica drains,
+    # plus one to leave: bounded by time, none per message.
     calls = cluster_calls(world)
-    assert cycles <= calls <= cycles + 3 * (ran_s / AGREE_S + 2), (calls, cycles, ran_s)
+    assert 3 <= calls <= cycles + 3 * (ran_s / AGREE_S + 2), (calls, cycles, ran_s)
 
 
 def _body(entry: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from retryd.drain.cycle import Cycle, CycleReport
 from retryd.metrics import Metrics
 from retryd.service.http import Health
 from retryd.service.scheduler import run_schedule
+from retryd.settings import ScheduleSettings
 from tests.conftest import SettingsFactory
 from tests.world import World, envelope
 
@@ -67,6 +68,6 @@ def test_scheduler_marks_ready_during_the_first_cycle() -> None:
     stopping = anyio.Event()
     cycle = _SlowCycle(health, stopping)
 
-    anyio.run(run_schedule, cast(Cycle, cycle), 60.0, stopping, health)
+    anyio.run(run_schedule, cast(Cycle, cycle), ScheduleSettings(), stopping, health)
 
     assert cycle.ready_while_draining == [True]
