@@ -370,8 +370,7 @@ class FeedCache:
         self._calls += 1
         arns = frozenset(queue.arn for queue in queues)
         fresh = (
-            self._calls < self._refresh_cycles
-            or self._clock() - self._built_at_s < self._min_age_s
+            self._calls < self._refresh_cycles or self._clock() - self._built_at_s < self._min_age_s
         )
         if self._built and fresh and arns <= self._seen:
             return self._current

@@ -41,6 +41,7 @@ class Member:
         *,
         skew_s: float = 0.0,
         start_fraction: float = 1.0,
+        sync_gap_s: float = 0.0,
     ) -> None:
         self.mono = FakeClock()
         self.breakers = Breakers(BREAKER, self.mono)
@@ -54,6 +55,7 @@ class Member:
             member_ttl_s=TTL_S,
             me=name,
             start_fraction=start_fraction,
+            sync_gap_s=sync_gap_s,
             wall_s=lambda: table_clock() + skew_s,
             monotonic_s=self.mono,
             server_s=lambda _answer: table_clock(),

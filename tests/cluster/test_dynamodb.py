@@ -62,6 +62,39 @@ def test_members_count_each_other_until_a_heartbeat_expires_or_one_leaves(
     run_pair(world, make_settings, body)
 
 
+def test_syncs_within_the_gap_write_moves_but_heartbeat_once_per_gap(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """With sync_gap_s (busy cycles back to back): the first sync heartbeats, a second at once
+    does not, though a breaker it opened meanwhile is written; one a gap later heartbeats."""
+
+    def updates() -> int:
+        return sum(
+            entry["headers"].get("X-Amz-Target") == "DynamoDB_20120810.UpdateItem"
+            for entry in world.server.recording()
+        )
+
+    async def body(clients: AwsClients, wall: FakeClock) -> None:
+        a = Member(clients.dynamodb, TABLE, "a", wall, sync_gap_s=AGREE_S)
+        b = Member(clients.dynamodb, TABLE, "b", wall)
+        world.record()
+        await a.cluster.sync()
+        assert updates() == 1
+        _fail(a)
+        await a.cluster.sync()
+        assert updates() == 2, "the breaker's move is written within the gap"
+        await a.cluster.sync()
+        assert updates() == 2, "no heartbeat within the gap"
+        await b.cluster.sync()
+        assert b.breakers.for_target(TARGET).state is BreakerState.OPEN
+        wall.advance(AGREE_S)
+        await a.cluster.sync()
+        assert updates() == 4
+        assert a.cluster.live == 2
+
+    on_table(make_settings, TABLE, body)
+
+
 def _fail(member: Member) -> None:
     breaker = member.breakers.for_target(TARGET)
     while breaker.state is BreakerState.CLOSED:
