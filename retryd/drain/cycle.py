@@ -165,8 +165,11 @@ MAX_STALE_BATCHES = 3
 # Deferred for these, a message comes back within seconds (or at its breaker's end of
 # cool-down) and is judged again in the same cycle, not taken for a stale one.
 _JUDGED_AGAIN = frozenset({DeferReason.RATE_LIMITED, DeferReason.BREAKER_OPEN})
-# A receiver whose targets' tokens are all spoken for looks again no sooner than this.
+# A receiver whose targets' tokens are all spoken for looks again no sooner than this...
 MIN_ROOM_WAIT_S = 0.05
+# ...and no later: a share can grow at any heartbeat (a lapsed replica's next token is days
+# away until one lands), and the cycle's budget and a stop are only seen between waits.
+MAX_ROOM_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -596,7 +599,7 @@ class Cycle:
         room = self._guards.receivable(state.targets, lease_s)
         if room == 0:
             wait_s = self._guards.receivable_in_s(state.targets, lease_s)
-            await anyio.sleep(max(MIN_ROOM_WAIT_S, wait_s))
+            await anyio.sleep(min(MAX_ROOM_WAIT_S, max(MIN_ROOM_WAIT_S, wait_s)))
             # Waiting for tokens is when a share that has grown matters: re-read the
             # membership if it is due (no call otherwise).
             await self._cluster.flush()
