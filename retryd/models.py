@@ -277,7 +277,8 @@ class FailedExecution:
         return f"redrive execution {self.execution_arn}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"execution_arn": self.execution_arn, "status": self.status}
+        # An envelope names the execution without its status.
+        return {"execution_arn": self.execution_arn, "status": self.status or None}
 
 
 class StreamKind(StrEnum):
