@@ -14,8 +14,8 @@ from moto.s3.models import s3_backends
 from retryd.aws import open_clients
 from retryd.commands.inspect import run_inspect
 from retryd.commands.plan import run_plan
-from retryd.control.memory import MemoryControlStore, MemoryDocs
 from retryd.control.factory import control_store
+from retryd.control.memory import MemoryControlStore, MemoryDocs
 from retryd.control.readmodel import read_dlqs, read_parked
 from retryd.drain.buckets import Markers, walk_source
 from retryd.ledger import open_ledger
