@@ -98,6 +98,12 @@ class Objects:
                     yield
                 finally:
                     renewing.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The group is only how the renewal is run: the caller sees the block's own
+            # error, as it would without leases to keep.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from group
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await self.release(source, keys)
