@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -282,3 +285,42 @@ def test_inspect_names_an_s3_source_as_redrive_does(
     assert source["name"] == SOURCE
     assert sum(group["count"] for group in source["groups"]) == 4
     assert document["missing"] == []
+
+
+def test_a_canary_whose_record_comes_back_into_the_s3_source_stops_the_ramp(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The function takes the canary, fails again, and Lambda writes its record back into the
+    bucket during the canary wait: the job stops, the rest left where they were."""
+    charge = world_with_bucket(world)
+    for n in range(3):
+        put(world, key(n), record(charge, {"order": n}))
+    world.record()
+    cfg = s3_config(tmp_path)
+    command = [
+        *(sys.executable, "-m", "retryd", "redrive", "--config", cfg, "--from", SOURCE),
+        *("--execute", "--ramp", "1", "--canary-wait-s", "10", "--output", "json"),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not world.invocations("charge"):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the canary never reached its function"
+            time.sleep(0.1)
+        (canary,) = invoked(world)
+        # Lambda's on-failure destination writes the failed invocation's record again.
+        put(world, key(10), record(charge, canary))
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.communicate()
+
+    assert process.returncode == 1, err
+    job = json.loads(out[out.index('{\n  "job"') :])["job"]
+    assert job["state"] == "stopped"
+    assert "1 canary failure(s)" in job["stop_reason"]
+    assert len(invoked(world)) == 1
+    assert len(keys(world)) == 3
