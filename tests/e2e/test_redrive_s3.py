@@ -73,6 +73,7 @@ def test_each_selector_selects_from_an_s3_source_by_any_of_its_names(
     """bucket/prefix, its s3:// URL and its ARN name the source; every selector picks exact
     objects (a message id is the key); a plan leaves every object where it was."""
     arns = bucket_world(world)
+    world.record()
     cfg = s3_config(tmp_path)
     body = record(arns["bill"], {"order": 2})
     body["responsePayload"] = {"errorType": "Refused", "errorMessage": "card refused"}
