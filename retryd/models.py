@@ -272,6 +272,14 @@ class FailedExecution:
     # input (True) or park the message `not-redrivable` (False). `[stepfunctions]`.
     start_if_not_redrivable: bool = False
 
+    def describe(self) -> str:
+        """What is resumed, in a few words (`retryd plan` shows it beside the target)."""
+        return f"redrive execution {self.execution_arn}"
+
+    def to_json(self) -> dict[str, Any]:
+        # An envelope names the execution without its status.
+        return {"execution_arn": self.execution_arn, "status": self.status or None}
+
 
 class StreamKind(StrEnum):
     """The streams whose failed batches Lambda's event source mappings point at."""
@@ -295,6 +303,22 @@ class StreamBatch:
     start_sequence: str
     end_sequence: str
     batch_size: int
+
+    def describe(self) -> str:
+        """What is resumed, in a few words (`retryd plan` shows it beside the target)."""
+        return (
+            f"replay {self.batch_size} record(s) of {self.stream_arn} shard {self.shard_id}, "
+            f"sequence {self.start_sequence} to {self.end_sequence}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stream_arn": self.stream_arn,
+            "shard_id": self.shard_id,
+            "start_sequence": self.start_sequence,
+            "end_sequence": self.end_sequence,
+            "batch_size": self.batch_size,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -317,7 +317,8 @@ class Places:
             return self.home
         named: set[Place] = set()
         for source in sources:
-            if not (source.startswith("arn:") or is_queue_url(source)):
+            if not (source.startswith("arn:") or is_queue_url(source)) or _names_s3(source):
+                # A name, or an S3 source (whose ARN names no account or region).
                 continue
             candidates = [place for place in self.places if self.entries_for(place, [source])]
             if not candidates:
@@ -579,3 +580,11 @@ async def open_places(settings: Settings) -> AsyncIterator[Places]:
             stack,
             _target_regions=target_regions(settings.guards),
         )
+
+
+def _names_s3(source: str) -> bool:
+    """Whether a source given by ARN is an S3 one (`arn:aws:s3:::bucket/prefix`)."""
+    try:
+        return Arn.parse(source).service == "s3"
+    except ValueError:
+        return False

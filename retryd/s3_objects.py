@@ -25,6 +25,8 @@ from retryd import classify
 from retryd.leases import LeaseFailure
 from retryd.models import DeadLetter, QueueRef, SourceKind
 
+# How an S3 source's URL begins (`s3://bucket/prefix`); its name is the rest.
+S3_URL_SCHEME = "s3://"
 # Where Lambda's S3 destination writes a function's records (then `<function-name>/`).
 LAMBDA_ASYNC_PREFIX = "aws/lambda/async/"
 # ListObjectsV2 returns at most 1000 keys a page; DeleteObjects takes at most 1000 keys.
@@ -48,7 +50,7 @@ def source_ref(bucket: str, prefix: str) -> QueueRef:
     """The DLQ that is `prefix` in `bucket` (the prefix may be empty: the whole bucket)."""
     return QueueRef(
         name=f"{bucket}/{prefix}",
-        url=f"s3://{bucket}/{prefix}",
+        url=f"{S3_URL_SCHEME}{bucket}/{prefix}",
         # The prefix's own ARN, so two prefixes of one bucket are two DLQs everywhere a
         # DLQ is told apart by ARN (the console's read model, a worker process's share).
         arn=f"arn:aws:s3:::{bucket}/{prefix}",
@@ -58,14 +60,14 @@ def source_ref(bucket: str, prefix: str) -> QueueRef:
 
 def bucket_and_prefix(source: QueueRef) -> tuple[str, str]:
     """The bucket and prefix an S3 source names."""
-    bucket, _, prefix = source.url.removeprefix("s3://").partition("/")
+    bucket, _, prefix = source.url.removeprefix(S3_URL_SCHEME).partition("/")
     return bucket, prefix
 
 
 def object_url(letter: DeadLetter) -> str:
     """`s3://bucket/key` of the object a letter was read from."""
     bucket, _ = bucket_and_prefix(letter.queue)
-    return f"s3://{bucket}/{letter.message_id}"
+    return f"{S3_URL_SCHEME}{bucket}/{letter.message_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,3 +168,14 @@ def test_a_sovereign_cloud_target_is_sent_from_its_own_region() -> None:
     )
 
     assert sending == Place(MEMBER, "eusc-de-east-1")
+
+
+@pytest.mark.parametrize(
+    "source", ["bucket/prefix/", "s3://bucket/prefix/", "arn:aws:s3:::bucket/prefix/"]
+)
+def test_an_s3_source_names_no_place_so_a_redrive_of_it_runs_at_home(source: str) -> None:
+    """An S3 source's ARN names no account or region: it does not pick a place (an SQS
+    ARN beside it still does)."""
+    member_queue = f"arn:aws:sqs:us-east-1:{MEMBER}:retry-orders"
+    assert places().place_for_sources([source]) == Place(HOME, "us-east-1")
+    assert places().place_for_sources([source, member_queue]) == Place(MEMBER, "us-east-1")

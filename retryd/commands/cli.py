@@ -131,12 +131,13 @@ def _output_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _queues_option(parser: argparse.ArgumentParser, verb: str) -> None:
+def _queues_option(parser: argparse.ArgumentParser, verb: str, *, s3: bool = False) -> None:
+    sources = "; an S3 source as bucket/prefix, s3://bucket/prefix or its ARN" if s3 else ""
     parser.add_argument(
         "queues",
         nargs="*",
         metavar="QUEUE",
-        help=f"DLQ names or URLs to {verb} (default: every DLQ discovery finds)",
+        help=f"DLQ names or URLs to {verb}{sources} (default: every DLQ discovery finds)",
     )
 
 
@@ -229,7 +230,7 @@ def _drain_parsers(commands: _Commands) -> None:
         "signature, with counts and the oldest and newest of each group. Leases taken\n"
         "to read messages are released at once.",
     )
-    _queues_option(inspect, "inspect")
+    _queues_option(inspect, "inspect", s3=True)
     _output_option(inspect, "every queue's depth, feeds and failure groups")
     inspect.add_argument(
         "--max-messages",

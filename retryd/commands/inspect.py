@@ -144,9 +144,10 @@ async def inspect_queues(
         progress=bars,
     )
     if clients.s3 is not None:
-        # S3 sources, all of them or those named (`bucket/prefix`): each object is a message.
-        sources = [b for b in s3_sources(settings, feeds) if not names or b.name in names]
-        missing = [name for name in missing if name not in {b.name for b in sources}]
+        # S3 sources, all of them or those named (`bucket/prefix`, its `s3://` URL or its
+        # ARN): each object is a message.
+        sources = [b for b in s3_sources(settings, feeds) if not names or _named(b, names)]
+        missing = [name for name in missing if not any(_named(b, [name]) for b in sources)]
         for source in sources:
             looks.append(
                 await look_at_objects(clients.s3, source, group, max_messages=max_messages)
@@ -175,6 +176,10 @@ async def inspect_queues(
     )
     pauses = await pauses_in_force(settings.ledger, home or clients)
     return InspectReport(inspections, max_messages, missing, list(feeds.errors), pauses)
+
+
+def _named(source: QueueRef, names: Sequence[str]) -> bool:
+    return any(name in (source.name, source.url, source.arn) for name in names)
 
 
 async def inspect_everywhere(

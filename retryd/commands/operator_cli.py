@@ -240,7 +240,7 @@ def add_operator_commands(commands: Any, common: argparse.ArgumentParser) -> Non
     redrive = commands.add_parser(
         "redrive",
         parents=[common],
-        help="send selected DLQ or parked messages back now (plan by default; --execute)",
+        help="send selected DLQ, S3 or parked messages back now (plan by default; --execute)",
         description=REDRIVE_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -249,8 +249,10 @@ def add_operator_commands(commands: Any, common: argparse.ArgumentParser) -> Non
         "--from",
         dest="sources",
         action="append",
-        metavar="QUEUE|parking",
-        help="a DLQ retryd drains (name or URL; repeatable), or `parking` for parked copies",
+        metavar="QUEUE|BUCKET/PREFIX|parking",
+        help="a DLQ retryd drains (name or URL; repeatable), an S3 source it drains "
+        "(bucket/prefix, s3://bucket/prefix or its ARN; each object a message whose id is its "
+        "key), or `parking` for parked copies",
     )
     chosen = redrive.add_argument_group("selectors (combined with AND)")
     chosen.add_argument(
@@ -283,7 +285,7 @@ def add_operator_commands(commands: Any, common: argparse.ArgumentParser) -> Non
         dest="message_ids",
         action="append",
         metavar="ID",
-        help="one DLQ message id (repeatable)",
+        help="one DLQ message id, or an S3 object's key (repeatable)",
     )
     chosen.add_argument(
         "--where", metavar="JMESPATH", help="JMESPath over the JSON body; selected when true"

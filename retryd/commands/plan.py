@@ -44,9 +44,11 @@ from retryd.models import (
     CYCLE_OUTCOMES,
     DeadLetter,
     Decision,
+    FailedExecution,
     FailReason,
     Outcome,
     QueueRef,
+    StreamBatch,
     Target,
     Unresolvable,
 )
@@ -102,6 +104,9 @@ class PlannedMessage:
     detail: str = ""
     # What the source tried before the DLQ (Job.source_attempts): shown, never counted.
     source_attempts: int = 0
+    # What the job resumes in place (Job.origin): the execution a redrive resumes, the
+    # stream batch replayed to the target function; None when the body is sent anew.
+    resumes: FailedExecution | StreamBatch | None = None
 
     @classmethod
     def from_verdict(cls, verdict: Verdict) -> PlannedMessage:
@@ -122,6 +127,7 @@ class PlannedMessage:
             delay_s=verdict.delay_s if isinstance(verdict, Defer) else None,
             detail=decision.detail,
             source_attempts=job.source_attempts if job else 0,
+            resumes=job.origin if job else None,
         )
 
     @classmethod
@@ -161,7 +167,20 @@ class PlannedMessage:
                 {"type": self.target.type.value, "arn": self.target.arn} if self.target else None
             ),
             "detail": self.detail,
+            "resumes": self._resumes_json(),
         }
+
+    def _resumes_json(self) -> dict[str, Any] | None:
+        if self.resumes is None:
+            return None
+        kind = "execution" if isinstance(self.resumes, FailedExecution) else self.resumes.kind
+        return {"kind": kind, **self.resumes.to_json()}
+
+    def shown_detail(self) -> str:
+        """The detail a person reads: what goes wrong, else what is resumed in place."""
+        if self.detail or self.resumes is None:
+            return self.detail
+        return self.resumes.describe()
 
 
 @dataclass
@@ -432,7 +451,7 @@ def plan_document(report: PlanReport) -> render.Document:
             message.resolver or "-",
             message.target.arn if message.target else "-",
             message.decision(),
-            render.clip(message.detail, render.TEXT_DETAIL_MAX_CHARS),
+            render.clip(message.shown_detail(), render.TEXT_DETAIL_MAX_CHARS),
         ]
         for plan in report.queues
         for message in plan.messages

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
@@ -46,6 +47,12 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def path_part(value: str) -> str:
+    """A value as one segment of a URL path: `/` encoded too (an S3 source's `bucket/prefix`
+    is one queue name), which the router takes back as the one segment."""
+    return quote(value, safe="")
+
+
 def templates() -> jinja2.Environment:
     """Jinja2 with autoescape on for every template: every message byte is untrusted."""
     env = jinja2.Environment(
@@ -57,6 +64,7 @@ def templates() -> jinja2.Environment:
     )
     env.filters["when"] = when
     env.filters["pretty"] = pretty
+    env.filters["path_part"] = path_part
     return env
 
 

@@ -4,26 +4,29 @@ The one place the console receives from SQS, and only on an operator's explicit
 POST: `select_queues`, `read_chain` and `look_at` are inspect's own steps, so the
 messages are peeked under a short lease and handed back at once (retryd/leases.py).
 Each receive raises the message's receive count and a body may carry personal data:
-the read is audited with the person who asked.
+the read is audited with the person who asked. An S3 source's objects are read as
+inspect reads them too (`look_at_objects`: nothing leased, nothing moved).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from retryd.console.auth import Identity
 from retryd.console.documents import Document, NotFoundError, Sources
 from retryd.control import audit
-from retryd.discovery.survey import look_at, select_queues
+from retryd.control.readmodel import DlqView
+from retryd.discovery.survey import Look, look_at, look_at_objects, select_queues
 from retryd.drain.setup import read_chain
 from retryd.ledger import open_ledger
 from retryd.ledger.base import LedgerError, Record
 from retryd.models import DeadLetter, Job, MessageAttribute
 from retryd.resolve.chain import ResolverChain
 from retryd.resolve.failure_groups import error_signature, failure_group_id
+from retryd.s3_objects import S3_URL_SCHEME, source_ref
 from retryd.stamps import PREFIX
 
 # The audit record's action: who read which DLQ's bodies.
@@ -103,30 +106,11 @@ async def show_messages(
     if sources.clients is None:
         # A console over a store alone (a bench, a test) has no queue to read.
         raise NotFoundError("this console has no AWS clients: no queue to read")
-    known = {view.name for view in await sources.views.dlqs()}
+    known = {view.name: view for view in await sources.views.dlqs()}
     if queue_name not in known:
         # Only a DLQ the daemon drains: never the parking queue or any other queue.
         raise NotFoundError(f"no DLQ {queue_name!r} in the latest cycles")
-    settings = sources.settings
-    clients = sources.clients
-    queues, _ = await select_queues(clients.sqs, settings, [queue_name])
-    if not queues:
-        raise NotFoundError(f"queue {queue_name!r} is not there now")
-    chain, _ = await read_chain(settings, clients, queues)
-
-    async def examine(letters: list[DeadLetter]) -> list[dict[str, Any]]:
-        # Looked at while the leases are held; handed back after.
-        found = (_message(chain, letter) for letter in letters)
-        return [shown for group, shown in found if not group_id or group == group_id]
-
-    look = await look_at(
-        clients.sqs,
-        queues[0],
-        examine,
-        max_messages=settings.console.page_size,
-        wait_s=settings.drain.receive_wait_s,
-        progress=_Unwatched(),
-    )
+    look = await _look(sources, known[queue_name], group_id)
     messages = look.finding or []
     # Audited as soon as the bodies are read, before anything else can fail.
     await audit.record(
@@ -155,6 +139,48 @@ async def show_messages(
         "messages": messages,
         "errors": problems,
     }
+
+
+async def _look(sources: Sources, view: DlqView, group_id: str) -> Look[list[dict[str, Any]]]:
+    """The DLQ's messages as `retryd inspect` reads them: an SQS queue's peeked and handed
+    back, an S3 source's objects read from its first key (nothing leased, nothing moved)."""
+    settings, clients = sources.settings, sources.clients
+    if clients is None:
+        raise NotFoundError("this console has no AWS clients: no queue to read")
+    page_size = settings.console.page_size
+    if view.url.startswith(S3_URL_SCHEME):
+        bucket, _, prefix = view.url.removeprefix(S3_URL_SCHEME).partition("/")
+        # An object is a self-describing record: no feed map is needed to resolve it.
+        chain, _ = await read_chain(settings, clients, [])
+        source = source_ref(bucket, prefix)
+        return await look_at_objects(
+            clients.s3, source, _examiner(chain, group_id), max_messages=page_size
+        )
+    queues, _ = await select_queues(clients.sqs, settings, [view.name])
+    if not queues:
+        raise NotFoundError(f"queue {view.name!r} is not there now")
+    chain, _ = await read_chain(settings, clients, queues)
+    return await look_at(
+        clients.sqs,
+        queues[0],
+        _examiner(chain, group_id),
+        max_messages=page_size,
+        wait_s=settings.drain.receive_wait_s,
+        progress=_Unwatched(),
+    )
+
+
+def _examiner(
+    chain: ResolverChain, group_id: str
+) -> Callable[[list[DeadLetter]], Awaitable[list[dict[str, Any]]]]:
+    """The messages as shown (those of `group_id` only, when given)."""
+
+    async def examine(letters: list[DeadLetter]) -> list[dict[str, Any]]:
+        # Looked at while the leases are held; handed back after.
+        found = (_message(chain, letter) for letter in letters)
+        return [shown for group, shown in found if not group_id or group == group_id]
+
+    return examine
 
 
 async def _records(sources: Sources, keys: Sequence[str]) -> dict[str, Record]:

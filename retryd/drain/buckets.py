@@ -26,7 +26,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import anyio
 import structlog
 
 from retryd import classify, s3_objects
@@ -51,6 +50,11 @@ class Marker:
     after: str = ""
     full_at_s: float = 0.0
     version: int = 0
+
+
+def renew_every_s(settings: Settings) -> float:
+    """How often a held object's lease is renewed: a third of the period it lasts."""
+    return settings.ledger.claim_renew_s / 3
 
 
 def marker_doc(source: QueueRef) -> str:
@@ -206,8 +210,8 @@ class BucketDrain:
         if not ours:
             return set(), 0
         settled: set[str] = set()
-        try:
-            letters: list[DeadLetter] = []
+        letters: list[DeadLetter] = []
+        async with self._objects.held(source, ours, renew_every_s=renew_every_s(self._settings)):
             mine = set(ours)
             for listed in chunk:
                 if listed.key not in mine:
@@ -225,22 +229,9 @@ class BucketDrain:
                 else:
                     letters.append(letter)
             if letters:
-                async with anyio.create_task_group() as renewing:
-                    renewing.start_soon(self._renew, source, ours)
-                    decisions = await pipeline.handle(source, letters, deadline)
-                    renewing.cancel_scope.cancel()
+                decisions = await pipeline.handle(source, letters, deadline)
                 settled.update(
                     d.letter.message_id for d in decisions if d.outcome in DELETED_OUTCOMES
                 )
                 on_batch(decisions)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._objects.release(source, ours)
         return settled, len(letters)
-
-    async def _renew(self, source: QueueRef, keys: Sequence[str]) -> None:
-        """Keep the chunk's leases while its batch works (a third of the period apart)."""
-        period_s = self._settings.ledger.claim_renew_s / 3
-        while True:
-            await anyio.sleep(period_s)
-            await self._objects.renew(source, keys)

@@ -19,7 +19,7 @@ from retryd.admission import Defer, DeferReason, Park, Verdict
 from retryd.control.jobs import JobStore, MessageResult, RedriveJob, latest_results, tally
 from retryd.drain.batch import Batch, Pipeline
 from retryd.drain.redrive_spec import PARKING_SOURCE, Picked
-from retryd.models import Decision, Job, Outcome, QueueRef, Unresolvable
+from retryd.models import Decision, Job, Outcome, QueueRef, SourceKind, Unresolvable
 from retryd.settle import outcome
 from retryd.targets import Delivery
 
@@ -110,6 +110,10 @@ class OperatorPipeline(Pipeline):
         """Nothing is hidden: whatever is not deleted is handed back in `_settled`."""
 
     async def _settled(self, queue: QueueRef, batch: Batch) -> None:
+        if queue.kind is SourceKind.S3:
+            # An object has no visibility to hand back: its lease (a ledger claim) is
+            # released by the step that took it (Sources.holding).
+            return
         deleted = {letter.message_id for letter in batch.deletable}
         back = {
             x.message_id: x.receipt_handle for x in batch.letters if x.message_id not in deleted

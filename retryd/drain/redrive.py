@@ -23,8 +23,9 @@ are to each other: it finds open the breakers they opened, takes a share of each
 target's rate beside theirs (so together they stay within `per_s`), and leaves
 when it ends (`leave`).
 
-The source is one or more DLQs, or the parking queue: a parked copy is resolved
-as if it were still in its `retryd.source-queue`. SQS cannot receive
+The source is one or more DLQs (S3 sources, `bucket/prefix`, among them: each
+object a message whose id is its key), or the parking queue: a parked copy is
+resolved as if it were still in its `retryd.source-queue`. SQS cannot receive
 selectively, so each step receives, keeps what the selectors select, and hands
 the rest back at once (visibility 0) when the step's read ends. Whatever the job
 does not finish with (a deferral, a transient failure, a permanent refusal of a
@@ -94,9 +95,10 @@ from retryd.drain.setup import PlaceBuilder, Purpose, admit_live
 from retryd.heartbeat import Leasing
 from retryd.ledger import Ledger
 from retryd.metrics import Metrics
-from retryd.models import DeadLetter, Decision, Job, QueueRef, Target, Unresolvable
+from retryd.models import DeadLetter, Decision, Job, QueueRef, SourceKind, Target, Unresolvable
 from retryd.settings import Settings
 from retryd.settle import outcome
+from retryd.settle.objects import Objects
 from retryd.targets import TargetRouter
 from retryd.targets.router import PickClients
 
@@ -181,7 +183,10 @@ class Redrive:
     async def prepare(self) -> None:
         """Find the queues, learn the feeds and pauses; RedriveInputError for a bad spec."""
         place = await self._builder.set_up(self._clients)
-        dlqs = place.dlqs
+        # S3 sources are DLQs to an operator as to the cycle (read only with an S3 client).
+        s3, settle = self._clients.s3, self._settings.discovery.s3_settle
+        objects = Objects(s3, self._guards.ledger, settle=settle) if s3 is not None else None
+        dlqs = place.dlqs + (place.buckets if objects is not None else [])
         self._guards.set_pauses(await load_pauses(self._control))
         # The breakers and shares as the cluster has them, for the plan as for a step.
         await self._cluster.sync()
@@ -192,8 +197,8 @@ class Redrive:
             unknown = [s for s in self.spec.sources if source_name(s) not in by_name]
             if unknown:
                 raise SourceNotDrainedError(
-                    f"not a DLQ retryd drains: {', '.join(unknown)} (see `retryd inspect`; "
-                    "use --from parking for the parking queue)"
+                    f"not a DLQ retryd drains: {', '.join(unknown)} (see `retryd inspect`: an "
+                    "S3 source is named bucket/prefix; use --from parking for the parking queue)"
                 )
             sources = [by_name[source_name(s)] for s in self.spec.sources]
         to = self._check_redirect(self.spec.to, sources[0]) if self.spec.to is not None else None
@@ -207,6 +212,7 @@ class Redrive:
             sources,
             to,
             self._qualified_deferrals,
+            objects,
         )
         self._pipeline = OperatorPipeline(
             kind=self.spec.kind,
@@ -218,6 +224,7 @@ class Redrive:
             parking=place.parking,
             metrics=self._metrics,
             leasing=Leasing.for_settings(self._settings),
+            objects=objects,
         )
 
     def _check_redirect(self, arn: str, source: QueueRef) -> Target:
@@ -246,11 +253,14 @@ class Redrive:
         read = self._sources
         total = PlanCounts()
         for queue in read.sources:
-            try:
-                depth = await read_depth(self._clients.sqs, queue)
-                total.hidden += depth.in_flight
-            except Exception as exc:  # noqa: BLE001 - the plan goes on without a depth
-                total.errors.append(f"{queue.name}: depth unknown: {classify.from_exception(exc)}")
+            # S3 keeps no count of a prefix's objects, nor any in flight.
+            if queue.kind is SourceKind.SQS:
+                try:
+                    depth = await read_depth(self._clients.sqs, queue)
+                    total.hidden += depth.in_flight
+                except Exception as exc:  # noqa: BLE001 - the plan goes on without a depth
+                    why = classify.from_exception(exc)
+                    total.errors.append(f"{queue.name}: depth unknown: {why}")
             await read.count_deferred(queue, total)
             picked, counts = await read.scan(queue, None, set(), keep=False)
             total.examined += counts.examined
@@ -405,7 +415,10 @@ class Redrive:
                 # Settled within the lease of the earliest read among them (each message's
                 # deadline is taken at the receive that read it).
                 deadline = min(item.act_by for item in items)
-                await pipeline.handle(items[0].queue, letters, deadline, resolved)
+                # An S3 source's objects stay leased (renewed) until settled, then released.
+                keys = [letter.message_id for letter in letters]
+                async with self._sources.holding(items[0].queue, keys):
+                    await pipeline.handle(items[0].queue, letters, deadline, resolved)
         finally:
             step.account(picked)
 

@@ -6,21 +6,30 @@ each message as a cycle would (a parked copy as if it were still in its
 once. Also here: the messages retryd itself deferred in a source (handed back
 first, counted by a plan), and the canary keys that came back into a DLQ.
 Every SQS call goes through retryd.leases.
+
+An S3 source (a bucket prefix of failure records) is read the cycle's way
+(retryd.s3_objects, retryd.settle.objects): listed from its first key, each
+chunk leased with the ledger's claims before it is read (an object a replica
+holds is left to it), the selected kept leased for the step, which renews and
+releases them (`holding`), the rest released at once. A plan only reads. The
+message id of an object is its key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import anyio
 import structlog
 
-from retryd import classify, leases
+from retryd import classify, leases, s3_objects
 from retryd.aws import AwsClients
 from retryd.control.deferrals import deferral_queue, forget, hidden_in
 from retryd.control.store import ControlStore
-from retryd.discovery.survey import PEEK_LEASE_S, peek
+from retryd.discovery.survey import PEEK_LEASE_S, look_at_objects, peek
+from retryd.drain.buckets import renew_every_s
 from retryd.drain.redrive_select import as_if_in_source, source_names
 from retryd.drain.redrive_spec import PARKING_SOURCE, Picked, PlanCounts, Spec
 from retryd.leases import RECEIVE_BATCH_MAX
@@ -29,12 +38,14 @@ from retryd.models import (
     Job,
     ParkReason,
     QueueRef,
+    SourceKind,
     Target,
     Unresolvable,
     queue_ref_from_url,
 )
 from retryd.resolve import ResolverChain
 from retryd.settings import Settings
+from retryd.settle.objects import Objects
 
 log = structlog.get_logger("retryd.redrive")
 
@@ -52,11 +63,13 @@ class Sources:
     control: ControlStore
     spec: Spec
     chain: ResolverChain
-    # Every DLQ retryd drains (by name), and the queues this job reads.
+    # Every DLQ retryd drains (by name; S3 sources included), and the queues this job reads.
     dlqs: list[QueueRef]
     sources: list[QueueRef]
     to: Target | None = None
     qualified_deferrals: bool = False
+    # The objects of S3 sources, leased in the ledger (None: no S3 client in this place).
+    objects: Objects | None = None
     by_name: dict[str, QueueRef] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +107,8 @@ class Sources:
         With `keep`, the selected stay leased for the caller to settle; without it (a
         plan) everything is handed back.
         """
+        if queue.kind is SourceKind.S3:
+            return await self._scan_objects(queue, want, skip, keep)
         counts = PlanCounts()
         sqs = self.clients.sqs
         lease_s = self.settings.drain.visibility_timeout_s
@@ -155,6 +170,92 @@ class Sources:
                 counts.errors.extend(await leases.release(sqs, queue, back, lease_s))
         return picked, counts
 
+    async def _scan_objects(
+        self, queue: QueueRef, want: int | None, skip: set[str], keep: bool
+    ) -> tuple[list[Picked], PlanCounts]:
+        """`scan` for an S3 source: listed from its first key, each chunk leased (with
+        `keep`) before it is read; what is not picked is released at once."""
+        counts = PlanCounts()
+        s3 = self.clients.s3
+        objects = self._objects()
+        lease_s = self.settings.drain.visibility_timeout_s
+        picked: list[Picked] = []
+        leased: list[str] = []
+        cursor = ""
+        limit = self.spec.max_messages
+        try:
+            while (want is None or len(picked) < want) and counts.examined < limit:
+                page, more = await s3_objects.list_page(
+                    s3, queue, start_after=cursor, max_keys=limit - counts.examined
+                )
+                if not page:
+                    break
+                cursor = page[-1].key
+                for start in range(0, len(page), RECEIVE_BATCH_MAX):
+                    if want is not None and len(picked) >= want:
+                        break
+                    rows = page[start : start + RECEIVE_BATCH_MAX]
+                    chunk = [listed for listed in rows if listed.key not in skip]
+                    keys = [listed.key for listed in chunk]
+                    # Leased before it is read, as a cycle does: one a replica holds is its own.
+                    ours = set(await objects.lease(queue, keys) if keep else keys)
+                    leased.extend(key for key in keys if key in ours and keep)
+                    deadline = leases.act_by(lease_s)
+                    first_new = len(picked)
+                    for listed in chunk:
+                        if listed.key in ours and (want is None or len(picked) < want):
+                            await self._read_object(queue, listed, deadline, picked, counts)
+                    await self._hooked(picked, first_new)
+                counts.truncated = more and counts.examined >= limit
+                if not more:
+                    break
+        except Exception as exc:  # noqa: BLE001 - reported; every object stays where it is
+            counts.errors.append(f"{queue.name}: listing failed: {classify.from_exception(exc)}")
+        finally:
+            kept = {item.letter.message_id for item in picked} if keep else set()
+            back = [key for key in leased if key not in kept]
+            with anyio.move_on_after(SETTLE_SHIELD_S, shield=True):
+                await objects.release(queue, back)
+        return picked, counts
+
+    async def _read_object(
+        self,
+        queue: QueueRef,
+        listed: s3_objects.Listed,
+        deadline: float,
+        picked: list[Picked],
+        counts: PlanCounts,
+    ) -> None:
+        """Read one object, resolve it, and pick it when the selectors select it."""
+        try:
+            letter = await s3_objects.read(self.clients.s3, queue, listed)
+        except Exception as exc:  # noqa: BLE001 - this object stays; the others are read
+            counts.errors.append(
+                f"{queue.name}: {listed.key}: read failed: {classify.from_exception(exc)}"
+            )
+            return
+        if letter is None:
+            # Settled by someone else since the listing.
+            return
+        counts.examined += 1
+        resolved = self.chain.resolve(letter)
+        if not self.spec.selector.selects(letter, resolved):
+            counts.unselected += 1
+            return
+        picked.append(Picked(queue, letter, self.judged(resolved), deadline))
+
+    def _objects(self) -> Objects:
+        if self.objects is None:
+            raise RuntimeError("an S3 source was chosen in a place with no S3 client")
+        return self.objects
+
+    def holding(self, queue: QueueRef, keys: Sequence[str]) -> AbstractAsyncContextManager[None]:
+        """While a step settles `keys` of `queue`: an S3 source's leases renewed, then
+        released; nothing for an SQS queue (its lease is the visibility timeout)."""
+        if queue.kind is not SourceKind.S3:
+            return nullcontext()
+        return self._objects().held(queue, keys, renew_every_s=renew_every_s(self.settings))
+
     async def _hooked(self, picked: list[Picked], start: int) -> None:
         """Run the `[[hooks]]` rules on the messages picked from `start` on, as a cycle does.
 
@@ -185,7 +286,8 @@ class Sources:
         unselected[letter.message_id] = letter.receipt_handle
 
     async def count_deferred(self, queue: QueueRef, total: PlanCounts) -> None:
-        if self.spec.kind == PARKING_SOURCE:
+        # An S3 object is never hidden (a deferred one is left, and judged again).
+        if self.spec.kind == PARKING_SOURCE or queue.kind is SourceKind.S3:
             return
         entries = await hidden_in(self.control, self._deferrals(queue))
         if not entries:
@@ -205,6 +307,8 @@ class Sources:
             return 0
         count = 0
         for queue in self.sources:
+            if queue.kind is SourceKind.S3:
+                continue
             entries = await hidden_in(self.control, self._deferrals(queue))
             if not entries:
                 continue
@@ -225,6 +329,9 @@ class Sources:
             return 0
         found: set[str] = set()
         for queue in self.dlqs:
+            if queue.kind is SourceKind.S3:
+                found |= await self._returned_objects(queue, keys)
+                continue
             async with peek(
                 self.clients.sqs,
                 queue,
@@ -238,3 +345,17 @@ class Sources:
         if found:
             log.warning("redrive-canaries-returned", keys=sorted(found)[:10], count=len(found))
         return len(found)
+
+    async def _returned_objects(self, queue: QueueRef, keys: set[str]) -> set[str]:
+        """Canary keys among an S3 source's objects (only read: nothing leased)."""
+
+        async def among(letters: list[DeadLetter]) -> set[str]:
+            resolved = [self.chain.resolve(letter) for letter in letters]
+            return {r.key for r in resolved if isinstance(r, Job) and r.key in keys}
+
+        look = await look_at_objects(
+            self.clients.s3, queue, among, max_messages=self.spec.max_messages
+        )
+        for error in look.errors:
+            log.warning("redrive-canary-look-failed", queue=queue.name, error=error)
+        return look.finding or set()

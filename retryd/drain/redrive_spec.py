@@ -15,6 +15,7 @@ from retryd.arns import Arn, queue_name
 from retryd.drain.redrive_select import Selector
 from retryd.errors import ExitCode, RetrydError
 from retryd.models import DeadLetter, Job, Outcome, QueueRef, Unresolvable
+from retryd.s3_objects import S3_URL_SCHEME
 
 PARKING_SOURCE = "parking"
 DEFAULT_RAMP = (1, 5, 25, 100)
@@ -135,7 +136,10 @@ def outcome_of(action: str) -> Outcome:
 
 
 def source_name(source: str) -> str:
-    """A source's queue name, whether given as a name, a URL or an SQS ARN."""
+    """A source's name, whether given as a name, a URL or an ARN: a queue's, or an S3
+    source's `bucket/prefix` (given as it is, as `s3://bucket/prefix` or as its ARN)."""
+    if source.startswith(S3_URL_SCHEME):
+        return source.removeprefix(S3_URL_SCHEME)
     if source.startswith("arn:"):
         try:
             return Arn.parse(source).resource

@@ -124,13 +124,13 @@ def build_chain(
     in `metrics`.
     """
     routes = StaticRouteResolver(settings.routes)
+    # A failed execution is named by its status-change event or by an envelope: one fallback.
+    start_afresh = settings.stepfunctions.not_redrivable == "start-execution"
     resolvers: list[Resolver] = [
-        EnvelopeResolver(),
+        EnvelopeResolver(start_if_not_redrivable=start_afresh),
         # A stream batch is read only from a stream the allowlist admits, as a target is.
         LambdaDestinationResolver(allow_stream=Allowlist.from_settings(settings.guards).allows),
-        StepFunctionsExecutionResolver(
-            start_if_not_redrivable=settings.stepfunctions.not_redrivable == "start-execution"
-        ),
+        StepFunctionsExecutionResolver(start_if_not_redrivable=start_afresh),
         EventBridgeDlqResolver(routes),
         routes,
     ]

@@ -25,7 +25,16 @@ from pydantic import (
     model_validator,
 )
 
-from retryd.models import DeadLetter, Job, ParkReason, Target, TargetType, Unresolvable
+from retryd.arns import Arn
+from retryd.models import (
+    DeadLetter,
+    FailedExecution,
+    Job,
+    ParkReason,
+    Target,
+    TargetType,
+    Unresolvable,
+)
 from retryd.resolve.base import (
     forward_attributes,
     stamped_attempt,
@@ -33,12 +42,16 @@ from retryd.resolve.base import (
     stamped_key,
 )
 from retryd.resolve.keys import MAX_KEY_CHARS, compact_json, idempotency_key
+from retryd.resolve.stepfunctions_execution import execution_key, execution_state_machine
 
 ENVELOPE_V1 = "retryd/v1"
 # Any value in this family claims to be a retryd envelope (retryd/v2 included, so a
 # newer producer's messages are parked for a newer retryd rather than misread).
 # Other values of an `envelope` field belong to someone else's JSON.
 ENVELOPE_FAMILY = "retryd/"
+# A Step Functions ARN's resource naming an execution rather than a state machine (an
+# Express one is named to be refused as such: it cannot be redriven).
+_EXECUTION_RESOURCES = ("execution:", "express:")
 # How much of an unsupported version string is echoed into a park detail.
 _SHOWN_VERSION_CHARS = 40
 
@@ -58,13 +71,39 @@ class _Strict(BaseModel):
 
 
 class EnvelopeTarget(_Strict):
-    """Where the payload goes back to; the type must agree with the ARN's service."""
+    """Where the payload goes back to; the type must agree with the ARN's service.
+
+    A `stepfunctions` target may name a failed Standard execution instead of a state
+    machine: it is then redriven in place, as the status-change event of that failure
+    would be (retryd.resolve.stepfunctions_execution), and `redriveCount` says how often
+    it had been redriven when it failed (default 0).
+    """
 
     type: TargetType
     arn: StrictStr
+    redrive_count: Annotated[StrictInt | None, Field(alias="redriveCount", ge=0)] = None
+
+    @property
+    def execution_arn(self) -> str | None:
+        """The failed execution to redrive, when the ARN names one rather than a machine."""
+        if self.type is not TargetType.STEPFUNCTIONS:
+            return None
+        try:
+            resource = Arn.parse(self.arn).resource
+        except ValueError:
+            return None
+        return self.arn if resource.startswith(_EXECUTION_RESOURCES) else None
 
     @model_validator(mode="after")
     def _type_matches_arn(self) -> EnvelopeTarget:
+        if self.execution_arn is not None:
+            if isinstance(machine := execution_state_machine(self.arn), str):
+                raise ValueError(machine)
+            return self
+        if self.redrive_count is not None:
+            raise ValueError(
+                "redriveCount applies only to an execution ARN (a failed execution to redrive)"
+            )
         # ValueError from from_arn (not an ARN, unsupported service) becomes a field error.
         inferred = Target.from_arn(self.arn).type
         if inferred is not self.type:
@@ -75,7 +114,14 @@ class EnvelopeTarget(_Strict):
         return self
 
     def to_target(self) -> Target:
-        # from_arn's spelling (a Lambda `:$LATEST` dropped), as every other shape's target.
+        """The target: an execution's state machine (its allowlist entry, breaker and rate
+        limit apply), else from_arn's spelling (a Lambda `:$LATEST` dropped), as every other
+        shape's target."""
+        if self.execution_arn is not None:
+            machine = execution_state_machine(self.arn)
+            if isinstance(machine, str):
+                raise TypeError(machine)  # validated above: cannot happen
+            return machine
         return Target.from_arn(self.arn)
 
 
@@ -182,6 +228,11 @@ class EnvelopeResolver:
 
     name = "envelope"
 
+    def __init__(self, *, start_if_not_redrivable: bool = False) -> None:
+        """`start_if_not_redrivable`: `[stepfunctions] not_redrivable`, for an envelope that
+        names a failed execution."""
+        self._start_if_not_redrivable = start_if_not_redrivable
+
     def resolve(self, letter: DeadLetter) -> Job | Unresolvable | None:
         document = _claimed_envelope(letter.body)
         if document is None:
@@ -197,6 +248,8 @@ class EnvelopeResolver:
         except ValidationError as exc:
             return self._invalid(letter, format_errors(exc))
         target = envelope.target.to_target()
+        if envelope.target.execution_arn is not None:
+            return self._redrive(letter, envelope, target, envelope.target.execution_arn)
         try:
             body = _body_for(target, envelope.payload)
         except ValidationError as exc:
@@ -211,6 +264,34 @@ class EnvelopeResolver:
             resolver=self.name,
             first_failed_at=_first_failed_at(envelope, letter),
             forward_attributes=forward_attributes(letter),
+        )
+
+    def _redrive(
+        self, letter: DeadLetter, envelope: EnvelopeV1, machine: Target, execution_arn: str
+    ) -> Job:
+        """A failed execution the envelope names: the job its status-change event would be
+        (the same key for the same failure), with the envelope's attempts and limits."""
+        redrive_count = envelope.target.redrive_count or 0
+        # The original input, for a fresh start when it cannot be redriven; null: none.
+        body = "" if envelope.payload is None else compact_json(envelope.payload)
+        declared = envelope.idempotency_key or stamped_key(letter)
+        return Job(
+            letter=letter,
+            target=machine,
+            body=body,
+            key=execution_key(machine, execution_arn, redrive_count, declared),
+            attempt=max(envelope.attempt, stamped_attempt(letter) or 0),
+            max_attempts=envelope.max_attempts,
+            resolver=self.name,
+            first_failed_at=_first_failed_at(envelope, letter),
+            forward_attributes=forward_attributes(letter),
+            source_attempts=redrive_count + 1,
+            origin=FailedExecution(
+                execution_arn=execution_arn,
+                status="",
+                redrive_count=redrive_count,
+                start_if_not_redrivable=self._start_if_not_redrivable,
+            ),
         )
 
     @staticmethod

@@ -19,6 +19,7 @@ from typing import Any
 
 from retryd.models import DeadLetter, Job
 from retryd.resolve.chain import ResolverChain
+from retryd.resolve.stepfunctions_execution import EVENT_SOURCE as STATES_EVENT_SOURCE
 
 NO_ERROR = "(no error recorded)"
 # Longest signature kept: enough to tell errors apart, short enough for a table.
@@ -66,13 +67,21 @@ def _signature(code: object, message: object) -> str | None:
 
 
 def _from_body(body: Mapping[str, Any]) -> str | None:
-    """The error a JSON body records: a retryd envelope's, or a Lambda destination record's."""
+    """The error a JSON body records: a retryd envelope's, a failed Step Functions
+    execution's (its status-change event), or a Lambda destination record's."""
     envelope = body.get("envelope")
     if isinstance(envelope, str) and envelope.startswith("retryd/"):
         error = body.get("error")
         if isinstance(error, Mapping):
             return _signature(error.get("code"), error.get("message"))
         return None
+    detail = body.get("detail")
+    if body.get("source") == STATES_EVENT_SOURCE and isinstance(detail, Mapping):
+        # `error` and `cause` as the failed state set them; a timeout or an abort has
+        # neither, and its status says what happened.
+        found = _signature(detail.get("error"), detail.get("cause"))
+        status = detail.get("status")
+        return found or (status if isinstance(status, str) and status else None)
     context = body.get("requestContext")
     if not isinstance(context, Mapping):
         return None
@@ -89,9 +98,11 @@ def error_signature(letter: DeadLetter) -> str:
     """What went wrong with this message, as its shape recorded it, normalised for grouping.
 
     Shapes, first match wins: a retryd envelope's `error.code`/`error.message`; a
-    Lambda destination record's `responsePayload.errorType`/`errorMessage`, else its
-    `requestContext.condition`; EventBridge's `ERROR_CODE`/`ERROR_MESSAGE`
-    attributes; a Lambda async DLQ's `ErrorCode`/`ErrorMessage` attributes.
+    Step Functions status-change event's `detail.error`/`detail.cause`, else its
+    `detail.status`; a Lambda destination record's (a stream batch's pointer too)
+    `responsePayload.errorType`/`errorMessage`, else its `requestContext.condition`;
+    EventBridge's `ERROR_CODE`/`ERROR_MESSAGE` attributes; a Lambda async DLQ's
+    `ErrorCode`/`ErrorMessage` attributes.
     """
     try:
         body = json.loads(letter.body)

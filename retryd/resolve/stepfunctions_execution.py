@@ -81,13 +81,12 @@ class StepFunctionsExecutionResolver:
         # fallback; "" when the event left it out (inputDetails.included false).
         original_input = detail.get("input")
         body = original_input if isinstance(original_input, str) else ""
-        identity = compact_json({"execution": execution_arn, "redriveCount": redrive_count})
         stopped_at = _moment(detail.get("stopDate"))
         return Job(
             letter=letter,
             target=target,
             body=body,
-            key=idempotency_key(target.arn, identity, None),
+            key=execution_key(target, execution_arn, redrive_count, None),
             attempt=stamped_attempt(letter) or 0,
             source_attempts=redrive_count + 1,
             resolver=self.name,
@@ -117,11 +116,10 @@ def _status_change_detail(body: str) -> dict[str, Any] | None:
     return detail if isinstance(detail, dict) else None
 
 
-def _state_machine_of(execution_arn: str, named: object) -> Target | str:
-    """The state machine the execution belongs to, or why the event does not say one.
+def execution_state_machine(execution_arn: str) -> Target | str:
+    """The state machine a Standard execution ARN belongs to, or why it names none.
 
-    Taken from the execution ARN itself (`execution:<machine>:<name>`), the one AWS
-    acts on: a `stateMachineArn` that disagrees with it is a forged or broken event.
+    Taken from the ARN itself (`execution:<machine>:<name>`), the one AWS acts on.
     """
     try:
         parsed = Arn.parse(execution_arn)
@@ -136,21 +134,40 @@ def _state_machine_of(execution_arn: str, named: object) -> Target | str:
     ):
         # An Express execution ARN (`express:<machine>:<name>:<id>`) lands here too: Express
         # workflows cannot be redriven and their status changes are not sent to EventBridge.
-        return f"detail.executionArn {_shown(execution_arn)} is not a Standard execution ARN"
+        return f"{_shown(execution_arn)} is not a Standard execution ARN"
     machine = f"stateMachine:{parts[1]}"
     machine_arn = str(Arn(parsed.partition, parsed.service, parsed.region, parsed.account, machine))
+    try:
+        target = Target.from_arn(machine_arn)
+    except ValueError:
+        return f"{_shown(execution_arn)} names no valid state machine"
+    if target.type is not TargetType.STEPFUNCTIONS:
+        return f"{_shown(execution_arn)} names no state machine"
+    return target
+
+
+def execution_key(
+    machine: Target, execution_arn: str, redrive_count: int, declared: str | None
+) -> str:
+    """The ledger key of one failure of an execution, however it was reported (the status
+    change event, or an envelope): the execution and how often it had been redriven, so the
+    same failure delivered twice is one piece of work, and a failure after a redrive another."""
+    identity = compact_json({"execution": execution_arn, "redriveCount": redrive_count})
+    return idempotency_key(machine.arn, identity, declared)
+
+
+def _state_machine_of(execution_arn: str, named: object) -> Target | str:
+    """The execution's state machine, or why the event does not say one: a `stateMachineArn`
+    that disagrees with the execution ARN is a forged or broken event."""
+    target = execution_state_machine(execution_arn)
+    if isinstance(target, str):
+        return f"detail.executionArn {target}"
     # A version or alias qualifier after the name is still the same state machine.
-    if isinstance(named, str) and named.split(":")[:_MACHINE_ARN_PARTS] != machine_arn.split(":"):
+    if isinstance(named, str) and named.split(":")[:_MACHINE_ARN_PARTS] != target.arn.split(":"):
         return (
             f"detail.stateMachineArn {_shown(named)} is not the state machine of execution "
             f"{_shown(execution_arn)}"
         )
-    try:
-        target = Target.from_arn(machine_arn)
-    except ValueError:
-        return f"detail.executionArn {_shown(execution_arn)} names no valid state machine"
-    if target.type is not TargetType.STEPFUNCTIONS:
-        return f"detail.executionArn {_shown(execution_arn)} names no state machine"
     return target
 
 

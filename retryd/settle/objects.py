@@ -12,9 +12,11 @@ whose lease lapsed mid-send is answered DONE, and only settled, elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import structlog
 
 from retryd import s3_objects
@@ -81,6 +83,35 @@ class Objects:
         except LedgerError as exc:
             # Each lapses by itself within ledger.claim_renew_s.
             log.warning("object-lease-release-failed", source=source.name, error=str(exc))
+
+    @asynccontextmanager
+    async def held(
+        self, source: QueueRef, keys: Sequence[str], *, renew_every_s: float
+    ) -> AsyncIterator[None]:
+        """Keep the leases of `keys` while the block runs, and hand them back after it,
+        however it ends: a stop still releases them (shielded), so another replica need
+        not wait for them to lapse."""
+        try:
+            async with anyio.create_task_group() as renewing:
+                renewing.start_soon(self._keep, source, keys, renew_every_s)
+                try:
+                    yield
+                finally:
+                    renewing.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The group is only how the renewal is run: the caller sees the block's own
+            # error, as it would without leases to keep.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from group
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.release(source, keys)
+
+    async def _keep(self, source: QueueRef, keys: Sequence[str], every_s: float) -> None:
+        while True:
+            await anyio.sleep(every_s)
+            await self.renew(source, keys)
 
     async def settle(self, source: QueueRef, letters: Sequence[DeadLetter]) -> list[LeaseFailure]:
         """Delete (or tag) the objects whose copies are safe; those S3 did not settle."""

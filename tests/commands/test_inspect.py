@@ -16,7 +16,7 @@ from retryd.commands.cli import main
 from retryd.models import MessageAttribute
 from retryd.resolve.failure_groups import NO_ERROR, error_signature, failure_group_id, normalise
 from tests.faults import Fault
-from tests.native_helpers import letter
+from tests.native_helpers import letter, load_letter
 from tests.operator_helpers import (
     PARKING,
     config_file,
@@ -276,6 +276,17 @@ def test_each_shape_yields_its_recorded_error() -> None:
     assert error_signature(lambda_dlq) == "200: Task timed out after <n> seconds"
     assert error_signature(letter("plain text")) == NO_ERROR
     assert error_signature(letter("[1, 2]")) == NO_ERROR
+
+
+def test_a_failed_execution_event_yields_its_error_and_cause_else_its_status() -> None:
+    """A Step Functions status change: `error: cause` as the failed state set them; a
+    timeout, which records neither, by its status; another source's `detail` is not read."""
+    event = json.loads(load_letter("stepfunctions_execution_failed").body)
+    assert error_signature(letter(json.dumps(event))) == "States.TaskFailed: The task failed."
+    event["detail"].update(status="TIMED_OUT", error=None, cause=None)
+    assert error_signature(letter(json.dumps(event))) == "TIMED_OUT"
+    event["source"] = "aws.other"
+    assert error_signature(letter(json.dumps(event))) == NO_ERROR
 
 
 def test_normalise_replaces_the_variable_parts() -> None:

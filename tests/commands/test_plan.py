@@ -129,6 +129,7 @@ def test_plan_json_is_one_document_with_every_field(
         "resolver": "envelope",
         "target": {"type": "lambda", "arn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:charge"},
         "detail": "",
+        "resumes": None,
     }
     assert messages[ids["unresolvable"]]["target"] is None
     assert messages[ids["unresolvable"]]["resolver"] is None

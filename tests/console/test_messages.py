@@ -6,11 +6,13 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 
 from retryd.aws import open_clients
 from retryd.console.auth import TokenAuth
+from retryd.console.context import templates
 from retryd.control.audit import latest
 from retryd.control.memory import MemoryControlStore, MemoryDocs
 from retryd.control.readmodel import DlqView, record_dlq
@@ -260,3 +262,49 @@ def test_a_cross_site_request_from_an_operator_is_refused_and_receives_nothing(
     assert reply.status == 403
     drained = world.drain(DLQ)
     assert [m["Attributes"]["ApproximateReceiveCount"] for m in drained] == ["1", "1", "1"]
+
+
+def test_an_s3_sources_objects_are_shown_by_key_and_left_in_the_bucket(
+    world: World, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """Show messages of an S3 source (its bucket/prefix one path segment, slashes encoded as
+    the group page's button encodes them): each object by its key, with its error, on the
+    API and the page; nothing moved."""
+    settings = _settings(make_settings, tmp_path)
+    world.create_queue("retryd-parking")
+    charge = world.create_function("charge")
+    world.client("s3").create_bucket(Bucket="failures")
+    prefix = "aws/lambda/async/charge/"
+    record = {
+        "requestContext": {"functionArn": charge, "condition": "RetriesExhausted"},
+        "requestPayload": {"order": 1},
+        "responsePayload": {"errorType": "Timeout", "errorMessage": "timed out"},
+    }
+    world.client("s3").put_object(
+        Bucket="failures", Key=f"{prefix}a", Body=json.dumps(record).encode()
+    )
+    store = MemoryControlStore(MemoryDocs())
+    source = f"failures/{prefix}"
+    view = DlqView(source, f"s3://{source}", f"arn:aws:s3:::{source}", time.time(), [], [], None, 1)
+    anyio.run(record_dlq, store, view)
+    one_segment = templates().from_string("{{ q | path_part }}").render(q=source)
+    assert one_segment == quote(source, safe="")
+    path = f"/api/queues/{one_segment}/messages"
+
+    page_path = f"/queues/{one_segment}/messages"
+    calls = [(OPERATOR_TOKEN, path, {}), (OPERATOR_TOKEN, page_path, {"group": ""})]
+
+    reply, page = _with_console(settings, store, calls)
+
+    assert reply.status == 200, reply.text
+    doc = reply.json()
+    assert doc["queue"] == source
+    (shown,) = doc["messages"]
+    assert shown["message_id"] == f"{prefix}a"
+    assert shown["target"] == charge
+    assert shown["error"] == "Timeout: timed out"
+    # The page the group's button posts to shows the same object.
+    assert page.status == 200, page.text
+    assert f"{prefix}a" in page.text
+    listed = world.client("s3").list_objects_v2(Bucket="failures")["Contents"]
+    assert [item["Key"] for item in listed] == [f"{prefix}a"]

@@ -12,7 +12,9 @@ from retryd import stamps
 from retryd.commands.timeparse import parse_duration_s, parse_time_s
 from retryd.drain.redrive import Spec
 from retryd.drain.redrive_select import Selector, SelectorError, as_if_in_source
+from retryd.drain.redrive_spec import source_name
 from retryd.models import DeadLetter, Job, MessageAttribute, QueueRef, Target
+from retryd.s3_objects import source_ref
 from tests.native_helpers import letter
 
 CHARGE = "arn:aws:lambda:us-east-1:123456789012:function:charge"
@@ -119,3 +121,14 @@ def test_a_jobs_transform_is_stored_with_it_for_resume() -> None:
     spec = Spec(sources=("retry-a",), transform="tests.hook_transforms:add_flag")
     assert Spec.from_json(spec.to_json()).transform == "tests.hook_transforms:add_flag"
     assert Spec.from_json(Spec(sources=("retry-a",)).to_json()).transform is None
+
+
+@pytest.mark.parametrize(
+    "spelling", ["bucket/aws/lambda/", "s3://bucket/aws/lambda/", "arn:aws:s3:::bucket/aws/lambda/"]
+)
+def test_an_s3_source_is_named_by_its_bucket_and_prefix_however_it_is_spelled(
+    spelling: str,
+) -> None:
+    """`--from` takes an S3 source as bucket/prefix, its s3:// URL or its ARN: one name."""
+    assert source_name(spelling) == "bucket/aws/lambda/"
+    assert source_name(spelling) == source_ref("bucket", "aws/lambda/").name

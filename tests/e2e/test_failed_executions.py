@@ -130,3 +130,82 @@ def test_an_execution_outside_the_allowlist_is_never_described_or_redriven(
         if "AWSStepFunctions" in entry.get("headers", {}).get("X-Amz-Target", "")
     ]
     assert calls == []
+
+
+def execution_envelope(execution_arn: str, **target: Any) -> dict[str, Any]:
+    """A producer's retryd envelope naming a failed execution to redrive."""
+    return {
+        "envelope": "retryd/v1",
+        "target": {"type": "stepfunctions", "arn": execution_arn, **target},
+        "payload": {"orderId": "42"},
+    }
+
+
+def test_an_envelope_naming_a_failed_execution_is_redriven_once_beside_its_event(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """The envelope and the status-change event of one failure are one piece of work: one
+    RedriveExecution, no new execution."""
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    machine = world.create_state_machine("orders")
+    failed = failed_execution(world, machine, "failed-1")
+    world.send(DLQ, execution_envelope(failed))
+    world.send(DLQ, status_change(failed, machine))
+
+    report = cycle(make_settings())
+
+    assert report.decisions is not None
+    assert sorted((d.outcome.value, d.reason) for d in report.decisions) == [
+        # One key for the two: the second waits while the first is sent.
+        ("deferred", "claimed-elsewhere"),
+        ("resubmitted", ""),
+    ]
+    assert redrive_count(failed) == 1
+    assert [e["executionArn"] for e in world.executions(machine)] == [failed]
+
+
+def test_an_envelope_naming_an_execution_outside_the_allowlist_is_never_redriven(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Another account's execution in an envelope: parked target-not-allowed (the state
+    machine is what the allowlist judges), and no Step Functions call is made."""
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    execution = f"arn:aws:states:us-east-1:{OTHER_ACCOUNT}:execution:orders:x"
+    world.send(DLQ, execution_envelope(execution))
+    world.record()
+
+    report = cycle(make_settings(guards={"allow_targets": [f"arn:aws:*:*:{ACCOUNT}:*"]}))
+
+    assert report.decisions is not None
+    assert [(d.outcome, d.reason) for d in report.decisions] == [
+        (Outcome.PARKED, "target-not-allowed")
+    ]
+    calls = [
+        entry
+        for entry in world.server.recording()
+        if "AWSStepFunctions" in entry.get("headers", {}).get("X-Amz-Target", "")
+    ]
+    assert calls == []
+
+
+def test_an_envelope_execution_that_cannot_be_redriven_starts_afresh_with_its_payload(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Stopped 15 days ago, `not_redrivable = "start-execution"`: a new execution with the
+    envelope's payload as its input."""
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    machine = world.create_state_machine("orders")
+    old = failed_execution(
+        world, machine, "old", status="TIMED_OUT", stopped_at=datetime.now(UTC) - timedelta(days=15)
+    )
+    world.send(DLQ, execution_envelope(old))
+
+    report = cycle(make_settings(stepfunctions={"not_redrivable": "start-execution"}))
+
+    assert report.outcomes == {"resubmitted": 1}
+    started = [e for e in world.executions(machine) if e["executionArn"] != old]
+    assert [json.loads(e["input"]) for e in started] == [{"orderId": "42"}]
+    assert redrive_count(old) == 0

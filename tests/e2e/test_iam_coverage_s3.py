@@ -1,8 +1,9 @@
 """The policy `retryd iam-policy` prints for S3 sources allows what draining them calls, no more.
 
 A bucket with Lambda failure records beside an SQS DLQ, on the moto server; `inspect`,
-`plan` and `once` run with their clients observed (tests/iam_helpers.py), and each call
-is judged against `policy_document` for the same settings, conditions included.
+`plan` and `once` (and, for the operator's policy, `redrive`) run with their clients
+observed (tests/iam_helpers.py), and each call is judged against `policy_document` for
+the same settings, conditions included.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any
 import anyio
 import pytest
 
+import retryd.commands.redrive
 import retryd.places
 from retryd.aws import AwsClients
+from retryd.commands.redrive import RedriveRequest, run_redrive
 from retryd.iam.policy import policy_document
 from retryd.settings import AwsSettings, Settings
 from tests.conftest import SettingsFactory
@@ -100,3 +103,42 @@ def test_listing_outside_the_prefix_or_reading_another_bucket_is_denied(
     assert not allowing(document, IamRequest("s3:GetObject", f"{bucket}/apps/secret"))
     assert not allowing(document, IamRequest("s3:GetObject", f"arn:aws:s3:::other/{PREFIX}x"))
     assert not allowing(document, IamRequest("s3:PutObject", f"{bucket}/{PREFIX}x"))
+
+
+def test_a_redrive_from_an_s3_source_is_allowed_by_the_operators_policy(
+    world: World, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`retryd redrive --from bucket/prefix`, planned and executed, makes only calls the
+    operator's policy allows: the same three S3 actions as the daemon's, on the prefix."""
+    _world(world)
+    log = CallLog()
+
+    def observed(aws: AwsSettings) -> AbstractAsyncContextManager[AwsClients]:
+        return recording_clients(aws, log)
+
+    for module in (retryd.places, retryd.commands.redrive):
+        monkeypatch.setattr(module, "open_clients", observed)
+    settings = make_settings(
+        discovery={"s3_sources": [f"{BUCKET}/{PREFIX}"]},
+        guards={"allow_targets": [f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:charge"]},
+    )
+    source = [f"{BUCKET}/{PREFIX}"]
+
+    async def plan_then_execute() -> int:
+        assert await run_redrive(settings, RedriveRequest(sources=source, output="json")) == 0
+        request = RedriveRequest(
+            sources=source, targets=["*"], execute=True, ramp="none", output="json"
+        )
+        return await run_redrive(settings, request)
+
+    assert anyio.run(plan_then_execute) == 0
+    listed = world.client("s3").list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    # The record went back to its function and was deleted; the malformed object is not
+    # selected by --target (it resolves to none) and stays.
+    assert [item["Key"] for item in listed] == [f"{PREFIX}2026/12/07/b"]
+    requests = [r for call in log.calls for r in iam_requests(call, ACCOUNT)]
+    document = policy_document(settings, account=ACCOUNT, region=REGION, role="operator")
+    denied = [str(r) for r in requests if not allowing(document, r)]
+    assert not denied
+    s3_actions = sorted({r.action for r in requests if r.action.startswith("s3:")})
+    assert s3_actions == ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket"]

@@ -14,8 +14,9 @@ from moto.s3.models import s3_backends
 from retryd.aws import open_clients
 from retryd.commands.inspect import run_inspect
 from retryd.commands.plan import run_plan
+from retryd.control.factory import control_store
 from retryd.control.memory import MemoryControlStore, MemoryDocs
-from retryd.control.readmodel import read_dlqs
+from retryd.control.readmodel import read_dlqs, read_parked
 from retryd.drain.buckets import Markers, walk_source
 from retryd.ledger import open_ledger
 from retryd.models import Outcome
@@ -458,3 +459,38 @@ def test_an_object_that_cannot_be_read_is_left_and_the_rest_are_drained(
     assert keys(world) == [key(1)]
     invoked = sorted(json.loads(call["payload"])["order"] for call in world.invocations("charge"))
     assert invoked == [0, 2]
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_the_console_read_model_shows_s3_messages_by_source_and_key(
+    world: World, make_settings: SettingsFactory, tmp_path: Any, backend: str
+) -> None:
+    """What a cycle left in an S3 source (a failure group) and what it parked from one are in
+    the console's read model under the source's bucket/prefix, each by its object key."""
+    function_arn = world_with_bucket(world)
+    put(world, key(1), record(function_arn, {"order": 1}))
+    put(world, key(2), "not json at all")
+    world.faults.add(Fault("lambda", "Invoke", "ServiceException", 500, contains="charge"))
+    ledger = {"backend": "sqlite", "path": str(tmp_path / "ledger.sqlite3")}
+    settings = make_settings(
+        discovery={"queue_prefixes": ["retry-"], "s3_sources": [f"{BUCKET}/{PREFIX}"]},
+        ledger=ledger if backend == "sqlite" else {"backend": "memory"},
+    )
+
+    report = cycle(settings)
+
+    assert report.outcomes.get("parked") == 1
+    assert keys(world) == [key(1)]
+    store = control_store(settings.ledger, None)
+    (view,) = [v for v in anyio.run(read_dlqs, store) if v.name == f"{BUCKET}/{PREFIX}"]
+    assert (view.url, view.arn) == (f"s3://{BUCKET}/{PREFIX}", f"arn:aws:s3:::{BUCKET}/{PREFIX}")
+    (group,) = view.groups
+    assert (group["target"], group["example_message_id"], group["count"]) == (
+        function_arn,
+        key(1),
+        1,
+    )
+    parked = anyio.run(lambda: read_parked(store, ttl_s=3_600.0)).copies
+    assert [(copy.source_queue, copy.message_id, copy.reason) for copy in parked] == [
+        (f"{BUCKET}/{PREFIX}", key(2), "unresolvable")
+    ]

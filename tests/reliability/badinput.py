@@ -31,6 +31,8 @@ _UNICODE_POOLS = [
     '"\\/{}[]:,',  # JSON's own syntax
 ]
 TYPES = ["lambda", "stepfunctions", "sqs", "sns", "eventbridge"]
+# The share of failed executions told in a retryd envelope rather than a status-change event.
+ENVELOPED_EXECUTIONS = 0.5
 
 
 # What AWS accepts as the resource part of each target ARN (API references: Lambda
@@ -362,7 +364,34 @@ class Generator:
                 "uid": uid,
             },
         }
+        # Half of them are told in an envelope instead, drawn from a generator of their own,
+        # so the seeded draws of every other message stay what they were.
+        own = random.Random(f"execution-envelope-{uid}")
+        if own.random() < ENVELOPED_EXECUTIONS:
+            return self.execution_envelope(uid, own)
         return Hostile(json.dumps(event), {}, "execution-change")
+
+    def execution_envelope(self, uid: str, rng: random.Random) -> Hostile:
+        """A retryd envelope naming any execution to redrive, forged ones included."""
+        machine = self.targets[1]
+        target: dict[str, Any] = {
+            "type": rng.choice(["stepfunctions", "stepfunctions", "lambda"]),
+            "arn": rng.choice(
+                [
+                    *malformed_arns(rng)[:16],
+                    machine.replace(":stateMachine:", ":execution:") + f":{uid}",
+                    f"arn:aws:states:{REGION}:999999999999:execution:rel-flow:{uid}",
+                    f"arn:aws:states:eu-west-1:{ACCOUNT}:execution:rel-flow:{uid}",
+                    f"arn:aws:states:{REGION}:{ACCOUNT}:express:rel-flow:{uid}:x",
+                    f"arn:aws:states:{REGION}:{ACCOUNT}:execution:rel-flow",
+                ]
+            ),
+        }
+        count = rng.choice([None, 0, 2, -1, "1", True])
+        if count is not None:
+            target["redriveCount"] = count
+        body = {"envelope": "retryd/v1", "target": target, "payload": {"uid": uid}}
+        return Hostile(json.dumps(body), {}, "execution-envelope")
 
     def stream_pointer(self, uid: str) -> Hostile:
         """A stream batch pointer naming any stream and range, forged ones included."""

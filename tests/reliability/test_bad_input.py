@@ -152,8 +152,10 @@ def test_malformed_arns_are_never_sent_to(fuzzed: FuzzRun) -> None:
 
 
 def test_no_stream_or_execution_outside_the_allowlist_is_read(fuzzed: FuzzRun) -> None:
-    """Forged stream pointers and execution ARNs: only allowlisted ones are read or redriven."""
+    """Forged stream pointers and execution ARNs (events and envelopes): only allowlisted ones
+    are read or redriven."""
     assert fuzzed.families["execution-change"]
+    assert fuzzed.families["execution-envelope"]
     assert fuzzed.families["stream-pointer"]
     assert fuzzed.touched, "no stream or execution was ever looked at: the check is vacuous"
     outside = [arn for arn in fuzzed.touched if not fnmatchcase(arn, ALLOWED)]

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retryd.models import FailedExecution, Job, ParkReason, Target, TargetType, Unresolvable
+from retryd.resolve.envelope import EnvelopeResolver
 from retryd.resolve.stepfunctions_execution import StepFunctionsExecutionResolver
 from tests.native_helpers import fixture, letter, load_letter
 
@@ -143,3 +144,79 @@ def test_any_detail_resolves_to_an_answer_without_raising(detail: dict[str, obje
         assert answer.target.type is TargetType.STEPFUNCTIONS
         assert isinstance(answer.origin, FailedExecution)
         assert answer.origin.execution_arn.split(":")[5] == "execution"
+
+
+def execution_envelope(**target: object) -> dict[str, Any]:
+    """A retryd envelope naming a failed execution to redrive (its target fields changed)."""
+    return {
+        "envelope": "retryd/v1",
+        "target": {"type": "stepfunctions", "arn": EXECUTION, **target},
+        "payload": {"orderId": "42"},
+    }
+
+
+def resolve_envelope(body: dict[str, Any], *, start: bool = False) -> Job | Unresolvable | None:
+    return EnvelopeResolver(start_if_not_redrivable=start).resolve(letter(body))
+
+
+def test_an_envelope_naming_an_execution_is_the_events_redrive_under_the_same_key() -> None:
+    """target.arn an execution ARN: the state machine is the target, the execution the origin,
+    the payload the input for a fresh start; keyed as the status-change event of that failure
+    is, so one failure delivered both ways is redriven once."""
+    job = resolve_envelope(execution_envelope(), start=True)
+    event_job = resolve(event_with(input='{"orderId":"42"}'))
+    assert isinstance(job, Job)
+    assert isinstance(event_job, Job)
+    assert job.target == Target(TargetType.STEPFUNCTIONS, MACHINE)
+    assert isinstance(job.origin, FailedExecution)
+    assert job.origin.execution_arn == EXECUTION
+    assert job.origin.redrive_count == 0
+    assert job.origin.start_if_not_redrivable
+    assert json.loads(job.body) == {"orderId": "42"}
+    assert job.key == event_job.key
+    assert job.resolver == "envelope"
+
+
+def test_an_envelope_execution_keys_on_its_redrive_count_or_the_producers_key() -> None:
+    """A failure after a redrive (redriveCount 1) is new work; an idempotencyKey wins."""
+    first = resolve_envelope(execution_envelope())
+    later = resolve_envelope(execution_envelope(redriveCount=1))
+    keyed = resolve_envelope({**execution_envelope(), "idempotencyKey": "order-42"})
+    assert isinstance(first, Job)
+    assert isinstance(later, Job)
+    assert isinstance(keyed, Job)
+    assert isinstance(later.origin, FailedExecution)
+    assert later.origin.redrive_count == 1
+    assert len({first.key, later.key, keyed.key}) == 3
+    assert keyed.key == "order-42"
+
+
+def test_an_envelope_execution_with_a_null_payload_has_no_input_to_start_with() -> None:
+    """payload null: the redrive goes on; a fresh start has no input (as an event without one)."""
+    job = resolve_envelope({**execution_envelope(), "payload": None})
+    assert isinstance(job, Job)
+    assert job.body == ""
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ({"arn": "arn:aws:states:us-east-1:123456789012:express:m:x:y"}, "is not a Standard"),
+        ({"arn": "arn:aws:states:us-east-1:12345:execution:m:x"}, "execution"),
+        ({"arn": "arn:aws:states:us-east-1:123456789012:execution:m"}, "is not a Standard"),
+        ({"redriveCount": -1}, "redriveCount"),
+        ({"redriveCount": True}, "redriveCount"),
+        ({"type": "lambda"}, "must be a state machine ARN"),
+        (
+            {"arn": MACHINE, "redriveCount": 1},
+            "redriveCount applies only to an execution ARN",
+        ),
+    ],
+)
+def test_a_bad_execution_target_is_an_invalid_envelope(target: dict[str, Any], says: str) -> None:
+    """An execution ARN that names no Standard execution, a bad redriveCount, or a
+    redriveCount beside a state machine ARN: parked invalid-envelope, with the reason."""
+    answer = resolve_envelope(execution_envelope(**target))
+    assert isinstance(answer, Unresolvable)
+    assert answer.reason is ParkReason.INVALID_ENVELOPE
+    assert says in answer.detail, answer.detail
