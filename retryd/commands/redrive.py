@@ -361,7 +361,17 @@ async def run_redrive(settings: Settings, request: RedriveRequest) -> int:
             print("nothing changed; add --execute to do it")
         return EXIT_STOPPED if done.counts.errors else EXIT_OK
     _print(render_job(done.job), job_json(done.job), request.output, "job")
-    return job_exit(done.job)
+    code = job_exit(done.job)
+    if code == EXIT_OK and done.counts.errors:
+        # A source the plan could not read was not redriven either: "done" with nothing
+        # done there must not read as success.
+        print(
+            f"retryd: job {done.job.id} could not read every source "
+            f"({len(done.counts.errors)} error(s), listed in the plan above)",
+            file=sys.stderr,
+        )
+        return EXIT_STOPPED
+    return code
 
 
 async def redrive_job(

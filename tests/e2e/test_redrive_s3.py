@@ -218,8 +218,8 @@ def test_an_s3_outage_during_a_redrive_leaves_every_object_where_it_was(
     assert world.invocations() == []
     world.faults.clear()
     assert keys(world) == [key(1)]
-    # The job found nothing it could read, so it did nothing; the plan above says why.
-    assert code == 0, documents
+    # The job found nothing it could read, so it did nothing: exit 1, not a success.
+    assert code == 1, documents
     assert documents[1]["job"]["counts"] == {}
 
 
