@@ -610,3 +610,18 @@ def test_the_chain_parses_a_body_once(make_settings: SettingsFactory) -> None:
     # resolvers, then the key, read the same document.
     assert calls.misses == 1
     assert calls.hits >= 3
+
+
+def test_a_route_kept_per_queue_is_that_queues_own() -> None:
+    """Asked again, in any order, each DLQ gets its own route's target, or none."""
+    resolver = StaticRouteResolver(
+        [Route(queue="retry-orders", target=ROUTED_ARN), Route(queue="retry-*", target=LAMBDA_ARN)]
+    )
+    for _ in range(2):
+        orders = resolver.target_for("retry-orders")
+        assert orders is not None
+        assert orders.arn == ROUTED_ARN
+        other = resolver.target_for("retry-other")
+        assert other is not None
+        assert other.arn == LAMBDA_ARN
+        assert resolver.target_for("payments-dlq") is None
