@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import profile as bench_profile
 from bench import steady, worlds
 from bench.emulators import Emulator, Fauxqs, Moto, free_port, wait_until_listening
 
@@ -150,6 +152,23 @@ def retryd_argv(config: str) -> list[str]:
     return [sys.executable, "-m", "retryd", "once", "--config", config]
 
 
+def profiled(argv: list[str], profiler: str, profile_to: Path) -> list[str]:
+    """A contender's `python -m ...` argv run under `profiler`, writing to `profile_to`.
+
+    py-spy samples every thread (see bench.profile); cProfile counts every call.
+    """
+    if argv[0] != sys.executable or argv[1] != "-m":
+        raise ValueError(f"only a `python -m` contender can be profiled: {argv}")
+    if profiler == "cprofile":
+        return [argv[0], "-m", "bench.profile", "--record", f"{profile_to}.prof", *argv[1:]]
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    rate = str(bench_profile.SAMPLES_PER_S)
+    return [
+        *(py_spy, "record", "--format", "raw", "--function", "--full-filenames"),
+        *("--rate", rate, "--output", f"{profile_to}.txt", "--", *argv),
+    ]
+
+
 Contender = Callable[[str, Path], tuple[list[str], dict[str, str]]]
 
 
@@ -236,7 +255,7 @@ def run_sqs_world(args: argparse.Namespace) -> dict[str, Any]:
                         count = args.naive_messages if name == "naive" else args.messages
                         worlds.fill(world, count)
                         proxy.reset()
-                        argv, env = contenders[name](endpoint, run_dir)
+                        argv, env = _argv(args, contenders[name], endpoint, run_dir)
                         sample = measure(argv, env)
                         sample["messages"] = count
                         if endpoint == proxy.url:
@@ -275,8 +294,21 @@ def run_sqs_world(args: argparse.Namespace) -> dict[str, Any]:
         "emulator": args.emulator,
         "messages": args.messages,
         "dlqs": args.dlqs,
+        # The profiler makes every call dearer: a profiled run's figures are not retryd's.
+        "profiled_to": None if args.profile is None else str(args.profile),
         "figures": figures,
     }
+
+
+def _argv(
+    args: argparse.Namespace, contender: Contender, endpoint: str, run_dir: Path
+) -> tuple[list[str], dict[str, str]]:
+    """A contender's command, under the profiler when `--profile` asks for one."""
+    argv, env = contender(endpoint, run_dir)
+    if args.profile is None:
+        return argv, env
+    args.profile.mkdir(parents=True, exist_ok=True)
+    return profiled(argv, args.profiler, args.profile / run_dir.name), env
 
 
 def run_compute_world(args: argparse.Namespace) -> dict[str, Any]:
@@ -688,6 +720,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="fauxqs",
         choices=["fauxqs", "moto"],
         help="SQS emulator for the sqs, discovery and drain worlds (moto slows with depth)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sqs world: run each contender under a profiler, one file per run in DIR "
+        "(read with python -m bench.profile; the figures of such runs are the profiler's)",
+    )
+    parser.add_argument(
+        "--profiler",
+        default="py-spy",
+        choices=["py-spy", "cprofile"],
+        help="with --profile: py-spy samples every thread (pip install py-spy); cprofile "
+        "counts every call of the main thread",
     )
     parser.add_argument("--out", type=Path, help="also write the JSON document here")
     return parser.parse_args(argv)

@@ -266,6 +266,11 @@ class Metrics:
             registry=registry,
         )
         self._targets_labelled: set[str] = set()
+        # The series of the counters bumped per batch or per ledger call, by their label
+        # values: `labels()` builds a tuple and takes a lock each time, and looking up a
+        # queue's account and region parses its ARN. Bounded like the labels themselves.
+        self._decisions: dict[tuple[QueueRef, str, str, str], Counter] = {}
+        self._ledger_ops: dict[tuple[str, str, str], Counter] = {}
         register_build_info(registry)
         # One series per configured hook (a bounded set: the [[hooks]] rules) and result.
         self._hook_runs = Counter(
@@ -283,13 +288,17 @@ class Metrics:
         self, queue: QueueRef, outcome: str, reason: str, target_type: str, count: int = 1
     ) -> None:
         """Count `count` messages' outcome (a batch counts each kind of decision once)."""
-        self._messages.labels(
-            **_queue_labels(queue),
-            source=queue.kind.value,
-            outcome=outcome,
-            reason=_label(reason),
-            target_type=_label(target_type),
-        ).inc(count)
+        key = (queue, outcome, reason, target_type)
+        series = self._decisions.get(key)
+        if series is None:
+            series = self._decisions[key] = self._messages.labels(
+                **_queue_labels(queue),
+                source=queue.kind.value,
+                outcome=outcome,
+                reason=_label(reason),
+                target_type=_label(target_type),
+            )
+        series.inc(count)
 
     def record_resubmit_error(
         self, target_type: str, target_arn: str, error_class: str, code: str
@@ -383,7 +392,13 @@ class Metrics:
     def record_ledger_op(self, backend: str, operation: str, result: str) -> None:
         """Count one ledger operation (begin, commit, release, read, renew, begin-park,
         commit-park) and its result; claim renewals are the `renew` ones."""
-        self._ledger_operations.labels(backend=backend, operation=operation, result=result).inc()
+        key = (backend, operation, result)
+        series = self._ledger_ops.get(key)
+        if series is None:
+            series = self._ledger_ops[key] = self._ledger_operations.labels(
+                backend=backend, operation=operation, result=result
+            )
+        series.inc()
 
     def record_ledger_error(self, backend: str, operation: str) -> None:
         """Count a ledger operation that failed."""

@@ -7,6 +7,7 @@ new value, so nothing downstream can quietly change what an earlier step saw.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ _SERVICE_TO_TYPE = {
 }
 
 LATEST_QUALIFIER = ":$LATEST"
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_arn(arn: str) -> Arn:
+    """A target's ARN split once: its name and kind are asked for every message it is sent."""
+    return Arn.parse(arn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +86,7 @@ class Target:
 
     @property
     def parsed(self) -> Arn:
-        return Arn.parse(self.arn)
+        return _parsed_arn(self.arn)
 
     @property
     def name(self) -> str:

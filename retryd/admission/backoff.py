@@ -22,6 +22,8 @@ from retryd.settings import BackoffRule, BackoffSettings
 
 # 53 bits fill a double's mantissa exactly, so the fraction is uniform on [0, 1).
 _FRACTION_BITS = 53
+# Targets whose limits are kept once looked up (asked for every message; a handful per cycle).
+LIMITS_KEPT = 4096
 
 
 def _pattern(rule: BackoffRule) -> str:
@@ -53,13 +55,22 @@ class Backoff:
 
     def __init__(self, settings: BackoffSettings) -> None:
         self._settings = settings
+        # Target ARN -> its limits: matching the rules' globs once per target, not per message.
+        self._limits: dict[str, tuple[float, float]] = {}
 
     def limits_for(self, target_arn: str) -> tuple[float, float]:
         """(base_s, max_s) for the target."""
-        rule = first_matching(target_arn, self._settings.targets, _pattern)
-        if rule is None:
-            return (self._settings.base_s, self._settings.max_s)
-        return (rule.base_s, rule.max_s)
+        limits = self._limits.get(target_arn)
+        if limits is None:
+            rule = first_matching(target_arn, self._settings.targets, _pattern)
+            limits = (
+                (self._settings.base_s, self._settings.max_s)
+                if rule is None
+                else (rule.base_s, rule.max_s)
+            )
+            if len(self._limits) < LIMITS_KEPT:
+                self._limits[target_arn] = limits
+        return limits
 
     def delay_s(self, target_arn: str, key: str, attempt: int) -> float:
         """The wait before the next resubmission; `attempt` resubmissions were already made."""

@@ -127,6 +127,12 @@ class Claims:
             else:
                 # STARTED, or RESUMED: a resubmission begun earlier and never committed goes
                 # again under the same key and attempt, so the target can tell it is a repeat.
+                if answer.attempt == go.attempt and go.job.attempt == go.attempt - 1:
+                    # Begun as the attempt admission counted (the usual case): nothing to
+                    # copy (a job's copy costs more than the rest of its claim).
+                    go.permit.claim = claim
+                    admitted.go.append(go)
+                    continue
                 go.permit.claim = replace(claim, attempt=answer.attempt)
                 job = replace(go.job, attempt=answer.attempt - 1)
                 admitted.go.append(replace(go, job=job, attempt=answer.attempt))

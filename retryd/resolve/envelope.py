@@ -41,7 +41,7 @@ from retryd.resolve.base import (
     stamped_first_failed_at,
     stamped_key,
 )
-from retryd.resolve.keys import MAX_KEY_CHARS, compact_json, idempotency_key
+from retryd.resolve.keys import MAX_KEY_CHARS, compact_json, idempotency_key, parsed_json
 from retryd.resolve.stepfunctions_execution import execution_key, execution_state_machine
 
 ENVELOPE_V1 = "retryd/v1"
@@ -301,10 +301,7 @@ class EnvelopeResolver:
 
 def _claimed_envelope(body: str) -> dict[str, Any] | None:
     """The parsed body when it claims to be a retryd envelope; None when it is another shape."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+    document = parsed_json(body)
     if not isinstance(document, dict):
         return None
     version = document.get("envelope")

@@ -13,7 +13,6 @@ is never put back on the rule's bus: every rule on that bus would see it again.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +37,7 @@ from retryd.resolve.base import (
     stamped_first_failed_at,
     stamped_key,
 )
-from retryd.resolve.keys import compact_json, idempotency_key
+from retryd.resolve.keys import compact_json, idempotency_key, parsed_json
 from retryd.resolve.static_route import StaticRouteResolver
 
 RULE_ARN = "RULE_ARN"
@@ -264,10 +263,7 @@ def _bus_key(target: Target) -> tuple[str, str, str]:
 
 def _put_events_entry(body: str) -> str | None:
     """A delivered event as the PutEvents entry that recreates it; None if it is not one."""
-    try:
-        event = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+    event = parsed_json(body)
     if not isinstance(event, dict):
         return None
     source, detail_type, detail = event.get("source"), event.get("detail-type"), event.get("detail")

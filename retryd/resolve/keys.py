@@ -8,9 +8,10 @@ however its JSON happens to be spelled.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from typing import Any
+from typing import Any, Final
 
 HASH_PREFIX = "sha256:"
 # Keys of retryd's own items in the ledger table (retryd.cluster's state, operator
@@ -19,6 +20,28 @@ RESERVED_PREFIXES = ("retryd-cluster/", "retryd-control/")
 # Keys retryd writes are at most this long (a hash key is 71 characters), which
 # also keeps them well inside a DynamoDB partition key's 2048-byte limit.
 MAX_KEY_CHARS = 512
+
+# What parsed_json answers for text that is not JSON (or nested deeper than the parser
+# follows). Not None: a body of `null` is JSON.
+NOT_JSON: Final = object()
+# Bodies whose parse is kept: a letter is resolved in one go (every resolver that reads
+# its body, then its key), so the last two (a body and an SNS notification's Message)
+# cover it; more would only hold large documents longer.
+PARSES_KEPT = 2
+
+
+@functools.lru_cache(maxsize=PARSES_KEPT)
+def parsed_json(text: str) -> Any:
+    """`text` parsed as JSON, or NOT_JSON: parsed once however many resolvers ask.
+
+    Every resolver that recognises its shape by the body, and then the key, used to
+    parse the same body again (four times for a plain JSON body). The document is
+    shared between them: read it, never change it.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return NOT_JSON
 
 
 def compact_json(value: Any, *, sort_keys: bool = False) -> str:
@@ -37,10 +60,14 @@ def compact_json(value: Any, *, sort_keys: bool = False) -> str:
 
 def canonical_payload(body: str) -> str:
     """The body as sorted, compact JSON when it is JSON; otherwise the body itself."""
+    document = parsed_json(body)
+    if document is NOT_JSON:
+        # Not JSON: its exact text is its identity.
+        return body
     try:
-        return compact_json(json.loads(body), sort_keys=True)
+        return compact_json(document, sort_keys=True)
     except (ValueError, RecursionError):
-        # Not JSON (or nested too deep to re-serialise): its exact text is its identity.
+        # Nested too deep to re-serialise: its exact text is its identity.
         return body
 
 

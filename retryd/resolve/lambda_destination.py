@@ -47,7 +47,7 @@ from retryd.resolve.base import (
     stamped_first_failed_at,
     stamped_key,
 )
-from retryd.resolve.keys import compact_json, idempotency_key
+from retryd.resolve.keys import compact_json, idempotency_key, parsed_json
 
 # An SNS notification as a non-raw subscription delivers it (the record is its Message).
 SNS_NOTIFICATION_TYPE = "Notification"
@@ -259,10 +259,7 @@ def _refusal(
 
 
 def _json_object(body: str) -> dict[str, Any] | None:
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+    document = parsed_json(body)
     return document if isinstance(document, dict) else None
 
 

@@ -22,7 +22,6 @@ can call: their messages are parked `unsupported-target`, the protocol named.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -31,7 +30,7 @@ from retryd.discovery.feeds import FeedKind, FeedMap, FeedSource
 from retryd.discovery.subscriptions import LAMBDA_PROTOCOL, SQS_PROTOCOL, Subscription
 from retryd.models import DeadLetter, Job, ParkReason, Target, TargetType, Unresolvable
 from retryd.resolve.base import body_as_is
-from retryd.resolve.keys import compact_json
+from retryd.resolve.keys import compact_json, parsed_json
 
 NOTIFICATION_TYPE = "Notification"
 # Set by SQS on a message its redrive policy moved, and by Lambda on its async DLQ
@@ -99,10 +98,7 @@ class SnsSubscriptionResolver:
 
 def parse_notification(body: str) -> dict[str, Any] | None:
     """The body as an SNS JSON notification (Type "Notification", TopicArn, Message); else None."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+    document = parsed_json(body)
     if not isinstance(document, dict) or document.get("Type") != NOTIFICATION_TYPE:
         return None
     if not isinstance(document.get("TopicArn"), str) or not isinstance(

@@ -14,6 +14,9 @@ from retryd.models import DeadLetter, Job, Target
 from retryd.resolve.base import body_as_is
 from retryd.settings import Route
 
+# DLQs whose route is kept once looked up (a message's route is asked for every message).
+QUEUES_KEPT = 4096
+
 
 class StaticRouteResolver:
     """Routes a message by its DLQ's name; the first matching route in config order wins."""
@@ -23,13 +26,24 @@ class StaticRouteResolver:
     def __init__(self, routes: Sequence[Route]) -> None:
         # Route's validator already proved every target ARN parses; build them once.
         self._routes = tuple((route.queue, Target.from_arn(route.target)) for route in routes)
+        # Queue name -> its route's target: the globs matched once per DLQ, not per message.
+        self._targets: dict[str, Target | None] = {}
 
     def target_for(self, queue_name: str) -> Target | None:
         """The target of the first route whose queue name or glob matches, if any."""
-        for pattern, target in self._routes:
-            if pattern == queue_name or fnmatch.fnmatchcase(queue_name, pattern):
-                return target
-        return None
+        if queue_name in self._targets:
+            return self._targets[queue_name]
+        found = next(
+            (
+                target
+                for pattern, target in self._routes
+                if pattern == queue_name or fnmatch.fnmatchcase(queue_name, pattern)
+            ),
+            None,
+        )
+        if len(self._targets) < QUEUES_KEPT:
+            self._targets[queue_name] = found
+        return found
 
     def resolve(self, letter: DeadLetter) -> Job | None:
         target = self.target_for(letter.queue.name)

@@ -32,7 +32,7 @@ from retryd.models import (
     Unresolvable,
 )
 from retryd.resolve.base import forward_attributes, stamped_attempt, stamped_first_failed_at
-from retryd.resolve.keys import compact_json, idempotency_key
+from retryd.resolve.keys import compact_json, idempotency_key, parsed_json
 
 EVENT_SOURCE = "aws.states"
 DETAIL_TYPE = "Step Functions Execution Status Change"
@@ -104,10 +104,7 @@ class StepFunctionsExecutionResolver:
 
 def _status_change_detail(body: str) -> dict[str, Any] | None:
     """The event's `detail` when the body is a Step Functions execution status change."""
-    try:
-        event = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+    event = parsed_json(body)
     if not isinstance(event, dict):
         return None
     if event.get("source") != EVENT_SOURCE or event.get("detail-type") != DETAIL_TYPE:

@@ -140,10 +140,17 @@ class TargetRouter:
             if on_answer is not None:
                 await on_answer(deliveries)
 
-        async with anyio.create_task_group() as group:
-            for (target, clients_id), indexes in groups.items():
-                resubmitter = resubmitters[clients_id][target.type]
-                calls = [[i] for i in indexes] if target.type in _ONE_CALL_PER_JOB else [indexes]
-                for part in calls:
-                    group.start_soon(call, resubmitter, target, part)
+        parts = [
+            (resubmitters[clients_id][target.type], target, part)
+            for (target, clients_id), indexes in groups.items()
+            for part in ([[i] for i in indexes] if target.type in _ONE_CALL_PER_JOB else [indexes])
+        ]
+        if len(parts) == 1:
+            # One call (a batch to one queue, topic or bus): made in this task, as a task of
+            # its own (and its group) costs more CPU than the rest of the step.
+            await call(*parts[0])
+        else:
+            async with anyio.create_task_group() as group:
+                for part in parts:
+                    group.start_soon(call, *part)
         return [delivery for delivery in results if delivery is not None]

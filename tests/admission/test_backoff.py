@@ -119,6 +119,21 @@ def test_first_matching_rule_sets_the_limits() -> None:
     assert backoff.limits_for(QUEUE) == (30, 3_600)
 
 
+def test_limits_kept_per_target_stay_each_targets_own() -> None:
+    """Asked again, in any order, each target keeps its own rule's limits (kept per target)."""
+    settings = BackoffSettings(
+        base_s=30,
+        max_s=3_600,
+        targets=[
+            BackoffRule(pattern=f"arn:aws:lambda:*:{ACCOUNT}:function:charge*", base_s=1, max_s=60)
+        ],
+    )
+    backoff = Backoff(settings)
+    for _ in range(2):
+        assert backoff.limits_for(FN) == (1, 60)
+        assert backoff.limits_for(QUEUE) == (30, 3_600)
+
+
 def test_rule_for_one_account_does_not_reach_another() -> None:
     """A rule's `*` stays in its field: another account's function gets the defaults."""
     settings = BackoffSettings(

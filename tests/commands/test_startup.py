@@ -64,3 +64,18 @@ def test_config_check_imports_no_aws_sdk(tmp_path: Path) -> None:
     modules = loaded("config", "check", "--config", str(config))
     assert "pydantic_settings" in modules, "the probe did not reach the settings"
     assert not modules & set(SDK)
+
+
+def test_a_drain_without_schema_hooks_imports_no_jsonschema() -> None:
+    """What `retryd once` and `run` import to drain loads no jsonschema (50 ms with its
+    dependencies) until a `[[hooks]]` rule names a schema file."""
+    probe = (
+        "import sys, retryd.commands.cli, retryd.service.lifecycle\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    modules = json.loads(done.stdout.strip().replace("'", '"'))
+    assert "botocore" in modules, "the probe did not reach the drain"
+    assert "jsonschema" not in modules

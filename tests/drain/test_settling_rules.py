@@ -704,3 +704,31 @@ def test_a_message_whose_backoff_outlasts_its_retention_is_parked_not_hidden() -
     [verdict] = anyio.run(main)
     assert isinstance(verdict, Park)
     assert verdict.reason is ParkReason.RETENTION_EXPIRING
+
+
+def test_a_claim_begun_as_counted_keeps_its_go_and_one_resumed_takes_the_ledgers_attempt() -> None:
+    """A fresh claim sends the Go as admission made it; a claim left begun at a later
+    attempt (a crashed owner's, expired) is resumed as that attempt, job and claim alike."""
+
+    async def main() -> tuple[list[Go], list[Go]]:
+        clock_s = [WALL_NOW_S]
+        dead = MemoryLedger(claim_s=300, ttl_s=86_400, owner="dead", clock=lambda: clock_s[0])
+        mine = MemoryLedger(
+            claim_s=300, ttl_s=86_400, owner="me", clock=lambda: clock_s[0], store=dead.store
+        )
+        fresh, left = unit_job("fresh"), unit_job("left")
+        await dead.begin([Claim(left.key, left.letter.message_id, 3, None)])
+        clock_s[0] += 301
+        guards = unit_guards(None, mine)
+        gos = await gos_for(guards, [fresh, left])
+        admitted = [part async for part in guards.admit(CHARGE, gos, anyio.current_time() + 60)]
+        return gos, [go for part in admitted for go in part.go]
+
+    asked, sent = anyio.run(main)
+    assert sent[0] is asked[0]
+    assert (sent[0].attempt, sent[0].job.attempt) == (1, 0)
+    assert sent[0].permit.claim is not None
+    assert sent[0].permit.claim.attempt == 1
+    assert (sent[1].attempt, sent[1].job.attempt) == (3, 2)
+    assert sent[1].permit.claim is not None
+    assert sent[1].permit.claim.attempt == 3

@@ -10,7 +10,14 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.resolve.keys import canonical_payload, compact_json, hashed_key, idempotency_key
+from retryd.resolve.keys import (
+    NOT_JSON,
+    canonical_payload,
+    compact_json,
+    hashed_key,
+    idempotency_key,
+    parsed_json,
+)
 from tests import strategies
 
 LAMBDA_ARN = "arn:aws:lambda:us-east-1:123456789012:function:charge"
@@ -122,3 +129,26 @@ def test_a_declared_key_in_retryds_own_item_space_is_not_used(rest: str) -> None
     for prefix in ("retryd-cluster/", "retryd-control/"):
         declared = prefix + rest
         assert idempotency_key(LAMBDA_ARN, "x", declared) == hashed_key(LAMBDA_ARN, "x")
+
+
+def _canonical_parsing_each_time(body: str) -> str:
+    """canonical_payload as it was before bodies were parsed once (the reference)."""
+    try:
+        return compact_json(json.loads(body), sort_keys=True)
+    except (ValueError, RecursionError):
+        return body
+
+
+@given(body=st.text() | json_values.map(json.dumps) | st.sampled_from(["null", " null ", "[]"]))
+def test_canonical_payload_is_what_parsing_each_time_gave(body: str) -> None:
+    """The shared parse changes no key: the canonical form is the one a fresh parse gives."""
+    assert canonical_payload(body) == _canonical_parsing_each_time(body)
+    # Asked again (now from the shared parse), the same answer.
+    assert canonical_payload(body) == _canonical_parsing_each_time(body)
+
+
+def test_parsed_json_tells_json_null_from_not_json() -> None:
+    """`null` is JSON (None); text that is not JSON, or nested too deep, is NOT_JSON."""
+    assert parsed_json("null") is None
+    assert parsed_json("card declined") is NOT_JSON
+    assert parsed_json("[" * 100_000 + "]" * 100_000) is NOT_JSON

@@ -29,7 +29,7 @@ from retryd.resolve.base import (
     stamped_key,
 )
 from retryd.resolve.envelope import EnvelopeResolver
-from retryd.resolve.keys import hashed_key
+from retryd.resolve.keys import hashed_key, parsed_json
 from retryd.resolve.static_route import StaticRouteResolver
 from retryd.settings import Route
 from tests import strategies
@@ -595,3 +595,33 @@ def test_chain_answers_every_message_without_a_resolver_failing(
     assert answer.target.parsed.service
     assert not any(name.startswith("retryd.") for name in answer.forward_attributes)
     answer.body.encode("utf-8", errors="surrogatepass")
+
+
+def test_the_chain_parses_a_body_once(make_settings: SettingsFactory) -> None:
+    """Every resolver that looks at a JSON body, then its key, share one parse of it."""
+    chain = build_chain(make_settings(routes=[{"queue": "retry-*", "target": ROUTED_ARN}]))
+    body = json.dumps({"orderId": "parsed-once", "amount": 7})
+    parsed_json.cache_clear()
+    job = as_job(chain.resolve(letter_with(body)))
+    assert job.target.arn == ROUTED_ARN
+    assert job.key == hashed_key(ROUTED_ARN, body)
+    calls = parsed_json.cache_info()
+    # Parsed once (the envelope resolver); the Lambda destination and Step Functions
+    # resolvers, then the key, read the same document.
+    assert calls.misses == 1
+    assert calls.hits >= 3
+
+
+def test_a_route_kept_per_queue_is_that_queues_own() -> None:
+    """Asked again, in any order, each DLQ gets its own route's target, or none."""
+    resolver = StaticRouteResolver(
+        [Route(queue="retry-orders", target=ROUTED_ARN), Route(queue="retry-*", target=LAMBDA_ARN)]
+    )
+    for _ in range(2):
+        orders = resolver.target_for("retry-orders")
+        assert orders is not None
+        assert orders.arn == ROUTED_ARN
+        other = resolver.target_for("retry-other")
+        assert other is not None
+        assert other.arn == LAMBDA_ARN
+        assert resolver.target_for("payments-dlq") is None

@@ -466,3 +466,26 @@ def test_target_labels_stay_bounded_and_stable(picks: list[int]) -> None:
         assert label in (arn, OTHER_TARGET)
         assert first_label.setdefault(arn, label) == label
     assert len(set(first_label.values())) <= MAX_TARGET_LABELS + 1
+
+
+def test_decisions_counted_through_kept_series_stay_apart_by_every_label() -> None:
+    """Series kept per label values: each kind of decision and ledger result counts alone."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    for _ in range(3):
+        metrics.record_decision(_queue("retry-a"), "resubmitted", "", "sqs", 10)
+        metrics.record_decision(_queue("retry-b"), "resubmitted", "", "sqs", 2)
+        metrics.record_decision(_queue("retry-a"), "parked", "too-old", "sqs")
+        metrics.record_ledger_op("sqlite", "commit", "ok")
+        metrics.record_ledger_op("sqlite", "commit", "lost")
+    place = {"account": "123456789012", "region": "us-east-1", "source": "sqs"}
+    sent = {**place, "outcome": "resubmitted", "reason": "none", "target_type": "sqs"}
+    counted = "retryd_messages_total"
+    assert registry.get_sample_value(counted, {**sent, "queue": "retry-a"}) == 30
+    assert registry.get_sample_value(counted, {**sent, "queue": "retry-b"}) == 6
+    parked = {**place, "queue": "retry-a", "outcome": "parked", "reason": "too-old"}
+    assert registry.get_sample_value(counted, {**parked, "target_type": "sqs"}) == 3
+    ops = "retryd_ledger_operations_total"
+    for result in ("ok", "lost"):
+        labels = {"backend": "sqlite", "operation": "commit", "result": result}
+        assert registry.get_sample_value(ops, labels) == 3
