@@ -1,11 +1,12 @@
 """Group commit: the ledger calls of every batch in flight, gathered into one transaction.
 
-A durable ledger pays per transaction (a hop to its thread, a COMMIT), not per
-record. With many DLQs' batches running side by side, each batch's claim,
-commit and park calls arrive a few milliseconds apart; `GroupCommit` holds the
-first of them for a short window (`window_s`), or until `max_ops` calls wait,
-and hands them all to one `flush` in a worker thread. Each caller is answered
-only once the transaction it rode in has committed.
+A durable ledger pays per transaction (a hop to its thread and a COMMIT for
+SQLite, a round trip for DynamoDB), not per record. With many DLQs' batches
+running side by side, each batch's claim, commit and park calls arrive a few
+milliseconds apart; `GroupCommit` holds the first of them for a short window
+(`window_s`), or until `max_ops` calls wait, and hands them all to one `flush`.
+Each caller is answered only once the transaction (or the calls) it rode in
+have been answered.
 
 A window never holds a caller past its own deadline: each call brings the
 deadline of its cancel scope (a message's lease, a shutdown's grace), and the
@@ -18,20 +19,20 @@ waits does not strand the others. A caller cancelled before its call is taken
 into a flush is removed from the group; once taken, its call is applied whole
 or not at all, as when it ran alone.
 
-`flush` runs the calls in order, each in a savepoint of its own: a call that
-fails is rolled back alone and fails only its caller. A failure of the
-transaction itself (BEGIN, COMMIT) fails exactly the callers that rode in it.
+`flush` answers each call on its own: SQLite's runs them in order, each in a
+savepoint, so a call that fails is rolled back alone and fails only its caller;
+DynamoDB's answers a failed or throttled request to the calls whose items rode
+in it. A flush that raises fails exactly the callers that rode in it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import anyio
-import anyio.to_thread
 
 Op = TypeVar("Op")
 Res = TypeVar("Res")
@@ -55,16 +56,16 @@ class _Waiter(Generic[Op, Res]):
 
 # What `flush` answers per call, in the order given: its result, or what it failed with.
 Answer = tuple[Res | None, BaseException | None]
-Flush = Callable[[Sequence[Op]], list[Answer[Res]]]
+Flush = Callable[[Sequence[Op]], Awaitable[list[Answer[Res]]]]
 
 
 class GroupCommit(Generic[Op, Res]):
     """Gathers calls for up to `window_s` (or `max_ops` calls) and runs them as one flush.
 
-    `flush` runs in a worker thread, one at a time under `lock`; it answers each
-    call, and raises only when the transaction as a whole failed (then every call in
-    it fails with that). One caller at a time leads: it holds the window, flushes,
-    and hands the lead to the first caller still waiting.
+    `flush` runs one at a time under `lock` (SQLite's hands the group to its worker
+    thread); it answers each call, and raises only when the group as a whole failed
+    (then every call in it fails with that). One caller at a time leads: it holds the
+    window, flushes, and hands the lead to the first caller still waiting.
     """
 
     def __init__(
@@ -142,7 +143,7 @@ class GroupCommit(Generic[Op, Res]):
         self.calls += len(group)
         answers: list[Answer[Res]]
         try:
-            answers = await anyio.to_thread.run_sync(self._flush, [w.op for w in group])
+            answers = await self._flush([w.op for w in group])
         except Exception as exc:  # noqa: BLE001 - handed to every caller of the group
             answers = [(None, exc)] * len(group)
         if len(answers) != len(group):

@@ -31,7 +31,7 @@ class Recorder:
         self.groups: list[list[int]] = []
         self._poison = poison
 
-    def __call__(self, ops: Sequence[int]) -> list[Answer[int]]:
+    async def __call__(self, ops: Sequence[int]) -> list[Answer[int]]:
         self.groups.append(list(ops))
         if self._poison is not None and self._poison in ops:
             raise sqlite3.OperationalError("disk I/O error")
