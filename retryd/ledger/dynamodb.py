@@ -299,10 +299,11 @@ class _Writes:
     def decide(self, now_s: float) -> tuple[list[str], dict[str, Record]]:
         """This round: the keys to read, and the records to write (by key)."""
         self.ready = {}
-        reading = sorted(self.to_read & self.pending)
+        to_read = self.to_read & self.pending
+        reading = sorted(to_read)
         self.to_read = set()
         for key in self.entries:
-            if key not in self.pending or key in reading:
+            if key not in self.pending or key in to_read:
                 continue
             live = [(self.calls[n], n, at) for n, at in self.entries[key] if n not in self.failed]
             if not live:

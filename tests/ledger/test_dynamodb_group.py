@@ -17,6 +17,7 @@ from retryd.ledger import (
     BeginStatus,
     Begun,
     Claim,
+    ClaimState,
     DynamoDbLedger,
     LedgerError,
     Record,
@@ -392,3 +393,29 @@ def _at(
 
 def _unexpected(operation: str, **_: object) -> LedgerError:
     raise AssertionError(f"{operation}: no write is cancelled here")
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_a_release_rides_in_the_transaction_of_another_batch_s_commit(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A batch's release and another's commit in one group: one TransactWriteItems for both."""
+
+    async def body() -> tuple[dict[str, int], dict[str, Record]]:
+        async with grouped(backend, "a", clock, max_ops=2) as ledger:
+            with anyio.fail_after(30):
+                await ledger.begin([claim("sent", "m1"), claim("failed", "m2")])
+            counted = counters(backend)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(ledger.commit, [claim("sent", "m1")], at_s=clock()))
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(ledger.release, [claim("failed", "m2")])
+            made = hits(counted)
+            with anyio.fail_after(30):
+                stored = await ledger.read(["sent", "failed"])
+        return made, stored
+
+    made, stored = run(body)
+    assert made == {"TransactWriteItems": 1}
+    assert (stored["sent"].attempts, stored["sent"].claim_state) == (1, ClaimState.COMMITTED)
+    assert (stored["failed"].attempts, stored["failed"].claim_state) == (0, None)
