@@ -61,8 +61,15 @@ DYNAMODB_VARIANTS: dict[str, int | None] = {
     "dynamodb, a request per call": 1,
     "dynamodb, group commit (default)": None,
 }
-TABLE = "bench-ledger"
 REGION = "us-east-1"
+# moto deep-copies a table on every TransactWriteItems (to roll a cancelled one back), so
+# its time and memory grow with the table: each DynamoDB run gets a fresh table, and
+# fewer batches than the in-process ledgers by default.
+DYNAMODB_BATCHES = 200
+
+
+def _table(tag: str) -> str:
+    return f"bench-ledger-{tag}"
 
 
 async def _drive(ledger: Ledger, batches: int, in_flight: int, tag: str) -> None:
@@ -99,7 +106,7 @@ async def _dynamodb_child(batches: int, in_flight: int, max_ops: int | None, tag
     async with open_clients(AwsSettings()) as clients:
         ledger = DynamoDbLedger(
             clients.dynamodb,
-            TABLE,
+            _table(tag),
             claim_s=CLAIM_S,
             ttl_s=TTL_S,
             owner="bench",
@@ -128,12 +135,20 @@ def _dynamodb_run(
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,
     }
+    dynamodb = _moto_client(server.url)
+    dynamodb.create_table(
+        TableName=_table(tag),
+        AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
     server.start_recording()
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)  # noqa: S603
         requests = server.recording()
     finally:
         server.stop_recording()
+        dynamodb.delete_table(TableName=_table(tag))
     if done.returncode != 0:
         raise RuntimeError(f"the DynamoDB ledger run failed:\n{done.stderr[-3000:]}")
     calls: Counter[str] = Counter(
@@ -144,28 +159,26 @@ def _dynamodb_run(
     return float(json.loads(done.stdout)["cpu_s"]), +calls
 
 
+def _moto_client(url: str) -> Any:
+    import boto3  # noqa: PLC0415 - only for the tables
+
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",  # noqa: S106 - the emulator's
+    )
+
+
 def _measure_dynamodb(
     batches: int, in_flight: int, runs: int
 ) -> tuple[dict[str, list[float]], dict[str, list[Counter[str]]]]:
-    import boto3  # noqa: PLC0415 - only for the table
-
     from retryd.sandbox.emulator import MotoServer  # noqa: PLC0415 - only with DynamoDB
 
     cpu_s: dict[str, list[float]] = {name: [] for name in DYNAMODB_VARIANTS}
     calls: dict[str, list[Counter[str]]] = {name: [] for name in DYNAMODB_VARIANTS}
     with MotoServer() as server:
-        boto3.client(
-            "dynamodb",
-            endpoint_url=server.url,
-            region_name=REGION,
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",  # noqa: S106 - the emulator's
-        ).create_table(
-            TableName=TABLE,
-            AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
         for run in range(runs):
             for number, (name, max_ops) in enumerate(DYNAMODB_VARIANTS.items()):
                 spent, made = _dynamodb_run(server, batches, in_flight, max_ops, f"{run}-{number}")
@@ -174,35 +187,40 @@ def _measure_dynamodb(
     return cpu_s, calls
 
 
-def measure(batches: int, in_flight: int, runs: int, *, dynamodb: bool = False) -> dict[str, Any]:
+def measure(
+    batches: int, in_flight: int, runs: int, *, dynamodb_batches: int = 0
+) -> dict[str, Any]:
     """Median CPU ms per message of each variant, and its ratio to the memory ledger's;
-    with `dynamodb`, the DynamoDB ledger's too, and its requests per batch of 10."""
+    with `dynamodb_batches`, the DynamoDB ledger's too, and its requests per batch of 10."""
     cpu_s: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as scratch_name:
         for run in range(runs):
             for name in VARIANTS:
                 spent = anyio.run(_one, name, Path(scratch_name), batches, in_flight, run)
                 cpu_s[name].append(spent)
+    per_msg = {
+        name: 1000 * statistics.median(spent) / (batches * BATCH) for name, spent in cpu_s.items()
+    }
     requests: dict[str, Any] = {}
-    if dynamodb:
-        dynamodb_cpu_s, calls = _measure_dynamodb(batches, in_flight, runs)
-        cpu_s.update(dynamodb_cpu_s)
+    if dynamodb_batches:
+        dynamodb_cpu_s, calls = _measure_dynamodb(dynamodb_batches, in_flight, runs)
+        for name, dynamodb_spent in dynamodb_cpu_s.items():
+            per_msg[name] = 1000 * statistics.median(dynamodb_spent) / (dynamodb_batches * BATCH)
         for name, made in calls.items():
             median = statistics.median(sum(each.values()) for each in made)
             requests[name] = {
-                "per_batch": round(median / batches, 3),
+                "per_batch": round(median / dynamodb_batches, 3),
                 "by_name_first_run": dict(sorted(made[0].items())),
             }
-    messages = batches * BATCH
-    per_msg = {name: 1000 * statistics.median(spent) / messages for name, spent in cpu_s.items()}
     figures: dict[str, Any] = {
-        "messages": messages,
+        "messages": batches * BATCH,
         "in_flight": in_flight,
         "runs": runs,
         "cpu_ms_per_msg": {name: round(ms, 4) for name, ms in per_msg.items()},
         "over_memory": {name: round(ms / per_msg["memory"], 2) for name, ms in per_msg.items()},
     }
     if requests:
+        figures["dynamodb_messages"] = dynamodb_batches * BATCH
         figures["dynamodb_requests"] = requests
     return figures
 
@@ -213,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=32, help="batches at once (16 DLQs x 2)")
     parser.add_argument("--runs", type=int, default=3, help="interleaved rounds; medians")
     parser.add_argument(
-        "--without-dynamodb", action="store_true", help="leave the DynamoDB ledger out"
+        "--dynamodb-batches",
+        type=int,
+        default=DYNAMODB_BATCHES,
+        help="batches of 10 per DynamoDB run (on moto); 0 leaves DynamoDB out",
     )
     # The DynamoDB run's child process (internal): its tag, and its group size.
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -223,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         spent = anyio.run(_dynamodb_child, args.batches, args.in_flight, args.max_ops, args.child)
         print(json.dumps({"cpu_s": spent}))
         return 0
-    figures = measure(args.batches, args.in_flight, args.runs, dynamodb=not args.without_dynamodb)
+    figures = measure(
+        args.batches, args.in_flight, args.runs, dynamodb_batches=args.dynamodb_batches
+    )
     print(json.dumps(figures, indent=2))
     return 0
 

@@ -124,7 +124,7 @@ def test_the_ledger_bench_compares_group_commit_with_a_transaction_per_call() ->
 
 def test_the_ledger_bench_counts_dynamodb_requests_per_batch_at_the_server() -> None:
     """With DynamoDB: a request per call is 3 per batch; group commit's, counted, are fewer."""
-    figures = measure_ledger(batches=4, in_flight=4, runs=1, dynamodb=True)
+    figures = measure_ledger(batches=4, in_flight=4, runs=1, dynamodb_batches=4)
     requests = figures["dynamodb_requests"]
     assert requests["dynamodb, a request per call"]["per_batch"] == 3.0
     assert requests["dynamodb, a request per call"]["by_name_first_run"] == {
