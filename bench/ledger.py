@@ -64,7 +64,7 @@ DYNAMODB_VARIANTS: dict[str, int | None] = {
 }
 REGION = "us-east-1"
 # moto deep-copies a table on every TransactWriteItems (to roll a cancelled one back), so
-# its time and memory grow with the table (200 batches at 32 in flight took the server
+# its time and memory grow with what it served (200 batches at 32 in flight took the server
 # past 5 GB): each DynamoDB run gets a fresh table, and far fewer batches by default.
 DYNAMODB_BATCHES = 64
 
