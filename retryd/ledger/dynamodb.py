@@ -77,7 +77,7 @@ from retryd.ledger.base import (
     park_copies_decide,
 )
 from retryd.ledger.group import Answer, GroupCommit
-from retryd.ledger.transact import item_bytes, pack
+from retryd.ledger.transact import item_bytes, pack, together
 from retryd.models import ErrorClass, SendError
 
 if TYPE_CHECKING:
@@ -273,8 +273,13 @@ class _Writes:
     round. An answer that writes nothing (DONE, BUSY, a release of a claim no
     longer ours) is only given on a version read in this group: an older one is
     read again first, so it cannot miss another owner's commit. A call is
-    answered once every key of its own is written or settled; a failed request,
-    or a key that keeps changing, fails exactly the calls with a claim on its keys.
+    answered once every key of its own is written or settled; a key that keeps
+    changing fails exactly the calls with a claim on it. A request that fails whole
+    (a 500, throttling past the retries, a key that cannot be serialised) says
+    nothing of which item was the cause: if it carried the keys of more than one
+    set of calls (`transact.together`), each set's keys are sent again in requests
+    of their own, so one call's poison or bad luck fails that call alone; a request
+    of one set that fails fails the calls of that set.
     """
 
     def __init__(self, calls: Sequence[_Call], recalled: dict[str, _Stored | None]) -> None:
@@ -285,6 +290,16 @@ class _Writes:
             for position, claim in enumerate(call.claims):
                 self.entries.setdefault(claim.key, []).append((number, position))
         self.results: list[list[object]] = [[None] * len(call.claims) for call in calls]
+        # Each key's set of calls: keys of one set are one item or share a call.
+        self.set_of = {
+            key: number
+            for number, keys in enumerate(
+                together([call.keys for call in calls], list(self.entries))
+            )
+            for key in keys
+        }
+        # Keys sent in requests of their own set since a shared request failed.
+        self.alone: set[str] = set()
         self.failed: dict[int, LedgerError] = {}
         self.stored = recalled
         self.pending = set(self.entries)
@@ -332,6 +347,30 @@ class _Writes:
             self.fail(key, partial(contention, key=key, tries=self.tries[key]))
         elif key in sent.stale:
             self.to_read.add(key)
+
+    def request_failed(
+        self, keys: Iterable[str], error: Callable[[str], LedgerError], *, read: bool
+    ) -> None:
+        """A request carrying `keys` failed whole: their sets go again alone, or fail."""
+        keys = [key for key in keys if key in self.pending]
+        if len({self.set_of[key] for key in keys}) > 1:
+            self.alone.update(keys)
+            if read:
+                self.to_read.update(keys)
+            return
+        for key in keys:
+            self.fail(key, error)
+
+    def sets_alone(self, keys: Iterable[str]) -> tuple[list[str], list[list[str]]]:
+        """`keys` split into those that may share requests, and the sets that go alone."""
+        shared: list[str] = []
+        apart: dict[int, list[str]] = {}
+        for key in keys:
+            if key in self.alone:
+                apart.setdefault(self.set_of[key], []).append(key)
+            else:
+                shared.append(key)
+        return shared, list(apart.values())
 
     def fail(self, key: str, error: Callable[[str], LedgerError]) -> None:
         """Fail every call with a claim on `key` (as its own operation), and drop the key."""
@@ -560,9 +599,22 @@ class DynamoDbLedger:
         self, calls: list[tuple[int, _Call]], answers: list[Answer[object]]
     ) -> None:
         """The reads of a group, as one BatchGetItem per 100 distinct keys."""
-        stored, failed = await self._read(
-            [key for _, call in calls for key in call.keys], self._clock()
-        )
+        now_s = self._clock()
+        stored, failed = await self._read([key for _, call in calls for key in call.keys], now_s)
+        concerned = [call for _, call in calls if any(key in failed for key in call.keys)]
+        if len(concerned) > 1:
+            # A request that failed whole for several calls says nothing of which one was
+            # the cause: each call's keys are read again on their own.
+            again: list[tuple[dict[str, _Stored | None], dict[str, BaseException]]] = []
+
+            async def read_alone(keys: Sequence[str]) -> None:
+                again.append(await self._read(keys, now_s))
+
+            await _side_by_side([partial(read_alone, call.keys) for call in concerned])
+            failed = {}
+            for got, unread in again:
+                stored.update(got)
+                failed.update(unread)
         for index, call in calls:
             failure = next((failed[key] for key in call.keys if key in failed), None)
             if failure is not None:
@@ -586,16 +638,19 @@ class DynamoDbLedger:
             reading, ready = writes.decide(now_s)
             if not reading and not ready:
                 break
-            sent, (got, unread) = await self._round(reading, ready, writes.stored, calls, now_s)
-            writes.took_reads(got)
-            for key, exc in unread.items():
-                writes.fail(key, partial(self._error, exc=exc))
+            sent, read = await self._round(reading, ready, writes, calls, now_s)
+            for got, unread in read:
+                writes.took_reads(got)
+                for exc in {id(exc): exc for exc in unread.values()}.values():
+                    keys = [key for key, each in unread.items() if each is exc]
+                    writes.request_failed(keys, partial(self._error, exc=exc), read=True)
             for outcome in sent:
+                if outcome.error is not None:
+                    error = partial(self._error, exc=outcome.error)
+                    writes.request_failed(outcome.keys, error, read=False)
+                    continue
                 for key in outcome.keys:
-                    if outcome.error is not None:
-                        writes.fail(key, partial(self._error, exc=outcome.error))
-                    else:
-                        writes.took_write(key, outcome, self._contention)
+                    writes.took_write(key, outcome, self._contention)
         for number, (index, _) in enumerate(calls):
             answers[index] = writes.answer(number)
 
@@ -606,14 +661,22 @@ class DynamoDbLedger:
         self,
         reading: list[str],
         ready: dict[str, Record],
-        stored: dict[str, _Stored | None],
+        writes: _Writes,
         calls: list[tuple[int, _Call]],
         now_s: float,
-    ) -> tuple[list[_Sent], tuple[dict[str, _Stored | None], dict[str, BaseException]]]:
-        """One round's reads and transactions, all side by side."""
+    ) -> tuple[list[_Sent], list[tuple[dict[str, _Stored | None], dict[str, BaseException]]]]:
+        """One round's reads and transactions, all side by side; a set of keys that
+        failed in a shared request goes in requests of its own."""
+        stored = writes.stored
         puts = {key: self._put(record, stored.get(key), now_s) for key, record in ready.items()}
         sizes = {key: item_bytes(put["Put"]["Item"]) for key, put in puts.items()}
-        transactions = pack([call.keys for _, call in calls], sizes)
+        call_keys = [call.keys for _, call in calls]
+        shared, apart = writes.sets_alone(puts)
+        transactions = pack(call_keys, {key: sizes[key] for key in shared})
+        for keys in apart:
+            transactions.extend(pack(call_keys, {key: sizes[key] for key in keys}))
+        shared_reads, apart_reads = writes.sets_alone(reading)
+        reads = [keys for keys in (shared_reads, *apart_reads) if keys]
         sent: list[_Sent] = []
         read: list[tuple[dict[str, _Stored | None], dict[str, BaseException]]] = []
 
@@ -629,14 +692,13 @@ class DynamoDbLedger:
                 )
             sent.append(outcome)
 
-        async def read_all() -> None:
-            read.append(await self._read(reading, now_s))
+        async def read_some(keys: list[str]) -> None:
+            read.append(await self._read(keys, now_s))
 
         work: list[Work] = [partial(send, keys) for keys in transactions]
-        if reading:
-            work.append(read_all)
+        work.extend(partial(read_some, keys) for keys in reads)
         await _side_by_side(work)
-        return sent, (read[0] if read else ({}, {}))
+        return sent, read
 
     # -- the Ledger protocol -------------------------------------------------------------------
 

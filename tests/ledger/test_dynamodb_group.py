@@ -420,3 +420,80 @@ def test_a_release_rides_in_the_transaction_of_another_batch_s_commit(
     assert made == {"TransactWriteItems": 1}
     assert (stored["sent"].attempts, stored["sent"].claim_state) == (1, ClaimState.COMMITTED)
     assert (stored["failed"].attempts, stored["failed"].claim_state) == (0, None)
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_a_key_that_cannot_be_sent_fails_its_own_call_and_not_its_group_mates(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A lone surrogate in one call's key fails a shared transaction whole: the other goes again."""
+
+    async def body() -> list[object]:
+        async with grouped(backend, "a", clock, max_ops=2) as ledger:
+            got: list[object] = [None, None]
+
+            async def begin(index: int, key: str) -> None:
+                try:
+                    got[index] = [x.status for x in await ledger.begin([claim(key, "m1")])]
+                except LedgerError as exc:
+                    got[index] = exc
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(begin, 0, "bad-\ud800")
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(begin, 1, "good")
+        return got
+
+    bad, good = run(body)
+    assert isinstance(bad, LedgerError)
+    assert bad.operation == "begin"
+    assert good == [STARTED]
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_a_commit_outage_fails_the_commit_but_not_a_release_that_rode_with_it(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """Every transaction with a committed claim fails: the release beside it is written alone."""
+    assert backend.world is not None
+
+    async def body() -> tuple[object, object, dict[str, Record]]:
+        async with grouped(backend, "a", clock, max_ops=2) as ledger:
+            with anyio.fail_after(30):
+                await ledger.begin([claim("sent", "m1"), claim("failed", "m2")])
+            assert backend.world is not None
+            backend.world.faults.add(
+                Fault(
+                    "dynamodb",
+                    "TransactWriteItems",
+                    "InternalServerError",
+                    500,
+                    contains='"committed"',
+                )
+            )
+            got: list[object] = [None, None]
+
+            async def commit() -> None:
+                try:
+                    got[0] = await ledger.commit([claim("sent", "m1")], at_s=clock())
+                except LedgerError as exc:
+                    got[0] = exc
+
+            async def release() -> None:
+                await ledger.release([claim("failed", "m2")])
+                got[1] = "released"
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(commit)
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(release)
+            backend.world.faults.clear()
+            with anyio.fail_after(30):
+                stored = await ledger.read(["failed"])
+        return got[0], got[1], stored
+
+    committed, released, stored = run(body)
+    assert isinstance(committed, LedgerError)
+    assert committed.operation == "commit"
+    assert released == "released"
+    assert stored["failed"].claim_state is None
