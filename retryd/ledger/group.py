@@ -21,8 +21,9 @@ or not at all, as when it ran alone.
 
 `flush` answers each call on its own: SQLite's runs them in order, each in a
 savepoint, so a call that fails is rolled back alone and fails only its caller;
-DynamoDB's answers a failed or throttled request to the calls whose items rode
-in it. A flush that raises fails exactly the callers that rode in it.
+DynamoDB's sends again, each call on its own, the calls of a request that failed
+whole, so a failure is answered to the call whose request failed. A flush that
+raises fails exactly the callers that rode in it.
 """
 
 from __future__ import annotations
