@@ -497,3 +497,35 @@ def test_a_commit_outage_fails_the_commit_but_not_a_release_that_rode_with_it(
     assert committed.operation == "commit"
     assert released == "released"
     assert stored["failed"].claim_state is None
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_a_read_that_fails_for_one_call_is_read_again_alone_for_the_others(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A BatchGetItem failing whenever it holds one key: the read beside it gets its answer."""
+    assert backend.world is not None
+    backend.world.faults.add(
+        Fault("dynamodb", "BatchGetItem", "InternalServerError", 500, contains="poison")
+    )
+
+    async def body() -> list[object]:
+        async with grouped(backend, "a", clock, max_ops=2) as ledger:
+            got: list[object] = [None, None]
+
+            async def read(index: int, key: str) -> None:
+                try:
+                    got[index] = await ledger.read([key])
+                except LedgerError as exc:
+                    got[index] = exc
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read, 0, "poison")
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(read, 1, "fine")
+        return got
+
+    poisoned, fine = run(body)
+    assert isinstance(poisoned, LedgerError)
+    assert (poisoned.operation, poisoned.error.error_class) == ("read", ErrorClass.TRANSIENT)
+    assert fine == {}
