@@ -429,7 +429,24 @@ class DynamoDbLedger:
         self._known: OrderedDict[str, tuple[float, _Stored | None]] = OrderedDict()
         self._lock = anyio.Lock()
         self.group: GroupCommit[_Call, object] = GroupCommit(
-            self._flush, window_s=group_window_s, max_ops=group_max_ops, lock=self._lock
+            self._flush,
+            window_s=group_window_s,
+            max_ops=group_max_ops,
+            lock=self._lock,
+            abandoned=self._abandoned,
+        )
+
+    def _abandoned(self, call: _Call) -> LedgerError:
+        """A call whose group's requests were cancelled with the caller that sent them."""
+        return LedgerError(
+            self.backend,
+            call.operation,
+            SendError(
+                ErrorClass.TRANSIENT,
+                "retryd.LedgerCancelled",
+                "the request it rode in was cancelled with the call that sent it (a stop, a "
+                "deadline); whether it was written is unknown",
+            ),
         )
 
     # -- what this ledger last saw of each key --------------------------------------------------

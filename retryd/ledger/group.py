@@ -14,8 +14,13 @@ window closes one window's length before the earliest of them (at once, if
 that is already past).
 
 The one who opened a window (the leader) flushes it with the whole group's
-fate in its hands, so the flush is shielded: a leader cancelled while it
-waits does not strand the others. A caller cancelled before its call is taken
+fate in its hands. SQLite's flush is shielded (a transaction in a thread
+cannot be stopped halfway, and is short): a leader cancelled while it waits
+does not strand the others. DynamoDB's waits on the network, and a stop must
+not wait for it past its drain deadline: a leader cancelled with its group's
+requests out cancels them, and its group-mates are answered with the
+`abandoned` error (their outcome unknown, as for a failed request); the lead
+passes to the next caller either way. A caller cancelled before its call is taken
 into a flush is removed from the group; once taken, its call is applied whole
 or not at all, as when it ran alone.
 
@@ -70,11 +75,20 @@ class GroupCommit(Generic[Op, Res]):
     """
 
     def __init__(
-        self, flush: Flush[Op, Res], *, window_s: float, max_ops: int, lock: anyio.Lock
+        self,
+        flush: Flush[Op, Res],
+        *,
+        window_s: float,
+        max_ops: int,
+        lock: anyio.Lock,
+        abandoned: Callable[[Op], Exception] | None = None,
     ) -> None:
         if window_s < 0 or max_ops < 1:
             raise ValueError("window_s must be >= 0 and max_ops >= 1")
         self._flush = flush
+        # None: the flush is shielded. Else what a group's callers get when its leader is
+        # cancelled while the flush is out (the flush is cancelled with it).
+        self._abandoned = abandoned
         self._window_s = window_s
         self._max_ops = max_ops
         self._lock = lock
@@ -111,20 +125,25 @@ class GroupCommit(Generic[Op, Res]):
         return waiter.result  # type: ignore[return-value]  # error None: result set
 
     async def _lead(self, leader: _Waiter[Op, Res]) -> None:
-        """Hold the window, flush one group, hand the lead on (shielded: others wait on it)."""
-        with anyio.CancelScope(shield=True):
-            # A caller handed the lead has waited through a whole flush: no window for it.
-            await self._hold_window(-math.inf if leader.promoted else anyio.current_time())
-            async with self._lock:
-                group = self._pending[: self._max_ops]
-                del self._pending[: self._max_ops]
-                await self._run(group)
-            if self._pending:
-                after = self._pending[0]
-                after.lead = after.promoted = True
-                after.wakeup.set()
-            else:
-                self._leading = False
+        """Hold the window, flush one group, hand the lead on (whatever became of the flush)."""
+        with anyio.CancelScope(shield=self._abandoned is None):
+            try:
+                # A caller handed the lead has waited through a whole flush: no window for it.
+                await self._hold_window(-math.inf if leader.promoted else anyio.current_time())
+                async with self._lock:
+                    group = self._pending[: self._max_ops]
+                    del self._pending[: self._max_ops]
+                    await self._run(group)
+            finally:
+                if not leader.taken and leader in self._pending:
+                    # Cancelled before its group was taken: its call is left out.
+                    self._pending.remove(leader)
+                if self._pending:
+                    after = self._pending[0]
+                    after.lead = after.promoted = True
+                    after.wakeup.set()
+                else:
+                    self._leading = False
 
     async def _hold_window(self, opened_s: float) -> None:
         while len(self._pending) < self._max_ops:
@@ -147,6 +166,15 @@ class GroupCommit(Generic[Op, Res]):
             answers = await self._flush([w.op for w in group])
         except Exception as exc:  # noqa: BLE001 - handed to every caller of the group
             answers = [(None, exc)] * len(group)
+        except BaseException:
+            # The leader was cancelled with the flush out: what it did is unknown to all.
+            for waiter in group:
+                waiter.error = (
+                    self._abandoned(waiter.op) if self._abandoned else RuntimeError("cancelled")
+                )
+                waiter.answered = True
+                waiter.wakeup.set()
+            raise
         if len(answers) != len(group):
             wrong = RuntimeError(f"flush answered {len(answers)} of {len(group)} calls")
             answers = [(None, wrong)] * len(group)
