@@ -732,7 +732,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profiler",
         default="py-spy",
         choices=["py-spy", "cprofile"],
-        help="with --profile: py-spy samples every thread (pip install py-spy); cprofile "
+        help="with --profile: py-spy samples every thread (a dev dependency); cprofile "
         "counts every call of the main thread",
     )
     parser.add_argument("--out", type=Path, help="also write the JSON document here")
