@@ -377,7 +377,9 @@ class Redrive:
         """After a ramp step: wait, count its canary failures; past --max-refail, stop the job."""
         if job.step > len(self.spec.ramp):
             return False
-        if self.spec.canary_wait_s > 0:
+        if self.spec.canary_wait_s > 0 and step.sent_keys:
+            # Only a copy that went out can come back; a step that sent nothing (each
+            # message refused or deferred) has no canary to wait for.
             await anyio.sleep(self.spec.canary_wait_s)
         refails = step.refails + await self._sources.returned(step.sent_keys)
         if refails <= self.spec.max_refail:

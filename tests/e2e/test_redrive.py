@@ -147,6 +147,28 @@ def test_plan_counts_are_what_execute_does(
     assert world.depth(PARKING) == 0
 
 
+@pytest.mark.timeout(60)  # far below the 600 s canary wait
+def test_a_step_that_sent_nothing_does_not_wait_for_canaries(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a refused message selected, a ten-minute canary wait: the job ends at once (it
+    waited the whole ten minutes for a canary that never went out), refused, exit 1."""
+    world.create_queue(PARKING)
+    world.create_queue(DLQ)
+    world.send(DLQ, envelope("sqs", f"arn:aws:sqs:{REGION}:999999999999:foreign", {"n": 9}))
+    cfg = config(tmp_path)
+
+    code, documents = cli_json(
+        capsys, "redrive", "--config", cfg, "--from", DLQ, "--execute", "--canary-wait-s", "600"
+    )
+
+    assert code == 1, documents
+    job = documents[1]["job"]
+    assert job["state"] == "done"
+    assert [g["action"] for g in job["groups"]] == ["refuse"]
+    assert world.depth(DLQ) == 1
+
+
 def test_to_outside_the_allowlist_is_refused(
     world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
