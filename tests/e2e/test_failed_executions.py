@@ -124,12 +124,7 @@ def test_an_execution_outside_the_allowlist_is_never_described_or_redriven(
     assert [(d.outcome, d.reason) for d in report.decisions] == [
         (Outcome.PARKED, "target-not-allowed")
     ]
-    calls = [
-        entry
-        for entry in world.server.recording()
-        if "AWSStepFunctions" in entry.get("headers", {}).get("X-Amz-Target", "")
-    ]
-    assert calls == []
+    assert step_functions_calls(world) == []
 
 
 def execution_envelope(execution_arn: str, **target: Any) -> dict[str, Any]:
@@ -182,12 +177,7 @@ def test_an_envelope_naming_an_execution_outside_the_allowlist_is_never_redriven
     assert [(d.outcome, d.reason) for d in report.decisions] == [
         (Outcome.PARKED, "target-not-allowed")
     ]
-    calls = [
-        entry
-        for entry in world.server.recording()
-        if "AWSStepFunctions" in entry.get("headers", {}).get("X-Amz-Target", "")
-    ]
-    assert calls == []
+    assert step_functions_calls(world) == []
 
 
 def test_an_envelope_execution_that_cannot_be_redriven_starts_afresh_with_its_payload(
@@ -209,3 +199,12 @@ def test_an_envelope_execution_that_cannot_be_redriven_starts_afresh_with_its_pa
     started = [e for e in world.executions(machine) if e["executionArn"] != old]
     assert [json.loads(e["input"]) for e in started] == [{"orderId": "42"}]
     assert redrive_count(old) == 0
+
+
+def step_functions_calls(world: World) -> list[dict[str, Any]]:
+    """The Step Functions requests the emulator recorded since `world.record()`."""
+    return [
+        entry
+        for entry in world.server.recording()
+        if "AWSStepFunctions" in entry.get("headers", {}).get("X-Amz-Target", "")
+    ]
