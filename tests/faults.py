@@ -9,7 +9,6 @@ that protocol, so botocore parses it exactly as it would a real AWS error.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import threading
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from retryd.sandbox.emulator import WsgiApp
+from retryd.sandbox.emulator import WsgiApp, request_body
 
 _CONTENT_TYPES = {
     "json": "application/x-amz-json-1.0",
@@ -141,9 +140,7 @@ class FaultInjector:
 
     def middleware(self, app: WsgiApp) -> WsgiApp:
         def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length) if length else b""
-            environ["wsgi.input"] = io.BytesIO(body)
+            body = request_body(environ)
             request = _describe(environ, body)
             fault = self._match(request)
             if fault is not None and fault.delay_s:
@@ -188,9 +185,7 @@ def atomic(app: WsgiApp) -> WsgiApp:
     lock = threading.Lock()
 
     def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else b""
-        environ["wsgi.input"] = io.BytesIO(body)
+        body = request_body(environ)
         request = _describe(environ, body)
         if (request.service, request.operation) not in _ATOMIC:
             return app(environ, start_response)

@@ -18,7 +18,6 @@ Tests arrange failed executions with `fail_execution`.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ from typing import Any
 
 from moto.stepfunctions.models import stepfunctions_backends
 
-from retryd.sandbox.emulator import WsgiApp
+from retryd.sandbox.emulator import WsgiApp, request_body
 
 _TARGET_PREFIX = "AWSStepFunctions."
 _FAILED = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
@@ -149,9 +148,7 @@ def redrive_front(app: WsgiApp) -> WsgiApp:
         operation = environ.get("HTTP_X_AMZ_TARGET", "")
         if not operation.startswith(_TARGET_PREFIX):
             return app(environ, start_response)
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else b""
-        environ["wsgi.input"] = io.BytesIO(body)
+        body = request_body(environ)
         name = operation.removeprefix(_TARGET_PREFIX)
         if name == "RedriveExecution":
             return _redrive(json.loads(body or b"{}"), start_response)

@@ -50,6 +50,14 @@ def _moto_app() -> tuple[WsgiApp, type[Any]]:
     return DomainDispatcherApplication(create_backend_app), MotoRequestHandler
 
 
+def request_body(environ: dict[str, Any]) -> bytes:
+    """The request's body, read once and put back, for a middleware before moto reads it."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body: bytes = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
 class _Recorder:
     """Every request that reaches moto, kept in this server's memory while recording is on.
 
@@ -82,9 +90,7 @@ class _Recorder:
     def wrap(self, app: WsgiApp) -> WsgiApp:
         def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if self._on:
-                length = int(environ.get("CONTENT_LENGTH") or 0)
-                body = environ["wsgi.input"].read(length) if length else b""
-                environ["wsgi.input"] = io.BytesIO(body)
+                body = request_body(environ)
                 headers = {
                     key[5:].replace("_", "-").title(): value
                     for key, value in environ.items()

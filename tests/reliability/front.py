@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from retryd.sandbox.emulator import WsgiApp
+from retryd.sandbox.emulator import WsgiApp, request_body
 from tests.faults import FaultInjector, _describe, _Request
 
 # retryd processes sign with this key id; the chaos layer faults only their calls.
@@ -212,9 +212,7 @@ class Front:
         inner = self.faults.middleware(self._serialising(self._recording(app)))
 
         def front(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length) if length else b""
-            environ["wsgi.input"] = io.BytesIO(body)
+            body = request_body(environ)
             request = _describe(environ, body)
             chaotic = CHAOS_KEY_ID in environ.get("HTTP_AUTHORIZATION", "")
             kind = self._draw(request) if chaotic else None
@@ -355,9 +353,7 @@ class Front:
         def serialise(
             environ: dict[str, Any], start_response: Callable[..., Any]
         ) -> Iterable[bytes]:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length) if length else b""
-            environ["wsgi.input"] = io.BytesIO(body)
+            body = request_body(environ)
             with self._lock_for(_describe(environ, body), body):
                 answer = _call(app, environ)
             start_response(answer.status, answer.headers)
@@ -388,9 +384,7 @@ class Front:
 
     def _recording(self, app: WsgiApp) -> WsgiApp:
         def record(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            payload = environ["wsgi.input"].read(length) if length else b""
-            environ["wsgi.input"] = io.BytesIO(payload)
+            payload = request_body(environ)
             request = _describe(environ, payload)
             touched = _touched(request, payload)
             if touched:
