@@ -88,6 +88,11 @@ def _being_cancelled() -> bool:
     return anyio.current_effective_deadline() == -math.inf
 
 
+def _first_beat_at(due_at: float, last_beat_at: float) -> float:
+    """When a beat due at `due_at` comes: never closer than MIN_BEAT_INTERVAL_S to the last."""
+    return max(due_at, last_beat_at + MIN_BEAT_INTERVAL_S)
+
+
 class VisibilityFailure(Protocol):
     """A message whose lease could not be extended (retryd.leases' LeaseFailure)."""
 
@@ -214,19 +219,37 @@ class Heartbeat:
         the batch it keeps.
         """
         try:
+            started_at = anyio.current_time()
+            # Most batches are settled long before their first beat is due: until then
+            # this task waits alone, and the beats' own task group and two tasks (80 us
+            # of CPU, more than the rest of a batch's bookkeeping) are made only for a
+            # batch that lives to need them. Nothing else moves a due time meanwhile.
+            await anyio.sleep_until(
+                min(
+                    _first_beat_at(self._lease_due_at(), started_at),
+                    _first_beat_at(self._claims_due_at(), started_at),
+                )
+            )
             async with anyio.create_task_group() as beats:
-                beats.start_soon(self._beat_while, self._lease_due_at, self._extend_lease)
-                beats.start_soon(self._beat_while, self._claims_due_at, self._renew_claims)
+                beats.start_soon(
+                    self._beat_while, self._lease_due_at, self._extend_lease, started_at
+                )
+                beats.start_soon(
+                    self._beat_while, self._claims_due_at, self._renew_claims, started_at
+                )
         except Exception:
             log.exception("heartbeat-failed", queue=self._queue.name, step="internal")
             self._stop("heartbeat-failed", None, error="internal")
 
     async def _beat_while(
-        self, due_at: Callable[[], float], step: Callable[[float], Awaitable[None]]
+        self,
+        due_at: Callable[[], float],
+        step: Callable[[float], Awaitable[None]],
+        started_at: float,
     ) -> None:
-        beat_at = anyio.current_time()
+        beat_at = started_at
         while self.stopped is None:
-            beat_at = max(due_at(), beat_at + MIN_BEAT_INTERVAL_S)
+            beat_at = _first_beat_at(due_at(), beat_at)
             await anyio.sleep_until(beat_at)
             if self.stopped is None:
                 await step(anyio.current_time())
