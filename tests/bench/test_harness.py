@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,11 +11,23 @@ import time
 
 import pytest
 
-from bench.__main__ import WORLDS, main, parse_args, rss_by_progress
+from bench.__main__ import WORLDS, compile_contenders, main, parse_args, rss_by_progress
 from bench.ledger import VARIANTS as LEDGER_VARIANTS
 from bench.ledger import measure as measure_ledger
 from bench.steady import Arrival, Throttle, process_cpu_s
 from bench.steady import figures as fed_figures
+
+
+def test_the_contenders_start_from_bytecode_as_an_installed_package_does() -> None:
+    """retryd's modules have up-to-date .pyc files once the harness has compiled them."""
+    import retryd.drain.batch  # noqa: PLC0415 - only to find its file
+
+    source = retryd.drain.batch.__file__
+    assert source is not None
+    compile_contenders()
+    cached = importlib.util.cache_from_source(source)
+    assert os.path.exists(cached)
+    assert os.path.getmtime(cached) >= os.path.getmtime(source)
 
 
 @pytest.mark.slow
