@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import io
 import logging
 import sys
-from typing import Literal, TextIO, cast
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal, TextIO, cast
+
+if TYPE_CHECKING:
+    from structlog.typing import Processor
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -30,15 +36,43 @@ def _interactive() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty()
 
 
+def _rich_installed() -> bool:
+    return importlib.util.find_spec("rich") is not None
+
+
+def _import_structlog(console: bool) -> ModuleType:
+    """structlog, imported without rich unless its console renderer is wanted.
+
+    structlog imports rich whenever it is installed, for its console's tracebacks,
+    and rich costs about 60 ms of CPU; JSON lines never use it. So when structlog
+    is first imported for JSON lines, an import of rich fails for that moment (a
+    None in sys.modules makes it raise ImportError, which structlog expects when
+    rich is not installed), and rich stays importable afterwards for the commands
+    that draw with it. A console wanted later in the same process (the sandbox,
+    tests) gets structlog's console module back with rich, as it would have had.
+    """
+    if "structlog" not in sys.modules and "rich" not in sys.modules and not console:
+        sys.modules["rich"] = None  # type: ignore[assignment]  # None: "not importable"
+        try:
+            import structlog  # noqa: PLC0415
+        finally:
+            del sys.modules["rich"]
+    import structlog  # noqa: PLC0415
+    import structlog.dev  # noqa: PLC0415
+
+    if console and getattr(structlog.dev, "rich", None) is None and _rich_installed():
+        importlib.reload(structlog.dev)
+    return structlog
+
+
 def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     """Configure structlog once per process; safe to call again (tests, sandbox)."""
-    # Imported when logging is configured, not with this module: structlog imports its dev
-    # console and rich with it (over 100 ms), which commands that never log (`--version`,
-    # `--help`, `config check`) should not pay.
-    import structlog  # noqa: PLC0415
-
     use_console = fmt == "console" or (fmt == "auto" and _interactive())
-    renderer: structlog.typing.Processor = (
+    # Imported when logging is configured, not with this module: structlog imports its dev
+    # console (and rich, for a console: see above) with it, which commands that never log
+    # (`--version`, `--help`, `config check`) should not pay.
+    structlog = _import_structlog(use_console)
+    renderer: Processor = (
         structlog.dev.ConsoleRenderer(colors=True)
         if use_console
         else structlog.processors.JSONRenderer(sort_keys=False)

@@ -460,9 +460,12 @@ def _once_exit(report: CycleReport) -> ExitCode:
 def _once(args: argparse.Namespace) -> int:
     import anyio  # noqa: PLC0415 - see the imports
 
+    # Logging is configured (by _load) before the engine is imported: the first import
+    # of structlog then knows whether it needs rich (retryd.logs._import_structlog).
+    settings = _only_queues(_load(args), args.queues)
+
     from retryd.service.lifecycle import run_once  # noqa: PLC0415 - keeps `--help` fast
 
-    settings = _only_queues(_load(args), args.queues)
     _check_ready_to_drain(settings)
     _check_named_queues(settings, "once", args.queues)
     if settings.drain.processes > 1:
@@ -483,9 +486,10 @@ def _once(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import anyio  # noqa: PLC0415 - see the imports
 
+    settings = _load(args)  # before the engine's imports, as in _once
+
     from retryd.service.lifecycle import run_daemon  # noqa: PLC0415 - keeps `--help` fast
 
-    settings = _load(args)
     _check_ready_to_drain(settings)
     if settings.drain.processes > 1:
         from retryd.service.processes import run_daemon_in_workers  # noqa: PLC0415

@@ -79,3 +79,22 @@ def test_a_drain_without_schema_hooks_imports_no_jsonschema() -> None:
     modules = json.loads(done.stdout.strip().replace("'", '"'))
     assert "botocore" in modules, "the probe did not reach the drain"
     assert "jsonschema" not in modules
+
+
+def test_json_lines_load_structlog_without_rich_and_a_console_later_gets_it_back() -> None:
+    """Logging as JSON lines loads structlog but not rich (60 ms nothing uses); a console
+    configured afterwards in the same process formats its tracebacks with rich again."""
+    probe = (
+        "import sys\n"
+        "from retryd.logs import configure_logging\n"
+        "configure_logging('info', 'json')\n"
+        "print('json', 'structlog' in sys.modules, 'rich' in sys.modules)\n"
+        "configure_logging('info', 'console')\n"
+        "import structlog\n"
+        "renderer = structlog.get_config()['processors'][-1]\n"
+        "print('console', type(renderer.exception_formatter).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines() == ["json True False", "console RichTracebackFormatter"]
