@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
+import pytest
 
-from retryd.aws import client_config, open_clients, user_agent
+from retryd.aws import LazyClient, client_config, open_clients, opened, user_agent
 from retryd.settings import AwsSettings
 from retryd.version import package_version
 from tests.conftest import SettingsFactory
@@ -47,3 +49,59 @@ def test_every_call_carries_retrys_user_agent(world: World, make_settings: Setti
     # botocore's own per-call string has these; the fixed one does not.
     assert " ua/" not in text
     assert " os/" not in text
+
+
+def test_a_client_is_made_on_its_first_call_and_not_after_the_run(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Only SQS's client is made at once; another is made by its first call, then reads like
+    any client; one first used after its run ended is refused, not left unclosed."""
+
+    async def main() -> None:
+        async with open_clients(make_settings().aws) as clients:
+            assert "not made yet" in repr(clients.lambda_)
+            with pytest.raises(AttributeError, match="made on its first call"):
+                _ = clients.lambda_.meta
+            assert (await clients.lambda_.list_functions())["Functions"] == []
+            assert "made" in repr(clients.lambda_)
+            assert clients.lambda_.meta.service_model.service_name == "lambda"
+            client = await opened(clients.lambda_)
+            assert client.meta is clients.lambda_.meta
+            assert "not made yet" in repr(clients.s3)
+        with pytest.raises(RuntimeError, match="after its run ended"):
+            await clients.s3.list_buckets()
+
+    anyio.run(main)
+
+
+def test_calls_that_come_together_make_one_client() -> None:
+    """Three first calls at once wait for one client, made once, and each is answered."""
+
+    class Client:
+        async def echo(self, value: int) -> int:
+            await anyio.lowlevel.checkpoint()
+            return value
+
+    made: list[Client] = []
+
+    async def make() -> Client:
+        await anyio.sleep(0.01)
+        made.append(Client())
+        return made[-1]
+
+    answers: list[int] = []
+
+    async def main() -> None:
+        lazy = cast(Any, LazyClient("fake", make))
+
+        async def call(value: int) -> None:
+            answers.append(await lazy.echo(value))
+
+        async with anyio.create_task_group() as calls:
+            for value in range(3):
+                calls.start_soon(call, value)
+        assert await opened(lazy) is made[0]
+
+    anyio.run(main)
+    assert len(made) == 1
+    assert sorted(answers) == [0, 1, 2]

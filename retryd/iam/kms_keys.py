@@ -23,7 +23,7 @@ import aioboto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd.arns import Arn, parse_glob, partition_for_region
-from retryd.aws import AwsClients, client_config, enter_clients, open_clients, open_session
+from retryd.aws import AwsClients, client_config, enter_clients, open_clients, open_session, opened
 from retryd.classify import from_exception
 from retryd.discovery.queues import discover_queues, find_queue_url
 from retryd.discovery.survey import KMS_KEY_ATTRIBUTE
@@ -106,7 +106,8 @@ async def _target_topics(clients: AwsClients, globs: Iterable[str]) -> list[str]
     """ARNs of the topics in this account and Region that an SNS target glob matches."""
     globs = list(globs)
     found = set()
-    async for page in clients.sns.get_paginator("list_topics").paginate():
+    sns = await opened(clients.sns)
+    async for page in sns.get_paginator("list_topics").paginate():
         for topic in page.get("Topics", []):
             arn = topic["TopicArn"]
             if any(fnmatch.fnmatchcase(arn, glob) for glob in globs):
