@@ -1,13 +1,13 @@
 """The SQLite ledger: the embedded default for a single replica; it survives restarts.
 
 The ledger calls of every batch in flight are gathered into one transaction
-(group commit, `group.py`): a few milliseconds' worth of calls run whole in a
-worker thread through `anyio.to_thread.run_sync` on one connection, each in a
-savepoint of its own, and each caller is answered once that transaction has
-committed. `BEGIN IMMEDIATE` takes the
-database's write lock before reading, so two processes pointed at one file
-(a rolling restart, a stray `retryd once`) still read-decide-write one at a
-time; WAL mode keeps readers from blocking that writer.
+(group commit, `group.py`): the calls that come while a transaction is out run
+whole in the next one, in a worker thread through `anyio.to_thread.run_sync` on
+one connection, each in a savepoint of its own, and each caller is answered once
+that transaction has committed. `BEGIN IMMEDIATE` takes the database's write lock
+before reading, so two processes pointed at one file (a rolling restart, a stray
+`retryd once`) still read-decide-write one at a time; WAL mode keeps readers from
+blocking that writer.
 
 Why not aiosqlite: it is built on asyncio futures, while retryd runs on anyio;
 and it hops between the event loop and its thread once per statement, where a
@@ -66,10 +66,13 @@ BUSY_TIMEOUT_MS = 10_000
 # Expired rows are deleted on open and then at most this often, inside a write.
 PRUNE_INTERVAL_S = 3_600.0
 # Group commit: how long the first call of a transaction waits for others to ride with
-# it, and the most calls one transaction takes. A few milliseconds is well under an SQS
-# call's own latency, and 16 DLQs' batches (two receivers each) bring a dozen or more
-# calls in that time; the lease deadline of each call closes the window sooner.
-GROUP_WINDOW_S = 0.002
+# it, and the most calls one transaction takes. Not at all: the calls that come while a
+# transaction is in its thread ride in the next, and that is the grouping there is when
+# the CPU is the limit. A window of 2 ms cost each call that waited it out alone a
+# timer, a wakeup and a cancellation; it saved ledger CPU only with 32 batches in
+# flight (15 %), and cost 20 to 40 % at 1 to 4, where a CPU-bound process runs
+# (bench.ledger). GroupCommit still takes a window for a caller that wants one.
+GROUP_WINDOW_S = 0.0
 GROUP_MAX_OPS = 64
 
 # What a ledger call can fail with; a key that is not valid Unicode (a lone
