@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from retryd.aws import AwsClients, open_clients
+from retryd.aws import AwsClients, open_clients, opened
 from retryd.commands.inspect import run_inspect
 from retryd.commands.plan import run_plan
 from retryd.drain.cycle import CycleReport
@@ -68,7 +68,8 @@ async def recording_clients(settings: AwsSettings, log: CallLog) -> AsyncIterato
     """retryd's own clients (`retryd.aws.open_clients`), each with `log` observing its calls."""
     async with open_clients(settings) as clients:
         for spec in dataclasses.fields(clients):
-            client = getattr(clients, spec.name)
+            # Made now (retryd makes all but SQS's on their first call): observed from the start.
+            client = await opened(getattr(clients, spec.name))
             client.meta.events.register(
                 "before-parameter-build",
                 log.observer(client.meta.service_model.service_name, client.meta.region_name),
