@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ from retryd.cluster.agree import (
     share,
     stale_members,
     start_share,
+    yet_to_reread,
 )
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
@@ -88,6 +89,14 @@ _FAILURES = (BotoCoreError, ClientError)
 # messages fewer); cheap, because it is one small UpdateItem. A quarter of the
 # heartbeat's length when that is shorter.
 AGREE_S = 2.0
+# A replica that finds others already sending at its first heartbeat waits, before its
+# first receive, until each of them has re-read the item (and so counts it and has
+# made room), polling this many times per AGREE_S; at most JOIN_WAIT_AGREES * AGREE_S.
+# Those that drain re-read within AGREE_S of their last heartbeat (after a batch, or
+# while waiting for tokens); one that does not within twice that is resting between
+# cycles, and reads the item again before it sends.
+JOIN_POLLS_PER_AGREE = 4
+JOIN_WAIT_AGREES = 2
 
 
 def server_time(answer: Mapping[str, Any]) -> float | None:
@@ -150,7 +159,9 @@ class DynamoDbCluster:
         wall_s: Callable[[], float] = time.time,
         monotonic_s: Callable[[], float] = anyio.current_time,
         server_s: Callable[[Mapping[str, Any]], float | None] = server_time,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        """`wall_s` and `sleep` must agree (the host's in retryd; a fake clock's in tests)."""
         self._client = client
         self._table = table
         self._breakers = breakers
@@ -160,6 +171,7 @@ class DynamoDbCluster:
         self._me = me
         self._start_fraction = start_fraction
         self._agree_s = min(AGREE_S, member_ttl_s / 4) if agree_s is None else agree_s
+        self._join_wait_s = JOIN_WAIT_AGREES * self._agree_s
         # A sync within this long of the last heartbeat writes only what moved: busy cycles
         # follow each other at once (schedule.busy_interval_s), several a second on a DLQ
         # that keeps filling, and one item takes at most 1,000 write units a second across
@@ -168,6 +180,7 @@ class DynamoDbCluster:
         self._wall_s = wall_s
         self._monotonic_s = monotonic_s
         self._server_s = server_s
+        self._sleep = sleep
         # The table's clock minus this host's, as of the last heartbeat's answer: a
         # replica whose clock is off by more than a heartbeat would otherwise find the
         # others' heartbeats expired (and remove them), or take an opening for an old one.
@@ -182,6 +195,10 @@ class DynamoDbCluster:
         # the membership it may send by: until then it keeps its start share.
         self._first_beat_s: float | None = None
         self._agreed = False
+        # The replicas live at its first reading, each with the heartbeat it had then,
+        # that have not yet written another (so may not count this one): while any is
+        # left, this one joined running replicas and has not been made room for.
+        self._not_yet_counted_by: dict[str, float] = {}
         # The episode token of each target's shared breaker as this replica last wrote or read it.
         self._seen: dict[str, str] = {}
         self._pending: dict[str, _Move] = {}
@@ -198,6 +215,9 @@ class DynamoDbCluster:
         # replicas that start with it may not have written their heartbeats yet); its
         # buckets start empty (see RateLimits), so it adds no burst to the total.
         rates.reshare(lambda rate: start_share(rate, 1, start_fraction))
+        # A batch waiting for tokens re-reads the membership when it is due, so a replica
+        # that joins is counted within AGREE_S even while this one paces a long batch.
+        rates.while_waiting(self.flush)
         breakers.listen(self._heard)
         log.info("cluster-joining", replica=me, table=table, member_ttl_s=member_ttl_s)
 
@@ -377,6 +397,30 @@ class DynamoDbCluster:
         await self._write_moves()
         if self._first_beat_s is None or self._wall_s() - self._beat_at_s >= self._sync_gap_s:
             await self._beat()
+        await self._until_counted()
+
+    async def _until_counted(self) -> None:
+        """Joining replicas that are already sending: wait until they have counted this one.
+
+        Until each has re-read the item, they hold the whole rate between them, so
+        anything this one sent (even at its start share) would be on top. Bounded: a
+        replica that does not re-read within JOIN_WAIT_AGREES * AGREE_S is not
+        sending, and if the heartbeats fail meanwhile this one goes on at its start
+        share, as before it had a reading.
+        """
+        if self._agreed or not self._not_yet_counted_by:
+            return
+        log.info(
+            "cluster-waiting-to-be-counted",
+            replica=self._me,
+            running=sorted(self._not_yet_counted_by),
+            why="replicas already sending hold the whole rate until they re-read the membership",
+        )
+        started_s = self._wall_s()
+        poll_s = self._agree_s / JOIN_POLLS_PER_AGREE
+        while not self._agreed and self._wall_s() - started_s < self._join_wait_s:
+            await self._sleep(poll_s)
+            await self._beat()
 
     async def _beat(self) -> None:
         try:
@@ -415,9 +459,21 @@ class DynamoDbCluster:
         }
         live = max(1, len(live_members(heartbeats, now_s) | {self._me}))
         was_agreed = self._agreed
-        self._agreed = was_agreed or agreed(self._first_beat_s, now_s, self._agree_s)
         if self._first_beat_s is None:
+            self._not_yet_counted_by = {
+                member: expires_s
+                for member, expires_s in heartbeats.items()
+                if member != self._me and expires_s > now_s
+            }
+            self._agreed = agreed(None, now_s, self._agree_s)
             self._first_beat_s = now_s
+        elif self._not_yet_counted_by:
+            self._not_yet_counted_by = yet_to_reread(self._not_yet_counted_by, heartbeats, now_s)
+            self._agreed = was_agreed or (
+                not self._not_yet_counted_by or agreed(self._first_beat_s, now_s, self._join_wait_s)
+            )
+        else:
+            self._agreed = was_agreed or agreed(self._first_beat_s, now_s, self._agree_s)
         if not self._agreed:
             # Every replica the item still names (a dead one's heartbeat too) may be sending.
             members = len(set(heartbeats) | {self._me})

@@ -503,3 +503,25 @@ def test_a_new_bucket_is_empty_so_a_restart_adds_no_burst() -> None:
     assert bucket.take(10) == 0
     clock.advance(0.2)
     assert bucket.take(10) == 1
+
+
+def test_a_share_reread_while_waiting_for_tokens_paces_the_rest_of_the_batch() -> None:
+    """6/s halved to 3/s by the owner of the shares at its first wait (as a replica re-reads
+    the membership when a newcomer joins): the rest of a 12-message batch goes at 3/s, so
+    it takes about 12/3 s, not 12/6 s."""
+    clock = FakeClock(0.0)
+    limits = paced_limits(clock, 6.0, 6)
+    waits: list[float] = []
+
+    async def reread() -> None:
+        waits.append(clock())
+        limits.reshare(lambda rate: Rate(per_s=rate.per_s / 2, burst=rate.burst // 2))
+
+    limits.while_waiting(reread)
+
+    async def main() -> int:
+        return sum([granted async for granted in limits.paced(FN, 12, 60.0)])
+
+    assert anyio.run(main) == 12
+    assert waits, "the owner of the shares was called while the batch waited"
+    assert clock() == pytest.approx(12 / 3.0, rel=0.1)
