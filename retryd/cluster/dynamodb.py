@@ -191,6 +191,9 @@ class DynamoDbCluster:
         self._lapsed = False
         # When this replica's last heartbeat landed (wall seconds; never, at first).
         self._beat_at_s = wall_s()
+        # Set while a heartbeat is in flight: batches waiting for tokens wake together and
+        # each flushes; one re-read is enough (and two would agree on the breakers at once).
+        self._beating = False
         # When its first one landed (table seconds), and whether one since has shown
         # the membership it may send by: until then it keeps its start share.
         self._first_beat_s: float | None = None
@@ -368,7 +371,7 @@ class DynamoDbCluster:
 
     async def flush(self) -> None:
         await self._write_moves()
-        if self._wall_s() - self._beat_at_s >= self._agree_s:
+        if not self._beating and self._wall_s() - self._beat_at_s >= self._agree_s:
             # A cycle can last minutes: re-read the membership within it, so that a
             # replica that joined or left is counted in seconds, not at the next cycle,
             # and one that has just started reaches its full share once agreed. Also
@@ -423,6 +426,13 @@ class DynamoDbCluster:
             await self._beat()
 
     async def _beat(self) -> None:
+        self._beating = True
+        try:
+            await self._beat_once()
+        finally:
+            self._beating = False
+
+    async def _beat_once(self) -> None:
         try:
             item = await self._heartbeat(self._now_s())
             self._beat_at_s = self._wall_s()
