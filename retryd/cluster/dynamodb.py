@@ -202,6 +202,8 @@ class DynamoDbCluster:
         # that have not yet written another (so may not count this one): while any is
         # left, this one joined running replicas and has not been made room for.
         self._not_yet_counted_by: dict[str, float] = {}
+        # Whether its first sync has waited to be counted (it waits once, then sends).
+        self._joined = False
         # The episode token of each target's shared breaker as this replica last wrote or read it.
         self._seen: dict[str, str] = {}
         self._pending: dict[str, _Move] = {}
@@ -406,22 +408,31 @@ class DynamoDbCluster:
         """Joining replicas that are already sending: wait until they have counted this one.
 
         Until each has re-read the item, they hold the whole rate between them, so
-        anything this one sent (even at its start share) would be on top. Bounded: a
-        replica that does not re-read within JOIN_WAIT_AGREES * AGREE_S is not
-        sending, and if the heartbeats fail meanwhile this one goes on at its start
-        share, as before it had a reading.
+        anything this one sent (even at its start share) would be on top. Also while
+        it has no reading yet (its first heartbeat failed): it may find others. Once,
+        at its first sync, and bounded: a replica that does not re-read within
+        JOIN_WAIT_AGREES * AGREE_S is not sending, and if the heartbeats fail meanwhile
+        this one goes on at its start share, as before it had a reading. Timed on the
+        loop's clock (`sleep`'s), which a step of the host's clock does not move.
         """
-        if self._agreed or not self._not_yet_counted_by:
+        if self._joined:
             return
-        log.info(
-            "cluster-waiting-to-be-counted",
-            replica=self._me,
-            running=sorted(self._not_yet_counted_by),
-            why="replicas already sending hold the whole rate until they re-read the membership",
-        )
-        started_s = self._wall_s()
+        self._joined = True
+        started_s = self._monotonic_s()
         poll_s = self._agree_s / JOIN_POLLS_PER_AGREE
-        while not self._agreed and self._wall_s() - started_s < self._join_wait_s:
+        logged = False
+        while not self._agreed and (self._first_beat_s is None or self._not_yet_counted_by):
+            if self._not_yet_counted_by and not logged:
+                logged = True
+                log.info(
+                    "cluster-waiting-to-be-counted",
+                    replica=self._me,
+                    running=sorted(self._not_yet_counted_by),
+                    why="replicas already sending hold the whole rate until they re-read the "
+                    "membership",
+                )
+            if self._monotonic_s() - started_s >= self._join_wait_s:
+                return
             await self._sleep(poll_s)
             await self._beat()
 
@@ -469,7 +480,13 @@ class DynamoDbCluster:
         }
         live = max(1, len(live_members(heartbeats, now_s) | {self._me}))
         was_agreed = self._agreed
-        if self._first_beat_s is None:
+        if self._first_beat_s is None and heartbeats.get(self._me, now_s) <= now_s:
+            # Written before this host knew the table's clock, and already expired by it
+            # (a host clock behind by more than a heartbeat): the others do not count this
+            # one, so their next heartbeats say nothing about it. The next, written on
+            # the table's clock, is its first.
+            self._agreed = False
+        elif self._first_beat_s is None:
             self._not_yet_counted_by = {
                 member: expires_s
                 for member, expires_s in heartbeats.items()
