@@ -525,3 +525,25 @@ def test_a_share_reread_while_waiting_for_tokens_paces_the_rest_of_the_batch() -
     assert anyio.run(main) == 12
     assert waits, "the owner of the shares was called while the batch waited"
     assert clock() == pytest.approx(12 / 3.0, rel=0.1)
+
+
+def test_a_slow_reread_while_waiting_does_not_grant_tokens_past_the_callers_deadline() -> None:
+    """`paced` stops `within_s` from its start (the batch's share of its lease). The owner of
+    the shares re-reads them after a wait (a DynamoDB heartbeat: up to read_timeout_s x
+    max_attempts when DynamoDB is slow or throttling); tokens taken after that re-read, past
+    the deadline, are sent past it (review of f094db3)."""
+    clock = FakeClock(0.0)
+    limits = paced_limits(clock, 6.0, 6)
+
+    async def slow_reread() -> None:
+        clock.advance(30.0)
+
+    limits.while_waiting(slow_reread)
+    grants: list[float] = []
+
+    async def main() -> None:
+        async for _ in limits.paced(FN, 12, 2.0):
+            grants.append(clock())
+
+    anyio.run(main)
+    assert all(at_s <= 2.0 for at_s in grants), f"granted at {grants} s, past the 2 s deadline"
