@@ -328,6 +328,10 @@ class RateLimits:
                         return
                     await self._sleep(wait_s)
                     await self._on_wait()
+                    if self._clock() > until:
+                        # The re-read took long (a slow or throttled DynamoDB): the
+                        # caller's time is up, however many tokens have come meanwhile.
+                        return
                 granted = bucket.take(left)
                 if granted:
                     left -= granted
