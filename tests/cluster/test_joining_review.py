@@ -303,3 +303,43 @@ def test_batches_paced_on_one_bucket_re_read_the_membership_once_per_agree_s_bet
         assert written <= due + 2, f"{written} heartbeats in {due:.1f} x agree_s"
 
     on_table(make_settings, TABLE, body)
+
+
+def test_a_reread_cut_short_by_a_batchs_deadline_is_not_taken_by_a_newcomer_as_room_made(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A's re-read now runs inside a batch (RateLimits.while_waiting), in that batch's cancel
+    scope (its lease cap, a stop's drain timeout). Cut short after DynamoDB applied it, A's
+    heartbeat has changed in the table but A never read the answer: it keeps 6/s, while B,
+    which waits only for A's heartbeat to change, goes on at 3/s on top."""
+
+    async def body(clients: AwsClients, wall: FakeClock) -> None:
+        a = await _running(clients, wall)
+        cut = [False]
+
+        async def a_paces_and_its_batch_is_cut_off() -> None:
+            if cut[0]:
+                return
+            cut[0] = True
+            # A's heartbeat reaches DynamoDB late; the batch it runs in is cut off meanwhile.
+            late = Fault("dynamodb", "UpdateItem", code=None, contains='"m:a"', delay_s=0.5)
+            world.faults.add(late)
+            with anyio.move_on_after(0.2):
+                await a.cluster.flush()
+            await anyio.sleep(0.6)
+            world.faults.clear()
+
+        # B starts half a poll before A's re-read is due.
+        wall.advance(AGREE_S - 0.5)
+        b = Member(
+            clients.dynamodb,
+            TABLE,
+            "b",
+            wall,
+            start_fraction=START_SHARE,
+            while_asleep=a_paces_and_its_batch_is_cut_off,
+        )
+        await b.cluster.sync()
+        assert _per_s(a, b) <= 6.0, f"A at {_per_s(a)}/s (live {a.cluster.live}), B {_per_s(b)}/s"
+
+    on_table(make_settings, TABLE, body)
