@@ -402,9 +402,8 @@ class DynamoDbCluster:
         await self._write_moves()
         if self._first_beat_s is None or self._wall_s() - self._beat_at_s >= self._sync_gap_s:
             await self._beat()
-        await self._until_counted()
 
-    async def _until_counted(self) -> None:
+    async def join(self) -> None:
         """Joining replicas that are already sending: wait until they have counted this one.
 
         Until each has re-read the item, they hold the whole rate between them, so
@@ -445,7 +444,11 @@ class DynamoDbCluster:
 
     async def _beat_once(self) -> None:
         try:
-            item = await self._heartbeat(self._now_s())
+            try:
+                item = await self._heartbeat(self._now_s())
+            except anyio.get_cancelled_exc_class():
+                self._hold_until_heard()
+                raise
             self._beat_at_s = self._wall_s()
             await self._agree(item, self._now_s())
         except _FAILURES as exc:
@@ -461,6 +464,22 @@ class DynamoDbCluster:
                     replica=self._me,
                     why="no heartbeat landed for a heartbeat's length; not sending until one does",
                 )
+
+    def _hold_until_heard(self) -> None:
+        """A heartbeat cut off with its request out (a batch's deadline, a stop).
+
+        It may have landed: a newcomer that reads it takes it as this replica having
+        counted it, though this one never read the answer. So next to nothing is sent
+        until a heartbeat is heard; the next flush point (after the batch, or the next
+        wait for tokens) writes one at once, as this one did not count as written.
+        """
+        self._lapsed = True
+        self._rates.reshare(lapsed_share)
+        log.info(
+            "cluster-heartbeat-unheard",
+            replica=self._me,
+            why="a heartbeat was cut off with its request out; holding back until one is heard",
+        )
 
     async def _agree(self, item: dict[str, Any], now_s: float) -> None:
         stale = self._agree_members(item, now_s)

@@ -73,6 +73,11 @@ class Member:
             sleep=sleep,
         )
 
+    async def starts(self) -> None:
+        """Its first cycle's start: a sync, then (before any send) the wait to be counted."""
+        await self.cluster.sync()
+        await self.cluster.join()
+
     def advance(self, seconds: float) -> None:
         self.mono.advance(seconds)
 

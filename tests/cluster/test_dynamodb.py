@@ -504,7 +504,7 @@ def test_replicas_starting_together_keep_to_the_rate_until_they_agree(
             for name in "abc"
         ]
         for member in members:
-            await member.cluster.sync()
+            await member.starts()
             sending.append(member)
             assert total() <= 6.0
             if member is members[0]:
@@ -562,7 +562,7 @@ def test_a_newcomer_sends_nothing_until_the_running_replica_has_counted_it(
         wall.advance(AGREE_S)
         await a.cluster.sync()
         assert a_bucket.per_s == 6.0
-        await b.cluster.sync()
+        await b.starts()
         assert (a_bucket.per_s, b_bucket.per_s) == (3.0, 3.0)
         assert b.slept_s <= AGREE_S * 1.25
 
@@ -587,7 +587,7 @@ def test_a_replica_pacing_a_long_batch_counts_a_newcomer_while_it_waits_for_toke
             await anext(batch)
 
         b = Member(clients.dynamodb, TABLE, "b", wall, while_asleep=a_sends_one)
-        await b.cluster.sync()
+        await b.starts()
         assert (a_bucket.per_s, b.rates.for_target(TARGET.arn).per_s) == (3.0, 3.0)
         await batch.aclose()
 
@@ -604,7 +604,7 @@ def test_a_newcomer_beside_a_resting_replica_waits_no_longer_than_its_bound(
         await a.cluster.sync()
         wall.advance(AGREE_S)
         await a.cluster.sync()
-        await b.cluster.sync()
+        await b.starts()
         bound_s = JOIN_WAIT_AGREES * AGREE_S
         assert bound_s <= b.slept_s <= bound_s + AGREE_S / JOIN_POLLS_PER_AGREE
         assert b.cluster.live == 2
@@ -630,7 +630,7 @@ def test_a_newcomer_whose_heartbeats_fail_while_it_waits_goes_on_at_its_start_sh
                 world.faults.add(Fault("dynamodb", "UpdateItem", contains=":expires"))
 
         b = Member(clients.dynamodb, TABLE, "b", wall, while_asleep=throttled)
-        await b.cluster.sync()
+        await b.starts()
         world.faults.clear()
         assert b.slept_s <= JOIN_WAIT_AGREES * AGREE_S + AGREE_S / JOIN_POLLS_PER_AGREE
         assert b.rates.for_target(TARGET.arn).per_s == 3.0

@@ -83,7 +83,7 @@ def test_a_claim_won_by_one_of_two_overlapping_flushes_is_not_undone_by_the_othe
     async def body(clients: AwsClients, wall: FakeClock) -> None:
         a = Member(clients.dynamodb, TABLE, "a", wall)
         b = Member(clients.dynamodb, TABLE, "b", wall)
-        await b.cluster.sync()
+        await b.starts()
         breaker_b = b.breakers.for_target(TARGET)
         while breaker_b.state is BreakerState.CLOSED:
             breaker_b.record(success=False)
@@ -129,7 +129,7 @@ def test_a_newcomer_whose_first_heartbeat_fails_does_not_send_on_top_of_the_runn
             start_fraction=START_SHARE,
             while_asleep=a.cluster.flush,
         )
-        await b.cluster.sync()
+        await b.starts()
         world.faults.clear()
         assert _per_s(a, b) <= 6.0, (
             f"A at {_per_s(a)}/s, B at {_per_s(b)}/s after B's first sync (slept {b.slept_s} s)"
@@ -157,12 +157,12 @@ def test_a_newcomer_whose_heartbeats_keep_failing_waits_once_not_at_every_sync(
         b = Member(
             clients.dynamodb, TABLE, "b", wall, start_fraction=START_SHARE, while_asleep=throttled
         )
-        await b.cluster.sync()
+        await b.starts()
         first_s = b.slept_s
         assert first_s >= JOIN_WAIT_AGREES * AGREE_S
         wall.advance(AGREE_S)
         world.record()
-        await b.cluster.sync()
+        await b.starts()
         assert b.slept_s == first_s, f"the next sync waited {b.slept_s - first_s} s more"
         assert _heartbeats(world) <= 1
 
@@ -195,7 +195,7 @@ def test_a_host_clock_stepping_forward_does_not_cut_a_newcomers_wait_short(
             while_asleep=ntp_steps_while_a_drains,
         )
         b.cluster._wall_s = lambda: wall() + step[0]
-        await b.cluster.sync()
+        await b.starts()
         assert _per_s(a, b) <= 6.0, (
             f"A at {_per_s(a)}/s, B at {_per_s(b)}/s after B's wait of {b.slept_s} s"
         )
@@ -228,7 +228,7 @@ def test_a_newcomer_whose_host_clock_is_behind_by_more_than_a_heartbeat_waits_to
             start_fraction=START_SHARE,
             while_asleep=a.cluster.flush,
         )
-        await b.cluster.sync()
+        await b.starts()
         assert _per_s(a, b) <= 6.0, f"A at {_per_s(a)}/s (live {a.cluster.live}), B {_per_s(b)}/s"
 
     on_table(make_settings, TABLE, body)
@@ -258,7 +258,7 @@ def test_joiners_one_after_the_other_never_hold_more_than_the_rate(
                 start_fraction=START_SHARE,
                 while_asleep=others_drain,
             )
-            await member.cluster.sync()
+            await member.starts()
             sending.append(member)
             assert _per_s(*sending) <= 6.0
 
@@ -339,7 +339,7 @@ def test_a_reread_cut_short_by_a_batchs_deadline_is_not_taken_by_a_newcomer_as_r
             start_fraction=START_SHARE,
             while_asleep=a_paces_and_its_batch_is_cut_off,
         )
-        await b.cluster.sync()
+        await b.starts()
         assert _per_s(a, b) <= 6.0, f"A at {_per_s(a)}/s (live {a.cluster.live}), B {_per_s(b)}/s"
 
     on_table(make_settings, TABLE, body)
