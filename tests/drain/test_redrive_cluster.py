@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
@@ -116,7 +117,7 @@ def test_a_redrive_does_not_send_to_a_target_the_cluster_found_broken(
     ] * MESSAGES
 
 
-def _waits(logs: list[dict[str, Any]]) -> int:
+def _waits(logs: list[MutableMapping[str, Any]]) -> int:
     return sum(line["event"] == "cluster-waiting-to-be-counted" for line in logs)
 
 
