@@ -31,7 +31,7 @@ class Recorder:
         self.groups: list[list[int]] = []
         self._poison = poison
 
-    def __call__(self, ops: Sequence[int]) -> list[Answer[int]]:
+    async def __call__(self, ops: Sequence[int]) -> list[Answer[int]]:
         self.groups.append(list(ops))
         if self._poison is not None and self._poison in ops:
             raise sqlite3.OperationalError("disk I/O error")
@@ -298,3 +298,49 @@ def test_a_group_commit_refuses_an_empty_group_or_a_negative_window() -> None:
         GroupCommit(Recorder(), window_s=-1, max_ops=1, lock=anyio.Lock())
     with pytest.raises(ValueError, match="max_ops"):
         GroupCommit(Recorder(), window_s=0, max_ops=0, lock=anyio.Lock())
+
+
+def test_an_unshielded_leader_cancelled_mid_flush_abandons_its_group_and_hands_the_lead_on() -> (
+    None
+):
+    """The flush is cancelled with its leader: group-mates get `abandoned`, the next group runs."""
+
+    class Hung(Recorder):
+        async def __call__(self, ops: Sequence[int]) -> list[Answer[int]]:
+            self.groups.append(list(ops))
+            if 1 in ops:
+                await anyio.sleep_forever()
+            return [(2 * op, None) for op in ops]
+
+    async def body() -> tuple[list[object], list[list[int]]]:
+        flush = Hung()
+        group = GroupCommit(
+            flush,
+            window_s=FOREVER_S,
+            max_ops=2,
+            lock=anyio.Lock(),
+            abandoned=lambda op: BoomError(f"abandoned {op}"),
+        )
+        got: list[object] = []
+        leader_scope = anyio.CancelScope()
+
+        async def leader() -> None:
+            with leader_scope:
+                await group.call(1)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(_append, got, group, 2)
+            await anyio.wait_all_tasks_blocked()
+            # Both are in the hung flush now: the leader is cancelled, and the flush with it.
+            leader_scope.cancel()
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(_append, got, group, 3)
+            tg.start_soon(_append, got, group, 4)
+        return got, flush.groups
+
+    got, groups = run(body)
+    assert [str(each) for each in got[:1]] == ["abandoned 2"]
+    assert sorted(got[1:], key=str) == [6, 8]
+    assert groups == [[1, 2], [3, 4]]
