@@ -35,6 +35,8 @@ class Fault:
     With `delay_s`, the call waits that long first; with `code=None` as well it is
     then passed on to moto unchanged (a slow but working AWS). With `answer`, the
     call is answered 200 with that body instead (a truncated answer, a proxy's page).
+    With `landed`, the call reaches moto first and only its answer is replaced by the
+    error: the write happened, and the caller never heard (a connection dropped).
     """
 
     service: str
@@ -46,6 +48,7 @@ class Fault:
     message: str = "injected fault"
     delay_s: float = 0.0
     answer: str | None = None
+    landed: bool = False
     hits: int = 0
 
 
@@ -165,6 +168,9 @@ class FaultInjector:
                 return [payload]
             if fault is None or fault.code is None:
                 return app(environ, start_response)
+            if fault.landed:
+                # Served whole (moto builds some answers lazily), then thrown away.
+                list(app(environ, lambda *_args: None))
             status, headers, payload = _error_response(request, fault)
             start_response(status, headers)
             return [payload]

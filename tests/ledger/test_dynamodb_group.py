@@ -20,6 +20,8 @@ from retryd.ledger import (
     ClaimState,
     DynamoDbLedger,
     LedgerError,
+    ParkCopy,
+    ParkStatus,
     Record,
     decide_begin,
     decide_commit,
@@ -529,3 +531,53 @@ def test_a_read_that_fails_for_one_call_is_read_again_alone_for_the_others(
     assert isinstance(poisoned, LedgerError)
     assert (poisoned.operation, poisoned.error.error_class) == ("read", ErrorClass.TRANSIENT)
     assert fine == {}
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_a_shared_write_that_landed_unheard_is_answered_as_written(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A transaction lands, its answer lost: each call is answered as won, not as a lost race."""
+
+    async def body() -> tuple[object, object, dict[str, Record]]:
+        async with grouped(backend, "a", clock, max_ops=2) as ledger:
+            with anyio.fail_after(30):
+                parking = await ledger.begin_park([claim("parked", "m1")])
+                # Known absent: the begin is decided at once and rides with the commit.
+                assert await ledger.read(["fresh"]) == {}
+            assert [x.status for x in parking] == [ParkStatus.STARTED]
+            assert backend.world is not None
+            # The first transaction (both calls' items) is written; its answer is a 500.
+            backend.world.faults.add(
+                Fault(
+                    "dynamodb",
+                    "TransactWriteItems",
+                    "InternalServerError",
+                    500,
+                    times=1,
+                    landed=True,
+                )
+            )
+            got: list[object] = [None, None]
+
+            async def commit_park() -> None:
+                got[0] = await ledger.commit_park([ParkCopy(claim("parked", "m1"), "copy-1")])
+
+            async def begin() -> None:
+                got[1] = [x.status for x in await ledger.begin([claim("fresh", "m2")])]
+
+            # No deadline on the group's calls: it would close their window at once.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(commit_park)
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(begin)
+            with anyio.fail_after(30):
+                stored = await ledger.read(["parked", "fresh"])
+        return got[0], got[1], stored
+
+    parked, begun, stored = run(body)
+    assert stored["parked"].parked == (("m1", 1, "copy-1"),)
+    assert stored["fresh"].claim_state is ClaimState.BEGUN
+    # As if the answer had arrived: the park claim was ours, the begin a first start.
+    assert parked == [True]
+    assert begun == [STARTED]
