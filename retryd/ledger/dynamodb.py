@@ -277,9 +277,11 @@ class _Writes:
     changing fails exactly the calls with a claim on it. A request that fails whole
     (a 500, throttling past the retries, a key that cannot be serialised) says
     nothing of which item was the cause: if it carried the keys of more than one
-    set of calls (`transact.together`), each set's keys are sent again in requests
-    of their own, so one call's poison or bad luck fails that call alone; a request
-    of one set that fails fails the calls of that set.
+    set of calls (`transact.together`), each set's keys are read again (the write
+    may have landed, its answer lost: an item found exactly as written settles its
+    calls with the answers it carried) and then sent again in requests of their
+    own, so one call's poison or bad luck fails that call alone; a request of one
+    set that fails fails the calls of that set.
     """
 
     def __init__(self, calls: Sequence[_Call], recalled: dict[str, _Stored | None]) -> None:
@@ -300,6 +302,11 @@ class _Writes:
         }
         # Keys sent in requests of their own set since a shared request failed.
         self.alone: set[str] = set()
+        # Keys of a shared write that failed whole, which may have landed all the same (an
+        # answer lost on the way): the record sent, the version it would be stored as, and
+        # the answers it carried. Sent again over the version read before, it would fail
+        # its condition on our own write, and be decided again as if another had written.
+        self.unheard: dict[str, tuple[Record, int, list[tuple[int, int, object]]]] = {}
         self.failed: dict[int, LedgerError] = {}
         self.stored = recalled
         self.pending = set(self.entries)
@@ -336,6 +343,14 @@ class _Writes:
     def took_reads(self, got: dict[str, _Stored | None]) -> None:
         self.stored.update(got)
         self.fresh.update(got)
+        for key, item in got.items():
+            unheard = self.unheard.pop(key, None)
+            if unheard is None or item is None or key not in self.pending:
+                continue
+            record, version, decided = unheard
+            if item.version == version and item.record == record:
+                # The lost write landed: its answers stand, as if they had been heard.
+                self._settle(key, decided)
 
     def took_write(self, key: str, sent: _Sent, contention: Callable[..., LedgerError]) -> None:
         """A transaction that carried `key` was written or cancelled."""
@@ -355,8 +370,12 @@ class _Writes:
         keys = [key for key in keys if key in self.pending]
         if len({self.set_of[key] for key in keys}) > 1:
             self.alone.update(keys)
-            if read:
-                self.to_read.update(keys)
+            if not read:
+                for key in keys:
+                    record, decided = self.ready[key]
+                    self.unheard[key] = (record, _version(self.stored.get(key)) + 1, decided)
+            # Read again first: a write may have landed unheard (`took_reads`).
+            self.to_read.update(keys)
             return
         for key in keys:
             self.fail(key, error)
