@@ -104,15 +104,17 @@ async def _dynamodb_child(batches: int, in_flight: int, max_ops: int | None, tag
     from retryd.aws import open_clients  # noqa: PLC0415 - the child's alone
     from retryd.settings import AwsSettings  # noqa: PLC0415
 
-    async with open_clients(AwsSettings()) as clients:
-        ledger = DynamoDbLedger(
+    async with (
+        open_clients(AwsSettings()) as clients,
+        DynamoDbLedger(
             clients.dynamodb,
             _table(tag),
             claim_s=CLAIM_S,
             ttl_s=TTL_S,
             owner="bench",
             group_max_ops=GROUP_MAX_OPS if max_ops is None else max_ops,
-        )
+        ) as ledger,
+    ):
         # A first call opens the connection and loads botocore's models: not per message.
         await ledger.read([f"{tag}-warm"])
         started = time.process_time()

@@ -49,9 +49,11 @@ import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -76,7 +78,7 @@ from retryd.ledger.base import (
     default_owner,
     park_copies_decide,
 )
-from retryd.ledger.group import Answer, GroupCommit
+from retryd.ledger.group import Answer, OwnedGroupCommit
 from retryd.ledger.transact import item_bytes, pack, together
 from retryd.models import ErrorClass, SendError
 
@@ -446,25 +448,40 @@ class DynamoDbLedger:
         self._clock = clock
         # key -> (time.monotonic() when learned, the item then; None: there was none).
         self._known: OrderedDict[str, tuple[float, _Stored | None]] = OrderedDict()
-        self._lock = anyio.Lock()
-        self.group: GroupCommit[_Call, object] = GroupCommit(
+        # Flushed by a task of the ledger's own, for as long as it is open (`async with`):
+        # no caller's deadline reaches into the requests of the calls beside its own.
+        self.group: OwnedGroupCommit[_Call, object] = OwnedGroupCommit(
             self._flush,
             window_s=group_window_s,
             max_ops=group_max_ops,
-            lock=self._lock,
             abandoned=self._abandoned,
         )
+        self._open = AsyncExitStack()
+
+    async def __aenter__(self) -> Self:
+        """Start the task that flushes the groups; it lives as long as the ledger."""
+        await self._open.enter_async_context(self.group.flushing())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Cancel a flush still out (a stop waits for no request), answering its calls."""
+        return await self._open.__aexit__(exc_type, exc, tb)
 
     def _abandoned(self, call: _Call) -> LedgerError:
-        """A call whose group's requests were cancelled with the caller that sent them."""
+        """A call the ledger closed on: its request cancelled, or never sent."""
         return LedgerError(
             self.backend,
             call.operation,
             SendError(
                 ErrorClass.TRANSIENT,
                 "retryd.LedgerCancelled",
-                "the request it rode in was cancelled with the call that sent it (a stop, a "
-                "deadline); whether it was written is unknown",
+                "the ledger closed (a stop) before this call was answered; whether it was "
+                "written is unknown",
             ),
         )
 
@@ -794,10 +811,9 @@ class DynamoDbLedger:
         )
 
     async def aclose(self) -> None:
-        # The client belongs to the run's AwsClients, which closes it; a group in flight
-        # is let finish, so its callers are answered.
-        async with self._lock:
-            await anyio.lowlevel.checkpoint()
+        # The client belongs to the run's AwsClients, which closes it; the flushing task
+        # ends with the ledger's `async with`.
+        await anyio.lowlevel.checkpoint()
 
 
 async def ensure_table(client: Client, table: str) -> str:
