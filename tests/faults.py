@@ -37,6 +37,8 @@ class Fault:
     call is answered 200 with that body instead (a truncated answer, a proxy's page).
     With `landed`, the call reaches moto first and only its answer is replaced by the
     error: the write happened, and the caller never heard (a connection dropped).
+    `fields` go into a JSON protocol's error body beside the code: an error's modelled
+    members, such as a cancelled transaction's CancellationReasons.
     """
 
     service: str
@@ -49,6 +51,7 @@ class Fault:
     delay_s: float = 0.0
     answer: str | None = None
     landed: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
     hits: int = 0
 
 
@@ -82,7 +85,7 @@ def _error_response(request: _Request, fault: Fault) -> tuple[str, list[tuple[st
     assert fault.code is not None
     status = f"{fault.status} Injected"
     if request.protocol == "json":
-        body = json.dumps({"__type": fault.code, "message": fault.message}).encode()
+        body = json.dumps({"__type": fault.code, "message": fault.message, **fault.fields}).encode()
         headers = [
             ("Content-Type", "application/x-amz-json-1.0"),
             ("x-amzn-query-error", f"{fault.code};Sender"),

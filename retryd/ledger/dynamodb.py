@@ -17,9 +17,12 @@ condition, and that key is re-read and decided again. Deciding on an older
 record without writing is safe too: DONE only follows from a commit, which is
 never undone, and BUSY only defers. A cancelled transaction writes nothing, but
 it says which of its items was the cause (CancellationReasons, one per action,
-in the request's order): those keys are re-read while the others, whose
-conditions held, are written again at once, so one key's race does not hold up
-the batches that rode with it. (BatchWriteItem takes no conditions, and
+in the request's order): the keys whose condition failed are re-read while the
+others, whose conditions held, are written again at once, so one key's race does
+not hold up the batches that rode with it. Only a failed condition is a race
+lost: an item throttled or held by another transaction is written again as
+decided, after a short wait, and an item refused for any other reason
+(ValidationError) fails its own calls at once. (BatchWriteItem takes no conditions, and
 BatchExecuteStatement, which would take per-item conditions without the
 all-or-nothing, cannot run parameterised PartiQL writes on the moto server the
 tests run on.) A transactional write costs twice the write capacity of a
@@ -59,7 +62,7 @@ import anyio
 import anyio.lowlevel
 from botocore.exceptions import BotoCoreError, ClientError
 
-from retryd.classify import from_exception
+from retryd.classify import classify_code, from_exception
 from retryd.ledger.base import (
     Begun,
     Claim,
@@ -100,6 +103,10 @@ UNPROCESSED_FIRST_WAIT_S = 0.05
 UNPROCESSED_MAX_WAIT_S = 1.0
 # Conditional writes of one key before giving up on it when it keeps changing.
 CONFLICT_TRIES = 5
+# The wait before writing again keys a transaction was cancelled for a passing reason
+# (throttled, another transaction on the item), doubled each round up to the most.
+BUSY_FIRST_WAIT_S = 0.05
+BUSY_MAX_WAIT_S = 1.0
 # Group commit (group.py): how long the first call of a group waits for others to ride
 # with it, and the most calls in one group. Well under a DynamoDB call's own latency;
 # while one group's requests are out, the next group gathers anyway.
@@ -111,7 +118,14 @@ KNOWN_FOR_S = 60.0
 KNOWN_MAX_KEYS = 10_000
 
 _CANCELLED = "TransactionCanceledException"
+# A cancelled transaction's reasons, one per item (CancellationReason's codes): "None" or
+# absent, the item's condition held; a failed condition is a race lost (re-read, decide
+# again); these are passing (written again after a wait, as decided); any other code
+# (ValidationError, ItemCollectionSizeLimitExceeded) refuses the item itself.
 _CONDITION_FAILED_REASON = "ConditionalCheckFailed"
+_PASSING_REASONS = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
+)
 _TABLE_MISSING = "ResourceNotFoundException"
 
 # An item in DynamoDB's typed JSON: {"S": ...}, {"N": ...}, and the committed {"L": [...]}.
@@ -239,12 +253,12 @@ class _Call:
 
 @dataclass(frozen=True, slots=True)
 class _Sent:
-    """What became of one TransactWriteItems: written, failed, or cancelled (`stale`: the
-    keys whose condition failed or that raced another transaction)."""
+    """What became of one TransactWriteItems: written, failed, or cancelled, with the
+    reason code of each key that was a cause (`reasons`; absent: cancelled beside them)."""
 
     keys: list[str]
     written: bool = False
-    stale: frozenset[str] = field(default_factory=frozenset)
+    reasons: dict[str, str] = field(default_factory=dict)
     error: BaseException | None = None
 
 
@@ -276,7 +290,8 @@ class _Writes:
     longer ours) is only given on a version read in this group: an older one is
     read again first, so it cannot miss another owner's commit. A call is
     answered once every key of its own is written or settled; a key that keeps
-    changing fails exactly the calls with a claim on it. A request that fails whole
+    changing (or keeps being throttled), or whose item is refused, fails exactly the
+    calls with a claim on it (`took_write`). A request that fails whole
     (a 500, throttling past the retries, a key that cannot be serialised) says
     nothing of which item was the cause: if it carried the keys of more than one
     set of calls (`transact.together`), each set's keys are read again (the write
@@ -319,10 +334,13 @@ class _Writes:
         self.tries: Counter[str] = Counter()
         # This round's records to write, with the answers they carry.
         self.ready: dict[str, tuple[Record, list[tuple[int, int, object]]]] = {}
+        # Whether a key of this round was cancelled for a passing reason: wait, then write.
+        self.busy = False
 
     def decide(self, now_s: float) -> tuple[list[str], dict[str, Record]]:
         """This round: the keys to read, and the records to write (by key)."""
         self.ready = {}
+        self.busy = False
         to_read = self.to_read & self.pending
         reading = sorted(to_read)
         self.to_read = set()
@@ -354,16 +372,27 @@ class _Writes:
                 # The lost write landed: its answers stand, as if they had been heard.
                 self._settle(key, decided)
 
-    def took_write(self, key: str, sent: _Sent, contention: Callable[..., LedgerError]) -> None:
-        """A transaction that carried `key` was written or cancelled."""
+    def took_write(self, key: str, sent: _Sent, cancelled: Callable[..., LedgerError]) -> None:
+        """A transaction that carried `key` was written or cancelled.
+
+        Cancelled, by the key's own reason: a failed condition is a race lost (read
+        again, decided again); a passing reason (throttled, another transaction on the
+        item) writes the same decision again after a wait (`busy`); any other refuses
+        the item, and fails its calls at once. Cancelled only beside other keys, it is
+        written again at once. `CONFLICT_TRIES` cancellations fail its calls too.
+        """
         if sent.written:
             self._settle(key, self.ready[key][1])
             return
+        code = sent.reasons.get(key)
         self.tries[key] += 1
-        if self.tries[key] >= CONFLICT_TRIES:
-            self.fail(key, partial(contention, key=key, tries=self.tries[key]))
-        elif key in sent.stale:
+        refused = code not in (None, _CONDITION_FAILED_REASON, *_PASSING_REASONS)
+        if refused or self.tries[key] >= CONFLICT_TRIES:
+            self.fail(key, partial(cancelled, key=key, code=code, tries=self.tries[key]))
+        elif code == _CONDITION_FAILED_REASON:
             self.to_read.add(key)
+        elif code is not None:
+            self.busy = True
 
     def request_failed(
         self, keys: Iterable[str], error: Callable[[str], LedgerError], *, read: bool
@@ -617,17 +646,16 @@ class DynamoDbLedger:
             reasons = exc.response.get("CancellationReasons") or []
             if len(reasons) != len(keys):
                 # No per-item reasons: any of them may have changed.
-                return _Sent(keys, stale=frozenset(keys))
+                return _Sent(keys, reasons=dict.fromkeys(keys, _CONDITION_FAILED_REASON))
             # One reason per action, in the request's order; "None" where the item's
-            # condition held and it was cancelled only with the others. Another
-            # transaction on the same item (TransactionConflict) is also a race lost.
+            # condition held and it was cancelled only with the others.
             return _Sent(
                 keys,
-                stale=frozenset(
-                    key
+                reasons={
+                    key: str(code)
                     for key, reason in zip(keys, reasons, strict=True)
-                    if reason.get("Code") not in (None, "None")
-                ),
+                    if (code := reason.get("Code")) not in (None, "None")
+                },
             )
         except _FAILURES as exc:
             return _Sent(keys, error=exc)
@@ -686,6 +714,7 @@ class DynamoDbLedger:
         """The claims of a group's calls, decided and written key by key in rounds (`_Writes`)."""
         keys = list(dict.fromkeys(claim.key for _, call in calls for claim in call.claims))
         writes = _Writes([call for _, call in calls], self._recalled(keys))
+        busy_wait_s = BUSY_FIRST_WAIT_S
         while True:
             now_s = self._clock()
             reading, ready = writes.decide(now_s)
@@ -703,12 +732,29 @@ class DynamoDbLedger:
                     writes.request_failed(outcome.keys, error, read=False)
                     continue
                 for key in outcome.keys:
-                    writes.took_write(key, outcome, self._contention)
+                    writes.took_write(key, outcome, self._cancelled)
+            if writes.busy:
+                # DynamoDB throttled an item, or another transaction held it: not a race
+                # lost, so not read again, but not sent again at once either.
+                await anyio.sleep(busy_wait_s)
+                busy_wait_s = min(busy_wait_s * 2, BUSY_MAX_WAIT_S)
         for number, (index, _) in enumerate(calls):
             answers[index] = writes.answer(number)
 
-    def _contention(self, operation: str, *, key: str, tries: int) -> LedgerError:
-        return contention_error(self.backend, operation, key, tries)
+    def _cancelled(self, operation: str, *, key: str, code: str | None, tries: int) -> LedgerError:
+        """What a key's calls fail with when its transactions were cancelled `tries` times,
+        or once with a reason that refuses the item itself (`code`)."""
+        if code in (None, _CONDITION_FAILED_REASON, "TransactionConflict"):
+            return contention_error(self.backend, operation, key, tries)
+        return LedgerError(
+            self.backend,
+            operation,
+            SendError(
+                classify_code(code),
+                code,
+                f"TransactWriteItems cancelled for key {key!r} ({code}), {tries} time(s)",
+            ),
+        )
 
     async def _round(
         self,

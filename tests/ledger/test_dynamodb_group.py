@@ -28,7 +28,7 @@ from retryd.ledger import (
     decide_release,
 )
 from retryd.ledger.base import settle
-from retryd.ledger.dynamodb import Decider, _Call, _Sent, _Writes
+from retryd.ledger.dynamodb import CONFLICT_TRIES, Decider, _Call, _Sent, _Writes
 from retryd.ledger.transact import item_bytes, pack, together
 from retryd.models import ErrorClass
 from tests.faults import Fault
@@ -67,8 +67,13 @@ def counters(backend: Backend) -> dict[str, Fault]:
     return {name: backend.world.faults.add(Fault("dynamodb", name, code=None)) for name in CALLS}
 
 
-def hits(counted: dict[str, Fault]) -> dict[str, int]:
-    return {name: fault.hits for name, fault in counted.items() if fault.hits}
+def hits(counted: dict[str, Fault], *answered: Fault) -> dict[str, int]:
+    """Calls per operation: those passed on by `counted`, and those `answered` (added first)."""
+    calls = {name: fault.hits for name, fault in counted.items() if fault.hits}
+    for fault in answered:
+        if fault.hits:
+            calls[fault.operation] = calls.get(fault.operation, 0) + fault.hits
+    return calls
 
 
 @pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
@@ -665,3 +670,116 @@ def test_a_begin_whose_caller_left_mid_request_is_resumed_when_its_message_comes
     # The unheard begin landed: the same attempt is sent again, as after a crash.
     assert again == [(BeginStatus.RESUMED, 3)]
     assert (stored["k"].claim_state, stored["k"].claim_attempt) == (ClaimState.BEGUN, 3)
+
+
+def _cancelled_for(reasons: list[str], *, times: int | None = 1) -> Fault:
+    """A TransactWriteItems cancelled with one CancellationReason code per item, in order."""
+    return Fault(
+        "dynamodb",
+        "TransactWriteItems",
+        "TransactionCanceledException",
+        times=times,
+        fields={"CancellationReasons": [{"Code": code} for code in reasons]},
+    )
+
+
+async def _two_begins(ledger: DynamoDbLedger) -> list[object]:
+    """begin(k1) then begin(k2), in one group (one transaction, k1 first): what each got."""
+    got: list[object] = [None, None]
+
+    async def one(index: int) -> None:
+        try:
+            got[index] = [x.status for x in await ledger.begin([claim(f"k{index + 1}", "m1")])]
+        except LedgerError as exc:
+            got[index] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, 0)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(one, 1)
+    return got
+
+
+@pytest.mark.parametrize("reason", ["ThrottlingError", "TransactionConflict"])
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_an_item_throttled_or_in_another_transaction_is_written_again_not_read_again(
+    backend: Backend, clock: FakeClock, reason: str
+) -> None:
+    """A transaction cancelled for k2 with a passing reason: both begins start, nothing re-read."""
+    assert backend.world is not None
+
+    async def body() -> tuple[list[object], dict[str, int]]:
+        async with grouped(backend, "a", clock, max_ops=2) as ledger:
+            with anyio.fail_after(30):
+                # Known absent: both begins are decided and sent without a read.
+                assert await ledger.read(["k1", "k2"]) == {}
+            assert backend.world is not None
+            cancelled = backend.world.faults.add(_cancelled_for(["None", reason]))
+            counted = counters(backend)
+            got = await _two_begins(ledger)
+        return got, hits(counted, cancelled)
+
+    got, calls = run(body)
+    assert got == [[STARTED], [STARTED]]
+    # Not a race lost: no read of k2, and its claim is not answered from one.
+    assert calls == {"TransactWriteItems": 2}
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_an_item_refused_by_its_own_reason_fails_its_call_alone_and_at_once(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """Cancelled with ValidationError for k2: begin(k2) fails so; begin(k1) beside it starts."""
+    assert backend.world is not None
+
+    async def body() -> tuple[list[object], dict[str, int], dict[str, Record]]:
+        async with grouped(backend, "a", clock, max_ops=2) as ledger:
+            with anyio.fail_after(30):
+                assert await ledger.read(["k1", "k2"]) == {}
+            assert backend.world is not None
+            cancelled = backend.world.faults.add(_cancelled_for(["None", "ValidationError"]))
+            counted = counters(backend)
+            got = await _two_begins(ledger)
+            calls = hits(counted, cancelled)
+            with anyio.fail_after(30):
+                stored = await ledger.read(["k1", "k2"])
+        return got, calls, stored
+
+    (started, refused), calls, stored = run(body)
+    assert started == [STARTED]
+    assert isinstance(refused, LedgerError)
+    assert (refused.operation, refused.error.code) == ("begin", "ValidationError")
+    assert refused.error.error_class is ErrorClass.PERMANENT
+    # k1 written again alone; k2 neither re-read nor sent again.
+    assert calls == {"TransactWriteItems": 2}
+    assert set(stored) == {"k1"}
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+def test_an_item_throttled_every_time_fails_as_throttled_not_as_contention(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """Every transaction cancelled with ThrottlingError: the call fails transient, as throttled."""
+    assert backend.world is not None
+
+    async def body() -> tuple[object, dict[str, int]]:
+        async with grouped(backend, "a", clock, max_ops=1) as ledger:
+            with anyio.fail_after(30):
+                assert await ledger.read(["k"]) == {}
+            assert backend.world is not None
+            cancelled = backend.world.faults.add(_cancelled_for(["ThrottlingError"], times=None))
+            counted = counters(backend)
+            try:
+                with anyio.fail_after(30):
+                    got: object = await ledger.begin([claim("k", "m1")])
+            except LedgerError as exc:
+                got = exc
+        return got, hits(counted, cancelled)
+
+    failed, calls = run(body)
+    assert isinstance(failed, LedgerError)
+    assert (failed.error.code, failed.error.error_class) == (
+        "ThrottlingError",
+        ErrorClass.TRANSIENT,
+    )
+    assert calls == {"TransactWriteItems": CONFLICT_TRIES}
