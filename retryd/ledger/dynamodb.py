@@ -5,8 +5,10 @@ existing yet), as of a strongly consistent read: of two replicas that read the
 same version, only one write lands; the other re-reads, decides again on what is
 now stored, and so sees the winner's claim.
 
-The calls of every batch in flight are gathered (group commit, `group.py`) and
-made in the fewest requests the limits allow: the group's reads as one
+The calls of every batch in flight are gathered (group commit, `group.py`) by a
+task the ledger owns for as long as it is open (`async with`; `open_ledger` does
+it), so no caller's deadline cancels the requests of the calls beside its own,
+and made in the fewest requests the limits allow: the group's reads as one
 BatchGetItem per 100 keys, its writes as one TransactWriteItems per 100 items
 (`transact.py` packs them; the claims of several calls on one key become one
 item), so a batch of 10 (read, `begin`, `commit`) costs a fraction of a call
