@@ -355,6 +355,12 @@ class DynamoDbCluster:
             ExpressionAttributeValues={":expires": {"N": repr(now_s + self._member_ttl_s)}},
             ReturnValues="ALL_NEW",
         )
+        self._learn_offset(answer)
+        attributes: dict[str, Any] = answer.get("Attributes", {})
+        return attributes
+
+    def _learn_offset(self, answer: Mapping[str, Any]) -> None:
+        """The table's clock minus this host's, from an answer's Date header."""
         told = self._server_s(answer)
         if told is not None:
             offset_s = told - self._wall_s()
@@ -366,8 +372,6 @@ class DynamoDbCluster:
                     why="this host's clock is not DynamoDB's; the cluster uses DynamoDB's",
                 )
             self._offset_s = offset_s
-        attributes: dict[str, Any] = answer.get("Attributes", {})
-        return attributes
 
     # -- the protocol -------------------------------------------------------------------
 
@@ -433,7 +437,23 @@ class DynamoDbCluster:
             if self._monotonic_s() - started_s >= self._join_wait_s:
                 return
             await self._sleep(poll_s)
-            await self._beat()
+            if self._first_beat_s is None:
+                await self._beat()
+            else:
+                # Its heartbeat is written: reading is enough, and a read does not take
+                # from the item's write budget (every write rewrites the whole item).
+                await self._look()
+
+    async def _look(self) -> None:
+        """Read the item (strongly consistent) and agree on it, writing nothing of its own."""
+        try:
+            answer = await self._client.get_item(
+                TableName=self._table, Key=self._key(), ConsistentRead=True
+            )
+            self._learn_offset(answer)
+            await self._agree(answer.get("Item", {}), self._now_s())
+        except _FAILURES as exc:
+            log.warning("cluster-sync-failed", error=str(from_exception(exc)))
 
     async def _beat(self) -> None:
         self._beating = True

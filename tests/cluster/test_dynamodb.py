@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -562,9 +563,18 @@ def test_a_newcomer_sends_nothing_until_the_running_replica_has_counted_it(
         wall.advance(AGREE_S)
         await a.cluster.sync()
         assert a_bucket.per_s == 6.0
+        world.record()
         await b.starts()
         assert (a_bucket.per_s, b_bucket.per_s) == (3.0, 3.0)
         assert b.slept_s <= AGREE_S * 1.25
+        b_calls = [
+            entry["headers"].get("X-Amz-Target", "").rsplit(".", 1)[-1]
+            for entry in world.server.recording()
+            if b'"m:b"' in base64.b64decode(entry["body"])
+            or entry["headers"].get("X-Amz-Target", "").endswith(".GetItem")
+        ]
+        assert b_calls.count("UpdateItem") == 1, "one heartbeat; the polls only read the item"
+        assert b_calls.count("GetItem") >= 1
 
     on_table(make_settings, TABLE, body)
 
