@@ -35,6 +35,10 @@ class Fault:
     With `delay_s`, the call waits that long first; with `code=None` as well it is
     then passed on to moto unchanged (a slow but working AWS). With `answer`, the
     call is answered 200 with that body instead (a truncated answer, a proxy's page).
+    With `landed`, the call reaches moto first and only its answer is replaced by the
+    error: the write happened, and the caller never heard (a connection dropped).
+    `fields` go into a JSON protocol's error body beside the code: an error's modelled
+    members, such as a cancelled transaction's CancellationReasons.
     """
 
     service: str
@@ -46,6 +50,8 @@ class Fault:
     message: str = "injected fault"
     delay_s: float = 0.0
     answer: str | None = None
+    landed: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
     hits: int = 0
 
 
@@ -79,7 +85,7 @@ def _error_response(request: _Request, fault: Fault) -> tuple[str, list[tuple[st
     assert fault.code is not None
     status = f"{fault.status} Injected"
     if request.protocol == "json":
-        body = json.dumps({"__type": fault.code, "message": fault.message}).encode()
+        body = json.dumps({"__type": fault.code, "message": fault.message, **fault.fields}).encode()
         headers = [
             ("Content-Type", "application/x-amz-json-1.0"),
             ("x-amzn-query-error", f"{fault.code};Sender"),
@@ -165,6 +171,9 @@ class FaultInjector:
                 return [payload]
             if fault is None or fault.code is None:
                 return app(environ, start_response)
+            if fault.landed:
+                # Served whole (moto builds some answers lazily), then thrown away.
+                list(app(environ, lambda *_args: None))
             status, headers, payload = _error_response(request, fault)
             start_response(status, headers)
             return [payload]

@@ -231,6 +231,10 @@ def _whole(rate: Rate) -> Rate:
     return rate
 
 
+async def _nothing() -> None:
+    return None
+
+
 class RateLimits:
     """One bucket per target ARN: the first matching rule's size, else its type's (type_rate).
 
@@ -255,6 +259,15 @@ class RateLimits:
         self._share: Share = _whole
         # Per target, the messages callers of `paced` are still waiting to be granted.
         self._waiting: dict[str, int] = {}
+        self._on_wait: Callable[[], Awaitable[None]] = _nothing
+
+    def while_waiting(self, on_wait: Callable[[], Awaitable[None]]) -> None:
+        """Call `on_wait` after each wait for tokens in `paced`, before taking them.
+
+        The owner of the shares (retryd.cluster) re-reads them there when due: a batch
+        paced for seconds would otherwise send at a share that has since shrunk.
+        """
+        self._on_wait = on_wait
 
     def reshare(self, share: Share) -> None:
         """Size every bucket, now and later, to `share(configured rate)`; tokens saved stay."""
@@ -314,6 +327,11 @@ class RateLimits:
                     if self._clock() + wait_s > until:
                         return
                     await self._sleep(wait_s)
+                    await self._on_wait()
+                    if self._clock() > until:
+                        # The re-read took long (a slow or throttled DynamoDB): the
+                        # caller's time is up, however many tokens have come meanwhile.
+                        return
                 granted = bucket.take(left)
                 if granted:
                     left -= granted

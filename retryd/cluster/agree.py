@@ -74,6 +74,22 @@ def agreed(first_beat_s: float | None, beat_s: float, agree_s: float) -> bool:
     return beat_s - (beat_s if first_beat_s is None else first_beat_s) >= agree_s
 
 
+def yet_to_reread(
+    seen: Mapping[str, float], heartbeats: Mapping[str, float], now_s: float
+) -> dict[str, float]:
+    """Of the replicas `seen` live with these heartbeats, those that may not count a newcomer.
+
+    A replica writes its heartbeat and reads the whole item in one call, so one whose
+    heartbeat has changed since the newcomer's first reading has read the newcomer's;
+    one whose heartbeat is gone (it left) or has expired is no longer sending.
+    """
+    return {
+        member: expires_s
+        for member, expires_s in seen.items()
+        if heartbeats.get(member) == expires_s and expires_s > now_s
+    }
+
+
 # What a replica keeps of a rate while the others may have counted it out: the
 # bucket cannot be sized to nothing, so to a millionth (a token every few days).
 LAPSED_FRACTION = 1e-6

@@ -25,6 +25,11 @@ class Cluster(Protocol):
         """Write this replica's breaker moves since the last write (nothing to do: no call)."""
         ...
 
+    async def join(self) -> None:
+        """Before the first send (after a sync): wait until the replicas already sending
+        have counted this one. Once; a plan, which sends nothing, does not call it."""
+        ...
+
     async def leave(self) -> None:
         """On a clean stop: drop out of membership now rather than when the heartbeat expires."""
         ...
@@ -50,6 +55,9 @@ class SingleReplica:
         return None
 
     async def flush(self) -> None:
+        return None
+
+    async def join(self) -> None:
         return None
 
     async def leave(self) -> None:

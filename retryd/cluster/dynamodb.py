@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ from retryd.cluster.agree import (
     share,
     stale_members,
     start_share,
+    yet_to_reread,
 )
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
@@ -88,6 +89,14 @@ _FAILURES = (BotoCoreError, ClientError)
 # messages fewer); cheap, because it is one small UpdateItem. A quarter of the
 # heartbeat's length when that is shorter.
 AGREE_S = 2.0
+# A replica that finds others already sending at its first heartbeat waits, before its
+# first receive, until each of them has re-read the item (and so counts it and has
+# made room), polling this many times per AGREE_S; at most JOIN_WAIT_AGREES * AGREE_S.
+# Those that drain re-read within AGREE_S of their last heartbeat (after a batch, or
+# while waiting for tokens); one that does not within twice that is resting between
+# cycles, and reads the item again before it sends.
+JOIN_POLLS_PER_AGREE = 4
+JOIN_WAIT_AGREES = 2
 
 
 def server_time(answer: Mapping[str, Any]) -> float | None:
@@ -150,7 +159,9 @@ class DynamoDbCluster:
         wall_s: Callable[[], float] = time.time,
         monotonic_s: Callable[[], float] = anyio.current_time,
         server_s: Callable[[Mapping[str, Any]], float | None] = server_time,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        """`wall_s` and `sleep` must agree (the host's in retryd; a fake clock's in tests)."""
         self._client = client
         self._table = table
         self._breakers = breakers
@@ -160,6 +171,7 @@ class DynamoDbCluster:
         self._me = me
         self._start_fraction = start_fraction
         self._agree_s = min(AGREE_S, member_ttl_s / 4) if agree_s is None else agree_s
+        self._join_wait_s = JOIN_WAIT_AGREES * self._agree_s
         # A sync within this long of the last heartbeat writes only what moved: busy cycles
         # follow each other at once (schedule.busy_interval_s), several a second on a DLQ
         # that keeps filling, and one item takes at most 1,000 write units a second across
@@ -168,6 +180,7 @@ class DynamoDbCluster:
         self._wall_s = wall_s
         self._monotonic_s = monotonic_s
         self._server_s = server_s
+        self._sleep = sleep
         # The table's clock minus this host's, as of the last heartbeat's answer: a
         # replica whose clock is off by more than a heartbeat would otherwise find the
         # others' heartbeats expired (and remove them), or take an opening for an old one.
@@ -178,10 +191,19 @@ class DynamoDbCluster:
         self._lapsed = False
         # When this replica's last heartbeat landed (wall seconds; never, at first).
         self._beat_at_s = wall_s()
+        # Set while a heartbeat is in flight: batches waiting for tokens wake together and
+        # each flushes; one re-read is enough (and two would agree on the breakers at once).
+        self._beating = False
         # When its first one landed (table seconds), and whether one since has shown
         # the membership it may send by: until then it keeps its start share.
         self._first_beat_s: float | None = None
         self._agreed = False
+        # The replicas live at its first reading, each with the heartbeat it had then,
+        # that have not yet written another (so may not count this one): while any is
+        # left, this one joined running replicas and has not been made room for.
+        self._not_yet_counted_by: dict[str, float] = {}
+        # Whether its first sync has waited to be counted (it waits once, then sends).
+        self._joined = False
         # The episode token of each target's shared breaker as this replica last wrote or read it.
         self._seen: dict[str, str] = {}
         self._pending: dict[str, _Move] = {}
@@ -198,6 +220,9 @@ class DynamoDbCluster:
         # replicas that start with it may not have written their heartbeats yet); its
         # buckets start empty (see RateLimits), so it adds no burst to the total.
         rates.reshare(lambda rate: start_share(rate, 1, start_fraction))
+        # A batch waiting for tokens re-reads the membership when it is due, so a replica
+        # that joins is counted within AGREE_S even while this one paces a long batch.
+        rates.while_waiting(self.flush)
         breakers.listen(self._heard)
         log.info("cluster-joining", replica=me, table=table, member_ttl_s=member_ttl_s)
 
@@ -330,6 +355,12 @@ class DynamoDbCluster:
             ExpressionAttributeValues={":expires": {"N": repr(now_s + self._member_ttl_s)}},
             ReturnValues="ALL_NEW",
         )
+        self._learn_offset(answer)
+        attributes: dict[str, Any] = answer.get("Attributes", {})
+        return attributes
+
+    def _learn_offset(self, answer: Mapping[str, Any]) -> None:
+        """The table's clock minus this host's, from an answer's Date header."""
         told = self._server_s(answer)
         if told is not None:
             offset_s = told - self._wall_s()
@@ -341,14 +372,12 @@ class DynamoDbCluster:
                     why="this host's clock is not DynamoDB's; the cluster uses DynamoDB's",
                 )
             self._offset_s = offset_s
-        attributes: dict[str, Any] = answer.get("Attributes", {})
-        return attributes
 
     # -- the protocol -------------------------------------------------------------------
 
     async def flush(self) -> None:
         await self._write_moves()
-        if self._wall_s() - self._beat_at_s >= self._agree_s:
+        if not self._beating and self._wall_s() - self._beat_at_s >= self._agree_s:
             # A cycle can last minutes: re-read the membership within it, so that a
             # replica that joined or left is counted in seconds, not at the next cycle,
             # and one that has just started reaches its full share once agreed. Also
@@ -378,9 +407,68 @@ class DynamoDbCluster:
         if self._first_beat_s is None or self._wall_s() - self._beat_at_s >= self._sync_gap_s:
             await self._beat()
 
-    async def _beat(self) -> None:
+    async def join(self) -> None:
+        """Joining replicas that are already sending: wait until they have counted this one.
+
+        Until each has re-read the item, they hold the whole rate between them, so
+        anything this one sent (even at its start share) would be on top. Also while
+        it has no reading yet (its first heartbeat failed): it may find others. Once,
+        at its first sync, and bounded: a replica that does not re-read within
+        JOIN_WAIT_AGREES * AGREE_S is not sending, and if the heartbeats fail meanwhile
+        this one goes on at its start share, as before it had a reading. Timed on the
+        loop's clock (`sleep`'s), which a step of the host's clock does not move.
+        """
+        if self._joined:
+            return
+        self._joined = True
+        started_s = self._monotonic_s()
+        poll_s = self._agree_s / JOIN_POLLS_PER_AGREE
+        logged = False
+        while not self._agreed and (self._first_beat_s is None or self._not_yet_counted_by):
+            if self._not_yet_counted_by and not logged:
+                logged = True
+                log.info(
+                    "cluster-waiting-to-be-counted",
+                    replica=self._me,
+                    running=sorted(self._not_yet_counted_by),
+                    why="replicas already sending hold the whole rate until they re-read the "
+                    "membership",
+                )
+            if self._monotonic_s() - started_s >= self._join_wait_s:
+                return
+            await self._sleep(poll_s)
+            if self._first_beat_s is None:
+                await self._beat()
+            else:
+                # Its heartbeat is written: reading is enough, and a read does not take
+                # from the item's write budget (every write rewrites the whole item).
+                await self._look()
+
+    async def _look(self) -> None:
+        """Read the item (strongly consistent) and agree on it, writing nothing of its own."""
         try:
-            item = await self._heartbeat(self._now_s())
+            answer = await self._client.get_item(
+                TableName=self._table, Key=self._key(), ConsistentRead=True
+            )
+            self._learn_offset(answer)
+            await self._agree(answer.get("Item", {}), self._now_s())
+        except _FAILURES as exc:
+            log.warning("cluster-sync-failed", error=str(from_exception(exc)))
+
+    async def _beat(self) -> None:
+        self._beating = True
+        try:
+            await self._beat_once()
+        finally:
+            self._beating = False
+
+    async def _beat_once(self) -> None:
+        try:
+            try:
+                item = await self._heartbeat(self._now_s())
+            except anyio.get_cancelled_exc_class():
+                self._hold_until_heard()
+                raise
             self._beat_at_s = self._wall_s()
             await self._agree(item, self._now_s())
         except _FAILURES as exc:
@@ -396,6 +484,22 @@ class DynamoDbCluster:
                     replica=self._me,
                     why="no heartbeat landed for a heartbeat's length; not sending until one does",
                 )
+
+    def _hold_until_heard(self) -> None:
+        """A heartbeat cut off with its request out (a batch's deadline, a stop).
+
+        It may have landed: a newcomer that reads it takes it as this replica having
+        counted it, though this one never read the answer. So next to nothing is sent
+        until a heartbeat is heard; the next flush point (after the batch, or the next
+        wait for tokens) writes one at once, as this one did not count as written.
+        """
+        self._lapsed = True
+        self._rates.reshare(lapsed_share)
+        log.info(
+            "cluster-heartbeat-unheard",
+            replica=self._me,
+            why="a heartbeat was cut off with its request out; holding back until one is heard",
+        )
 
     async def _agree(self, item: dict[str, Any], now_s: float) -> None:
         stale = self._agree_members(item, now_s)
@@ -415,9 +519,27 @@ class DynamoDbCluster:
         }
         live = max(1, len(live_members(heartbeats, now_s) | {self._me}))
         was_agreed = self._agreed
-        self._agreed = was_agreed or agreed(self._first_beat_s, now_s, self._agree_s)
-        if self._first_beat_s is None:
+        if self._first_beat_s is None and heartbeats.get(self._me, now_s) <= now_s:
+            # Written before this host knew the table's clock, and already expired by it
+            # (a host clock behind by more than a heartbeat): the others do not count this
+            # one, so their next heartbeats say nothing about it. The next, written on
+            # the table's clock, is its first.
+            self._agreed = False
+        elif self._first_beat_s is None:
+            self._not_yet_counted_by = {
+                member: expires_s
+                for member, expires_s in heartbeats.items()
+                if member != self._me and expires_s > now_s
+            }
+            self._agreed = agreed(None, now_s, self._agree_s)
             self._first_beat_s = now_s
+        elif self._not_yet_counted_by:
+            self._not_yet_counted_by = yet_to_reread(self._not_yet_counted_by, heartbeats, now_s)
+            self._agreed = was_agreed or (
+                not self._not_yet_counted_by or agreed(self._first_beat_s, now_s, self._join_wait_s)
+            )
+        else:
+            self._agreed = was_agreed or agreed(self._first_beat_s, now_s, self._agree_s)
         if not self._agreed:
             # Every replica the item still names (a dead one's heartbeat too) may be sending.
             members = len(set(heartbeats) | {self._me})

@@ -379,6 +379,10 @@ class Cycle:
             self._guards.protect_queues(self._builder.protected)
             if looks:
                 await self._refresh_operator_state()
+            if looks:
+                # A replica that has just joined others already sending: not before they
+                # have counted it (at most a few seconds, once).
+                await self._cluster.join()
             run = _CycleBudget(started + self._settings.drain.cycle_budget_s, stopping, report)
             limiter = anyio.CapacityLimiter(self._settings.drain.queue_concurrency)
             await self._drain_everywhere(run, looks, limiter)

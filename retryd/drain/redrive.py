@@ -336,6 +336,8 @@ class Redrive:
                     break
                 # Once a step, as a cycle does: heartbeat, shares, breakers.
                 await self._cluster.sync()
+                # Before its first send, as a cycle's: once the daemon's replicas count it.
+                await self._cluster.join()
                 picked = await self._pick(self.spec.step_size(job.step), settled)
                 if not picked:
                     job.state = JobState.DONE

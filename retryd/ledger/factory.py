@@ -117,34 +117,38 @@ class InstrumentedLedger:
         await self.inner.aclose()
 
 
-async def _open_backend(
+@asynccontextmanager
+async def _opened_backend(
     settings: LedgerSettings,
     clients: AwsClients | None,
     clock: Callable[[], float],
     owner: str,
-) -> Ledger:
+) -> AsyncIterator[Ledger]:
     if settings.backend == "memory":
-        return MemoryLedger(
+        yield MemoryLedger(
             claim_s=settings.claim_renew_s, ttl_s=settings.ttl_s, owner=owner, clock=clock
         )
-    if settings.backend == "sqlite":
-        return await SqliteLedger.open(
+    elif settings.backend == "sqlite":
+        yield await SqliteLedger.open(
             Path(settings.path),
             claim_s=settings.claim_renew_s,
             ttl_s=settings.ttl_s,
             owner=owner,
             clock=clock,
         )
-    if clients is None:
+    elif clients is None:
         raise ValueError("the dynamodb ledger needs AwsClients; none were given")
-    return DynamoDbLedger(
-        clients.dynamodb,
-        settings.table,
-        claim_s=settings.claim_renew_s,
-        ttl_s=settings.ttl_s,
-        owner=owner,
-        clock=clock,
-    )
+    else:
+        # Its flushing task lives in this context: the length of the run.
+        async with DynamoDbLedger(
+            clients.dynamodb,
+            settings.table,
+            claim_s=settings.claim_renew_s,
+            ttl_s=settings.ttl_s,
+            owner=owner,
+            clock=clock,
+        ) as ledger:
+            yield ledger
 
 
 @asynccontextmanager
@@ -157,12 +161,12 @@ async def open_ledger(
     owner: str | None = None,
 ) -> AsyncIterator[Ledger]:
     """The configured ledger for the length of a run; closed (even when cancelled) at its end."""
-    ledger = await _open_backend(settings, clients, clock, owner or default_owner())
-    try:
-        yield InstrumentedLedger(ledger, metrics) if metrics is not None else ledger
-    finally:
-        with anyio.CancelScope(shield=True):
-            await ledger.aclose()
+    async with _opened_backend(settings, clients, clock, owner or default_owner()) as ledger:
+        try:
+            yield InstrumentedLedger(ledger, metrics) if metrics is not None else ledger
+        finally:
+            with anyio.CancelScope(shield=True):
+                await ledger.aclose()
 
 
 async def create_table(settings: Settings) -> str:

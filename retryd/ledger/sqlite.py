@@ -361,7 +361,7 @@ class SqliteLedger:
         # One connection is not safe for two threads at once.
         self._lock = anyio.Lock()
         self.group: GroupCommit[_Call, object] = GroupCommit(
-            self._flush, window_s=group_window_s, max_ops=group_max_ops, lock=self._lock
+            self._flush_in_thread, window_s=group_window_s, max_ops=group_max_ops, lock=self._lock
         )
 
     @classmethod
@@ -429,6 +429,10 @@ class SqliteLedger:
         except _FAILURES as exc:
             raise self._error(operation, exc, self.path) from exc
         return result  # type: ignore[return-value]  # what `work` returned, for this call
+
+    async def _flush_in_thread(self, calls: Sequence[_Call]) -> list[Answer[object]]:
+        # The whole transaction is one hop to a worker thread, not one per call.
+        return await anyio.to_thread.run_sync(self._flush, calls)
 
     def _flush(self, calls: Sequence[_Call]) -> list[Answer[object]]:
         """One transaction for a group of calls, each in a savepoint: one failing fails alone."""

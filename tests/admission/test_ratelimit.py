@@ -503,3 +503,47 @@ def test_a_new_bucket_is_empty_so_a_restart_adds_no_burst() -> None:
     assert bucket.take(10) == 0
     clock.advance(0.2)
     assert bucket.take(10) == 1
+
+
+def test_a_share_reread_while_waiting_for_tokens_paces_the_rest_of_the_batch() -> None:
+    """6/s halved to 3/s by the owner of the shares at its first wait (as a replica re-reads
+    the membership when a newcomer joins): the rest of a 12-message batch goes at 3/s, so
+    it takes about 12/3 s, not 12/6 s."""
+    clock = FakeClock(0.0)
+    limits = paced_limits(clock, 6.0, 6)
+    waits: list[float] = []
+
+    async def reread() -> None:
+        waits.append(clock())
+        limits.reshare(lambda rate: Rate(per_s=rate.per_s / 2, burst=rate.burst // 2))
+
+    limits.while_waiting(reread)
+
+    async def main() -> int:
+        return sum([granted async for granted in limits.paced(FN, 12, 60.0)])
+
+    assert anyio.run(main) == 12
+    assert waits, "the owner of the shares was called while the batch waited"
+    assert clock() == pytest.approx(12 / 3.0, rel=0.1)
+
+
+def test_a_slow_reread_while_waiting_does_not_grant_tokens_past_the_callers_deadline() -> None:
+    """`paced` stops `within_s` from its start (the batch's share of its lease). The owner of
+    the shares re-reads them after a wait (a DynamoDB heartbeat: up to read_timeout_s x
+    max_attempts when DynamoDB is slow or throttling); tokens taken after that re-read, past
+    the deadline, are sent past it (review of f094db3)."""
+    clock = FakeClock(0.0)
+    limits = paced_limits(clock, 6.0, 6)
+
+    async def slow_reread() -> None:
+        clock.advance(30.0)
+
+    limits.while_waiting(slow_reread)
+    grants: list[float] = []
+
+    async def main() -> None:
+        async for _ in limits.paced(FN, 12, 2.0):
+            grants.append(clock())
+
+    anyio.run(main)
+    assert all(at_s <= 2.0 for at_s in grants), f"granted at {grants} s, past the 2 s deadline"

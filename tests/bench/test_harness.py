@@ -12,6 +12,7 @@ import time
 import pytest
 
 from bench.__main__ import WORLDS, compile_contenders, main, parse_args, rss_by_progress
+from bench.ledger import DYNAMODB_VARIANTS
 from bench.ledger import VARIANTS as LEDGER_VARIANTS
 from bench.ledger import measure as measure_ledger
 from bench.steady import Arrival, Throttle, process_cpu_s
@@ -132,6 +133,19 @@ def test_the_ledger_bench_compares_group_commit_with_a_transaction_per_call() ->
     assert figures["messages"] == 60
     assert set(figures["cpu_ms_per_msg"]) == set(LEDGER_VARIANTS)
     assert figures["over_memory"]["memory"] == 1.0
+
+
+def test_the_ledger_bench_counts_dynamodb_requests_per_batch_at_the_server() -> None:
+    """With DynamoDB: a request per call is 3 per batch; group commit's, counted, are fewer."""
+    figures = measure_ledger(batches=4, in_flight=4, runs=1, dynamodb_batches=4)
+    requests = figures["dynamodb_requests"]
+    assert requests["dynamodb, a request per call"]["per_batch"] == 3.0
+    assert requests["dynamodb, a request per call"]["by_name_first_run"] == {
+        "BatchGetItem": 4,
+        "TransactWriteItems": 8,
+    }
+    assert 0 < requests["dynamodb, group commit (default)"]["per_batch"] < 3.0
+    assert set(figures["cpu_ms_per_msg"]) == set(LEDGER_VARIANTS) | set(DYNAMODB_VARIANTS)
 
 
 def test_fed_figures_count_the_window_only() -> None:

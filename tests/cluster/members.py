@@ -42,10 +42,21 @@ class Member:
         skew_s: float = 0.0,
         start_fraction: float = 1.0,
         sync_gap_s: float = 0.0,
+        while_asleep: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.mono = FakeClock()
+        self.slept_s = 0.0
+
+        async def sleep(seconds: float) -> None:
+            # Time passes for everyone; what the others do meanwhile is `while_asleep`.
+            table_clock.advance(seconds)
+            self.mono.advance(seconds)
+            self.slept_s += seconds
+            if while_asleep is not None:
+                await while_asleep()
+
         self.breakers = Breakers(BREAKER, self.mono)
-        self.rates = RateLimits(RateLimitSettings(per_s=6.0, burst=6), self.mono)
+        self.rates = RateLimits(RateLimitSettings(per_s=6.0, burst=6), self.mono, sleep=sleep)
         self.cluster = DynamoDbCluster(
             client,
             table,
@@ -59,7 +70,13 @@ class Member:
             wall_s=lambda: table_clock() + skew_s,
             monotonic_s=self.mono,
             server_s=lambda _answer: table_clock(),
+            sleep=sleep,
         )
+
+    async def starts(self) -> None:
+        """Its first cycle's start: a sync, then (before any send) the wait to be counted."""
+        await self.cluster.sync()
+        await self.cluster.join()
 
     def advance(self, seconds: float) -> None:
         self.mono.advance(seconds)

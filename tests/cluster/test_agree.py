@@ -16,6 +16,7 @@ from retryd.cluster.agree import (
     share,
     stale_members,
     start_share,
+    yet_to_reread,
 )
 
 ME = "replica-a"
@@ -176,3 +177,26 @@ def test_of_two_replicas_at_most_one_sends_canaries_on_one_reading(
     theirs = next_step(shared, BreakerState.OPEN, me=OTHER, now_s=now_s, cooldown_s=COOLDOWN_S)
     assert not (mine is Step.KEEP and theirs is Step.KEEP)
     assert (mine is Step.CLAIM) == (theirs is Step.CLAIM)
+
+
+@given(
+    seen=st.dictionaries(st.sampled_from("abcdef"), st.integers(0, 20).map(float), max_size=6),
+    now_s=st.integers(0, 20).map(float),
+    moves=st.dictionaries(st.sampled_from("abcdef"), st.sampled_from(["same", "new", "gone"])),
+)
+def test_a_newcomer_waits_exactly_for_the_live_replicas_that_have_not_written_since(
+    seen: dict[str, float], now_s: float, moves: dict[str, str]
+) -> None:
+    """Of the replicas live at a newcomer's first reading, one is still waited for exactly when
+    its heartbeat is the one read then and has not expired; a new heartbeat, or none, ends it."""
+    heartbeats: dict[str, float] = {}
+    for member, expires_s in seen.items():
+        move = moves.get(member, "same")
+        if move == "same":
+            heartbeats[member] = expires_s
+        elif move == "new":
+            heartbeats[member] = expires_s + 0.5
+    waiting = yet_to_reread(seen, heartbeats, now_s)
+    for member, expires_s in seen.items():
+        unchanged = moves.get(member, "same") == "same"
+        assert (member in waiting) == (unchanged and expires_s > now_s)

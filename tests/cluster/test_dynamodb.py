@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from retryd.admission.breaker import BreakerState
 from retryd.aws import AwsClients
-from retryd.cluster.dynamodb import RELEASE_BATCH, STATE_KEY
+from retryd.cluster.dynamodb import (
+    JOIN_POLLS_PER_AGREE,
+    JOIN_WAIT_AGREES,
+    RELEASE_BATCH,
+    STATE_KEY,
+)
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.models import Target
 from tests.clock_helpers import FakeClock
@@ -88,8 +94,10 @@ def test_syncs_within_the_gap_write_moves_but_heartbeat_once_per_gap(
         await b.cluster.sync()
         assert b.breakers.for_target(TARGET).state is BreakerState.OPEN
         wall.advance(AGREE_S)
+        # b, joining a, wrote its heartbeat until a counted it (or its wait ran out).
+        before = updates()
         await a.cluster.sync()
-        assert updates() == 4
+        assert updates() == before + 1
         assert a.cluster.live == 2
 
     on_table(make_settings, TABLE, body)
@@ -469,27 +477,47 @@ def test_a_leaver_holding_many_claims_hands_back_a_bounded_number_in_its_leave(
 def test_replicas_starting_together_keep_to_the_rate_until_they_agree(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """Three replicas (6/s, start share 1/4) start one after the other on an empty item, each
-    first seeing fewer than three: until they agree, together they take at most 6/s; once each
-    has re-read the item AGREE_S after its first heartbeat (a sync, or after a batch), 2/s each."""
+    """Three replicas (6/s, start share 1/4) start one after the other on an empty item: the
+    first takes its start share; each later one finds the others live and sends nothing until
+    they have re-read the item (every AGREE_S while they drain), so the replicas that may send
+    never hold more than 6/s together; once all have agreed, 2/s each."""
 
     async def body(clients: AwsClients, wall: FakeClock) -> None:
+        sending: list[Member] = []
+
+        def total() -> float:
+            return sum(m.rates.for_target(TARGET.arn).per_s for m in sending)
+
+        async def others_drain() -> None:
+            for member in sending:
+                await member.cluster.flush()
+            assert total() <= 6.0
+
         members = [
-            Member(clients.dynamodb, TABLE, name, wall, start_fraction=0.25) for name in "abc"
+            Member(
+                clients.dynamodb,
+                TABLE,
+                name,
+                wall,
+                start_fraction=0.25,
+                while_asleep=others_drain,
+            )
+            for name in "abc"
         ]
-        buckets = [member.rates.for_target(TARGET.arn) for member in members]
-        assert [bucket.per_s for bucket in buckets] == [1.5] * 3
         for member in members:
-            await member.cluster.sync()
-            assert sum(bucket.per_s for bucket in buckets) <= 6.0
-        assert [member.cluster.live for member in members] == [1, 2, 3]
-        assert [bucket.per_s for bucket in buckets] == [1.5] * 3
+            await member.starts()
+            sending.append(member)
+            assert total() <= 6.0
+            if member is members[0]:
+                assert total() == 1.5, "alone on an empty item: its start share"
+        assert members[0].slept_s == 0, "the first found nobody to wait for"
+        assert all(0 < member.slept_s <= AGREE_S * 1.25 for member in members[1:])
         wall.advance(AGREE_S)
-        await members[0].cluster.sync()
-        for member in members[1:]:
+        for member in members:
             await member.cluster.flush()
-        assert [bucket.per_s for bucket in buckets] == [2.0] * 3
-        assert sum(bucket.burst for bucket in buckets) <= 6
+        assert [member.cluster.live for member in members] == [3] * 3
+        assert [m.rates.for_target(TARGET.arn).per_s for m in members] == [2.0] * 3
+        assert sum(m.rates.for_target(TARGET.arn).burst for m in members) <= 6
 
     on_table(make_settings, TABLE, body)
 
@@ -519,23 +547,102 @@ def test_a_replica_restarting_beside_a_dead_ones_heartbeat_starts_at_one_over_th
     on_table(make_settings, TABLE, body)
 
 
-def test_a_running_replica_counts_a_newcomer_after_its_next_batch_not_its_next_cycle(
+def test_a_newcomer_sends_nothing_until_the_running_replica_has_counted_it(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """A runs alone at 6/s; B starts. AGREE_S later, A's flush after a batch re-reads the item
-    and takes 3/s, before B has left its start share."""
+    """A runs alone at 6/s; B starts beside it. B's first sync returns only after A's flush
+    after a batch (not its next cycle) has re-read the item and taken 3/s: the two never
+    hold more than 6/s together, and B waits about one AGREE_S, not its bound."""
+
+    async def body(clients: AwsClients, wall: FakeClock) -> None:
+        a = Member(clients.dynamodb, TABLE, "a", wall)
+        a_bucket = a.rates.for_target(TARGET.arn)
+        b = Member(clients.dynamodb, TABLE, "b", wall, while_asleep=a.cluster.flush)
+        b_bucket = b.rates.for_target(TARGET.arn)
+        await a.cluster.sync()
+        wall.advance(AGREE_S)
+        await a.cluster.sync()
+        assert a_bucket.per_s == 6.0
+        world.record()
+        await b.starts()
+        assert (a_bucket.per_s, b_bucket.per_s) == (3.0, 3.0)
+        assert b.slept_s <= AGREE_S * 1.25
+        b_calls = [
+            entry["headers"].get("X-Amz-Target", "").rsplit(".", 1)[-1]
+            for entry in world.server.recording()
+            if b'"m:b"' in base64.b64decode(entry["body"])
+            or entry["headers"].get("X-Amz-Target", "").endswith(".GetItem")
+        ]
+        assert b_calls.count("UpdateItem") == 1, "one heartbeat; the polls only read the item"
+        assert b_calls.count("GetItem") >= 1
+
+    on_table(make_settings, TABLE, body)
+
+
+def test_a_replica_pacing_a_long_batch_counts_a_newcomer_while_it_waits_for_tokens(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A paces a batch at 6/s (no batch ends, so no flush after one) while B starts: A re-reads
+    the membership between its grants, so it is at 3/s when B first may send."""
+
+    async def body(clients: AwsClients, wall: FakeClock) -> None:
+        a = Member(clients.dynamodb, TABLE, "a", wall)
+        a_bucket = a.rates.for_target(TARGET.arn)
+        await a.cluster.sync()
+        wall.advance(AGREE_S)
+        await a.cluster.sync()
+        batch = a.rates.paced(TARGET.arn, 1_000, 600.0)
+
+        async def a_sends_one() -> None:
+            await anext(batch)
+
+        b = Member(clients.dynamodb, TABLE, "b", wall, while_asleep=a_sends_one)
+        await b.starts()
+        assert (a_bucket.per_s, b.rates.for_target(TARGET.arn).per_s) == (3.0, 3.0)
+        await batch.aclose()
+
+    on_table(make_settings, TABLE, body)
+
+
+def test_a_newcomer_beside_a_resting_replica_waits_no_longer_than_its_bound(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A rests between cycles (it re-reads the item before it sends again): B waits at most
+    JOIN_WAIT_AGREES x AGREE_S for it, then takes its share of two."""
 
     async def body(a: Member, b: Member, wall: FakeClock) -> None:
-        bucket = a.rates.for_target(TARGET.arn)
         await a.cluster.sync()
         wall.advance(AGREE_S)
         await a.cluster.sync()
-        assert bucket.per_s == 6.0
-        await b.cluster.sync()
-        await a.cluster.flush()
-        assert bucket.per_s == 6.0
-        wall.advance(AGREE_S)
-        await a.cluster.flush()
-        assert bucket.per_s == 3.0
+        await b.starts()
+        bound_s = JOIN_WAIT_AGREES * AGREE_S
+        assert bound_s <= b.slept_s <= bound_s + AGREE_S / JOIN_POLLS_PER_AGREE
+        assert b.cluster.live == 2
+        assert b.rates.for_target(TARGET.arn).per_s == 3.0
 
     run_pair(world, make_settings, body)
+
+
+def test_a_newcomer_whose_heartbeats_fail_while_it_waits_goes_on_at_its_start_share(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """B's first heartbeat finds A running, then DynamoDB refuses its writes: B stops waiting
+    at its bound and keeps the start share of the two members it read (it has no agreement)."""
+
+    async def body(clients: AwsClients, wall: FakeClock) -> None:
+        a = Member(clients.dynamodb, TABLE, "a", wall)
+        await a.cluster.sync()
+        wall.advance(AGREE_S)
+        await a.cluster.sync()
+
+        async def throttled() -> None:
+            if not world.faults.faults:
+                world.faults.add(Fault("dynamodb", "UpdateItem", contains=":expires"))
+
+        b = Member(clients.dynamodb, TABLE, "b", wall, while_asleep=throttled)
+        await b.starts()
+        world.faults.clear()
+        assert b.slept_s <= JOIN_WAIT_AGREES * AGREE_S + AGREE_S / JOIN_POLLS_PER_AGREE
+        assert b.rates.for_target(TARGET.arn).per_s == 3.0
+
+    on_table(make_settings, TABLE, body)

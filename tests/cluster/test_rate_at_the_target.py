@@ -15,7 +15,7 @@ import pytest
 
 from retryd.ledger import create_table
 from tests.conftest import SettingsFactory
-from tests.e2e.test_replicas import alive, replicas, wait_for
+from tests.e2e.test_replicas import Replica, alive, replicas, wait_for
 from tests.world import ACCOUNT, REGION, World, envelope
 
 # Real `retryd run` replicas draining 120 messages at 5/s: over a minute of the suite, so
@@ -67,10 +67,8 @@ def most_in_a_window(sent_ms: list[int], window_ms: int) -> int:
     return most
 
 
-def drain_backlog(
-    world: World, make_settings: SettingsFactory, tmp_path: Path, count: int
-) -> list[int]:
-    """Start `count` replicas together on the backlog; the server's SentTimestamp of each copy."""
+def backlog(world: World, make_settings: SettingsFactory, tmp_path: Path) -> Path:
+    """The queues, the ledger table and 120 messages due at once; the config's path."""
     world.create_queue("retryd-parking")
     world.create_queue("retry-orders")
     world.create_queue("orders-target")
@@ -80,6 +78,27 @@ def drain_backlog(
     target_arn = world.queue_arn("orders-target")
     for n in range(BACKLOG):
         world.send("retry-orders", envelope("sqs", target_arn, {"n": n}))
+    return config
+
+
+def sent_ms(world: World, *, killed: bool = False) -> list[int]:
+    """The server's SentTimestamp of each copy at the target, every one of the backlog there.
+
+    Once each, unless a replica was SIGKILLed: a copy it sent but had not yet recorded is
+    sent again after its lease (at least once, by design: docs/reliability.md).
+    """
+    copies = world.drain("orders-target")
+    assert {json.loads(copy["Body"])["n"] for copy in copies} == set(range(BACKLOG))
+    if not killed:
+        assert len(copies) == BACKLOG
+    return [int(copy["Attributes"]["SentTimestamp"]) for copy in copies]
+
+
+def drain_backlog(
+    world: World, make_settings: SettingsFactory, tmp_path: Path, count: int
+) -> list[int]:
+    """Start `count` replicas together on the backlog; the server's SentTimestamp of each copy."""
+    config = backlog(world, make_settings, tmp_path)
     with replicas(config, tmp_path, count) as running:
         # 120 at 5/s is 24 s; a minute and a half leaves room for a loaded machine.
         wait_for(
@@ -89,9 +108,7 @@ def drain_backlog(
         )
         for replica in running:
             replica.stop()
-    copies = world.drain("orders-target")
-    assert len(copies) == BACKLOG
-    return [int(copy["Attributes"]["SentTimestamp"]) for copy in copies]
+    return sent_ms(world)
 
 
 @pytest.mark.parametrize("count", [1, 3], ids=["one-replica", "three-replicas"])
@@ -121,3 +138,45 @@ def test_a_backlog_reaches_a_rate_limited_target_at_the_rate_and_never_in_lumps(
     # takes batches late and leaves tokens unused (4.7/s quiet, 1.4/s on a loaded CI run),
     # and speed is shown by benchmarks, never by timing assertions in tests. The bounds
     # above are what a limit promises, and they hold under any load.
+
+
+@pytest.mark.timeout(420)
+def test_a_replacement_joining_after_a_crash_keeps_the_target_within_its_bounds(
+    world: World, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """Three replicas drain the backlog; one is SIGKILLed a third of the way and a replacement
+    joins the two running ones (beside the dead one's heartbeat): every 1 s window at most
+    5 + 6, every 5 s window at most 5 x 5 x 1.1 + 6, and every message arrives once."""
+    config = backlog(world, make_settings, tmp_path)
+    with replicas(config, tmp_path, 3) as running:
+        wait_for(
+            "a third of the backlog at the target",
+            lambda: alive(running) and world.depth("orders-target") >= BACKLOG // 3,
+            timeout_s=60,
+        )
+        running[0].kill()
+        replacement = Replica(config, tmp_path / "replacement.log")
+        survivors = [*running[1:], replacement]
+        try:
+            # The killed replica's leased messages come back after its 120 s lease.
+            wait_for(
+                f"{BACKLOG} messages at the target",
+                lambda: alive(survivors) and world.depth("orders-target") >= BACKLOG,
+                timeout_s=240,
+            )
+        finally:
+            replacement.stop()
+        waited = "cluster-waiting-to-be-counted" in replacement.log_path.read_text()
+        for replica in running[1:]:
+            replica.stop()
+    sent = sent_ms(world, killed=True)
+    figures = {
+        "copies": len(sent),
+        "most_in_1s": most_in_a_window(sent, 1_000),
+        "most_in_5s": most_in_a_window(sent, 5_000),
+        "replacement_waited_to_be_counted": waited,
+    }
+    print("rate-at-the-target after a crash", json.dumps(figures))
+    assert waited, "the replacement found the others running and waited for them to count it"
+    assert figures["most_in_1s"] <= PER_S + BURST, figures
+    assert figures["most_in_5s"] <= 5 * PER_S * 1.1 + BURST, figures

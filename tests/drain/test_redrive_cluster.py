@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.ratelimit import RateLimits
@@ -115,21 +117,27 @@ def test_a_redrive_does_not_send_to_a_target_the_cluster_found_broken(
     ] * MESSAGES
 
 
+def _waits(logs: list[MutableMapping[str, Any]]) -> int:
+    return sum(line["event"] == "cluster-waiting-to-be-counted" for line in logs)
+
+
 def test_a_redrive_takes_a_share_of_the_rate_while_it_runs_and_leaves_at_its_end(
     world: World, make_settings: SettingsFactory
 ) -> None:
     """With one daemon replica live, the job counts two replicas (half of each target's rate
-    each) while it runs, is a member of the cluster item, and is gone from it at the end."""
+    each) while it runs, is a member of the cluster item, and is gone from it at the end;
+    its plan (prepare) does not wait to be counted, its first step does, once."""
     _world(world)
     settings = _settings(make_settings)
 
-    async def main() -> tuple[str, list[int], list[set[str]], set[str], int]:
+    async def main() -> tuple[str, list[int], list[set[str]], set[str], int, list[int]]:
         await create_table(settings)
         store = MemoryControlStore()
         spec = Spec(sources=(DLQ,), ramp=(1,), canary_wait_s=0, max_refail=MESSAGES)
         job = RedriveJob(new_job_id(), spec.kind, spec.to_json(), "tester")
         live: list[int] = []
         members: list[set[str]] = []
+        waits: list[int] = []
         async with open_clients(settings.aws) as clients:
             daemon = _daemon(settings, clients)
             await daemon.sync()
@@ -144,20 +152,25 @@ def test_a_redrive_takes_a_share_of_the_rate_while_it_runs_and_leaves_at_its_end
                     member=f"redrive-{job.id}",
                 )
                 try:
-                    await redrive.prepare()
-                    await redrive.execute(
-                        job,
-                        JobStore(store, TTL_S),
-                        on_step=lambda _, __: live.append(redrive.cluster.live),
-                    )
+                    with capture_logs() as planning:
+                        await redrive.prepare()
+                    with capture_logs() as executing:
+                        await redrive.execute(
+                            job,
+                            JobStore(store, TTL_S),
+                            on_step=lambda _, __: live.append(redrive.cluster.live),
+                        )
+                    waits.append(_waits(planning))
+                    waits.append(_waits(executing))
                     members.append(await _members(clients))
                 finally:
                     await redrive.leave()
             after = await _members(clients)
             await daemon.sync()
-        return job.id, live, members, after, daemon.live
+        return job.id, live, members, after, daemon.live, waits
 
-    job_id, live, during, after, daemon_live = anyio.run(main)
+    job_id, live, during, after, daemon_live, waits = anyio.run(main)
+    assert waits == [0, 1], "a plan sends nothing and does not wait; the first step waits once"
     assert live
     assert set(live) == {2}
     assert during == [{"daemon", f"redrive-{job_id}"}]

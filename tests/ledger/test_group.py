@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retryd.ledger import BeginStatus, LedgerError, SqliteLedger
-from retryd.ledger.group import Answer, GroupCommit
+from retryd.ledger.group import Answer, GroupCommit, OwnedGroupCommit
 from tests.ledger_helpers import CLAIM_S, TTL_S, FakeClock, claim, run
 
 # A window no test would sit through: only the group's size or a deadline closes it.
@@ -31,7 +32,7 @@ class Recorder:
         self.groups: list[list[int]] = []
         self._poison = poison
 
-    def __call__(self, ops: Sequence[int]) -> list[Answer[int]]:
+    async def __call__(self, ops: Sequence[int]) -> list[Answer[int]]:
         self.groups.append(list(ops))
         if self._poison is not None and self._poison in ops:
             raise sqlite3.OperationalError("disk I/O error")
@@ -42,34 +43,81 @@ def group_of(flush: Recorder, *, window_s: float, max_ops: int) -> GroupCommit[i
     return GroupCommit(flush, window_s=window_s, max_ops=max_ops, lock=anyio.Lock())
 
 
-async def outcome(group: GroupCommit[int, int], op: int) -> object:
+def abandoned(op: int) -> BoomError:
+    return BoomError(f"abandoned {op}")
+
+
+def owned_of(flush: Recorder, *, window_s: float, max_ops: int) -> OwnedGroupCommit[int, int]:
+    return OwnedGroupCommit(flush, window_s=window_s, max_ops=max_ops, abandoned=abandoned)
+
+
+# Both kinds of group: led by its first caller (SQLite's), or flushed by its owner's task.
+KINDS = ["led", "owned"]
+
+
+@asynccontextmanager
+async def opened(
+    kind: str, flush: Recorder, *, window_s: float, max_ops: int
+) -> AsyncIterator[GroupCommit[int, int] | OwnedGroupCommit[int, int]]:
+    """A group of `kind`, flushing for the length of the context."""
+    if kind == "led":
+        yield group_of(flush, window_s=window_s, max_ops=max_ops)
+        return
+    group = owned_of(flush, window_s=window_s, max_ops=max_ops)
+    async with group.flushing():
+        yield group
+
+
+class Held(Recorder):
+    """A flush that waits for `release` (forever for a group holding `hang`)."""
+
+    def __init__(self, *, hang: int | None = None) -> None:
+        super().__init__()
+        self.release = anyio.Event()
+        self.out = anyio.Event()
+        self._hang = hang
+
+    async def __call__(self, ops: Sequence[int]) -> list[Answer[int]]:
+        self.groups.append(list(ops))
+        self.out.set()
+        if self._hang in ops:
+            await anyio.sleep_forever()
+        await self.release.wait()
+        return [(2 * op, None) for op in ops]
+
+
+async def outcome(group: GroupCommit[int, int] | OwnedGroupCommit[int, int], op: int) -> object:
     try:
         return await group.call(op)
     except Exception as exc:  # noqa: BLE001 - the test compares what each caller got
         return exc
 
 
-def test_a_caller_is_answered_before_its_deadline_however_long_the_window() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_caller_is_answered_before_its_deadline_however_long_the_window(kind: str) -> None:
     """A call under a deadline is flushed and answered before it, with an hour-long window."""
 
     async def body() -> tuple[int, list[list[int]]]:
         flush = Recorder()
-        group = group_of(flush, window_s=FOREVER_S, max_ops=100)
-        with anyio.fail_after(30):
-            answer = await group.call(21)
+        async with opened(kind, flush, window_s=FOREVER_S, max_ops=100) as group:
+            with anyio.fail_after(30):
+                answer = await group.call(21)
         return answer, flush.groups
 
     assert run(body) == (42, [[21]])
 
 
-def test_a_later_caller_with_a_nearer_deadline_closes_the_open_window() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_later_caller_with_a_nearer_deadline_closes_the_open_window(kind: str) -> None:
     """A call with no deadline opens the window; one with a deadline joins and both are flushed."""
 
     async def body() -> tuple[list[object], list[list[int]]]:
         flush = Recorder()
-        group = group_of(flush, window_s=FOREVER_S, max_ops=100)
         got: list[object] = []
-        async with anyio.create_task_group() as tg:
+        async with (
+            opened(kind, flush, window_s=FOREVER_S, max_ops=100) as group,
+            anyio.create_task_group() as tg,
+        ):
             tg.start_soon(lambda: _append(got, group, 1))
             await anyio.wait_all_tasks_blocked()
             with anyio.fail_after(30):
@@ -79,7 +127,9 @@ def test_a_later_caller_with_a_nearer_deadline_closes_the_open_window() -> None:
     assert run(body) == ([2, 4], [[1, 2]])
 
 
-async def _append(into: list[object], group: GroupCommit[int, int], op: int) -> None:
+async def _append(
+    into: list[object], group: GroupCommit[int, int] | OwnedGroupCommit[int, int], op: int
+) -> None:
     into.append(await outcome(group, op))
 
 
@@ -88,26 +138,27 @@ async def _append(into: list[object], group: GroupCommit[int, int], op: int) -> 
     ops=st.lists(st.integers(-50, 50), min_size=1, max_size=40),
     max_ops=st.integers(1, 12),
     window_s=st.sampled_from([0.0, 0.001, FOREVER_S]),
+    kind=st.sampled_from(KINDS),
 )
 def test_every_caller_gets_its_own_answer_from_exactly_one_flush(
-    ops: list[int], max_ops: int, window_s: float
+    ops: list[int], max_ops: int, window_s: float, kind: str
 ) -> None:
     """Each call is flushed once, in a group of at most max_ops, and gets its own answer."""
     # Every caller has a deadline, so even an hour's window lets the last, partial group go.
 
     async def body() -> tuple[dict[int, object], list[list[int]]]:
         flush = Recorder()
-        group = group_of(flush, window_s=window_s, max_ops=max_ops)
         got: dict[int, object] = {}
+        async with opened(kind, flush, window_s=window_s, max_ops=max_ops) as group:
 
-        async def one(index: int) -> None:
-            with anyio.fail_after(60):
-                got[index] = await outcome(group, ops[index])
+            async def one(index: int) -> None:
+                with anyio.fail_after(60):
+                    got[index] = await outcome(group, ops[index])
 
-        async with anyio.create_task_group() as tg:
-            for index in range(len(ops)):
-                tg.start_soon(one, index)
-        assert (group.flushes, group.calls) == (len(flush.groups), len(ops))
+            async with anyio.create_task_group() as tg:
+                for index in range(len(ops)):
+                    tg.start_soon(one, index)
+            assert (group.flushes, group.calls) == (len(flush.groups), len(ops))
         return got, flush.groups
 
     got, groups = run(body)
@@ -127,24 +178,25 @@ def test_every_caller_gets_its_own_answer_from_exactly_one_flush(
 @given(
     ops=st.lists(st.integers(0, 30), min_size=2, max_size=30, unique=True),
     max_ops=st.integers(1, 6),
+    kind=st.sampled_from(KINDS),
 )
 def test_a_failed_transaction_fails_exactly_the_callers_that_rode_in_it(
-    ops: list[int], max_ops: int
+    ops: list[int], max_ops: int, kind: str
 ) -> None:
     """A flush that raises fails every call of its group, and no call of any other group."""
     poison = ops[len(ops) // 2]
 
     async def body() -> tuple[dict[int, object], list[list[int]]]:
         flush = Recorder(poison=poison)
-        group = group_of(flush, window_s=0.001, max_ops=max_ops)
         got: dict[int, object] = {}
+        async with opened(kind, flush, window_s=0.001, max_ops=max_ops) as group:
 
-        async def one(op: int) -> None:
-            got[op] = await outcome(group, op)
+            async def one(op: int) -> None:
+                got[op] = await outcome(group, op)
 
-        async with anyio.create_task_group() as tg:
-            for op in ops:
-                tg.start_soon(one, op)
+            async with anyio.create_task_group() as tg:
+                for op in ops:
+                    tg.start_soon(one, op)
         return got, flush.groups
 
     got, groups = run(body)
@@ -182,20 +234,23 @@ def test_a_cancelled_leader_still_flushes_the_group_it_opened() -> None:
     assert run(body) == ([4, 6], [[1, 2, 3]])
 
 
-def test_a_caller_cancelled_before_its_flush_is_left_out_of_it() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_caller_cancelled_before_its_flush_is_left_out_of_it(kind: str) -> None:
     """A waiting caller that gives up before the window closes is not flushed at all."""
 
     async def body() -> tuple[list[object], list[list[int]]]:
         flush = Recorder()
-        group = group_of(flush, window_s=FOREVER_S, max_ops=3)
         got: list[object] = []
         quitter_scope = anyio.CancelScope()
+        async with (
+            opened(kind, flush, window_s=FOREVER_S, max_ops=3) as group,
+            anyio.create_task_group() as tg,
+        ):
 
-        async def quitter() -> None:
-            with quitter_scope:
-                await group.call(2)
+            async def quitter() -> None:
+                with quitter_scope:
+                    await group.call(2)
 
-        async with anyio.create_task_group() as tg:
             tg.start_soon(_append, got, group, 1)
             await anyio.wait_all_tasks_blocked()
             tg.start_soon(quitter)
@@ -298,3 +353,106 @@ def test_a_group_commit_refuses_an_empty_group_or_a_negative_window() -> None:
         GroupCommit(Recorder(), window_s=-1, max_ops=1, lock=anyio.Lock())
     with pytest.raises(ValueError, match="max_ops"):
         GroupCommit(Recorder(), window_s=0, max_ops=0, lock=anyio.Lock())
+
+
+def test_an_owned_group_flushes_only_while_its_owner_holds_it_open() -> None:
+    """A call before `flushing()` is a programming error; one after it closed is abandoned."""
+
+    async def body() -> tuple[object, object, object]:
+        group = owned_of(Recorder(), window_s=0.0, max_ops=1)
+        before = await outcome(group, 1)
+        async with group.flushing():
+            during = await outcome(group, 2)
+        after = await outcome(group, 3)
+        with pytest.raises(RuntimeError, match="one owner"):
+            async with group.flushing():
+                pass
+        return before, during, after
+
+    before, during, after = run(body)
+    assert isinstance(before, RuntimeError)
+    assert during == 4
+    assert str(after) == "abandoned 3"
+
+
+def test_an_owner_s_error_leaves_its_flushing_context_as_it_was_raised() -> None:
+    """The owner's own error comes out of `flushing()` itself, not in an exception group."""
+
+    async def body() -> None:
+        async with owned_of(Recorder(), window_s=0.0, max_ops=1).flushing():
+            raise BoomError("the owner's")
+
+    with pytest.raises(BoomError, match="the owner's"):
+        run(body)
+
+
+def test_one_caller_cancelled_mid_flush_does_not_fail_its_group_mate() -> None:
+    """Two calls ride one flush; one caller's scope ends while it is out: the other is answered."""
+
+    async def body() -> tuple[list[object], bool, list[list[int]]]:
+        flush = Held()
+        got: list[object] = []
+        quitter_scope = anyio.CancelScope()
+        group = owned_of(flush, window_s=FOREVER_S, max_ops=2)
+
+        async def quitter() -> None:
+            with quitter_scope:
+                await group.call(1)
+
+        async with group.flushing(), anyio.create_task_group() as tg:
+            tg.start_soon(quitter)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(_append, got, group, 2)
+            with anyio.fail_after(30):
+                await flush.out.wait()
+            # Its batch's lease, a stop's drain timeout: the quitter stops waiting at once.
+            quitter_scope.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert got == []
+            flush.release.set()
+        return got, quitter_scope.cancelled_caught, flush.groups
+
+    assert run(body) == ([4], True, [[1, 2]])
+
+
+def test_a_waiter_leaves_at_its_own_deadline_while_an_earlier_flush_is_out() -> None:
+    """A flush is out and stays out: a caller waiting behind it is let go at its deadline."""
+
+    async def body() -> tuple[bool, list[list[int]], list[object]]:
+        flush = Held()
+        group = owned_of(flush, window_s=FOREVER_S, max_ops=1)
+        got: list[object] = []
+        async with group.flushing(), anyio.create_task_group() as tg:
+            tg.start_soon(_append, got, group, 1)
+            with anyio.fail_after(30):
+                await flush.out.wait()
+            # The flush is released only once this caller is back: had the group held it
+            # past its deadline, the test would stop at fail_after instead.
+            with anyio.fail_after(30), anyio.move_on_after(0.05) as waited:
+                await group.call(2)
+            flush.release.set()
+        return waited.cancelled_caught, flush.groups, got
+
+    # The caller behind was never flushed: it left before its call was taken.
+    assert run(body) == (True, [[1]], [2])
+
+
+def test_an_owner_closing_mid_flush_cancels_it_and_abandons_every_call_left() -> None:
+    """The owner closes with a flush hung and a call waiting: both answered `abandoned` at once."""
+
+    async def body() -> tuple[list[str], list[list[int]]]:
+        flush = Held(hang=1)
+        group = owned_of(flush, window_s=FOREVER_S, max_ops=2)
+        got: list[object] = []
+        async with anyio.create_task_group() as tg:
+            with anyio.fail_after(30):
+                async with group.flushing():
+                    tg.start_soon(_append, got, group, 1)
+                    tg.start_soon(_append, got, group, 2)
+                    await flush.out.wait()
+                    # Taken into no flush: the one out never returns.
+                    tg.start_soon(_append, got, group, 3)
+                    await anyio.wait_all_tasks_blocked()
+        return sorted(str(each) for each in got), flush.groups
+
+    assert run(body) == (["abandoned 1", "abandoned 2", "abandoned 3"], [[1, 2]])

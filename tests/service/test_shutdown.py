@@ -95,7 +95,8 @@ def test_sigterm_lets_in_flight_batches_settle_and_loses_nothing(
     assert "drain-timeout" not in stderr
     delivered = numbers(world.drain("dest"))
     world.faults.clear()
-    time.sleep(5)  # leases of anything received but not handled run out
+    # Until the leases of anything received but not handled run out (5 s at most).
+    world.wait_visible(["retry-work"])
     left = numbers(world.drain("retry-work"))
     assert len(delivered) < MESSAGES, "the signal came too late to test anything"
     assert len(set(delivered)) == len(delivered), "a settled batch was delivered twice"
@@ -120,7 +121,7 @@ def test_drain_timeout_cancels_in_flight_work_without_losing_it(
     assert process.returncode == 0, stderr
     assert "drain-timeout" in stderr
     world.faults.clear()  # the slow call is abandoned rather than landing late
-    time.sleep(5)  # leases run out
+    world.wait_visible(["retry-work"])  # until the leases run out (5 s at most)
     delivered = numbers(world.drain("dest"))
     left = numbers(world.drain("retry-work"))
     # Cancelled after the target took it but before the delete: it may be in both
