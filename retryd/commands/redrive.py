@@ -14,6 +14,7 @@ import shlex
 import signal
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -310,7 +311,7 @@ async def _redrive_in_place(
         spec=spec,
         pick=places.for_sending if places.configured else None,
         qualified_deferrals=places.configured,
-        member=_owner(job),
+        member=_member(job),
         home=home,
     )
 
@@ -556,6 +557,16 @@ async def _load(jobs: JobStore, job_id: str) -> RedriveJob:
 def _owner(job: RedriveJob) -> str:
     # The same owner on every resume: a claim begun before a crash is this job's to finish.
     return f"redrive-{job.id}"
+
+
+def _member(job: RedriveJob) -> str:
+    """This process's name among the replicas: the job's, and one of its own.
+
+    Not the ledger owner alone: a second process started for a running job (refused,
+    the job busy) would otherwise overwrite the job's heartbeat and, leaving, remove
+    it, and the daemons would count the job out while it still sends.
+    """
+    return f"{_owner(job)}-{uuid.uuid4().hex[:8]}"
 
 
 async def _audit_job(
