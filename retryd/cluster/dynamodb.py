@@ -477,8 +477,7 @@ class DynamoDbCluster:
             if not self._lapsed and self._wall_s() - self._beat_at_s >= self._member_ttl_s:
                 # ...until the heartbeat written last has expired: the others have
                 # counted this replica out and taken its share.
-                self._lapsed = True
-                self._rates.reshare(lapsed_share)
+                self._hold_back()
                 log.warning(
                     "cluster-heartbeat-lapsed",
                     replica=self._me,
@@ -493,13 +492,17 @@ class DynamoDbCluster:
         until a heartbeat is heard; the next flush point (after the batch, or the next
         wait for tokens) writes one at once, as this one did not count as written.
         """
-        self._lapsed = True
-        self._rates.reshare(lapsed_share)
+        self._hold_back()
         log.info(
             "cluster-heartbeat-unheard",
             replica=self._me,
             why="a heartbeat was cut off with its request out; holding back until one is heard",
         )
+
+    def _hold_back(self) -> None:
+        """Next to nothing until a heartbeat is heard: the others may hold this one's share."""
+        self._lapsed = True
+        self._rates.reshare(lapsed_share)
 
     async def _agree(self, item: dict[str, Any], now_s: float) -> None:
         stale = self._agree_members(item, now_s)
