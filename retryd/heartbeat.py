@@ -88,7 +88,7 @@ def _being_cancelled() -> bool:
     return anyio.current_effective_deadline() == -math.inf
 
 
-def _first_beat_at(due_at: float, last_beat_at: float) -> float:
+def _next_beat_at(due_at: float, last_beat_at: float) -> float:
     """When a beat due at `due_at` comes: never closer than MIN_BEAT_INTERVAL_S to the last."""
     return max(due_at, last_beat_at + MIN_BEAT_INTERVAL_S)
 
@@ -226,8 +226,8 @@ class Heartbeat:
             # batch that lives to need them. Nothing else moves a due time meanwhile.
             await anyio.sleep_until(
                 min(
-                    _first_beat_at(self._lease_due_at(), started_at),
-                    _first_beat_at(self._claims_due_at(), started_at),
+                    _next_beat_at(self._lease_due_at(), started_at),
+                    _next_beat_at(self._claims_due_at(), started_at),
                 )
             )
             async with anyio.create_task_group() as beats:
@@ -249,7 +249,7 @@ class Heartbeat:
     ) -> None:
         beat_at = started_at
         while self.stopped is None:
-            beat_at = _first_beat_at(due_at(), beat_at)
+            beat_at = _next_beat_at(due_at(), beat_at)
             await anyio.sleep_until(beat_at)
             if self.stopped is None:
                 await step(anyio.current_time())

@@ -379,7 +379,6 @@ class Cycle:
             self._guards.protect_queues(self._builder.protected)
             if looks:
                 await self._refresh_operator_state()
-            if looks:
                 # A replica that has just joined others already sending: not before they
                 # have counted it (at most a few seconds, once).
                 await self._cluster.join()
