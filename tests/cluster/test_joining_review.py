@@ -1,10 +1,16 @@
-"""Review of issue 23 (f094db3): ways a joiner's wait, or the re-reads while pacing, go wrong.
+"""A joiner's wait and the re-reads while pacing, in the ways a review found them wrong.
 
-Each test is one defect found by the adversarial review (branch rv23), against the moto
-server on fake clocks, as tests/cluster/test_dynamodb.py does.
+Each test is one defect the adversarial review of issue 23's first version (f094db3)
+found, and failed on it: overlapping flushes writing a heartbeat each and undoing a
+claim, a failed first heartbeat skipping the wait, a wait repeated at every sync, a
+host clock step cutting it short, a host clock behind by more than a heartbeat, a
+re-read cut short taken as room made. Against the moto server on fake clocks, as
+tests/cluster/test_dynamodb.py does.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -38,6 +44,27 @@ def _per_s(*members: Member) -> float:
     return sum(member.rates.for_target(TARGET.arn).per_s for member in members)
 
 
+def _newcomer(
+    clients: AwsClients,
+    wall: FakeClock,
+    while_asleep: Callable[[], Awaitable[None]],
+    *,
+    name: str = "b",
+    skew_s: float = 0.0,
+) -> Member:
+    """A replica joining at the production start share; `while_asleep` is what the others
+    do while it waits."""
+    return Member(
+        clients.dynamodb,
+        TABLE,
+        name,
+        wall,
+        skew_s=skew_s,
+        start_fraction=START_SHARE,
+        while_asleep=while_asleep,
+    )
+
+
 async def _running(clients: AwsClients, wall: FakeClock) -> Member:
     """A, alone and agreed, at the whole 6/s; its last heartbeat just now."""
     a = Member(clients.dynamodb, TABLE, "a", wall, start_fraction=START_SHARE)
@@ -51,12 +78,9 @@ async def _running(clients: AwsClients, wall: FakeClock) -> Member:
 def test_many_batches_waiting_for_tokens_at_once_write_one_heartbeat_not_one_each(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """Batches paced on one bucket compute the same wait and wake together; each then calls
-    the cluster's flush (RateLimits.while_waiting). When the re-read is due, each of them
-    finds it due (the time of the last heartbeat moves only once one has answered), so
-    eight waiting batches write eight heartbeats, each billed for the whole item, where
-    one re-read was meant (the item's 1,000 write units a second is shared by every
-    replica). The same overlap runs the breakers' agreement eight times at once."""
+    """Eight batches waking together from a wait for tokens each flush when the re-read is
+    due: one heartbeat is written, not eight (each rewrites the whole item, whose 1,000
+    write units a second every replica shares)."""
 
     async def body(clients: AwsClients, wall: FakeClock) -> None:
         a = await _running(clients, wall)
@@ -73,12 +97,9 @@ def test_many_batches_waiting_for_tokens_at_once_write_one_heartbeat_not_one_eac
 def test_a_claim_won_by_one_of_two_overlapping_flushes_is_not_undone_by_the_other(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """B opened the shared breaker and left; A holds it open. Past the cool-down, two of A's
-    batches waiting for tokens flush at once: both read the entry unclaimed, both try to
-    claim it; one lands (A holds the canaries in the table, its breaker goes half-open),
-    the other's condition fails and it adopts what it read (open, held elsewhere), over
-    the winner. A then holds the claim but never sends the canaries: the target stays
-    shut for another cool-down, until the claim lapses."""
+    """B opened the shared breaker and left; past the cool-down two of A's batches flush at
+    once: the canary claim one of them lands stays A's (its breaker half-open, so the
+    canaries go), not undone by the other reading the entry as held elsewhere."""
 
     async def body(clients: AwsClients, wall: FakeClock) -> None:
         a = Member(clients.dynamodb, TABLE, "a", wall)
@@ -112,23 +133,14 @@ def test_a_claim_won_by_one_of_two_overlapping_flushes_is_not_undone_by_the_othe
 def test_a_newcomer_whose_first_heartbeat_fails_does_not_send_on_top_of_the_running_replica(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """A runs alone at 6/s. B's first heartbeat is throttled once: B has no reading, so
-    nothing to wait for, and its first sync returns at once with its start share (1.5/s)
-    while A holds the whole 6/s and has never heard of B: 7.5/s may be sent. The wait
-    is meant for exactly this (a replica that may find others running); one retry 0.5 s
-    later would have found A."""
+    """A runs alone at 6/s; B's first heartbeat is throttled once, so B has no reading yet:
+    it polls until it has one and waits for A to count it, and the two never hold more
+    than 6/s."""
 
     async def body(clients: AwsClients, wall: FakeClock) -> None:
         a = await _running(clients, wall)
         world.faults.add(Fault("dynamodb", "UpdateItem", contains=":expires", times=1))
-        b = Member(
-            clients.dynamodb,
-            TABLE,
-            "b",
-            wall,
-            start_fraction=START_SHARE,
-            while_asleep=a.cluster.flush,
-        )
+        b = _newcomer(clients, wall, a.cluster.flush)
         await b.starts()
         world.faults.clear()
         assert _per_s(a, b) <= 6.0, (
@@ -141,11 +153,9 @@ def test_a_newcomer_whose_first_heartbeat_fails_does_not_send_on_top_of_the_runn
 def test_a_newcomer_whose_heartbeats_keep_failing_waits_once_not_at_every_sync(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """B finds A running, then DynamoDB throttles its heartbeats: its first sync waits out
-    the bound and goes on at its start share (as designed). Every later sync (each cycle
-    of the daemon, each step of a redrive job) waits the whole bound again and writes
-    eight more heartbeats into the throttled item, though B has been sending since the
-    first: the wait protects nothing by then and costs 4 s of every cycle's budget."""
+    """B finds A running, then DynamoDB throttles its heartbeats: its first start waits out
+    the bound (then its start share); a later one (the next cycle, a redrive's next step)
+    does not wait again, and writes at most one heartbeat."""
 
     async def body(clients: AwsClients, wall: FakeClock) -> None:
         await _running(clients, wall)
@@ -154,9 +164,7 @@ def test_a_newcomer_whose_heartbeats_keep_failing_waits_once_not_at_every_sync(
             if not world.faults.faults:
                 world.faults.add(Fault("dynamodb", "UpdateItem", contains=":expires"))
 
-        b = Member(
-            clients.dynamodb, TABLE, "b", wall, start_fraction=START_SHARE, while_asleep=throttled
-        )
+        b = _newcomer(clients, wall, throttled)
         await b.starts()
         first_s = b.slept_s
         assert first_s >= JOIN_WAIT_AGREES * AGREE_S
@@ -172,11 +180,8 @@ def test_a_newcomer_whose_heartbeats_keep_failing_waits_once_not_at_every_sync(
 def test_a_host_clock_stepping_forward_does_not_cut_a_newcomers_wait_short(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """B's wait is timed on its host's wall clock (time.time), which NTP may step: a step
-    of 5 s during B's first poll ends the wait after one poll, with A (at 6/s) not having
-    re-read the item, and B goes on at its start share on top. Its table-clock bound
-    (JOIN_WAIT_AGREES x AGREE_S after its first heartbeat) is not reached; the wait
-    should be timed on a clock that does not step (the loop's, as the buckets are)."""
+    """B's host clock steps 5 s forward (NTP) during its first poll: the wait, timed on the
+    loop's clock, goes on until A has counted B, and the two never hold more than 6/s."""
 
     async def body(clients: AwsClients, wall: FakeClock) -> None:
         a = await _running(clients, wall)
@@ -186,14 +191,7 @@ def test_a_host_clock_stepping_forward_does_not_cut_a_newcomers_wait_short(
             step[0] = 5.0
             await a.cluster.flush()
 
-        b = Member(
-            clients.dynamodb,
-            TABLE,
-            "b",
-            wall,
-            start_fraction=START_SHARE,
-            while_asleep=ntp_steps_while_a_drains,
-        )
+        b = _newcomer(clients, wall, ntp_steps_while_a_drains)
         b.cluster._wall_s = lambda: wall() + step[0]
         await b.starts()
         assert _per_s(a, b) <= 6.0, (
@@ -206,11 +204,9 @@ def test_a_host_clock_stepping_forward_does_not_cut_a_newcomers_wait_short(
 def test_a_newcomer_whose_host_clock_is_behind_by_more_than_a_heartbeat_waits_to_be_counted(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """B's host clock is TTL_S + 5 s behind DynamoDB's. Its first heartbeat is written before
-    it knows the offset, so it has already expired on the table's clock. A re-reads in the
-    half second before B's first poll: it finds B's heartbeat expired and does not count
-    B (it keeps 6/s), yet its heartbeat has changed, which is all B waits for: B goes on
-    at 3/s on top, until A's next re-read about AGREE_S later."""
+    """B's host clock is TTL_S + 5 s behind DynamoDB's, so its first heartbeat is already
+    expired on the table's clock and A, re-reading, does not count B: B does not take A's
+    changed heartbeat as room made, and the two never hold more than 6/s."""
 
     async def body(clients: AwsClients, wall: FakeClock) -> None:
         a = Member(clients.dynamodb, TABLE, "a", wall, start_fraction=START_SHARE)
@@ -219,15 +215,7 @@ def test_a_newcomer_whose_host_clock_is_behind_by_more_than_a_heartbeat_waits_to
         await a.cluster.sync()
         # B starts when A's next re-read is almost due (A drains: it flushes after each batch).
         wall.advance(AGREE_S - 0.1)
-        b = Member(
-            clients.dynamodb,
-            TABLE,
-            "b",
-            wall,
-            skew_s=-(TTL_S + 5),
-            start_fraction=START_SHARE,
-            while_asleep=a.cluster.flush,
-        )
+        b = _newcomer(clients, wall, a.cluster.flush, skew_s=-(TTL_S + 5))
         await b.starts()
         assert _per_s(a, b) <= 6.0, f"A at {_per_s(a)}/s (live {a.cluster.live}), B {_per_s(b)}/s"
 
@@ -237,8 +225,8 @@ def test_a_newcomer_whose_host_clock_is_behind_by_more_than_a_heartbeat_waits_to
 def test_joiners_one_after_the_other_never_hold_more_than_the_rate(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """Control (passes): A runs; B and C join one after the other while A drains; at every
-    moment the replicas that may send hold at most 6/s."""
+    """A runs; B and C join one after the other while A drains: at every moment the
+    replicas that may send hold at most 6/s."""
 
     async def body(clients: AwsClients, wall: FakeClock) -> None:
         a = await _running(clients, wall)
@@ -250,14 +238,7 @@ def test_joiners_one_after_the_other_never_hold_more_than_the_rate(
             assert _per_s(*sending) <= 6.0
 
         for name in "bc":
-            member = Member(
-                clients.dynamodb,
-                TABLE,
-                name,
-                wall,
-                start_fraction=START_SHARE,
-                while_asleep=others_drain,
-            )
+            member = _newcomer(clients, wall, others_drain, name=name)
             await member.starts()
             sending.append(member)
             assert _per_s(*sending) <= 6.0
@@ -268,9 +249,9 @@ def test_joiners_one_after_the_other_never_hold_more_than_the_rate(
 def test_batches_paced_on_one_bucket_re_read_the_membership_once_per_agree_s_between_them(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """The same on the real event loop and clocks: eight batches of one replica pace 4
-    messages each through one 40/s bucket (0.8 s), re-reading every 0.2 s (agree_s). They
-    wake together after each wait, so each due re-read is written by every waiting batch."""
+    """On the real event loop and clocks, eight batches of one replica pace 4 messages each
+    through one 40/s bucket (0.8 s), re-reading every 0.2 s (agree_s): they write about one
+    heartbeat per agree_s between them, not one each."""
     agree_s = 0.2
 
     async def body(clients: AwsClients, wall: FakeClock) -> None:
@@ -308,10 +289,10 @@ def test_batches_paced_on_one_bucket_re_read_the_membership_once_per_agree_s_bet
 def test_a_reread_cut_short_by_a_batchs_deadline_is_not_taken_by_a_newcomer_as_room_made(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """A's re-read now runs inside a batch (RateLimits.while_waiting), in that batch's cancel
-    scope (its lease cap, a stop's drain timeout). Cut short after DynamoDB applied it, A's
-    heartbeat has changed in the table but A never read the answer: it keeps 6/s, while B,
-    which waits only for A's heartbeat to change, goes on at 3/s on top."""
+    """A's re-read runs inside a batch (RateLimits.while_waiting) and is cut off by the
+    batch's deadline after DynamoDB applied it, so B finds A's heartbeat changed: A, which
+    never read B, holds back until its next heartbeat, and the two never hold more than
+    6/s."""
 
     async def body(clients: AwsClients, wall: FakeClock) -> None:
         a = await _running(clients, wall)
@@ -331,14 +312,7 @@ def test_a_reread_cut_short_by_a_batchs_deadline_is_not_taken_by_a_newcomer_as_r
 
         # B starts half a poll before A's re-read is due.
         wall.advance(AGREE_S - 0.5)
-        b = Member(
-            clients.dynamodb,
-            TABLE,
-            "b",
-            wall,
-            start_fraction=START_SHARE,
-            while_asleep=a_paces_and_its_batch_is_cut_off,
-        )
+        b = _newcomer(clients, wall, a_paces_and_its_batch_is_cut_off)
         await b.starts()
         assert _per_s(a, b) <= 6.0, f"A at {_per_s(a)}/s (live {a.cluster.live}), B {_per_s(b)}/s"
 
