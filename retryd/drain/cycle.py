@@ -339,9 +339,9 @@ class Cycle:
 
     def _objects(self, clients: AwsClients) -> Objects | None:
         """A place's S3 objects, leased in the shared ledger; None without an S3 client."""
-        if clients.s3 is None:
-            return None
-        return Objects(clients.s3, self._guards.ledger, settle=self._settings.discovery.s3_settle)
+        return Objects.of(
+            clients.s3, self._guards.ledger, settle=self._settings.discovery.s3_settle
+        )
 
     async def run(
         self,

@@ -184,8 +184,9 @@ class Redrive:
         """Find the queues, learn the feeds and pauses; RedriveInputError for a bad spec."""
         place = await self._builder.set_up(self._clients)
         # S3 sources are DLQs to an operator as to the cycle (read only with an S3 client).
-        s3, settle = self._clients.s3, self._settings.discovery.s3_settle
-        objects = Objects(s3, self._guards.ledger, settle=settle) if s3 is not None else None
+        objects = Objects.of(
+            self._clients.s3, self._guards.ledger, settle=self._settings.discovery.s3_settle
+        )
         dlqs = place.dlqs + (place.buckets if objects is not None else [])
         self._guards.set_pauses(await load_pauses(self._control))
         # The breakers and shares as the cluster has them, for the plan as for a step.

@@ -42,6 +42,12 @@ def lease_claim(source: QueueRef, key: str) -> Claim:
 class Objects:
     """The objects of S3 sources: leased through the ledger, deleted or tagged once safe."""
 
+    @classmethod
+    def of(cls, s3: Any | None, ledger: Ledger | None, *, settle: str) -> Objects | None:
+        """A place's S3 objects, leased in `ledger`; None without an S3 client (S3 sources
+        are then not read)."""
+        return None if s3 is None else cls(s3, ledger, settle=settle)
+
     def __init__(self, s3: Any, ledger: Ledger | None, *, settle: str = "delete") -> None:
         """`ledger` None: one process alone, every object it lists is its own."""
         self._s3 = s3
