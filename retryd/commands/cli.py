@@ -473,7 +473,7 @@ def _once(args: argparse.Namespace) -> int:
 
         report = run_once_in_workers(settings, *_log_options(args, settings))
     else:
-        report = anyio.run(run_once, settings)
+        report = anyio.run(partial(run_once, settings, settle_heap=True))
     if args.output == "json":
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -496,7 +496,7 @@ def _run(args: argparse.Namespace) -> int:
 
         anyio.run(run_daemon_in_workers, settings, *_log_options(args, settings))
     else:
-        anyio.run(run_daemon, settings)
+        anyio.run(partial(run_daemon, settings, settle_heap=True))
     return ExitCode.OK
 
 

@@ -20,6 +20,7 @@ from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
 from retryd.places import open_places
 from retryd.resolve.hooks import Hooks
+from retryd.service import heap
 from retryd.service.http import Health, start_http
 from retryd.service.scheduler import run_schedule
 from retryd.service.systemd import SystemdNotifier
@@ -34,10 +35,13 @@ async def run_once(
     collect: bool = False,
     registry: CollectorRegistry | None = None,
     shard: Shard = WHOLE,
+    settle_heap: bool = False,
 ) -> CycleReport:
     """One deterministic cycle, then return: the `once` command and the tests' entry point.
 
     `shard`: as one of drain.processes workers, only the DLQs that fall to it.
+    `settle_heap`: the process is retryd's own; set its garbage collector (service.heap)
+    once the engine is built.
     """
     # Hooks that cannot be loaded stop here, before any AWS client is opened.
     Hooks.from_settings(settings)
@@ -47,6 +51,8 @@ async def run_once(
         clients = await places.home_clients()
         async with open_ledger(settings.ledger, clients, metrics) as ledger:
             cycle = Cycle(settings, clients, metrics, ledger=ledger, places=places, shard=shard)
+            if settle_heap:
+                heap.settle()
             try:
                 return await cycle.run(anyio.Event(), collect=collect)
             finally:
@@ -79,11 +85,12 @@ async def run_daemon(
     *,
     shard: Shard = WHOLE,
     health: Health | None = None,
+    settle_heap: bool = False,
 ) -> None:
     """Cycle every `schedule.interval_s` until a signal; returns normally after a clean stop.
 
     As one of drain.processes workers: `shard` picks its DLQs and `health` passes
-    its ticks on to the parent, which serves the probes.
+    its ticks on to the parent, which serves the probes. `settle_heap`: as run_once's.
     """
     # A transform or schema that cannot be loaded is a ConfigError (exit 2): raised here,
     # before the task group below would wrap it in an exception group.
@@ -115,6 +122,8 @@ async def run_daemon(
                 places=places,
                 shard=shard,
             )
+            if settle_heap:
+                heap.settle()
             log.info("started", interval_s=settings.schedule.interval_s)
             notifier.ready()
             with work:

@@ -205,7 +205,7 @@ def _once_worker(
     """A worker of `retryd once`: one cycle over its DLQs, its report sent to the parent."""
     _enter_worker(shard, *logging_and_parent)
     try:
-        report = anyio.run(partial(run_once, settings, shard=shard))
+        report = anyio.run(partial(run_once, settings, shard=shard, settle_heap=True))
     except BaseException as exc:
         error = _documented(exc)
         if error is None:
@@ -241,7 +241,7 @@ def _run_worker(
     health = _ReportingHealth.for_settings(settings)
     health.cells = cells
     try:
-        anyio.run(partial(run_daemon, settings, shard=shard, health=health))
+        anyio.run(partial(run_daemon, settings, shard=shard, health=health, settle_heap=True))
     except BaseException as exc:
         error = _documented(exc)
         if error is None:

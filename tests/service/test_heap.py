@@ -1,0 +1,103 @@
+"""service.heap: the collector is set by retryd's own processes, once the engine is built, and
+by nothing that embeds the engine."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from retryd.service.heap import YOUNG_THRESHOLD
+from tests.world import ACCOUNT, REGION, World, envelope
+
+# What the child prints after its run: the youngest threshold and how many objects are frozen.
+_REPORT = "import gc; print(gc.get_threshold()[0], gc.get_freeze_count())"
+
+
+def _python(code: str) -> tuple[int, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    young, frozen = done.stdout.split()[-2:]
+    return int(young), int(frozen)
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "retryd.toml"
+    path.write_text(
+        f"""
+[aws]
+max_attempts = 1
+[discovery]
+queue_prefixes = ["retry-"]
+[drain]
+receive_wait_s = 0
+[guards]
+allow_targets = ["arn:aws:sqs:{REGION}:{ACCOUNT}:dest"]
+[backoff]
+base_s = 0.001
+max_s = 0.001
+[ledger]
+backend = "memory"
+"""
+    )
+    return path
+
+
+def _world(world: World) -> None:
+    world.create_queue("retryd-parking")
+    world.create_queue("dest")
+    world.create_queue("retry-a")
+    world.send("retry-a", envelope("sqs", f"arn:aws:sqs:{REGION}:{ACCOUNT}:dest", {"n": 1}))
+
+
+def test_settle_freezes_what_exists_and_collects_the_young_less_often() -> None:
+    young, frozen = _python(
+        "import gc; from retryd.service import heap; before = gc.get_threshold();"
+        "heap.settle(); after = gc.get_threshold();"
+        "assert after[1:] == before[1:], (before, after);"
+        # Garbage made after the freeze is still the collector's.
+        "a = []; a.append(a); del a; assert gc.collect() >= 1;"
+        f"{_REPORT}"
+    )
+    assert young == YOUNG_THRESHOLD
+    assert frozen > 1_000
+
+
+def test_the_once_command_settles_the_heap_after_building_the_engine(
+    world: World, tmp_path: Path
+) -> None:
+    _world(world)
+    config = _config(tmp_path)
+    young, frozen = _python(
+        "from retryd.commands.cli import main;"
+        f"assert main(['once', '--config', {str(config)!r}]) == 0;"
+        f"{_REPORT}"
+    )
+    assert young == YOUNG_THRESHOLD
+    # The engine's modules, its settings and its SQS client's service model among them.
+    assert frozen > 20_000
+    assert len(world.drain("dest")) == 1, "the cycle ran: its message reached the target"
+
+
+def test_the_engine_run_for_a_caller_leaves_its_collector_alone(
+    world: World, tmp_path: Path
+) -> None:
+    _world(world)
+    config = _config(tmp_path)
+    young, frozen = _python(
+        "import anyio; from pathlib import Path; from retryd.settings import load_settings;"
+        "from retryd.service.lifecycle import run_once;"
+        f"anyio.run(run_once, load_settings(Path({str(config)!r})));"
+        f"{_REPORT}"
+    )
+    assert young == gc.get_threshold()[0] == 700
+    assert frozen == 0
