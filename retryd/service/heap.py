@@ -13,7 +13,7 @@ So once the engine is built, what exists is frozen out of every later pass
 (`gc.freeze`, https://docs.python.org/3.11/library/gc.html#gc.freeze), and the
 youngest generation is collected after YOUNG_THRESHOLD objects instead of 700.
 Cyclic garbage then waits a little longer to be collected; reference-counted
-garbage, most of it, is freed as before. The collector's share fell to 4.9 %
+garbage, most of it, is freed as before. The collector's share fell to 4.2 %
 (docs/performance.md, "The garbage collector").
 
 Only the process's owner sets this (the `once` and `run` commands and their
