@@ -89,6 +89,10 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
+        # One write per line, its newline included (PrintLogger's print() makes two): worker
+        # processes share stderr, and a pipe keeps a write of up to PIPE_BUF (4,096) bytes
+        # whole (https://man7.org/linux/man-pages/man7/pipe.7.html), so their lines never
+        # cut each other; under PYTHONUNBUFFERED it is one syscall a line, not two.
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
