@@ -290,6 +290,9 @@ def _remember_parked(
 
 
 def _forget(pairs: tuple[tuple[str, int], ...], message_id: str) -> tuple[tuple[str, int], ...]:
+    if not pairs:
+        # Most keys never abandoned a claim.
+        return pairs
     return tuple(pair for pair in pairs if pair[0] != message_id)
 
 
@@ -437,19 +440,24 @@ def decide_commit(
         return False, counted
     last_attempt = at_s if record.last_attempt_at_s is None else max(record.last_attempt_at_s, at_s)
     ours = holds(record, claim, owner)
-    counted = replace(
-        record,
+    # Built whole, not by dataclasses.replace twice: this runs once per resubmission.
+    counted = Record(
+        key=record.key,
         attempts=counted_attempts,
         first_failed_at_s=first_failed,
         last_attempt_at_s=last_attempt,
+        claim_message_id=record.claim_message_id,
+        claim_attempt=record.claim_attempt,
+        claim_state=ClaimState.COMMITTED if ours else record.claim_state,
+        claim_owner=record.claim_owner,
+        claim_expires_at_s=record.claim_expires_at_s,
         committed=_remember(
             record.committed, claim.message_id, record.claim_attempt if ours else claim.attempt
         ),
         # Done now: DONE is answered before anything else is looked at.
         abandoned=_forget(record.abandoned, claim.message_id),
+        parked=record.parked,
     )
-    if ours:
-        counted = replace(counted, claim_state=ClaimState.COMMITTED)
     return ours, (counted if counted != record else None)
 
 
