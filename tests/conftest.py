@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -158,3 +159,19 @@ def keep_logging_config() -> Iterator[None]:
     saved = structlog.get_config()
     yield
     structlog.configure(**saved)
+
+
+@pytest.fixture(autouse=True)
+def keep_collector_settings() -> Iterator[None]:
+    """Restore the garbage collector after every test.
+
+    A test that runs `retryd once` or `run` in-process has the CLI set the collector for
+    its process (retryd.service.heap): the test worker would keep what that froze for
+    good, and collect its young objects far less often, for every later test.
+    """
+    threshold = gc.get_threshold()
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
+    if gc.get_threshold() != threshold:
+        gc.set_threshold(*threshold)

@@ -94,10 +94,25 @@ def test_the_engine_run_for_a_caller_leaves_its_collector_alone(
     _world(world)
     config = _config(tmp_path)
     young, frozen = _python(
-        "import anyio; from pathlib import Path; from retryd.settings import load_settings;"
-        "from retryd.service.lifecycle import run_once;"
+        "import anyio, gc; from pathlib import Path; from retryd.settings import load_settings;"
+        "from retryd.service.lifecycle import run_once; before = gc.get_threshold();"
         f"anyio.run(run_once, load_settings(Path({str(config)!r})));"
+        "assert gc.get_threshold() == before, (before, gc.get_threshold());"
         f"{_REPORT}"
     )
-    assert young == gc.get_threshold()[0] == 700
+    assert young != YOUNG_THRESHOLD
     assert frozen == 0
+    assert len(world.drain("dest")) == 1, "the cycle ran: its message reached the target"
+
+
+def test_the_command_run_in_process_settles_that_process_s_heap(
+    world: World, tmp_path: Path
+) -> None:
+    """The CLI owns its process, whoever calls it; the suite's keep_collector_settings
+    fixture puts the test worker's collector back once this test ends."""
+    from retryd.commands.cli import main  # noqa: PLC0415 - the command, in this process
+
+    _world(world)
+    assert main(["once", "--config", str(_config(tmp_path))]) == 0
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+    assert gc.get_freeze_count() > 0
