@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from retryd.service.heap import YOUNG_THRESHOLD
+from tests.operator_helpers import PARKING, config_file
 from tests.world import ACCOUNT, REGION, World, envelope
 
 # What the child prints after its run: the youngest threshold and how many objects are frozen.
@@ -30,33 +31,13 @@ def _python(code: str) -> tuple[int, int]:
     return int(young), int(frozen)
 
 
-def _config(tmp_path: Path) -> Path:
-    path = tmp_path / "retryd.toml"
-    path.write_text(
-        f"""
-[aws]
-max_attempts = 1
-[discovery]
-queue_prefixes = ["retry-"]
-[drain]
-receive_wait_s = 0
-[guards]
-allow_targets = ["arn:aws:sqs:{REGION}:{ACCOUNT}:dest"]
-[backoff]
-base_s = 0.001
-max_s = 0.001
-[ledger]
-backend = "memory"
-"""
-    )
-    return path
-
-
-def _world(world: World) -> None:
-    world.create_queue("retryd-parking")
+def _world(world: World, tmp_path: Path) -> str:
+    """One DLQ holding one message for `dest`; the config file's path."""
+    world.create_queue(PARKING)
     world.create_queue("dest")
     world.create_queue("retry-a")
     world.send("retry-a", envelope("sqs", f"arn:aws:sqs:{REGION}:{ACCOUNT}:dest", {"n": 1}))
+    return config_file(tmp_path)
 
 
 def test_settle_freezes_what_exists_and_collects_the_young_less_often() -> None:
@@ -75,11 +56,10 @@ def test_settle_freezes_what_exists_and_collects_the_young_less_often() -> None:
 def test_the_once_command_settles_the_heap_after_building_the_engine(
     world: World, tmp_path: Path
 ) -> None:
-    _world(world)
-    config = _config(tmp_path)
+    config = _world(world, tmp_path)
     young, frozen = _python(
         "from retryd.commands.cli import main;"
-        f"assert main(['once', '--config', {str(config)!r}]) == 0;"
+        f"assert main(['once', '--config', {config!r}]) == 0;"
         f"{_REPORT}"
     )
     assert young == YOUNG_THRESHOLD
@@ -91,12 +71,11 @@ def test_the_once_command_settles_the_heap_after_building_the_engine(
 def test_the_engine_run_for_a_caller_leaves_its_collector_alone(
     world: World, tmp_path: Path
 ) -> None:
-    _world(world)
-    config = _config(tmp_path)
+    config = _world(world, tmp_path)
     young, frozen = _python(
         "import anyio, gc; from pathlib import Path; from retryd.settings import load_settings;"
         "from retryd.service.lifecycle import run_once; before = gc.get_threshold();"
-        f"anyio.run(run_once, load_settings(Path({str(config)!r})));"
+        f"anyio.run(run_once, load_settings(Path({config!r})));"
         "assert gc.get_threshold() == before, (before, gc.get_threshold());"
         f"{_REPORT}"
     )
@@ -112,7 +91,6 @@ def test_the_command_run_in_process_settles_that_process_s_heap(
     fixture puts the test worker's collector back once this test ends."""
     from retryd.commands.cli import main  # noqa: PLC0415 - the command, in this process
 
-    _world(world)
-    assert main(["once", "--config", str(_config(tmp_path))]) == 0
+    assert main(["once", "--config", _world(world, tmp_path)]) == 0
     assert gc.get_threshold()[0] == YOUNG_THRESHOLD
     assert gc.get_freeze_count() > 0
