@@ -14,11 +14,11 @@ So once the engine is built, what exists is frozen out of every later pass
 youngest generation is collected after YOUNG_THRESHOLD objects instead of 700.
 Cyclic garbage then waits a little longer to be collected; reference-counted
 garbage, most of it, is freed as before. The collector's share fell to 4.2 %
-(docs/performance.md, "The garbage collector").
+(docs/performance.md, "Fourth pass: the garbage collector").
 
-Only the process's owner sets this (the `once` and `run` commands and their
-worker processes), never the engine for its caller: a process that embeds
-retryd, the test suite among them, keeps its own collector settings.
+Only the process's owner sets this: the `once` and `run` commands (whichever
+process calls them) and their worker processes. The engine run for a caller
+(`run_once`, `run_daemon`) leaves the caller's collector as it is.
 """
 
 from __future__ import annotations
