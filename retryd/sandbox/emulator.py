@@ -114,6 +114,28 @@ class _Recorder:
         return serve
 
 
+def _dynamodb_one_at_a_time(app: WsgiApp) -> WsgiApp:
+    """moto's app with its DynamoDB requests handled one at a time.
+
+    moto's DynamoDB is not safe across its server's threads: TransactWriteItems
+    deep-copies the whole table (its roll-back copy) while another request may add an
+    item to it, and the copy fails with "dictionary changed size during iteration", a
+    500 that DynamoDB itself never gives. retryd's ledger sends its reads and
+    transactions side by side, so the tests met it on loaded machines. Other services'
+    requests go through as before.
+    """
+    lock = threading.Lock()
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            return app(environ, start_response)
+        with lock:
+            # The whole body under the lock: moto may build it lazily.
+            return list(app(environ, start_response))
+
+    return serve
+
+
 class MotoServer:
     """moto's WSGI app served by werkzeug in a daemon thread; `middleware` may wrap it."""
 
@@ -149,7 +171,10 @@ class MotoServer:
                 pass
 
         handler = _QuietHandler
-        # Innermost: what is recorded is what reached moto, after any middleware's answer.
+        # Around moto alone: a middleware's delay (the tests' faults) holds no other request.
+        app = _dynamodb_one_at_a_time(app)
+        # Innermost but that: what is recorded is what reached moto, after any middleware's
+        # answer.
         app = self._recorder.wrap(app)
         if self._middleware is not None:
             app = self._middleware(app)
