@@ -40,7 +40,7 @@ def _rich_installed() -> bool:
     return importlib.util.find_spec("rich") is not None
 
 
-def _import_structlog(console: bool) -> ModuleType:
+def import_structlog(console: bool) -> ModuleType:
     """structlog, imported without rich unless its console renderer is wanted.
 
     structlog imports rich whenever it is installed, for its console's tracebacks,
@@ -71,7 +71,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     # Imported when logging is configured, not with this module: structlog imports its dev
     # console (and rich, for a console: see above) with it, which commands that never log
     # (`--version`, `--help`, `config check`) should not pay.
-    structlog = _import_structlog(use_console)
+    structlog = import_structlog(use_console)
     renderer: Processor = (
         structlog.dev.ConsoleRenderer(colors=True)
         if use_console

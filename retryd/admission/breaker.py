@@ -34,12 +34,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import structlog
 
-from retryd.metrics import Metrics
 from retryd.models import Target
 from retryd.settings import BreakerSettings
+
+if TYPE_CHECKING:
+    # For annotations alone: `config check` imports this module (for BreakerState, via
+    # the cluster's rate split) and need not load prometheus_client with it.
+    from retryd.metrics import Metrics
 
 log = structlog.get_logger("retryd.breaker")
 

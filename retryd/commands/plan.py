@@ -25,8 +25,8 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
-from retryd.admission import Defer, Go, Hold, Verdict
 from retryd.admission.paused import Pause
+from retryd.admission.verdicts import Defer, Go, Hold, Verdict
 from retryd.aws import AwsClients
 from retryd.cluster.view import ClusterView
 from retryd.commands import progress, render

@@ -32,7 +32,9 @@ import anyio
 import structlog
 
 from retryd import leases
-from retryd.admission import Defer, Done, Go, Guards, Hold, Park, Verdict, park_claim
+from retryd.admission.claims import park_claim
+from retryd.admission.guards import Guards
+from retryd.admission.verdicts import Defer, Done, Go, Hold, Park, Verdict
 from retryd.control.deferrals import HiddenBook
 from retryd.heartbeat import Heartbeat, Leasing, brief_shield
 from retryd.ledger.base import Claim

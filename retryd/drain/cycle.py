@@ -20,10 +20,10 @@ import anyio
 import structlog
 
 from retryd import classify
-from retryd.admission import DeferReason
+from retryd.admission.verdicts import DeferReason
 from retryd.aws import AwsClients
-from retryd.cluster import Cluster
 from retryd.cluster.agree import share
+from retryd.cluster.base import Cluster
 from retryd.control import ControlError, control_store
 from retryd.control.jobs import JOBS_DOC, job_metrics
 from retryd.control.pauses import PAUSES_DOC, pause_set

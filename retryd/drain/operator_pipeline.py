@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from retryd import leases
-from retryd.admission import Defer, DeferReason, Park, Verdict
+from retryd.admission.verdicts import Defer, DeferReason, Park, Verdict
 from retryd.control.jobs import JobStore, MessageResult, RedriveJob, latest_results, tally
 from retryd.drain.batch import Batch, Pipeline
 from retryd.drain.redrive_spec import PARKING_SOURCE, Picked

@@ -57,9 +57,9 @@ import anyio
 import structlog
 
 from retryd import classify
-from retryd.admission import Guards
+from retryd.admission.guards import Guards
 from retryd.aws import AwsClients
-from retryd.cluster import Cluster
+from retryd.cluster.base import Cluster
 from retryd.control.jobs import (
     CANCELLED_REASON,
     JOB_HEARTBEAT_S,

@@ -34,8 +34,8 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from retryd import classify
-from retryd.admission import Guards, build_guards
 from retryd.admission.breaker import Breakers
+from retryd.admission.guards import Guards, build_guards
 from retryd.admission.paused import PauseSet
 from retryd.aws import AwsClients
 from retryd.cluster.factory import SharedAdmission, admit_in_cluster

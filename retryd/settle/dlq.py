@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from retryd import leases
-from retryd.admission import Defer
+from retryd.admission.verdicts import Defer
 from retryd.control.deferrals import Hidden, HiddenBook
 from retryd.leases import DELETE_BATCH_MAX, MAX_HIDE_S, VISIBILITY_BATCH_MAX, Held
 from retryd.metrics import Metrics

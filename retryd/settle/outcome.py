@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from retryd.admission import Defer, DeferReason, Done, Go, Hold, Park, Verdict
 from retryd.admission.claims import BUSY_PARK_DETAIL
+from retryd.admission.verdicts import Defer, DeferReason, Done, Go, Hold, Park, Verdict
 from retryd.models import (
     DeadLetter,
     Decision,

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, replace
 import anyio
 import structlog
 
-from retryd.admission import Defer, Done, Go, Guards, Hold
+from retryd.admission.guards import Guards
+from retryd.admission.verdicts import Defer, Done, Go, Hold
 from retryd.heartbeat import brief_shield
 from retryd.models import ErrorClass, FailReason, Job, Target
 from retryd.targets import Delivery, TargetRouter

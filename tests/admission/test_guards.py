@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.admission import Guards
 from retryd.admission.allowlist import Allowlist
 from retryd.admission.attempts import attempts_exhausted, effective_limit
+from retryd.admission.guards import Guards
 from retryd.models import DeadLetter, Job, ParkReason, QueueRef, Target
 from retryd.resolve.keys import hashed_key
 from retryd.settings import GuardSettings

@@ -8,9 +8,10 @@ from contextlib import aclosing
 import anyio
 import pytest
 
-from retryd.admission import Admitted, Defer, DeferReason, Go
+from retryd.admission.claims import Admitted
 from retryd.admission.guards import HANDBACK_MAX_S, HOLD_AHEAD_S, Guards
 from retryd.admission.ratelimit import RateLimits
+from retryd.admission.verdicts import Defer, DeferReason, Go
 from retryd.ledger import MemoryLedger
 from retryd.ledger.base import Claim
 from retryd.settings import RateLimitSettings

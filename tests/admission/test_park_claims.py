@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.admission import DeferReason, Done, Go, Guards, Park, park_claim
-from retryd.admission.claims import Admitted, Claims
+from retryd.admission.claims import Admitted, Claims, park_claim
+from retryd.admission.guards import Guards
+from retryd.admission.verdicts import DeferReason, Done, Go, Park
 from retryd.ledger import (
     LedgerError,
     MemoryLedger,

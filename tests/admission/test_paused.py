@@ -6,8 +6,9 @@ import anyio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.admission import Defer, DeferReason, Go, Guards, Park
+from retryd.admission.guards import Guards
 from retryd.admission.paused import Pause, PauseSet, paused
+from retryd.admission.verdicts import Defer, DeferReason, Go, Park
 from retryd.models import DeadLetter, Job, QueueRef, Target
 from retryd.settings import GuardSettings
 

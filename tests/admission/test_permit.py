@@ -8,9 +8,9 @@ import anyio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.admission import DeferReason, Go
 from retryd.admission.breaker import BreakerState
 from retryd.admission.permit import Fate, Permit
+from retryd.admission.verdicts import DeferReason, Go
 from retryd.ledger import MemoryLedger
 from retryd.ledger.base import Claim
 from tests.drain.test_settling_rules import (

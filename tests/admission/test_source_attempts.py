@@ -9,8 +9,9 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retryd.admission import Defer, Go, Guards, Park, Verdict
 from retryd.admission.backoff import Backoff
+from retryd.admission.guards import Guards
+from retryd.admission.verdicts import Defer, Go, Park, Verdict
 from retryd.ledger import MemoryLedger
 from retryd.ledger.base import Claim
 from retryd.models import DeadLetter, Job, MessageAttribute, QueueRef, Target

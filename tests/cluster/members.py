@@ -9,8 +9,8 @@ import anyio
 from retryd.admission.breaker import Breakers
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients, open_clients
-from retryd.cluster import DynamoDbCluster
 from retryd.cluster.dynamodb import AGREE_S as CLUSTER_AGREE_S
+from retryd.cluster.dynamodb import DynamoDbCluster
 from retryd.ledger import create_table
 from retryd.models import Target
 from retryd.settings import BreakerSettings, RateLimitSettings

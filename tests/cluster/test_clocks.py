@@ -11,8 +11,7 @@ import anyio
 from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients, open_clients
-from retryd.cluster import DynamoDbCluster
-from retryd.cluster.dynamodb import MEMBER_PREFIX, STATE_KEY, server_time
+from retryd.cluster.dynamodb import MEMBER_PREFIX, STATE_KEY, DynamoDbCluster, server_time
 from retryd.ledger import create_table
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.settings import RateLimitSettings

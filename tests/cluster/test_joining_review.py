@@ -17,8 +17,7 @@ import anyio
 from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients
-from retryd.cluster import DynamoDbCluster
-from retryd.cluster.dynamodb import BREAKER_PREFIX, JOIN_WAIT_AGREES, STATE_KEY
+from retryd.cluster.dynamodb import BREAKER_PREFIX, JOIN_WAIT_AGREES, STATE_KEY, DynamoDbCluster
 from retryd.ledger.dynamodb import KEY_ATTRIBUTE
 from retryd.settings import RateLimitSettings
 from tests.clock_helpers import FakeClock

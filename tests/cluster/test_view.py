@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from retryd.admission.breaker import Breakers, BreakerState
-from retryd.cluster import ClusterView, SharedBreaker, hold_as_the_cluster_does
+from retryd.cluster.agree import SharedBreaker
+from retryd.cluster.view import ClusterView, hold_as_the_cluster_does
 from retryd.settings import BreakerSettings
 from tests.clock_helpers import FakeClock
 from tests.world import ACCOUNT, REGION

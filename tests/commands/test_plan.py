@@ -13,7 +13,7 @@ import anyio
 import pytest
 from rich.console import Console
 
-from retryd.admission import Defer, DeferReason, Go, Park
+from retryd.admission.verdicts import Defer, DeferReason, Go, Park
 from retryd.aws import open_clients
 from retryd.commands import progress
 from retryd.commands.cli import main
@@ -467,7 +467,7 @@ def test_plan_defers_a_target_whose_breaker_the_cluster_holds_open_and_writes_no
     target's, reports the cluster, and neither joins nor writes to the table."""
     from retryd.admission.breaker import Breakers, BreakerState  # noqa: PLC0415
     from retryd.admission.ratelimit import RateLimits  # noqa: PLC0415
-    from retryd.cluster import DynamoDbCluster  # noqa: PLC0415
+    from retryd.cluster.dynamodb import DynamoDbCluster  # noqa: PLC0415
     from retryd.ledger import create_table  # noqa: PLC0415
     from retryd.settings import load_settings  # noqa: PLC0415
 

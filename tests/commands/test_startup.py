@@ -66,6 +66,31 @@ def test_config_check_imports_no_aws_sdk(tmp_path: Path) -> None:
     assert not modules & set(SDK)
 
 
+def test_config_check_imports_neither_rich_nor_prometheus(tmp_path: Path) -> None:
+    """`retryd config check` prints JSON and serves nothing: it loads no rich (structlog,
+    reached through the breaker, once brought it) and no prometheus_client (the breaker's
+    Metrics, needed for annotations alone), and no DynamoDB cluster (the cluster
+    package once imported every member to give out `share`)."""
+    config = tmp_path / "retryd.toml"
+    config.write_text(
+        '[discovery]\nqueue_prefixes = ["retry-"]\n\n'
+        '[guards]\nallow_targets = ["arn:aws:sqs:*:*:*"]\n'
+    )
+    probe = PROBE.replace('{name.split(".")[0] for name in sys.modules}', "set(sys.modules)")
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "config", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    modules = set(json.loads(done.stdout.strip().splitlines()[-1].removeprefix("MODULES ")))
+    assert "retryd.cluster.agree" in modules, "the probe did not reach the rate split"
+    assert "rich" not in modules
+    assert "prometheus_client" not in modules
+    assert "retryd.cluster.dynamodb" not in modules
+
+
 def test_a_drain_without_schema_hooks_imports_no_jsonschema() -> None:
     """What `retryd once` and `run` import to drain loads no jsonschema (50 ms with its
     dependencies) until a `[[hooks]]` rule names a schema file."""

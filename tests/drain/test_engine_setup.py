@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from retryd.admission import build_guards
+from retryd.admission.guards import build_guards
 from retryd.aws import AwsClients, open_clients
 from retryd.drain.setup import PlaceBuilder, PlaceSetup, Purpose
 from retryd.models import DeadLetter, Job, Target

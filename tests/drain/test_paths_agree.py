@@ -12,11 +12,11 @@ from typing import Any
 import anyio
 import pytest
 
-from retryd.admission import DeferReason
 from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.ratelimit import RateLimits
+from retryd.admission.verdicts import DeferReason
 from retryd.aws import open_clients
-from retryd.cluster import DynamoDbCluster
+from retryd.cluster.dynamodb import DynamoDbCluster
 from retryd.commands.cli import main
 from retryd.commands.plan import ACTION_OF
 from retryd.drain.redrive_spec import PLAN_ACTION

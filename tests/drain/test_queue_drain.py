@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retryd.admission import DeferReason
+from retryd.admission.verdicts import DeferReason
 from retryd.drain.cycle import Handled
 from retryd.models import Decision, Outcome, QueueRef
 from tests.native_helpers import letter

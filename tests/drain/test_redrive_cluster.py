@@ -12,8 +12,7 @@ from structlog.testing import capture_logs
 from retryd.admission.breaker import Breakers, BreakerState
 from retryd.admission.ratelimit import RateLimits
 from retryd.aws import AwsClients, open_clients
-from retryd.cluster import DynamoDbCluster
-from retryd.cluster.dynamodb import MEMBER_PREFIX, STATE_KEY
+from retryd.cluster.dynamodb import MEMBER_PREFIX, STATE_KEY, DynamoDbCluster
 from retryd.control.jobs import JobStore, MessageResult, RedriveJob, new_job_id
 from retryd.control.memory import MemoryControlStore
 from retryd.drain.redrive import Redrive, Spec

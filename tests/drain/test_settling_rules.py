@@ -21,10 +21,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from retryd.admission import Defer, DeferReason, Go, Guards, Hold, Park
 from retryd.admission.backoff import Backoff, jitter_fraction
 from retryd.admission.breaker import Breakers, BreakerState, CircuitBreaker
+from retryd.admission.guards import Guards
 from retryd.admission.ratelimit import RateLimits
+from retryd.admission.verdicts import Defer, DeferReason, Go, Hold, Park
 from retryd.aws import open_clients
 from retryd.drain.cycle import Cycle, CycleReport
 from retryd.ledger import MemoryLedger, create_table, open_ledger

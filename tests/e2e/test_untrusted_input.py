@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from retryd.admission import Guards
+from retryd.admission.guards import Guards
 from retryd.commands.cli import main
 from retryd.models import DeadLetter, Job, Outcome, ParkReason, Target, Unresolvable
 from retryd.resolve import build_chain

@@ -6,7 +6,7 @@ import anyio
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from retryd.admission import Defer, DeferReason
+from retryd.admission.verdicts import Defer, DeferReason
 from retryd.aws import open_clients
 from retryd.metrics import Metrics
 from retryd.models import DeadLetter, Job, Target, queue_ref_from_url
