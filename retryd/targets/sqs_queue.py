@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import structlog
 
 from retryd import classify
@@ -237,8 +238,31 @@ class SqsQueueTarget(BatchResubmitter):
         self._limits: dict[str, _Limit] = {}
         self._limit_ttl_s = limit_ttl_s
         self._clock_s = clock_s
+        # Per target ARN: the batches that find nothing cached wait for one look-up rather
+        # than each making its own (every DLQ's first batches for a target arrive together).
+        self._lookups: dict[str, anyio.Lock] = {}
 
     async def open(self, target: Target) -> Destination | SendError:
+        if not self._fresh(target):
+            lookup = self._lookups.setdefault(target.arn, anyio.Lock())
+            async with lookup:
+                return await self._open(target)
+        return await self._open(target)
+
+    def _fresh(self, target: Target) -> bool:
+        """Both the URL and the size limit are cached and not yet due to be read again."""
+        cached = self._limits.get(target.arn)
+        return (
+            target.arn in self._urls
+            and cached is not None
+            and self._clock_s() - cached.read_at_s < self._ttl_s(cached)
+        )
+
+    def _ttl_s(self, cached: _Limit) -> float:
+        ttl_s = self._limit_ttl_s if cached.error is None else LIMIT_RETRY_S
+        return min(ttl_s, self._limit_ttl_s)
+
+    async def _open(self, target: Target) -> Destination | SendError:
         url = await self._queue_url(target)
         if isinstance(url, SendError):
             return url
@@ -248,10 +272,8 @@ class SqsQueueTarget(BatchResubmitter):
     async def _limit(self, target: Target, url: str) -> _Limit:
         now_s = self._clock_s()
         cached = self._limits.get(target.arn)
-        if cached is not None:
-            ttl_s = self._limit_ttl_s if cached.error is None else LIMIT_RETRY_S
-            if now_s - cached.read_at_s < min(ttl_s, self._limit_ttl_s):
-                return cached
+        if cached is not None and now_s - cached.read_at_s < self._ttl_s(cached):
+            return cached
         try:
             limit = _Limit(await read_max_message_bytes(self._client, url), now_s)
         except Exception as exc:  # noqa: BLE001 - an unread limit falls back, it fails nothing

@@ -310,6 +310,31 @@ def test_sqs_queue_url_is_looked_up_once_per_arn(
     assert world.depth("orders") == 2
 
 
+def test_sqs_batches_arriving_together_share_one_look_up(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Eight batches for one queue submitted side by side, before any look-up has answered:
+    one GetQueueUrl and one GetQueueAttributes (its size limit) between them, and every
+    message arrives. Each batch made its own look-ups before."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    world.record()
+
+    async def main() -> None:
+        async with open_clients(make_settings().aws) as clients:
+            resubmitter = SqsQueueTarget(clients.sqs)
+            async with anyio.create_task_group() as group:
+                for index in range(8):
+                    group.start_soon(
+                        resubmitter.submit, target, [make_job(target.arn, key=f"k{index}")]
+                    )
+
+    anyio.run(main)
+    assert calls(world, "GetQueueUrl") == 1
+    assert calls(world, "GetQueueAttributes") == 1
+    assert world.depth("orders") == 8
+
+
 @pytest.mark.parametrize("reply", MALFORMED_REPLIES.values(), ids=MALFORMED_REPLIES.keys())
 def test_sqs_malformed_queue_url_answer_is_transient_for_every_job(
     world: World, make_settings: SettingsFactory, reply: str
