@@ -9,6 +9,7 @@ A second signal cancels at once.
 from __future__ import annotations
 
 import signal
+from contextlib import nullcontext
 
 import anyio
 import structlog
@@ -51,12 +52,11 @@ async def run_once(
         clients = await places.home_clients()
         async with open_ledger(settings.ledger, clients, metrics) as ledger:
             cycle = Cycle(settings, clients, metrics, ledger=ledger, places=places, shard=shard)
-            if settle_heap:
-                heap.settle()
-            try:
-                return await cycle.run(anyio.Event(), collect=collect)
-            finally:
-                await cycle.leave()
+            with heap.settled() if settle_heap else nullcontext():
+                try:
+                    return await cycle.run(anyio.Event(), collect=collect)
+                finally:
+                    await cycle.leave()
 
 
 async def _watch_signals(
@@ -122,13 +122,14 @@ async def run_daemon(
                 places=places,
                 shard=shard,
             )
-            if settle_heap:
-                heap.settle()
-            log.info("started", interval_s=settings.schedule.interval_s)
-            notifier.ready()
-            with work:
-                await run_schedule(cycle, settings.schedule, stopping, health, notifier.watchdog)
-            await cycle.leave()
+            with heap.settled() if settle_heap else nullcontext():
+                log.info("started", interval_s=settings.schedule.interval_s)
+                notifier.ready()
+                with work:
+                    await run_schedule(
+                        cycle, settings.schedule, stopping, health, notifier.watchdog
+                    )
+                await cycle.leave()
         if work.cancelled_caught:
             log.warning("drain-timeout", why="in-flight work was cancelled; it stays in its DLQ")
         group.cancel_scope.cancel()
