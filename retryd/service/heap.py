@@ -69,8 +69,9 @@ def settled() -> Iterator[None]:
     pending: list[asyncio.TimerHandle] = []
 
     def full_pass() -> None:
-        gc.collect()
+        # The next one is asked for first: a pass that raised would otherwise be the last.
         pending[0] = loop.call_later(FULL_PASS_EVERY_S, full_pass)
+        gc.collect()
 
     pending.append(loop.call_later(FULL_PASS_EVERY_S, full_pass))
     try:

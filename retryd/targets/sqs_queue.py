@@ -218,6 +218,14 @@ class _Limit:
     error: SendError | None = None
 
 
+@dataclass(eq=False)
+class _Lookup:
+    """One target's URL and size-limit look-up, for the batches that arrive while it runs."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    answer: Destination | SendError | None = None
+
+
 class SqsQueueTarget(BatchResubmitter):
     """Resubmits jobs to an SQS queue named by its ARN, stamping retryd's attributes.
 
@@ -238,16 +246,29 @@ class SqsQueueTarget(BatchResubmitter):
         self._limits: dict[str, _Limit] = {}
         self._limit_ttl_s = limit_ttl_s
         self._clock_s = clock_s
-        # Per target ARN: the batches that find nothing cached wait for one look-up rather
-        # than each making its own (every DLQ's first batches for a target arrive together).
-        self._lookups: dict[str, anyio.Lock] = {}
+        # Per target ARN, the look-up in flight: the batches that find nothing cached share
+        # its answer, a failure included, rather than each making its own (every DLQ's first
+        # batches for a target arrive together). A failed URL is not cached, so the next
+        # batch to come after it asks again.
+        self._lookups: dict[str, _Lookup] = {}
 
     async def open(self, target: Target) -> Destination | SendError:
-        if not self._fresh(target):
-            lookup = self._lookups.setdefault(target.arn, anyio.Lock())
-            async with lookup:
-                return await self._open(target)
-        return await self._open(target)
+        if self._fresh(target):
+            return await self._open(target)
+        lookup = self._lookups.get(target.arn)
+        if lookup is not None:
+            await lookup.done.wait()
+            if lookup.answer is not None:
+                return lookup.answer
+            # Its caller was cancelled before an answer: look again (one of the waiters leads).
+            return await self.open(target)
+        lookup = self._lookups[target.arn] = _Lookup()
+        try:
+            lookup.answer = await self._open(target)
+        finally:
+            del self._lookups[target.arn]
+            lookup.done.set()
+        return lookup.answer
 
     def _fresh(self, target: Target) -> bool:
         """Both the URL and the size limit are cached and not yet due to be read again."""

@@ -335,6 +335,39 @@ def test_sqs_batches_arriving_together_share_one_look_up(
     assert world.depth("orders") == 8
 
 
+def test_sqs_batches_waiting_on_a_failing_look_up_share_its_failure(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """A slow GetQueueUrl that fails (half a second, then an error), with eight batches for the
+    queue side by side: one call, and each batch fails with its answer. A first version made
+    the batches wait in turn, each making its own slow call (found by a review: eight calls,
+    four seconds)."""
+    world.create_queue("orders")
+    target = Target.from_arn(world.queue_arn("orders"))
+    slow = world.faults.add(Fault("sqs", "GetQueueUrl", "AccessDenied", 403, delay_s=0.5))
+    results: list[list[Delivery]] = []
+
+    async def main() -> None:
+        async with open_clients(make_settings().aws) as clients:
+            resubmitter = SqsQueueTarget(clients.sqs)
+
+            async def one(index: int) -> None:
+                results.append(
+                    await resubmitter.submit(target, [make_job(target.arn, key=f"k{index}")])
+                )
+
+            async with anyio.create_task_group() as group:
+                for index in range(8):
+                    group.start_soon(one, index)
+
+    anyio.run(main)
+    assert slow.hits == 1
+    assert len(results) == 8
+    for [delivery] in results:
+        assert delivery.error is not None
+        assert delivery.error.code == "AccessDenied"
+
+
 @pytest.mark.parametrize("reply", MALFORMED_REPLIES.values(), ids=MALFORMED_REPLIES.keys())
 def test_sqs_malformed_queue_url_answer_is_transient_for_every_job(
     world: World, make_settings: SettingsFactory, reply: str
