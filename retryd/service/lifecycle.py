@@ -22,7 +22,7 @@ from retryd.metrics import Metrics
 from retryd.places import open_places
 from retryd.resolve.hooks import Hooks
 from retryd.service import heap
-from retryd.service.http import Health, start_http
+from retryd.service.health import Health
 from retryd.service.scheduler import run_schedule
 from retryd.service.systemd import SystemdNotifier
 from retryd.settings import Settings
@@ -107,6 +107,10 @@ async def run_daemon(
             _watch_signals, stopping, work, settings.shutdown.drain_timeout_s, notifier
         )
         if settings.http.enabled:
+            # Imported only to serve: aiohttp's web server is not what `once` or a daemon
+            # without the listener needs.
+            from retryd.service.http import start_http  # noqa: PLC0415
+
             port = await start_http(group, settings.http, registry, health)
             log.info("http-listening", host=settings.http.host, port=port)
         async with (

@@ -56,7 +56,8 @@ from retryd.errors import ConfigError, ExitCode, RetrydError
 from retryd.logs import configure_logging
 from retryd.metrics import MULTIPROCESS_DIR_ENV, register_build_info
 from retryd.resolve.hooks import Hooks
-from retryd.service.http import Health, start_http
+from retryd.service.health import Health
+from retryd.service.http import start_http
 from retryd.service.lifecycle import run_daemon, run_once
 from retryd.service.systemd import SystemdNotifier
 from retryd.settings import Settings

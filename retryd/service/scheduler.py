@@ -9,7 +9,7 @@ import structlog
 
 from retryd.drain.cycle import Cycle, CycleReport
 from retryd.models import DELETED_OUTCOMES
-from retryd.service.http import Health
+from retryd.service.health import Health
 from retryd.settings import ScheduleSettings
 
 log = structlog.get_logger("retryd.scheduler")

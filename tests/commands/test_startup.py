@@ -106,6 +106,22 @@ def test_a_drain_without_schema_hooks_imports_no_jsonschema() -> None:
     assert "jsonschema" not in modules
 
 
+def test_a_drain_imports_no_web_server_until_it_serves() -> None:
+    """What `retryd once` and `run` import to drain loads no `aiohttp.web` (the listener's
+    server, about 10 ms): the scheduler's Health lives apart from it, and the listener is
+    imported only when `[http]` is on. Health once lived in the listener's module."""
+    probe = (
+        "import sys, retryd.commands.cli, retryd.service.lifecycle\n"
+        "print(sorted(name for name in sys.modules if name.startswith('aiohttp')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    modules = json.loads(done.stdout.strip().replace("'", '"'))
+    assert "aiohttp" in modules, "the probe did not reach the SDK's HTTP client"
+    assert "aiohttp.web" not in modules
+
+
 def test_json_lines_load_structlog_without_rich_and_a_console_later_gets_it_back() -> None:
     """Logging as JSON lines loads structlog but not rich (60 ms nothing uses); a console
     configured afterwards in the same process formats its tracebacks with rich again."""

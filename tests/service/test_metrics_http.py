@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from retryd.metrics import BREAKER_STATES, MAX_TARGET_LABELS, OTHER_TARGET, Metrics
 from retryd.models import QueueRef
-from retryd.service.http import Health, serve_http
+from retryd.service.health import Health
+from retryd.service.http import serve_http
 from retryd.settings import HttpSettings
 from retryd.version import DISTRIBUTION
 from tests.conftest import SettingsFactory

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from retryd.aws import open_clients
 from retryd.drain.cycle import Cycle, CycleReport
 from retryd.metrics import Metrics
-from retryd.service.http import Health
+from retryd.service.health import Health
 from retryd.service.scheduler import run_schedule
 from retryd.settings import ScheduleSettings
 from tests.conftest import SettingsFactory
