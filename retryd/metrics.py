@@ -389,16 +389,16 @@ class Metrics:
         ).inc()
         self.set_breaker_state(target_arn, target_type, to_state)
 
-    def record_ledger_op(self, backend: str, operation: str, result: str) -> None:
-        """Count one ledger operation (begin, commit, release, read, renew, begin-park,
-        commit-park) and its result; claim renewals are the `renew` ones."""
+    def record_ledger_op(self, backend: str, operation: str, result: str, times: int = 1) -> None:
+        """Count `times` ledger operations (begin, commit, release, read, renew, begin-park,
+        commit-park) with one result; claim renewals are the `renew` ones."""
         key = (backend, operation, result)
         series = self._ledger_ops.get(key)
         if series is None:
             series = self._ledger_ops[key] = self._ledger_operations.labels(
                 backend=backend, operation=operation, result=result
             )
-        series.inc()
+        series.inc(times)
 
     def record_ledger_error(self, backend: str, operation: str) -> None:
         """Count a ledger operation that failed."""
