@@ -66,15 +66,16 @@ def settled() -> Iterator[None]:
     """
     settle()
     loop = asyncio.get_running_loop()
-    pending: list[asyncio.TimerHandle] = []
+    next_pass: asyncio.TimerHandle
 
     def full_pass() -> None:
+        nonlocal next_pass
         # The next one is asked for first: a pass that raised would otherwise be the last.
-        pending[0] = loop.call_later(FULL_PASS_EVERY_S, full_pass)
+        next_pass = loop.call_later(FULL_PASS_EVERY_S, full_pass)
         gc.collect()
 
-    pending.append(loop.call_later(FULL_PASS_EVERY_S, full_pass))
+    next_pass = loop.call_later(FULL_PASS_EVERY_S, full_pass)
     try:
         yield
     finally:
-        pending[0].cancel()
+        next_pass.cancel()
