@@ -218,6 +218,10 @@ class _Limit:
     error: SendError | None = None
 
 
+def _destination(url: str, limit: _Limit) -> Destination:
+    return Destination(url, limit.max_bytes, limit.max_bytes, limit.error)
+
+
 @dataclass(eq=False)
 class _Lookup:
     """One target's URL and size-limit look-up, for the batches that arrive while it runs."""
@@ -253,8 +257,9 @@ class SqsQueueTarget(BatchResubmitter):
         self._lookups: dict[str, _Lookup] = {}
 
     async def open(self, target: Target) -> Destination | SendError:
-        if self._fresh(target):
-            return await self._open(target)
+        cached = self._cached(target)
+        if cached is not None:
+            return cached
         lookup = self._lookups.get(target.arn)
         if lookup is not None:
             await lookup.done.wait()
@@ -264,37 +269,31 @@ class SqsQueueTarget(BatchResubmitter):
             return await self.open(target)
         lookup = self._lookups[target.arn] = _Lookup()
         try:
-            lookup.answer = await self._open(target)
+            lookup.answer = await self._look_up(target)
         finally:
             del self._lookups[target.arn]
             lookup.done.set()
         return lookup.answer
 
-    def _fresh(self, target: Target) -> bool:
-        """Both the URL and the size limit are cached and not yet due to be read again."""
-        cached = self._limits.get(target.arn)
-        return (
-            target.arn in self._urls
-            and cached is not None
-            and self._clock_s() - cached.read_at_s < self._ttl_s(cached)
-        )
+    def _cached(self, target: Target) -> Destination | None:
+        """The destination from the cache, while its size limit is not yet due to be read again."""
+        url = self._urls.get(target.arn)
+        limit = self._limits.get(target.arn)
+        if url is None or limit is None:
+            return None
+        ttl_s = self._limit_ttl_s if limit.error is None else LIMIT_RETRY_S
+        if self._clock_s() - limit.read_at_s >= min(ttl_s, self._limit_ttl_s):
+            return None
+        return _destination(url, limit)
 
-    def _ttl_s(self, cached: _Limit) -> float:
-        ttl_s = self._limit_ttl_s if cached.error is None else LIMIT_RETRY_S
-        return min(ttl_s, self._limit_ttl_s)
-
-    async def _open(self, target: Target) -> Destination | SendError:
+    async def _look_up(self, target: Target) -> Destination | SendError:
         url = await self._queue_url(target)
         if isinstance(url, SendError):
             return url
-        limit = await self._limit(target, url)
-        return Destination(url, limit.max_bytes, limit.max_bytes, limit.error)
+        return _destination(url, await self._read_limit(target, url))
 
-    async def _limit(self, target: Target, url: str) -> _Limit:
+    async def _read_limit(self, target: Target, url: str) -> _Limit:
         now_s = self._clock_s()
-        cached = self._limits.get(target.arn)
-        if cached is not None and now_s - cached.read_at_s < self._ttl_s(cached):
-            return cached
         try:
             limit = _Limit(await read_max_message_bytes(self._client, url), now_s)
         except Exception as exc:  # noqa: BLE001 - an unread limit falls back, it fails nothing
