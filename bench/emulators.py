@@ -126,8 +126,7 @@ class Moto(Emulator):
     name = "moto"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
-        # Serialised (bench/moto_serial.py): moto's receive is not atomic across threads.
-        return [sys.executable, "-m", "bench.moto_serial", str(self.port)], {}
+        return [sys.executable, "-m", "bench.moto_server", str(self.port)], {}
 
     def __enter__(self) -> Moto:
         super().__enter__()

@@ -17,7 +17,7 @@ from hypothesis import settings as hypothesis_settings
 from retryd.control.memory import reset_shared
 from retryd.sandbox.emulator import MotoServer
 from retryd.settings import Settings
-from tests.faults import FaultInjector, atomic
+from tests.faults import FaultInjector
 from tests.reliability.conftest import FIGURES_ENV
 from tests.stepfunctions_front import redrive_front
 from tests.world import ACCOUNT, REGION, World
@@ -81,9 +81,7 @@ def fault_injector() -> FaultInjector:
 def moto_server(fault_injector: FaultInjector) -> Iterator[MotoServer]:
     # Faults are answered before moto is reached; its transactions run one at a time;
     # Step Functions' RedriveExecution, which moto lacks, is answered by its own front.
-    with MotoServer(
-        middleware=lambda app: fault_injector.middleware(atomic(redrive_front(app)))
-    ) as server:
+    with MotoServer(middleware=lambda app: fault_injector.middleware(redrive_front(app))) as server:
         yield server
 
 

@@ -179,27 +179,3 @@ class FaultInjector:
             return [payload]
 
         return wrapped
-
-
-# moto's TransactWriteItems copies the tables to roll back with, without a lock across its
-# server's threads: two racing ledgers once got a 500 from it (the copy changed under it).
-# AWS serialises conflicting transactions; one lock makes moto do so too. Only this call:
-# serialising every DynamoDB call and SQS receive slowed the three-replica tests enough
-# to change what they measure.
-_ATOMIC = frozenset({("dynamodb", "TransactWriteItems")})
-
-
-def atomic(app: WsgiApp) -> WsgiApp:
-    """Middleware: DynamoDB transactions run one at a time on moto, as AWS keeps them apart."""
-    lock = threading.Lock()
-
-    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        body = request_body(environ)
-        request = _describe(environ, body)
-        if (request.service, request.operation) not in _ATOMIC:
-            return app(environ, start_response)
-        with lock:
-            # The whole answer is built under the lock: moto produces some lazily.
-            return list(app(environ, start_response))
-
-    return serve

@@ -1,14 +1,13 @@
 """A front for the moto server: keeps it honest under concurrency, records, and injects chaos.
 
-Three layers, outermost first, around moto's WSGI app:
+Two layers, outermost first, around moto's WSGI app (which the emulator already serves one
+request at a time, as AWS never races):
 
 * chaos: fails a seeded share of retryd's calls (only calls signed with CHAOS_KEY_ID, so the
   test's own set-up and observation never see a fault) in every way the wire can fail:
   throttling and 500/503 in the protocol's own error format, connections dropped before
   and after moto did the work, answers after the read timeout, truncated 200 answers,
   per-entry failures inside batch answers, and slow answers;
-* serialise: moto's SQS receive and DynamoDB conditional writes are not atomic across the
-  server's threads; one lock per queue / table makes them so, as AWS is;
 * record: every Lambda Invoke moto accepted, with when and its ClientContext, because a
   function without Docker keeps no trace of its invocations.
 """
@@ -186,7 +185,7 @@ class Front:
     # chaotic call that matches, before any draw.
     forced: list[tuple[str, str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _claims_order: threading.Lock = field(default_factory=threading.Lock)
     _random: random.Random = field(default_factory=random.Random)
 
     def reset(self, chaos: Chaos | None = None) -> None:
@@ -209,7 +208,7 @@ class Front:
         self.faults.clear()
 
     def middleware(self, app: WsgiApp) -> WsgiApp:
-        inner = self.faults.middleware(self._serialising(self._recording(app)))
+        inner = self.faults.middleware(self._recording(app))
 
         def front(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             body = request_body(environ)
@@ -347,39 +346,6 @@ class Front:
         start_response("200 OK", _with_length(answer.headers, len(payload)))
         return [payload]
 
-    # -- serialise --------------------------------------------------------------------------
-
-    def _serialising(self, app: WsgiApp) -> WsgiApp:
-        def serialise(
-            environ: dict[str, Any], start_response: Callable[..., Any]
-        ) -> Iterable[bytes]:
-            body = request_body(environ)
-            with self._lock_for(_describe(environ, body), body):
-                answer = _call(app, environ)
-            start_response(answer.status, answer.headers)
-            return [answer.body]
-
-        return serialise
-
-    def _lock_for(self, request: _Request, body: bytes) -> Any:
-        name = ""
-        if request.service == "sqs" and request.operation == "ReceiveMessage":
-            name = "sqs:" + str(_json_field(body, "QueueUrl"))
-        elif request.service == "dynamodb" and request.operation in {
-            "PutItem",
-            "UpdateItem",
-            "DeleteItem",
-            "TransactWriteItems",
-            "GetItem",
-            "BatchGetItem",
-        }:
-            # Reads too: a read between a write's check and its store would see half of it.
-            name = "dynamodb"
-        if not name:
-            return _Unlocked()
-        with self._lock:
-            return self._locks.setdefault(name, threading.Lock())
-
     # -- record -----------------------------------------------------------------------------
 
     def _recording(self, app: WsgiApp) -> WsgiApp:
@@ -390,9 +356,15 @@ class Front:
             if touched:
                 with self._lock:
                     self.touched[touched] += 1
-            answer = _call(app, environ)
-            if answer.status[:1] == "2":
-                self._remember(request, environ, payload)
+            ordered: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if request.service == "dynamodb" and request.operation in _CLAIM_WRITES:
+                # Kept in the order moto carried them out: the last claim of a key recorded
+                # is the one in force (claim_breaches).
+                ordered = self._claims_order
+            with ordered:
+                answer = _call(app, environ)
+                if answer.status[:1] == "2":
+                    self._remember(request, environ, payload)
             start_response(answer.status, answer.headers)
             return [answer.body]
 
@@ -449,6 +421,9 @@ def _touched(request: _Request, payload: bytes) -> str:
     return iterator.split("|", 1)[0] if isinstance(iterator, str) else "?"
 
 
+_CLAIM_WRITES = frozenset({"PutItem", "TransactWriteItems"})
+
+
 def _claims_written(operation: str, payload: bytes, now_s: float) -> Iterator[Claimed]:
     """The claims a ledger write carries: a PutItem's item, or each Put of a transaction."""
     document = json.loads(payload)
@@ -492,14 +467,6 @@ def _stamped(request: _Request, payload: bytes) -> Iterator[tuple[str, str]]:
 def _signer(authorization: str) -> str:
     match = re.search(r"Credential=([^/]+)/", authorization)
     return match.group(1) if match else ""
-
-
-class _Unlocked:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _json_field(body: bytes, name: str) -> object:
