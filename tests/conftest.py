@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import tempfile
@@ -79,24 +80,28 @@ def fault_injector() -> FaultInjector:
 
 @pytest.fixture(scope="session")
 def moto_server(fault_injector: FaultInjector) -> Iterator[MotoServer]:
-    # Faults are answered before moto is reached; its transactions run one at a time;
+    # Faults are answered before moto is reached (which serves one request at a time);
     # Step Functions' RedriveExecution, which moto lacks, is answered by its own front.
     with MotoServer(middleware=lambda app: fault_injector.middleware(redrive_front(app))) as server:
         yield server
 
 
-@pytest.fixture
-def world(
+@contextlib.contextmanager
+def world_in(
     moto_server: MotoServer, fault_injector: FaultInjector, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[World]:
-    """An empty AWS world; the standard AWS env vars point retryd's clients at it."""
+    """An empty AWS world; the standard AWS env vars (set on `monkeypatch`) point at it.
+
+    The `world` fixture for one test; a module-scoped fixture that builds one world for
+    all its tests passes a `pytest.MonkeyPatch.context()` of its own.
+    """
     moto_server.reset()
     fault_injector.clear()
     # The memory backend's operator state (pauses, jobs) is shared in-process: start empty.
     reset_shared()
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("RETRYD_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
@@ -110,6 +115,15 @@ def world(
     yield World(moto_server, fault_injector)
     # Abandon any call still held back by a delay fault before the next test resets moto.
     fault_injector.clear()
+
+
+@pytest.fixture
+def world(
+    moto_server: MotoServer, fault_injector: FaultInjector, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[World]:
+    """An empty AWS world; the standard AWS env vars point retryd's clients at it."""
+    with world_in(moto_server, fault_injector, monkeypatch) as built:
+        yield built
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -24,8 +24,11 @@ from retryd.aws import AwsClients
 from retryd.drain.cycle import CycleReport
 from retryd.iam.policy import organisation_policies
 from retryd.models import Outcome
+from retryd.sandbox.emulator import MotoServer
 from retryd.settings import AwsSettings, Settings
+from tests.conftest import world_in
 from tests.e2e.helpers import org_settings as shared_org_settings
+from tests.faults import FaultInjector
 from tests.iam_helpers import (
     ApiCall,
     CallLog,
@@ -141,21 +144,24 @@ async def _record(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Member
     return MemberRecording(log.calls, report)
 
 
-@pytest.fixture
-def member_recording(
-    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> MemberRecording:
-    """inspect, plan and once in the member account, with its role's credentials."""
-    credentials = member_credentials(world)
-    build_member_world(world, credentials)
-    for name, value in credentials.items():
-        monkeypatch.setenv(name, value)
-    # The runtime drains a member place with that place's clients alone: the same as a
-    # one-account run with the member role's credentials.
-    runtime = org_settings().model_copy(update={"accounts": []})
-    recording = anyio.run(_record, runtime, monkeypatch)
-    capsys.readouterr()
-    return recording
+@pytest.fixture(scope="module")
+def member_recording(moto_server: MotoServer, fault_injector: FaultInjector) -> MemberRecording:
+    """inspect, plan and once in the member account, with its role's credentials.
+
+    Once for the module: every test reads the same recording, none touches the world.
+    """
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        world_in(moto_server, fault_injector, monkeypatch) as world,
+    ):
+        credentials = member_credentials(world)
+        build_member_world(world, credentials)
+        for name, value in credentials.items():
+            monkeypatch.setenv(name, value)
+        # The runtime drains a member place with that place's clients alone: the same as a
+        # one-account run with the member role's credentials.
+        runtime = org_settings().model_copy(update={"accounts": []})
+        return anyio.run(_record, runtime, monkeypatch)
 
 
 def member_document() -> dict[str, Any]:

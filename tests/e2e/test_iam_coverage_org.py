@@ -32,7 +32,9 @@ from retryd.drain.cycle import CycleReport
 from retryd.iam.policy import AccountPolicy, organisation_policies
 from retryd.ledger import create_table
 from retryd.models import Outcome
+from retryd.sandbox.emulator import MotoServer
 from retryd.settings import Settings
+from tests.conftest import world_in
 from tests.e2e.helpers import org_settings as shared_org_settings
 from tests.e2e.test_iam_coverage_member import (
     MEMBER,
@@ -44,6 +46,7 @@ from tests.e2e.test_iam_coverage_member import (
     build_member_world,
     member_credentials,
 )
+from tests.faults import FaultInjector
 from tests.iam_helpers import (
     UNSCOPED,
     ApiCall,
@@ -187,11 +190,21 @@ async def _record(settings: Settings, log: SignedCallLog) -> CycleReport:
     return await inspect_plan_once(settings, log, max_messages=MAX_MESSAGES)
 
 
-@pytest.fixture
-def org_recording(
-    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> OrgRecording:
-    """inspect, plan and once of one home deployment over home and member."""
+@pytest.fixture(scope="module")
+def org_recording(moto_server: MotoServer, fault_injector: FaultInjector) -> OrgRecording:
+    """inspect, plan and once of one home deployment over home and member.
+
+    Once for the module (about 10 s): every test reads the same recording, none touches
+    the world.
+    """
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        world_in(moto_server, fault_injector, monkeypatch) as world,
+    ):
+        return _org_recording(world, monkeypatch)
+
+
+def _org_recording(world: World, monkeypatch: pytest.MonkeyPatch) -> OrgRecording:
     build_org_world(world)
     log = SignedCallLog()
     opened = retryd.aws.open_session
@@ -211,7 +224,6 @@ def org_recording(
     monkeypatch.setattr(retryd.places, "open_session", watched_session)
     monkeypatch.setattr(retryd.places, "AioSession", WatchedSession)
     report = anyio.run(_record, org_settings(), log)
-    capsys.readouterr()
     signed = log.signed_with()
     unsigned = [call for call, key in signed if key is None]
     assert not unsigned, f"calls recorded but never signed: {unsigned}"
