@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from retryd.sandbox.emulator import WsgiApp, request_body
+from retryd.sandbox.turns import WsgiApp, request_body
 
 _CONTENT_TYPES = {
     "json": "application/x-amz-json-1.0",

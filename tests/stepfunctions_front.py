@@ -25,7 +25,7 @@ from typing import Any
 
 from moto.stepfunctions.models import stepfunctions_backends
 
-from retryd.sandbox.emulator import WsgiApp, request_body
+from retryd.sandbox.turns import WsgiApp, request_body
 
 _TARGET_PREFIX = "AWSStepFunctions."
 _FAILED = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})

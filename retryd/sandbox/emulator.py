@@ -7,12 +7,10 @@ that production images, which leave it out, never pay for it.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import tempfile
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -20,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.util import request_uri
 
 from retryd.errors import SandboxUnavailableError
+from retryd.sandbox.turns import WsgiApp, one_at_a_time, request_body
 from retryd.version import SANDBOX_INSTALL_HINT
 
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
 
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Middleware = Callable[[WsgiApp], WsgiApp]
 
 INSTALL_HINT = SANDBOX_INSTALL_HINT
@@ -49,14 +47,6 @@ def _moto_app() -> tuple[WsgiApp, type[Any]]:
             f"the embedded AWS emulator needs moto, which is not installed: {INSTALL_HINT}"
         ) from exc
     return DomainDispatcherApplication(create_backend_app), MotoRequestHandler
-
-
-def request_body(environ: dict[str, Any]) -> bytes:
-    """The request's body, read once and put back, for a middleware before moto reads it."""
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    body: bytes = environ["wsgi.input"].read(length) if length else b""
-    environ["wsgi.input"] = io.BytesIO(body)
-    return body
 
 
 class _Recorder:
@@ -115,128 +105,6 @@ class _Recorder:
         return serve
 
 
-# A waiting long poll looks again after any other request (which may have sent the message
-# it waits for), but no sooner than LONG_POLL_STEP_S after its last look, and at least every
-# LONG_POLL_IDLE_S (a message whose visibility ran out comes back with no request), as
-# moto's own wait does.
-LONG_POLL_STEP_S = 0.02
-LONG_POLL_IDLE_S = 1.0
-
-
-class _Turns:
-    """moto's requests one at a time; a count of those that may have changed a queue.
-
-    A receive takes messages and adds none, so it is not counted: waiting long polls
-    would otherwise wake each other with their own empty looks.
-    """
-
-    def __init__(self, app: WsgiApp) -> None:
-        self._app = app
-        self._lock = threading.Lock()
-        self._changes = threading.Condition()
-        self._count = 0
-
-    def take(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> tuple[list[bytes], int]:
-        """The whole answer, and the count of changes when it was served."""
-        with self._lock:
-            # The whole body under the lock: moto may build it lazily.
-            chunks = list(self._app(environ, start_response))
-            receive = environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage"
-            with self._changes:
-                if not receive:
-                    self._count += 1
-                    self._changes.notify_all()
-                return chunks, self._count
-
-    def wait_past(self, count: int, timeout_s: float) -> None:
-        """Until a change after the `count`th is served, or `timeout_s` has passed."""
-        with self._changes:
-            self._changes.wait_for(lambda: self._count > count, timeout=timeout_s)
-
-
-def _one_at_a_time(app: WsgiApp) -> WsgiApp:
-    """moto's app with its requests handled one at a time, as AWS's services never race.
-
-    moto's models are not safe across its server's threads. DynamoDB: TransactWriteItems
-    deep-copies the whole table (its roll-back copy) while another request may add an
-    item, and the copy fails with "dictionary changed size during iteration", a 500 that
-    DynamoDB never gives. SQS: a delete rebuilds the queue's list of messages from a copy,
-    so a delete or a send made meanwhile is undone (deleted messages come back, a sent one
-    is lost), and two receives scanning at once both take one message. SNS, EventBridge
-    and Lambda's event sources add to SQS queues from their own requests, so one turn
-    serves every service.
-
-    A long poll is the exception: it would hold the turn for up to 20 s. It is asked as a
-    series of short polls, each in its turn, with the waits between them outside it.
-    """
-    turns = _Turns(app)
-
-    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
-            wait_s = _long_poll_s(environ)
-            if wait_s > 0:
-                return _polled(turns, environ, start_response, wait_s)
-        return turns.take(environ, start_response)[0]
-
-    return serve
-
-
-def _long_poll_s(environ: dict[str, Any]) -> float:
-    """A JSON-protocol ReceiveMessage's WaitTimeSeconds, made 0 in its body; 0 if none.
-
-    With no WaitTimeSeconds moto would wait the queue's own default; no queue the
-    sandbox, tests or benchmarks create sets one.
-    """
-    body = request_body(environ)
-    try:
-        document = json.loads(body)
-        wait_s = float(document.get("WaitTimeSeconds") or 0)
-    except (ValueError, TypeError, AttributeError):
-        return 0.0  # moto answers what it cannot read itself
-    if wait_s <= 0:
-        return 0.0
-    document["WaitTimeSeconds"] = 0
-    short = json.dumps(document).encode()
-    environ["wsgi.input"] = io.BytesIO(short)
-    environ["CONTENT_LENGTH"] = str(len(short))
-    return wait_s
-
-
-def _polled(
-    turns: _Turns, environ: dict[str, Any], start_response: Callable[..., Any], wait_s: float
-) -> list[bytes]:
-    """Short polls until one takes a message, fails, or `wait_s` has passed: the last answer."""
-    body = environ["wsgi.input"].read()
-    deadline_s = time.monotonic() + wait_s
-    started: list[tuple[str, list[tuple[str, str]]]] = []
-
-    def keep(status: str, headers: list[tuple[str, str]], *_: object) -> None:
-        started.append((status, headers))
-
-    while True:
-        environ["wsgi.input"] = io.BytesIO(body)
-        chunks, seen = turns.take(environ, keep)
-        status, headers = started[-1]
-        looked_s = time.monotonic()
-        if looked_s >= deadline_s or not _empty_receive(status, chunks):
-            start_response(status, headers)
-            return chunks
-        turns.wait_past(seen, min(LONG_POLL_IDLE_S, deadline_s - looked_s))
-        time.sleep(max(0.0, min(looked_s + LONG_POLL_STEP_S, deadline_s) - time.monotonic()))
-
-
-def _empty_receive(status: str, chunks: list[bytes]) -> bool:
-    if not status.startswith("200"):
-        return False
-    try:
-        answer = json.loads(b"".join(chunks) or b"{}")
-    except ValueError:
-        return False
-    return isinstance(answer, dict) and not answer.get("Messages")
-
-
 class MotoServer:
     """moto's WSGI app served by werkzeug in a daemon thread; `middleware` may wrap it."""
 
@@ -273,7 +141,7 @@ class MotoServer:
 
         handler = _QuietHandler
         # Around moto alone: a middleware's delay (the tests' faults) holds no other request.
-        app = _one_at_a_time(app)
+        app = one_at_a_time(app)
         # Innermost but that: what is recorded is what reached moto, after any middleware's
         # answer.
         app = self._recorder.wrap(app)

@@ -22,6 +22,8 @@ import json
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -29,9 +31,11 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
-from retryd.sandbox import emulator
-from retryd.sandbox.emulator import MotoServer, _one_at_a_time, request_body
+from retryd.sandbox import turns
+from retryd.sandbox.emulator import MotoServer
+from retryd.sandbox.turns import one_at_a_time, request_body
 
 THREADS = 8
 PREFILLED = 100
@@ -40,21 +44,31 @@ SWITCH_INTERVAL_S = 2e-6
 
 
 @pytest.fixture
-def sqs() -> Iterator[Any]:
+def server() -> Iterator[MotoServer]:
     before_s = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        with MotoServer() as server:
-            yield boto3.client(
-                "sqs",
-                endpoint_url=server.url,
-                region_name="us-east-1",
-                aws_access_key_id="test",
-                aws_secret_access_key="test",
-                config=Config(retries={"max_attempts": 1}, max_pool_connections=THREADS + 2),
-            )
+        with MotoServer() as started:
+            yield started
     finally:
         sys.setswitchinterval(before_s)
+
+
+@pytest.fixture
+def sqs(server: MotoServer) -> Any:
+    return boto3.client(
+        "sqs",
+        endpoint_url=server.url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(retries={"max_attempts": 1}, max_pool_connections=THREADS + 2),
+    )
+
+
+@pytest.fixture
+def moto_url(server: MotoServer) -> str:
+    return server.url
 
 
 def _queue(sqs: Any, name: str) -> str:
@@ -167,6 +181,83 @@ def test_a_long_poll_takes_a_message_sent_while_it_waits(sqs: Any) -> None:
     assert done.is_set()
 
 
+def test_a_long_poll_is_woken_by_a_send_to_its_queue(
+    sqs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not by its idle timer: with that at a minute, the message still comes at once."""
+    monkeypatch.setattr(turns, "LONG_POLL_IDLE_S", 60.0)
+    url = _queue(sqs, "woken")
+    started_s = time.monotonic()
+
+    def send() -> None:
+        time.sleep(0.2)
+        sqs.send_message(QueueUrl=url, MessageBody="awaited")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    polled = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=20).get("Messages", [])
+    sender.join()
+
+    assert [m["Body"] for m in polled] == ["awaited"]
+    # Far from the 20 s an unwoken poll would wait.
+    assert time.monotonic() - started_s < 10
+
+
+def test_a_receive_with_no_wait_time_waits_as_its_queue_says(sqs: Any) -> None:
+    """Outside the turn too: the send it waits for is served meanwhile."""
+    url: str = sqs.create_queue(
+        QueueName=f"queue-wait-{uuid.uuid4().hex}",
+        Attributes={"ReceiveMessageWaitTimeSeconds": "5"},
+    )["QueueUrl"]
+    polled: list[dict[str, Any]] = []
+
+    def send() -> None:
+        time.sleep(0.2)
+        sqs.send_message(QueueUrl=url, MessageBody="awaited")
+
+    _run(lambda: polled.extend(sqs.receive_message(QueueUrl=url).get("Messages", [])), send)
+
+    assert [m["Body"] for m in polled] == ["awaited"]
+
+
+def test_a_long_poll_in_the_query_protocol_waits_outside_the_turn(sqs: Any, moto_url: str) -> None:
+    url = _queue(sqs, "query")
+    form = urllib.parse.urlencode(
+        {"Action": "ReceiveMessage", "QueueUrl": url, "WaitTimeSeconds": "5"}
+    ).encode()
+    request = urllib.request.Request(  # noqa: S310 - the test's own loopback server
+        moto_url + "/",
+        data=form,
+        method="POST",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            # moto picks the service from the credential scope; it checks no signature.
+            "Authorization": "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/sqs/"
+            "aws4_request, SignedHeaders=host, Signature=0",
+        },
+    )
+    answers: list[str] = []
+
+    def poll() -> None:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            answers.append(response.read().decode())
+
+    def send() -> None:
+        time.sleep(0.2)
+        sqs.send_message(QueueUrl=url, MessageBody="awaited")
+
+    _run(poll, send)
+
+    assert "<Body>awaited</Body>" in answers[0]
+
+
+def test_a_wait_time_sqs_refuses_is_refused(sqs: Any) -> None:
+    url = _queue(sqs, "too-long")
+    with pytest.raises(ClientError) as raised:
+        sqs.receive_message(QueueUrl=url, WaitTimeSeconds=21)
+    assert "InvalidParameterValue" in raised.value.response["Error"]["Code"]
+
+
 class _Inside:
     """A stand-in for moto: counts the requests inside it at once, answers `answers` in turn."""
 
@@ -203,7 +294,7 @@ def _request(target: str, body: dict[str, Any]) -> dict[str, Any]:
 )
 def test_no_two_requests_are_inside_moto_at_once(target: str) -> None:
     inside = _Inside()
-    app = _one_at_a_time(inside)
+    app = one_at_a_time(inside)
 
     def call() -> None:
         for _ in range(3):
@@ -219,10 +310,10 @@ def test_a_long_poll_is_asked_as_short_polls_until_a_message_comes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Nothing else is asked here to wake the poll: each look is a second apart by default.
-    monkeypatch.setattr(emulator, "LONG_POLL_IDLE_S", 0.05)
+    monkeypatch.setattr(turns, "LONG_POLL_IDLE_S", 0.05)
     message = json.dumps({"Messages": [{"MessageId": "m", "Body": "b"}]}).encode()
     inside = _Inside(b"{}", b"{}", message)
-    app = _one_at_a_time(inside)
+    app = one_at_a_time(inside)
     statuses: list[str] = []
 
     answer = b"".join(
@@ -241,7 +332,7 @@ def test_a_long_poll_is_asked_as_short_polls_until_a_message_comes(
 def test_waiting_long_polls_do_not_wake_each_other() -> None:
     """Only a request that may add a message wakes a poll: empty looks are not one."""
     inside = _Inside()
-    app = _one_at_a_time(inside)
+    app = one_at_a_time(inside)
 
     def poll() -> None:
         b"".join(
@@ -256,3 +347,24 @@ def test_waiting_long_polls_do_not_wake_each_other() -> None:
     # A look when asked and one when the wait is over (a third if a timer fires early),
     # not one every LONG_POLL_STEP_S.
     assert 2 * THREADS <= len(inside.bodies) <= 3 * THREADS
+
+
+def test_a_poll_is_not_woken_by_requests_that_cannot_add_to_its_queue() -> None:
+    """Sends to other queues and DynamoDB writes leave waiting polls alone."""
+    inside = _Inside()
+    app = one_at_a_time(inside)
+    receive = {"QueueUrl": "http://sqs/123456789012/waited", "WaitTimeSeconds": 1}
+
+    def poll() -> None:
+        b"".join(app(_request("AmazonSQS.ReceiveMessage", receive), lambda *_: None))
+
+    def others() -> None:
+        for _ in range(20):
+            other = {"QueueUrl": "http://sqs/123456789012/other", "MessageBody": "x"}
+            b"".join(app(_request("AmazonSQS.SendMessage", other), lambda *_: None))
+            b"".join(app(_request("DynamoDB_20120810.PutItem", {}), lambda *_: None))
+
+    _run(*(poll for _ in range(THREADS)), others)
+
+    looks = [body for body in inside.bodies if "WaitTimeSeconds" in body]
+    assert 2 * THREADS <= len(looks) <= 3 * THREADS
