@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from retryd.sandbox.emulator import WsgiApp, request_body
+from retryd.sandbox.turns import WsgiApp, request_body
 from tests.faults import FaultInjector, _describe, _Request
 
 # retryd processes sign with this key id; the chaos layer faults only their calls.
@@ -350,6 +350,10 @@ class Front:
 
     def _recording(self, app: WsgiApp) -> WsgiApp:
         def record(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            # A copy is stamped when its sender sent it, not when moto got round to it: the
+            # emulator serves one request at a time, so a request a process made just before
+            # it was killed may be carried out a while after the kill.
+            sent_s = time.time()
             payload = request_body(environ)
             request = _describe(environ, payload)
             touched = _touched(request, payload)
@@ -364,13 +368,15 @@ class Front:
             with ordered:
                 answer = _call(app, environ)
                 if answer.status[:1] == "2":
-                    self._remember(request, environ, payload)
+                    self._remember(request, environ, payload, sent_s)
             start_response(answer.status, answer.headers)
             return [answer.body]
 
         return record
 
-    def _remember(self, request: _Request, environ: dict[str, Any], payload: bytes) -> None:
+    def _remember(
+        self, request: _Request, environ: dict[str, Any], payload: bytes, sent_s: float
+    ) -> None:
         now_s = time.time()
         signer = _signer(environ.get("HTTP_AUTHORIZATION", ""))
         events: list[Claimed | Sent] = []
@@ -383,14 +389,14 @@ class Front:
                     Invocation(
                         function.rsplit(":", 1)[-1] if ":" in function else function,
                         payload.decode("utf-8", "replace"),
-                        now_s,
+                        sent_s,
                         context,
                     )
                 )
             if "retryd.key" in context:
-                events.append(Sent(now_s, context["retryd.key"], signer, function))
+                events.append(Sent(sent_s, context["retryd.key"], signer, function))
         else:
-            events.extend(Sent(now_s, key, signer, to) for key, to in _stamped(request, payload))
+            events.extend(Sent(sent_s, key, signer, to) for key, to in _stamped(request, payload))
         if request.service == "dynamodb":
             events.extend(_claims_written(request.operation, payload, now_s))
         if events:
