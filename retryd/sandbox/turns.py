@@ -1,4 +1,4 @@
-"""moto's requests served one at a time, as AWS's services never race; long polls wait apart.
+"""Serves moto one request at a time, as AWS never races two; long polls wait apart.
 
 moto's models are not safe across its server's threads. DynamoDB: TransactWriteItems
 deep-copies the whole table (its roll-back copy) while another request may add an item,
