@@ -36,6 +36,7 @@ from botocore.exceptions import ClientError
 from retryd.sandbox import turns
 from retryd.sandbox.emulator import MotoServer
 from retryd.sandbox.turns import one_at_a_time, request_body
+from tests.e2e.test_accounts import depth
 
 THREADS = 8
 PREFILLED = 100
@@ -87,16 +88,6 @@ def _prefill(sqs: Any, name: str, count: int) -> str:
     return url
 
 
-def _depth(sqs: Any, url: str) -> int:
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
-
-
 def _run(*targets: Any) -> None:
     threads = [threading.Thread(target=target) for target in targets]
     for thread in threads:
@@ -137,7 +128,7 @@ def test_deletes_and_sends_side_by_side_lose_nothing_and_bring_nothing_back(sqs:
 
     assert failures == []
     # Every deleted message stays deleted and every sent one is there.
-    assert _depth(sqs, url) == len(sent)
+    assert depth(sqs, url.rsplit("/", 1)[-1]) == len(sent)
     left: list[str] = []
     while answer := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
         left += [m["Body"] for m in answer]
