@@ -1,4 +1,4 @@
-"""A front for the moto server: keeps it honest under concurrency, records, and injects chaos.
+"""A front for the moto server: injects chaos into retryd's calls and records what moto did.
 
 Two layers, outermost first, around moto's WSGI app (which the emulator already serves one
 request at a time, as AWS never races):
