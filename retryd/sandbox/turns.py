@@ -49,7 +49,7 @@ def request_body(environ: dict[str, Any]) -> bytes:
     """The request's body, read once and put back, for a middleware before moto reads it."""
     length = int(environ.get("CONTENT_LENGTH") or 0)
     body: bytes = environ["wsgi.input"].read(length) if length else b""
-    environ["wsgi.input"] = io.BytesIO(body)
+    _set_body(environ, body)
     return body
 
 
@@ -168,8 +168,7 @@ def one_at_a_time(app: WsgiApp) -> WsgiApp:
         if wait_s <= 0:
             return turns.take(environ, start_response)
         call.params["WaitTimeSeconds"] = 0
-        _set_body(environ, call.encoded())
-        return _polled(turns, environ, start_response, call.queue, wait_s)
+        return _polled(turns, environ, start_response, call, wait_s)
 
     return serve
 
@@ -214,11 +213,14 @@ def _polled(
     turns: _Turns,
     environ: dict[str, Any],
     start_response: Callable[..., Any],
-    queue: str | None,
+    call: _SqsCall,
     wait_s: float,
 ) -> list[bytes]:
-    """Short polls until one takes a message, fails, or `wait_s` has passed: the last answer."""
-    body = environ["wsgi.input"].read()
+    """`call` asked as short polls until one takes a message, fails, or `wait_s` has passed.
+
+    The answer is the last poll's.
+    """
+    body, queue = call.encoded(), call.queue
     deadline_s = time.monotonic() + wait_s
     started: list[tuple[str, list[tuple[str, str]]]] = []
 
@@ -228,7 +230,7 @@ def _polled(
     while True:
         # Read before the look: a change served while it looks wakes the wait after it.
         seen = turns.seen(queue)
-        environ["wsgi.input"] = io.BytesIO(body)
+        _set_body(environ, body)
         chunks = turns.take(environ, keep)
         status, headers = started[-1]
         looked_s = time.monotonic()
