@@ -73,6 +73,9 @@ class InstrumentedLedger:
         for result, times in Counter(results).items():
             self._count(operation, result, times)
 
+    def _count_held(self, operation: str, held: Iterable[bool]) -> None:
+        self._count_each(operation, ("ok" if ok else COMMIT_LOST for ok in held))
+
     async def read(self, keys: Sequence[str]) -> dict[str, Record]:
         with self._failures_counted("read"):
             records = await self.inner.read(keys)
@@ -88,7 +91,7 @@ class InstrumentedLedger:
     async def commit(self, claims: Sequence[Claim], at_s: float) -> list[bool]:
         with self._failures_counted("commit"):
             held = await self.inner.commit(claims, at_s)
-        self._count_each("commit", ("ok" if ok else COMMIT_LOST for ok in held))
+        self._count_held("commit", held)
         return held
 
     async def release(self, claims: Sequence[Claim]) -> None:
@@ -99,7 +102,7 @@ class InstrumentedLedger:
     async def renew(self, claims: Sequence[Claim]) -> list[bool]:
         with self._failures_counted("renew"):
             held = await self.inner.renew(claims)
-        self._count_each("renew", ("ok" if ok else COMMIT_LOST for ok in held))
+        self._count_held("renew", held)
         return held
 
     async def begin_park(self, claims: Sequence[Claim]) -> list[ParkBegun]:
@@ -111,7 +114,7 @@ class InstrumentedLedger:
     async def commit_park(self, copies: Sequence[ParkCopy]) -> list[bool]:
         with self._failures_counted("commit-park"):
             held = await self.inner.commit_park(copies)
-        self._count_each("commit-park", ("ok" if ok else COMMIT_LOST for ok in held))
+        self._count_held("commit-park", held)
         return held
 
     async def aclose(self) -> None:
