@@ -616,8 +616,103 @@ def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock:
         assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION,)
         columns = [row[1] for row in conn.execute("PRAGMA table_info(ledger)")]
     conn.close()
-    assert SQLITE_SCHEMA_VERSION == 4
+    assert SQLITE_SCHEMA_VERSION == 5
+    assert columns[:2] == ["id", "key"]
     assert columns[-3:] == ["committed", "abandoned", "parked"]
+
+
+# A file as schema 4 left it (a WITHOUT ROWID table keyed by `key`), verbatim.
+SCHEMA_V4 = """
+CREATE TABLE ledger (
+    key TEXT PRIMARY KEY NOT NULL, attempts INTEGER NOT NULL,
+    first_failed_at_s REAL, last_attempt_at_s REAL, claim_message_id TEXT,
+    claim_attempt INTEGER NOT NULL, claim_state TEXT, claim_owner TEXT,
+    claim_expires_at_s REAL NOT NULL, expires_at REAL NOT NULL,
+    committed TEXT NOT NULL DEFAULT '[]', abandoned TEXT NOT NULL DEFAULT '[]',
+    parked TEXT NOT NULL DEFAULT '[]'
+) WITHOUT ROWID;
+CREATE INDEX ledger_expires_at ON ledger (expires_at);
+INSERT INTO ledger VALUES
+    ('busy', 1, 4.0, 9.0, 'm1', 2, 'begun', 'old', 1e12, 1e12, '[["m0", 1]]', '[]', '[]'),
+    ('parked', 3, NULL, 8.0, 'm5', 3, 'committed', 'old', 0.0, 1e12, '[]', '[["m4", 2]]',
+     '[["m5", 3, "p-5"]]'),
+    ('gone', 1, NULL, 1.0, 'm9', 1, 'committed', 'old', 0.0, 1.0, '[["m9", 1]]', '[]', '[]');
+PRAGMA user_version = 4;
+"""
+
+
+def test_sqlite_ledger_rebuilds_a_version_4_file_as_a_rowid_table(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Schema 5 moves every row (expired ones too, for the pruning to take) into a rowid
+    table keyed uniquely by `key`; each reads back as it was, and keys stay unique."""
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_V4)
+    conn.close()
+    before = clock()
+
+    async def body() -> None:
+        ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
+        try:
+            records = await ledger.read(["busy", "parked"])
+            busy, parked = records["busy"], records["parked"]
+            assert (busy.attempts, busy.first_failed_at_s, busy.claim_owner) == (1, 4.0, "old")
+            assert busy.committed == (("m0", 1),)
+            assert (parked.abandoned, parked.parked) == ((("m4", 2),), (("m5", 3, "p-5"),))
+            # The old live claim still holds its key; a new key starts and commits.
+            answers = await ledger.begin([claim("busy", "m2"), claim("new", "m3")])
+            assert [x.status for x in answers] == [BUSY, STARTED]
+            assert await ledger.commit([claim("new", "m3")], at_s=before) == [True]
+        finally:
+            await ledger.aclose()
+
+    run(body)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION,)
+        table_sql = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ledger'"
+        ).fetchone()[0]
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(ledger)")}
+        keys = [row[0] for row in conn.execute("SELECT key FROM ledger ORDER BY id")]
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.execute(
+                "INSERT INTO ledger (key, attempts, claim_attempt, claim_expires_at_s, expires_at)"
+                " VALUES ('new', 1, 1, 0, 0)"
+            )
+    conn.close()
+    assert "WITHOUT ROWID" not in table_sql
+    assert "ledger_expires_at" in indexes
+    # The expired row was pruned on open, after the rebuild; a new key's row goes last.
+    assert sorted(keys) == ["busy", "new", "parked"]
+    assert keys[-1] == "new"
+
+
+def test_a_commit_updates_its_row_where_begin_wrote_it(tmp_path: Path, clock: FakeClock) -> None:
+    """An upsert, not a delete and insert: the row keeps its rowid through begin, commit and
+    a later begin, so a transaction writes only the pages its keys' rows are on."""
+    path = tmp_path / "ledger.sqlite3"
+
+    def rowids() -> dict[str, int]:
+        with sqlite3.connect(path) as conn:
+            found = dict(conn.execute("SELECT key, rowid FROM ledger").fetchall())
+        conn.close()
+        return found
+
+    async def body() -> None:
+        ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
+        try:
+            await ledger.begin([claim("k1", "m1"), claim("k2", "m2")])
+            begun = rowids()
+            await ledger.commit([claim("k1", "m1"), claim("k2", "m2")], at_s=clock())
+            assert rowids() == begun
+            clock.advance(1.0)
+            await ledger.begin([claim("k2", "m3", attempt=2)])
+            assert rowids() == begun
+        finally:
+            await ledger.aclose()
+
+    run(body)
 
 
 def test_sqlite_ledger_refuses_a_file_from_a_newer_retryd(tmp_path: Path) -> None:
