@@ -197,7 +197,8 @@ class Metrics:
         )
         self._dlq_messages = Gauge(
             "retryd_dlq_messages",
-            "Messages in each DLQ at the start of its drain, as SQS approximates them.",
+            "Messages in each DLQ at the start of its drain, as SQS approximates them "
+            "(read at most schedule.interval_s before, when cycles run back to back).",
             ["queue", "account", "region", "state"],
             multiprocess_mode="livemax",
             registry=registry,

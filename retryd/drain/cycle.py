@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -251,6 +251,16 @@ class _QueueDrain:
     targets: frozenset[str] = frozenset()
     stale_batches: int = 0
     done: bool = False
+    # Messages received in this cycle, stale ones included.
+    received: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Busy:
+    """A DLQ whose last drain found messages: its depth as read before it, and when."""
+
+    sizing: Sizing
+    read_at_s: float
 
 
 class Cycle:
@@ -304,6 +314,8 @@ class Cycle:
         self._pipelines: dict[Place, Pipeline] = {}
         # What the console's read model learns from each DLQ drained (never fails a batch).
         self._sightings = Sightings(self._control, parked_ttl_s=settings.console.parked_index_ttl_s)
+        # By queue ARN, the DLQs whose last drain found messages (see _sized).
+        self._busy: dict[str, _Busy] = {}
 
     @property
     def cluster(self) -> Cluster:
@@ -485,12 +497,13 @@ class Cycle:
         async with limiter:
             if not run.may_go_on:
                 return
-            sizing = await self._size_up(look.clients, queue)
+            sizing, read_at_s = await self._sized(look.clients, queue)
             # What the drain leaves behind, for the console's read model (drain/sightings.py).
             sighting = QueueSighting(sizing.queue, look.setup.chain)
             if sizing.empty:
                 # Most DLQs are empty most of the time: one cheap call instead of a
                 # long poll per empty queue.
+                self._busy.pop(queue.arn, None)
                 await self._sightings.record(sighting)
                 return
             # Its retention rides on every letter, for the guards' retention check.
@@ -509,6 +522,10 @@ class Cycle:
                 if hidden is not None:
                     with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
                         await hidden.flush(hidden.key(queue))
+            if state.received and sizing.depth is not None:
+                self._busy[queue.arn] = _Busy(sizing, read_at_s)
+            else:
+                self._busy.pop(queue.arn, None)
             await self._sightings.record(sighting)
             if state.handled.oldest_sent_s is not None:
                 self._metrics.set_oldest_message_age(
@@ -580,6 +597,7 @@ class Cycle:
                 state.done = state.stale_batches >= MAX_STALE_BATCHES
                 continue
             state.stale_batches = 0
+            state.received += len(fresh)
             state.handled.saw(fresh)
             report.received += len(fresh)
             decisions = await state.look.pipeline.handle(state.queue, fresh, deadline)
@@ -608,6 +626,25 @@ class Cycle:
             await self._cluster.flush()
             return 0
         return min(RECEIVE_BATCH_MAX, state.remaining, RECEIVE_BATCH_MAX if room is None else room)
+
+    async def _sized(self, clients: AwsClients, queue: QueueRef) -> tuple[Sizing, float]:
+        """The DLQ's sizing for this drain, and when its depth was read.
+
+        A DLQ whose last drain found messages, with its depth read less than
+        `schedule.interval_s` ago, is drained again without asking: it is read in the
+        next receive anyway, and busy cycles follow each other at once, so asking every
+        DLQ its depth each time cost a call per DLQ per cycle (about 0.8 ms of CPU
+        each, a twentieth of the steady world's CPU). Its depth gauge and retention
+        are then at most `schedule.interval_s` old, as an idle retryd's are.
+        """
+        busy = self._busy.get(queue.arn)
+        now_s = anyio.current_time()
+        if busy is not None and now_s - busy.read_at_s < self._settings.schedule.interval_s:
+            kept = busy.sizing
+            return Sizing(replace(queue, retention_s=kept.queue.retention_s), kept.depth), (
+                busy.read_at_s
+            )
+        return await self._size_up(clients, queue), now_s
 
     async def _size_up(self, clients: AwsClients, queue: QueueRef) -> Sizing:
         """The queue's depth (exported) and retention; an unknown depth is logged, not fatal."""
