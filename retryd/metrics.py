@@ -198,7 +198,7 @@ class Metrics:
         self._dlq_messages = Gauge(
             "retryd_dlq_messages",
             "Messages in each DLQ at the start of its drain, as SQS approximates them "
-            "(read at most schedule.interval_s before, when cycles run back to back).",
+            "(for a DLQ busy in back-to-back cycles, read up to 30 s before).",
             ["queue", "account", "region", "state"],
             multiprocess_mode="livemax",
             registry=registry,

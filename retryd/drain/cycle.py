@@ -170,6 +170,10 @@ MIN_ROOM_WAIT_S = 0.05
 # ...and no later: a share can grow at any heartbeat (a lapsed replica's next token is days
 # away until one lands), and the cycle's budget and a stop are only seen between waits.
 MAX_ROOM_WAIT_S = 1.0
+# How long a DLQ that keeps moving messages in back-to-back cycles is drained without a
+# depth look-up (Cycle._sized): its depth gauge and its retention are never older than
+# this, two scrapes of a 15 s Prometheus interval.
+BUSY_DEPTH_MAX_AGE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -251,8 +255,8 @@ class _QueueDrain:
     targets: frozenset[str] = frozenset()
     stale_batches: int = 0
     done: bool = False
-    # Messages received in this cycle, stale ones included.
-    received: int = 0
+    # Messages this drain resubmitted or parked: what makes a cycle busy (service/scheduler.py).
+    moved: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +421,13 @@ class Cycle:
         self, run: _CycleBudget, looks: list[_PlaceDrain], limiter: anyio.CapacityLimiter
     ) -> None:
         """Every DLQ of every place, side by side: SQS queues and S3 sources alike."""
+        # Forget the DLQs whose look-up is due anyway (and those discovery no longer finds).
+        now_s = anyio.current_time()
+        self._busy = {
+            arn: busy
+            for arn, busy in self._busy.items()
+            if now_s - busy.read_at_s < BUSY_DEPTH_MAX_AGE_S
+        }
         async with anyio.create_task_group() as group:
             for look in looks:
                 for queue in look.queues:
@@ -497,7 +508,7 @@ class Cycle:
         async with limiter:
             if not run.may_go_on:
                 return
-            sizing, read_at_s = await self._sized(look.clients, queue)
+            sizing, read_at_s, reused = await self._sized(look.clients, queue)
             # What the drain leaves behind, for the console's read model (drain/sightings.py).
             sighting = QueueSighting(sizing.queue, look.setup.chain)
             if sizing.empty:
@@ -522,10 +533,14 @@ class Cycle:
                 if hidden is not None:
                     with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
                         await hidden.flush(hidden.key(queue))
-            if state.received and sizing.depth is not None:
+            if state.moved and sizing.depth is not None:
                 self._busy[queue.arn] = _Busy(sizing, read_at_s)
             else:
                 self._busy.pop(queue.arn, None)
+                if reused:
+                    # Drained without a look-up and found quiet: its gauge says so now,
+                    # not after the rest that follows.
+                    await self._size_up(look.clients, queue)
             await self._sightings.record(sighting)
             if state.handled.oldest_sent_s is not None:
                 self._metrics.set_oldest_message_age(
@@ -597,10 +612,10 @@ class Cycle:
                 state.done = state.stale_batches >= MAX_STALE_BATCHES
                 continue
             state.stale_batches = 0
-            state.received += len(fresh)
             state.handled.saw(fresh)
             report.received += len(fresh)
             decisions = await state.look.pipeline.handle(state.queue, fresh, deadline)
+            state.moved += sum(1 for decision in decisions if decision.outcome in DELETED_OUTCOMES)
             state.handled.settled(decisions)
             state.targets = frozenset(d.target.arn for d in decisions if d.target) or state.targets
             self._sightings.saw(state.sighting, decisions)
@@ -627,24 +642,24 @@ class Cycle:
             return 0
         return min(RECEIVE_BATCH_MAX, state.remaining, RECEIVE_BATCH_MAX if room is None else room)
 
-    async def _sized(self, clients: AwsClients, queue: QueueRef) -> tuple[Sizing, float]:
-        """The DLQ's sizing for this drain, and when its depth was read.
+    async def _sized(self, clients: AwsClients, queue: QueueRef) -> tuple[Sizing, float, bool]:
+        """The DLQ's sizing for this drain, when its depth was read, and whether that was
+        in an earlier cycle.
 
-        A DLQ whose last drain found messages, with its depth read less than
-        `schedule.interval_s` ago, is drained again without asking: it is read in the
+        A DLQ whose last drain moved messages, with its depth read less than
+        BUSY_DEPTH_MAX_AGE_S ago, is drained again without asking: it is read in the
         next receive anyway, and busy cycles follow each other at once, so asking every
         DLQ its depth each time cost a call per DLQ per cycle (about 0.8 ms of CPU
         each, a twentieth of the steady world's CPU). Its depth gauge and retention
-        are then at most `schedule.interval_s` old, as an idle retryd's are.
+        are then at most that old.
         """
         busy = self._busy.get(queue.arn)
         now_s = anyio.current_time()
-        if busy is not None and now_s - busy.read_at_s < self._settings.schedule.interval_s:
+        if busy is not None and now_s - busy.read_at_s < BUSY_DEPTH_MAX_AGE_S:
             kept = busy.sizing
-            return Sizing(replace(queue, retention_s=kept.queue.retention_s), kept.depth), (
-                busy.read_at_s
-            )
-        return await self._size_up(clients, queue), now_s
+            queue = replace(queue, retention_s=kept.queue.retention_s)
+            return Sizing(queue, kept.depth), busy.read_at_s, True
+        return await self._size_up(clients, queue), now_s, False
 
     async def _size_up(self, clients: AwsClients, queue: QueueRef) -> Sizing:
         """The queue's depth (exported) and retention; an unknown depth is logged, not fatal."""

@@ -59,9 +59,9 @@ T = TypeVar("T")
 
 # 1: the first schema. 2: the `committed` column (JSON) of recently committed messages.
 # 3: the `abandoned` column (JSON) of begun claims abandoned and taken over.
-# 4: the `parked` column (JSON) of recently parked messages.
-# 5: a rowid table, the key a unique column (was the primary key of a WITHOUT ROWID table).
-SCHEMA_VERSION = 5
+# 4: the `parked` column (JSON) of recently parked messages. The version names the columns
+# and what they mean, not how the table is laid out on disk (see _SCHEMA).
+SCHEMA_VERSION = 4
 # How long a transaction waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 10_000
 # Expired rows are deleted on open and then at most this often, inside a write.
@@ -111,17 +111,17 @@ _UPSERT = (
 )
 
 
-def _table(name: str) -> str:
-    """The ledger table of today's schema, under `name`.
-
-    Keys are hashes, so a table ordered by key (the WITHOUT ROWID table of schemas 1 to
-    4) put every row of a transaction on a page of its own, and the transaction wrote
-    each of those pages to the WAL whole. Ordered by rowid, new rows go to the end of
-    the table and an upsert updates a row where it is: a batch's begin and commit touch
-    the few pages its rows were appended to (and the key index, only when a key is
-    new). Measured in docs/performance.md: a third less CPU per ledger transaction.
-    """
-    return f"""CREATE TABLE IF NOT EXISTS {name} (
+# A new file's table. Keys are hashes, so a table ordered by key (a WITHOUT ROWID table
+# keyed by `key`, as files created before 2026-12 have) puts each row of a transaction on a
+# page of its own, and COMMIT writes each of those pages to the WAL whole. Ordered by
+# rowid, new rows go to the end of the table and the upsert updates a row where it is, so
+# a batch's begin and commit touch the few pages its rows share (and the key index, when a
+# key is new): COMMIT wrote half as much, and the ledger thread used a quarter less CPU
+# (docs/performance.md). Both layouts answer the same statements, so an older file is left
+# as it is: rebuilding it would hold the write lock for seconds per 100,000 keys, against
+# every other process on the file, and a retryd of an earlier release opens either.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE,
     attempts INTEGER NOT NULL,
@@ -136,26 +136,15 @@ def _table(name: str) -> str:
     committed TEXT NOT NULL DEFAULT '[]',
     abandoned TEXT NOT NULL DEFAULT '[]',
     parked TEXT NOT NULL DEFAULT '[]'
-)"""
-
-
-_INDEX = "CREATE INDEX IF NOT EXISTS ledger_expires_at ON ledger (expires_at)"
-_SCHEMA = (_table("ledger"), _INDEX)
-# The statements that take a file from version N to N + 1, in order. Rows written before
-# a column existed get its default: no record had messages to remember there.
-_UPGRADES: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE ledger ADD COLUMN committed TEXT NOT NULL DEFAULT '[]'",),
-    2: ("ALTER TABLE ledger ADD COLUMN abandoned TEXT NOT NULL DEFAULT '[]'",),
-    3: ("ALTER TABLE ledger ADD COLUMN parked TEXT NOT NULL DEFAULT '[]'",),
-    # The table rebuilt as a rowid table; dropping the old one drops its index.
-    4: (
-        _table("ledger_v5"),
-        f"INSERT INTO ledger_v5 ({', '.join(_COLUMNS)}, expires_at) "  # noqa: S608 - fixed columns
-        f"SELECT {', '.join(_COLUMNS)}, expires_at FROM ledger ORDER BY expires_at",
-        "DROP TABLE ledger",
-        "ALTER TABLE ledger_v5 RENAME TO ledger",
-        _INDEX,
-    ),
+)""",
+    "CREATE INDEX IF NOT EXISTS ledger_expires_at ON ledger (expires_at)",
+)
+# The statement that takes a file from version N to N + 1. Rows written before a
+# column existed get its default: no record had messages to remember there.
+_UPGRADES = {
+    1: "ALTER TABLE ledger ADD COLUMN committed TEXT NOT NULL DEFAULT '[]'",
+    2: "ALTER TABLE ledger ADD COLUMN abandoned TEXT NOT NULL DEFAULT '[]'",
+    3: "ALTER TABLE ledger ADD COLUMN parked TEXT NOT NULL DEFAULT '[]'",
 }
 
 Row = tuple[
@@ -337,11 +326,13 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
             f"{path} has ledger schema {version}, written by a newer retryd "
             f"(this one knows {SCHEMA_VERSION})"
         )
-    # A new file (or one that never got as far as a schema): today's schema, whole.
-    steps = [_SCHEMA] if version == 0 else [_UPGRADES[v] for v in range(version, SCHEMA_VERSION)]
-    for statements in steps:
-        for statement in statements:
+    if version == 0:
+        # A new file (or one that never got as far as a schema): today's schema, whole.
+        for statement in _SCHEMA:
             conn.execute(statement)
+    else:
+        for from_version in range(version, SCHEMA_VERSION):
+            conn.execute(_UPGRADES[from_version])
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 
 import anyio
+import pytest
 from prometheus_client import CollectorRegistry
 
 from retryd.aws import open_clients
+from retryd.drain import cycle as cycle_module
 from retryd.drain.cycle import Cycle, CycleReport
 from retryd.ledger import open_ledger
 from retryd.metrics import Metrics
 from retryd.service.lifecycle import run_once
+from retryd.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.faults import Fault
-from tests.world import World
+from tests.world import ACCOUNT, REGION, World
 
 PARKING = "retryd-parking"
 
@@ -57,66 +60,106 @@ def _two_dlqs(world: World) -> None:
     world.create_queue("busy", RedrivePolicy=policy)
 
 
-def test_a_dlq_that_had_messages_is_drained_again_without_asking_its_depth(
-    world: World, make_settings: SettingsFactory
-) -> None:
-    """Back-to-back cycles: the DLQ whose last drain found messages is read straight away
-    (it is read in its receive anyway); the idle one is asked its depth every cycle; once a
-    drain finds the busy one empty, its depth is asked again."""
-    _two_dlqs(world)
-    for n in range(3):
-        world.send("retry-busy", {"n": n})
-    depths = world.faults.add(
-        Fault("sqs", "GetQueueAttributes", code=None, contains="ApproximateNumberOfMessagesDelayed")
-    )
-    settings = make_settings(drain={"receive_wait_s": 0})
+def _depth_hits(
+    world: World, settings: Settings, fault: Fault, feeds: list[int], registry: CollectorRegistry
+) -> tuple[list[CycleReport], list[int]]:
+    """Cycles back to back on one Cycle, `feeds[i]` more messages into retry-busy before
+    cycle i+1; the depth look-ups `fault` counted in each."""
     hits: list[int] = []
 
     async def main() -> list[CycleReport]:
-        metrics = Metrics(CollectorRegistry())
+        metrics = Metrics(registry)
         reports = []
         async with (
             open_clients(settings.aws) as clients,
             open_ledger(settings.ledger, clients, metrics) as ledger,
         ):
             cycle = Cycle(settings, clients, metrics, ledger=ledger)
-            for _ in range(3):
-                before = depths.hits
+            for count in feeds:
+                for n in range(count):
+                    world.send("retry-busy", {"n": n})
+                before = fault.hits
                 with anyio.fail_after(60):
                     reports.append(await cycle.run(anyio.Event()))
-                hits.append(depths.hits - before)
+                hits.append(fault.hits - before)
         return reports
 
-    reports = anyio.run(main)
-    assert [r.outcomes.get("resubmitted", 0) for r in reports] == [3, 0, 0]
-    # Both asked; then the idle one alone (the busy one found empty by its receive); both.
-    assert hits == [2, 1, 2]
-    assert len(world.drain("busy")) == 3
+    return anyio.run(main), hits
 
 
-def test_a_busy_dlq_s_depth_is_asked_again_after_the_schedule_interval(
+def _visible(registry: CollectorRegistry, queue: str) -> float | None:
+    labels = {"queue": queue, "account": ACCOUNT, "region": REGION, "state": "visible"}
+    return registry.get_sample_value("retryd_dlq_messages", labels)
+
+
+def test_a_dlq_that_moved_messages_is_drained_again_without_asking_its_depth(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    """The depth gauge of a DLQ that stays busy is never older than `schedule.interval_s`."""
+    """Back-to-back cycles: the DLQ whose last drain moved messages is read straight away
+    (it is read in its receive anyway); the idle one is asked its depth every cycle. Once a
+    drain finds the busy one quiet, its depth is read then (its gauge shows 0 at once) and
+    in every cycle after."""
     _two_dlqs(world)
-    world.send("retry-busy", {"n": 0})
-    depths = world.faults.add(Fault("sqs", "GetQueueAttributes", code=None, contains="retry-busy"))
-    settings = make_settings(drain={"receive_wait_s": 0}, schedule={"interval_s": 1})
+    depths = world.faults.add(
+        Fault("sqs", "GetQueueAttributes", code=None, contains="ApproximateNumberOfMessagesDelayed")
+    )
+    registry = CollectorRegistry()
+    settings = make_settings(drain={"receive_wait_s": 0})
 
-    async def main() -> int:
+    reports, hits = _depth_hits(world, settings, depths, [3, 2, 0, 0], registry)
+
+    assert [r.outcomes.get("resubmitted", 0) for r in reports] == [3, 2, 0, 0]
+    # Both; the idle one alone; the idle one and the busy one found quiet; both.
+    assert hits == [2, 1, 2, 2]
+    assert _visible(registry, "retry-busy") == 0
+    assert len(world.drain("busy")) == 5
+
+
+def test_a_dlq_whose_messages_only_deferred_is_asked_its_depth_next_time(
+    world: World, make_settings: SettingsFactory
+) -> None:
+    """Deferred messages are hidden until due: the next cycle would find the DLQ empty, so it
+    is asked its depth (one call) rather than long-polled."""
+    _two_dlqs(world)
+    depths = world.faults.add(
+        Fault("sqs", "GetQueueAttributes", code=None, contains="ApproximateNumberOfMessagesDelayed")
+    )
+    settings = make_settings(drain={"receive_wait_s": 0}, backoff={"base_s": 600, "max_s": 600})
+
+    reports, hits = _depth_hits(world, settings, depths, [3, 0], CollectorRegistry())
+
+    assert [r.outcomes.get("deferred", 0) for r in reports] == [3, 0]
+    assert hits == [2, 2]
+
+
+def test_a_busy_dlq_s_depth_is_read_again_once_its_last_read_is_old(
+    world: World, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DLQ that stays busy still has its depth (gauge, retention) read every
+    BUSY_DEPTH_MAX_AGE_S: here 1 s, after a cycle that reused a read and one past it."""
+    monkeypatch.setattr(cycle_module, "BUSY_DEPTH_MAX_AGE_S", 1.0)
+    _two_dlqs(world)
+    depths = world.faults.add(Fault("sqs", "GetQueueAttributes", code=None, contains="retry-busy"))
+    settings = make_settings(drain={"receive_wait_s": 0})
+
+    async def main() -> list[int]:
         metrics = Metrics(CollectorRegistry())
+        hits = []
         async with (
             open_clients(settings.aws) as clients,
             open_ledger(settings.ledger, clients, metrics) as ledger,
         ):
             cycle = Cycle(settings, clients, metrics, ledger=ledger)
-            with anyio.fail_after(60):
-                await cycle.run(anyio.Event())
-                first = depths.hits
-                world.send("retry-busy", {"n": 1})
-                await anyio.sleep(1.1)
-                await cycle.run(anyio.Event())
-            return depths.hits - first
+            for pause_s in (0.0, 0.0, 1.1):
+                await anyio.sleep(pause_s)
+                world.send("retry-busy", {"pause_s": pause_s})
+                before = depths.hits
+                with anyio.fail_after(60):
+                    await cycle.run(anyio.Event())
+                hits.append(depths.hits - before)
+        return hits
 
-    assert anyio.run(main) == 1
-    assert len(world.drain("busy")) == 2
+    first, reused, after = anyio.run(main)
+    assert first >= 1
+    assert (reused, after) == (0, 1)
+    assert len(world.drain("busy")) == 3

@@ -616,12 +616,11 @@ def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock:
         assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION,)
         columns = [row[1] for row in conn.execute("PRAGMA table_info(ledger)")]
     conn.close()
-    assert SQLITE_SCHEMA_VERSION == 5
-    assert columns[:2] == ["id", "key"]
+    assert SQLITE_SCHEMA_VERSION == 4
     assert columns[-3:] == ["committed", "abandoned", "parked"]
 
 
-# A file as schema 4 left it (a WITHOUT ROWID table keyed by `key`), verbatim.
+# A file as releases before 2026-12 created it (a WITHOUT ROWID table keyed by `key`).
 SCHEMA_V4 = """
 CREATE TABLE ledger (
     key TEXT PRIMARY KEY NOT NULL, attempts INTEGER NOT NULL,
@@ -641,51 +640,101 @@ PRAGMA user_version = 4;
 """
 
 
-def test_sqlite_ledger_rebuilds_a_version_4_file_as_a_rowid_table(
+def _table_sql(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        sql: str = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ledger'"
+        ).fetchone()[0]
+    conn.close()
+    return sql
+
+
+def test_a_file_keyed_by_key_from_an_earlier_release_is_used_as_it_is(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    """Schema 5 moves every row (expired ones too, for the pruning to take) into a rowid
-    table keyed uniquely by `key`; each reads back as it was, and keys stay unique."""
+    """A WITHOUT ROWID file is not rebuilt (that would hold the write lock against every
+    other process for as long as the copy took): it reads, begins and commits as before."""
     path = tmp_path / "ledger.sqlite3"
     with sqlite3.connect(path) as conn:
         conn.executescript(SCHEMA_V4)
     conn.close()
-    before = clock()
 
     async def body() -> None:
         ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
         try:
-            records = await ledger.read(["busy", "parked"])
+            records = await ledger.read(["busy", "parked", "gone"])
+            assert set(records) == {"busy", "parked"}
             busy, parked = records["busy"], records["parked"]
             assert (busy.attempts, busy.first_failed_at_s, busy.claim_owner) == (1, 4.0, "old")
             assert busy.committed == (("m0", 1),)
             assert (parked.abandoned, parked.parked) == ((("m4", 2),), (("m5", 3, "p-5"),))
-            # The old live claim still holds its key; a new key starts and commits.
-            answers = await ledger.begin([claim("busy", "m2"), claim("new", "m3")])
-            assert [x.status for x in answers] == [BUSY, STARTED]
-            assert await ledger.commit([claim("new", "m3")], at_s=before) == [True]
+            # The old live claim still holds its key; a new key and an expired one start.
+            answers = await ledger.begin(
+                [claim("busy", "m2"), claim("new", "m3"), claim("gone", "m8")]
+            )
+            assert [x.status for x in answers] == [BUSY, STARTED, STARTED]
+            claims = [claim("new", "m3"), claim("gone", "m8")]
+            assert await ledger.commit(claims, at_s=clock()) == [True, True]
+            assert (await ledger.read(["gone"]))["gone"].committed == (("m8", 1),)
         finally:
             await ledger.aclose()
 
     run(body)
+    assert "WITHOUT ROWID" in _table_sql(path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SQLITE_SCHEMA_VERSION,)
-        table_sql = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ledger'"
-        ).fetchone()[0]
-        indexes = {row[1] for row in conn.execute("PRAGMA index_list(ledger)")}
-        keys = [row[0] for row in conn.execute("SELECT key FROM ledger ORDER BY id")]
-        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
-            conn.execute(
-                "INSERT INTO ledger (key, attempts, claim_attempt, claim_expires_at_s, expires_at)"
-                " VALUES ('new', 1, 1, 0, 0)"
-            )
+        # busy, parked, new, and gone (pruned on open, begun again): one row each.
+        assert conn.execute("SELECT count(*), count(DISTINCT key) FROM ledger").fetchone() == (
+            4,
+            4,
+        )
     conn.close()
-    assert "WITHOUT ROWID" not in table_sql
-    assert "ledger_expires_at" in indexes
-    # The expired row was pruned on open, after the rebuild; a new key's row goes last.
-    assert sorted(keys) == ["busy", "new", "parked"]
-    assert keys[-1] == "new"
+
+
+# How the previous release wrote a record, verbatim: a rollback runs it on a new file.
+EARLIER_UPSERT = (
+    "INSERT OR REPLACE INTO ledger (key, attempts, first_failed_at_s, last_attempt_at_s, "
+    "claim_message_id, claim_attempt, claim_state, claim_owner, claim_expires_at_s, committed, "
+    "abandoned, parked, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def test_a_new_file_is_a_rowid_table_an_earlier_release_still_writes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A new file's rows are ordered by rowid, the key unique; the previous release's write
+    replaces a record in it (one row per key) and this one reads it back."""
+    path = tmp_path / "ledger.sqlite3"
+
+    async def begin() -> None:
+        ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
+        try:
+            await ledger.begin([claim("k", "m1")])
+        finally:
+            await ledger.aclose()
+
+    run(begin)
+    assert "WITHOUT ROWID" not in _table_sql(path)
+    expires_at = clock() + TTL_S
+    with sqlite3.connect(path) as conn:
+        row = ("k", 2, None, clock(), "m1", 2, "committed", "old", 0.0, '[["m1", 2]]', "[]", "[]")
+        conn.execute(EARLIER_UPSERT, (*row, expires_at))
+        assert conn.execute("SELECT count(*) FROM ledger WHERE key = 'k'").fetchone() == (1,)
+    conn.close()
+
+    async def read() -> None:
+        ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
+        try:
+            record = (await ledger.read(["k"]))["k"]
+            assert (record.attempts, record.claim_owner, record.committed) == (
+                2,
+                "old",
+                (("m1", 2),),
+            )
+        finally:
+            await ledger.aclose()
+
+    run(read)
 
 
 def test_a_commit_updates_its_row_where_begin_wrote_it(tmp_path: Path, clock: FakeClock) -> None:
