@@ -261,7 +261,7 @@ class _QueueDrain:
 
 @dataclass(frozen=True, slots=True)
 class _Busy:
-    """A DLQ whose last drain found messages: its depth as read before it, and when."""
+    """A DLQ whose last drain moved messages: its depth as read before it, and when."""
 
     sizing: Sizing
     read_at_s: float
@@ -318,7 +318,7 @@ class Cycle:
         self._pipelines: dict[Place, Pipeline] = {}
         # What the console's read model learns from each DLQ drained (never fails a batch).
         self._sightings = Sightings(self._control, parked_ttl_s=settings.console.parked_index_ttl_s)
-        # By queue ARN, the DLQs whose last drain found messages (see _sized).
+        # By queue ARN, the DLQs whose last drain moved messages (see _sized).
         self._busy: dict[str, _Busy] = {}
 
     @property

@@ -112,8 +112,8 @@ _UPSERT = (
 
 
 # A new file's table. Keys are hashes, so a table ordered by key (a WITHOUT ROWID table
-# keyed by `key`, as files created before 2026-12 have) puts each row of a transaction on a
-# page of its own, and COMMIT writes each of those pages to the WAL whole. Ordered by
+# keyed by `key`, as files created by earlier releases have) puts each row of a transaction
+# on a page of its own, and COMMIT writes each of those pages to the WAL whole. Ordered by
 # rowid, new rows go to the end of the table and the upsert updates a row where it is, so
 # a batch's begin and commit touch the few pages its rows share (and the key index, when a
 # key is new): COMMIT wrote half as much, and the ledger thread used a quarter less CPU

@@ -585,13 +585,19 @@ PRAGMA user_version = 1;
 """
 
 
+def _file_from(tmp_path: Path, script: str) -> Path:
+    """A ledger file as `script` (an earlier release's schema and rows) leaves it."""
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(script)
+    conn.close()
+    return path
+
+
 def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock: FakeClock) -> None:
     """A file from schema 1 gains the committed, abandoned and parked columns on open; its rows
     read and work as before."""
-    path = tmp_path / "ledger.sqlite3"
-    with sqlite3.connect(path) as conn:
-        conn.executescript(SCHEMA_V1)
-    conn.close()
+    path = _file_from(tmp_path, SCHEMA_V1)
 
     async def body() -> None:
         ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
@@ -620,7 +626,7 @@ def test_sqlite_ledger_upgrades_a_version_1_file_in_place(tmp_path: Path, clock:
     assert columns[-3:] == ["committed", "abandoned", "parked"]
 
 
-# A file as releases before 2026-12 created it (a WITHOUT ROWID table keyed by `key`).
+# A file as earlier releases created it (a WITHOUT ROWID table keyed by `key`).
 SCHEMA_V4 = """
 CREATE TABLE ledger (
     key TEXT PRIMARY KEY NOT NULL, attempts INTEGER NOT NULL,
@@ -654,10 +660,7 @@ def test_a_file_keyed_by_key_from_an_earlier_release_is_used_as_it_is(
 ) -> None:
     """A WITHOUT ROWID file is not rebuilt (that would hold the write lock against every
     other process for as long as the copy took): it reads, begins and commits as before."""
-    path = tmp_path / "ledger.sqlite3"
-    with sqlite3.connect(path) as conn:
-        conn.executescript(SCHEMA_V4)
-    conn.close()
+    path = _file_from(tmp_path, SCHEMA_V4)
 
     async def body() -> None:
         ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
