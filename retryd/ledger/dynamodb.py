@@ -58,7 +58,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -192,48 +192,79 @@ def to_item(record: Record, *, expires_at: int, version: int) -> Item:
     return item
 
 
-def _copies(item: Item) -> tuple[tuple[str, int, str], ...]:
-    if PARKED_ATTRIBUTE not in item:
-        return ()
+T = TypeVar("T")
+
+
+class MalformedItemError(ValueError):
+    """An item of the table that retryd cannot have written (another tool, a hand edit)."""
+
+
+def _field(item: Item, name: str, convert: Callable[[Any], T]) -> T:
+    """`convert(item[name])`; MalformedItemError naming the attribute when that fails."""
+    try:
+        return convert(item[name])
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        shown = repr(item.get(name, "(missing)"))[:200]
+        raise MalformedItemError(f"its {name} attribute is {shown}") from exc
+
+
+def _optional(item: Item, name: str, convert: Callable[[Any], T]) -> T | None:
+    return _field(item, name, convert) if name in item else None
+
+
+def _entries(value: Any) -> list[dict[str, Any]]:
+    return [entry["M"] for entry in value["L"]]
+
+
+def _pair_list(value: Any) -> tuple[tuple[str, int], ...]:
+    return tuple((str(entry["m"]["S"]), int(entry["a"]["N"])) for entry in _entries(value))
+
+
+def _copy_list(value: Any) -> tuple[tuple[str, int, str], ...]:
     return tuple(
-        (entry["M"]["m"]["S"], int(entry["M"]["a"]["N"]), entry["M"]["p"]["S"])
-        for entry in item[PARKED_ATTRIBUTE]["L"]
+        (str(entry["m"]["S"]), int(entry["a"]["N"]), str(entry["p"]["S"]))
+        for entry in _entries(value)
     )
 
 
-def _pairs(item: Item, name: str) -> tuple[tuple[str, int], ...]:
-    if name not in item:
-        return ()
-    return tuple((entry["M"]["m"]["S"], int(entry["M"]["a"]["N"])) for entry in item[name]["L"])
+def _int(value: Any) -> int:
+    return int(value["N"])
 
 
-def _optional_float(item: Item, name: str) -> float | None:
-    return float(item[name]["N"]) if name in item else None
+def _float(value: Any) -> float:
+    return float(value["N"])
 
 
-def _optional_text(item: Item, name: str) -> str | None:
-    return item[name]["S"] if name in item else None
+def _text(value: Any) -> str:
+    text = value["S"]
+    if not isinstance(text, str):
+        raise TypeError("not a string")
+    return text
+
+
+def _state(value: Any) -> ClaimState:
+    return ClaimState(_text(value))
 
 
 def from_item(item: Item, now_s: float) -> _Stored:
-    version = int(item["version"]["N"])
-    if float(item[TTL_ATTRIBUTE]["N"]) <= now_s:
+    """The record an item holds; MalformedItemError when it is not one retryd wrote."""
+    version = _field(item, "version", _int)
+    if _field(item, TTL_ATTRIBUTE, _float) <= now_s:
         # DynamoDB sweeps expired items lazily (within days): expired is gone.
         return _Stored(None, version)
-    state = _optional_text(item, "claim_state")
     record = Record(
-        key=item[KEY_ATTRIBUTE]["S"],
-        attempts=int(item["attempts"]["N"]),
-        first_failed_at_s=_optional_float(item, "first_failed_at_s"),
-        last_attempt_at_s=_optional_float(item, "last_attempt_at_s"),
-        claim_message_id=_optional_text(item, "claim_message_id"),
-        claim_attempt=int(item["claim_attempt"]["N"]),
-        claim_state=ClaimState(state) if state is not None else None,
-        claim_owner=_optional_text(item, "claim_owner"),
-        claim_expires_at_s=float(item["claim_expires_at_s"]["N"]),
-        committed=_pairs(item, COMMITTED_ATTRIBUTE),
-        abandoned=_pairs(item, ABANDONED_ATTRIBUTE),
-        parked=_copies(item),
+        key=_field(item, KEY_ATTRIBUTE, _text),
+        attempts=_field(item, "attempts", _int),
+        first_failed_at_s=_optional(item, "first_failed_at_s", _float),
+        last_attempt_at_s=_optional(item, "last_attempt_at_s", _float),
+        claim_message_id=_optional(item, "claim_message_id", _text),
+        claim_attempt=_field(item, "claim_attempt", _int),
+        claim_state=_optional(item, "claim_state", _state),
+        claim_owner=_optional(item, "claim_owner", _text),
+        claim_expires_at_s=_field(item, "claim_expires_at_s", _float),
+        committed=_optional(item, COMMITTED_ATTRIBUTE, _pair_list) or (),
+        abandoned=_optional(item, ABANDONED_ATTRIBUTE, _pair_list) or (),
+        parked=_optional(item, PARKED_ATTRIBUTE, _copy_list) or (),
     )
     return _Stored(record, version)
 
@@ -611,7 +642,13 @@ class DynamoDbLedger:
                 return
             found: dict[str, _Stored | None] = dict.fromkeys(part)
             for item in items:
-                found[item[KEY_ATTRIBUTE]["S"]] = from_item(item, now_s)
+                key = str(item.get(KEY_ATTRIBUTE, {}).get("S", ""))
+                try:
+                    found[key] = from_item(item, now_s)
+                except MalformedItemError as exc:
+                    # This key's calls fail (never read as "no record"); the others go on.
+                    del found[key]
+                    failed[key] = MalformedItemError(f"the item of key {key!r} is malformed: {exc}")
             stored.update(found)
 
         parts = [

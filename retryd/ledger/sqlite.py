@@ -219,8 +219,19 @@ def _is_copy(copy: object) -> bool:
     return False
 
 
+def _claim_state(state: str | None, key: str) -> ClaimState | None:
+    if state is None:
+        return None
+    try:
+        return ClaimState(state)
+    except ValueError:
+        # As for a damaged list column: fail the call, naming the key, never guess.
+        raise sqlite3.DataError(
+            f"key {key!r} has a claim_state {state!r} retryd never writes"
+        ) from None
+
+
 def _record(row: Row) -> Record:
-    state = row[6]
     return Record(
         key=row[0],
         attempts=row[1],
@@ -228,7 +239,7 @@ def _record(row: Row) -> Record:
         last_attempt_at_s=row[3],
         claim_message_id=row[4],
         claim_attempt=row[5],
-        claim_state=ClaimState(state) if state is not None else None,
+        claim_state=_claim_state(row[6], row[0]),
         claim_owner=row[7],
         claim_expires_at_s=row[8],
         committed=_pairs(row[9], row[0], "committed"),

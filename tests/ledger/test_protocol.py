@@ -800,6 +800,30 @@ def test_a_damaged_committed_column_fails_the_read(tmp_path: Path, clock: FakeCl
     run(body)
 
 
+def test_a_damaged_claim_state_fails_the_call_as_a_ledger_error(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A claim state retryd never writes (a hand edit) is a LedgerError naming the key, as a
+    damaged list column is: never a bare ValueError its caller cannot classify."""
+    path = tmp_path / "ledger.sqlite3"
+
+    async def body() -> None:
+        ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
+        try:
+            await ledger.begin([claim("k", "m1")])
+            with sqlite3.connect(path) as conn:
+                conn.execute("UPDATE ledger SET claim_state = 'held'")
+            conn.close()
+            with pytest.raises(LedgerError, match="'k' has a claim_state 'held'"):
+                await ledger.read(["k"])
+            with pytest.raises(LedgerError, match="'k' has a claim_state 'held'"):
+                await ledger.begin([claim("k", "m2")])
+        finally:
+            await ledger.aclose()
+
+    run(body)
+
+
 def test_sqlite_ledger_in_a_missing_directory_fails_naming_the_path(tmp_path: Path) -> None:
     """An unopenable file is a LedgerError that says which file."""
     path = tmp_path / "no-such-dir" / "ledger.sqlite3"

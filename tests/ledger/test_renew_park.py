@@ -17,6 +17,7 @@ from retryd.ledger import (
     BeginStatus,
     Claim,
     ClaimState,
+    LedgerError,
     ParkCopy,
     ParkStatus,
     Record,
@@ -639,3 +640,40 @@ def test_settle_sees_a_park_and_a_resubmission_of_one_key_in_order() -> None:
         changed["k"], Claim("k", "m2", 1, None), owner="a", now_s=START_S, claim_s=CLAIM_S
     )
     assert (answers[0].status, begun.status) == (ParkStatus.STARTED, BeginStatus.BUSY)
+
+
+@pytest.mark.parametrize("backend", ["dynamodb"], indirect=True)
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ({"claim_state": {"S": "held"}}, "claim_state"),
+        ({"attempts": {"S": "two"}}, "attempts"),
+        ({"committed": {"L": [{"M": {"m": {"S": "m0"}}}]}}, "committed"),
+    ],
+)
+def test_a_damaged_dynamodb_item_fails_its_key_alone_as_a_ledger_error(
+    backend: Backend, clock: FakeClock, damage: dict[str, Any], why: str
+) -> None:
+    """An item another tool wrote wrong (or a hand edit) fails the calls on its key with a
+    LedgerError naming the key and what is wrong; other keys read in the same call do not
+    fail, and nothing raises a bare KeyError or ValueError its caller cannot classify."""
+    assert backend.world is not None
+    dynamodb = backend.world.client("dynamodb")
+
+    async def begin() -> None:
+        async with backend.open("a", clock) as ledger:
+            await ledger.begin([claim("k", "m0"), claim("fine", "m1")])
+
+    run(begin)
+    item = dynamodb.get_item(TableName=TABLE, Key={"key": {"S": "k"}})["Item"]
+    dynamodb.put_item(TableName=TABLE, Item={**item, **damage})
+
+    async def body() -> None:
+        async with backend.open("a", clock) as ledger:
+            with pytest.raises(LedgerError, match=f"'k'.*{why}"):
+                await ledger.read(["k", "fine"])
+            assert (await ledger.read(["fine"]))["fine"].claim_message_id == "m1"
+            with pytest.raises(LedgerError, match=f"'k'.*{why}"):
+                await ledger.begin([claim("k", "m2")])
+
+    run(body)
