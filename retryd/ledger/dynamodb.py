@@ -647,7 +647,7 @@ class DynamoDbLedger:
                     found[key] = from_item(item, now_s)
                 except MalformedItemError as exc:
                     # This key's calls fail (never read as "no record"); the others go on.
-                    del found[key]
+                    found.pop(key, None)
                     failed[key] = MalformedItemError(f"the item of key {key!r} is malformed: {exc}")
             stored.update(found)
 
