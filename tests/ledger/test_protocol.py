@@ -781,30 +781,19 @@ def test_sqlite_ledger_refuses_a_file_from_a_newer_retryd(tmp_path: Path) -> Non
     conn.close()
 
 
-def test_a_damaged_committed_column_fails_the_read(tmp_path: Path, clock: FakeClock) -> None:
-    """A committed column that is not a list of pairs is a LedgerError naming the key."""
-    path = tmp_path / "ledger.sqlite3"
-
-    async def body() -> None:
-        ledger = await SqliteLedger.open(path, claim_s=CLAIM_S, ttl_s=TTL_S, owner="a", clock=clock)
-        try:
-            await ledger.begin([claim("k", "m1")])
-            with sqlite3.connect(path) as conn:
-                conn.execute("""UPDATE ledger SET committed = '[["m1", "one"]]'""")
-            conn.close()
-            with pytest.raises(LedgerError, match="'k' has a committed column"):
-                await ledger.read(["k"])
-        finally:
-            await ledger.aclose()
-
-    run(body)
-
-
-def test_a_damaged_claim_state_fails_the_call_as_a_ledger_error(
-    tmp_path: Path, clock: FakeClock
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("""committed = '[["m1", "one"]]'""", "'k' has a committed column"),
+        # A claim state retryd never writes: never a bare ValueError its caller cannot classify.
+        ("claim_state = 'held'", "'k' has a claim_state 'held'"),
+    ],
+)
+def test_a_damaged_column_fails_the_calls_on_its_key(
+    tmp_path: Path, clock: FakeClock, damage: str, why: str
 ) -> None:
-    """A claim state retryd never writes (a hand edit) is a LedgerError naming the key, as a
-    damaged list column is: never a bare ValueError its caller cannot classify."""
+    """A column retryd cannot have written (a hand edit) is a LedgerError naming the key, for
+    a read and a begin alike."""
     path = tmp_path / "ledger.sqlite3"
 
     async def body() -> None:
@@ -812,11 +801,11 @@ def test_a_damaged_claim_state_fails_the_call_as_a_ledger_error(
         try:
             await ledger.begin([claim("k", "m1")])
             with sqlite3.connect(path) as conn:
-                conn.execute("UPDATE ledger SET claim_state = 'held'")
+                conn.execute(f"UPDATE ledger SET {damage}")  # noqa: S608 - the test's own SQL
             conn.close()
-            with pytest.raises(LedgerError, match="'k' has a claim_state 'held'"):
+            with pytest.raises(LedgerError, match=why):
                 await ledger.read(["k"])
-            with pytest.raises(LedgerError, match="'k' has a claim_state 'held'"):
+            with pytest.raises(LedgerError, match=why):
                 await ledger.begin([claim("k", "m2")])
         finally:
             await ledger.aclose()
