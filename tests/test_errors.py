@@ -26,6 +26,8 @@ INTERNAL = {
     "retryd.targets.event_bus.InvalidEntryError",
     # A request with no acceptable identity: the console's middleware answers it 401/403.
     "retryd.console.auth.Refused",
+    # A ledger item retryd cannot have written: its key's calls fail with a LedgerError.
+    "retryd.ledger.dynamodb.MalformedItemError",
 }
 
 
