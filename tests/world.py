@@ -26,6 +26,19 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 _NO_RETRIES = Config(retries={"total_max_attempts": 1})
 
+
+def emulator_client(url: str, service: str, config: Config = _NO_RETRIES) -> Any:
+    """A boto3 client of the emulator at `url`, with the suite's dummy keys and Region."""
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=config,
+    )
+
+
 # For config files of tests that run retryd as a process: no ledger file left
 # behind, no waiting between attempts, no rate limit, unless a test is about them.
 QUIET_GUARDS_TOML = """
@@ -63,14 +76,7 @@ class World:
 
     def client(self, service: str) -> Any:
         if service not in self._clients:
-            self._clients[service] = boto3.client(
-                service,
-                endpoint_url=self.url,
-                region_name=REGION,
-                aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-                config=_NO_RETRIES,
-            )
+            self._clients[service] = emulator_client(self.url, service)
         return self._clients[service]
 
     # -- SQS ---------------------------------------------------------------------------

@@ -5,15 +5,13 @@ from __future__ import annotations
 import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from retryd.sandbox.emulator import MotoServer
 from tests.faults import Fault
-from tests.world import World
+from tests.world import World, emulator_client
 
 
 def test_fault_is_answered_in_json_protocol_and_then_lifts(world: World) -> None:
@@ -48,17 +46,8 @@ def test_each_server_records_only_its_own_requests_and_every_one_whole() -> None
     moto's own recorder is one file per process: the second start emptied the first's
     recording, and concurrent entries could share a line."""
 
-    def sqs(server: MotoServer) -> Any:
-        return boto3.client(
-            "sqs",
-            endpoint_url=server.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-
     with MotoServer() as first, MotoServer() as second:
-        one, two = sqs(first), sqs(second)
+        one, two = emulator_client(first.url, "sqs"), emulator_client(second.url, "sqs")
         url_one = one.create_queue(QueueName="first")["QueueUrl"]
         url_two = two.create_queue(QueueName="second")["QueueUrl"]
         first.start_recording()

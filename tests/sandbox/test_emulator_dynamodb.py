@@ -12,10 +12,10 @@ import threading
 import time
 from typing import Any
 
-import boto3
 from botocore.config import Config
 
 from retryd.sandbox.emulator import MotoServer
+from tests.world import emulator_client
 
 WRITERS = 8
 READERS = 2
@@ -30,14 +30,8 @@ def test_transactions_adding_items_side_by_side_never_fail() -> None:
 
 
 def _hammer(url: str) -> None:
-    dynamodb: Any = boto3.client(
-        "dynamodb",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1}, max_pool_connections=WRITERS + READERS),
-    )
+    config = Config(retries={"max_attempts": 1}, max_pool_connections=WRITERS + READERS)
+    dynamodb: Any = emulator_client(url, "dynamodb", config)
     dynamodb.create_table(
         TableName="side-by-side",
         KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],

@@ -28,7 +28,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -37,6 +36,7 @@ from retryd.sandbox import turns
 from retryd.sandbox.emulator import MotoServer
 from retryd.sandbox.turns import one_at_a_time, request_body
 from tests.e2e.test_accounts import depth
+from tests.world import emulator_client
 
 THREADS = 8
 PREFILLED = 100
@@ -57,14 +57,8 @@ def server() -> Iterator[MotoServer]:
 
 @pytest.fixture
 def sqs(server: MotoServer) -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=server.url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1}, max_pool_connections=THREADS + 2),
-    )
+    config = Config(retries={"max_attempts": 1}, max_pool_connections=THREADS + 2)
+    return emulator_client(server.url, "sqs", config)
 
 
 @pytest.fixture
