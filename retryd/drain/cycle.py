@@ -20,7 +20,6 @@ import anyio
 import structlog
 
 from retryd import classify
-from retryd.admission.verdicts import DeferReason
 from retryd.aws import AwsClients
 from retryd.cluster.agree import share
 from retryd.cluster.base import Cluster
@@ -162,9 +161,6 @@ HIDDEN_FLUSH_S = 5.0
 # queue counts as wrapped round (each such receive hides them again, so a few
 # tries reach the rest of the queue without spinning).
 MAX_STALE_BATCHES = 3
-# Deferred for these, a message comes back within seconds (or at its breaker's end of
-# cool-down) and is judged again in the same cycle, not taken for a stale one.
-_JUDGED_AGAIN = frozenset({DeferReason.RATE_LIMITED, DeferReason.BREAKER_OPEN})
 # A receiver whose targets' tokens are all spoken for looks again no sooner than this...
 MIN_ROOM_WAIT_S = 0.05
 # ...and no later: a share can grow at any heartbeat (a lapsed replica's next token is days
@@ -208,11 +204,10 @@ class _PlaceDrain:
 
 @dataclass
 class Handled:
-    """The messages of one queue handled this cycle that may still come back to it.
+    """The messages of one queue handled this cycle that may come back to it stale.
 
-    Only the failed, deferred and in-flight ones can be received again: the memory is
-    bounded by what is left behind, not by the backlog, so a 100,000-message drain
-    does not grow with it.
+    Only the failed and in-flight ones are remembered: the memory is bounded by what
+    is left behind, not by the backlog, so a 100,000-message drain does not grow with it.
     """
 
     seen: set[str] = field(default_factory=set)
@@ -232,12 +227,11 @@ class Handled:
         """Forget the messages that left the DLQ, and those to be taken again this cycle."""
         for decision in decisions:
             # Deleted from its DLQ: it cannot come back this cycle (unless the delete
-            # failed, and then the ledger knows its copy is safe). Handed back for want
-            # of tokens or for a breaker: to be judged again when it comes back this
-            # cycle (its token may be here then, or its canaries this replica's).
-            if decision.outcome in DELETED_OUTCOMES or (
-                decision.outcome is Outcome.DEFERRED and decision.reason in _JUDGED_AGAIN
-            ):
+            # failed, and then the ledger knows its copy is safe). Deferred: hidden until
+            # it is due (its backoff, its target's token or breaker, a pause's end, another
+            # replica's claim), so when it comes back this cycle it is judged again; taken
+            # for a stale one, its receive would hide it for a whole lease past its due time.
+            if decision.outcome in DELETED_OUTCOMES or decision.outcome is Outcome.DEFERRED:
                 self.seen.discard(decision.letter.message_id)
 
 

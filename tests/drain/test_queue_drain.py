@@ -15,8 +15,9 @@ QUEUE = QueueRef(
     "https://sqs.us-east-1.amazonaws.com/123456789012/dlq",
     "arn:aws:sqs:us-east-1:123456789012:dlq",
 )
-LEFT_IN_DLQ = {Outcome.FAILED, Outcome.DEFERRED, Outcome.REFUSED}
-JUDGED_AGAIN = {DeferReason.RATE_LIMITED.value, DeferReason.BREAKER_OPEN.value}
+# What comes back to the same drain taken for a stale message: a deferred one is hidden
+# until it is due, and judged again when it comes back.
+LEFT_STALE = {Outcome.FAILED, Outcome.REFUSED}
 REASONS = [reason.value for reason in DeferReason]
 
 
@@ -32,7 +33,7 @@ def test_forgets_deleted_messages_and_keeps_the_rest(outcomes: list[Outcome]) ->
     assert state.seen == {
         lt.message_id
         for lt, outcome in zip(letters, outcomes, strict=True)
-        if outcome in LEFT_IN_DLQ
+        if outcome in LEFT_STALE
     }
 
 
@@ -55,11 +56,12 @@ def test_a_long_drain_of_resubmitted_messages_remembers_nothing() -> None:
         max_size=20,
     )
 )
-def test_messages_handed_back_for_tokens_or_a_breaker_are_judged_again_this_cycle(
+def test_deferred_messages_are_judged_again_this_cycle_whatever_the_reason(
     results: list[tuple[Outcome, str]],
 ) -> None:
-    """Deferred rate-limited or breaker-open: forgotten, so when it comes back in seconds (or at
-    the end of the cool-down) it is judged again, not taken for a stale message."""
+    """Deferred for any reason (its backoff, tokens, a breaker, a pause, another replica's
+    claim): forgotten, so when it comes back due it is judged again, not taken for a stale
+    message; a failed one is remembered."""
     state = Handled()
     letters = [
         letter(on=QUEUE, message_id=f"m-{n}", receipt_handle=f"r-{n}") for n in range(len(results))
@@ -74,5 +76,5 @@ def test_messages_handed_back_for_tokens_or_a_breaker_are_judged_again_this_cycl
     assert state.seen == {
         lt.message_id
         for lt, (outcome, reason) in zip(letters, results, strict=True)
-        if not (outcome is Outcome.DEFERRED and reason in JUDGED_AGAIN)
+        if outcome is not Outcome.DEFERRED
     }
