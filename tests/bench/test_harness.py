@@ -8,15 +8,19 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from bench.__main__ import WORLDS, compile_contenders, main, parse_args, rss_by_progress
+from bench.floor import FAITHFUL_WAIT_S
 from bench.ledger import DYNAMODB_VARIANTS
 from bench.ledger import VARIANTS as LEDGER_VARIANTS
 from bench.ledger import measure as measure_ledger
 from bench.steady import Arrival, Throttle, process_cpu_s
 from bench.steady import figures as fed_figures
+from bench.worlds import build_sqs_world
+from tests.world import World
 
 
 def test_the_contenders_start_from_bytecode_as_an_installed_package_does() -> None:
@@ -37,7 +41,8 @@ def test_the_sqs_world_verifies_every_contender_and_prints_the_ratios(
 ) -> None:
     """Every contender moves every message once, and the summary names the ratios."""
     world = ["--world", "sqs", "--emulator", "moto", "--messages", "40", "--dlqs", "2"]
-    runs = ["--runs", "1", "--latency-ms", "1", "--contenders", "floor,naive-batch,naive,retryd"]
+    contenders = "floor,floor-faithful,naive-batch,naive,retryd"
+    runs = ["--runs", "1", "--latency-ms", "1", "--contenders", contenders]
     code = main([*world, "--naive-messages", "12", *runs])
     out = capsys.readouterr().out
     assert code == 0
@@ -45,17 +50,64 @@ def test_the_sqs_world_verifies_every_contender_and_prints_the_ratios(
     (result,) = document["results"]
     for mode in ("loopback", "+1ms"):
         figures = result["figures"][mode]
-        for name, messages in (("floor", 40), ("naive-batch", 40), ("naive", 12), ("retryd", 40)):
+        named = ("floor", 40), ("floor-faithful", 40), ("naive-batch", 40), ("naive", 12)
+        for name, messages in (*named, ("retryd", 40)):
             assert figures[name]["verified"], (mode, name, figures[name]["checks"])
             assert figures[name]["checks"][0]["delivered"] == messages
             assert figures[name]["cpu_ms_per_msg"] > 0
         assert set(figures["ratios"]) >= {
             "retryd/floor msg_per_s",
             "retryd/floor cpu_per_msg",
+            "retryd/floor-faithful msg_per_s",
+            "retryd/floor-faithful cpu_per_msg",
             "retryd/naive msg_per_s",
         }
     assert result["figures"]["+1ms"]["retryd"]["calls_per_msg"] > 0
     assert "retryd/floor msg_per_s" in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("faithful", [True, False])
+def test_the_faithful_floor_forwards_attributes_and_long_polls_before_it_stops(
+    world: World, tmp_path: Path, faithful: bool
+) -> None:
+    """Only the faithful floor carries a message's attributes to its copy and waits for
+    an empty long poll; the floor drops them and stops at its first empty short poll."""
+    sqs = world.client("sqs")
+    bench_world = build_sqs_world(world.url, 1, 0)
+    pair = bench_world.pairs[0]
+    attribute = {"DataType": "String", "StringValue": "order-7"}
+    sqs.send_message_batch(
+        QueueUrl=pair["dlq_url"],
+        Entries=[
+            {"Id": str(n), "MessageBody": f"body-{n}", "MessageAttributes": {"tenant": attribute}}
+            for n in range(3)
+        ],
+    )
+    path = tmp_path / "world.json"
+    path.write_text(json.dumps({**bench_world.as_json(), "endpoint": world.url}))
+    flags = ["--faithful"] if faithful else []
+    started_s = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.floor", str(path), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    took_s = time.monotonic() - started_s
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"moved": 3}
+    copies = sqs.receive_message(
+        QueueUrl=pair["target_url"], MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    )["Messages"]
+    assert sorted(copy["Body"] for copy in copies) == ["body-0", "body-1", "body-2"]
+    carried = [
+        copy.get("MessageAttributes", {}).get("tenant", {}).get("StringValue") for copy in copies
+    ]
+    assert carried == (["order-7"] * 3 if faithful else [None] * 3)
+    if faithful:
+        # Its last receive on the emptied DLQ was a long poll, not a short one.
+        assert took_s >= FAITHFUL_WAIT_S
 
 
 @pytest.mark.slow
