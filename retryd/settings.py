@@ -283,7 +283,10 @@ class DrainSettings(_Group):
     )
     max_messages_per_queue: Annotated[int, Field(ge=1)] = Field(
         10_000,
-        description="Most messages taken from one DLQ in a cycle; the rest wait for the next one.",
+        description=(
+            "Most messages taken from one DLQ in a cycle (a deferred message received again"
+            " when due counts again); the rest wait for the next one."
+        ),
     )
     cycle_budget_s: PositiveSeconds = Field(
         300,

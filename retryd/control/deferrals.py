@@ -18,6 +18,8 @@ redrive has used it.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -35,6 +37,10 @@ SHARDS = 8
 DOC_TTL_S = 13 * 3_600
 # About 600 bytes an entry: a shard stays far below DynamoDB's 400 KB item limit.
 SHARD_KEEP = 300
+# The soonest distinct whole seconds at which a DLQ's hidden messages reappear, kept per
+# DLQ for the cycle (`HiddenBook.due`): a few hundred bytes a DLQ however many it hid. A
+# DLQ's later ones are dropped, and it is read when its count shows them, as before.
+DUE_KEEP = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,20 +84,57 @@ def _body(entries: Iterable[Hidden]) -> Body:
 
 
 class HiddenBook:
-    """Collects what a cycle hid, per DLQ, and writes it once the DLQ is done for the cycle."""
+    """Collects what a cycle hid, per DLQ, and writes it once the DLQ is done for the cycle;
+    and says when a DLQ holds hidden messages that are due again (`due`)."""
 
     def __init__(self, store: ControlStore, *, qualified: bool = False) -> None:
         self._store = store
         self._qualified = qualified
         self._pending: dict[str, list[Hidden]] = defaultdict(list)
+        # Per DLQ, a heap of the whole seconds (unix) its hidden messages reappear at.
+        self._reappear_s: dict[str, list[int]] = {}
 
     def key(self, queue: QueueRef) -> str:
         """What `queue`'s entries are kept under (see `deferral_queue`)."""
         return deferral_queue(queue, qualified=self._qualified)
 
     def note(self, entries: Iterable[Hidden]) -> None:
+        now_s = time.time()
         for entry in entries:
             self._pending[entry.queue].append(entry)
+            self._remember_reappearing(entry.queue, math.ceil(entry.until_s), now_s)
+
+    def _remember_reappearing(self, queue: str, at_s: int, now_s: float) -> None:
+        times = self._reappear_s.setdefault(queue, [])
+        if at_s in times:
+            return
+        # Times already passed make room first: in a long drain their messages came back
+        # and were judged again in it.
+        while len(times) >= DUE_KEEP and times[0] <= now_s:
+            heapq.heappop(times)
+        if len(times) < DUE_KEEP:
+            heapq.heappush(times, at_s)
+        elif at_s < max(times):
+            times.remove(max(times))
+            heapq.heapify(times)
+            heapq.heappush(times, at_s)
+
+    def due(self, queue: str, now_s: float) -> bool:
+        """Whether messages this book saw hidden in `queue` have reappeared by `now_s`.
+
+        Each such time is answered once: the caller reads the DLQ now, and a message it
+        defers again is noted again. SQS's counts may lag a change by a minute or more
+        (GetQueueAttributes API reference), so a DLQ retryd knows holds due messages is
+        read even when its count says none are visible.
+        """
+        times = self._reappear_s.get(queue)
+        reappeared = False
+        while times and times[0] <= now_s:
+            heapq.heappop(times)
+            reappeared = True
+        if times == []:
+            del self._reappear_s[queue]
+        return reappeared
 
     async def flush(self, queue: str) -> None:
         """Write what was noted for `queue`; a failure is logged (the messages reappear anyway)."""

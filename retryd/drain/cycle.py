@@ -50,6 +50,7 @@ from retryd.models import (
 from retryd.places import Place, PlaceFailure, Places, Visit, leaves
 from retryd.settings import Settings
 from retryd.settle.objects import Objects
+from retryd.settle.outcome import judged_again
 from retryd.targets import TargetRouter
 
 log = structlog.get_logger("retryd.cycle")
@@ -227,11 +228,10 @@ class Handled:
         """Forget the messages that left the DLQ, and those to be taken again this cycle."""
         for decision in decisions:
             # Deleted from its DLQ: it cannot come back this cycle (unless the delete
-            # failed, and then the ledger knows its copy is safe). Deferred: hidden until
-            # it is due (its backoff, its target's token or breaker, a pause's end, another
-            # replica's claim), so when it comes back this cycle it is judged again; taken
-            # for a stale one, its receive would hide it for a whole lease past its due time.
-            if decision.outcome in DELETED_OUTCOMES or decision.outcome is Outcome.DEFERRED:
+            # failed, and then the ledger knows its copy is safe). Judged again when it comes
+            # back (a deferral, due then): taken for a stale one, its receive would hide it
+            # for a whole lease past its due time.
+            if decision.outcome in DELETED_OUTCOMES or judged_again(decision):
                 self.seen.discard(decision.letter.message_id)
 
 
@@ -505,7 +505,9 @@ class Cycle:
             sizing, read_at_s, reused = await self._sized(look.clients, queue)
             # What the drain leaves behind, for the console's read model (drain/sightings.py).
             sighting = QueueSighting(sizing.queue, look.setup.chain)
-            if sizing.empty:
+            # Asked every time, so that a time passed while the DLQ was busy is not kept.
+            hid_due = self._hid_due(look, queue)
+            if sizing.empty and not hid_due:
                 # Most DLQs are empty most of the time: one cheap call instead of a
                 # long poll per empty queue.
                 self._busy.pop(queue.arn, None)
@@ -527,7 +529,12 @@ class Cycle:
                 if hidden is not None:
                     with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
                         await hidden.flush(hidden.key(queue))
-            if state.moved and sizing.depth is not None:
+            if hidden is not None:
+                # What reappeared while the DLQ was drained until found empty was read in it.
+                hidden.due(hidden.key(queue), time.time())
+            # A reading of "none visible" (drained only because deferrals were due) is not
+            # one to skip the next look-up on.
+            if state.moved and sizing.depth is not None and not sizing.empty:
                 self._busy[queue.arn] = _Busy(sizing, read_at_s)
             else:
                 self._busy.pop(queue.arn, None)
@@ -635,6 +642,13 @@ class Cycle:
             await self._cluster.flush()
             return 0
         return min(RECEIVE_BATCH_MAX, state.remaining, RECEIVE_BATCH_MAX if room is None else room)
+
+    @staticmethod
+    def _hid_due(look: _PlaceDrain, queue: QueueRef) -> bool:
+        """Whether messages this cycle's drains hid in `queue` (deferred) are due again now:
+        then the DLQ is read, whatever its count says."""
+        hidden = look.setup.hidden
+        return hidden is not None and hidden.due(hidden.key(queue), time.time())
 
     async def _sized(self, clients: AwsClients, queue: QueueRef) -> tuple[Sizing, float, bool]:
         """The DLQ's sizing for this drain, when its depth was read, and whether that was

@@ -5,7 +5,9 @@ the daemon writes down what it already holds: after a DLQ's drain, the failure g
 of what the drain left in it (grouped by resolve/failure_groups.py, as `retryd
 inspect` groups them; an emptied or empty DLQ shows none), and after a safe park, the
 parked copy's entry in the index. Memory is bounded by the groups, not the messages:
-each batch's leftovers are grouped at once and merged. Recording is a side show: a
+each batch's leftovers are grouped at once and merged; only a deferred message that may
+be judged again in the cycle is remembered by its id (and its group), until its DLQ's
+drain ends, so that its count moves to what it becomes. Recording is a side show: a
 write error is logged and counted, never raised into a batch or a cycle.
 """
 
@@ -28,6 +30,7 @@ from retryd.resolve.failure_groups import (
     failure_group_id,
     group_failures,
 )
+from retryd.settle.outcome import judged_again
 
 log = structlog.get_logger("retryd.sightings")
 
@@ -36,6 +39,16 @@ RECORD_SHIELD_S = 5.0
 # An empty DLQ's view is rewritten only this often: most DLQs are empty most of the
 # time, and a thousand unchanged writes a cycle would buy nothing (the view lives a day).
 EMPTY_REWRITE_S = 3_600.0
+
+
+def _uncount(groups: dict[tuple[str, str], FailureGroup], key: tuple[str, str]) -> None:
+    """One message less in the group under `key` (gone once none is left)."""
+    group = groups.get(key)
+    if group is None:
+        return
+    group.count -= 1
+    if group.count <= 0:
+        del groups[key]
 
 
 def _merge(into: dict[tuple[str, str], FailureGroup], groups: Sequence[FailureGroup]) -> None:
@@ -62,6 +75,9 @@ class QueueSighting:
     chain: ResolverChain
     groups: dict[tuple[str, str], FailureGroup] = field(default_factory=dict)
     parked: list[ParkedCopy] = field(default_factory=list)
+    # Messages counted in `groups` that come back to be judged again this cycle (deferrals),
+    # by message id: their count moves to whatever they become (bounded by the deferrals).
+    judged_again: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class Sightings:
@@ -75,10 +91,26 @@ class Sightings:
         self.write_errors = 0
 
     def saw(self, sighting: QueueSighting, decisions: Sequence[Decision]) -> None:
-        """Note one batch's decisions: what stays in the DLQ is grouped, what was parked indexed."""
-        left = [d.letter for d in decisions if d.outcome not in DELETED_OUTCOMES]
-        if left:
-            _merge(sighting.groups, group_failures(sighting.chain, left))
+        """Note one batch's decisions: what stays in the DLQ is grouped, what was parked indexed.
+
+        A message deferred earlier in the cycle and decided again now counts as what it
+        became: an emptied DLQ shows no groups.
+        """
+        left = []
+        for decision in decisions:
+            earlier = sighting.judged_again.pop(decision.letter.message_id, None)
+            if earlier is not None:
+                _uncount(sighting.groups, earlier)
+            if decision.outcome not in DELETED_OUTCOMES:
+                left.append(decision)
+        for decision in left:
+            if judged_again(decision):
+                (group,) = group_failures(sighting.chain, [decision.letter])
+                _merge(sighting.groups, [group])
+                sighting.judged_again[decision.letter.message_id] = (group.target, group.signature)
+        rest = [d.letter for d in left if not judged_again(d)]
+        if rest:
+            _merge(sighting.groups, group_failures(sighting.chain, rest))
         now_s = time.time()
         for decision in decisions:
             if decision.outcome is Outcome.PARKED:

@@ -137,6 +137,18 @@ def held(hold: Hold) -> Decision:
     return Decision(job.letter, Outcome.FAILED, job.target, hold.reason, hold.detail, job.attempt)
 
 
+def judged_again(decision: Decision) -> bool:
+    """Whether a message so decided, coming back to its DLQ's drain in the same cycle, is
+    judged again (rather than taken for one already handled).
+
+    Deferred, it is hidden until due (its backoff, its target's token or breaker) or until
+    its lease ends (another replica's claim): judged again then. Paused, no: the pauses are
+    read once a cycle, so it could only be paused again. Failed or refused, no: that would
+    hammer what just failed.
+    """
+    return decision.outcome is Outcome.DEFERRED and decision.reason != DeferReason.PAUSED
+
+
 def deferred(defer: Defer) -> Decision:
     """Left in its queue for later (hidden until due, or handed back): no attempt spent."""
     job = defer.job

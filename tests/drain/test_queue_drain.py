@@ -15,8 +15,8 @@ QUEUE = QueueRef(
     "https://sqs.us-east-1.amazonaws.com/123456789012/dlq",
     "arn:aws:sqs:us-east-1:123456789012:dlq",
 )
-# What comes back to the same drain taken for a stale message: a deferred one is hidden
-# until it is due, and judged again when it comes back.
+# What comes back to the same drain taken for a stale message (a deferred one, unless
+# paused, is judged again when it comes back due).
 LEFT_STALE = {Outcome.FAILED, Outcome.REFUSED}
 REASONS = [reason.value for reason in DeferReason]
 
@@ -56,12 +56,12 @@ def test_a_long_drain_of_resubmitted_messages_remembers_nothing() -> None:
         max_size=20,
     )
 )
-def test_deferred_messages_are_judged_again_this_cycle_whatever_the_reason(
+def test_deferred_messages_are_judged_again_this_cycle_unless_paused(
     results: list[tuple[Outcome, str]],
 ) -> None:
-    """Deferred for any reason (its backoff, tokens, a breaker, a pause, another replica's
-    claim): forgotten, so when it comes back due it is judged again, not taken for a stale
-    message; a failed one is remembered."""
+    """Deferred for its backoff, tokens, a breaker or another replica's claim: forgotten, so
+    when it comes back due it is judged again, not taken for a stale message. Paused (the
+    pauses are read once a cycle) or failed: remembered."""
     state = Handled()
     letters = [
         letter(on=QUEUE, message_id=f"m-{n}", receipt_handle=f"r-{n}") for n in range(len(results))
@@ -76,5 +76,5 @@ def test_deferred_messages_are_judged_again_this_cycle_whatever_the_reason(
     assert state.seen == {
         lt.message_id
         for lt, (outcome, reason) in zip(letters, results, strict=True)
-        if outcome is not Outcome.DEFERRED
+        if outcome is not Outcome.DEFERRED or reason == DeferReason.PAUSED
     }

@@ -20,6 +20,7 @@ from tests.conftest import SettingsFactory
 from tests.native_helpers import DLQ, letter
 
 CHARGE = "arn:aws:lambda:us-east-1:123456789012:function:charge"
+JUDGED_AGAIN = {(Outcome.DEFERRED, "backoff"), (Outcome.DEFERRED, "rate-limited")}
 
 
 def _letter(n: int, error: str) -> Decision:
@@ -122,3 +123,47 @@ def test_an_empty_dlq_is_recorded_once_then_left_alone(make_settings: SettingsFa
         assert [v.groups for v in await read_dlqs(store)] == [[]]
 
     anyio.run(run)
+
+
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.integers(0, 5),
+                st.sampled_from(
+                    [
+                        (Outcome.DEFERRED, "backoff"),
+                        (Outcome.DEFERRED, "rate-limited"),
+                        (Outcome.DEFERRED, "paused"),
+                        (Outcome.FAILED, "transient-error"),
+                        (Outcome.RESUBMITTED, ""),
+                    ]
+                ),
+            ),
+            max_size=6,
+        ),
+        max_size=6,
+    )
+)
+def test_a_message_judged_again_in_the_cycle_counts_as_its_last_decision(
+    batches: list[list[tuple[int, tuple[Outcome, str]]]],
+) -> None:
+    """A deferred message (not paused) comes back due and is decided again in the same cycle:
+    the groups count what it became, once, not every deferral on the way."""
+    chain = build_chain(sandbox_settings())
+    sighting = QueueSighting(DLQ, chain)
+    sightings = Sightings(MemoryControlStore(MemoryDocs()), parked_ttl_s=86_400)
+    last: dict[int, tuple[Outcome, str]] = {}
+    counted: set[int] = set()
+    for batch in batches:
+        decisions = []
+        for n, (outcome, reason) in dict(batch).items():
+            # Only a message judged again can be decided again: not one paused or failed.
+            if n in last and last[n] not in JUDGED_AGAIN:
+                continue
+            decisions.append(Decision(_letter(n, "Timeout").letter, outcome, reason=reason))
+            last[n] = (outcome, reason)
+            counted.add(n)
+        sightings.saw(sighting, decisions)
+    left = sum(1 for n in counted if last[n][0] is not Outcome.RESUBMITTED)
+    assert sum(g.count for g in sighting.groups.values()) == left
