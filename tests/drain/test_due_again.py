@@ -12,20 +12,18 @@ minutes after the feed stopped.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import anyio
-from prometheus_client import CollectorRegistry
 
-from retryd.aws import open_clients
 from retryd.control.memory import MemoryControlStore
 from retryd.control.pauses import add_pause
-from retryd.drain.cycle import Cycle, CycleReport
-from retryd.ledger import open_ledger
-from retryd.metrics import Metrics
+from retryd.drain.cycle import CycleReport
 from retryd.service.lifecycle import run_once
 from retryd.settings import Settings
 from tests.conftest import SettingsFactory
+from tests.drain.test_settling_rules import run_cycles
 from tests.faults import Fault
 from tests.world import World
 
@@ -40,14 +38,7 @@ RECEIVE_WAIT_S = 5
 def test_a_message_deferred_for_its_backoff_is_resubmitted_when_due_in_the_same_cycle(
     world: World, make_settings: SettingsFactory
 ) -> None:
-    world.create_queue("retryd-parking")
-    world.create_queue("retry-orders")
-    policy = json.dumps(
-        {"deadLetterTargetArn": world.queue_arn("retry-orders"), "maxReceiveCount": "1"}
-    )
-    world.create_queue("orders", RedrivePolicy=policy)
-    for n in range(MESSAGES):
-        world.send("retry-orders", {"orderId": n})
+    _orders_world(world)
     settings = make_settings(
         drain={"receive_wait_s": RECEIVE_WAIT_S, "workers_per_queue": 1},
         backoff={"base_s": BACKOFF_S, "max_s": BACKOFF_S},
@@ -93,24 +84,17 @@ def _cycles(
 ) -> list[CycleReport]:
     """A first cycle, then after `pause_s` one cycle per step (run just before it), all on
     one Cycle as `retryd run` keeps it."""
+    done: list[CycleReport] = []
 
-    async def main() -> list[CycleReport]:
-        metrics = Metrics(CollectorRegistry())
-        async with (
-            open_clients(settings.aws) as clients,
-            open_ledger(settings.ledger, clients, metrics) as ledger,
-        ):
-            cycle = Cycle(settings, clients, metrics, ledger=ledger)
-            with anyio.fail_after(60):
-                reports = [await cycle.run(anyio.Event())]
-            await anyio.sleep(pause_s)
-            for step in steps:
-                step()
-                with anyio.fail_after(60):
-                    reports.append(await cycle.run(anyio.Event()))
-        return reports
+    def between(report: CycleReport) -> None:
+        done.append(report)
+        if len(done) > len(steps):
+            return
+        if len(done) == 1:
+            time.sleep(pause_s)
+        steps[len(done) - 1]()
 
-    return anyio.run(main)
+    return run_cycles(settings, 1 + len(steps), between)
 
 
 def _orders_world(world: World) -> None:
