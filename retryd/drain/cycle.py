@@ -207,8 +207,9 @@ class _PlaceDrain:
 class Handled:
     """The messages of one queue handled this cycle that may come back to it stale.
 
-    Only the failed and in-flight ones are remembered: the memory is bounded by what
-    is left behind, not by the backlog, so a 100,000-message drain does not grow with it.
+    Only the failed, paused and in-flight ones are remembered: the memory is bounded by
+    what is left behind, not by the backlog, so a 100,000-message drain does not grow
+    with it.
     """
 
     seen: set[str] = field(default_factory=set)
@@ -645,7 +646,7 @@ class Cycle:
 
     @staticmethod
     def _hid_due(look: _PlaceDrain, queue: QueueRef) -> bool:
-        """Whether messages this cycle's drains hid in `queue` (deferred) are due again now:
+        """Whether messages the daemon's drains hid in `queue` (deferred) are due again now:
         then the DLQ is read, whatever its count says."""
         hidden = look.setup.hidden
         return hidden is not None and hidden.due(hidden.key(queue), time.time())
