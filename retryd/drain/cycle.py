@@ -506,9 +506,7 @@ class Cycle:
             sizing, read_at_s, reused = await self._sized(look.clients, queue)
             # What the drain leaves behind, for the console's read model (drain/sightings.py).
             sighting = QueueSighting(sizing.queue, look.setup.chain)
-            # Asked every time, so that a time passed while the DLQ was busy is not kept.
-            hid_due = self._hid_due(look, queue)
-            if sizing.empty and not hid_due:
+            if sizing.empty and not self._hid_due(look, queue):
                 # Most DLQs are empty most of the time: one cheap call instead of a
                 # long poll per empty queue.
                 self._busy.pop(queue.arn, None)
@@ -531,7 +529,8 @@ class Cycle:
                     with anyio.move_on_after(HIDDEN_FLUSH_S, shield=True):
                         await hidden.flush(hidden.key(queue))
             if hidden is not None:
-                # What reappeared while the DLQ was drained until found empty was read in it.
+                # What reappeared while the DLQ was drained until found empty was read in it
+                # (and so was anything due when a drain began from a count showing messages).
                 hidden.due(hidden.key(queue), time.time())
             # A reading of "none visible" (drained only because deferrals were due) is not
             # one to skip the next look-up on.

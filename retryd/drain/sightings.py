@@ -103,12 +103,14 @@ class Sightings:
                 _uncount(sighting.groups, earlier)
             if decision.outcome not in DELETED_OUTCOMES:
                 left.append(decision)
+        rest = []
         for decision in left:
-            if judged_again(decision):
-                (group,) = group_failures(sighting.chain, [decision.letter])
-                _merge(sighting.groups, [group])
-                sighting.judged_again[decision.letter.message_id] = (group.target, group.signature)
-        rest = [d.letter for d in left if not judged_again(d)]
+            if not judged_again(decision):
+                rest.append(decision.letter)
+                continue
+            (group,) = group_failures(sighting.chain, [decision.letter])
+            _merge(sighting.groups, [group])
+            sighting.judged_again[decision.letter.message_id] = (group.target, group.signature)
         if rest:
             _merge(sighting.groups, group_failures(sighting.chain, rest))
         now_s = time.time()
